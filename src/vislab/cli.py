@@ -1,0 +1,230 @@
+"""The ``vislab`` command: parses arguments, calls the library, prints results. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vislab.errors import VislabError
+
+app = typer.Typer(help="Train, evaluate and explain small-image classifiers and land-cover segmenters.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+cls_app = typer.Typer(help="P1: 50-class small-image classification.", no_args_is_help=True)
+app.add_typer(cls_app, name="cls")
+out = Console(highlight=False)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors.")) -> None:
+    """vislab."""
+
+
+def _command_line() -> str:
+    return "vislab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# --- shared training options ---------------------------------------------------------------
+
+def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
+    from vislab.config import load_recipe
+
+    if resume and (out_dir / "recipe.yaml").is_file():
+        base = load_recipe(str(out_dir / "recipe.yaml"))
+        changed = {k: v for k, v in overrides.items() if v is not None and k not in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")}
+        if changed:
+            raise VislabError(out_dir, f"--resume continues the recipe saved in the run folder; drop {', '.join('--' + k.replace('_', '-') for k in changed)}")
+        return base.with_overrides(**{k: v for k, v in overrides.items() if k in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")})
+    return load_recipe(recipe).with_overrides(**overrides)
+
+
+RecipeOpt = typer.Option("cls-fast", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`).")
+EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
+BatchOpt = typer.Option(None, "--batch-size", help="Batch size per process.")
+LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
+PrecisionOpt = typer.Option(None, "--precision", help="32 | 16-mixed | bf16-mixed.")
+DevicesOpt = typer.Option(None, "--devices", help="Devices per node: auto, N or a list like 0,1.")
+NodesOpt = typer.Option(None, "--num-nodes", help="Number of machines (torchrun / SLURM).")
+StrategyOpt = typer.Option(None, "--strategy", help="auto | ddp | ddp_spawn | fsdp ...")
+AccelOpt = typer.Option(None, "--accelerator", help="auto | cpu | gpu.")
+SeedOpt = typer.Option(None, "--seed", help="Random seed (data split, order, augmentation, init).")
+ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models`).")
+WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
+WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
+
+
+@app.command("models")
+def models_cmd(pattern: str = typer.Argument("*", help="Shell pattern, e.g. 'fcn*'.")) -> None:
+    """List registered models (plus timm:NAME and smp:ARCH:ENCODER families)."""
+    from vislab.models import get_entry, list_models
+
+    t = Table("name", "task", "input", "description")
+    for name in list_models(pattern):
+        e = get_entry(name)
+        t.add_row(name, e.task, "x".join(map(str, e.input_size)), e.description)
+    out.print(t)
+    out.print("Also: timm:NAME (any timm classifier), smp:ARCH:ENCODER (e.g. smp:unet:resnet34)")
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the shipped recipes, one line each."""
+    from vislab.config import load_recipe, shipped_recipes
+
+    for name, path in sorted(shipped_recipes().items()):
+        r = load_recipe(str(path))
+        first = next((ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), "")
+        out.print(f"{name:<22} {r.task:<4} {r.model:<28} {r.epochs:>3} ep  {first}")
+
+
+@app.command("summary")
+def summary_cmd(
+    model: str = typer.Argument(..., help="Registry name, e.g. vgg16_bn or fcn32s_vgg16."),
+    num_classes: int = typer.Option(None, "--num-classes", help="Classes (default 50 for cls, 7 for seg)."),
+    input: tuple[int, int, int] = typer.Option(None, "--input", help="Input C H W (default: the model's)."),
+) -> None:
+    """Print the architecture table: Layer (type) | Output Shape | Param #, with totals."""
+    from vislab.models import build_model, get_entry
+    from vislab.viz.summary import architecture_table
+
+    entry = get_entry(model)
+    n = num_classes or (50 if entry.task == "cls" else 7)
+    size = tuple(input) if input else entry.input_size
+    out.print(architecture_table(build_model(model, num_classes=n), size), markup=False)
+
+
+# --- P1 ------------------------------------------------------------------------------------
+
+@cls_app.command("train")
+def cls_train(
+    train_dir: Optional[Path] = typer.Argument(None, help="Folder of <label>_<index>.png (default: DATA/p1_data/train_50)."),
+    recipe: str = RecipeOpt,
+    out_dir: Path = typer.Option(Path("runs/p1"), "--out", help="Run folder."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Labelled folder evaluated once at the end (default with no TRAIN_DIR: DATA/p1_data/val_50)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder (default $VISLAB_DATA, ./hw1_data, ../shared/data/hw1_data)."),
+    epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt,
+    precision: Optional[str] = PrecisionOpt, devices: Optional[str] = DevicesOpt, num_nodes: Optional[int] = NodesOpt,
+    strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
+    model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize inputs to this side."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training folder."),
+    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt,
+) -> None:
+    """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
+    from vislab.paths import data_root
+    from vislab.pipelines.classification import train
+
+    if train_dir is None:
+        root = data_root(data)
+        train_dir = root / "p1_data" / "train_50"
+        val_dir = val_dir or root / "p1_data" / "val_50"
+    r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+                devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
+                model=model, weights=None if weights is None else (None if weights == "none" else weights),
+                image_size=image_size, holdout=holdout, num_workers=workers)
+    if r.task != "cls":
+        raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
+    result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
+    if "val" in result:
+        out.print(f"val accuracy: {result['val']['accuracy']:.4f}  (top-5 {result['val']['top5']:.4f}, {result['val']['images']} images)")
+
+
+@cls_app.command("eval")
+def cls_eval(
+    ckpt: Path = typer.Argument(..., help="best.ckpt / last.ckpt or a run folder."),
+    img_dir: Path = typer.Argument(..., help="Labelled image folder."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label (else labels from names)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
+) -> None:
+    """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
+    from vislab.io import atomic_write_text
+    from vislab.pipelines.classification import evaluate
+
+    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device)
+    t = Table("class", "accuracy", title="per-class accuracy")
+    for c, a in res["per_class"].items():
+        t.add_row(str(c), f"{a:.3f}")
+    out.print(t)
+    if json_out:
+        atomic_write_text(json.dumps(res, indent=1), json_out)
+    out.print(f"images: {res['images']}  top-5: {res['top5']:.4f}")
+    out.print(f"accuracy: {res['accuracy']:.4f}")
+
+
+@cls_app.command("predict")
+def cls_predict(
+    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    img_dir: Path = typer.Argument(..., help="Folder of images (any names)."),
+    out_csv: Path = typer.Argument(..., help="Output CSV: image_id,label sorted by file name."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+) -> None:
+    """Predict a label for every image of a folder into a CSV."""
+    from vislab.pipelines.classification import predict
+
+    n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device)
+    out.print(f"wrote {n} predictions to {out_csv}")
+
+
+@cls_app.command("tsne")
+def cls_tsne(
+    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    img_dir: Path = typer.Argument(..., help="Labelled image folder (e.g. val_50)."),
+    out_png: Path = typer.Option(Path("tsne.png"), "--out", help="Output PNG; a CSV of points is written beside it."),
+    seed: int = typer.Option(0, "--seed"),
+    perplexity: float = typer.Option(30.0, "--perplexity"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """t-SNE of the second-last-layer features, one colour per class."""
+    from vislab.pipelines.classification import tsne
+
+    png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device)
+    out.print(f"wrote {png} and {png.with_suffix('.csv')}")
+
+
+@app.command("demo")
+def demo_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder (default $VISLAB_DATA, ./hw1_data, ../shared/data/hw1_data)."),
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (must not hold a previous run)."),
+    epochs: Optional[int] = EpochsOpt,
+) -> None:
+    """The end-to-end P1 job in a few minutes on a CPU: train cls-fast, evaluate val_50,
+    write predictions CSV and the t-SNE figure into the run folder."""
+    from vislab.config import load_recipe
+    from vislab.paths import data_root
+    from vislab.pipelines.classification import predict, train, tsne
+
+    root = data_root(data)
+    train_dir, val_dir = root / "p1_data" / "train_50", root / "p1_data" / "val_50"
+    r = load_recipe("cls-fast").with_overrides(epochs=epochs)
+    result = train(train_dir, r, out_dir=out_dir, val_dir=val_dir, command=_command_line())
+    ckpt = Path(result["checkpoint"])
+    n = predict(ckpt, val_dir, out_dir / "val_predictions.csv")
+    png = tsne(ckpt, val_dir, out_png=out_dir / "tsne.png")
+    out.print(f"held-out accuracy: {result['holdout_acc']:.4f}")
+    out.print(f"val_50 accuracy:  {result['val_accuracy']:.4f}  ({n} images, predictions in {out_dir / 'val_predictions.csv'})")
+    out.print(f"t-SNE figure:     {png}")
+    out.print(f"architecture:     vislab summary {r.model} --num-classes 50 --input 3 32 32")
+
+
+def main() -> None:
+    """Console entry point: one line and exit status 2 for every bad input."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except VislabError as exc:
+        if debug:
+            raise
+        print(f"vislab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("vislab: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,118 @@
+"""Run recipes: one frozen dataclass, loaded from YAML, overridden by command-line flags.
+
+Configuration flows one way: recipe file -> :class:`Recipe` -> builders. Values the data
+decides (the number of classes) are never written in a recipe. ``None`` means "the builder's
+default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vislab.errors import VislabError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run needs besides its data paths."""
+
+    task: str = "cls"  # "cls" or "seg"
+    model: str = "resnet9_s"
+    weights: str | None = None  # None, "imagenet" or a state_dict path
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"  # see engine.optim.OPTIMIZERS
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # see engine.optim.SCHEDULERS
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    holdout: float = 0.1  # fraction of the TRAINING folder kept for checkpoint selection
+    image_size: int | None = None  # cls: resize inputs to this side (None: native)
+    crop_size: int | None = None  # seg: random crop side for training (None: full image)
+    pad: int = 4  # cls: reflect padding of the random crop
+    loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
+    class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
+    mean: tuple[float, float, float] | None = None  # None: ImageNet statistics
+    std: tuple[float, float, float] | None = None
+    channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and GPUs
+    precision: str = "32"
+    seed: int = 0
+    num_workers: int = 0
+    devices: str = "auto"
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    snapshot: tuple[str, ...] = ()  # seg: image stems whose predictions are saved every epoch
+    limit_train_batches: float | int | None = None
+    notes: str = ""  # the command that produced the recipe's score, and that score
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, **overrides: Any) -> "Recipe":
+        """A new recipe with the non-None ``overrides`` applied (the original is untouched)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise VislabError(None, f"unknown recipe fields: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (lists for tuples) for YAML and checkpoints."""
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _coerce(data: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for key in ("mean", "std", "snapshot"):
+        if out.get(key) is not None:
+            out[key] = tuple(out[key])
+    if "lr" in out:
+        out["lr"] = float(out["lr"])
+    if "weight_decay" in out:
+        out["weight_decay"] = float(out["weight_decay"])
+    return out
+
+
+def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
+    """Build a :class:`Recipe` from a mapping; unknown keys are an error naming ``source``."""
+    known = {f.name for f in fields(Recipe)}
+    unknown = set(data) - known
+    if unknown:
+        raise VislabError(source, f"unknown recipe keys: {', '.join(sorted(unknown))}")
+    return Recipe(**_coerce(data))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes shipped in the package, by name."""
+    root = resources.files("vislab") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a shipped recipe by name, or a YAML file by path.
+
+    Example:
+        >>> load_recipe("cls-fast").model
+        'resnet9_s'
+    """
+    shipped = shipped_recipes()
+    path = shipped.get(name_or_path) or Path(name_or_path)
+    if not path.is_file():
+        raise VislabError(
+            name_or_path, f"no such recipe; shipped recipes: {', '.join(sorted(shipped))}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VislabError(path, f"not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise VislabError(path, "a recipe must be a YAML mapping of field: value")
+    return recipe_from_dict(data, source=str(path))

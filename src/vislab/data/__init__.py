@@ -1,0 +1,1 @@
+"""Data: image decoding, classification folders, segmentation pairs, the palette codec."""

@@ -1,0 +1,1 @@
+"""Training engine: LightningModules, DataModules and the one place that builds the Trainer."""

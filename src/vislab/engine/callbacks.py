@@ -1,0 +1,55 @@
+"""Callbacks: per-epoch history file and a one-line epoch summary for logs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from vislab.io import atomic_write_text
+from vislab.log import info
+
+
+class EpochHistory(pl.Callback):
+    """Write ``history.csv`` (one row per epoch) in the run folder and print a summary line."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / "history.csv"
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        for k, v in sorted(trainer.callback_metrics.items()):
+            if k.endswith("_step") or k.startswith("lr-"):
+                continue
+            row[k.removesuffix("_epoch")] = round(float(v), 6)
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        row["seconds"] = round(time.perf_counter() - self._t0, 2)
+        rows = self._read()
+        rows = [r for r in rows if int(r["epoch"]) < epoch + 1] + [row]
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(buf.getvalue(), self.path)
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch")
+        info(f"epoch {epoch + 1}/{trainer.max_epochs} {shown}")
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open() as fh:
+            return list(csv.DictReader(fh))

@@ -1,0 +1,186 @@
+"""P1 engine: the classification DataModule (decoded tensors, held-out split) and the
+LightningModule (loss, augmentation on device, metrics, optimiser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch.utils.data import DataLoader, Dataset
+
+from vislab.config import Recipe
+from vislab.data.classification import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    augment_batch,
+    load_folder,
+    normalize,
+    resize_batch,
+    stratified_split,
+)
+from vislab.engine.optim import build_optimization
+from vislab.engine.sampling import EpochSampler
+from vislab.engine.state import FORMAT, capture_rng, restore_rng
+from vislab.errors import VislabError
+from vislab.models import build_model
+
+
+class IndexedTensors(Dataset):
+    """(uint8 image, label, sample index) triples from decoded tensors; no decoding per epoch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        j = self.indices[i]
+        return self.images[j], self.labels[j], j
+
+    def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        j = self.indices[torch.as_tensor(items)]
+        return [(self.images[j], self.labels[j], j)]
+
+
+def _collate(batch: list) -> Any:
+    # __getitems__ returns one pre-stacked triple: the batch is gathered by one index op
+    return batch[0] if len(batch) == 1 and batch[0][0].dim() == 4 else torch.utils.data.default_collate(batch)
+
+
+class ClassificationData(pl.LightningDataModule):
+    """Decode ``train_dir`` once, split off a stratified held-out part, serve index batches."""
+
+    def __init__(self, train_dir: str | Path, recipe: Recipe) -> None:
+        super().__init__()
+        self.train_dir = Path(train_dir)
+        self.recipe = recipe
+        data = load_folder(self.train_dir, labelled=True)
+        self.data = data
+        self.num_classes = data.num_classes
+        assert data.labels is not None
+        if recipe.holdout > 0:
+            self.train_idx, self.holdout_idx = stratified_split(
+                data.labels, fraction=recipe.holdout, seed=recipe.seed
+            )
+        else:
+            self.train_idx, self.holdout_idx = torch.arange(len(data.labels)), torch.arange(0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch on one process (used to size the schedule)."""
+        from vislab.engine.sampling import _rank_world
+
+        n = len(self.train_idx)
+        world = max(1, self.trainer.world_size if self.trainer is not None else _rank_world()[1])
+        per_rank = n // world
+        steps = max(1, per_rank // self.recipe.batch_size)
+        return steps
+
+    def _loader(self, idx: torch.Tensor, *, train: bool) -> DataLoader:
+        assert self.data.labels is not None
+        ds = IndexedTensors(self.data.images, self.data.labels, idx)
+        sampler = EpochSampler(len(ds), shuffle=train, seed=self.recipe.seed, drop_last=train)
+        return DataLoader(
+            ds,
+            batch_size=self.recipe.batch_size,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.recipe.num_workers,
+            collate_fn=_collate,
+            generator=torch.Generator().manual_seed(self.recipe.seed),
+            persistent_workers=self.recipe.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_idx, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.holdout_idx, train=False) if len(self.holdout_idx) else []
+
+
+class ClassifierModule(pl.LightningModule):
+    """Loss, on-device augmentation, accuracy and optimisation for a registry classifier."""
+
+    def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from vislab.config import recipe_from_dict
+
+        self.recipe = recipe_from_dict(recipe)
+        self.num_classes = num_classes
+        self.steps_per_epoch = steps_per_epoch
+        self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
+        if self.recipe.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
+        self.std = tuple(self.recipe.std or IMAGENET_STD)
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> normalised float at the model's input size."""
+        x = resize_batch(normalize(x, self.mean, self.std), self.recipe.image_size)
+        return x.contiguous(memory_format=torch.channels_last) if self.recipe.channels_last else x
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y, idx = batch
+        if self.trainer is not None and self.trainer.training:
+            x = augment_batch(x, idx, seed=self.recipe.seed, epoch=self.current_epoch, pad=self.recipe.pad)
+        return self.prepare(x), y, idx
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+        self.train_acc(logits.detach(), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, _ = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        self.holdout_acc(logits, y)
+        self.log("holdout_loss", loss / len(y), on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log("holdout_acc", self.holdout_acc, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        return build_optimization(self.net.parameters(), self.recipe, steps_per_epoch=self.steps_per_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vislab"] = {
+            "format": FORMAT,
+            "task": "cls",
+            "model": self.recipe.model,
+            "num_classes": self.num_classes,
+            "image_size": self.recipe.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "recipe": self.recipe.to_dict(),
+        }
+        checkpoint["rng"] = capture_rng()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("vislab", {})
+        if meta.get("task") != "cls" or meta.get("model") != self.recipe.model or meta.get("num_classes") != self.num_classes:
+            raise VislabError(
+                None,
+                f"cannot resume: checkpoint is {meta.get('task')} {meta.get('model')} with "
+                f"{meta.get('num_classes')} classes, this run is cls {self.recipe.model} with {self.num_classes}",
+            )
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        if self._rng_to_restore is not None:
+            restore_rng(self._rng_to_restore)
+            self._rng_to_restore = None

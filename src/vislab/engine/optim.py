@@ -1,0 +1,73 @@
+"""Optimisers and learning-rate schedules, chosen by name from lookup tables.
+
+Schedules are sized from a step count the data module computes (not Lightning's
+``estimated_stepping_batches``, which has lost the loader state on resume).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from vislab.config import Recipe
+from vislab.errors import VislabError
+
+
+def _sgd(params: Iterable, r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.momentum > 0)
+
+
+def _adamw(params: Iterable, r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+def _adam(params: Iterable, r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Iterable, Recipe], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adamw": _adamw,
+    "adam": _adam,
+}
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _constant(step: int, total: int, warmup: int) -> float:
+    return (step + 1) / warmup if step < warmup else 1.0
+
+
+def _poly(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return (1.0 - min(1.0, (step - warmup) / max(1, total - warmup))) ** 0.9
+
+
+SCHEDULERS: dict[str, Callable[[int, int, int], float]] = {
+    "cosine": _cosine,
+    "constant": _constant,
+    "poly": _poly,
+}
+
+
+def build_optimization(params: Iterable, recipe: Recipe, *, steps_per_epoch: int) -> dict:
+    """Optimiser and per-step scheduler for ``configure_optimizers``."""
+    if recipe.optimizer not in OPTIMIZERS:
+        raise VislabError(None, f"unknown optimizer {recipe.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    if recipe.scheduler not in SCHEDULERS:
+        raise VislabError(None, f"unknown scheduler {recipe.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+    opt = OPTIMIZERS[recipe.optimizer](params, recipe)
+    total = max(1, steps_per_epoch * recipe.epochs)
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    fn = SCHEDULERS[recipe.scheduler]
+    sched = LambdaLR(opt, lambda step: fn(step, total, warmup))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

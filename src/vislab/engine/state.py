@@ -1,0 +1,113 @@
+"""Full-state checkpoints: RNG states, atomic writes, and strict loading for inference."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vislab.errors import VislabError
+from vislab.io import atomic_path
+
+FORMAT = 1
+
+
+def capture_rng() -> dict[str, Any]:
+    """torch/numpy/python RNG states as tensors and ints (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file, fsync, then rename: never a partial file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, Any]:
+    """Read a vislab checkpoint, with one clear error for anything else.
+
+    Args:
+        path: a ``.ckpt`` written by ``vislab ... train``.
+        task: "cls" or "seg" to refuse a checkpoint of the other pipeline.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VislabError(p, "checkpoint not found")
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / name).is_file():
+                return read_checkpoint(p / name, task=task)
+        raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
+        kind = "truncated or corrupt" if p.stat().st_size > 0 else "empty"
+        raise VislabError(p, f"not a readable checkpoint ({kind}: {type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "vislab" not in ckpt or "state_dict" not in ckpt:
+        what = "a plain state_dict" if isinstance(ckpt, dict) and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()
+        ) else "not a vislab checkpoint"
+        raise VislabError(p, f"{what}; expected a checkpoint written by `vislab {task or 'cls'} train`")
+    meta = ckpt["vislab"]
+    if task is not None and meta.get("task") != task:
+        raise VislabError(
+            p, f"is a {meta.get('task')} checkpoint ({meta.get('model')}); expected a {task} checkpoint"
+        )
+    return ckpt
+
+
+def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's weights from a checkpoint (the LightningModule keeps them under ``net.``)."""
+    return {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+
+
+def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint and load its weights (no download, no Lightning).
+
+    Returns:
+        (model in eval mode, the checkpoint's ``vislab`` metadata)
+    """
+    from vislab.models import build_model
+
+    ckpt = read_checkpoint(path, task=task)
+    meta = ckpt["vislab"]
+    model = build_model(meta["model"], num_classes=meta["num_classes"], weights=None)
+    try:
+        model.load_state_dict(net_state_dict(ckpt))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise VislabError(path, f"weights do not fit {meta['model']} with {meta['num_classes']} classes ({first})") from None
+    return model.eval(), meta

@@ -1,0 +1,101 @@
+"""The one place that builds a Lightning Trainer for a run folder."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from vislab.config import Recipe
+from vislab.engine.callbacks import EpochHistory
+from vislab.engine.state import AtomicCheckpointIO
+from vislab.errors import VislabError
+from vislab.io import atomic_write_text
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's advertising and warnings that do not apply to vislab's layout."""
+    for pattern in (".*exists and is not empty.*", ".*LeafSpec.*", ".*on_after_batch_transfer.*",
+                    ".*litlogger.*", ".*does not have many workers.*", ".*`isinstance\\(treespec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def _devices(value: str) -> int | str | list[int]:
+    if value == "auto":
+        return "auto"
+    if "," in value:
+        return [int(v) for v in value.split(",") if v]
+    return int(value)
+
+
+def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callbacks: list | None = None) -> pl.Trainer:
+    """A Trainer writing logs and full-state checkpoints (best.ckpt, last.ckpt) into ``out_dir``."""
+    quiet_lightning()
+    best = ModelCheckpoint(
+        dirpath=out_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[pl.Callback] = [best, EpochHistory(out_dir), LearningRateMonitor("step")]
+    if sys.stderr.isatty():
+        callbacks.append(RichProgressBar())
+    callbacks += extra_callbacks or []
+    return pl.Trainer(
+        default_root_dir=out_dir,
+        max_epochs=recipe.epochs,
+        accelerator=recipe.accelerator,
+        devices=_devices(recipe.devices),
+        num_nodes=recipe.num_nodes,
+        strategy=recipe.strategy,
+        precision=recipe.precision,  # type: ignore[arg-type]
+        logger=[
+            CSVLogger(out_dir, name="", version=""),
+            TensorBoardLogger(out_dir, name="tensorboard", version=""),
+        ],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # vislab's samplers shard themselves, without padding
+        num_sanity_val_steps=0,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        limit_train_batches=recipe.limit_train_batches,
+        deterministic=False,
+        benchmark=False,
+    )
+
+
+def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str) -> Path | None:
+    """Create the run folder and write the resolved recipe; return last.ckpt when resuming.
+
+    A resume without a checkpoint is an error (Lightning would silently start afresh).
+    A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
+    """
+    last = out_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise VislabError(out_dir, "--resume found no last.ckpt in this run folder")
+        return last
+    if last.exists() or (out_dir / "best.ckpt").exists():
+        raise VislabError(out_dir, "run folder already holds checkpoints; use --resume or another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VislabError(out_dir, "is a file, but a run folder is needed")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
+    atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
+    atomic_write_text(command + "\n", out_dir / "command.txt")
+    return None

@@ -1,0 +1,19 @@
+"""One error type for every bad input: the CLI prints it as a single line and exits 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VislabError(Exception):
+    """A user-facing error about one path (or none).
+
+    Example:
+        >>> str(VislabError("runs/p1", "no checkpoint found"))
+        'runs/p1: no checkpoint found'
+    """
+
+    def __init__(self, path: str | Path | None, message: str) -> None:
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}" if self.path else message)

@@ -1,0 +1,114 @@
+"""FCN-32s/16s/8s (Long et al. 2015) on VGG16 or VGG19 features, exactly as the seed prints them.
+
+The seed's head: VGG conv blocks 1-5, then Conv2d(512, 4096, kernel 2) (15x15 at 512 input),
+ReLU, Dropout2d, Conv2d(4096, 4096, 1), ReLU, Dropout2d, Conv2d(4096, C, 1), and a bias-free
+ConvTranspose2d(C, C, 64, stride 32) back to the input size: 40,118,087 parameters for VGG16
+at C = 7. FCN-16s/8s add 1x1 score layers on pool4 / pool3 and x2 learned upsampling.
+Output: logits (N, C, H, W), see :mod:`vislab.models.seg_base`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from vislab.models.registry import register
+from vislab.models.seg_base import SegmentationModel
+from vislab.models.weights import apply_weights
+
+# backbone -> (torchvision builder, weights enum name)
+_BACKBONES = {"vgg16": (tvm.vgg16, "VGG16_Weights"), "vgg19": (tvm.vgg19, "VGG19_Weights")}
+# variant -> VGG pooling stages whose scores are fused (pool index from the end: 1 = pool4)
+_SKIPS = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3")}
+
+
+class VGGFeatures(nn.Module):
+    """VGG conv blocks 1-5 as one ``nn.Sequential``; exposes pool3/pool4/pool5 maps."""
+
+    def __init__(self, backbone: str, weights: str | None) -> None:
+        super().__init__()
+        builder, enum_name = _BACKBONES[backbone]
+        vgg = builder(weights=None)
+
+        def pretrained() -> None:
+            vgg.load_state_dict(getattr(tvm, enum_name).DEFAULT.get_state_dict(progress=False))
+
+        if weights == "imagenet":
+            apply_weights(vgg, weights, pretrained=pretrained, name=backbone)
+        self.features = vgg.features
+        pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        self.taps = {"pool3": pools[2], "pool4": pools[3]}
+        self.channels = {"pool3": 256, "pool4": 512, "pool5": 512}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        wanted = {v: k for k, v in self.taps.items()}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        out["pool5"] = x
+        return out
+
+
+def _center_crop(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    dh, dw = x.shape[-2] - ref.shape[-2], x.shape[-1] - ref.shape[-1]
+    return x[..., dh // 2 : dh // 2 + ref.shape[-2], dw // 2 : dw // 2 + ref.shape[-1]]
+
+
+class FCN(nn.Module):
+    """FCN over a :class:`VGGFeatures`; ``skips`` picks the fused pooling stages."""
+
+    def __init__(self, features: VGGFeatures, *, num_classes: int, skips: tuple[str, ...]) -> None:
+        super().__init__()
+        c = num_classes
+        self.backbone = features
+        self.head = nn.Sequential(
+            nn.Conv2d(512, 4096, kernel_size=2),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(),
+            nn.Conv2d(4096, 4096, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(),
+            nn.Conv2d(4096, c, kernel_size=1),
+        )
+        self.skips = skips
+        self.skip_scores = nn.ModuleDict(
+            {s: nn.Conv2d(features.channels[s], c, kernel_size=1) for s in skips}
+        )
+        self.skip_ups = nn.ModuleList(
+            [nn.ConvTranspose2d(c, c, kernel_size=4, stride=2, bias=False) for _ in skips]
+        )
+        factor = 32 // (2 ** len(skips))
+        self.upscore = nn.ConvTranspose2d(c, c, kernel_size=2 * factor, stride=factor, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(x)
+        score = self.head(feats["pool5"])
+        for name, up in zip(self.skips, self.skip_ups):
+            skip = self.skip_scores[name](feats[name])
+            score = _center_crop(up(score), skip) + skip
+        out = self.upscore(score)
+        # at a side divisible by 32 FCN-32s gives exactly H; the fused variants overshoot
+        # by the deconvolution's border, which is cropped symmetrically
+        return _center_crop(out, x) if out.shape[-2:] != x.shape[-2:] else out
+
+
+def _build_fcn(variant: str, backbone: str, *, num_classes: int, weights: str | None) -> nn.Module:
+    local = None if weights in (None, "none", "imagenet") else weights
+    feats = VGGFeatures(backbone, "imagenet" if weights == "imagenet" else None)
+    model = SegmentationModel(FCN(feats, num_classes=num_classes, skips=_SKIPS[variant]))
+    return apply_weights(model, local, name=f"{variant}_{backbone}")
+
+
+for _variant in _SKIPS:
+    for _backbone in _BACKBONES:
+        register(
+            f"{_variant}_{_backbone}",
+            task="seg",
+            input_size=(3, 512, 512),
+            description=f"{_variant.upper()} on {_backbone.upper()} features (seed layout)",
+        )(partial(_build_fcn, _variant, _backbone))

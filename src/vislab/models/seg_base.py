@@ -1,0 +1,41 @@
+"""The one forward pass every segmentation model shares.
+
+Contract: ``model(x)`` with ``x`` of shape (N, 3, H, W) returns raw logits of shape
+(N, num_classes, H, W) for ANY H, W: the input is padded to the network's stride and the
+logits are cropped back. No softmax inside.
+
+    >>> build_model("fcn32s_vgg16", num_classes=7)(torch.zeros(1, 3, 500, 375)).shape
+    torch.Size([1, 7, 500, 375])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegmentationModel(nn.Module):
+    """Wrap a network so that any input size works and the output is a logits tensor.
+
+    Args:
+        net: the network; it may return a tensor or a dict with key ``"out"`` (torchvision).
+        stride: input sides are zero-padded up to a multiple of this, then cropped back.
+    """
+
+    def __init__(self, net: nn.Module, *, stride: int = 32) -> None:
+        super().__init__()
+        self.net = net
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        out = self.net(x)
+        if isinstance(out, dict):
+            out = out["out"]
+        if out.shape[-2:] != x.shape[-2:]:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out[..., :h, :w]

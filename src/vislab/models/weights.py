@@ -1,0 +1,93 @@
+"""Loading pretrained weights: library enums (need internet once) or a local state_dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vislab.errors import VislabError
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict (or a vislab/Lightning checkpoint's weights) from ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        raise VislabError(p, "weights file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file"
+        raise VislabError(p, f"not a readable PyTorch weights file ({type(exc).__name__})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VislabError(p, "not a state_dict (expected a mapping of parameter names to tensors)")
+    return obj
+
+
+def load_local_weights(
+    model: nn.Module, path: str | Path, *, skip_mismatched: bool = True
+) -> tuple[list[str], list[str]]:
+    """Load a local state_dict into ``model``; tensors whose shape differs (a head for another
+    class count) are skipped. Missing/unexpected keys are reported, and refused when nothing fits.
+
+    Returns:
+        (missing keys, unexpected keys)
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if skipped and not skip_mismatched:
+        raise VislabError(path, f"shape mismatch for {skipped[:3]}")
+    sd = {k: v for k, v in sd.items() if k not in skipped}
+    result = model.load_state_dict(sd, strict=False)
+    loaded = len(sd) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise VislabError(
+            path,
+            f"no tensor matches this model (unexpected keys such as {result.unexpected_keys[:3]})",
+        )
+    missing = list(result.missing_keys)
+    if missing or result.unexpected_keys or skipped:
+        from vislab.log import info
+
+        info(
+            f"{path}: loaded {loaded} tensors; missing {len(missing)} {missing[:4]}, "
+            f"unexpected {len(result.unexpected_keys)} {result.unexpected_keys[:4]}, "
+            f"skipped (shape) {skipped[:4]}"
+        )
+    return missing, list(result.unexpected_keys)
+
+
+def apply_weights(
+    model: nn.Module,
+    weights: str | None,
+    *,
+    pretrained: Callable[[], Any] | None = None,
+    name: str = "model",
+) -> nn.Module:
+    """Apply ``weights`` to a freshly built ``model``.
+
+    ``pretrained`` is a zero-argument callable that loads the library's ImageNet weights into
+    ``model`` (and may download them); it is only called for ``weights == "imagenet"``.
+    """
+    if weights is None or weights == "none":
+        return model
+    if weights == "imagenet":
+        if pretrained is None:
+            raise VislabError(None, f"{name} has no ImageNet weights; use --weights PATH")
+        try:
+            pretrained()
+        except (OSError, RuntimeError, ConnectionError) as exc:
+            if isinstance(exc, RuntimeError) and "download" not in str(exc).lower() and "url" not in str(exc).lower():
+                raise
+            raise VislabError(
+                None,
+                f"{name}: ImageNet weights could not be downloaded (no network?); "
+                "download them once elsewhere and pass --weights PATH to a state_dict",
+            ) from None
+        return model
+    load_local_weights(model, weights)
+    return model

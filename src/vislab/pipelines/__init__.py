@@ -1,0 +1,1 @@
+"""What each command does, as library functions: the CLI only parses and calls these."""

@@ -1,0 +1,198 @@
+"""P1: train, evaluate, predict and explain small-image classifiers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vislab.config import Recipe
+from vislab.data.classification import load_folder, normalize, resize_batch
+from vislab.errors import VislabError
+from vislab.io import atomic_write_text
+from vislab.log import info
+from vislab.models import penultimate
+
+
+def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
+          val_dir: str | Path | None = None, command: str = "") -> dict[str, Any]:
+    """Train a classifier on ``train_dir`` into the run folder ``out_dir``.
+
+    The best checkpoint is chosen on a held-out split of the training folder; ``val_dir`` (if
+    given) is evaluated once at the end with that checkpoint.
+
+    Example:
+        >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
+    """
+    import lightning.pytorch as pl
+
+    from vislab.engine.classification import ClassificationData, ClassifierModule
+    from vislab.engine.trainer import build_trainer, prepare_run_folder
+
+    out = Path(out_dir)
+    if val_dir is not None:
+        load_folder(val_dir, labelled=True)  # fail before training, not after
+    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    data = ClassificationData(train_dir, recipe)
+    info(f"{train_dir}: {len(data.data.files)} images, {data.num_classes} classes; "
+         f"training on {len(data.train_idx)}, held out {len(data.holdout_idx)} for checkpoint selection")
+    trainer = build_trainer(recipe, out, monitor="holdout_acc")
+    steps = max(1, (len(data.train_idx) // trainer.world_size) // recipe.batch_size)
+    if recipe.limit_train_batches is not None and isinstance(recipe.limit_train_batches, int):
+        steps = min(steps, recipe.limit_train_batches)
+    module = ClassifierModule(recipe.to_dict(), data.num_classes, steps)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    result: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
+    if not trainer.is_global_zero:
+        return result
+    best = out / "best.ckpt" if (out / "best.ckpt").is_file() else out / "last.ckpt"
+    result["holdout_acc"] = _best_score(trainer)
+    if val_dir is not None:
+        result["val"] = evaluate(best, val_dir)
+        result["val_accuracy"] = result["val"]["accuracy"]
+    result["checkpoint"] = str(best)
+    summary = {k: v for k, v in result.items() if k != "val"}
+    atomic_write_text(json.dumps(result, indent=2), out / "results.json")
+    info(f"done: {json.dumps(summary)}")
+    return result
+
+
+def _best_score(trainer: Any) -> float | None:
+    cb = trainer.checkpoint_callback
+    score = getattr(cb, "best_model_score", None)
+    return None if score is None else round(float(score), 6)
+
+
+def _device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, batch_size: int = 256,
+          device: str | None = None, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (and optionally second-last-layer features) for uint8 images (N, 3, H, W)."""
+    dev = _device(device)
+    model = model.to(dev).eval()
+    logits, feats = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(dev)
+        x = resize_batch(normalize(x, tuple(meta["mean"]), tuple(meta["std"])), meta["image_size"])
+        if features:
+            with penultimate(model) as store:
+                out = model(x)
+            feats.append(store[0].float().cpu())
+        else:
+            out = model(x)
+        logits.append(out.float().cpu())
+    return torch.cat(logits), (torch.cat(feats) if features else None)
+
+
+def _labels_from_csv(path: Path, files: list[str]) -> torch.Tensor:
+    if not path.is_file():
+        raise VislabError(path, "labels CSV not found")
+    with path.open() as fh:
+        rows = list(csv.reader(fh))
+    if not rows or len(rows[0]) < 2:
+        raise VislabError(path, "expected a CSV with columns filename,label")
+    table = {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
+    missing = [f for f in files if f not in table]
+    if missing:
+        raise VislabError(path, f"no label for {len(missing)} images, e.g. {missing[0]}")
+    try:
+        return torch.tensor([int(table[f]) for f in files])
+    except ValueError:
+        raise VislabError(path, "labels must be integers") from None
+
+
+@dataclass
+class _Loaded:
+    model: torch.nn.Module
+    meta: dict[str, Any]
+
+
+def _load(ckpt: str | Path) -> _Loaded:
+    from vislab.engine.state import load_network
+
+    model, meta = load_network(ckpt, task="cls")
+    return _Loaded(model, meta)
+
+
+def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
+             batch_size: int = 256, device: str | None = None) -> dict[str, Any]:
+    """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder."""
+    loaded = _load(ckpt)
+    data = load_folder(img_dir, labelled=labels_csv is None)
+    labels = data.labels if labels_csv is None else _labels_from_csv(Path(labels_csv), data.files)
+    assert labels is not None
+    n_cls = loaded.meta["num_classes"]
+    if int(labels.max()) >= n_cls:
+        bad = data.files[int(torch.argmax((labels >= n_cls).int()))]
+        raise VislabError(Path(img_dir) / bad, f"label {int(labels.max())} is outside the model's 0..{n_cls - 1}")
+    logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device)
+    pred = logits.argmax(1)
+    top5 = logits.topk(min(5, n_cls), dim=1).indices.eq(labels[:, None]).any(1)
+    per_class = {}
+    for c in range(n_cls):
+        m = labels == c
+        if m.any():
+            per_class[c] = round(float((pred[m] == c).float().mean()), 4)
+    return {
+        "images": len(labels),
+        "accuracy": round(float((pred == labels).float().mean()), 6),
+        "top5": round(float(top5.float().mean()), 6),
+        "per_class": per_class,
+        "confusion": _confusion(labels, pred, n_cls).tolist(),
+    }
+
+
+def _confusion(target: torch.Tensor, pred: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+
+
+def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
+            device: str | None = None) -> int:
+    """Write ``image_id,label`` rows sorted by file name; names need not carry labels."""
+    loaded = _load(ckpt)
+    data = load_folder(img_dir, labelled=False, use_cache=False)
+    logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "label"])
+    for name, label in zip(data.files, logits.argmax(1).tolist()):
+        w.writerow([name, label])
+    atomic_write_text(buf.getvalue(), out_csv)
+    return len(data.files)
+
+
+def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv: str | Path | None = None,
+         seed: int = 0, perplexity: float = 30.0, device: str | None = None) -> Path:
+    """t-SNE of the second-last-layer features of a labelled folder: a PNG and a CSV of points."""
+    from vislab.viz.tsne import embed, plot_embedding
+
+    loaded = _load(ckpt)
+    data = load_folder(img_dir, labelled=True)
+    assert data.labels is not None
+    _, feats = infer(loaded.model, loaded.meta, data.images, device=device, features=True)
+    assert feats is not None
+    points = embed(feats, seed=seed, perplexity=perplexity)
+    out_png = Path(out_png)
+    plot_embedding(points, data.labels, out_png,
+                   title=f"t-SNE of {loaded.meta['model']} second-last layer ({feats.shape[1]}-d), {img_dir}")
+    csv_path = Path(out_csv) if out_csv else out_png.with_suffix(".csv")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "label", "x", "y"])
+    for name, lab, (x, y) in zip(data.files, data.labels.tolist(), points.tolist()):
+        w.writerow([name, lab, f"{x:.5f}", f"{y:.5f}"])
+    atomic_write_text(buf.getvalue(), csv_path)
+    return out_png

@@ -1,0 +1,1 @@
+"""Figures and tables: architecture summary, t-SNE, mask progression."""

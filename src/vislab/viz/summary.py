@@ -1,0 +1,49 @@
+"""The architecture table ``Layer (type) | Output Shape | Param #`` with parameter totals.
+
+torchinfo runs the forward pass and counts; this module only lays the leaf layers out in
+execution order, as the course reports print them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def architecture_table(model: nn.Module, input_size: tuple[int, int, int], *, batch: int = 1) -> str:
+    """Render the table for ``model`` on an input of shape ``(batch, *input_size)``.
+
+    Example:
+        >>> print(architecture_table(build_model("vgg16_bn", num_classes=50), (3, 32, 32)))
+        ... Total params: 134,473,842
+    """
+    import torchinfo
+
+    stats = torchinfo.summary(model, input_size=(batch, *input_size), depth=100, verbose=0,
+                              col_names=("output_size", "num_params"), device="cpu")
+    rows = []
+    count = 0
+    for layer in stats.summary_list:
+        if not layer.is_leaf_layer or not layer.executed:
+            continue
+        count += 1
+        shape = "[" + ", ".join(["-1", *map(str, layer.output_size[1:])]) + "]" if layer.output_size else "-"
+        params = 0 if layer.is_recursive else layer.num_params
+        rows.append((f"{layer.class_name}-{count}", shape, f"{params:,}"))
+    w1 = max(25, *(len(r[0]) for r in rows)) + 2
+    w2 = max(25, *(len(r[1]) for r in rows)) + 2
+    width = w1 + w2 + 15
+    lines = ["=" * width, f"{'Layer (type)':<{w1}}{'Output Shape':<{w2}}{'Param #':>15}", "=" * width]
+    lines += [f"{a:<{w1}}{b:<{w2}}{c:>15}" for a, b, c in rows]
+    total, trainable = stats.total_params, stats.trainable_params
+    lines += [
+        "=" * width,
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+        "-" * width,
+        f"Input size: {[batch, *input_size]}",
+        f"Forward/backward pass size (MB): {stats.total_output_bytes / 1e6:,.2f}",
+        f"Params size (MB): {stats.total_param_bytes / 1e6:,.2f}",
+        "=" * width,
+    ]
+    return "\n".join(lines)
