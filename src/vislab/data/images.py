@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import warnings
+
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
+
+with warnings.catch_warnings():
+    # torchvision 0.29 points to TorchCodec for video; its image decoders are still the fast path
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from torchvision.io import ImageReadMode, decode_image, read_file
 
 from vislab.errors import VislabError
 
@@ -15,12 +21,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 def read_rgb(path: str | Path) -> torch.Tensor:
     """Decode ``path`` to a (3, H, W) uint8 tensor; grayscale and RGBA are converted to RGB."""
     p = Path(path)
+    if p.is_file() and p.stat().st_size == 0:
+        raise VislabError(p, "empty file, not an image")
     try:
         data = read_file(str(p))
     except (OSError, RuntimeError) as exc:
         raise VislabError(p, f"cannot read file ({exc.__class__.__name__})") from None
-    if data.numel() == 0:
-        raise VislabError(p, "empty file, not an image")
     try:
         return decode_image(data, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):

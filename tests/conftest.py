@@ -1,0 +1,60 @@
+"""Shared fixtures: synthetic data sets, the real course data when present, an in-process CLI."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hw1_data"
+requires_real = pytest.mark.skipif(not REAL.is_dir(), reason="course data not found in ../shared/data")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def color_classes(tmp_path: Path) -> Path:
+    """A learnable 3-class folder of 32x32 PNGs: class c is noisy with channel c bright."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "train"
+    d.mkdir()
+    for c in range(3):
+        for i in range(40):
+            img = rng.integers(0, 90, size=(32, 32, 3), dtype=np.uint8)
+            img[..., c] += 140
+            write_png(d / f"{c}_{i}.png", img)
+    return d
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``vislab ARGS`` in-process; returns exit code, stdout and stderr."""
+    from vislab.cli import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["vislab", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

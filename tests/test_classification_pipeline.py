@@ -1,0 +1,166 @@
+"""P1 end to end through the CLI: train, eval, predict on label-free names, t-SNE, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REAL, requires_real
+
+
+def _tiny_recipe(tmp_path, **kw):
+    r = {"task": "cls", "model": "cifar_resnet20", "epochs": 2, "batch_size": 16, "lr": 0.05,
+         "holdout": 0.2, "warmup_epochs": 0.0, "seed": 0}
+    r.update(kw)
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+@pytest.fixture
+def trained(cli, color_classes, tmp_path):
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run,
+              "--val-dir", color_classes)
+    assert res.code == 0, res.err
+    return run
+
+
+def test_run_folder_contents(trained):
+    for name in ("best.ckpt", "last.ckpt", "recipe.yaml", "command.txt", "history.csv", "metrics.csv", "results.json"):
+        assert (trained / name).is_file(), name
+    rows = list(csv.DictReader((trained / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "holdout_acc", "lr", "seconds"} <= set(rows[0])
+    assert list((trained / "tensorboard").glob("events.*"))
+    ckpt = torch.load(trained / "last.ckpt", weights_only=True)
+    assert {"state_dict", "optimizer_states", "lr_schedulers", "epoch", "rng", "vislab"} <= set(ckpt)
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
+    assert ckpt["vislab"]["num_classes"] == 3 and ckpt["vislab"]["task"] == "cls"
+
+
+def test_eval_matches_predictions(cli, trained, color_classes, tmp_path):
+    res = cli("cls", "eval", trained / "best.ckpt", color_classes, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    # an independent count from the predictions CSV
+    res = cli("cls", "predict", trained / "best.ckpt", color_classes, tmp_path / "p.csv")
+    assert res.code == 0, res.err
+    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    correct = sum(int(r[0].split("_")[0]) == int(r[1]) for r in rows[1:])
+    assert metrics["accuracy"] == pytest.approx(correct / 120, abs=1e-6)
+    assert f"accuracy: {metrics['accuracy']:.4f}" in res.out or "accuracy" in metrics
+    assert metrics["accuracy"] > 0.6  # three colour classes are easy
+
+
+def test_predict_on_label_free_names(cli, trained, color_classes, tmp_path):
+    test = tmp_path / "test"
+    test.mkdir()
+    names = {}
+    for i, f in enumerate(sorted(color_classes.glob("*.png"))[::7]):
+        new = f"img{i:03d}{'x' if i % 2 else ''}.png"
+        shutil.copy(f, test / new)
+        names[new] = f.name
+    res = cli("cls", "predict", trained, test, tmp_path / "out" / "pred.csv")
+    assert res.code == 0, res.err
+    rows = list(csv.reader((tmp_path / "out" / "pred.csv").open()))
+    assert rows[0] == ["image_id", "label"]
+    ids = [r[0] for r in rows[1:]]
+    assert ids == sorted(names) and all(r[1].isdigit() and int(r[1]) < 3 for r in rows[1:])
+    # the same image under a labelled name gets the same prediction
+    cli("cls", "predict", trained, color_classes, tmp_path / "all.csv")
+    by_name = {r[0]: r[1] for r in csv.reader((tmp_path / "all.csv").open())}
+    assert all(by_name[names[r[0]]] == r[1] for r in rows[1:])
+
+
+def test_tsne_outputs(cli, trained, color_classes, tmp_path):
+    res = cli("cls", "tsne", trained, color_classes, "--out", tmp_path / "t.png")
+    assert res.code == 0, res.err
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert len(rows) == 120 and {"image_id", "label", "x", "y"} == set(rows[0])
+    pts = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    # trained features: each class's points lie closer to their own centre than to others'
+    cents = np.stack([pts[labels == c].mean(0) for c in range(3)])
+    nearest = np.argmin(((pts[:, None] - cents[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == labels).mean() > 0.8
+
+
+def test_same_seed_same_weights(cli, color_classes, tmp_path):
+    recipe = _tiny_recipe(tmp_path, epochs=1)
+    for run in ("a", "b"):
+        assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / run).code == 0
+    a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
+    run = tmp_path / "r"
+    assert cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--out", run).code == 0
+    before = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    after = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--lr", "0.5")
+    assert res.code == 2 and "drop --lr" in res.err
+    res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run)
+    assert res.code == 2 and "already holds checkpoints" in res.err
+
+
+def test_resume_without_checkpoint_exits_2(cli, color_classes, tmp_path):
+    res = cli("cls", "train", color_classes, "--out", tmp_path / "fresh", "--resume")
+    assert res.code == 2
+    assert res.err.strip() == f"vislab: error: {tmp_path / 'fresh'}: --resume found no last.ckpt in this run folder"
+
+
+def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):
+    trunc = tmp_path / "trunc.ckpt"
+    trunc.write_bytes((trained / "best.ckpt").read_bytes()[:5000])
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, plain)
+    seg = tmp_path / "seg.ckpt"
+    ck = torch.load(trained / "best.ckpt", weights_only=True)
+    ck["vislab"]["task"] = "seg"
+    torch.save(ck, seg)
+    cases = {trunc: "not a readable checkpoint", plain: "a plain state_dict", seg: "is a seg checkpoint"}
+    for path, message in cases.items():
+        res = cli("cls", "predict", path, color_classes, tmp_path / "x.csv")
+        assert res.code == 2 and message in res.err and str(path) in res.err, res.err
+        assert len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_label_outside_model_range(cli, trained, tmp_path):
+    d = tmp_path / "v"
+    d.mkdir()
+    from conftest import write_png
+
+    write_png(d / "7_0.png", np.zeros((32, 32, 3), np.uint8))
+    res = cli("cls", "eval", trained, d)
+    assert res.code == 2 and "outside the model's 0..2" in res.err and "7_0.png" in res.err
+
+
+@requires_real
+def test_short_real_training_beats_chance_realdata(cli, tmp_path):
+    """5 real classes x 200 images, 8 epochs of ResNet-9-XS: far above the 0.2 of chance."""
+    src = REAL / "p1_data" / "train_50"
+    d = tmp_path / "slice"
+    d.mkdir()
+    for c in range(5):
+        for i in range(200):
+            shutil.copy(src / f"{c}_{i}.png", d / f"{c}_{i}.png")
+    recipe = _tiny_recipe(tmp_path, model="resnet9_xs", epochs=8, batch_size=32, lr=0.05, holdout=0.2, warmup_epochs=1.0,
+                          channels_last=True, label_smoothing=0.1)
+    res = cli("cls", "train", d, "--recipe", recipe, "--out", tmp_path / "run")
+    assert res.code == 0, res.err
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["holdout_acc"] > 0.32  # chance is 0.20; 200 held-out images give a std of ~0.03

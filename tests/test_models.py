@@ -1,0 +1,122 @@
+"""The registry, every registered model's contract, exact parameter counts, weight loading."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from vislab.errors import VislabError
+from vislab.models import build_model, list_models, penultimate
+from vislab.models.registry import register
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register("vgg16_bn", task="cls", input_size=(3, 32, 32))(lambda **kw: nn.Identity())
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(VislabError) as err:
+        build_model("vgg17", num_classes=3)
+    assert "vgg16_bn" in str(err.value) and "timm:NAME" in str(err.value)
+
+
+@pytest.mark.parametrize("name", list_models(task="cls"))
+def test_classifier_contract(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 5)
+    out.square().sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad
+    model.eval()
+    with penultimate(model) as feats:
+        logits = model(x)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert torch.allclose(head(feats[0]), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_models(task="seg"))
+def test_segmenter_contract(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7)
+    x = torch.randn(2, 3, 64, 96)
+    out = model(x)
+    assert out.shape == (2, 7, 64, 96)
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "smp:unet:resnet18", "smp:fpn:tu-tf_efficientnet_lite0"])
+def test_prefixed_families(name):
+    model = build_model(name, num_classes=7)
+    x = torch.randn(1, 3, 64, 64)
+    assert model(x).shape[:2] == (1, 7)
+
+
+@pytest.mark.parametrize(
+    "name,classes,size,total",
+    [
+        ("vgg16_bn", 50, (3, 32, 32), "134,473,842"),
+        ("fcn32s_vgg16", 7, (3, 512, 512), "40,118,087"),
+        ("fcn32s_vgg19", 7, (3, 512, 512), "45,427,783"),
+    ],
+)
+def test_seed_parameter_counts(cli, name, classes, size, total):
+    res = cli("summary", name, "--num-classes", classes, "--input", *size)
+    assert res.code == 0, res.err
+    assert f"Total params: {total}" in res.out
+    assert "Layer (type)" in res.out and "Output Shape" in res.out and "Param #" in res.out
+
+
+def test_fcn32s_layout_matches_seed(cli):
+    res = cli("summary", "fcn32s_vgg16", "--num-classes", 7, "--input", 3, 512, 512)
+    rows = [ln.split() for ln in res.out.splitlines() if re.match(r"^[A-Za-z0-9]+-\d+ ", ln)]
+    assert [r[0] for r in rows[-8:]] == [
+        "Conv2d-32", "ReLU-33", "Dropout2d-34", "Conv2d-35", "ReLU-36", "Dropout2d-37",
+        "Conv2d-38", "ConvTranspose2d-39",
+    ]
+    assert " ".join(rows[31][1:5]) == "[-1, 4096, 15, 15]"
+    assert rows[-1][-1] == "200,704"  # 7*7*64*64, no bias
+
+
+def test_local_weights_round_trip(tmp_path):
+    torch.manual_seed(1)
+    a = build_model("cifar_resnet20", num_classes=4).eval()
+    torch.save(a.state_dict(), tmp_path / "w.pt")
+    b = build_model("cifar_resnet20", num_classes=4, weights=str(tmp_path / "w.pt")).eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(a(x), b(x))
+    # another class count: the body loads, the mismatched head is skipped
+    c = build_model("cifar_resnet20", num_classes=9, weights=str(tmp_path / "w.pt"))
+    assert torch.equal(c.features[0].weight, a.features[0].weight)
+
+
+def test_weights_file_errors(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a tensor file")
+    with pytest.raises(VislabError, match="junk.pt: not a readable PyTorch weights file"):
+        build_model("cifar_resnet20", num_classes=4, weights=str(junk))
+    other = tmp_path / "other.pt"
+    torch.save({"foo.weight": torch.zeros(3)}, other)
+    with pytest.raises(VislabError, match="no tensor matches"):
+        build_model("cifar_resnet20", num_classes=4, weights=str(other))
+    with pytest.raises(VislabError, match="weights file not found"):
+        build_model("cifar_resnet20", num_classes=4, weights=str(tmp_path / "missing.pt"))
+
+
+def test_imagenet_without_network_names_weights_path(monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(self, *a, **k):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(VislabError, match="--weights PATH"):
+        build_model("resnet18", num_classes=10, weights="imagenet")
