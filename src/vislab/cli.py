@@ -18,6 +18,8 @@ app = typer.Typer(help="Train, evaluate and explain small-image classifiers and 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cls_app = typer.Typer(help="P1: 50-class small-image classification.", no_args_is_help=True)
 app.add_typer(cls_app, name="cls")
+seg_app = typer.Typer(help="P2: 7-class land-cover segmentation of satellite images.", no_args_is_help=True)
+app.add_typer(seg_app, name="seg")
 out = Console(highlight=False)
 
 
@@ -188,6 +190,112 @@ def cls_tsne(
 
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
+
+
+# --- P2 ------------------------------------------------------------------------------------
+
+@seg_app.command("train")
+def seg_train(
+    train_dir: Optional[Path] = typer.Argument(None, help="Folder of xxxx_sat.jpg + xxxx_mask.png (default: DATA/p2_data/train)."),
+    recipe: str = typer.Option("seg-fcn32s-seed", "--recipe", help="Shipped recipe name or YAML path."),
+    out_dir: Path = typer.Option(Path("runs/p2"), "--out", help="Run folder."),
+    val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Pairs evaluated once at the end (default with no TRAIN_DIR: DATA/p2_data/validation)."),
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Comma-separated stems whose predicted masks are saved every epoch, e.g. 0010,0097,0107."),
+    data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder."),
+    epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt,
+    precision: Optional[str] = PrecisionOpt, devices: Optional[str] = DevicesOpt, num_nodes: Optional[int] = NodesOpt,
+    strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
+    model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
+    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
+    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt,
+) -> None:
+    """Train a segmenter; the best checkpoint is selected by course mIoU on held-out training pairs."""
+    from vislab.paths import data_root
+    from vislab.pipelines.segmentation import train
+
+    if train_dir is None:
+        root = data_root(data)
+        train_dir = root / "p2_data" / "train"
+        val_dir = val_dir or root / "p2_data" / "validation"
+    stems = tuple(s.strip() for s in snapshot.split(",") if s.strip()) if snapshot else None
+    r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+                devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
+                model=model, weights=None if weights is None else (None if weights == "none" else weights),
+                crop_size=crop_size, loss=loss, holdout=holdout, num_workers=workers, snapshot=stems)
+    if r.task != "seg":
+        raise VislabError(recipe, f"is a {r.task} recipe; `vislab seg train` needs a seg recipe")
+    result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
+    if "val" in result:
+        _print_seg(result["val"])
+
+
+def _print_seg(res: dict) -> None:
+    t = Table("class", "IoU", title="per-class IoU")
+    for name, v in res["iou"].items():
+        t.add_row(name, "n/a (absent)" if v is None else f"{v:.4f}")
+    out.print(t)
+    out.print(f"pixel accuracy: {res['pixel_accuracy']:.4f}")
+    out.print(f"mIoU: {res['miou']:.4f}")
+
+
+@seg_app.command("eval")
+def seg_eval(
+    pred_dir: Path = typer.Argument(..., help="Predicted colour masks (xxxx.png or xxxx_mask.png)."),
+    gt_dir: Path = typer.Argument(..., help="Ground truth (xxxx_mask.png)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
+) -> None:
+    """The course mIoU (pooled over all files, six classes) and a per-class IoU table."""
+    from vislab.io import atomic_write_text
+    from vislab.pipelines.segmentation import evaluate_dirs
+
+    res = evaluate_dirs(pred_dir, gt_dir)
+    if json_out:
+        atomic_write_text(json.dumps(res, indent=1), json_out)
+    _print_seg(res)
+
+
+@seg_app.command("score")
+def seg_score(
+    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    img_dir: Path = typer.Argument(..., help="Folder of xxxx_sat.jpg + xxxx_mask.png pairs."),
+    tta: str = typer.Option("none", "--tta", help="none | flip | d4."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Course mIoU of a checkpoint on labelled pairs, without writing masks."""
+    from vislab.pipelines.segmentation import evaluate_checkpoint
+
+    _print_seg(evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device))
+
+
+@seg_app.command("predict")
+def seg_predict(
+    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    img_dir: Path = typer.Argument(..., help="Satellite images (xxxx.jpg or xxxx_sat.jpg)."),
+    out_dir: Path = typer.Argument(..., help="Output folder for colour masks."),
+    tta: str = typer.Option("none", "--tta", help="none | flip | d4 (averaged probabilities)."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Write a colour-coded mask per image, the input's size."""
+    from vislab.pipelines.segmentation import predict
+
+    n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device)
+    out.print(f"wrote {n} masks to {out_dir}")
+
+
+@seg_app.command("progress")
+def seg_progress(
+    run_dir: Path = typer.Argument(..., help="Run folder of `vislab seg train --snapshot ...`."),
+    out_png: Path = typer.Option(Path("masks.png"), "--out", help="Output PNG."),
+    epochs: Optional[str] = typer.Option(None, "--epochs", help="Epochs to show, e.g. 1,5,20 (default early/middle/final)."),
+) -> None:
+    """The predicted masks of the snapshot images at early, middle and final epochs."""
+    from vislab.pipelines.segmentation import progress
+
+    chosen = [int(e) for e in epochs.split(",")] if epochs else None
+    out.print(f"wrote {progress(run_dir, out_png=out_png, epochs=chosen)}")
 
 
 @app.command("demo")

@@ -28,8 +28,10 @@ class EpochSampler(Sampler[int]):
         True
     """
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int, drop_last: bool = False) -> None:
+    def __init__(self, n: int, *, shuffle: bool, seed: int, drop_last: bool = False,
+                 with_epoch: bool = False) -> None:
         self.n = n
+        self.with_epoch = with_epoch  # yield (index, epoch) so datasets can seed augmentation
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -46,12 +48,13 @@ class EpochSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.n, generator=g)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
         rank, world = _rank_world()
         order = self.order()
         if self.drop_last and world > 1:
             order = order[: (self.n // world) * world]
-        return iter(order[rank::world].tolist())
+        mine = order[rank::world].tolist()
+        return iter([(i, self.epoch) for i in mine] if self.with_epoch else mine)
 
     def __len__(self) -> int:
         rank, world = _rank_world()

@@ -1,0 +1,173 @@
+"""Land-cover segmentation data: ``xxxx_sat.jpg`` / ``xxxx_mask.png`` pairs matched by stem,
+decoded with torchvision.io, augmented jointly (image and mask) with transforms.v2.
+
+Augmentation randomness is a pure function of (seed, epoch, sample index): the sampler hands
+the dataset ``(index, epoch)`` pairs, so workers and resumed runs draw the same crops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from vislab.data.classification import cache_dir
+from vislab.data.images import list_images, read_rgb
+from vislab.data.palette import NUM_CLASSES, mask_to_classes
+from vislab.errors import VislabError
+from vislab.io import atomic_save
+
+SAT, MASK = "_sat", "_mask"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One satellite image and its mask (``mask`` is None for unlabelled images)."""
+
+    stem: str
+    image: Path
+    mask: Path | None
+
+
+def list_pairs(folder: str | Path) -> list[Pair]:
+    """All ``xxxx_sat.jpg`` + ``xxxx_mask.png`` pairs of ``folder``, sorted by stem.
+
+    A satellite image without its mask, or a mask without its image, is an error naming it.
+    """
+    files = list_images(folder, what="satellite images or masks")
+    sats = {f.stem[: -len(SAT)]: f for f in files if f.stem.endswith(SAT)}
+    masks = {f.stem[: -len(MASK)]: f for f in files if f.stem.endswith(MASK)}
+    if not sats:
+        raise VislabError(folder, "no xxxx_sat.jpg images found")
+    for stem, f in sorted(sats.items()):
+        if stem not in masks:
+            raise VislabError(f, f"satellite image has no mask (expected {stem}{MASK}.png beside it)")
+    for stem, f in sorted(masks.items()):
+        if stem not in sats:
+            raise VislabError(f, f"mask has no satellite image (expected {stem}{SAT}.jpg beside it)")
+    return [Pair(s, sats[s], masks[s]) for s in sorted(sats)]
+
+
+def read_mask(path: Path, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+    """Class ids (H, W) uint8 and the stray-pixel count of a colour mask; checks its size (H, W)."""
+    rgb = read_rgb(path)
+    if size is not None and tuple(rgb.shape[1:]) != tuple(size):
+        raise VislabError(path, f"mask is {rgb.shape[2]}x{rgb.shape[1]}, expected {size[1]}x{size[0]} like its image")
+    return mask_to_classes(rgb)
+
+
+def read_pair(pair: Pair, *, expected: tuple[int, int] | None = (512, 512)) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decode a pair: image (3, H, W) uint8, class ids (H, W) uint8, stray pixel count."""
+    img = read_rgb(pair.image)
+    if expected is not None and tuple(img.shape[1:]) != tuple(expected):
+        raise VislabError(pair.image, f"image is {img.shape[2]}x{img.shape[1]}, expected {expected[1]}x{expected[0]}")
+    assert pair.mask is not None
+    ids, stray = read_mask(pair.mask, tuple(img.shape[1:]))
+    return img, ids, stray
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """Per-file class pixel counts (N, 7) and stray red pixel counts (N,)."""
+
+    stems: list[str]
+    counts: torch.Tensor
+    stray: torch.Tensor
+
+    def stray_report(self, folder: str | Path) -> str | None:
+        """One line naming the masks with stray (red) pixels, or None."""
+        hit = torch.nonzero(self.stray).flatten().tolist()
+        if not hit:
+            return None
+        listed = ", ".join(f"{self.stems[i]} ({int(self.stray[i])})" for i in hit)
+        return (f"{folder}: {len(hit)} masks hold {int(self.stray.sum())} red pixels, which are in no "
+                f"class and count as unknown: {listed}")
+
+
+def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 512)) -> MaskStats:
+    """Decode every pair once (checking sizes and readability); cached on disk by file list."""
+    h = hashlib.sha1()
+    for p in pairs:
+        for f in (p.image, p.mask):
+            assert f is not None
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(repr(expected).encode())
+    cache = cache_dir() / f"seg-stats-{h.hexdigest()[:20]}.pt"
+    if cache.is_file():
+        try:
+            d = torch.load(cache, weights_only=True)
+            return MaskStats(d["stems"], d["counts"], d["stray"])
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt
+            pass
+    counts = torch.zeros(len(pairs), NUM_CLASSES, dtype=torch.int64)
+    stray = torch.zeros(len(pairs), dtype=torch.int64)
+    for i, p in enumerate(pairs):
+        _, ids, s = read_pair(p, expected=expected)
+        counts[i] = torch.bincount(ids.flatten().long(), minlength=NUM_CLASSES)
+        stray[i] = s
+    stats = MaskStats([p.stem for p in pairs], counts, stray)
+    try:
+        atomic_save({"stems": stats.stems, "counts": counts, "stray": stray}, cache)
+    except OSError:
+        pass
+    return stats
+
+
+def _mix(seed: int, epoch: int, index: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest(), "little")
+
+
+def train_transforms(crop_size: int | None) -> v2.Transform:
+    """Joint image+mask augmentation: scale/crop, flips, 90-degree turns; colour on the image only."""
+    ops: list[v2.Transform] = []
+    if crop_size:
+        ops.append(v2.RandomResizedCrop(crop_size, scale=(0.25, 1.0), ratio=(0.75, 1.333), antialias=True))
+    ops += [
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomApply([v2.RandomRotation((90, 90))], p=0.5),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+    ]
+    return v2.Compose(ops)
+
+
+class SegmentationDataset(Dataset):
+    """Items are ``(index, epoch)`` pairs (or plain indices for evaluation).
+
+    Returns (image uint8 (3, H, W), class ids int64 (H, W), sample index).
+    """
+
+    def __init__(self, pairs: list[Pair], *, train: bool, crop_size: int | None = None, seed: int = 0,
+                 expected: tuple[int, int] | None = (512, 512)) -> None:
+        self.pairs = pairs
+        self.train = train
+        self.seed = seed
+        self.expected = expected
+        self.transform = train_transforms(crop_size) if train else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, epoch = item if isinstance(item, tuple) else (item, 0)
+        img, ids, _ = read_pair(self.pairs[index], expected=self.expected)
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_mix(self.seed, epoch, index))
+                img, mask = self.transform(tv_tensors.Image(img), tv_tensors.Mask(ids))
+            img, ids = img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        return img.contiguous(), ids.long(), index
+
+
+def holdout_split(n: int, *, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, held-out) index lists; at least one training item."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g).tolist()
+    k = min(int(round(fraction * n)), n - 1)
+    return sorted(order[k:]), sorted(order[:k])

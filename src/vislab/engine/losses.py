@@ -1,0 +1,52 @@
+"""Segmentation losses by name: cross-entropy (optionally class-weighted), Dice, Lovasz, sums."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from vislab.errors import VislabError
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _ce(weight: torch.Tensor | None) -> Loss:
+    return lambda logits, target: F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits.device))
+
+
+def _dice(weight: torch.Tensor | None) -> Loss:
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    return DiceLoss(mode="multiclass", from_logits=True)
+
+
+def _lovasz(weight: torch.Tensor | None) -> Loss:
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    return LovaszLoss(mode="multiclass", per_image=False)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor | None], Loss]] = {"ce": _ce, "dice": _dice, "lovasz": _lovasz}
+
+
+def build_loss(spec: str, *, class_weights: torch.Tensor | None = None) -> Loss:
+    """``"ce"``, ``"dice"``, ``"lovasz"`` or a sum such as ``"ce+dice"``."""
+    parts = [p.strip() for p in spec.split("+") if p.strip()]
+    unknown = [p for p in parts if p not in LOSSES]
+    if unknown or not parts:
+        raise VislabError(None, f"unknown loss {spec!r}; use {', '.join(LOSSES)} or a sum like ce+dice")
+    fns = [LOSSES[p](class_weights) for p in parts]
+
+    def total(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(fn(logits.float(), target) for fn in fns)  # type: ignore[return-value]
+
+    return total
+
+
+def inverse_sqrt_frequency(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights proportional to 1/sqrt(pixel share), mean 1 over present classes."""
+    share = counts.double() / counts.sum()
+    w = torch.where(share > 0, share.clamp_min(1e-6).rsqrt(), torch.zeros_like(share))
+    return (w / w[share > 0].mean()).float()

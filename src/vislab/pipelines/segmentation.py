@@ -1,0 +1,241 @@
+"""P2: train, evaluate (course mIoU), predict and show the progress of land-cover segmenters."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vislab.config import Recipe
+from vislab.data.images import list_images, read_rgb
+from vislab.data.palette import CLASS_NAMES, NUM_CLASSES, classes_to_mask
+from vislab.data.segmentation import MASK, SAT, list_pairs, read_mask
+from vislab.errors import VislabError
+from vislab.io import atomic_path, atomic_write_text
+from vislab.log import info
+from vislab.metrics import confusion_matrix, course_miou, iou_per_class, pixel_accuracy
+
+
+def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
+          val_dir: str | Path | None = None, command: str = "",
+          expected: tuple[int, int] | None = (512, 512)) -> dict[str, Any]:
+    """Train a segmenter on the pairs of ``train_dir`` into the run folder ``out_dir``.
+
+    The best checkpoint is chosen by the course mIoU on a held-out split of ``train_dir``;
+    ``val_dir`` is evaluated once at the end. Snapshot stems are looked up in ``val_dir``
+    first, then in ``train_dir``.
+
+    Example:
+        >>> train("hw1_data/p2_data/train", load_recipe("seg-fcn32s-seed"), out_dir="runs/p2",
+        ...       val_dir="hw1_data/p2_data/validation")
+    """
+    import lightning.pytorch as pl
+
+    from vislab.engine.losses import inverse_sqrt_frequency
+    from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
+    from vislab.engine.trainer import build_trainer, prepare_run_folder
+
+    out = Path(out_dir)
+    val_pairs = list_pairs(val_dir) if val_dir is not None else []
+    data = SegmentationData(train_dir, recipe, expected=expected)
+    snaps = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs)
+    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
+         f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
+    weights = None
+    if recipe.class_weights == "inverse-sqrt-frequency":
+        weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts)]
+    elif recipe.class_weights is not None:
+        raise VislabError(None, f"unknown class_weights {recipe.class_weights!r}; use inverse-sqrt-frequency")
+    trainer = build_trainer(recipe, out, monitor="holdout_miou",
+                            extra_callbacks=[MaskSnapshots(snaps, out)] if snaps else [])
+    steps = max(1, (len(data.train_pairs) // trainer.world_size) // recipe.batch_size)
+    if isinstance(recipe.limit_train_batches, int):
+        steps = min(steps, recipe.limit_train_batches)
+    module = SegmenterModule(recipe.to_dict(), NUM_CLASSES, steps, class_weights=weights)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    result: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
+    if not trainer.is_global_zero:
+        return result
+    best = out / "best.ckpt" if (out / "best.ckpt").is_file() else out / "last.ckpt"
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    result["holdout_miou"] = None if score is None else round(float(score), 6)
+    if val_dir is not None:
+        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
+        result["val_miou"] = result["val"]["miou"]
+    result["checkpoint"] = str(best)
+    atomic_write_text(json.dumps(result, indent=2), out / "results.json")
+    info(f"done: {json.dumps({k: v for k, v in result.items() if k != 'val'})}")
+    return result
+
+
+def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> list:
+    found = {}
+    for p in pool:
+        found.setdefault(p.stem, p)
+    missing = [s for s in stems if s not in found]
+    if missing:
+        raise VislabError(None, f"--snapshot: no image named {missing[0]}{SAT}.jpg in the validation or training folder")
+    return [found[s] for s in stems]
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# TTA: each entry maps an image batch to a transformed one and back for the logits
+_TTA = {
+    "none": [(lambda x: x, lambda y: y)],
+    "flip": [(lambda x: x, lambda y: y), (lambda x: x.flip(-1), lambda y: y.flip(-1))],
+    "d4": [
+        (lambda x, k=k, f=f: torch.rot90(x.flip(-1) if f else x, k, (-2, -1)),
+         lambda y, k=k, f=f: (lambda z: z.flip(-1) if f else z)(torch.rot90(y, -k, (-2, -1))))
+        for f in (False, True) for k in range(4)
+    ],
+}
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, tta: str = "none",
+                  device: torch.device | None = None, autocast: bool = False) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) for a uint8 batch (N, 3, H, W), averaged over TTA views."""
+    from vislab.data.classification import normalize
+
+    if tta not in _TTA:
+        raise VislabError(None, f"unknown --tta {tta!r}; choose {', '.join(_TTA)}")
+    dev = device or next(model.parameters()).device
+    x = normalize(images.to(dev), tuple(meta["mean"]), tuple(meta["std"]))
+    total = None
+    for fwd, back in _TTA[tta]:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(fwd(x))
+        p = back(logits.float().softmax(1))
+        total = p if total is None else total + p
+    assert total is not None
+    return total / len(_TTA[tta])
+
+
+def _output_name(image: Path) -> str:
+    stem = image.stem
+    return f"{stem[: -len(SAT)]}{MASK}.png" if stem.endswith(SAT) else f"{stem}.png"
+
+
+def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
+            batch_size: int = 4, device: str | None = None) -> int:
+    """Write a colour mask per image: ``xxxx_sat.jpg`` -> ``xxxx_mask.png``, ``xxxx.jpg`` -> ``xxxx.png``.
+
+    Masks have the input's size. Every input is decoded before anything is written, so a bad
+    file leaves no partial output.
+    """
+    from torchvision.io import encode_png
+
+    from vislab.engine.state import load_network
+
+    model, meta = load_network(ckpt, task="seg")
+    files = [f for f in list_images(img_dir, what="satellite images") if not f.stem.endswith(MASK)]
+    if not files:
+        raise VislabError(img_dir, "no satellite images found (only masks)")
+    images = [read_rgb(f) for f in files]
+    dev = _device(device)
+    model = model.to(dev)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VislabError(out, "is a file, but an output folder is needed")
+    i = 0
+    while i < len(files):
+        # batch consecutive images of one size
+        j = i + 1
+        while j < len(files) and j - i < batch_size and images[j].shape == images[i].shape:
+            j += 1
+        probs = predict_probs(model, meta, torch.stack(images[i:j]), tta=tta, device=dev)
+        for f, ids in zip(files[i:j], probs.argmax(1).cpu()):
+            with atomic_path(out / _output_name(f)) as tmp:
+                tmp.write_bytes(encode_png(classes_to_mask(ids)).numpy().tobytes())
+        i = j
+    return len(files)
+
+
+def _pred_files(pred_dir: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for f in list_images(pred_dir, what="predicted masks"):
+        stem = f.stem[: -len(MASK)] if f.stem.endswith(MASK) else f.stem
+        if stem.endswith(SAT):
+            continue
+        if stem in found:
+            raise VislabError(f, f"two predictions for {stem} ({found[stem].name} and {f.name})")
+        found[stem] = f
+    return found
+
+
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> dict[str, Any]:
+    """Course mIoU of a folder of predicted colour masks against ground-truth ``xxxx_mask.png``.
+
+    Files pair by name (``xxxx.png`` or ``xxxx_mask.png`` against ``xxxx_mask.png``); a missing
+    or extra prediction or a size mismatch is an error naming the file.
+    """
+    gt = {f.stem[: -len(MASK)]: f for f in list_images(gt_dir, what="ground-truth masks") if f.stem.endswith(MASK)}
+    if not gt:
+        raise VislabError(gt_dir, "no xxxx_mask.png ground-truth masks found")
+    pred = _pred_files(Path(pred_dir))
+    missing = sorted(set(gt) - set(pred))
+    extra = sorted(set(pred) - set(gt))
+    if missing:
+        raise VislabError(pred_dir, f"no prediction for {len(missing)} ground-truth masks, e.g. {gt[missing[0]].name}")
+    if extra:
+        raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
+    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    stray_files = 0
+    for stem in sorted(gt):
+        truth, stray = read_mask(gt[stem])
+        stray_files += stray > 0
+        guess, _ = read_mask(pred[stem], tuple(truth.shape))
+        conf += confusion_matrix(truth, guess, NUM_CLASSES)
+    return _seg_metrics(conf, files=len(gt), stray_files=int(stray_files))
+
+
+def _seg_metrics(conf: torch.Tensor, **extra: Any) -> dict[str, Any]:
+    ious = iou_per_class(conf)
+    return {
+        "miou": round(course_miou(conf), 6),
+        "iou": {CLASS_NAMES[c]: (None if torch.isnan(v) else round(float(v), 6)) for c, v in enumerate(ious)},
+        "pixel_accuracy": round(pixel_accuracy(conf), 6),
+        "confusion": conf.tolist(),
+        **extra,
+    }
+
+
+def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
+                        device: str | None = None) -> dict[str, Any]:
+    """Course mIoU of a checkpoint on a folder of pairs (no files written)."""
+    from vislab.engine.state import load_network
+
+    model, meta = load_network(ckpt, task="seg")
+    dev = _device(device)
+    model = model.to(dev)
+    pairs = list_pairs(img_dir)
+    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        imgs = [read_rgb(p.image) for p in chunk]
+        if len({tuple(i.shape) for i in imgs}) > 1:
+            groups = [[i] for i in range(len(chunk))]
+        else:
+            groups = [list(range(len(chunk)))]
+        for g in groups:
+            probs = predict_probs(model, meta, torch.stack([imgs[i] for i in g]), tta=tta, device=dev)
+            for i, ids in zip(g, probs.argmax(1).cpu()):
+                truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
+                conf += confusion_matrix(truth, ids, NUM_CLASSES)
+    return _seg_metrics(conf, files=len(pairs), tta=tta)
+
+
+def progress(run_dir: str | Path, *, out_png: str | Path, epochs: list[int] | None = None) -> Path:
+    """The mask-progression figure: a row per snapshot image; satellite, truth, early/middle/final."""
+    from vislab.viz.progress import progress_figure
+
+    return progress_figure(Path(run_dir), Path(out_png), epochs=epochs)

@@ -1,0 +1,59 @@
+"""The mask-progression figure from a run folder's ``snapshots/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vislab.errors import VislabError
+from vislab.io import atomic_path
+
+
+def snapshot_epochs(snap_dir: Path) -> list[int]:
+    """Epoch numbers with saved predictions, ascending."""
+    return sorted(int(d.name.split("_")[1]) for d in snap_dir.glob("epoch_*") if d.is_dir())
+
+
+def pick_stages(epochs: list[int]) -> list[int]:
+    """Early (first), middle and final epochs, without repeats."""
+    chosen = [epochs[0], epochs[len(epochs) // 2], epochs[-1]]
+    return sorted(set(chosen))
+
+
+def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = None) -> Path:
+    """Rows: snapshot images; columns: satellite, ground truth, then predictions at ``epochs``
+    (default: early, middle, final), each titled with its epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    snap = run_dir / "snapshots"
+    if not snap.is_dir():
+        raise VislabError(run_dir, "no snapshots/ folder: train with --snapshot STEMS to save predicted masks")
+    available = snapshot_epochs(snap)
+    if not available:
+        raise VislabError(snap, "no epoch_NNN folders yet: no epoch has finished")
+    stages = epochs or pick_stages(available)
+    absent = [e for e in stages if e not in available]
+    if absent:
+        raise VislabError(snap, f"no snapshot of epoch {absent[0]}; saved epochs: {available}")
+    stems = sorted(p.stem[:-4] for p in snap.glob("*_sat.*"))
+    fig, axes = plt.subplots(len(stems), 2 + len(stages), figsize=(2.6 * (2 + len(stages)), 2.7 * len(stems)),
+                             dpi=100, squeeze=False)
+    for r, stem in enumerate(stems):
+        sat = next(snap.glob(f"{stem}_sat.*"))
+        cells = [(sat, f"{stem} satellite"), (snap / f"{stem}_mask.png", "ground truth")]
+        cells += [(snap / f"epoch_{e:03d}" / f"{stem}.png", f"epoch {e}") for e in stages]
+        for c, (path, title) in enumerate(cells):
+            ax = axes[r][c]
+            ax.axis("off")
+            if path.is_file():
+                ax.imshow(Image.open(path).convert("RGB"))
+            ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Predicted masks during training ({run_dir.name}): early, middle, final", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_png
