@@ -38,6 +38,7 @@ class Recipe:
     image_size: int | None = None  # cls: resize inputs to this side (None: native)
     crop_size: int | None = None  # seg: random crop side for training (None: full image)
     pad: int = 4  # cls: reflect padding of the random crop
+    rot90: bool = True  # seg: random 90-degree turns in the augmentation
     loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
     class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
     mean: tuple[float, float, float] | None = None  # None: ImageNet statistics
@@ -52,6 +53,7 @@ class Recipe:
     strategy: str = "auto"
     snapshot: tuple[str, ...] = ()  # seg: image stems whose predictions are saved every epoch
     limit_train_batches: float | int | None = None
+    max_minutes: float | None = None  # a safety stop: training ends (and checkpoints) after this
     notes: str = ""  # the command that produced the recipe's score, and that score
     extra: dict[str, Any] = field(default_factory=dict)
 

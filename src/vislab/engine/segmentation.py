@@ -70,7 +70,8 @@ class SegmentationData(pl.LightningDataModule):
 
     def _loader(self, pairs: list[Pair], *, train: bool) -> DataLoader:
         r = self.recipe
-        ds = SegmentationDataset(pairs, train=train, crop_size=r.crop_size if train else None, seed=r.seed, expected=self.expected)
+        ds = SegmentationDataset(pairs, train=train, crop_size=r.crop_size if train else None, seed=r.seed,
+                                 expected=self.expected, rot90=r.rot90)
         return DataLoader(
             ds,
             batch_size=r.batch_size,

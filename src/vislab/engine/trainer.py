@@ -72,6 +72,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
         enable_model_summary=False,
         log_every_n_steps=10,
         limit_train_batches=recipe.limit_train_batches,
+        max_time=None if recipe.max_minutes is None else {"minutes": recipe.max_minutes},
         deterministic=False,
         benchmark=False,
     )

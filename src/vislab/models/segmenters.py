@@ -65,6 +65,27 @@ _SMP_ARCHS = {
 }
 
 
+# smp encoders whose ImageNet weights vislab ships offline (see models/efficientnet_lite.py)
+_OFFLINE_ENCODERS = {
+    "tu-tf_efficientnet_lite0": "efficientnet_lite0",
+    "tu-tf_efficientnet_lite1": "efficientnet_lite1",
+    "tu-tf_efficientnet_lite2": "efficientnet_lite2",
+}
+
+
+def _load_offline_encoder(net: nn.Module, variant: str) -> None:
+    """Copy a vislab classifier's ImageNet body into an smp timm-universal encoder, by name."""
+    from vislab.models.registry import build_model
+
+    body = build_model(variant, num_classes=1000, weights="imagenet").state_dict()
+    target = net.encoder.model
+    own = target.state_dict()
+    missing = [k for k in own if k not in body or body[k].shape != own[k].shape]
+    if missing:
+        raise VislabError(None, f"{variant} weights do not fit the smp encoder (e.g. {missing[0]})")
+    target.load_state_dict({k: body[k] for k in own})
+
+
 def _smp_segmenter(arch: str, encoder: str, *, num_classes: int, weights: str | None) -> nn.Module:
     import segmentation_models_pytorch as smp
 
@@ -72,6 +93,9 @@ def _smp_segmenter(arch: str, encoder: str, *, num_classes: int, weights: str | 
     net = cls(encoder_name=encoder, encoder_weights=None, classes=num_classes)
 
     def pretrained() -> None:
+        if encoder in _OFFLINE_ENCODERS:
+            _load_offline_encoder(net, _OFFLINE_ENCODERS[encoder])
+            return
         loaded = cls(encoder_name=encoder, encoder_weights="imagenet", classes=num_classes)
         net.encoder.load_state_dict(loaded.encoder.state_dict())
 
