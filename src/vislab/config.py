@@ -38,6 +38,7 @@ class Recipe:
     image_size: int | None = None  # cls: resize inputs to this side (None: native)
     crop_size: int | None = None  # seg: random crop side for training (None: full image)
     pad: int = 4  # cls: reflect padding of the random crop
+    input_hw: tuple[int, int] | None = (512, 512)  # seg: required image size (H, W); None: any
     rot90: bool = True  # seg: random 90-degree turns in the augmentation
     loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
     class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
@@ -73,7 +74,7 @@ class Recipe:
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
-    for key in ("mean", "std", "snapshot"):
+    for key in ("mean", "std", "snapshot", "input_hw"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
     if "lr" in out:

@@ -20,8 +20,7 @@ from vislab.metrics import confusion_matrix, course_miou, iou_per_class, pixel_a
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
-          val_dir: str | Path | None = None, command: str = "",
-          expected: tuple[int, int] | None = (512, 512)) -> dict[str, Any]:
+          val_dir: str | Path | None = None, command: str = "") -> dict[str, Any]:
     """Train a segmenter on the pairs of ``train_dir`` into the run folder ``out_dir``.
 
     The best checkpoint is chosen by the course mIoU on a held-out split of ``train_dir``;
@@ -40,7 +39,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     out = Path(out_dir)
     val_pairs = list_pairs(val_dir) if val_dir is not None else []
-    data = SegmentationData(train_dir, recipe, expected=expected)
+    data = SegmentationData(train_dir, recipe, expected=recipe.input_hw)
     snaps = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs)
     ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)

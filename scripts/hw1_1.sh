@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# P1 in the course's calling convention: predict every image of IMG_DIR into OUT_CSV.
+#   bash scripts/hw1_1.sh IMG_DIR OUT_CSV [CKPT]   (CKPT default: runs/p1/best.ckpt)
+set -euo pipefail
+vislab cls predict "${3:-runs/p1/best.ckpt}" "$1" "$2"

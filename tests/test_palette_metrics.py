@@ -1,0 +1,111 @@
+"""The colour codec and the course mIoU: hand-computed cases and a second implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vislab.data.palette import PALETTE, classes_to_mask, mask_to_classes
+from vislab.metrics import confusion_matrix, course_miou, iou_per_class
+
+from conftest import REAL, requires_real
+
+
+def test_palette_round_trip_every_class():
+    ids = torch.arange(7, dtype=torch.uint8).repeat(5, 1)
+    rgb = classes_to_mask(ids)
+    assert rgb.shape == (3, 5, 7) and rgb.dtype == torch.uint8
+    back, stray = mask_to_classes(rgb)
+    assert torch.equal(back, ids) and stray == 0
+
+
+def test_threshold_at_128_and_the_table():
+    # (R, G, B) -> class, written out by hand from the course table
+    cases = {(0, 255, 255): 0, (255, 255, 0): 1, (255, 0, 255): 2, (0, 255, 0): 3, (0, 0, 255): 4,
+             (255, 255, 255): 5, (0, 0, 0): 6, (128, 127, 128): 2, (127, 200, 129): 0, (255, 0, 0): 6}
+    rgb = torch.tensor(list(cases), dtype=torch.uint8).T.reshape(3, 1, -1)
+    ids, stray = mask_to_classes(rgb)
+    assert ids.flatten().tolist() == list(cases.values())
+    assert stray == 1  # pure red is in no class: unknown, and counted
+
+
+def test_encode_refuses_ids_outside_palette():
+    with pytest.raises(ValueError, match="outside 0..6"):
+        classes_to_mask(torch.tensor([[0, 7]]))
+
+
+def test_hand_case_unknown_pixels_are_false_positives():
+    # RELIABILITY.md: target [6,6,0,0,1,1], prediction [0,0,0,0,1,1]
+    conf = confusion_matrix(torch.tensor([6, 6, 0, 0, 1, 1]), torch.tensor([0, 0, 0, 0, 1, 1]), 7)
+    ious = iou_per_class(conf)
+    assert float(ious[0]) == 0.5  # 2 TP / (2 TP + 2 FP on unknown pixels)
+    assert float(ious[1]) == 1.0
+    assert torch.isnan(ious[2:]).all()  # absent from prediction and truth
+    assert course_miou(conf) == pytest.approx(0.75)  # vislab rule: absent classes leave the mean
+
+
+def test_hand_case_all_classes_present():
+    t = torch.tensor([0, 0, 1, 2, 3, 4, 5, 5])
+    p = torch.tensor([0, 1, 1, 2, 3, 5, 5, 4])
+    # urban 1/2, agri 1/2, rangeland 1, forest 1, water 0/2 -> 0, barren 1/3
+    assert course_miou(confusion_matrix(t, p, 7)) == pytest.approx((0.5 + 0.5 + 1 + 1 + 0 + 1 / 3) / 6)
+
+
+def test_label_255_is_an_error_not_a_reshape_crash():
+    with pytest.raises(ValueError, match="label values must lie in 0..6"):
+        confusion_matrix(torch.tensor([0, 255]), torch.tensor([0, 0]), 7)
+
+
+def _reference_miou(preds: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    """The course's formula written independently: numpy, stacked arrays, class by class."""
+    pred = np.stack(preds)
+    lab = np.stack(labels)
+    total = 0.0
+    for c in range(6):
+        tp_fp = np.sum(pred == c)
+        tp_fn = np.sum(lab == c)
+        tp = np.sum((pred == c) & (lab == c))
+        total += tp / (tp_fp + tp_fn - tp) / 6
+    return float(total)
+
+
+def _numpy_decode(rgb: np.ndarray) -> np.ndarray:
+    """The course's own decoding: each channel thresholded, then a chain of comparisons."""
+    m = (rgb >= 128).astype(int)
+    code = 4 * m[..., 0] + 2 * m[..., 1] + m[..., 2]
+    out = np.full(code.shape, 6)
+    for c, k in ((0, 3), (1, 6), (2, 5), (3, 2), (4, 1), (5, 7), (6, 0)):
+        out[code == k] = c
+    return out
+
+
+@requires_real
+def test_course_miou_matches_reference_on_real_validation_masks_realdata(cli, tmp_path):
+    """`seg eval` on the real validation masks against a shifted copy of them vs the reference."""
+    from PIL import Image
+
+    gt_dir = REAL / "p2_data" / "validation"
+    masks = sorted(gt_dir.glob("*_mask.png"))[:60]
+    pred_dir, sub_gt = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    sub_gt.mkdir()
+    preds, labels = [], []
+    rng = np.random.default_rng(0)
+    for f in masks:
+        rgb = np.array(Image.open(f).convert("RGB"))
+        (sub_gt / f.name).write_bytes(f.read_bytes())
+        lab = _numpy_decode(rgb)
+        pred = np.roll(lab, 9, axis=1)  # a plausible imperfect prediction
+        noise = rng.random(pred.shape) < 0.05
+        pred[noise] = rng.integers(0, 6, noise.sum())
+        Image.fromarray(PALETTE.numpy()[pred]).save(pred_dir / f"{f.stem[:-5]}.png")
+        preds.append(pred)
+        labels.append(lab)
+    res = cli("seg", "eval", pred_dir, sub_gt, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    import json
+
+    got = json.loads((tmp_path / "m.json").read_text())["miou"]
+    assert got == pytest.approx(_reference_miou(preds, labels), abs=1e-6)
+    assert res.out.strip().splitlines()[-1] == f"mIoU: {got:.4f}"

@@ -1,0 +1,184 @@
+"""P2 through the CLI: pairs and their errors, training with snapshots, predict, eval, progress."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vislab.data.palette import PALETTE
+from vislab.data.segmentation import list_pairs, read_pair, scan_masks
+from vislab.errors import VislabError
+
+from conftest import REAL, requires_real
+
+
+def _make_pairs(d, n=6, size=64, seed=0):
+    """Images whose colour tells the class: each quadrant a class, textured with noise."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        ids = np.zeros((size, size), np.int64)
+        h = size // 2
+        classes = rng.permutation(6)[:4]
+        ids[:h, :h], ids[:h, h:], ids[h:, :h], ids[h:, h:] = classes
+        img = (PALETTE.numpy()[ids] * 0.6 + rng.integers(0, 100, (size, size, 3))).astype(np.uint8)
+        Image.fromarray(img).save(d / f"{i:04d}_sat.jpg", quality=95)
+        Image.fromarray(PALETTE.numpy()[ids]).save(d / f"{i:04d}_mask.png")
+    return d
+
+
+def test_pairs_by_stem_and_errors(tmp_path):
+    d = _make_pairs(tmp_path / "p", n=3)
+    assert [p.stem for p in list_pairs(d)] == ["0000", "0001", "0002"]
+    (d / "0001_mask.png").unlink()
+    with pytest.raises(VislabError, match="0001_sat.jpg: satellite image has no mask"):
+        list_pairs(d)
+    d2 = _make_pairs(tmp_path / "q", n=2)
+    (d2 / "0000_sat.jpg").unlink()
+    with pytest.raises(VislabError, match="0000_mask.png: mask has no satellite image"):
+        list_pairs(d2)
+
+
+def test_wrong_sizes_are_named(tmp_path):
+    d = _make_pairs(tmp_path / "p", n=1, size=64)
+    pair = list_pairs(d)[0]
+    with pytest.raises(VislabError, match="image is 64x64, expected 512x512"):
+        read_pair(pair)
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(d / "0000_mask.png")
+    with pytest.raises(VislabError, match="0000_mask.png: mask is 64x32, expected 64x64"):
+        read_pair(pair, expected=None)
+
+
+def test_stray_red_pixels_are_counted_and_reported(tmp_path):
+    d = _make_pairs(tmp_path / "p", n=2)
+    m = np.array(Image.open(d / "0001_mask.png"))
+    m[:3, :1] = (255, 0, 0)
+    Image.fromarray(m).save(d / "0001_mask.png")
+    stats = scan_masks(list_pairs(d), expected=None)
+    assert stats.stray.tolist() == [0, 3]
+    assert stats.counts.sum() == 2 * 64 * 64 and stats.counts[1, 6] >= 3
+    assert "0001 (3)" in stats.stray_report(d)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    import sys
+
+    from vislab.cli import main
+
+    root = tmp_path_factory.mktemp("seg")
+    train = _make_pairs(root / "train", n=8)
+    val = _make_pairs(root / "val", n=3, seed=1)
+    recipe = root / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 3, "batch_size": 2,
+                                      "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "loss": "ce+dice",
+                                      "crop_size": 48, "input_hw": [64, 64]}))
+    argv = sys.argv
+    sys.argv = ["vislab", "seg", "train", str(train), "--recipe", str(recipe), "--out", str(root / "run"),
+                "--val-dir", str(val), "--snapshot", "0001,0002"]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        sys.argv = argv
+    return root
+
+
+def test_training_writes_run_folder_and_snapshots(seg_run):
+    run = seg_run / "run"
+    result = json.loads((run / "results.json").read_text())
+    assert 0 <= result["val_miou"] <= 1 and result["holdout_miou"] is not None
+    for e in (1, 2, 3):
+        for stem in ("0001", "0002"):
+            img = np.array(Image.open(run / "snapshots" / f"epoch_{e:03d}" / f"{stem}.png"))
+            assert img.shape == (64, 64, 3)
+            colours = {tuple(c) for c in img.reshape(-1, 3).tolist()}
+            assert colours <= {tuple(c) for c in PALETTE.tolist()}
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert ckpt["vislab"]["task"] == "seg" and "rng" in ckpt
+
+
+def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
+    val = seg_run / "val"
+    res = cli("seg", "predict", seg_run / "run", val, tmp_path / "pred")
+    assert res.code == 0, res.err
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["0000_mask.png", "0001_mask.png", "0002_mask.png"]
+    res = cli("seg", "eval", tmp_path / "pred", val, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    from_files = json.loads((tmp_path / "m.json").read_text())["miou"]
+    res = cli("seg", "score", seg_run / "run", val)
+    assert res.code == 0 and res.out.strip().endswith(f"mIoU: {from_files:.4f}")
+
+
+def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
+    d = tmp_path / "test"
+    d.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(d / "0042.jpg")
+    res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out", "--tta", "flip")
+    assert res.code == 0, res.err
+    out = Image.open(tmp_path / "out" / "0042.png")
+    assert out.size == (500, 375) and out.mode == "RGB"
+
+
+def test_flip_tta_of_flip_equivariant_model_equals_plain():
+    from vislab.pipelines.segmentation import predict_probs
+
+    class Equivariant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 7, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = Equivariant().eval()
+    meta = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    x = torch.randint(0, 255, (2, 3, 16, 24), dtype=torch.uint8)
+    plain = predict_probs(model, meta, x, tta="none")
+    assert torch.allclose(predict_probs(model, meta, x, tta="flip"), plain, atol=1e-6)
+    assert torch.allclose(predict_probs(model, meta, x, tta="d4"), plain, atol=1e-6)
+
+
+def test_eval_missing_extra_and_size_mismatch(cli, seg_run, tmp_path):
+    val = seg_run / "val"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in val.glob("*_mask.png"):
+        shutil.copy(f, pred / f.name.replace("_mask", ""))
+    assert cli("seg", "eval", pred, val).out.strip().endswith("mIoU: 1.0000")
+    (pred / "0002.png").unlink()
+    res = cli("seg", "eval", pred, val)
+    assert res.code == 2 and "no prediction for 1 ground-truth masks, e.g. 0002_mask.png" in res.err
+    shutil.copy(val / "0002_mask.png", pred / "0002.png")
+    shutil.copy(val / "0002_mask.png", pred / "0099.png")
+    res = cli("seg", "eval", pred, val)
+    assert res.code == 2 and "0099.png: prediction has no ground truth" in res.err
+    (pred / "0099.png").unlink()
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(pred / "0001.png")
+    res = cli("seg", "eval", pred, val)
+    assert res.code == 2 and "0001.png: mask is 10x10, expected 64x64" in res.err
+
+
+def test_progress_figure(cli, seg_run, tmp_path):
+    res = cli("seg", "progress", seg_run / "run", "--out", tmp_path / "masks.png")
+    assert res.code == 0, res.err
+    img = Image.open(tmp_path / "masks.png")
+    assert img.size[0] > img.size[1]  # 2 rows x 5 columns
+    res = cli("seg", "progress", seg_run / "run", "--out", tmp_path / "m2.png", "--epochs", "1,9")
+    assert res.code == 2 and "no snapshot of epoch 9" in res.err
+
+
+@requires_real
+def test_real_pairs_and_stray_pixels_realdata():
+    pairs = list_pairs(REAL / "p2_data" / "validation")
+    assert len(pairs) == 257
+    stats = scan_masks(pairs)
+    hit = [s for s, n in zip(stats.stems, stats.stray.tolist()) if n]
+    assert hit == ["0177"] and int(stats.stray.sum()) == 7
