@@ -164,3 +164,18 @@ def test_short_real_training_beats_chance_realdata(cli, tmp_path):
     assert res.code == 0, res.err
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["holdout_acc"] > 0.32  # chance is 0.20; 200 held-out images give a std of ~0.03
+
+
+def test_course_script_hw1_1(trained, color_classes, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(root / "scripts" / "hw1_1.sh"), str(color_classes), str(tmp_path / "p.csv"),
+                           str(trained / "best.ckpt")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    assert rows[0] == ["image_id", "label"] and len(rows) == 121

@@ -52,6 +52,26 @@ def test_hand_case_all_classes_present():
     assert course_miou(confusion_matrix(t, p, 7)) == pytest.approx((0.5 + 0.5 + 1 + 1 + 0 + 1 / 3) / 6)
 
 
+def test_red_ground_truth_counts_as_unknown_in_eval(cli, tmp_path):
+    """A red GT pixel is unknown: predicting urban there is a false positive for urban."""
+    from PIL import Image
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    truth = np.zeros((1, 4, 3), np.uint8)
+    truth[0, :2] = (255, 0, 0)  # stray red -> unknown
+    truth[0, 2:] = (0, 255, 255)  # urban
+    Image.fromarray(truth).save(gt / "0001_mask.png")
+    Image.fromarray(np.tile(np.array([0, 255, 255], np.uint8), (1, 4, 1))).save(pred / "0001.png")
+    res = cli("seg", "eval", pred, gt, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    import json
+
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["iou"]["urban"] == 0.5 and m["miou"] == 0.5 and m["stray_files"] == 1
+
+
 def test_label_255_is_an_error_not_a_reshape_crash():
     with pytest.raises(ValueError, match="label values must lie in 0..6"):
         confusion_matrix(torch.tensor([0, 255]), torch.tensor([0, 0]), 7)
@@ -86,7 +106,8 @@ def test_course_miou_matches_reference_on_real_validation_masks_realdata(cli, tm
     from PIL import Image
 
     gt_dir = REAL / "p2_data" / "validation"
-    masks = sorted(gt_dir.glob("*_mask.png"))[:60]
+    masks = sorted(gt_dir.glob("*_mask.png"))
+    assert len(masks) == 257
     pred_dir, sub_gt = tmp_path / "pred", tmp_path / "gt"
     pred_dir.mkdir()
     sub_gt.mkdir()

@@ -182,3 +182,40 @@ def test_real_pairs_and_stray_pixels_realdata():
     stats = scan_masks(pairs)
     hit = [s for s, n in zip(stats.stems, stats.stray.tolist()) if n]
     assert hit == ["0177"] and int(stats.stray.sum()) == 7
+
+
+def test_course_script_hw1_2(seg_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    test = tmp_path / "imgs"
+    test.mkdir()
+    for f in (seg_run / "val").glob("*_sat.jpg"):
+        shutil.copy(f, test / f.name.replace("_sat", ""))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(root / "scripts" / "hw1_2.sh"), str(test), str(tmp_path / "out"),
+                           str(seg_run / "run" / "best.ckpt")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png", "0001.png", "0002.png"]
+
+
+@requires_real
+def test_tiny_real_training_smoke_realdata(cli, tmp_path):
+    """8 real training pairs, one epoch of an FPN on 128 px crops: runs end to end, sane mIoU."""
+    train = tmp_path / "train"
+    train.mkdir()
+    for stem in ("0000", "0001", "0002", "0003", "0004", "0005", "0006", "0007"):
+        for suffix in ("_sat.jpg", "_mask.png"):
+            shutil.copy(REAL / "p2_data" / "train" / f"{stem}{suffix}", train)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 4,
+                                      "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "crop_size": 128}))
+    res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run", "--snapshot", "0001")
+    assert res.code == 0, res.err
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0.0 <= result["holdout_miou"] <= 1.0
+    pred = np.array(Image.open(tmp_path / "run" / "snapshots" / "epoch_001" / "0001.png"))
+    assert pred.shape == (512, 512, 3)
