@@ -152,19 +152,42 @@ class ResNet9(nn.Module):
         return self.fc(self.dropout(self.pool(x)))
 
 
+class SimpleCNN(nn.Module):
+    """The course's "simple baseline" shape: three conv-ReLU-pool stages and two linear layers.
+
+    It has no BatchNorm, so data-parallel training equals single-process training exactly.
+    """
+
+    def __init__(self, *, num_classes: int, dropout: float = 0.0, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
+        self.hidden = nn.Sequential(nn.Linear(16 * w, 256), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.hidden(self.features(x)))
+
+
 # name -> (constructor, description)
 _SMALL: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "cifar_resnet20": (partial(CifarResNet, blocks=3, widths=(16, 32, 64)), "CIFAR ResNet-20 (0.27M)"),
-    "cifar_resnet56": (partial(CifarResNet, blocks=9, widths=(16, 32, 64)), "CIFAR ResNet-56 (0.86M)"),
-    "cifar_resnet18w": (partial(CifarResNet, blocks=2, widths=(64, 128, 256)), "wide CIFAR ResNet (2.8M)"),
-    "resnet9_xs": (partial(ResNet9, width=16), "ResNet-9, width 16: the quick CPU demo (0.41M)"),
-    "resnet9_s": (partial(ResNet9, width=32), "ResNet-9, width 32: fast on CPUs (1.6M)"),
-    "resnet9": (partial(ResNet9, width=64), "ResNet-9, width 64 (6.6M)"),
+    "simple_cnn": (partial(SimpleCNN, dropout=0.0), "3 conv stages + 2 linear, no BatchNorm (0.24M)"),
+    "cifar_resnet20": (partial(CifarResNet, blocks=3, widths=(16, 32, 64), dropout=0.1), "CIFAR ResNet-20 (0.27M)"),
+    "cifar_resnet56": (partial(CifarResNet, blocks=9, widths=(16, 32, 64), dropout=0.1), "CIFAR ResNet-56 (0.86M)"),
+    "cifar_resnet18w": (partial(CifarResNet, blocks=2, widths=(64, 128, 256), dropout=0.1), "wide CIFAR ResNet (2.8M)"),
+    "resnet9_xs": (partial(ResNet9, width=16, dropout=0.1), "ResNet-9, width 16: the quick CPU demo (0.41M)"),
+    "resnet9_s": (partial(ResNet9, width=32, dropout=0.1), "ResNet-9, width 32: fast on CPUs (1.6M)"),
+    "resnet9": (partial(ResNet9, width=64, dropout=0.1), "ResNet-9, width 64 (6.6M)"),
 }
 
 
 def _small_classifier(name: str, *, num_classes: int, weights: str | None) -> nn.Module:
-    model = _SMALL[name][0](num_classes=num_classes, dropout=0.1)
+    model = _SMALL[name][0](num_classes=num_classes)
     return apply_weights(model, weights, name=name)
 
 
