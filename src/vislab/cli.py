@@ -83,7 +83,7 @@ def recipes_cmd() -> None:
     for name, path in sorted(shipped_recipes().items()):
         r = load_recipe(str(path))
         first = next((ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), "")
-        out.print(f"{name:<22} {r.task:<4} {r.model:<28} {r.epochs:>3} ep  {first}")
+        typer.echo(f"{name:<18} {r.task:<4} {r.model:<36} {r.epochs:>3} ep  {first}")
 
 
 @app.command("summary")

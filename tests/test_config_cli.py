@@ -1,0 +1,75 @@
+"""Recipes and the command line's error contract: one line, exit 2, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from vislab.config import Recipe, load_recipe, shipped_recipes
+from vislab.errors import VislabError
+from vislab.models import get_entry
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_shipped_recipes_are_valid(name):
+    r = load_recipe(name)
+    assert get_entry(r.model).task == r.task
+    assert r.epochs > 0 and r.batch_size > 0 and 0 <= r.holdout < 1
+    first = shipped_recipes()[name].read_text().splitlines()[0]
+    assert first.startswith("# ") and len(first) < 110  # `vislab recipes` shows it as one line
+
+
+def test_overrides_make_a_new_recipe():
+    base = load_recipe("cls-fast")
+    new = base.with_overrides(epochs=1, lr=None)
+    assert new.epochs == 1 and new.lr == base.lr and base.epochs != 1
+    with pytest.raises(VislabError, match="unknown recipe fields: colour"):
+        base.with_overrides(colour="red")
+
+
+def test_recipe_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(VislabError, match="not valid YAML"):
+        load_recipe(str(bad))
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(yaml.safe_dump({"task": "cls", "epoch": 3}))
+    with pytest.raises(VislabError, match="unknown recipe keys: epoch"):
+        load_recipe(str(odd))
+    with pytest.raises(VislabError, match="no such recipe; shipped recipes: cls-best"):
+        load_recipe("cls-nope")
+
+
+def test_recipe_round_trips_through_yaml(tmp_path):
+    r = load_recipe("seg-best")
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(r.to_dict()))
+    assert load_recipe(str(p)) == r and isinstance(r, Recipe)
+
+
+def test_errors_are_one_line_and_debug_shows_traceback(cli, tmp_path):
+    res = cli("cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
+    assert res.code == 2 and res.err == f"vislab: error: {tmp_path / 'none.ckpt'}: checkpoint not found\n"
+    with pytest.raises(VislabError):
+        cli("--debug", "cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
+
+
+def test_unknown_model_and_wrong_task_recipe(cli, color_classes, tmp_path):
+    res = cli("summary", "resnet7")
+    assert res.code == 2 and "unknown model 'resnet7'; choose one of:" in res.err
+    res = cli("cls", "train", color_classes, "--recipe", "seg-fast", "--out", tmp_path / "r")
+    assert res.code == 2 and "is a seg recipe" in res.err
+
+
+def test_output_where_a_file_blocks_the_folder(cli, color_classes, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    res = cli("cls", "train", color_classes, "--recipe", "cls-fast", "--out", blocker, "--epochs", "1")
+    assert res.code == 2 and "blocker: is a file" in res.err
+
+
+def test_models_and_recipes_listings(cli):
+    res = cli("models", "fcn*")
+    assert res.code == 0 and "fcn32s_vgg16" in res.out and "resnet50" not in res.out
+    res = cli("recipes")
+    assert res.code == 0 and len([ln for ln in res.out.splitlines() if ln.strip()]) == len(shipped_recipes())
