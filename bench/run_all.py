@@ -1,0 +1,57 @@
+"""Run every benchmark on the real data and write docs/PERFORMANCE.md (machine and date included).
+
+    python bench/run_all.py [--data DIR] [--quick]
+
+Each benchmark measures vislab and a straightforward reference in the same process and prints
+RATIO lines; absolute times on shared machines are noisy, ratios much less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = {
+    "bench_p1_input.py": [],
+    "bench_p2_codec_miou.py": [],
+    "seg_predict_cpu.py": [],
+}
+QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--limit", "4", "--loop-pixels", "4096"],
+         "seg_predict_cpu.py": ["--images", "1", "--size", "128"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="tiny inputs: checks the scripts run, measures nothing")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "PERFORMANCE.md")
+    args = ap.parse_args()
+    sections = []
+    for script, extra in BENCHES.items():
+        cmd = [sys.executable, str(HERE / script), *(QUICK[script] if args.quick else extra)]
+        if args.data and script != "seg_predict_cpu.py":
+            cmd += ["--data", str(args.data)]
+        print("+", " ".join(cmd[1:]), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(proc.stdout, proc.stderr[-2000:] if proc.returncode else "", flush=True)
+        if proc.returncode:
+            sys.exit(f"{script} failed")
+        sections.append(f"## {script}\n\n```\n$ python bench/{' '.join([script, *cmd[2:]])}\n{proc.stdout.strip()}\n```\n")
+    if args.quick:
+        return
+    header = (f"# Performance\n\nWritten by `python bench/run_all.py` on {datetime.date.today()}; machine: "
+              f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+              f"{platform.python_version()}, {platform.platform()}.\nThe machines are shared: compare the "
+              "RATIO lines, which are measured side by side in one process.\n\n")
+    args.out.write_text(header + "\n".join(sections))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

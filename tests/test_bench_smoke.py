@@ -1,0 +1,19 @@
+"""The benchmarks run on tiny inputs so they cannot rot (they measure nothing here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import requires_real
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@requires_real
+def test_bench_scripts_run_quick_realdata():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("RATIO") == 3
