@@ -58,6 +58,23 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     _run("cls", "train", color_classes, "--out", run, "--resume")
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
+    # the same metrics per epoch, and the learning rate at every logged step: nothing repeated or skipped
+    assert _columns(tmp_path / "full" / "history.csv", drop="seconds") == _columns(run / "history.csv", drop="seconds")
+    assert _lr_steps(tmp_path / "full") == _lr_steps(run)
+
+
+def _columns(path: Path, *, drop: str) -> list[dict]:
+    import csv
+
+    return [{k: v for k, v in row.items() if k != drop} for row in csv.DictReader(path.open())]
+
+
+def _lr_steps(run: Path) -> list[tuple[str, str]]:
+    import csv
+
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("lr-SGD")]
+    steps = [(r["step"], r["lr-SGD"]) for r in rows]
+    return sorted(set(steps), key=lambda s: int(s[0]))
 
 
 def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(color_classes, tmp_path):

@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from vislab.config import Recipe
 from vislab.engine.callbacks import EpochHistory
@@ -25,6 +26,27 @@ def quiet_lightning() -> None:
                     ".*litlogger.*", ".*does not have many workers.*", ".*smaller than the logging interval.*", ".*`isinstance\\(treespec.*"):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run must append to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                header = fh.readline().strip()
+            self.metrics_keys = header.split(",") if header else []
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` that keeps the rows written before a resume."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def _devices(value: str) -> int | str | list[int]:
@@ -61,7 +83,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
         strategy=recipe.strategy,
         precision=recipe.precision,  # type: ignore[arg-type]
         logger=[
-            CSVLogger(out_dir, name="", version=""),
+            ResumableCSVLogger(out_dir, name="", version=""),
             TensorBoardLogger(out_dir, name="tensorboard", version=""),
         ],
         callbacks=callbacks,
