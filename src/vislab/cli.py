@@ -298,6 +298,23 @@ def seg_progress(
     out.print(f"wrote {progress(run_dir, out_png=out_png, epochs=chosen)}")
 
 
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders (P1 and/or P2)."),
+    out_file: Path = typer.Option(Path("report.html"), "--out", help="Output file."),
+    fmt: str = typer.Option("html", "--format", help="html | md (figures embedded either way)."),
+    title: str = typer.Option("vislab report", "--title"),
+    shot: Optional[Path] = typer.Option(None, "--screenshot", help="Also render the HTML page to this PNG (headless Chromium)."),
+) -> None:
+    """The homework's figures and tables from run folders, as one self-contained page."""
+    from vislab.report import build_report, screenshot
+
+    page = build_report(runs, out_file, fmt=fmt, title=title)
+    out.print(f"wrote {page}")
+    if shot is not None:
+        out.print(f"wrote {screenshot(page, shot)}")
+
+
 @app.command("demo")
 def demo_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder (default $VISLAB_DATA, ./hw1_data, ../shared/data/hw1_data)."),

@@ -56,8 +56,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     best = out / "best.ckpt" if (out / "best.ckpt").is_file() else out / "last.ckpt"
     result["holdout_acc"] = _best_score(trainer)
     if val_dir is not None:
-        result["val"] = evaluate(best, val_dir)
+        result["val"] = evaluate(best, val_dir, predictions_csv=out / "val_predictions.csv")
         result["val_accuracy"] = result["val"]["accuracy"]
+        result["val_dir"] = str(val_dir)
     result["checkpoint"] = str(best)
     summary = {k: v for k, v in result.items() if k != "val"}
     atomic_write_text(json.dumps(result, indent=2), out / "results.json")
@@ -128,8 +129,12 @@ def _load(ckpt: str | Path) -> _Loaded:
 
 
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
-             batch_size: int = 256, device: str | None = None) -> dict[str, Any]:
-    """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder."""
+             batch_size: int = 256, device: str | None = None,
+             predictions_csv: str | Path | None = None) -> dict[str, Any]:
+    """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder.
+
+    ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows.
+    """
     loaded = _load(ckpt)
     data = load_folder(img_dir, labelled=labels_csv is None)
     labels = data.labels if labels_csv is None else _labels_from_csv(Path(labels_csv), data.files)
@@ -140,6 +145,8 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         raise VislabError(Path(img_dir) / bad, f"label {int(labels.max())} is outside the model's 0..{n_cls - 1}")
     logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device)
     pred = logits.argmax(1)
+    if predictions_csv is not None:
+        _write_rows(predictions_csv, ["image_id", "label", "pred"], zip(data.files, labels.tolist(), pred.tolist()))
     top5 = logits.topk(min(5, n_cls), dim=1).indices.eq(labels[:, None]).any(1)
     per_class = {}
     for c in range(n_cls):
@@ -165,13 +172,16 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     loaded = _load(ckpt)
     data = load_folder(img_dir, labelled=False, use_cache=False)
     logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device)
+    _write_rows(out_csv, ["image_id", "label"], zip(data.files, logits.argmax(1).tolist()))
+    return len(data.files)
+
+
+def _write_rows(path: str | Path, header: list[str], rows: Any) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "label"])
-    for name, label in zip(data.files, logits.argmax(1).tolist()):
-        w.writerow([name, label])
-    atomic_write_text(buf.getvalue(), out_csv)
-    return len(data.files)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(buf.getvalue(), path)
 
 
 def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv: str | Path | None = None,
@@ -189,10 +199,6 @@ def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv:
     plot_embedding(points, data.labels, out_png,
                    title=f"t-SNE of {loaded.meta['model']} second-last layer ({feats.shape[1]}-d), {img_dir}")
     csv_path = Path(out_csv) if out_csv else out_png.with_suffix(".csv")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "label", "x", "y"])
-    for name, lab, (x, y) in zip(data.files, data.labels.tolist(), points.tolist()):
-        w.writerow([name, lab, f"{x:.5f}", f"{y:.5f}"])
-    atomic_write_text(buf.getvalue(), csv_path)
+    _write_rows(csv_path, ["image_id", "label", "x", "y"],
+                ([n, lab, f"{x:.5f}", f"{y:.5f}"] for n, lab, (x, y) in zip(data.files, data.labels.tolist(), points.tolist())))
     return out_png

@@ -67,6 +67,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]
+        result["val_dir"] = str(val_dir)
     result["checkpoint"] = str(best)
     atomic_write_text(json.dumps(result, indent=2), out / "results.json")
     info(f"done: {json.dumps({k: v for k, v in result.items() if k != 'val'})}")

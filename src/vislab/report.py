@@ -1,0 +1,198 @@
+"""``vislab report``: the homework's figures and tables from run folders, as one page.
+
+For each run folder (P1 or P2): recipe and command, training curves, final held-out and
+validation metrics beside the seed's numbers and the course baselines, the architecture table,
+and the task's figures (P1: per-class accuracy, confusion matrix, t-SNE, most-confused pairs;
+P2: per-class IoU, 7x7 confusion matrix, mask progression, overlays). Figures are embedded, so
+the page is one file to send or print.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vislab.errors import VislabError
+from vislab.io import atomic_write_text
+from vislab.viz import figures
+
+# (name, value) rows the course report is judged against
+REFERENCES = {
+    "cls": [("course baseline (simple)", 0.70), ("course baseline (strong)", 0.80),
+            ("seed report (VGG16-BN)", 0.8268), ("best published peer (ResNeXt-101)", 0.896)],
+    "seg": [("course baseline (simple)", 0.630), ("course baseline (strong)", 0.675),
+            ("seed report (VGG19-FCN32s)", 0.688), ("best published peer (DeepLabV3-ResNet50)", 0.735)],
+}
+
+
+def _fig(title: str, png: bytes, text: str = "") -> dict[str, str]:
+    return {"title": title, "b64": base64.b64encode(png).decode(), "text": text}
+
+
+def _read_run(run: Path) -> dict[str, Any]:
+    if not run.is_dir():
+        raise VislabError(run, "run folder not found")
+    if not (run / "recipe.yaml").is_file():
+        raise VislabError(run, "not a vislab run folder (no recipe.yaml)")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    history = list(csv.DictReader((run / "history.csv").open())) if (run / "history.csv").is_file() else []
+    results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
+    return {"recipe": recipe, "history": history, "results": results, "command": command}
+
+
+def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
+    from vislab.engine.state import load_network
+    from vislab.models import build_model
+    from vislab.viz.summary import architecture_table
+
+    ckpt = run / "best.ckpt" if (run / "best.ckpt").is_file() else run / "last.ckpt"
+    if ckpt.is_file():
+        model, meta = load_network(ckpt, task=task)
+        image_size = meta.get("image_size")
+    elif num_classes:  # checkpoints removed (e.g. copied back from another machine): rebuild from the recipe
+        model, image_size = build_model(recipe["model"], num_classes=num_classes), recipe.get("image_size")
+    else:
+        return "(no checkpoint in the run folder)"
+    side = (image_size or 32) if task == "cls" else 512
+    return architecture_table(model, (3, side, side))
+
+
+def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
+    val = data["results"].get("val", {})
+    out = []
+    if val:
+        per_class = {str(k): v for k, v in val["per_class"].items()}
+        out.append(_fig("Per-class validation accuracy", figures.bars(per_class, title="accuracy per class",
+                                                                       reference={"mean": val["accuracy"]})))
+        n = len(val["confusion"])
+        out.append(_fig("Confusion matrix (validation)", figures.confusion_heatmap(
+            val["confusion"], labels=[str(i) for i in range(n)], title="row-normalised confusion")))
+        pairs = _confused_pairs(run, data, val)
+        if pairs:
+            out.append(_fig("Most confused pairs", figures.image_pairs(pairs),
+                            "Each row: a validation image of the most often confused (true, predicted) class pairs, "
+                            "beside an image of the class it was taken for."))
+    tsne = run / "tsne.png"
+    if tsne.is_file():
+        out.append(_fig("t-SNE of the second-last layer (validation)", tsne.read_bytes(),
+                        "Classes that form their own cluster are recognised reliably; overlapping clusters are "
+                        "the pairs the confusion matrix shows as confused."))
+    return out
+
+
+def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int = 5) -> list[tuple[Path, Path, str]]:
+    preds = run / "val_predictions.csv"
+    val_dir = Path(data["results"].get("val_dir", ""))
+    if not preds.is_file() or not val_dir.is_dir():
+        return []
+    rows = list(csv.DictReader(preds.open()))
+    conf = val["confusion"]
+    cells = sorted(((conf[t][p], t, p) for t in range(len(conf)) for p in range(len(conf)) if t != p), reverse=True)
+    out = []
+    for count, t, p in cells[:k]:
+        wrong = next((r["image_id"] for r in rows if int(r["label"]) == t and int(r["pred"]) == p), None)
+        other = next((r["image_id"] for r in rows if int(r["label"]) == p and int(r["pred"]) == p), None)
+        if wrong and other and count > 0:
+            out.append((val_dir / wrong, val_dir / other, f"true {t}, predicted {p} ({count}x)"))
+    return out
+
+
+def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
+    from vislab.data.palette import CLASS_NAMES
+    from vislab.viz.progress import progress_figure, snapshot_epochs
+
+    val = data["results"].get("val", {})
+    out = []
+    if val:
+        out.append(_fig("Per-class validation IoU (course rule)", figures.bars(
+            val["iou"], title="IoU per class", reference={"mIoU": val["miou"]})))
+        out.append(_fig("Confusion matrix (validation, pixels)", figures.confusion_heatmap(
+            val["confusion"], labels=list(CLASS_NAMES), title="row-normalised pixel confusion")))
+    snap = run / "snapshots"
+    if snap.is_dir() and snapshot_epochs(snap):
+        tmp = run / ".report-progress.png"
+        progress_figure(run, tmp)
+        out.append(_fig("Predicted masks at early, middle and final epochs", tmp.read_bytes()))
+        tmp.unlink()
+        last = snapshot_epochs(snap)[-1]
+        items = [(sat, snap / f"epoch_{last:03d}" / f"{sat.name.split('_')[0]}.png", f"{sat.name.split('_')[0]}, epoch {last}")
+                 for sat in sorted(snap.glob("*_sat.*"))]
+        items = [i for i in items if i[1].is_file()]
+        if items:
+            out.append(_fig("Final predictions over the satellite images", figures.overlays(items)))
+    return out
+
+
+def _run_section(run: Path, index: int) -> dict[str, Any]:
+    data = _read_run(run)
+    task = data["recipe"].get("task", "cls")
+    res = data["results"]
+    metric = "holdout_acc" if task == "cls" else "holdout_miou"
+    val_key = "val_accuracy" if task == "cls" else "val_miou"
+    comparison = [(name, f"{v:.4f}", False) for name, v in REFERENCES[task]]
+    if res.get(metric) is not None:
+        comparison.append(("this run, held-out split of the training folder (best epoch)", f"{res[metric]:.4f}", True))
+    if res.get(val_key) is not None:
+        where = f" ({res['val_dir']})" if res.get("val_dir") else ""
+        comparison.append((f"this run, validation{where}", f"{res[val_key]:.4f}", True))
+    figs = []
+    if data["history"]:
+        figs.append(_fig("Training curves", figures.curves(data["history"], metric=metric)))
+    figs += _cls_figures(run, data) if task == "cls" else _seg_figures(run, data)
+    keys = ("model", "weights", "epochs", "batch_size", "lr", "optimizer", "scheduler", "image_size", "crop_size",
+            "loss", "precision", "holdout", "seed")
+    return {
+        "id": f"run{index}",
+        "heading": f"{'P1 classification' if task == 'cls' else 'P2 segmentation'}: {run}",
+        "command": data["command"],
+        "recipe": [(k, data["recipe"].get(k)) for k in keys if data["recipe"].get(k) is not None],
+        "metric_name": "accuracy" if task == "cls" else "mIoU",
+        "comparison": comparison,
+        "figures": figs,
+        "architecture": _architecture(run, task, data["recipe"], len(res["val"]["confusion"]) if "val" in res else None),
+    }
+
+
+def screenshot(html: str | Path, png: str | Path, *, width: int = 1200, height: int = 2400) -> Path:
+    """Render ``html`` in headless Chromium (Debian package ``chromium``) into ``png``."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        raise VislabError(None, "no Chromium found (apt-get install chromium) for the screenshot")
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={width},{height}",
+               f"--screenshot={Path(png).resolve()}", Path(html).resolve().as_uri()]
+        subprocess.run(cmd, capture_output=True, timeout=180, check=False)
+    if not Path(png).is_file():
+        raise VislabError(png, "Chromium wrote no screenshot")
+    return Path(png)
+
+
+def build_report(runs: list[str | Path], out: str | Path, *, fmt: str = "html", title: str = "vislab report") -> Path:
+    """Write the report page for ``runs`` to ``out`` (``fmt``: html or md).
+
+    Example:
+        >>> build_report(["runs/p1", "runs/p2"], "report.html")
+    """
+    if fmt not in ("html", "md"):
+        raise VislabError(None, f"unknown --format {fmt!r}; choose html or md")
+    sections = [_run_section(Path(r), i) for i, r in enumerate(runs)]
+    context = {"title": title, "date": datetime.date.today().isoformat(), "runs": sections}
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("vislab", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    text = env.get_template(f"report.{fmt}.j2").render(**context)
+    atomic_write_text(text, out)
+    return Path(out)

@@ -1,0 +1,115 @@
+"""Report figures from run folders: curves, confusion matrices, IoU bars, confused pairs,
+overlays. Each function returns PNG bytes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def curves(history: list[dict[str, str]], *, metric: str) -> bytes:
+    """Training loss, the held-out metric and the learning rate per epoch."""
+    plt = _plt()
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    nice = metric.removeprefix("holdout_").replace("acc", "accuracy").replace("miou", "mIoU")
+    for ax, key, title in zip(axes, ("train_loss", metric, "lr"), ("training loss", f"held-out {nice}", "learning rate")):
+        vals = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history]
+        ax.plot(epochs, vals, marker="o", ms=3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def confusion_heatmap(conf: Sequence[Sequence[int]], *, labels: Sequence[str], title: str) -> bytes:
+    """Row-normalised confusion matrix (rows: truth, columns: prediction)."""
+    plt = _plt()
+    m = np.asarray(conf, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(labels)
+    size = 4 + n * 0.12
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    step = 1 if n <= 10 else 5
+    ax.set_xticks(range(0, n, step), [labels[i] for i in range(0, n, step)], rotation=90 if n <= 10 else 0, fontsize=7)
+    ax.set_yticks(range(0, n, step), [labels[i] for i in range(0, n, step)], fontsize=7)
+    if n <= 10:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] < 0.6 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _png(fig)
+
+
+def bars(values: dict[str, float | None], *, title: str, reference: dict[str, float] | None = None) -> bytes:
+    """Horizontal bars of per-class values (None shown as absent)."""
+    plt = _plt()
+    names = list(values)
+    vals = [np.nan if v is None else float(v) for v in values.values()]
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(names) + 1.2))
+    ax.barh(names, vals, color="#3b7dd8")
+    for i, v in enumerate(vals):
+        if not np.isnan(v):
+            ax.text(v + 0.01, i, f"{v:.3f}", va="center", fontsize=7)
+    for label, x in (reference or {}).items():
+        ax.axvline(x, color="gray", ls="--", lw=1)
+        ax.text(x, len(names) - 0.4, label, fontsize=7, color="gray", rotation=90, va="top")
+    ax.set_xlim(0, 1.08)
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7 if len(names) > 20 else 9)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def image_pairs(pairs: list[tuple[Path, Path, str]]) -> bytes:
+    """Rows of (misclassified image, an image of the class it was taken for, caption)."""
+    plt = _plt()
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(4, 2 * len(pairs)), squeeze=False)
+    for r, (a, b, caption) in enumerate(pairs):
+        for c, (path, sub) in enumerate(((a, caption), (b, "an image of the predicted class"))):
+            axes[r][c].imshow(Image.open(path).convert("RGB"), interpolation="nearest")
+            axes[r][c].set_title(sub, fontsize=7)
+            axes[r][c].axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def overlays(items: list[tuple[Path, Path, str]], *, alpha: float = 0.45) -> bytes:
+    """Predicted colour masks blended over their satellite images."""
+    plt = _plt()
+    from PIL import Image
+
+    fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.4), squeeze=False)
+    for ax, (sat, pred, title) in zip(axes[0], items):
+        base = np.asarray(Image.open(sat).convert("RGB"), dtype=float)
+        mask = np.asarray(Image.open(pred).convert("RGB").resize(base.shape[1::-1], Image.NEAREST), dtype=float)
+        ax.imshow(((1 - alpha) * base + alpha * mask).astype(np.uint8))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return _png(fig)

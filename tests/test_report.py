@@ -1,0 +1,102 @@
+"""`vislab report` from real run folders: sections, embedded figures, both formats."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REAL, requires_real
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """A tiny P1 run on 3 real classes and a tiny P2 run on 6 real pairs, with validation."""
+    import sys
+
+    from vislab.cli import main
+
+    root = tmp_path_factory.mktemp("report")
+    p1_train, p1_val = root / "p1" / "train", root / "p1" / "val"
+    for d, src, idx in ((p1_train, "train_50", range(60)), (p1_val, "val_50", range(450, 460))):
+        d.mkdir(parents=True)
+        for c in range(3):
+            for i in idx:
+                shutil.copy(REAL / "p1_data" / src / f"{c}_{i}.png", d)
+    p2_train, p2_val = root / "p2" / "train", root / "p2" / "val"
+    for d, src, stems in ((p2_train, "train", ["0000", "0001", "0002", "0003"]), (p2_val, "validation", ["0010", "0097"])):
+        d.mkdir(parents=True)
+        for s in stems:
+            for suffix in ("_sat.jpg", "_mask.png"):
+                shutil.copy(REAL / "p2_data" / src / f"{s}{suffix}", d)
+    r1 = root / "r1.yaml"
+    r1.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 2, "batch_size": 16, "holdout": 0.2}))
+    r2 = root / "r2.yaml"
+    r2.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 2, "batch_size": 2,
+                                  "crop_size": 128, "holdout": 0.25, "optimizer": "adamw", "lr": 0.003}))
+    commands = [
+        ["cls", "train", p1_train, "--recipe", r1, "--out", root / "run1", "--val-dir", p1_val],
+        ["cls", "tsne", root / "run1", p1_val, "--out", root / "run1" / "tsne.png"],
+        ["seg", "train", p2_train, "--recipe", r2, "--out", root / "run2", "--val-dir", p2_val, "--snapshot", "0010,0097"],
+    ]
+    argv = sys.argv
+    try:
+        for cmd in commands:
+            sys.argv = ["vislab", *map(str, cmd)]
+            try:
+                main()
+            except SystemExit as exc:
+                assert not exc.code
+    finally:
+        sys.argv = argv
+    return root
+
+
+@requires_real
+def test_html_report_sections_and_figures_realdata(cli, real_runs, tmp_path):
+    out = tmp_path / "report.html"
+    res = cli("report", real_runs / "run1", real_runs / "run2", "--out", out)
+    assert res.code == 0, res.err
+    html = out.read_text()
+    for heading in ("P1 classification", "P2 segmentation", "Training curves", "Per-class validation accuracy",
+                    "Confusion matrix (validation)", "t-SNE of the second-last layer", "Most confused pairs",
+                    "Per-class validation IoU", "Predicted masks at early, middle and final epochs",
+                    "Final predictions over the satellite images", "Architecture", "seed report (VGG16-BN)",
+                    "course baseline (strong)", "Total params:"):
+        assert heading in html, heading
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 10  # P1: curves, per-class, confusion, pairs, t-SNE; P2: curves, IoU, confusion, progress, overlays
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
+    assert "http://" not in html and "https://" not in html  # one self-contained file
+
+
+@requires_real
+def test_markdown_report_realdata(cli, real_runs, tmp_path):
+    out = tmp_path / "report.md"
+    res = cli("report", real_runs / "run2", "--out", out, "--format", "md")
+    assert res.code == 0, res.err
+    md = out.read_text()
+    assert md.startswith("# vislab report") and "| **this run, validation" in md
+    assert md.count("](data:image/png;base64,") == 5
+
+
+def test_report_errors(cli, tmp_path):
+    res = cli("report", tmp_path, "--out", tmp_path / "r.html")
+    assert res.code == 2 and "not a vislab run folder (no recipe.yaml)" in res.err
+    assert not (tmp_path / "r.html").exists()
+
+
+@requires_real
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian package chromium not installed")
+def test_report_renders_in_headless_chromium_realdata(cli, real_runs, tmp_path):
+    from PIL import Image
+
+    res = cli("report", real_runs / "run1", "--out", tmp_path / "r.html", "--screenshot", tmp_path / "shot.png")
+    assert res.code == 0, res.err
+    shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=float)
+    assert shot.shape == (2400, 1200)
+    assert shot.std() > 20  # text and figures, not a blank page
