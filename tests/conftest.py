@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hw1_data"

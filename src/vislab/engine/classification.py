@@ -14,19 +14,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from vislab.config import Recipe
 from vislab.data.classification import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     augment_batch,
     load_folder,
     normalize,
     resize_batch,
     stratified_split,
 )
-from vislab.engine.optim import build_optimization
+from vislab.engine.base import VislabModule
 from vislab.engine.sampling import EpochSampler
-from vislab.engine.state import FORMAT, capture_rng, restore_rng
-from vislab.errors import VislabError
-from vislab.models import build_model
 
 
 class IndexedTensors(Dataset):
@@ -70,17 +65,6 @@ class ClassificationData(pl.LightningDataModule):
         else:
             self.train_idx, self.holdout_idx = torch.arange(len(data.labels)), torch.arange(0)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch on one process (used to size the schedule)."""
-        from vislab.engine.sampling import _rank_world
-
-        n = len(self.train_idx)
-        world = max(1, self.trainer.world_size if self.trainer is not None else _rank_world()[1])
-        per_rank = n // world
-        steps = max(1, per_rank // self.recipe.batch_size)
-        return steps
-
     def _loader(self, idx: torch.Tensor, *, train: bool) -> DataLoader:
         assert self.data.labels is not None
         ds = IndexedTensors(self.data.images, self.data.labels, idx)
@@ -103,33 +87,20 @@ class ClassificationData(pl.LightningDataModule):
         return self._loader(self.holdout_idx, train=False) if len(self.holdout_idx) else []
 
 
-class ClassifierModule(pl.LightningModule):
-    """Loss, on-device augmentation, accuracy and optimisation for a registry classifier."""
+class ClassifierModule(VislabModule):
+    """Loss, on-device augmentation and accuracy for a registry classifier."""
+
+    task = "cls"
 
     def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int) -> None:
-        super().__init__()
+        super().__init__(recipe, num_classes, steps_per_epoch)
         self.save_hyperparameters()
-        from vislab.config import recipe_from_dict
-
-        self.recipe = recipe_from_dict(recipe)
-        self.num_classes = num_classes
-        self.steps_per_epoch = steps_per_epoch
-        self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
-        if self.recipe.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
-        self.std = tuple(self.recipe.std or IMAGENET_STD)
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        self._rng_to_restore: dict[str, Any] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> normalised float at the model's input size."""
-        x = resize_batch(normalize(x, self.mean, self.std), self.recipe.image_size)
-        return x.contiguous(memory_format=torch.channels_last) if self.recipe.channels_last else x
+        return self.memory_format(resize_batch(normalize(x, self.mean, self.std), self.recipe.image_size))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx = batch
@@ -153,34 +124,3 @@ class ClassifierModule(pl.LightningModule):
         self.holdout_acc(logits, y)
         self.log("holdout_loss", loss / len(y), on_epoch=True, sync_dist=True, batch_size=len(y))
         self.log("holdout_acc", self.holdout_acc, on_epoch=True, prog_bar=True)
-
-    def configure_optimizers(self) -> dict:
-        return build_optimization(self.net.parameters(), self.recipe, steps_per_epoch=self.steps_per_epoch)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vislab"] = {
-            "format": FORMAT,
-            "task": "cls",
-            "model": self.recipe.model,
-            "num_classes": self.num_classes,
-            "image_size": self.recipe.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "recipe": self.recipe.to_dict(),
-        }
-        checkpoint["rng"] = capture_rng()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("vislab", {})
-        if meta.get("task") != "cls" or meta.get("model") != self.recipe.model or meta.get("num_classes") != self.num_classes:
-            raise VislabError(
-                None,
-                f"cannot resume: checkpoint is {meta.get('task')} {meta.get('model')} with "
-                f"{meta.get('num_classes')} classes, this run is cls {self.recipe.model} with {self.num_classes}",
-            )
-        self._rng_to_restore = checkpoint.get("rng")
-
-    def on_train_start(self) -> None:
-        if self._rng_to_restore is not None:
-            restore_rng(self._rng_to_restore)
-            self._rng_to_restore = None

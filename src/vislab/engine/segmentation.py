@@ -12,19 +12,16 @@ import torch
 import torchmetrics
 from torch.utils.data import DataLoader
 
-from vislab.config import Recipe, recipe_from_dict
-from vislab.data.classification import IMAGENET_MEAN, IMAGENET_STD, normalize
+from vislab.config import Recipe
+from vislab.data.classification import normalize
 from vislab.data.palette import NUM_CLASSES, classes_to_mask
 from vislab.data.segmentation import Pair, SegmentationDataset, holdout_split, list_pairs, scan_masks
-from vislab.engine.losses import build_loss, inverse_sqrt_frequency
-from vislab.engine.optim import build_optimization
+from vislab.engine.base import VislabModule
+from vislab.engine.losses import build_loss
 from vislab.engine.sampling import EpochSampler
-from vislab.engine.state import FORMAT, capture_rng, restore_rng
-from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import course_miou, pixel_accuracy
-from vislab.models import build_model
 
 
 class PooledConfusion(torchmetrics.Metric):
@@ -90,35 +87,22 @@ class SegmentationData(pl.LightningDataModule):
         return self._loader(self.holdout_pairs, train=False) if self.holdout_pairs else []
 
 
-class SegmenterModule(pl.LightningModule):
-    """Loss, optimisation and the course mIoU on the held-out split for a registry segmenter."""
+class SegmenterModule(VislabModule):
+    """Loss and the course mIoU on the held-out split for a registry segmenter."""
+
+    task = "seg"
 
     def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
                  class_weights: list[float] | None = None) -> None:
-        super().__init__()
+        super().__init__(recipe, num_classes, steps_per_epoch)
         self.save_hyperparameters()
-        self.recipe = recipe_from_dict(recipe)
-        self.num_classes = num_classes
-        self.steps_per_epoch = steps_per_epoch
-        self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
-        if self.recipe.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
-        self.std = tuple(self.recipe.std or IMAGENET_STD)
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)
-        self._rng_to_restore: dict[str, Any] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx = batch
-        x = normalize(x, self.mean, self.std)
-        if self.recipe.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, idx
+        return self.memory_format(normalize(x, self.mean, self.std)), y, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
@@ -128,36 +112,13 @@ class SegmenterModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _ = batch
-        logits = self.net(x)
-        self.holdout_conf.update(logits.argmax(1), y)
+        self.holdout_conf.update(self.net(x).argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:
-        conf = self.holdout_conf.compute()
-        self.log("holdout_miou", course_miou(conf.cpu()), sync_dist=False)
-        self.log("holdout_pixacc", pixel_accuracy(conf.cpu()), sync_dist=False)
+        conf = self.holdout_conf.compute().cpu()  # summed over batches and processes
+        self.log("holdout_miou", course_miou(conf), sync_dist=False)
+        self.log("holdout_pixacc", pixel_accuracy(conf), sync_dist=False)
         self.holdout_conf.reset()
-
-    def configure_optimizers(self) -> dict:
-        return build_optimization(self.net.parameters(), self.recipe, steps_per_epoch=self.steps_per_epoch)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vislab"] = {
-            "format": FORMAT, "task": "seg", "model": self.recipe.model, "num_classes": self.num_classes,
-            "image_size": None, "mean": list(self.mean), "std": list(self.std), "recipe": self.recipe.to_dict(),
-        }
-        checkpoint["rng"] = capture_rng()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("vislab", {})
-        if meta.get("task") != "seg" or meta.get("model") != self.recipe.model:
-            raise VislabError(None, f"cannot resume: checkpoint is {meta.get('task')} {meta.get('model')}, "
-                                    f"this run is seg {self.recipe.model}")
-        self._rng_to_restore = checkpoint.get("rng")
-
-    def on_train_start(self) -> None:
-        if self._rng_to_restore is not None:
-            restore_rng(self._rng_to_restore)
-            self._rng_to_restore = None
 
 
 class MaskSnapshots(pl.Callback):

@@ -122,3 +122,41 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
     return None
+
+
+def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
+    """Optimizer steps per epoch on one process (sizes the LR schedule before fit starts)."""
+    steps = max(1, (n_train // trainer.world_size) // recipe.batch_size)
+    if isinstance(recipe.limit_train_batches, int):
+        steps = min(steps, recipe.limit_train_batches)
+    return steps
+
+
+def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule,
+                   out_dir: Path, ckpt_path: Path | None, *, metric: str) -> tuple[dict, Path] | None:
+    """Run ``fit``; on rank 0 return ({train_seconds, held-out best score}, best checkpoint path).
+
+    Other ranks return None: evaluation after training happens once, on rank 0.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return None
+    best = out_dir / "best.ckpt" if (out_dir / "best.ckpt").is_file() else out_dir / "last.ckpt"
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    result = {"train_seconds": round(time.perf_counter() - t0, 1),
+              metric: None if score is None else round(float(score), 6)}
+    return result, best
+
+
+def write_results(out_dir: Path, result: dict) -> None:
+    """``results.json`` in the run folder, and a one-line summary."""
+    import json
+
+    from vislab.log import info
+
+    result["checkpoint"] = str(result["checkpoint"])
+    atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
+    info(f"done: {json.dumps({k: v for k, v in result.items() if k != 'val'})}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     import lightning.pytorch as pl
 
     from vislab.engine.classification import ClassificationData, ClassifierModule
-    from vislab.engine.trainer import build_trainer, prepare_run_folder
+    from vislab.engine.trainer import build_trainer, fit_and_select, prepare_run_folder, steps_per_epoch, write_results
 
     out = Path(out_dir)
     if val_dir is not None:
@@ -44,32 +42,18 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     info(f"{train_dir}: {len(data.data.files)} images, {data.num_classes} classes; "
          f"training on {len(data.train_idx)}, held out {len(data.holdout_idx)} for checkpoint selection")
     trainer = build_trainer(recipe, out, monitor="holdout_acc")
-    steps = max(1, (len(data.train_idx) // trainer.world_size) // recipe.batch_size)
-    if recipe.limit_train_batches is not None and isinstance(recipe.limit_train_batches, int):
-        steps = min(steps, recipe.limit_train_batches)
-    module = ClassifierModule(recipe.to_dict(), data.num_classes, steps)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    result: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
-    if not trainer.is_global_zero:
-        return result
-    best = out / "best.ckpt" if (out / "best.ckpt").is_file() else out / "last.ckpt"
-    result["holdout_acc"] = _best_score(trainer)
+    module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(data.train_idx)))
+    done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_acc")
+    if done is None:
+        return {}
+    result, best = done
     if val_dir is not None:
         result["val"] = evaluate(best, val_dir, predictions_csv=out / "val_predictions.csv")
         result["val_accuracy"] = result["val"]["accuracy"]
         result["val_dir"] = str(val_dir)
-    result["checkpoint"] = str(best)
-    summary = {k: v for k, v in result.items() if k != "val"}
-    atomic_write_text(json.dumps(result, indent=2), out / "results.json")
-    info(f"done: {json.dumps(summary)}")
+    result["checkpoint"] = best
+    write_results(out, result)
     return result
-
-
-def _best_score(trainer: Any) -> float | None:
-    cb = trainer.checkpoint_callback
-    score = getattr(cb, "best_model_score", None)
-    return None if score is None else round(float(score), 6)
 
 
 def _device(name: str | None = None) -> torch.device:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from vislab.data.images import list_images, read_rgb
 from vislab.data.palette import CLASS_NAMES, NUM_CLASSES, classes_to_mask
 from vislab.data.segmentation import MASK, SAT, list_pairs, read_mask
 from vislab.errors import VislabError
-from vislab.io import atomic_path, atomic_write_text
+from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import confusion_matrix, course_miou, iou_per_class, pixel_accuracy
 
@@ -35,7 +33,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import build_trainer, prepare_run_folder
+    from vislab.engine.trainer import build_trainer, fit_and_select, prepare_run_folder, steps_per_epoch, write_results
 
     out = Path(out_dir)
     val_pairs = list_pairs(val_dir) if val_dir is not None else []
@@ -52,25 +50,18 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         raise VislabError(None, f"unknown class_weights {recipe.class_weights!r}; use inverse-sqrt-frequency")
     trainer = build_trainer(recipe, out, monitor="holdout_miou",
                             extra_callbacks=[MaskSnapshots(snaps, out)] if snaps else [])
-    steps = max(1, (len(data.train_pairs) // trainer.world_size) // recipe.batch_size)
-    if isinstance(recipe.limit_train_batches, int):
-        steps = min(steps, recipe.limit_train_batches)
+    steps = steps_per_epoch(trainer, recipe, len(data.train_pairs))
     module = SegmenterModule(recipe.to_dict(), NUM_CLASSES, steps, class_weights=weights)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    result: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
-    if not trainer.is_global_zero:
-        return result
-    best = out / "best.ckpt" if (out / "best.ckpt").is_file() else out / "last.ckpt"
-    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-    result["holdout_miou"] = None if score is None else round(float(score), 6)
+    done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_miou")
+    if done is None:
+        return {}
+    result, best = done
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]
         result["val_dir"] = str(val_dir)
-    result["checkpoint"] = str(best)
-    atomic_write_text(json.dumps(result, indent=2), out / "results.json")
-    info(f"done: {json.dumps({k: v for k, v in result.items() if k != 'val'})}")
+    result["checkpoint"] = best
+    write_results(out, result)
     return result
 
 

@@ -1,0 +1,67 @@
+"""What every vislab LightningModule shares: the registry network, normalisation constants,
+the optimiser, and full-state checkpoints (metadata for inference, RNG states for resume)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from vislab.config import recipe_from_dict
+from vislab.data.classification import IMAGENET_MEAN, IMAGENET_STD
+from vislab.engine.optim import build_optimization
+from vislab.engine.state import FORMAT, capture_rng, restore_rng
+from vislab.errors import VislabError
+from vislab.models import build_model
+
+
+class VislabModule(pl.LightningModule):
+    """Base LightningModule; subclasses set ``task`` and write the steps."""
+
+    task = ""
+
+    def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.recipe = recipe_from_dict(recipe)
+        self.num_classes = num_classes
+        self.steps_per_epoch = steps_per_epoch
+        self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
+        if self.recipe.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
+        self.std = tuple(self.recipe.std or IMAGENET_STD)
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        """NHWC when the recipe asks for channels_last."""
+        return x.contiguous(memory_format=torch.channels_last) if self.recipe.channels_last else x
+
+    def configure_optimizers(self) -> dict:
+        return build_optimization(self.net.parameters(), self.recipe, steps_per_epoch=self.steps_per_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vislab"] = {
+            "format": FORMAT, "task": self.task, "model": self.recipe.model, "num_classes": self.num_classes,
+            "image_size": self.recipe.image_size if self.task == "cls" else None,
+            "mean": list(self.mean), "std": list(self.std), "recipe": self.recipe.to_dict(),
+        }
+        checkpoint["rng"] = capture_rng()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("vislab", {})
+        mine = (self.task, self.recipe.model, self.num_classes)
+        theirs = (meta.get("task"), meta.get("model"), meta.get("num_classes"))
+        if mine != theirs:
+            raise VislabError(None, f"cannot resume: the checkpoint is {theirs[0]} {theirs[1]} with {theirs[2]} "
+                                    f"classes, this run is {mine[0]} {mine[1]} with {mine[2]}")
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # Lightning restores weights, optimiser, schedulers and loops; the RNG states are vislab's
+        if self._rng_to_restore is not None:
+            restore_rng(self._rng_to_restore)
+            self._rng_to_restore = None
