@@ -60,6 +60,7 @@ ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models
 WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict.")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
+LimitOpt = typer.Option(None, "--limit-batches", help="Train on only this many batches per epoch (quick runs).")
 
 
 @app.command("models")
@@ -117,7 +118,7 @@ def cls_train(
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize inputs to this side."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training folder."),
-    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt,
+    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
     from vislab.paths import data_root
@@ -130,7 +131,7 @@ def cls_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=None if weights is None else (None if weights == "none" else weights),
-                image_size=image_size, holdout=holdout, num_workers=workers)
+                image_size=image_size, holdout=holdout, num_workers=workers, limit_train_batches=limit_batches)
     if r.task != "cls":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
@@ -209,7 +210,7 @@ def seg_train(
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side."),
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
-    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt,
+    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by course mIoU on held-out training pairs."""
     from vislab.paths import data_root
@@ -223,7 +224,8 @@ def seg_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=None if weights is None else (None if weights == "none" else weights),
-                crop_size=crop_size, loss=loss, holdout=holdout, num_workers=workers, snapshot=stems)
+                crop_size=crop_size, loss=loss, holdout=holdout, num_workers=workers, snapshot=stems,
+                limit_train_batches=limit_batches)
     if r.task != "seg":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab seg train` needs a seg recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
