@@ -59,7 +59,7 @@ def real_runs(tmp_path_factory):
 @requires_real
 def test_html_report_sections_and_figures_realdata(cli, real_runs, tmp_path):
     out = tmp_path / "report.html"
-    res = cli("report", real_runs / "run1", real_runs / "run2", "--out", out)
+    res = cli("report", real_runs, "--out", out)  # the run folders below are found
     assert res.code == 0, res.err
     html = out.read_text()
     for heading in ("P1 classification", "P2 segmentation", "Training curves", "Per-class validation accuracy",

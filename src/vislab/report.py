@@ -130,6 +130,14 @@ def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def find_runs(path: Path) -> list[Path]:
+    """``path`` itself when it is a run folder, else the run folders below it (sorted)."""
+    if (path / "recipe.yaml").is_file() or not path.is_dir():
+        return [path]
+    below = sorted(p.parent for p in path.rglob("recipe.yaml"))
+    return below or [path]
+
+
 def _run_section(run: Path, index: int) -> dict[str, Any]:
     data = _read_run(run)
     task = data["recipe"].get("task", "cls")
@@ -188,7 +196,8 @@ def build_report(runs: list[str | Path], out: str | Path, *, fmt: str = "html", 
     """
     if fmt not in ("html", "md"):
         raise VislabError(None, f"unknown --format {fmt!r}; choose html or md")
-    sections = [_run_section(Path(r), i) for i, r in enumerate(runs)]
+    found = [run for r in runs for run in find_runs(Path(r))]
+    sections = [_run_section(run, i) for i, run in enumerate(found)]
     context = {"title": title, "date": datetime.date.today().isoformat(), "runs": sections}
     from jinja2 import Environment, PackageLoader, select_autoescape
 
