@@ -334,10 +334,10 @@ def demo_cmd(
     r = load_recipe("cls-fast").with_overrides(epochs=epochs)
     result = train(train_dir, r, out_dir=out_dir, val_dir=val_dir, command=_command_line())
     ckpt = Path(result["checkpoint"])
-    n = predict(ckpt, val_dir, out_dir / "val_predictions.csv")
+    n = predict(ckpt, val_dir, out_dir / "predictions_val_50.csv")  # the course CSV format
     png = tsne(ckpt, val_dir, out_png=out_dir / "tsne.png")
     out.print(f"held-out accuracy: {result['holdout_acc']:.4f}")
-    out.print(f"val_50 accuracy:  {result['val_accuracy']:.4f}  ({n} images, predictions in {out_dir / 'val_predictions.csv'})")
+    out.print(f"val_50 accuracy:  {result['val_accuracy']:.4f}  ({n} images, predictions in {out_dir / 'predictions_val_50.csv'})")
     out.print(f"t-SNE figure:     {png}")
     out.print(f"architecture:     vislab summary {r.model} --num-classes 50 --input 3 32 32")
 
