@@ -36,6 +36,21 @@ def color_classes(tmp_path: Path) -> Path:
     return d
 
 
+def run_vislab(*args) -> int:
+    """Run ``vislab ARGS`` in-process (for module-scoped fixtures); returns the exit status."""
+    from vislab.cli import main
+
+    argv = sys.argv
+    sys.argv = ["vislab", *map(str, args)]
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return 0
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str) -> None:
         self.code, self.out, self.err = code, out, err

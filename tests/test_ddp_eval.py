@@ -34,6 +34,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         conf = _conf_over_shard(world, rank)
         if rank == 0:
             torch.save(conf, out)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REAL, requires_real
+from conftest import REAL, requires_real, run_vislab
 
 
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
     """A tiny P1 run on 3 real classes and a tiny P2 run on 6 real pairs, with validation."""
-    import sys
-
-    from vislab.cli import main
-
     root = tmp_path_factory.mktemp("report")
     p1_train, p1_val = root / "p1" / "train", root / "p1" / "val"
     for d, src, idx in ((p1_train, "train_50", range(60)), (p1_val, "val_50", range(450, 460))):
@@ -43,16 +39,8 @@ def real_runs(tmp_path_factory):
         ["cls", "tsne", root / "run1", p1_val, "--out", root / "run1" / "tsne.png"],
         ["seg", "train", p2_train, "--recipe", r2, "--out", root / "run2", "--val-dir", p2_val, "--snapshot", "0010,0097"],
     ]
-    argv = sys.argv
-    try:
-        for cmd in commands:
-            sys.argv = ["vislab", *map(str, cmd)]
-            try:
-                main()
-            except SystemExit as exc:
-                assert not exc.code
-    finally:
-        sys.argv = argv
+    for cmd in commands:
+        assert run_vislab(*cmd) == 0, cmd
     return root
 
 

@@ -15,7 +15,7 @@ from vislab.data.palette import PALETTE
 from vislab.data.segmentation import list_pairs, read_pair, scan_masks
 from vislab.errors import VislabError
 
-from conftest import REAL, requires_real
+from conftest import REAL, requires_real, run_vislab
 
 
 def _make_pairs(d, n=6, size=64, seed=0):
@@ -68,10 +68,6 @@ def test_stray_red_pixels_are_counted_and_reported(tmp_path):
 
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory):
-    import sys
-
-    from vislab.cli import main
-
     root = tmp_path_factory.mktemp("seg")
     train = _make_pairs(root / "train", n=8)
     val = _make_pairs(root / "val", n=3, seed=1)
@@ -79,15 +75,8 @@ def seg_run(tmp_path_factory):
     recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 3, "batch_size": 2,
                                       "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "loss": "ce+dice",
                                       "crop_size": 48, "input_hw": [64, 64]}))
-    argv = sys.argv
-    sys.argv = ["vislab", "seg", "train", str(train), "--recipe", str(recipe), "--out", str(root / "run"),
-                "--val-dir", str(val), "--snapshot", "0001,0002"]
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code
-    finally:
-        sys.argv = argv
+    assert run_vislab("seg", "train", train, "--recipe", recipe, "--out", root / "run",
+                      "--val-dir", val, "--snapshot", "0001,0002") == 0
     return root
 
 
