@@ -48,8 +48,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VISLAB_CACHE", Path.home() / ".cache" / "vislab"))
 
 
-def _cache_key(files: list[Path]) -> str:
-    h = hashlib.sha1()
+def file_list_key(files: list[Path], extra: str = "") -> str:
+    """A short hash of paths, sizes and modification times: changes whenever a file does."""
+    h = hashlib.sha1(extra.encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -95,7 +96,7 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True) -
             )
         labels = torch.tensor(parsed, dtype=torch.int64)
     images = None
-    cache = cache_dir() / f"cls-{_cache_key(files)}.pt" if use_cache else None
+    cache = cache_dir() / f"cls-{file_list_key(files)}.pt" if use_cache else None
     if cache is not None and cache.is_file():
         try:
             images = torch.load(cache, weights_only=True)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from vislab.data.classification import cache_dir
+from vislab.data.classification import cache_dir, file_list_key
 from vislab.data.images import list_images, read_rgb
 from vislab.data.palette import NUM_CLASSES, mask_to_classes
 from vislab.errors import VislabError
@@ -91,14 +91,9 @@ class MaskStats:
 
 def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 512)) -> MaskStats:
     """Decode every pair once (checking sizes and readability); cached on disk by file list."""
-    h = hashlib.sha1()
-    for p in pairs:
-        for f in (p.image, p.mask):
-            assert f is not None
-            st = f.stat()
-            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(repr(expected).encode())
-    cache = cache_dir() / f"seg-stats-{h.hexdigest()[:20]}.pt"
+    files = [f for p in pairs for f in (p.image, p.mask) if f is not None]
+    key = file_list_key(files, extra=repr(expected))
+    cache = cache_dir() / f"seg-stats-{key}.pt"
     if cache.is_file():
         try:
             d = torch.load(cache, weights_only=True)

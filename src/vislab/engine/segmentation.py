@@ -21,7 +21,7 @@ from vislab.engine.losses import build_loss
 from vislab.engine.sampling import EpochSampler
 from vislab.io import atomic_path
 from vislab.log import info
-from vislab.metrics import course_miou, pixel_accuracy
+from vislab.metrics import confusion_matrix, course_miou, pixel_accuracy
 
 
 class PooledConfusion(torchmetrics.Metric):
@@ -35,8 +35,7 @@ class PooledConfusion(torchmetrics.Metric):
         self.add_state("conf", default=torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        idx = target.reshape(-1).long() * self.n + pred.reshape(-1).long()
-        self.conf += torch.bincount(idx, minlength=self.n * self.n).reshape(self.n, self.n)
+        self.conf += confusion_matrix(target, pred, self.n)
 
     def compute(self) -> torch.Tensor:
         return self.conf

@@ -56,6 +56,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` (cpu, cuda, cuda:1 ...) or the GPU when there is one."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, Any]:
     """Read a vislab checkpoint, with one clear error for anything else.
 

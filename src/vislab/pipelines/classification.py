@@ -14,6 +14,7 @@ from vislab.config import Recipe
 from vislab.data.classification import load_folder, normalize, resize_batch
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
+from vislab.metrics import confusion_matrix
 from vislab.log import info
 from vislab.models import penultimate
 
@@ -56,17 +57,13 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     return result
 
 
-def _device(name: str | None = None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @torch.inference_mode()
 def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, batch_size: int = 256,
           device: str | None = None, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits (and optionally second-last-layer features) for uint8 images (N, 3, H, W)."""
-    dev = _device(device)
+    from vislab.engine.state import pick_device
+
+    dev = pick_device(device)
     model = model.to(dev).eval()
     logits, feats = [], []
     for start in range(0, len(images), batch_size):
@@ -142,12 +139,8 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         "accuracy": round(float((pred == labels).float().mean()), 6),
         "top5": round(float(top5.float().mean()), 6),
         "per_class": per_class,
-        "confusion": _confusion(labels, pred, n_cls).tolist(),
+        "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
     }
-
-
-def _confusion(target: torch.Tensor, pred: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,

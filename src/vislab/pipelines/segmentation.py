@@ -75,10 +75,6 @@ def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> list:
     return [found[s] for s in stems]
 
 
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 # TTA: each entry maps an image batch to a transformed one and back for the logits
 _TTA = {
     "none": [(lambda x: x, lambda y: y)],
@@ -111,6 +107,18 @@ def predict_probs(model: torch.nn.Module, meta: dict[str, Any], images: torch.Te
     return total / len(_TTA[tta])
 
 
+def _same_size_runs(images: list[torch.Tensor], batch_size: int) -> list[range]:
+    """Consecutive index ranges of at most ``batch_size`` images that share one size."""
+    runs, i = [], 0
+    while i < len(images):
+        j = i + 1
+        while j < len(images) and j - i < batch_size and images[j].shape == images[i].shape:
+            j += 1
+        runs.append(range(i, j))
+        i = j
+    return runs
+
+
 def _output_name(image: Path) -> str:
     stem = image.stem
     return f"{stem[: -len(SAT)]}{MASK}.png" if stem.endswith(SAT) else f"{stem}.png"
@@ -125,29 +133,23 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     """
     from torchvision.io import encode_png
 
-    from vislab.engine.state import load_network
+    from vislab.engine.state import load_network, pick_device
 
     model, meta = load_network(ckpt, task="seg")
     files = [f for f in list_images(img_dir, what="satellite images") if not f.stem.endswith(MASK)]
     if not files:
         raise VislabError(img_dir, "no satellite images found (only masks)")
     images = [read_rgb(f) for f in files]
-    dev = _device(device)
+    dev = pick_device(device)
     model = model.to(dev)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VislabError(out, "is a file, but an output folder is needed")
-    i = 0
-    while i < len(files):
-        # batch consecutive images of one size
-        j = i + 1
-        while j < len(files) and j - i < batch_size and images[j].shape == images[i].shape:
-            j += 1
-        probs = predict_probs(model, meta, torch.stack(images[i:j]), tta=tta, device=dev)
-        for f, ids in zip(files[i:j], probs.argmax(1).cpu()):
-            with atomic_path(out / _output_name(f)) as tmp:
+    for run in _same_size_runs(images, batch_size):
+        probs = predict_probs(model, meta, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
+        for i, ids in zip(run, probs.argmax(1).cpu()):
+            with atomic_path(out / _output_name(files[i])) as tmp:
                 tmp.write_bytes(encode_png(classes_to_mask(ids)).numpy().tobytes())
-        i = j
     return len(files)
 
 
@@ -203,23 +205,19 @@ def _seg_metrics(conf: torch.Tensor, **extra: Any) -> dict[str, Any]:
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
                         device: str | None = None) -> dict[str, Any]:
     """Course mIoU of a checkpoint on a folder of pairs (no files written)."""
-    from vislab.engine.state import load_network
+    from vislab.engine.state import load_network, pick_device
 
     model, meta = load_network(ckpt, task="seg")
-    dev = _device(device)
+    dev = pick_device(device)
     model = model.to(dev)
     pairs = list_pairs(img_dir)
     conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
-        if len({tuple(i.shape) for i in imgs}) > 1:
-            groups = [[i] for i in range(len(chunk))]
-        else:
-            groups = [list(range(len(chunk)))]
-        for g in groups:
-            probs = predict_probs(model, meta, torch.stack([imgs[i] for i in g]), tta=tta, device=dev)
-            for i, ids in zip(g, probs.argmax(1).cpu()):
+        for run in _same_size_runs(imgs, batch_size):
+            probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=dev)
+            for i, ids in zip(run, probs.argmax(1).cpu()):
                 truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
                 conf += confusion_matrix(truth, ids, NUM_CLASSES)
     return _seg_metrics(conf, files=len(pairs), tta=tta)
