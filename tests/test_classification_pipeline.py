@@ -179,3 +179,38 @@ def test_course_script_hw1_1(trained, color_classes, tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.reader((tmp_path / "p.csv").open()))
     assert rows[0] == ["image_id", "label"] and len(rows) == 121
+
+
+def test_frozen_layers_keep_weights_and_batchnorm_statistics():
+    from vislab.config import Recipe
+    from vislab.engine.classification import ClassifierModule
+
+    recipe = Recipe(model="cifar_resnet20", lr=0.5, freeze=("features.0", "features.1"))
+    module = ClassifierModule(recipe.to_dict(), 3, steps_per_epoch=4)
+    frozen_bn = module.net.features[1]
+    assert isinstance(frozen_bn, torch.nn.BatchNorm2d)
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    opt = module.configure_optimizers()["optimizer"]
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(
+        p.requires_grad for p in module.net.parameters()) == len(list(module.net.parameters())) - 3
+    module.train()
+    assert module.training and module.net.features[2].training and not frozen_bn.training
+    for _ in range(2):
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+        torch.nn.functional.cross_entropy(module.net(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    after = module.net.state_dict()
+    for k in before:
+        same = torch.equal(before[k], after[k])
+        assert same == (k.startswith(("features.0.", "features.1."))), k
+
+
+def test_freeze_names_a_missing_layer():
+    from vislab.config import Recipe
+    from vislab.engine.classification import ClassifierModule
+    from vislab.errors import VislabError
+
+    with pytest.raises(VislabError, match="freeze: cifar_resnet20 has no submodule 'blocks.0' "
+                                          r"\(top-level ones: features, dropout, fc\)"):
+        ClassifierModule(Recipe(model="cifar_resnet20", freeze=("blocks.0",)).to_dict(), 3, steps_per_epoch=1)

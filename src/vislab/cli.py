@@ -162,6 +162,12 @@ def cls_eval(
     out.print(f"accuracy: {res['accuracy']:.4f}")
 
 
+ENGINE_OPTION = typer.Option(
+    "auto", "--engine",
+    help="auto | onnx | torch. auto: ONNX Runtime on a CPU when installed (fastest in bench/bench_predict.py), else torch.",
+)
+
+
 @cls_app.command("predict")
 def cls_predict(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
@@ -169,11 +175,12 @@ def cls_predict(
     out_csv: Path = typer.Argument(..., help="Output CSV: image_id,label sorted by file name."),
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
+    engine: str = ENGINE_OPTION,
 ) -> None:
     """Predict a label for every image of a folder into a CSV."""
     from vislab.pipelines.classification import predict
 
-    n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device)
+    n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine)
     out.print(f"wrote {n} predictions to {out_csv}")
 
 
@@ -279,11 +286,12 @@ def seg_predict(
     tta: str = typer.Option("none", "--tta", help="none | flip | d4 (averaged probabilities)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     device: Optional[str] = typer.Option(None, "--device"),
+    engine: str = ENGINE_OPTION,
 ) -> None:
     """Write a colour-coded mask per image, the input's size."""
     from vislab.pipelines.segmentation import predict
 
-    n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device)
+    n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device, engine=engine)
     out.print(f"wrote {n} masks to {out_dir}")
 
 
@@ -298,6 +306,23 @@ def seg_progress(
 
     chosen = [int(e) for e in epochs.split(",")] if epochs else None
     out.print(f"wrote {progress(run_dir, out_png=out_png, epochs=chosen)}")
+
+
+@app.command("export")
+def export_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder (P1 or P2)."),
+    out_path: Path = typer.Argument(..., help="Output .onnx file."),
+    size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W (default: the recipe's, 512 512)."),
+    opset: int = typer.Option(17, "--opset"),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch on random inputs."),
+) -> None:
+    """Export a checkpoint's network to ONNX (normalised input, logits out; batch axis dynamic)."""
+    from vislab.export import export_onnx
+
+    res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check)
+    out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input (N, {', '.join(map(str, res['input_shape']))})")
+    if check:
+        out.print(f"onnxruntime vs torch: max |logit diff| {res['max_abs_diff']:.1e} (tolerance {res['atol']:g})")
 
 
 @app.command("report")

@@ -38,12 +38,15 @@ class Recipe:
     image_size: int | None = None  # cls: resize inputs to this side (None: native)
     crop_size: int | None = None  # seg: random crop side for training (None: full image)
     pad: int = 4  # cls: reflect padding of the random crop
+    crop_area: tuple[float, float] = (0.25, 1.0)  # seg: area fraction range of the random crop
+    infer_scale: float = 1.0  # seg: evaluation/prediction resize factor (logits resized back)
     input_hw: tuple[int, int] | None = (512, 512)  # seg: required image size (H, W); None: any
     rot90: bool = True  # seg: random 90-degree turns in the augmentation
     loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
     class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
     mean: tuple[float, float, float] | None = None  # None: ImageNet statistics
     std: tuple[float, float, float] | None = None
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes kept at their loaded values (BN in eval)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and GPUs
     precision: str = "32"
     seed: int = 0
@@ -74,7 +77,7 @@ class Recipe:
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
-    for key in ("mean", "std", "snapshot", "input_hw"):
+    for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
     if "lr" in out:

@@ -130,14 +130,15 @@ class RandomRot90(v2.Transform):
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
-def train_transforms(crop_size: int | None, *, rot90: bool = True) -> v2.Transform:
+def train_transforms(crop_size: int | None, *, rot90: bool = True,
+                     crop_area: tuple[float, float] = (0.25, 1.0)) -> v2.Transform:
     """Joint image+mask augmentation: scale/crop, flips, 90-degree turns; colour on the image only.
 
     Masks are resized with nearest-neighbour (transforms.v2 does so for ``tv_tensors.Mask``).
     """
     ops: list[v2.Transform] = []
     if crop_size:
-        ops.append(v2.RandomResizedCrop(crop_size, scale=(0.25, 1.0), ratio=(0.75, 1.333), antialias=True))
+        ops.append(v2.RandomResizedCrop(crop_size, scale=crop_area, ratio=(0.75, 1.333), antialias=True))
     ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     if rot90:
         ops.append(RandomRot90())
@@ -152,12 +153,13 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, pairs: list[Pair], *, train: bool, crop_size: int | None = None, seed: int = 0,
-                 expected: tuple[int, int] | None = (512, 512), rot90: bool = True) -> None:
+                 expected: tuple[int, int] | None = (512, 512), rot90: bool = True,
+                 crop_area: tuple[float, float] = (0.25, 1.0)) -> None:
         self.pairs = pairs
         self.train = train
         self.seed = seed
         self.expected = expected
-        self.transform = train_transforms(crop_size, rot90=rot90) if train else None
+        self.transform = train_transforms(crop_size, rot90=rot90, crop_area=crop_area) if train else None
 
     def __len__(self) -> int:
         return len(self.pairs)

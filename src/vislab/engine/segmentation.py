@@ -67,7 +67,7 @@ class SegmentationData(pl.LightningDataModule):
     def _loader(self, pairs: list[Pair], *, train: bool) -> DataLoader:
         r = self.recipe
         ds = SegmentationDataset(pairs, train=train, crop_size=r.crop_size if train else None, seed=r.seed,
-                                 expected=self.expected, rot90=r.rot90)
+                                 expected=self.expected, rot90=r.rot90, crop_area=r.crop_area)
         return DataLoader(
             ds,
             batch_size=r.batch_size,
@@ -95,6 +95,7 @@ class SegmenterModule(VislabModule):
                  class_weights: list[float] | None = None) -> None:
         super().__init__(recipe, num_classes, steps_per_epoch)
         self.save_hyperparameters()
+        self.net.scale = self.recipe.infer_scale
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)

@@ -61,6 +61,19 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder its best.ckpt (else last.ckpt)."""
+    p = Path(path)
+    if not p.exists():
+        raise VislabError(p, "checkpoint not found")
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / name).is_file():
+                return p / name
+        raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
+    return p
+
+
 def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, Any]:
     """Read a vislab checkpoint, with one clear error for anything else.
 
@@ -68,14 +81,7 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
         path: a ``.ckpt`` written by ``vislab ... train``.
         task: "cls" or "seg" to refuse a checkpoint of the other pipeline.
     """
-    p = Path(path)
-    if not p.exists():
-        raise VislabError(p, "checkpoint not found")
-    if p.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (p / name).is_file():
-                return read_checkpoint(p / name, task=task)
-        raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
+    p = checkpoint_file(path)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
@@ -115,4 +121,6 @@ def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise VislabError(path, f"weights do not fit {meta['model']} with {meta['num_classes']} classes ({first})") from None
+    if hasattr(model, "scale"):  # segmenters: the recipe's evaluation resize factor
+        model.scale = float(meta.get("recipe", {}).get("infer_scale", 1.0))
     return model.eval(), meta

@@ -21,14 +21,26 @@ class SegmentationModel(nn.Module):
     Args:
         net: the network; it may return a tensor or a dict with key ``"out"`` (torchvision).
         stride: input sides are zero-padded up to a multiple of this, then cropped back.
+        scale: in eval mode the input is resized by this factor before the network and the
+            logits are resized back (a recipe's ``infer_scale``; training crops carry their own
+            scale augmentation, so training mode ignores it).
     """
 
-    def __init__(self, net: nn.Module, *, stride: int = 32) -> None:
+    def __init__(self, net: nn.Module, *, stride: int = 32, scale: float = 1.0) -> None:
         super().__init__()
         self.net = net
         self.stride = stride
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0 and not self.training:
+            size = x.shape[-2:]
+            # plain bilinear (exportable to ONNX); at exactly 0.5 it is the 2x2 mean
+            small = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+            return F.interpolate(self._padded_forward(small), size=size, mode="bilinear", align_corners=False)
+        return self._padded_forward(x)
+
+    def _padded_forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         if ph or pw:

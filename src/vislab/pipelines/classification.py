@@ -144,11 +144,17 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
-            device: str | None = None) -> int:
-    """Write ``image_id,label`` rows sorted by file name; names need not carry labels."""
-    loaded = _load(ckpt)
+            device: str | None = None, engine: str = "auto") -> int:
+    """Write ``image_id,label`` rows sorted by file name; names need not carry labels.
+
+    ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
+    """
+    from vislab.export import load_predictor
+
     data = load_folder(img_dir, labelled=False, use_cache=False)
-    logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device)
+    hw = tuple(data.images.shape[-2:])
+    model, meta = load_predictor(ckpt, task="cls", engine=engine, hw=hw, device=device)
+    logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device)
     _write_rows(out_csv, ["image_id", "label"], zip(data.files, logits.argmax(1).tolist()))
     return len(data.files)
 

@@ -125,21 +125,26 @@ def _output_name(image: Path) -> str:
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
-            batch_size: int = 4, device: str | None = None) -> int:
+            batch_size: int = 4, device: str | None = None, engine: str = "auto") -> int:
     """Write a colour mask per image: ``xxxx_sat.jpg`` -> ``xxxx_mask.png``, ``xxxx.jpg`` -> ``xxxx.png``.
 
     Masks have the input's size. Every input is decoded before anything is written, so a bad
-    file leaves no partial output.
+    file leaves no partial output. ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in
+    :func:`vislab.export.load_predictor` (the ONNX graph serves the most common image size).
     """
+    from collections import Counter
+
     from torchvision.io import encode_png
 
-    from vislab.engine.state import load_network, pick_device
+    from vislab.engine.state import pick_device
+    from vislab.export import load_predictor
 
-    model, meta = load_network(ckpt, task="seg")
     files = [f for f in list_images(img_dir, what="satellite images") if not f.stem.endswith(MASK)]
     if not files:
         raise VislabError(img_dir, "no satellite images found (only masks)")
     images = [read_rgb(f) for f in files]
+    hw = Counter(tuple(im.shape[-2:]) for im in images).most_common(1)[0][0]
+    model, meta = load_predictor(ckpt, task="seg", engine=engine, hw=hw, device=device)
     dev = pick_device(device)
     model = model.to(dev)
     out = Path(out_dir)

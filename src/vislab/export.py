@@ -1,0 +1,186 @@
+"""ONNX export of a checkpoint's network, and ONNX Runtime as a prediction engine.
+
+The exported graph is the network exactly as ``predict`` calls it: input ``image``, a float
+batch (N, 3, H, W) already normalised with the checkpoint's mean/std (and, for P1, resized to
+its ``image_size``), output ``logits``. The batch axis is dynamic; the spatial size is fixed at
+export time. The checkpoint's metadata travels inside the file (``metadata_props["vislab"]``),
+so ``vislab cls|seg predict model.onnx ...`` works without the checkpoint.
+
+Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vislab.errors import VislabError
+from vislab.io import atomic_path
+
+META_KEY = "vislab"
+# fp32 ONNX Runtime vs eager PyTorch on the same inputs: kernels sum in different orders, so
+# logits agree to about 1e-5; anything above this is a wrong export, not rounding.
+ATOL = 1e-3
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise VislabError(None, f"ONNX needs the package {module} (pip install 'vislab[export]')") from None
+
+
+def network_input_shape(meta: dict[str, Any], size: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the network sees: P1 at its training ``image_size`` (else ``size`` or 32 px),
+    P2 at ``size``, else the recipe's ``input_hw``, else 512 x 512."""
+    if meta["task"] == "cls":
+        side = meta.get("image_size") or (size[0] if size else 32)
+        return 3, side, side
+    hw = size or tuple(meta.get("recipe", {}).get("input_hw") or (512, 512))
+    return 3, int(hw[0]), int(hw[1])
+
+
+def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | None = None,
+                opset: int = 17, check: bool = True) -> dict[str, Any]:
+    """Write the checkpoint's network as ONNX to ``out`` and (by default) check it against
+    PyTorch on two random batches.
+
+    Returns:
+        ``{"path", "input_shape", "bytes", "max_abs_diff", "atol"}`` (the last two when checked).
+    """
+    from vislab.engine.state import load_network, read_checkpoint
+
+    task = read_checkpoint(ckpt)["vislab"]["task"]
+    model, meta = load_network(ckpt, task=task)
+    return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
+
+
+def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path, *,
+                   shape: tuple[int, int, int], opset: int = 17, check: bool = True) -> dict[str, Any]:
+    """:func:`export_onnx` for a network in memory (``meta`` as stored in checkpoints)."""
+    onnx = _require("onnx")
+    model = model.eval()
+    out = Path(out)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        torch.onnx.export(model, (torch.randn(2, *shape),), str(tmp), input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(meta, default=str)
+        onnx.save(proto, str(tmp))
+    result: dict[str, Any] = {"path": str(out), "input_shape": list(shape), "bytes": out.stat().st_size}
+    if check:
+        net = OnnxNet(out)
+        diff = 0.0
+        for seed in (0, 1):
+            x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed))
+            with torch.inference_mode():
+                diff = max(diff, float((net(x) - model(x)).abs().max()))
+        result.update(max_abs_diff=diff, atol=ATOL)
+        if not diff <= ATOL:
+            out.unlink()
+            raise VislabError(out, f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {ATOL:g})")
+    return result
+
+
+class OnnxNet:
+    """An ONNX Runtime session that stands in for the PyTorch network in ``predict``.
+
+    Inputs of another spatial size than the exported one go to ``fallback`` (the PyTorch
+    network) when there is one, e.g. the turned views of a non-square image under d4 TTA.
+    """
+
+    def __init__(self, path: str | Path, *, fallback: torch.nn.Module | None = None) -> None:
+        ort = _require("onnxruntime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - any load failure means "not a usable model"
+            raise VislabError(path, f"not a readable ONNX model ({type(exc).__name__})") from None
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.shape = tuple(first.shape[1:])
+        self.fallback = fallback
+        self.path = Path(path)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint metadata stored at export."""
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise VislabError(self.path, "ONNX model without vislab metadata; export it with `vislab export`")
+        return json.loads(props[META_KEY])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            if self.fallback is None:
+                raise VislabError(self.path, f"exported for inputs {self.shape}, got {tuple(x.shape[1:])}")
+            return self.fallback(x)
+        feed = {self.input_name: x.detach().float().cpu().contiguous().numpy()}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+    def to(self, *args: Any, **kwargs: Any) -> "OnnxNet":
+        return self
+
+    def eval(self) -> "OnnxNet":
+        return self
+
+
+ENGINES = ("auto", "onnx", "torch")
+
+
+def onnx_available() -> bool:
+    """Whether onnx and onnxruntime are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tuple[int, int] | None = None,
+                   device: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The network ``predict`` runs, and the checkpoint metadata.
+
+    ``path`` is a checkpoint, a run folder or an exported ``.onnx``. Engines: ``onnx`` (ONNX
+    Runtime; the fastest on CPUs in bench/bench_predict.py), ``torch`` (eager, channels_last on
+    CPUs) and ``auto`` (ONNX Runtime on a CPU when it is installed, else torch). A checkpoint is
+    exported once per (file, input size) into the cache folder, and checked against PyTorch.
+    ``hw`` is the input images' size.
+    """
+    from vislab.data.classification import cache_dir, file_list_key
+    from vislab.engine.state import checkpoint_file, load_network, pick_device
+
+    if engine not in ENGINES:
+        raise VislabError(None, f"unknown --engine {engine!r}; choose {', '.join(ENGINES)}")
+    if Path(path).suffix == ".onnx":
+        net = OnnxNet(path)
+        meta = net.meta
+        if meta.get("task") != task:
+            raise VislabError(path, f"is a {meta.get('task')} model ({meta.get('model')}); expected a {task} model")
+        return net, meta
+    model, meta = load_network(path, task=task)
+    on_cpu = pick_device(device).type == "cpu"
+    if engine == "torch" or (engine == "auto" and not (on_cpu and onnx_available())):
+        return (model.to(memory_format=torch.channels_last) if on_cpu else model), meta
+    shape = network_input_shape(meta, hw)
+    ckpt = checkpoint_file(path)
+    onnx_path = cache_dir() / "onnx" / f"{ckpt.stem}-{file_list_key([ckpt], extra=str(shape))}.onnx"
+    if not onnx_path.is_file():
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            export_network(model, meta, onnx_path, shape=shape)
+        except Exception as exc:  # noqa: BLE001 - auto falls back to the engine that always works
+            if engine == "onnx":
+                raise
+            logging.getLogger("vislab").warning("ONNX export of %s failed (%s); predicting with torch", ckpt, exc)
+            return model, meta
+    return OnnxNet(onnx_path, fallback=model), meta

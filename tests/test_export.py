@@ -1,0 +1,151 @@
+"""ONNX export and the prediction engines: ONNX Runtime must reproduce the PyTorch network."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from conftest import run_vislab, write_png
+from test_segmentation_pipeline import _make_pairs
+from vislab.engine.state import load_network
+from vislab.errors import VislabError
+from vislab.export import OnnxNet, export_onnx
+from vislab.models import build_model
+
+pytest.importorskip("onnxruntime")
+
+
+def _recipe(path, **kw):
+    path.write_text(yaml.safe_dump(kw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir()
+    for c in range(3):
+        for i in range(12):
+            img = rng.integers(0, 90, size=(32, 32, 3), dtype=np.uint8)
+            img[..., c] += 140
+            write_png(root / "train" / f"{c}_{i}.png", img)
+    # image_size 40: the exported graph takes the resized input, as predict feeds it
+    recipe = _recipe(root / "r.yaml", task="cls", model="cifar_resnet20", epochs=1, batch_size=12, lr=0.05,
+                     holdout=0.25, image_size=40, seed=0)
+    assert run_vislab("cls", "train", root / "train", "--recipe", recipe, "--out", root / "run") == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    train = _make_pairs(root / "train", n=4)
+    recipe = _recipe(root / "r.yaml", task="seg", model="smp:fpn:resnet18", epochs=1, batch_size=2, lr=0.003,
+                     optimizer="adamw", holdout=0.25, crop_size=32, input_hw=[64, 64], infer_scale=0.5)
+    assert run_vislab("seg", "train", train, "--recipe", recipe, "--out", root / "run") == 0
+    return root
+
+
+def test_export_cls_matches_torch_on_real_inputs(cls_run, cli):
+    out = cls_run / "m.onnx"
+    res = cli("export", cls_run / "run", out)
+    assert res.code == 0, res.err
+    assert "max |logit diff|" in res.out
+    net = OnnxNet(out)
+    assert net.shape == (3, 40, 40)
+    assert net.meta["model"] == "cifar_resnet20" and net.meta["num_classes"] == 3
+    model, meta = load_network(cls_run / "run", task="cls")
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1)
+                          for p in sorted((cls_run / "train").glob("*.png"))]).float() / 255
+    x = F.interpolate((images - 0.5) / 0.25, size=(40, 40), mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        ref = model(x)
+    got = net(x)  # batch of 36: the batch axis is dynamic
+    assert got.shape == ref.shape == (36, 3)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_cls_predict_engines_agree(cls_run, cli, tmp_path):
+    rows = {}
+    for engine, ckpt in (("torch", cls_run / "run"), ("onnx", cls_run / "run"), ("auto", cls_run / "run"),
+                         ("auto", cls_run / "m2.onnx")):
+        if ckpt.suffix == ".onnx":
+            assert cli("export", cls_run / "run", ckpt, "--no-check").code == 0
+        out = tmp_path / f"{engine}-{ckpt.suffix}.csv"
+        res = cli("cls", "predict", ckpt, cls_run / "train", out, "--engine", engine)
+        assert res.code == 0, res.err
+        rows[engine, ckpt.suffix] = list(csv.reader(out.open()))
+    first = rows["torch", ""]
+    assert len(first) == 37
+    assert all(r == first for r in rows.values())
+    # the onnx and auto runs shared one export of the checkpoint, cached for its input size
+    assert len(list((Path(os.environ["VISLAB_CACHE"]) / "onnx").glob("best-*.onnx"))) == 1
+
+
+def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path):
+    onnx_path = seg_run / "s.onnx"
+    res = cli("export", seg_run / "run", onnx_path)
+    assert res.code == 0, res.err
+    assert OnnxNet(onnx_path).shape == (3, 64, 64)  # the recipe's input_hw
+    masks = {}
+    for engine, ckpt in (("torch", seg_run / "run"), ("onnx", seg_run / "run"), ("auto", onnx_path)):
+        out = tmp_path / f"{engine}{ckpt.suffix}"
+        res = cli("seg", "predict", ckpt, seg_run / "train", out, "--engine", engine)
+        assert res.code == 0, res.err
+        masks[engine] = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*_mask.png"))])
+    assert masks["torch"].shape == (4, 64, 64, 3)
+    for engine in ("onnx", "auto"):
+        same = (masks[engine] == masks["torch"]).all(-1).mean()
+        assert same > 0.999, (engine, same)
+
+
+def test_infer_scale_is_resize_net_resize(seg_run):
+    model, meta = load_network(seg_run / "run", task="seg")
+    assert model.scale == 0.5 and meta["recipe"]["infer_scale"] == 0.5
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        got = model(x)
+        model.scale = 1.0
+        small = model(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+        want = F.interpolate(small, size=(64, 64), mode="bilinear", align_corners=False)
+        # exactly 0.5: bilinear without antialiasing is the 2x2 mean
+        assert torch.allclose(F.interpolate(x, scale_factor=0.5, mode="bilinear"), F.avg_pool2d(x, 2), atol=1e-6)
+    assert got.shape == (2, 7, 64, 64)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_export_and_engine_errors(cls_run, seg_run, cli, tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save(build_model("simple_cnn", num_classes=3).state_dict(), plain)
+    res = cli("export", plain, tmp_path / "x.onnx")
+    assert res.code == 2 and "plain.pt: a plain state_dict" in res.err
+    assert not (tmp_path / "x.onnx").exists()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    res = cli("cls", "predict", bad, cls_run / "train", tmp_path / "p.csv")
+    assert res.code == 2 and "bad.onnx: not a readable ONNX model" in res.err
+    assert cli("export", seg_run / "run", tmp_path / "seg.onnx", "--no-check").code == 0
+    res = cli("cls", "predict", tmp_path / "seg.onnx", cls_run / "train", tmp_path / "p.csv")
+    assert res.code == 2 and "is a seg model" in res.err and not (tmp_path / "p.csv").exists()
+    res = cli("cls", "predict", cls_run / "run", cls_run / "train", tmp_path / "p.csv", "--engine", "tensorrt")
+    assert res.code == 2 and "unknown --engine 'tensorrt'" in res.err
+    with pytest.raises(VislabError, match=r"exported for inputs \(3, 64, 64\), got \(3, 32, 32\)"):
+        OnnxNet(tmp_path / "seg.onnx")(torch.zeros(1, 3, 32, 32))
+
+
+def test_export_refuses_a_wrong_graph(seg_run, tmp_path, monkeypatch):
+    import vislab.export as ex
+
+    monkeypatch.setattr(ex, "ATOL", -1.0)  # any difference at all now counts as a wrong export
+    with pytest.raises(VislabError, match="differs from PyTorch"):
+        export_onnx(seg_run / "run", tmp_path / "w.onnx")
+    assert not (tmp_path / "w.onnx").exists()
