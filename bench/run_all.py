@@ -21,9 +21,15 @@ BENCHES = {
     "bench_p1_input.py": [],
     "bench_p2_codec_miou.py": [],
     "seg_predict_cpu.py": [],
+    "bench_predict.py": [],
+    "bench_course_limits.py": [],
+    "bench_train.py": ["--scaling"],
 }
 QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--limit", "4", "--loop-pixels", "4096"],
-         "seg_predict_cpu.py": ["--images", "1", "--size", "128"]}
+         "seg_predict_cpu.py": ["--images", "1", "--size", "128"],
+         "bench_predict.py": ["--p1-images", "8", "--p2-images", "1", "--repeat", "1", "--variants", "eager fp32,onnxruntime"],
+         "bench_course_limits.py": ["--p1-images", "20", "--p2-images", "1"],
+         "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1"]}
 
 
 def main() -> None:
