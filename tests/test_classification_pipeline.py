@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from vislab.errors import VislabError
+
 from conftest import REAL, requires_real
 
 
@@ -209,8 +211,29 @@ def test_frozen_layers_keep_weights_and_batchnorm_statistics():
 def test_freeze_names_a_missing_layer():
     from vislab.config import Recipe
     from vislab.engine.classification import ClassifierModule
-    from vislab.errors import VislabError
+
 
     with pytest.raises(VislabError, match="freeze: cifar_resnet20 has no submodule 'blocks.0' "
                                           r"\(top-level ones: features, dropout, fc\)"):
         ClassifierModule(Recipe(model="cifar_resnet20", freeze=("blocks.0",)).to_dict(), 3, steps_per_epoch=1)
+
+
+def test_flip_tta_is_mirror_invariant_and_exact_on_symmetric_images():
+    from vislab.models import build_model
+    from vislab.pipelines.classification import infer
+
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", num_classes=5).eval()
+    meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 40}
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    plain, _ = infer(model, meta, x)
+    a, _ = infer(model, meta, x, tta="flip")
+    b, _ = infer(model, meta, x.flip(-1), tta="flip")
+    assert torch.allclose(a, b, atol=1e-5)  # an image and its mirror get the same scores
+    assert not torch.allclose(a, plain.log_softmax(1), atol=1e-3)  # and the views did differ
+    sym = torch.cat([x[..., :16], x[..., :16].flip(-1)], dim=-1)  # mirror-symmetric images
+    s_plain, _ = infer(model, meta, sym)
+    s_tta, _ = infer(model, meta, sym, tta="flip")
+    assert torch.allclose(s_tta, s_plain.log_softmax(1), atol=1e-5)
+    with pytest.raises(VislabError, match="unknown --tta 'd4'"):
+        infer(model, meta, x, tta="d4")

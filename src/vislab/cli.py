@@ -139,6 +139,9 @@ def cls_train(
         out.print(f"val accuracy: {result['val']['accuracy']:.4f}  (top-5 {result['val']['top5']:.4f}, {result['val']['images']} images)")
 
 
+CLS_TTA_OPTION = typer.Option("none", "--tta", help="none | flip (average with the mirror image).")
+
+
 @cls_app.command("eval")
 def cls_eval(
     ckpt: Path = typer.Argument(..., help="best.ckpt / last.ckpt or a run folder."),
@@ -146,12 +149,13 @@ def cls_eval(
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label (else labels from names)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
+    tta: str = CLS_TTA_OPTION,
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.io import atomic_write_text
     from vislab.pipelines.classification import evaluate
 
-    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device)
+    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta)
     t = Table("class", "accuracy", title="per-class accuracy")
     for c, a in res["per_class"].items():
         t.add_row(str(c), f"{a:.3f}")
@@ -176,11 +180,12 @@ def cls_predict(
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
     engine: str = ENGINE_OPTION,
+    tta: str = CLS_TTA_OPTION,
 ) -> None:
     """Predict a label for every image of a folder into a CSV."""
     from vislab.pipelines.classification import predict
 
-    n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine)
+    n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
     out.print(f"wrote {n} predictions to {out_csv}")
 
 

@@ -59,8 +59,14 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
 @torch.inference_mode()
 def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, batch_size: int = 256,
-          device: str | None = None, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (and optionally second-last-layer features) for uint8 images (N, 3, H, W)."""
+          device: str | None = None, features: bool = False, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (and optionally second-last-layer features) for uint8 images (N, 3, H, W).
+
+    ``tta="flip"`` averages the class probabilities of each image and its mirror image and
+    returns their logarithm (same argmax and ranking as the averaged probabilities).
+    """
+    if tta not in ("none", "flip"):
+        raise VislabError(None, f"unknown --tta {tta!r}; choose none or flip")
     from vislab.engine.state import pick_device
 
     dev = pick_device(device)
@@ -75,6 +81,8 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
             feats.append(store[0].float().cpu())
         else:
             out = model(x)
+        if tta == "flip":
+            out = ((out.float().softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2).log()
         logits.append(out.float().cpu())
     return torch.cat(logits), (torch.cat(feats) if features else None)
 
@@ -111,7 +119,7 @@ def _load(ckpt: str | Path) -> _Loaded:
 
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
-             predictions_csv: str | Path | None = None) -> dict[str, Any]:
+             predictions_csv: str | Path | None = None, tta: str = "none") -> dict[str, Any]:
     """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder.
 
     ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows.
@@ -124,7 +132,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     if int(labels.max()) >= n_cls:
         bad = data.files[int(torch.argmax((labels >= n_cls).int()))]
         raise VislabError(Path(img_dir) / bad, f"label {int(labels.max())} is outside the model's 0..{n_cls - 1}")
-    logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device)
+    logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device, tta=tta)
     pred = logits.argmax(1)
     if predictions_csv is not None:
         _write_rows(predictions_csv, ["image_id", "label", "pred"], zip(data.files, labels.tolist(), pred.tolist()))
@@ -144,7 +152,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
-            device: str | None = None, engine: str = "auto") -> int:
+            device: str | None = None, engine: str = "auto", tta: str = "none") -> int:
     """Write ``image_id,label`` rows sorted by file name; names need not carry labels.
 
     ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
@@ -154,7 +162,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     data = load_folder(img_dir, labelled=False, use_cache=False)
     hw = tuple(data.images.shape[-2:])
     model, meta = load_predictor(ckpt, task="cls", engine=engine, hw=hw, device=device)
-    logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device)
+    logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
     _write_rows(out_csv, ["image_id", "label"], zip(data.files, logits.argmax(1).tolist()))
     return len(data.files)
 
