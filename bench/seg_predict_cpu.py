@@ -10,6 +10,7 @@ machines. Weights are random: the time does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import torch
@@ -47,6 +48,7 @@ def main() -> None:
         for cl in (False, True):
             s = times[name, cl] = seconds_per_image(name, images, channels_last=cl)
             print(f"{name:<36} channels_last={cl!s:<5} {s:7.3f} s/image")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     ref = times[MODELS[0], False]
     (best_name, best_cl), best = min(times.items(), key=lambda kv: kv[1])
     print(f"RATIO seg_predict fastest ({best_name}, channels_last={best_cl}) is {ref / best:.1f}x "

@@ -12,7 +12,6 @@ Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from vislab.errors import VislabError
 from vislab.io import atomic_path
+from vislab.log import info
 
 META_KEY = "vislab"
 # fp32 ONNX Runtime vs eager PyTorch on the same inputs: kernels sum in different orders, so
@@ -101,6 +101,8 @@ class OnnxNet:
 
     def __init__(self, path: str | Path, *, fallback: torch.nn.Module | None = None) -> None:
         ort = _require("onnxruntime")
+        if not Path(path).is_file():
+            raise VislabError(path, "ONNX model not found")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         try:
@@ -181,6 +183,6 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
         except Exception as exc:  # noqa: BLE001 - auto falls back to the engine that always works
             if engine == "onnx":
                 raise
-            logging.getLogger("vislab").warning("ONNX export of %s failed (%s); predicting with torch", ckpt, exc)
+            info(f"warning: ONNX export of {ckpt} failed ({type(exc).__name__}: {exc}); predicting with torch")
             return model, meta
     return OnnxNet(onnx_path, fallback=model), meta
