@@ -148,6 +148,17 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
+def model_file(path: str | Path) -> Path:
+    """The file :func:`load_predictor` will read (checked first, before any images are decoded)."""
+    from vislab.engine.state import checkpoint_file
+
+    if Path(path).suffix == ".onnx":
+        if not Path(path).is_file():
+            raise VislabError(path, "ONNX model not found")
+        return Path(path)
+    return checkpoint_file(path)
+
+
 def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tuple[int, int] | None = None,
                    device: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The network ``predict`` runs, and the checkpoint metadata.

@@ -157,8 +157,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
 
     ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
     """
-    from vislab.export import load_predictor
+    from vislab.export import load_predictor, model_file
 
+    model_file(ckpt)
     data = load_folder(img_dir, labelled=False, use_cache=False)
     hw = tuple(data.images.shape[-2:])
     model, meta = load_predictor(ckpt, task="cls", engine=engine, hw=hw, device=device)

@@ -137,8 +137,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     from torchvision.io import encode_png
 
     from vislab.engine.state import pick_device
-    from vislab.export import load_predictor
+    from vislab.export import load_predictor, model_file
 
+    model_file(ckpt)
     files = [f for f in list_images(img_dir, what="satellite images") if not f.stem.endswith(MASK)]
     if not files:
         raise VislabError(img_dir, "no satellite images found (only masks)")
