@@ -8,7 +8,9 @@ on-device augmentation, checkpoints) for one epoch of ``--steps`` batches with n
 split; its time is the epoch's ``seconds`` from history.csv. The reference reads files with PIL
 through a DataLoader with torchvision transforms (P1: RandomCrop(pad 4) + flip + Resize; P2:
 random crop + flips, masks decoded with numpy), then forward, loss, backward, step. Both time
-the same number of batches including the first. The seed recipes run with batch 8 and 2 steps
+the same number of batches including the first (vislab's one-time decode of the folder into its
+cache and the Lightning set-up are outside its window, the DataLoader start is inside the plain
+loop's: see bench_p1_input.py for the input pipeline alone). The seed recipes run with batch 8 and 2 steps
 here (224 px VGG16-BN and 512 px FCN32s take minutes per full batch on 2 cores); ``--scaling``
 adds the cost of cls-cpu at 32/64/96/128 px and seg-cpu at 256/512 px crops.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 import tempfile
 import time
@@ -103,18 +106,14 @@ def plain_images_per_s(r: Recipe, data: Path, steps: int) -> float:
     else:
         ds = PilSegmentation(data / "p2_data" / "train", r)
         net, loss_fn = build_model(r.model, num_classes=7, weights=r.weights), build_loss(r.loss)
-    frozen = freeze_prefixes(net, r.freeze, model=r.model)
+    freeze_prefixes(net, r.freeze, model=r.model)
     if r.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train()
-    for m in frozen:
-        m.eval()
     opt = OPTIMIZERS[r.optimizer]([p for p in net.parameters() if p.requires_grad], r)
     loader = DataLoader(ds, batch_size=r.batch_size, shuffle=True, drop_last=True, num_workers=r.num_workers)
     t0 = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if i == steps:
-            break
+    for x, y in itertools.islice(loader, steps):
         if r.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_fn(net(x), y)

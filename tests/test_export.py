@@ -20,6 +20,7 @@ from vislab.errors import VislabError
 from vislab.export import OnnxNet, export_onnx
 from vislab.models import build_model
 
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
@@ -140,6 +141,32 @@ def test_export_and_engine_errors(cls_run, seg_run, cli, tmp_path):
     assert res.code == 2 and "unknown --engine 'tensorrt'" in res.err
     with pytest.raises(VislabError, match=r"exported for inputs \(3, 64, 64\), got \(3, 32, 32\)"):
         OnnxNet(tmp_path / "seg.onnx")(torch.zeros(1, 3, 32, 32))
+    res = cli("seg", "predict", tmp_path / "seg.onnx", seg_run / "train", tmp_path / "o", "--engine", "torch")
+    assert res.code == 2 and "seg.onnx: an exported ONNX model runs only with --engine onnx or auto" in res.err
+    res = cli("seg", "predict", seg_run / "run", seg_run / "train", tmp_path / "o", "--engine", "onnx",
+              "--device", "cuda")
+    assert res.code == 2 and "--engine onnx runs ONNX Runtime on the CPU" in res.err
+    res = cli("cls", "predict", cls_run / "run", cls_run / "train", tmp_path / "p.csv", "--tta", "d4")
+    assert res.code == 2 and "unknown --tta 'd4'" in res.err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_cached_export_follows_the_checkpoint_contents(cls_run, cli, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "c.ckpt"
+    shutil.copy2(cls_run / "run" / "best.ckpt", ckpt)
+    assert cli("cls", "predict", ckpt, cls_run / "train", tmp_path / "a.csv", "--engine", "onnx").code == 0
+    first = [r[1] for r in csv.reader((tmp_path / "a.csv").open())][1:]
+    # rewrite the checkpoint in place so that class 2 always wins, keeping size and mtime
+    stat = ckpt.stat()
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"]["net.fc.bias"] += torch.tensor([0.0, 0.0, 1e4])
+    torch.save(state, ckpt)
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cli("cls", "predict", ckpt, cls_run / "train", tmp_path / "b.csv", "--engine", "onnx").code == 0
+    second = [r[1] for r in csv.reader((tmp_path / "b.csv").open())][1:]
+    assert set(second) == {"2"} and set(first) != {"2"}
 
 
 def test_export_refuses_a_wrong_graph(seg_run, tmp_path, monkeypatch):

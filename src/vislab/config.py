@@ -46,7 +46,7 @@ class Recipe:
     class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
     mean: tuple[float, float, float] | None = None  # None: ImageNet statistics
     std: tuple[float, float, float] | None = None
-    freeze: tuple[str, ...] = ()  # parameter-name prefixes kept at their loaded values (BN in eval)
+    freeze: tuple[str, ...] = ()  # submodules whose weights stay as loaded (BN statistics still adapt)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and GPUs
     precision: str = "32"
     seed: int = 0

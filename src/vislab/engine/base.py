@@ -18,10 +18,13 @@ from vislab.models import build_model
 
 def freeze_prefixes(net: torch.nn.Module, prefixes: tuple[str, ...], *, model: str) -> list[torch.nn.Module]:
     """Stop gradients to the submodules named by ``prefixes`` (``"blocks.0"`` is ``blocks.0`` and
-    everything under it) and return them, so :meth:`VislabModule.train` keeps them in eval mode.
+    everything under it) and return them.
 
-    With the leading layers frozen autograd neither stores their activations nor runs their
-    backward pass: the cheap way to fine-tune at a higher resolution on a CPU.
+    Only the parameters are frozen: BatchNorm layers inside keep training mode, so their running
+    statistics adapt to the new images (upsampled 32 px photos, satellite tiles) while their
+    weights stay ImageNet's. With the leading layers frozen autograd neither stores their
+    activations nor runs their backward pass: the cheap way to fine-tune at a higher resolution
+    on a CPU.
     """
     named = dict(net.named_modules())
     frozen = []
@@ -46,7 +49,7 @@ class VislabModule(pl.LightningModule):
         self.num_classes = num_classes
         self.steps_per_epoch = steps_per_epoch
         self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
-        self.frozen = freeze_prefixes(self.net, self.recipe.freeze, model=self.recipe.model)
+        freeze_prefixes(self.net, self.recipe.freeze, model=self.recipe.model)
         if self.recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
@@ -55,13 +58,6 @@ class VislabModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def train(self, mode: bool = True) -> "VislabModule":
-        """Train mode everywhere except the frozen modules, whose BatchNorm statistics stay fixed."""
-        super().train(mode)
-        for module in getattr(self, "frozen", []):
-            module.eval()
-        return self
 
     def memory_format(self, x: torch.Tensor) -> torch.Tensor:
         """NHWC when the recipe asks for channels_last."""

@@ -159,7 +159,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     """
     from vislab.export import load_predictor, model_file
 
-    model_file(ckpt)
+    model_file(ckpt, engine)
+    if tta not in ("none", "flip"):
+        raise VislabError(None, f"unknown --tta {tta!r}; choose none or flip")
     data = load_folder(img_dir, labelled=False, use_cache=False)
     hw = tuple(data.images.shape[-2:])
     model, meta = load_predictor(ckpt, task="cls", engine=engine, hw=hw, device=device)

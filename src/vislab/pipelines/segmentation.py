@@ -139,7 +139,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     from vislab.engine.state import pick_device
     from vislab.export import load_predictor, model_file
 
-    model_file(ckpt)
+    model_file(ckpt, engine)
+    if tta not in _TTA:
+        raise VislabError(None, f"unknown --tta {tta!r}; choose {', '.join(_TTA)}")
     files = [f for f in list_images(img_dir, what="satellite images") if not f.stem.endswith(MASK)]
     if not files:
         raise VislabError(img_dir, "no satellite images found (only masks)")
