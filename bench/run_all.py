@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+MARKER = "<!-- everything below is written by bench/run_all.py -->"
 BENCHES = {
     "bench_p1_input.py": [],
     "bench_p2_codec_miou.py": [],
@@ -51,11 +52,17 @@ def main() -> None:
         sections.append(f"## {script}\n\n```\n$ python bench/{' '.join([script, *cmd[2:]])}\n{proc.stdout.strip()}\n```\n")
     if args.quick:
         return
-    header = (f"# Performance\n\nWritten by `python bench/run_all.py` on {datetime.date.today()}; machine: "
+    header = (f"Written by `python bench/run_all.py` on {datetime.date.today()}; machine: "
               f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
               f"{platform.python_version()}, {platform.platform()}.\nThe machines are shared: compare the "
               "RATIO lines, which are measured side by side in one process.\n\n")
-    args.out.write_text(header + "\n".join(sections))
+    summary = "| benchmark | result (RATIO line) |\n|---|---|\n" + "".join(
+        f"| {ln.split()[1]} | {' '.join(ln.split()[2:])} |\n" for sec in sections for ln in sec.splitlines()
+        if ln.startswith("RATIO"))
+    # hand-written notes above the marker survive a re-run
+    old = args.out.read_text() if args.out.is_file() else ""
+    notes = old.split(MARKER)[0] if MARKER in old else "# Performance\n\n"
+    args.out.write_text(f"{notes}{MARKER}\n\n{header}{summary}\n" + "\n".join(sections))
     print(f"wrote {args.out}")
 
 
