@@ -10,7 +10,7 @@ through a DataLoader with torchvision transforms (P1: RandomCrop(pad 4) + flip +
 random crop + flips, masks decoded with numpy), then forward, loss, backward, step. Both time
 the same number of batches including the first (vislab's one-time decode of the folder into its
 cache and the Lightning set-up are outside its window, the DataLoader start is inside the plain
-loop's: see bench_p1_input.py for the input pipeline alone). The seed recipes run with batch 8 and 2 steps
+loop's: see bench_p1_input.py for the input pipeline alone). The seed recipes (on request) run with batch 8, 2 steps and random weights
 here (224 px VGG16-BN and 512 px FCN32s take minutes per full batch on 2 cores); ``--scaling``
 adds the cost of cls-cpu at 32/64/96/128 px and seg-cpu at 256/512 px crops.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from vislab.models import build_model  # noqa: E402
 
 warnings.filterwarnings("ignore")
 SEED_OVERRIDES = {"cls-vgg16bn-seed": {"batch_size": 8}, "seg-fcn32s-seed": {"batch_size": 8}}
+DEFAULT_RECIPES = ["cls-fast", "cls-cpu", "seg-fast", "seg-cpu"]
 
 
 class PilClassification(Dataset):
@@ -145,8 +147,8 @@ def vislab_images_per_s(r: Recipe, data: Path, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--recipes", nargs="+",
-                    default=["cls-fast", "cls-cpu", "cls-vgg16bn-seed", "seg-fast", "seg-cpu", "seg-fcn32s-seed"])
+    ap.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES,
+                    help="also cls-vgg16bn-seed / seg-fcn32s-seed (batch 8, 2 steps, random weights)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--scaling", action="store_true")
     args = ap.parse_args()
@@ -154,6 +156,8 @@ def main() -> None:
     ratios = []
     for name in args.recipes:
         r = load_recipe(name).with_overrides(**SEED_OVERRIDES.get(name, {}))
+        if name in SEED_OVERRIDES:  # VGG ImageNet weights download from the internet; time does not need them
+            r = dataclasses.replace(r, weights=None)
         steps = 2 if name in SEED_OVERRIDES else args.steps
         mine = vislab_images_per_s(r, args.data, steps)
         ref = plain_images_per_s(r, args.data, steps)

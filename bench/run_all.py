@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SAVED = HERE / ".out"
 MARKER = "<!-- everything below is written by bench/run_all.py -->"
 BENCHES = {
     "bench_p1_input.py": [],
@@ -37,6 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="tiny inputs: checks the scripts run, measures nothing")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse today's saved output of benchmarks that already finished (bench/.out/)")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "PERFORMANCE.md")
     args = ap.parse_args()
     sections = []
@@ -44,12 +47,21 @@ def main() -> None:
         cmd = [sys.executable, str(HERE / script), *(QUICK[script] if args.quick else extra)]
         if args.data and script != "seg_predict_cpu.py":
             cmd += ["--data", str(args.data)]
-        print("+", " ".join(cmd[1:]), flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        print(proc.stdout, proc.stderr[-2000:] if proc.returncode else "", flush=True)
-        if proc.returncode:
-            sys.exit(f"{script} failed")
-        sections.append(f"## {script}\n\n```\n$ python bench/{' '.join([script, *cmd[2:]])}\n{proc.stdout.strip()}\n```\n")
+        saved = SAVED / f"{script}.txt"
+        if args.resume and saved.is_file() and datetime.date.fromtimestamp(saved.stat().st_mtime) == datetime.date.today():
+            stdout = saved.read_text()
+            print("= reusing", saved)
+        else:
+            print("+", " ".join(cmd[1:]), flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            print(proc.stdout, proc.stderr[-2000:] if proc.returncode else "", flush=True)
+            if proc.returncode:
+                sys.exit(f"{script} failed")
+            stdout = proc.stdout
+            if not args.quick:
+                SAVED.mkdir(exist_ok=True)
+                saved.write_text(stdout)
+        sections.append(f"## {script}\n\n```\n$ python bench/{' '.join([script, *cmd[2:]])}\n{stdout.strip()}\n```\n")
     if args.quick:
         return
     header = (f"Written by `python bench/run_all.py` on {datetime.date.today()}; machine: "
