@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,7 +74,8 @@ def test_export_cls_matches_torch_on_real_inputs(cls_run, cli):
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_cls_predict_engines_agree(cls_run, cli, tmp_path):
+def test_cls_predict_engines_agree(cls_run, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path / "cache"))  # this test's exports only
     rows = {}
     for engine, ckpt in (("torch", cls_run / "run"), ("onnx", cls_run / "run"), ("auto", cls_run / "run"),
                          ("auto", cls_run / "m2.onnx")):
@@ -89,7 +89,7 @@ def test_cls_predict_engines_agree(cls_run, cli, tmp_path):
     assert len(first) == 37
     assert all(r == first for r in rows.values())
     # the onnx and auto runs shared one export of the checkpoint, cached for its input size
-    assert len(list((Path(os.environ["VISLAB_CACHE"]) / "onnx").glob("best-*.onnx"))) == 1
+    assert len(list((tmp_path / "cache" / "onnx").glob("best-*.onnx"))) == 1
 
 
 def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path):
