@@ -176,8 +176,7 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
     """
     from vislab.engine.state import checkpoint_file, load_network, pick_device
 
-    if engine not in ENGINES:
-        raise VislabError(None, f"unknown --engine {engine!r}; choose {', '.join(ENGINES)}")
+    model_file(path, engine)
     on_cpu = pick_device(device).type == "cpu"
     if engine == "onnx" and not on_cpu:
         raise VislabError(None, "--engine onnx runs ONNX Runtime on the CPU; use --device cpu, or --engine torch on a GPU")

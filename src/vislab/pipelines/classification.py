@@ -57,6 +57,12 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     return result
 
 
+def check_tta(tta: str) -> None:
+    """Refuse a P1 test-time augmentation other than none or flip."""
+    if tta not in ("none", "flip"):
+        raise VislabError(None, f"unknown --tta {tta!r}; choose none or flip")
+
+
 @torch.inference_mode()
 def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, batch_size: int = 256,
           device: str | None = None, features: bool = False, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -65,8 +71,7 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
     ``tta="flip"`` averages the class probabilities of each image and its mirror image and
     returns their logarithm (same argmax and ranking as the averaged probabilities).
     """
-    if tta not in ("none", "flip"):
-        raise VislabError(None, f"unknown --tta {tta!r}; choose none or flip")
+    check_tta(tta)
     from vislab.engine.state import pick_device
 
     dev = pick_device(device)
@@ -160,8 +165,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     from vislab.export import load_predictor, model_file
 
     model_file(ckpt, engine)
-    if tta not in ("none", "flip"):
-        raise VislabError(None, f"unknown --tta {tta!r}; choose none or flip")
+    check_tta(tta)
     data = load_folder(img_dir, labelled=False, use_cache=False)
     hw = tuple(data.images.shape[-2:])
     model, meta = load_predictor(ckpt, task="cls", engine=engine, hw=hw, device=device)
