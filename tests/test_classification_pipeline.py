@@ -118,6 +118,21 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     assert res.code == 2 and "already holds checkpoints" in res.err
 
 
+def test_last_checkpoint_is_the_last_epoch_when_the_best_came_earlier(cli, color_classes, tmp_path):
+    run = tmp_path / "r"
+    assert cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=4), "--out", run).code == 0
+    acc = [float(r["holdout_acc"]) for r in csv.DictReader((run / "history.csv").open())]
+    best_epoch = acc.index(max(acc))  # the first epoch reaching the maximum is the one kept
+    assert best_epoch < 3, f"premise: the easy data is solved before the last epoch ({acc})"
+    last = torch.load(run / "last.ckpt", weights_only=True)
+    best = torch.load(run / "best.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (3, 4 * (96 // 16))
+    assert best["epoch"] == best_epoch
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")  # nothing left to train
+    assert res.code == 0, res.err
+    assert len(list(csv.DictReader((run / "history.csv").open()))) == 4
+
+
 def test_resume_without_checkpoint_exits_2(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--out", tmp_path / "fresh", "--resume")
     assert res.code == 2

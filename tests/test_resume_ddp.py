@@ -42,8 +42,10 @@ def _recipe(tmp_path: Path, **kw) -> Path:
 
 
 def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_path):
-    """Kill once epoch 1's checkpoint exists (epoch 2 under way), resume: same weights as no kill."""
-    recipe = _recipe(tmp_path)
+    """Kill once epoch 1's checkpoint exists (epoch 2 under way), resume: same weights as no kill.
+
+    Mixup, cutmix and the weight average are on: their draws and state must survive too."""
+    recipe = _recipe(tmp_path, mixup=0.2, cutmix=1.0, ema=0.9)
     _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")
 
     run = tmp_path / "killed"
@@ -57,6 +59,7 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     assert ckpt["epoch"] == 0 and {"torch", "numpy", "python"} <= set(ckpt["rng"])
     _run("cls", "train", color_classes, "--out", run, "--resume")
     full, resumed = _weights(tmp_path / "full"), _weights(run)
+    assert any(k.startswith("ema.module.") for k in full)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
     # the same metrics per epoch, and the learning rate at every logged step: nothing repeated or skipped
     assert _columns(tmp_path / "full" / "history.csv", drop="seconds") == _columns(run / "history.csv", drop="seconds")

@@ -48,6 +48,7 @@ def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
 
 RecipeOpt = typer.Option("cls-fast", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`).")
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
+EmaOpt = typer.Option(None, "--ema", help="Decay of a moving average of the weights that is evaluated and saved (e.g. 0.999; 0 = off).")
 BatchOpt = typer.Option(None, "--batch-size", help="Batch size per process.")
 LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
 PrecisionOpt = typer.Option(None, "--precision", help="32 | 16-mixed | bf16-mixed.")
@@ -118,6 +119,9 @@ def cls_train(
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize inputs to this side."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training folder."),
+    mixup: Optional[float] = typer.Option(None, "--mixup", help="Beta parameter of mixup, e.g. 0.2 (0 = off)."),
+    cutmix: Optional[float] = typer.Option(None, "--cutmix", help="Beta parameter of cutmix, e.g. 1.0 (0 = off; with --mixup: half the batches each)."),
+    ema: Optional[float] = EmaOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
@@ -131,7 +135,8 @@ def cls_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=None if weights is None else (None if weights == "none" else weights),
-                image_size=image_size, holdout=holdout, num_workers=workers, limit_train_batches=limit_batches)
+                image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, ema=ema, num_workers=workers,
+                limit_train_batches=limit_batches)
     if r.task != "cls":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
@@ -222,6 +227,7 @@ def seg_train(
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side."),
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
+    ema: Optional[float] = EmaOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by course mIoU on held-out training pairs."""
@@ -236,7 +242,7 @@ def seg_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=None if weights is None else (None if weights == "none" else weights),
-                crop_size=crop_size, loss=loss, holdout=holdout, num_workers=workers, snapshot=stems,
+                crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches)
     if r.task != "seg":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab seg train` needs a seg recipe")

@@ -34,6 +34,9 @@ class Recipe:
     scheduler: str = "cosine"  # see engine.optim.SCHEDULERS
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # cls: Beta(a, a) parameter of mixup; 0 = off
+    cutmix: float = 0.0  # cls: Beta(a, a) parameter of cutmix; 0 = off (both on: 1/2 each per batch)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0 = off
     holdout: float = 0.1  # fraction of the TRAINING folder kept for checkpoint selection
     image_size: int | None = None  # cls: resize inputs to this side (None: native)
     crop_size: int | None = None  # seg: random crop side for training (None: full image)
@@ -61,6 +64,13 @@ class Recipe:
     notes: str = ""  # the command that produced the recipe's score, and that score
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise VislabError(None, f"recipe field {name} must be >= 0 (a Beta parameter; 0 turns it off)")
+        if not 0.0 <= self.ema < 1.0:
+            raise VislabError(None, f"recipe field ema must be in [0, 1) (a decay such as 0.999; 0 turns it off), got {self.ema}")
+
     def with_overrides(self, **overrides: Any) -> "Recipe":
         """A new recipe with the non-None ``overrides`` applied (the original is untouched)."""
         known = {f.name for f in fields(self)}
@@ -80,10 +90,12 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
-    if "lr" in out:
-        out["lr"] = float(out["lr"])
-    if "weight_decay" in out:
-        out["weight_decay"] = float(out["weight_decay"])
+    for key in ("lr", "weight_decay", "mixup", "cutmix", "ema"):  # YAML reads 1e-3 as a string
+        if key in out:
+            try:
+                out[key] = float(out[key])
+            except (TypeError, ValueError):
+                raise VislabError(None, f"recipe field {key} must be a number, got {out[key]!r}") from None
     return out
 
 

@@ -10,6 +10,7 @@ import torch
 
 from vislab.config import recipe_from_dict
 from vislab.data.classification import IMAGENET_MEAN, IMAGENET_STD
+from vislab.engine.ema import WeightEMA
 from vislab.engine.optim import build_optimization
 from vislab.engine.state import FORMAT, capture_rng, restore_rng
 from vislab.errors import VislabError
@@ -52,12 +53,23 @@ class VislabModule(pl.LightningModule):
         freeze_prefixes(self.net, self.recipe.freeze, model=self.recipe.model)
         if self.recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.ema = WeightEMA(self.net, self.recipe.ema) if self.recipe.ema > 0 else None
         self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
         self.std = tuple(self.recipe.std or IMAGENET_STD)
         self._rng_to_restore: dict[str, Any] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """The network that is evaluated and used for inference: the weight average when the
+        recipe keeps one (``ema``), else the trained network."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.net)
 
     def memory_format(self, x: torch.Tensor) -> torch.Tensor:
         """NHWC when the recipe asks for channels_last."""

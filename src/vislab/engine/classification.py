@@ -20,6 +20,7 @@ from vislab.data.classification import (
     resize_batch,
     stratified_split,
 )
+from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
 from vislab.engine.sampling import EpochSampler
 
@@ -110,16 +111,19 @@ class ClassifierModule(VislabModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
-        self.train_acc(logits.detach(), y)
+        r = self.recipe
+        mixed = mix_batch(x, y, mixup=r.mixup, cutmix=r.cutmix,
+                          seed=(r.seed, self.current_epoch, batch_idx, self.global_rank))
+        logits = self.net(self.memory_format(mixed.x))
+        loss = mixed.loss(logits, label_smoothing=r.label_smoothing)
+        self.train_acc(logits.detach(), mixed.y_major)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _ = batch
-        logits = self.net(x)
+        logits = self.eval_net(x)
         loss = F.cross_entropy(logits, y, reduction="sum")
         self.holdout_acc(logits, y)
         self.log("holdout_loss", loss / len(y), on_epoch=True, sync_dist=True, batch_size=len(y))

@@ -95,7 +95,8 @@ class SegmenterModule(VislabModule):
                  class_weights: list[float] | None = None) -> None:
         super().__init__(recipe, num_classes, steps_per_epoch)
         self.save_hyperparameters()
-        self.net.scale = self.recipe.infer_scale
+        for net in (self.net, self.eval_net):
+            net.scale = self.recipe.infer_scale
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)
@@ -112,7 +113,7 @@ class SegmenterModule(VislabModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _ = batch
-        self.holdout_conf.update(self.net(x).argmax(1), y)
+        self.holdout_conf.update(self.eval_net(x).argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:
         conf = self.holdout_conf.compute().cpu()  # summed over batches and processes
@@ -155,7 +156,7 @@ class MaskSnapshots(pl.Callback):
         with torch.no_grad():
             for p in self.pairs:
                 x = normalize(read_rgb(p.image)[None].to(pl_module.device), pl_module.mean, pl_module.std)
-                ids = pl_module.net(x).argmax(1)[0].cpu()
+                ids = pl_module.eval_net(x).argmax(1)[0].cpu()
                 with atomic_path(epoch_dir / f"{p.stem}.png") as tmp:
                     tmp.write_bytes(encode_png(classes_to_mask(ids)).numpy().tobytes())
         pl_module.train(was_training)

@@ -101,8 +101,11 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
 
 
 def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The network's weights from a checkpoint (the LightningModule keeps them under ``net.``)."""
-    return {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    """The weights inference uses from a checkpoint: the weight average (``ema.module.``) when
+    the run kept one, else the trained network (the LightningModule keeps it under ``net.``)."""
+    sd = ckpt["state_dict"]
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in sd) else "net."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[str, Any]]:

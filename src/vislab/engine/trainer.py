@@ -66,11 +66,21 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
         monitor=monitor,
         mode="max",
         save_top_k=1,
-        save_last=True,
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    callbacks: list[pl.Callback] = [best, EpochHistory(out_dir), LearningRateMonitor("step")]
+    # A checkpoint of its own for last.ckpt: with save_last=True, Lightning 2.6 writes last.ckpt
+    # only in the epochs where the monitored metric improved (a 9-epoch run's last.ckpt held
+    # epoch 7), so --resume would repeat epochs.
+    last = ModelCheckpoint(
+        dirpath=out_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[pl.Callback] = [best, last, EpochHistory(out_dir), LearningRateMonitor("step")]
     if sys.stderr.isatty():
         callbacks.append(RichProgressBar())
     callbacks += extra_callbacks or []
