@@ -26,12 +26,20 @@ BENCHES = {
     "bench_predict.py": [],
     "bench_course_limits.py": [],
     "bench_train.py": ["--scaling"],
+    "bench_train_gpu.py": [],  # only where a CUDA GPU is present (--quick runs it on the CPU)
 }
 QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--limit", "4", "--loop-pixels", "4096"],
          "seg_predict_cpu.py": ["--images", "1", "--size", "128"],
          "bench_predict.py": ["--p1-images", "8", "--p2-images", "1", "--repeat", "1", "--variants", "eager fp32,onnxruntime"],
          "bench_course_limits.py": ["--p1-images", "20", "--p2-images", "1"],
-         "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1"]}
+         "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1"],
+         "bench_train_gpu.py": ["--recipes", "cls-fast", "--steps", "1", "--variants", "fp32", "amp"]}
+
+
+def has_cuda() -> bool:
+    """Whether torch sees a CUDA device (asked in a child process: this script imports no torch)."""
+    probe = [sys.executable, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 def main() -> None:
@@ -44,6 +52,9 @@ def main() -> None:
     args = ap.parse_args()
     sections = []
     for script, extra in BENCHES.items():
+        if script == "bench_train_gpu.py" and not args.quick and not has_cuda():
+            print("- bench_train_gpu.py skipped: no CUDA GPU here", flush=True)
+            continue
         cmd = [sys.executable, str(HERE / script), *(QUICK[script] if args.quick else extra)]
         if args.data and script != "seg_predict_cpu.py":
             cmd += ["--data", str(args.data)]

@@ -123,3 +123,28 @@ def test_training_with_ema_saves_and_predicts_with_the_average(cli, color_classe
     for k, v in model.state_dict().items():
         assert torch.equal(v, sd["ema.module." + k]), k
     assert not torch.equal(sd["ema.module.fc.weight"], sd["net.fc.weight"])
+
+
+def test_compiled_training_matches_eager_and_keeps_checkpoint_names(cli, color_classes, tmp_path, monkeypatch):
+    """``compile: true`` compiles the network in place (here with the aot_eager backend, which
+    traces forward and backward like inductor but skips code generation, to stay fast)."""
+    original = torch.nn.Module.compile
+    calls = []
+
+    def compile_aot_eager(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, backend="aot_eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_aot_eager)
+    runs = {}
+    for flag in (False, True):
+        r = {"task": "cls", "model": "simple_cnn", "epochs": 1, "batch_size": 16, "lr": 0.05,
+             "holdout": 0.0, "seed": 0, "compile": flag}
+        (tmp_path / f"{flag}.yaml").write_text(yaml.safe_dump(r))
+        res = cli("cls", "train", color_classes, "--recipe", tmp_path / f"{flag}.yaml", "--out", tmp_path / str(flag))
+        assert res.code == 0, res.err
+        runs[flag] = torch.load(tmp_path / str(flag) / "last.ckpt", weights_only=True)["state_dict"]
+    assert len(calls) == 1  # the compiled run compiled its network once; the eager run did not
+    assert runs[True].keys() == runs[False].keys()
+    for k, v in runs[False].items():
+        assert torch.allclose(runs[True][k].float(), v.float(), atol=1e-5), k

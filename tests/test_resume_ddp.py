@@ -66,6 +66,35 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     assert _lr_steps(tmp_path / "full") == _lr_steps(run)
 
 
+def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_classes, tmp_path):
+    """last.ckpt written mid-epoch (checkpoint_minutes) holds the loader position: a run killed in
+    the middle of epoch 2 and resumed ends bit-identical to an uninterrupted one."""
+    recipe = _recipe(tmp_path, mixup=0.2, ema=0.9, checkpoint_minutes=1e-6)  # a save after every step
+    _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")
+    steps = 96 // 8  # training batches per epoch
+
+    run = tmp_path / "killed"
+    proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run)
+    deadline, step = time.time() + 300, 0
+    while time.time() < deadline and step < steps + 3:
+        time.sleep(0.05)
+        try:
+            step = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+        except (FileNotFoundError, RuntimeError, EOFError):
+            continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert steps < ckpt["global_step"] < 2 * steps, "premise: killed in the middle of epoch 2"
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "batches": ckpt["global_step"] - steps}]
+    _run("cls", "train", color_classes, "--out", run, "--resume")
+    full, resumed = _weights(tmp_path / "full"), _weights(run)
+    assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
+    assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 3 * steps
+    assert _lr_steps(tmp_path / "full") == _lr_steps(run)
+
+
 def _columns(path: Path, *, drop: str) -> list[dict]:
     import csv
 

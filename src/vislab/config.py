@@ -51,6 +51,7 @@ class Recipe:
     std: tuple[float, float, float] | None = None
     freeze: tuple[str, ...] = ()  # submodules whose weights stay as loaded (BN statistics still adapt)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and GPUs
+    compile: bool = False  # torch.compile the network for training (minutes of compiling; pays off on GPUs)
     precision: str = "32"
     seed: int = 0
     num_workers: int = 0
@@ -60,6 +61,7 @@ class Recipe:
     strategy: str = "auto"
     snapshot: tuple[str, ...] = ()  # seg: image stems whose predictions are saved every epoch
     limit_train_batches: float | int | None = None
+    checkpoint_minutes: float | None = 10.0  # also write last.ckpt mid-epoch this often (None: epoch ends only)
     max_minutes: float | None = None  # a safety stop: training ends (and checkpoints) after this
     notes: str = ""  # the command that produced the recipe's score, and that score
     extra: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +70,8 @@ class Recipe:
         for name in ("mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise VislabError(None, f"recipe field {name} must be >= 0 (a Beta parameter; 0 turns it off)")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes <= 0:
+            raise VislabError(None, "recipe field checkpoint_minutes must be > 0 (or null: only at the end of epochs)")
         if not 0.0 <= self.ema < 1.0:
             raise VislabError(None, f"recipe field ema must be in [0, 1) (a decay such as 0.999; 0 turns it off), got {self.ema}")
 
@@ -90,8 +94,8 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
-    for key in ("lr", "weight_decay", "mixup", "cutmix", "ema"):  # YAML reads 1e-3 as a string
-        if key in out:
+    for key in ("lr", "weight_decay", "mixup", "cutmix", "ema", "checkpoint_minutes"):  # YAML reads 1e-3 as a string
+        if out.get(key) is not None:
             try:
                 out[key] = float(out[key])
             except (TypeError, ValueError):

@@ -54,6 +54,8 @@ class VislabModule(pl.LightningModule):
         if self.recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = WeightEMA(self.net, self.recipe.ema) if self.recipe.ema > 0 else None
+        if self.recipe.compile:
+            self.net.compile()  # in place: parameter names (and checkpoints) stay those of the eager net
         self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
         self.std = tuple(self.recipe.std or IMAGENET_STD)
         self._rng_to_restore: dict[str, Any] | None = None
@@ -67,7 +69,9 @@ class VislabModule(pl.LightningModule):
         recipe keeps one (``ema``), else the trained network."""
         return self.ema.module if self.ema is not None else self.net
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # the average moves right after each step, before any checkpoint of that step is written
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.net)
 

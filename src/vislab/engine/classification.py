@@ -22,7 +22,7 @@ from vislab.data.classification import (
 )
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
-from vislab.engine.sampling import EpochSampler
+from vislab.engine.sampling import EpochSampler, ResumableLoader, processed_batches
 
 
 class IndexedTensors(Dataset):
@@ -70,7 +70,7 @@ class ClassificationData(pl.LightningDataModule):
         assert self.data.labels is not None
         ds = IndexedTensors(self.data.images, self.data.labels, idx)
         sampler = EpochSampler(len(ds), shuffle=train, seed=self.recipe.seed, drop_last=train)
-        return DataLoader(
+        return (ResumableLoader if train else DataLoader)(
             ds,
             batch_size=self.recipe.batch_size,
             sampler=sampler,
@@ -79,6 +79,7 @@ class ClassificationData(pl.LightningDataModule):
             collate_fn=_collate,
             generator=torch.Generator().manual_seed(self.recipe.seed),
             persistent_workers=self.recipe.num_workers > 0,
+            **({"progress": processed_batches(self)} if train else {}),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -113,7 +114,7 @@ class ClassifierModule(VislabModule):
         x, y, _ = batch
         r = self.recipe
         mixed = mix_batch(x, y, mixup=r.mixup, cutmix=r.cutmix,
-                          seed=(r.seed, self.current_epoch, batch_idx, self.global_rank))
+                          seed=(r.seed, self.global_step, self.global_rank))
         logits = self.net(self.memory_format(mixed.x))
         loss = mixed.loss(logits, label_smoothing=r.label_smoothing)
         self.train_acc(logits.detach(), mixed.y_major)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -81,6 +82,11 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
         auto_insert_metric_name=False,
     )
     callbacks: list[pl.Callback] = [best, last, EpochHistory(out_dir), LearningRateMonitor("step")]
+    if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill
+        callbacks.append(ModelCheckpoint(
+            dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+            auto_insert_metric_name=False, train_time_interval=timedelta(minutes=recipe.checkpoint_minutes),
+        ))
     if sys.stderr.isatty():
         callbacks.append(RichProgressBar())
     callbacks += extra_callbacks or []
