@@ -125,3 +125,26 @@ def test_batched_augmentation_equals_per_sample_loop():
     again = augment_batch(x[5:9], index[5:9], seed=7, epoch=2, pad=4)
     assert torch.equal(again, got[5:9])
     assert not torch.equal(augment_batch(x, index, seed=7, epoch=3, pad=4), got)
+
+
+def test_resumable_loader_continues_an_epoch_or_starts_the_next():
+    from vislab.engine.sampling import EpochSampler, ResumableLoader
+
+    def loader(done: int | None = None) -> ResumableLoader:
+        return ResumableLoader(list(range(10)), batch_size=3, drop_last=True, progress=lambda: done or 0,
+                               sampler=EpochSampler(10, shuffle=True, seed=4, drop_last=True))
+
+    def epoch(n: int) -> list[int]:
+        s = EpochSampler(10, shuffle=True, seed=4)
+        s.set_epoch(n)
+        return list(s)
+
+    assert loader(2).state_dict() == {"epoch": 0, "batches": 2}
+    mid = loader()
+    mid.load_state_dict({"epoch": 2, "batches": 1})  # one batch of epoch 2 trained on
+    mid.sampler.set_epoch(2)  # what Lightning does before the epoch
+    assert [int(v) for b in mid for v in b] == epoch(2)[3:9]  # the rest of epoch 2's full batches
+    assert [int(v) for b in mid for v in b] == epoch(2)[:9]  # the next pass is a whole epoch again
+    end = loader()
+    end.load_state_dict({"epoch": 2, "batches": 3})  # saved after the epoch's last batch
+    assert end.sampler.epoch == 3 and [int(v) for b in end for v in b] == epoch(3)[:9]
