@@ -127,24 +127,46 @@ def test_batched_augmentation_equals_per_sample_loop():
     assert not torch.equal(augment_batch(x, index, seed=7, epoch=3, pad=4), got)
 
 
-def test_resumable_loader_continues_an_epoch_or_starts_the_next():
+def test_resumable_loader_continues_an_epoch_or_starts_the_next(monkeypatch):
+    from vislab.engine import sampling
     from vislab.engine.sampling import EpochSampler, ResumableLoader
 
-    def loader(done: int | None = None) -> ResumableLoader:
-        return ResumableLoader(list(range(10)), batch_size=3, drop_last=True, progress=lambda: done or 0,
+    class At:  # a fit loop that has processed ``done`` of ``total`` batches of epoch ``epoch``
+        def __init__(self, epoch: int, done: int, total: int = 3) -> None:
+            self.e, self.done, self.total = epoch, done, total
+
+        def epoch(self) -> int:
+            return self.e
+
+        def batches(self) -> tuple[int, int]:
+            return self.done, self.total
+
+    def loader(at: At) -> ResumableLoader:
+        return ResumableLoader(list(range(10)), batch_size=3, drop_last=True, position=at,
                                sampler=EpochSampler(10, shuffle=True, seed=4, drop_last=True))
 
-    def epoch(n: int) -> list[int]:
-        s = EpochSampler(10, shuffle=True, seed=4)
-        s.set_epoch(n)
+    def order(e: int, n: int = 10) -> list[int]:
+        s = EpochSampler(n, shuffle=True, seed=4)
+        s.set_epoch(e)
         return list(s)
 
-    assert loader(2).state_dict() == {"epoch": 0, "batches": 2}
-    mid = loader()
-    mid.load_state_dict({"epoch": 2, "batches": 1})  # one batch of epoch 2 trained on
+    assert loader(At(5, 0)).sampler.epoch == 5  # starts at the loop's epoch, before any set_epoch
+    assert loader(At(0, 2)).state_dict() == {"epoch": 0, "items": 6}
+    assert loader(At(0, 3)).state_dict() == {"epoch": 1, "items": 0}  # the epoch was complete
+    assert loader(At(0, 2, total=2)).state_dict() == {"epoch": 1, "items": 0}  # limit_train_batches=2
+    mid = loader(At(0, 0))
+    mid.load_state_dict({"epoch": 2, "items": 3})  # one batch of epoch 2 trained on
     mid.sampler.set_epoch(2)  # what Lightning does before the epoch
-    assert [int(v) for b in mid for v in b] == epoch(2)[3:9]  # the rest of epoch 2's full batches
-    assert [int(v) for b in mid for v in b] == epoch(2)[:9]  # the next pass is a whole epoch again
-    end = loader()
-    end.load_state_dict({"epoch": 2, "batches": 3})  # saved after the epoch's last batch
-    assert end.sampler.epoch == 3 and [int(v) for b in end for v in b] == epoch(3)[:9]
+    assert [int(v) for b in mid for v in b] == order(2)[3:9]  # the rest of epoch 2's full batches
+    assert [int(v) for b in mid for v in b] == order(2)[:9]  # the next pass is a whole epoch again
+    # positions 0-11 of epoch 1 were trained on (e.g. by 2 processes, 2 batches of 3 each):
+    # one process goes on with position 12; two processes with 12, 14, ... and 13, 15, ...
+    s = EpochSampler(20, shuffle=True, seed=4)
+    s.resume(1, 12)
+    assert list(s) == order(1, 20)[12:]
+    for rank in (0, 1):
+        monkeypatch.setattr(sampling, "_rank_world", lambda: (rank, 2))
+        s.resume(1, 12)
+        full = EpochSampler(20, shuffle=True, seed=4)
+        full.set_epoch(1)
+        assert list(s) == full.order().tolist()[12 + rank::2]

@@ -123,6 +123,12 @@ def test_training_with_ema_saves_and_predicts_with_the_average(cli, color_classe
     for k, v in model.state_dict().items():
         assert torch.equal(v, sd["ema.module." + k]), k
     assert not torch.equal(sd["ema.module.fc.weight"], sd["net.fc.weight"])
+    # --weights RUN/last.ckpt (fine-tuning from the run) starts from the same average
+    from vislab.models.weights import read_state_dict
+
+    start = read_state_dict(tmp_path / "run" / "last.ckpt")
+    assert start.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, sd["ema.module." + k]) for k, v in start.items())
 
 
 def test_compiled_training_matches_eager_and_keeps_checkpoint_names(cli, color_classes, tmp_path, monkeypatch):

@@ -87,18 +87,26 @@ def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_class
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert steps < ckpt["global_step"] < 2 * steps, "premise: killed in the middle of epoch 2"
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches": ckpt["global_step"] - steps}]
+        {"epoch": 1, "items": (ckpt["global_step"] - steps) * 8}]
     _run("cls", "train", color_classes, "--out", run, "--resume")
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
     assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 3 * steps
     assert _lr_steps(tmp_path / "full") == _lr_steps(run)
+    assert _held_out(tmp_path / "full") == _held_out(run)
 
 
 def _columns(path: Path, *, drop: str) -> list[dict]:
     import csv
 
     return [{k: v for k, v in row.items() if k != drop} for row in csv.DictReader(path.open())]
+
+
+def _held_out(run: Path) -> list[dict]:
+    """Epoch, held-out scores and learning rate per history row. A resume in the middle of an
+    epoch leaves that epoch's training averages covering only the batches after the resume."""
+    return [{k: v for k, v in row.items() if k.startswith(("epoch", "holdout", "lr"))}
+            for row in _columns(run / "history.csv", drop="seconds")]
 
 
 def _lr_steps(run: Path) -> list[tuple[str, str]]:
@@ -138,3 +146,32 @@ def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp
     hb = (tmp_path / "two" / "history.csv").read_text().splitlines()
     acc = [line.split(",")[1] for line in ha[1:]], [line.split(",")[1] for line in hb[1:]]
     assert acc[0] == acc[1]  # held-out accuracy reduced by summing counts across the 2 ranks
+
+
+def test_crash_during_validation_then_resume_validates_that_epoch(color_classes, tmp_path, monkeypatch):
+    """A mid-epoch save never happens on an epoch's last batch: a run that dies in the epoch's
+    validation resumes before that batch, so the validation, its history row and the chance
+    to become best.ckpt are not lost."""
+    from vislab.config import Recipe
+    from vislab.engine.classification import ClassifierModule
+    from vislab.pipelines.classification import train
+
+    r = Recipe(task="cls", model="simple_cnn", epochs=2, batch_size=16, lr=0.05, holdout=0.2, seed=0,
+               checkpoint_minutes=1e-6)
+    train(color_classes, r, out_dir=tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash(self):
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(ClassifierModule, "on_validation_start", crash, raising=False)
+        with pytest.raises(Crash):
+            train(color_classes, r, out_dir=tmp_path / "run")
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 96 // 16 - 1
+    train(color_classes, r, out_dir=tmp_path / "run", resume=True)
+    assert _held_out(tmp_path / "run") == _held_out(tmp_path / "full")
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "run")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

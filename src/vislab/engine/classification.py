@@ -22,7 +22,7 @@ from vislab.data.classification import (
 )
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
-from vislab.engine.sampling import EpochSampler, ResumableLoader, processed_batches
+from vislab.engine.sampling import EpochSampler, LoopPosition, ResumableLoader
 
 
 class IndexedTensors(Dataset):
@@ -79,7 +79,7 @@ class ClassificationData(pl.LightningDataModule):
             collate_fn=_collate,
             generator=torch.Generator().manual_seed(self.recipe.seed),
             persistent_workers=self.recipe.num_workers > 0,
-            **({"progress": processed_batches(self)} if train else {}),
+            **({"position": LoopPosition(self)} if train else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

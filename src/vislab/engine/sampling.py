@@ -36,14 +36,15 @@ class EpochSampler(Sampler[int]):
         self.seed = seed
         self.epoch = 0
         self.drop_last = drop_last
-        self._skip: tuple[int, int] | None = None  # (epoch, items of this rank already trained on)
+        self._skip: tuple[int, int] | None = None  # (epoch, items of its order already trained on)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch."""
         self.epoch = epoch
 
     def resume(self, epoch: int, items: int) -> None:
-        """Start at ``epoch`` and leave out this rank's first ``items`` positions of it, once."""
+        """Start at ``epoch`` and leave out the first ``items`` positions of its order (all ranks
+        together, so a resume with another number of processes skips the same samples), once."""
         self.epoch = epoch
         self._skip = (epoch, items)
 
@@ -61,7 +62,8 @@ class EpochSampler(Sampler[int]):
             order = order[: (self.n // world) * world]
         mine = order[rank::world].tolist()
         if self._skip is not None and self._skip[0] == self.epoch:
-            mine = mine[self._skip[1]:]
+            done = self._skip[1]  # positions rank, rank + world, ... below ``done`` were trained on
+            mine = mine[max(0, -(-(done - rank) // world)):]
             self._skip = None
         return iter([(i, self.epoch) for i in mine] if self.with_epoch else mine)
 
@@ -76,34 +78,53 @@ class ResumableLoader(DataLoader):
     checkpoint (``state_dict``) and restores on resume (``load_state_dict``), so a run resumed
     from a mid-epoch checkpoint goes on with the first batch the model has not trained on.
 
-    ``progress`` returns the batches of the current epoch the model has processed (not the
-    sampler's position, which runs ahead by the prefetched batches).
+    ``position`` reports the fit loop's progress; the loader counts the batches the model has
+    processed, not the sampler's position, which runs ahead by the prefetched batches.
     """
 
-    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, position: "LoopPosition | None" = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.progress = progress
+        self.position = position
+        if position is not None:
+            # the epoch to run next: with worker processes the sampler is read as soon as the
+            # iterator exists, before Lightning's set_epoch (a resumed run would replay epoch 0)
+            self._epoch_sampler().set_epoch(position.epoch())
 
-    def state_dict(self) -> dict[str, int]:
+    def _epoch_sampler(self) -> EpochSampler:
         sampler = self.sampler
         assert isinstance(sampler, EpochSampler)
-        return {"epoch": sampler.epoch, "batches": int(self.progress()) if self.progress else 0}
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self._epoch_sampler()
+        done, total = self.position.batches() if self.position else (0, len(self))
+        _, world = _rank_world()
+        if done >= total:  # saved after the epoch's last batch (of limit_train_batches, if set)
+            return {"epoch": sampler.epoch + 1, "items": 0}
+        return {"epoch": sampler.epoch, "items": done * int(self.batch_size or 1) * world}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler = self.sampler
-        assert isinstance(sampler, EpochSampler) and self.batch_size is not None
-        epoch, done = int(state["epoch"]), int(state["batches"])
-        if done >= len(self):  # saved after the epoch's last batch: the next epoch starts afresh
-            sampler.resume(epoch + 1, 0)
-        else:
-            sampler.resume(epoch, done * self.batch_size)
+        self._epoch_sampler().resume(int(state["epoch"]), int(state["items"]))
 
 
-def processed_batches(datamodule: Any) -> Callable[[], int]:
-    """``progress`` for a :class:`ResumableLoader` of a LightningDataModule attached to a Trainer."""
+class LoopPosition:
+    """Where the fit loop of the Trainer a LightningDataModule is attached to stands."""
 
-    def count() -> int:
-        trainer = getattr(datamodule, "trainer", None)
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+    def __init__(self, datamodule: Any) -> None:
+        self.datamodule = datamodule
 
-    return count
+    def _trainer(self) -> Any:
+        return getattr(self.datamodule, "trainer", None)
+
+    def epoch(self) -> int:
+        """The epoch the loop runs next (or is in the middle of)."""
+        trainer = self._trainer()
+        return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+
+    def batches(self) -> tuple[int, int]:
+        """(batches of the current epoch the model has processed, batches the epoch has)."""
+        trainer = self._trainer()
+        if trainer is None:
+            return 0, 1
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, int(trainer.num_training_batches)

@@ -18,7 +18,7 @@ from vislab.data.palette import NUM_CLASSES, classes_to_mask
 from vislab.data.segmentation import Pair, SegmentationDataset, holdout_split, list_pairs, scan_masks
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss
-from vislab.engine.sampling import EpochSampler, ResumableLoader, processed_batches
+from vislab.engine.sampling import EpochSampler, LoopPosition, ResumableLoader
 from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import confusion_matrix, course_miou, pixel_accuracy
@@ -77,7 +77,7 @@ class SegmentationData(pl.LightningDataModule):
             persistent_workers=r.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(r.seed),
-            **({"progress": processed_batches(self)} if train else {}),
+            **({"position": LoopPosition(self)} if train else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,6 +7,7 @@ import sys
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import yaml
@@ -50,6 +51,16 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
+class MidEpochCheckpoint(ModelCheckpoint):
+    """Time-based saves inside an epoch, never on its last batch: a checkpoint written there (before
+    the epoch's validation) would make a resumed run skip that validation and its history row."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, *args, **kwargs)
+
+
 def _devices(value: str) -> int | str | list[int]:
     if value == "auto":
         return "auto"
@@ -83,7 +94,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     )
     callbacks: list[pl.Callback] = [best, last, EpochHistory(out_dir), LearningRateMonitor("step")]
     if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill
-        callbacks.append(ModelCheckpoint(
+        callbacks.append(MidEpochCheckpoint(
             dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
             auto_insert_metric_name=False, train_time_interval=timedelta(minutes=recipe.checkpoint_minutes),
         ))

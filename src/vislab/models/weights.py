@@ -21,7 +21,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file"
         raise VislabError(p, f"not a readable PyTorch weights file ({type(exc).__name__})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+        from vislab.engine.state import net_state_dict
+
+        ours = any(k.startswith(("net.", "ema.module.")) for k in obj["state_dict"])
+        # a vislab checkpoint: the weights inference uses (the average, when the run kept one)
+        obj = net_state_dict(obj) if ours else obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise VislabError(p, "not a state_dict (expected a mapping of parameter names to tensors)")
     return obj
