@@ -74,9 +74,9 @@ def seg_run(tmp_path_factory):
     recipe = root / "r.yaml"
     recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 3, "batch_size": 2,
                                       "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "loss": "ce+dice",
-                                      "crop_size": 48, "input_hw": [64, 64]}))
+                                      "crop_size": 48, "input_hw": [64, 64], "infer_scale": 0.75}))
     assert run_vislab("seg", "train", train, "--recipe", recipe, "--out", root / "run",
-                      "--val-dir", val, "--snapshot", "0001,0002") == 0
+                      "--val-dir", val, "--snapshot", "0001,0002", "--ema", "0.8") == 0
     return root
 
 
@@ -92,6 +92,13 @@ def test_training_writes_run_folder_and_snapshots(seg_run):
             assert colours <= {tuple(c) for c in PALETTE.tolist()}
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["vislab"]["task"] == "seg" and "rng" in ckpt
+    # --ema: the average is what loads for eval/predict, with the recipe's evaluation scale
+    from vislab.engine.state import load_network
+
+    model, _ = load_network(run / "last.ckpt", task="seg")
+    sd = ckpt["state_dict"]
+    assert all(torch.equal(v, sd["ema.module." + k]) for k, v in model.state_dict().items())
+    assert model.scale == 0.75
 
 
 def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
