@@ -150,6 +150,7 @@ def test_compiled_training_matches_eager_and_keeps_checkpoint_names(cli, color_c
         res = cli("cls", "train", color_classes, "--recipe", tmp_path / f"{flag}.yaml", "--out", tmp_path / str(flag))
         assert res.code == 0, res.err
         runs[flag] = torch.load(tmp_path / str(flag) / "last.ckpt", weights_only=True)["state_dict"]
+        assert not (tmp_path / str(flag) / "best.ckpt").exists()  # no held-out split: nothing to select
     assert len(calls) == 1  # the compiled run compiled its network once; the eager run did not
     assert runs[True].keys() == runs[False].keys()
     for k, v in runs[False].items():

@@ -25,7 +25,7 @@ from vislab.io import atomic_write_text
 def quiet_lightning() -> None:
     """Silence Lightning's advertising and warnings that do not apply to vislab's layout."""
     for pattern in (".*exists and is not empty.*", ".*LeafSpec.*", ".*on_after_batch_transfer.*",
-                    ".*litlogger.*", ".*does not have many workers.*", ".*smaller than the logging interval.*", ".*`isinstance\\(treespec.*"):
+                    ".*litlogger.*", ".*across ranks is zero.*", ".*does not have many workers.*", ".*smaller than the logging interval.*", ".*`isinstance\\(treespec.*"):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
@@ -92,7 +92,9 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    callbacks: list[pl.Callback] = [best, last, EpochHistory(out_dir), LearningRateMonitor("step")]
+    # with no held-out split there is nothing to select on: last.ckpt is the result
+    callbacks: list[pl.Callback] = [*([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
+                                    LearningRateMonitor("step")]
     if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill
         callbacks.append(MidEpochCheckpoint(
             dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
