@@ -22,7 +22,7 @@ from vislab.data.classification import (
 )
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
-from vislab.engine.sampling import EpochSampler, LoopPosition, ResumableLoader
+from vislab.engine.sampling import EpochSampler, epoch_loader
 
 
 class IndexedTensors(Dataset):
@@ -70,16 +70,17 @@ class ClassificationData(pl.LightningDataModule):
         assert self.data.labels is not None
         ds = IndexedTensors(self.data.images, self.data.labels, idx)
         sampler = EpochSampler(len(ds), shuffle=train, seed=self.recipe.seed, drop_last=train)
-        return (ResumableLoader if train else DataLoader)(
+        return epoch_loader(
             ds,
+            sampler,
+            train=train,
+            datamodule=self,
             batch_size=self.recipe.batch_size,
-            sampler=sampler,
             drop_last=train,
             num_workers=self.recipe.num_workers,
             collate_fn=_collate,
             generator=torch.Generator().manual_seed(self.recipe.seed),
             persistent_workers=self.recipe.num_workers > 0,
-            **({"position": LoopPosition(self)} if train else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,7 +7,7 @@ the metric), so per-process counts simply add up.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -82,13 +82,12 @@ class ResumableLoader(DataLoader):
     processed, not the sampler's position, which runs ahead by the prefetched batches.
     """
 
-    def __init__(self, *args: Any, position: "LoopPosition | None" = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, position: LoopPosition, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
-        if position is not None:
-            # the epoch to run next: with worker processes the sampler is read as soon as the
-            # iterator exists, before Lightning's set_epoch (a resumed run would replay epoch 0)
-            self._epoch_sampler().set_epoch(position.epoch())
+        # the epoch to run next: with worker processes the sampler is read as soon as the
+        # iterator exists, before Lightning's set_epoch (a resumed run would replay epoch 0)
+        self._epoch_sampler().set_epoch(position.epoch())
 
     def _epoch_sampler(self) -> EpochSampler:
         sampler = self.sampler
@@ -97,7 +96,7 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler = self._epoch_sampler()
-        done, total = self.position.batches() if self.position else (0, len(self))
+        done, total = self.position.batches()
         _, world = _rank_world()
         if done >= total:  # saved after the epoch's last batch (of limit_train_batches, if set)
             return {"epoch": sampler.epoch + 1, "items": 0}
@@ -128,3 +127,10 @@ class LoopPosition:
             return 0, 1
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return done, int(trainer.num_training_batches)
+
+
+def epoch_loader(dataset: Any, sampler: EpochSampler, *, train: bool, datamodule: Any, **kwargs: Any) -> DataLoader:
+    """The DataLoader of a datamodule: resumable mid-epoch for training, plain for evaluation."""
+    if train:
+        return ResumableLoader(dataset, sampler=sampler, position=LoopPosition(datamodule), **kwargs)
+    return DataLoader(dataset, sampler=sampler, **kwargs)

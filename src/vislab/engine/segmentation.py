@@ -18,7 +18,7 @@ from vislab.data.palette import NUM_CLASSES, classes_to_mask
 from vislab.data.segmentation import Pair, SegmentationDataset, holdout_split, list_pairs, scan_masks
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss
-from vislab.engine.sampling import EpochSampler, LoopPosition, ResumableLoader
+from vislab.engine.sampling import EpochSampler, epoch_loader
 from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import confusion_matrix, course_miou, pixel_accuracy
@@ -68,16 +68,17 @@ class SegmentationData(pl.LightningDataModule):
         r = self.recipe
         ds = SegmentationDataset(pairs, train=train, crop_size=r.crop_size if train else None, seed=r.seed,
                                  expected=self.expected, rot90=r.rot90, crop_area=r.crop_area)
-        return (ResumableLoader if train else DataLoader)(
+        return epoch_loader(
             ds,
+            EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train),
+            train=train,
+            datamodule=self,
             batch_size=r.batch_size,
-            sampler=EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train),
             drop_last=train,
             num_workers=r.num_workers,
             persistent_workers=r.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(r.seed),
-            **({"position": LoopPosition(self)} if train else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -84,22 +84,14 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     # A checkpoint of its own for last.ckpt: with save_last=True, Lightning 2.6 writes last.ckpt
     # only in the epochs where the monitored metric improved (a 9-epoch run's last.ckpt held
     # epoch 7), so --resume would repeat epochs.
-    last = ModelCheckpoint(
-        dirpath=out_dir,
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        enable_version_counter=False,
-        auto_insert_metric_name=False,
-    )
+    last_ckpt = {"dirpath": out_dir, "filename": "last", "monitor": None, "save_top_k": 1,
+                 "enable_version_counter": False, "auto_insert_metric_name": False}
+    last = ModelCheckpoint(**last_ckpt)
     # with no held-out split there is nothing to select on: last.ckpt is the result
     callbacks: list[pl.Callback] = [*([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
                                     LearningRateMonitor("step")]
     if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill
-        callbacks.append(MidEpochCheckpoint(
-            dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
-            auto_insert_metric_name=False, train_time_interval=timedelta(minutes=recipe.checkpoint_minutes),
-        ))
+        callbacks.append(MidEpochCheckpoint(**last_ckpt, train_time_interval=timedelta(minutes=recipe.checkpoint_minutes)))
     if sys.stderr.isatty():
         callbacks.append(RichProgressBar())
     callbacks += extra_callbacks or []

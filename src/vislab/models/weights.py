@@ -23,9 +23,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         from vislab.engine.state import net_state_dict
 
-        ours = any(k.startswith(("net.", "ema.module.")) for k in obj["state_dict"])
-        # a vislab checkpoint: the weights inference uses (the average, when the run kept one)
-        obj = net_state_dict(obj) if ours else obj["state_dict"]
+        # a vislab checkpoint: the weights inference uses (the average, when the run kept one);
+        # another Lightning checkpoint: its state_dict as it is
+        obj = net_state_dict(obj) or obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise VislabError(p, "not a state_dict (expected a mapping of parameter names to tensors)")
     return obj
