@@ -8,10 +8,12 @@ The reference loop: a PIL dataset with per-image torchvision transforms, a DataL
 worker processes and pinned memory, ``non_blocking`` copies, ``torch.autocast`` (bf16) and
 ``channels_last``/``torch.compile`` as that script's flags do; network, trainable layers,
 optimiser and batch size are the recipe's. vislab runs its real training path (Lightning,
-decoded-tensor input, augmentation on the device). Both are timed over ``--steps`` batches
-after ``--steps`` warm-up batches (compilation, cuDNN autotuning, the one-time decode of the
-folder and worker start-up are outside the window): vislab runs 2 epochs of ``--steps`` batches
-and its time is epoch 2's ``seconds`` in history.csv. Peak GPU memory is reported per run.
+decoded-tensor input, augmentation on the device, and the recipe's mixup/cutmix and weight
+average, which the reference skips). Both run 2 epochs of ``--steps`` batches
+through persistent loader workers and are timed over epoch 2 (compilation, cuDNN autotuning,
+the one-time decode of the folder and worker start-up fall in epoch 1; the refill of the
+workers' queue at an epoch's start, which every real epoch pays, falls in both windows);
+vislab's time is epoch 2's ``seconds`` in history.csv. Peak GPU memory is reported per run.
 On a machine without CUDA the script runs on the CPU (only to check that it works).
 """
 
@@ -84,21 +86,23 @@ def reference_images_per_s(r: Recipe, data: Path, steps: int, device: torch.devi
     opt = OPTIMIZERS[r.optimizer]([p for p in net.parameters() if p.requires_grad], r)
     loader = DataLoader(ds, batch_size=r.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    if len(loader) < steps:
+        raise SystemExit(f"{data}: {len(loader)} training batches of {r.batch_size}, fewer than --steps {steps}")
     _reset_peak(device)
-    batches = itertools.islice(itertools.cycle(loader) if len(loader) < 2 * steps else loader, 2 * steps)
     t0 = 0.0
-    for i, (x, y) in enumerate(batches):
-        if i == steps:  # warm-up over
+    for epoch in range(2):  # like vislab's side: 2 epochs of `steps` batches, epoch 2 timed
+        if epoch == 1:
             _sync(device)
             t0 = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        for x, y in itertools.islice(loader, steps):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     _sync(device)
     return steps * r.batch_size / (time.perf_counter() - t0), _peak_gb(device)
 

@@ -142,6 +142,30 @@ def test_flip_tta_of_flip_equivariant_model_equals_plain():
     assert torch.allclose(predict_probs(model, meta, x, tta="d4"), plain, atol=1e-6)
 
 
+def test_batched_colour_jitter_equals_torchvision_per_image():
+    """jitter_colours against torchvision's own adjust_* functions, image by image, with the
+    factors the hash draws; and a sample's jitter does not depend on its batch."""
+    import torchvision.transforms.v2.functional as TF
+
+    from vislab.data.classification import hash_uniform
+    from vislab.data.segmentation import jitter_colours
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (4, 3, 20, 28), dtype=torch.uint8, generator=g)
+    x[0] = 250  # saturates under brightness > 1: the clamps matter
+    idx = torch.tensor([7, 2, 11, 5])
+    got = jitter_colours(x, idx, seed=4, epoch=3, strength=0.3)
+    assert got.dtype == torch.float32 and got.min() >= 0 and got.max() <= 255
+    for i in range(4):
+        b, c, s = (0.7 + 0.6 * float(hash_uniform(4, 3, idx[i:i + 1], k)) for k in (11, 12, 13))
+        ref = x[i].float() / 255
+        ref = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(ref, b), c), s)
+        torch.testing.assert_close(got[i] / 255, ref, atol=1e-5, rtol=0)
+    swapped = jitter_colours(x[[2, 0]], idx[[2, 0]], seed=4, epoch=3, strength=0.3)
+    torch.testing.assert_close(swapped, got[[2, 0]])
+    assert not torch.allclose(jitter_colours(x, idx, seed=4, epoch=4, strength=0.3), got)
+
+
 def test_eval_missing_extra_and_size_mismatch(cli, seg_run, tmp_path):
     val = seg_run / "val"
     pred = tmp_path / "pred"

@@ -154,7 +154,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    """uint8 (or float in [0, 255]) (N, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x.float() / 255.0 - m) / s

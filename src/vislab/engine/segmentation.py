@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from vislab.config import Recipe
 from vislab.data.classification import normalize
 from vislab.data.palette import NUM_CLASSES, classes_to_mask
-from vislab.data.segmentation import Pair, SegmentationDataset, holdout_split, list_pairs, scan_masks
+from vislab.data.segmentation import Pair, SegmentationDataset, holdout_split, jitter_colours, list_pairs, scan_masks
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss
 from vislab.engine.sampling import EpochSampler, epoch_loader
@@ -105,6 +105,8 @@ class SegmenterModule(VislabModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx = batch
+        if self.trainer is not None and self.trainer.training:
+            x = jitter_colours(x, idx, seed=self.recipe.seed, epoch=self.current_epoch)
         return self.memory_format(normalize(x, self.mean, self.std)), y, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
