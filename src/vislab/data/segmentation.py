@@ -147,7 +147,6 @@ def train_transforms(crop_size: int | None, *, rot90: bool = True,
 
 
 COLOUR_JITTER = 0.2  # brightness, contrast and saturation factors drawn from [0.8, 1.2]
-_GREY = (0.2989, 0.587, 0.114)  # the luma weights torchvision's rgb_to_grayscale uses
 
 
 def jitter_colours(x: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: int,
@@ -162,18 +161,14 @@ def jitter_colours(x: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: in
     """
     x = x.float()
     idx = index.to(x.device)
-    grey_w = torch.tensor(_GREY, device=x.device).view(1, 3, 1, 1)
 
-    def factor(stream: int) -> torch.Tensor:
-        u = hash_uniform(seed, epoch, idx, stream).to(x.device)
-        return (1 - strength + 2 * strength * u).view(-1, 1, 1, 1)
+    def blend(img: torch.Tensor, other: torch.Tensor, stream: int) -> torch.Tensor:
+        f = (1 - strength + 2 * strength * hash_uniform(seed, epoch, idx, stream)).view(-1, 1, 1, 1)
+        return (f * img + (1 - f) * other).clamp(0, 255)
 
-    x = (x * factor(11)).clamp(0, 255)
-    mean_grey = (x * grey_w).sum(1, keepdim=True).mean((-2, -1), keepdim=True)
-    c = factor(12)
-    x = (c * x + (1 - c) * mean_grey).clamp(0, 255)
-    s = factor(13)
-    return (s * x + (1 - s) * (x * grey_w).sum(1, keepdim=True)).clamp(0, 255)
+    x = blend(x, torch.zeros(()), 11)
+    x = blend(x, v2.functional.rgb_to_grayscale(x).mean((-2, -1), keepdim=True), 12)
+    return blend(x, v2.functional.rgb_to_grayscale(x), 13)
 
 
 class SegmentationDataset(Dataset):
