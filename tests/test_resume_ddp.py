@@ -175,3 +175,38 @@ def test_crash_during_validation_then_resume_validates_that_epoch(color_classes,
     assert _held_out(tmp_path / "run") == _held_out(tmp_path / "full")
     full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "run")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_metrics_csv_keeps_its_rows_when_a_new_column_arrives_and_the_rewrite_dies(tmp_path, monkeypatch):
+    """Lightning rewrites metrics.csv when a column is added; a death during it must lose nothing,
+    and a writer opened on the file later (a resume) appends under the widened header."""
+    import csv
+
+    from vislab.engine.trainer import ResumableCSVLogger
+
+    def rows() -> list[dict[str, str]]:
+        with (tmp_path / "metrics.csv").open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    first = ResumableCSVLogger(tmp_path, name="", version="").experiment
+    first.log_metrics({"lr": 0.1}, step=0)
+    first.log_metrics({"lr": 0.2}, step=1)
+    first.save()
+    assert rows() == [{"lr": "0.1", "step": "0"}, {"lr": "0.2", "step": "1"}]
+
+    first.log_metrics({"val_acc": 0.5}, step=1)
+    with monkeypatch.context() as m:
+        m.setattr(csv.DictWriter, "writerows", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+        with pytest.raises(OSError):
+            first.save()
+    assert rows() == [{"lr": "0.1", "step": "0"}, {"lr": "0.2", "step": "1"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+    first.save()
+    assert rows() == [{"lr": "0.1", "step": "0", "val_acc": ""}, {"lr": "0.2", "step": "1", "val_acc": ""},
+                      {"lr": "", "step": "1", "val_acc": "0.5"}]
+    resumed = ResumableCSVLogger(tmp_path, name="", version="").experiment
+    resumed.log_metrics({"lr": 0.3}, step=2)
+    resumed.save()
+    assert [(r["step"], r["lr"], r["val_acc"]) for r in rows()] == [
+        ("0", "0.1", ""), ("1", "0.2", ""), ("1", "", "0.5"), ("2", "0.3", "")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import sys
 import warnings
@@ -31,13 +33,32 @@ def quiet_lightning() -> None:
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run must append to it."""
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run must append to it.
+
+    Each save also rewrites the file atomically: Lightning truncates and refills it whenever a new
+    column appears, so a kill at that moment (the first epoch end) lost the rows logged before."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as fh:
                 header = fh.readline().strip()
             self.metrics_keys = header.split(",") if header else []
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        path = Path(self.metrics_file_path)
+        rows: list[dict[str, Any]] = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+        self._record_new_keys()
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows + self.metrics)
+        atomic_write_text(buf.getvalue(), path)
+        self.metrics = []
 
 
 class ResumableCSVLogger(CSVLogger):
