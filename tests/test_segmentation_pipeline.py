@@ -74,7 +74,8 @@ def seg_run(tmp_path_factory):
     recipe = root / "r.yaml"
     recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 3, "batch_size": 2,
                                       "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "loss": "ce+dice",
-                                      "crop_size": 48, "input_hw": [64, 64], "infer_scale": 0.75}))
+                                      "crop_size": 48, "input_hw": [64, 64], "infer_scale": 0.75,
+                                      "calibrate": True}))
     assert run_vislab("seg", "train", train, "--recipe", recipe, "--out", root / "run",
                       "--val-dir", val, "--snapshot", "0001,0002", "--ema", "0.8") == 0
     return root
@@ -84,6 +85,10 @@ def test_training_writes_run_folder_and_snapshots(seg_run):
     run = seg_run / "run"
     result = json.loads((run / "results.json").read_text())
     assert 0 <= result["val_miou"] <= 1 and result["holdout_miou"] is not None
+    # calibrate: true fitted offsets for best.ckpt on the held-out pairs, and the validation used them
+    cal = result["calibration"]
+    assert cal["files"] == 2 and cal["miou_after"] >= cal["miou_before"] == pytest.approx(result["holdout_miou"], abs=2e-3)
+    assert json.loads((run / "best.offsets.json").read_text())["offsets"] == cal["offsets"] == result["val"]["offsets"]
     for e in (1, 2, 3):
         for stem in ("0001", "0002"):
             img = np.array(Image.open(run / "snapshots" / f"epoch_{e:03d}" / f"{stem}.png"))
@@ -111,6 +116,36 @@ def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
     from_files = json.loads((tmp_path / "m.json").read_text())["miou"]
     res = cli("seg", "score", seg_run / "run", val)
     assert res.code == 0 and res.out.strip().endswith(f"mIoU: {from_files:.4f}")
+
+
+def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_path):
+    """Offsets fitted on the held-out split are stored beside a copy of the checkpoint; the mIoU
+    that the search reports equals what `seg score` measures with them (another code path), masks
+    written by `seg predict` score the same, and --no-offsets gives the unfitted number."""
+    from vislab.pipelines.segmentation import calibrate, evaluate_checkpoint
+
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    res = cli("seg", "calibrate", ckpt, seg_run / "train")
+    assert res.code == 0, res.err
+    assert "mIoU on 2 holdout pairs" in res.out and (tmp_path / "best.offsets.json").is_file()
+
+    val = seg_run / "val"
+    rec = calibrate(ckpt, val, split="all", stride=1)
+    assert rec["miou_after"] > rec["miou_before"]  # the barely trained network leaves room to gain
+    fitted = evaluate_checkpoint(ckpt, val)
+    assert fitted["offsets"] == rec["offsets"]
+    assert fitted["miou"] == pytest.approx(rec["miou_after"], abs=2e-3)
+    assert evaluate_checkpoint(ckpt, val, offsets=False)["miou"] == pytest.approx(rec["miou_before"], abs=2e-3)
+    assert cli("seg", "predict", ckpt, val, tmp_path / "pred", "--engine", "torch").code == 0
+    assert cli("seg", "eval", tmp_path / "pred", val, "--json", tmp_path / "m.json").code == 0
+    assert json.loads((tmp_path / "m.json").read_text())["miou"] == fitted["miou"]
+
+    blob = torch.load(ckpt, weights_only=True)
+    blob["vislab"]["recipe"]["holdout"] = 0.0
+    torch.save(blob, tmp_path / "all.ckpt")
+    res = cli("seg", "calibrate", tmp_path / "all.ckpt", seg_run / "train")
+    assert res.code != 0 and "all.ckpt" in res.err and "without a held-out split" in res.err
 
 
 def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):

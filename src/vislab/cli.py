@@ -212,6 +212,9 @@ def cls_tsne(
 
 # --- P2 ------------------------------------------------------------------------------------
 
+OffsetsOpt = typer.Option(True, "--offsets/--no-offsets",
+                          help="Apply the class offsets that `vislab seg calibrate` stored for the checkpoint.")
+
 @seg_app.command("train")
 def seg_train(
     train_dir: Optional[Path] = typer.Argument(None, help="Folder of xxxx_sat.jpg + xxxx_mask.png (default: DATA/p2_data/train)."),
@@ -282,11 +285,34 @@ def seg_score(
     img_dir: Path = typer.Argument(..., help="Folder of xxxx_sat.jpg + xxxx_mask.png pairs."),
     tta: str = typer.Option("none", "--tta", help="none | flip | d4."),
     device: Optional[str] = typer.Option(None, "--device"),
+    offsets: bool = OffsetsOpt,
 ) -> None:
     """Course mIoU of a checkpoint on labelled pairs, without writing masks."""
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
-    _print_seg(evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device))
+    _print_seg(evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets))
+
+
+@seg_app.command("calibrate")
+def seg_calibrate(
+    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    pairs_dir: Optional[Path] = typer.Argument(None, help="The run's training folder (default: DATA/p2_data/train), or with --split all any labelled pairs it never saw."),
+    split: str = typer.Option("holdout", "--split", help="holdout (the run's held-out split of PAIRS_DIR) | all."),
+    tta: str = typer.Option("none", "--tta", help="none | flip | d4: the views averaged while fitting."),
+    data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Fit one logit offset per class for the course mIoU; score and predict then apply them."""
+    from vislab.paths import data_root
+    from vislab.pipelines.segmentation import calibrate
+
+    if pairs_dir is None:
+        pairs_dir = data_root(data) / "p2_data" / "train"
+    rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device)
+    shown = ", ".join(f"{n} {v:+.2f}" for n, v in zip(rec["classes"], rec["offsets"]))
+    out.print(f"offsets: {shown}")
+    out.print(f"mIoU on {rec['files']} {rec['split']} pairs: {rec['miou_before']:.4f} -> {rec['miou_after']:.4f}")
+    out.print(f"wrote {rec['file']}")
 
 
 @seg_app.command("predict")
@@ -298,11 +324,13 @@ def seg_predict(
     batch_size: int = typer.Option(4, "--batch-size"),
     device: Optional[str] = typer.Option(None, "--device"),
     engine: str = ENGINE_OPTION,
+    offsets: bool = OffsetsOpt,
 ) -> None:
     """Write a colour-coded mask per image, the input's size."""
     from vislab.pipelines.segmentation import predict
 
-    n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device, engine=engine)
+    n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device, engine=engine,
+                offsets=offsets)
     out.print(f"wrote {n} masks to {out_dir}")
 
 

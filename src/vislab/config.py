@@ -47,6 +47,7 @@ class Recipe:
     rot90: bool = True  # seg: random 90-degree turns in the augmentation
     loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
     class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
+    calibrate: bool = False  # seg: fit class offsets for the mIoU on the held-out split after training
     mean: tuple[float, float, float] | None = None  # None: ImageNet statistics
     std: tuple[float, float, float] | None = None
     freeze: tuple[str, ...] = ()  # submodules whose weights stay as loaded (BN statistics still adapt)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from vislab.calibration import apply_offsets, fit_offsets, load_offsets, save_offsets
 from vislab.config import Recipe
 from vislab.data.images import list_images, read_rgb
 from vislab.data.palette import CLASS_NAMES, NUM_CLASSES, classes_to_mask
@@ -14,7 +15,7 @@ from vislab.data.segmentation import MASK, SAT, list_pairs, read_mask
 from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
-from vislab.metrics import confusion_matrix, course_miou, iou_per_class, pixel_accuracy
+from vislab.metrics import COURSE_CLASSES, confusion_matrix, course_miou, iou_per_class, pixel_accuracy
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -56,6 +57,10 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if done is None:
         return {}
     result, best = done
+    if recipe.calibrate and data.holdout_pairs:
+        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
+        info(f"class offsets fitted on the held-out pairs: mIoU {result['calibration']['miou_before']:.4f} -> "
+             f"{result['calibration']['miou_after']:.4f}")
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]
@@ -125,12 +130,13 @@ def _output_name(image: Path) -> str:
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
-            batch_size: int = 4, device: str | None = None, engine: str = "auto") -> int:
+            batch_size: int = 4, device: str | None = None, engine: str = "auto", offsets: bool = True) -> int:
     """Write a colour mask per image: ``xxxx_sat.jpg`` -> ``xxxx_mask.png``, ``xxxx.jpg`` -> ``xxxx.png``.
 
     Masks have the input's size. Every input is decoded before anything is written, so a bad
     file leaves no partial output. ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in
     :func:`vislab.export.load_predictor` (the ONNX graph serves the most common image size).
+    ``offsets``: apply the checkpoint's class offsets from ``vislab seg calibrate`` if it has any.
     """
     from collections import Counter
 
@@ -148,6 +154,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     images = [read_rgb(f) for f in files]
     hw = Counter(tuple(im.shape[-2:]) for im in images).most_common(1)[0][0]
     model, meta = load_predictor(ckpt, task="seg", engine=engine, hw=hw, device=device)
+    shift = _offsets_for(ckpt, meta) if offsets else None
     dev = pick_device(device)
     model = model.to(dev)
     out = Path(out_dir)
@@ -155,7 +162,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         raise VislabError(out, "is a file, but an output folder is needed")
     for run in _same_size_runs(images, batch_size):
         probs = predict_probs(model, meta, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
-        for i, ids in zip(run, probs.argmax(1).cpu()):
+        for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
             with atomic_path(out / _output_name(files[i])) as tmp:
                 tmp.write_bytes(encode_png(classes_to_mask(ids)).numpy().tobytes())
     return len(files)
@@ -211,11 +218,13 @@ def _seg_metrics(conf: torch.Tensor, **extra: Any) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
-                        device: str | None = None) -> dict[str, Any]:
-    """Course mIoU of a checkpoint on a folder of pairs (no files written)."""
+                        device: str | None = None, offsets: bool = True) -> dict[str, Any]:
+    """Course mIoU of a checkpoint on a folder of pairs (no files written); ``offsets`` as in
+    :func:`predict`."""
     from vislab.engine.state import load_network, pick_device
 
     model, meta = load_network(ckpt, task="seg")
+    shift = _offsets_for(ckpt, meta) if offsets else None
     dev = pick_device(device)
     model = model.to(dev)
     pairs = list_pairs(img_dir)
@@ -225,10 +234,68 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
             probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=dev)
-            for i, ids in zip(run, probs.argmax(1).cpu()):
+            for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
                 truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
                 conf += confusion_matrix(truth, ids, NUM_CLASSES)
-    return _seg_metrics(conf, files=len(pairs), tta=tta)
+    extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
+    return _seg_metrics(conf, files=len(pairs), tta=tta, **extra)
+
+
+def _offsets_for(ckpt: str | Path, meta: dict[str, Any]) -> torch.Tensor | None:
+    from vislab.engine.state import checkpoint_file
+
+    path = checkpoint_file(ckpt)
+    return None if path.suffix == ".onnx" else load_offsets(path, int(meta["num_classes"]))
+
+
+def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
+              batch_size: int = 4, device: str | None = None, stride: int = 2) -> dict[str, Any]:
+    """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, and
+    store them beside it (see :mod:`vislab.calibration`).
+
+    ``split="holdout"``: ``pairs_dir`` is the run's training folder and its held-out split (the
+    recipe's fraction and seed) is used; ``split="all"``: every pair of ``pairs_dir``. Pixels are
+    sampled every ``stride`` rows and columns.
+    """
+    from vislab.data.segmentation import holdout_split
+    from vislab.engine.state import checkpoint_file, load_network, pick_device
+
+    path = checkpoint_file(ckpt)
+    model, meta = load_network(path, task="seg")
+    pairs = list_pairs(pairs_dir)
+    if split == "holdout":
+        recipe = meta.get("recipe", {})
+        fraction = float(recipe.get("holdout", 0.0))
+        if fraction <= 0:
+            raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
+                                    "saw with --split all")
+        _, ho = holdout_split(len(pairs), fraction=fraction, seed=int(recipe.get("seed", 0)))
+        pairs = [pairs[i] for i in ho]
+    elif split != "all":
+        raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")
+    if not pairs:
+        raise VislabError(pairs_dir, "no labelled pairs to calibrate on")
+    dev = pick_device(device)
+    model = model.to(dev)
+    logps, truths = [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        imgs = [read_rgb(p.image) for p in chunk]
+        for run in _same_size_runs(imgs, batch_size):
+            probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=dev)
+            for i, p in zip(run, probs.cpu()):
+                truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
+                logps.append(p[:, ::stride, ::stride].clamp_min(1e-8).log().half())
+                truths.append(truth[::stride, ::stride])
+    if len({t.shape for t in truths}) > 1:
+        raise VislabError(pairs_dir, "calibration needs pairs of one size")
+    # only the six scored classes move: a raised "unknown" would buy mIoU by abstaining on hard pixels
+    offsets, before, after = fit_offsets(torch.stack(logps), torch.stack(truths), searched=range(COURSE_CLASSES))
+    record = {"classes": list(CLASS_NAMES), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
+              "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6)}
+    record["file"] = str(save_offsets(path, offsets, **record))
+    record["offsets"] = [round(float(v), 6) for v in offsets]
+    return record
 
 
 def progress(run_dir: str | Path, *, out_png: str | Path, epochs: list[int] | None = None) -> Path:

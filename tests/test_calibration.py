@@ -1,0 +1,71 @@
+"""Class offsets for the course mIoU: the fast search against plain argmax evaluation, a case
+whose optimum is known by hand, and the offsets file (round trip, stale, malformed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vislab.calibration import (_confusion_with, _scores_along, apply_offsets, fit_offsets, load_offsets,
+                                offsets_file, save_offsets)
+from vislab.errors import VislabError
+from vislab.metrics import course_miou
+
+
+def test_fast_scores_equal_plain_argmax_evaluation():
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(5, 7, 9, 11, generator=g).log_softmax(1)
+    truth = torch.randint(0, 7, (5, 9, 11), generator=g)
+    offsets = torch.randn(7, generator=g) * 0.3
+    moves = [-1.0, -0.2, 0.3, 1.5]
+    for c in range(7):
+        fast = _scores_along(logp, truth, offsets, c, moves, chunk=2)
+        plain = [course_miou(_confusion_with(logp, truth, offsets + m * torch.eye(7)[c], 7)) for m in moves]
+        assert fast == pytest.approx(plain, abs=1e-12)
+
+
+def test_an_underpredicted_class_is_recovered():
+    """Left half agriculture (1), right half rangeland (2); the network prefers agriculture by 1.2
+    on agriculture pixels and by 0.75 on rangeland pixels. Zero offsets: all agriculture, IoUs 0.5
+    and 0, mean 0.25. Offsets that lift rangeland over agriculture by between 0.75 and 1.2
+    separate them exactly: mean 1.0."""
+    truth = torch.ones(2, 4, 6, dtype=torch.long)
+    truth[..., 3:] = 2
+    logits = torch.full((2, 7, 4, 6), -5.0)
+    logits[:, 1] = 0.0
+    logits[:, 2, :, :3] = -1.2
+    logits[:, 2, :, 3:] = -0.75
+    offsets, before, after = fit_offsets(logits.log_softmax(1), truth, searched=range(6))
+    assert before == pytest.approx(0.25) and after == pytest.approx(1.0)
+    pred = apply_offsets(logits.softmax(1), offsets)
+    assert torch.equal(pred, truth)
+    assert offsets[6] == 0 and 0.75 < float(offsets[2] - offsets[1]) < 1.2
+
+
+def test_perfect_predictions_keep_zero_offsets():
+    truth = torch.randint(0, 6, (3, 8, 8), generator=torch.Generator().manual_seed(1))
+    logp = torch.nn.functional.one_hot(truth, 7).permute(0, 3, 1, 2).float().mul(4).log_softmax(1)
+    offsets, before, after = fit_offsets(logp, truth)
+    assert torch.equal(offsets, torch.zeros(7)) and before == after == 1.0
+    assert torch.equal(apply_offsets(logp.exp(), None), truth)
+
+
+def test_offsets_file_round_trip_stale_and_malformed(tmp_path, capsys):
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    off = torch.tensor([-1.0, 0.5, 0.25, 0.0, 0.0, -0.1, 0.0])
+    path = save_offsets(ckpt, off, split="holdout")
+    assert path == offsets_file(ckpt) == tmp_path / "best.offsets.json"
+    assert json.loads(path.read_text())["split"] == "holdout"
+    assert torch.equal(load_offsets(ckpt, 7), off)
+    assert load_offsets(tmp_path / "last.ckpt", 7) is None  # none stored for that file
+    with pytest.raises(VislabError, match="7 offsets; the checkpoint has 5"):
+        load_offsets(ckpt, 5)
+    ckpt.write_bytes(b"weights v2")  # training went on: the offsets belong to the old file
+    assert load_offsets(ckpt, 7) is None
+    assert "fitted for an earlier best.ckpt" in capsys.readouterr().err
+    path.write_text("{not json")
+    with pytest.raises(VislabError, match="best.offsets.json.*not a readable offsets file"):
+        load_offsets(ckpt, 7)
