@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import run_vislab, write_png
 from test_segmentation_pipeline import _make_pairs
+from vislab.data.palette import PALETTE
 from vislab.engine.state import load_network
 from vislab.errors import VislabError
 from vislab.export import OnnxNet, export_onnx
@@ -107,6 +108,30 @@ def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path)
     for engine in ("onnx", "auto"):
         same = (masks[engine] == masks["torch"]).all(-1).mean()
         assert same > 0.999, (engine, same)
+
+
+def test_class_offsets_travel_into_the_onnx_file(seg_run, cli, tmp_path):
+    """Offsets stored for a checkpoint go into its export's metadata: the .onnx predicts what the
+    checkpoint predicts with them, and --no-offsets gives the plain argmax on both."""
+    import shutil
+
+    from vislab.calibration import save_offsets
+
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    save_offsets(ckpt, torch.tensor([0, 0, 0, 0, 0, 9.0, 0]))  # barren wins almost everywhere
+    assert cli("export", ckpt, tmp_path / "c.onnx").code == 0
+    masks = {}
+    for name, src, flags in (("ckpt", ckpt, ["--engine", "torch"]), ("onnx", tmp_path / "c.onnx", []),
+                             ("ckpt-plain", ckpt, ["--engine", "torch", "--no-offsets"]),
+                             ("onnx-plain", tmp_path / "c.onnx", ["--no-offsets"])):
+        res = cli("seg", "predict", src, seg_run / "train", tmp_path / name, *flags)
+        assert res.code == 0, res.err
+        masks[name] = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("*_mask.png"))])
+    barren = (masks["ckpt"] == PALETTE[5].numpy()).all(-1).mean()
+    assert barren > 0.9 and (masks["ckpt-plain"] == PALETTE[5].numpy()).all(-1).mean() < barren
+    for a, b in (("onnx", "ckpt"), ("onnx-plain", "ckpt-plain")):
+        assert (masks[a] == masks[b]).all(-1).mean() > 0.999, (a, b)
 
 
 def test_infer_scale_is_resize_net_resize(seg_run):

@@ -4,7 +4,8 @@ The exported graph is the network exactly as ``predict`` calls it: input ``image
 batch (N, 3, H, W) already normalised with the checkpoint's mean/std (and, for P1, resized to
 its ``image_size``), output ``logits``. The batch axis is dynamic; the spatial size is fixed at
 export time. The checkpoint's metadata travels inside the file (``metadata_props["vislab"]``),
-so ``vislab cls|seg predict model.onnx ...`` works without the checkpoint.
+so ``vislab cls|seg predict model.onnx ...`` works without the checkpoint; so do a segmenter's
+class offsets from ``vislab seg calibrate`` (``class_offsets``; the logits stay the network's).
 
 Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
 """
@@ -56,10 +57,14 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     Returns:
         ``{"path", "input_shape", "bytes", "max_abs_diff", "atol"}`` (the last two when checked).
     """
-    from vislab.engine.state import load_network, read_checkpoint
+    from vislab.calibration import load_offsets
+    from vislab.engine.state import checkpoint_file, load_network, read_checkpoint
 
     task = read_checkpoint(ckpt)["vislab"]["task"]
     model, meta = load_network(ckpt, task=task)
+    offsets = load_offsets(checkpoint_file(ckpt), int(meta["num_classes"])) if task == "seg" else None
+    if offsets is not None:  # `vislab seg calibrate`'s offsets travel in the metadata, applied by predict
+        meta = {**meta, "class_offsets": offsets.tolist()}
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
 
 

@@ -245,7 +245,10 @@ def _offsets_for(ckpt: str | Path, meta: dict[str, Any]) -> torch.Tensor | None:
     from vislab.engine.state import checkpoint_file
 
     path = checkpoint_file(ckpt)
-    return None if path.suffix == ".onnx" else load_offsets(path, int(meta["num_classes"]))
+    if path.suffix == ".onnx":  # an export carries its checkpoint's offsets in its metadata
+        stored = meta.get("class_offsets")
+        return None if stored is None else torch.tensor([float(v) for v in stored])
+    return load_offsets(path, int(meta["num_classes"]))
 
 
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
