@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -229,16 +229,23 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     model = model.to(dev)
     pairs = list_pairs(img_dir)
     conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    for probs, truth in _labelled_probs(model, meta, pairs, tta=tta, batch_size=batch_size, device=dev):
+        conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0], NUM_CLASSES)
+    extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
+    return _seg_metrics(conf, files=len(pairs), tta=tta, **extra)
+
+
+def _labelled_probs(model: torch.nn.Module, meta: dict[str, Any], pairs: list, *, tta: str, batch_size: int,
+                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(class probabilities (C, H, W) on the CPU, true class ids (H, W)) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
-            probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=dev)
-            for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
+            probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
+            for i, p in zip(run, probs.cpu()):
                 truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
-                conf += confusion_matrix(truth, ids, NUM_CLASSES)
-    extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
-    return _seg_metrics(conf, files=len(pairs), tta=tta, **extra)
+                yield p, truth
 
 
 def _offsets_for(ckpt: str | Path, meta: dict[str, Any]) -> torch.Tensor | None:
@@ -281,15 +288,9 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dev = pick_device(device)
     model = model.to(dev)
     logps, truths = [], []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        imgs = [read_rgb(p.image) for p in chunk]
-        for run in _same_size_runs(imgs, batch_size):
-            probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=dev)
-            for i, p in zip(run, probs.cpu()):
-                truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
-                logps.append(p[:, ::stride, ::stride].clamp_min(1e-8).log().half())
-                truths.append(truth[::stride, ::stride])
+    for probs, truth in _labelled_probs(model, meta, pairs, tta=tta, batch_size=batch_size, device=dev):
+        logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half())
+        truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:
         raise VislabError(pairs_dir, "calibration needs pairs of one size")
     # only the six scored classes move: a raised "unknown" would buy mIoU by abstaining on hard pixels
