@@ -230,20 +230,20 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     pairs = list_pairs(img_dir)
     conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     for probs, truth in _labelled_probs(model, meta, pairs, tta=tta, batch_size=batch_size, device=dev):
-        conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0], NUM_CLASSES)
+        conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), NUM_CLASSES)
     extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
     return _seg_metrics(conf, files=len(pairs), tta=tta, **extra)
 
 
 def _labelled_probs(model: torch.nn.Module, meta: dict[str, Any], pairs: list, *, tta: str, batch_size: int,
                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(class probabilities (C, H, W) on the CPU, true class ids (H, W)) per pair, in order."""
+    """(class probabilities (C, H, W) on ``device``, true class ids (H, W)) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
             probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
-            for i, p in zip(run, probs.cpu()):
+            for i, p in zip(run, probs):
                 truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
                 yield p, truth
 
@@ -289,7 +289,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     model = model.to(dev)
     logps, truths = [], []
     for probs, truth in _labelled_probs(model, meta, pairs, tta=tta, batch_size=batch_size, device=dev):
-        logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half())
+        logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:
         raise VislabError(pairs_dir, "calibration needs pairs of one size")
