@@ -34,16 +34,30 @@ def _command_line() -> str:
 
 # --- shared training options ---------------------------------------------------------------
 
-def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
-    from vislab.config import load_recipe
+_FLAG = {"num_workers": "--workers", "limit_train_batches": "--limit-batches"}
 
-    if resume and (out_dir / "recipe.yaml").is_file():
-        base = load_recipe(str(out_dir / "recipe.yaml"))
-        changed = {k: v for k, v in overrides.items() if v is not None and k not in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")}
-        if changed:
-            raise VislabError(out_dir, f"--resume continues the recipe saved in the run folder; drop {', '.join('--' + k.replace('_', '-') for k in changed)}")
-        return base.with_overrides(**{k: v for k, v in overrides.items() if k in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")})
-    return load_recipe(recipe).with_overrides(**overrides)
+
+def _flag(field: str) -> str:
+    return _FLAG.get(field, "--" + field.replace("_", "-"))
+
+
+def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
+    """The recipe a train command runs: a shipped name or YAML file with the given flags applied
+    (None = not given). A flag's bad value is reported under the flag's own name."""
+    from vislab.config import FieldError, load_recipe
+
+    try:
+        if resume and (out_dir / "recipe.yaml").is_file():
+            base = load_recipe(str(out_dir / "recipe.yaml"))
+            changed = {k: v for k, v in overrides.items() if v is not None and k not in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")}
+            if changed:
+                raise VislabError(out_dir, f"--resume continues the recipe saved in the run folder; drop {', '.join(_flag(k) for k in changed)}")
+            return base.with_overrides(**{k: v for k, v in overrides.items() if k in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")})
+        return load_recipe(recipe).with_overrides(**overrides)
+    except FieldError as exc:
+        if overrides.get(exc.field) is not None:
+            raise VislabError(_flag(exc.field), exc.problem) from None
+        raise
 
 
 RecipeOpt = typer.Option("cls-fast", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`).")
@@ -58,7 +72,7 @@ StrategyOpt = typer.Option(None, "--strategy", help="auto | ddp | ddp_spawn | fs
 AccelOpt = typer.Option(None, "--accelerator", help="auto | cpu | gpu.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (data split, order, augmentation, init).")
 ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models`).")
-WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict.")
+WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict (none switches off a recipe's weights).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
 LimitOpt = typer.Option(None, "--limit-batches", help="Train on only this many batches per epoch (quick runs).")
@@ -108,8 +122,10 @@ def summary_cmd(
 
 @cls_app.command("train")
 def cls_train(
-    train_dir: Optional[Path] = typer.Argument(None, help="Folder of <label>_<index>.png (default: DATA/p1_data/train_50)."),
+    train_dir: Optional[Path] = typer.Argument(None, help="Images as <label>_<index>.<ext>, <class name>/ folders, or a flat folder with --labels (default: DATA/p1_data/train_50)."),
     recipe: str = RecipeOpt,
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat TRAIN_DIR (label: integer or class name)."),
+    val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="CSV filename,label for a flat --val-dir."),
     out_dir: Path = typer.Option(Path("runs/p1"), "--out", help="Run folder."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Labelled folder evaluated once at the end (default with no TRAIN_DIR: DATA/p1_data/val_50)."),
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder (default $VISLAB_DATA, ./hw1_data, ../shared/data/hw1_data)."),
@@ -117,7 +133,7 @@ def cls_train(
     precision: Optional[str] = PrecisionOpt, devices: Optional[str] = DevicesOpt, num_nodes: Optional[int] = NodesOpt,
     strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize inputs to this side."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="The network's input side (0: the images' own size)."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training folder."),
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Beta parameter of mixup, e.g. 0.2 (0 = off)."),
     cutmix: Optional[float] = typer.Option(None, "--cutmix", help="Beta parameter of cutmix, e.g. 1.0 (0 = off; with --mixup: half the batches each)."),
@@ -134,12 +150,13 @@ def cls_train(
         val_dir = val_dir or root / "p1_data" / "val_50"
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
-                model=model, weights=None if weights is None else (None if weights == "none" else weights),
+                model=model, weights=weights,
                 image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, ema=ema, num_workers=workers,
                 limit_train_batches=limit_batches)
     if r.task != "cls":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
-    result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
+    result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
+                   val_labels_csv=val_labels, command=_command_line())
     if "val" in result:
         out.print(f"val accuracy: {result['val']['accuracy']:.4f}  (top-5 {result['val']['top5']:.4f}, {result['val']['images']} images)")
 
@@ -150,8 +167,8 @@ CLS_TTA_OPTION = typer.Option("none", "--tta", help="none | flip (average with t
 @cls_app.command("eval")
 def cls_eval(
     ckpt: Path = typer.Argument(..., help="best.ckpt / last.ckpt or a run folder."),
-    img_dir: Path = typer.Argument(..., help="Labelled image folder."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label (else labels from names)."),
+    img_dir: Path = typer.Argument(..., help="Labelled images: <label>_<index> names, <class name>/ folders, or --labels."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat IMG_DIR (else labels from the layout)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     tta: str = CLS_TTA_OPTION,
@@ -162,8 +179,9 @@ def cls_eval(
 
     res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta)
     t = Table("class", "accuracy", title="per-class accuracy")
+    names = res.get("class_names")
     for c, a in res["per_class"].items():
-        t.add_row(str(c), f"{a:.3f}")
+        t.add_row(f"{c} {names[c]}" if names else str(c), f"{a:.3f}")
     out.print(t)
     if json_out:
         atomic_write_text(json.dumps(res, indent=1), json_out)
@@ -180,8 +198,8 @@ ENGINE_OPTION = typer.Option(
 @cls_app.command("predict")
 def cls_predict(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
-    img_dir: Path = typer.Argument(..., help="Folder of images (any names)."),
-    out_csv: Path = typer.Argument(..., help="Output CSV: image_id,label sorted by file name."),
+    img_dir: Path = typer.Argument(..., help="Folder of images (any names), or a tree of them."),
+    out_csv: Path = typer.Argument(..., help="Output CSV: image_id,label sorted by file name (label: the class name for named data sets)."),
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
     engine: str = ENGINE_OPTION,
@@ -199,6 +217,7 @@ def cls_tsne(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
     img_dir: Path = typer.Argument(..., help="Labelled image folder (e.g. val_50)."),
     out_png: Path = typer.Option(Path("tsne.png"), "--out", help="Output PNG; a CSV of points is written beside it."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat IMG_DIR."),
     seed: int = typer.Option(0, "--seed"),
     perplexity: float = typer.Option(30.0, "--perplexity"),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -206,7 +225,7 @@ def cls_tsne(
     """t-SNE of the second-last-layer features, one colour per class."""
     from vislab.pipelines.classification import tsne
 
-    png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device)
+    png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
 
 
@@ -227,7 +246,7 @@ def seg_train(
     precision: Optional[str] = PrecisionOpt, devices: Optional[str] = DevicesOpt, num_nodes: Optional[int] = NodesOpt,
     strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
-    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side."),
+    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side (0: the whole image)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
     ema: Optional[float] = EmaOpt,
@@ -241,10 +260,10 @@ def seg_train(
         root = data_root(data)
         train_dir = root / "p2_data" / "train"
         val_dir = val_dir or root / "p2_data" / "validation"
-    stems = tuple(s.strip() for s in snapshot.split(",") if s.strip()) if snapshot else None
+    stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
-                model=model, weights=None if weights is None else (None if weights == "none" else weights),
+                model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches)
     if r.task != "seg":

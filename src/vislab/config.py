@@ -8,14 +8,65 @@ default".
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from vislab.errors import VislabError
+
+
+class FieldError(VislabError):
+    """A recipe field (or the command-line option that set it) with a value out of range."""
+
+    def __init__(self, name: str, problem: str, where: str | None = None) -> None:
+        self.field, self.problem = name, problem
+        super().__init__(where, f"recipe field {name} {problem}" if where is None else problem)
+
+
+def _int(lo: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _num(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = True) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return ok
+
+
+_PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
+
+# (field, check, rule shown in the error); checked whenever a recipe is made or overridden
+_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("epochs", _int(1), "an integer >= 1"),
+    ("batch_size", _int(1), "an integer >= 1"),
+    ("lr", _num(0, lo_open=True), "a number > 0"),
+    ("momentum", _num(0, 1), "in [0, 1)"),
+    ("weight_decay", _num(0), "a number >= 0"),
+    ("warmup_epochs", _num(0), "a number >= 0"),
+    ("label_smoothing", _num(0, 1), "in [0, 1)"),
+    ("mixup", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
+    ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
+    ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
+    ("holdout", _num(0, 1), "in [0, 1) (the held-out fraction of the training folder)"),
+    ("image_size", _int(1), "an integer >= 1 (0: the images' own size)"),
+    ("crop_size", _int(1), "an integer >= 1 (0: the whole image)"),
+    ("pad", _int(0), "an integer >= 0"),
+    ("infer_scale", _num(0, 8, lo_open=True, hi_open=False), "in (0, 8]"),
+    ("seed", _int(0), "an integer >= 0"),
+    ("num_workers", _int(0), "an integer >= 0"),
+    ("num_nodes", _int(1), "an integer >= 1"),
+    ("precision", lambda v: str(v) in _PRECISIONS, f"one of {', '.join(sorted(_PRECISIONS))}"),
+    ("limit_train_batches", lambda v: _int(1)(v) or _num(0, 1, lo_open=True, hi_open=False)(v),
+     "an integer >= 1 (batches) or a fraction in (0, 1]"),
+    ("checkpoint_minutes", _num(0, lo_open=True), "> 0 (or null: only at the end of epochs)"),
+    ("max_minutes", _num(0, lo_open=True), "> 0 (or null: no time limit)"),
+]
 
 
 @dataclass(frozen=True)
@@ -68,13 +119,16 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise VislabError(None, f"recipe field {name} must be >= 0 (a Beta parameter; 0 turns it off)")
-        if self.checkpoint_minutes is not None and self.checkpoint_minutes <= 0:
-            raise VislabError(None, "recipe field checkpoint_minutes must be > 0 (or null: only at the end of epochs)")
-        if not 0.0 <= self.ema < 1.0:
-            raise VislabError(None, f"recipe field ema must be in [0, 1) (a decay such as 0.999; 0 turns it off), got {self.ema}")
+        # "off" spellings: weights none, image/crop size 0 (native size)
+        if isinstance(self.weights, str) and self.weights.strip().lower() in ("", "none"):
+            object.__setattr__(self, "weights", None)
+        for name in ("image_size", "crop_size"):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, None)
+        for name, ok, rule in _CHECKS:
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise FieldError(name, f"must be {rule}, got {value!r}")
 
     def with_overrides(self, **overrides: Any) -> "Recipe":
         """A new recipe with the non-None ``overrides`` applied (the original is untouched)."""
@@ -95,6 +149,8 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
+    if out.get("precision") is not None:
+        out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
     for key in ("lr", "weight_decay", "mixup", "cutmix", "ema", "checkpoint_minutes"):  # YAML reads 1e-3 as a string
         if out.get(key) is not None:
             try:
@@ -110,7 +166,10 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
     unknown = set(data) - known
     if unknown:
         raise VislabError(source, f"unknown recipe keys: {', '.join(sorted(unknown))}")
-    return Recipe(**_coerce(data))
+    try:
+        return Recipe(**_coerce(data))
+    except FieldError as exc:
+        raise FieldError(exc.field, f"recipe field {exc.field} {exc.problem}", where=source) from None
 
 
 def shipped_recipes() -> dict[str, Path]:

@@ -39,12 +39,14 @@ def _require(module: str) -> Any:
 
 
 def network_input_shape(meta: dict[str, Any], size: tuple[int, int] | None = None) -> tuple[int, int, int]:
-    """(C, H, W) the network sees: P1 at its training ``image_size`` (else ``size`` or 32 px),
-    P2 at ``size``, else the recipe's ``input_hw``, else 512 x 512."""
+    """(C, H, W) the network sees: P1 at its training ``image_size`` (else ``size``, else the size
+    its images were stored at, else 32 px), P2 at ``size``, else the recipe's ``input_hw``, else
+    512 x 512."""
     if meta["task"] == "cls":
         if meta.get("image_size"):
             return 3, meta["image_size"], meta["image_size"]
-        return (3, int(size[0]), int(size[1])) if size else (3, 32, 32)
+        hw = size or meta.get("stored_hw") or (32, 32)
+        return 3, int(hw[0]), int(hw[1])
     hw = size or tuple(meta.get("recipe", {}).get("input_hw") or (512, 512))
     return 3, int(hw[0]), int(hw[1])
 
@@ -218,7 +220,7 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
     import onnxruntime
 
     from vislab import __version__
-    from vislab.data.classification import cache_dir
+    from vislab.data.cache import cache_dir
 
     h = hashlib.sha1(f"{shape}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}".encode())
     with ckpt.open("rb") as fh:

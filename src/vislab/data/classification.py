@@ -1,115 +1,127 @@
-"""Small-image classification data: ``<label>_<index>.png`` folders decoded once into a uint8
-tensor (cached on disk, keyed by the file list), a stratified held-out split, and batched
-tensor augmentation whose randomness is a pure function of (seed, epoch, sample index).
+"""Classification data: a folder in any supported layout (:mod:`vislab.data.layouts`) decoded
+once into a memory-mapped uint8 array (:mod:`vislab.data.cache`), a stratified held-out split,
+and batched tensor augmentation whose randomness is a pure function of (seed, epoch, sample index).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
+import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from vislab.data.images import list_images, read_rgb
+from vislab.data.cache import cache_dir, decoded_images, file_list_key, most_common_size, parallel_map
+from vislab.data.images import decode_fitted, image_size
+from vislab.data.layouts import find_items
 from vislab.errors import VislabError
-from vislab.io import atomic_save
-
-_NAME = re.compile(r"^(\d+)_(\d+)$")
+from vislab.io import atomic_write_text
+from vislab.log import info
 
 
 @dataclass(frozen=True)
 class ImageFolderData:
-    """A decoded folder: ``images`` (N, 3, H, W) uint8, ``labels`` (N,) int64 or None."""
+    """A decoded folder: ``images`` (N, 3, H, W) uint8 (memory-mapped when cached), ``labels``
+    (N,) int64 or None, ``files`` the image ids (paths relative to the folder), ``class_names``
+    None for integer-labelled data."""
 
     files: list[str]
     images: torch.Tensor
     labels: torch.Tensor | None
+    class_names: list[str] | None = None
+    layout: str = "course"
 
     @property
     def num_classes(self) -> int:
-        """Number of classes the labels imply (max label + 1)."""
+        """Number of classes: the names, else the largest label + 1."""
+        if self.class_names is not None:
+            return len(self.class_names)
         if self.labels is None:
             raise ValueError("this folder carries no labels")
         return int(self.labels.max()) + 1
 
 
-def label_of(path: Path) -> int | None:
-    """The label encoded in ``<label>_<index>.<ext>``, or None for another name."""
-    m = _NAME.match(path.stem)
-    return int(m.group(1)) if m else None
+def folder_sizes(files: list[Path]) -> Counter:
+    """How many images of each (h, w) the files hold (headers only; cached by the file list)."""
+    path = cache_dir() / f"sizes-{file_list_key(files)}.json"
+    try:
+        return Counter({(int(h), int(w)): int(n) for h, w, n in json.loads(path.read_text())})
+    except (OSError, ValueError, TypeError):
+        pass
+    sizes = Counter(parallel_map(image_size, files))
+    try:
+        atomic_write_text(json.dumps([[h, w, n] for (h, w), n in sizes.items()]), path)
+    except (OSError, VislabError):
+        pass  # an unwritable cache only costs time
+    return sizes
 
 
-def cache_dir() -> Path:
-    """Where decoded folders are cached: ``$VISLAB_CACHE`` or ``~/.cache/vislab``."""
-    return Path(os.environ.get("VISLAB_CACHE", Path.home() / ".cache" / "vislab"))
+def storage_size(common: tuple[int, int], image_size: int | None) -> tuple[int, int]:
+    """The size images are decoded and cached at: the folder's most common size, or with an input
+    size ``image_size`` a square of ``min(image_size, shorter common side)`` (larger photos are
+    decoded at the input size; small ones stay small and are upsampled batched on the device)."""
+    if image_size is None:
+        return common
+    side = min(image_size, min(common))
+    return side, side
 
 
-def file_list_key(files: list[Path], extra: str = "") -> str:
-    """A short hash of paths, sizes and modification times: changes whenever a file does."""
-    h = hashlib.sha1(extra.encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def _decode_all(files: list[Path]) -> torch.Tensor:
-    first = read_rgb(files[0])
-    out = torch.empty((len(files), *first.shape), dtype=torch.uint8)
-    out[0] = first
-    for i, f in enumerate(files[1:], start=1):
-        img = read_rgb(f)
-        if img.shape != first.shape:
-            raise VislabError(
-                f,
-                f"image is {img.shape[2]}x{img.shape[1]}, expected {first.shape[2]}x{first.shape[1]} "
-                f"like {files[0].name} (all images of a folder must share one size)",
-            )
-        out[i] = img
-    return out
-
-
-def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True) -> ImageFolderData:
-    """Decode every image of ``folder`` once (from the disk cache when the file list is unchanged).
+def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
+                labels_csv: str | Path | None = None, class_names: list[str] | None = None,
+                size: tuple[int, int] | None = None, image_size: int | None = None) -> ImageFolderData:
+    """Find the images of ``folder`` (course names, an ImageFolder tree, or a flat folder with a
+    labels CSV; see :mod:`vislab.data.layouts`) and decode them once, in parallel.
 
     Args:
-        folder: a folder of same-sized images.
-        labelled: require ``<label>_<index>`` names and return their labels.
-        use_cache: read/write the decoded tensor in :func:`cache_dir`.
+        folder: the folder.
+        labelled: require labels.
+        use_cache: keep the decoded array as a memory-mapped file in :func:`cache_dir`.
+        labels_csv: ``filename,label`` rows for a flat folder.
+        class_names: a trained model's classes (names are mapped to its ids).
+        size: decode at this (H, W); default :func:`storage_size` of the most common size.
+        image_size: the run's input side, for :func:`storage_size`.
+
+    Images of another size are resized by one factor to cover the target and centre cropped
+    (:func:`vislab.data.images.decode_fitted`); the console says how many.
 
     Example:
         >>> data = load_folder("hw1_data/p1_data/val_50", labelled=True)
         >>> data.images.shape, data.num_classes  # (torch.Size([2500, 3, 32, 32]), 50)
     """
-    files = list_images(folder)
-    labels = None
-    if labelled:
-        parsed = [label_of(f) for f in files]
-        bad = [f for f, lab in zip(files, parsed) if lab is None]
-        if bad:
-            raise VislabError(
-                bad[0], f"file name is not <label>_<index> ({len(bad)} such files in the folder)"
-            )
-        labels = torch.tensor(parsed, dtype=torch.int64)
-    images = None
-    cache = cache_dir() / f"cls-{file_list_key(files)}.pt" if use_cache else None
-    if cache is not None and cache.is_file():
-        try:
-            images = torch.load(cache, weights_only=True)
-        except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-            images = None
-    if images is None or images.shape[0] != len(files):
-        images = _decode_all(files)
-        if cache is not None:
-            try:
-                atomic_save(images, cache)
-            except OSError:
-                pass  # an unwritable cache only costs time
-    return ImageFolderData([f.name for f in files], images, labels)
+    items = find_items(folder, labelled=labelled, labels_csv=labels_csv, class_names=class_names)
+    sizes = folder_sizes(items.files)
+    target = tuple(size) if size is not None else storage_size(most_common_size(sizes), image_size)
+    other = sum(n for hw, n in sizes.items() if hw != target)
+    if other:
+        info(f"{items.root}: {other} of {len(items.files)} images are not {target[0]}x{target[1]}; "
+             "they are resized (shorter side, one factor) and centre cropped to it")
+    images = decoded_images(items.files, target, decode_fitted, use_cache=use_cache)
+    labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
+    return ImageFolderData(items.ids, images, labels, items.class_names, items.layout)
+
+
+def channel_stats(images: torch.Tensor, idx: torch.Tensor, *, max_images: int = 10_000,
+                  chunk: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation, in [0, 1] units, of ``images[idx]`` (uint8).
+
+    At most ``max_images`` evenly spaced images are read, ``chunk`` at a time, so a large
+    memory-mapped folder is never copied whole; sums are in float64.
+    """
+    if len(idx) > max_images:
+        idx = idx[torch.linspace(0, len(idx) - 1, max_images).round().long()]
+    s = torch.zeros(3, dtype=torch.float64)
+    s2 = torch.zeros(3, dtype=torch.float64)
+    n = 0
+    for start in range(0, len(idx), chunk):
+        x = images[idx[start : start + chunk]].to(torch.float64) / 255.0
+        s += x.sum(dim=(0, 2, 3))
+        s2 += (x * x).sum(dim=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = (s2 / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
 
 
 def stratified_split(
@@ -147,10 +159,6 @@ def hash_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> tor
             x = ((x >> 16) ^ x) * 0x45D9F3B & m
         x = (x >> 16) ^ x
     return x.to(torch.float64).div(2**32).float()
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from vislab.data.classification import cache_dir, file_list_key, hash_uniform
+from vislab.data.cache import cache_dir, file_list_key
+from vislab.data.classification import hash_uniform
 from vislab.data.images import list_images, read_rgb
 from vislab.data.palette import NUM_CLASSES, mask_to_classes
 from vislab.errors import VislabError

@@ -9,12 +9,11 @@ import lightning.pytorch as pl
 import torch
 
 from vislab.config import recipe_from_dict
-from vislab.data.classification import IMAGENET_MEAN, IMAGENET_STD
 from vislab.engine.ema import WeightEMA
 from vislab.engine.optim import build_optimization
 from vislab.engine.state import FORMAT, capture_rng, restore_rng
 from vislab.errors import VislabError
-from vislab.models import build_model
+from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 
 def freeze_prefixes(net: torch.nn.Module, prefixes: tuple[str, ...], *, model: str) -> list[torch.nn.Module]:
@@ -44,10 +43,14 @@ class VislabModule(pl.LightningModule):
 
     task = ""
 
-    def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int) -> None:
+    def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
+                 data_meta: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.recipe = recipe_from_dict(recipe)
         self.num_classes = num_classes
+        # what inference needs to know about the training data (class names, decode size);
+        # written into every checkpoint's metadata
+        self.data_meta = dict(data_meta or {})
         self.steps_per_epoch = steps_per_epoch
         self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
         freeze_prefixes(self.net, self.recipe.freeze, model=self.recipe.model)
@@ -87,6 +90,7 @@ class VislabModule(pl.LightningModule):
             "format": FORMAT, "task": self.task, "model": self.recipe.model, "num_classes": self.num_classes,
             "image_size": self.recipe.image_size if self.task == "cls" else None,
             "mean": list(self.mean), "std": list(self.std), "recipe": self.recipe.to_dict(),
+            **self.data_meta,
         }
         checkpoint["rng"] = capture_rng()
 
@@ -97,6 +101,10 @@ class VislabModule(pl.LightningModule):
         if mine != theirs:
             raise VislabError(None, f"cannot resume: the checkpoint is {theirs[0]} {theirs[1]} with {theirs[2]} "
                                     f"classes, this run is {mine[0]} {mine[1]} with {mine[2]}")
+        names = self.data_meta.get("class_names")
+        if meta.get("class_names") != names:
+            raise VislabError(None, "cannot resume: the training folder's classes are not the checkpoint's "
+                                    f"({meta.get('class_names')} vs {names})")
         self._rng_to_restore = checkpoint.get("rng")
 
     def on_train_start(self) -> None:

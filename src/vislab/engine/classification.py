@@ -3,7 +3,6 @@ LightningModule (loss, augmentation on device, metrics, optimiser)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vislab.config import Recipe
 from vislab.data.classification import (
+    ImageFolderData,
     augment_batch,
-    load_folder,
     normalize,
     resize_batch,
     stratified_split,
@@ -48,23 +47,23 @@ def _collate(batch: list) -> Any:
     return batch[0] if len(batch) == 1 and batch[0][0].dim() == 4 else torch.utils.data.default_collate(batch)
 
 
-class ClassificationData(pl.LightningDataModule):
-    """Decode ``train_dir`` once, split off a stratified held-out part, serve index batches."""
+def holdout_split(labels: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, held-out) indices: the recipe's stratified held-out fraction, or none."""
+    if recipe.holdout > 0:
+        return stratified_split(labels, fraction=recipe.holdout, seed=recipe.seed)
+    return torch.arange(len(labels)), torch.arange(0)
 
-    def __init__(self, train_dir: str | Path, recipe: Recipe) -> None:
+
+class ClassificationData(pl.LightningDataModule):
+    """A decoded training folder split into training and held-out indices, served as index batches."""
+
+    def __init__(self, data: ImageFolderData, recipe: Recipe) -> None:
         super().__init__()
-        self.train_dir = Path(train_dir)
+        assert data.labels is not None
         self.recipe = recipe
-        data = load_folder(self.train_dir, labelled=True)
         self.data = data
         self.num_classes = data.num_classes
-        assert data.labels is not None
-        if recipe.holdout > 0:
-            self.train_idx, self.holdout_idx = stratified_split(
-                data.labels, fraction=recipe.holdout, seed=recipe.seed
-            )
-        else:
-            self.train_idx, self.holdout_idx = torch.arange(len(data.labels)), torch.arange(0)
+        self.train_idx, self.holdout_idx = holdout_split(data.labels, recipe)
 
     def _loader(self, idx: torch.Tensor, *, train: bool) -> DataLoader:
         assert self.data.labels is not None
@@ -95,8 +94,9 @@ class ClassifierModule(VislabModule):
 
     task = "cls"
 
-    def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int) -> None:
-        super().__init__(recipe, num_classes, steps_per_epoch)
+    def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
+                 data_meta: dict[str, Any] | None = None) -> None:
+        super().__init__(recipe, num_classes, steps_per_epoch, data_meta)
         self.save_hyperparameters()
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")

@@ -12,6 +12,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vislab.errors import VislabError
 from vislab.io import atomic_path
+from vislab.models.weights import net_state_dict
 
 FORMAT = 1
 
@@ -98,14 +99,6 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
             p, f"is a {meta.get('task')} checkpoint ({meta.get('model')}); expected a {task} checkpoint"
         )
     return ckpt
-
-
-def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights inference uses from a checkpoint: the weight average (``ema.module.``) when
-    the run kept one, else the trained network (the LightningModule keeps it under ``net.``)."""
-    sd = ckpt["state_dict"]
-    prefix = "ema.module." if any(k.startswith("ema.module.") for k in sd) else "net."
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[str, Any]]:

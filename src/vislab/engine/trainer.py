@@ -142,12 +142,9 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     )
 
 
-def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str) -> Path | None:
-    """Create the run folder and write the resolved recipe; return last.ckpt when resuming.
-
-    A resume without a checkpoint is an error (Lightning would silently start afresh).
-    A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
-    """
+def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
+    """Refuse a run folder that cannot take this run (before any data is read); return its
+    last.ckpt when resuming."""
     last = out_dir / "last.ckpt"
     if resume:
         if not last.is_file():
@@ -157,12 +154,28 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         raise VislabError(out_dir, "run folder already holds checkpoints; use --resume or another --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise VislabError(out_dir, "is a file, but a run folder is needed")
+    return None
+
+
+def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
+                       changes: list[str] | None = None) -> Path | None:
+    """Create the run folder and write the resolved recipe (and ``changes.txt``, the settings the
+    data decided); return last.ckpt when resuming.
+
+    A resume without a checkpoint is an error (Lightning would silently start afresh).
+    A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
+    """
+    last = check_run_folder(out_dir, resume=resume)
+    if resume:
+        return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
+    if changes:
+        atomic_write_text("".join(f"{line}\n" for line in changes), out_dir / "changes.txt")
     return None
 
 
@@ -187,6 +200,9 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
     if not trainer.is_global_zero:
         return None
     best = out_dir / "best.ckpt" if (out_dir / "best.ckpt").is_file() else out_dir / "last.ckpt"
+    if not best.is_file():
+        raise VislabError(out_dir, f"training ended without writing a checkpoint "
+                                   f"({trainer.global_step} optimiser steps ran)")
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     result = {"train_seconds": round(time.perf_counter() - t0, 1),
               metric: None if score is None else round(float(score), 6)}

@@ -225,7 +225,8 @@ def _resolve_timm(rest: str) -> ModelEntry:
         raise VislabError(None, f"timm has no model {rest!r}; similar: {', '.join(close) or 'none'}")
     cfg = timm.get_pretrained_cfg(rest)
     size = tuple(cfg.input_size) if cfg is not None else (3, 224, 224)
-    return ModelEntry(f"timm:{rest}", partial(_timm_classifier, rest), "cls", size, f"timm {rest}")
+    norm = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None and cfg.mean and cfg.std else None
+    return ModelEntry(f"timm:{rest}", partial(_timm_classifier, rest), "cls", size, f"timm {rest}", norm)
 
 
 register_prefix("timm", _resolve_timm)

@@ -94,7 +94,7 @@ def _build_lite(variant: str, *, num_classes: int, weights: str | None) -> nn.Mo
 
 
 for _variant, (_arch, _pkg, _m, _c, _side) in _LITE.items():
-    register(_variant, task="cls", input_size=(3, _side, _side),
+    register(_variant, task="cls", input_size=(3, _side, _side), norm=(LITE_MEAN, LITE_STD),
              description=f"{_variant} (timm {_arch}); --weights imagenet works offline via {_pkg}")(
         partial(_build_lite, _variant)
     )

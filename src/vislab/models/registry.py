@@ -16,6 +16,10 @@ from torch import nn
 from vislab.errors import VislabError
 
 Builder = Callable[..., nn.Module]
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,13 @@ class ModelEntry:
     task: str  # "cls" or "seg"
     input_size: tuple[int, int, int]
     description: str
+    norm: Normalization | None = None  # (mean, std) its pretrained weights expect; None: ImageNet's
+
+    @property
+    def pretrained_norm(self) -> Normalization:
+        """The input normalisation of the model's pretrained weights (ImageNet statistics unless
+        the family says otherwise, e.g. EfficientNet-Lite's [-1, 1] scaling)."""
+        return self.norm or (IMAGENET_MEAN, IMAGENET_STD)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -35,7 +46,8 @@ _PREFIXES: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 def register(
-    name: str, *, task: str, input_size: tuple[int, int, int], description: str = ""
+    name: str, *, task: str, input_size: tuple[int, int, int], description: str = "",
+    norm: Normalization | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator adding a builder under ``name``; a second entry under the same name is refused."""
 
@@ -43,7 +55,7 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         doc = description or (fn.__doc__ or "").strip().splitlines()[0]
-        _REGISTRY[name] = ModelEntry(name, fn, task, input_size, doc)
+        _REGISTRY[name] = ModelEntry(name, fn, task, input_size, doc, norm)
         return fn
 
     return wrap

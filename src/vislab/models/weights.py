@@ -11,6 +11,14 @@ from torch import nn
 from vislab.errors import VislabError
 
 
+def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights inference uses from a checkpoint: the weight average (``ema.module.``) when
+    the run kept one, else the trained network (the LightningModule keeps it under ``net.``)."""
+    sd = ckpt["state_dict"]
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in sd) else "net."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state_dict (or a vislab/Lightning checkpoint's weights) from ``path``."""
     p = Path(path)
@@ -21,8 +29,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file"
         raise VislabError(p, f"not a readable PyTorch weights file ({type(exc).__name__})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        from vislab.engine.state import net_state_dict
-
         # a vislab checkpoint: the weights inference uses (the average, when the run kept one);
         # another Lightning checkpoint: its state_dict as it is
         obj = net_state_dict(obj) or obj["state_dict"]

@@ -20,41 +20,89 @@ from vislab.models import penultimate
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
-          val_dir: str | Path | None = None, command: str = "") -> dict[str, Any]:
-    """Train a classifier on ``train_dir`` into the run folder ``out_dir``.
+          val_dir: str | Path | None = None, labels_csv: str | Path | None = None,
+          val_labels_csv: str | Path | None = None, command: str = "") -> dict[str, Any]:
+    """Train a classifier on ``train_dir`` (any layout of :mod:`vislab.data.layouts`) into the
+    run folder ``out_dir``.
 
     The best checkpoint is chosen on a held-out split of the training folder; ``val_dir`` (if
-    given) is evaluated once at the end with that checkpoint.
+    given) is evaluated once at the end with that checkpoint. Every input is read before anything
+    is written; settings the data decides (normalisation, a batch larger than the data) are
+    printed and recorded in the run folder (``changes.txt``, results.json).
 
     Example:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
     import lightning.pytorch as pl
 
-    from vislab.engine.classification import ClassificationData, ClassifierModule
-    from vislab.engine.trainer import build_trainer, fit_and_select, prepare_run_folder, steps_per_epoch, write_results
+    from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
+    from vislab.engine.trainer import (build_trainer, check_run_folder, fit_and_select, prepare_run_folder,
+                                       steps_per_epoch, write_results)
 
     out = Path(out_dir)
-    if val_dir is not None:
-        load_folder(val_dir, labelled=True)  # fail before training, not after
-    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command)
+    check_run_folder(out, resume=resume)
+    data = load_folder(train_dir, labelled=True, labels_csv=labels_csv, image_size=recipe.image_size)
+    assert data.labels is not None
+    hw = tuple(data.images.shape[-2:])
+    if val_dir is not None:  # fail before training, not after
+        load_folder(val_dir, labelled=True, labels_csv=val_labels_csv, class_names=data.class_names, size=hw)
+    train_idx, holdout_idx = holdout_split(data.labels, recipe)
+    recipe, changes = resolve_settings(recipe, data.images, train_idx)
+    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command, changes=changes)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    data = ClassificationData(train_dir, recipe)
-    info(f"{train_dir}: {len(data.data.files)} images, {data.num_classes} classes; "
-         f"training on {len(data.train_idx)}, held out {len(data.holdout_idx)} for checkpoint selection")
+    dm = ClassificationData(data, recipe)
+    names = f" ({', '.join(data.class_names[:6])}{', ...' if data.num_classes > 6 else ''})" if data.class_names else ""
+    info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[0]}x{hw[1]}), "
+         f"{data.num_classes} classes{names}; training on {len(dm.train_idx)}, held out {len(dm.holdout_idx)} "
+         "for checkpoint selection")
     trainer = build_trainer(recipe, out, monitor="holdout_acc")
-    module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(data.train_idx)))
-    done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_acc")
+    data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
+    module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(train_idx)), data_meta)
+    done = fit_and_select(trainer, module, dm, out, ckpt_path, metric="holdout_acc")
     if done is None:
         return {}
     result, best = done
+    if changes:
+        result["changes"] = changes
     if val_dir is not None:
-        result["val"] = evaluate(best, val_dir, predictions_csv=out / "val_predictions.csv")
+        result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv")
         result["val_accuracy"] = result["val"]["accuracy"]
         result["val_dir"] = str(val_dir)
     result["checkpoint"] = best
     write_results(out, result)
     return result
+
+
+def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tensor) -> tuple[Recipe, list[str]]:
+    """Settings a recipe leaves to the data, decided and described in one line each.
+
+    - normalisation: the recipe's ``mean``/``std``; else the pretrained weights' own (ImageNet
+      statistics, EfficientNet-Lite's [-1, 1] scaling, a timm model's config); else, for a network
+      trained from scratch, the training images' per-channel statistics;
+    - a batch larger than the training split shrinks to the split (else no step would run).
+    """
+    from vislab.data.classification import channel_stats
+    from vislab.models import get_entry
+
+    changes: list[str] = []
+    if (recipe.mean is None) != (recipe.std is None):
+        raise VislabError(None, "recipe sets one of mean and std; set both or neither")
+    if recipe.mean is None:
+        if recipe.weights is not None:
+            mean, std = get_entry(recipe.model).pretrained_norm
+            why = f"the normalisation of {recipe.model}'s pretrained weights"
+        else:
+            mean, std = channel_stats(images, train_idx)
+            why = "the training images' own per-channel statistics"
+        recipe = recipe.with_overrides(mean=tuple(round(float(v), 4) for v in mean),
+                                       std=tuple(round(float(v), 4) for v in std))
+        changes.append(f"mean {list(recipe.mean)} and std {list(recipe.std)}: {why} (the recipe sets none)")
+    if len(train_idx) < recipe.batch_size:
+        changes.append(f"batch size {recipe.batch_size} -> {len(train_idx)}: only {len(train_idx)} training images")
+        recipe = recipe.with_overrides(batch_size=len(train_idx))
+    for line in changes:
+        info(f"setting: {line}")
+    return recipe, changes
 
 
 def check_tta(tta: str) -> None:
@@ -92,23 +140,6 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
     return torch.cat(logits), (torch.cat(feats) if features else None)
 
 
-def _labels_from_csv(path: Path, files: list[str]) -> torch.Tensor:
-    if not path.is_file():
-        raise VislabError(path, "labels CSV not found")
-    with path.open() as fh:
-        rows = list(csv.reader(fh))
-    if not rows or len(rows[0]) < 2:
-        raise VislabError(path, "expected a CSV with columns filename,label")
-    table = {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
-    missing = [f for f in files if f not in table]
-    if missing:
-        raise VislabError(path, f"no label for {len(missing)} images, e.g. {missing[0]}")
-    try:
-        return torch.tensor([int(table[f]) for f in files])
-    except ValueError:
-        raise VislabError(path, "labels must be integers") from None
-
-
 @dataclass
 class _Loaded:
     model: torch.nn.Module
@@ -122,25 +153,55 @@ def _load(ckpt: str | Path) -> _Loaded:
     return _Loaded(model, meta)
 
 
+def stored_size(meta: dict[str, Any]) -> tuple[int, int] | None:
+    """The size a checkpoint's training images were decoded at (None: older checkpoints, whose
+    folders had one size: then the folder's own most common size)."""
+    hw = meta.get("stored_hw")
+    return (int(hw[0]), int(hw[1])) if hw else None
+
+
+def class_label(meta: dict[str, Any], class_id: int) -> str | int:
+    """How a class is written for users: its name for named data sets, else its integer id."""
+    names = meta.get("class_names")
+    return names[class_id] if names else class_id
+
+
+def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | Path | None) -> Any:
+    data = load_folder(img_dir, labelled=True, labels_csv=labels_csv, class_names=meta.get("class_names"),
+                       size=stored_size(meta))
+    assert data.labels is not None
+    n_cls = meta["num_classes"]
+    if int(data.labels.max()) >= n_cls:
+        bad = data.files[int(torch.argmax((data.labels >= n_cls).int()))]
+        raise VislabError(Path(img_dir) / bad, f"label {int(data.labels.max())} is outside the model's 0..{n_cls - 1}")
+    return data
+
+
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
              predictions_csv: str | Path | None = None, tta: str = "none") -> dict[str, Any]:
-    """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder.
+    """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder (any
+    layout; class names are matched to the checkpoint's).
 
-    ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows.
+    ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows (class ids; with class
+    names also ``label_name,pred_name``).
     """
+    check_positive(batch_size=batch_size)
     loaded = _load(ckpt)
-    data = load_folder(img_dir, labelled=labels_csv is None)
-    labels = data.labels if labels_csv is None else _labels_from_csv(Path(labels_csv), data.files)
-    assert labels is not None
-    n_cls = loaded.meta["num_classes"]
-    if int(labels.max()) >= n_cls:
-        bad = data.files[int(torch.argmax((labels >= n_cls).int()))]
-        raise VislabError(Path(img_dir) / bad, f"label {int(labels.max())} is outside the model's 0..{n_cls - 1}")
-    logits, _ = infer(loaded.model, loaded.meta, data.images, batch_size=batch_size, device=device, tta=tta)
+    meta = loaded.meta
+    data = _load_labelled(meta, img_dir, labels_csv)
+    labels = data.labels
+    n_cls = meta["num_classes"]
+    logits, _ = infer(loaded.model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
     pred = logits.argmax(1)
+    names = meta.get("class_names")
     if predictions_csv is not None:
-        _write_rows(predictions_csv, ["image_id", "label", "pred"], zip(data.files, labels.tolist(), pred.tolist()))
+        rows = zip(data.files, labels.tolist(), pred.tolist())
+        if names:
+            _write_rows(predictions_csv, ["image_id", "label", "pred", "label_name", "pred_name"],
+                        ([f, t, p, names[t], names[p]] for f, t, p in rows))
+        else:
+            _write_rows(predictions_csv, ["image_id", "label", "pred"], rows)
     top5 = logits.topk(min(5, n_cls), dim=1).indices.eq(labels[:, None]).any(1)
     per_class = {}
     for c in range(n_cls):
@@ -152,25 +213,34 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         "accuracy": round(float((pred == labels).float().mean()), 6),
         "top5": round(float(top5.float().mean()), 6),
         "per_class": per_class,
+        "class_names": names,
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
     }
 
 
+def check_positive(**values: int | float) -> None:
+    """Refuse option values that must be > 0, naming the option."""
+    for name, value in values.items():
+        if not value > 0:
+            raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
+
+
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
             device: str | None = None, engine: str = "auto", tta: str = "none") -> int:
-    """Write ``image_id,label`` rows sorted by file name; names need not carry labels.
+    """Write ``image_id,label`` rows in file order (a flat folder, or a tree with relative paths
+    as ids); the label is the class name for named data sets, else the class id.
 
     ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
     """
     from vislab.export import load_predictor, model_file
 
+    check_positive(batch_size=batch_size)
     model_file(ckpt, engine)
     check_tta(tta)
-    data = load_folder(img_dir, labelled=False, use_cache=False)
-    hw = tuple(data.images.shape[-2:])
-    model, meta = load_predictor(ckpt, task="cls", engine=engine, hw=hw, device=device)
+    model, meta = load_predictor(ckpt, task="cls", engine=engine, device=device)
+    data = load_folder(img_dir, labelled=False, use_cache=False, size=stored_size(meta))
     logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
-    _write_rows(out_csv, ["image_id", "label"], zip(data.files, logits.argmax(1).tolist()))
+    _write_rows(out_csv, ["image_id", "label"], ((f, class_label(meta, c)) for f, c in zip(data.files, logits.argmax(1).tolist())))
     return len(data.files)
 
 
@@ -183,20 +253,22 @@ def _write_rows(path: str | Path, header: list[str], rows: Any) -> None:
 
 
 def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv: str | Path | None = None,
-         seed: int = 0, perplexity: float = 30.0, device: str | None = None) -> Path:
+         seed: int = 0, perplexity: float = 30.0, device: str | None = None,
+         labels_csv: str | Path | None = None) -> Path:
     """t-SNE of the second-last-layer features of a labelled folder: a PNG and a CSV of points."""
     from vislab.viz.tsne import embed, plot_embedding
 
+    check_positive(perplexity=perplexity)
     loaded = _load(ckpt)
-    data = load_folder(img_dir, labelled=True)
-    assert data.labels is not None
+    data = _load_labelled(loaded.meta, img_dir, labels_csv)
     _, feats = infer(loaded.model, loaded.meta, data.images, device=device, features=True)
     assert feats is not None
     points = embed(feats, seed=seed, perplexity=perplexity)
     out_png = Path(out_png)
-    plot_embedding(points, data.labels, out_png,
+    plot_embedding(points, data.labels, out_png, class_names=loaded.meta.get("class_names"),
                    title=f"t-SNE of {loaded.meta['model']} second-last layer ({feats.shape[1]}-d), {img_dir}")
     csv_path = Path(out_csv) if out_csv else out_png.with_suffix(".csv")
     _write_rows(csv_path, ["image_id", "label", "x", "y"],
-                ([n, lab, f"{x:.5f}", f"{y:.5f}"] for n, lab, (x, y) in zip(data.files, data.labels.tolist(), points.tolist())))
+                ([n, class_label(loaded.meta, lab), f"{x:.5f}", f"{y:.5f}"]
+                 for n, lab, (x, y) in zip(data.files, data.labels.tolist(), points.tolist())))
     return out_png

@@ -22,8 +22,10 @@ def embed(features: torch.Tensor, *, seed: int = 0, perplexity: float = 30.0) ->
     return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(x)
 
 
-def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, title: str) -> None:
-    """Scatter ``points`` coloured by class with a legend; class ids written at class centres."""
+def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, title: str,
+                   class_names: list[str] | None = None) -> None:
+    """Scatter ``points`` coloured by class with a legend (class names when given, else ids);
+    class ids are written at class centres."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +39,8 @@ def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, t
     for k, c in enumerate(classes):
         m = labs == c
         ax.scatter(points[m, 0], points[m, 1], s=7, color=cmap(k / max(1, len(classes) - 1) * 0.92),
-                   marker=markers[k % len(markers)], label=str(c), alpha=0.8, linewidths=0)
+                   marker=markers[k % len(markers)], label=f"{c} {class_names[c]}" if class_names else str(c),
+                   alpha=0.8, linewidths=0)
         cx, cy = np.median(points[m], axis=0)
         ax.text(cx, cy, str(c), fontsize=7, ha="center", va="center", weight="bold")
     ax.set_title(title, fontsize=10)

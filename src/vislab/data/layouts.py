@@ -1,0 +1,173 @@
+"""Classification folder layouts, detected from what a folder holds.
+
+- ``course``: ``<label>_<index>.<ext>`` files directly in the folder, integer labels;
+- ``imagefolder``: torchvision's ``ROOT/<class name>/<any name>.<ext>`` (class ids in sorted
+  name order, as torchvision's ImageFolder gives them; images in deeper folders count too);
+- ``csv``: a flat folder and ``--labels FILE.csv`` with ``filename,label`` rows, the label an
+  integer or a class name;
+- ``unlabelled``: for prediction, a flat folder (any names) or a tree (ids are relative paths).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vislab.data.images import IMAGE_SUFFIXES, check_folder
+from vislab.errors import VislabError
+
+_COURSE_NAME = re.compile(r"^(\d+)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class ClassItems:
+    """The images of a folder in a fixed order, with their labels when the layout gives them.
+
+    ``ids`` are the names written in prediction CSVs (paths relative to the folder);
+    ``class_names`` is None for integer-labelled data (the course layout, integer CSV labels).
+    """
+
+    root: Path
+    layout: str
+    files: list[Path]
+    ids: list[str]
+    labels: list[int] | None
+    class_names: list[str] | None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the names, else the largest label + 1."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        if self.labels is None:
+            raise ValueError("this folder carries no labels")
+        return max(self.labels) + 1
+
+
+def course_label(path: Path) -> int | None:
+    """The label encoded in ``<label>_<index>.<ext>``, or None for another name."""
+    m = _COURSE_NAME.match(path.stem)
+    return int(m.group(1)) if m else None
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def _tree_images(d: Path) -> list[Path]:
+    return sorted((p for p in d.rglob("*") if _is_image(p) and not any(
+        part.startswith(".") for part in p.relative_to(d).parts)), key=lambda p: p.relative_to(d).as_posix())
+
+
+def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | None = None,
+               class_names: list[str] | None = None) -> ClassItems:
+    """The images of ``folder`` and, with ``labelled``, their labels, by the detected layout.
+
+    Args:
+        folder: a course folder, an ImageFolder tree, or a flat folder (with ``labels_csv``).
+        labelled: require labels; without, any flat folder or tree is read as images only.
+        labels_csv: a ``filename,label`` CSV giving the labels of a flat folder.
+        class_names: the classes of a trained model: names in the folder or CSV are mapped to
+            these ids (not re-sorted), and an unknown name is an error.
+    """
+    root = check_folder(folder)
+    flat = sorted((p for p in root.iterdir() if _is_image(p)), key=lambda p: p.name)
+    dirs = [d for d in _class_dirs(root) if _tree_images(d)] if not flat or labelled else []
+    if labels_csv is not None:
+        if not flat:
+            raise VislabError(root, "--labels needs the images directly in this folder (found none)")
+        return _from_csv(root, flat, Path(labels_csv), class_names)
+    if not labelled:
+        if flat:
+            return ClassItems(root, "unlabelled", flat, [p.name for p in flat], None, None)
+        files = _tree_images(root)
+        if not files:
+            raise VislabError(root, f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+        return ClassItems(root, "unlabelled", files, [p.relative_to(root).as_posix() for p in files], None, None)
+    if flat and dirs:
+        raise VislabError(root, f"ambiguous layout: {len(flat)} images directly inside and {len(dirs)} "
+                                f"subfolders of images (e.g. {dirs[0].name}/); keep one: <label>_<index> files "
+                                "or <class name>/ folders")
+    if dirs:
+        return _from_tree(root, class_names)
+    if not flat:
+        raise VislabError(root, f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files, "
+                                "or <class name>/ subfolders of them)")
+    parsed = [course_label(p) for p in flat]
+    bad = [p for p, lab in zip(flat, parsed) if lab is None]
+    if bad:
+        raise VislabError(bad[0], f"file name is not <label>_<index> ({len(bad)} such files in the folder); "
+                                  "pass --labels FILE.csv, or put the images in <class name>/ subfolders")
+    labels = [int(lab) for lab in parsed if lab is not None]
+    names = list(class_names) if class_names is not None else None
+    return ClassItems(root, "course", flat, [p.name for p in flat], labels, names)
+
+
+def _name_ids(found: list[str], class_names: list[str] | None, where: Path) -> dict[str, int]:
+    if class_names is None:
+        return {n: i for i, n in enumerate(sorted(found))}
+    ids = {n: i for i, n in enumerate(class_names)}
+    unknown = sorted(set(found) - set(ids))
+    if unknown:
+        raise VislabError(where, f"class {unknown[0]!r} is not one of the model's {len(ids)} classes "
+                                 f"({', '.join(class_names[:8])}{', ...' if len(ids) > 8 else ''})")
+    return ids
+
+
+def _from_tree(root: Path, class_names: list[str] | None) -> ClassItems:
+    dirs = _class_dirs(root)
+    empty = [d for d in dirs if not _tree_images(d)]
+    if empty:
+        raise VislabError(empty[0], "class folder holds no images")
+    ids = _name_ids([d.name for d in dirs], class_names, root)
+    files, labels = [], []
+    for d in dirs:
+        for p in _tree_images(d):
+            files.append(p)
+            labels.append(ids[d.name])
+    names = list(class_names) if class_names is not None else sorted(ids, key=ids.__getitem__)
+    return ClassItems(root, "imagefolder", files, [p.relative_to(root).as_posix() for p in files], labels, names)
+
+
+def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] | None) -> ClassItems:
+    if not path.is_file():
+        raise VislabError(path, "labels CSV not found")
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise VislabError(path, f"cannot read the labels CSV ({exc.__class__.__name__})") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (["filename", "label"], ["image_id", "label"]):
+        rows = rows[1:]
+    short = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+    if not rows or short is not None:
+        raise VislabError(path, "expected rows filename,label" + (f" (row {short + 2} has one column)" if short is not None else " (none found)"))
+    table: dict[str, str] = {}
+    for r in rows:
+        name, label = r[0].strip(), r[1].strip()
+        if name in table and table[name] != label:
+            raise VislabError(path, f"{name} is listed twice with different labels ({table[name]}, {label})")
+        table[name] = label
+    by_name = {p.name: p for p in flat}
+    missing_files = [n for n in table if n not in by_name]
+    if missing_files:
+        raise VislabError(path, f"lists {missing_files[0]}, which is not an image in {root} ({len(missing_files)} such rows)")
+    unlabelled = [p.name for p in flat if p.name not in table]
+    if unlabelled:
+        raise VislabError(root / unlabelled[0], f"has no row in {path} ({len(unlabelled)} images without a label)")
+    values = [table[p.name] for p in flat]
+    if class_names is None and all(re.fullmatch(r"\d+", v) for v in values):
+        labels, names = [int(v) for v in values], None
+    elif class_names is not None and all(re.fullmatch(r"\d+", v) for v in values):
+        labels, names = [int(v) for v in values], list(class_names)
+    else:
+        ids = _name_ids(sorted(set(values)), class_names, path)
+        labels = [ids[v] for v in values]
+        names = list(class_names) if class_names is not None else sorted(ids, key=ids.__getitem__)
+    return ClassItems(root, "csv", flat, [p.name for p in flat], labels, names)
