@@ -60,7 +60,7 @@ def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
         raise
 
 
-RecipeOpt = typer.Option("cls-fast", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`).")
+RecipeOpt = typer.Option("cls-default", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data).")
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
 EmaOpt = typer.Option(None, "--ema", help="Decay of a moving average of the weights that is evaluated and saved (e.g. 0.999; 0 = off).")
 BatchOpt = typer.Option(None, "--batch-size", help="Batch size per process.")

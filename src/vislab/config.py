@@ -78,7 +78,7 @@ class Recipe:
     weights: str | None = None  # None, "imagenet" or a state_dict path
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float | None = None  # peak learning rate; None: engine.optim.scaled_lr of the optimiser and global batch
     optimizer: str = "sgd"  # see engine.optim.OPTIMIZERS
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -149,6 +149,8 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
+    if isinstance(out.get("lr"), str) and out["lr"].strip().lower() == "auto":
+        out["lr"] = None
     if out.get("precision") is not None:
         out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
     for key in ("lr", "weight_decay", "mixup", "cutmix", "ema", "checkpoint_minutes"):  # YAML reads 1e-3 as a string

@@ -55,7 +55,7 @@ def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int
     ckpt = run / "best.ckpt" if (run / "best.ckpt").is_file() else run / "last.ckpt"
     if ckpt.is_file():
         model, meta = load_network(ckpt, task=task)
-        image_size = meta.get("image_size")
+        image_size = meta.get("image_size") or (meta.get("stored_hw") or [None])[0]
     elif num_classes:  # checkpoints removed (e.g. copied back from another machine): rebuild from the recipe
         model, image_size = build_model(recipe["model"], num_classes=num_classes), recipe.get("image_size")
     else:
@@ -68,12 +68,14 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     val = data["results"].get("val", {})
     out = []
     if val:
-        per_class = {str(k): v for k, v in val["per_class"].items()}
+        names = val.get("class_names")
+        label = (lambda c: f"{c} {names[int(c)]}") if names else str
+        per_class = {label(k): v for k, v in val["per_class"].items()}
         out.append(_fig("Per-class validation accuracy", figures.bars(per_class, title="accuracy per class",
                                                                        reference={"mean": val["accuracy"]})))
         n = len(val["confusion"])
         out.append(_fig("Confusion matrix (validation)", figures.confusion_heatmap(
-            val["confusion"], labels=[str(i) for i in range(n)], title="row-normalised confusion")))
+            val["confusion"], labels=[label(i) for i in range(n)], title="row-normalised confusion")))
         pairs = _confused_pairs(run, data, val)
         if pairs:
             out.append(_fig("Most confused pairs", figures.image_pairs(pairs),
@@ -94,13 +96,15 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
         return []
     rows = list(csv.DictReader(preds.open()))
     conf = val["confusion"]
+    names = val.get("class_names")
+    label = (lambda c: f"{c} ({names[c]})") if names else str
     cells = sorted(((conf[t][p], t, p) for t in range(len(conf)) for p in range(len(conf)) if t != p), reverse=True)
     out = []
     for count, t, p in cells[:k]:
         wrong = next((r["image_id"] for r in rows if int(r["label"]) == t and int(r["pred"]) == p), None)
         other = next((r["image_id"] for r in rows if int(r["label"]) == p and int(r["pred"]) == p), None)
         if wrong and other and count > 0:
-            out.append((val_dir / wrong, val_dir / other, f"true {t}, predicted {p} ({count}x)"))
+            out.append((val_dir / wrong, val_dir / other, f"true {label(t)}, predicted {label(p)} ({count}x)"))
     return out
 
 
@@ -144,7 +148,9 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
     res = data["results"]
     metric = "holdout_acc" if task == "cls" else "holdout_miou"
     val_key = "val_accuracy" if task == "cls" else "val_miou"
-    comparison = [(name, f"{v:.4f}", False) for name, v in REFERENCES[task]]
+    # the course's reference numbers belong to the course data (older runs recorded no layout)
+    course = res.get("layout", "course") == "course" or task == "seg"
+    comparison = [(name, f"{v:.4f}", False) for name, v in REFERENCES[task]] if course else []
     if res.get(metric) is not None:
         comparison.append(("this run, held-out split of the training folder (best epoch)", f"{res[metric]:.4f}", True))
     if res.get(val_key) is not None:

@@ -35,6 +35,24 @@ OPTIMIZERS: dict[str, Callable[[Iterable, Recipe], torch.optim.Optimizer]] = {
 }
 
 
+# (reference learning rate, at this global batch, exponent of the batch ratio): SGD scales
+# linearly with the batch (Goyal et al. 2017), Adam-family optimisers with its square root (as in
+# timm's train.py). Used when a recipe leaves ``lr`` unset.
+LR_RULES: dict[str, tuple[float, int, float]] = {
+    "sgd": (0.1, 256, 1.0),
+    "adamw": (2e-3, 256, 0.5),
+    "adam": (2e-3, 256, 0.5),
+}
+
+
+def scaled_lr(optimizer: str, global_batch: int) -> float:
+    """The default peak learning rate of ``optimizer`` for ``global_batch`` images per step."""
+    if optimizer not in LR_RULES:
+        raise VislabError(None, f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    base, ref, power = LR_RULES[optimizer]
+    return base * (global_batch / ref) ** power
+
+
 def _cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -65,6 +83,8 @@ def build_optimization(params: Iterable, recipe: Recipe, *, steps_per_epoch: int
         raise VislabError(None, f"unknown optimizer {recipe.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if recipe.scheduler not in SCHEDULERS:
         raise VislabError(None, f"unknown scheduler {recipe.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+    if recipe.lr is None:
+        raise VislabError(None, "recipe lr is unset; the pipeline resolves it with scaled_lr before training")
     opt = OPTIMIZERS[recipe.optimizer](params, recipe)
     total = max(1, steps_per_epoch * recipe.epochs)
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))

@@ -179,6 +179,18 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     return None
 
 
+def resolve_lr(recipe: Recipe, trainer: pl.Trainer) -> tuple[Recipe, list[str]]:
+    """A recipe without ``lr`` gets the optimiser's rule for the global batch (one line saying so)."""
+    from vislab.engine.optim import scaled_lr
+
+    if recipe.lr is not None:
+        return recipe, []
+    batch = recipe.batch_size * trainer.world_size
+    lr = float(f"{scaled_lr(recipe.optimizer, batch):.3g}")
+    return recipe.with_overrides(lr=lr), [f"lr {lr:g}: the {recipe.optimizer} rule for a global batch of {batch} "
+                                          "(the recipe sets none; engine/optim.py LR_RULES)"]
+
+
 def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
     """Optimizer steps per epoch on one process (sizes the LR schedule before fit starts)."""
     steps = max(1, (n_train // trainer.world_size) // recipe.batch_size)

@@ -37,7 +37,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
     from vislab.engine.trainer import (build_trainer, check_run_folder, fit_and_select, prepare_run_folder,
-                                       steps_per_epoch, write_results)
+                                       resolve_lr, steps_per_epoch, write_results)
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
@@ -48,6 +48,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         load_folder(val_dir, labelled=True, labels_csv=val_labels_csv, class_names=data.class_names, size=hw)
     train_idx, holdout_idx = holdout_split(data.labels, recipe)
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
+    trainer = build_trainer(recipe, out, monitor="holdout_acc")
+    recipe, more = resolve_lr(recipe, trainer)
+    for line in more:
+        info(f"setting: {line}")
+    changes += more
     ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command, changes=changes)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     dm = ClassificationData(data, recipe)
@@ -55,13 +60,13 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[0]}x{hw[1]}), "
          f"{data.num_classes} classes{names}; training on {len(dm.train_idx)}, held out {len(dm.holdout_idx)} "
          "for checkpoint selection")
-    trainer = build_trainer(recipe, out, monitor="holdout_acc")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
     module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(train_idx)), data_meta)
     done = fit_and_select(trainer, module, dm, out, ckpt_path, metric="holdout_acc")
     if done is None:
         return {}
     result, best = done
+    result["layout"], result["class_names"] = data.layout, data.class_names
     if changes:
         result["changes"] = changes
     if val_dir is not None:

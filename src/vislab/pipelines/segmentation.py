@@ -34,16 +34,14 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import build_trainer, fit_and_select, prepare_run_folder, steps_per_epoch, write_results
+    from vislab.engine.trainer import (build_trainer, check_run_folder, fit_and_select, prepare_run_folder, resolve_lr,
+                                       steps_per_epoch, write_results)
 
     out = Path(out_dir)
+    check_run_folder(out, resume=resume)
     val_pairs = list_pairs(val_dir) if val_dir is not None else []
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw)
     snaps = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs)
-    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command)
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
-         f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
     weights = None
     if recipe.class_weights == "inverse-sqrt-frequency":
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts)]
@@ -51,6 +49,13 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         raise VislabError(None, f"unknown class_weights {recipe.class_weights!r}; use inverse-sqrt-frequency")
     trainer = build_trainer(recipe, out, monitor="holdout_miou",
                             extra_callbacks=[MaskSnapshots(snaps, out)] if snaps else [])
+    recipe, changes = resolve_lr(recipe, trainer)
+    for line in changes:
+        info(f"setting: {line}")
+    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command, changes=changes)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
+         f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
     steps = steps_per_epoch(trainer, recipe, len(data.train_pairs))
     module = SegmenterModule(recipe.to_dict(), NUM_CLASSES, steps, class_weights=weights)
     done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_miou")

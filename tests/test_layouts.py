@@ -1,0 +1,186 @@
+"""Classification layouts (course names, ImageFolder trees, flat folder + labels CSV), the size
+rule for folders of mixed sizes and formats, and the memory-mapped decode cache."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vislab.data.classification import channel_stats, load_folder
+from vislab.data.images import fitted_size
+from vislab.data.layouts import find_items
+from vislab.errors import VislabError
+
+from conftest import write_png
+
+
+def _img(path: Path, value: int = 0, hw: tuple[int, int] = (32, 32)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, np.full((*hw, 3), value, np.uint8))
+    return path
+
+
+def test_imagefolder_tree_matches_torchvision(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "tree"
+    for cls, n in (("zebra", 2), ("cat", 3), ("Dog", 1)):
+        for i in range(n):
+            _img(root / cls / f"img{i}.png", i)
+    _img(root / "cat" / "deeper" / "x.png")  # nested folders belong to their class, as in torchvision
+    _img(root / ".ipynb_checkpoints" / "junk.png")  # hidden folders are not classes
+    items = find_items(root, labelled=True)
+    assert items.layout == "imagefolder"
+    ref = ImageFolder(str(root))  # torchvision takes the hidden folder as a class; vislab does not
+    ref_classes = [c for c in ref.classes if not c.startswith(".")]
+    assert items.class_names == ref_classes == ["Dog", "cat", "zebra"]
+    ref_pairs = sorted((Path(p).relative_to(root).as_posix(), ref.classes[t])
+                       for p, t in ref.samples if not ref.classes[t].startswith("."))
+    mine = sorted((i, items.class_names[lab]) for i, lab in zip(items.ids, items.labels))
+    assert mine == ref_pairs and "cat/deeper/x.png" in items.ids
+
+
+def test_csv_labels_names_and_integers(tmp_path):
+    d = tmp_path / "flat"
+    for name in ("b.png", "a.jpg", "c.png"):
+        _img(d / name)
+    (tmp_path / "names.csv").write_text("filename,label\na.jpg,owl\nb.png,cat\nc.png,owl\n")
+    items = find_items(d, labelled=True, labels_csv=tmp_path / "names.csv")
+    assert items.layout == "csv" and items.class_names == ["cat", "owl"]
+    assert dict(zip(items.ids, items.labels)) == {"a.jpg": 1, "b.png": 0, "c.png": 1}
+    (tmp_path / "ints.csv").write_text("a.jpg,4\nb.png,0\nc.png,2\n")  # a header is optional
+    items = find_items(d, labelled=True, labels_csv=tmp_path / "ints.csv")
+    assert items.class_names is None and items.labels == [4, 0, 2] and items.num_classes == 5
+    # a trained model's names fix the ids, whatever the order in this folder
+    items = find_items(d, labelled=True, labels_csv=tmp_path / "names.csv", class_names=["owl", "cat", "emu"])
+    assert dict(zip(items.ids, items.labels)) == {"a.jpg": 0, "b.png": 1, "c.png": 0}
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("a.png,cat\n", r"b\.png: has no row in .*labels\.csv \(1 images without a label\)"),
+    ("a.png,cat\nb.png,dog\nzz.png,dog\n", r"labels\.csv: lists zz\.png, which is not an image in"),
+    ("a.png,cat\nb.png,dog\na.png,dog\n", r"labels\.csv: a\.png is listed twice with different labels"),
+    ("a.png\nb.png,dog\n", r"labels\.csv: expected rows filename,label \(row 2 has one column\)"),
+])
+def test_csv_errors_name_the_file(tmp_path, rows, message):
+    d = tmp_path / "flat"
+    _img(d / "a.png")
+    _img(d / "b.png")
+    (tmp_path / "labels.csv").write_text(rows)
+    with pytest.raises(VislabError, match=message):
+        find_items(d, labelled=True, labels_csv=tmp_path / "labels.csv")
+
+
+def test_layout_errors(tmp_path):
+    both = tmp_path / "both"
+    _img(both / "0_0.png")
+    _img(both / "cat" / "x.png")
+    with pytest.raises(VislabError, match=re.escape(f"{both}: ambiguous layout: 1 images directly inside and 1 subfolders")):
+        find_items(both, labelled=True)
+    odd = tmp_path / "odd"
+    _img(odd / "dog.png")
+    with pytest.raises(VislabError, match="dog.png: file name is not <label>_<index> .*pass --labels FILE.csv"):
+        find_items(odd, labelled=True)
+    tree = tmp_path / "tree"
+    _img(tree / "cat" / "x.png")
+    (tree / "dog").mkdir()
+    (tree / "dog" / "notes.txt").write_text("no images")
+    (tree / "emu").mkdir()
+    with pytest.raises(VislabError, match=re.escape(f"{tree / 'dog'}: class folder holds no images")):
+        find_items(tree, labelled=True)
+    with pytest.raises(VislabError, match="class 'cat' is not one of the model's 2 classes"):
+        find_items(_only_cat(tmp_path), labelled=True, class_names=["owl", "emu"])
+    # unlabelled: a tree is read with relative ids
+    items = find_items(_only_cat(tmp_path), labelled=False)
+    assert items.ids == ["cat/x.png"] and items.labels is None
+
+
+def _only_cat(tmp_path: Path) -> Path:
+    root = tmp_path / "only_cat"
+    _img(root / "cat" / "x.png")
+    return root
+
+
+def test_fitted_size_by_hand():
+    assert fitted_size((48, 64), (32, 32)) == (32, 43)  # shorter side 48 -> 32, 64 * 2/3 = 42.7
+    assert fitted_size((100, 50), (32, 32)) == (64, 32)
+    assert fitted_size((16, 16), (32, 32)) == (32, 32)  # small images are enlarged
+    assert fitted_size((32, 64), (32, 32)) == (32, 64)  # already covers: only cropped
+
+
+def test_mixed_sizes_and_formats(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for i in range(3):  # the most common size: 32 x 32
+        write_png(d / f"0_{i}.png", np.full((32, 32, 3), 10 * i, np.uint8))
+    # 32 high, 64 wide, column j holds 3j: covers 32x32 as it is, so only the centre crop acts
+    cols = np.tile((np.arange(64) * 3).astype(np.uint8)[None, :, None], (32, 1, 3))
+    write_png(d / "1_0.png", cols)
+    # 64 x 128 in stripes 8 px wide: halved to 32 x 64, then the centre 32 columns
+    stripes = np.repeat((np.arange(16) * 15).astype(np.uint8), 8)
+    Image.fromarray(np.tile(stripes[None, :, None], (64, 1, 3))).save(d / "1_1.bmp")
+    Image.fromarray(np.full((40, 40), 77, np.uint8), mode="L").save(d / "2_0.jpg", quality=100)
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 17  # alpha is dropped, the colour stays
+    Image.fromarray(rgba, mode="RGBA").save(d / "2_1.webp", lossless=True)
+    pal = Image.new("P", (32, 32))
+    pal.putpalette([0, 0, 0, 12, 34, 56] + [0] * 762)
+    pal.paste(1, (0, 0, 32, 32))
+    pal.save(d / "2_2.png")
+    data = load_folder(d, labelled=True)
+    by = dict(zip(data.files, data.images))
+    assert data.images.shape == (8, 3, 32, 32)
+    assert torch.equal(by["1_0.png"][0, 0], torch.arange(16, 48) * 3)
+    got = by["1_1.bmp"][0, 5].tolist()  # output column k is halved column 16 + k: stripe (16 + k) // 4
+    for k in (1, 2, 5, 6, 9, 10, 29, 30):  # stripe interiors are exact after a bilinear halving
+        assert got[k] == ((16 + k) // 4) * 15
+    assert by["2_0.jpg"].unique().tolist() == [77]
+    assert by["2_1.webp"][:, 0, 0].tolist() == [200, 0, 0]
+    assert by["2_2.png"][:, 3, 3].tolist() == [12, 34, 56]
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    # an explicit size (a trained model's) fits every image to it
+    assert load_folder(d, labelled=True, size=(16, 24)).images.shape == (8, 3, 16, 24)
+
+
+def _rss_anon_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_cache_is_memory_mapped_not_process_memory(tmp_path):
+    d = tmp_path / "many"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    for i in range(1200):  # 1200 x 3 x 96 x 96 = 33 MB decoded
+        write_png(d / f"{i % 3}_{i}.png", np.roll(tile, i, axis=1))
+    size_kb = 1200 * 3 * 96 * 96 // 1024
+    load_folder(d, labelled=True)  # builds the cache
+    before = _rss_anon_kb()
+    cached = load_folder(d, labelled=True)
+    total = sum(int(cached.images[i : i + 10].max()) for i in range(0, 1200, 10))  # touch every page, no big temporaries
+    grown = _rss_anon_kb() - before
+    assert total > 0 and grown < size_kb / 4, (grown, size_kb)
+    # the control: decoding into memory does grow the process by the array's size
+    before = _rss_anon_kb()
+    in_memory = load_folder(d, labelled=True, use_cache=False)
+    assert _rss_anon_kb() - before > size_kb * 0.8
+    assert torch.equal(in_memory.images, cached.images)
+
+
+def test_channel_stats_match_numpy():
+    rng = np.random.default_rng(1)
+    imgs = torch.from_numpy(rng.integers(0, 256, (300, 3, 8, 8), dtype=np.uint8))
+    idx = torch.arange(0, 300, 2)
+    mean, std = channel_stats(imgs, idx, chunk=7)
+    x = imgs.numpy()[::2].astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-6)
