@@ -17,3 +17,6 @@ class VislabError(Exception):
         self.path = None if path is None else str(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+    def __reduce__(self):  # survives the trip back from a worker process
+        return (VislabError, (self.path, self.message))

@@ -2,16 +2,20 @@
 
 The array is a ``.npy`` file in :func:`cache_dir` mapped copy-on-write: reading a batch touches
 file pages the kernel may drop at any time, so the process's own (anonymous) memory does not grow
-with the number of images. Decoding runs in threads (Pillow releases the GIL while it decodes and
-resizes) and writes straight into the mapped file; the file appears under its final name only
-when complete.
+with the number of images. Decoding runs in forked worker processes, each writing its slice of
+the mapped file directly (nothing is sent back but a count of each original image size), and the
+file appears under its final name only when complete. Work is handed out in chunks, so the
+bookkeeping stays small for any number of files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import multiprocessing as mp
 import os
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -22,6 +26,8 @@ import torch
 from vislab.io import atomic_path
 
 DECODE_RULE = "fit-cover-centre-v1"  # part of the cache key: change it when decode_fitted changes
+CHUNK = 256  # files per unit of work
+Decoder = Callable[[Path, tuple[int, int]], "tuple[np.ndarray, tuple[int, int]]"]
 
 
 def cache_dir() -> Path:
@@ -30,16 +36,16 @@ def cache_dir() -> Path:
 
 
 def file_list_key(files: Sequence[Path], extra: str = "") -> str:
-    """A short hash of paths, sizes and modification times: changes whenever a file does."""
+    """A short hash of absolute paths, sizes and modification times: changes whenever a file does."""
     h = hashlib.sha1(extra.encode())
     for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 
-def decode_threads() -> int:
-    """Threads for decoding: the CPUs this process may use."""
+def decode_workers() -> int:
+    """Processes for decoding: the CPUs this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -47,12 +53,15 @@ def decode_threads() -> int:
 
 
 def parallel_map(fn: Callable, items: Sequence, *, threads: int | None = None) -> list:
-    """``[fn(x) for x in items]`` in threads, in order; the first error is raised as it is."""
-    threads = threads or decode_threads()
-    if threads == 1 or len(items) < 2:
+    """``[fn(x) for x in items]`` in threads (for work that releases the GIL), in order, handed
+    out in chunks; the first error is raised as it is."""
+    threads = threads or decode_workers()
+    if threads == 1 or len(items) <= CHUNK:
         return [fn(x) for x in items]
+    starts = range(0, len(items), CHUNK)
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(fn, items, chunksize=64))
+        parts = pool.map(lambda lo: [fn(x) for x in items[lo : lo + CHUNK]], starts)
+        return [y for part in parts for y in part]
 
 
 def most_common_size(counts: Mapping[tuple[int, int], int]) -> tuple[int, int]:
@@ -68,46 +77,82 @@ def open_array(path: Path) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
-def decoded_images(files: Sequence[Path], target: tuple[int, int],
-                   decode: Callable[[Path, tuple[int, int]], np.ndarray], *, use_cache: bool = True,
-                   tag: str = "cls", threads: int | None = None) -> torch.Tensor:
-    """Every file decoded by ``decode(path, target)`` into one (N, 3, H, W) uint8 tensor.
+def decoded_images(files: Sequence[Path], target: tuple[int, int], decode: Decoder, *,
+                   key: str | None = None, use_cache: bool = True, tag: str = "cls",
+                   workers: int | None = None) -> tuple[torch.Tensor, Counter]:
+    """Every file decoded by ``decode(path, target) -> (HxWx3 uint8 array, original (h, w))`` into
+    one (N, 3, H, W) uint8 tensor, and the count of each original size.
 
     With ``use_cache`` the tensor is a memory-mapped cache file (built on the first call, reused
-    while the file list, the target size and the decode rule are unchanged); without, it is
-    decoded into memory and nothing is written.
+    while the file list (``key``, default :func:`file_list_key`), the target size and the decode
+    rule are unchanged); without, it is decoded into memory and nothing is written.
     """
     n, (h, w) = len(files), target
     if not use_cache:
-        out = np.empty((n, h, w, 3), np.uint8)
-        _fill(out, files, target, decode, threads)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-    key = file_list_key(files, extra=f"{tag}|{h}x{w}|{DECODE_RULE}")
-    path = cache_dir() / f"{tag}-{key}.npy"
-    if path.is_file():
+        out = np.empty((n, 3, h, w), np.uint8)
+        sizes = Counter()
+        for part in parallel_map(lambda lo: _decode_into(out, files, lo, target, decode),
+                                 range(0, n, CHUNK), threads=workers):
+            sizes.update(part)
+        return torch.from_numpy(out), sizes
+    key = key or file_list_key(files)
+    path = cache_dir() / f"{tag}-{key}-{h}x{w}-{hashlib.sha1(DECODE_RULE.encode()).hexdigest()[:6]}.npy"
+    side = path.with_suffix(".sizes.json")
+    if path.is_file() and side.is_file():
         try:
             cached = open_array(path)
+            sizes = Counter({(int(a), int(b)): int(c) for a, b, c in json.loads(side.read_text())})
             if tuple(cached.shape) == (n, 3, h, w) and cached.dtype == torch.uint8:
-                return cached
-        except (OSError, ValueError):
+                return cached, sizes
+        except (OSError, ValueError, TypeError):
             pass  # a broken cache is rebuilt, never fatal
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, h, w))
-            _fill(arr, files, target, decode, threads, channels_first=True)
-            arr.flush()
-            del arr
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, h, w)).flush()
+            sizes = _fill_file(tmp, files, target, decode, workers)
+        with atomic_path(side) as tmp:
+            tmp.write_text(json.dumps([[a, b, c] for (a, b), c in sizes.items()]))
     except OSError:  # an unwritable cache only costs memory: decode into memory instead
-        return decoded_images(files, target, decode, use_cache=False, threads=threads)
-    return open_array(path)
+        return decoded_images(files, target, decode, use_cache=False, workers=workers)
+    return open_array(path), sizes
 
 
-def _fill(out: np.ndarray, files: Sequence[Path], target: tuple[int, int],
-          decode: Callable[[Path, tuple[int, int]], np.ndarray], threads: int | None,
-          channels_first: bool = False) -> None:
-    def one(i: int) -> None:
-        img = decode(files[i], target)
-        out[i] = img.transpose(2, 0, 1) if channels_first else img
+def _decode_into(out: np.ndarray, files: Sequence[Path], lo: int, target: tuple[int, int],
+                 decode: Decoder) -> Counter:
+    sizes: Counter = Counter()
+    for i in range(lo, min(lo + CHUNK, len(files))):
+        img, hw = decode(files[i], target)
+        out[i] = img.transpose(2, 0, 1)
+        sizes[hw] += 1
+    return sizes
 
-    parallel_map(one, range(len(files)), threads=threads)
+
+# the forked workers' view of the job (set in the parent just before the fork)
+_JOB: dict = {}
+
+
+def _work(lo: int) -> Counter:
+    out = np.load(_JOB["path"], mmap_mode="r+")
+    sizes = _decode_into(out, _JOB["files"], lo, _JOB["target"], _JOB["decode"])
+    out.flush()
+    return sizes
+
+
+def _fill_file(path: Path, files: Sequence[Path], target: tuple[int, int], decode: Decoder,
+               workers: int | None) -> Counter:
+    workers = workers or decode_workers()
+    starts = range(0, len(files), CHUNK)
+    sizes: Counter = Counter()
+    _JOB.update(path=path, files=files, target=target, decode=decode)
+    try:
+        if workers == 1 or len(starts) == 1 or "fork" not in mp.get_all_start_methods():
+            for lo in starts:
+                sizes.update(_work(lo))
+        else:
+            with mp.get_context("fork").Pool(min(workers, len(starts))) as pool:
+                for part in pool.imap_unordered(_work, starts):
+                    sizes.update(part)
+    finally:
+        _JOB.clear()
+    return sizes

@@ -5,7 +5,6 @@ and batched tensor augmentation whose randomness is a pure function of (seed, ep
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vislab.data.cache import cache_dir, decoded_images, file_list_key, most_common_size, parallel_map
+from vislab.data.cache import decoded_images, most_common_size, parallel_map
 from vislab.data.images import decode_fitted, image_size
-from vislab.data.layouts import find_items
+from vislab.data.layouts import count_classes, find_items
 from vislab.errors import VislabError
-from vislab.io import atomic_write_text
 from vislab.log import info
 
 
@@ -36,26 +34,14 @@ class ImageFolderData:
     @property
     def num_classes(self) -> int:
         """Number of classes: the names, else the largest label + 1."""
-        if self.class_names is not None:
-            return len(self.class_names)
-        if self.labels is None:
-            raise ValueError("this folder carries no labels")
-        return int(self.labels.max()) + 1
+        return count_classes(self.class_names, None if self.labels is None else int(self.labels.max()))
 
 
-def folder_sizes(files: list[Path]) -> Counter:
-    """How many images of each (h, w) the files hold (headers only; cached by the file list)."""
-    path = cache_dir() / f"sizes-{file_list_key(files)}.json"
-    try:
-        return Counter({(int(h), int(w)): int(n) for h, w, n in json.loads(path.read_text())})
-    except (OSError, ValueError, TypeError):
-        pass
-    sizes = Counter(parallel_map(image_size, files))
-    try:
-        atomic_write_text(json.dumps([[h, w, n] for (h, w), n in sizes.items()]), path)
-    except (OSError, VislabError):
-        pass  # an unwritable cache only costs time
-    return sizes
+def sample_sizes(files: list[Path], k: int = 2000) -> Counter:
+    """How many images of each (h, w) an evenly spaced sample of at most ``k`` files holds
+    (headers only): enough to choose the size a folder is decoded at."""
+    step = max(1, len(files) // k)
+    return Counter(parallel_map(image_size, files[::step]))
 
 
 def storage_size(common: tuple[int, int], image_size: int | None) -> tuple[int, int]:
@@ -91,13 +77,12 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
         >>> data.images.shape, data.num_classes  # (torch.Size([2500, 3, 32, 32]), 50)
     """
     items = find_items(folder, labelled=labelled, labels_csv=labels_csv, class_names=class_names)
-    sizes = folder_sizes(items.files)
-    target = tuple(size) if size is not None else storage_size(most_common_size(sizes), image_size)
+    target = tuple(size) if size is not None else storage_size(most_common_size(sample_sizes(items.files)), image_size)
+    images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache)
     other = sum(n for hw, n in sizes.items() if hw != target)
     if other:
         info(f"{items.root}: {other} of {len(items.files)} images are not {target[0]}x{target[1]}; "
              "they are resized (shorter side, one factor) and centre cropped to it")
-    images = decoded_images(items.files, target, decode_fitted, use_cache=use_cache)
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout)
 

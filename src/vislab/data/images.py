@@ -68,8 +68,9 @@ def fitted_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]
     return max(th, round(h * scale)), max(tw, round(w * scale))
 
 
-def decode_fitted(path: str | Path, target: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` to an (H, W, 3) uint8 RGB array of size ``target``.
+def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` to an (H, W, 3) uint8 RGB array of size ``target``; also returns the
+    image's own (h, w).
 
     Any mode becomes RGB (grey is repeated, a palette is looked up, alpha is dropped). An image
     of another size is resized (bilinear, antialiased when shrinking) by one factor so that it
@@ -89,7 +90,7 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> np.ndarray:
                     rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
                 top, left = (nh - target[0]) // 2, (nw - target[1]) // 2
                 rgb = rgb.crop((left, top, left + target[1], top + target[0]))
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(rgb, dtype=np.uint8), (h, w)
         except (OSError, ValueError, SyntaxError):
             raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
 

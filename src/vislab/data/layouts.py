@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,16 @@ class ClassItems:
     @property
     def num_classes(self) -> int:
         """Number of classes: the names, else the largest label + 1."""
-        if self.class_names is not None:
-            return len(self.class_names)
-        if self.labels is None:
-            raise ValueError("this folder carries no labels")
-        return max(self.labels) + 1
+        return count_classes(self.class_names, max(self.labels) if self.labels else None)
+
+
+def count_classes(class_names: list[str] | None, max_label: int | None) -> int:
+    """Number of classes of a labelled folder: its names, else the largest label + 1."""
+    if class_names is not None:
+        return len(class_names)
+    if max_label is None:
+        raise ValueError("this folder carries no labels")
+    return max_label + 1
 
 
 def course_label(path: Path) -> int | None:
@@ -52,17 +58,33 @@ def course_label(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+def _image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+def _scan(root: Path) -> tuple[list[str], list[str]]:
+    """(image file names, visible subfolder names) directly in ``root``, sorted; one directory
+    read, no stat per file."""
+    files, dirs = [], []
+    with os.scandir(root) as it:
+        for e in it:
+            if e.is_dir():
+                if not e.name.startswith("."):
+                    dirs.append(e.name)
+            elif e.is_file() and _image_name(e.name):
+                files.append(e.name)
+    return sorted(files), sorted(dirs)
 
 
-def _tree_images(d: Path) -> list[Path]:
-    return sorted((p for p in d.rglob("*") if _is_image(p) and not any(
-        part.startswith(".") for part in p.relative_to(d).parts)), key=lambda p: p.relative_to(d).as_posix())
+def _tree(d: Path) -> list[str]:
+    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = [x for x in dirnames if not x.startswith(".")]
+        rel = Path(dirpath).relative_to(d).as_posix()
+        prefix = "" if rel == "." else rel + "/"
+        out.extend(prefix + f for f in filenames if _image_name(f))
+    return sorted(out)
 
 
 def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | None = None,
@@ -77,8 +99,10 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
             these ids (not re-sorted), and an unknown name is an error.
     """
     root = check_folder(folder)
-    flat = sorted((p for p in root.iterdir() if _is_image(p)), key=lambda p: p.name)
-    dirs = [d for d in _class_dirs(root) if _tree_images(d)] if not flat or labelled else []
+    names, subdirs = _scan(root)
+    flat = [root / n for n in names]
+    trees = {d: _tree(root / d) for d in subdirs} if not flat or labelled else {}
+    dirs = [d for d in subdirs if trees.get(d)]
     if labels_csv is not None:
         if not flat:
             raise VislabError(root, "--labels needs the images directly in this folder (found none)")
@@ -86,16 +110,16 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
     if not labelled:
         if flat:
             return ClassItems(root, "unlabelled", flat, [p.name for p in flat], None, None)
-        files = _tree_images(root)
-        if not files:
+        ids = [f"{d}/{rel}" for d in subdirs for rel in trees[d]]
+        if not ids:
             raise VislabError(root, f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
-        return ClassItems(root, "unlabelled", files, [p.relative_to(root).as_posix() for p in files], None, None)
+        return ClassItems(root, "unlabelled", [root / i for i in ids], ids, None, None)
     if flat and dirs:
         raise VislabError(root, f"ambiguous layout: {len(flat)} images directly inside and {len(dirs)} "
-                                f"subfolders of images (e.g. {dirs[0].name}/); keep one: <label>_<index> files "
+                                f"subfolders of images (e.g. {dirs[0]}/); keep one: <label>_<index> files "
                                 "or <class name>/ folders")
     if dirs:
-        return _from_tree(root, class_names)
+        return _from_tree(root, trees, class_names)
     if not flat:
         raise VislabError(root, f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files, "
                                 "or <class name>/ subfolders of them)")
@@ -120,19 +144,17 @@ def _name_ids(found: list[str], class_names: list[str] | None, where: Path) -> d
     return ids
 
 
-def _from_tree(root: Path, class_names: list[str] | None) -> ClassItems:
-    dirs = _class_dirs(root)
-    empty = [d for d in dirs if not _tree_images(d)]
+def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] | None) -> ClassItems:
+    empty = [d for d, found in trees.items() if not found]
     if empty:
-        raise VislabError(empty[0], "class folder holds no images")
-    ids = _name_ids([d.name for d in dirs], class_names, root)
-    files, labels = [], []
-    for d in dirs:
-        for p in _tree_images(d):
-            files.append(p)
-            labels.append(ids[d.name])
+        raise VislabError(root / empty[0], "class folder holds no images")
+    ids = _name_ids(list(trees), class_names, root)
+    rel, labels = [], []
+    for d in sorted(trees):
+        rel.extend(f"{d}/{r}" for r in trees[d])
+        labels.extend([ids[d]] * len(trees[d]))
     names = list(class_names) if class_names is not None else sorted(ids, key=ids.__getitem__)
-    return ClassItems(root, "imagefolder", files, [p.relative_to(root).as_posix() for p in files], labels, names)
+    return ClassItems(root, "imagefolder", [root / r for r in rel], rel, labels, names)
 
 
 def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] | None) -> ClassItems:
