@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SAVED = HERE / ".out"
+NO_DATA_OPTION = {"seg_predict_cpu.py", "bench_cls_cache.py", "bench_defaults.py"}  # they make their own inputs
 MARKER = "<!-- everything below is written by bench/run_all.py -->"
 BENCHES = {
     "bench_p1_input.py": [],
@@ -27,6 +28,8 @@ BENCHES = {
     "bench_predict.py": [],
     "bench_course_limits.py": [],
     "bench_train.py": ["--scaling"],
+    "bench_cls_cache.py": [],
+    "bench_defaults.py": [],
     "bench_train_gpu.py": [],  # only where a CUDA GPU is present (--quick runs it on the CPU)
 }
 QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--limit", "4", "--loop-pixels", "4096"],
@@ -35,6 +38,7 @@ QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--
          "bench_predict.py": ["--p1-images", "8", "--p2-images", "1", "--repeat", "1", "--variants", "eager fp32,onnxruntime"],
          "bench_course_limits.py": ["--p1-images", "20", "--p2-images", "1"],
          "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1"],
+         "bench_cls_cache.py": ["--quick"], "bench_defaults.py": ["--quick"],
          "bench_train_gpu.py": ["--recipes", "cls-fast", "--steps", "1", "--variants", "fp32", "amp"]}
 
 
@@ -58,7 +62,7 @@ def main() -> None:
             print("- bench_train_gpu.py skipped: no CUDA GPU here", flush=True)
             continue
         cmd = [sys.executable, str(HERE / script), *(QUICK[script] if args.quick else extra)]
-        if args.data and script != "seg_predict_cpu.py":
+        if args.data and script not in NO_DATA_OPTION:
             cmd += ["--data", str(args.data)]
         saved = SAVED / f"{script}.txt"
         if args.resume and saved.is_file() and datetime.date.fromtimestamp(saved.stat().st_mtime) == datetime.date.today():

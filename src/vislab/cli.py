@@ -64,7 +64,7 @@ RecipeOpt = typer.Option("cls-default", "--recipe", help="Shipped recipe name or
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
 EmaOpt = typer.Option(None, "--ema", help="Decay of a moving average of the weights that is evaluated and saved (e.g. 0.999; 0 = off).")
 BatchOpt = typer.Option(None, "--batch-size", help="Batch size per process.")
-LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
+LrOpt = typer.Option(None, "--lr", help="Peak learning rate (a recipe without lr: the optimiser's rule for the global batch).")
 PrecisionOpt = typer.Option(None, "--precision", help="32 | 16-mixed | bf16-mixed.")
 DevicesOpt = typer.Option(None, "--devices", help="Devices per node: auto, N or a list like 0,1.")
 NodesOpt = typer.Option(None, "--num-nodes", help="Number of machines (torchrun / SLURM).")
