@@ -362,7 +362,7 @@ def main() -> None:
         for name, x in r.items():
             assert x["n"] == n, (name, x["n"], n)
             tl, tp = x["t_load"], x["t_pass"]
-            wk = f"{mb(x['workers_peak_kb']):.0f}" if name.startswith("ImageFolder w=") and not name.endswith("=0") else "-"
+            wk = f"{mb(x['workers_peak_kb']):.0f}" if x["workers_peak_kb"] else "-"
             pg = f"{mb(x['pass_grow_kb']):.1f}" if "pass_grow_kb" in x else "-"
             print(f"{name:<18}{tl:>8.2f}{n / tl:>12.0f}{tp:>8.2f}{n / tp:>12.0f}{n / (tl + tp):>12.0f}"
                   f"{mb(x['base_kb']):>9.0f}{mb(x['peak_kb']):>9.0f}{grow(x):>9.1f}{pg:>10}{mb(x['end_kb']):>8.0f}{wk:>11}"
@@ -373,8 +373,7 @@ def main() -> None:
               "pass grow = RssAnon peak during the pass over RssAnon after load_folder)")
         if not args.quick:
             print(f"cache-hit load_folder breakdown: find_items {br['t_find_items']:.2f} s, "
-                  f"file_list_key {br['t_file_list_key']:.2f} s (load_folder hashes the file list twice: "
-                  f"the sizes key and the cache key); whole warm load {r['vislab warm']['t_load']:.2f} s")
+                  f"file_list_key {br['t_file_list_key']:.2f} s; whole warm load {r['vislab warm']['t_load']:.2f} s")
         ref = r["ImageFolder w=0"]
         ref_rate = n / (ref["t_load"] + ref["t_pass"])
         b = r["vislab build"]

@@ -198,6 +198,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (vislab --seed and the reference's)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (to add seeds to earlier runs)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--model", default="resnet18", help="vislab --model, and torchvision.models.<name> for the reference")
     ap.add_argument("--quick", action="store_true", help="tiny data sets and 1 epoch: a smoke test under a minute")
@@ -230,7 +231,7 @@ def main() -> None:
         state = f"PYTHONPATH={a.vislab_src}"
     print(f"vislab: {vislab_command()} (code {state}); torch threads: default; out: {out}")
     print(f"config {tag}: {'--recipe ' + str(a.recipe) if a.recipe else 'no recipe (defaults)'}; "
-          f"--model {a.model} --epochs {a.epochs} --batch-size {a.batch_size}; seeds 0..{a.seeds - 1}")
+          f"--model {a.model} --epochs {a.epochs} --batch-size {a.batch_size}; seeds {a.first_seed}..{a.first_seed + a.seeds - 1}")
     print(f"reference: torchvision {a.model}, Adam lr 1e-3 + OneCycleLR max_lr {a.ref_max_lr:g}, flip, "
           f"Normalize(0.5, 0.5), batch {a.batch_size}, {a.epochs} epochs")
     summary = []
@@ -240,7 +241,7 @@ def main() -> None:
         print(f"\n== {name}: {data.n_train} train / {data.n_test} test images, {data.num_classes} classes "
               f"(built/checked in {time.perf_counter() - t0:.1f} s)")
         vis, ref = [], []
-        for seed in range(a.seeds):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             v = run_vislab(data, out / "vislab" / tag / f"{name}-s{seed}-b{a.batch_size}-e{a.epochs}",
                            epochs=a.epochs, batch=a.batch_size, seed=seed, recipe=recipes[name], model=a.model, cache=out / "cache",
                            src=a.vislab_src)

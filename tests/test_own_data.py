@@ -196,3 +196,18 @@ def test_normalisation_follows_the_weights(tmp_path):
     explicit, notes = resolve_settings(Recipe(model="resnet18", weights="imagenet", mean=(0.1,) * 3, std=(0.3,) * 3,
                                               batch_size=4), images, idx)
     assert explicit.mean == (0.1,) * 3 and notes == []
+
+
+def test_no_done_without_a_checkpoint(tmp_path):
+    """A fit that wrote nothing (no step ran) is an error, never a result naming a missing file."""
+    from vislab.engine.trainer import fit_and_select
+    from vislab.errors import VislabError
+
+    class NoSteps:  # what Lightning leaves behind when not one batch was trained
+        is_global_zero, global_step, checkpoint_callback = True, 0, None
+
+        def fit(self, *args, **kwargs) -> None:
+            pass
+
+    with pytest.raises(VislabError, match="training ended without writing a checkpoint \\(0 optimiser steps ran\\)"):
+        fit_and_select(NoSteps(), None, None, tmp_path, None, metric="holdout_acc")
