@@ -46,7 +46,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     hw = tuple(data.images.shape[-2:])
     if val_dir is not None:  # fail before training, not after
         load_folder(val_dir, labelled=True, labels_csv=val_labels_csv, class_names=data.class_names, size=hw)
-    train_idx, holdout_idx = holdout_split(data.labels, recipe)
+    train_idx, _ = holdout_split(data.labels, recipe)
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     trainer = build_trainer(recipe, out, monitor="holdout_acc")
     recipe, more = resolve_lr(recipe, trainer)
