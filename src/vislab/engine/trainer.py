@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 import warnings
 from datetime import timedelta
@@ -149,6 +150,10 @@ def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
     if resume:
         if not last.is_file():
             raise VislabError(out_dir, "--resume found no last.ckpt in this run folder")
+        if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+            # a kill inside an atomic write leaves its temporary (.NAME.XXXX.tmp); the killed run is gone
+            for tmp in out_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         return last
     if last.exists() or (out_dir / "best.ckpt").exists():
         raise VislabError(out_dir, "run folder already holds checkpoints; use --resume or another --out")
