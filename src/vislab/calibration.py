@@ -1,4 +1,5 @@
-"""Per-class logit offsets for segmenters, fitted on held-out pairs to maximise the course mIoU.
+"""Per-class logit offsets for segmenters, fitted on held-out pairs to maximise the mIoU (the
+course rule by default; any data set's rule through ``miou``).
 
 A network trained with cross-entropy predicts the most probable class per pixel; the course mIoU
 rewards something else (a rare, confusable class such as rangeland counts as much as agriculture).
@@ -13,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from vislab.data.seg_classes import IGNORE as IGNORED
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
 from vislab.log import info
@@ -31,12 +33,13 @@ def _confusion_with(logp: torch.Tensor, truth: torch.Tensor, offsets: torch.Tens
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for i in range(0, len(logp), chunk):
         pred = (logp[i : i + chunk].float() + offsets.view(1, -1, 1, 1)).argmax(1)
-        conf += confusion_matrix(truth[i : i + chunk], pred, num_classes)
+        conf += confusion_matrix(truth[i : i + chunk], pred, num_classes, ignore_index=IGNORED)
     return conf
 
 
 def _scores_along(logp: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor, c: int,
-                  moves: Sequence[float], chunk: int = 16) -> list[float]:
+                  moves: Sequence[float], chunk: int = 16,
+                  miou: Callable[[torch.Tensor], float] = course_miou) -> list[float]:
     """Course mIoU for each ``offsets + move * e_c``: the best other class is found once per
     pixel, so each move costs one comparison and one bincount."""
     k = logp.shape[1]
@@ -48,29 +51,31 @@ def _scores_along(logp: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor
         arg = others[arg]
         for conf, m in zip(confs, moves):
             pred = torch.where(z[:, c] + m > best_other, c, arg)
-            conf += confusion_matrix(truth[i : i + chunk], pred, k)
-    return [course_miou(conf) for conf in confs]
+            conf += confusion_matrix(truth[i : i + chunk], pred, k, ignore_index=IGNORED)
+    return [miou(conf) for conf in confs]
 
 
 def fit_offsets(logp: torch.Tensor, truth: torch.Tensor, *, sweeps: int = 3, moves: Sequence[float] = OFFSET_STEPS,
-                searched: Sequence[int] | None = None) -> tuple[torch.Tensor, float, float]:
-    """Coordinate ascent of the course mIoU over one additive offset per class.
+                searched: Sequence[int] | None = None,
+                miou: Callable[[torch.Tensor], float] = course_miou) -> tuple[torch.Tensor, float, float]:
+    """Coordinate ascent of an mIoU (default the course's) over one additive offset per class.
 
     Args:
         logp: log-probabilities (N, C, H, W), any float dtype.
-        truth: class ids (N, H, W).
+        truth: class ids (N, H, W); pixels of value 255 are left out.
         searched: the classes whose offsets may move (default all); the others stay 0.
+        miou: the score of a pooled confusion matrix.
     Returns:
         (offsets of shape (C,), mIoU with zero offsets, mIoU with the offsets). A move is taken
         only when it raises the mIoU, so the offsets stay zero where nothing helps.
     """
     k = logp.shape[1]
     offsets = torch.zeros(k)
-    before = current = course_miou(_confusion_with(logp, truth, offsets, k))
+    before = current = miou(_confusion_with(logp, truth, offsets, k))
     for _ in range(sweeps):
         moved = False
         for c in range(k) if searched is None else searched:
-            scores = _scores_along(logp, truth, offsets, c, moves)
+            scores = _scores_along(logp, truth, offsets, c, moves, miou=miou)
             j = max(range(len(moves)), key=scores.__getitem__)
             if scores[j] > current + 1e-9:
                 offsets[c] += moves[j]

@@ -18,7 +18,8 @@ app = typer.Typer(help="Train, evaluate and explain small-image classifiers and 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cls_app = typer.Typer(help="P1: 50-class small-image classification.", no_args_is_help=True)
 app.add_typer(cls_app, name="cls")
-seg_app = typer.Typer(help="P2: 7-class land-cover segmentation of satellite images.", no_args_is_help=True)
+seg_app = typer.Typer(help="P2: segmentation: the course's 7 land-cover classes, or any data set described by a classes.yaml.",
+                      no_args_is_help=True)
 app.add_typer(seg_app, name="seg")
 out = Console(highlight=False)
 
@@ -233,11 +234,14 @@ def cls_tsne(
 
 OffsetsOpt = typer.Option(True, "--offsets/--no-offsets",
                           help="Apply the class offsets that `vislab seg calibrate` stored for the checkpoint.")
+ClassesOpt = typer.Option(None, "--classes", help="Classes file (mask_format, ignore_index, classes); default: "
+                          "classes.yaml in the data folder or the one above, else the course's 7 land-cover colours.")
 
 @seg_app.command("train")
 def seg_train(
-    train_dir: Optional[Path] = typer.Argument(None, help="Folder of xxxx_sat.jpg + xxxx_mask.png (default: DATA/p2_data/train)."),
+    train_dir: Optional[Path] = typer.Argument(None, help="Folder of xxxx_sat.jpg + xxxx_mask.png, or of images/ + masks/ (default: DATA/p2_data/train)."),
     recipe: str = typer.Option("seg-fcn32s-seed", "--recipe", help="Shipped recipe name or YAML path."),
+    classes: Optional[Path] = ClassesOpt,
     out_dir: Path = typer.Option(Path("runs/p2"), "--out", help="Run folder."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Pairs evaluated once at the end (default with no TRAIN_DIR: DATA/p2_data/validation)."),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Comma-separated stems whose predicted masks are saved every epoch, e.g. 0010,0097,0107."),
@@ -252,7 +256,7 @@ def seg_train(
     ema: Optional[float] = EmaOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
-    """Train a segmenter; the best checkpoint is selected by course mIoU on held-out training pairs."""
+    """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
     from vislab.paths import data_root
     from vislab.pipelines.segmentation import train
 
@@ -268,12 +272,15 @@ def seg_train(
                 limit_train_batches=limit_batches)
     if r.task != "seg":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab seg train` needs a seg recipe")
-    result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line())
+    result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
+                   classes=classes)
     if "val" in result:
         _print_seg(result["val"])
 
 
 def _print_seg(res: dict) -> None:
+    if res.get("metric"):
+        out.print(res["metric"], markup=False)
     t = Table("class", "IoU", title="per-class IoU")
     for name, v in res["iou"].items():
         t.add_row(name, "n/a (absent)" if v is None else f"{v:.4f}")
@@ -284,15 +291,17 @@ def _print_seg(res: dict) -> None:
 
 @seg_app.command("eval")
 def seg_eval(
-    pred_dir: Path = typer.Argument(..., help="Predicted colour masks (xxxx.png or xxxx_mask.png)."),
-    gt_dir: Path = typer.Argument(..., help="Ground truth (xxxx_mask.png)."),
+    pred_dir: Path = typer.Argument(..., help="Predicted masks (xxxx.png or xxxx_mask.png)."),
+    gt_dir: Path = typer.Argument(..., help="Ground truth: xxxx_mask.png files, a masks/ folder, or a folder of masks."),
+    classes: Optional[Path] = ClassesOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
 ) -> None:
-    """The course mIoU (pooled over all files, six classes) and a per-class IoU table."""
+    """Per-class IoU and the mIoU pooled over all files: the course rule for the course's masks,
+    the standard rule (ignore pixels left out) for a data set with a classes file."""
     from vislab.io import atomic_write_text
     from vislab.pipelines.segmentation import evaluate_dirs
 
-    res = evaluate_dirs(pred_dir, gt_dir)
+    res = evaluate_dirs(pred_dir, gt_dir, classes=classes)
     if json_out:
         atomic_write_text(json.dumps(res, indent=1), json_out)
     _print_seg(res)
@@ -301,12 +310,12 @@ def seg_eval(
 @seg_app.command("score")
 def seg_score(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
-    img_dir: Path = typer.Argument(..., help="Folder of xxxx_sat.jpg + xxxx_mask.png pairs."),
+    img_dir: Path = typer.Argument(..., help="Folder of xxxx_sat.jpg + xxxx_mask.png pairs, or of images/ + masks/."),
     tta: str = typer.Option("none", "--tta", help="none | flip | d4."),
     device: Optional[str] = typer.Option(None, "--device"),
     offsets: bool = OffsetsOpt,
 ) -> None:
-    """Course mIoU of a checkpoint on labelled pairs, without writing masks."""
+    """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
     _print_seg(evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets))
@@ -321,7 +330,7 @@ def seg_calibrate(
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder."),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
-    """Fit one logit offset per class for the course mIoU; score and predict then apply them."""
+    """Fit one logit offset per class for the mIoU; score and predict then apply them."""
     from vislab.paths import data_root
     from vislab.pipelines.segmentation import calibrate
 
@@ -337,15 +346,16 @@ def seg_calibrate(
 @seg_app.command("predict")
 def seg_predict(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
-    img_dir: Path = typer.Argument(..., help="Satellite images (xxxx.jpg or xxxx_sat.jpg)."),
-    out_dir: Path = typer.Argument(..., help="Output folder for colour masks."),
+    img_dir: Path = typer.Argument(..., help="Images (xxxx.jpg or xxxx_sat.jpg), or a folder with images/."),
+    out_dir: Path = typer.Argument(..., help="Output folder for the masks."),
     tta: str = typer.Option("none", "--tta", help="none | flip | d4 (averaged probabilities)."),
     batch_size: int = typer.Option(4, "--batch-size"),
     device: Optional[str] = typer.Option(None, "--device"),
     engine: str = ENGINE_OPTION,
     offsets: bool = OffsetsOpt,
 ) -> None:
-    """Write a colour-coded mask per image, the input's size."""
+    """Write a mask per image, the input's size, in the data set's format (colours, or class ids
+    for index masks)."""
     from vislab.pipelines.segmentation import predict
 
     n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device, engine=engine,
@@ -370,7 +380,7 @@ def seg_progress(
 def export_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder (P1 or P2)."),
     out_path: Path = typer.Argument(..., help="Output .onnx file."),
-    size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W (default: the recipe's, 512 512)."),
+    size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W (default: the recipe's input_hw, else the most common training tile size)."),
     opset: int = typer.Option(17, "--opset"),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch on random inputs."),
 ) -> None:

@@ -94,7 +94,7 @@ class Recipe:
     pad: int = 4  # cls: reflect padding of the random crop
     crop_area: tuple[float, float] = (0.25, 1.0)  # seg: area fraction range of the random crop
     infer_scale: float = 1.0  # seg: evaluation/prediction resize factor (logits resized back)
-    input_hw: tuple[int, int] | None = (512, 512)  # seg: required image size (H, W); None: any
+    input_hw: tuple[int, int] | None = None  # seg: required tile size (H, W); None: the data set's (course 512x512, else any)
     rot90: bool = True  # seg: random 90-degree turns in the augmentation
     loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
     class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"

@@ -41,13 +41,13 @@ def _require(module: str) -> Any:
 def network_input_shape(meta: dict[str, Any], size: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """(C, H, W) the network sees: P1 at its training ``image_size`` (else ``size``, else the size
     its images were stored at, else 32 px), P2 at ``size``, else the recipe's ``input_hw``, else
-    512 x 512."""
+    the most common tile size of its training folder, else 512 x 512."""
     if meta["task"] == "cls":
         if meta.get("image_size"):
             return 3, meta["image_size"], meta["image_size"]
         hw = size or meta.get("stored_hw") or (32, 32)
         return 3, int(hw[0]), int(hw[1])
-    hw = size or tuple(meta.get("recipe", {}).get("input_hw") or (512, 512))
+    hw = size or tuple(meta.get("recipe", {}).get("input_hw") or meta.get("stored_hw") or (512, 512))
     return 3, int(hw[0]), int(hw[1])
 
 

@@ -17,13 +17,19 @@ import torch
 COURSE_CLASSES = 6
 
 
-def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int,
+                     ignore_index: int | None = None) -> torch.Tensor:
     """Counts ``conf[t, p]`` of pixels with label t predicted p (one vectorised bincount).
 
-    Labels outside ``0..num_classes-1`` (e.g. 255 padding) are an error, not silently dropped.
+    Pixels labelled ``ignore_index`` are left out; any other label outside ``0..num_classes-1``
+    is an error, not silently dropped.
     """
     t = target.reshape(-1).long()
     p = pred.reshape(-1).long()
+    if ignore_index is not None:
+        keep = t != ignore_index
+        if not bool(keep.all()):
+            t, p = t[keep], p[keep]
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise ValueError(f"label values must lie in 0..{num_classes - 1}; found {int(t.min())}..{int(t.max())}")
     return torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)

@@ -115,10 +115,11 @@ def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     val = data["results"].get("val", {})
     out = []
     if val:
-        out.append(_fig("Per-class validation IoU (course rule)", figures.bars(
+        rule = "course rule" if val.get("metric", "course").startswith("course") else "standard rule"
+        out.append(_fig(f"Per-class validation IoU ({rule})", figures.bars(
             val["iou"], title="IoU per class", reference={"mIoU": val["miou"]})))
         out.append(_fig("Confusion matrix (validation, pixels)", figures.confusion_heatmap(
-            val["confusion"], labels=list(CLASS_NAMES), title="row-normalised pixel confusion")))
+            val["confusion"], labels=list(val.get("classes") or CLASS_NAMES), title="row-normalised pixel confusion")))
     snap = run / "snapshots"
     if snap.is_dir() and snapshot_epochs(snap):
         tmp = run / ".report-progress.png"
@@ -126,8 +127,8 @@ def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
         out.append(_fig("Predicted masks at early, middle and final epochs", tmp.read_bytes()))
         tmp.unlink()
         last = snapshot_epochs(snap)[-1]
-        items = [(sat, snap / f"epoch_{last:03d}" / f"{sat.name.split('_')[0]}.png", f"{sat.name.split('_')[0]}, epoch {last}")
-                 for sat in sorted(snap.glob("*_sat.*"))]
+        stems = [(sat, sat.stem[: -len("_sat")]) for sat in sorted(snap.glob("*_sat.*"))]
+        items = [(sat, snap / f"epoch_{last:03d}" / f"{stem}.png", f"{stem}, epoch {last}") for sat, stem in stems]
         items = [i for i in items if i[1].is_file()]
         if items:
             out.append(_fig("Final predictions over the satellite images", figures.overlays(items)))
@@ -148,8 +149,9 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
     res = data["results"]
     metric = "holdout_acc" if task == "cls" else "holdout_miou"
     val_key = "val_accuracy" if task == "cls" else "val_miou"
-    # the course's reference numbers belong to the course data (older runs recorded no layout)
-    course = res.get("layout", "course") == "course" or task == "seg"
+    # the course's reference numbers belong to the course data (older runs recorded neither)
+    course = (res.get("layout", "course") == "course" if task == "cls"
+              else res.get("val", {}).get("metric", "course").startswith("course"))
     comparison = [(name, f"{v:.4f}", False) for name, v in REFERENCES[task]] if course else []
     if res.get(metric) is not None:
         comparison.append(("this run, held-out split of the training folder (best epoch)", f"{res[metric]:.4f}", True))

@@ -38,7 +38,8 @@ def read_rgb(path: str | Path) -> torch.Tensor:
         raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
 
 
-def _open(path: Path):  # -> PIL.Image.Image
+def open_image(path: Path):  # -> PIL.Image.Image
+    """Open an image with Pillow (lazily); an empty, unreadable or unknown file is a one-line error."""
     from PIL import Image, UnidentifiedImageError
 
     if path.is_file() and path.stat().st_size == 0:
@@ -54,7 +55,7 @@ def _open(path: Path):  # -> PIL.Image.Image
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file, read from its header only."""
     p = Path(path)
-    with _open(p) as im:
+    with open_image(p) as im:
         w, h = im.size
     return h, w
 
@@ -79,7 +80,7 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
     p = Path(path)
     from PIL import Image
 
-    with _open(p) as im:
+    with open_image(p) as im:
         try:
             im.load()
             rgb = im.convert("RGB") if im.mode != "RGB" else im

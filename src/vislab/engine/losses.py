@@ -1,4 +1,7 @@
-"""Segmentation losses by name: cross-entropy (optionally class-weighted), Dice, Lovasz, sums."""
+"""Segmentation losses by name: cross-entropy (optionally class-weighted), Dice, Lovasz, sums.
+
+Every loss leaves out pixels labelled :data:`~vislab.data.seg_classes.IGNORE` (a data set's
+ignore value, or padding between tiles of different sizes)."""
 
 from __future__ import annotations
 
@@ -7,25 +10,27 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from vislab.data.seg_classes import IGNORE
 from vislab.errors import VislabError
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _ce(weight: torch.Tensor | None) -> Loss:
-    return lambda logits, target: F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits.device))
+    return lambda logits, target: F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits.device),
+                                                     ignore_index=IGNORE)
 
 
 def _dice(weight: torch.Tensor | None) -> Loss:
     from segmentation_models_pytorch.losses import DiceLoss
 
-    return DiceLoss(mode="multiclass", from_logits=True)
+    return DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE)
 
 
 def _lovasz(weight: torch.Tensor | None) -> Loss:
     from segmentation_models_pytorch.losses import LovaszLoss
 
-    return LovaszLoss(mode="multiclass", per_image=False)
+    return LovaszLoss(mode="multiclass", per_image=False, ignore_index=IGNORE)
 
 
 LOSSES: dict[str, Callable[[torch.Tensor | None], Loss]] = {"ce": _ce, "dice": _dice, "lovasz": _lovasz}

@@ -1,5 +1,5 @@
-"""P2 engine: segmentation DataModule, LightningModule (pooled confusion matrix, course mIoU),
-and the callback that saves the predicted masks of chosen images at every epoch."""
+"""P2 engine: segmentation DataModule, LightningModule (pooled confusion matrix, the data set's
+mIoU), and the callback that saves the predicted masks of chosen images at every epoch."""
 
 from __future__ import annotations
 
@@ -14,41 +14,47 @@ from torch.utils.data import DataLoader
 
 from vislab.config import Recipe
 from vislab.data.classification import normalize
-from vislab.data.palette import NUM_CLASSES, classes_to_mask
-from vislab.data.segmentation import Pair, SegmentationDataset, holdout_split, jitter_colours, list_pairs, scan_masks
+from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
+from vislab.data.segmentation import (Pair, SegmentationDataset, holdout_split, jitter_colours, list_pairs, pad_collate,
+                                      scan_masks)
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss
 from vislab.engine.sampling import EpochSampler, epoch_loader
+from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
-from vislab.metrics import confusion_matrix, course_miou, pixel_accuracy
+from vislab.metrics import confusion_matrix, pixel_accuracy
 
 
 class PooledConfusion(torchmetrics.Metric):
-    """A 7x7 confusion matrix summed over batches and processes (one bincount per update)."""
+    """A CxC confusion matrix summed over batches and processes (one bincount per update);
+    pixels labelled :data:`IGNORE` (ignored or padding) are left out."""
 
     full_state_update = False
 
-    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, num_classes: int = 7) -> None:
         super().__init__()
         self.n = num_classes
         self.add_state("conf", default=torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        self.conf += confusion_matrix(target, pred, self.n)
+        self.conf += confusion_matrix(target, pred, self.n, ignore_index=IGNORE)
 
     def compute(self) -> torch.Tensor:
         return self.conf
 
 
 class SegmentationData(pl.LightningDataModule):
-    """Pairs of ``train_dir`` split into training and held-out parts (seeded)."""
+    """Pairs of ``train_dir`` split into training and held-out parts (seeded); masks read by
+    ``classes`` (default: the course's colour code)."""
 
-    def __init__(self, train_dir: str | Path, recipe: Recipe, *, expected: tuple[int, int] | None = (512, 512)) -> None:
+    def __init__(self, train_dir: str | Path, recipe: Recipe, *, expected: tuple[int, int] | None = (512, 512),
+                 classes: SegClasses | None = None) -> None:
         super().__init__()
         self.recipe = recipe
+        self.classes = classes or deepglobe()
         pairs = list_pairs(train_dir)
-        self.stats = scan_masks(pairs, expected=expected)
+        self.stats = scan_masks(pairs, expected=expected, classes=self.classes)
         report = self.stats.stray_report(train_dir)
         if report:
             info(report)
@@ -67,7 +73,7 @@ class SegmentationData(pl.LightningDataModule):
     def _loader(self, pairs: list[Pair], *, train: bool) -> DataLoader:
         r = self.recipe
         ds = SegmentationDataset(pairs, train=train, crop_size=r.crop_size if train else None, seed=r.seed,
-                                 expected=self.expected, rot90=r.rot90, crop_area=r.crop_area)
+                                 expected=self.expected, rot90=r.rot90, crop_area=r.crop_area, classes=self.classes)
         return epoch_loader(
             ds,
             EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train),
@@ -79,6 +85,7 @@ class SegmentationData(pl.LightningDataModule):
             persistent_workers=r.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(r.seed),
+            collate_fn=pad_collate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -89,19 +96,34 @@ class SegmentationData(pl.LightningDataModule):
 
 
 class SegmenterModule(VislabModule):
-    """Loss and the course mIoU on the held-out split for a registry segmenter."""
+    """Loss and the data set's mIoU on the held-out split for a registry segmenter.
+
+    ``data_meta["seg_classes"]``: the data set's description (:meth:`SegClasses.to_dict`; absent:
+    the course's), kept in every checkpoint so inference decodes, scores and writes masks alike.
+    """
 
     task = "seg"
 
     def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
-                 class_weights: list[float] | None = None) -> None:
-        super().__init__(recipe, num_classes, steps_per_epoch)
+                 class_weights: list[float] | None = None, data_meta: dict[str, Any] | None = None) -> None:
+        super().__init__(recipe, num_classes, steps_per_epoch, data_meta=data_meta)
         self.save_hyperparameters()
+        self.classes = SegClasses.from_dict(self.data_meta.get("seg_classes"))
+        if self.classes.num_classes != num_classes:
+            raise ValueError(f"{num_classes} classes, but the description has {self.classes.num_classes}")
         for net in (self.net, self.eval_net):
             net.scale = self.recipe.infer_scale
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        theirs = SegClasses.from_dict(checkpoint.get("vislab", {}).get("seg_classes"))
+        if not theirs.same_classes(self.classes):
+            raise VislabError(None, f"cannot resume: the training folder is described by {self.classes.source} "
+                                    f"({', '.join(self.classes.names)}), the checkpoint by {theirs.source} "
+                                    f"({', '.join(theirs.names)})")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx = batch
@@ -121,21 +143,29 @@ class SegmenterModule(VislabModule):
 
     def on_validation_epoch_end(self) -> None:
         conf = self.holdout_conf.compute().cpu()  # summed over batches and processes
-        self.log("holdout_miou", course_miou(conf), sync_dist=False)
+        self.log("holdout_miou", self.classes.miou(conf), sync_dist=False)
         self.log("holdout_pixacc", pixel_accuracy(conf), sync_dist=False)
         self.holdout_conf.reset()
 
 
 class MaskSnapshots(pl.Callback):
-    """Save the predicted colour masks of chosen images after every epoch's validation.
+    """Save the predicted masks of chosen images after every epoch's validation, in the data
+    set's colours (what ``vislab seg progress`` and the report show).
 
-    Layout: ``snapshots/<stem>_sat.jpg``, ``<stem>_mask.png`` (copies of the inputs) and
-    ``snapshots/epoch_NNN/<stem>.png`` (predictions), which ``vislab seg progress`` reads.
+    Layout: ``snapshots/<stem>_sat.<ext>`` (a copy of the image), ``<stem>_mask.png`` (the truth
+    in colour) and ``snapshots/epoch_NNN/<stem>.png`` (predictions).
     """
 
-    def __init__(self, pairs: list[Pair], out_dir: Path) -> None:
+    def __init__(self, pairs: list[Pair], out_dir: Path, classes: SegClasses | None = None) -> None:
         self.pairs = pairs
         self.dir = Path(out_dir) / "snapshots"
+        self.classes = classes or deepglobe()
+
+    def _write(self, ids: torch.Tensor, path: Path) -> None:
+        from torchvision.io import encode_png
+
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(encode_png(self.classes.colour_image(ids.cpu())).numpy().tobytes())
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -144,13 +174,14 @@ class MaskSnapshots(pl.Callback):
         for p in self.pairs:
             shutil.copyfile(p.image, self.dir / f"{p.stem}_sat{p.image.suffix}")
             if p.mask is not None:
-                shutil.copyfile(p.mask, self.dir / f"{p.stem}_mask.png")
+                if self.classes.course:
+                    shutil.copyfile(p.mask, self.dir / f"{p.stem}_mask.png")
+                else:
+                    self._write(self.classes.read_mask(p.mask)[0], self.dir / f"{p.stem}_mask.png")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from torchvision.io import encode_png
-
         from vislab.data.images import read_rgb
 
         epoch_dir = self.dir / f"epoch_{trainer.current_epoch + 1:03d}"
@@ -160,7 +191,5 @@ class MaskSnapshots(pl.Callback):
         with torch.no_grad():
             for p in self.pairs:
                 x = normalize(read_rgb(p.image)[None].to(pl_module.device), pl_module.mean, pl_module.std)
-                ids = pl_module.eval_net(x).argmax(1)[0].cpu()
-                with atomic_path(epoch_dir / f"{p.stem}.png") as tmp:
-                    tmp.write_bytes(encode_png(classes_to_mask(ids)).numpy().tobytes())
+                self._write(pl_module.eval_net(x).argmax(1)[0], epoch_dir / f"{p.stem}.png")
         pl_module.train(was_training)

@@ -1,4 +1,6 @@
-"""P2: train, evaluate (course mIoU), predict and show the progress of land-cover segmenters."""
+"""P2: train, evaluate, predict and show the progress of segmenters, on the course's land-cover
+tiles (course mIoU) or any data set described by a classes file (standard mIoU; see
+:mod:`vislab.data.seg_classes`)."""
 
 from __future__ import annotations
 
@@ -10,21 +12,23 @@ import torch
 from vislab.calibration import apply_offsets, fit_offsets, load_offsets, save_offsets
 from vislab.config import Recipe
 from vislab.data.images import list_images, read_rgb
-from vislab.data.palette import CLASS_NAMES, NUM_CLASSES, classes_to_mask
-from vislab.data.segmentation import MASK, SAT, list_pairs, read_mask
+from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
+from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled
 from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
-from vislab.metrics import COURSE_CLASSES, confusion_matrix, course_miou, iou_per_class, pixel_accuracy
+from vislab.metrics import confusion_matrix, pixel_accuracy
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
-          val_dir: str | Path | None = None, command: str = "") -> dict[str, Any]:
+          val_dir: str | Path | None = None, command: str = "",
+          classes: str | Path | None = None) -> dict[str, Any]:
     """Train a segmenter on the pairs of ``train_dir`` into the run folder ``out_dir``.
 
-    The best checkpoint is chosen by the course mIoU on a held-out split of ``train_dir``;
-    ``val_dir`` is evaluated once at the end. Snapshot stems are looked up in ``val_dir``
-    first, then in ``train_dir``.
+    The masks mean what ``classes`` (a classes file), else the ``classes.yaml`` of ``train_dir``
+    (or the folder above), else the course's colour code says. The best checkpoint is chosen by
+    the data set's mIoU on a held-out split of ``train_dir``; ``val_dir`` is evaluated once at
+    the end. Snapshot stems are looked up in ``val_dir`` first, then in ``train_dir``.
 
     Example:
         >>> train("hw1_data/p2_data/train", load_recipe("seg-fcn32s-seed"), out_dir="runs/p2",
@@ -39,8 +43,12 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
-    val_pairs = list_pairs(val_dir) if val_dir is not None else []
-    data = SegmentationData(train_dir, recipe, expected=recipe.input_hw)
+    desc = find_classes(train_dir, classes)
+    val_pairs = []
+    if val_dir is not None:
+        check_described_alike(val_dir, desc)
+        val_pairs = list_pairs(val_dir)
+    data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     snaps = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs)
     weights = None
     if recipe.class_weights == "inverse-sqrt-frequency":
@@ -48,7 +56,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     elif recipe.class_weights is not None:
         raise VislabError(None, f"unknown class_weights {recipe.class_weights!r}; use inverse-sqrt-frequency")
     trainer = build_trainer(recipe, out, monitor="holdout_miou",
-                            extra_callbacks=[MaskSnapshots(snaps, out)] if snaps else [])
+                            extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [])
     recipe, changes = resolve_lr(recipe, trainer)
     for line in changes:
         info(f"setting: {line}")
@@ -56,8 +64,16 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
          f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
+    info(f"classes ({desc.source}, {desc.mask_format} masks): {', '.join(desc.names)}")
+    info(f"metric: {desc.metric_name}")
+    sizes = data.stats.sizes
+    if sizes is not None and len({tuple(v) for v in sizes.tolist()}) > 1:
+        info(f"tiles of {len({tuple(v) for v in sizes.tolist()})} sizes: "
+             + ("training crops them to " + str(recipe.crop_size) if recipe.crop_size
+                else "batches pad them to the largest (padding is ignored by loss and metric)"))
     steps = steps_per_epoch(trainer, recipe, len(data.train_pairs))
-    module = SegmenterModule(recipe.to_dict(), NUM_CLASSES, steps, class_weights=weights)
+    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size()}
+    module = SegmenterModule(recipe.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta)
     done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_miou")
     if done is None:
         return {}
@@ -81,7 +97,7 @@ def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> list:
         found.setdefault(p.stem, p)
     missing = [s for s in stems if s not in found]
     if missing:
-        raise VislabError(None, f"--snapshot: no image named {missing[0]}{SAT}.jpg in the validation or training folder")
+        raise VislabError(None, f"--snapshot: no image with the stem {missing[0]} in the validation or training folder")
     return [found[s] for s in stems]
 
 
@@ -134,18 +150,36 @@ def _output_name(image: Path) -> str:
     return f"{stem[: -len(SAT)]}{MASK}.png" if stem.endswith(SAT) else f"{stem}.png"
 
 
+def classes_of(meta: dict[str, Any]) -> SegClasses:
+    """The data set description a checkpoint (or its ONNX export) was trained with."""
+    return SegClasses.from_dict(meta.get("seg_classes"))
+
+
+def check_described_alike(folder: str | Path, classes: SegClasses) -> None:
+    """A folder whose own classes file describes other classes than ``classes`` is an error."""
+    found = classes_file(folder)
+    if found is None:
+        return
+    from vislab.data.seg_classes import load_classes
+
+    theirs = load_classes(found)
+    if not theirs.same_classes(classes):
+        raise VislabError(found, f"describes other classes ({', '.join(theirs.names)}; {theirs.mask_format} masks) "
+                                 f"than {classes.source} ({', '.join(classes.names)}; {classes.mask_format} masks)")
+
+
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
             batch_size: int = 4, device: str | None = None, engine: str = "auto", offsets: bool = True) -> int:
-    """Write a colour mask per image: ``xxxx_sat.jpg`` -> ``xxxx_mask.png``, ``xxxx.jpg`` -> ``xxxx.png``.
+    """Write a mask per image in the data set's format (class ids for index masks, colours for
+    palette and course masks): ``xxxx_sat.jpg`` -> ``xxxx_mask.png``, ``xxxx.jpg`` -> ``xxxx.png``.
 
-    Masks have the input's size. Every input is decoded before anything is written, so a bad
-    file leaves no partial output. ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in
+    ``img_dir`` holds the images (or an ``images/`` folder of them). Masks have the input's size.
+    Every input is decoded before anything is written, so a bad file leaves no partial output.
+    ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in
     :func:`vislab.export.load_predictor` (the ONNX graph serves the most common image size).
     ``offsets``: apply the checkpoint's class offsets from ``vislab seg calibrate`` if it has any.
     """
     from collections import Counter
-
-    from torchvision.io import encode_png
 
     from vislab.engine.state import pick_device
     from vislab.export import load_predictor, model_file
@@ -153,12 +187,11 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     model_file(ckpt, engine)
     if tta not in _TTA:
         raise VislabError(None, f"unknown --tta {tta!r}; choose {', '.join(_TTA)}")
-    files = [f for f in list_images(img_dir, what="satellite images") if not f.stem.endswith(MASK)]
-    if not files:
-        raise VislabError(img_dir, "no satellite images found (only masks)")
+    files = list_unlabelled(img_dir)
     images = [read_rgb(f) for f in files]
     hw = Counter(tuple(im.shape[-2:]) for im in images).most_common(1)[0][0]
     model, meta = load_predictor(ckpt, task="seg", engine=engine, hw=hw, device=device)
+    classes = classes_of(meta)
     shift = _offsets_for(ckpt, meta) if offsets else None
     dev = pick_device(device)
     model = model.to(dev)
@@ -169,7 +202,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         probs = predict_probs(model, meta, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
         for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
             with atomic_path(out / _output_name(files[i])) as tmp:
-                tmp.write_bytes(encode_png(classes_to_mask(ids)).numpy().tobytes())
+                tmp.write_bytes(classes.mask_png(ids))
     return len(files)
 
 
@@ -185,15 +218,17 @@ def _pred_files(pred_dir: Path) -> dict[str, Path]:
     return found
 
 
-def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> dict[str, Any]:
-    """Course mIoU of a folder of predicted colour masks against ground-truth ``xxxx_mask.png``.
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Path | None = None) -> dict[str, Any]:
+    """The mIoU of a folder of predicted masks against the ground truth of ``gt_dir``.
 
-    Files pair by name (``xxxx.png`` or ``xxxx_mask.png`` against ``xxxx_mask.png``); a missing
-    or extra prediction or a size mismatch is an error naming the file.
+    ``gt_dir``: ``xxxx_mask.png`` files, a ``masks/`` folder, or a folder of masks. The masks
+    are read (and the mIoU chosen) by ``classes``, else the ``classes.yaml`` of ``gt_dir`` or
+    the folder above, else the course's colour code and course mIoU. Files pair by stem
+    (``xxxx.png`` or ``xxxx_mask.png``); a missing or extra prediction, a size mismatch or a
+    value that is no class is an error naming the file.
     """
-    gt = {f.stem[: -len(MASK)]: f for f in list_images(gt_dir, what="ground-truth masks") if f.stem.endswith(MASK)}
-    if not gt:
-        raise VislabError(gt_dir, "no xxxx_mask.png ground-truth masks found")
+    desc = find_classes(gt_dir, classes)
+    gt = list_masks(gt_dir)
     pred = _pred_files(Path(pred_dir))
     missing = sorted(set(gt) - set(pred))
     extra = sorted(set(pred) - set(gt))
@@ -201,22 +236,29 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> dict[str, Any]:
         raise VislabError(pred_dir, f"no prediction for {len(missing)} ground-truth masks, e.g. {gt[missing[0]].name}")
     if extra:
         raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
-    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    k = desc.num_classes
+    conf = torch.zeros(k, k, dtype=torch.long)
     stray_files = 0
     for stem in sorted(gt):
-        truth, stray = read_mask(gt[stem])
+        truth, stray = desc.read_mask(gt[stem])
         stray_files += stray > 0
-        guess, _ = read_mask(pred[stem], tuple(truth.shape))
-        conf += confusion_matrix(truth, guess, NUM_CLASSES)
-    return _seg_metrics(conf, files=len(gt), stray_files=int(stray_files))
+        guess, _ = desc.read_mask(pred[stem], tuple(truth.shape))
+        if bool((guess == IGNORE).any()):
+            raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
+                                          "every pixel must be given a class")
+        conf += confusion_matrix(truth, guess, k, ignore_index=IGNORE)
+    return _seg_metrics(conf, desc, files=len(gt), stray_files=int(stray_files))
 
 
-def _seg_metrics(conf: torch.Tensor, **extra: Any) -> dict[str, Any]:
-    ious = iou_per_class(conf)
+def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
+    ious = classes.iou(conf)
     return {
-        "miou": round(course_miou(conf), 6),
-        "iou": {CLASS_NAMES[c]: (None if torch.isnan(v) else round(float(v), 6)) for c, v in enumerate(ious)},
+        "miou": round(classes.miou(conf), 6),
+        "metric": classes.metric_name,
+        "iou": {classes.names[c]: (None if torch.isnan(v) else round(float(v), 6)) for c, v in enumerate(ious)},
         "pixel_accuracy": round(pixel_accuracy(conf), 6),
+        "classes": list(classes.names),
+        "colours": [list(c) for c in classes.colours],
         "confusion": conf.tolist(),
         **extra,
     }
@@ -224,24 +266,27 @@ def _seg_metrics(conf: torch.Tensor, **extra: Any) -> dict[str, Any]:
 
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
                         device: str | None = None, offsets: bool = True) -> dict[str, Any]:
-    """Course mIoU of a checkpoint on a folder of pairs (no files written); ``offsets`` as in
-    :func:`predict`."""
+    """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
+    checkpoint's description; ``offsets`` as in :func:`predict`."""
     from vislab.engine.state import load_network, pick_device
 
     model, meta = load_network(ckpt, task="seg")
+    desc = classes_of(meta)
+    check_described_alike(img_dir, desc)
     shift = _offsets_for(ckpt, meta) if offsets else None
     dev = pick_device(device)
     model = model.to(dev)
     pairs = list_pairs(img_dir)
-    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
-    for probs, truth in _labelled_probs(model, meta, pairs, tta=tta, batch_size=batch_size, device=dev):
-        conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), NUM_CLASSES)
+    k = desc.num_classes
+    conf = torch.zeros(k, k, dtype=torch.long)
+    for probs, truth in _labelled_probs(model, meta, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
+        conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), k, ignore_index=IGNORE)
     extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
-    return _seg_metrics(conf, files=len(pairs), tta=tta, **extra)
+    return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
 
 
-def _labelled_probs(model: torch.nn.Module, meta: dict[str, Any], pairs: list, *, tta: str, batch_size: int,
-                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _labelled_probs(model: torch.nn.Module, meta: dict[str, Any], pairs: list, classes: SegClasses, *, tta: str,
+                    batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(class probabilities (C, H, W) on ``device``, true class ids (H, W)) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
@@ -249,7 +294,7 @@ def _labelled_probs(model: torch.nn.Module, meta: dict[str, Any], pairs: list, *
         for run in _same_size_runs(imgs, batch_size):
             probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
             for i, p in zip(run, probs):
-                truth, _ = read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))  # type: ignore[arg-type]
+                truth, _ = classes.read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))
                 yield p, truth
 
 
@@ -265,8 +310,8 @@ def _offsets_for(ckpt: str | Path, meta: dict[str, Any]) -> torch.Tensor | None:
 
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
               batch_size: int = 4, device: str | None = None, stride: int = 2) -> dict[str, Any]:
-    """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, and
-    store them beside it (see :mod:`vislab.calibration`).
+    """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, for
+    the mIoU of its data set, and store them beside it (see :mod:`vislab.calibration`).
 
     ``split="holdout"``: ``pairs_dir`` is the run's training folder and its held-out split (the
     recipe's fraction and seed) is used; ``split="all"``: every pair of ``pairs_dir``. Pixels are
@@ -277,6 +322,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
 
     path = checkpoint_file(ckpt)
     model, meta = load_network(path, task="seg")
+    desc = classes_of(meta)
+    check_described_alike(pairs_dir, desc)
     pairs = list_pairs(pairs_dir)
     if split == "holdout":
         recipe = meta.get("recipe", {})
@@ -293,14 +340,18 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dev = pick_device(device)
     model = model.to(dev)
     logps, truths = [], []
-    for probs, truth in _labelled_probs(model, meta, pairs, tta=tta, batch_size=batch_size, device=dev):
+    for probs, truth in _labelled_probs(model, meta, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
-    if len({t.shape for t in truths}) > 1:
-        raise VislabError(pairs_dir, "calibration needs pairs of one size")
-    # only the six scored classes move: a raised "unknown" would buy mIoU by abstaining on hard pixels
-    offsets, before, after = fit_offsets(torch.stack(logps), torch.stack(truths), searched=range(COURSE_CLASSES))
-    record = {"classes": list(CLASS_NAMES), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
+    if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out
+        from vislab.data.segmentation import pad_collate
+
+        lp, tr, _ = pad_collate([(lg, t, 0) for lg, t in zip(logps, truths)], multiple=1)
+    else:
+        lp, tr = torch.stack(logps), torch.stack(truths)
+    # only the scored classes move: the course's raised "unknown" would buy mIoU by abstaining on hard pixels
+    offsets, before, after = fit_offsets(lp, tr, searched=range(desc.scored), miou=desc.miou)
+    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
               "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6)}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]

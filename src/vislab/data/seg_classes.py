@@ -1,0 +1,337 @@
+"""What a segmentation data set's masks mean: its classes, colours, mask format and metric.
+
+A data set describes itself with a ``classes.yaml`` (in its folder or the folder above, or
+passed with ``--classes FILE``)::
+
+    mask_format: index        # index: a pixel's value is its class id; palette: its colour is
+    ignore_index: 255         # optional: pixels with this value (index) are left out of loss and metric
+    classes:
+      - {name: background, color: [0, 0, 0]}
+      - {name: road, color: [128, 64, 128]}
+    extra_colors: {[255, 0, 0]: ignore}   # palette only: other colours -> a class name or ignore
+
+Without a file, the course's land-cover code applies (:func:`deepglobe`): colour masks decoded by
+the 3-bit rule of :mod:`vislab.data.palette` (red -> unknown) and scored by the course mIoU.
+Every other description is scored by the standard rule (:meth:`SegClasses.miou`).
+
+Inside vislab, class ids are uint8 and pixels left out of loss and metric hold :data:`IGNORE`
+(whatever value the file uses for them); padding added to batch tiles of different sizes too.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from vislab.data import palette
+from vislab.errors import VislabError
+from vislab.metrics import iou_per_class
+
+IGNORE = 255
+"""Class-id value of pixels left out of loss and metric (the file's ``ignore_index`` maps here)."""
+CLASSES_FILE = "classes.yaml"
+MASK_FORMATS = ("index", "palette")
+_KEYS = {"mask_format", "ignore_index", "classes", "extra_colors"}
+
+Colour = tuple[int, int, int]
+
+
+def default_colours(n: int) -> list[Colour]:
+    """Distinct colours for ``n`` classes: the bits of the class id spread over R, G and B
+    (the scheme of the PASCAL VOC colour map), so ids 0..7 get black, dark red, dark green..."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        out.append((r, g, b))
+    return out
+
+
+@dataclass(frozen=True)
+class SegClasses:
+    """A segmentation data set's description (see the module docstring)."""
+
+    source: str  # "deepglobe" or the classes file it was read from
+    names: tuple[str, ...]
+    colours: tuple[Colour, ...]
+    mask_format: str  # "course" (the 3-bit land-cover rule), "index" or "palette"
+    ignore_index: int | None = None
+    extra_colours: tuple[tuple[Colour, int], ...] = ()  # palette: colour -> class id or IGNORE
+    tile_hw: tuple[int, int] | None = None  # the size every tile must have (the course: 512x512)
+    _lookup: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def course(self) -> bool:
+        """True for the course's land-cover description (course mIoU, 3-bit colour rule)."""
+        return self.mask_format == "course"
+
+    @property
+    def scored(self) -> int:
+        """Classes averaged by the mIoU: the course's first six, else all."""
+        return palette.NUM_CLASSES - 1 if self.course else self.num_classes
+
+    @property
+    def metric_name(self) -> str:
+        """The rule :meth:`miou` applies, in words (printed above every score)."""
+        if self.course:
+            return ("course mIoU: pooled over all pixels, mean IoU of the six land-cover classes; pixels "
+                    "labelled unknown count as false positives")
+        ignored = "" if self.ignore_index is None else f" whose label is not {self.ignore_index} (ignore)"
+        return (f"standard mIoU: one confusion matrix pooled over all pixels{ignored}; mean IoU of the "
+                f"{self.num_classes} classes whose union is not empty")
+
+    def iou(self, conf: torch.Tensor) -> torch.Tensor:
+        """IoU of each scored class from a pooled confusion matrix (NaN: empty union)."""
+        return iou_per_class(conf, self.scored)
+
+    def miou(self, conf: torch.Tensor) -> float:
+        """The data set's mIoU: mean over the scored classes with a non-empty union."""
+        return float(torch.nanmean(self.iou(conf)))
+
+    # --- masks ---------------------------------------------------------------------------
+
+    def read_mask(self, path: str | Path, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+        """Class ids (H, W) uint8 (:data:`IGNORE` where left out) and the count of stray pixels
+        (the course's red pixels, mapped to unknown; 0 otherwise). ``size``: the (H, W) it must have."""
+        p = Path(path)
+        if self.mask_format == "index":
+            ids, stray = self._decode_index(p), 0
+        else:
+            from vislab.data.images import read_rgb
+
+            rgb = read_rgb(p)
+            if self.course:
+                ids, stray = palette.mask_to_classes(rgb)
+            else:
+                ids, stray = self._decode_palette(rgb, p), 0
+        if size is not None and tuple(ids.shape) != tuple(size):
+            raise VislabError(p, f"mask is {ids.shape[1]}x{ids.shape[0]}, expected {size[1]}x{size[0]} like its image")
+        return ids, stray
+
+    def _decode_index(self, p: Path) -> torch.Tensor:
+        from vislab.data.images import open_image
+
+        with open_image(p) as im:
+            try:
+                im.load()
+                arr = np.asarray(im)
+            except (OSError, ValueError, SyntaxError):
+                raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
+        if arr.ndim == 3:
+            if arr.shape[2] >= 3 and not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()):
+                raise VislabError(p, "is a colour image, but the classes file says mask_format: index "
+                                     "(one class id per pixel); use mask_format: palette for colour masks")
+            arr = arr[..., 0]
+        values = torch.from_numpy(arr.astype(np.int64))
+        ids = values.clone()
+        if self.ignore_index is not None:
+            ids[values == self.ignore_index] = IGNORE
+        bad = (values >= self.num_classes) & (values != (self.ignore_index if self.ignore_index is not None else -1))
+        if bool(bad.any()) or bool((values < 0).any()):
+            v = int(values[bad | (values < 0)][0])
+            allowed = f"0..{self.num_classes - 1}" + (f" or {self.ignore_index} (ignore)" if self.ignore_index is not None else "")
+            raise VislabError(p, f"pixel value {v} is not a class id ({allowed}); {int(bad.sum())} such pixels")
+        return ids.to(torch.uint8)
+
+    def _decode_palette(self, rgb: torch.Tensor, p: Path) -> torch.Tensor:
+        codes = (rgb[0].long() << 16) | (rgb[1].long() << 8) | rgb[2].long()
+        table = self._table()
+        keys, vals = table
+        pos = torch.searchsorted(keys, codes.flatten()).clamp_max(len(keys) - 1)
+        found = keys[pos] == codes.flatten()
+        if not bool(found.all()):
+            c = int(codes.flatten()[~found][0])
+            colour = [(c >> 16) & 255, (c >> 8) & 255, c & 255]
+            raise VislabError(p, f"colour {colour} is not a class colour of the classes file "
+                                 f"({int((~found).sum())} such pixels); map it with extra_colors")
+        return vals[pos].view(codes.shape)
+
+    def _table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if "table" not in self._lookup:
+            pairs = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.colours)}
+            pairs.update({(r << 16) | (g << 8) | b: v for (r, g, b), v in self.extra_colours})
+            keys = sorted(pairs)
+            self._lookup["table"] = (torch.tensor(keys, dtype=torch.long),
+                                     torch.tensor([pairs[k] for k in keys], dtype=torch.uint8))
+        return self._lookup["table"]
+
+    def colour_image(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class ids (H, W) as the classes' colours (3, H, W) uint8 (ignored pixels grey): what
+        figures show and what palette / course masks are written as."""
+        if self.course:
+            return palette.classes_to_mask(ids)
+        table = torch.tensor(list(self.colours) + [(128, 128, 128)] * (256 - self.num_classes), dtype=torch.uint8)
+        return table.to(ids.device)[ids.long()].permute(2, 0, 1).contiguous()
+
+    def mask_png(self, ids: torch.Tensor) -> bytes:
+        """A predicted mask (H, W) as PNG bytes in the data set's format: class ids (index) or
+        colours (palette, course)."""
+        from torchvision.io import encode_png
+
+        if ids.numel() and int(ids.max()) >= self.num_classes:
+            raise ValueError(f"class id {int(ids.max())} is outside 0..{self.num_classes - 1}")
+        img = ids[None].to(torch.uint8) if self.mask_format == "index" else self.colour_image(ids)
+        return encode_png(img.cpu()).numpy().tobytes()
+
+    # --- storage -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, for checkpoints, results and ONNX metadata."""
+        return {"source": self.source, "names": list(self.names), "colours": [list(c) for c in self.colours],
+                "mask_format": self.mask_format, "ignore_index": self.ignore_index,
+                "extra_colours": [[list(c), v] for c, v in self.extra_colours],
+                "tile_hw": list(self.tile_hw) if self.tile_hw else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> SegClasses:
+        """Inverse of :meth:`to_dict`; None (a checkpoint from before descriptions) is the course's."""
+        if not d:
+            return deepglobe()
+        return cls(str(d["source"]), tuple(d["names"]), tuple(tuple(int(v) for v in c) for c in d["colours"]),
+                   str(d["mask_format"]), None if d.get("ignore_index") is None else int(d["ignore_index"]),
+                   tuple((tuple(int(v) for v in c), int(i)) for c, i in d.get("extra_colours") or []),
+                   tuple(d["tile_hw"]) if d.get("tile_hw") else None)
+
+    def same_classes(self, other: SegClasses) -> bool:
+        """Whether two descriptions decode and score masks alike (the source may differ)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(a[k] == b[k] for k in ("names", "mask_format", "ignore_index", "extra_colours", "colours"))
+
+
+def deepglobe() -> SegClasses:
+    """The course's land-cover description: 7 colour-coded classes, 512x512 tiles, course mIoU."""
+    return SegClasses("deepglobe", palette.CLASS_NAMES, tuple(tuple(int(v) for v in c) for c in palette.PALETTE.tolist()),
+                      "course", tile_hw=(512, 512))
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML whose mapping keys may be sequences (``{[255, 0, 0]: ignore}``), read as tuples."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    out = {}
+    for k, v in node.value:
+        key = loader.construct_object(k, deep=True)
+        out[tuple(key) if isinstance(key, list) else key] = loader.construct_object(v, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _colour(value: Any, path: Path, what: str) -> Colour:
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)):
+        raise VislabError(path, f"{what}: a colour is three integers 0..255 like [128, 64, 128], got {value!r}")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def parse_classes(text: str, path: Path) -> SegClasses:
+    """A :class:`SegClasses` from the text of a classes file; every problem names ``path``."""
+    try:
+        data = yaml.load(io.StringIO(text), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise VislabError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise VislabError(path, "expected a mapping with mask_format and classes")
+    unknown = sorted(set(map(str, data)) - _KEYS)
+    if unknown:
+        raise VislabError(path, f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")
+    fmt = data.get("mask_format")
+    if fmt not in MASK_FORMATS:
+        raise VislabError(path, f"mask_format must be index or palette, got {fmt!r}")
+    entries = data.get("classes")
+    if not isinstance(entries, list) or not entries:
+        raise VislabError(path, "classes: expected a list like - {name: road, color: [128, 64, 128]}")
+    if len(entries) > IGNORE:
+        raise VislabError(path, f"{len(entries)} classes; at most {IGNORE} are supported")
+    names: list[str] = []
+    colours: list[Colour | None] = []
+    for i, e in enumerate(entries):
+        e = {"name": e} if isinstance(e, str) else e
+        if not isinstance(e, dict) or not isinstance(e.get("name"), (str, int)) or set(e) - {"name", "color"}:
+            raise VislabError(path, f"classes[{i}]: expected {{name: NAME, color: [R, G, B]}}, got {e!r}")
+        names.append(str(e["name"]))
+        colours.append(_colour(e["color"], path, f"classes[{i}] ({e['name']})") if "color" in e else None)
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise VislabError(path, f"class name {dup!r} is listed twice")
+    if fmt == "palette":
+        missing = [n for n, c in zip(names, colours) if c is None]
+        if missing:
+            raise VislabError(path, f"palette masks need a color for every class; {missing[0]!r} has none")
+    fallback = iter(c for c in default_colours(len(names) + 64) if c not in colours)
+    filled = [c if c is not None else next(fallback) for c in colours]
+    twice = next((c for c in filled if filled.count(c) > 1), None)
+    if twice is not None:
+        raise VislabError(path, f"colour {list(twice)} belongs to two classes")
+    ignore = data.get("ignore_index")
+    if ignore is not None:
+        if fmt != "index":
+            raise VislabError(path, "ignore_index applies to index masks; palette masks map a colour to "
+                                    "ignore with extra_colors")
+        if not isinstance(ignore, int) or isinstance(ignore, bool) or not len(names) <= ignore <= 65535:
+            raise VislabError(path, f"ignore_index must be an integer >= {len(names)} (not a class id), got {ignore!r}")
+    extra: list[tuple[Colour, int]] = []
+    raw_extra = data.get("extra_colors") or {}
+    if raw_extra and fmt != "palette":
+        raise VislabError(path, "extra_colors applies to palette masks")
+    if not isinstance(raw_extra, dict):
+        raise VislabError(path, "extra_colors: expected a mapping like {[255, 0, 0]: ignore}")
+    for key, target in raw_extra.items():
+        colour = _colour(list(key) if isinstance(key, tuple) else key, path, "extra_colors")
+        if colour in filled:
+            raise VislabError(path, f"extra_colors: {list(colour)} is already the colour of a class")
+        if target == "ignore":
+            extra.append((colour, IGNORE))
+        elif str(target) in names:
+            extra.append((colour, names.index(str(target))))
+        else:
+            raise VislabError(path, f"extra_colors: {list(colour)} maps to {target!r}, which is neither a class "
+                                    "name nor ignore")
+    return SegClasses(str(path), tuple(names), tuple(filled), fmt, ignore, tuple(extra))
+
+
+def load_classes(path: str | Path) -> SegClasses:
+    """Read a classes file (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise VislabError(p, "classes file not found")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VislabError(p, f"cannot read the classes file ({exc.__class__.__name__})") from None
+    return parse_classes(text, p)
+
+
+def classes_file(folder: str | Path) -> Path | None:
+    """The ``classes.yaml`` that describes ``folder``: in it, else in the folder above, else None."""
+    d = Path(folder)
+    for where in (d, d.parent):
+        f = where / CLASSES_FILE
+        if f.is_file():
+            return f
+    return None
+
+
+def find_classes(folder: str | Path | None, explicit: str | Path | None = None) -> SegClasses:
+    """``explicit`` (a ``--classes`` file), else the classes file of ``folder``, else the course's."""
+    if explicit is not None:
+        return load_classes(explicit)
+    found = classes_file(folder) if folder is not None else None
+    return load_classes(found) if found is not None else deepglobe()
