@@ -1,0 +1,269 @@
+"""Segmentation data sets of one's own: a classes file, index or palette masks with an ignore
+value, images/ + masks/ pairs of mixed tile sizes, the standard mIoU, names through every command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vislab.data.seg_classes import IGNORE, deepglobe, find_classes, load_classes, parse_classes
+from vislab.data.segmentation import list_pairs, pad_collate
+from vislab.errors import VislabError
+
+from conftest import run_vislab
+
+NAMES = ["background", "road", "water", "field"]
+COLOURS = [[0, 0, 0], [128, 64, 128], [0, 0, 255], [0, 200, 0]]
+SIZES = [(48, 64), (64, 64), (64, 48), (40, 56)]  # (H, W): mixed tiles
+
+
+def _ids(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Vertical bands of random classes, a 3-pixel ignored (255) border at the top."""
+    cuts = np.sort(rng.choice(np.arange(8, w - 8), 3, replace=False))
+    ids = np.zeros((h, w), np.uint8)
+    for k, c in enumerate(rng.permutation(4)):
+        lo = 0 if k == 0 else cuts[k - 1]
+        hi = w if k == 3 else cuts[k]
+        ids[:, lo:hi] = c
+    ids[:3] = 255
+    return ids
+
+
+def make_index_set(root, n: int, seed: int = 0, *, classes_file: bool = True):
+    """``root/images/<stem>.jpg`` + ``root/masks/<stem>.png`` (index masks, ignore 255) and
+    ``root/classes.yaml``; an image's colour tells its class."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        h, w = SIZES[i % len(SIZES)]
+        ids = _ids(rng, h, w)
+        colours = np.array(COLOURS + [[90, 90, 90]] * 252, np.float64)
+        img = colours[ids] * 0.7 + rng.integers(0, 70, (h, w, 3))
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"t{i:02d}.jpg", quality=95)
+        Image.fromarray(ids, mode="L").save(root / "masks" / f"t{i:02d}.png")
+    if classes_file:
+        (root / "classes.yaml").write_text(yaml.safe_dump({
+            "mask_format": "index", "ignore_index": 255,
+            "classes": [{"name": n_, "color": c} for n_, c in zip(NAMES, COLOURS)]}))
+    return root
+
+
+def standard_miou(pairs: list[tuple[np.ndarray, np.ndarray]], k: int, ignore: int) -> tuple[float, list]:
+    """A second implementation: per class, intersection and union counted with boolean masks."""
+    inter = np.zeros(k)
+    union = np.zeros(k)
+    for truth, pred in pairs:
+        valid = truth != ignore
+        for c in range(k):
+            t, p = (truth == c) & valid, (pred == c) & valid
+            inter[c] += (t & p).sum()
+            union[c] += (t | p).sum()
+    ious = [inter[c] / union[c] if union[c] else None for c in range(k)]
+    present = [v for v in ious if v is not None]
+    return sum(present) / len(present), ious
+
+
+# --- the description -------------------------------------------------------------------------
+
+def test_classes_file_is_found_and_checked(tmp_path):
+    d = make_index_set(tmp_path / "data", 2)
+    desc = find_classes(d)
+    assert desc.names == tuple(NAMES) and desc.mask_format == "index" and desc.ignore_index == 255
+    assert find_classes(d / "masks").names == tuple(NAMES)  # the folder above
+    assert find_classes(tmp_path / "elsewhere").course  # no file: the course's land-cover code
+    assert "standard mIoU" in desc.metric_name and "not 255" in desc.metric_name
+    assert deepglobe().metric_name.startswith("course mIoU")
+
+    f = tmp_path / "c.yaml"
+    bad = {
+        "mask_format: rgb\nclasses: [a]": "mask_format must be index or palette, got 'rgb'",
+        "mask_format: index\nclasses: [a, b]\nlabels: 3": "unknown key 'labels'",
+        "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}, {name: b}]": "'b' has none",
+        "mask_format: index\nignore_index: 1\nclasses: [a, b]": "ignore_index must be an integer >= 2",
+        "mask_format: index\nclasses: [a, a]": "class name 'a' is listed twice",
+        "mask_format: index\nclasses: [{name: a, color: [300, 0, 0]}]": "three integers 0..255",
+        "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[1, 2, 3]: ignore}":
+            "already the colour of a class",
+        "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[9, 9, 9]: sky}":
+            "neither a class name nor ignore",
+        "classes: [a": "not valid YAML",
+    }
+    for text, message in bad.items():
+        f.write_text(text)
+        with pytest.raises(VislabError, match=message) as err:
+            load_classes(f)
+        assert str(f) in str(err.value)
+
+
+def test_index_and_palette_masks_decode_and_round_trip(tmp_path):
+    idx = load_classes(make_index_set(tmp_path / "a", 1) / "classes.yaml")
+    ids = torch.tensor([[0, 1, 2], [3, 3, 0]], dtype=torch.uint8)
+    (tmp_path / "m.png").write_bytes(idx.mask_png(ids))
+    assert Image.open(tmp_path / "m.png").mode == "L"  # index masks are written as class ids
+    assert torch.equal(idx.read_mask(tmp_path / "m.png")[0], ids)
+    Image.fromarray(np.array([[0, 255, 7]], np.uint8), mode="L").save(tmp_path / "bad.png")
+    with pytest.raises(VislabError, match=r"bad.png: pixel value 7 is not a class id \(0..3 or 255 \(ignore\)\)"):
+        idx.read_mask(tmp_path / "bad.png")
+    Image.fromarray(np.array([[0, 255]], np.uint8), mode="L").save(tmp_path / "ign.png")
+    assert idx.read_mask(tmp_path / "ign.png")[0].tolist() == [[0, IGNORE]]
+    Image.fromarray(np.array([[[0, 0, 0], [0, 0, 255]]], np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(VislabError, match="rgb.png: is a colour image"):
+        idx.read_mask(tmp_path / "rgb.png")
+    # a palette PNG (mode P) is read as its indices, as VOC-style index masks are stored
+    p = Image.fromarray(np.array([[1, 2]], np.uint8), mode="P")
+    p.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10] + [0] * 759)
+    p.save(tmp_path / "voc.png")
+    assert idx.read_mask(tmp_path / "voc.png")[0].tolist() == [[1, 2]]
+
+    pal = parse_classes("mask_format: palette\nclasses:\n  - {name: sky, color: [10, 20, 30]}\n"
+                        "  - {name: tree, color: [0, 128, 0]}\nextra_colors: {[255, 0, 0]: ignore, [0, 129, 0]: tree}\n",
+                        tmp_path / "p.yaml")
+    rgb = np.array([[[10, 20, 30], [0, 128, 0], [255, 0, 0], [0, 129, 0]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pal.png")
+    assert pal.read_mask(tmp_path / "pal.png")[0].tolist() == [[0, 1, IGNORE, 1]]
+    ids2 = torch.tensor([[1, 0], [0, 1]], dtype=torch.uint8)
+    (tmp_path / "out.png").write_bytes(pal.mask_png(ids2))
+    assert np.array(Image.open(tmp_path / "out.png")).tolist() == [[[0, 128, 0], [10, 20, 30]], [[10, 20, 30], [0, 128, 0]]]
+    assert torch.equal(pal.read_mask(tmp_path / "out.png")[0], ids2)
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "stray.png")
+    with pytest.raises(VislabError, match=r"stray.png: colour \[1, 2, 3\] is not a class colour"):
+        pal.read_mask(tmp_path / "stray.png")
+
+
+def test_folder_pairs_and_their_errors(tmp_path):
+    d = make_index_set(tmp_path / "d", 3)
+    assert [(p.stem, p.image.parent.name, p.mask.parent.name) for p in list_pairs(d)] == [
+        ("t00", "images", "masks"), ("t01", "images", "masks"), ("t02", "images", "masks")]
+    (d / "masks" / "t01.png").unlink()
+    with pytest.raises(VislabError, match=r"t01.jpg: image has no mask \(expected masks/t01.png\)"):
+        list_pairs(d)
+    d2 = make_index_set(tmp_path / "e", 2)
+    (d2 / "images" / "t00.jpg").unlink()
+    with pytest.raises(VislabError, match=r"t00.png: mask has no image \(expected images/t00.jpg\)"):
+        list_pairs(d2)
+
+
+def test_pad_collate_pads_masks_with_ignore():
+    a = (torch.ones(3, 2, 3, dtype=torch.uint8), torch.zeros(2, 3, dtype=torch.long), 0)
+    b = (torch.ones(3, 4, 1, dtype=torch.uint8), torch.ones(4, 1, dtype=torch.long), 1)
+    x, y, idx = pad_collate([a, b], multiple=2)
+    assert x.shape == (2, 3, 4, 4) and y.shape == (2, 4, 4) and idx.tolist() == [0, 1]
+    assert int(x[0].sum()) == 3 * 2 * 3 and int(x[1].sum()) == 3 * 4 * 1  # zeros added only
+    assert (y[0, :2, :3] == 0).all() and (y[0, 2:] == IGNORE).all() and (y[0, :, 3:] == IGNORE).all()
+    assert (y[1, :, :1] == 1).all() and (y[1, :, 1:] == IGNORE).all()
+
+
+def test_standard_miou_matches_a_second_implementation(cli, tmp_path):
+    """Generated masks with ignore pixels; seg eval against per-class boolean counting."""
+    rng = np.random.default_rng(3)
+    gt = make_index_set(tmp_path / "gt", 5)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    pairs = []
+    for f in sorted((gt / "masks").iterdir()):
+        truth = np.array(Image.open(f))
+        guess = truth.copy()
+        guess[guess == 255] = rng.integers(0, 4)
+        noise = rng.random(truth.shape) < 0.3
+        guess[noise] = rng.integers(0, 3, int(noise.sum()))  # class 3 is never a noise guess
+        Image.fromarray(guess, mode="L").save(pred / f.name)
+        pairs.append((truth, guess))
+    expected, ious = standard_miou(pairs, 4, 255)
+    res = cli("seg", "eval", pred, gt, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["miou"] == pytest.approx(expected, abs=1e-6)
+    assert [got["iou"][n] for n in NAMES] == pytest.approx(ious, abs=1e-6)
+    lines = res.out.strip().splitlines()
+    assert lines[-1] == f"mIoU: {expected:.4f}" and lines[0].startswith("standard mIoU")
+    # the same files without the classes file: --classes names it
+    (gt / "classes.yaml").rename(tmp_path / "described.yaml")
+    res = cli("seg", "eval", pred, gt / "masks", "--classes", tmp_path / "described.yaml")
+    assert res.code == 0 and res.out.strip().endswith(f"mIoU: {expected:.4f}")
+    # a prediction that is no class
+    Image.fromarray(np.full((48, 64), 9, np.uint8), mode="L").save(pred / "t00.png")
+    res = cli("seg", "eval", pred, gt, "--classes", tmp_path / "described.yaml")
+    assert res.code == 2 and "t00.png: pixel value 9 is not a class id" in res.err
+
+
+# --- a whole run on a generated data set ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ownseg")
+    train = make_index_set(root / "train", 13)  # 48x64 is the most common size (4 of 13)
+    val = make_index_set(root / "val", 4, seed=1)
+    recipe = root / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 24, "batch_size": 4,
+                                      "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "loss": "ce+dice",
+                                      "calibrate": True}))
+    assert run_vislab("seg", "train", train, "--recipe", recipe, "--out", root / "run", "--val-dir", val,
+                      "--snapshot", "t01,t03") == 0
+    return root
+
+
+def test_own_data_trains_scores_predicts_and_evaluates(cli, own_run, tmp_path):
+    run, val = own_run / "run", own_run / "val"
+    result = json.loads((run / "results.json").read_text())
+    assert result["val"]["classes"] == NAMES and result["val"]["metric"].startswith("standard mIoU")
+    assert set(result["val"]["iou"]) == set(NAMES) and result["calibration"]["classes"] == NAMES
+    assert result["val_miou"] > 0.5  # colour tells the class (chance is about 0.15)
+    ckpt = torch.load(run / "best.ckpt", weights_only=True)
+    assert ckpt["vislab"]["seg_classes"]["names"] == NAMES and ckpt["vislab"]["num_classes"] == 4
+
+    res = cli("seg", "predict", run, val, tmp_path / "pred")  # a folder with images/ inside
+    assert res.code == 0, res.err
+    written = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert written == [f"t{i:02d}.png" for i in range(4)]
+    pairs = []
+    for i, name in enumerate(written):
+        out = Image.open(tmp_path / "pred" / name)
+        h, w = SIZES[i % len(SIZES)]
+        assert out.mode == "L" and out.size == (w, h)  # class ids, each tile its own size
+        guess = np.array(out)
+        assert guess.max() < 4
+        pairs.append((np.array(Image.open(val / "masks" / name)), guess))
+    expected, _ = standard_miou(pairs, 4, 255)
+    res = cli("seg", "eval", tmp_path / "pred", val, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "m.json").read_text())["miou"] == pytest.approx(expected, abs=1e-6)
+    res = cli("seg", "score", run, val)
+    assert res.code == 0, res.err
+    assert res.out.strip().endswith(f"mIoU: {expected:.4f}")  # predict and score agree, offsets included
+    assert result["val_miou"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_path):
+    run = own_run / "run"
+    snap = np.array(Image.open(run / "snapshots" / "epoch_024" / "t01.png").convert("RGB"))
+    assert {tuple(c) for c in snap.reshape(-1, 3).tolist()} <= {tuple(c) for c in COLOURS}
+    truth = np.array(Image.open(run / "snapshots" / "t01_mask.png").convert("RGB"))
+    assert tuple(truth[0, 0]) == (128, 128, 128) and tuple(truth[5, 0]) in {tuple(c) for c in COLOURS}
+    assert cli("seg", "progress", run, "--out", tmp_path / "p.png").code == 0
+    res = cli("report", run, "--out", tmp_path / "r.md", "--format", "md")
+    assert res.code == 0, res.err
+    page = (tmp_path / "r.md").read_text()
+    assert "standard rule" in page and "course baseline" not in page
+    res = cli("export", run, tmp_path / "m.onnx")
+    assert res.code == 0, res.err
+    assert "(N, 3, 48, 64)" in res.out  # the most common training tile size
+    from vislab.export import OnnxNet
+
+    assert OnnxNet(tmp_path / "m.onnx").meta["seg_classes"]["names"] == NAMES
+
+
+def test_other_classes_are_refused(cli, own_run, tmp_path):
+    other = make_index_set(tmp_path / "other", 2, classes_file=False)
+    (other / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [a, b, c, d]\n")
+    res = cli("seg", "score", own_run / "run", other)
+    assert res.code == 2 and "classes.yaml: describes other classes (a, b, c, d" in res.err
+    res = cli("seg", "train", own_run / "train", "--recipe", own_run / "r.yaml", "--out", own_run / "run", "--resume",
+              "--classes", other / "classes.yaml")
+    assert res.code == 2 and "cannot resume" in res.err and "a, b, c, d" in res.err
