@@ -267,3 +267,17 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     res = cli("seg", "train", own_run / "train", "--recipe", own_run / "r.yaml", "--out", own_run / "run", "--resume",
               "--classes", other / "classes.yaml")
     assert res.code == 2 and "cannot resume" in res.err and "a, b, c, d" in res.err
+
+
+def test_course_snapshot_stems_give_way_on_own_data(tmp_path):
+    from vislab.pipelines.segmentation import _snapshot_pairs
+
+    pool = list_pairs(make_index_set(tmp_path / "d", 4))
+    chosen, note = _snapshot_pairs(("0010", "0097", "0107"), pool, substitute=True)
+    assert [p.stem for p in chosen] == ["t00", "t01", "t02"] and "saving t00, t01, t02 instead" in note
+    assert _snapshot_pairs(("t03",), pool, substitute=True) == ([pool[3]], None)
+    for substitute in (True, False):  # one stem that exists: a typo in the others is an error
+        with pytest.raises(VislabError, match="no image with the stem t9"):
+            _snapshot_pairs(("t01", "t9"), pool, substitute=substitute)
+    with pytest.raises(VislabError, match="no image with the stem 0010"):
+        _snapshot_pairs(("0010",), pool)

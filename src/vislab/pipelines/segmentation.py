@@ -49,7 +49,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         check_described_alike(val_dir, desc)
         val_pairs = list_pairs(val_dir)
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
-    snaps = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs)
+    snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
+                                       substitute=not desc.course)
     weights = None
     if recipe.class_weights == "inverse-sqrt-frequency":
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts)]
@@ -58,6 +59,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     trainer = build_trainer(recipe, out, monitor="holdout_miou",
                             extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [])
     recipe, changes = resolve_lr(recipe, trainer)
+    if snap_note:
+        recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
+        changes.append(snap_note)
     for line in changes:
         info(f"setting: {line}")
     ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command, changes=changes)
@@ -91,14 +95,25 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     return result
 
 
-def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> list:
+def _snapshot_pairs(stems: tuple[str, ...], pool: list, *, substitute: bool = False) -> tuple[list, str | None]:
+    """The pairs whose masks are saved every epoch, and a note when they were chosen here.
+
+    With ``substitute`` (a data set of one's own), stems of which none exists (a course recipe's
+    0010, 0097, 0107) give way to the first pairs of ``pool`` (validation first); a stem missing
+    among others that exist is an error, as always on the course data.
+    """
     found = {}
     for p in pool:
         found.setdefault(p.stem, p)
     missing = [s for s in stems if s not in found]
+    if missing and substitute and len(missing) == len(stems):
+        chosen = list(found.values())[: len(stems)]
+        note = (f"snapshot: none of the recipe's stems ({', '.join(stems)}) is in this data set; "
+                f"saving {', '.join(p.stem for p in chosen)} instead")
+        return chosen, note
     if missing:
         raise VislabError(None, f"--snapshot: no image with the stem {missing[0]} in the validation or training folder")
-    return [found[s] for s in stems]
+    return [found[s] for s in stems], None
 
 
 # TTA: each entry maps an image batch to a transformed one and back for the logits
