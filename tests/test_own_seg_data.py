@@ -153,8 +153,8 @@ def test_folder_pairs_and_their_errors(tmp_path):
 def test_pad_collate_pads_masks_with_ignore():
     a = (torch.ones(3, 2, 3, dtype=torch.uint8), torch.zeros(2, 3, dtype=torch.long), 0)
     b = (torch.ones(3, 4, 1, dtype=torch.uint8), torch.ones(4, 1, dtype=torch.long), 1)
-    x, y, idx = pad_collate([a, b], multiple=2)
-    assert x.shape == (2, 3, 4, 4) and y.shape == (2, 4, 4) and idx.tolist() == [0, 1]
+    x, y, idx, hw = pad_collate([a, b], multiple=2)
+    assert x.shape == (2, 3, 4, 4) and y.shape == (2, 4, 4) and idx.tolist() == [0, 1] and hw.tolist() == [[2, 3], [4, 1]]
     assert int(x[0].sum()) == 3 * 2 * 3 and int(x[1].sum()) == 3 * 4 * 1  # zeros added only
     assert (y[0, :2, :3] == 0).all() and (y[0, 2:] == IGNORE).all() and (y[0, :, 3:] == IGNORE).all()
     assert (y[1, :, :1] == 1).all() and (y[1, :, 1:] == IGNORE).all()

@@ -77,11 +77,12 @@ def open_array(path: Path) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
-def decoded_images(files: Sequence[Path], target: tuple[int, int], decode: Decoder, *,
+def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
                    key: str | None = None, use_cache: bool = True, tag: str = "cls",
-                   workers: int | None = None) -> tuple[torch.Tensor, Counter]:
-    """Every file decoded by ``decode(path, target) -> (HxWx3 uint8 array, original (h, w))`` into
-    one (N, 3, H, W) uint8 tensor, and the count of each original size.
+                   workers: int | None = None, channels: int = 3) -> tuple[torch.Tensor, Counter]:
+    """Every file decoded by ``decode(path, target) -> (HxWxC uint8 array, original (h, w))`` into
+    one (N, C, H, W) uint8 tensor (C = ``channels``), and the count of each original size.
+    ``files`` may hold any items ``decode`` takes (with ``key`` given when they are not paths).
 
     With ``use_cache`` the tensor is a memory-mapped cache file (built on the first call, reused
     while the file list (``key``, default :func:`file_list_key`), the target size and the decode
@@ -89,7 +90,7 @@ def decoded_images(files: Sequence[Path], target: tuple[int, int], decode: Decod
     """
     n, (h, w) = len(files), target
     if not use_cache:
-        out = np.empty((n, 3, h, w), np.uint8)
+        out = np.empty((n, channels, h, w), np.uint8)
         sizes = Counter()
         for part in parallel_map(lambda lo: _decode_into(out, files, lo, target, decode),
                                  range(0, n, CHUNK), threads=workers):
@@ -97,24 +98,25 @@ def decoded_images(files: Sequence[Path], target: tuple[int, int], decode: Decod
         return torch.from_numpy(out), sizes
     key = key or file_list_key(files)
     path = cache_dir() / f"{tag}-{key}-{h}x{w}-{hashlib.sha1(DECODE_RULE.encode()).hexdigest()[:6]}.npy"
+    shape = (n, channels, h, w)
     side = path.with_suffix(".sizes.json")
     if path.is_file() and side.is_file():
         try:
             cached = open_array(path)
             sizes = Counter({(int(a), int(b)): int(c) for a, b, c in json.loads(side.read_text())})
-            if tuple(cached.shape) == (n, 3, h, w) and cached.dtype == torch.uint8:
+            if tuple(cached.shape) == shape and cached.dtype == torch.uint8:
                 return cached, sizes
         except (OSError, ValueError, TypeError):
             pass  # a broken cache is rebuilt, never fatal
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, h, w)).flush()
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
             sizes = _fill_file(tmp, files, target, decode, workers)
         with atomic_path(side) as tmp:
             tmp.write_text(json.dumps([[a, b, c] for (a, b), c in sizes.items()]))
     except OSError:  # an unwritable cache only costs memory: decode into memory instead
-        return decoded_images(files, target, decode, use_cache=False, workers=workers)
+        return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels)
     return open_array(path), sizes
 
 

@@ -1,24 +1,23 @@
 """Segmentation data: image/mask pairs matched by stem (``xxxx_sat.jpg`` + ``xxxx_mask.png``, or
-``images/`` + ``masks/``), masks read by the data set's description (:mod:`vislab.data.seg_classes`),
-decoded with torchvision.io, augmented jointly (image and mask) with transforms.v2 in the
-loader; the colour jitter runs batched on the training device (:func:`jitter_colours`).
+``images/`` + ``masks/``), masks read by the data set's description (:mod:`vislab.data.seg_classes`).
 
-Augmentation randomness is a pure function of (seed, epoch, sample index): the sampler hands
-the dataset ``(index, epoch)`` pairs, so workers and resumed runs draw the same crops.
+Training decodes every pair once into a memory-mapped uint8 cache (:class:`TileCache`); the
+loader only slices it, and the augmentation (:func:`augment_tiles` for scale/crop, flips and
+turns; :func:`jitter_colours` for colour) runs batched on the training device. Its randomness
+is a pure function of (seed, epoch, sample index), so resumed runs and DDP ranks draw the same.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from vislab.data.cache import cache_dir, file_list_key
+from vislab.data.cache import cache_dir, decoded_images, file_list_key
 from vislab.data.classification import hash_uniform
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
@@ -189,37 +188,6 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
     return stats
 
 
-def _mix(seed: int, epoch: int, index: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest(), "little")
-
-
-class RandomRot90(v2.Transform):
-    """Turn image and mask together by k * 90 degrees, k uniform in 0..3 (exact, no resampling;
-    ``v2.RandomRotation`` resamples through an affine grid and is ~10x slower at 512 px)."""
-
-    def make_params(self, flat_inputs: list) -> dict:
-        return {"k": int(torch.randint(0, 4, ()))}
-
-    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
-        out = torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], (-2, -1))
-        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
-
-
-def train_transforms(crop_size: int | None, *, rot90: bool = True,
-                     crop_area: tuple[float, float] = (0.25, 1.0)) -> v2.Transform:
-    """Joint image+mask geometry: scale/crop, flips, 90-degree turns (colour: :func:`jitter_colours`).
-
-    Masks are resized with nearest-neighbour (transforms.v2 does so for ``tv_tensors.Mask``).
-    """
-    ops: list[v2.Transform] = []
-    if crop_size:
-        ops.append(v2.RandomResizedCrop(crop_size, scale=crop_area, ratio=(0.75, 1.333), antialias=True))
-    ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    if rot90:
-        ops.append(RandomRot90())
-    return v2.Compose(ops)
-
-
 COLOUR_JITTER = 0.2  # brightness, contrast and saturation factors drawn from [0.8, 1.2]
 
 
@@ -245,44 +213,152 @@ def jitter_colours(x: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: in
     return blend(x, v2.functional.rgb_to_grayscale(x), 13)
 
 
-class SegmentationDataset(Dataset):
-    """Items are ``(index, epoch)`` pairs (or plain indices for evaluation).
+CACHE_RULE = "seg-rgb+ids-v1"  # part of the cache key: change it when the stored layout changes
 
-    Returns (image uint8 (3, H, W), class ids int64 (H, W), sample index).
+
+def _pair_decoder(classes: SegClasses, expected: tuple[int, int] | None):
+    def decode(pair: Pair, target: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+        img, ids, _ = read_pair(pair, expected=expected, classes=classes)
+        if tuple(ids.shape) != tuple(target):
+            raise VislabError(pair.image, f"changed size while being read ({ids.shape[1]}x{ids.shape[0]}, "
+                                          f"scanned as {target[1]}x{target[0]})")
+        out = np.empty((*target, 4), np.uint8)
+        out[..., :3] = img.permute(1, 2, 0).numpy()
+        out[..., 3] = ids.numpy()
+        return out, tuple(ids.shape)
+
+    return decode
+
+
+class TileCache:
+    """Every pair decoded once into uint8 tiles: per tile size one memory-mapped (n, 4, H, W)
+    array, RGB in channels 0-2 and class ids (:data:`IGNORE` where left out) in channel 3.
+
+    Built in parallel by :func:`vislab.data.cache.decoded_images`, keyed by the pairs' files,
+    the description and the stored layout; reading a tile is a slice of the mapping, so the
+    process's own memory does not grow with the number of tiles.
     """
 
-    def __init__(self, pairs: list[Pair], *, train: bool, crop_size: int | None = None, seed: int = 0,
-                 expected: tuple[int, int] | None = (512, 512), rot90: bool = True,
-                 crop_area: tuple[float, float] = (0.25, 1.0), classes: SegClasses | None = None) -> None:
-        self.pairs = pairs
-        self.train = train
-        self.seed = seed
-        self.expected = expected
-        self.classes = classes or deepglobe()
-        self.transform = train_transforms(crop_size, rot90=rot90, crop_area=crop_area) if train else None
+    def __init__(self, pairs: list[Pair], sizes: list[tuple[int, int]], classes: SegClasses, *,
+                 expected: tuple[int, int] | None = None, use_cache: bool = True, workers: int | None = None) -> None:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, hw in enumerate(sizes):
+            groups.setdefault(tuple(hw), []).append(i)
+        self.where: list[tuple[int, int]] = [(0, 0)] * len(pairs)
+        self.arrays: list[torch.Tensor] = []
+        decode = _pair_decoder(classes, expected)
+        for g, (hw, members) in enumerate(sorted(groups.items())):
+            chosen = [pairs[i] for i in members]
+            files = [f for p in chosen for f in (p.image, p.mask) if f is not None]
+            key = file_list_key(files, extra=repr((classes.to_dict(), expected, CACHE_RULE)))
+            arr, _ = decoded_images(chosen, hw, decode, key=key, tag="seg", channels=4, use_cache=use_cache,
+                                    workers=workers)
+            self.arrays.append(arr)
+            for j, i in enumerate(members):
+                self.where[i] = (g, j)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.where)
+
+    def tile(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (3, H, W), class ids (H, W)), both uint8 views of the cache."""
+        g, j = self.where[i]
+        t = self.arrays[g][j]
+        return t[:3], t[3]
+
+
+class CachedTiles(Dataset):
+    """Items ``i`` (or ``(i, epoch)``) -> (image uint8 (3, H, W), ids uint8 (H, W), i) for the
+    tiles ``indices`` of a :class:`TileCache`: a slice, no decoding and no augmentation (that
+    runs batched on the training device, :func:`augment_tiles`)."""
+
+    def __init__(self, cache: TileCache, indices: list[int]) -> None:
+        self.cache = cache
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        index, epoch = item if isinstance(item, tuple) else (item, 0)
-        img, ids, _ = read_pair(self.pairs[index], expected=self.expected, classes=self.classes)
-        if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_mix(self.seed, epoch, index))
-                img, mask = self.transform(tv_tensors.Image(img), tv_tensors.Mask(ids))
-            img, ids = img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-        return img.contiguous(), ids.long(), index
+        i = item[0] if isinstance(item, tuple) else item
+        img, ids = self.cache.tile(self.indices[i])
+        return img, ids, i
+
+
+_TURNS = torch.tensor([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]]], dtype=torch.float32)
+
+
+def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: torch.Tensor, *, seed: int, epoch: int,
+                  crop_size: int | None, crop_area: tuple[float, float] = (0.25, 1.0), rot90: bool = True,
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint geometry of a batch on its device: random scale/crop, flips, 90-degree turns.
+
+    Args:
+        x: images (N, 3, H, W) uint8 or float; y: class ids (N, H, W); index: sample indices
+            (N,); hw: each tile's own (h, w) inside the (padded) batch.
+        crop_size: output side. Each sample's crop covers a fraction of its tile's area uniform
+            in ``crop_area`` with an aspect ratio log-uniform in ``ratio`` (clipped to the tile),
+            at a uniform position; it is resampled to ``crop_size`` (images bilinear, ids nearest)
+            in one ``grid_sample`` with the flips and turns. None: the whole batch keeps its size;
+            flips per sample, and turns when the batch is square.
+    Returns:
+        (float images in [0, 255], long class ids). Every draw is a pure function of (seed,
+        epoch, index[i]), so a resumed run and any batch composition draw the same.
+    """
+    import torch.nn.functional as F
+
+    dev = x.device
+    n = len(x)
+
+    def draw(stream: int) -> torch.Tensor:
+        return hash_uniform(seed, epoch, index, 20 + stream).to(dev)
+
+    hflip, vflip = draw(4) < 0.5, draw(5) < 0.5
+    k = (draw(6) * 4).long().clamp_max(3) if rot90 else torch.zeros(n, dtype=torch.long, device=dev)
+    if not crop_size:
+        if x.shape[-1] != x.shape[-2]:
+            k = torch.zeros_like(k)
+        x = torch.where(hflip.view(-1, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(hflip.view(-1, 1, 1), y.flip(-1), y)
+        x = torch.where(vflip.view(-1, 1, 1, 1), x.flip(-2), x)
+        y = torch.where(vflip.view(-1, 1, 1), y.flip(-2), y)
+        for turn in range(1, 4):
+            sel = k == turn
+            if bool(sel.any()):
+                x[sel] = torch.rot90(x[sel], turn, (-2, -1))
+                y[sel] = torch.rot90(y[sel], turn, (-2, -1))
+        return x.float(), y.long()
+    big_h, big_w = x.shape[-2:]
+    h, w = hw[:, 0].to(dev).float(), hw[:, 1].to(dev).float()
+    lo, hi = crop_area
+    area = h * w * (lo + (hi - lo) * draw(0))
+    r = torch.exp(torch.log(torch.tensor(ratio[0])) + torch.log(torch.tensor(ratio[1] / ratio[0])) * draw(1))
+    cw = torch.sqrt(area * r).clamp(1, None).minimum(w)
+    ch = torch.sqrt(area / r).clamp(1, None).minimum(h)
+    x0, y0 = (w - cw) * draw(2), (h - ch) * draw(3)
+    m = _TURNS.to(dev)[k]
+    m = m * torch.stack([torch.where(hflip, -1.0, 1.0), torch.where(vflip, -1.0, 1.0)], 1).view(n, 1, 2)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, :2] = m[:, 0] * (cw / big_w).view(-1, 1)
+    theta[:, 1, :2] = m[:, 1] * (ch / big_h).view(-1, 1)
+    theta[:, 0, 2] = (2 * x0 + cw) / big_w - 1
+    theta[:, 1, 2] = (2 * y0 + ch) / big_h - 1
+    grid = F.affine_grid(theta, [n, 1, crop_size, crop_size], align_corners=False)
+    img = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    ids = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="border", align_corners=False)
+    return img, ids[:, 0].long()
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]], *, multiple: int = 32
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack (image, ids, index) samples; samples of different sizes are zero-padded at the
-    bottom and right to the largest (rounded up to ``multiple``), their masks with :data:`IGNORE`,
-    so the padding counts in neither loss nor metric. Same-size batches are stacked as they are."""
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack (image, ids, index) samples into (images, ids, indices, each sample's own (h, w));
+    samples of different sizes are zero-padded at the bottom and right to the largest (rounded
+    up to ``multiple``), their masks with :data:`IGNORE`, so the padding counts in neither loss
+    nor metric. Same-size batches are stacked as they are."""
     imgs, masks, idx = zip(*batch)
+    hw = torch.tensor([tuple(m.shape[-2:]) for m in masks])
     if len({tuple(m.shape) for m in masks}) == 1:
-        return torch.stack(imgs), torch.stack(masks), torch.tensor(idx)
+        return torch.stack(imgs), torch.stack(masks), torch.tensor(idx), hw
     h = max(m.shape[-2] for m in masks)
     w = max(m.shape[-1] for m in masks)
     h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
@@ -291,7 +367,7 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]], *, multiple
     for i, (im, m) in enumerate(zip(imgs, masks)):
         x[i, :, : im.shape[-2], : im.shape[-1]] = im
         y[i, : m.shape[-2], : m.shape[-1]] = m
-    return x, y, torch.tensor(idx)
+    return x, y, torch.tensor(idx), hw
 
 
 def holdout_split(n: int, *, fraction: float, seed: int) -> tuple[list[int], list[int]]:

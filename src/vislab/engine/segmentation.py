@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from vislab.config import Recipe
 from vislab.data.classification import normalize
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
-from vislab.data.segmentation import (Pair, SegmentationDataset, holdout_split, jitter_colours, list_pairs, pad_collate,
-                                      scan_masks)
+from vislab.data.segmentation import (CachedTiles, Pair, TileCache, augment_tiles, holdout_split, jitter_colours,
+                                      list_pairs, pad_collate, scan_masks)
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss
 from vislab.engine.sampling import EpochSampler, epoch_loader
@@ -46,7 +46,8 @@ class PooledConfusion(torchmetrics.Metric):
 
 class SegmentationData(pl.LightningDataModule):
     """Pairs of ``train_dir`` split into training and held-out parts (seeded); masks read by
-    ``classes`` (default: the course's colour code)."""
+    ``classes`` (default: the course's colour code). Every pair is checked, then decoded once
+    into a :class:`TileCache`; the loaders slice it."""
 
     def __init__(self, train_dir: str | Path, recipe: Recipe, *, expected: tuple[int, int] | None = (512, 512),
                  classes: SegClasses | None = None) -> None:
@@ -59,9 +60,12 @@ class SegmentationData(pl.LightningDataModule):
         if report:
             info(report)
         tr, ho = holdout_split(len(pairs), fraction=recipe.holdout, seed=recipe.seed) if recipe.holdout > 0 else (list(range(len(pairs))), [])
+        self.train_idx, self.holdout_idx = tr, ho
         self.train_pairs = [pairs[i] for i in tr]
         self.holdout_pairs = [pairs[i] for i in ho]
         self.expected = expected
+        assert self.stats.sizes is not None
+        self.tiles = TileCache(pairs, [tuple(v) for v in self.stats.sizes.tolist()], self.classes, expected=expected)
 
     @property
     def class_counts(self) -> torch.Tensor:
@@ -70,10 +74,9 @@ class SegmentationData(pl.LightningDataModule):
         rows = [i for i, s in enumerate(self.stats.stems) if s in keep]
         return self.stats.counts[rows].sum(0)
 
-    def _loader(self, pairs: list[Pair], *, train: bool) -> DataLoader:
+    def _loader(self, indices: list[int], *, train: bool) -> DataLoader:
         r = self.recipe
-        ds = SegmentationDataset(pairs, train=train, crop_size=r.crop_size if train else None, seed=r.seed,
-                                 expected=self.expected, rot90=r.rot90, crop_area=r.crop_area, classes=self.classes)
+        ds = CachedTiles(self.tiles, indices)
         return epoch_loader(
             ds,
             EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train),
@@ -89,10 +92,10 @@ class SegmentationData(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_pairs, train=True)
+        return self._loader(self.train_idx, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.holdout_pairs, train=False) if self.holdout_pairs else []
+        return self._loader(self.holdout_idx, train=False) if self.holdout_idx else []
 
 
 class SegmenterModule(VislabModule):
@@ -126,10 +129,13 @@ class SegmenterModule(VislabModule):
                                     f"({', '.join(theirs.names)})")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, y, idx = batch
+        x, y, idx, hw = batch
         if self.trainer is not None and self.trainer.training:
-            x = jitter_colours(x, idx, seed=self.recipe.seed, epoch=self.current_epoch)
-        return self.memory_format(normalize(x, self.mean, self.std)), y, idx
+            r = self.recipe
+            x, y = augment_tiles(x, y, idx, hw, seed=r.seed, epoch=self.current_epoch, crop_size=r.crop_size,
+                                 crop_area=r.crop_area, rot90=r.rot90)
+            x = jitter_colours(x, idx, seed=r.seed, epoch=self.current_epoch)
+        return self.memory_format(normalize(x, self.mean, self.std)), y.long(), idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch

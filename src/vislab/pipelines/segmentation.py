@@ -361,7 +361,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out
         from vislab.data.segmentation import pad_collate
 
-        lp, tr, _ = pad_collate([(lg, t, 0) for lg, t in zip(logps, truths)], multiple=1)
+        lp, tr, *_ = pad_collate([(lg, t, 0) for lg, t in zip(logps, truths)], multiple=1)
     else:
         lp, tr = torch.stack(logps), torch.stack(truths)
     # only the scored classes move: the course's raised "unknown" would buy mIoU by abstaining on hard pixels
