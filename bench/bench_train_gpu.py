@@ -13,7 +13,10 @@ average, which the reference skips). Both run 2 epochs of ``--steps`` batches
 through persistent loader workers and are timed over epoch 2 (compilation, cuDNN autotuning,
 the one-time decode of the folder and worker start-up fall in epoch 1; the refill of the
 workers' queue at an epoch's start, which every real epoch pays, falls in both windows);
-vislab's time is epoch 2's ``seconds`` in history.csv. Peak GPU memory is reported per run.
+vislab's time is epoch 2's ``seconds`` in history.csv. Peak GPU memory is reported per run,
+and the fraction of the GPU's dense bf16 peak that vislab's fastest variant reaches: the
+network's training FLOPs per image (forward + backward, counted by torch's FlopCounterMode at the
+recipe's input size) x images/s / peak (``--peak-tflops``, default 989 for an H100 or H200).
 On a machine without CUDA the script runs on the CPU (only to check that it works).
 """
 
@@ -130,6 +133,23 @@ def vislab_images_per_s(r: Recipe, data: Path, steps: int, device: torch.device,
     return steps * r.batch_size / seconds, _peak_gb(device)
 
 
+def train_flops_per_image(r: Recipe) -> float:
+    """Forward + backward FLOPs of one training image of the recipe's network (batch of 2, CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_model(r.model, num_classes=50 if r.task == "cls" else 7, weights=None).train()
+    side = (r.image_size or 32) if r.task == "cls" else (r.crop_size or 512)
+    x = torch.randn(2, 3, side, side)
+    with FlopCounterMode(display=False) as fc:
+        net(x).float().sum().backward()
+    return fc.get_total_flops() / 2
+
+
+def peak_tflops(name: str) -> float | None:
+    """Dense bf16 tensor-core peak of known GPUs (vendor data sheets), else None."""
+    return 989.0 if any(k in name for k in ("H100", "H200")) else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -137,6 +157,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed batches (after as many warm-up batches)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--workers", type=int, default=8, help="DataLoader workers of both (0 on a CPU run)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default: known GPUs)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = args.workers if device.type == "cuda" else 0
@@ -156,6 +177,11 @@ def main() -> None:
         best_ref = max(results.items(), key=lambda kv: kv[1][1])
         ratios.append((recipe, best_mine[1][0] / best_ref[1][1], best_mine[0], best_ref[0],
                        best_mine[1][0] / results[args.variants[0]][0]))
+        flops = train_flops_per_image(r)
+        peak = args.peak_tflops or peak_tflops(name)
+        share = f"{flops * best_mine[1][0] / (peak * 1e12):.1%} of the {peak:g} TFLOPS bf16 peak" if peak else "no peak known"
+        print(f"{recipe:<9} training FLOPs per image {flops / 1e9:.1f} G; vislab {best_mine[0]} reaches "
+              f"{flops * best_mine[1][0] / 1e12:.1f} TFLOPS ({share})", flush=True)
     print(f"peak RSS {peak_rss_mb():.0f} MB")
     for recipe, ratio, vm, vr, gain in ratios:
         print(f"RATIO train_gpu_{recipe} vislab's fastest ({vm}) is {ratio:.2f}x the reference's fastest ({vr}); "

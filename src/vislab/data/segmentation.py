@@ -285,7 +285,20 @@ class CachedTiles(Dataset):
         return img, ids, i
 
 
-_TURNS = torch.tensor([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]]], dtype=torch.float32)
+def _flip_turn(x: torch.Tensor, y: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor,
+               k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mirror images and quarter turns (exact: no resampling), composed per sample
+    and stacked once (a batched ``where`` over flipped copies cost 4x more on a CPU)."""
+    square = x.shape[-1] == x.shape[-2]
+    xs, ys = [], []
+    for i, (h, v, turn) in enumerate(zip(hflip.tolist(), vflip.tolist(), k.tolist())):
+        dims = [d for d, on in ((-1, h), (-2, v)) if on]
+        xi, yi = (x[i].flip(dims), y[i].flip(dims)) if dims else (x[i], y[i])
+        if turn and square:
+            xi, yi = torch.rot90(xi, turn, (-2, -1)), torch.rot90(yi, turn, (-2, -1))
+        xs.append(xi)
+        ys.append(yi)
+    return torch.stack(xs), torch.stack(ys)
 
 
 def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: torch.Tensor, *, seed: int, epoch: int,
@@ -294,13 +307,15 @@ def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: tor
     """Joint geometry of a batch on its device: random scale/crop, flips, 90-degree turns.
 
     Args:
-        x: images (N, 3, H, W) uint8 or float; y: class ids (N, H, W); index: sample indices
-            (N,); hw: each tile's own (h, w) inside the (padded) batch.
-        crop_size: output side. Each sample's crop covers a fraction of its tile's area uniform
-            in ``crop_area`` with an aspect ratio log-uniform in ``ratio`` (clipped to the tile),
-            at a uniform position; it is resampled to ``crop_size`` (images bilinear, ids nearest)
-            in one ``grid_sample`` with the flips and turns. None: the whole batch keeps its size;
-            flips per sample, and turns when the batch is square.
+        x: images (N, 3, H, W) uint8; y: class ids (N, H, W) uint8; index: sample indices (N,);
+            hw: each tile's own (h, w) inside the (padded) batch.
+        crop_size: output side. Each sample's crop (torchvision's RandomResizedCrop rule, one
+            draw) is a box of its own tile with an area fraction uniform in ``crop_area`` and an
+            aspect ratio log-uniform in ``ratio`` (rounded to whole pixels, clipped to the tile),
+            at a uniform position, resized to ``crop_size`` (images bilinear, antialiased when
+            shrinking; ids nearest). None: the batch keeps its size.
+        Then each sample is mirrored left-right and top-bottom with probability 1/2 each and
+        turned by k x 90 degrees, k uniform in 0..3 (``rot90``; only when the output is square).
     Returns:
         (float images in [0, 255], long class ids). Every draw is a pure function of (seed,
         epoch, index[i]), so a resumed run and any batch composition draw the same.
@@ -315,38 +330,27 @@ def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: tor
 
     hflip, vflip = draw(4) < 0.5, draw(5) < 0.5
     k = (draw(6) * 4).long().clamp_max(3) if rot90 else torch.zeros(n, dtype=torch.long, device=dev)
-    if not crop_size:
-        if x.shape[-1] != x.shape[-2]:
-            k = torch.zeros_like(k)
-        x = torch.where(hflip.view(-1, 1, 1, 1), x.flip(-1), x)
-        y = torch.where(hflip.view(-1, 1, 1), y.flip(-1), y)
-        x = torch.where(vflip.view(-1, 1, 1, 1), x.flip(-2), x)
-        y = torch.where(vflip.view(-1, 1, 1), y.flip(-2), y)
-        for turn in range(1, 4):
-            sel = k == turn
-            if bool(sel.any()):
-                x[sel] = torch.rot90(x[sel], turn, (-2, -1))
-                y[sel] = torch.rot90(y[sel], turn, (-2, -1))
-        return x.float(), y.long()
-    big_h, big_w = x.shape[-2:]
-    h, w = hw[:, 0].to(dev).float(), hw[:, 1].to(dev).float()
-    lo, hi = crop_area
-    area = h * w * (lo + (hi - lo) * draw(0))
-    r = torch.exp(torch.log(torch.tensor(ratio[0])) + torch.log(torch.tensor(ratio[1] / ratio[0])) * draw(1))
-    cw = torch.sqrt(area * r).clamp(1, None).minimum(w)
-    ch = torch.sqrt(area / r).clamp(1, None).minimum(h)
-    x0, y0 = (w - cw) * draw(2), (h - ch) * draw(3)
-    m = _TURNS.to(dev)[k]
-    m = m * torch.stack([torch.where(hflip, -1.0, 1.0), torch.where(vflip, -1.0, 1.0)], 1).view(n, 1, 2)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, :2] = m[:, 0] * (cw / big_w).view(-1, 1)
-    theta[:, 1, :2] = m[:, 1] * (ch / big_h).view(-1, 1)
-    theta[:, 0, 2] = (2 * x0 + cw) / big_w - 1
-    theta[:, 1, 2] = (2 * y0 + ch) / big_h - 1
-    grid = F.affine_grid(theta, [n, 1, crop_size, crop_size], align_corners=False)
-    img = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    ids = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="border", align_corners=False)
-    return img, ids[:, 0].long()
+    if crop_size:
+        u = torch.stack([draw(s) for s in range(4)], 1).cpu().double()
+        imgs, masks = [], []
+        for i, ((h, w), (ua, ur, ux, uy)) in enumerate(zip(hw.tolist(), u.tolist())):
+            area = h * w * (crop_area[0] + (crop_area[1] - crop_area[0]) * ua)
+            r = ratio[0] * (ratio[1] / ratio[0]) ** ur
+            cw = min(w, max(1, round((area * r) ** 0.5)))
+            ch = min(h, max(1, round((area / r) ** 0.5)))
+            x0, y0 = min(int(ux * (w - cw + 1)), w - cw), min(int(uy * (h - ch + 1)), h - ch)
+            box = x[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw]
+            lab = y[i : i + 1, None, y0 : y0 + ch, x0 : x0 + cw]
+            if (ch, cw) != (crop_size, crop_size):
+                shrink = ch > crop_size or cw > crop_size
+                box = F.interpolate(box, size=(crop_size, crop_size), mode="bilinear", align_corners=False,
+                                    antialias=shrink)
+                lab = F.interpolate(lab, size=(crop_size, crop_size), mode="nearest-exact")
+            imgs.append(box)
+            masks.append(lab[:, 0])
+        x, y = torch.cat(imgs), torch.cat(masks)
+    x, y = _flip_turn(x, y, hflip, vflip, k)
+    return x.float(), y.long()
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]], *, multiple: int = 32
