@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # P1 in the course's calling convention: predict every image of IMG_DIR into OUT_CSV.
-#   bash scripts/hw1_1.sh IMG_DIR OUT_CSV [CKPT]   (CKPT default: runs/p1/best.ckpt)
+#   bash scripts/hw1_1.sh IMG_DIR OUT_CSV [CKPT]   (CKPT: a checkpoint or run folder, default runs/p1)
 set -euo pipefail
-vislab cls predict "${3:-runs/p1/best.ckpt}" "$1" "$2"
+vislab cls predict "${3:-runs/p1}" "$1" "$2"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # P2 in the course's calling convention: a colour mask per satellite image of IMG_DIR into OUT_DIR.
-#   bash scripts/hw1_2.sh IMG_DIR OUT_DIR [CKPT]   (CKPT default: runs/p2/best.ckpt)
+#   bash scripts/hw1_2.sh IMG_DIR OUT_DIR [CKPT]   (CKPT: a checkpoint or run folder, default runs/p2)
 set -euo pipefail
-vislab seg predict "${3:-runs/p2/best.ckpt}" "$1" "$2"
+vislab seg predict "${3:-runs/p2}" "$1" "$2"

@@ -201,3 +201,9 @@ def test_export_refuses_a_wrong_graph(seg_run, tmp_path, monkeypatch):
     with pytest.raises(VislabError, match="differs from PyTorch"):
         export_onnx(seg_run / "run", tmp_path / "w.onnx")
     assert not (tmp_path / "w.onnx").exists()
+
+
+def test_export_size_of_a_fixed_size_classifier_is_refused(cls_run, cli, tmp_path):
+    res = cli("export", cls_run / "run", tmp_path / "m.onnx", "--size", "64", "64")
+    assert res.code == 2 and "--size: this classifier takes 40x40 inputs" in res.err
+    assert not (tmp_path / "m.onnx").exists()

@@ -281,3 +281,18 @@ def test_course_snapshot_stems_give_way_on_own_data(tmp_path):
             _snapshot_pairs(("t01", "t9"), pool, substitute=substitute)
     with pytest.raises(VislabError, match="no image with the stem 0010"):
         _snapshot_pairs(("0010",), pool)
+
+
+def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):
+    """The held-out split is rebuilt by position: on another folder it would fit on other pairs."""
+    import shutil
+
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(own_run / "run" / "best.ckpt", ckpt)
+    res = cli("seg", "calibrate", ckpt, own_run / "val")
+    assert res.code == 2 and "is not the folder this checkpoint was trained on" in res.err
+    assert not (tmp_path / "best.offsets.json").exists()
+    shutil.copytree(own_run / "train", tmp_path / "moved")  # the same pairs elsewhere: still the training folder
+    res = cli("seg", "calibrate", ckpt, tmp_path / "moved")
+    assert res.code == 0, res.err
+    assert "mIoU on 3 holdout pairs" in res.out  # round(13 pairs x holdout 0.25)

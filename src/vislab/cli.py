@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vislab.errors import VislabError
+from vislab.errors import Interrupted, VislabError
 
 app = typer.Typer(help="Train, evaluate and explain small-image classifiers and land-cover segmenters.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -45,7 +45,7 @@ def _flag(field: str) -> str:
 def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
     """The recipe a train command runs: a shipped name or YAML file with the given flags applied
     (None = not given). A flag's bad value is reported under the flag's own name."""
-    from vislab.config import FieldError, load_recipe
+    from vislab.config import FieldError, check_applies, load_recipe
 
     try:
         if resume and (out_dir / "recipe.yaml").is_file():
@@ -54,10 +54,14 @@ def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
             if changed:
                 raise VislabError(out_dir, f"--resume continues the recipe saved in the run folder; drop {', '.join(_flag(k) for k in changed)}")
             return base.with_overrides(**{k: v for k, v in overrides.items() if k in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")})
-        return load_recipe(recipe).with_overrides(**overrides)
+        r = load_recipe(recipe).with_overrides(**overrides)
+        check_applies(r)
+        return r
     except FieldError as exc:
         if overrides.get(exc.field) is not None:
             raise VislabError(_flag(exc.field), exc.problem) from None
+        if exc.path is None:
+            raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
         raise
 
 
@@ -445,6 +449,9 @@ def main() -> None:
             raise
         print(f"vislab: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("vislab: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if debug:
+            raise
+        where = f" ({exc})" if str(exc) else ""
+        print(f"vislab: interrupted{where}; a training run continues with --resume", file=sys.stderr)
         sys.exit(130)

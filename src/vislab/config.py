@@ -114,11 +114,13 @@ class Recipe:
     snapshot: tuple[str, ...] = ()  # seg: image stems whose predictions are saved every epoch
     limit_train_batches: float | int | None = None
     checkpoint_minutes: float | None = 10.0  # also write last.ckpt mid-epoch this often (None: epoch ends only)
-    max_minutes: float | None = None  # a safety stop: training ends (and checkpoints) after this
+    max_minutes: float | None = None  # a safety stop, per invocation: no new epoch starts after this (said; --resume continues)
     notes: str = ""  # the command that produced the recipe's score, and that score
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.devices, int) and not isinstance(self.devices, bool):  # YAML `devices: 2`
+            object.__setattr__(self, "devices", str(self.devices))
         # "off" spellings: weights none, image/crop size 0 (native size)
         if isinstance(self.weights, str) and self.weights.strip().lower() in ("", "none"):
             object.__setattr__(self, "weights", None)
@@ -200,3 +202,29 @@ def load_recipe(name_or_path: str) -> Recipe:
     if not isinstance(data, dict):
         raise VislabError(path, "a recipe must be a YAML mapping of field: value")
     return recipe_from_dict(data, source=str(path))
+
+
+TASK_ONLY = {
+    "cls": ("image_size", "pad", "mixup", "cutmix", "label_smoothing"),
+    "seg": ("crop_size", "crop_area", "infer_scale", "input_hw", "rot90", "loss", "class_weights", "calibrate",
+            "snapshot"),
+}
+"""Recipe fields that only one task reads."""
+
+
+def check_applies(recipe: Recipe) -> None:
+    """Refuse settings the run would ignore: a field of the other task set to a value other than
+    its default, class weights without a cross-entropy term, offsets without a held-out split."""
+    defaults = {f.name: f.default for f in fields(Recipe)}
+    other = "seg" if recipe.task == "cls" else "cls"
+    for name in TASK_ONLY[other]:
+        value = getattr(recipe, name)
+        if value != defaults[name] and not (isinstance(value, tuple) and list(value) == list(defaults[name] or [])):
+            raise FieldError(name, f"applies to {other} training only; a {recipe.task} run would ignore it")
+    if recipe.task == "seg":
+        parts = [p.strip() for p in recipe.loss.split("+")]
+        if recipe.class_weights is not None and "ce" not in parts:
+            raise FieldError("class_weights", f"weight the ce term of the loss, and loss {recipe.loss!r} has none")
+        if recipe.calibrate and recipe.holdout <= 0:
+            raise FieldError("calibrate", "fits class offsets on the held-out split, and holdout is 0")
+

@@ -20,3 +20,10 @@ class VislabError(Exception):
 
     def __reduce__(self):  # survives the trip back from a worker process
         return (VislabError, (self.path, self.message))
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, after Lightning's graceful shutdown; the CLI exits with 130.
+
+    (Typer turns a KeyboardInterrupt into a silent exit, and Lightning into ``sys.exit(1)``.)
+    """

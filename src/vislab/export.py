@@ -64,6 +64,9 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
 
     task = read_checkpoint(ckpt)["vislab"]["task"]
     model, meta = load_network(ckpt, task=task)
+    if size is not None and task == "cls" and meta.get("image_size"):
+        raise VislabError(None, f"--size: this classifier takes {meta['image_size']}x{meta['image_size']} inputs "
+                                "(its recipe's image_size); the export has that size")
     offsets = load_offsets(checkpoint_file(ckpt), int(meta["num_classes"])) if task == "seg" else None
     if offsets is not None:  # `vislab seg calibrate`'s offsets travel in the metadata, applied by predict
         meta = {**meta, "class_offsets": offsets.tolist()}

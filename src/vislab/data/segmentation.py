@@ -82,6 +82,18 @@ def list_pairs(folder: str | Path) -> list[Pair]:
     return [Pair(s, sats[s], masks[s]) for s in sorted(sats)]
 
 
+def pairs_digest(pairs: list[Pair]) -> str:
+    """A short digest of a folder's pairs (stems and file sizes, not paths or times): the same
+    for the same data moved or copied elsewhere, different for other or changed pairs."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for p in pairs:
+        sizes = [f.stat().st_size for f in (p.image, p.mask) if f is not None]
+        h.update(f"{p.stem}|{sizes}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def list_unlabelled(folder: str | Path) -> list[Path]:
     """Images to predict: the files of ``folder`` (masks ``*_mask.*`` skipped), or of its
     ``images/`` subfolder when it holds no images itself."""

@@ -56,3 +56,28 @@ class EpochHistory(pl.Callback):
             return []
         with self.path.open() as fh:
             return list(csv.DictReader(fh))
+
+
+class TimeLimit(pl.Callback):
+    """The recipe's ``max_minutes``: after an epoch that ends past the limit, training stops (and
+    ``stopped`` says so). The limit is per invocation and checked at epoch ends only, so the
+    checkpoint holds whole epochs and ``--resume`` continues with the next one (Lightning's
+    ``max_time`` stops mid-epoch, saves its elapsed time in the checkpoint and stops a resumed
+    run at once)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.minutes = minutes
+        self._t0 = time.monotonic()
+        self.stopped: str | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if done >= (trainer.max_epochs or 0) or (time.monotonic() - self._t0) / 60 < self.minutes:
+            return
+        self.stopped = (f"max_minutes ({self.minutes:g}) reached after epoch {done} of {trainer.max_epochs}: "
+                        "training stopped before the end of its schedule; `--resume` continues it")
+        trainer.should_stop = True
+

@@ -60,6 +60,7 @@ class SegmentationData(pl.LightningDataModule):
         if report:
             info(report)
         tr, ho = holdout_split(len(pairs), fraction=recipe.holdout, seed=recipe.seed) if recipe.holdout > 0 else (list(range(len(pairs))), [])
+        self.pairs = pairs
         self.train_idx, self.holdout_idx = tr, ho
         self.train_pairs = [pairs[i] for i in tr]
         self.holdout_pairs = [pairs[i] for i in ho]

@@ -19,9 +19,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from vislab.config import Recipe
-from vislab.engine.callbacks import EpochHistory
+from vislab.engine.callbacks import EpochHistory, TimeLimit
 from vislab.engine.state import AtomicCheckpointIO
-from vislab.errors import VislabError
+from vislab.errors import Interrupted, VislabError
 from vislab.io import atomic_write_text
 
 
@@ -112,6 +112,8 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     # with no held-out split there is nothing to select on: last.ckpt is the result
     callbacks: list[pl.Callback] = [*([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
                                     LearningRateMonitor("step")]
+    if recipe.max_minutes is not None:
+        callbacks.append(TimeLimit(recipe.max_minutes))
     if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill
         callbacks.append(MidEpochCheckpoint(**last_ckpt, train_time_interval=timedelta(minutes=recipe.checkpoint_minutes)))
     if sys.stderr.isatty():
@@ -137,7 +139,6 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
         enable_model_summary=False,
         log_every_n_steps=10,
         limit_train_batches=recipe.limit_train_batches,
-        max_time=None if recipe.max_minutes is None else {"minutes": recipe.max_minutes},
         deterministic=False,
         benchmark=False,
     )
@@ -213,7 +214,14 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
     import time
 
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except SystemExit:
+        # Lightning answers Ctrl-C with a graceful shutdown and sys.exit(1); vislab reports an
+        # interruption as one (exit status 130, what was saved is kept)
+        if trainer.interrupted:
+            raise Interrupted(f"{out_dir}: interrupted; last.ckpt keeps the last saved state") from None
+        raise
     if not trainer.is_global_zero:
         return None
     best = out_dir / "best.ckpt" if (out_dir / "best.ckpt").is_file() else out_dir / "last.ckpt"
@@ -223,6 +231,12 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     result = {"train_seconds": round(time.perf_counter() - t0, 1),
               metric: None if score is None else round(float(score), 6)}
+    limit = next((c for c in trainer.callbacks if isinstance(c, TimeLimit)), None)  # type: ignore[attr-defined]
+    if limit is not None and limit.stopped:
+        from vislab.log import info
+
+        info(f"warning: {limit.stopped}")
+        result["stopped_early"] = limit.stopped
     return result, best
 
 

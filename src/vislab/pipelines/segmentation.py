@@ -13,7 +13,7 @@ from vislab.calibration import apply_offsets, fit_offsets, load_offsets, save_of
 from vislab.config import Recipe
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
-from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled
+from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest
 from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
@@ -76,7 +76,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              + ("training crops them to " + str(recipe.crop_size) if recipe.crop_size
                 else "batches pad them to the largest (padding is ignored by loss and metric)"))
     steps = steps_per_epoch(trainer, recipe, len(data.train_pairs))
-    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size()}
+    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size(),
+            "train_pairs_digest": pairs_digest(data.pairs)}
     module = SegmenterModule(recipe.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta)
     done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_miou")
     if done is None:
@@ -346,6 +347,11 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         if fraction <= 0:
             raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
                                     "saw with --split all")
+        trained_on = meta.get("train_pairs_digest")
+        if trained_on is not None and trained_on != pairs_digest(pairs):
+            raise VislabError(pairs_dir, "is not the folder this checkpoint was trained on (its pairs differ), so its "
+                                         "held-out split cannot be rebuilt; pass the training folder, or --split all "
+                                         "with pairs the model never saw")
         _, ho = holdout_split(len(pairs), fraction=fraction, seed=int(recipe.get("seed", 0)))
         pairs = [pairs[i] for i in ho]
     elif split != "all":

@@ -1,0 +1,62 @@
+"""Recipe fields a run would ignore are refused with one line; YAML spellings are accepted."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from vislab.config import TASK_ONLY, FieldError, Recipe, check_applies, load_recipe
+
+
+@pytest.mark.parametrize("name,value", [("crop_size", 64), ("crop_area", [0.5, 1.0]), ("infer_scale", 0.5),
+                                        ("input_hw", [64, 64]), ("rot90", False), ("loss", "dice"),
+                                        ("class_weights", "inverse-sqrt-frequency"), ("calibrate", True),
+                                        ("snapshot", ["0010"])])
+def test_seg_fields_in_a_cls_recipe_are_refused(name, value, tmp_path):
+    assert name in TASK_ONLY["seg"]
+    r = load_recipe(str(_yaml(tmp_path, task="cls", **{name: value})))
+    with pytest.raises(FieldError, match=f"{name} applies to seg training only; a cls run would ignore it"):
+        check_applies(r)
+
+
+@pytest.mark.parametrize("name,value", [("image_size", 64), ("pad", 0), ("mixup", 0.2), ("cutmix", 1.0),
+                                        ("label_smoothing", 0.1)])
+def test_cls_fields_in_a_seg_recipe_are_refused(name, value, tmp_path):
+    r = load_recipe(str(_yaml(tmp_path, task="seg", **{name: value})))
+    with pytest.raises(FieldError, match=f"{name} applies to cls training only"):
+        check_applies(r)
+
+
+def test_defaults_and_shipped_recipes_pass():
+    check_applies(Recipe(task="cls"))
+    check_applies(Recipe(task="seg"))
+    check_applies(load_recipe("seg-cpu"))  # crop_area, calibrate, snapshot: seg fields in a seg recipe
+    check_applies(load_recipe("cls-best"))
+
+
+def test_settings_that_would_do_nothing(tmp_path):
+    with pytest.raises(FieldError, match="class_weights weight the ce term of the loss, and loss 'dice' has none"):
+        check_applies(Recipe(task="seg", loss="dice", class_weights="inverse-sqrt-frequency"))
+    check_applies(Recipe(task="seg", loss="ce+dice", class_weights="inverse-sqrt-frequency"))
+    with pytest.raises(FieldError, match="calibrate fits class offsets on the held-out split, and holdout is 0"):
+        check_applies(Recipe(task="seg", calibrate=True, holdout=0.0))
+
+
+def test_the_cli_names_the_recipe_file(cli, color_classes, tmp_path):
+    path = _yaml(tmp_path, task="cls", model="cifar_resnet20", crop_size=16)
+    res = cli("cls", "train", color_classes, "--recipe", path, "--out", tmp_path / "run")
+    assert res.code == 2 and f"{path}: field crop_size applies to seg training only" in res.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_devices_as_a_number(tmp_path):
+    from vislab.engine.trainer import _devices
+
+    r = load_recipe(str(_yaml(tmp_path, task="cls", devices=2)))
+    assert r.devices == "2" and _devices(r.devices) == 2
+
+
+def _yaml(tmp_path, **fields):
+    p = tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml"
+    p.write_text(yaml.safe_dump(fields))
+    return p

@@ -1,0 +1,70 @@
+"""How a training run ends: a time limit says so and --resume finishes the schedule exactly;
+Ctrl-C exits with status 130 and keeps the checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+
+
+def _recipe(tmp_path, name, **kw):
+    r = {"task": "cls", "model": "cifar_resnet20", "epochs": 3, "batch_size": 16, "lr": 0.05, "holdout": 0.2,
+         "seed": 1, **kw}
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+def _epochs(run) -> list[str]:
+    with (run / "history.csv").open() as fh:
+        return [row["epoch"] for row in csv.DictReader(fh)]
+
+
+def test_time_limit_stops_between_epochs_says_so_and_resume_finishes_exactly(cli, color_classes, tmp_path):
+    full = _recipe(tmp_path, "full.yaml")
+    assert cli("cls", "train", color_classes, "--recipe", full, "--out", tmp_path / "full").code == 0
+
+    limited = _recipe(tmp_path, "limited.yaml", max_minutes=1e-6)  # spent after every epoch
+    run = tmp_path / "limited"
+    res = cli("cls", "train", color_classes, "--recipe", limited, "--out", run)
+    assert res.code == 0, res.err
+    said = "max_minutes (1e-06) reached after epoch 1 of 3"
+    assert said in res.err.replace("\n", " ")
+    assert said in json.loads((run / "results.json").read_text())["stopped_early"]
+    assert _epochs(run) == ["1"]
+    # each invocation gets the limit again and runs one more whole epoch
+    assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+    assert "after epoch 2 of 3" in json.loads((run / "results.json").read_text())["stopped_early"]
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    assert "stopped_early" not in json.loads((run / "results.json").read_text())
+    assert _epochs(run) == ["1", "2", "3"]
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the limited and resumed run differs from the full one"
+
+
+def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
+    recipe = _recipe(tmp_path, "r.yaml", epochs=50, checkpoint_minutes=1e-6)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vislab", "cls", "train", str(color_classes), "--recipe",
+                             str(recipe), "--out", str(run)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "last.ckpt").is_file():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "vislab: interrupted" in err and "--resume" in err
+    assert (run / "last.ckpt").is_file() and not (run / "results.json").exists()
