@@ -21,7 +21,8 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).parent))
 from common import DEFAULT_DATA, best_of, peak_rss_mb  # noqa: E402
 
-from vislab.data.classification import augment_batch, load_folder, normalize  # noqa: E402
+from vislab.data.classification import augment_batch, load_folder  # noqa: E402
+from vislab.data.tensors import normalize  # noqa: E402
 
 
 class PilFolder(Dataset):

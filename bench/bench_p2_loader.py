@@ -32,7 +32,7 @@ from bench_train import PilSegmentation  # noqa: E402
 from common import DEFAULT_DATA, best_of, peak_rss_mb  # noqa: E402
 
 from vislab.config import load_recipe  # noqa: E402
-from vislab.data.classification import normalize  # noqa: E402
+from vislab.data.tensors import normalize  # noqa: E402
 from vislab.data.seg_classes import deepglobe  # noqa: E402
 from vislab.data.segmentation import (CachedTiles, TileCache, augment_tiles, jitter_colours, list_pairs,  # noqa: E402
                                       pad_collate)

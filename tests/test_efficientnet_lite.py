@@ -41,7 +41,8 @@ def test_mapping_refuses_a_wrong_file():
 @requires_real
 def test_pretrained_features_separate_real_classes_realdata():
     """Nearest-centroid on frozen features of 10 val_50 classes: ImageNet weights >> random."""
-    from vislab.data.classification import load_folder, normalize, resize_batch
+    from vislab.data.classification import load_folder, resize_batch
+    from vislab.data.tensors import normalize
     from vislab.models.efficientnet_lite import LITE_MEAN, LITE_STD
 
     data = load_folder(REAL / "p1_data" / "val_50", labelled=True)

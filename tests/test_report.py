@@ -72,6 +72,18 @@ def test_markdown_report_realdata(cli, real_runs, tmp_path):
     assert md.count("](data:image/png;base64,") == 5
 
 
+@requires_real
+def test_markdown_is_not_html_escaped_and_html_is(cli, real_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(real_runs / "run2", run, ignore=shutil.ignore_patterns("*.ckpt", "tensorboard"))
+    (run / "command.txt").write_text("vislab seg train a&b --snapshot '<x>'\n")
+    assert cli("report", run, "--out", tmp_path / "r.md", "--format", "md").code == 0
+    md = (tmp_path / "r.md").read_text()
+    assert "vislab seg train a&b --snapshot '<x>'" in md and "&amp;" not in md
+    assert cli("report", run, "--out", tmp_path / "r.html").code == 0
+    assert "a&amp;b --snapshot &#39;&lt;x&gt;&#39;" in (tmp_path / "r.html").read_text()
+
+
 def test_report_errors(cli, tmp_path):
     res = cli("report", tmp_path, "--out", tmp_path / "r.html")
     assert res.code == 2 and "not a vislab run folder (no recipe.yaml)" in res.err

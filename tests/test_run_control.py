@@ -68,3 +68,21 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "vislab: interrupted" in err and "--resume" in err
     assert (run / "last.ckpt").is_file() and not (run / "results.json").exists()
+
+
+def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
+    """Setting the umask to read it races with threads creating files meanwhile."""
+    from vislab.io import atomic_write_text, process_umask
+
+    mask = os.umask(0o027)
+    try:
+        def refuse(_mask):
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        assert process_umask() == 0o027
+        atomic_write_text("x", tmp_path / "f.txt")
+        assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)

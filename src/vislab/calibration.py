@@ -11,7 +11,6 @@ the checkpoint's digest; ``seg score`` / ``seg predict`` apply them when they ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +19,7 @@ import torch
 
 from vislab.data.seg_classes import IGNORE as IGNORED
 from vislab.errors import VislabError
-from vislab.io import atomic_write_text
+from vislab.io import atomic_write_text, file_digest
 from vislab.log import info
 from vislab.metrics import confusion_matrix, course_miou
 
@@ -96,15 +95,6 @@ def apply_offsets(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Te
 def offsets_file(ckpt: Path) -> Path:
     """Where the offsets of checkpoint ``ckpt`` live: ``best.ckpt`` -> ``best.offsets.json``."""
     return ckpt.with_name(f"{ckpt.stem}.offsets.json")
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_offsets(ckpt: Path, offsets: torch.Tensor, **record: Any) -> Path:

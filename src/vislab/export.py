@@ -218,18 +218,14 @@ EXPORT_FORMAT = 1  # bump when the exported graph changes meaning: old cache ent
 
 def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, shape: tuple[int, int, int]) -> Path:
     """Export ``ckpt``'s network once per (checkpoint contents, input shape, software versions)."""
-    import hashlib
-
     import onnxruntime
 
     from vislab import __version__
     from vislab.data.cache import cache_dir
+    from vislab.io import file_digest
 
-    h = hashlib.sha1(f"{shape}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}".encode())
-    with ckpt.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    onnx_path = cache_dir() / "onnx" / f"{ckpt.stem}-{h.hexdigest()[:20]}.onnx"
+    salt = f"{shape}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}"
+    onnx_path = cache_dir() / "onnx" / f"{ckpt.stem}-{file_digest(ckpt, salt=salt)[:20]}.onnx"
     if not onnx_path.is_file():
         export_network(model.to(memory_format=torch.contiguous_format), meta, onnx_path, shape=shape)
         model.to(memory_format=torch.channels_last)

@@ -32,9 +32,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise VislabError(parent, f"cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+    os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp creates 0600; outputs get the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -51,6 +49,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _import_umask() -> int:
+    mask = os.umask(0)  # at import, before any writer thread exists
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _import_umask()
+
+
+def process_umask() -> int:
+    """The process's file-creation mask, read without changing it (``os.umask`` can only be read
+    by setting it, which races with threads that create files meanwhile): Linux reports it in
+    /proc/self/status; elsewhere the value at import is used."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
@@ -61,3 +82,15 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_digest(path: str | Path, *, salt: str = "") -> str:
+    """SHA-256 (hex) of ``salt`` followed by a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256(salt.encode())
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+

@@ -35,13 +35,18 @@ def _fig(title: str, png: bytes, text: str = "") -> dict[str, str]:
     return {"title": title, "b64": base64.b64encode(png).decode(), "text": text}
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _read_run(run: Path) -> dict[str, Any]:
     if not run.is_dir():
         raise VislabError(run, "run folder not found")
     if not (run / "recipe.yaml").is_file():
         raise VislabError(run, "not a vislab run folder (no recipe.yaml)")
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    history = list(csv.DictReader((run / "history.csv").open())) if (run / "history.csv").is_file() else []
+    history = _csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
     return {"recipe": recipe, "history": history, "results": results, "command": command}
@@ -94,7 +99,7 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
     val_dir = Path(data["results"].get("val_dir", ""))
     if not preds.is_file() or not val_dir.is_dir():
         return []
-    rows = list(csv.DictReader(preds.open()))
+    rows = _csv_rows(preds)
     conf = val["confusion"]
     names = val.get("class_names")
     label = (lambda c: f"{c} ({names[c]})") if names else str
@@ -207,9 +212,10 @@ def build_report(runs: list[str | Path], out: str | Path, *, fmt: str = "html", 
     found = [run for r in runs for run in find_runs(Path(r))]
     sections = [_run_section(run, i) for i, run in enumerate(found)]
     context = {"title": title, "date": datetime.date.today().isoformat(), "runs": sections}
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, PackageLoader
 
-    env = Environment(loader=PackageLoader("vislab", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    # HTML is escaped; Markdown is not HTML (escaping turned `a&b` into `a&amp;b` in commands)
+    env = Environment(loader=PackageLoader("vislab", "templates"), autoescape=lambda name: bool(name) and ".html" in name)
     text = env.get_template(f"report.{fmt}.j2").render(**context)
     atomic_write_text(text, out)
     return Path(out)

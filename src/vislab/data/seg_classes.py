@@ -178,14 +178,16 @@ class SegClasses:
         table = torch.tensor(list(self.colours) + [(128, 128, 128)] * (256 - self.num_classes), dtype=torch.uint8)
         return table.to(ids.device)[ids.long()].permute(2, 0, 1).contiguous()
 
-    def mask_png(self, ids: torch.Tensor) -> bytes:
-        """A predicted mask (H, W) as PNG bytes in the data set's format: class ids (index) or
-        colours (palette, course)."""
+    def mask_png(self, ids: torch.Tensor, *, colours: bool = False) -> bytes:
+        """Class ids (H, W) as PNG bytes in the data set's format: class ids (index masks) or
+        colours (palette and course masks); with ``colours`` always in colour (for figures)."""
         from torchvision.io import encode_png
 
-        if ids.numel() and int(ids.max()) >= self.num_classes:
-            raise ValueError(f"class id {int(ids.max())} is outside 0..{self.num_classes - 1}")
-        img = ids[None].to(torch.uint8) if self.mask_format == "index" else self.colour_image(ids)
+        bad = (ids >= self.num_classes) & ((ids != IGNORE) if colours else True)
+        if bool(bad.any()):
+            raise ValueError(f"class id {int(ids[bad][0])} is outside 0..{self.num_classes - 1}")
+        as_ids = self.mask_format == "index" and not colours
+        img = ids[None].to(torch.uint8) if as_ids else self.colour_image(ids)
         return encode_png(img.cpu()).numpy().tobytes()
 
     # --- storage -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from vislab.data.cache import cache_dir, decoded_images, file_list_key
-from vislab.data.classification import hash_uniform
+from vislab.data.tensors import hash_uniform
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.errors import VislabError

@@ -12,13 +12,8 @@ import torchmetrics
 from torch.utils.data import DataLoader, Dataset
 
 from vislab.config import Recipe
-from vislab.data.classification import (
-    ImageFolderData,
-    augment_batch,
-    normalize,
-    resize_batch,
-    stratified_split,
-)
+from vislab.data.classification import ImageFolderData, augment_batch, resize_batch, stratified_split
+from vislab.data.tensors import normalize
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
 from vislab.engine.sampling import EpochSampler, epoch_loader

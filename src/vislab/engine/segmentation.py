@@ -13,7 +13,7 @@ import torchmetrics
 from torch.utils.data import DataLoader
 
 from vislab.config import Recipe
-from vislab.data.classification import normalize
+from vislab.data.tensors import normalize
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.data.segmentation import (CachedTiles, Pair, TileCache, augment_tiles, holdout_split, jitter_colours,
                                       list_pairs, pad_collate, scan_masks)
@@ -169,10 +169,8 @@ class MaskSnapshots(pl.Callback):
         self.classes = classes or deepglobe()
 
     def _write(self, ids: torch.Tensor, path: Path) -> None:
-        from torchvision.io import encode_png
-
         with atomic_path(path) as tmp:
-            tmp.write_bytes(encode_png(self.classes.colour_image(ids.cpu())).numpy().tobytes())
+            tmp.write_bytes(self.classes.mask_png(ids.cpu(), colours=True))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from vislab.config import Recipe
-from vislab.data.classification import load_folder, normalize, resize_batch
+from vislab.data.classification import load_folder, resize_batch
+from vislab.data.tensors import normalize
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
 from vislab.metrics import confusion_matrix
 from vislab.log import info
 from vislab.models import penultimate
+from vislab.models.tta import averaged_probs
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -112,8 +114,9 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
 
 def check_tta(tta: str) -> None:
     """Refuse a P1 test-time augmentation other than none or flip."""
-    if tta not in ("none", "flip"):
-        raise VislabError(None, f"unknown --tta {tta!r}; choose none or flip")
+    from vislab.models.tta import check_tta as check
+
+    check(tta, ("none", "flip"))
 
 
 @torch.inference_mode()
@@ -139,8 +142,8 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
             feats.append(store[0].float().cpu())
         else:
             out = model(x)
-        if tta == "flip":
-            out = ((out.float().softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2).log()
+        if tta != "none":
+            out = averaged_probs(model, x, tta, dense=False).log()
         logits.append(out.float().cpu())
     return torch.cat(logits), (torch.cat(feats) if features else None)
 

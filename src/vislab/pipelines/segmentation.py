@@ -18,6 +18,7 @@ from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
+from vislab.models.tta import averaged_probs, check_tta
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -117,36 +118,16 @@ def _snapshot_pairs(stems: tuple[str, ...], pool: list, *, substitute: bool = Fa
     return [found[s] for s in stems], None
 
 
-# TTA: each entry maps an image batch to a transformed one and back for the logits
-_TTA = {
-    "none": [(lambda x: x, lambda y: y)],
-    "flip": [(lambda x: x, lambda y: y), (lambda x: x.flip(-1), lambda y: y.flip(-1))],
-    "d4": [
-        (lambda x, k=k, f=f: torch.rot90(x.flip(-1) if f else x, k, (-2, -1)),
-         lambda y, k=k, f=f: (lambda z: z.flip(-1) if f else z)(torch.rot90(y, -k, (-2, -1))))
-        for f in (False, True) for k in range(4)
-    ],
-}
-
-
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, tta: str = "none",
                   device: torch.device | None = None, autocast: bool = False) -> torch.Tensor:
     """Class probabilities (N, C, H, W) for a uint8 batch (N, 3, H, W), averaged over TTA views."""
-    from vislab.data.classification import normalize
+    from vislab.data.tensors import normalize
 
-    if tta not in _TTA:
-        raise VislabError(None, f"unknown --tta {tta!r}; choose {', '.join(_TTA)}")
+    check_tta(tta)
     dev = device or next(model.parameters()).device
     x = normalize(images.to(dev), tuple(meta["mean"]), tuple(meta["std"]))
-    total = None
-    for fwd, back in _TTA[tta]:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(fwd(x))
-        p = back(logits.float().softmax(1))
-        total = p if total is None else total + p
-    assert total is not None
-    return total / len(_TTA[tta])
+    return averaged_probs(model, x, tta, dense=True, autocast=autocast)
 
 
 def _same_size_runs(images: list[torch.Tensor], batch_size: int) -> list[range]:
@@ -201,8 +182,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     from vislab.export import load_predictor, model_file
 
     model_file(ckpt, engine)
-    if tta not in _TTA:
-        raise VislabError(None, f"unknown --tta {tta!r}; choose {', '.join(_TTA)}")
+    check_tta(tta)
     files = list_unlabelled(img_dir)
     images = [read_rgb(f) for f in files]
     hw = Counter(tuple(im.shape[-2:]) for im in images).most_common(1)[0][0]
