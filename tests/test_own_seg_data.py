@@ -296,3 +296,19 @@ def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):
     res = cli("seg", "calibrate", ckpt, tmp_path / "moved")
     assert res.code == 0, res.err
     assert "mIoU on 3 holdout pairs" in res.out  # round(13 pairs x holdout 0.25)
+
+
+def test_normalisation_follows_the_encoder_weights(cli, tmp_path):
+    """EfficientNet-Lite encoders expect [-1, 1] inputs: a recipe without mean/std gets that, not
+    ImageNet statistics; from scratch, ImageNet statistics; both said in changes.txt."""
+    d = make_index_set(tmp_path / "d", 6)
+    for weights, mean, why in (("imagenet", [0.5, 0.5, 0.5], "pretrained weights"),
+                               ("none", [0.485, 0.456, 0.406], "no pretrained weights")):
+        recipe = tmp_path / f"{weights}.yaml"
+        recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:tu-tf_efficientnet_lite0", "weights": weights,
+                                          "epochs": 1, "batch_size": 2, "holdout": 0.34, "crop_size": 32}))
+        res = cli("seg", "train", d, "--recipe", recipe, "--out", tmp_path / weights)
+        assert res.code == 0, res.err
+        meta = torch.load(tmp_path / weights / "last.ckpt", weights_only=True)["vislab"]
+        assert meta["mean"] == pytest.approx(mean)
+        assert why in (tmp_path / weights / "changes.txt").read_text()

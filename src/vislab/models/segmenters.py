@@ -117,8 +117,26 @@ def _resolve_smp(rest: str) -> ModelEntry:
     if encoder not in smp.encoders.get_encoder_names() and not encoder.startswith("tu-"):
         raise VislabError(None, f"smp has no encoder {encoder!r} (timm encoders: tu-NAME)")
     return ModelEntry(
-        f"smp:{rest}", partial(_smp_segmenter, arch, encoder), "seg", (3, 512, 512), f"smp {rest}"
+        f"smp:{rest}", partial(_smp_segmenter, arch, encoder), "seg", (3, 512, 512), f"smp {rest}",
+        _encoder_norm(encoder),
     )
+
+
+def _encoder_norm(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The input normalisation the encoder's pretrained weights expect: EfficientNet-Lite's
+    [-1, 1] scaling for the offline Lite encoders, a timm encoder's pretrained config, else None
+    (ImageNet statistics, as smp's own encoders use)."""
+    if encoder in _OFFLINE_ENCODERS:
+        from vislab.models.efficientnet_lite import LITE_MEAN, LITE_STD
+
+        return LITE_MEAN, LITE_STD
+    if encoder.startswith("tu-"):
+        import timm
+
+        cfg = timm.get_pretrained_cfg(encoder[3:]) if timm.is_model(encoder[3:]) else None
+        if cfg is not None and cfg.mean and cfg.std:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return None
 
 
 register_prefix("smp", _resolve_smp)

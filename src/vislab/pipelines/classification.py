@@ -89,21 +89,11 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
     - a batch larger than the training split shrinks to the split (else no step would run).
     """
     from vislab.data.classification import channel_stats
-    from vislab.models import get_entry
+    from vislab.pipelines.settings import resolve_normalisation
 
-    changes: list[str] = []
-    if (recipe.mean is None) != (recipe.std is None):
-        raise VislabError(None, "recipe sets one of mean and std; set both or neither")
-    if recipe.mean is None:
-        if recipe.weights is not None:
-            mean, std = get_entry(recipe.model).pretrained_norm
-            why = f"the normalisation of {recipe.model}'s pretrained weights"
-        else:
-            mean, std = channel_stats(images, train_idx)
-            why = "the training images' own per-channel statistics"
-        recipe = recipe.with_overrides(mean=tuple(round(float(v), 4) for v in mean),
-                                       std=tuple(round(float(v), 4) for v in std))
-        changes.append(f"mean {list(recipe.mean)} and std {list(recipe.std)}: {why} (the recipe sets none)")
+    recipe, note = resolve_normalisation(recipe, lambda: channel_stats(images, train_idx),
+                                         "the training images' own per-channel statistics")
+    changes: list[str] = [note] if note else []
     if len(train_idx) < recipe.batch_size:
         changes.append(f"batch size {recipe.batch_size} -> {len(train_idx)}: only {len(train_idx)} training images")
         recipe = recipe.with_overrides(batch_size=len(train_idx))

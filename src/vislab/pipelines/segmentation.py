@@ -41,6 +41,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.trainer import (build_trainer, check_run_folder, fit_and_select, prepare_run_folder, resolve_lr,
                                        steps_per_epoch, write_results)
+    from vislab.models import IMAGENET_MEAN, IMAGENET_STD
+    from vislab.pipelines.settings import resolve_normalisation
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
@@ -60,6 +62,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     trainer = build_trainer(recipe, out, monitor="holdout_miou",
                             extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [])
     recipe, changes = resolve_lr(recipe, trainer)
+    recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
+                                         "ImageNet statistics (no pretrained weights)")
+    changes += [note] if note else []
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
