@@ -125,6 +125,9 @@ def summary_cmd(
 
 # --- P1 ------------------------------------------------------------------------------------
 
+EnsembleArg = typer.Argument(..., help="Checkpoint or run folder (its best.ckpt, else last.ckpt); several, "
+                             "comma-separated (runs/a,runs/b), are an ensemble: class probabilities averaged.")
+
 @cls_app.command("train")
 def cls_train(
     train_dir: Optional[Path] = typer.Argument(None, help="Images as <label>_<index>.<ext>, <class name>/ folders, or a flat folder with --labels (default: DATA/p1_data/train_50)."),
@@ -171,7 +174,7 @@ CLS_TTA_OPTION = typer.Option("none", "--tta", help="none | flip (average with t
 
 @cls_app.command("eval")
 def cls_eval(
-    ckpt: Path = typer.Argument(..., help="best.ckpt / last.ckpt or a run folder."),
+    ckpt: str = EnsembleArg,
     img_dir: Path = typer.Argument(..., help="Labelled images: <label>_<index> names, <class name>/ folders, or --labels."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat IMG_DIR (else labels from the layout)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
@@ -202,7 +205,7 @@ ENGINE_OPTION = typer.Option(
 
 @cls_app.command("predict")
 def cls_predict(
-    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    ckpt: str = EnsembleArg,
     img_dir: Path = typer.Argument(..., help="Folder of images (any names), or a tree of them."),
     out_csv: Path = typer.Argument(..., help="Output CSV: image_id,label sorted by file name (label: the class name for named data sets)."),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -313,7 +316,7 @@ def seg_eval(
 
 @seg_app.command("score")
 def seg_score(
-    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    ckpt: str = EnsembleArg,
     img_dir: Path = typer.Argument(..., help="Folder of xxxx_sat.jpg + xxxx_mask.png pairs, or of images/ + masks/."),
     tta: str = typer.Option("none", "--tta", help="none | flip | d4."),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -349,7 +352,7 @@ def seg_calibrate(
 
 @seg_app.command("predict")
 def seg_predict(
-    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
+    ckpt: str = EnsembleArg,
     img_dir: Path = typer.Argument(..., help="Images (xxxx.jpg or xxxx_sat.jpg), or a folder with images/."),
     out_dir: Path = typer.Argument(..., help="Output folder for the masks."),
     tta: str = typer.Option("none", "--tta", help="none | flip | d4 (averaged probabilities)."),

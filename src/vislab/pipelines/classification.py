@@ -175,22 +175,49 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
     return data
 
 
+def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str], read: Any, *,
+                     batch_size: int, device: str | None, tta: str) -> tuple[Any, torch.Tensor]:
+    """(the folder as the first model reads it, log of the class probabilities averaged over the
+    models). ``read(meta)`` decodes the folder for one model (its own stored size); every model
+    must see the same files and labels."""
+    from vislab.pipelines.ensemble import check_same_classes
+
+    check_same_classes([m for _, m in models], paths, keys=("num_classes", "class_names"))
+    first, total = None, None
+    for (model, meta), path in zip(models, paths):
+        data = read(meta)
+        if first is None:
+            first = data
+        elif list(data.files) != list(first.files):
+            raise VislabError(path, "reads another list of images than the first model")
+        logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
+        p = logits.float().softmax(1)
+        total = p if total is None else total + p
+    assert total is not None
+    return first, (total / len(models)).log()
+
+
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
              predictions_csv: str | Path | None = None, tta: str = "none") -> dict[str, Any]:
     """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder (any
-    layout; class names are matched to the checkpoint's).
+    layout; class names are matched to the checkpoint's). ``ckpt`` may list several checkpoints
+    separated by commas: an ensemble, their class probabilities averaged.
 
     ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows (class ids; with class
     names also ``label_name,pred_name``).
     """
+    from vislab.pipelines.ensemble import members
+
     check_positive(batch_size=batch_size)
-    loaded = _load(ckpt)
-    meta = loaded.meta
-    data = _load_labelled(meta, img_dir, labels_csv)
+    check_tta(tta)
+    paths = members(ckpt)
+    models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
+    meta = models[0][1]
+    data, logits = _ensemble_logits(models, paths, lambda m: _load_labelled(m, img_dir, labels_csv),
+                                    batch_size=batch_size, device=device, tta=tta)
     labels = data.labels
     n_cls = meta["num_classes"]
-    logits, _ = infer(loaded.model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
     pred = logits.argmax(1)
     names = meta.get("class_names")
     if predictions_csv is not None:
@@ -213,6 +240,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         "per_class": per_class,
         "class_names": names,
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
+        **({"ensemble": paths} if len(paths) > 1 else {}),
     }
 
 
@@ -226,18 +254,24 @@ def check_positive(**values: int | float) -> None:
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
             device: str | None = None, engine: str = "auto", tta: str = "none") -> int:
     """Write ``image_id,label`` rows in file order (a flat folder, or a tree with relative paths
-    as ids); the label is the class name for named data sets, else the class id.
+    as ids); the label is the class name for named data sets, else the class id. ``ckpt`` may
+    list several models separated by commas (an ensemble: probabilities averaged).
 
     ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
     """
     from vislab.export import load_predictor, model_file
+    from vislab.pipelines.ensemble import members
 
     check_positive(batch_size=batch_size)
-    model_file(ckpt, engine)
+    paths = members(ckpt)
+    for p in paths:
+        model_file(p, engine)
     check_tta(tta)
-    model, meta = load_predictor(ckpt, task="cls", engine=engine, device=device)
-    data = load_folder(img_dir, labelled=False, use_cache=False, size=stored_size(meta))
-    logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
+    models = [load_predictor(p, task="cls", engine=engine, device=device) for p in paths]
+    meta = models[0][1]
+    data, logits = _ensemble_logits(
+        models, paths, lambda m: load_folder(img_dir, labelled=False, use_cache=False, size=stored_size(m)),
+        batch_size=batch_size, device=device, tta=tta)
     _write_rows(out_csv, ["image_id", "label"], ((f, class_label(meta, c)) for f, c in zip(data.files, logits.argmax(1).tolist())))
     return len(data.files)
 

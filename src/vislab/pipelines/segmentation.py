@@ -19,6 +19,7 @@ from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
 from vislab.models.tta import averaged_probs, check_tta
+from vislab.pipelines.ensemble import members
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -186,21 +187,23 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     from vislab.engine.state import pick_device
     from vislab.export import load_predictor, model_file
 
-    model_file(ckpt, engine)
+    paths = members(ckpt)
+    for p in paths:
+        model_file(p, engine)
     check_tta(tta)
     files = list_unlabelled(img_dir)
     images = [read_rgb(f) for f in files]
     hw = Counter(tuple(im.shape[-2:]) for im in images).most_common(1)[0][0]
-    model, meta = load_predictor(ckpt, task="seg", engine=engine, hw=hw, device=device)
-    classes = classes_of(meta)
-    shift = _offsets_for(ckpt, meta) if offsets else None
     dev = pick_device(device)
-    model = model.to(dev)
+    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device))
+              for p in paths]
+    classes = _ensemble_classes(models, paths)
+    shift = _ensemble_offsets(paths, models) if offsets else None
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VislabError(out, "is a file, but an output folder is needed")
     for run in _same_size_runs(images, batch_size):
-        probs = predict_probs(model, meta, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
+        probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
         for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
             with atomic_path(out / _output_name(files[i])) as tmp:
                 tmp.write_bytes(classes.mask_png(ids))
@@ -271,29 +274,60 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     checkpoint's description; ``offsets`` as in :func:`predict`."""
     from vislab.engine.state import load_network, pick_device
 
-    model, meta = load_network(ckpt, task="seg")
-    desc = classes_of(meta)
-    check_described_alike(img_dir, desc)
-    shift = _offsets_for(ckpt, meta) if offsets else None
+    paths = members(ckpt)
     dev = pick_device(device)
-    model = model.to(dev)
+    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_network(p, task="seg")) for p in paths]
+    desc = _ensemble_classes(models, paths)
+    check_described_alike(img_dir, desc)
+    shift = _ensemble_offsets(paths, models) if offsets else None
     pairs = list_pairs(img_dir)
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    for probs, truth in _labelled_probs(model, meta, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
+    for probs, truth in _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
         conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), k, ignore_index=IGNORE)
     extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
+    if len(paths) > 1:
+        extra["ensemble"] = paths
     return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
 
 
-def _labelled_probs(model: torch.nn.Module, meta: dict[str, Any], pairs: list, classes: SegClasses, *, tta: str,
+def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]) -> SegClasses:
+    from vislab.pipelines.ensemble import check_same_classes
+
+    described = [{"classes": classes_of(m).to_dict() | {"source": None}} for _, m in models]
+    check_same_classes(described, paths, keys=("classes",))
+    return classes_of(models[0][1])
+
+
+def _ensemble_offsets(paths: list[str], models: list[tuple[Any, dict[str, Any]]]) -> torch.Tensor | None:
+    """A single model's calibrated offsets; none for an ensemble (each model's were fitted for its
+    own probabilities, not for their average)."""
+    if len(paths) == 1:
+        return _offsets_for(paths[0], models[0][1])
+    info("ensemble: class offsets are fitted per checkpoint, so the averaged probabilities are used unshifted")
+    return None
+
+
+def _averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *, tta: str,
+              device: torch.device) -> torch.Tensor:
+    """Class probabilities averaged over the models (each with its own normalisation and scale)."""
+    total = None
+    for model, meta in models:
+        p = predict_probs(model, meta, images, tta=tta, device=device)
+        total = p if total is None else total + p
+    assert total is not None
+    return total / len(models)
+
+
+def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, classes: SegClasses, *, tta: str,
                     batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(class probabilities (C, H, W) on ``device``, true class ids (H, W)) per pair, in order."""
+    """(class probabilities (C, H, W) on ``device``, averaged over ``models``, true class ids
+    (H, W)) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
-            probs = predict_probs(model, meta, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
+            probs = _averaged(models, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
             for i, p in zip(run, probs):
                 truth, _ = classes.read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))
                 yield p, truth
@@ -346,7 +380,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dev = pick_device(device)
     model = model.to(dev)
     logps, truths = [], []
-    for probs, truth in _labelled_probs(model, meta, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
+    for probs, truth in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=dev):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out

@@ -1,0 +1,119 @@
+"""Ensembles: several runs given as RUN_A,RUN_B average their class probabilities in cls eval /
+predict and seg score / predict; checked against the averages computed here from each network."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import run_vislab
+from test_own_seg_data import make_index_set, standard_miou
+
+
+def _probs(model, meta, x_uint8: torch.Tensor) -> torch.Tensor:
+    m = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    s = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        return model.eval()((x_uint8.float() / 255 - m) / s).float().softmax(1)
+
+
+@pytest.fixture(scope="module")
+def cls_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ens")
+    rng = np.random.default_rng(0)
+    data = root / "train"
+    data.mkdir()
+    for c in range(3):
+        for i in range(30):
+            img = rng.integers(0, 200, size=(32, 32, 3), dtype=np.uint8)
+            img[..., c] += 25  # a faint cue: one epoch leaves the two members disagreeing
+            Image.fromarray(img).save(data / f"{c}_{i}.png")
+    runs = []
+    for seed in (1, 2):
+        r = root / f"r{seed}.yaml"
+        r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
+                                     "lr": 0.05, "holdout": 0.2, "seed": seed}))
+        assert run_vislab("cls", "train", data, "--recipe", r, "--out", root / f"run{seed}") == 0
+        runs.append(root / f"run{seed}")
+    return root, data, runs
+
+
+def test_cls_ensemble_averages_probabilities(cli, cls_runs, tmp_path):
+    from vislab.engine.state import load_network
+
+    root, data, runs = cls_runs
+    files = sorted(data.iterdir())
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    labels = torch.tensor([int(f.name.split("_")[0]) for f in files])
+    avg = sum(_probs(*load_network(r, task="cls"), x) for r in runs) / 2
+    spec = f"{runs[0]},{runs[1]}"
+    res = cli("cls", "eval", spec, data, "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["accuracy"] == pytest.approx(float((avg.argmax(1) == labels).float().mean()), abs=1e-6)
+    assert got["ensemble"] == [str(r) for r in runs]
+    assert cli("cls", "predict", spec, data, tmp_path / "p.csv").code == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [int(r["label"]) for r in rows] == avg.argmax(1).tolist()
+    # the members disagree somewhere, or the ensemble would test nothing
+    single = [_probs(*load_network(r, task="cls"), x).argmax(1) for r in runs]
+    assert not torch.equal(single[0], single[1])
+
+
+def test_cls_ensemble_refuses_other_classes(cli, cls_runs, tmp_path):
+    root, data, runs = cls_runs
+    two = tmp_path / "two"
+    two.mkdir()
+    for f in sorted(data.iterdir())[:60]:  # classes 0 and 1 only
+        (two / f.name).write_bytes(f.read_bytes())
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
+                                 "lr": 0.05, "holdout": 0.2}))
+    assert cli("cls", "train", two, "--recipe", r, "--out", tmp_path / "run").code == 0
+    res = cli("cls", "eval", f"{runs[0]},{tmp_path / 'run'}", data)
+    assert res.code == 2 and "predicts other classes" in res.err
+    res = cli("cls", "eval", f"{runs[0]},{runs[0]}", data)
+    assert res.code == 2 and "a model is listed twice" in res.err
+
+
+@pytest.fixture(scope="module")
+def seg_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensseg")
+    train = make_index_set(root / "train", 8)
+    val = make_index_set(root / "val", 4, seed=1)
+    runs = []
+    for seed, calibrate in ((1, True), (2, False)):
+        r = root / f"r{seed}.yaml"
+        r.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 4, "batch_size": 4,
+                                     "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "seed": seed,
+                                     "calibrate": calibrate}))
+        assert run_vislab("seg", "train", train, "--recipe", r, "--out", root / f"run{seed}") == 0
+        runs.append(root / f"run{seed}")
+    return root, val, runs
+
+
+def test_seg_ensemble_predicts_and_scores_the_average(cli, seg_runs, tmp_path):
+    from vislab.engine.state import load_network
+
+    root, val, runs = seg_runs
+    spec = f"{runs[0]},{runs[1]}"
+    res = cli("seg", "predict", spec, val, tmp_path / "pred")
+    assert res.code == 0, res.err
+    assert "offsets are fitted per checkpoint" in res.err.replace("\n", " ")  # run1's offsets are not applied
+    nets = [load_network(r, task="seg") for r in runs]
+    pairs = []
+    for f in sorted((val / "images").iterdir()):
+        x = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)[None]
+        expected = (sum(_probs(m, meta, x) for m, meta in nets) / 2).argmax(1)[0]
+        written = np.array(Image.open(tmp_path / "pred" / f"{f.stem}.png"))
+        assert np.array_equal(written, expected.numpy()), f.name
+        pairs.append((np.array(Image.open(val / "masks" / f"{f.stem}.png")), written))
+    res = cli("seg", "score", spec, val)
+    assert res.code == 0, res.err
+    assert res.out.strip().endswith(f"mIoU: {standard_miou(pairs, 4, 255)[0]:.4f}")
