@@ -146,11 +146,14 @@ def cls_train(
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Beta parameter of mixup, e.g. 0.2 (0 = off)."),
     cutmix: Optional[float] = typer.Option(None, "--cutmix", help="Beta parameter of cutmix, e.g. 1.0 (0 = off; with --mixup: half the batches each)."),
     ema: Optional[float] = EmaOpt,
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities on each training image are soft targets."),
+    distill: Optional[float] = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels get the rest)."),
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
     from vislab.paths import data_root
     from vislab.pipelines.classification import train
+    from vislab.pipelines.ensemble import members
 
     if train_dir is None:
         root = data_root(data)
@@ -160,7 +163,8 @@ def cls_train(
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, ema=ema, num_workers=workers,
-                limit_train_batches=limit_batches)
+                limit_train_batches=limit_batches, distill=distill,
+                teacher=None if teacher is None else tuple(members(teacher)))
     if r.task != "cls":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,

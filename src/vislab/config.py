@@ -50,6 +50,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("weight_decay", _num(0), "a number >= 0"),
     ("warmup_epochs", _num(0), "a number >= 0"),
     ("label_smoothing", _num(0, 1), "in [0, 1)"),
+    ("distill", _num(0, 1, hi_open=False), "in [0, 1]"),
     ("mixup", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
@@ -85,6 +86,8 @@ class Recipe:
     scheduler: str = "cosine"  # see engine.optim.SCHEDULERS
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    teacher: tuple[str, ...] = ()  # cls: runs whose averaged probabilities are soft targets (distillation)
+    distill: float = 0.5  # cls: weight of the soft-target term when there is a teacher (1 - it: the labels')
     mixup: float = 0.0  # cls: Beta(a, a) parameter of mixup; 0 = off
     cutmix: float = 0.0  # cls: Beta(a, a) parameter of cutmix; 0 = off (both on: 1/2 each per batch)
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0 = off
@@ -148,7 +151,7 @@ class Recipe:
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
-    for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area"):
+    for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area", "teacher"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
     if isinstance(out.get("lr"), str) and out["lr"].strip().lower() == "auto":
@@ -205,7 +208,7 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 TASK_ONLY = {
-    "cls": ("image_size", "pad", "mixup", "cutmix", "label_smoothing"),
+    "cls": ("image_size", "pad", "mixup", "cutmix", "label_smoothing", "teacher"),
     "seg": ("crop_size", "crop_area", "infer_scale", "input_hw", "rot90", "loss", "class_weights", "calibrate",
             "snapshot"),
 }
@@ -221,6 +224,10 @@ def check_applies(recipe: Recipe) -> None:
         value = getattr(recipe, name)
         if value != defaults[name] and not (isinstance(value, tuple) and list(value) == list(defaults[name] or [])):
             raise FieldError(name, f"applies to {other} training only; a {recipe.task} run would ignore it")
+    if recipe.task == "cls" and recipe.teacher and (recipe.mixup > 0 or recipe.cutmix > 0):
+        raise FieldError("teacher", "gives soft targets per image, which mixup/cutmix would mix; use one or the other")
+    if recipe.task == "cls" and not recipe.teacher and recipe.distill != defaults["distill"]:
+        raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     if recipe.task == "seg":
         parts = [p.strip() for p in recipe.loss.split("+")]
         if recipe.class_weights is not None and "ce" not in parts:

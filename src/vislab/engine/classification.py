@@ -16,6 +16,7 @@ from vislab.data.classification import ImageFolderData, augment_batch, resize_ba
 from vislab.data.tensors import normalize
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
+from vislab.engine.losses import soft_target_loss
 from vislab.engine.sampling import EpochSampler, epoch_loader
 
 
@@ -95,6 +96,9 @@ class ClassifierModule(VislabModule):
         self.save_hyperparameters()
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        # a teacher's class probabilities per training image (N, C), set by the pipeline; not saved
+        # in checkpoints (a resumed run recomputes them from the same teacher runs)
+        self.soft_targets: torch.Tensor | None = None
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> normalised float at the model's input size."""
@@ -107,12 +111,15 @@ class ClassifierModule(VislabModule):
         return self.prepare(x), y, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
+        x, y, idx = batch
         r = self.recipe
         mixed = mix_batch(x, y, mixup=r.mixup, cutmix=r.cutmix,
                           seed=(r.seed, self.global_step, self.global_rank))
         logits = self.net(self.memory_format(mixed.x))
         loss = mixed.loss(logits, label_smoothing=r.label_smoothing)
+        if self.soft_targets is not None:  # distillation (config refuses it together with mixing)
+            soft = self.soft_targets[idx.to(self.soft_targets.device)].to(logits.device)
+            loss = (1 - r.distill) * loss + r.distill * soft_target_loss(logits, soft)
         self.train_acc(logits.detach(), mixed.y_major)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)

@@ -55,3 +55,11 @@ def inverse_sqrt_frequency(counts: torch.Tensor) -> torch.Tensor:
     share = counts.double() / counts.sum()
     w = torch.where(share > 0, share.clamp_min(1e-6).rsqrt(), torch.zeros_like(share))
     return (w / w[share > 0].mean()).float()
+
+
+def soft_target_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a distribution per sample (a teacher's probabilities): the mean over
+    the batch of ``-sum_c p_c log softmax(logits)_c`` (the KL divergence up to the teacher's
+    entropy, which does not depend on the student)."""
+    return -(target_probs.float() * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+

@@ -49,6 +49,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:  # fail before training, not after
         load_folder(val_dir, labelled=True, labels_csv=val_labels_csv, class_names=data.class_names, size=hw)
     train_idx, _ = holdout_split(data.labels, recipe)
+    soft = None
+    if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
+        soft = teacher_probs(recipe.teacher, data, train_dir, labels_csv)
+        info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
+             f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     trainer = build_trainer(recipe, out, monitor="holdout_acc")
     recipe, more = resolve_lr(recipe, trainer)
@@ -64,11 +69,14 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
          "for checkpoint selection")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
     module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(train_idx)), data_meta)
+    module.soft_targets = soft
     done = fit_and_select(trainer, module, dm, out, ckpt_path, metric="holdout_acc")
     if done is None:
         return {}
     result, best = done
     result["layout"], result["class_names"] = data.layout, data.class_names
+    if recipe.teacher:
+        result["teacher"] = list(recipe.teacher)
     if changes:
         result["changes"] = changes
     if val_dir is not None:
@@ -173,6 +181,24 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
         bad = data.files[int(torch.argmax((data.labels >= n_cls).int()))]
         raise VislabError(Path(img_dir) / bad, f"label {int(data.labels.max())} is outside the model's 0..{n_cls - 1}")
     return data
+
+
+def teacher_probs(teachers: tuple[str, ...], data: Any, train_dir: str | Path,
+                  labels_csv: str | Path | None) -> torch.Tensor:
+    """The teachers' averaged class probabilities (N, C) for every image of the training folder,
+    each teacher reading it at its own stored size; they must know the student's classes."""
+    paths = list(teachers)
+    models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
+    for (_, meta), path in zip(models, paths):
+        if meta["num_classes"] != data.num_classes or meta.get("class_names") != data.class_names:
+            raise VislabError(path, f"teacher has {meta['num_classes']} classes ({meta.get('class_names')}); the "
+                                    f"training folder has {data.num_classes} ({data.class_names})")
+    read = lambda m: load_folder(train_dir, labelled=True, labels_csv=labels_csv,  # noqa: E731
+                                 class_names=data.class_names, size=stored_size(m))
+    seen, logp = _ensemble_logits(models, paths, read, batch_size=256, device=None, tta="none")
+    if list(seen.files) != list(data.files):
+        raise VislabError(train_dir, "the teachers read another list of images than the student")
+    return logp.exp().half()
 
 
 def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str], read: Any, *,

@@ -1,0 +1,83 @@
+"""Distillation: `cls train --teacher RUN[,RUN]` learns from the teachers' probabilities."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from vislab.config import FieldError, Recipe, check_applies
+from vislab.engine.losses import soft_target_loss
+
+
+def test_soft_target_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    assert float(soft_target_loss(logits, targets)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_teacher_settings_that_cannot_work():
+    with pytest.raises(FieldError, match="teacher gives soft targets per image, which mixup/cutmix would mix"):
+        check_applies(Recipe(task="cls", teacher=("runs/t",), mixup=0.2))
+    with pytest.raises(FieldError, match="distill weights the teacher's soft targets, and there is no teacher"):
+        check_applies(Recipe(task="cls", distill=0.9))
+    with pytest.raises(FieldError, match="teacher applies to cls training only"):
+        check_applies(Recipe(task="seg", teacher=("runs/t",)))
+
+
+def _recipe(tmp_path, name):
+    # no held-out split: the last epoch is the model (selecting on the true labels would pick the
+    # epoch that follows a lying teacher least)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 5, "batch_size": 16,
+                                 "lr": 0.05, "holdout": 0.0, "seed": 0}))
+    return p
+
+
+def _predicted(cli, run, folder, out):
+    assert cli("cls", "predict", run, folder, out).code == 0
+    rows = list(csv.DictReader(out.open()))
+    return [(int(r["image_id"].split("_")[0]), int(r["label"])) for r in rows]
+
+
+def test_a_student_follows_its_teacher(cli, color_classes, tmp_path):
+    """A teacher trained on shifted labels (class c called c+1 mod 3): a student with --distill 1
+    learns the teacher's naming, not the folder's labels; with --distill 0 the labels'."""
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    for f in color_classes.iterdir():
+        c, i = f.stem.split("_")
+        (shifted / f"{(int(c) + 1) % 3}_{i}.png").write_bytes(f.read_bytes())
+    r = _recipe(tmp_path, "r.yaml")
+    assert cli("cls", "train", shifted, "--recipe", r, "--out", tmp_path / "liar").code == 0
+    res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "student", "--teacher",
+              tmp_path / "liar", "--distill", "1")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "student" / "results.json").read_text())["teacher"] == [str(tmp_path / "liar")]
+    teacher = _predicted(cli, tmp_path / "liar", color_classes, tmp_path / "t.csv")
+    student = _predicted(cli, tmp_path / "student", color_classes, tmp_path / "s.csv")
+    assert sum(t == p for t, p in teacher) / len(teacher) < 0.2  # the liar names the classes its way
+    assert sum(a[1] == b[1] for a, b in zip(teacher, student)) / len(student) > 0.9
+    res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "plain", "--teacher",
+              tmp_path / "liar", "--distill", "0")
+    assert res.code == 0, res.err
+    plain = _predicted(cli, tmp_path / "plain", color_classes, tmp_path / "p.csv")
+    assert sum(p == t for t, p in plain) / len(plain) > 0.9
+
+
+def test_a_teacher_of_other_classes_is_refused(cli, color_classes, tmp_path):
+    two = tmp_path / "two"
+    two.mkdir()
+    for f in color_classes.iterdir():
+        if not f.name.startswith("2_"):
+            (two / f.name).write_bytes(f.read_bytes())
+    r = _recipe(tmp_path, "r.yaml")
+    assert cli("cls", "train", two, "--recipe", r, "--out", tmp_path / "t2", "--epochs", "1").code == 0
+    res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "s", "--teacher", tmp_path / "t2")
+    assert res.code == 2 and "t2: teacher has 2 classes" in res.err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
