@@ -86,3 +86,30 @@ def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         os.umask(mask)
+
+
+def test_budget_epochs_by_hand():
+    from vislab.config import Recipe
+    from vislab.engine.trainer import budget_epochs
+
+    r = Recipe(task="cls", epochs=30, budget_minutes=1.0)
+    # an epoch: 1.1 x (10 steps x 0.5 s + 3 held-out batches x 0.5 s / 3) + 2 s = 8.05 s; 60 s hold 7
+    got, line = budget_epochs(r, 0.5, 10, 3, epoch_overhead=2.0)
+    assert got.epochs == 7 and "epochs 30 -> 7" in line and "about 8.1 s per epoch" in line
+    assert budget_epochs(Recipe(task="cls", budget_minutes=0.001), 0.5, 10, 3)[0].epochs == 1  # at least one
+
+
+def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path):
+    import re
+
+    recipe = _recipe(tmp_path, "r.yaml", epochs=50)
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.25")
+    assert res.code == 0, res.err
+    line = next(ln for ln in (run / "changes.txt").read_text().splitlines() if "--budget 0.25 min" in ln)
+    epochs = int(re.search(r"epochs 50 -> (\d+)", line).group(1))
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["epochs"] == epochs == len(_epochs(run))
+    assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0  # no second measurement
+    assert len(_epochs(run)) == epochs and (run / "changes.txt").read_text().count("--budget") == 1
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "bad", "--budget", "0")
+    assert res.code == 2 and "--budget: must be > 0" in res.err

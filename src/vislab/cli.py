@@ -35,7 +35,7 @@ def _command_line() -> str:
 
 # --- shared training options ---------------------------------------------------------------
 
-_FLAG = {"num_workers": "--workers", "limit_train_batches": "--limit-batches"}
+_FLAG = {"num_workers": "--workers", "limit_train_batches": "--limit-batches", "budget_minutes": "--budget"}
 
 
 def _flag(field: str) -> str:
@@ -80,6 +80,7 @@ ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models
 WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict (none switches off a recipe's weights).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
+BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")
 LimitOpt = typer.Option(None, "--limit-batches", help="Train on only this many batches per epoch (quick runs).")
 
 
@@ -146,6 +147,7 @@ def cls_train(
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Beta parameter of mixup, e.g. 0.2 (0 = off)."),
     cutmix: Optional[float] = typer.Option(None, "--cutmix", help="Beta parameter of cutmix, e.g. 1.0 (0 = off; with --mixup: half the batches each)."),
     ema: Optional[float] = EmaOpt,
+    budget: Optional[float] = BudgetOpt,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities on each training image are soft targets."),
     distill: Optional[float] = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels get the rest)."),
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
@@ -163,7 +165,7 @@ def cls_train(
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, ema=ema, num_workers=workers,
-                limit_train_batches=limit_batches, distill=distill,
+                limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=None if teacher is None else tuple(members(teacher)))
     if r.task != "cls":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
@@ -264,7 +266,7 @@ def seg_train(
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side (0: the whole image)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
-    ema: Optional[float] = EmaOpt,
+    ema: Optional[float] = EmaOpt, budget: Optional[float] = BudgetOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
@@ -280,7 +282,7 @@ def seg_train(
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
-                limit_train_batches=limit_batches)
+                limit_train_batches=limit_batches, budget_minutes=budget)
     if r.task != "seg":
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab seg train` needs a seg recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),

@@ -67,6 +67,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
      "an integer >= 1 (batches) or a fraction in (0, 1]"),
     ("checkpoint_minutes", _num(0, lo_open=True), "> 0 (or null: only at the end of epochs)"),
     ("max_minutes", _num(0, lo_open=True), "> 0 (or null: no time limit)"),
+    ("budget_minutes", _num(0, lo_open=True), "> 0 (or null: the recipe's epochs)"),
 ]
 
 
@@ -118,6 +119,7 @@ class Recipe:
     limit_train_batches: float | int | None = None
     checkpoint_minutes: float | None = 10.0  # also write last.ckpt mid-epoch this often (None: epoch ends only)
     max_minutes: float | None = None  # a safety stop, per invocation: no new epoch starts after this (said; --resume continues)
+    budget_minutes: float | None = None  # training time to fill: epochs set from the measured speed of the first steps
     notes: str = ""  # the command that produced the recipe's score, and that score
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -158,7 +160,7 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
         out["lr"] = None
     if out.get("precision") is not None:
         out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
-    for key in ("lr", "weight_decay", "mixup", "cutmix", "ema", "checkpoint_minutes"):  # YAML reads 1e-3 as a string
+    for key in ("lr", "weight_decay", "mixup", "cutmix", "ema", "checkpoint_minutes", "budget_minutes"):  # YAML reads 1e-3 as a string
         if out.get(key) is not None:
             try:
                 out[key] = float(out[key])

@@ -136,7 +136,11 @@ class SegmenterModule(VislabModule):
             x, y = augment_tiles(x, y, idx, hw, seed=r.seed, epoch=self.current_epoch, crop_size=r.crop_size,
                                  crop_area=r.crop_area, rot90=r.rot90)
             x = jitter_colours(x, idx, seed=r.seed, epoch=self.current_epoch)
-        return self.memory_format(normalize(x, self.mean, self.std)), y.long(), idx
+        return self.prepare(x), y.long(), idx
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float in [0, 255]) batch -> normalised float in the recipe's memory format."""
+        return self.memory_format(normalize(x, self.mean, self.std))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch

@@ -205,6 +205,79 @@ def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
     return steps
 
 
+def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 3) -> float:
+    """Wall seconds of one training step (forward, backward, optimiser step) of a copy of
+    ``module``'s network on ``loader``'s first batches, after one warm-up step; the module, its
+    weights and the global RNG states are left as they were."""
+    import copy
+    import time
+
+    import torch
+
+    net = copy.deepcopy(module.net).to(device).train()
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
+    amp = "16" in str(module.recipe.precision) and device.type != "cpu"
+    batches = iter(loader)
+    times = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for i in range(steps + 1):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            batch = [b.to(device) if hasattr(b, "to") else b for b in batch]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            x, y = batch[0], batch[1]  # the on-device augmentation is left out, except the crop size
+            crop = module.recipe.crop_size if module.task == "seg" else None
+            if crop:
+                x, y = x[..., :crop, :crop], y[..., :crop, :crop]
+            x = module.prepare(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = net(x)
+            loss = torch.nn.functional.cross_entropy(out.float(), y.long(), ignore_index=255)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first step warms caches and allocators
+                times.append(time.perf_counter() - t0)
+    if not times:
+        raise VislabError(None, "--budget: the training split is too small to time a step")
+    return min(times)
+
+
+def checkpoint_seconds(module: pl.LightningModule) -> float:
+    """Wall seconds to write one full checkpoint of ``module``, measured by saving its weights
+    (times 3: Adam-family optimisers keep two more tensors per weight) to a temporary file."""
+    import tempfile
+    import time
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        torch.save(module.state_dict(), Path(tmp) / "probe.pt")
+        return 3 * (time.perf_counter() - t0)
+
+
+def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, holdout_batches: int, *,
+                  eval_scale: float = 1.0, epoch_overhead: float = 0.0) -> tuple[Recipe, str]:
+    """The recipe with ``epochs`` set to fill ``budget_minutes`` of training, and a line saying
+    how. An epoch costs its steps, the held-out evaluation (a forward pass, costed at a third of a
+    step times ``eval_scale``, the evaluated pixels per training pixel), 10 % of both for data
+    loading and logging, and ``epoch_overhead`` (the epoch's checkpoint writes). At least one."""
+    assert recipe.budget_minutes is not None
+    epoch_s = 1.1 * (steps_per_epoch * step_seconds + holdout_batches * eval_scale * step_seconds / 3) + epoch_overhead
+    epochs = max(1, int(recipe.budget_minutes * 60 // epoch_s))
+    line = (f"epochs {recipe.epochs} -> {epochs}: --budget {recipe.budget_minutes:g} min at {step_seconds:.3g} s per "
+            f"training step measured here ({steps_per_epoch} steps and {holdout_batches} held-out batches per epoch, "
+            f"{epoch_overhead:.1f} s of checkpoint writes: about {epoch_s:.1f} s per epoch)")
+    return recipe.with_overrides(epochs=epochs), line
+
+
 def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule,
                    out_dir: Path, ckpt_path: Path | None, *, metric: str) -> tuple[dict, Path] | None:
     """Run ``fit``; on rank 0 return ({train_seconds, held-out best score}, best checkpoint path).

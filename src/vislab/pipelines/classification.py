@@ -38,8 +38,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     import lightning.pytorch as pl
 
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
-    from vislab.engine.trainer import (build_trainer, check_run_folder, fit_and_select, prepare_run_folder,
-                                       resolve_lr, steps_per_epoch, write_results)
+    from vislab.engine.trainer import (budget_epochs, build_trainer, check_run_folder, checkpoint_seconds, fit_and_select,
+                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
+                                       write_results)
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
@@ -57,6 +58,15 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     trainer = build_trainer(recipe, out, monitor="holdout_acc")
     recipe, more = resolve_lr(recipe, trainer)
+    data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
+    if recipe.budget_minutes and not resume:  # a resumed run keeps the epochs its budget gave
+        probe = ClassifierModule(recipe.to_dict(), data.num_classes, 1, data_meta)
+        step_s = seconds_per_step(probe, ClassificationData(data, recipe).train_dataloader(), trainer.strategy.root_device)
+        recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, len(train_idx)),
+                                     -(-(len(data.labels) - len(train_idx)) // recipe.batch_size),
+                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
+        more.append(line)
+        trainer = build_trainer(recipe, out, monitor="holdout_acc")
     for line in more:
         info(f"setting: {line}")
     changes += more
@@ -67,7 +77,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[0]}x{hw[1]}), "
          f"{data.num_classes} classes{names}; training on {len(dm.train_idx)}, held out {len(dm.holdout_idx)} "
          "for checkpoint selection")
-    data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
     module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(train_idx)), data_meta)
     module.soft_targets = soft
     done = fit_and_select(trainer, module, dm, out, ckpt_path, metric="holdout_acc")

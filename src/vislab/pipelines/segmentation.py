@@ -40,8 +40,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import (build_trainer, check_run_folder, fit_and_select, prepare_run_folder, resolve_lr,
-                                       steps_per_epoch, write_results)
+    from vislab.engine.trainer import (budget_epochs, build_trainer, check_run_folder, checkpoint_seconds, fit_and_select,
+                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
+                                       write_results)
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
     from vislab.pipelines.settings import resolve_normalisation
 
@@ -60,12 +61,28 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts)]
     elif recipe.class_weights is not None:
         raise VislabError(None, f"unknown class_weights {recipe.class_weights!r}; use inverse-sqrt-frequency")
-    trainer = build_trainer(recipe, out, monitor="holdout_miou",
-                            extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [])
+    def make_trainer(r: Recipe) -> Any:
+        return build_trainer(r, out, monitor="holdout_miou",
+                             extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [])
+
+    trainer = make_trainer(recipe)
     recipe, changes = resolve_lr(recipe, trainer)
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
     changes += [note] if note else []
+    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size(),
+            "train_pairs_digest": pairs_digest(data.pairs)}
+    if recipe.budget_minutes and not resume:  # a resumed run keeps the epochs its budget gave
+        probe = SegmenterModule(recipe.to_dict(), desc.num_classes, 1, data_meta=meta)
+        step_s = seconds_per_step(probe, data.train_dataloader(), trainer.strategy.root_device)
+        tile = data.stats.common_size() or (512, 512)
+        crop = recipe.crop_size or max(tile)
+        recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, len(data.train_pairs)),
+                                     -(-len(data.holdout_pairs) // recipe.batch_size),
+                                     eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / crop ** 2,
+                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
+        changes.append(line)
+        trainer = make_trainer(recipe)
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
@@ -83,8 +100,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              + ("training crops them to " + str(recipe.crop_size) if recipe.crop_size
                 else "batches pad them to the largest (padding is ignored by loss and metric)"))
     steps = steps_per_epoch(trainer, recipe, len(data.train_pairs))
-    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size(),
-            "train_pairs_digest": pairs_digest(data.pairs)}
     module = SegmenterModule(recipe.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta)
     done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_miou")
     if done is None:
