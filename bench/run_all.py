@@ -33,7 +33,7 @@ BENCHES = {
     "bench_train_gpu.py": [],  # only where a CUDA GPU is present (--quick runs it on the CPU)
 }
 QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--limit", "4", "--loop-pixels", "4096"],
-         "bench_p2_loader.py": ["--images", "2", "--rss-tiles", "4", "8"],
+         "bench_p2_loader.py": ["--images", "2", "--rss-tiles", "4"],
          "seg_predict_cpu.py": ["--images", "1", "--size", "128"],
          "bench_predict.py": ["--p1-images", "8", "--p2-images", "1", "--repeat", "1", "--variants", "eager fp32,onnxruntime"],
          "bench_course_limits.py": ["--p1-images", "20", "--p2-images", "1"],

@@ -47,7 +47,7 @@ def _predicted(cli, run, folder, out):
 
 def test_a_student_follows_its_teacher(cli, color_classes, tmp_path):
     """A teacher trained on shifted labels (class c called c+1 mod 3): a student with --distill 1
-    learns the teacher's naming, not the folder's labels; with --distill 0 the labels'."""
+    learns the teacher's naming, not the folder's labels."""
     shifted = tmp_path / "shifted"
     shifted.mkdir()
     for f in color_classes.iterdir():
@@ -63,11 +63,7 @@ def test_a_student_follows_its_teacher(cli, color_classes, tmp_path):
     student = _predicted(cli, tmp_path / "student", color_classes, tmp_path / "s.csv")
     assert sum(t == p for t, p in teacher) / len(teacher) < 0.2  # the liar names the classes its way
     assert sum(a[1] == b[1] for a, b in zip(teacher, student)) / len(student) > 0.9
-    res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "plain", "--teacher",
-              tmp_path / "liar", "--distill", "0")
-    assert res.code == 0, res.err
-    plain = _predicted(cli, tmp_path / "plain", color_classes, tmp_path / "p.csv")
-    assert sum(p == t for t, p in plain) / len(plain) > 0.9
+    assert sum(t == p for t, p in student) / len(student) < 0.2  # and not the folder's labels
 
 
 def test_a_teacher_of_other_classes_is_refused(cli, color_classes, tmp_path):
