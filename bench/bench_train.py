@@ -144,6 +144,18 @@ def vislab_images_per_s(r: Recipe, data: Path, steps: int) -> float:
     return steps * r.batch_size / seconds
 
 
+def _subset(data: Path, n: int) -> Path:
+    """A data root of links: all of p1_data, the first ``n`` pairs of p2_data/train."""
+    root = Path(tempfile.mkdtemp(prefix="vislab-bench-data-"))
+    (root / "p1_data").symlink_to((data / "p1_data").resolve())
+    train = root / "p2_data" / "train"
+    train.mkdir(parents=True)
+    for sat in sorted((data / "p2_data" / "train").glob("*_sat.jpg"))[:n]:
+        for f in (sat, sat.with_name(sat.name.replace("_sat.jpg", "_mask.png"))):
+            (train / f.name).symlink_to(f.resolve())
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -151,7 +163,11 @@ def main() -> None:
                     help="also cls-vgg16bn-seed / seg-fcn32s-seed (batch 8, 2 steps, random weights)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--p2-pairs", type=int, default=0,
+                    help="train P2 on the first N training pairs only (quick runs: vislab decodes its whole folder once)")
     args = ap.parse_args()
+    if args.p2_pairs:
+        args.data = _subset(args.data, args.p2_pairs)
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.steps} batches per measurement")
     ratios = []
     for name in args.recipes:

@@ -37,7 +37,7 @@ QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--
          "seg_predict_cpu.py": ["--images", "1", "--size", "128"],
          "bench_predict.py": ["--p1-images", "8", "--p2-images", "1", "--repeat", "1", "--variants", "eager fp32,onnxruntime"],
          "bench_course_limits.py": ["--p1-images", "20", "--p2-images", "1"],
-         "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1"],
+         "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1", "--p2-pairs", "16"],
          # bench_cls_cache.py and bench_defaults.py have their own --quick (1-5 minutes on 2 shared
          # cores, training included): too slow for the test suite's smoke run, so run_all --quick skips them
          "bench_train_gpu.py": ["--recipes", "cls-fast", "--steps", "1", "--variants", "fp32", "amp"]}

@@ -135,6 +135,9 @@ _JOB: dict = {}
 
 
 def _work(lo: int) -> Counter:
+    # a forked child must not enter the OpenMP pool the parent's torch ops started (it deadlocks,
+    # as the segmentation decoder's torch ops did after a scan); DataLoader workers do the same
+    torch.set_num_threads(1)
     out = np.load(_JOB["path"], mmap_mode="r+")
     sizes = _decode_into(out, _JOB["files"], lo, _JOB["target"], _JOB["decode"])
     out.flush()
