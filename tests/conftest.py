@@ -22,18 +22,23 @@ def write_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
+def write_color_classes(d: Path, *, per_class: int = 40, noise: int = 90, lift: int = 140) -> Path:
+    """3 classes of 32x32 PNGs in the course layout: noise in [0, ``noise``) with channel c of
+    class c raised by ``lift`` (a faint lift makes a hard task)."""
+    rng = np.random.default_rng(0)
+    d.mkdir(parents=True)
+    for c in range(3):
+        for i in range(per_class):
+            img = rng.integers(0, noise, size=(32, 32, 3), dtype=np.uint8)
+            img[..., c] += lift
+            write_png(d / f"{c}_{i}.png", img)
+    return d
+
+
 @pytest.fixture
 def color_classes(tmp_path: Path) -> Path:
     """A learnable 3-class folder of 32x32 PNGs: class c is noisy with channel c bright."""
-    rng = np.random.default_rng(0)
-    d = tmp_path / "train"
-    d.mkdir()
-    for c in range(3):
-        for i in range(40):
-            img = rng.integers(0, 90, size=(32, 32, 3), dtype=np.uint8)
-            img[..., c] += 140
-            write_png(d / f"{c}_{i}.png", img)
-    return d
+    return write_color_classes(tmp_path / "train")
 
 
 def run_vislab(*args) -> int:

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import run_vislab
+from conftest import run_vislab, write_color_classes
 from test_own_seg_data import make_index_set, standard_miou
 
 
@@ -26,14 +26,8 @@ def _probs(model, meta, x_uint8: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def cls_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
-    rng = np.random.default_rng(0)
-    data = root / "train"
-    data.mkdir()
-    for c in range(3):
-        for i in range(30):
-            img = rng.integers(0, 200, size=(32, 32, 3), dtype=np.uint8)
-            img[..., c] += 25  # a faint cue: one epoch leaves the two members disagreeing
-            Image.fromarray(img).save(data / f"{c}_{i}.png")
+    # a faint cue: one epoch leaves the two members disagreeing
+    data = write_color_classes(root / "train", per_class=30, noise=200, lift=25)
     runs = []
     for seed in (1, 2):
         r = root / f"r{seed}.yaml"
