@@ -207,3 +207,38 @@ def test_export_size_of_a_fixed_size_classifier_is_refused(cls_run, cli, tmp_pat
     res = cli("export", cls_run / "run", tmp_path / "m.onnx", "--size", "64", "64")
     assert res.code == 2 and "--size: this classifier takes 40x40 inputs" in res.err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_predict_refuses_sizes_and_views_it_cannot_take_before_writing(seg_run, cli, tmp_path):
+    """An .onnx graph has one input size: a folder with another tile size, or d4 turns of
+    non-square tiles, is refused before any mask is written; a corrupt image met mid-way leaves
+    no mask either (masks are staged and moved into place at the end)."""
+    import shutil
+
+    assert cli("export", seg_run / "run", tmp_path / "sq.onnx", "--no-check").code == 0  # 64 x 64
+    mixed = tmp_path / "mixed"
+    shutil.copytree(seg_run / "train", mixed)
+    img = np.asarray(Image.open(mixed / "0003_sat.jpg"))[:, :48]
+    Image.fromarray(img).save(mixed / "0003_sat.jpg")
+    res = cli("seg", "predict", tmp_path / "sq.onnx", mixed, tmp_path / "o1")
+    assert res.code == 2 and "0003_sat.jpg: is 64x48, but" in res.err and "exported for 64x64" in res.err
+    assert not (tmp_path / "o1").exists()
+    # a non-square export takes its tiles as they are, but not turned
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for f in sorted(seg_run.joinpath("train").glob("*_sat.jpg"))[:2]:
+        Image.fromarray(np.asarray(Image.open(f))[:, :48]).save(wide / f.name)
+    assert cli("export", seg_run / "run", tmp_path / "w.onnx", "--size", "64", "48", "--no-check").code == 0
+    assert cli("seg", "predict", tmp_path / "w.onnx", wide, tmp_path / "o2", "--tta", "flip").code == 0
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["0000_mask.png", "0001_mask.png"]
+    res = cli("seg", "predict", tmp_path / "w.onnx", wide, tmp_path / "o3", "--tta", "d4")
+    assert res.code == 2 and "0000_sat.jpg: is not square, so --tta d4 turns it to 48x64" in res.err
+    assert not (tmp_path / "o3").exists()
+    # a corrupt last image: the earlier batches were predicted, but nothing reaches the folder
+    (mixed / "0003_sat.jpg").write_bytes(b"\xff\xd8 truncated")
+    keep = tmp_path / "o4"
+    keep.mkdir()
+    (keep / "old.txt").write_text("mine")
+    res = cli("seg", "predict", seg_run / "run", mixed, keep, "--batch-size", "1", "--engine", "torch")
+    assert res.code == 2 and "0003_sat.jpg" in res.err
+    assert [p.name for p in keep.iterdir()] == ["old.txt"]

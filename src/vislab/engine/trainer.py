@@ -62,8 +62,28 @@ class _AppendingWriter(ExperimentWriter):
         self.metrics = []
 
 
+    def drop_from(self, step: int) -> int:
+        """Remove the rows logged at ``step`` or later (a resumed run logs them again); returns how
+        many there were."""
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return 0
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        kept = [r for r in rows if not r.get("step") or int(r["step"]) < step]
+        if len(kept) < len(rows):
+            buf = io.StringIO(newline="")
+            writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(buf.getvalue(), path)
+        return len(rows) - len(kept)
+
+
 class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` that keeps the rows written before a resume."""
+    """``CSVLogger`` that keeps the rows written before a resume, and drops those written after
+    the checkpoint it resumes from (a kill between a checkpoint and the next one leaves rows
+    that the resumed run logs again)."""
 
     @property
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
@@ -71,6 +91,18 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class _TrimResumedMetrics(pl.Callback):
+    """On a resumed fit, rank 0 removes metrics.csv rows at or after the restored step."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is None or not trainer.is_global_zero:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step the loggers stamp rows with
+        for lg in trainer.loggers:
+            if isinstance(lg, ResumableCSVLogger):
+                lg.experiment.drop_from(step)
 
 
 class MidEpochCheckpoint(ModelCheckpoint):
@@ -111,7 +143,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     last = ModelCheckpoint(**last_ckpt)
     # with no held-out split there is nothing to select on: last.ckpt is the result
     callbacks: list[pl.Callback] = [*([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
-                                    LearningRateMonitor("step")]
+                                    LearningRateMonitor("step"), _TrimResumedMetrics()]
     if recipe.max_minutes is not None:
         callbacks.append(TimeLimit(recipe.max_minutes))
     if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill

@@ -15,7 +15,6 @@ from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
 from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest
 from vislab.errors import VislabError
-from vislab.io import atomic_path
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
 from vislab.models.tta import averaged_probs, check_tta
@@ -192,13 +191,19 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     palette and course masks): ``xxxx_sat.jpg`` -> ``xxxx_mask.png``, ``xxxx.jpg`` -> ``xxxx.png``.
 
     ``img_dir`` holds the images (or an ``images/`` folder of them). Masks have the input's size.
-    Every input is decoded before anything is written, so a bad file leaves no partial output.
-    ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in
-    :func:`vislab.export.load_predictor` (the ONNX graph serves the most common image size).
-    ``offsets``: apply the checkpoint's class offsets from ``vislab seg calibrate`` if it has any.
+    Images are decoded a batch at a time and the masks written into a hidden staging folder of
+    ``out_dir`` that is moved into place only when every image has been predicted: a bad file
+    leaves no partial output, and memory holds one batch. ``ckpt`` may also be an exported
+    ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor` (the ONNX graph serves the
+    most common image size; an ``.onnx`` file that cannot take every image, or every TTA view,
+    is refused before any work). ``offsets``: apply the checkpoint's class offsets from
+    ``vislab seg calibrate`` if it has any.
     """
+    import shutil
+    import tempfile
     from collections import Counter
 
+    from vislab.data.images import image_size
     from vislab.engine.state import pick_device
     from vislab.export import load_predictor, model_file
 
@@ -207,22 +212,57 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         model_file(p, engine)
     check_tta(tta)
     files = list_unlabelled(img_dir)
-    images = [read_rgb(f) for f in files]
-    hw = Counter(tuple(im.shape[-2:]) for im in images).most_common(1)[0][0]
+    sizes = [image_size(f) for f in files]
+    hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device))
               for p in paths]
+    for (model, _), path in zip(models, paths):
+        _check_fixed_input(model, path, files, sizes, tta)
     classes = _ensemble_classes(models, paths)
     shift = _ensemble_offsets(paths, models) if offsets else None
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VislabError(out, "is a file, but an output folder is needed")
-    for run in _same_size_runs(images, batch_size):
-        probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
-        for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
-            with atomic_path(out / _output_name(files[i])) as tmp:
-                tmp.write_bytes(classes.mask_png(ids))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".vislab-predict-", dir=out))
+    done = False
+    try:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            images = [read_rgb(f) for f in chunk]
+            for run in _same_size_runs(images, batch_size):
+                probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
+                for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
+                    (staging / _output_name(chunk[i])).write_bytes(classes.mask_png(ids))
+        for f in files:
+            name = _output_name(f)
+            (staging / name).replace(out / name)
+        done = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            shutil.rmtree(out, ignore_errors=True)
     return len(files)
+
+
+def _check_fixed_input(model: Any, path: str, files: list[Path], sizes: list[tuple[int, int]], tta: str) -> None:
+    """An ONNX graph of one input size (and no PyTorch network to fall back on) must fit every
+    image and every TTA view: refused up front, naming the first image it cannot take."""
+    from vislab.export import OnnxNet
+
+    if not isinstance(model, OnnxNet) or model.fallback is not None:
+        return
+    want = tuple(int(v) for v in model.shape[1:])
+    turns = tta == "d4"
+    for f, (h, w) in zip(files, sizes):
+        if (h, w) != want:
+            raise VislabError(f, f"is {h}x{w}, but {path} was exported for {want[0]}x{want[1]} inputs; "
+                                 f"export it again with --size {h} {w} or predict with the checkpoint")
+        if turns and h != w:
+            raise VislabError(f, f"is not square, so --tta d4 turns it to {w}x{h}, which {path} (exported for "
+                                 f"{want[0]}x{want[1]}) cannot take; use --tta flip or predict with the checkpoint")
 
 
 def _pred_files(pred_dir: Path) -> dict[str, Path]:
