@@ -153,6 +153,27 @@ def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp
     assert acc[0] == acc[1]  # held-out accuracy reduced by summing counts across the 2 ranks
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_classes, tmp_path):
+    """Epoch 1 on one process, killed, resumed on two: each process now takes half the steps per
+    epoch, and the learning rate at every epoch end is the uninterrupted one-process run's."""
+    recipe = _recipe(tmp_path, model="simple_cnn", epochs=3, scheduler="cosine")
+    _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full", "--accelerator", "cpu")
+    run = tmp_path / "killed"
+    proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--accelerator", "cpu")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "last.ckpt").is_file():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 0
+    out = _run("cls", "train", color_classes, "--out", run, "--resume", "--devices", "2", "--strategy", "ddp")
+    lrs = [[float(r["lr"]) for r in _columns(d / "history.csv", drop="seconds")] for d in (tmp_path / "full", run)]
+    assert len(lrs[1]) == 3 and lrs[1][-1] < 1e-3 * lrs[1][0]
+    assert lrs[0] == pytest.approx(lrs[1], abs=1e-9)
+    assert "6 steps per epoch per process instead of 12" in out
+
+
 def test_crash_during_validation_then_resume_validates_that_epoch(color_classes, tmp_path, monkeypatch):
     """A mid-epoch save never happens on an epoch's last batch: a run that dies in the epoch's
     validation resumes before that batch, so the validation, its history row and the chance

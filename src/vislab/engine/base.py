@@ -10,7 +10,7 @@ import torch
 
 from vislab.config import recipe_from_dict
 from vislab.engine.ema import WeightEMA
-from vislab.engine.optim import build_optimization
+from vislab.engine.optim import build_optimization, rescale_schedule
 from vislab.engine.state import FORMAT, capture_rng, restore_rng
 from vislab.errors import VislabError
 from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
@@ -90,6 +90,7 @@ class VislabModule(pl.LightningModule):
             "format": FORMAT, "task": self.task, "model": self.recipe.model, "num_classes": self.num_classes,
             "image_size": self.recipe.image_size if self.task == "cls" else None,
             "mean": list(self.mean), "std": list(self.std), "recipe": self.recipe.to_dict(),
+            "steps_per_epoch": self.steps_per_epoch,  # per process: the schedule's unit (rescale_schedule)
             **self.data_meta,
         }
         checkpoint["rng"] = capture_rng()
@@ -106,6 +107,15 @@ class VislabModule(pl.LightningModule):
             raise VislabError(None, "cannot resume: the training folder's classes are not the checkpoint's "
                                     f"({meta.get('class_names')} vs {names})")
         self._rng_to_restore = checkpoint.get("rng")
+        saved = int(meta.get("steps_per_epoch") or self.steps_per_epoch)
+        changed = False
+        for sched in checkpoint.get("lr_schedulers", []):
+            changed |= rescale_schedule(sched, saved, self.steps_per_epoch)
+        if changed:
+            from vislab.log import info
+
+            info(f"resume: {self.steps_per_epoch} steps per epoch per process instead of {saved} (another process "
+                 "count); the learning-rate schedule continues from the samples seen")
 
     def on_train_start(self) -> None:
         # Lightning restores weights, optimiser, schedulers and loops; the RNG states are vislab's

@@ -1,7 +1,10 @@
 """Optimisers and learning-rate schedules, chosen by name from lookup tables.
 
-Schedules are sized from a step count the data module computes (not Lightning's
-``estimated_stepping_batches``, which has lost the loader state on resume).
+Schedules are torch's ``LambdaLR`` over optimiser steps, sized from a step count the data module
+computes (not Lightning's ``estimated_stepping_batches``, which has lost the loader state on
+resume). A step is a fraction of an epoch that depends on the process count, so a run resumed
+with another count has its step counter rescaled (:func:`rescale_schedule`): the schedule
+follows the samples seen.
 """
 
 from __future__ import annotations
@@ -91,3 +94,17 @@ def build_optimization(params: Iterable, recipe: Recipe, *, steps_per_epoch: int
     fn = SCHEDULERS[recipe.scheduler]
     sched = LambdaLR(opt, lambda step: fn(step, total, warmup))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def rescale_schedule(state: dict, saved_steps_per_epoch: int, steps_per_epoch: int) -> bool:
+    """Convert a saved ``LambdaLR`` state from ``saved_steps_per_epoch`` to ``steps_per_epoch``
+    (another process count): its step counter keeps the fraction of the run done, so the
+    learning rate continues where the samples seen put it. Returns whether anything changed."""
+    if saved_steps_per_epoch == steps_per_epoch or saved_steps_per_epoch <= 0:
+        return False
+    ratio = steps_per_epoch / saved_steps_per_epoch
+    done = int(state["last_epoch"])
+    state["last_epoch"] = int(round(done * ratio))
+    if "_step_count" in state:
+        state["_step_count"] = state["last_epoch"] + 1
+    return True
