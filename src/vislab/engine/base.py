@@ -38,6 +38,15 @@ def freeze_prefixes(net: torch.nn.Module, prefixes: tuple[str, ...], *, model: s
     return frozen
 
 
+def decay_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters in two optimiser groups (timm's rule): weight decay on weights of
+    two or more dimensions (convolutions, linear layers), none on biases and normalisation
+    scales and shifts, whose decay only fights the normalisation. Frozen parameters are left out."""
+    from timm.optim import param_groups_weight_decay
+
+    return [g for g in param_groups_weight_decay(net, weight_decay) if g["params"]]
+
+
 class VislabModule(pl.LightningModule):
     """Base LightningModule; subclasses set ``task`` and write the steps."""
 
@@ -83,7 +92,8 @@ class VislabModule(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.recipe.channels_last else x
 
     def configure_optimizers(self) -> dict:
-        return build_optimization([p for p in self.net.parameters() if p.requires_grad], self.recipe, steps_per_epoch=self.steps_per_epoch)
+        return build_optimization(decay_groups(self.net, self.recipe.weight_decay), self.recipe,
+                                  steps_per_epoch=self.steps_per_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vislab"] = {
@@ -107,6 +117,12 @@ class VislabModule(pl.LightningModule):
             raise VislabError(None, "cannot resume: the training folder's classes are not the checkpoint's "
                                     f"({meta.get('class_names')} vs {names})")
         self._rng_to_restore = checkpoint.get("rng")
+        saved_groups = [len(o.get("param_groups", [])) for o in checkpoint.get("optimizer_states", [])]
+        groups = len(decay_groups(self.net, self.recipe.weight_decay))
+        if saved_groups and saved_groups[0] != groups:
+            raise VislabError(None, f"cannot resume: the checkpoint's optimiser has {saved_groups[0]} parameter "
+                                    f"group(s), this vislab builds {groups} (it leaves biases and normalisation layers out of "
+                                    "weight decay, the vislab that started the run did not); finish it with that version")
         saved = int(meta.get("steps_per_epoch") or self.steps_per_epoch)
         changed = False
         for sched in checkpoint.get("lr_schedulers", []):

@@ -1,0 +1,112 @@
+"""Optimisation and losses against independent expectations: schedule shapes by hand, weight
+decay only on weights of two or more dimensions, losses against direct formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vislab.config import Recipe
+from vislab.data.seg_classes import IGNORE
+from vislab.engine.base import decay_groups
+from vislab.engine.losses import build_loss, inverse_sqrt_frequency
+from vislab.engine.optim import build_optimization, rescale_schedule
+
+
+def _lrs(scheduler: str, *, epochs: int, spe: int, warmup: float, lr: float = 1.0) -> list[float]:
+    """The learning rate each optimiser step uses."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    r = Recipe(task="cls", model="simple_cnn", lr=lr, epochs=epochs, scheduler=scheduler, warmup_epochs=warmup,
+               optimizer="sgd")
+    opt = build_optimization([p], r, steps_per_epoch=spe)
+    sched = opt["lr_scheduler"]["scheduler"]
+    out = []
+    for _ in range(epochs * spe):
+        out.append(opt["optimizer"].param_groups[0]["lr"])
+        opt["optimizer"].step()
+        sched.step()
+    return out
+
+
+def test_schedule_shapes_by_hand():
+    # 2 epochs of 5 steps, 1 warm-up epoch: 1/5 .. 5/5, then half a cosine over the 5 last steps
+    cos = _lrs("cosine", epochs=2, spe=5, warmup=1.0)
+    assert cos[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert cos[5:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)])
+    const = _lrs("constant", epochs=2, spe=4, warmup=0.5, lr=0.3)
+    assert const == pytest.approx([0.15, 0.3] + [0.3] * 6)
+    poly = _lrs("poly", epochs=1, spe=4, warmup=0.0)
+    assert poly == pytest.approx([(1 - k / 4) ** 0.9 for k in range(4)])
+
+
+def test_rescaled_schedule_keeps_the_fraction_done():
+    state = {"last_epoch": 30, "_step_count": 31}
+    assert rescale_schedule(state, 12, 6) and state == {"last_epoch": 15, "_step_count": 16}
+    assert not rescale_schedule(state, 6, 6) and state["last_epoch"] == 15
+
+
+def test_weight_decay_leaves_biases_and_norms_alone():
+    """One SGD step with zero gradients: only decayed parameters move, by lr * wd * value."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 2))
+    net[0].weight.requires_grad_(False)  # frozen: in no group
+    for p in net.parameters():
+        p.data.fill_(1.0)
+    groups = decay_groups(net, 0.1)
+    assert sum(len(g["params"]) for g in groups) == 5
+    opt = build_optimization(groups, Recipe(task="cls", model="simple_cnn", lr=0.5, optimizer="sgd", momentum=0.0,
+                                            weight_decay=0.1), steps_per_epoch=1)["optimizer"]
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    moved = {n: float(p.data.flatten()[0]) for n, p in net.named_parameters()}
+    assert moved == pytest.approx({"0.weight": 1.0, "0.bias": 1.0, "1.weight": 1.0, "1.bias": 1.0,
+                                   "3.weight": 1.0 - 0.5 * 0.1, "3.bias": 1.0})
+    assert len(decay_groups(net, 0.0)) == 1  # no decay at all: one group
+
+
+def _soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """smp's multiclass Dice by its formula: per class 1 - 2 sum(p t) / (sum p + sum t) over the
+    labelled pixels, averaged over the classes present in the target."""
+    keep = target != IGNORE
+    p = logits.softmax(1).permute(1, 0, 2, 3)[:, keep]  # (C, labelled pixels)
+    t = F.one_hot(target[keep], logits.shape[1]).T.float()
+    inter, card = (p * t).sum(1), (p + t).sum(1)
+    dice = 1 - 2 * inter / card.clamp_min(1e-7)
+    return (dice * (t.sum(1) > 0)).mean()
+
+
+def test_losses_against_their_formulas_ignore_labelled_pixels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 4, (2, 5, 6), generator=g)
+    target[0, :2] = IGNORE
+    keep = target != IGNORE
+    ce = -logits.log_softmax(1).gather(1, target.clamp_max(3)[:, None])[:, 0][keep].mean()
+    assert float(build_loss("ce")(logits, target)) == pytest.approx(float(ce), rel=1e-5)
+    assert float(build_loss("dice")(logits, target)) == pytest.approx(float(_soft_dice(logits, target)), rel=1e-4)
+    assert float(build_loss("ce+dice")(logits, target)) == pytest.approx(float(ce + _soft_dice(logits, target)),
+                                                                        rel=1e-4)
+    # class weights: each pixel's term weighted by its class, normalised by the weights' sum
+    w = torch.tensor([1.0, 2.0, 0.5, 4.0])
+    wt = w[target.clamp_max(3)][keep]
+    terms = -logits.log_softmax(1).gather(1, target.clamp_max(3)[:, None])[:, 0][keep]
+    got = build_loss("ce", class_weights=w)(logits, target)
+    assert float(got) == pytest.approx(float((wt * terms).sum() / wt.sum()), rel=1e-5)
+    # Lovasz of a perfect prediction is 0; of a confident wrong one, larger than of a hedged one
+    perfect = F.one_hot(target.clamp_max(3), 4).permute(0, 3, 1, 2).float() * 20
+    lov = build_loss("lovasz")
+    assert float(lov(perfect, target)) == pytest.approx(0.0, abs=1e-5)
+    assert float(lov(-perfect, target)) > float(lov(torch.zeros_like(perfect), target)) > 0
+    with pytest.raises(Exception, match="unknown loss 'ce\\+focal'"):
+        build_loss("ce+focal")
+
+
+def test_inverse_sqrt_frequency_by_hand():
+    w = inverse_sqrt_frequency(torch.tensor([64, 16, 0, 4]))
+    raw = [1 / math.sqrt(64 / 84), 1 / math.sqrt(16 / 84), 0.0, 1 / math.sqrt(4 / 84)]
+    mean = (raw[0] + raw[1] + raw[3]) / 3
+    assert w.tolist() == pytest.approx([r / mean for r in raw])
