@@ -39,7 +39,7 @@ def cls_runs(tmp_path_factory):
 
 
 def test_cls_ensemble_averages_probabilities(cli, cls_runs, tmp_path):
-    from vislab.engine.state import load_network
+    from vislab.models.checkpoints import load_network
 
     root, data, runs = cls_runs
     files = sorted(data.iterdir())
@@ -93,7 +93,7 @@ def seg_runs(tmp_path_factory):
 
 
 def test_seg_ensemble_predicts_and_scores_the_average(cli, seg_runs, tmp_path):
-    from vislab.engine.state import load_network
+    from vislab.models.checkpoints import load_network
 
     root, val, runs = seg_runs
     spec = f"{runs[0]},{runs[1]}"

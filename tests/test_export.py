@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_vislab, write_png
 from test_segmentation_pipeline import _make_pairs
 from vislab.data.palette import PALETTE
-from vislab.engine.state import load_network
+from vislab.models.checkpoints import load_network
 from vislab.errors import VislabError
 from vislab.export import OnnxNet, export_onnx
 from vislab.models import build_model

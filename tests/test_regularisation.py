@@ -108,7 +108,7 @@ def test_recipe_refuses_bad_regularisation_values():
 
 
 def test_training_with_ema_saves_and_predicts_with_the_average(cli, color_classes, tmp_path):
-    from vislab.engine.state import load_network
+    from vislab.models.checkpoints import load_network
 
     r = {"task": "cls", "model": "cifar_resnet20", "epochs": 2, "batch_size": 16, "lr": 0.05,
          "holdout": 0.2, "seed": 0, "mixup": 0.2, "cutmix": 1.0, "ema": 0.9}

@@ -104,7 +104,7 @@ def test_training_writes_run_folder_and_snapshots(seg_run, tmp_path):
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["vislab"]["task"] == "seg" and "rng" in ckpt
     # --ema: the average is what loads for eval/predict, with the recipe's evaluation scale
-    from vislab.engine.state import load_network
+    from vislab.models.checkpoints import load_network
 
     model, _ = load_network(run / "last.ckpt", task="seg")
     sd = ckpt["state_dict"]

@@ -60,7 +60,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
         ``{"path", "input_shape", "bytes", "max_abs_diff", "atol"}`` (the last two when checked).
     """
     from vislab.calibration import load_offsets
-    from vislab.engine.state import checkpoint_file, load_network, read_checkpoint
+    from vislab.models.checkpoints import checkpoint_file, load_network, read_checkpoint
 
     task = read_checkpoint(ckpt)["vislab"]["task"]
     model, meta = load_network(ckpt, task=task)
@@ -163,7 +163,7 @@ def onnx_available() -> bool:
 def model_file(path: str | Path, engine: str = "auto") -> Path:
     """The file :func:`load_predictor` will read; checks it and ``engine`` before any images are
     decoded."""
-    from vislab.engine.state import checkpoint_file
+    from vislab.models.checkpoints import checkpoint_file
 
     if engine not in ENGINES:
         raise VislabError(None, f"unknown --engine {engine!r}; choose {', '.join(ENGINES)}")
@@ -184,7 +184,7 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
     exported once per (file, input size) into the cache folder, and checked against PyTorch.
     ``hw`` is the input images' size.
     """
-    from vislab.engine.state import checkpoint_file, load_network, pick_device
+    from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
     model_file(path, engine)
     on_cpu = pick_device(device).type == "cpu"

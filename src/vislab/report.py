@@ -53,7 +53,7 @@ def _read_run(run: Path) -> dict[str, Any]:
 
 
 def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
-    from vislab.engine.state import load_network
+    from vislab.models.checkpoints import load_network
     from vislab.models import build_model
     from vislab.viz.summary import architecture_table
 

@@ -135,7 +135,7 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
     returns their logarithm (same argmax and ranking as the averaged probabilities).
     """
     check_tta(tta)
-    from vislab.engine.state import pick_device
+    from vislab.models.checkpoints import pick_device
 
     dev = pick_device(device)
     model = model.to(dev).eval()
@@ -162,7 +162,7 @@ class _Loaded:
 
 
 def _load(ckpt: str | Path) -> _Loaded:
-    from vislab.engine.state import load_network
+    from vislab.models.checkpoints import load_network
 
     model, meta = load_network(ckpt, task="cls")
     return _Loaded(model, meta)

@@ -204,7 +204,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     from collections import Counter
 
     from vislab.data.images import image_size
-    from vislab.engine.state import pick_device
+    from vislab.models.checkpoints import pick_device
     from vislab.export import load_predictor, model_file
 
     paths = members(ckpt)
@@ -327,7 +327,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
                         device: str | None = None, offsets: bool = True) -> dict[str, Any]:
     """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
     checkpoint's description; ``offsets`` as in :func:`predict`."""
-    from vislab.engine.state import load_network, pick_device
+    from vislab.models.checkpoints import load_network, pick_device
 
     paths = members(ckpt)
     dev = pick_device(device)
@@ -389,7 +389,7 @@ def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, class
 
 
 def _offsets_for(ckpt: str | Path, meta: dict[str, Any]) -> torch.Tensor | None:
-    from vislab.engine.state import checkpoint_file
+    from vislab.models.checkpoints import checkpoint_file
 
     path = checkpoint_file(ckpt)
     if path.suffix == ".onnx":  # an export carries its checkpoint's offsets in its metadata
@@ -408,7 +408,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     sampled every ``stride`` rows and columns.
     """
     from vislab.data.segmentation import holdout_split
-    from vislab.engine.state import checkpoint_file, load_network, pick_device
+    from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
     path = checkpoint_file(ckpt)
     model, meta = load_network(path, task="seg")

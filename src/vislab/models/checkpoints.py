@@ -1,0 +1,81 @@
+"""Reading vislab checkpoints for inference: the file of a run folder, one clear error for
+anything that is not a checkpoint of the expected task, and the rebuilt network (no download,
+no Lightning). Used by predict, evaluate, export and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vislab.errors import VislabError
+from vislab.models.weights import net_state_dict
+
+FORMAT = 1
+"""The layout of the ``vislab`` metadata block in checkpoints."""
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``name`` (cpu, cuda, cuda:1 ...) or the GPU when there is one."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder its best.ckpt (else last.ckpt)."""
+    p = Path(path)
+    if not p.exists():
+        raise VislabError(p, "checkpoint not found")
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / name).is_file():
+                return p / name
+        raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
+    return p
+
+
+def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, Any]:
+    """Read a vislab checkpoint, with one clear error for anything else.
+
+    Args:
+        path: a ``.ckpt`` written by ``vislab ... train``.
+        task: "cls" or "seg" to refuse a checkpoint of the other pipeline.
+    """
+    p = checkpoint_file(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
+        kind = "truncated or corrupt" if p.stat().st_size > 0 else "empty"
+        raise VislabError(p, f"not a readable checkpoint ({kind}: {type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "vislab" not in ckpt or "state_dict" not in ckpt:
+        what = "a plain state_dict" if isinstance(ckpt, dict) and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()
+        ) else "not a vislab checkpoint"
+        raise VislabError(p, f"{what}; expected a checkpoint written by `vislab {task or 'cls'} train`")
+    meta = ckpt["vislab"]
+    if task is not None and meta.get("task") != task:
+        raise VislabError(
+            p, f"is a {meta.get('task')} checkpoint ({meta.get('model')}); expected a {task} checkpoint"
+        )
+    return ckpt
+
+
+def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network of a checkpoint and load its weights (no download, no Lightning).
+
+    Returns:
+        (model in eval mode, the checkpoint's ``vislab`` metadata)
+    """
+    from vislab.models import build_model
+
+    ckpt = read_checkpoint(path, task=task)
+    meta = ckpt["vislab"]
+    model = build_model(meta["model"], num_classes=meta["num_classes"], weights=None)
+    try:
+        model.load_state_dict(net_state_dict(ckpt))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise VislabError(path, f"weights do not fit {meta['model']} with {meta['num_classes']} classes ({first})") from None
+    if hasattr(model, "scale"):  # segmenters: the recipe's evaluation resize factor
+        model.scale = float(meta.get("recipe", {}).get("infer_scale", 1.0))
+    return model.eval(), meta
