@@ -1,6 +1,6 @@
 """Run every benchmark on the real data and write docs/PERFORMANCE.md (machine and date included).
 
-    python bench/run_all.py [--data DIR] [--quick]
+    python bench/run_all.py [--data DIR] [--quick [--jobs N]]
 
 Each benchmark measures vislab and a straightforward reference in the same process and prints
 RATIO lines; absolute times on shared machines are noisy, ratios much less so.
@@ -49,6 +49,29 @@ def has_cuda() -> bool:
     return subprocess.run(probe, capture_output=True).returncode == 0
 
 
+def _command(script: str, extra: list[str], data: Path | None) -> list[str]:
+    cmd = [sys.executable, str(HERE / script), *extra]
+    return cmd + ["--data", str(data)] if data and script not in NO_DATA_OPTION else cmd
+
+
+def quick(args: argparse.Namespace) -> None:
+    """Every script on tiny inputs, ``args.jobs`` at a time; outputs printed in the usual order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = dict(os.environ, **({"OMP_NUM_THREADS": "1"} if args.jobs > 1 else {}))
+
+    def run(script: str) -> tuple[list[str], subprocess.CompletedProcess]:
+        cmd = _command(script, QUICK[script], args.data)
+        return cmd, subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for script, (cmd, proc) in zip(QUICK, pool.map(run, QUICK)):
+            print("+", " ".join(cmd[1:]), flush=True)
+            print(proc.stdout, proc.stderr[-2000:] if proc.returncode else "", flush=True)
+            if proc.returncode:
+                sys.exit(f"{script} failed")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=None)
@@ -56,17 +79,20 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="reuse today's saved output of benchmarks that already finished (bench/.out/)")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "PERFORMANCE.md")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="with --quick: scripts run this many at a time, one thread each (they measure nothing)")
     args = ap.parse_args()
+    if args.jobs > 1 and not args.quick:
+        sys.exit("--jobs runs benchmarks side by side, which spoils their measurements; it needs --quick")
+    if args.quick:
+        quick(args)
+        return
     sections = []
     for script, extra in BENCHES.items():
-        if args.quick and script not in QUICK:
-            continue
-        if script == "bench_train_gpu.py" and not args.quick and not has_cuda():
+        if script == "bench_train_gpu.py" and not has_cuda():
             print("- bench_train_gpu.py skipped: no CUDA GPU here", flush=True)
             continue
-        cmd = [sys.executable, str(HERE / script), *(QUICK[script] if args.quick else extra)]
-        if args.data and script not in NO_DATA_OPTION:
-            cmd += ["--data", str(args.data)]
+        cmd = _command(script, extra, args.data)
         saved = SAVED / f"{script}.txt"
         if args.resume and saved.is_file() and datetime.date.fromtimestamp(saved.stat().st_mtime) == datetime.date.today():
             stdout = saved.read_text()
@@ -78,12 +104,9 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(f"{script} failed")
             stdout = proc.stdout
-            if not args.quick:
-                SAVED.mkdir(exist_ok=True)
-                saved.write_text(stdout)
+            SAVED.mkdir(exist_ok=True)
+            saved.write_text(stdout)
         sections.append(f"## {script}\n\n```\n$ python bench/{' '.join([script, *cmd[2:]])}\n{stdout.strip()}\n```\n")
-    if args.quick:
-        return
     header = (f"Written by `python bench/run_all.py` on {datetime.date.today()}; machine: "
               f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
               f"{platform.python_version()}, {platform.platform()}.\nThe machines are shared: compare the "

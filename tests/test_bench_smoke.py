@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @requires_real
 def test_bench_scripts_run_quick_realdata():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick"],
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick", "--jobs", "2"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # one RATIO line per measurement, in the order of bench/run_all.py

@@ -43,20 +43,13 @@ def _flag(field: str) -> str:
 
 
 def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
-    """The recipe a train command runs: a shipped name or YAML file with the given flags applied
-    (None = not given). A flag's bad value is reported under the flag's own name."""
-    from vislab.config import FieldError, check_applies, load_recipe
+    """The recipe a train command runs (:func:`vislab.pipelines.settings.run_recipe`); a flag's bad
+    value is reported under the flag's own name."""
+    from vislab.config import FieldError
+    from vislab.pipelines.settings import run_recipe
 
     try:
-        if resume and (out_dir / "recipe.yaml").is_file():
-            base = load_recipe(str(out_dir / "recipe.yaml"))
-            changed = {k: v for k, v in overrides.items() if v is not None and k not in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")}
-            if changed:
-                raise VislabError(out_dir, f"--resume continues the recipe saved in the run folder; drop {', '.join(_flag(k) for k in changed)}")
-            return base.with_overrides(**{k: v for k, v in overrides.items() if k in ("devices", "num_nodes", "strategy", "accelerator", "num_workers")})
-        r = load_recipe(recipe).with_overrides(**overrides)
-        check_applies(r)
-        return r
+        return run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
     except FieldError as exc:
         if overrides.get(exc.field) is not None:
             raise VislabError(_flag(exc.field), exc.problem) from None
@@ -427,25 +420,23 @@ def report_cmd(
 def demo_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder (default $VISLAB_DATA, ./hw1_data, ../shared/data/hw1_data)."),
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (must not hold a previous run)."),
-    epochs: Optional[int] = EpochsOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs instead of the recipe's time budget."),
 ) -> None:
-    """The end-to-end P1 job in a few minutes on a CPU: train cls-fast, evaluate val_50,
-    write predictions CSV and the t-SNE figure into the run folder."""
-    from vislab.config import load_recipe
+    """The end-to-end P1 job in about ten minutes on a CPU: fine-tune EfficientNet-Lite0 from the
+    offline ImageNet weights (recipe cls-demo, epochs set by its time budget), evaluate val_50,
+    write the predictions CSV and the t-SNE figure into the run folder."""
     from vislab.paths import data_root
-    from vislab.pipelines.classification import predict, train, tsne
+    from vislab.pipelines.demo import demo
 
-    root = data_root(data)
-    train_dir, val_dir = root / "p1_data" / "train_50", root / "p1_data" / "val_50"
-    r = load_recipe("cls-fast").with_overrides(epochs=epochs)
-    result = train(train_dir, r, out_dir=out_dir, val_dir=val_dir, command=_command_line())
-    ckpt = Path(result["checkpoint"])
-    n = predict(ckpt, val_dir, out_dir / "predictions_val_50.csv")  # the course CSV format
-    png = tsne(ckpt, val_dir, out_png=out_dir / "tsne.png")
-    out.print(f"held-out accuracy: {result['holdout_acc']:.4f}")
-    out.print(f"val_50 accuracy:  {result['val_accuracy']:.4f}  ({n} images, predictions in {out_dir / 'predictions_val_50.csv'})")
-    out.print(f"t-SNE figure:     {png}")
-    out.print(f"architecture:     vislab summary {r.model} --num-classes 50 --input 3 32 32")
+    res = demo(data_root(data), out_dir, epochs=epochs, command=_command_line())
+    model = res["recipe"]["model"]
+    out.print(f"val_50 accuracy:  {res['val_accuracy']:.4f}  ({res['predictions']['images']} images, predictions in "
+              f"{res['predictions']['file']})")
+    out.print(f"training:         {res['train_seconds'] / 60:.1f} min, {res['recipe']['epochs']} epochs of {model} at "
+              f"{res['recipe']['image_size']} px")
+    out.print(f"t-SNE figure:     {res['tsne']}")
+    out.print(f"architecture:     vislab summary {model} --num-classes 50 --input 3 {res['recipe']['image_size']} "
+              f"{res['recipe']['image_size']}")
 
 
 def main() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from vislab.config import Recipe
+from vislab.config import FieldError, Recipe
 from vislab.errors import VislabError
 
 Stats = tuple[Sequence[float], Sequence[float]]
@@ -31,3 +33,41 @@ def resolve_normalisation(recipe: Recipe, from_scratch: Callable[[], Stats], scr
     recipe = recipe.with_overrides(mean=tuple(round(float(v), 4) for v in mean),
                                    std=tuple(round(float(v), 4) for v in std))
     return recipe, f"mean {list(recipe.mean)} and std {list(recipe.std)}: {why} (the recipe sets none)"
+
+
+RESUME_CHANGEABLE = ("devices", "num_nodes", "strategy", "accelerator", "num_workers")
+"""Fields a ``--resume`` may change: where the run continues, not what it computes (the
+learning-rate schedule follows the samples seen, so the process count may change)."""
+
+
+def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
+               flag: Callable[[str], str] = lambda f: f) -> Recipe:
+    """The recipe a training run executes: ``recipe`` (a shipped name or YAML file) with the given
+    ``overrides`` applied (None = not given), checked for fields the task would ignore.
+
+    A resume continues the recipe saved in the run folder and refuses any override but
+    :data:`RESUME_CHANGEABLE` (named by ``flag``). An explicit ``epochs`` switches off the
+    recipe's ``budget_minutes`` (the budget would otherwise replace it); both given is an error.
+    """
+    from vislab.config import check_applies, load_recipe
+
+    if resume and (out_dir / "recipe.yaml").is_file():
+        base = load_recipe(str(out_dir / "recipe.yaml"))
+        changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE]
+        if changed:
+            raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
+                                       f"{', '.join(flag(k) for k in changed)}")
+        return base.with_overrides(**{k: v for k, v in overrides.items() if k in RESUME_CHANGEABLE})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "epochs" in given and "budget_minutes" in given:
+        raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
+    r = load_recipe(recipe)
+    if "epochs" in given and r.budget_minutes is not None:
+        from vislab.log import info
+
+        info(f"setting: {flag('epochs')} {given['epochs']} replaces the recipe's budget_minutes "
+             f"({r.budget_minutes:g}): no time budget")
+        r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
+    r = r.with_overrides(**given)
+    check_applies(r)
+    return r

