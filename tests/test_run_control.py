@@ -94,10 +94,20 @@ def test_budget_epochs_by_hand():
     from vislab.engine.trainer import budget_epochs
 
     r = Recipe(task="cls", epochs=30, budget_minutes=1.0)
-    # an epoch: 1.1 x (10 steps x 0.5 s + 3 held-out batches x 0.5 s / 3) + 2 s = 8.05 s; 60 s hold 7
-    got, line = budget_epochs(r, 0.5, 10, 3, epoch_overhead=2.0)
-    assert got.epochs == 7 and "epochs 30 -> 7" in line and "about 8.1 s per epoch" in line
-    assert budget_epochs(Recipe(task="cls", budget_minutes=0.001), 0.5, 10, 3)[0].epochs == 1  # at least one
+    # an epoch: 1.1 x (10 steps x 0.5 s + 3 held-out batches x 0.5 s / 3) + 1.9 s = 7.95 s; 60 s hold
+    # 7.55 epochs: 8 epochs of 7.5 s, each 2.45 s of evaluation and writes + 9 steps of 0.55 s
+    got, line = budget_epochs(r, 0.5, 10, 3, epoch_overhead=1.9)
+    assert (got.epochs, got.limit_train_batches) == (8, 9) and "about 8.0 s per epoch" in line
+    assert "epochs 30 -> 8 of 9 of their 10 batches" in line
+    # 60 s hold 2.02 epochs of 29.7 s: two whole ones
+    got, line = budget_epochs(r, 2.4, 10, 3, epoch_overhead=0.66)
+    assert (got.epochs, got.limit_train_batches) == (2, None) and "epochs 30 -> 2:" in line
+    # a recipe that limits its batches itself: whole epochs only
+    got, _ = budget_epochs(Recipe(task="cls", epochs=30, budget_minutes=1.0, limit_train_batches=10), 0.5, 10, 3,
+                           epoch_overhead=1.9)
+    assert (got.epochs, got.limit_train_batches) == (7, 10)
+    tiny = budget_epochs(Recipe(task="cls", budget_minutes=0.001), 0.5, 10, 3)[0]
+    assert (tiny.epochs, tiny.limit_train_batches) == (1, 1)  # at least one epoch of one batch
 
 
 def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path):

@@ -320,11 +320,16 @@ def seg_score(
     tta: str = typer.Option("none", "--tta", help="none | flip | d4."),
     device: Optional[str] = typer.Option(None, "--device"),
     offsets: bool = OffsetsOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
 ) -> None:
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
+    from vislab.io import atomic_write_text
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
-    _print_seg(evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets))
+    res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets)
+    if json_out:
+        atomic_write_text(json.dumps(res, indent=1), json_out)
+    _print_seg(res)
 
 
 @seg_app.command("calibrate")

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vislab.config import Recipe
 from vislab.data.classification import ImageFolderData, augment_batch, resize_batch, stratified_split
@@ -17,7 +17,7 @@ from vislab.data.tensors import normalize
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import soft_target_loss
-from vislab.engine.sampling import EpochSampler, epoch_loader
+from vislab.engine.sampling import SplitData
 
 
 class IndexedTensors(Dataset):
@@ -50,39 +50,21 @@ def holdout_split(labels: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, t
     return torch.arange(len(labels)), torch.arange(0)
 
 
-class ClassificationData(pl.LightningDataModule):
+class ClassificationData(SplitData):
     """A decoded training folder split into training and held-out indices, served as index batches."""
 
+    collate = staticmethod(_collate)
+
     def __init__(self, data: ImageFolderData, recipe: Recipe) -> None:
-        super().__init__()
+        super().__init__(recipe)
         assert data.labels is not None
-        self.recipe = recipe
         self.data = data
         self.num_classes = data.num_classes
         self.train_idx, self.holdout_idx = holdout_split(data.labels, recipe)
 
-    def _loader(self, idx: torch.Tensor, *, train: bool) -> DataLoader:
+    def dataset(self, indices: torch.Tensor) -> Dataset:
         assert self.data.labels is not None
-        ds = IndexedTensors(self.data.images, self.data.labels, idx)
-        sampler = EpochSampler(len(ds), shuffle=train, seed=self.recipe.seed, drop_last=train)
-        return epoch_loader(
-            ds,
-            sampler,
-            train=train,
-            datamodule=self,
-            batch_size=self.recipe.batch_size,
-            drop_last=train,
-            num_workers=self.recipe.num_workers,
-            collate_fn=_collate,
-            generator=torch.Generator().manual_seed(self.recipe.seed),
-            persistent_workers=self.recipe.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.holdout_idx, train=False) if len(self.holdout_idx) else []
+        return IndexedTensors(self.data.images, self.data.labels, indices)
 
 
 class ClassifierModule(VislabModule):

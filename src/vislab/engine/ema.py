@@ -14,6 +14,14 @@ class WeightEMA(torch.nn.Module):
     The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the average
     follows the network closely at first instead of remembering its random head for thousands
     of steps. Integer buffers (BatchNorm's batch counters) are copied.
+
+    Kept by hand rather than timm's ``ModelEmaV3`` or Lightning's weight averaging because exact
+    resume needs the update count inside the checkpoint, and inference reads plain state_dicts:
+    ``ModelEmaV3`` keeps no step (its warm-up depends on a step the caller passes), and
+    Lightning's ``WeightAveraging`` callback swaps the average into the checkpoint's state_dict
+    and moves the trained weights to another key, which every reader of checkpoints (predict,
+    export, --weights) would have to undo. Here ``updates`` is a buffer beside ``ema.module.*``,
+    so the average and its warm-up resume bit-identically (tests/test_resume_ddp.py).
     """
 
     def __init__(self, net: torch.nn.Module, decay: float) -> None:

@@ -7,11 +7,12 @@ the metric), so per-process counts simply add up.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def _rank_world() -> tuple[int, int]:
@@ -129,8 +130,42 @@ class LoopPosition:
         return done, int(trainer.num_training_batches)
 
 
-def epoch_loader(dataset: Any, sampler: EpochSampler, *, train: bool, datamodule: Any, **kwargs: Any) -> DataLoader:
-    """The DataLoader of a datamodule: resumable mid-epoch for training, plain for evaluation."""
-    if train:
-        return ResumableLoader(dataset, sampler=sampler, position=LoopPosition(datamodule), **kwargs)
-    return DataLoader(dataset, sampler=sampler, **kwargs)
+class SplitData(pl.LightningDataModule):
+    """A decoded data set split into training and held-out indices (``train_idx``,
+    ``holdout_idx``, set by the subclass), served by one kind of loader for both tasks: training
+    resumable mid-epoch in a seeded order, evaluation in order and never padded.
+
+    Subclasses give :meth:`dataset` and may set ``collate`` and ``with_epoch`` (training samples
+    carry their epoch, for per-epoch draws inside the dataset).
+    """
+
+    collate: Callable[[list], Any] | None = None
+    with_epoch = False
+
+    def __init__(self, recipe: Any) -> None:
+        super().__init__()
+        self.recipe = recipe
+        self.train_idx: Any = []
+        self.holdout_idx: Any = []
+
+    def dataset(self, indices: Any) -> Dataset:
+        """The items at ``indices``."""
+        raise NotImplementedError
+
+    def _loader(self, indices: Any, *, train: bool) -> DataLoader:
+        r = self.recipe
+        ds = self.dataset(indices)
+        sampler = EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train and self.with_epoch)
+        kwargs: dict[str, Any] = dict(
+            batch_size=r.batch_size, drop_last=train, num_workers=r.num_workers, persistent_workers=r.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(r.seed),
+            collate_fn=type(self).collate)
+        if train:
+            return ResumableLoader(ds, sampler=sampler, position=LoopPosition(self), **kwargs)
+        return DataLoader(ds, sampler=sampler, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_idx, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.holdout_idx, train=False) if len(self.holdout_idx) else []

@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torchmetrics
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
 from vislab.config import Recipe
 from vislab.data.tensors import normalize
@@ -19,7 +19,7 @@ from vislab.data.segmentation import (CachedTiles, Pair, TileCache, augment_tile
                                       list_pairs, pad_collate, scan_masks)
 from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss
-from vislab.engine.sampling import EpochSampler, epoch_loader
+from vislab.engine.sampling import SplitData
 from vislab.errors import VislabError
 from vislab.io import atomic_path
 from vislab.log import info
@@ -44,15 +44,17 @@ class PooledConfusion(torchmetrics.Metric):
         return self.conf
 
 
-class SegmentationData(pl.LightningDataModule):
+class SegmentationData(SplitData):
     """Pairs of ``train_dir`` split into training and held-out parts (seeded); masks read by
     ``classes`` (default: the course's colour code). Every pair is checked, then decoded once
     into a :class:`TileCache`; the loaders slice it."""
 
+    collate = staticmethod(pad_collate)
+    with_epoch = True
+
     def __init__(self, train_dir: str | Path, recipe: Recipe, *, expected: tuple[int, int] | None = (512, 512),
                  classes: SegClasses | None = None) -> None:
-        super().__init__()
-        self.recipe = recipe
+        super().__init__(recipe)
         self.classes = classes or deepglobe()
         pairs = list_pairs(train_dir)
         self.stats = scan_masks(pairs, expected=expected, classes=self.classes)
@@ -75,28 +77,8 @@ class SegmentationData(pl.LightningDataModule):
         rows = [i for i, s in enumerate(self.stats.stems) if s in keep]
         return self.stats.counts[rows].sum(0)
 
-    def _loader(self, indices: list[int], *, train: bool) -> DataLoader:
-        r = self.recipe
-        ds = CachedTiles(self.tiles, indices)
-        return epoch_loader(
-            ds,
-            EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train),
-            train=train,
-            datamodule=self,
-            batch_size=r.batch_size,
-            drop_last=train,
-            num_workers=r.num_workers,
-            persistent_workers=r.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(r.seed),
-            collate_fn=pad_collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, train=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.holdout_idx, train=False) if self.holdout_idx else []
+    def dataset(self, indices: list[int]) -> Dataset:
+        return CachedTiles(self.tiles, indices)
 
 
 class SegmenterModule(VislabModule):

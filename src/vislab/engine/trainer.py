@@ -232,14 +232,18 @@ def resolve_lr(recipe: Recipe, trainer: pl.Trainer) -> tuple[Recipe, list[str]]:
 def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
     """Optimizer steps per epoch on one process (sizes the LR schedule before fit starts)."""
     steps = max(1, (n_train // trainer.world_size) // recipe.batch_size)
-    if isinstance(recipe.limit_train_batches, int):
-        steps = min(steps, recipe.limit_train_batches)
+    limit = recipe.limit_train_batches
+    if isinstance(limit, float):  # a fraction of the batches, as Lightning counts it
+        steps = max(1, int(steps * limit))
+    elif isinstance(limit, int):
+        steps = min(steps, limit)
     return steps
 
 
-def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 3) -> float:
+def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 5) -> float:
     """Wall seconds of one training step (forward, backward, optimiser step) of a copy of
-    ``module``'s network on ``loader``'s first batches, after one warm-up step; the module, its
+    ``module``'s network on ``loader``'s first batches: the median of ``steps`` steps after one
+    warm-up step (the fastest step under-estimated a 2-core epoch by a fifth). The module, its
     weights and the global RNG states are left as they were."""
     import copy
     import time
@@ -278,7 +282,7 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
                 times.append(time.perf_counter() - t0)
     if not times:
         raise VislabError(None, "--budget: the training split is too small to time a step")
-    return min(times)
+    return sorted(times)[len(times) // 2]
 
 
 def checkpoint_seconds(module: pl.LightningModule) -> float:
@@ -297,17 +301,37 @@ def checkpoint_seconds(module: pl.LightningModule) -> float:
 
 def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, holdout_batches: int, *,
                   eval_scale: float = 1.0, epoch_overhead: float = 0.0) -> tuple[Recipe, str]:
-    """The recipe with ``epochs`` set to fill ``budget_minutes`` of training, and a line saying
-    how. An epoch costs its steps, the held-out evaluation (a forward pass, costed at a third of a
-    step times ``eval_scale``, the evaluated pixels per training pixel), 10 % of both for data
-    loading and logging, and ``epoch_overhead`` (the epoch's checkpoint writes). At least one."""
+    """The recipe with ``epochs`` (and, when whole epochs would leave much of the time unused, a
+    number of batches per epoch) set to fill ``budget_minutes`` of training, and a line saying how.
+
+    An epoch costs its steps, the held-out evaluation (a forward pass, costed at a third of a step
+    times ``eval_scale``, the evaluated pixels per training pixel), 10 % of both for data loading
+    and logging, and ``epoch_overhead`` (the epoch's checkpoint writes). If the budget holds x
+    full epochs, the run gets ceil(x - 0.05) epochs of as many batches as fit (each epoch a fresh
+    shuffle, so 1.9 epochs' worth is two epochs of 95 % of the batches, not one); a recipe that
+    limits its batches itself gets whole epochs. At least one epoch of one batch.
+    """
+    import math
+
     assert recipe.budget_minutes is not None
-    epoch_s = 1.1 * (steps_per_epoch * step_seconds + holdout_batches * eval_scale * step_seconds / 3) + epoch_overhead
-    epochs = max(1, int(recipe.budget_minutes * 60 // epoch_s))
-    line = (f"epochs {recipe.epochs} -> {epochs}: --budget {recipe.budget_minutes:g} min at {step_seconds:.3g} s per "
-            f"training step measured here ({steps_per_epoch} steps and {holdout_batches} held-out batches per epoch, "
-            f"{epoch_overhead:.1f} s of checkpoint writes: about {epoch_s:.1f} s per epoch)")
-    return recipe.with_overrides(epochs=epochs), line
+    budget = recipe.budget_minutes * 60
+    step_cost = 1.1 * step_seconds
+    fixed = 1.1 * holdout_batches * eval_scale * step_seconds / 3 + epoch_overhead
+    epoch_s = steps_per_epoch * step_cost + fixed
+    per_epoch = f"at {step_seconds:.3g} s per training step measured here ({steps_per_epoch} steps and " \
+                f"{holdout_batches} held-out batches per epoch, {epoch_overhead:.1f} s of checkpoint writes: " \
+                f"about {epoch_s:.1f} s per epoch)"
+    if recipe.limit_train_batches is not None:
+        epochs = max(1, int(budget // epoch_s))
+        return recipe.with_overrides(epochs=epochs), f"epochs {recipe.epochs} -> {epochs}: --budget " \
+                                                     f"{recipe.budget_minutes:g} min {per_epoch}"
+    epochs = max(1, math.ceil(budget / epoch_s - 0.05))
+    batches = min(steps_per_epoch, max(1, int((budget / epochs - fixed) // step_cost)))
+    line = f"epochs {recipe.epochs} -> {epochs}"
+    if batches < steps_per_epoch:
+        line += f" of {batches} of their {steps_per_epoch} batches (a fresh shuffle each)"
+        recipe = recipe.with_overrides(limit_train_batches=batches)
+    return recipe.with_overrides(epochs=epochs), f"{line}: --budget {recipe.budget_minutes:g} min {per_epoch}"
 
 
 def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule,

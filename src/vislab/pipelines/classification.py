@@ -35,12 +35,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     Example:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
-    import lightning.pytorch as pl
-
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
-    from vislab.engine.trainer import (budget_epochs, build_trainer, check_run_folder, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
-                                       write_results)
+    from vislab.engine.trainer import check_run_folder, write_results
+    from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
@@ -56,38 +53,29 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
-    trainer = build_trainer(recipe, out, monitor="holdout_acc")
-    recipe, more = resolve_lr(recipe, trainer)
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
-    if recipe.budget_minutes and not resume:  # a resumed run keeps the epochs its budget gave
-        probe = ClassifierModule(recipe.to_dict(), data.num_classes, 1, data_meta)
-        step_s = seconds_per_step(probe, ClassificationData(data, recipe).train_dataloader(), trainer.strategy.root_device)
-        recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, len(train_idx)),
-                                     -(-(len(data.labels) - len(train_idx)) // recipe.batch_size),
-                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
-        more.append(line)
-        trainer = build_trainer(recipe, out, monitor="holdout_acc")
-    for line in more:
-        info(f"setting: {line}")
-    changes += more
-    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command, changes=changes)
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    dm = ClassificationData(data, recipe)
-    names = f" ({', '.join(data.class_names[:6])}{', ...' if data.num_classes > 6 else ''})" if data.class_names else ""
-    info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[0]}x{hw[1]}), "
-         f"{data.num_classes} classes{names}; training on {len(dm.train_idx)}, held out {len(dm.holdout_idx)} "
-         "for checkpoint selection")
-    module = ClassifierModule(recipe.to_dict(), data.num_classes, steps_per_epoch(trainer, recipe, len(train_idx)), data_meta)
-    module.soft_targets = soft
-    done = fit_and_select(trainer, module, dm, out, ckpt_path, metric="holdout_acc")
+
+    def make_module(r: Recipe, steps: int) -> ClassifierModule:
+        module = ClassifierModule(r.to_dict(), data.num_classes, steps, data_meta)
+        module.soft_targets = soft
+        return module
+
+    def describe(r: Recipe) -> None:
+        names = f" ({', '.join(data.class_names[:6])}{', ...' if data.num_classes > 6 else ''})" if data.class_names else ""
+        info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[0]}x{hw[1]}), "
+             f"{data.num_classes} classes{names}; training on {len(train_idx)}, held out "
+             f"{len(data.labels) - len(train_idx)} for checkpoint selection")
+
+    done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx),
+                               make_module=make_module, make_data=lambda r: ClassificationData(data, r),
+                               resume=resume, command=command, changes=changes, describe=describe,
+                               holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size)))
     if done is None:
         return {}
-    result, best = done
+    result, best, recipe, _ = done
     result["layout"], result["class_names"] = data.layout, data.class_names
     if recipe.teacher:
         result["teacher"] = list(recipe.teacher)
-    if changes:
-        result["changes"] = changes
     if val_dir is not None:
         result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv")
         result["val_accuracy"] = result["val"]["accuracy"]
@@ -114,8 +102,6 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
     if len(train_idx) < recipe.batch_size:
         changes.append(f"batch size {recipe.batch_size} -> {len(train_idx)}: only {len(train_idx)} training images")
         recipe = recipe.with_overrides(batch_size=len(train_idx))
-    for line in changes:
-        info(f"setting: {line}")
     return recipe, changes
 
 

@@ -28,5 +28,7 @@ def demo(root: str | Path, out_dir: str | Path, *, epochs: int | None = None, co
     csv_path = out / "predictions_val_50.csv"
     result["predictions"] = {"file": str(csv_path), "images": predict(ckpt, val_dir, csv_path)}
     result["tsne"] = str(tsne(ckpt, val_dir, out_png=out / "tsne.png"))
-    result["recipe"] = recipe.to_dict()
+    from vislab.config import load_recipe
+
+    result["recipe"] = load_recipe(str(out / "recipe.yaml")).to_dict()  # as run: the budget set the epochs
     return result

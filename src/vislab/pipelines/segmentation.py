@@ -35,15 +35,12 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         >>> train("hw1_data/p2_data/train", load_recipe("seg-fcn32s-seed"), out_dir="runs/p2",
         ...       val_dir="hw1_data/p2_data/validation")
     """
-    import lightning.pytorch as pl
-
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import (budget_epochs, build_trainer, check_run_folder, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
-                                       write_results)
+    from vislab.engine.trainer import check_run_folder, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
     from vislab.pipelines.settings import resolve_normalisation
+    from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
@@ -60,50 +57,42 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts)]
     elif recipe.class_weights is not None:
         raise VislabError(None, f"unknown class_weights {recipe.class_weights!r}; use inverse-sqrt-frequency")
-    def make_trainer(r: Recipe) -> Any:
-        return build_trainer(r, out, monitor="holdout_miou",
-                             extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [])
-
-    trainer = make_trainer(recipe)
-    recipe, changes = resolve_lr(recipe, trainer)
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
-    changes += [note] if note else []
-    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size(),
-            "train_pairs_digest": pairs_digest(data.pairs)}
-    if recipe.budget_minutes and not resume:  # a resumed run keeps the epochs its budget gave
-        probe = SegmenterModule(recipe.to_dict(), desc.num_classes, 1, data_meta=meta)
-        step_s = seconds_per_step(probe, data.train_dataloader(), trainer.strategy.root_device)
-        tile = data.stats.common_size() or (512, 512)
-        crop = recipe.crop_size or max(tile)
-        recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, len(data.train_pairs)),
-                                     -(-len(data.holdout_pairs) // recipe.batch_size),
-                                     eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / crop ** 2,
-                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
-        changes.append(line)
-        trainer = make_trainer(recipe)
+    changes = [note] if note else []
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
-    for line in changes:
-        info(f"setting: {line}")
-    ckpt_path = prepare_run_folder(out, recipe, resume=resume, command=command, changes=changes)
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
-         f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
-    info(f"classes ({desc.source}, {desc.mask_format} masks): {', '.join(desc.names)}")
-    info(f"metric: {desc.metric_name}")
-    sizes = data.stats.sizes
-    if sizes is not None and len({tuple(v) for v in sizes.tolist()}) > 1:
-        info(f"tiles of {len({tuple(v) for v in sizes.tolist()})} sizes: "
-             + ("training crops them to " + str(recipe.crop_size) if recipe.crop_size
-                else "batches pad them to the largest (padding is ignored by loss and metric)"))
-    steps = steps_per_epoch(trainer, recipe, len(data.train_pairs))
-    module = SegmenterModule(recipe.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta)
-    done = fit_and_select(trainer, module, data, out, ckpt_path, metric="holdout_miou")
+    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size(),
+            "train_pairs_digest": pairs_digest(data.pairs)}
+    tile = data.stats.common_size() or (512, 512)
+
+    def make_data(r: Recipe) -> SegmentationData:
+        data.recipe = r  # the split and the tile cache stay; the loaders read the recipe run
+        return data
+
+    def describe(r: Recipe) -> None:
+        info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
+             f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
+        info(f"classes ({desc.source}, {desc.mask_format} masks): {', '.join(desc.names)}")
+        info(f"metric: {desc.metric_name}")
+        sizes = data.stats.sizes
+        if sizes is not None and len({tuple(v) for v in sizes.tolist()}) > 1:
+            info(f"tiles of {len({tuple(v) for v in sizes.tolist()})} sizes: "
+                 + ("training crops them to " + str(r.crop_size) if r.crop_size
+                    else "batches pad them to the largest (padding is ignored by loss and metric)"))
+
+    done = fit_run(TrainingJob(
+        out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs),
+        make_module=lambda r, steps: SegmenterModule(r.to_dict(), desc.num_classes, steps, class_weights=weights,
+                                                     data_meta=meta),
+        make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
+        extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
+        holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),
+        eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))
     if done is None:
         return {}
-    result, best = done
+    result, best, recipe, _ = done
     if recipe.calibrate and data.holdout_pairs:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         info(f"class offsets fitted on the held-out pairs: mIoU {result['calibration']['miou_before']:.4f} -> "

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The prepared GPU campaign (issue 18): the highest-value runs of one 15-minute GPU lease, in one
+# command that finishes well under the 10-minute limit of a device command.
+#
+#   bash bench/gpu_campaign.sh DATA_ROOT OUT_DIR [--smoke]
+#
+# DATA_ROOT holds p1_data/ and p2_data/. Side by side on one GPU:
+#   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), then val_50
+#       scored plain and with flip TTA, and the t-SNE figure;
+#   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), class offsets
+#       fitted on its held-out split, then validation scored with offsets, with offsets + d4 TTA
+#       and plain, and the mask-progression figure.
+# Everything small lands in OUT_DIR/campaign.tar.gz (logs, recipes, history.csv, results.json,
+# scores, figures) beside OUT_DIR/summary.txt: two files, within the 8 a device command returns.
+# Checkpoints stay on the machine. --smoke runs the same steps on a CPU for 1 epoch of 2 batches
+# at small sizes: a check that the script works end to end, not a measurement.
+set -u
+data=${1:?DATA_ROOT}; out=${2:?OUT_DIR}; smoke=${3:-}
+mkdir -p "$out/work"
+w="$out/work"
+vis() { python3 -m vislab "$@"; }
+cls_extra=(); seg_extra=(); dev=()
+if [ "$smoke" = "--smoke" ]; then
+  cls_extra=(--epochs 1 --limit-batches 2 --batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
+  seg_extra=(--epochs 1 --limit-batches 2 --batch-size 2 --crop-size 128 --precision 32 --accelerator cpu --workers 0)
+  dev=(--device cpu)
+fi
+start=$(date +%s)
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
+( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
+  vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --json "$w/cls-val.json" >> "$w/cls-best.log" 2>&1 &&
+  vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta flip --json "$w/cls-val-flip.json" >> "$w/cls-best.log" 2>&1 &&
+  vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
+  echo "cls exit $?" >> "$w/cls-best.log" ) &
+( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" "${seg_extra[@]}" > "$w/seg-best.log" 2>&1 &&
+  vis seg calibrate "$w/seg-best" "$data/p2_data/train" "${dev[@]}" >> "$w/seg-best.log" 2>&1 &&
+  vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --json "$w/seg-val-offsets.json" >> "$w/seg-best.log" 2>&1 &&
+  vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-val-offsets-d4.json" >> "$w/seg-best.log" 2>&1 &&
+  vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --no-offsets --json "$w/seg-val-plain.json" >> "$w/seg-best.log" 2>&1 &&
+  vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
+  echo "seg exit $?" >> "$w/seg-best.log" ) &
+wait
+end=$(date +%s)
+python3 - "$w" "$((end - start))" > "$out/summary.txt" <<'PY'
+import json, sys
+from pathlib import Path
+w, seconds = Path(sys.argv[1]), sys.argv[2]
+print(f"campaign wall time {seconds} s; GPU: {(w / 'gpu.txt').read_text().strip()}")
+def num(name, key):
+    p = w / name
+    return f"{json.loads(p.read_text())[key]:.4f}" if p.is_file() else "missing"
+for run, key in (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
+    p = w / run / "results.json"
+    r = json.loads(p.read_text()) if p.is_file() else {}
+    print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
+print(f"P1 val_50 accuracy {num('cls-val.json', 'accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}")
+print(f"P2 validation mIoU plain {num('seg-val-plain.json', 'miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
+      f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
+for log in ("cls-best.log", "seg-best.log"):
+    tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["missing"]
+    print(f"{log}: {tail[0]}")
+PY
+tar -czf "$out/campaign.tar.gz" -C "$w" --exclude='*.ckpt' --exclude='*.npz' --exclude='tensorboard' --exclude='snapshots' --exclude='*.pt' .
+cat "$out/summary.txt"

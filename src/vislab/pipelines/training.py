@@ -1,0 +1,79 @@
+"""The one training skeleton both pipelines run: the run folder, the settings decided before
+training, the time budget, the fit and the checkpoint selection, in one order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vislab.config import Recipe
+from vislab.log import info
+
+
+@dataclass
+class TrainingJob:
+    """What a pipeline brings to :func:`fit_run`.
+
+    ``make_module(recipe, steps_per_epoch)`` builds the LightningModule (``steps_per_epoch=1`` for
+    the budget's timing probe); ``make_data(recipe)`` the DataModule; ``holdout_batches`` and
+    ``eval_scale`` size the held-out evaluation for the budget (evaluated pixels per training
+    pixel); ``describe(recipe)`` prints the data lines once the run folder is prepared.
+    """
+
+    out: Path
+    recipe: Recipe
+    monitor: str
+    n_train: int
+    make_module: Callable[[Recipe, int], Any]
+    make_data: Callable[[Recipe], Any]
+    resume: bool = False
+    command: str = ""
+    changes: list[str] = field(default_factory=list)
+    extra_callbacks: list = field(default_factory=list)
+    holdout_batches: Callable[[Recipe], int] = lambda r: 0
+    eval_scale: float = 1.0
+    describe: Callable[[Recipe], None] = lambda r: None
+
+
+def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe, list[str]] | None:
+    """Resolve the learning rate and the time budget, print and record every setting the run
+    decided (``changes.txt``), write the recipe into the run folder, seed, and fit.
+
+    Returns (result so far, the selected checkpoint, the recipe run, the settings lines) on
+    rank 0; None on other ranks.
+    """
+    import lightning.pytorch as pl
+
+    from vislab.engine.trainer import (budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
+                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch)
+
+    recipe, changes = job.recipe, list(job.changes)
+
+    def make_trainer(r: Recipe) -> pl.Trainer:
+        return build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=job.extra_callbacks)
+
+    trainer = make_trainer(recipe)
+    recipe, lr_lines = resolve_lr(recipe, trainer)
+    changes += lr_lines
+    if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
+        probe = job.make_module(recipe, 1)
+        step_s = seconds_per_step(probe, job.make_data(recipe).train_dataloader(), trainer.strategy.root_device)
+        recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, job.n_train),
+                                     job.holdout_batches(recipe), eval_scale=job.eval_scale,
+                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
+        changes.append(line)
+        trainer = make_trainer(recipe)
+    for line in changes:
+        info(f"setting: {line}")
+    ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    job.describe(recipe)
+    module = job.make_module(recipe, steps_per_epoch(trainer, recipe, job.n_train))
+    done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
+    if done is None:
+        return None
+    result, best = done
+    if changes:
+        result["changes"] = changes
+    return result, best, recipe, changes
