@@ -112,7 +112,7 @@ def summary_cmd(
     from vislab.viz.summary import architecture_table
 
     entry = get_entry(model)
-    n = num_classes or (50 if entry.task == "cls" else 7)
+    n = num_classes or entry.course_classes
     size = tuple(input) if input else entry.input_size
     out.print(architecture_table(build_model(model, num_classes=n), size), markup=False)
 

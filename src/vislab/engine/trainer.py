@@ -93,8 +93,17 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-class _TrimResumedMetrics(pl.Callback):
-    """On a resumed fit, rank 0 removes metrics.csv rows at or after the restored step."""
+class _ExactMetricsLog(pl.Callback):
+    """metrics.csv without repeated rows across a kill and ``--resume``: every row logged before a
+    checkpoint is on disk before the checkpoint is written, and a resumed fit (rank 0) removes the
+    rows at or after the step it restored, which it logs again. (Epoch-level training averages
+    are logged after the epoch's checkpoint; a kill in those milliseconds loses that one row.)"""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                if isinstance(lg, ResumableCSVLogger):
+                    lg.experiment.save()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is None or not trainer.is_global_zero:
@@ -143,7 +152,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     last = ModelCheckpoint(**last_ckpt)
     # with no held-out split there is nothing to select on: last.ckpt is the result
     callbacks: list[pl.Callback] = [*([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
-                                    LearningRateMonitor("step"), _TrimResumedMetrics()]
+                                    LearningRateMonitor("step"), _ExactMetricsLog()]
     if recipe.max_minutes is not None:
         callbacks.append(TimeLimit(recipe.max_minutes))
     if recipe.checkpoint_minutes is not None:  # mid-epoch last.ckpt: long CPU epochs survive a kill

@@ -34,11 +34,19 @@ class ModelEntry:
     norm: Normalization | None = None  # (mean, std) its pretrained weights expect; None: ImageNet's
 
     @property
+    def course_classes(self) -> int:
+        """The class count of the course problem of the model's task (P1: 50, P2: 7), the default
+        head of an architecture table."""
+        return COURSE_CLASSES[self.task]
+
+    @property
     def pretrained_norm(self) -> Normalization:
         """The input normalisation of the model's pretrained weights (ImageNet statistics unless
         the family says otherwise, e.g. EfficientNet-Lite's [-1, 1] scaling)."""
         return self.norm or (IMAGENET_MEAN, IMAGENET_STD)
 
+
+COURSE_CLASSES = {"cls": 50, "seg": 7}
 
 _REGISTRY: dict[str, ModelEntry] = {}
 # Prefix families resolve any name after the colon (``timm:resnet18``, ``smp:unet:resnet34``).
