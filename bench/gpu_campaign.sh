@@ -5,11 +5,11 @@
 #   bash bench/gpu_campaign.sh DATA_ROOT OUT_DIR [--smoke]
 #
 # DATA_ROOT holds p1_data/ and p2_data/. Side by side on one GPU:
-#   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), then val_50
-#       scored plain and with flip TTA, and the t-SNE figure;
-#   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), class offsets
-#       fitted on its held-out split, then validation scored with offsets, with offsets + d4 TTA
-#       and plain, and the mask-progression figure.
+#   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), val_50
+#       scored once by the training run and again with flip TTA, and the t-SNE figure;
+#   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
+#       scored once by the training run, class offsets fitted on its held-out split, validation
+#       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
 # Everything small lands in OUT_DIR/campaign.tar.gz (logs, recipes, history.csv, results.json,
 # scores, figures) beside OUT_DIR/summary.txt: two files, within the 8 a device command returns.
 # Checkpoints stay on the machine. --smoke runs the same steps on a CPU for 1 epoch of 2 batches
@@ -27,16 +27,16 @@ if [ "$smoke" = "--smoke" ]; then
 fi
 start=$(date +%s)
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
-( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
-  vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --json "$w/cls-val.json" >> "$w/cls-best.log" 2>&1 &&
+( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
+      "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
   vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta flip --json "$w/cls-val-flip.json" >> "$w/cls-best.log" 2>&1 &&
   vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
   echo "cls exit $?" >> "$w/cls-best.log" ) &
-( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" "${seg_extra[@]}" > "$w/seg-best.log" 2>&1 &&
+( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
+      "${seg_extra[@]}" > "$w/seg-best.log" 2>&1 &&
   vis seg calibrate "$w/seg-best" "$data/p2_data/train" "${dev[@]}" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --json "$w/seg-val-offsets.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-val-offsets-d4.json" >> "$w/seg-best.log" 2>&1 &&
-  vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --no-offsets --json "$w/seg-val-plain.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
   echo "seg exit $?" >> "$w/seg-best.log" ) &
 wait
@@ -48,13 +48,14 @@ w, seconds = Path(sys.argv[1]), sys.argv[2]
 print(f"campaign wall time {seconds} s; GPU: {(w / 'gpu.txt').read_text().strip()}")
 def num(name, key):
     p = w / name
-    return f"{json.loads(p.read_text())[key]:.4f}" if p.is_file() else "missing"
+    v = json.loads(p.read_text()).get(key) if p.is_file() else None
+    return "missing" if v is None else f"{v:.4f}"
 for run, key in (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
     p = w / run / "results.json"
     r = json.loads(p.read_text()) if p.is_file() else {}
     print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
-print(f"P1 val_50 accuracy {num('cls-val.json', 'accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}")
-print(f"P2 validation mIoU plain {num('seg-val-plain.json', 'miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
+print(f"P1 val_50 accuracy {num('cls-best/results.json', 'val_accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}")
+print(f"P2 validation mIoU plain {num('seg-best/results.json', 'val_miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
       f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
 for log in ("cls-best.log", "seg-best.log"):
     tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["missing"]

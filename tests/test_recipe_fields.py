@@ -60,3 +60,20 @@ def _yaml(tmp_path, **fields):
     p = tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml"
     p.write_text(yaml.safe_dump(fields))
     return p
+
+
+def test_a_holdout_that_holds_out_nothing_is_said_and_run_without(cli, tmp_path):
+    """3 images per class at holdout 0.1: round(0.3) = 0 per class. The run says so, records it,
+    and keeps the last epoch (no best.ckpt, no monitor that never gets its metric)."""
+    from conftest import write_color_classes
+
+    few = write_color_classes(tmp_path / "few", per_class=3)
+    path = _yaml(tmp_path, task="cls", model="simple_cnn", epochs=1, batch_size=4, lr=0.05, holdout=0.1)
+    res = cli("cls", "train", few, "--recipe", path, "--out", tmp_path / "run")
+    assert res.code == 0, res.err
+    line = "holdout 0.1 -> 0: 9 images, 0.1 of each class rounded leave none to hold out; the last epoch is the model"
+    assert line in " ".join(res.err.split())  # the console wraps long lines
+    assert line in (tmp_path / "run" / "changes.txt").read_text()
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["holdout"] == 0.0
+    assert (tmp_path / "run" / "last.ckpt").is_file() and not (tmp_path / "run" / "best.ckpt").exists()
+    assert "could not find the monitored key" not in res.err

@@ -39,7 +39,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.trainer import check_run_folder, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
-    from vislab.pipelines.settings import resolve_normalisation
+    from vislab.pipelines.settings import empty_holdout, resolve_normalisation
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
@@ -60,6 +60,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
     changes = [note] if note else []
+    recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
+    if line and recipe.calibrate:
+        recipe = recipe.with_overrides(calibrate=False)
+        line += " (and calibrate is off: no held-out pairs to fit class offsets on)"
+    changes += [line] if line else []
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)

@@ -71,3 +71,12 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     r = r.with_overrides(**given)
     check_applies(r)
     return r
+
+
+def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str | None]:
+    """A held-out fraction that holds out nothing (too few items) runs as ``holdout: 0`` (the last
+    epoch is the model, no best.ckpt), said in one line; otherwise the recipe as it is."""
+    if recipe.holdout <= 0 or held_out > 0:
+        return recipe, None
+    line = f"holdout {recipe.holdout:g} -> 0: {why} leave none to hold out; the last epoch is the model"
+    return recipe.with_overrides(holdout=0.0), line
