@@ -205,3 +205,20 @@ def test_channel_stats_match_numpy():
     x = imgs.numpy()[::2].astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-9)
     np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-6)
+
+
+def test_declared_torchvision_decodes_every_listed_format():
+    """The minimum torchvision in pyproject.toml must decode every suffix vislab lists: WebP and
+    16-bit PNG decoding arrived in torchvision 0.20 (its release notes), with torch 2.5."""
+    import re
+    from pathlib import Path
+
+    from vislab.data.images import IMAGE_SUFFIXES
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    low = {m.group(1): tuple(int(v) for v in m.group(2).split(".")) for d in deps
+           if (m := re.match(r"(torch|torchvision)>=([\d.]+)", d.replace(" ", "")))}
+    if ".webp" in IMAGE_SUFFIXES:
+        assert low["torchvision"] >= (0, 20) and low["torch"] >= (2, 5), low
