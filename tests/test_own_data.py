@@ -194,7 +194,7 @@ def test_normalisation_follows_the_weights(tmp_path):
     scratch, notes = resolve_settings(Recipe(model="resnet18", batch_size=4), images, idx)
     assert scratch.mean == (0.2, 0.2, 0.2) and "own per-channel statistics" in notes[0]
     explicit, notes = resolve_settings(Recipe(model="resnet18", weights="imagenet", mean=(0.1,) * 3, std=(0.3,) * 3,
-                                              batch_size=4), images, idx)
+                                              batch_size=4, holdout=0.0), images, idx)
     assert explicit.mean == (0.1,) * 3 and notes == []
 
 
