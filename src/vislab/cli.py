@@ -29,6 +29,14 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
     """vislab."""
 
 
+def _write_json(res: dict[str, Any], path: Path | None) -> None:
+    """The ``--json`` file of an evaluation command, when one was asked for."""
+    if path:
+        from vislab.io import atomic_write_text
+
+        atomic_write_text(json.dumps(res, indent=1), path)
+
+
 def _command_line() -> str:
     return "vislab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -181,7 +189,6 @@ def cls_eval(
     tta: str = CLS_TTA_OPTION,
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
-    from vislab.io import atomic_write_text
     from vislab.pipelines.classification import evaluate
 
     res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta)
@@ -190,8 +197,7 @@ def cls_eval(
     for c, a in res["per_class"].items():
         t.add_row(f"{c} {names[c]}" if names else str(c), f"{a:.3f}")
     out.print(t)
-    if json_out:
-        atomic_write_text(json.dumps(res, indent=1), json_out)
+    _write_json(res, json_out)
     out.print(f"images: {res['images']}  top-5: {res['top5']:.4f}")
     out.print(f"accuracy: {res['accuracy']:.4f}")
 
@@ -304,12 +310,10 @@ def seg_eval(
 ) -> None:
     """Per-class IoU and the mIoU pooled over all files: the course rule for the course's masks,
     the standard rule (ignore pixels left out) for a data set with a classes file."""
-    from vislab.io import atomic_write_text
     from vislab.pipelines.segmentation import evaluate_dirs
 
     res = evaluate_dirs(pred_dir, gt_dir, classes=classes)
-    if json_out:
-        atomic_write_text(json.dumps(res, indent=1), json_out)
+    _write_json(res, json_out)
     _print_seg(res)
 
 
@@ -323,12 +327,10 @@ def seg_score(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
 ) -> None:
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
-    from vislab.io import atomic_write_text
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
     res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets)
-    if json_out:
-        atomic_write_text(json.dumps(res, indent=1), json_out)
+    _write_json(res, json_out)
     _print_seg(res)
 
 

@@ -54,13 +54,15 @@ class _AppendingWriter(ExperimentWriter):
             with path.open(newline="") as fh:
                 rows = list(csv.DictReader(fh))
         self._record_new_keys()
+        self._rewrite(path, rows + self.metrics)
+        self.metrics = []
+
+    def _rewrite(self, path: Path, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO(newline="")
         writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
         writer.writeheader()
-        writer.writerows(rows + self.metrics)
+        writer.writerows(rows)
         atomic_write_text(buf.getvalue(), path)
-        self.metrics = []
-
 
     def drop_from(self, step: int) -> int:
         """Remove the rows logged at ``step`` or later (a resumed run logs them again); returns how
@@ -72,11 +74,7 @@ class _AppendingWriter(ExperimentWriter):
             rows = list(csv.DictReader(fh))
         kept = [r for r in rows if not r.get("step") or int(r["step"]) < step]
         if len(kept) < len(rows):
-            buf = io.StringIO(newline="")
-            writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(kept)
-            atomic_write_text(buf.getvalue(), path)
+            self._rewrite(path, kept)
         return len(rows) - len(kept)
 
 

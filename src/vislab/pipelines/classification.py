@@ -72,7 +72,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size)))
     if done is None:
         return {}
-    result, best, recipe, _ = done
+    result, best, recipe = done
     result["layout"], result["class_names"] = data.layout, data.class_names
     if recipe.teacher:
         result["teacher"] = list(recipe.teacher)

@@ -97,7 +97,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))
     if done is None:
         return {}
-    result, best, recipe, _ = done
+    result, best, recipe = done
     if recipe.calibrate and data.holdout_pairs:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         info(f"class offsets fitted on the held-out pairs: mIoU {result['calibration']['miou_before']:.4f} -> "

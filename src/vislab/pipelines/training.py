@@ -36,12 +36,12 @@ class TrainingJob:
     describe: Callable[[Recipe], None] = lambda r: None
 
 
-def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe, list[str]] | None:
+def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     """Resolve the learning rate and the time budget, print and record every setting the run
     decided (``changes.txt``), write the recipe into the run folder, seed, and fit.
 
-    Returns (result so far, the selected checkpoint, the recipe run, the settings lines) on
-    rank 0; None on other ranks.
+    Returns (result so far, with the settings lines under ``changes``; the selected checkpoint;
+    the recipe run) on rank 0; None on other ranks.
     """
     import lightning.pytorch as pl
 
@@ -76,4 +76,4 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe, list[str]] 
     result, best = done
     if changes:
         result["changes"] = changes
-    return result, best, recipe, changes
+    return result, best, recipe
