@@ -111,3 +111,84 @@ def test_seg_ensemble_predicts_and_scores_the_average(cli, seg_runs, tmp_path):
     res = cli("seg", "score", spec, val)
     assert res.code == 0, res.err
     assert res.out.strip().endswith(f"mIoU: {standard_miou(pairs, 4, 255)[0]:.4f}")
+
+
+def _resized_probs(model, meta, x_uint8: torch.Tensor) -> torch.Tensor:
+    """_probs with the classifier's own input size (bilinear, as written in the recipe docs)."""
+    m = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    s = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    x = (x_uint8.float() / 255 - m) / s
+    if meta.get("image_size"):
+        x = torch.nn.functional.interpolate(x, size=(meta["image_size"],) * 2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        return model.eval()(x).float().softmax(1)
+
+
+def test_exported_cls_ensemble_is_the_average_of_its_members(cli, cls_runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vislab.models.checkpoints import load_network
+
+    root, data, runs = cls_runs
+    # a third member at its own input size: the graph resizes the stored 32 px images for it alone
+    r = tmp_path / "r3.yaml"
+    r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
+                                 "lr": 0.05, "holdout": 0.2, "seed": 3, "image_size": 40}))
+    assert cli("cls", "train", data, "--recipe", r, "--out", tmp_path / "run3").code == 0
+    members = [*runs, tmp_path / "run3"]
+    spec = ",".join(map(str, members))
+    res = cli("export", spec, tmp_path / "ens.onnx")
+    assert res.code == 0, res.err
+    assert "input (N, 3, 32, 32)" in res.out
+    files = sorted(data.iterdir())
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    avg = sum(_resized_probs(*load_network(m, task="cls"), x) for m in members) / 3
+    for tta in ("none", "flip"):
+        assert cli("cls", "predict", tmp_path / "ens.onnx", data, tmp_path / "onnx.csv", "--tta", tta).code == 0
+        assert cli("cls", "predict", spec, data, tmp_path / "list.csv", "--tta", tta, "--engine", "torch").code == 0
+        from_onnx = [r["label"] for r in csv.DictReader((tmp_path / "onnx.csv").open())]
+        assert from_onnx == [r["label"] for r in csv.DictReader((tmp_path / "list.csv").open())]
+        if tta == "none":
+            assert [int(v) for v in from_onnx] == avg.argmax(1).tolist()
+    # the graph's output is the log of the average: its softmax gives the members' mean back
+    from vislab.export import OnnxNet
+
+    net = OnnxNet(tmp_path / "ens.onnx")
+    assert net.meta["members"][2]["image_size"] == 40 and net.meta["mean"] == [0.0, 0.0, 0.0]
+    got = net(x[:20].float() / 255).softmax(1)
+    assert torch.allclose(got, avg[:20], atol=1e-4)
+
+
+def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vislab.models.checkpoints import load_network
+
+    root, _, runs = seg_runs
+    src = make_index_set(tmp_path / "src", 5, seed=3)
+    tiles = tmp_path / "tiles"
+    (tiles / "images").mkdir(parents=True)
+    (tiles / "masks").mkdir()
+    for stem in ("t00", "t04"):  # both 48 x 64: an export has one input size
+        (tiles / "images" / f"{stem}.jpg").write_bytes((src / "images" / f"{stem}.jpg").read_bytes())
+        (tiles / "masks" / f"{stem}.png").write_bytes((src / "masks" / f"{stem}.png").read_bytes())
+    spec = f"{runs[0]},{runs[1]}"
+    res = cli("export", spec, tmp_path / "ens.onnx", "--size", "48", "64")
+    assert res.code == 0, res.err
+    assert "offsets are fitted per checkpoint" in res.err.replace("\n", " ")
+    assert cli("seg", "predict", tmp_path / "ens.onnx", tiles / "images", tmp_path / "a").code == 0
+    nets = [load_network(r, task="seg") for r in runs]
+    for stem in ("t00", "t04"):
+        x = torch.from_numpy(np.array(Image.open(tiles / "images" / f"{stem}.jpg"))).permute(2, 0, 1)[None]
+        expected = (sum(_probs(m, meta, x) for m, meta in nets) / 2).argmax(1)[0]
+        assert np.array_equal(np.array(Image.open(tmp_path / "a" / f"{stem}.png")), expected.numpy()), stem
+
+
+def test_export_refuses_mixed_tasks_and_onnx_members(cli, cls_runs, seg_runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, _, cls = cls_runs
+    _, _, seg = seg_runs
+    res = cli("export", f"{cls[0]},{seg[0]}", tmp_path / "x.onnx")
+    assert res.code == 2 and "an ensemble has one task" in res.err.replace("\n", " ")
+    assert cli("export", cls[0], tmp_path / "one.onnx").code == 0
+    res = cli("export", f"{cls[0]},{tmp_path / 'one.onnx'}", tmp_path / "x.onnx")
+    assert res.code == 2 and "is already an ONNX export" in res.err.replace("\n", " ")
+    assert not (tmp_path / "x.onnx").exists()

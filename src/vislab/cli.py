@@ -156,7 +156,7 @@ def cls_train(
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
     from vislab.paths import data_root
     from vislab.pipelines.classification import train
-    from vislab.pipelines.ensemble import members
+    from vislab.models.ensemble import members
 
     if train_dir is None:
         root = data_root(data)
@@ -391,13 +391,13 @@ def seg_progress(
 
 @app.command("export")
 def export_cmd(
-    ckpt: Path = typer.Argument(..., help="Checkpoint or run folder (P1 or P2)."),
+    ckpt: str = typer.Argument(..., help="Checkpoint or run folder (P1 or P2); several, comma-separated (runs/a,runs/b), export one graph averaging their class probabilities."),
     out_path: Path = typer.Argument(..., help="Output .onnx file."),
     size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W (default: the recipe's input_hw, else the most common training tile size)."),
     opset: int = typer.Option(17, "--opset"),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch on random inputs."),
 ) -> None:
-    """Export a checkpoint's network to ONNX (normalised input, logits out; batch axis dynamic)."""
+    """Export a checkpoint's network to ONNX (normalised input, logits out; batch axis dynamic), or an ensemble's as one graph."""
     from vislab.export import export_onnx
 
     res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check)

@@ -54,15 +54,21 @@ def network_input_shape(meta: dict[str, Any], size: tuple[int, int] | None = Non
 def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | None = None,
                 opset: int = 17, check: bool = True) -> dict[str, Any]:
     """Write the checkpoint's network as ONNX to ``out`` and (by default) check it against
-    PyTorch on two random batches.
+    PyTorch on two random batches. ``ckpt`` may list several checkpoints or run folders
+    separated by commas: one graph then averages their class probabilities
+    (:func:`export_ensemble`).
 
     Returns:
         ``{"path", "input_shape", "bytes", "max_abs_diff", "atol"}`` (the last two when checked).
     """
     from vislab.calibration import load_offsets
-    from vislab.models.checkpoints import checkpoint_file, load_network, read_checkpoint
+    from vislab.models.checkpoints import checkpoint_file, load_network
+    from vislab.models.ensemble import members
 
-    task = read_checkpoint(ckpt)["vislab"]["task"]
+    paths = members(ckpt)
+    if len(paths) > 1:
+        return export_ensemble(paths, out, size=size, opset=opset, check=check)
+    task = _task_of(ckpt)
     model, meta = load_network(ckpt, task=task)
     if size is not None and task == "cls" and meta.get("image_size"):
         raise VislabError(None, f"--size: this classifier takes {meta['image_size']}x{meta['image_size']} inputs "
@@ -71,6 +77,60 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     if offsets is not None:  # `vislab seg calibrate`'s offsets travel in the metadata, applied by predict
         meta = {**meta, "class_offsets": offsets.tolist()}
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
+
+
+def _task_of(ckpt: str | Path) -> str:
+    from vislab.models.checkpoints import read_checkpoint
+
+    if Path(ckpt).suffix == ".onnx":
+        raise VislabError(ckpt, "is already an ONNX export; export from its checkpoint or run folder")
+    return read_checkpoint(ckpt)["vislab"]["task"]
+
+
+def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] | None = None,
+                    opset: int = 17, check: bool = True) -> dict[str, Any]:
+    """One ONNX graph for several checkpoints of one task and the same classes: the input is the
+    image scaled to [0, 1] (the stored metadata says mean 0, std 1), each member normalises (and,
+    for classifiers, resizes) it its own way, and the output is the log of the averaged class
+    probabilities (:class:`vislab.models.ensemble.AveragedNet`). ``vislab cls|seg predict`` on the
+    file gives the predictions of the same comma-separated list. Class offsets of members are not
+    carried (each was fitted for its own model, as in ``seg predict`` of a list)."""
+    from vislab.data.seg_classes import SegClasses
+    from vislab.models.checkpoints import load_network
+    from vislab.models.ensemble import AveragedNet, check_same_classes
+
+    tasks = [_task_of(p) for p in paths]
+    for task, path in zip(tasks[1:], paths[1:]):
+        if task != tasks[0]:
+            raise VislabError(path, f"is a {task} model and {paths[0]} a {tasks[0]} model; an ensemble has one task")
+    task = tasks[0]
+    loaded = [load_network(p, task=task) for p in paths]
+    metas = [m for _, m in loaded]
+    if task == "cls":
+        check_same_classes(metas, paths, keys=("num_classes", "class_names"))
+        if size is not None:
+            raise VislabError(None, "--size: an exported classifier ensemble takes its images at the size they were "
+                                    "stored at in training; each member resizes them itself")
+        stored = {tuple(m.get("stored_hw") or (32, 32)) for m in metas}
+        if len(stored) > 1:
+            raise VislabError(paths[1], f"stores its images at another size than {paths[0]} ({sorted(stored)}); "
+                                        "the exported graph takes one size")
+    else:
+        first = SegClasses.from_dict(metas[0].get("seg_classes"))
+        for meta, path in zip(metas[1:], paths[1:]):
+            if not SegClasses.from_dict(meta.get("seg_classes")).same_classes(first):
+                raise VislabError(path, f"predicts other classes than {paths[0]}; an ensemble needs the same classes")
+        info("ensemble: class offsets are fitted per checkpoint, so the export averages unshifted probabilities")
+    channels = len(metas[0]["mean"])
+    meta = {key: value for key, value in metas[0].items() if key not in ("recipe", "class_offsets")}
+    meta.update(model="ensemble of " + " + ".join(m["model"] for m in metas), image_size=None,
+                mean=[0.0] * channels, std=[1.0] * channels,
+                members=[{"path": str(p), "model": m["model"], "image_size": m.get("image_size"),
+                          "mean": m["mean"], "std": m["std"]} for p, m in zip(paths, metas)])
+    shape = network_input_shape(metas[0] if task == "seg" else meta, size)
+    if task == "seg":
+        meta["recipe"] = {"input_hw": list(shape[1:])}
+    return export_network(AveragedNet([(net, m) for net, m in loaded]), meta, out, shape=shape, opset=opset, check=check)
 
 
 def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path, *,

@@ -204,7 +204,7 @@ def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths
     """(the folder as the first model reads it, log of the class probabilities averaged over the
     models). ``read(meta)`` decodes the folder for one model (its own stored size); every model
     must see the same files and labels."""
-    from vislab.pipelines.ensemble import check_same_classes
+    from vislab.models.ensemble import check_same_classes
 
     check_same_classes([m for _, m in models], paths, keys=("num_classes", "class_names"))
     first, total = None, None
@@ -231,7 +231,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows (class ids; with class
     names also ``label_name,pred_name``).
     """
-    from vislab.pipelines.ensemble import members
+    from vislab.models.ensemble import members
 
     check_positive(batch_size=batch_size)
     check_tta(tta)
@@ -284,7 +284,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
     """
     from vislab.export import load_predictor, model_file
-    from vislab.pipelines.ensemble import members
+    from vislab.models.ensemble import members
 
     check_positive(batch_size=batch_size)
     paths = members(ckpt)

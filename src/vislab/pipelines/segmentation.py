@@ -18,7 +18,7 @@ from vislab.errors import VislabError
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
 from vislab.models.tta import averaged_probs, check_tta
-from vislab.pipelines.ensemble import members
+from vislab.models.ensemble import members
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -341,7 +341,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
 
 
 def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]) -> SegClasses:
-    from vislab.pipelines.ensemble import check_same_classes
+    from vislab.models.ensemble import check_same_classes
 
     described = [{"classes": classes_of(m).to_dict() | {"source": None}} for _, m in models]
     check_same_classes(described, paths, keys=("classes",))

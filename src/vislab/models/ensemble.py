@@ -1,0 +1,66 @@
+"""Several trained networks as one: the comma-separated list that names them, the check that they
+predict the same classes, and one network (for export): each member gets the input the way its
+checkpoint expects it (its own normalisation, and for classifiers its own input size), and the
+output is the logarithm of the members' averaged class probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vislab.errors import VislabError
+
+
+def members(spec: str | Path) -> list[str]:
+    """The checkpoints (or run folders, or ONNX files) of ``spec``: one path, or several joined
+    by commas (``runs/a,runs/b``)."""
+    parts = [p.strip() for p in str(spec).split(",")]
+    if not all(parts):
+        raise VislabError(str(spec), "an empty name in the comma-separated list of models")
+    if len(set(parts)) < len(parts):
+        raise VislabError(str(spec), "a model is listed twice")
+    return parts
+
+
+def check_same_classes(metas: list[dict[str, Any]], paths: list[str], *, keys: tuple[str, ...]) -> None:
+    """Every member must predict the same classes (the first member's ``keys`` values)."""
+    first = [metas[0].get(k) for k in keys]
+    for meta, path in zip(metas[1:], paths[1:]):
+        if [meta.get(k) for k in keys] != first:
+            raise VislabError(path, f"predicts other classes than {paths[0]} "
+                                    f"({', '.join(f'{k}: {meta.get(k)}' for k in keys)}); an ensemble needs the same classes")
+
+
+# Probabilities are clamped before the logarithm, so that a class every member rules out gets a
+# finite score (the log of 0 would make exported outputs -inf, and their differences NaN).
+FLOOR = 1e-30
+
+
+class AveragedNet(nn.Module):
+    """``forward(x)``: ``x`` is a float batch (N, 3, H, W) of pixel values scaled to [0, 1]; each
+    member sees ``(x - mean) / std`` (bilinearly resized to ``size`` x ``size`` when ``size`` is
+    set, as classifiers are in ``predict``) and the members' softmax outputs over dim 1 are
+    averaged. The result, log-probabilities, has the same argmax and softmax as the average."""
+
+    def __init__(self, loaded: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(net for net, _ in loaded)
+        self.sizes = [int(meta["image_size"]) if meta.get("image_size") else None for _, meta in loaded]
+        for i, (_, meta) in enumerate(loaded):
+            self.register_buffer(f"mean{i}", torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer(f"std{i}", torch.tensor(meta["std"], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for i, (net, size) in enumerate(zip(self.nets, self.sizes)):
+            y = (x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+            if size is not None and (y.shape[-2] != size or y.shape[-1] != size):
+                y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+            p = net(y).float().softmax(1)
+            total = p if total is None else total + p
+        assert total is not None
+        return (total / len(self.nets)).clamp_min(FLOOR).log()
