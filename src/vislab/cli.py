@@ -147,6 +147,8 @@ def cls_train(
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training folder."),
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Beta parameter of mixup, e.g. 0.2 (0 = off)."),
     cutmix: Optional[float] = typer.Option(None, "--cutmix", help="Beta parameter of cutmix, e.g. 1.0 (0 = off; with --mixup: half the batches each)."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="none | trivial (one random operation per image at a random strength)."),
+    erasing: Optional[float] = typer.Option(None, "--erasing", help="Probability of erasing a random rectangle per image (0 = off)."),
     ema: Optional[float] = EmaOpt,
     budget: Optional[float] = BudgetOpt,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities on each training image are soft targets."),
@@ -165,7 +167,8 @@ def cls_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
-                image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, ema=ema, num_workers=workers,
+                image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, augment=augment, erasing=erasing,
+                ema=ema, num_workers=workers,
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=None if teacher is None else tuple(members(teacher)))
     if r.task != "cls":

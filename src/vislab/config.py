@@ -39,6 +39,7 @@ def _num(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: boo
     return ok
 
 
+AUGMENTS = ("none", "trivial")
 _PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
 
 # (field, check, rule shown in the error); checked whenever a recipe is made or overridden
@@ -54,6 +55,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("mixup", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
+    ("augment", lambda v: v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
+    ("erasing", _num(0, 1, hi_open=False), "in [0, 1] (the probability of erasing a rectangle)"),
     ("holdout", _num(0, 1), "in [0, 1) (the held-out fraction of the training folder)"),
     ("image_size", _int(1), "an integer >= 1 (0: the images' own size)"),
     ("crop_size", _int(1), "an integer >= 1 (0: the whole image)"),
@@ -91,6 +94,8 @@ class Recipe:
     distill: float = 0.5  # cls: weight of the soft-target term when there is a teacher (1 - it: the labels')
     mixup: float = 0.0  # cls: Beta(a, a) parameter of mixup; 0 = off
     cutmix: float = 0.0  # cls: Beta(a, a) parameter of cutmix; 0 = off (both on: 1/2 each per batch)
+    augment: str = "none"  # cls: none | trivial (one random operation per image at a random strength, data/augment.py)
+    erasing: float = 0.0  # cls: probability of erasing one random rectangle per image; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0 = off
     holdout: float = 0.1  # fraction of the TRAINING folder kept for checkpoint selection
     image_size: int | None = None  # cls: resize inputs to this side (None: native)
@@ -160,7 +165,7 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
         out["lr"] = None
     if out.get("precision") is not None:
         out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
-    for key in ("lr", "weight_decay", "mixup", "cutmix", "ema", "checkpoint_minutes", "budget_minutes"):  # YAML reads 1e-3 as a string
+    for key in ("lr", "weight_decay", "mixup", "cutmix", "erasing", "ema", "checkpoint_minutes", "budget_minutes"):  # YAML reads 1e-3 as a string
         if out.get(key) is not None:
             try:
                 out[key] = float(out[key])
@@ -210,7 +215,7 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 TASK_ONLY = {
-    "cls": ("image_size", "pad", "mixup", "cutmix", "label_smoothing", "teacher"),
+    "cls": ("image_size", "pad", "mixup", "cutmix", "augment", "erasing", "label_smoothing", "teacher"),
     "seg": ("crop_size", "crop_area", "infer_scale", "input_hw", "rot90", "loss", "class_weights", "calibrate",
             "snapshot"),
 }

@@ -12,6 +12,7 @@ import torchmetrics
 from torch.utils.data import Dataset
 
 from vislab.config import Recipe
+from vislab.data.augment import random_erase, trivial_augment
 from vislab.data.classification import ImageFolderData, augment_batch, resize_batch, stratified_split
 from vislab.data.tensors import normalize
 from vislab.data.mixing import mix_batch
@@ -89,7 +90,12 @@ class ClassifierModule(VislabModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx = batch
         if self.trainer is not None and self.trainer.training:
-            x = augment_batch(x, idx, seed=self.recipe.seed, epoch=self.current_epoch, pad=self.recipe.pad)
+            r, epoch = self.recipe, self.current_epoch
+            x = augment_batch(x, idx, seed=r.seed, epoch=epoch, pad=r.pad)
+            if r.augment == "trivial":
+                x = trivial_augment(x, idx, seed=r.seed, epoch=epoch)
+            if r.erasing > 0:  # filled with the normalisation mean: zero at the network's input
+                x = random_erase(x, idx, seed=r.seed, epoch=epoch, p=r.erasing, fill=tuple(255 * m for m in self.mean))
         return self.prepare(x), y, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
