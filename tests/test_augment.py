@@ -70,6 +70,30 @@ def test_geometric_operations_match_exact_equivalents():
         torch.allclose(patch, torch.rot90(wide[0, 0, 1:3, 3:5], -1), atol=1e-3)
 
 
+def test_strengths_map_to_the_documented_ranges():
+    """Strength s in [0, 1) and sign: enhance factor 1 +- 0.99 s, 135 s degrees, posterize to
+    8 - round(6 s) bits, solarize at 255 (1 - s)."""
+    half, up, down = torch.tensor([0.5]), torch.tensor([1.0]), torch.tensor([-1.0])
+    x = torch.tensor([100.0, 127.0, 128.0, 203.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    assert torch.allclose(A.OPS["brightness"](x, half, down), x * (1 - 0.495))
+    assert torch.allclose(A.OPS["solarize"](x, half, up), torch.tensor([100.0, 127.0, 127.0, 52.0]).view(1, 1, 1, 4))
+    assert torch.equal(A.OPS["posterize"](x, half, up)[0, 0, 0], torch.tensor([96.0, 120.0, 128.0, 200.0]))  # 5 bits
+    sq = _img(1, 6, 6)
+    quarter = A.OPS["rotate"](sq, torch.tensor([90 / 135]), up)
+    assert torch.allclose(quarter, torch.rot90(sq, 1, (-2, -1)), atol=1e-3) or \
+        torch.allclose(quarter, torch.rot90(sq, -1, (-2, -1)), atol=1e-3)
+    moved = A.OPS["translate_x"](sq, torch.tensor([1 / 3 / 0.3]), up)  # 0.3 of the side at most: here 2 of 6
+    assert torch.allclose(moved[..., 2:], sq[..., :4], atol=1e-3)
+
+
+def test_float_input_is_not_changed_in_place():
+    x = _img(4, 8, 8)
+    before = x.clone()
+    out = A.trivial_augment(x, torch.arange(4), seed=0, epoch=0)
+    assert torch.equal(x, before) and out.dtype == torch.float32 and not torch.equal(out, x)
+    assert torch.equal(A.sharpness(x[..., :2, :], torch.tensor([0.0] * 4)), x[..., :2, :])  # too small to smooth
+
+
 def test_trivial_augment_depends_only_on_seed_epoch_and_index():
     x = _img(6, 16, 16).to(torch.uint8)
     idx = torch.tensor([3, 17, 40, 41, 99, 1000])

@@ -192,3 +192,19 @@ def test_export_refuses_mixed_tasks_and_onnx_members(cli, cls_runs, seg_runs, tm
     res = cli("export", f"{cls[0]},{tmp_path / 'one.onnx'}", tmp_path / "x.onnx")
     assert res.code == 2 and "is already an ONNX export" in res.err.replace("\n", " ")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_refuses_members_stored_at_other_sizes(cli, cls_runs, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, data, runs = cls_runs
+    ckpt = torch.load(runs[1] / "best.ckpt", map_location="cpu", weights_only=True)
+    for name, hw in (("big.ckpt", [64, 64]), ("old.ckpt", None)):
+        ckpt["vislab"]["stored_hw"] = hw
+        torch.save(ckpt, tmp_path / name)
+    res = cli("export", f"{runs[0]},{runs[1]},{tmp_path / 'big.ckpt'}", tmp_path / "x.onnx")
+    assert res.code == 2 and f"{tmp_path / 'big.ckpt'}: stores its images at [64, 64]" in res.err.replace("\n", " ")
+    res = cli("export", f"{runs[0]},{tmp_path / 'old.ckpt'}", tmp_path / "x.onnx")
+    assert res.code == 2 and "records no stored image size" in res.err.replace("\n", " ")
+    assert cli("export", runs[0], tmp_path / "one.onnx").code == 0
+    res = cli("cls", "eval", tmp_path / "one.onnx", data)  # eval needs the checkpoint; predict takes ONNX
+    assert res.code == 2 and "is an ONNX export, which `predict` takes" in res.err.replace("\n", " ")

@@ -95,8 +95,9 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     probabilities (:class:`vislab.models.ensemble.AveragedNet`). ``vislab cls|seg predict`` on the
     file gives the predictions of the same comma-separated list. Class offsets of members are not
     carried (each was fitted for its own model, as in ``seg predict`` of a list)."""
+    from vislab.calibration import load_offsets
     from vislab.data.seg_classes import SegClasses
-    from vislab.models.checkpoints import load_network
+    from vislab.models.checkpoints import checkpoint_file, load_network
     from vislab.models.ensemble import AveragedNet, check_same_classes
 
     tasks = [_task_of(p) for p in paths]
@@ -111,16 +112,21 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
         if size is not None:
             raise VislabError(None, "--size: an exported classifier ensemble takes its images at the size they were "
                                     "stored at in training; each member resizes them itself")
-        stored = {tuple(m.get("stored_hw") or (32, 32)) for m in metas}
-        if len(stored) > 1:
-            raise VislabError(paths[1], f"stores its images at another size than {paths[0]} ({sorted(stored)}); "
-                                        "the exported graph takes one size")
+        for meta, path in zip(metas, paths):
+            if not meta.get("stored_hw"):
+                raise VislabError(path, "records no stored image size (an older checkpoint); export it alone")
+            if meta["stored_hw"] != metas[0]["stored_hw"]:
+                raise VislabError(path, f"stores its images at {meta['stored_hw']} and {paths[0]} at "
+                                        f"{metas[0]['stored_hw']}; the exported graph takes one size")
     else:
         first = SegClasses.from_dict(metas[0].get("seg_classes"))
         for meta, path in zip(metas[1:], paths[1:]):
-            if not SegClasses.from_dict(meta.get("seg_classes")).same_classes(first):
-                raise VislabError(path, f"predicts other classes than {paths[0]}; an ensemble needs the same classes")
-        info("ensemble: class offsets are fitted per checkpoint, so the export averages unshifted probabilities")
+            theirs = SegClasses.from_dict(meta.get("seg_classes"))
+            if not theirs.same_classes(first):
+                raise VislabError(path, f"predicts other classes ({', '.join(theirs.names)}) than {paths[0]} "
+                                        f"({', '.join(first.names)}); an ensemble needs the same classes")
+        if any(load_offsets(checkpoint_file(p), int(m["num_classes"])) is not None for p, m in zip(paths, metas)):
+            info("ensemble: class offsets are fitted per checkpoint, so the export averages unshifted probabilities")
     channels = len(metas[0]["mean"])
     meta = {key: value for key, value in metas[0].items() if key not in ("recipe", "class_offsets")}
     meta.update(model="ensemble of " + " + ".join(m["model"] for m in metas), image_size=None,

@@ -59,10 +59,13 @@ def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with a smoothed copy (3x3 kernel, centre weight 5 of 13; the border stays as is)."""
+    """Blend with a smoothed copy (3x3 kernel, centre weight 5 of 13; the border stays as is, and
+    an image under 3 pixels high or wide has no interior to smooth)."""
+    if x.shape[-2] < 3 or x.shape[-1] < 3:
+        return x
     k = torch.ones(3, 3, device=x.device, dtype=x.dtype)
     k[1, 1] = 5.0
-    k = (k / k.sum()).expand(x.shape[1], 1, 3, 3)
+    k = (k / k.sum()).expand(x.shape[1], 1, 3, 3).contiguous()
     smooth = x.clone()
     smooth[..., 1:-1, 1:-1] = F.conv2d(x, k, groups=x.shape[1])
     return smooth + _per_sample(factor) * (x - smooth)
@@ -165,7 +168,7 @@ def trivial_augment(x: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: i
     op = chosen_ops(idx, seed=seed, epoch=epoch)
     strength = hash_uniform(seed, epoch, idx, _STRENGTH)
     sign = torch.where(hash_uniform(seed, epoch, idx, _SIGN) < 0.5, -1.0, 1.0).to(x.device)
-    out = x.float()
+    out = x.to(torch.float32, copy=True)  # never the caller's tensor
     for k, fn in enumerate(OPS.values()):
         sel = (op == k).nonzero().flatten()
         if len(sel):

@@ -42,6 +42,8 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
         task: "cls" or "seg" to refuse a checkpoint of the other pipeline.
     """
     p = checkpoint_file(path)
+    if p.suffix == ".onnx":
+        raise VislabError(p, "is an ONNX export, which `predict` takes; this command needs the checkpoint or run folder")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
