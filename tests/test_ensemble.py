@@ -208,3 +208,22 @@ def test_export_refuses_members_stored_at_other_sizes(cli, cls_runs, tmp_path):
     assert cli("export", runs[0], tmp_path / "one.onnx").code == 0
     res = cli("cls", "eval", tmp_path / "one.onnx", data)  # eval needs the checkpoint; predict takes ONNX
     assert res.code == 2 and "is an ONNX export, which `predict` takes" in res.err.replace("\n", " ")
+
+
+def test_eval_at_another_input_size(cli, cls_runs, tmp_path):
+    from vislab.models.checkpoints import load_network
+
+    _, data, runs = cls_runs
+    files = sorted(data.iterdir())
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
+    labels = torch.tensor([int(f.name.split("_")[0]) for f in files])
+    model, meta = load_network(runs[0], task="cls")
+    for size in (None, 48):
+        p = _resized_probs(model, {**meta, "image_size": size}, x)
+        args = ["--image-size", size] if size else []
+        assert cli("cls", "eval", runs[0], data, "--json", tmp_path / "m.json", *args).code == 0
+        got = json.loads((tmp_path / "m.json").read_text())
+        assert got["accuracy"] == pytest.approx(float((p.argmax(1) == labels).float().mean()), abs=1e-6)
+        assert got.get("image_size") == size
+    res = cli("cls", "eval", runs[0], data, "--image-size", 0)
+    assert res.code == 2 and "--image-size: must be > 0" in res.err

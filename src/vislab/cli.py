@@ -190,11 +190,12 @@ def cls_eval(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     tta: str = CLS_TTA_OPTION,
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Test at this input side instead of the training one (every member of an ensemble)."),
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.pipelines.classification import evaluate
 
-    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta)
+    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size)
     t = Table("class", "accuracy", title="per-class accuracy")
     names = res.get("class_names")
     for c, a in res["per_class"].items():

@@ -223,20 +223,24 @@ def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths
 
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
-             predictions_csv: str | Path | None = None, tta: str = "none") -> dict[str, Any]:
+             predictions_csv: str | Path | None = None, tta: str = "none",
+             image_size: int | None = None) -> dict[str, Any]:
     """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder (any
     layout; class names are matched to the checkpoint's). ``ckpt`` may list several checkpoints
-    separated by commas: an ensemble, their class probabilities averaged.
+    separated by commas: an ensemble, their class probabilities averaged. ``image_size`` tests
+    every model at another input side than it was trained at (e.g. larger, as in FixRes).
 
     ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows (class ids; with class
     names also ``label_name,pred_name``).
     """
     from vislab.models.ensemble import members
 
-    check_positive(batch_size=batch_size)
+    check_positive(batch_size=batch_size, **({"image_size": image_size} if image_size is not None else {}))
     check_tta(tta)
     paths = members(ckpt)
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
+    if image_size is not None:
+        models = [(model, {**meta, "image_size": image_size}) for model, meta in models]
     meta = models[0][1]
     data, logits = _ensemble_logits(models, paths, lambda m: _load_labelled(m, img_dir, labels_csv),
                                     batch_size=batch_size, device=device, tta=tta)
@@ -265,6 +269,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         "class_names": names,
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
         **({"ensemble": paths} if len(paths) > 1 else {}),
+        **({"image_size": image_size} if image_size is not None else {}),
     }
 
 
