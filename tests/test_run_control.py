@@ -121,6 +121,24 @@ def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_
     epochs = int(re.search(r"epochs 50 -> (\d+)", line).group(1))
     assert yaml.safe_load((run / "recipe.yaml").read_text())["epochs"] == epochs == len(_epochs(run))
     assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0  # no second measurement
-    assert len(_epochs(run)) == epochs and (run / "changes.txt").read_text().count("--budget") == 1
+    assert len(_epochs(run)) == epochs and (run / "changes.txt").read_text().count("--budget 0.1 min at") == 1
     res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "bad", "--budget", "0")
     assert res.code == 2 and "--budget: must be > 0" in res.err
+
+
+def test_a_budgeted_run_that_runs_over_says_so(cli, color_classes, tmp_path, monkeypatch):
+    from vislab.pipelines import training
+
+    assert training.budget_overrun(10, 630.0) is None  # 5 % over: within
+    assert "training took 10.6 min" in training.budget_overrun(10, 636.0)
+    # a run of a few seconds is "over" a threshold of 1 % of its budget: the line reaches the console,
+    # changes.txt (after the budget's own line) and results.json
+    monkeypatch.setattr(training, "OVERRUN", 0.01)
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=50), "--out", run,
+              "--budget", "0.1")
+    assert res.code == 0, res.err
+    assert "warning: --budget 0.1 min: training took" in (res.err + res.out).replace("\n", " ")
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert "--budget 0.1 min at" in lines[-2] and lines[-1].startswith("--budget 0.1 min: training took")
+    assert json.loads((run / "results.json").read_text())["changes"][-1] == lines[-1]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vislab.config import Recipe
+from vislab.io import atomic_write_text
 from vislab.log import info
 
 
@@ -74,6 +75,24 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if done is None:
         return None
     result, best = done
+    if recipe.budget_minutes and not job.resume:
+        line = budget_overrun(recipe.budget_minutes, result["train_seconds"])
+        if line:  # planned once from the first steps: a machine that slows down later runs over
+            info(f"warning: {line}")
+            changes.append(line)
+            atomic_write_text("".join(f"{c}\n" for c in changes), job.out / "changes.txt")
     if changes:
         result["changes"] = changes
     return result, best, recipe
+
+
+OVERRUN = 1.05
+"""A budgeted run that trains longer than this times its budget says so."""
+
+
+def budget_overrun(budget_minutes: float, train_seconds: float) -> str | None:
+    """The line a budgeted run adds when it trained over ``OVERRUN`` x its budget, else None."""
+    if train_seconds <= OVERRUN * budget_minutes * 60:
+        return None
+    return (f"--budget {budget_minutes:g} min: training took {train_seconds / 60:.1f} min; the epochs were planned "
+            f"from the speed of the first steps, and the run was slower than that")
