@@ -52,7 +52,15 @@ def test_cls_ensemble_averages_probabilities(cli, cls_runs, tmp_path):
     got = json.loads((tmp_path / "m.json").read_text())
     assert got["accuracy"] == pytest.approx(float((avg.argmax(1) == labels).float().mean()), abs=1e-6)
     assert got["ensemble"] == [str(r) for r in runs]
-    assert cli("cls", "predict", spec, data, tmp_path / "p.csv").code == 0
+    import vislab.pipelines.classification as pc
+
+    reads = []
+    real = pc.load_folder
+    pc_load = lambda *a, **k: reads.append(a[0]) or real(*a, **k)  # noqa: E731 - a spy that reads for real
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pc, "load_folder", pc_load)
+        assert cli("cls", "predict", spec, data, tmp_path / "p.csv").code == 0
+    assert len(reads) == 1  # both members store 32 px images: the folder is decoded once
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [int(r["label"]) for r in rows] == avg.argmax(1).tolist()
     # the members disagree somewhere, or the ensemble would test nothing

@@ -202,14 +202,18 @@ def teacher_probs(teachers: tuple[str, ...], data: Any, train_dir: str | Path,
 def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str], read: Any, *,
                      batch_size: int, device: str | None, tta: str) -> tuple[Any, torch.Tensor]:
     """(the folder as the first model reads it, log of the class probabilities averaged over the
-    models). ``read(meta)`` decodes the folder for one model (its own stored size); every model
-    must see the same files and labels."""
+    models). ``read(meta)`` decodes the folder for one model (its own stored size), once per
+    stored size; every model must see the same files and labels."""
     from vislab.models.ensemble import check_same_classes
 
     check_same_classes([m for _, m in models], paths, keys=("num_classes", "class_names"))
     first, total = None, None
+    decoded: dict[Any, Any] = {}
     for (model, meta), path in zip(models, paths):
-        data = read(meta)
+        size = stored_size(meta)
+        if size not in decoded:
+            decoded[size] = read(meta)
+        data = decoded[size]
         if first is None:
             first = data
         elif list(data.files) != list(first.files):
