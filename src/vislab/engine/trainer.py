@@ -220,8 +220,13 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
     if changes:
-        atomic_write_text("".join(f"{line}\n" for line in changes), out_dir / "changes.txt")
+        write_changes(out_dir, changes)
     return None
+
+
+def write_changes(out_dir: Path, changes: list[str]) -> None:
+    """``changes.txt``: the settings the run decided or changed, a line each."""
+    atomic_write_text("".join(f"{line}\n" for line in changes), out_dir / "changes.txt")
 
 
 def resolve_lr(recipe: Recipe, trainer: pl.Trainer) -> tuple[Recipe, list[str]]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vislab.config import Recipe
-from vislab.io import atomic_write_text
 from vislab.log import info
 
 
@@ -47,7 +46,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     import lightning.pytorch as pl
 
     from vislab.engine.trainer import (budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch)
+                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
+                                       write_changes)
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -80,7 +80,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         if line:  # planned once from the first steps: a machine that slows down later runs over
             info(f"warning: {line}")
             changes.append(line)
-            atomic_write_text("".join(f"{c}\n" for c in changes), job.out / "changes.txt")
+            write_changes(job.out, changes)
     if changes:
         result["changes"] = changes
     return result, best, recipe
