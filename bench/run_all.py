@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SAVED = HERE / ".out"
-NO_DATA_OPTION = {"seg_predict_cpu.py", "bench_cls_cache.py", "bench_defaults.py"}  # they make their own inputs
+NO_DATA_OPTION = {"seg_predict_cpu.py", "bench_cls_cache.py", "bench_defaults.py", "bench_malloc.py"}  # they make their own inputs
 MARKER = "<!-- everything below is written by bench/run_all.py -->"
 BENCHES = {
     "bench_p1_input.py": [],
@@ -30,6 +30,7 @@ BENCHES = {
     "bench_train.py": ["--scaling"],
     "bench_cls_cache.py": [],
     "bench_defaults.py": [],
+    "bench_malloc.py": [],
     "bench_train_gpu.py": [],  # only where a CUDA GPU is present (--quick runs it on the CPU)
 }
 QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--limit", "4", "--loop-pixels", "4096"],
@@ -38,6 +39,7 @@ QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--
          "bench_predict.py": ["--p1-images", "8", "--p2-images", "1", "--repeat", "1", "--variants", "eager fp32,onnxruntime"],
          "bench_course_limits.py": ["--p1-images", "20", "--p2-images", "1"],
          "bench_train.py": ["--recipes", "cls-fast", "seg-fast", "--steps", "1", "--p2-pairs", "16"],
+         "bench_malloc.py": ["--quick"],
          # bench_cls_cache.py and bench_defaults.py have their own --quick (1-5 minutes on 2 shared
          # cores, training included): too slow for the test suite's smoke run, so run_all --quick skips them
          "bench_train_gpu.py": ["--recipes", "cls-fast", "--steps", "1", "--variants", "fp32", "amp"]}

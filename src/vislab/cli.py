@@ -27,6 +27,9 @@ out = Console(highlight=False)
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors.")) -> None:
     """vislab."""
+    from vislab.memory import keep_freed_memory
+
+    keep_freed_memory()  # big activations reuse their pages batch after batch (bench/bench_malloc.py)
 
 
 def _write_json(res: dict[str, Any], path: Path | None) -> None:
