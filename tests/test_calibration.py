@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from vislab.calibration import (_confusion_with, _scores_along, apply_offsets, fit_offsets, load_offsets,
-                                offsets_file, save_offsets)
+from vislab.calibration import (_confusion_with, _scores_along, apply_offsets, fit_offsets, load_calibration,
+                                load_offsets, offsets_file, save_offsets, scale_candidates)
 from vislab.errors import VislabError
 from vislab.metrics import course_miou
 
@@ -69,3 +69,24 @@ def test_offsets_file_round_trip_stale_and_malformed(tmp_path, capsys):
     path.write_text("{not json")
     with pytest.raises(VislabError, match="best.offsets.json.*not a readable offsets file"):
         load_offsets(ckpt, 7)
+
+
+def test_scale_candidates_by_hand():
+    assert scale_candidates(0.5) == [0.4, 0.5, 0.625, 0.75]
+    assert scale_candidates(0.75) == [0.6, 0.75, 0.9375, 1.0]  # 1.125 and 1.0 both become 1.0
+    assert scale_candidates(0.8) == [0.64, 0.8, 1.0]
+    assert scale_candidates(1.0) == [1.0] and scale_candidates(2.0) == [2.0]
+
+
+def test_calibration_file_carries_the_evaluation_scale(tmp_path):
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    off = torch.tensor([0.5, -0.25, 0.0])
+    save_offsets(ckpt, off, infer_scale=0.625)
+    got = load_calibration(ckpt, 3)
+    assert got is not None and torch.equal(got[0], off) and got[1] == 0.625
+    save_offsets(ckpt, off)  # an older file, or a model without a scale: offsets only
+    assert load_calibration(ckpt, 3)[1] is None
+    save_offsets(ckpt, off, infer_scale=-1)
+    with pytest.raises(VislabError, match="best.offsets.json: infer_scale -1 is not in"):
+        load_calibration(ckpt, 3)

@@ -154,6 +154,57 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     assert res.code != 0 and "all.ckpt" in res.err and "without a held-out split" in res.err
 
 
+def test_calibration_chooses_the_evaluation_scale_and_score_predict_export_apply_it(cli, seg_run, tmp_path):
+    """The scale search: each scale's unfitted mIoU equals `seg score --no-offsets` of a copy of the
+    checkpoint whose recipe predicts at that scale (another code path), the kept scale is the best
+    with offsets; a calibration's scale is what score, predict (both engines, the ONNX cache keyed
+    by it) and export use."""
+    from vislab.calibration import save_offsets
+    from vislab.pipelines.segmentation import calibrate, evaluate_checkpoint
+
+    val = seg_run / "val"
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    rec = calibrate(ckpt, val, split="all", stride=1, scales=[0.5, 1.0])
+    assert [r["scale"] for r in rec["scales"]] == [0.5, 0.75, 1.0]  # the trained 0.75 is always tried
+    kept = max(rec["scales"], key=lambda r: r["miou_after"])
+    assert rec["infer_scale"] == kept["scale"] and rec["miou_after"] == kept["miou_after"]
+    assert rec["miou_before"] == rec["scales"][1]["miou_before"] and rec["trained_scale"] == 0.75
+    blob = torch.load(ckpt, weights_only=True)
+    copies = {}
+    for r in rec["scales"]:
+        blob["vislab"]["recipe"]["infer_scale"] = r["scale"]
+        copies[r["scale"]] = tmp_path / f"s{r['scale']}.ckpt"
+        torch.save(blob, copies[r["scale"]])
+        assert evaluate_checkpoint(copies[r["scale"]], val, offsets=False)["miou"] == pytest.approx(
+            r["miou_before"], abs=2e-3)
+    assert evaluate_checkpoint(ckpt, val)["miou"] == pytest.approx(rec["miou_after"], abs=2e-3)
+
+    # a calibration at scale 1.0 with zero offsets is the same model as the copy trained for 1.0
+    save_offsets(ckpt, torch.zeros(7), infer_scale=1.0)
+    full = evaluate_checkpoint(copies[1.0], val, offsets=False)
+    assert evaluate_checkpoint(ckpt, val)["confusion"] == full["confusion"]
+    assert evaluate_checkpoint(ckpt, val, offsets=False)["confusion"] == evaluate_checkpoint(copies[0.75], val, offsets=False)["confusion"]
+    res = cli("seg", "score", ckpt, val)
+    assert res.code == 0 and "evaluation scale 1 (trained 0.75)" in " ".join(res.err.split())
+    masks = {}
+    for engine, scale in (("onnx", 1.0), ("torch", 1.0), ("onnx", 0.5)):
+        save_offsets(ckpt, torch.zeros(7), infer_scale=scale)
+        assert cli("seg", "predict", ckpt, val, tmp_path / f"{engine}{scale}", "--engine", engine).code == 0
+        assert cli("seg", "eval", tmp_path / f"{engine}{scale}", val, "--json", tmp_path / "m.json").code == 0
+        masks[engine, scale] = json.loads((tmp_path / "m.json").read_text())["confusion"]
+    assert masks["onnx", 1.0] == masks["torch", 1.0] == full["confusion"]
+    assert masks["onnx", 0.5] == evaluate_checkpoint(copies[0.5], val, offsets=False)["confusion"]
+    res = cli("export", ckpt, tmp_path / "m.onnx")
+    assert res.code == 0, res.err
+    from vislab.export import OnnxNet
+
+    assert OnnxNet(tmp_path / "m.onnx").meta["recipe"]["infer_scale"] == 0.5
+    assert cli("seg", "predict", tmp_path / "m.onnx", val, tmp_path / "from_onnx").code == 0
+    assert cli("seg", "eval", tmp_path / "from_onnx", val, "--json", tmp_path / "m.json").code == 0
+    assert json.loads((tmp_path / "m.json").read_text())["confusion"] == masks["onnx", 0.5]
+
+
 def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     d = tmp_path / "test"
     d.mkdir()

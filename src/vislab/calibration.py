@@ -6,7 +6,12 @@ rewards something else (a rare, confusable class such as rangeland counts as muc
 Adding one offset per class to the log-probabilities before the argmax moves the decision
 boundaries towards the mIoU optimum. The offsets are chosen on pairs the network was not trained
 on (the run's held-out split) and stored beside the checkpoint as ``<ckpt>.offsets.json``, with
-the checkpoint's digest; ``seg score`` / ``seg predict`` apply them when they match it.
+the checkpoint's digest; ``seg score`` / ``seg predict`` / ``export`` apply them when they match it.
+
+A model that predicts on resized tiles (a recipe's ``infer_scale`` below 1) may do better at
+another evaluation scale than the one it was trained with: the calibration then also tries the
+scales of :func:`scale_candidates`, fits offsets at each, and keeps the best (``infer_scale`` in
+the same file; :func:`load_segmenter` applies both).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from vislab.errors import VislabError
 from vislab.io import atomic_write_text, file_digest
 from vislab.log import info
 from vislab.metrics import confusion_matrix, course_miou
+
+SCALE_FACTORS = (0.8, 1.0, 1.25, 1.5)
+"""Evaluation scales tried by a calibration, as multiples of the trained one (at most 1)."""
 
 OFFSET_STEPS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 2.0)
 """Moves tried for one class's offset per sweep of the coordinate ascent (log-probability units)."""
@@ -92,13 +100,23 @@ def apply_offsets(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Te
     return (probs * offsets.exp().to(probs.device).view(1, -1, 1, 1)).argmax(1)
 
 
+def scale_candidates(trained: float) -> list[float]:
+    """The evaluation scales a calibration tries for a model trained to predict at ``trained``:
+    ``trained`` times :data:`SCALE_FACTORS`, none above 1 (full resolution); a full-resolution
+    model keeps its scale."""
+    if trained >= 1.0:
+        return [trained]
+    return sorted({round(min(1.0, trained * f), 4) for f in SCALE_FACTORS})
+
+
 def offsets_file(ckpt: Path) -> Path:
     """Where the offsets of checkpoint ``ckpt`` live: ``best.ckpt`` -> ``best.offsets.json``."""
     return ckpt.with_name(f"{ckpt.stem}.offsets.json")
 
 
 def save_offsets(ckpt: Path, offsets: torch.Tensor, **record: Any) -> Path:
-    """Write the offsets of ``ckpt`` (with its digest and ``record``) atomically beside it."""
+    """Write the offsets of ``ckpt`` (with its digest and ``record``, which may hold the chosen
+    ``infer_scale``) atomically beside it."""
     path = offsets_file(ckpt)
     body = {"checkpoint": ckpt.name, "sha256": file_digest(ckpt),
             "offsets": [round(float(v), 6) for v in offsets], **record}
@@ -106,8 +124,9 @@ def save_offsets(ckpt: Path, offsets: torch.Tensor, **record: Any) -> Path:
     return path
 
 
-def load_offsets(ckpt: Path, num_classes: int) -> torch.Tensor | None:
-    """The offsets stored for ``ckpt``, or None when there are none or they belong to another file."""
+def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float | None] | None:
+    """(offsets, evaluation scale or None) stored for ``ckpt``; None when there is no file or it
+    belongs to another file (said)."""
     path = offsets_file(ckpt)
     if not path.is_file():
         return None
@@ -115,12 +134,44 @@ def load_offsets(ckpt: Path, num_classes: int) -> torch.Tensor | None:
         body = json.loads(path.read_text())
         offsets = torch.tensor([float(v) for v in body["offsets"]])
         digest = str(body["sha256"])
+        scale = None if body.get("infer_scale") is None else float(body["infer_scale"])
     except (ValueError, KeyError, TypeError) as exc:
         raise VislabError(path, f"not a readable offsets file ({type(exc).__name__}: {exc})") from None
     if offsets.numel() != num_classes:
         raise VislabError(path, f"holds {offsets.numel()} offsets; the checkpoint has {num_classes} classes")
+    if scale is not None and not 0 < scale <= 8:
+        raise VislabError(path, f"infer_scale {scale:g} is not in (0, 8]")
     if digest != file_digest(ckpt):
         info(f"warning: {path} was fitted for an earlier {ckpt.name}; ignored (run `vislab seg calibrate` again)")
         return None
-    info(f"class offsets from {path}: {', '.join(f'{v:+.2f}' for v in offsets.tolist())}")
-    return offsets
+    return offsets, scale
+
+
+def load_offsets(ckpt: Path, num_classes: int) -> torch.Tensor | None:
+    """The offsets stored for ``ckpt``, or None when there are none or they belong to another file."""
+    found = load_calibration(ckpt, num_classes)
+    return None if found is None else found[0]
+
+
+def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A segmentation checkpoint's network and metadata (:func:`vislab.models.checkpoints.load_network`)
+    with its calibration applied when ``calibrated`` and one matches the file: the offsets go into
+    ``meta["class_offsets"]`` (for the argmax, and for an export's metadata), a chosen evaluation
+    scale into the network and ``meta["recipe"]["infer_scale"]``. Both are said on the console."""
+    from vislab.models.checkpoints import checkpoint_file, load_network
+
+    file = checkpoint_file(path)
+    model, meta = load_network(file, task="seg")
+    found = load_calibration(file, int(meta["num_classes"])) if calibrated else None
+    if found is None:
+        return model, meta
+    offsets, scale = found
+    meta = {**meta, "class_offsets": offsets.tolist()}
+    line = f"calibration from {offsets_file(file)}: class offsets {', '.join(f'{v:+.2f}' for v in offsets.tolist())}"
+    trained = float(meta.get("recipe", {}).get("infer_scale", 1.0))
+    if scale is not None and scale != trained and hasattr(model, "scale"):
+        model.scale = scale
+        meta["recipe"] = {**meta.get("recipe", {}), "infer_scale": scale}
+        line += f"; evaluation scale {scale:g} (trained {trained:g})"
+    info(line)
+    return model, meta

@@ -252,7 +252,8 @@ def cls_tsne(
 # --- P2 ------------------------------------------------------------------------------------
 
 OffsetsOpt = typer.Option(True, "--offsets/--no-offsets",
-                          help="Apply the class offsets that `vislab seg calibrate` stored for the checkpoint.")
+                          help="Apply the calibration that `vislab seg calibrate` stored for the checkpoint (class "
+                               "offsets, and the evaluation scale it chose); --no-offsets: the network as trained.")
 ClassesOpt = typer.Option(None, "--classes", help="Classes file (mask_format, ignore_index, classes); default: "
                           "classes.yaml in the data folder or the one above, else the course's 7 land-cover colours.")
 
@@ -349,17 +350,35 @@ def seg_calibrate(
     tta: str = typer.Option("none", "--tta", help="none | flip | d4: the views averaged while fitting."),
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder."),
     device: Optional[str] = typer.Option(None, "--device"),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Comma-separated evaluation scales to try besides the "
+                                         "recipe's infer_scale (default: it x 0.8, 1.25, 1.5, at most 1; a "
+                                         "full-resolution model keeps its scale)."),
 ) -> None:
-    """Fit one logit offset per class for the mIoU; score and predict then apply them."""
+    """Fit one logit offset per class for the mIoU (and, for a model that predicts on resized tiles,
+    choose the evaluation scale); score, predict and export then apply them."""
     from vislab.paths import data_root
     from vislab.pipelines.segmentation import calibrate
 
     if pairs_dir is None:
         pairs_dir = data_root(data) / "p2_data" / "train"
-    rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device)
+    tried = None
+    if scales is not None:
+        try:
+            tried = [float(v) for v in scales.split(",") if v.strip()]
+        except ValueError:
+            raise VislabError(None, f"--scales: {scales!r} is not a comma-separated list of numbers") from None
+        if not tried:
+            raise VislabError(None, "--scales: give at least one scale")
+    rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device, scales=tried)
+    if len(rec["scales"]) > 1:
+        for row in rec["scales"]:
+            out.print(f"scale {row['scale']:g}: mIoU {row['miou_before']:.4f}, {row['miou_after']:.4f} with offsets"
+                      + ("  <- kept" if row["scale"] == rec["infer_scale"] else ""))
     shown = ", ".join(f"{n} {v:+.2f}" for n, v in zip(rec["classes"], rec["offsets"]))
     out.print(f"offsets: {shown}")
-    out.print(f"mIoU on {rec['files']} {rec['split']} pairs: {rec['miou_before']:.4f} -> {rec['miou_after']:.4f}")
+    at = f" (evaluation scale {rec['trained_scale']:g} -> {rec['infer_scale']:g})" \
+        if rec["infer_scale"] != rec["trained_scale"] else ""
+    out.print(f"mIoU on {rec['files']} {rec['split']} pairs: {rec['miou_before']:.4f} -> {rec['miou_after']:.4f}{at}")
     out.print(f"wrote {rec['file']}")
 
 

@@ -5,7 +5,8 @@ batch (N, 3, H, W) already normalised with the checkpoint's mean/std (and, for P
 its ``image_size``), output ``logits``. The batch axis is dynamic; the spatial size is fixed at
 export time. The checkpoint's metadata travels inside the file (``metadata_props["vislab"]``),
 so ``vislab cls|seg predict model.onnx ...`` works without the checkpoint; so do a segmenter's
-class offsets from ``vislab seg calibrate`` (``class_offsets``; the logits stay the network's).
+class offsets from ``vislab seg calibrate`` (``class_offsets``; the logits stay the network's,
+at the calibrated evaluation scale when the calibration chose one).
 
 Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
 """
@@ -61,21 +62,20 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     Returns:
         ``{"path", "input_shape", "bytes", "max_abs_diff", "atol"}`` (the last two when checked).
     """
-    from vislab.calibration import load_offsets
-    from vislab.models.checkpoints import checkpoint_file, load_network
+    from vislab.calibration import load_segmenter
+    from vislab.models.checkpoints import load_network
     from vislab.models.ensemble import members
 
     paths = members(ckpt)
     if len(paths) > 1:
         return export_ensemble(paths, out, size=size, opset=opset, check=check)
     task = _task_of(ckpt)
-    model, meta = load_network(ckpt, task=task)
+    # a segmenter's calibration: the evaluation scale goes into the graph, the offsets into the
+    # metadata (applied by predict)
+    model, meta = load_segmenter(ckpt) if task == "seg" else load_network(ckpt, task=task)
     if size is not None and task == "cls" and meta.get("image_size"):
         raise VislabError(None, f"--size: this classifier takes {meta['image_size']}x{meta['image_size']} inputs "
                                 "(its recipe's image_size); the export has that size")
-    offsets = load_offsets(checkpoint_file(ckpt), int(meta["num_classes"])) if task == "seg" else None
-    if offsets is not None:  # `vislab seg calibrate`'s offsets travel in the metadata, applied by predict
-        meta = {**meta, "class_offsets": offsets.tolist()}
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
 
 
@@ -95,9 +95,9 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     probabilities (:class:`vislab.models.ensemble.AveragedNet`). ``vislab cls|seg predict`` on the
     file gives the predictions of the same comma-separated list. Class offsets of members are not
     carried (each was fitted for its own model, as in ``seg predict`` of a list)."""
-    from vislab.calibration import load_offsets
+    from vislab.calibration import load_segmenter
     from vislab.data.seg_classes import SegClasses
-    from vislab.models.checkpoints import checkpoint_file, load_network
+    from vislab.models.checkpoints import load_network
     from vislab.models.ensemble import AveragedNet, check_same_classes
 
     tasks = [_task_of(p) for p in paths]
@@ -105,7 +105,8 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
         if task != tasks[0]:
             raise VislabError(path, f"is a {task} model and {paths[0]} a {tasks[0]} model; an ensemble has one task")
     task = tasks[0]
-    loaded = [load_network(p, task=task) for p in paths]
+    # each segmenter at its calibrated evaluation scale, if it has one
+    loaded = [load_segmenter(p) if task == "seg" else load_network(p, task=task) for p in paths]
     metas = [m for _, m in loaded]
     if task == "cls":
         check_same_classes(metas, paths, keys=("num_classes", "class_names"))
@@ -125,7 +126,7 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
             if not theirs.same_classes(first):
                 raise VislabError(path, f"predicts other classes ({', '.join(theirs.names)}) than {paths[0]} "
                                         f"({', '.join(first.names)}); an ensemble needs the same classes")
-        if any(load_offsets(checkpoint_file(p), int(m["num_classes"])) is not None for p, m in zip(paths, metas)):
+        if any("class_offsets" in m for m in metas):
             info("ensemble: class offsets are fitted per checkpoint, so the export averages unshifted probabilities")
     channels = len(metas[0]["mean"])
     meta = {key: value for key, value in metas[0].items() if key not in ("recipe", "class_offsets")}
@@ -241,15 +242,17 @@ def model_file(path: str | Path, engine: str = "auto") -> Path:
 
 
 def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tuple[int, int] | None = None,
-                   device: str | None = None) -> tuple[Any, dict[str, Any]]:
+                   device: str | None = None, calibrated: bool = True) -> tuple[Any, dict[str, Any]]:
     """The network ``predict`` runs, and the checkpoint metadata.
 
     ``path`` is a checkpoint, a run folder or an exported ``.onnx``. Engines: ``onnx`` (ONNX
     Runtime; the fastest on CPUs in bench/bench_predict.py), ``torch`` (eager, channels_last on
     CPUs) and ``auto`` (ONNX Runtime on a CPU when it is installed, else torch). A checkpoint is
     exported once per (file, input size) into the cache folder, and checked against PyTorch.
-    ``hw`` is the input images' size.
+    ``hw`` is the input images' size. A segmenter's checkpoint comes with its calibration
+    (:func:`vislab.calibration.load_segmenter`) unless ``calibrated`` is False.
     """
+    from vislab.calibration import load_segmenter
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
     model_file(path, engine)
@@ -264,7 +267,7 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
         if meta.get("task") != task:
             raise VislabError(path, f"is a {meta.get('task')} model ({meta.get('model')}); expected a {task} model")
         return net, meta
-    model, meta = load_network(path, task=task)
+    model, meta = load_segmenter(path, calibrated=calibrated) if task == "seg" else load_network(path, task=task)
     if on_cpu:
         model = model.to(memory_format=torch.channels_last)  # measured faster for eager CPU inference
     if engine == "torch" or (engine == "auto" and not (on_cpu and onnx_available())):
@@ -290,7 +293,7 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
     from vislab.data.cache import cache_dir
     from vislab.io import file_digest
 
-    salt = f"{shape}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}"
+    salt = f"{shape}|{getattr(model, 'scale', None)}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}"
     onnx_path = cache_dir() / "onnx" / f"{ckpt.stem}-{file_digest(ckpt, salt=salt)[:20]}.onnx"
     if not onnx_path.is_file():
         export_network(model.to(memory_format=torch.contiguous_format), meta, onnx_path, shape=shape)

@@ -5,11 +5,11 @@ tiles (course mIoU) or any data set described by a classes file (standard mIoU; 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
-from vislab.calibration import apply_offsets, fit_offsets, load_offsets, save_offsets
+from vislab.calibration import apply_offsets, fit_offsets, load_segmenter, save_offsets, scale_candidates
 from vislab.config import Recipe
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
@@ -100,8 +100,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result, best, recipe = done
     if recipe.calibrate and data.holdout_pairs:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
-        info(f"class offsets fitted on the held-out pairs: mIoU {result['calibration']['miou_before']:.4f} -> "
-             f"{result['calibration']['miou_after']:.4f}")
+        cal = result["calibration"]
+        at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
+        info(f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}")
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]
@@ -209,7 +210,8 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     sizes = [image_size(f) for f in files]
     hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
-    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device))
+    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device,
+                                                                 calibrated=offsets))
               for p in paths]
     for (model, _), path in zip(models, paths):
         _check_fixed_input(model, path, files, sizes, tta)
@@ -321,11 +323,11 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
                         device: str | None = None, offsets: bool = True) -> dict[str, Any]:
     """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
     checkpoint's description; ``offsets`` as in :func:`predict`."""
-    from vislab.models.checkpoints import load_network, pick_device
+    from vislab.models.checkpoints import pick_device
 
     paths = members(ckpt)
     dev = pick_device(device)
-    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_network(p, task="seg")) for p in paths]
+    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets)) for p in paths]
     desc = _ensemble_classes(models, paths)
     check_described_alike(img_dir, desc)
     shift = _ensemble_offsets(paths, models) if offsets else None
@@ -349,11 +351,14 @@ def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]
 
 
 def _ensemble_offsets(paths: list[str], models: list[tuple[Any, dict[str, Any]]]) -> torch.Tensor | None:
-    """A single model's calibrated offsets; none for an ensemble (each model's were fitted for its
-    own probabilities, not for their average)."""
+    """A single model's calibrated offsets (a checkpoint's from :func:`load_segmenter`, an
+    export's from its metadata); none for an ensemble (each model's were fitted for its own
+    probabilities, not for their average; each member keeps its calibrated evaluation scale)."""
+    stored = [meta.get("class_offsets") for _, meta in models]
     if len(paths) == 1:
-        return _offsets_for(paths[0], models[0][1])
-    info("ensemble: class offsets are fitted per checkpoint, so the averaged probabilities are used unshifted")
+        return None if stored[0] is None else torch.tensor([float(v) for v in stored[0]])
+    if any(v is not None for v in stored):
+        info("ensemble: class offsets are fitted per checkpoint, so the averaged probabilities are used unshifted")
     return None
 
 
@@ -382,24 +387,19 @@ def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, class
                 yield p, truth
 
 
-def _offsets_for(ckpt: str | Path, meta: dict[str, Any]) -> torch.Tensor | None:
-    from vislab.models.checkpoints import checkpoint_file
-
-    path = checkpoint_file(ckpt)
-    if path.suffix == ".onnx":  # an export carries its checkpoint's offsets in its metadata
-        stored = meta.get("class_offsets")
-        return None if stored is None else torch.tensor([float(v) for v in stored])
-    return load_offsets(path, int(meta["num_classes"]))
-
-
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
-              batch_size: int = 4, device: str | None = None, stride: int = 2) -> dict[str, Any]:
+              batch_size: int = 4, device: str | None = None, stride: int = 2,
+              scales: Sequence[float] | None = None) -> dict[str, Any]:
     """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, for
     the mIoU of its data set, and store them beside it (see :mod:`vislab.calibration`).
 
     ``split="holdout"``: ``pairs_dir`` is the run's training folder and its held-out split (the
     recipe's fraction and seed) is used; ``split="all"``: every pair of ``pairs_dir``. Pixels are
-    sampled every ``stride`` rows and columns.
+    sampled every ``stride`` rows and columns. ``scales``: the evaluation scales to try besides the
+    recipe's ``infer_scale`` (default :func:`vislab.calibration.scale_candidates` of it); offsets are
+    fitted at each and the scale with the best mIoU is kept (a tie keeps the trained scale, else
+    the smaller). ``miou_before`` is the trained scale's without offsets, ``miou_after`` the kept
+    scale's with them.
     """
     from vislab.data.segmentation import holdout_split
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
@@ -409,8 +409,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     desc = classes_of(meta)
     check_described_alike(pairs_dir, desc)
     pairs = list_pairs(pairs_dir)
+    recipe = meta.get("recipe", {})
     if split == "holdout":
-        recipe = meta.get("recipe", {})
         fraction = float(recipe.get("holdout", 0.0))
         if fraction <= 0:
             raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
@@ -426,10 +426,46 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")
     if not pairs:
         raise VislabError(pairs_dir, "no labelled pairs to calibrate on")
+    trained = float(recipe.get("infer_scale", 1.0))
+    if not hasattr(model, "scale"):
+        if scales and list(scales) != [trained]:
+            raise VislabError(path, f"{meta['model']} predicts at one scale only; calibrate it without --scales")
+        tried = [trained]
+    else:
+        tried = sorted({float(v) for v in scales} | {trained}) if scales else scale_candidates(trained)
+    bad = [v for v in tried if not 0 < v <= 8]
+    if bad:
+        raise VislabError(None, f"--scales: {bad[0]:g} is not in (0, 8]")
     dev = pick_device(device)
     model = model.to(dev)
+    per_scale: list[dict[str, Any]] = []
+    best: tuple[float, torch.Tensor] | None = None
+    for scale in tried:
+        if hasattr(model, "scale"):
+            model.scale = scale
+        offsets, before, after = _fit_at_scale(model, meta, pairs, desc, tta=tta, batch_size=batch_size,
+                                               device=dev, stride=stride)
+        per_scale.append({"scale": scale, "miou_before": round(before, 6), "miou_after": round(after, 6)})
+        if len(tried) > 1:
+            info(f"evaluation scale {scale:g}: mIoU {before:.4f}, {after:.4f} with its offsets")
+        if best is None or (after, scale == trained, -scale) > (best[0], best[2] == trained, -best[2]):
+            best = (after, offsets, scale)
+    assert best is not None
+    after, offsets, chosen = best
+    before = next(s["miou_before"] for s in per_scale if s["scale"] == trained)
+    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
+              "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
+              "trained_scale": trained, "infer_scale": chosen, "scales": per_scale}
+    record["file"] = str(save_offsets(path, offsets, **record))
+    record["offsets"] = [round(float(v), 6) for v in offsets]
+    return record
+
+
+def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,
+                  device: torch.device, stride: int) -> tuple[torch.Tensor, float, float]:
+    """:func:`vislab.calibration.fit_offsets` on the probabilities of ``model`` as it stands."""
     logps, truths = [], []
-    for probs, truth in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=dev):
+    for probs, truth in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out
@@ -439,12 +475,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     else:
         lp, tr = torch.stack(logps), torch.stack(truths)
     # only the scored classes move: the course's raised "unknown" would buy mIoU by abstaining on hard pixels
-    offsets, before, after = fit_offsets(lp, tr, searched=range(desc.scored), miou=desc.miou)
-    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
-              "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6)}
-    record["file"] = str(save_offsets(path, offsets, **record))
-    record["offsets"] = [round(float(v), 6) for v in offsets]
-    return record
+    return fit_offsets(lp, tr, searched=range(desc.scored), miou=desc.miou)
 
 
 def progress(run_dir: str | Path, *, out_png: str | Path, epochs: list[int] | None = None) -> Path:
