@@ -13,7 +13,7 @@ from vislab.config import Recipe
 from vislab.data.seg_classes import IGNORE
 from vislab.engine.base import decay_groups
 from vislab.engine.losses import build_loss, inverse_sqrt_frequency
-from vislab.engine.optim import build_optimization, rescale_schedule
+from vislab.engine.optim import ScheduleWarp, build_optimization, rescale_schedule
 
 
 def _lrs(scheduler: str, *, epochs: int, spe: int, warmup: float, lr: float = 1.0) -> list[float]:
@@ -46,6 +46,38 @@ def test_rescaled_schedule_keeps_the_fraction_done():
     state = {"last_epoch": 30, "_step_count": 31}
     assert rescale_schedule(state, 12, 6) and state == {"last_epoch": 15, "_step_count": 16}
     assert not rescale_schedule(state, 6, 6) and state["last_epoch"] == 15
+
+
+def test_schedule_warp_by_hand():
+    """A 100-step schedule cut at step 40 to end at 70: steps 40..70 run through 40..100 of the
+    original (2 per step); cut again at 55 (original 70) to end at 60: 30 original steps in 5."""
+    w = ScheduleWarp(100)
+    assert [w(s) for s in (0, 37, 100)] == [0, 37, 100]
+    w.replan(40, 70)
+    assert [w(s) for s in (10, 40, 55, 70)] == pytest.approx([10, 40, 70, 100])
+    w.replan(55, 60)
+    assert [w(s) for s in (50, 55, 57, 60)] == pytest.approx([60, 70, 82, 100])
+    assert ScheduleWarp(100, [(40, 70)]).rescaled(0.5).knots == [(20, 35)]
+    with pytest.raises(ValueError, match="precedes"):
+        w.replan(50, 58)
+    # through the optimiser: 2 epochs of 5 cosine steps cut after the first epoch to end with it
+    p = torch.nn.Parameter(torch.zeros(1))
+    warp = ScheduleWarp(10)
+    opt = build_optimization([p], Recipe(task="cls", model="simple_cnn", lr=1.0, epochs=2, optimizer="sgd"),
+                             steps_per_epoch=5, warp=warp)
+    lrs = []
+    for step in range(8):
+        if step == 4:
+            warp.replan(4, 8)  # 6 original steps left in 4: 1.5 each
+        lrs.append(opt["optimizer"].param_groups[0]["lr"])
+        opt["optimizer"].step()
+        opt["lr_scheduler"]["scheduler"].step()
+    want = [0.5 * (1 + math.cos(math.pi * s / 10)) for s in (0, 1, 2, 3)]
+    # the rate of step 4 was set when step 3 ended, before the cut; from step 5 on it is warped
+    want += [0.5 * (1 + math.cos(math.pi * 4 / 10))] + [0.5 * (1 + math.cos(math.pi * (4 + 1.5 * k) / 10))
+                                                        for k in (1, 2, 3)]
+    assert lrs == pytest.approx(want)
+    assert 0.5 * (1 + math.cos(math.pi * warp(8) / 10)) == pytest.approx(0.0)
 
 
 def test_weight_decay_leaves_biases_and_norms_alone():

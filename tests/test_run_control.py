@@ -110,8 +110,17 @@ def test_budget_epochs_by_hand():
     assert (tiny.epochs, tiny.limit_train_batches) == (1, 1)  # at least one epoch of one batch
 
 
-def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path):
+def _frozen_budget_clock(monkeypatch):
+    """The budget's epoch-end re-planning sees no time pass (its own tests drive it)."""
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: 0.0))
+
+
+def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path, monkeypatch):
     import re
+
+    _frozen_budget_clock(monkeypatch)
 
     recipe = _recipe(tmp_path, "r.yaml", epochs=50)
     run = tmp_path / "run"
@@ -134,6 +143,7 @@ def test_a_budgeted_run_that_runs_over_says_so(cli, color_classes, tmp_path, mon
     # a run of a few seconds is "over" a threshold of 1 % of its budget: the line reaches the console,
     # changes.txt (after the budget's own line) and results.json
     monkeypatch.setattr(training, "OVERRUN", 0.01)
+    _frozen_budget_clock(monkeypatch)
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=50), "--out", run,
               "--budget", "0.1")
@@ -142,3 +152,77 @@ def test_a_budgeted_run_that_runs_over_says_so(cli, color_classes, tmp_path, mon
     lines = (run / "changes.txt").read_text().splitlines()
     assert "--budget 0.1 min at" in lines[-2] and lines[-1].startswith("--budget 0.1 min: training took")
     assert json.loads((run / "results.json").read_text())["changes"][-1] == lines[-1]
+
+
+def _planned_budget(monkeypatch, seconds_per_epoch: float) -> None:
+    """A budget plan that does not depend on this machine: 1 s per step, no checkpoint cost, and
+    a clock by which every epoch takes ``seconds_per_epoch``."""
+    import itertools
+
+    from vislab.engine import trainer
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    ticks = itertools.count()
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(ticks) * seconds_per_epoch))
+
+
+def test_a_slower_machine_ends_a_budgeted_run_earlier_with_the_whole_schedule(cli, color_classes, tmp_path,
+                                                                              monkeypatch):
+    """120 images, 24 held out (2 batches), 2 batches per epoch: an epoch is planned at
+    1.1 x (2 + 2/3) s = 2.93 s, so 15 s hold 5 epochs. Each epoch then takes 5 s: after epoch 1,
+    10 s are left, 2 epochs fit, and the cosine ends with epoch 3. A run stopped after each
+    epoch and resumed (without a new plan) ends identical to the uninterrupted one."""
+    recipe = _recipe(tmp_path, "r.yaml", epochs=50, limit_train_batches=2)
+    _planned_budget(monkeypatch, 5.0)
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.25")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert "epochs 50 -> 5:" in lines[-2]
+    assert lines[-1] == ("--budget 0.25 min: epochs 5 -> 3 after epoch 1 (0.1 min so far, 5 s per epoch: slower than "
+                         "planned); the learning-rate schedule now ends with epoch 3")
+    assert "warning: --budget 0.25 min: epochs 5 -> 3" in " ".join(res.err.split())
+    assert _epochs(run) == ["1", "2", "3"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["changes"][-1] == lines[-1] and results["epochs"] == 3
+    with (run / "history.csv").open() as fh:
+        lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
+    assert lrs[-1] < 1e-9 < lrs[0]  # the schedule reached its end; unplanned, epoch 3 of 5 ends at 0.35 x lr
+    assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+    assert _epochs(run) == ["1", "2", "3"]  # the re-plan travels in the checkpoint
+
+    _planned_budget(monkeypatch, 5.0)
+    piecewise = tmp_path / "piecewise"
+    stopping = _recipe(tmp_path, "s.yaml", epochs=50, limit_train_batches=2, max_minutes=1e-6)
+    assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", piecewise, "--budget", "0.25").code == 0
+    assert _epochs(piecewise) == ["1"]
+    for expected in (["1", "2"], ["1", "2", "3"]):
+        assert cli("cls", "train", color_classes, "--out", piecewise, "--resume").code == 0
+        assert _epochs(piecewise) == expected
+    a = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(piecewise / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the stopped and resumed run differs from the whole one"
+
+
+def test_budget_keeper_only_shortens_and_stops_when_nothing_fits():
+    """The decision alone, on a stand-in trainer: on time keeps the plan, far over stops now."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import BudgetKeeper
+
+    said = []
+    keeper = BudgetKeeper(1.0, record=said.append)
+    now = iter([0.0, 10.0, 200.0])
+    keeper.clock = lambda: next(now)  # type: ignore[method-assign]
+    calls = []
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=6, is_global_zero=True,
+                              strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    module = SimpleNamespace(replan=calls.append)
+    keeper.on_train_start(trainer, module)
+    keeper.on_train_epoch_end(trainer, module)  # 10 s per epoch, 50 s left for 5: on time
+    assert calls == [] and said == []
+    trainer.current_epoch = 1
+    keeper.on_train_epoch_end(trainer, module)  # 200 s for 2 epochs: past the budget
+    assert calls == [2] and said[0].endswith("training ends now")

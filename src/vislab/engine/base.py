@@ -10,7 +10,7 @@ import torch
 
 from vislab.config import recipe_from_dict
 from vislab.engine.ema import WeightEMA
-from vislab.engine.optim import build_optimization, rescale_schedule
+from vislab.engine.optim import ScheduleWarp, build_optimization, rescale_schedule
 from vislab.engine.state import capture_rng, restore_rng
 from vislab.errors import VislabError
 from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
@@ -72,6 +72,10 @@ class VislabModule(pl.LightningModule):
         self.mean = tuple(self.recipe.mean or IMAGENET_MEAN)
         self.std = tuple(self.recipe.std or IMAGENET_STD)
         self._rng_to_restore: dict[str, Any] | None = None
+        # a time budget may end the schedule earlier during the run (callbacks.BudgetKeeper); the
+        # re-plan travels in checkpoints, so a resumed run keeps it
+        self.schedule_warp = ScheduleWarp(max(1, steps_per_epoch * self.recipe.epochs))
+        self.replanned_epochs: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -94,7 +98,14 @@ class VislabModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         return build_optimization(decay_groups(self.net, self.recipe.weight_decay), self.recipe,
-                                  steps_per_epoch=self.steps_per_epoch)
+                                  steps_per_epoch=self.steps_per_epoch, warp=self.schedule_warp)
+
+    def replan(self, epochs: int) -> None:
+        """End the run after ``epochs`` epochs (fewer than planned): from the current step, the
+        rest of the learning-rate schedule is compressed into the epochs left."""
+        self.schedule_warp.replan(self.trainer.global_step, self.steps_per_epoch * epochs)
+        self.replanned_epochs = epochs
+        self.trainer.fit_loop.max_epochs = epochs
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vislab"] = {
@@ -104,6 +115,9 @@ class VislabModule(pl.LightningModule):
             "steps_per_epoch": self.steps_per_epoch,  # per process: the schedule's unit (rescale_schedule)
             **self.data_meta,
         }
+        if self.replanned_epochs is not None:
+            checkpoint["vislab"]["replanned"] = {"epochs": self.replanned_epochs, "total": self.schedule_warp.total,
+                                                 "knots": [list(k) for k in self.schedule_warp.knots]}
         checkpoint["rng"] = capture_rng()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -128,6 +142,14 @@ class VislabModule(pl.LightningModule):
         changed = False
         for sched in checkpoint.get("lr_schedulers", []):
             changed |= rescale_schedule(sched, saved, self.steps_per_epoch)
+        replanned = meta.get("replanned")
+        if replanned:
+            warp = ScheduleWarp(int(replanned["total"]), [tuple(k) for k in replanned["knots"]])
+            if saved != self.steps_per_epoch:
+                warp = warp.rescaled(self.steps_per_epoch / saved)
+            # in place: the scheduler's function may already hold this object
+            self.schedule_warp.total, self.schedule_warp.knots = warp.total, warp.knots
+            self.replanned_epochs = int(replanned["epochs"])
         if changed:
             from vislab.log import info
 
@@ -138,4 +160,6 @@ class VislabModule(pl.LightningModule):
         # Lightning restores weights, optimiser, schedulers and loops; the RNG states are vislab's
         if self._rng_to_restore is not None:
             restore_rng(self._rng_to_restore)
+        if self.replanned_epochs is not None:  # a resumed run keeps the epochs its budget re-planned
+            self.trainer.fit_loop.max_epochs = self.replanned_epochs
             self._rng_to_restore = None

@@ -1,4 +1,5 @@
-"""Callbacks: per-epoch history file and a one-line epoch summary for logs."""
+"""Callbacks: per-epoch history file and a one-line epoch summary for logs; the time limit and the
+time budget held during a run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import io
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 
@@ -81,3 +82,44 @@ class TimeLimit(pl.Callback):
                         "training stopped before the end of its schedule; `--resume` continues it")
         trainer.should_stop = True
 
+
+
+class BudgetKeeper(pl.Callback):
+    """Holds a ``--budget`` during the run. The epochs were planned from the speed of the first
+    steps (:func:`vislab.engine.trainer.budget_epochs`); on a machine that slows down later (other
+    tenants on shared cores) the run would overrun. After each epoch the epochs left are planned
+    again from this run's own seconds per epoch; when fewer fit, the run ends earlier with the
+    rest of its learning-rate schedule compressed into them (``replan`` of the module, kept in
+    checkpoints), and ``record`` gets the line that says so. It only ever shortens a run, and rank
+    0 decides for every process."""
+
+    clock = staticmethod(time.monotonic)
+    ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
+
+    def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None) -> None:
+        self.minutes = minutes
+        self.record = record
+        self._t0 = 0.0
+        self._first = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = self.clock()
+        self._first = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
+        if done >= planned:
+            return
+        elapsed = self.clock() - self._t0
+        per_epoch = elapsed / max(1, done - self._first)
+        fit = int((self.minutes * 60 - elapsed) / per_epoch + self.ALLOWANCE) if per_epoch > 0 else planned
+        epochs = int(trainer.strategy.broadcast(min(planned, done + max(0, fit)), src=0))
+        if epochs >= planned:
+            return
+        pl_module.replan(epochs)  # type: ignore[operator]
+        ends = "training ends now" if epochs == done else f"the learning-rate schedule now ends with epoch {epochs}"
+        line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({elapsed / 60:.1f} min "
+                f"so far, {per_epoch:.0f} s per epoch: slower than planned); {ends}")
+        info(f"warning: {line}")
+        if trainer.is_global_zero:
+            self.record(line)

@@ -80,8 +80,41 @@ SCHEDULERS: dict[str, Callable[[int, int, int], float]] = {
 }
 
 
-def build_optimization(params: Iterable, recipe: Recipe, *, steps_per_epoch: int) -> dict:
-    """Optimiser and per-step scheduler for ``configure_optimizers``."""
+class ScheduleWarp:
+    """A schedule re-planned to end earlier: ``knots`` of (step, new last step). From each knot on,
+    the steps up to its new end run through what was left of the schedule at that step, linearly,
+    so the learning rate stays continuous and reaches the schedule's end at the new last step.
+    Maps an optimiser step to the original schedule's (fractional) step; no knots: identity."""
+
+    def __init__(self, total: int, knots: Iterable[tuple[int, int]] = ()) -> None:
+        self.total = total
+        self.knots: list[tuple[int, int]] = [(int(a), int(b)) for a, b in knots]
+
+    def replan(self, at: int, new_total: int) -> None:
+        """From step ``at`` on, finish at step ``new_total`` instead."""
+        if self.knots and at < self.knots[-1][0]:
+            raise ValueError(f"re-plan at step {at} precedes the one at {self.knots[-1][0]}")
+        self.knots.append((int(at), int(new_total)))
+
+    def __call__(self, step: float) -> float:
+        start, mapped, end = 0, 0.0, self.total  # the current piece runs (start, mapped) -> (end, total)
+        for at, new_end in self.knots:
+            if step < at:
+                break
+            mapped += (self.total - mapped) * (at - start) / max(1, end - start)
+            start, end = at, new_end
+        return mapped + (self.total - mapped) * (step - start) / max(1, end - start)
+
+    def rescaled(self, ratio: float) -> "ScheduleWarp":
+        """The same warp in steps ``ratio`` times as many per epoch (another process count)."""
+        return ScheduleWarp(int(round(self.total * ratio)),
+                            [(int(round(a * ratio)), int(round(b * ratio))) for a, b in self.knots])
+
+
+def build_optimization(params: Iterable, recipe: Recipe, *, steps_per_epoch: int,
+                       warp: ScheduleWarp | None = None) -> dict:
+    """Optimiser and per-step scheduler for ``configure_optimizers``; ``warp`` (read at every
+    step, so a re-plan during training takes effect at once) maps steps onto the schedule."""
     if recipe.optimizer not in OPTIMIZERS:
         raise VislabError(None, f"unknown optimizer {recipe.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if recipe.scheduler not in SCHEDULERS:
@@ -92,7 +125,7 @@ def build_optimization(params: Iterable, recipe: Recipe, *, steps_per_epoch: int
     total = max(1, steps_per_epoch * recipe.epochs)
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     fn = SCHEDULERS[recipe.scheduler]
-    sched = LambdaLR(opt, lambda step: fn(step, total, warmup))
+    sched = LambdaLR(opt, lambda step: fn(warp(step) if warp is not None else step, total, warmup))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -45,14 +45,19 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     """
     import lightning.pytorch as pl
 
+    from vislab.engine.callbacks import BudgetKeeper
     from vislab.engine.trainer import (budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
                                        prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
                                        write_changes)
 
     recipe, changes = job.recipe, list(job.changes)
 
-    def make_trainer(r: Recipe) -> pl.Trainer:
-        return build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=job.extra_callbacks)
+    def make_trainer(r: Recipe, *extra: pl.Callback) -> pl.Trainer:
+        return build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=[*job.extra_callbacks, *extra])
+
+    def record(line: str) -> None:  # a line of the budget's re-plan, in changes.txt as soon as it is decided
+        changes.append(line)
+        write_changes(job.out, changes)
 
     trainer = make_trainer(recipe)
     recipe, lr_lines = resolve_lr(recipe, trainer)
@@ -64,7 +69,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
                                      job.holdout_batches(recipe), eval_scale=job.eval_scale,
                                      epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
         changes.append(line)
-        trainer = make_trainer(recipe)
+        trainer = make_trainer(recipe, BudgetKeeper(recipe.budget_minutes, record=record))
     for line in changes:
         info(f"setting: {line}")
     ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
@@ -75,9 +80,12 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if done is None:
         return None
     result, best = done
+    if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
+        recipe = recipe.with_overrides(epochs=module.replanned_epochs)
+    result["epochs"] = recipe.epochs  # of the schedule that ran
     if recipe.budget_minutes and not job.resume:
         line = budget_overrun(recipe.budget_minutes, result["train_seconds"])
-        if line:  # planned once from the first steps: a machine that slows down later runs over
+        if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
             info(f"warning: {line}")
             changes.append(line)
             write_changes(job.out, changes)
