@@ -235,3 +235,24 @@ def test_eval_at_another_input_size(cli, cls_runs, tmp_path):
         assert got.get("image_size") == size
     res = cli("cls", "eval", runs[0], data, "--image-size", 0)
     assert res.code == 2 and "--image-size: must be > 0" in res.err
+
+
+def test_cls_ensemble_log_probabilities_stay_finite(monkeypatch):
+    """A class every member rules out (its probability underflows to 0 in float32) gets the floor's
+    log, as in the exported ensemble, not -inf."""
+    import math
+    from types import SimpleNamespace
+
+    from vislab.models.ensemble import FLOOR
+    from vislab.pipelines import classification
+
+    monkeypatch.setattr(classification, "infer",
+                        lambda model, meta, images, **kw: (torch.tensor([[0.0, -200.0, -1.0]]), None))
+    folder = SimpleNamespace(files=["a.png"], images=None)
+    metas = [{"num_classes": 3, "class_names": None, "stored_hw": [32, 32], "image_size": None}] * 2
+    _, logp = classification._ensemble_logits([(None, m) for m in metas], ["a", "b"], lambda meta: folder,
+                                              batch_size=1, device=None, tta="none")
+    assert torch.isfinite(logp).all()
+    assert float(logp[0, 1]) == pytest.approx(math.log(FLOOR))
+    want = torch.tensor([0.0, -1.0]).softmax(0) / (1 + math.exp(-200))
+    assert logp[0, [0, 2]].exp().tolist() == pytest.approx(want.tolist(), rel=1e-5)

@@ -222,7 +222,9 @@ def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths
         p = logits.float().softmax(1)
         total = p if total is None else total + p
     assert total is not None
-    return first, (total / len(models)).log()
+    from vislab.models.ensemble import FLOOR
+
+    return first, (total / len(models)).clamp_min(FLOOR).log()  # finite, as the exported ensemble's
 
 
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
