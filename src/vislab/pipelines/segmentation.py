@@ -439,7 +439,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dev = pick_device(device)
     model = model.to(dev)
     per_scale: list[dict[str, Any]] = []
-    best: tuple[float, torch.Tensor] | None = None
+    best: tuple[float, torch.Tensor, float] | None = None  # (mIoU with offsets, offsets, scale)
     for scale in tried:
         if hasattr(model, "scale"):
             model.scale = scale
