@@ -205,6 +205,16 @@ def test_calibration_chooses_the_evaluation_scale_and_score_predict_export_apply
     assert json.loads((tmp_path / "m.json").read_text())["confusion"] == masks["onnx", 0.5]
 
 
+def test_calibrate_refuses_bad_scales(cli, seg_run, tmp_path):
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    res = cli("seg", "calibrate", ckpt, seg_run / "val", "--split", "all", "--scales", "0.5,big")
+    assert res.code == 2 and "--scales: '0.5,big' is not a comma-separated list of numbers" in res.err
+    res = cli("seg", "calibrate", ckpt, seg_run / "val", "--split", "all", "--scales", "0.5,0")
+    assert res.code == 2 and "--scales: 0 is not in (0, 8]" in res.err
+    assert not (tmp_path / "best.offsets.json").exists()
+
+
 def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     d = tmp_path / "test"
     d.mkdir()
