@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vislab.calibration import (_confusion_with, _scores_along, apply_offsets, fit_offsets, load_calibration,
-                                load_offsets, offsets_file, save_offsets, scale_candidates)
+                                offsets_file, save_offsets, scale_candidates)
 from vislab.errors import VislabError
 from vislab.metrics import course_miou
 
@@ -59,16 +59,16 @@ def test_offsets_file_round_trip_stale_and_malformed(tmp_path, capsys):
     path = save_offsets(ckpt, off, split="holdout")
     assert path == offsets_file(ckpt) == tmp_path / "best.offsets.json"
     assert json.loads(path.read_text())["split"] == "holdout"
-    assert torch.equal(load_offsets(ckpt, 7), off)
-    assert load_offsets(tmp_path / "last.ckpt", 7) is None  # none stored for that file
+    assert torch.equal(load_calibration(ckpt, 7)[0], off)
+    assert load_calibration(tmp_path / "last.ckpt", 7) is None  # none stored for that file
     with pytest.raises(VislabError, match="7 offsets; the checkpoint has 5"):
-        load_offsets(ckpt, 5)
+        load_calibration(ckpt, 5)
     ckpt.write_bytes(b"weights v2")  # training went on: the offsets belong to the old file
-    assert load_offsets(ckpt, 7) is None
+    assert load_calibration(ckpt, 7) is None
     assert "fitted for an earlier best.ckpt" in capsys.readouterr().err
     path.write_text("{not json")
     with pytest.raises(VislabError, match="best.offsets.json.*not a readable offsets file"):
-        load_offsets(ckpt, 7)
+        load_calibration(ckpt, 7)
 
 
 def test_scale_candidates_by_hand():

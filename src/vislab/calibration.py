@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from vislab.config import broken_rule
 from vislab.data.seg_classes import IGNORE as IGNORED
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text, file_digest
@@ -139,18 +140,13 @@ def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float 
         raise VislabError(path, f"not a readable offsets file ({type(exc).__name__}: {exc})") from None
     if offsets.numel() != num_classes:
         raise VislabError(path, f"holds {offsets.numel()} offsets; the checkpoint has {num_classes} classes")
-    if scale is not None and not 0 < scale <= 8:
-        raise VislabError(path, f"infer_scale {scale:g} is not in (0, 8]")
+    rule = None if scale is None else broken_rule("infer_scale", scale)
+    if rule:
+        raise VislabError(path, f"infer_scale {scale:g} is not {rule}")
     if digest != file_digest(ckpt):
         info(f"warning: {path} was fitted for an earlier {ckpt.name}; ignored (run `vislab seg calibrate` again)")
         return None
     return offsets, scale
-
-
-def load_offsets(ckpt: Path, num_classes: int) -> torch.Tensor | None:
-    """The offsets stored for ``ckpt``, or None when there are none or they belong to another file."""
-    found = load_calibration(ckpt, num_classes)
-    return None if found is None else found[0]
 
 
 def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:

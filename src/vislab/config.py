@@ -74,6 +74,16 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+def broken_rule(name: str, value: Any) -> str | None:
+    """The range rule of recipe field ``name`` that ``value`` breaks (worded as in its error), or
+    None when it is within range; for values that reach a field's meaning another way (a stored
+    calibration's scale, a command-line list)."""
+    for field_name, ok, rule in _CHECKS:
+        if field_name == name:
+            return None if ok(value) else rule
+    raise KeyError(name)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a training run needs besides its data paths."""

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from vislab.calibration import apply_offsets, fit_offsets, load_segmenter, save_offsets, scale_candidates
-from vislab.config import Recipe
+from vislab.config import Recipe, broken_rule
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
 from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest
@@ -433,9 +433,9 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         tried = [trained]
     else:
         tried = sorted({float(v) for v in scales} | {trained}) if scales else scale_candidates(trained)
-    bad = [v for v in tried if not 0 < v <= 8]
+    bad = [(v, rule) for v in tried if (rule := broken_rule("infer_scale", v))]
     if bad:
-        raise VislabError(None, f"--scales: {bad[0]:g} is not in (0, 8]")
+        raise VislabError(None, f"--scales: {bad[0][0]:g} is not {bad[0][1]}")
     dev = pick_device(device)
     model = model.to(dev)
     per_scale: list[dict[str, Any]] = []

@@ -55,7 +55,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     def make_trainer(r: Recipe, *extra: pl.Callback) -> pl.Trainer:
         return build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=[*job.extra_callbacks, *extra])
 
-    def record(line: str) -> None:  # a line of the budget's re-plan, in changes.txt as soon as it is decided
+    def record(line: str) -> None:  # a line the budget adds during or after the run, in changes.txt at once
         changes.append(line)
         write_changes(job.out, changes)
 
@@ -87,8 +87,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         line = budget_overrun(recipe.budget_minutes, result["train_seconds"])
         if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
             info(f"warning: {line}")
-            changes.append(line)
-            write_changes(job.out, changes)
+            record(line)
     if changes:
         result["changes"] = changes
     return result, best, recipe
