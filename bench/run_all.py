@@ -42,7 +42,8 @@ QUICK = {"bench_p1_input.py": ["--limit", "512"], "bench_p2_codec_miou.py": ["--
          "bench_malloc.py": ["--quick"],
          # bench_cls_cache.py and bench_defaults.py have their own --quick (1-5 minutes on 2 shared
          # cores, training included): too slow for the test suite's smoke run, so run_all --quick skips them
-         "bench_train_gpu.py": ["--recipes", "cls-fast", "--steps", "1", "--variants", "fp32", "amp"]}
+         # fp32 only: bf16 autocast on a CPU without bf16 units is emulated (45 of the script's 70 s here)
+         "bench_train_gpu.py": ["--recipes", "cls-fast", "--steps", "1", "--variants", "fp32"]}
 
 
 def has_cuda() -> bool:

@@ -206,6 +206,37 @@ def test_a_slower_machine_ends_a_budgeted_run_earlier_with_the_whole_schedule(cl
     assert all(torch.equal(a[k], b[k]) for k in a), "the stopped and resumed run differs from the whole one"
 
 
+def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color_classes, tmp_path, monkeypatch):
+    """15 s of budget, planned as 5 epochs (as above); the run is stopped after every epoch and
+    resumed. Its first epoch takes 2 s, the later ones 4 s each. Counting every piece, after
+    epoch 3 the run has trained 10 s at 3.3 s per epoch, so one more epoch fits: the schedule
+    ends with epoch 4. (Counting only the resumed process's own 4 s, all 5 would seem to fit.)"""
+    from vislab.engine import trainer
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    clock = {"now": 0.0, "step": 2.0}  # every reading advances by "step": an epoch (two readings) takes that long
+
+    def tick() -> float:
+        clock["now"] += clock["step"]
+        return clock["now"]
+
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(tick))
+    run = tmp_path / "run"
+    stopping = _recipe(tmp_path, "s.yaml", epochs=50, limit_train_batches=2, max_minutes=1e-6)
+    assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", run, "--budget", "0.25").code == 0
+    assert _epochs(run) == ["1"] and "epochs 50 -> 5:" in (run / "changes.txt").read_text()
+    clock["step"] = 4.0
+    for expected in (["1", "2"], ["1", "2", "3"], ["1", "2", "3", "4"], ["1", "2", "3", "4"]):
+        assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+        assert _epochs(run) == expected
+    last = (run / "changes.txt").read_text().splitlines()[-1]
+    assert last == ("--budget 0.25 min: epochs 5 -> 4 after epoch 3 (0.2 min so far, 3 s per epoch: slower than "
+                    "planned); the learning-rate schedule now ends with epoch 4")
+    assert json.loads((run / "results.json").read_text())["epochs"] == 4
+
+
 def test_budget_keeper_only_shortens_and_stops_when_nothing_fits():
     """The decision alone, on a stand-in trainer: on time keeps the plan, far over stops now."""
     from types import SimpleNamespace

@@ -91,7 +91,9 @@ class BudgetKeeper(pl.Callback):
     again from this run's own seconds per epoch; when fewer fit, the run ends earlier with the
     rest of its learning-rate schedule compressed into them (``replan`` of the module, kept in
     checkpoints), and ``record`` gets the line that says so. It only ever shortens a run, and rank
-    0 decides for every process."""
+    0 decides for every process. The seconds trained so far (up to the last epoch end) travel in
+    the checkpoints as this callback's state, so a run resumed after an interruption is held to
+    what is left of its budget, not to a fresh one."""
 
     clock = staticmethod(time.monotonic)
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
@@ -100,18 +102,26 @@ class BudgetKeeper(pl.Callback):
         self.minutes = minutes
         self.record = record
         self._t0 = 0.0
-        self._first = 0
+        self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
+        self.spent = 0.0  # seconds trained in all, at the last epoch end
+        self.epochs_here = 0  # epochs that ended in this process
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent_s": self.spent}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = self.spent = float(state_dict.get("spent_s", 0.0))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = self.clock()
-        self._first = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
+        self.spent = elapsed = self.before + self.clock() - self._t0
+        self.epochs_here += 1
         if done >= planned:
             return
-        elapsed = self.clock() - self._t0
-        per_epoch = elapsed / max(1, done - self._first)
+        per_epoch = elapsed / done
         fit = int((self.minutes * 60 - elapsed) / per_epoch + self.ALLOWANCE) if per_epoch > 0 else planned
         epochs = int(trainer.strategy.broadcast(min(planned, done + max(0, fit)), src=0))
         if epochs >= planned:

@@ -229,6 +229,13 @@ def write_changes(out_dir: Path, changes: list[str]) -> None:
     atomic_write_text("".join(f"{line}\n" for line in changes), out_dir / "changes.txt")
 
 
+def add_change(out_dir: Path, line: str) -> None:
+    """One more line at the end of ``changes.txt`` (kept whole: written atomically)."""
+    path = out_dir / "changes.txt"
+    before = path.read_text() if path.is_file() else ""
+    atomic_write_text(before + ("" if not before or before.endswith("\n") else "\n") + line + "\n", path)
+
+
 def resolve_lr(recipe: Recipe, trainer: pl.Trainer) -> tuple[Recipe, list[str]]:
     """A recipe without ``lr`` gets the optimiser's rule for the global batch (one line saying so)."""
     from vislab.engine.optim import scaled_lr

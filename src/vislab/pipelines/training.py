@@ -46,9 +46,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     import lightning.pytorch as pl
 
     from vislab.engine.callbacks import BudgetKeeper
-    from vislab.engine.trainer import (budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch,
-                                       write_changes)
+    from vislab.engine.trainer import (add_change, budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
+                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch)
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -57,7 +56,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
 
     def record(line: str) -> None:  # a line the budget adds during or after the run, in changes.txt at once
         changes.append(line)
-        write_changes(job.out, changes)
+        add_change(job.out, line)  # after the lines of this run's earlier pieces
 
     trainer = make_trainer(recipe)
     recipe, lr_lines = resolve_lr(recipe, trainer)
@@ -69,7 +68,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
                                      job.holdout_batches(recipe), eval_scale=job.eval_scale,
                                      epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
         changes.append(line)
-        trainer = make_trainer(recipe, BudgetKeeper(recipe.budget_minutes, record=record))
+    keeper = None
+    if recipe.budget_minutes:  # held during the run; a resumed run gets what is left of it
+        keeper = BudgetKeeper(recipe.budget_minutes, record=record)
+        trainer = make_trainer(recipe, keeper)
     for line in changes:
         info(f"setting: {line}")
     ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
@@ -83,8 +85,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=module.replanned_epochs)
     result["epochs"] = recipe.epochs  # of the schedule that ran
-    if recipe.budget_minutes and not job.resume:
-        line = budget_overrun(recipe.budget_minutes, result["train_seconds"])
+    if keeper is not None and recipe.budget_minutes and keeper.epochs_here:  # counting earlier pieces of the run
+        line = budget_overrun(recipe.budget_minutes, keeper.before + result["train_seconds"])
         if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
