@@ -234,7 +234,10 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     last = (run / "changes.txt").read_text().splitlines()[-1]
     assert last == ("--budget 0.25 min: epochs 5 -> 4 after epoch 3 (0.2 min so far, 3 s per epoch: slower than "
                     "planned); the learning-rate schedule now ends with epoch 4")
-    assert json.loads((run / "results.json").read_text())["epochs"] == 4
+    result = json.loads((run / "results.json").read_text())
+    assert result["epochs"] == 4
+    recorded = (run / "changes.txt").read_text().splitlines()  # the first piece's plan and the resumed re-plan
+    assert result["changes"] == recorded and recorded[-1] == last
 
 
 def test_budget_keeper_only_shortens_and_stops_when_nothing_fits():

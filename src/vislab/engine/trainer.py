@@ -229,6 +229,12 @@ def write_changes(out_dir: Path, changes: list[str]) -> None:
     atomic_write_text("".join(f"{line}\n" for line in changes), out_dir / "changes.txt")
 
 
+def read_changes(out_dir: Path) -> list[str]:
+    """The lines of ``changes.txt`` (every piece of a resumed run), or [] when there is none."""
+    path = out_dir / "changes.txt"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def add_change(out_dir: Path, line: str) -> None:
     """One more line at the end of ``changes.txt`` (kept whole: written atomically)."""
     path = out_dir / "changes.txt"

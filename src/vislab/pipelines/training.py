@@ -47,7 +47,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
 
     from vislab.engine.callbacks import BudgetKeeper
     from vislab.engine.trainer import (add_change, budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, resolve_lr, seconds_per_step, steps_per_epoch)
+                                       prepare_run_folder, read_changes, resolve_lr, seconds_per_step,
+                                       steps_per_epoch)
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -90,8 +91,9 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
-    if changes:
-        result["changes"] = changes
+    recorded = read_changes(job.out)  # every piece's lines: a resumed piece only appends to the file
+    if recorded or changes:
+        result["changes"] = recorded or changes
     return result, best, recipe
 
 
