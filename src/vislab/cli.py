@@ -147,6 +147,7 @@ def cls_train(
     strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="The network's input side (0: the images' own size)."),
+    resize_from: Optional[int] = typer.Option(None, "--resize-from", help="Progressive resizing: the first epoch trains at this side, growing to --image-size (reached with a quarter of the epochs left)."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training folder."),
     mixup: Optional[float] = typer.Option(None, "--mixup", help="Beta parameter of mixup, e.g. 0.2 (0 = off)."),
     cutmix: Optional[float] = typer.Option(None, "--cutmix", help="Beta parameter of cutmix, e.g. 1.0 (0 = off; with --mixup: half the batches each)."),
@@ -170,7 +171,7 @@ def cls_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
-                image_size=image_size, holdout=holdout, mixup=mixup, cutmix=cutmix, augment=augment, erasing=erasing,
+                image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix, augment=augment, erasing=erasing,
                 ema=ema, num_workers=workers,
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=None if teacher is None else tuple(members(teacher)))

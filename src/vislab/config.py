@@ -59,6 +59,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("erasing", _num(0, 1, hi_open=False), "in [0, 1] (the probability of erasing a rectangle)"),
     ("holdout", _num(0, 1), "in [0, 1) (the held-out fraction of the training folder)"),
     ("image_size", _int(1), "an integer >= 1 (0: the images' own size)"),
+    ("resize_from", _int(1), "an integer >= 1 (the first epoch's training side; null: image_size throughout)"),
     ("crop_size", _int(1), "an integer >= 1 (0: the whole image)"),
     ("pad", _int(0), "an integer >= 0"),
     ("infer_scale", _num(0, 8, lo_open=True, hi_open=False), "in (0, 8]"),
@@ -109,6 +110,7 @@ class Recipe:
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved; 0 = off
     holdout: float = 0.1  # fraction of the TRAINING folder kept for checkpoint selection
     image_size: int | None = None  # cls: resize inputs to this side (None: native)
+    resize_from: int | None = None  # cls: progressive resizing: the first epoch trains at this side, growing to image_size
     crop_size: int | None = None  # seg: random crop side for training (None: full image)
     pad: int = 4  # cls: reflect padding of the random crop
     crop_area: tuple[float, float] = (0.25, 1.0)  # seg: area fraction range of the random crop
@@ -225,7 +227,7 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 TASK_ONLY = {
-    "cls": ("image_size", "pad", "mixup", "cutmix", "augment", "erasing", "label_smoothing", "teacher"),
+    "cls": ("image_size", "resize_from", "pad", "mixup", "cutmix", "augment", "erasing", "label_smoothing", "teacher"),
     "seg": ("crop_size", "crop_area", "infer_scale", "input_hw", "rot90", "loss", "class_weights", "calibrate",
             "snapshot"),
 }
@@ -243,6 +245,11 @@ def check_applies(recipe: Recipe) -> None:
             raise FieldError(name, f"applies to {other} training only; a {recipe.task} run would ignore it")
     if recipe.task == "cls" and recipe.teacher and (recipe.mixup > 0 or recipe.cutmix > 0):
         raise FieldError("teacher", "gives soft targets per image, which mixup/cutmix would mix; use one or the other")
+    if recipe.task == "cls" and recipe.resize_from is not None:
+        if recipe.image_size is None:
+            raise FieldError("resize_from", "grows the training side to image_size, and image_size is not set")
+        if recipe.resize_from > recipe.image_size:
+            raise FieldError("resize_from", f"must be at most image_size ({recipe.image_size}), got {recipe.resize_from}")
     if recipe.task == "cls" and not recipe.teacher and recipe.distill != defaults["distill"]:
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     if recipe.task == "seg":

@@ -154,6 +154,25 @@ def augment_batch(
     return x.contiguous()
 
 
+SIDE_STEP = 16
+"""Progressive resizing grows the training side in steps of this many pixels."""
+
+
+def progressive_sides(start: int, end: int, epochs: int) -> list[int]:
+    """The training side of each epoch under progressive resizing: linear in the epoch from
+    ``start`` (the first epoch) to ``end``, reached when a quarter of the epochs (at least one) is
+    left and kept to the end; below ``end`` a side moves from ``start`` in whole steps of
+    :data:`SIDE_STEP` pixels (the nearest).
+
+    Example:
+        >>> progressive_sides(32, 64, 4)
+        [32, 48, 48, 64]
+    """
+    ramp = epochs - max(1, epochs // 4)  # epochs 0 .. ramp-1 grow; epoch ramp and later are at end
+    return [end if e >= ramp else min(end, start + SIDE_STEP * round((end - start) * e / ramp / SIDE_STEP))
+            for e in range(epochs)]
+
+
 def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
     """Bilinear resize of a float batch to ``size`` x ``size`` (no-op for None or same size)."""
     if size is None or (x.shape[-2] == size and x.shape[-1] == size):

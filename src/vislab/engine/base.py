@@ -100,6 +100,11 @@ class VislabModule(pl.LightningModule):
         return build_optimization(decay_groups(self.net, self.recipe.weight_decay), self.recipe,
                                   steps_per_epoch=self.steps_per_epoch, warp=self.schedule_warp)
 
+    def epoch_weights(self, epochs: int) -> list[float]:
+        """Relative cost of each epoch of a schedule of ``epochs`` (all equal here; a module whose
+        epochs differ, such as a progressive resize, says how)."""
+        return [1.0] * epochs
+
     def replan(self, epochs: int) -> None:
         """End the run after ``epochs`` epochs (fewer than planned): from the current step, the
         rest of the learning-rate schedule is compressed into the epochs left."""

@@ -122,8 +122,7 @@ class BudgetKeeper(pl.Callback):
         if done >= planned:
             return
         per_epoch = elapsed / done
-        fit = int((self.minutes * 60 - elapsed) / per_epoch + self.ALLOWANCE) if per_epoch > 0 else planned
-        epochs = int(trainer.strategy.broadcast(min(planned, done + max(0, fit)), src=0))
+        epochs = int(trainer.strategy.broadcast(self.epochs_that_fit(pl_module, done, planned, elapsed), src=0))
         if epochs >= planned:
             return
         pl_module.replan(epochs)  # type: ignore[operator]
@@ -133,3 +132,17 @@ class BudgetKeeper(pl.Callback):
         info(f"warning: {line}")
         if trainer.is_global_zero:
             self.record(line)
+
+    def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float) -> int:
+        """The most epochs in [done, planned] whose rest fits in the time left, each epoch costed by
+        this run's speed so far in the module's relative epoch costs (``epoch_weights``: equal
+        epochs, or a progressive resize's growing ones, for a schedule of that many epochs); the
+        last epoch still starts when three quarters of it fit."""
+        weights: Callable[[int], list[float]] = getattr(pl_module, "epoch_weights", lambda n: [1.0] * n)
+        unit = elapsed / max(sum(weights(planned)[:done]), 1e-9)  # seconds per unit of relative cost
+        left = self.minutes * 60 - elapsed
+        for epochs in range(planned, done, -1):
+            w = weights(epochs)
+            if unit * sum(w[done:]) <= left + self.ALLOWANCE * unit * w[-1]:
+                return epochs
+        return done

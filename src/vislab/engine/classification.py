@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 from vislab.config import Recipe
 from vislab.data.augment import random_erase, trivial_augment
-from vislab.data.classification import ImageFolderData, augment_batch, resize_batch, stratified_split
+from vislab.data.classification import (ImageFolderData, augment_batch, progressive_sides, resize_batch,
+                                       stratified_split)
 from vislab.data.tensors import normalize
 from vislab.data.mixing import mix_batch
 from vislab.engine.base import VislabModule
@@ -83,9 +84,27 @@ class ClassifierModule(VislabModule):
         # in checkpoints (a resumed run recomputes them from the same teacher runs)
         self.soft_targets: torch.Tensor | None = None
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> normalised float at the model's input size."""
-        return self.memory_format(resize_batch(normalize(x, self.mean, self.std), self.recipe.image_size))
+    def prepare(self, x: torch.Tensor, side: int | None = None) -> torch.Tensor:
+        """uint8 batch -> normalised float at ``side`` (default: the model's input size)."""
+        return self.memory_format(resize_batch(normalize(x, self.mean, self.std), side or self.recipe.image_size))
+
+    def sides(self, epochs: int) -> list[int | None]:
+        """The training side of each of ``epochs`` epochs: the recipe's ``image_size``, or with
+        ``resize_from`` a progressive resize up to it (:func:`progressive_sides`)."""
+        r = self.recipe
+        if r.resize_from is None or r.image_size is None:
+            return [r.image_size] * epochs
+        return list(progressive_sides(r.resize_from, r.image_size, epochs))
+
+    def epoch_weights(self, epochs: int) -> list[float]:
+        """Relative cost of each epoch of a schedule of ``epochs``: its training pixels."""
+        end = self.recipe.image_size
+        return [1.0 if end is None else (side / end) ** 2 for side in self.sides(epochs)]  # type: ignore[operator]
+
+    def train_side(self) -> int | None:
+        """The side this epoch trains at (the schedule follows the epochs the run now plans)."""
+        epochs = int(self.trainer.max_epochs or self.recipe.epochs)
+        return self.sides(epochs)[min(self.current_epoch, epochs - 1)]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx = batch
@@ -96,6 +115,7 @@ class ClassifierModule(VislabModule):
                 x = trivial_augment(x, idx, seed=r.seed, epoch=epoch)
             if r.erasing > 0:  # filled with the normalisation mean: zero at the network's input
                 x = random_erase(x, idx, seed=r.seed, epoch=epoch, p=r.erasing, fill=tuple(255 * m for m in self.mean))
+            return self.prepare(x, self.train_side()), y, idx
         return self.prepare(x), y, idx
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -111,6 +131,8 @@ class ClassifierModule(VislabModule):
         self.train_acc(logits.detach(), mixed.y_major)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        if r.resize_from is not None:
+            self.log("train_side", float(x.shape[-1]), on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

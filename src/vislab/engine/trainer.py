@@ -10,7 +10,7 @@ import sys
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import yaml
@@ -265,11 +265,13 @@ def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
     return steps
 
 
-def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 5) -> float:
+def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 5,
+                     side: int | None = None) -> float:
     """Wall seconds of one training step (forward, backward, optimiser step) of a copy of
     ``module``'s network on ``loader``'s first batches: the median of ``steps`` steps after one
     warm-up step (the fastest step under-estimated a 2-core epoch by a fifth). The module, its
-    weights and the global RNG states are left as they were."""
+    weights and the global RNG states are left as they were. ``side``: a classifier's batches at
+    that input side instead of its own."""
     import copy
     import time
 
@@ -294,7 +296,7 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
             crop = module.recipe.crop_size if module.task == "seg" else None
             if crop:
                 x, y = x[..., :crop, :crop], y[..., :crop, :crop]
-            x = module.prepare(x)
+            x = module.prepare(x) if side is None else module.prepare(x, side)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = net(x)
             loss = torch.nn.functional.cross_entropy(out.float(), y.long(), ignore_index=255)
@@ -308,6 +310,27 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
     if not times:
         raise VislabError(None, "--budget: the training split is too small to time a step")
     return sorted(times)[len(times) // 2]
+
+
+def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any,
+                      end_seconds: float) -> tuple[Callable[[int], list[float]] | None, str]:
+    """For a progressive resize (``resize_from``), the seconds of a step in each epoch of an
+    n-epoch schedule, from one more timing at the first side (``end_seconds``: the timing at
+    ``image_size``; sides between, interpolated in pixels), and how they were measured; else
+    (None, "")."""
+    r = module.recipe
+    sides = getattr(module, "sides", None)
+    if r.task != "cls" or r.resize_from is None or r.image_size is None or r.resize_from == r.image_size or sides is None:
+        return None, ""
+    s0, s1, t1 = r.resize_from, r.image_size, end_seconds
+    t0 = seconds_per_step(module, loader, device, side=s0)
+
+    def at(side: int) -> float:
+        return t0 + (t1 - t0) * (side ** 2 - s0 ** 2) / (s1 ** 2 - s0 ** 2)
+
+    how = (f"{t0:.3g} s per training step at {s0} px and {t1:.3g} s at {s1} px measured here (progressive resizing: "
+           "the sides between interpolated in pixels)")
+    return (lambda n: [at(side) for side in sides(n)]), how
 
 
 def checkpoint_seconds(module: pl.LightningModule) -> float:
@@ -325,7 +348,8 @@ def checkpoint_seconds(module: pl.LightningModule) -> float:
 
 
 def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, holdout_batches: int, *,
-                  eval_scale: float = 1.0, epoch_overhead: float = 0.0) -> tuple[Recipe, str]:
+                  eval_scale: float = 1.0, epoch_overhead: float = 0.0,
+                  epoch_steps: Callable[[int], list[float]] | None = None, how: str = "") -> tuple[Recipe, str]:
     """The recipe with ``epochs`` (and, when whole epochs would leave much of the time unused, a
     number of batches per epoch) set to fill ``budget_minutes`` of training, and a line saying how.
 
@@ -335,22 +359,37 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
     full epochs, the run gets ceil(x - 0.05) epochs of as many batches as fit (each epoch a fresh
     shuffle, so 1.9 epochs' worth is two epochs of 95 % of the batches, not one); a recipe that
     limits its batches itself gets whole epochs. At least one epoch of one batch.
+
+    ``epoch_steps(n)`` gives the seconds of a step in each epoch of an n-epoch schedule whose
+    epochs differ (a progressive resize; ``how`` says how they were measured); by default every
+    step takes ``step_seconds``, which also prices the held-out evaluation.
     """
     import math
 
     assert recipe.budget_minutes is not None
     budget = recipe.budget_minutes * 60
-    step_cost = 1.1 * step_seconds
+    steps_of = epoch_steps or (lambda n: [step_seconds] * n)
     fixed = 1.1 * holdout_batches * eval_scale * step_seconds / 3 + epoch_overhead
-    epoch_s = steps_per_epoch * step_cost + fixed
-    per_epoch = f"at {step_seconds:.3g} s per training step measured here ({steps_per_epoch} steps and " \
+
+    def full(n: int) -> float:  # seconds of n whole epochs
+        return 1.1 * steps_per_epoch * sum(steps_of(n)) + n * fixed
+
+    epoch_s = full(1) if epoch_steps is None else full(recipe.epochs) / recipe.epochs
+    per_epoch = f"at {how or f'{step_seconds:.3g} s per training step measured here'} ({steps_per_epoch} steps and " \
                 f"{holdout_batches} held-out batches per epoch, {epoch_overhead:.1f} s of checkpoint writes: " \
-                f"about {epoch_s:.1f} s per epoch)"
+                f"about {epoch_s:.1f} s per epoch{'' if epoch_steps is None else ' on average'})"
+    if epoch_steps is None:  # equal epochs: in closed form
+        most = max(1, int(budget // epoch_s))
+        fewest = max(1, math.ceil(budget / epoch_s - 0.05))
+    else:  # epochs that differ with their number (at most 1,000)
+        fits = [n for n in range(1, 1001) if full(n) <= budget]
+        most = max(fits or [1])
+        fewest = next((n for n in range(1, 1001) if full(n) * (n + 0.05) / n >= budget), 1000)
     if recipe.limit_train_batches is not None:
-        epochs = max(1, int(budget // epoch_s))
-        return recipe.with_overrides(epochs=epochs), f"epochs {recipe.epochs} -> {epochs}: --budget " \
-                                                     f"{recipe.budget_minutes:g} min {per_epoch}"
-    epochs = max(1, math.ceil(budget / epoch_s - 0.05))
+        return recipe.with_overrides(epochs=most), f"epochs {recipe.epochs} -> {most}: --budget " \
+                                                   f"{recipe.budget_minutes:g} min {per_epoch}"
+    epochs = fewest  # the fewest epochs whose full length, stretched by 5 % of an epoch, reaches the budget
+    step_cost = 1.1 * (step_seconds if epoch_steps is None else sum(steps_of(epochs)) / epochs)  # on average
     batches = min(steps_per_epoch, max(1, int((budget / epochs - fixed) // step_cost)))
     line = f"epochs {recipe.epochs} -> {epochs}"
     if batches < steps_per_epoch:

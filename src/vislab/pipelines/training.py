@@ -47,8 +47,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
 
     from vislab.engine.callbacks import BudgetKeeper
     from vislab.engine.trainer import (add_change, budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, read_changes, resolve_lr, seconds_per_step,
-                                       steps_per_epoch)
+                                       prepare_run_folder, read_changes, resize_step_costs, resolve_lr,
+                                       seconds_per_step, steps_per_epoch)
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -64,10 +64,13 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     changes += lr_lines
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1)
-        step_s = seconds_per_step(probe, job.make_data(recipe).train_dataloader(), trainer.strategy.root_device)
+        loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
+        step_s = seconds_per_step(probe, loader, device)
+        epoch_steps, how = resize_step_costs(probe, loader, device, step_s)
         recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, job.n_train),
                                      job.holdout_batches(recipe), eval_scale=job.eval_scale,
-                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe))
+                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe),
+                                     epoch_steps=epoch_steps, how=how)
         changes.append(line)
     keeper = None
     if recipe.budget_minutes:  # held during the run; a resumed run gets what is left of it
