@@ -66,8 +66,11 @@ def test_keeper_replans_with_the_modules_epoch_costs():
 
     trainer = SimpleNamespace(current_epoch=0, max_epochs=6, is_global_zero=True,
                               strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
-    for weights, expected in ((None, []), (lambda n: [1.0] * (n - 1) + [3.0], [4])):
-        keeper = BudgetKeeper(1.0)
+    last3 = lambda n: [1.0] * (n - 1) + [3.0]  # noqa: E731
+    equal = lambda n: [1.0] * n  # noqa: E731
+    # (the module's weights, the keeper's own (the plan's timings: they take precedence), re-plans)
+    for weights, given, expected in ((None, None, []), (last3, None, [4]), (None, last3, [4]), (last3, equal, [])):
+        keeper = BudgetKeeper(1.0, weights=given)
         now = iter([0.0, 10.0])
         keeper.clock = lambda: next(now)  # type: ignore[method-assign]
         calls: list[int] = []

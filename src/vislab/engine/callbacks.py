@@ -98,9 +98,11 @@ class BudgetKeeper(pl.Callback):
     clock = staticmethod(time.monotonic)
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
 
-    def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None,
+                 weights: Callable[[int], list[float]] | None = None) -> None:
         self.minutes = minutes
         self.record = record
+        self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
         self._t0 = 0.0
         self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
         self.spent = 0.0  # seconds trained in all, at the last epoch end
@@ -135,10 +137,11 @@ class BudgetKeeper(pl.Callback):
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float) -> int:
         """The most epochs in [done, planned] whose rest fits in the time left, each epoch costed by
-        this run's speed so far in the module's relative epoch costs (``epoch_weights``: equal
-        epochs, or a progressive resize's growing ones, for a schedule of that many epochs); the
-        last epoch still starts when three quarters of it fit."""
-        weights: Callable[[int], list[float]] = getattr(pl_module, "epoch_weights", lambda n: [1.0] * n)
+        this run's speed so far in relative epoch costs for a schedule of that many epochs (the
+        ``weights`` given, as the budget's plan timed them, else the module's ``epoch_weights``:
+        equal epochs, or a progressive resize's pixels); the last epoch still starts when three
+        quarters of it fit."""
+        weights = self.weights or getattr(pl_module, "epoch_weights", lambda n: [1.0] * n)
         unit = elapsed / max(sum(weights(planned)[:done]), 1e-9)  # seconds per unit of relative cost
         left = self.minutes * 60 - elapsed
         for epochs in range(planned, done, -1):

@@ -62,6 +62,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     trainer = make_trainer(recipe)
     recipe, lr_lines = resolve_lr(recipe, trainer)
     changes += lr_lines
+    epoch_steps = None  # a progressive resize's timed step costs per epoch (a fresh budgeted run only)
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1)
         loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
@@ -74,7 +75,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         changes.append(line)
     keeper = None
     if recipe.budget_minutes:  # held during the run; a resumed run gets what is left of it
-        keeper = BudgetKeeper(recipe.budget_minutes, record=record)
+        keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps)
         trainer = make_trainer(recipe, keeper)
     for line in changes:
         info(f"setting: {line}")
