@@ -206,6 +206,36 @@ def test_a_slower_machine_ends_a_budgeted_run_earlier_with_the_whole_schedule(cl
     assert all(torch.equal(a[k], b[k]) for k in a), "the stopped and resumed run differs from the whole one"
 
 
+def test_a_run_shortened_by_a_slow_first_epoch_gets_its_epochs_back(cli, color_classes, tmp_path, monkeypatch):
+    """Planned as above: 5 epochs in 15 s. Epoch 1 takes 5 s (the cores were shared): 10 s left at
+    5 s per epoch, 2 more fit -> 3 epochs. Then 2 s per epoch: after epoch 2, 8 s left at 3.5 s
+    per epoch, 2.5 more -> 4; after epoch 3, 6 s at 3 s, 2.25 more -> 5, the first plan, which is
+    never exceeded (after epoch 4: 4 s at 2.75 s, 1.7 more, still 5)."""
+    from vislab.engine import trainer
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    readings = iter([0.0, 5.0, 7.0, 9.0, 11.0, 13.0])
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(readings)))
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=50, limit_train_batches=2),
+              "--out", run, "--budget", "0.25")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert "epochs 50 -> 5:" in lines[-4]
+    assert lines[-3].startswith("--budget 0.25 min: epochs 5 -> 3 after epoch 1 (0.1 min so far, 5 s per epoch: "
+                                "slower than planned)")
+    assert lines[-2] == ("--budget 0.25 min: epochs 3 -> 4 after epoch 2 (0.1 min so far, 4 s per epoch: faster than "
+                         "at the last re-plan); the learning-rate schedule now ends with epoch 4")
+    assert lines[-1].startswith("--budget 0.25 min: epochs 4 -> 5 after epoch 3")
+    assert _epochs(run) == ["1", "2", "3", "4", "5"]
+    with (run / "history.csv").open() as fh:
+        lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
+    assert lrs[-1] < 1e-9 < min(lrs[:-1]) and lrs == sorted(lrs, reverse=True)  # one decay, ending at 0
+    assert json.loads((run / "results.json").read_text())["epochs"] == 5
+
+
 def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color_classes, tmp_path, monkeypatch):
     """15 s of budget, planned as 5 epochs (as above); the run is stopped after every epoch and
     resumed. Its first epoch takes 2 s, the later ones 4 s each. Counting every piece, after

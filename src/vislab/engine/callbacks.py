@@ -90,8 +90,9 @@ class BudgetKeeper(pl.Callback):
     tenants on shared cores) the run would overrun. After each epoch the epochs left are planned
     again from this run's own seconds per epoch; when fewer fit, the run ends earlier with the
     rest of its learning-rate schedule compressed into them (``replan`` of the module, kept in
-    checkpoints), and ``record`` gets the line that says so. It only ever shortens a run, and rank
-    0 decides for every process. The seconds trained so far (up to the last epoch end) travel in
+    checkpoints), and ``record`` gets the line that says so. When a run that was shortened (an
+    early epoch shared the cores) speeds up again, epochs are given back the same way, never
+    beyond ``most`` (the budget's first plan); rank 0 decides for every process. The seconds trained so far (up to the last epoch end) travel in
     the checkpoints as this callback's state, so a run resumed after an interruption is held to
     what is left of its budget, not to a fresh one."""
 
@@ -99,8 +100,9 @@ class BudgetKeeper(pl.Callback):
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
 
     def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None,
-                 weights: Callable[[int], list[float]] | None = None) -> None:
+                 weights: Callable[[int], list[float]] | None = None, most: int | None = None) -> None:
         self.minutes = minutes
+        self.most = most  # the most epochs a re-plan may give (None: the epochs planned when it runs)
         self.record = record
         self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
         self._t0 = 0.0
@@ -124,27 +126,30 @@ class BudgetKeeper(pl.Callback):
         if done >= planned:
             return
         per_epoch = elapsed / done
-        epochs = int(trainer.strategy.broadcast(self.epochs_that_fit(pl_module, done, planned, elapsed), src=0))
-        if epochs >= planned:
+        cap = max(planned, self.most or planned)
+        epochs = int(trainer.strategy.broadcast(self.epochs_that_fit(pl_module, done, planned, elapsed, cap), src=0))
+        if epochs == planned:
             return
         pl_module.replan(epochs)  # type: ignore[operator]
         ends = "training ends now" if epochs == done else f"the learning-rate schedule now ends with epoch {epochs}"
+        pace = "slower than planned" if epochs < planned else "faster than at the last re-plan"
         line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({elapsed / 60:.1f} min "
-                f"so far, {per_epoch:.0f} s per epoch: slower than planned); {ends}")
+                f"so far, {per_epoch:.0f} s per epoch: {pace}); {ends}")
         info(f"warning: {line}")
         if trainer.is_global_zero:
             self.record(line)
 
-    def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float) -> int:
-        """The most epochs in [done, planned] whose rest fits in the time left, each epoch costed by
+    def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,
+                        cap: int | None = None) -> int:
+        """The most epochs in [done, cap (default: planned)] whose rest fits in the time left, each epoch costed by
         this run's speed so far in relative epoch costs for a schedule of that many epochs (the
         ``weights`` given, as the budget's plan timed them, else the module's ``epoch_weights``:
         equal epochs, or a progressive resize's pixels); the last epoch still starts when three
         quarters of it fit."""
         weights = self.weights or getattr(pl_module, "epoch_weights", lambda n: [1.0] * n)
-        unit = elapsed / max(sum(weights(planned)[:done]), 1e-9)  # seconds per unit of relative cost
+        unit = elapsed / max(sum(weights(planned)[:done]), 1e-9)  # seconds per unit: the epochs ran as planned
         left = self.minutes * 60 - elapsed
-        for epochs in range(planned, done, -1):
+        for epochs in range(cap or planned, done, -1):
             w = weights(epochs)
             if unit * sum(w[done:]) <= left + self.ALLOWANCE * unit * w[-1]:
                 return epochs

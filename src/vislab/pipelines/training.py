@@ -75,7 +75,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         changes.append(line)
     keeper = None
     if recipe.budget_minutes:  # held during the run; a resumed run gets what is left of it
-        keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps)
+        keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps, most=recipe.epochs)
         trainer = make_trainer(recipe, keeper)
     for line in changes:
         info(f"setting: {line}")
