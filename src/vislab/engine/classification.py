@@ -103,6 +103,8 @@ class ClassifierModule(VislabModule):
 
     def train_side(self) -> int | None:
         """The side this epoch trains at (the schedule follows the epochs the run now plans)."""
+        if self.recipe.resize_from is None:
+            return self.recipe.image_size
         epochs = int(self.trainer.max_epochs or self.recipe.epochs)
         return self.sides(epochs)[min(self.current_epoch, epochs - 1)]
 
