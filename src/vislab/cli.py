@@ -171,7 +171,8 @@ def cls_train(
     r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
-                image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix, augment=augment, erasing=erasing,
+                image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix,
+                augment=augment, erasing=erasing,
                 ema=ema, num_workers=workers,
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=None if teacher is None else tuple(members(teacher)))

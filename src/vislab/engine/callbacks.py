@@ -92,9 +92,10 @@ class BudgetKeeper(pl.Callback):
     rest of its learning-rate schedule compressed into them (``replan`` of the module, kept in
     checkpoints), and ``record`` gets the line that says so. When a run that was shortened (an
     early epoch shared the cores) speeds up again, epochs are given back the same way, never
-    beyond ``most`` (the budget's first plan); rank 0 decides for every process. The seconds trained so far (up to the last epoch end) travel in
-    the checkpoints as this callback's state, so a run resumed after an interruption is held to
-    what is left of its budget, not to a fresh one."""
+    beyond ``most`` (the budget's first plan); rank 0 decides for every process. The seconds
+    trained so far (up to the last epoch end) travel in the checkpoints as this callback's state,
+    so a run resumed after an interruption is held to what is left of its budget, not to a fresh
+    one."""
 
     clock = staticmethod(time.monotonic)
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
@@ -141,8 +142,8 @@ class BudgetKeeper(pl.Callback):
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,
                         cap: int | None = None) -> int:
-        """The most epochs in [done, cap (default: planned)] whose rest fits in the time left, each epoch costed by
-        this run's speed so far in relative epoch costs for a schedule of that many epochs (the
+        """The most epochs in [done, cap (default: planned)] whose rest fits in the time left, each
+        epoch costed by this run's speed so far in relative epoch costs for a schedule of that many epochs (the
         ``weights`` given, as the budget's plan timed them, else the module's ``epoch_weights``:
         equal epochs, or a progressive resize's pixels); the last epoch still starts when three
         quarters of it fit."""

@@ -94,7 +94,7 @@ class ClassifierModule(VislabModule):
         r = self.recipe
         if r.resize_from is None or r.image_size is None:
             return [r.image_size] * epochs
-        return list(progressive_sides(r.resize_from, r.image_size, epochs))
+        return progressive_sides(r.resize_from, r.image_size, epochs)
 
     def epoch_weights(self, epochs: int) -> list[float]:
         """Relative cost of each epoch of a schedule of ``epochs``: its training pixels."""

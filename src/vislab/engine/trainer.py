@@ -237,9 +237,7 @@ def read_changes(out_dir: Path) -> list[str]:
 
 def add_change(out_dir: Path, line: str) -> None:
     """One more line at the end of ``changes.txt`` (kept whole: written atomically)."""
-    path = out_dir / "changes.txt"
-    before = path.read_text() if path.is_file() else ""
-    atomic_write_text(before + ("" if not before or before.endswith("\n") else "\n") + line + "\n", path)
+    write_changes(out_dir, read_changes(out_dir) + [line])
 
 
 def resolve_lr(recipe: Recipe, trainer: pl.Trainer) -> tuple[Recipe, list[str]]:
@@ -320,7 +318,7 @@ def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any,
     (None, "")."""
     r = module.recipe
     sides = getattr(module, "sides", None)
-    if r.task != "cls" or r.resize_from is None or r.image_size is None or r.resize_from == r.image_size or sides is None:
+    if sides is None or r.resize_from is None or r.image_size is None or r.resize_from == r.image_size:
         return None, ""
     s0, s1, t1 = r.resize_from, r.image_size, end_seconds
     t0 = seconds_per_step(module, loader, device, side=s0)
