@@ -290,3 +290,18 @@ def test_budget_keeper_only_shortens_and_stops_when_nothing_fits():
     trainer.current_epoch = 1
     keeper.on_train_epoch_end(trainer, module)  # 200 s for 2 epochs: past the budget
     assert calls == [2] and said[0].endswith("training ends now")
+
+
+def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_path):
+    """The first piece writes its lines; a resumed piece that decides one new setting (say another
+    precision on another machine) adds that line once, after the earlier ones, and repeats nothing."""
+    from vislab.config import Recipe
+    from vislab.engine.trainer import prepare_run_folder, read_changes
+
+    run, recipe = tmp_path / "run", Recipe(task="cls", model="resnet18")
+    assert prepare_run_folder(run, recipe, resume=False, command="first", changes=["a", "b"]) is None
+    (run / "last.ckpt").write_bytes(b"stand-in")
+    for _ in range(2):
+        assert prepare_run_folder(run, recipe, resume=True, command="again", changes=["b", "c"]) == run / "last.ckpt"
+        assert read_changes(run) == ["a", "b", "c"]
+    assert (run / "command.txt").read_text() == "first\n"  # the run's command stays the first piece's

@@ -209,9 +209,14 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 
     A resume without a checkpoint is an error (Lightning would silently start afresh).
     A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
+    A resumed piece appends to ``changes.txt`` the lines its earlier pieces did not record.
     """
     last = check_run_folder(out_dir, resume=resume)
     if resume:
+        recorded = read_changes(out_dir)
+        new = [line for line in changes or [] if line not in recorded]
+        if new:
+            write_changes(out_dir, recorded + new)
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
