@@ -249,3 +249,46 @@ def test_flip_tta_is_mirror_invariant_and_exact_on_symmetric_images():
     assert torch.allclose(s_tta, s_plain.log_softmax(1), atol=1e-5)
     with pytest.raises(VislabError, match="unknown --tta 'd4'"):
         infer(model, meta, x, tta="d4")
+
+
+def test_shift_views_translate_with_reflected_edges_by_hand():
+    from vislab.models.tta import VIEWS, shift_step
+
+    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32)
+    assert shift_step(x) == 2 and shift_step(x[..., :8, :8]) == 1  # 8 / 16 rounds to 0: at least 1 px
+    keys = [(dy, dx, m) for m in (False, True) for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))]
+    down = dict(zip(keys, VIEWS["shift"]))
+    v = down[(1, 0, False)][0](x)
+    assert v.shape == x.shape
+    assert torch.equal(v[..., :30, :], x[..., 2:, :])  # row i shows row i + 2
+    assert torch.equal(v[..., 30, :], x[..., 30, :]) and torch.equal(v[..., 31, :], x[..., 29, :])  # reflected
+    left = down[(0, -1, True)][0](x)  # mirrored, then column j shows column j - 2
+    assert torch.equal(left[..., :, 2:], x.flip(-1)[..., :, :30])
+    assert torch.equal(left[..., :, 0], x.flip(-1)[..., :, 2]) and torch.equal(down[(0, 0, False)][0](x), x)
+
+
+def test_shift_tta_averages_ten_views_at_the_stored_size():
+    import torch.nn.functional as F
+
+    from vislab.models import build_model
+    from vislab.pipelines.classification import infer
+
+    torch.manual_seed(0)
+    model = build_model("simple_cnn", num_classes=5).eval()
+    meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 40}
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    got, _ = infer(model, meta, x, tta="shift")
+    # a second implementation: every view cut from one reflect-padded copy, resized, scored
+    src = (x.float() / 255 - 0.5) / 0.25
+    total = torch.zeros(4, 5)
+    for img in (src, src.flip(-1)):
+        padded = F.pad(img, (2, 2, 2, 2), mode="reflect")
+        for oy, ox in ((2, 2), (0, 2), (4, 2), (2, 0), (2, 4)):
+            view = padded[..., oy : oy + 32, ox : ox + 32]
+            with torch.no_grad():
+                total += model(F.interpolate(view, size=(40, 40), mode="bilinear", align_corners=False)).softmax(1)
+    assert torch.allclose(got, (total / 10).log(), atol=1e-5)
+    mirrored, _ = infer(model, meta, x.flip(-1), tta="shift")
+    assert torch.allclose(got, mirrored, atol=1e-5)  # the views of an image and its mirror coincide
+    plain, _ = infer(model, meta, x)
+    assert not torch.allclose(got, plain.log_softmax(1), atol=1e-3)

@@ -223,6 +223,9 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     assert res.code == 0, res.err
     out = Image.open(tmp_path / "out" / "0042.png")
     assert out.size == (500, 375) and out.mode == "RGB"
+    res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out2", "--tta", "shift")  # P1's only
+    assert res.code == 2 and "unknown --tta 'shift'; choose none or flip or d4" in res.err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_flip_tta_of_flip_equivariant_model_equals_plain():

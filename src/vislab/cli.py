@@ -184,7 +184,8 @@ def cls_train(
         out.print(f"val accuracy: {result['val']['accuracy']:.4f}  (top-5 {result['val']['top5']:.4f}, {result['val']['images']} images)")
 
 
-CLS_TTA_OPTION = typer.Option("none", "--tta", help="none | flip (average with the mirror image).")
+CLS_TTA_OPTION = typer.Option("none", "--tta", help="none | flip (average with the mirror image) | shift "
+                              "(10 views: flip x the image and 4 translations by 1/16 of the side).")
 
 
 @cls_app.command("eval")

@@ -109,10 +109,10 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
 
 
 def check_tta(tta: str) -> None:
-    """Refuse a P1 test-time augmentation other than none or flip."""
+    """Refuse a P1 test-time augmentation other than none, flip or shift."""
     from vislab.models.tta import check_tta as check
 
-    check(tta, ("none", "flip"))
+    check(tta, ("none", "flip", "shift"))
 
 
 @torch.inference_mode()
@@ -121,7 +121,9 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
     """Logits (and optionally second-last-layer features) for uint8 images (N, 3, H, W).
 
     ``tta="flip"`` averages the class probabilities of each image and its mirror image and
-    returns their logarithm (same argmax and ranking as the averaged probabilities).
+    returns their logarithm (same argmax and ranking as the averaged probabilities); ``"shift"``
+    averages 10 views: the image and its mirror, each also translated by 1/16 of the side up,
+    down, left and right at the stored size (before the resize, as the training crops).
     """
     check_tta(tta)
     from vislab.models.checkpoints import pick_device
@@ -130,16 +132,17 @@ def infer(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *,
     model = model.to(dev).eval()
     logits, feats = [], []
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(dev)
-        x = resize_batch(normalize(x, tuple(meta["mean"]), tuple(meta["std"])), meta["image_size"])
+        src = normalize(images[start : start + batch_size].to(dev), tuple(meta["mean"]), tuple(meta["std"]))
+        x = resize_batch(src, meta["image_size"])
         if features:
             with penultimate(model) as store:
                 out = model(x)
             feats.append(store[0].float().cpu())
-        else:
+        if tta != "none":  # the views are taken at the stored size, then resized
+            out = averaged_probs(model, src, tta, dense=False,
+                                 prepare=lambda v: resize_batch(v, meta["image_size"])).log()
+        elif not features:
             out = model(x)
-        if tta != "none":
-            out = averaged_probs(model, x, tta, dense=False).log()
         logits.append(out.float().cpu())
     return torch.cat(logits), (torch.cat(feats) if features else None)
 
