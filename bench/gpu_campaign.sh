@@ -6,7 +6,7 @@
 #
 # DATA_ROOT holds p1_data/ and p2_data/. Side by side on one GPU:
 #   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), val_50
-#       scored once by the training run and again with flip TTA, and the t-SNE figure;
+#       scored once by the training run and again with flip and shift TTA, and the t-SNE figure;
 #   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
 #       scored once by the training run, class offsets fitted on its held-out split, validation
 #       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
@@ -30,6 +30,7 @@ start=$(date +%s)
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
   vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta flip --json "$w/cls-val-flip.json" >> "$w/cls-best.log" 2>&1 &&
+  vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta shift --json "$w/cls-val-shift.json" >> "$w/cls-best.log" 2>&1 &&
   vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
   echo "cls exit $?" >> "$w/cls-best.log" ) &
 ( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
@@ -54,7 +55,8 @@ for run, key in (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
     p = w / run / "results.json"
     r = json.loads(p.read_text()) if p.is_file() else {}
     print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
-print(f"P1 val_50 accuracy {num('cls-best/results.json', 'val_accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}")
+print(f"P1 val_50 accuracy {num('cls-best/results.json', 'val_accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}, "
+      f"shift TTA {num('cls-val-shift.json', 'accuracy')}")
 print(f"P2 validation mIoU plain {num('seg-best/results.json', 'val_miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
       f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
 for log in ("cls-best.log", "seg-best.log"):

@@ -292,3 +292,25 @@ def test_shift_tta_averages_ten_views_at_the_stored_size():
     assert torch.allclose(got, mirrored, atol=1e-5)  # the views of an image and its mirror coincide
     plain, _ = infer(model, meta, x)
     assert not torch.allclose(got, plain.log_softmax(1), atol=1e-3)
+
+
+def test_held_out_eval_scores_exactly_the_images_training_held_out(cli, trained, color_classes, tmp_path):
+    res = cli("cls", "eval", trained, color_classes, "--held-out", "--json", tmp_path / "h.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "h.json").read_text())
+    assert got["images"] == 24 and got["held_out"] == {"fraction": 0.2, "seed": 0}  # 8 of each class's 40
+    best = max(float(r["holdout_acc"]) for r in csv.DictReader((trained / "history.csv").open()))
+    assert got["accuracy"] == pytest.approx(best, abs=1e-6)  # the score training computed on them
+    r = yaml.safe_load((trained / "recipe.yaml").read_text())
+    r["holdout"] = 0.0
+    (tmp_path / "h0.yaml").write_text(yaml.safe_dump(r))
+    assert cli("cls", "train", color_classes, "--recipe", tmp_path / "h0.yaml", "--epochs", "1", "--out", tmp_path / "r0").code == 0
+    res = cli("cls", "eval", tmp_path / "r0", color_classes, "--held-out")
+    assert res.code == 2 and "r0" in res.err and "held no training images out (its recipe's holdout is 0)" in res.err
+    res = cli("cls", "eval", f"{trained},{tmp_path / 'r0'}", color_classes, "--held-out")
+    assert res.code == 2 and "holdout is 0" in res.err
+    r.update(holdout=0.2, seed=1)
+    (tmp_path / "s1.yaml").write_text(yaml.safe_dump(r))
+    assert cli("cls", "train", color_classes, "--recipe", tmp_path / "s1.yaml", "--epochs", "1", "--out", tmp_path / "s1").code == 0
+    res = cli("cls", "eval", f"{trained},{tmp_path / 's1'}", color_classes, "--held-out")
+    assert res.code == 2 and "s1" in res.err and "(0.2, 1), the first run (0.2, 0): not the same images" in res.err

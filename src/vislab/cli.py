@@ -197,11 +197,12 @@ def cls_eval(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
     tta: str = CLS_TTA_OPTION,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Test at this input side instead of the training one (every member of an ensemble)."),
+    held_out: bool = typer.Option(False, "--held-out", help="IMG_DIR is the run's training folder: score only the images its recipe held out of training."),
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.pipelines.classification import evaluate
 
-    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size)
+    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out)
     t = Table("class", "accuracy", title="per-class accuracy")
     names = res.get("class_names")
     for c, a in res["per_class"].items():

@@ -233,11 +233,13 @@ def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
              predictions_csv: str | Path | None = None, tta: str = "none",
-             image_size: int | None = None) -> dict[str, Any]:
+             image_size: int | None = None, held_out: bool = False) -> dict[str, Any]:
     """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder (any
     layout; class names are matched to the checkpoint's). ``ckpt`` may list several checkpoints
     separated by commas: an ensemble, their class probabilities averaged. ``image_size`` tests
     every model at another input side than it was trained at (e.g. larger, as in FixRes).
+    ``held_out``: ``img_dir`` is the runs' training folder and only the images their recipe held
+    out of training are scored (to choose a TTA mode or an ensemble without the validation set).
 
     ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows (class ids; with class
     names also ``label_name,pred_name``).
@@ -251,8 +253,10 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     if image_size is not None:
         models = [(model, {**meta, "image_size": image_size}) for model, meta in models]
     meta = models[0][1]
-    data, logits = _ensemble_logits(models, paths, lambda m: _load_labelled(m, img_dir, labels_csv),
-                                    batch_size=batch_size, device=device, tta=tta)
+    split = held_out_of(models, paths) if held_out else None
+    data, logits = _ensemble_logits(
+        models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split) if split
+        else _load_labelled(m, img_dir, labels_csv), batch_size=batch_size, device=device, tta=tta)
     labels = data.labels
     n_cls = meta["num_classes"]
     pred = logits.argmax(1)
@@ -279,7 +283,33 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
         **({"ensemble": paths} if len(paths) > 1 else {}),
         **({"image_size": image_size} if image_size is not None else {}),
+        **({"held_out": {"fraction": split[0], "seed": split[1]}} if split else {}),
     }
+
+
+def held_out_of(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str]) -> tuple[float, int]:
+    """(held-out fraction, seed) shared by the runs' recipes; refused when a run held nothing
+    out or the members held out different images."""
+    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), int(m.get("recipe", {}).get("seed", 0))) for _, m in models]
+    for (fraction, _), path in zip(splits, paths):
+        if fraction <= 0:
+            raise VislabError(path, "--held-out: this run held no training images out (its recipe's holdout is 0)")
+    for split, path in zip(splits, paths):
+        if split != splits[0]:
+            raise VislabError(path, f"--held-out: holds out (fraction, seed) {split}, the first run {splits[0]}: "
+                                    "not the same images")
+    return splits[0]
+
+
+def held_out_part(data: Any, fraction: float, seed: int) -> Any:
+    """The images of a decoded training folder that a run with this held-out fraction and seed
+    did not train on (the same stratified split as training)."""
+    from dataclasses import replace
+
+    from vislab.data.classification import stratified_split
+
+    _, idx = stratified_split(data.labels, fraction=fraction, seed=seed)
+    return replace(data, files=[data.files[i] for i in idx.tolist()], images=data.images[idx], labels=data.labels[idx])
 
 
 def check_positive(**values: int | float) -> None:
