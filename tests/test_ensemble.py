@@ -150,7 +150,7 @@ def test_exported_cls_ensemble_is_the_average_of_its_members(cli, cls_runs, tmp_
     files = sorted(data.iterdir())
     x = torch.stack([torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1) for f in files])
     avg = sum(_resized_probs(*load_network(m, task="cls"), x) for m in members) / 3
-    for tta in ("none", "flip"):
+    for tta in ("none", "flip", "shift"):
         assert cli("cls", "predict", tmp_path / "ens.onnx", data, tmp_path / "onnx.csv", "--tta", tta).code == 0
         assert cli("cls", "predict", spec, data, tmp_path / "list.csv", "--tta", tta, "--engine", "torch").code == 0
         from_onnx = [r["label"] for r in csv.DictReader((tmp_path / "onnx.csv").open())]
