@@ -6,7 +6,8 @@
 #
 # DATA_ROOT holds p1_data/ and p2_data/. Side by side on one GPU:
 #   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), val_50
-#       scored once by the training run and again with flip and shift TTA, and the t-SNE figure;
+#       scored once by the training run and again with flip and shift TTA (each TTA also scored
+#       on the held-out split of train_50, the honest place to choose one), and the t-SNE figure;
 #   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
 #       scored once by the training run, class offsets fitted on its held-out split, validation
 #       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
@@ -19,6 +20,7 @@ data=${1:?DATA_ROOT}; out=${2:?OUT_DIR}; smoke=${3:-}
 mkdir -p "$out/work"
 w="$out/work"
 vis() { python3 -m vislab "$@"; }
+held() { vis cls eval "$w/cls-best" "$data/p1_data/train_50" --held-out "${dev[@]}" --tta "$1" --json "$w/cls-held-$1.json" >> "$w/cls-best.log" 2>&1; }
 cls_extra=(); seg_extra=(); dev=()
 if [ "$smoke" = "--smoke" ]; then
   cls_extra=(--epochs 1 --limit-batches 2 --batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
@@ -29,6 +31,7 @@ start=$(date +%s)
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
+  held none && held flip && held shift &&
   vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta flip --json "$w/cls-val-flip.json" >> "$w/cls-best.log" 2>&1 &&
   vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta shift --json "$w/cls-val-shift.json" >> "$w/cls-best.log" 2>&1 &&
   vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
@@ -55,6 +58,7 @@ for run, key in (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
     p = w / run / "results.json"
     r = json.loads(p.read_text()) if p.is_file() else {}
     print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
+print("P1 held-out accuracy (the split that chooses the TTA): " + ", ".join(f"{t} {num(f'cls-held-{t}.json', 'accuracy')}" for t in ("none", "flip", "shift")))
 print(f"P1 val_50 accuracy {num('cls-best/results.json', 'val_accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}, "
       f"shift TTA {num('cls-val-shift.json', 'accuracy')}")
 print(f"P2 validation mIoU plain {num('seg-best/results.json', 'val_miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
