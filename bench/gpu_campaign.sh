@@ -20,7 +20,11 @@ data=${1:?DATA_ROOT}; out=${2:?OUT_DIR}; smoke=${3:-}
 mkdir -p "$out/work"
 w="$out/work"
 vis() { python3 -m vislab "$@"; }
-held() { vis cls eval "$w/cls-best" "$data/p1_data/train_50" --held-out "${dev[@]}" --tta "$1" --json "$w/cls-held-$1.json" >> "$w/cls-best.log" 2>&1; }
+# p1eval DIR TTA NAME [ARGS]: score the P1 run on DIR with one TTA into $w/NAME.json
+p1eval() { local dir=$1 tta=$2 name=$3; shift 3
+  vis cls eval "$w/cls-best" "$dir" "$@" "${dev[@]}" --tta "$tta" --json "$w/$name.json" >> "$w/cls-best.log" 2>&1; }
+held() { p1eval "$data/p1_data/train_50" "$1" "cls-held-$1" --held-out; }
+val() { p1eval "$data/p1_data/val_50" "$1" "cls-val-$1"; }
 cls_extra=(); seg_extra=(); dev=()
 if [ "$smoke" = "--smoke" ]; then
   cls_extra=(--epochs 1 --limit-batches 2 --batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
@@ -31,9 +35,7 @@ start=$(date +%s)
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
-  held none && held flip && held shift &&
-  vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta flip --json "$w/cls-val-flip.json" >> "$w/cls-best.log" 2>&1 &&
-  vis cls eval "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --tta shift --json "$w/cls-val-shift.json" >> "$w/cls-best.log" 2>&1 &&
+  held none && held flip && held shift && val flip && val shift &&
   vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
   echo "cls exit $?" >> "$w/cls-best.log" ) &
 ( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
