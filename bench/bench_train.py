@@ -13,6 +13,12 @@ cache and the Lightning set-up are outside its window, the DataLoader start is i
 loop's: see bench_p1_input.py for the input pipeline alone). The seed recipes (on request) run with batch 8, 2 steps and random weights
 here (224 px VGG16-BN and 512 px FCN32s take minutes per full batch on 2 cores); ``--scaling``
 adds the cost of cls-cpu at 32/64/96/128 px and seg-cpu at 256/512 px crops.
+
+``--precisions 32 bf16-mixed`` times every recipe in each precision, through both paths (the
+plain loop wraps forward and loss in ``torch.autocast``, as Lightning's bf16-mixed does), and
+prints what bf16 gains over fp32 in each; ``--model`` and ``--image-size`` change the recipes'
+network and input size (e.g. ``--recipes cls-cpu --model efficientnet_lite1 --image-size 160``).
+A CPU without native bf16 (avx512_bf16 / AMX) runs bf16 far slower than fp32.
 """
 
 from __future__ import annotations
@@ -114,11 +120,13 @@ def plain_images_per_s(r: Recipe, data: Path, steps: int) -> float:
     net.train()
     opt = OPTIMIZERS[r.optimizer]([p for p in net.parameters() if p.requires_grad], r)
     loader = DataLoader(ds, batch_size=r.batch_size, shuffle=True, drop_last=True, num_workers=r.num_workers)
+    bf16 = r.precision.startswith("bf16")
     t0 = time.perf_counter()
     for x, y in itertools.islice(loader, steps):
         if r.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -127,7 +135,8 @@ def plain_images_per_s(r: Recipe, data: Path, steps: int) -> float:
 
 def vislab_images_per_s(r: Recipe, data: Path, steps: int) -> float:
     """One epoch of ``steps`` batches through vislab's training pipeline; its history.csv time."""
-    r = r.with_overrides(epochs=1, limit_train_batches=steps, holdout=0.0)
+    # one epoch: a recipe's time budget (cls-cpu, seg-cpu) would otherwise plan many epochs of ``steps``
+    r = dataclasses.replace(r.with_overrides(epochs=1, limit_train_batches=steps, holdout=0.0), budget_minutes=None)
     with tempfile.TemporaryDirectory() as tmp:
         if r.task == "cls":
             from vislab.pipelines.classification import train
@@ -163,24 +172,35 @@ def main() -> None:
                     help="also cls-vgg16bn-seed / seg-fcn32s-seed (batch 8, 2 steps, random weights)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--precisions", nargs="+", default=None, metavar="PRECISION",
+                    help="time each recipe in these precisions (e.g. 32 bf16-mixed); default: the recipe's own")
+    ap.add_argument("--model", default=None, help="replace the recipes' network")
+    ap.add_argument("--image-size", type=int, default=None, help="replace the P1 recipes' input size")
     ap.add_argument("--p2-pairs", type=int, default=0,
                     help="train P2 on the first N training pairs only (quick runs: vislab decodes its whole folder once)")
     args = ap.parse_args()
     if args.p2_pairs:
         args.data = _subset(args.data, args.p2_pairs)
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.steps} batches per measurement")
-    ratios = []
+    ratios, rates = [], {}
     for name in args.recipes:
-        r = load_recipe(name).with_overrides(**SEED_OVERRIDES.get(name, {}))
+        changes = {**SEED_OVERRIDES.get(name, {}), **({"model": args.model} if args.model else {})}
+        if args.image_size and name.startswith("cls"):
+            changes["image_size"] = args.image_size
+        base = load_recipe(name).with_overrides(**changes)
         if name in SEED_OVERRIDES:  # VGG ImageNet weights download from the internet; time does not need them
-            r = dataclasses.replace(r, weights=None)
+            base = dataclasses.replace(base, weights=None)
         steps = 2 if name in SEED_OVERRIDES else args.steps
-        mine = vislab_images_per_s(r, args.data, steps)
-        ref = plain_images_per_s(r, args.data, steps)
-        size = f"{r.image_size or 32} px" if r.task == "cls" else f"{r.crop_size or 512} px crops"
-        print(f"{name:<17} {r.model:<36} {size:<13} batch {r.batch_size:<4} vislab {mine:7.1f} img/s   "
-              f"plain loop {ref:7.1f} img/s", flush=True)
-        ratios.append((name, mine / ref))
+        for precision in args.precisions or [base.precision]:
+            r = dataclasses.replace(base, precision=precision)
+            mine = vislab_images_per_s(r, args.data, steps)
+            ref = plain_images_per_s(r, args.data, steps)
+            rates[name, precision] = mine, ref
+            size = f"{r.image_size or 32} px" if r.task == "cls" else f"{r.crop_size or 512} px crops"
+            print(f"{name:<17} {r.model:<36} {size:<13} batch {r.batch_size:<4} {precision:<10} "
+                  f"vislab {mine:7.1f} img/s   plain loop {ref:7.1f} img/s", flush=True)
+            tag = name if args.precisions is None else f"{name}_{precision}"
+            ratios.append((tag, mine / ref))
     if args.scaling:
         print("\ncost against input size (vislab, images/s; relative cost per image in brackets)")
         for name, key, sizes in (("cls-cpu", "image_size", (32, 64, 96, 128)), ("seg-cpu", "crop_size", (256, 512))):
@@ -192,6 +212,11 @@ def main() -> None:
     print(f"peak RSS {peak_rss_mb():.0f} MB")
     for name, ratio in ratios:
         print(f"RATIO train_{name} vislab is {ratio:.2f}x the plain loop's images/s")
+    for name in args.recipes:
+        for precision in (args.precisions or [])[1:]:
+            (mine, ref), (mine0, ref0) = rates[name, precision], rates[name, args.precisions[0]]
+            print(f"RATIO {precision}_over_{args.precisions[0]}_{name} vislab {mine / mine0:.2f}x, "
+                  f"plain loop {ref / ref0:.2f}x the images/s")
 
 
 if __name__ == "__main__":
