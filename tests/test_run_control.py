@@ -305,3 +305,40 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
         assert prepare_run_folder(run, recipe, resume=True, command="again", changes=["b", "c"]) == run / "last.ckpt"
         assert read_changes(run) == ["a", "b", "c"]
     assert (run / "command.txt").read_text() == "first\n"  # the run's command stays the first piece's
+
+
+
+def test_the_budget_times_a_step_in_the_recipes_precision():
+    """The step timing that plans a budget runs the network as training will: a bf16-mixed recipe
+    under bfloat16 autocast, on a CPU too (its speed there can differ from fp32 several-fold)."""
+    from types import SimpleNamespace
+
+    from vislab.engine.trainer import seconds_per_step, step_precision
+
+    assert step_precision("bf16-mixed", "cpu") == (torch.bfloat16, True)
+    assert step_precision("16-mixed", "cuda") == (torch.float16, True)
+    assert step_precision("16-mixed", "cpu") == (None, False)  # Lightning has no float16 autocast on CPUs
+    assert step_precision("bf16-true", "cpu") == (torch.bfloat16, False)
+    assert step_precision("32", "cuda") == (None, False)
+
+    seen: list[tuple[bool, torch.dtype]] = []  # (autocast on, output dtype) of every forward pass
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(12, 3)
+
+        def forward(self, x):
+            out = self.lin(x.flatten(1))
+            seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+            return out
+
+    batches = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(3)]
+    for precision, expected in (("32", (False, torch.float32)), ("bf16-mixed", (True, torch.bfloat16)),
+                                ("bf16-true", (False, torch.bfloat16))):
+        seen.clear()
+        module = SimpleNamespace(net=Probe(), task="cls", prepare=lambda x: x,
+                                 recipe=SimpleNamespace(precision=precision, crop_size=None))
+        assert seconds_per_step(module, batches, torch.device("cpu"), steps=2) > 0
+        assert seen == [expected] * 3, precision  # one warm-up step and two timed ones
+        assert module.net.lin.weight.dtype == torch.float32  # a copy ran: the module's network is untouched

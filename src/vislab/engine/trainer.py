@@ -268,11 +268,24 @@ def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
     return steps
 
 
+def step_precision(precision: str, device_type: str) -> tuple[Any, bool]:
+    """(half dtype or None, whether it runs as autocast) of a Lightning precision on a device:
+    "bf16-mixed" autocasts to bfloat16 on CPUs and GPUs, "16-mixed" to float16 on GPUs only (as
+    Lightning does), "bf16-true"/"16-true" cast the whole network; 32 and 64: (None, False)."""
+    import torch
+
+    half = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    if half is None or precision.endswith("-true"):
+        return half, False
+    return (half, True) if device_type != "cpu" or half is torch.bfloat16 else (None, False)
+
+
 def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 5,
                      side: int | None = None) -> float:
     """Wall seconds of one training step (forward, backward, optimiser step) of a copy of
-    ``module``'s network on ``loader``'s first batches: the median of ``steps`` steps after one
-    warm-up step (the fastest step under-estimated a 2-core epoch by a fifth). The module, its
+    ``module``'s network in its recipe's precision on ``loader``'s first batches: the median of
+    ``steps`` steps after one warm-up step (the fastest step under-estimated a 2-core epoch by a
+    fifth). The module, its
     weights and the global RNG states are left as they were. ``side``: a classifier's batches at
     that input side instead of its own."""
     import copy
@@ -280,9 +293,11 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
 
     import torch
 
+    half, amp = step_precision(str(module.recipe.precision), device.type)
     net = copy.deepcopy(module.net).to(device).train()
+    if half is not None and not amp:  # "-true" precisions: the whole network in half precision
+        net = net.to(half)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
-    amp = "16" in str(module.recipe.precision) and device.type != "cpu"
     batches = iter(loader)
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -300,7 +315,9 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
             if crop:
                 x, y = x[..., :crop, :crop], y[..., :crop, :crop]
             x = module.prepare(x) if side is None else module.prepare(x, side)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if half is not None and not amp:
+                x = x.to(half)
+            with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=amp):
                 out = net(x)
             loss = torch.nn.functional.cross_entropy(out.float(), y.long(), ignore_index=255)
             opt.zero_grad()
