@@ -173,6 +173,22 @@ def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_a_time_budget_is_dropped_with_a_line_when_two_processes_train(color_classes, tmp_path):
+    """Each process would time its own steps before they can talk and could plan another number
+    of batches (one then waits for the other's gradients for ever): the budget is dropped, said on
+    the console and in changes.txt, and the recipe's epochs run."""
+    recipe = _recipe(tmp_path, model="simple_cnn", epochs=2, budget_minutes=0.5)
+    run = tmp_path / "two"
+    out = _run("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--accelerator", "cpu",
+               "--devices", "2", "--strategy", "ddp")
+    said = ("budget_minutes 0.5 dropped: a time budget is planned from one process's timing and this run has "
+            "2 processes; the recipe's 2 epochs run instead (--epochs sets them)")
+    assert said in " ".join(out.split())
+    assert said in (run / "changes.txt").read_text().splitlines()
+    assert [r["epoch"] for r in _columns(run / "history.csv", drop="seconds")] == ["1", "2"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_classes, tmp_path):
     """Epoch 1 on one process, killed, resumed on two: each process now takes half the steps per
     epoch, and the learning rate at every epoch end is the uninterrupted one-process run's."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -317,9 +318,10 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
 
     assert step_precision("bf16-mixed", "cpu") == (torch.bfloat16, True)
     assert step_precision("16-mixed", "cuda") == (torch.float16, True)
-    assert step_precision("16-mixed", "cpu") == (None, False)  # Lightning has no float16 autocast on CPUs
+    assert step_precision("16-mixed", "cpu") == (torch.bfloat16, True)  # what Lightning runs it as on CPUs
     assert step_precision("bf16-true", "cpu") == (torch.bfloat16, False)
-    assert step_precision("32", "cuda") == (None, False)
+    assert step_precision("64-true", "cpu") == (torch.float64, False)
+    assert step_precision("32-true", "cuda") == (None, False)
 
     seen: list[tuple[bool, torch.dtype]] = []  # (autocast on, output dtype) of every forward pass
 
@@ -342,3 +344,39 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
         assert seconds_per_step(module, batches, torch.device("cpu"), steps=2) > 0
         assert seen == [expected] * 3, precision  # one warm-up step and two timed ones
         assert module.net.lin.weight.dtype == torch.float32  # a copy ran: the module's network is untouched
+    seen.clear()  # the trainer's precision, when given, is the one timed
+    assert seconds_per_step(module, batches, torch.device("cpu"), steps=2, precision="64-true") > 0
+    assert seen == [(False, torch.float64)] * 3
+    # a split of one batch (a tiny folder): the warm-up step is the timing; of none: one clear line
+    assert seconds_per_step(module, batches[:1], torch.device("cpu"), steps=2) > 0
+    from vislab.errors import VislabError
+
+    with pytest.raises(VislabError, match="no batch to time a step on"):
+        seconds_per_step(module, [], torch.device("cpu"), steps=2)
+
+
+def test_a_mid_epoch_save_carries_the_epochs_time_so_far():
+    """A checkpoint written 9 s into the third epoch (mid-epoch saves are on by default) holds all
+    the seconds trained, not only those up to the last epoch end: a run resumed from it is not
+    given back the part of an epoch it had already spent."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import BudgetKeeper
+
+    keeper = BudgetKeeper(10.0)
+    now = iter([100.0, 110.0, 120.0, 129.0, 129.0])
+    keeper.clock = lambda: next(now)  # type: ignore[method-assign]
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=50, is_global_zero=True,
+                              strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    module = SimpleNamespace(replan=lambda epochs: None, epoch_weights=lambda n: [1.0] * n)
+    keeper.on_train_start(trainer, module)  # 100
+    for epoch in (0, 1):  # epoch ends at 110 and 120
+        trainer.current_epoch = epoch
+        keeper.on_train_epoch_start(trainer, module)
+        keeper.on_train_epoch_end(trainer, module)
+    assert keeper.state_dict() == {"spent_s": 20.0}  # saved at an epoch end
+    keeper.on_train_epoch_start(trainer, module)
+    assert keeper.state_dict() == {"spent_s": 29.0}  # saved 9 s into epoch 3
+    resumed = BudgetKeeper(10.0)
+    resumed.load_state_dict(keeper.state_dict())  # the clock reads 129 once more
+    assert resumed.before == resumed.spent == 29.0

@@ -93,9 +93,9 @@ class BudgetKeeper(pl.Callback):
     checkpoints), and ``record`` gets the line that says so. When a run that was shortened (an
     early epoch shared the cores) speeds up again, epochs are given back the same way, never
     beyond ``most`` (the budget's first plan); rank 0 decides for every process. The seconds
-    trained so far (up to the last epoch end) travel in the checkpoints as this callback's state,
-    so a run resumed after an interruption is held to what is left of its budget, not to a fresh
-    one."""
+    trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
+    checkpoints as this callback's state, so a run resumed after an interruption is held to what
+    is left of its budget, not to a fresh one."""
 
     clock = staticmethod(time.monotonic)
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
@@ -110,9 +110,10 @@ class BudgetKeeper(pl.Callback):
         self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
         self.spent = 0.0  # seconds trained in all, at the last epoch end
         self.epochs_here = 0  # epochs that ended in this process
+        self._in_epoch = False  # between an epoch's start and end: a save then counts the epoch's time so far
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spent_s": self.spent}
+        return {"spent_s": self.before + self.clock() - self._t0 if self._in_epoch else self.spent}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = self.spent = float(state_dict.get("spent_s", 0.0))
@@ -120,9 +121,13 @@ class BudgetKeeper(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = self.clock()
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._in_epoch = True
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
         self.spent = elapsed = self.before + self.clock() - self._t0
+        self._in_epoch = False
         self.epochs_here += 1
         if done >= planned:
             return

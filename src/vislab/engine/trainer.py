@@ -269,37 +269,42 @@ def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
 
 
 def step_precision(precision: str, device_type: str) -> tuple[Any, bool]:
-    """(half dtype or None, whether it runs as autocast) of a Lightning precision on a device:
-    "bf16-mixed" autocasts to bfloat16 on CPUs and GPUs, "16-mixed" to float16 on GPUs only (as
-    Lightning does), "bf16-true"/"16-true" cast the whole network; 32 and 64: (None, False)."""
+    """(dtype other than float32 or None, whether it runs as autocast) of a Lightning precision
+    on a device: "bf16-mixed" autocasts to bfloat16, "16-mixed" to float16 on GPUs (Lightning
+    turns it into bf16-mixed on CPUs), "bf16-true"/"16-true"/"64" cast the whole network; 32:
+    (None, False)."""
     import torch
 
+    if precision.startswith("64"):
+        return torch.float64, False
     half = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
     if half is None or precision.endswith("-true"):
         return half, False
-    return (half, True) if device_type != "cpu" or half is torch.bfloat16 else (None, False)
+    if device_type == "cpu" and half is torch.float16:
+        half = torch.bfloat16
+    return half, True
 
 
 def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, steps: int = 5,
-                     side: int | None = None) -> float:
+                     side: int | None = None, precision: str | None = None) -> float:
     """Wall seconds of one training step (forward, backward, optimiser step) of a copy of
-    ``module``'s network in its recipe's precision on ``loader``'s first batches: the median of
-    ``steps`` steps after one warm-up step (the fastest step under-estimated a 2-core epoch by a
-    fifth). The module, its
-    weights and the global RNG states are left as they were. ``side``: a classifier's batches at
-    that input side instead of its own."""
+    ``module``'s network in ``precision`` (the trainer's, default the recipe's) on ``loader``'s
+    first batches: the median of ``steps`` steps after one warm-up step (the fastest step
+    under-estimated a 2-core epoch by a fifth); the warm-up step itself when the loader has only
+    one batch. The module, its weights and the global RNG states are left as they were.
+    ``side``: a classifier's batches at that input side instead of its own."""
     import copy
     import time
 
     import torch
 
-    half, amp = step_precision(str(module.recipe.precision), device.type)
+    half, amp = step_precision(str(precision or module.recipe.precision), device.type)
     net = copy.deepcopy(module.net).to(device).train()
     if half is not None and not amp:  # "-true" precisions: the whole network in half precision
         net = net.to(half)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
     batches = iter(loader)
-    times = []
+    times, warm_up = [], None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for i in range(steps + 1):
             try:
@@ -327,13 +332,15 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
                 torch.cuda.synchronize()
             if i:  # the first step warms caches and allocators
                 times.append(time.perf_counter() - t0)
-    if not times:
-        raise VislabError(None, "--budget: the training split is too small to time a step")
-    return sorted(times)[len(times) // 2]
+            else:
+                warm_up = time.perf_counter() - t0
+    if warm_up is None:
+        raise VislabError(None, "--budget: the training split has no batch to time a step on")
+    return sorted(times)[len(times) // 2] if times else warm_up
 
 
-def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any,
-                      end_seconds: float) -> tuple[Callable[[int], list[float]] | None, str]:
+def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any, end_seconds: float,
+                      precision: str | None = None) -> tuple[Callable[[int], list[float]] | None, str]:
     """For a progressive resize (``resize_from``), the seconds of a step in each epoch of an
     n-epoch schedule, from one more timing at the first side (``end_seconds``: the timing at
     ``image_size``; sides between, interpolated in pixels), and how they were measured; else
@@ -343,7 +350,7 @@ def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any,
     if sides is None or r.resize_from is None or r.image_size is None or r.resize_from == r.image_size:
         return None, ""
     s0, s1, t1 = r.resize_from, r.image_size, end_seconds
-    t0 = seconds_per_step(module, loader, device, side=s0)
+    t0 = seconds_per_step(module, loader, device, side=s0, precision=precision)
 
     def at(side: int) -> float:
         return t0 + (t1 - t0) * (side ** 2 - s0 ** 2) / (s1 ** 2 - s0 ** 2)

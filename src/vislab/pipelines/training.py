@@ -3,6 +3,7 @@ training, the time budget, the fit and the checkpoint selection, in one order.""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -63,16 +64,27 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     recipe, lr_lines = resolve_lr(recipe, trainer)
     changes += lr_lines
     epoch_steps = None  # a progressive resize's timed step costs per epoch (a fresh budgeted run only)
+    if recipe.budget_minutes and not job.resume and trainer.world_size > 1:
+        # every process would time its own steps before the processes can talk: plans that differ by
+        # one batch leave one process waiting for the others' gradients for ever
+        changes.append(f"budget_minutes {recipe.budget_minutes:g} dropped: a time budget is planned from one "
+                       f"process's timing and this run has {trainer.world_size} processes; the recipe's "
+                       f"{recipe.epochs} epochs run instead (--epochs sets them)")
+        recipe = dataclasses.replace(recipe, budget_minutes=None)  # with_overrides reads None as "not given"
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1)
         loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
-        step_s = seconds_per_step(probe, loader, device)
-        epoch_steps, how = resize_step_costs(probe, loader, device, step_s)
+        precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
+        step_s = seconds_per_step(probe, loader, device, precision=precision)
+        epoch_steps, how = resize_step_costs(probe, loader, device, step_s, precision=precision)
+        if recipe.compile and not how:
+            how = f"{step_s:.3g} s per training step measured here without torch.compile"
         recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, job.n_train),
                                      job.holdout_batches(recipe), eval_scale=job.eval_scale,
                                      epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe),
                                      epoch_steps=epoch_steps, how=how)
         changes.append(line)
+        del probe, loader  # not held through the run (a loader's worker processes, a copy of the network)
     keeper = None
     if recipe.budget_minutes:  # held during the run; a resumed run gets what is left of it
         keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps, most=recipe.epochs)
