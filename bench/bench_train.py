@@ -15,7 +15,7 @@ here (224 px VGG16-BN and 512 px FCN32s take minutes per full batch on 2 cores);
 adds the cost of cls-cpu at 32/64/96/128 px and seg-cpu at 256/512 px crops.
 
 ``--precisions 32 bf16-mixed`` times every recipe in each precision, through both paths (the
-plain loop wraps forward and loss in ``torch.autocast``, as Lightning's bf16-mixed does), and
+plain loop wraps forward and loss in ``torch.autocast``, as Lightning's mixed precisions do), and
 prints what bf16 gains over fp32 in each; ``--model`` and ``--image-size`` change the recipes'
 network and input size (e.g. ``--recipes cls-cpu --model efficientnet_lite1 --image-size 160``).
 A CPU without native bf16 (avx512_bf16 / AMX) runs bf16 far slower than fp32.
@@ -46,6 +46,7 @@ from vislab.data.palette import PALETTE  # noqa: E402
 from vislab.engine.base import freeze_prefixes  # noqa: E402
 from vislab.engine.losses import build_loss  # noqa: E402
 from vislab.engine.optim import OPTIMIZERS  # noqa: E402
+from vislab.engine.trainer import step_precision  # noqa: E402
 from vislab.models import build_model  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -120,12 +121,12 @@ def plain_images_per_s(r: Recipe, data: Path, steps: int) -> float:
     net.train()
     opt = OPTIMIZERS[r.optimizer]([p for p in net.parameters() if p.requires_grad], r)
     loader = DataLoader(ds, batch_size=r.batch_size, shuffle=True, drop_last=True, num_workers=r.num_workers)
-    bf16 = r.precision.startswith("bf16")
+    half, amp = step_precision(str(r.precision), "cpu")  # as vislab's trainer runs it (16-mixed: bf16 on a CPU)
     t0 = time.perf_counter()
     for x, y in itertools.islice(loader, steps):
         if r.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=half or torch.bfloat16, enabled=amp):
             loss = loss_fn(net(x), y)
         opt.zero_grad()
         loss.backward()

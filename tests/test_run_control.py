@@ -100,6 +100,10 @@ def test_budget_epochs_by_hand():
     got, line = budget_epochs(r, 0.5, 10, 3, epoch_overhead=1.9)
     assert (got.epochs, got.limit_train_batches) == (8, 9) and "about 8.0 s per epoch" in line
     assert "epochs 30 -> 8 of 9 of their 10 batches" in line
+    assert "at 0.5 s per training step measured here (10 steps" in line
+    _, compiled = budget_epochs(Recipe(task="cls", epochs=30, budget_minutes=1.0, compile=True), 0.5, 10, 3,
+                                epoch_overhead=1.9)  # the probe ran an eager copy: the line says so
+    assert "at 0.5 s per training step measured here without torch.compile (10 steps" in compiled
     # 60 s hold 2.02 epochs of 29.7 s: two whole ones
     got, line = budget_epochs(r, 2.4, 10, 3, epoch_overhead=0.66)
     assert (got.epochs, got.limit_train_batches) == (2, None) and "epochs 30 -> 2:" in line
@@ -306,7 +310,6 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
         assert prepare_run_folder(run, recipe, resume=True, command="again", changes=["b", "c"]) == run / "last.ckpt"
         assert read_changes(run) == ["a", "b", "c"]
     assert (run / "command.txt").read_text() == "first\n"  # the run's command stays the first piece's
-
 
 
 def test_the_budget_times_a_step_in_the_recipes_precision():

@@ -299,9 +299,10 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
     import torch
 
     half, amp = step_precision(str(precision or module.recipe.precision), device.type)
+    cast = None if amp else half  # "-true" and 64 precisions: the whole network and its input in that dtype
     net = copy.deepcopy(module.net).to(device).train()
-    if half is not None and not amp:  # "-true" precisions: the whole network in half precision
-        net = net.to(half)
+    if cast is not None:
+        net = net.to(cast)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
     batches = iter(loader)
     times, warm_up = [], None
@@ -320,8 +321,8 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
             if crop:
                 x, y = x[..., :crop, :crop], y[..., :crop, :crop]
             x = module.prepare(x) if side is None else module.prepare(x, side)
-            if half is not None and not amp:
-                x = x.to(half)
+            if cast is not None:
+                x = x.to(cast)
             with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=amp):
                 out = net(x)
             loss = torch.nn.functional.cross_entropy(out.float(), y.long(), ignore_index=255)
@@ -402,7 +403,10 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
         return 1.1 * steps_per_epoch * sum(steps_of(n)) + n * fixed
 
     epoch_s = full(1) if epoch_steps is None else full(recipe.epochs) / recipe.epochs
-    per_epoch = f"at {how or f'{step_seconds:.3g} s per training step measured here'} ({steps_per_epoch} steps and " \
+    timed = how or f"{step_seconds:.3g} s per training step measured here"
+    if recipe.compile:  # the probe runs an eager copy of the network
+        timed += " without torch.compile"
+    per_epoch = f"at {timed} ({steps_per_epoch} steps and " \
                 f"{holdout_batches} held-out batches per epoch, {epoch_overhead:.1f} s of checkpoint writes: " \
                 f"about {epoch_s:.1f} s per epoch{'' if epoch_steps is None else ' on average'})"
     if epoch_steps is None:  # equal epochs: in closed form

@@ -77,8 +77,6 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
         step_s = seconds_per_step(probe, loader, device, precision=precision)
         epoch_steps, how = resize_step_costs(probe, loader, device, step_s, precision=precision)
-        if recipe.compile and not how:
-            how = f"{step_s:.3g} s per training step measured here without torch.compile"
         recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, job.n_train),
                                      job.holdout_batches(recipe), eval_scale=job.eval_scale,
                                      epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe),
