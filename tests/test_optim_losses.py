@@ -142,3 +142,21 @@ def test_inverse_sqrt_frequency_by_hand():
     raw = [1 / math.sqrt(64 / 84), 1 / math.sqrt(16 / 84), 0.0, 1 / math.sqrt(4 / 84)]
     mean = (raw[0] + raw[1] + raw[3]) / 3
     assert w.tolist() == pytest.approx([r / mean for r in raw])
+
+
+def test_a_replan_after_a_resume_on_more_processes_cuts_at_the_schedulers_step():
+    """Epoch 1 ran on one process (12 steps), epochs 2.. on two (6 steps each): after epoch 2 the
+    rescaled scheduler has taken 12 steps of 6 per epoch, while Lightning's global_step counts
+    12 + 6 = 18. A re-plan to 4 epochs (24 steps) must stretch the 6 original steps left over
+    steps 12..24; cut at 18 the schedule would reach its end at step 18, a whole epoch early."""
+    from types import SimpleNamespace
+
+    from vislab.engine.base import VislabModule
+
+    warp = ScheduleWarp(18)  # 3 epochs of 6 steps, as the resume rescaled it
+    trainer = SimpleNamespace(global_step=18, fit_loop=SimpleNamespace(max_epochs=3))
+    module = SimpleNamespace(schedule_warp=warp, steps_per_epoch=6, trainer=trainer, replanned_epochs=None,
+                             lr_schedulers=lambda: SimpleNamespace(last_epoch=12))
+    VislabModule.replan(module, 4)  # type: ignore[arg-type]
+    assert warp.knots == [(12, 24)] and trainer.fit_loop.max_epochs == 4 and module.replanned_epochs == 4
+    assert [warp(s) for s in (12, 18, 24)] == pytest.approx([12, 15, 18])

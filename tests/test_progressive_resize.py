@@ -116,7 +116,7 @@ def test_budget_times_both_sides(cli, color_classes, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
-    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: 0.0))
+    monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, epochs=50), "--out", run, "--budget", "0.9")
     assert res.code == 0, res.err

@@ -115,17 +115,17 @@ def test_budget_epochs_by_hand():
     assert (tiny.epochs, tiny.limit_train_batches) == (1, 1)  # at least one epoch of one batch
 
 
-def _frozen_budget_clock(monkeypatch):
-    """The budget's epoch-end re-planning sees no time pass (its own tests drive it)."""
+def _budget_keeps_its_plan(monkeypatch):
+    """The budget's epoch-end re-planning keeps the epochs planned (its own tests drive it)."""
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: 0.0))
+    monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
 
 
 def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path, monkeypatch):
     import re
 
-    _frozen_budget_clock(monkeypatch)
+    _budget_keeps_its_plan(monkeypatch)
 
     recipe = _recipe(tmp_path, "r.yaml", epochs=50)
     run = tmp_path / "run"
@@ -148,7 +148,7 @@ def test_a_budgeted_run_that_runs_over_says_so(cli, color_classes, tmp_path, mon
     # a run of a few seconds is "over" a threshold of 1 % of its budget: the line reaches the console,
     # changes.txt (after the budget's own line) and results.json
     monkeypatch.setattr(training, "OVERRUN", 0.01)
-    _frozen_budget_clock(monkeypatch)
+    _budget_keeps_its_plan(monkeypatch)
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=50), "--out", run,
               "--budget", "0.1")
@@ -211,34 +211,55 @@ def test_a_slower_machine_ends_a_budgeted_run_earlier_with_the_whole_schedule(cl
     assert all(torch.equal(a[k], b[k]) for k in a), "the stopped and resumed run differs from the whole one"
 
 
-def test_a_run_shortened_by_a_slow_first_epoch_gets_its_epochs_back(cli, color_classes, tmp_path, monkeypatch):
+def test_a_budgeted_run_that_speeds_up_gets_its_epochs_back_and_more(cli, color_classes, tmp_path, monkeypatch):
     """Planned as above: 5 epochs in 15 s. Epoch 1 takes 5 s (the cores were shared): 10 s left at
-    5 s per epoch, 2 more fit -> 3 epochs. Then 2 s per epoch: after epoch 2, 8 s left at 3.5 s
-    per epoch, 2.5 more -> 4; after epoch 3, 6 s at 3 s, 2.25 more -> 5, the first plan, which is
-    never exceeded (after epoch 4: 4 s at 2.75 s, 1.7 more, still 5)."""
+    5 s per epoch, 2 more fit -> 3 epochs. Then 2 s, then 1 s, then 0.9 s per epoch: after epoch
+    2, 8 s left at 3.5 s per epoch, 2.3 more -> 4; after epoch 3, 7 s at 2.67 s, 2.6 more -> 5,
+    the first plan; after epoch 4, 6 s at 2.25 s, 2.7 more -> 6 (beyond the first plan); then 7,
+    8, and after epoch 7 (3.1 s at 1.7 s, 1.8 more) 9; after epoch 8 (2.2 s at 1.6 s, 1.4 more)
+    still 9. (An epoch still starts when three quarters of it fit.) The schedule stretches with
+    each re-plan and still decays once, to 0 at the last epoch."""
     from vislab.engine import trainer
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
-    readings = iter([0.0, 5.0, 7.0, 9.0, 11.0, 13.0])
+    readings = iter([0.0, 5.0, 7.0, 8.0, 9.0, 10.0, 11.0, 11.9, 12.8, 13.7])
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(readings)))
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=50, limit_train_batches=2),
               "--out", run, "--budget", "0.25")
     assert res.code == 0, res.err
     lines = (run / "changes.txt").read_text().splitlines()
-    assert "epochs 50 -> 5:" in lines[-4]
-    assert lines[-3].startswith("--budget 0.25 min: epochs 5 -> 3 after epoch 1 (0.1 min so far, 5 s per epoch: "
+    assert "epochs 50 -> 5:" in lines[-8]
+    assert lines[-7].startswith("--budget 0.25 min: epochs 5 -> 3 after epoch 1 (0.1 min so far, 5 s per epoch: "
                                 "slower than planned)")
-    assert lines[-2] == ("--budget 0.25 min: epochs 3 -> 4 after epoch 2 (0.1 min so far, 4 s per epoch: faster than "
-                         "at the last re-plan); the learning-rate schedule now ends with epoch 4")
-    assert lines[-1].startswith("--budget 0.25 min: epochs 4 -> 5 after epoch 3")
-    assert _epochs(run) == ["1", "2", "3", "4", "5"]
+    assert lines[-6] == ("--budget 0.25 min: epochs 3 -> 4 after epoch 2 (0.1 min so far, 4 s per epoch: faster than "
+                         "planned); the learning-rate schedule now ends with epoch 4")
+    assert [line.split(" after ")[0] for line in lines[-5:]] == [
+        f"--budget 0.25 min: epochs {n} -> {n + 1}" for n in range(4, 9)]
+    assert _epochs(run) == [str(n) for n in range(1, 10)]
     with (run / "history.csv").open() as fh:
         lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
     assert lrs[-1] < 1e-9 < min(lrs[:-1]) and lrs == sorted(lrs, reverse=True)  # one decay, ending at 0
-    assert json.loads((run / "results.json").read_text())["epochs"] == 5
+    assert json.loads((run / "results.json").read_text())["epochs"] == 9
+
+
+def test_budget_re_plans_at_most_double_the_first_plan():
+    """A run far faster than its probe said adds epochs up to twice the first plan, no more."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import BudgetKeeper
+
+    keeper = BudgetKeeper(1.0, most=8)  # 60 s; planned 4 epochs, each takes 1 s
+    now = iter(range(100))
+    keeper.clock = lambda: float(next(now))  # type: ignore[method-assign]
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=4, is_global_zero=True,
+                              strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    module = SimpleNamespace(replan=lambda epochs: setattr(trainer, "max_epochs", epochs))
+    keeper.on_train_start(trainer, module)
+    keeper.on_train_epoch_end(trainer, module)  # 1 s per epoch, 59 s left: 8, the cap
+    assert trainer.max_epochs == 8
 
 
 def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color_classes, tmp_path, monkeypatch):

@@ -106,9 +106,13 @@ class VislabModule(pl.LightningModule):
         return [1.0] * epochs
 
     def replan(self, epochs: int) -> None:
-        """End the run after ``epochs`` epochs (fewer than planned): from the current step, the
-        rest of the learning-rate schedule is compressed into the epochs left."""
-        self.schedule_warp.replan(self.trainer.global_step, self.steps_per_epoch * epochs)
+        """End the run after ``epochs`` epochs (fewer or more than planned): from the current step,
+        the rest of the learning-rate schedule is compressed or stretched into the epochs left. The
+        step is the scheduler's own count, in this process's steps: after a resume on another
+        process count ``trainer.global_step`` still counts the old processes' steps."""
+        sched = self.lr_schedulers()
+        at = int(sched.last_epoch) if sched is not None and not isinstance(sched, list) else self.trainer.global_step
+        self.schedule_warp.replan(at, self.steps_per_epoch * epochs)
         self.replanned_epochs = epochs
         self.trainer.fit_loop.max_epochs = epochs
 

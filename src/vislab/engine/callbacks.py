@@ -90,9 +90,10 @@ class BudgetKeeper(pl.Callback):
     tenants on shared cores) the run would overrun. After each epoch the epochs left are planned
     again from this run's own seconds per epoch; when fewer fit, the run ends earlier with the
     rest of its learning-rate schedule compressed into them (``replan`` of the module, kept in
-    checkpoints), and ``record`` gets the line that says so. When a run that was shortened (an
-    early epoch shared the cores) speeds up again, epochs are given back the same way, never
-    beyond ``most`` (the budget's first plan); rank 0 decides for every process. The seconds
+    checkpoints), and ``record`` gets the line that says so. When the run goes faster than
+    planned (an early epoch shared the cores, or the machine sped up after the budget's probe),
+    epochs are added the same way, the rest of the schedule stretched over them, up to ``most``
+    (the pipeline passes twice the first plan); rank 0 decides for every process. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
     checkpoints as this callback's state, so a run resumed after an interruption is held to what
     is left of its budget, not to a fresh one."""
@@ -103,7 +104,7 @@ class BudgetKeeper(pl.Callback):
     def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None,
                  weights: Callable[[int], list[float]] | None = None, most: int | None = None) -> None:
         self.minutes = minutes
-        self.most = most  # the most epochs a re-plan may give (None: the epochs planned when it runs)
+        self.most = most  # the most epochs a re-plan may plan (None: the epochs planned when it runs)
         self.record = record
         self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
         self._t0 = 0.0
@@ -138,7 +139,7 @@ class BudgetKeeper(pl.Callback):
             return
         pl_module.replan(epochs)  # type: ignore[operator]
         ends = "training ends now" if epochs == done else f"the learning-rate schedule now ends with epoch {epochs}"
-        pace = "slower than planned" if epochs < planned else "faster than at the last re-plan"
+        pace = "slower than planned" if epochs < planned else "faster than planned"
         line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({elapsed / 60:.1f} min "
                 f"so far, {per_epoch:.0f} s per epoch: {pace}); {ends}")
         info(f"warning: {line}")
