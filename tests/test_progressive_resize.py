@@ -124,3 +124,22 @@ def test_budget_times_both_sides(cli, color_classes, tmp_path, monkeypatch):
     assert line.startswith("epochs 50 -> 3 of 5 of their 6 batches"), line
     assert "1 s per training step at 32 px and 4 s at 64 px measured here" in line
     assert _sides(run) == [32.0, 48.0, 64.0]
+
+
+def test_a_budget_never_adds_epochs_to_a_progressive_resize(cli, color_classes, tmp_path, monkeypatch):
+    """Planned as above (3 epochs at 32, 48, 64 px), but each epoch then takes 0.1 s: a plain run
+    would get epochs added; here more epochs would move the ramp later and train the last epochs
+    below 64 px again, so the run keeps its first plan, and its sides only grow."""
+    from vislab.engine import trainer
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
+    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    ticks = iter(range(100))
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: 0.1 * next(ticks)))
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, epochs=50), "--out", run, "--budget", "0.9")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[-1].startswith("epochs 50 -> 3 of 5 of their 6 batches") and "--budget 0.9 min:" not in " ".join(lines)
+    assert _sides(run) == [32.0, 48.0, 64.0]

@@ -213,36 +213,68 @@ def test_a_slower_machine_ends_a_budgeted_run_earlier_with_the_whole_schedule(cl
 
 def test_a_budgeted_run_that_speeds_up_gets_its_epochs_back_and_more(cli, color_classes, tmp_path, monkeypatch):
     """Planned as above: 5 epochs in 15 s. Epoch 1 takes 5 s (the cores were shared): 10 s left at
-    5 s per epoch, 2 more fit -> 3 epochs. Then 2 s, then 1 s, then 0.9 s per epoch: after epoch
-    2, 8 s left at 3.5 s per epoch, 2.3 more -> 4; after epoch 3, 7 s at 2.67 s, 2.6 more -> 5,
-    the first plan; after epoch 4, 6 s at 2.25 s, 2.7 more -> 6 (beyond the first plan); then 7,
-    8, and after epoch 7 (3.1 s at 1.7 s, 1.8 more) 9; after epoch 8 (2.2 s at 1.6 s, 1.4 more)
-    still 9. (An epoch still starts when three quarters of it fit.) The schedule stretches with
+    5 s per epoch, 2 more fit (the last one needs only three quarters of it) -> 3 epochs. Then
+    2 s, then 1 s, then 0.9 s per epoch, and an epoch is added when it fits whole: after epoch 2,
+    8 s left at 3.5 s per epoch, 2.3 more -> 4; after epoch 3, 7 s at 2.67 s, 2.6 more -> 5, the
+    first plan; after epoch 4, 6 s at 2.25 s, 2.7 more -> 6 (beyond the first plan); then 7 and
+    8; after epoch 7, 3.1 s at 1.7 s: 1.8 more, not 2, so still 8. The schedule stretches with
     each re-plan and still decays once, to 0 at the last epoch."""
     from vislab.engine import trainer
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
-    readings = iter([0.0, 5.0, 7.0, 8.0, 9.0, 10.0, 11.0, 11.9, 12.8, 13.7])
+    readings = iter([0.0, 5.0, 7.0, 8.0, 9.0, 10.0, 11.0, 11.9, 12.8])
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(readings)))
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=50, limit_train_batches=2),
               "--out", run, "--budget", "0.25")
     assert res.code == 0, res.err
     lines = (run / "changes.txt").read_text().splitlines()
-    assert "epochs 50 -> 5:" in lines[-8]
-    assert lines[-7].startswith("--budget 0.25 min: epochs 5 -> 3 after epoch 1 (0.1 min so far, 5 s per epoch: "
+    assert "epochs 50 -> 5:" in lines[-7]
+    assert lines[-6].startswith("--budget 0.25 min: epochs 5 -> 3 after epoch 1 (0.1 min so far, 5 s per epoch: "
                                 "slower than planned)")
-    assert lines[-6] == ("--budget 0.25 min: epochs 3 -> 4 after epoch 2 (0.1 min so far, 4 s per epoch: faster than "
+    assert lines[-5] == ("--budget 0.25 min: epochs 3 -> 4 after epoch 2 (0.1 min so far, 4 s per epoch: faster than "
                          "planned); the learning-rate schedule now ends with epoch 4")
-    assert [line.split(" after ")[0] for line in lines[-5:]] == [
-        f"--budget 0.25 min: epochs {n} -> {n + 1}" for n in range(4, 9)]
-    assert _epochs(run) == [str(n) for n in range(1, 10)]
+    assert [line.split(" after ")[0] for line in lines[-4:]] == [
+        f"--budget 0.25 min: epochs {n} -> {n + 1}" for n in range(4, 8)]
+    assert _epochs(run) == [str(n) for n in range(1, 9)]
     with (run / "history.csv").open() as fh:
         lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
     assert lrs[-1] < 1e-9 < min(lrs[:-1]) and lrs == sorted(lrs, reverse=True)  # one decay, ending at 0
-    assert json.loads((run / "results.json").read_text())["epochs"] == 9
+    assert json.loads((run / "results.json").read_text())["epochs"] == 8
+
+
+def test_a_run_its_budget_extended_resumes_past_its_first_plan(cli, color_classes, tmp_path, monkeypatch):
+    """Planned at 2.93 s per epoch, 9 s hold 3 epochs; each epoch then takes 1 s, so after epoch
+    1 (8 s left) the plan doubles to 6. The run is stopped after every epoch and resumed: the
+    pieces after epoch 3 (the recipe's epochs in recipe.yaml) still train, up to epoch 6, and the
+    schedule ends there."""
+    from vislab.engine import trainer
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    clock = {"now": 0.0}
+
+    def tick() -> float:  # a piece reads the clock as it starts and as its one epoch ends: 1 s apart
+        clock["now"] += 1.0
+        return clock["now"]
+
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(tick))
+    run = tmp_path / "run"
+    stopping = _recipe(tmp_path, "s.yaml", epochs=50, limit_train_batches=2, max_minutes=1e-6)
+    assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", run, "--budget", "0.15").code == 0
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert "epochs 50 -> 3:" in lines[-2] and lines[-1].startswith("--budget 0.15 min: epochs 3 -> 6 after epoch 1")
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["epochs"] == 3
+    for n in range(2, 8):
+        assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+        assert _epochs(run) == [str(e) for e in range(1, min(n, 6) + 1)]
+    with (run / "history.csv").open() as fh:
+        lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
+    assert lrs[-1] < 1e-9 < min(lrs[:-1]) and lrs == sorted(lrs, reverse=True)
+    assert json.loads((run / "results.json").read_text())["epochs"] == 6
 
 
 def test_budget_re_plans_at_most_double_the_first_plan():
@@ -296,7 +328,7 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     assert result["changes"] == recorded and recorded[-1] == last
 
 
-def test_budget_keeper_only_shortens_and_stops_when_nothing_fits():
+def test_budget_keeper_keeps_a_plan_on_time_and_stops_when_nothing_fits():
     """The decision alone, on a stand-in trainer: on time keeps the plan, far over stops now."""
     from types import SimpleNamespace
 

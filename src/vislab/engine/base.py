@@ -159,6 +159,9 @@ class VislabModule(pl.LightningModule):
             # in place: the scheduler's function may already hold this object
             self.schedule_warp.total, self.schedule_warp.knots = warp.total, warp.knots
             self.replanned_epochs = int(replanned["epochs"])
+            # now, before Lightning decides whether the loop has anything left to do: a run its budget
+            # extended past the recipe's epochs and stopped after them would otherwise end at once
+            self.trainer.fit_loop.max_epochs = self.replanned_epochs
         if changed:
             from vislab.log import info
 

@@ -93,7 +93,9 @@ class BudgetKeeper(pl.Callback):
     checkpoints), and ``record`` gets the line that says so. When the run goes faster than
     planned (an early epoch shared the cores, or the machine sped up after the budget's probe),
     epochs are added the same way, the rest of the schedule stretched over them, up to ``most``
-    (the pipeline passes twice the first plan); rank 0 decides for every process. The seconds
+    (the pipeline passes twice the first plan; for a progressive resize, the first plan, whose
+    ramp would otherwise move later); rank 0 decides for every process. Epochs are added at the
+    end of an epoch before the last planned one, never after it. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
     checkpoints as this callback's state, so a run resumed after an interruption is held to what
     is left of its budget, not to a fresh one."""
@@ -152,12 +154,14 @@ class BudgetKeeper(pl.Callback):
         epoch costed by this run's speed so far in relative epoch costs for a schedule of that many epochs (the
         ``weights`` given, as the budget's plan timed them, else the module's ``epoch_weights``:
         equal epochs, or a progressive resize's pixels); the last epoch still starts when three
-        quarters of it fit."""
+        quarters of it fit, but an epoch beyond ``planned`` is added only when it fits whole."""
         weights = self.weights or getattr(pl_module, "epoch_weights", lambda n: [1.0] * n)
         unit = elapsed / max(sum(weights(planned)[:done]), 1e-9)  # seconds per unit: the epochs ran as planned
         left = self.minutes * 60 - elapsed
         for epochs in range(cap or planned, done, -1):
             w = weights(epochs)
-            if unit * sum(w[done:]) <= left + self.ALLOWANCE * unit * w[-1]:
+            # epochs beyond the plan must fit whole: added on the allowance, the next re-plan took them back
+            slack = self.ALLOWANCE * unit * w[-1] if epochs <= planned else 0.0
+            if unit * sum(w[done:]) <= left + slack:
                 return epochs
         return done

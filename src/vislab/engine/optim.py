@@ -81,8 +81,8 @@ SCHEDULERS: dict[str, Callable[[int, int, int], float]] = {
 
 
 class ScheduleWarp:
-    """A schedule re-planned to end earlier: ``knots`` of (step, new last step). From each knot on,
-    the steps up to its new end run through what was left of the schedule at that step, linearly,
+    """A schedule re-planned to end earlier or later: ``knots`` of (step, new last step). From each
+    knot on, the steps up to its new end run through what was left of the schedule at that step, linearly,
     so the learning rate stays continuous and reaches the schedule's end at the new last step.
     Maps an optimiser step to the original schedule's (fractional) step; no knots: identity."""
 

@@ -346,9 +346,10 @@ def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any, end_
     n-epoch schedule, from one more timing at the first side (``end_seconds``: the timing at
     ``image_size``; sides between, interpolated in pixels), and how they were measured; else
     (None, "")."""
+    from vislab.data.classification import progressive_sides
+
     r = module.recipe
-    sides = getattr(module, "sides", None)
-    if sides is None or r.resize_from is None or r.image_size is None or r.resize_from == r.image_size:
+    if not hasattr(module, "sides") or r.resize_from is None or r.image_size is None or r.resize_from == r.image_size:
         return None, ""
     s0, s1, t1 = r.resize_from, r.image_size, end_seconds
     t0 = seconds_per_step(module, loader, device, side=s0, precision=precision)
@@ -358,7 +359,7 @@ def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any, end_
 
     how = (f"{t0:.3g} s per training step at {s0} px and {t1:.3g} s at {s1} px measured here (progressive resizing: "
            "the sides between interpolated in pixels)")
-    return (lambda n: [at(side) for side in sides(n)]), how
+    return (lambda n: [at(side) for side in progressive_sides(s0, s1, n)]), how
 
 
 def checkpoint_seconds(module: pl.LightningModule) -> float:
