@@ -112,7 +112,8 @@ def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path)
 
 def test_class_offsets_travel_into_the_onnx_file(seg_run, cli, tmp_path):
     """Offsets stored for a checkpoint go into its export's metadata: the .onnx predicts what the
-    checkpoint predicts with them, and --no-offsets gives the plain argmax on both."""
+    checkpoint predicts with them, and --no-offsets gives the plain argmax on both; an export
+    made with --no-offsets carries none (a classifier's export refuses the flag)."""
     import shutil
 
     from vislab.calibration import save_offsets
@@ -121,16 +122,18 @@ def test_class_offsets_travel_into_the_onnx_file(seg_run, cli, tmp_path):
     shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
     save_offsets(ckpt, torch.tensor([0, 0, 0, 0, 0, 9.0, 0]))  # barren wins almost everywhere
     assert cli("export", ckpt, tmp_path / "c.onnx").code == 0
+    assert cli("export", ckpt, tmp_path / "plain.onnx", "--no-offsets").code == 0
     masks = {}
     for name, src, flags in (("ckpt", ckpt, ["--engine", "torch"]), ("onnx", tmp_path / "c.onnx", []),
                              ("ckpt-plain", ckpt, ["--engine", "torch", "--no-offsets"]),
-                             ("onnx-plain", tmp_path / "c.onnx", ["--no-offsets"])):
+                             ("onnx-plain", tmp_path / "c.onnx", ["--no-offsets"]),
+                             ("exported-plain", tmp_path / "plain.onnx", [])):
         res = cli("seg", "predict", src, seg_run / "train", tmp_path / name, *flags)
         assert res.code == 0, res.err
         masks[name] = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("*_mask.png"))])
     barren = (masks["ckpt"] == PALETTE[5].numpy()).all(-1).mean()
     assert barren > 0.9 and (masks["ckpt-plain"] == PALETTE[5].numpy()).all(-1).mean() < barren
-    for a, b in (("onnx", "ckpt"), ("onnx-plain", "ckpt-plain")):
+    for a, b in (("onnx", "ckpt"), ("onnx-plain", "ckpt-plain"), ("exported-plain", "ckpt-plain")):
         assert (masks[a] == masks[b]).all(-1).mean() > 0.999, (a, b)
 
 
@@ -154,6 +157,9 @@ def test_export_and_engine_errors(cls_run, seg_run, cli, tmp_path):
     torch.save(build_model("simple_cnn", num_classes=3).state_dict(), plain)
     res = cli("export", plain, tmp_path / "x.onnx")
     assert res.code == 2 and "plain.pt: a plain state_dict" in res.err
+    assert not (tmp_path / "x.onnx").exists()
+    res = cli("export", cls_run / "run", tmp_path / "x.onnx", "--no-offsets")
+    assert res.code == 2 and "--no-offsets: a classifier has no class offsets" in res.err
     assert not (tmp_path / "x.onnx").exists()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf")

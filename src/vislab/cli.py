@@ -426,11 +426,12 @@ def export_cmd(
     size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W (default: the recipe's input_hw, else the most common training tile size)."),
     opset: int = typer.Option(17, "--opset"),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch on random inputs."),
+    offsets: bool = typer.Option(True, "--offsets/--no-offsets", help="P2: carry the `seg calibrate` class offsets and evaluation scale (default) or leave them out."),
 ) -> None:
     """Export a checkpoint's network to ONNX (normalised input, logits out; batch axis dynamic), or an ensemble's as one graph."""
     from vislab.export import export_onnx
 
-    res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check)
+    res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check, offsets=offsets)
     out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input (N, {', '.join(map(str, res['input_shape']))})")
     if check:
         out.print(f"onnxruntime vs torch: max |logit diff| {res['max_abs_diff']:.1e} (tolerance {res['atol']:g})")

@@ -53,11 +53,12 @@ def network_input_shape(meta: dict[str, Any], size: tuple[int, int] | None = Non
 
 
 def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | None = None,
-                opset: int = 17, check: bool = True) -> dict[str, Any]:
+                opset: int = 17, check: bool = True, offsets: bool = True) -> dict[str, Any]:
     """Write the checkpoint's network as ONNX to ``out`` and (by default) check it against
     PyTorch on two random batches. ``ckpt`` may list several checkpoints or run folders
     separated by commas: one graph then averages their class probabilities
-    (:func:`export_ensemble`).
+    (:func:`export_ensemble`). ``offsets=False`` leaves a segmenter's calibration (class offsets,
+    evaluation scale) out of the export; a classifier has none to leave out (refused).
 
     Returns:
         ``{"path", "input_shape", "bytes", "max_abs_diff", "atol"}`` (the last two when checked).
@@ -68,11 +69,15 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
 
     paths = members(ckpt)
     if len(paths) > 1:
+        if not offsets:
+            info("--no-offsets: an ensemble's export never carries class offsets")
         return export_ensemble(paths, out, size=size, opset=opset, check=check)
     task = _task_of(ckpt)
+    if not offsets and task != "seg":
+        raise VislabError(ckpt, "--no-offsets: a classifier has no class offsets (they come from `vislab seg calibrate`)")
     # a segmenter's calibration: the evaluation scale goes into the graph, the offsets into the
     # metadata (applied by predict)
-    model, meta = load_segmenter(ckpt) if task == "seg" else load_network(ckpt, task=task)
+    model, meta = load_segmenter(ckpt, calibrated=offsets) if task == "seg" else load_network(ckpt, task=task)
     if size is not None and task == "cls" and meta.get("image_size"):
         raise VislabError(None, f"--size: this classifier takes {meta['image_size']}x{meta['image_size']} inputs "
                                 "(its recipe's image_size); the export has that size")
