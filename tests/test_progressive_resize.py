@@ -129,7 +129,7 @@ def test_budget_times_both_sides(cli, color_classes, tmp_path, monkeypatch):
 def test_a_budget_never_adds_epochs_to_a_progressive_resize(cli, color_classes, tmp_path, monkeypatch):
     """Planned as above (3 epochs at 32, 48, 64 px), but each epoch then takes 0.1 s: a plain run
     would get epochs added; here more epochs would move the ramp later and train the last epochs
-    below 64 px again, so the run keeps its first plan, and its sides only grow."""
+    below 64 px again, so a progressive resize's re-plans only shorten it, and its sides only grow."""
     from vislab.engine import trainer
     from vislab.engine.callbacks import BudgetKeeper
 

@@ -93,8 +93,9 @@ class BudgetKeeper(pl.Callback):
     checkpoints), and ``record`` gets the line that says so. When the run goes faster than
     planned (an early epoch shared the cores, or the machine sped up after the budget's probe),
     epochs are added the same way, the rest of the schedule stretched over them, up to ``most``
-    (the pipeline passes twice the first plan; for a progressive resize, the first plan, whose
-    ramp would otherwise move later); rank 0 decides for every process. Epochs are added at the
+    (the pipeline passes twice the first plan; for a progressive resize None, so that its
+    re-plans only shorten it: more epochs would move its ramp later and its side down again);
+    rank 0 decides for every process. Epochs are added at the
     end of an epoch before the last planned one, never after it. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
     checkpoints as this callback's state, so a run resumed after an interruption is held to what

@@ -86,8 +86,9 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     keeper = None
     if recipe.budget_minutes:  # held during the run; a resumed run gets what is left of it
         # a re-plan may add epochs when the run goes faster than its probe said, up to twice the plan;
-        # not a progressive resize: more epochs would move its ramp later, and its side down again
-        most = recipe.epochs if recipe.resize_from else 2 * recipe.epochs
+        # a progressive resize's re-plans only shorten it (None: at most the epochs planned at the
+        # time): more epochs move its ramp later, and the side it trains at would shrink again
+        most = None if recipe.resize_from else 2 * recipe.epochs
         keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps, most=most)
         trainer = make_trainer(recipe, keeper)
     for line in changes:
