@@ -110,9 +110,7 @@ class VislabModule(pl.LightningModule):
         the rest of the learning-rate schedule is compressed or stretched into the epochs left. The
         step is the scheduler's own count, in this process's steps: after a resume on another
         process count ``trainer.global_step`` still counts the old processes' steps."""
-        sched = self.lr_schedulers()
-        at = int(sched.last_epoch) if sched is not None and not isinstance(sched, list) else self.trainer.global_step
-        self.schedule_warp.replan(at, self.steps_per_epoch * epochs)
+        self.schedule_warp.replan(int(self.lr_schedulers().last_epoch), self.steps_per_epoch * epochs)
         self.replanned_epochs = epochs
         self.trainer.fit_loop.max_epochs = epochs
 
@@ -170,8 +168,7 @@ class VislabModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # Lightning restores weights, optimiser, schedulers and loops; the RNG states are vislab's
+        # (a resumed run's re-planned epochs were set in on_load_checkpoint, before the loop starts)
         if self._rng_to_restore is not None:
             restore_rng(self._rng_to_restore)
-        if self.replanned_epochs is not None:  # a resumed run keeps the epochs its budget re-planned
-            self.trainer.fit_loop.max_epochs = self.replanned_epochs
             self._rng_to_restore = None
