@@ -314,3 +314,30 @@ def test_held_out_eval_scores_exactly_the_images_training_held_out(cli, trained,
     assert cli("cls", "train", color_classes, "--recipe", tmp_path / "s1.yaml", "--epochs", "1", "--out", tmp_path / "s1").code == 0
     res = cli("cls", "eval", f"{trained},{tmp_path / 's1'}", color_classes, "--held-out")
     assert res.code == 2 and "s1" in res.err and "(0.2, 1), the first run (0.2, 0): not the same images" in res.err
+
+
+def test_held_out_scores_run_in_full_precision_under_mixed_precision_training():
+    """A bf16-mixed run's held-out batches are scored outside its autocast, as ``eval`` scores them:
+    the logits equal the fp32 network's exactly, while the same call inside autocast would not."""
+    from vislab.config import Recipe
+    from vislab.engine.classification import ClassifierModule
+
+    torch.manual_seed(0)
+    module = ClassifierModule(Recipe(task="cls", model="cifar_resnet20").to_dict(), 5, steps_per_epoch=1).eval()
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 0])
+    with torch.no_grad():
+        fp32 = module.eval_net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = module.eval_net(x)
+            held = module.held_out_logits(x)
+    assert inside.dtype == torch.bfloat16 and not torch.equal(inside.float(), fp32)  # autocast was on
+    assert held.dtype == torch.float32 and torch.equal(held, fp32)
+
+    # and the validation step scores with it: its accuracy is the fp32 logits' accuracy
+    seen = []
+    module.held_out_logits = lambda t: seen.append(t) or fp32  # type: ignore[method-assign]
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        module.validation_step((x, y, torch.arange(6)), 0)
+    assert len(seen) == 1 and seen[0] is x
+    assert module.holdout_acc.compute().item() == pytest.approx((fp32.argmax(1) == y).float().mean().item())

@@ -344,3 +344,24 @@ def test_tiny_real_training_smoke_realdata(cli, tmp_path):
     assert 0.0 <= result["holdout_miou"] <= 1.0
     pred = np.array(Image.open(tmp_path / "run" / "snapshots" / "epoch_001" / "0001.png"))
     assert pred.shape == (512, 512, 3)
+
+
+def test_held_out_masks_are_scored_outside_mixed_precision():
+    """A bf16-mixed segmenter scores its held-out tiles with the fp32 network (as ``seg score``
+    does): the pooled confusion is that of the fp32 logits, pixel by pixel."""
+    from vislab.config import Recipe
+    from vislab.engine.segmentation import SegmenterModule
+
+    torch.manual_seed(0)
+    recipe = Recipe(task="seg", model="smp:fpn:resnet18", weights="none", precision="bf16-mixed")
+    module = SegmenterModule(recipe.to_dict(), 7, steps_per_epoch=1).eval()
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 7, (2, 64, 64))
+    with torch.no_grad():
+        fp32 = module.eval_net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert module.eval_net(x).dtype == torch.bfloat16  # the autocast is on
+            module.validation_step((x, y, torch.arange(2)), 0)
+    want = torch.zeros(7, 7, dtype=torch.long)
+    for t, p in zip(y.flatten().tolist(), fp32.argmax(1).flatten().tolist()):
+        want[t, p] += 1
+    assert torch.equal(module.holdout_conf.compute(), want)

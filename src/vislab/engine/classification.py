@@ -139,7 +139,7 @@ class ClassifierModule(VislabModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _ = batch
-        logits = self.eval_net(x)
+        logits = self.held_out_logits(x)
         loss = F.cross_entropy(logits, y, reduction="sum")
         self.holdout_acc(logits, y)
         self.log("holdout_loss", loss / len(y), on_epoch=True, sync_dist=True, batch_size=len(y))

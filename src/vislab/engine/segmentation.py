@@ -132,7 +132,7 @@ class SegmenterModule(VislabModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _ = batch
-        self.holdout_conf.update(self.eval_net(x).argmax(1), y)
+        self.holdout_conf.update(self.held_out_logits(x).argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:
         conf = self.holdout_conf.compute().cpu()  # summed over batches and processes
