@@ -11,6 +11,10 @@
 #   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
 #       scored once by the training run, class offsets fitted on its held-out split, validation
 #       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
+# Then, in the time each side has left before DEADLINE seconds (the seed's rows, issue 18):
+#   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet
+#       weights offline), each with a time budget of what is left (skipped under a minute), val
+#       scored once; killed by `timeout` at the deadline if a budget overruns.
 # Everything small lands in OUT_DIR/campaign.tar.gz (logs, recipes, history.csv, results.json,
 # scores, figures) beside OUT_DIR/summary.txt: two files, within the 8 a device command returns.
 # Checkpoints stay on the machine. --smoke runs the same steps on a CPU for 1 epoch of 2 batches
@@ -25,7 +29,16 @@ p1eval() { local dir=$1 tta=$2 name=$3; shift 3
   vis cls eval "$w/cls-best" "$dir" "$@" "${dev[@]}" --tta "$tta" --json "$w/$name.json" >> "$w/cls-best.log" 2>&1; }
 held() { p1eval "$data/p1_data/train_50" "$1" "cls-held-$1" --held-out; }
 val() { p1eval "$data/p1_data/val_50" "$1" "cls-val-$1"; }
-cls_extra=(); seg_extra=(); dev=()
+cls_extra=(); seg_extra=(); dev=(); DEADLINE=${DEADLINE:-540}  # seconds after the start (a device command gets 600)
+# seedrow TASK RECIPE TRAIN VAL [ARGS]: the seed recipe from scratch in the time left, into $w/RECIPE
+seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
+  local left=$((start + DEADLINE - $(date +%s) - 45))  # 45 s for probing, the val score and packing
+  local budget=(--budget "$(python3 -c "print(round($left / 60, 2))")")
+  if [ "$smoke" = "--smoke" ]; then budget=(); left=600; fi  # a check of the steps, not of the timing
+  if [ "$left" -lt 60 ]; then echo "$recipe skipped: ${left} s left before the deadline" > "$w/$recipe.log"; return; fi
+  timeout "$((left + 30))" python3 -m vislab "$task" train "$train" --recipe "$recipe" --weights none --out "$w/$recipe" \
+      --val-dir "$val" "${budget[@]}" "$@" > "$w/$recipe.log" 2>&1
+  echo "$recipe exit $?" >> "$w/$recipe.log"; }
 if [ "$smoke" = "--smoke" ]; then
   cls_extra=(--epochs 1 --limit-batches 2 --batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
   seg_extra=(--epochs 1 --limit-batches 2 --batch-size 2 --crop-size 128 --precision 32 --accelerator cpu --workers 0)
@@ -37,14 +50,18 @@ start=$(date +%s)
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
   held none && held flip && held shift && val flip && val shift &&
   vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
-  echo "cls exit $?" >> "$w/cls-best.log" ) &
+  echo "cls exit $?" >> "$w/cls-best.log"
+  # not beside seg-best's training, whose 6-minute guard has little slack: wait for it to end
+  while [ ! -e "$w/seg-trained" ] && [ "$(date +%s)" -lt "$((start + DEADLINE))" ]; do sleep 5; done
+  seedrow cls cls-vgg16bn-seed "$data/p1_data/train_50" "$data/p1_data/val_50" "${cls_extra[@]}" ) &
 ( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
-      "${seg_extra[@]}" > "$w/seg-best.log" 2>&1 &&
+      "${seg_extra[@]}" > "$w/seg-best.log" 2>&1; ok=$?; touch "$w/seg-trained"; [ "$ok" = 0 ] &&
   vis seg calibrate "$w/seg-best" "$data/p2_data/train" "${dev[@]}" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --json "$w/seg-val-offsets.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-val-offsets-d4.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
-  echo "seg exit $?" >> "$w/seg-best.log" ) &
+  echo "seg exit $?" >> "$w/seg-best.log"
+  seedrow seg seg-fcn32s-seed "$data/p2_data/train" "$data/p2_data/validation" "${seg_extra[@]}" ) &
 wait
 end=$(date +%s)
 python3 - "$w" "$((end - start))" > "$out/summary.txt" <<'PY'
@@ -65,7 +82,12 @@ print(f"P1 val_50 accuracy {num('cls-best/results.json', 'val_accuracy')}, flip 
       f"shift TTA {num('cls-val-shift.json', 'accuracy')}")
 print(f"P2 validation mIoU plain {num('seg-best/results.json', 'val_miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
       f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
-for log in ("cls-best.log", "seg-best.log"):
+for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_miou")):
+    p = w / run / "results.json"
+    r = json.loads(p.read_text()) if p.is_file() else {}
+    print(f"{run} (from scratch, --weights none): train {r.get('train_seconds')} s, {r.get('epochs')} epochs, "
+          f"val {key} {num(f'{run}/results.json', key)}")
+for log in ("cls-best.log", "seg-best.log", "cls-vgg16bn-seed.log", "seg-fcn32s-seed.log"):
     tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["missing"]
     print(f"{log}: {tail[0]}")
 PY
