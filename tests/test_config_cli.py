@@ -54,9 +54,24 @@ def test_errors_are_one_line_and_debug_shows_traceback(cli, tmp_path):
         cli("--debug", "cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
 
 
+def test_an_unforeseen_failure_is_one_line_with_status_1(cli, monkeypatch):
+    import vislab.models as models
+
+    def broken(*a, **k):
+        raise RuntimeError("registry exploded\nsecond line")
+
+    monkeypatch.setattr(models, "list_models", broken)
+    res = cli("models")
+    assert res.code == 1 and res.err == ("vislab: internal error: RuntimeError: registry exploded (rerun with "
+                                         "--debug for the traceback, and please report it)\n")
+    with pytest.raises(RuntimeError, match="registry exploded"):
+        cli("--debug", "models")
+
+
 def test_unknown_model_and_wrong_task_recipe(cli, color_classes, tmp_path):
     res = cli("summary", "resnet7")
-    assert res.code == 2 and "unknown model 'resnet7'; choose one of:" in res.err
+    assert res.code == 2 and res.err.count("\n") == 1
+    assert "unknown model 'resnet7' (closest: " in res.err and "`vislab models` lists" in res.err
     res = cli("cls", "train", color_classes, "--recipe", "seg-fast", "--out", tmp_path / "r")
     assert res.code == 2 and "is a seg recipe" in res.err
 

@@ -248,3 +248,39 @@ def test_onnx_predict_refuses_sizes_and_views_it_cannot_take_before_writing(seg_
     res = cli("seg", "predict", seg_run / "run", mixed, keep, "--batch-size", "1", "--engine", "torch")
     assert res.code == 2 and "0003_sat.jpg" in res.err
     assert [p.name for p in keep.iterdir()] == ["old.txt"]
+
+
+def test_export_tolerance_follows_the_logits_scale(cls_run, tmp_path):
+    """A network with huge logits (a diverged run's reach 1e5 and more) exports: float32 rounding
+    there exceeds an absolute 1e-3, and the check scales its tolerance with the largest |logit|."""
+    import shutil
+
+    import vislab.export as ex
+
+    run = tmp_path / "big"
+    shutil.copytree(cls_run / "run", run, ignore=shutil.ignore_patterns("tensorboard"))
+    for name in ("last.ckpt", "best.ckpt"):
+        if (run / name).is_file():
+            state = torch.load(run / name, map_location="cpu", weights_only=False)
+            sd = state["state_dict"]
+            for k in [k for k in sd if k.endswith("fc.weight") or k.endswith("fc.bias")]:
+                sd[k] = sd[k] * 1e6
+            torch.save(state, run / name)
+    res = export_onnx(run, tmp_path / "big.onnx")
+    assert res["atol"] > 100 * ex.ATOL and res["max_abs_diff"] <= res["atol"]
+    assert res["max_abs_diff"] > ex.ATOL  # what the absolute rule refused
+
+
+def test_predict_checks_its_folder_before_exporting(cls_run, cli, tmp_path, monkeypatch):
+    """An empty folder is refused before the model is loaded or exported to ONNX."""
+    import vislab.export as ex
+
+    def no_export(*a, **k):
+        raise AssertionError("exported before the folder was checked")
+
+    monkeypatch.setattr(ex, "export_network", no_export)
+    monkeypatch.setattr(ex, "load_predictor", no_export)
+    (tmp_path / "empty").mkdir()
+    res = cli("cls", "predict", cls_run / "run", tmp_path / "empty", tmp_path / "p.csv", "--engine", "onnx")
+    assert res.code == 2 and res.err.startswith(f"vislab: error: {tmp_path / 'empty'}: no images found")
+    assert not (tmp_path / "p.csv").exists()

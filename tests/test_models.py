@@ -105,8 +105,16 @@ def test_weights_file_errors(tmp_path):
         build_model("cifar_resnet20", num_classes=4, weights=str(junk))
     other = tmp_path / "other.pt"
     torch.save({"foo.weight": torch.zeros(3)}, other)
-    with pytest.raises(VislabError, match="no tensor matches"):
+    with pytest.raises(VislabError, match="other.pt: no weight of this model is in this file"):
         build_model("cifar_resnet20", num_classes=4, weights=str(other))
+    # another architecture whose BatchNorm step counters (and a few layers) share names and shapes
+    foreign = tmp_path / "foreign.pt"
+    torch.save(build_model("resnet9_xs", num_classes=4).state_dict(), foreign)
+    own = build_model("cifar_resnet20", num_classes=4).state_dict()
+    shared = [k for k, v in torch.load(foreign, weights_only=True).items() if k in own and own[k].shape == v.shape]
+    assert shared  # the old rule counted these as a successful load
+    with pytest.raises(VislabError, match=r"foreign.pt: only \d+ of this model's \d+ weight tensors"):
+        build_model("cifar_resnet20", num_classes=4, weights=str(foreign))
     with pytest.raises(VislabError, match="weights file not found"):
         build_model("cifar_resnet20", num_classes=4, weights=str(tmp_path / "missing.pt"))
 
@@ -120,3 +128,22 @@ def test_imagenet_without_network_names_weights_path(monkeypatch):
     monkeypatch.setattr(api.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(VislabError, match="--weights PATH"):
         build_model("resnet18", num_classes=10, weights="imagenet")
+
+
+def test_fcn_takes_a_torchvision_vgg_state_dict_as_its_backbone(tmp_path):
+    """--weights VGG16.pt (the seed recipe's offline path) loads VGG's conv layers into FCN-32s's
+    backbone; the FCN's own layers keep their initialisation."""
+    import torchvision
+
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16().state_dict()
+    path = tmp_path / "vgg16.pt"
+    torch.save({k: v for k, v in vgg.items() if k.startswith("features.")}, path)  # the conv layers only
+    fcn = build_model("fcn32s_vgg16", num_classes=7, weights=str(path))
+    feats = dict(fcn.named_parameters())
+    names = [n for n in feats if ".features." in n]
+    assert len(names) == 26  # 13 convolutions, weight and bias
+    for n in names:
+        assert torch.equal(feats[n], vgg["features." + n.split(".features.")[1]])
+    fresh = build_model("fcn32s_vgg16", num_classes=7)
+    assert not torch.equal(dict(fresh.named_parameters())[names[0]], feats[names[0]])

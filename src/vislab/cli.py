@@ -62,11 +62,11 @@ def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
     try:
         return run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
     except FieldError as exc:
+        if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
+            raise
         if overrides.get(exc.field) is not None:
             raise VislabError(_flag(exc.field), exc.problem) from None
-        if exc.path is None:
-            raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
-        raise
+        raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
 
 
 RecipeOpt = typer.Option("cls-default", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data).")
@@ -478,7 +478,8 @@ def demo_cmd(
 
 
 def main() -> None:
-    """Console entry point: one line and exit status 2 for every bad input."""
+    """Console entry point: one line and exit status 2 for every bad input; one line and status 1
+    for any other failure (``--debug`` shows the traceback)."""
     debug = "--debug" in sys.argv
     try:
         app()
@@ -493,3 +494,9 @@ def main() -> None:
         where = f" ({exc})" if str(exc) else ""
         print(f"vislab: interrupted{where}; a training run continues with --resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a case no check names yet: still one line, status 1
+        if debug:
+            raise
+        print(f"vislab: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        sys.exit(1)

@@ -72,6 +72,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("checkpoint_minutes", _num(0, lo_open=True), "> 0 (or null: only at the end of epochs)"),
     ("max_minutes", _num(0, lo_open=True), "> 0 (or null: no time limit)"),
     ("budget_minutes", _num(0, lo_open=True), "> 0 (or null: the recipe's epochs)"),
+    *((name, lambda v: isinstance(v, bool), "true or false") for name in ("channels_last", "compile", "rot90", "calibrate")),
 ]
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from vislab.models.registry import register
 from vislab.models.seg_base import SegmentationModel
-from vislab.models.weights import apply_weights
+from vislab.models.weights import apply_weights, read_state_dict
 
 # backbone -> (torchvision builder, weights enum name)
 _BACKBONES = {"vgg16": (tvm.vgg16, "VGG16_Weights"), "vgg19": (tvm.vgg19, "VGG19_Weights")}
@@ -36,7 +36,7 @@ class VGGFeatures(nn.Module):
         def pretrained() -> None:
             vgg.load_state_dict(getattr(tvm, enum_name).DEFAULT.get_state_dict(progress=False))
 
-        if weights == "imagenet":
+        if weights is not None:  # "imagenet" or a torchvision VGG state_dict file
             apply_weights(vgg, weights, pretrained=pretrained, name=backbone)
         self.features = vgg.features
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
@@ -98,8 +98,12 @@ class FCN(nn.Module):
 
 
 def _build_fcn(variant: str, backbone: str, *, num_classes: int, weights: str | None) -> nn.Module:
+    """``weights``: None, "imagenet" (VGG's), a torchvision VGG state_dict (the backbone's) or
+    the weights of a whole FCN (a previous run's checkpoint)."""
     local = None if weights in (None, "none", "imagenet") else weights
-    feats = VGGFeatures(backbone, "imagenet" if weights == "imagenet" else None)
+    vgg_file = local is not None and "features.0.weight" in read_state_dict(local)
+    feats = VGGFeatures(backbone, weights if weights == "imagenet" or vgg_file else None)
+    local = None if vgg_file else local
     model = SegmentationModel(FCN(feats, num_classes=num_classes, skips=_SKIPS[variant]))
     return apply_weights(model, local, name=f"{variant}_{backbone}")
 

@@ -90,8 +90,12 @@ def get_entry(name: str) -> ModelEntry:
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _PREFIXES:
         return _PREFIXES[prefix](rest)
-    choices = ", ".join(list_models()) + ", " + ", ".join(f"{p}:NAME" for p in sorted(_PREFIXES))
-    raise VislabError(None, f"unknown model {name!r}; choose one of: {choices}")
+    import difflib
+
+    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    raise VislabError(None, f"unknown model {name!r} ({hint}`vislab models` lists the {len(_REGISTRY)} names, "
+                            f"and {', '.join(f'{p}:NAME' for p in sorted(_PREFIXES))} take other libraries' models)")
 
 
 def build_model(name: str, *, num_classes: int, weights: str | None = None) -> nn.Module:

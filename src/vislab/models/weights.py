@@ -41,7 +41,8 @@ def load_local_weights(
     model: nn.Module, path: str | Path, *, skip_mismatched: bool = True
 ) -> tuple[list[str], list[str]]:
     """Load a local state_dict into ``model``; tensors whose shape differs (a head for another
-    class count) are skipped. Missing/unexpected keys are reported, and refused when nothing fits.
+    class count) are skipped. Missing/unexpected keys are reported; a file that holds fewer than
+    half of the model's weight tensors (another architecture) is refused.
 
     Returns:
         (missing keys, unexpected keys)
@@ -52,13 +53,17 @@ def load_local_weights(
     if skipped and not skip_mismatched:
         raise VislabError(path, f"shape mismatch for {skipped[:3]}")
     sd = {k: v for k, v in sd.items() if k not in skipped}
+    # counted in weight tensors: buffers such as BatchNorm's step counters share names across
+    # architectures; fewer than half of the weights found is a file of another architecture
+    params = [n for n, _ in model.named_parameters()]
+    found = sum(n in sd for n in params)
+    if found == 0:
+        raise VislabError(path, f"no weight of this model is in this file (its keys are such as {list(sd)[:3]})")
+    if found < len(params) / 2:
+        raise VislabError(path, f"only {found} of this model's {len(params)} weight tensors are in this file "
+                                f"with their shapes: weights of another architecture?")
     result = model.load_state_dict(sd, strict=False)
     loaded = len(sd) - len(result.unexpected_keys)
-    if loaded == 0:
-        raise VislabError(
-            path,
-            f"no tensor matches this model (unexpected keys such as {result.unexpected_keys[:3]})",
-        )
     missing = list(result.missing_keys)
     if missing or result.unexpected_keys or skipped:
         from vislab.log import info

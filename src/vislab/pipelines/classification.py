@@ -12,6 +12,7 @@ import torch
 
 from vislab.config import Recipe
 from vislab.data.classification import load_folder, resize_batch
+from vislab.data.layouts import find_items
 from vislab.data.tensors import normalize
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
@@ -43,6 +44,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     check_run_folder(out, resume=resume)
     data = load_folder(train_dir, labelled=True, labels_csv=labels_csv, image_size=recipe.image_size)
     assert data.labels is not None
+    present = sorted(set(data.labels.tolist()))
+    if len(present) < 2:
+        which = data.class_names[present[0]] if data.class_names else present[0]
+        raise VislabError(train_dir, f"all {len(data.labels)} images are of one class ({which}); a classifier "
+                                     "trains on at least 2")
     hw = tuple(data.images.shape[-2:])
     if val_dir is not None:  # fail before training, not after
         load_folder(val_dir, labelled=True, labels_csv=val_labels_csv, class_names=data.class_names, size=hw)
@@ -335,6 +341,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     for p in paths:
         model_file(p, engine)
     check_tta(tta)
+    find_items(img_dir, labelled=False)  # an empty or missing folder, before any model is loaded or exported
     models = [load_predictor(p, task="cls", engine=engine, device=device) for p in paths]
     meta = models[0][1]
     data, logits = _ensemble_logits(

@@ -70,7 +70,21 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
         r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
     r = r.with_overrides(**given)
     check_applies(r)
+    check_model_and_weights(r, recipe, flag=flag, given=given)
     return r
+
+
+def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str], given: dict[str, Any]) -> None:
+    """Refuse an unknown model or a missing weights file before any data is read or a run folder
+    is written (the error names the flag that set it, else the recipe)."""
+    from vislab.models import get_entry
+
+    try:
+        get_entry(r.model)
+    except VislabError as exc:
+        raise VislabError(flag("model") if "model" in given else recipe, exc.message) from None
+    if r.weights not in (None, "imagenet") and not Path(r.weights).is_file():
+        raise VislabError(r.weights, f"weights file not found (set by {flag('weights') if 'weights' in given else recipe})")
 
 
 def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str | None]:
