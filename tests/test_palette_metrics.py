@@ -69,7 +69,8 @@ def test_red_ground_truth_counts_as_unknown_in_eval(cli, tmp_path):
     import json
 
     m = json.loads((tmp_path / "m.json").read_text())
-    assert m["iou"]["urban"] == 0.5 and m["miou"] == 0.5 and m["stray_files"] == 1
+    assert m["iou"]["urban"] == 0.5 and m["miou"] == 0.5 and m["stray_files"] == 1 and m["stray_pixels"] == 2
+    assert "1 of 1 ground-truth masks hold 2 pixels of no class" in res.out.replace("\n", " ")
 
 
 def test_label_255_is_an_error_not_a_reshape_crash():
@@ -111,10 +112,11 @@ def test_course_miou_matches_reference_on_real_validation_masks_realdata(cli, tm
     pred_dir, sub_gt = tmp_path / "pred", tmp_path / "gt"
     pred_dir.mkdir()
     sub_gt.mkdir()
-    preds, labels = [], []
+    preds, labels, red = [], [], []
     rng = np.random.default_rng(0)
     for f in masks:
         rgb = np.array(Image.open(f).convert("RGB"))
+        red.append(bool(((rgb >= 128).astype(int) @ np.array([4, 2, 1]) == 4).any()))  # code 4: in no class
         (sub_gt / f.name).write_bytes(f.read_bytes())
         lab = _numpy_decode(rgb)
         pred = np.roll(lab, 9, axis=1)  # a plausible imperfect prediction
@@ -129,4 +131,7 @@ def test_course_miou_matches_reference_on_real_validation_masks_realdata(cli, tm
 
     got = json.loads((tmp_path / "m.json").read_text())["miou"]
     assert got == pytest.approx(_reference_miou(preds, labels), abs=1e-6)
-    assert res.out.strip().splitlines()[-1] == f"mIoU: {got:.4f}"
+    assert f"mIoU: {got:.4f}" in res.out.splitlines()
+    stray = json.loads((tmp_path / "m.json").read_text())["stray_files"]
+    assert stray == sum(red)  # the real masks' red (no class) pixels, said on the console
+    assert (f"{stray} of {len(masks)} ground-truth masks hold" in res.out.replace("\n", " ")) == (stray > 0)

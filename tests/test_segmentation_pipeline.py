@@ -122,6 +122,19 @@ def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
     from_files = json.loads((tmp_path / "m.json").read_text())["miou"]
     res = cli("seg", "score", seg_run / "run", val)
     assert res.code == 0 and res.out.strip().endswith(f"mIoU: {from_files:.4f}")
+    # stray colours in the truth: unknown pixels, said on the console and counted in the JSON, and
+    # both scoring paths leave them out alike
+    stray = tmp_path / "stray"
+    shutil.copytree(val, stray)
+    mask = np.array(Image.open(stray / "0000_mask.png").convert("RGB"))
+    mask[:1, :5] = (255, 0, 0)
+    Image.fromarray(mask).save(stray / "0000_mask.png")
+    res = cli("seg", "score", seg_run / "run", stray, "--json", tmp_path / "s.json")
+    scored = json.loads((tmp_path / "s.json").read_text())
+    assert res.code == 0 and scored["stray_files"] == 1 and scored["stray_pixels"] == 5
+    assert "1 of 3 ground-truth masks hold 5 pixels of no class" in res.out.replace("\n", " ")
+    assert cli("seg", "eval", tmp_path / "pred", stray, "--json", tmp_path / "m2.json").code == 0
+    assert json.loads((tmp_path / "m2.json").read_text())["miou"] == scored["miou"]
 
 
 def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_path):

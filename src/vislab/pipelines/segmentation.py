@@ -293,16 +293,17 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
         raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    stray_files = 0
+    stray_files = stray_pixels = 0
     for stem in sorted(gt):
         truth, stray = desc.read_mask(gt[stem])
         stray_files += stray > 0
+        stray_pixels += stray
         guess, _ = desc.read_mask(pred[stem], tuple(truth.shape))
         if bool((guess == IGNORE).any()):
             raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
                                           "every pixel must be given a class")
         conf += confusion_matrix(truth, guess, k, ignore_index=IGNORE)
-    return _seg_metrics(conf, desc, files=len(gt), stray_files=int(stray_files))
+    return _seg_metrics(conf, desc, files=len(gt), stray_files=int(stray_files), stray_pixels=int(stray_pixels))
 
 
 def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
@@ -334,9 +335,13 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     pairs = list_pairs(img_dir)
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    for probs, truth in _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
+    stray_files = stray_pixels = 0
+    for probs, truth, stray in _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
         conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), k, ignore_index=IGNORE)
-    extra = {"offsets": [round(float(v), 6) for v in shift]} if shift is not None else {}
+        stray_files, stray_pixels = stray_files + (stray > 0), stray_pixels + stray
+    extra: dict[str, Any] = {"stray_files": int(stray_files), "stray_pixels": int(stray_pixels)}
+    if shift is not None:
+        extra["offsets"] = [round(float(v), 6) for v in shift]
     if len(paths) > 1:
         extra["ensemble"] = paths
     return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
@@ -374,17 +379,17 @@ def _averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *,
 
 
 def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, classes: SegClasses, *, tta: str,
-                    batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """(class probabilities (C, H, W) on ``device``, averaged over ``models``, true class ids
-    (H, W)) per pair, in order."""
+    (H, W), the mask's pixels of no class) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
             probs = _averaged(models, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
             for i, p in zip(run, probs):
-                truth, _ = classes.read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))
-                yield p, truth
+                truth, stray = classes.read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))
+                yield p, truth, int(stray)
 
 
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
@@ -465,7 +470,7 @@ def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasse
                   device: torch.device, stride: int) -> tuple[torch.Tensor, float, float]:
     """:func:`vislab.calibration.fit_offsets` on the probabilities of ``model`` as it stands."""
     logps, truths = [], []
-    for probs, truth in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device):
+    for probs, truth, _ in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out
