@@ -13,7 +13,7 @@
 #       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
 # Then, in the time each side has left before DEADLINE seconds (the seed's rows, issue 18):
 #   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet
-#       weights offline), each with a time budget of what is left (skipped under a minute), val
+#       weights offline), each with a time budget of what is left (skipped under 150 s; the budget leaves 90 s for the rest), val
 #       scored once; killed by `timeout` at the deadline if a budget overruns.
 # Everything small lands in OUT_DIR/campaign.tar.gz (logs, recipes, history.csv, results.json,
 # scores, figures) beside OUT_DIR/summary.txt: two files, within the 8 a device command returns.
@@ -32,11 +32,13 @@ val() { p1eval "$data/p1_data/val_50" "$1" "cls-val-$1"; }
 cls_extra=(); seg_extra=(); dev=(); DEADLINE=${DEADLINE:-540}  # seconds after the start (a device command gets 600)
 # seedrow TASK RECIPE TRAIN VAL [ARGS]: the seed recipe from scratch in the time left, into $w/RECIPE
 seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
-  local left=$((start + DEADLINE - $(date +%s) - 45))  # 45 s for probing, the val score and packing
-  local budget=(--budget "$(python3 -c "print(round($left / 60, 2))")")
+  local left=$((start + DEADLINE - $(date +%s)))  # the summary and packing come after DEADLINE
+  # the budget covers training epochs only: start-up, decoding, its timing probe and the val score
+  # take about 90 s more (more beside the other side's runs)
+  local budget=(--budget "$(python3 -c "print(round(($left - 90) / 60, 2))")")
   if [ "$smoke" = "--smoke" ]; then budget=(); left=600; fi  # a check of the steps, not of the timing
-  if [ "$left" -lt 60 ]; then echo "$recipe skipped: ${left} s left before the deadline" > "$w/$recipe.log"; return; fi
-  timeout "$((left + 30))" python3 -m vislab "$task" train "$train" --recipe "$recipe" --weights none --out "$w/$recipe" \
+  if [ "$left" -lt 150 ]; then echo "$recipe skipped: ${left} s left before the deadline" > "$w/$recipe.log"; return; fi
+  timeout "$left" python3 -m vislab "$task" train "$train" --recipe "$recipe" --weights none --out "$w/$recipe" \
       --val-dir "$val" "${budget[@]}" "$@" > "$w/$recipe.log" 2>&1
   echo "$recipe exit $?" >> "$w/$recipe.log"; }
 if [ "$smoke" = "--smoke" ]; then
@@ -45,6 +47,7 @@ if [ "$smoke" = "--smoke" ]; then
   dev=(--device cpu)
 fi
 start=$(date +%s)
+rm -f "$w/seg-trained"  # an earlier campaign's flag in the same OUT_DIR
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&

@@ -147,3 +147,8 @@ def test_fcn_takes_a_torchvision_vgg_state_dict_as_its_backbone(tmp_path):
         assert torch.equal(feats[n], vgg["features." + n.split(".features.")[1]])
     fresh = build_model("fcn32s_vgg16", num_classes=7)
     assert not torch.equal(dict(fresh.named_parameters())[names[0]], feats[names[0]])
+    # VGG19's conv layers share many names and shapes with VGG16's, at other depths: refused
+    vgg19 = torchvision.models.vgg19().state_dict()
+    torch.save({k: v for k, v in vgg19.items() if k.startswith("features.")}, tmp_path / "vgg19.pt")
+    with pytest.raises(VislabError, match=r"vgg19.pt: not a vgg16 state_dict: \d+ of the 26 tensors"):
+        build_model("fcn32s_vgg16", num_classes=7, weights=str(tmp_path / "vgg19.pt"))

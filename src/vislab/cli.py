@@ -500,6 +500,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - a case no check names yet: still one line, status 1
         if debug:
             raise
+        if type(exc).__name__ in ("OutOfMemoryError", "MemoryError"):  # torch.cuda's, Python's
+            print("vislab: out of memory; try a smaller --batch-size (or --image-size / --crop-size)", file=sys.stderr)
+            sys.exit(1)
         print(f"vislab: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         sys.exit(1)

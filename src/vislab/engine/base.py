@@ -87,10 +87,10 @@ class VislabModule(pl.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def held_out_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The evaluated network's output on a held-out batch, outside any mixed-precision
-        autocast the trainer runs: these scores pick the checkpoint and are reported beside those
-        of ``eval``/``score``, which run in full precision (bf16 autocast moved a CPU run's held-out
-        accuracy by 1.6 points, docs/RESULTS.md)."""
+        """The evaluated network's output on a held-out batch, outside the autocast of a
+        ``*-mixed`` precision: these scores pick the checkpoint and are reported beside those of
+        ``eval``/``score``, which run in fp32 (bf16 autocast moved a CPU run's held-out accuracy by
+        1.6 points, docs/RESULTS.md). A ``*-true`` precision's half-precision weights stay so."""
         with torch.autocast(x.device.type, enabled=False):
             return self.eval_net(x)
 

@@ -15,6 +15,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from vislab.errors import VislabError
 from vislab.models.registry import register
 from vislab.models.seg_base import SegmentationModel
 from vislab.models.weights import apply_weights, read_state_dict
@@ -36,7 +37,13 @@ class VGGFeatures(nn.Module):
         def pretrained() -> None:
             vgg.load_state_dict(getattr(tvm, enum_name).DEFAULT.get_state_dict(progress=False))
 
-        if weights is not None:  # "imagenet" or a torchvision VGG state_dict file
+        if weights not in (None, "imagenet"):  # a torchvision VGG state_dict: every conv layer, or refused
+            theirs, own = read_state_dict(weights), vgg.features.state_dict()
+            off = [k for k, v in own.items() if getattr(theirs.get(f"features.{k}"), "shape", None) != v.shape]
+            if off:
+                raise VislabError(weights, f"not a {backbone} state_dict: {len(off)} of the {len(own)} tensors of "
+                                           f"{backbone}'s conv layers are missing or shaped otherwise (a VGG of another depth?)")
+        if weights is not None:
             apply_weights(vgg, weights, pretrained=pretrained, name=backbone)
         self.features = vgg.features
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
