@@ -29,7 +29,9 @@ _SKIPS = {"fcn32s": (), "fcn16s": ("pool4",), "fcn8s": ("pool4", "pool3")}
 class VGGFeatures(nn.Module):
     """VGG conv blocks 1-5 as one ``nn.Sequential``; exposes pool3/pool4/pool5 maps."""
 
-    def __init__(self, backbone: str, weights: str | None) -> None:
+    def __init__(self, backbone: str, weights: str | None, *, state: dict[str, torch.Tensor] | None = None) -> None:
+        """``weights``: None, "imagenet", or the file that ``state`` (a torchvision VGG
+        state_dict, already read) came from: every conv tensor of this depth must be in it."""
         super().__init__()
         builder, enum_name = _BACKBONES[backbone]
         vgg = builder(weights=None)
@@ -37,14 +39,15 @@ class VGGFeatures(nn.Module):
         def pretrained() -> None:
             vgg.load_state_dict(getattr(tvm, enum_name).DEFAULT.get_state_dict(progress=False))
 
-        if weights not in (None, "imagenet"):  # a torchvision VGG state_dict: every conv layer, or refused
-            theirs, own = read_state_dict(weights), vgg.features.state_dict()
-            off = [k for k, v in own.items() if getattr(theirs.get(f"features.{k}"), "shape", None) != v.shape]
+        if weights == "imagenet":
+            apply_weights(vgg, weights, pretrained=pretrained, name=backbone)
+        elif state is not None:
+            own = vgg.features.state_dict()
+            off = [k for k, v in own.items() if getattr(state.get(f"features.{k}"), "shape", None) != v.shape]
             if off:
                 raise VislabError(weights, f"not a {backbone} state_dict: {len(off)} of the {len(own)} tensors of "
                                            f"{backbone}'s conv layers are missing or shaped otherwise (a VGG of another depth?)")
-        if weights is not None:
-            apply_weights(vgg, weights, pretrained=pretrained, name=backbone)
+            vgg.features.load_state_dict({k: state[f"features.{k}"] for k in own})
         self.features = vgg.features
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
         self.taps = {"pool3": pools[2], "pool4": pools[3]}
@@ -108,8 +111,10 @@ def _build_fcn(variant: str, backbone: str, *, num_classes: int, weights: str | 
     """``weights``: None, "imagenet" (VGG's), a torchvision VGG state_dict (the backbone's) or
     the weights of a whole FCN (a previous run's checkpoint)."""
     local = None if weights in (None, "none", "imagenet") else weights
-    vgg_file = local is not None and "features.0.weight" in read_state_dict(local)
-    feats = VGGFeatures(backbone, weights if weights == "imagenet" or vgg_file else None)
+    state = read_state_dict(local) if local is not None else None  # read once for a VGG file
+    vgg_file = state is not None and "features.0.weight" in state
+    feats = VGGFeatures(backbone, weights if weights == "imagenet" or vgg_file else None,
+                        state=state if vgg_file else None)
     local = None if vgg_file else local
     model = SegmentationModel(FCN(feats, num_classes=num_classes, skips=_SKIPS[variant]))
     return apply_weights(model, local, name=f"{variant}_{backbone}")
