@@ -118,6 +118,24 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     assert res.code == 2 and "already holds checkpoints" in res.err
 
 
+def test_resume_needs_no_weights_file(cli, color_classes, tmp_path):
+    """A resume takes every weight from its checkpoint: the recipe's --weights file may be gone."""
+    from vislab.models import build_model
+
+    weights = tmp_path / "start.pt"
+    torch.save(build_model("cifar_resnet20", num_classes=3).state_dict(), weights)
+    run = tmp_path / "r"
+    res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--weights", weights,
+              "--out", run)
+    assert res.code == 0, res.err
+    before = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    weights.unlink()
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    after = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_last_checkpoint_is_the_last_epoch_when_the_best_came_earlier(cli, color_classes, tmp_path):
     run = tmp_path / "r"
     assert cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=4), "--out", run).code == 0

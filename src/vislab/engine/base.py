@@ -54,7 +54,9 @@ class VislabModule(pl.LightningModule):
     task = ""
 
     def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
-                 data_meta: dict[str, Any] | None = None) -> None:
+                 data_meta: dict[str, Any] | None = None, pretrained: bool = True) -> None:
+        """``pretrained=False`` leaves the recipe's ``weights`` unread: a resumed run's checkpoint
+        replaces every weight (its file may have moved), and a timing probe needs none."""
         super().__init__()
         self.recipe = recipe_from_dict(recipe)
         self.num_classes = num_classes
@@ -62,7 +64,7 @@ class VislabModule(pl.LightningModule):
         # written into every checkpoint's metadata
         self.data_meta = dict(data_meta or {})
         self.steps_per_epoch = steps_per_epoch
-        self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights)
+        self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights if pretrained else None)
         freeze_prefixes(self.net, self.recipe.freeze, model=self.recipe.model)
         if self.recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -75,8 +75,8 @@ class ClassifierModule(VislabModule):
     task = "cls"
 
     def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
-                 data_meta: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, num_classes, steps_per_epoch, data_meta)
+                 data_meta: dict[str, Any] | None = None, pretrained: bool = True) -> None:
+        super().__init__(recipe, num_classes, steps_per_epoch, data_meta, pretrained)
         self.save_hyperparameters()
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")

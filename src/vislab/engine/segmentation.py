@@ -91,8 +91,9 @@ class SegmenterModule(VislabModule):
     task = "seg"
 
     def __init__(self, recipe: dict[str, Any], num_classes: int, steps_per_epoch: int,
-                 class_weights: list[float] | None = None, data_meta: dict[str, Any] | None = None) -> None:
-        super().__init__(recipe, num_classes, steps_per_epoch, data_meta=data_meta)
+                 class_weights: list[float] | None = None, data_meta: dict[str, Any] | None = None,
+                 pretrained: bool = True) -> None:
+        super().__init__(recipe, num_classes, steps_per_epoch, data_meta=data_meta, pretrained=pretrained)
         self.save_hyperparameters()
         self.classes = SegClasses.from_dict(self.data_meta.get("seg_classes"))
         if self.classes.num_classes != num_classes:

@@ -61,8 +61,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
 
-    def make_module(r: Recipe, steps: int) -> ClassifierModule:
-        module = ClassifierModule(r.to_dict(), data.num_classes, steps, data_meta)
+    def make_module(r: Recipe, steps: int, pretrained: bool) -> ClassifierModule:
+        module = ClassifierModule(r.to_dict(), data.num_classes, steps, data_meta, pretrained)
         module.soft_targets = soft
         return module
 

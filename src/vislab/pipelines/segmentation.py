@@ -89,8 +89,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     done = fit_run(TrainingJob(
         out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs),
-        make_module=lambda r, steps: SegmenterModule(r.to_dict(), desc.num_classes, steps, class_weights=weights,
-                                                     data_meta=meta),
+        make_module=lambda r, steps, pretrained: SegmenterModule(r.to_dict(), desc.num_classes, steps,
+                                                                 class_weights=weights, data_meta=meta,
+                                                                 pretrained=pretrained),
         make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
         extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
         holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),

@@ -16,8 +16,9 @@ from vislab.log import info
 class TrainingJob:
     """What a pipeline brings to :func:`fit_run`.
 
-    ``make_module(recipe, steps_per_epoch)`` builds the LightningModule (``steps_per_epoch=1`` for
-    the budget's timing probe); ``make_data(recipe)`` the DataModule; ``holdout_batches`` and
+    ``make_module(recipe, steps_per_epoch, pretrained)`` builds the LightningModule
+    (``steps_per_epoch=1`` for the budget's timing probe; ``pretrained=False``: the recipe's
+    ``weights`` left unread, for the probe and for a resume, whose checkpoint holds every weight); ``make_data(recipe)`` the DataModule; ``holdout_batches`` and
     ``eval_scale`` size the held-out evaluation for the budget (evaluated pixels per training
     pixel); ``describe(recipe)`` prints the data lines once the run folder is prepared.
     """
@@ -26,7 +27,7 @@ class TrainingJob:
     recipe: Recipe
     monitor: str
     n_train: int
-    make_module: Callable[[Recipe, int], Any]
+    make_module: Callable[[Recipe, int, bool], Any]
     make_data: Callable[[Recipe], Any]
     resume: bool = False
     command: str = ""
@@ -72,7 +73,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
                        f"{recipe.epochs} epochs run instead (--epochs sets them)")
         recipe = dataclasses.replace(recipe, budget_minutes=None)  # with_overrides reads None as "not given"
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
-        probe = job.make_module(recipe, 1)
+        probe = job.make_module(recipe, 1, False)  # timing needs no pretrained weights
         loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
         precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
         step_s = seconds_per_step(probe, loader, device, precision=precision)
@@ -96,7 +97,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     job.describe(recipe)
-    module = job.make_module(recipe, steps_per_epoch(trainer, recipe, job.n_train))
+    # a resume takes every weight from its checkpoint: the recipe's weights file may have moved since
+    module = job.make_module(recipe, steps_per_epoch(trainer, recipe, job.n_train), not job.resume)
     done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
     if done is None:
         return None
