@@ -70,6 +70,9 @@ def test_stray_red_pixels_are_counted_and_reported(tmp_path):
 def seg_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     train = _make_pairs(root / "train", n=8)
+    mask = np.array(Image.open(train / "0003_mask.png"))
+    mask[5, 10:14] = (255, 0, 0)  # 4 stray red pixels: unknown, reported in results.json
+    Image.fromarray(mask).save(train / "0003_mask.png")
     val = _make_pairs(root / "val", n=3, seed=1)
     recipe = root / "r.yaml"
     recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 3, "batch_size": 2,
@@ -85,6 +88,7 @@ def test_training_writes_run_folder_and_snapshots(seg_run, tmp_path):
     run = seg_run / "run"
     result = json.loads((run / "results.json").read_text())
     assert 0 <= result["val_miou"] <= 1 and result["holdout_miou"] is not None
+    assert result["train_masks"] == {"stray_files": 1, "stray_pixels": 4, "stray_masks": {"0003": 4}}
     # calibrate: true fitted offsets for best.ckpt on the held-out pairs (every 2nd pixel), and the
     # validation used them; on every pixel the unfitted score is the held-out mIoU of training
     cal = result["calibration"]
@@ -132,9 +136,11 @@ def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
     res = cli("seg", "score", seg_run / "run", stray, "--json", tmp_path / "s.json")
     scored = json.loads((tmp_path / "s.json").read_text())
     assert res.code == 0 and scored["stray_files"] == 1 and scored["stray_pixels"] == 5
+    assert scored["stray_masks"] == {"0000": 5}
     assert "1 of 3 ground-truth masks hold 5 pixels of no class" in res.out.replace("\n", " ")
     assert cli("seg", "eval", tmp_path / "pred", stray, "--json", tmp_path / "m2.json").code == 0
-    assert json.loads((tmp_path / "m2.json").read_text())["miou"] == scored["miou"]
+    from_files = json.loads((tmp_path / "m2.json").read_text())
+    assert from_files["miou"] == scored["miou"] and from_files["stray_masks"] == {"0000": 5}
 
 
 def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -137,6 +138,14 @@ def read_mask(path: Path, size: tuple[int, int] | None = None) -> tuple[torch.Te
     return deepglobe().read_mask(path, size)
 
 
+def stray_summary(per_mask: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    """Ground-truth pixels of no class (the course's red) over (stem, count) pairs: the number of
+    masks that hold any (``stray_files``), their total (``stray_pixels``) and the count of each
+    such mask by stem (``stray_masks``), as results files record them."""
+    hit = {stem: int(n) for stem, n in per_mask if n}
+    return {"stray_files": len(hit), "stray_pixels": sum(hit.values()), "stray_masks": hit}
+
+
 @dataclass(frozen=True)
 class MaskStats:
     """Per-file class pixel counts (N, C), stray red pixel counts (N,), ignored pixel counts
@@ -148,14 +157,18 @@ class MaskStats:
     ignored: torch.Tensor | None = None
     sizes: torch.Tensor | None = None
 
+    def stray_summary(self) -> dict[str, Any]:
+        """The masks' stray pixels as :func:`stray_summary` counts them."""
+        return stray_summary(zip(self.stems, self.stray.tolist()))
+
     def stray_report(self, folder: str | Path) -> str | None:
         """One line naming the masks with stray (red) pixels, or None."""
-        hit = torch.nonzero(self.stray).flatten().tolist()
-        if not hit:
+        summary = self.stray_summary()
+        if not summary["stray_files"]:
             return None
-        listed = ", ".join(f"{self.stems[i]} ({int(self.stray[i])})" for i in hit)
-        return (f"{folder}: {len(hit)} masks hold {int(self.stray.sum())} red pixels, which are in no "
-                f"class and count as unknown: {listed}")
+        listed = ", ".join(f"{stem} ({n})" for stem, n in summary["stray_masks"].items())
+        return (f"{folder}: {summary['stray_files']} masks hold {summary['stray_pixels']} red pixels, which are "
+                f"in no class and count as unknown: {listed}")
 
     def common_size(self) -> tuple[int, int] | None:
         """The most common tile size (H, W)."""

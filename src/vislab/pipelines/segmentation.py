@@ -13,7 +13,7 @@ from vislab.calibration import apply_offsets, fit_offsets, load_segmenter, save_
 from vislab.config import Recipe, broken_rule
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
-from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest
+from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest, stray_summary
 from vislab.errors import VislabError
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
@@ -99,6 +99,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if done is None:
         return {}
     result, best, recipe = done
+    result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
     if recipe.calibrate and data.holdout_pairs:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
@@ -294,17 +295,16 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
         raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    stray_files = stray_pixels = 0
+    strays = []
     for stem in sorted(gt):
         truth, stray = desc.read_mask(gt[stem])
-        stray_files += stray > 0
-        stray_pixels += stray
+        strays.append((stem, stray))
         guess, _ = desc.read_mask(pred[stem], tuple(truth.shape))
         if bool((guess == IGNORE).any()):
             raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
                                           "every pixel must be given a class")
         conf += confusion_matrix(truth, guess, k, ignore_index=IGNORE)
-    return _seg_metrics(conf, desc, files=len(gt), stray_files=int(stray_files), stray_pixels=int(stray_pixels))
+    return _seg_metrics(conf, desc, files=len(gt), **stray_summary(strays))
 
 
 def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
@@ -336,11 +336,12 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     pairs = list_pairs(img_dir)
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    stray_files = stray_pixels = 0
-    for probs, truth, stray in _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size, device=dev):
+    strays = []
+    for pair, (probs, truth, stray) in zip(pairs, _labelled_probs(models, pairs, desc, tta=tta,
+                                                                  batch_size=batch_size, device=dev)):
         conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), k, ignore_index=IGNORE)
-        stray_files, stray_pixels = stray_files + (stray > 0), stray_pixels + stray
-    extra: dict[str, Any] = {"stray_files": int(stray_files), "stray_pixels": int(stray_pixels)}
+        strays.append((pair.stem, stray))
+    extra: dict[str, Any] = stray_summary(strays)
     if shift is not None:
         extra["offsets"] = [round(float(v), 6) for v in shift]
     if len(paths) > 1:
