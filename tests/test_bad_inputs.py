@@ -56,3 +56,18 @@ def test_recipe_file_errors_name_the_file_even_when_a_flag_sets_the_field(cli, t
     r.write_text(yaml.safe_dump({"task": "cls", "model": "resnet9_xs", "channels_last": [1, 2]}))
     err = _one_line(cli("cls", "train", tmp_path, "--recipe", r, "--out", tmp_path / "run"))
     assert f"{r}: recipe field channels_last must be true or false, got [1, 2]" in err
+
+
+def test_text_fields_are_checked_before_the_data(cli, tmp_path):
+    missing = tmp_path / "no-such-folder"  # never read: the recipe's checks come first
+    out = tmp_path / "run"
+    err = _one_line(cli("seg", "train", missing, "--recipe", "seg-fast", "--loss", "ce+focal", "--out", out))
+    assert err == "vislab: error: --loss: must be one of ce, dice, lovasz or a sum like ce+dice, got 'ce+focal'"
+    for name, value, rule in (("optimizer", "lamb", "one of sgd, adamw, adam"),
+                              ("scheduler", "step", "one of cosine, constant, poly"),
+                              ("class_weights", "median", "inverse-sqrt-frequency (or null: none)")):
+        r = tmp_path / f"{name}.yaml"
+        r.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", name: value}))
+        err = _one_line(cli("seg", "train", missing, "--recipe", r, "--out", out))
+        assert err == f"vislab: error: {r}: recipe field {name} must be {rule}, got {value!r}"
+    assert not out.exists()

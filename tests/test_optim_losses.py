@@ -160,3 +160,13 @@ def test_a_replan_after_a_resume_on_more_processes_cuts_at_the_schedulers_step()
     VislabModule.replan(module, 4)  # type: ignore[arg-type]
     assert warp.knots == [(12, 24)] and trainer.fit_loop.max_epochs == 4 and module.replanned_epochs == 4
     assert [warp(s) for s in (12, 18, 24)] == pytest.approx([12, 15, 18])
+
+
+def test_the_recipe_checks_know_the_names_the_engine_builds():
+    from vislab import config
+    from vislab.engine.losses import LOSSES
+    from vislab.engine.optim import LR_RULES, OPTIMIZERS, SCHEDULERS
+
+    assert set(config.OPTIMIZER_NAMES) == set(OPTIMIZERS) == set(LR_RULES)
+    assert set(config.SCHEDULER_NAMES) == set(SCHEDULERS)
+    assert set(config.LOSS_NAMES) == set(LOSSES)

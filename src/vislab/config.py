@@ -40,6 +40,17 @@ def _num(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: boo
 
 
 AUGMENTS = ("none", "trivial")
+# the names the engine builds (engine/optim.py OPTIMIZERS and SCHEDULERS, engine/losses.py LOSSES;
+# a test keeps them equal), checked when a recipe is made: before any data is read
+OPTIMIZER_NAMES = ("sgd", "adamw", "adam")
+SCHEDULER_NAMES = ("cosine", "constant", "poly")
+LOSS_NAMES = ("ce", "dice", "lovasz")
+CLASS_WEIGHTS = ("inverse-sqrt-frequency",)
+
+
+def _loss_ok(v: Any) -> bool:
+    parts = [p.strip() for p in v.split("+")] if isinstance(v, str) else []
+    return bool(parts) and all(p in LOSS_NAMES for p in parts)
 _PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
 
 # (field, check, rule shown in the error); checked whenever a recipe is made or overridden
@@ -56,6 +67,10 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
     ("augment", lambda v: v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
+    ("optimizer", lambda v: v in OPTIMIZER_NAMES, f"one of {', '.join(OPTIMIZER_NAMES)}"),
+    ("scheduler", lambda v: v in SCHEDULER_NAMES, f"one of {', '.join(SCHEDULER_NAMES)}"),
+    ("loss", _loss_ok, f"one of {', '.join(LOSS_NAMES)} or a sum like ce+dice"),
+    ("class_weights", lambda v: v in CLASS_WEIGHTS, f"{' or '.join(CLASS_WEIGHTS)} (or null: none)"),
     ("erasing", _num(0, 1, hi_open=False), "in [0, 1] (the probability of erasing a rectangle)"),
     ("holdout", _num(0, 1), "in [0, 1) (the held-out fraction of the training folder)"),
     ("image_size", _int(1), "an integer >= 1 (0: the images' own size)"),
