@@ -115,6 +115,7 @@ def test_budget_times_both_sides(cli, color_classes, tmp_path, monkeypatch):
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
+    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 4.0 / 3)  # at 64 px, a third of a step
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
     monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
     run = tmp_path / "run"
@@ -134,6 +135,7 @@ def test_a_budget_never_adds_epochs_to_a_progressive_resize(cli, color_classes, 
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
+    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 4.0 / 3)  # at 64 px, a third of a step
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
     ticks = iter(range(100))
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: 0.1 * next(ticks)))

@@ -111,6 +111,13 @@ def test_budget_epochs_by_hand():
     got, _ = budget_epochs(Recipe(task="cls", epochs=30, budget_minutes=1.0, limit_train_batches=10), 0.5, 10, 3,
                            epoch_overhead=1.9)
     assert (got.epochs, got.limit_train_batches) == (7, 10)
+    # a measured held-out forward pass (0.4 s at twice the training pixels) replaces a third of a
+    # step: an epoch is 1.1 x (10 x 0.5 s + 3 x 2 x 0.4 s) + 1.36 s = 9.5 s; 60 s hold 6.3 epochs:
+    # 7 epochs, each 4.0 s of evaluation and writes + 8 steps of 0.55 s (a third of a step: 8 epochs)
+    got, line = budget_epochs(r, 0.5, 10, 3, epoch_overhead=1.36, forward_seconds=0.4, eval_scale=2.0)
+    assert (got.epochs, got.limit_train_batches) == (7, 8) and "about 9.5 s per epoch" in line
+    assert "3 held-out batches per epoch at 0.8 s each" in line
+    assert budget_epochs(r, 0.5, 10, 3, epoch_overhead=1.36, eval_scale=2.0)[0].epochs == 8
     tiny = budget_epochs(Recipe(task="cls", budget_minutes=0.001), 0.5, 10, 3)[0]
     assert (tiny.epochs, tiny.limit_train_batches) == (1, 1)  # at least one epoch of one batch
 
@@ -168,7 +175,13 @@ def _planned_budget(monkeypatch, seconds_per_epoch: float) -> None:
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    from vislab.pipelines import training
+
+    # the overrun line compares real wall time with the budget: on a loaded machine these tiny
+    # runs take longer than their planned clock says (its own test drives that line)
+    monkeypatch.setattr(training, "OVERRUN", 1e9)
     ticks = itertools.count()
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(ticks) * seconds_per_epoch))
 
@@ -223,7 +236,11 @@ def test_a_budgeted_run_that_speeds_up_gets_its_epochs_back_and_more(cli, color_
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    from vislab.pipelines import training
+
+    monkeypatch.setattr(training, "OVERRUN", 1e9)  # real wall time is not the clock read here
     readings = iter([0.0, 5.0, 7.0, 8.0, 9.0, 10.0, 11.0, 11.9, 12.8])
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(readings)))
     run = tmp_path / "run"
@@ -254,6 +271,7 @@ def test_a_run_its_budget_extended_resumes_past_its_first_plan(cli, color_classe
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
     clock = {"now": 0.0}
 
@@ -303,6 +321,7 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
     monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
     clock = {"now": 0.0, "step": 2.0}  # every reading advances by "step": an epoch (two readings) takes that long
 
@@ -409,6 +428,21 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
 
     with pytest.raises(VislabError, match="no batch to time a step on"):
         seconds_per_step(module, [], torch.device("cpu"), steps=2)
+    # a held-out batch is timed as held_out_logits runs it: the evaluated network without gradients,
+    # outside a mixed precision's autocast, in a *-true precision's dtype
+    from vislab.engine.trainer import seconds_per_forward
+
+    for precision, expected in (("32", (False, torch.float32)), ("bf16-mixed", (False, torch.float32)),
+                                ("bf16-true", (False, torch.bfloat16))):
+        seen.clear()
+        evaluated = Probe()
+        module = SimpleNamespace(net=Probe(), eval_net=evaluated, task="cls", prepare=lambda x: x,
+                                 recipe=SimpleNamespace(precision=precision, crop_size=None))
+        assert seconds_per_forward(module, batches, torch.device("cpu"), reps=2) > 0
+        assert seen == [expected] * 3, precision  # one warm-up pass and two timed ones
+        assert evaluated.training and evaluated.lin.weight.dtype == torch.float32  # a copy ran, in eval mode
+    with pytest.raises(VislabError, match="no batch to time"):
+        seconds_per_forward(module, [], torch.device("cpu"))
 
 
 def test_a_mid_epoch_save_carries_the_epochs_time_so_far():

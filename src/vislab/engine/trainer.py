@@ -316,13 +316,7 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            x, y = batch[0], batch[1]  # the on-device augmentation is left out, except the crop size
-            crop = module.recipe.crop_size if module.task == "seg" else None
-            if crop:
-                x, y = x[..., :crop, :crop], y[..., :crop, :crop]
-            x = module.prepare(x) if side is None else module.prepare(x, side)
-            if cast is not None:
-                x = x.to(cast)
+            x, y = _probe_input(module, batch, side, cast)
             with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=amp):
                 out = net(x)
             loss = torch.nn.functional.cross_entropy(out.float(), y.long(), ignore_index=255)
@@ -338,6 +332,51 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
     if warm_up is None:
         raise VislabError(None, "--budget: the training split has no batch to time a step on")
     return sorted(times)[len(times) // 2] if times else warm_up
+
+
+def _probe_input(module: pl.LightningModule, batch: list, side: int | None, cast: Any) -> tuple[Any, Any]:
+    """A timing probe's network input and targets from a training batch on the device: the
+    on-device augmentation left out, except a segmenter's crop size; ``cast``: the input dtype."""
+    x, y = batch[0], batch[1]
+    crop = module.recipe.crop_size if module.task == "seg" else None
+    if crop:
+        x, y = x[..., :crop, :crop], y[..., :crop, :crop]
+    x = module.prepare(x) if side is None else module.prepare(x, side)
+    return (x if cast is None else x.to(cast)), y
+
+
+def seconds_per_forward(module: pl.LightningModule, loader: Any, device: Any, *, reps: int = 2,
+                        precision: str | None = None) -> float:
+    """Wall seconds of one held-out forward pass over ``loader``'s first batch (the median of
+    ``reps`` after a warm-up): a copy of the evaluated network in eval mode, without gradients
+    and outside a ``*-mixed`` precision's autocast, as :meth:`VislabModule.held_out_logits` runs
+    it (a ``*-true`` precision's dtype kept). The budget prices the held-out batches with it."""
+    import copy
+    import time
+
+    import torch
+
+    half, amp = step_precision(str(precision or module.recipe.precision), device.type)
+    cast = None if amp else half
+    net = copy.deepcopy(module.eval_net).to(device).eval()
+    if cast is not None:
+        net = net.to(cast)
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise VislabError(None, "--budget: the training split has no batch to time a step on") from None
+    times = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        x, _ = _probe_input(module, [b.to(device) if hasattr(b, "to") else b for b in batch], None, cast)
+        for _ in range(reps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def resize_step_costs(module: pl.LightningModule, loader: Any, device: Any, end_seconds: float,
@@ -378,13 +417,15 @@ def checkpoint_seconds(module: pl.LightningModule) -> float:
 
 def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, holdout_batches: int, *,
                   eval_scale: float = 1.0, epoch_overhead: float = 0.0,
-                  epoch_steps: Callable[[int], list[float]] | None = None, how: str = "") -> tuple[Recipe, str]:
+                  epoch_steps: Callable[[int], list[float]] | None = None, how: str = "",
+                  forward_seconds: float | None = None) -> tuple[Recipe, str]:
     """The recipe with ``epochs`` (and, when whole epochs would leave much of the time unused, a
     number of batches per epoch) set to fill ``budget_minutes`` of training, and a line saying how.
 
-    An epoch costs its steps, the held-out evaluation (a forward pass, costed at a third of a step
-    times ``eval_scale``, the evaluated pixels per training pixel), 10 % of both for data loading
-    and logging, and ``epoch_overhead`` (the epoch's checkpoint writes). If the budget holds x
+    An epoch costs its steps, the held-out evaluation (per batch, a forward pass of a training
+    batch, ``forward_seconds`` as measured by :func:`seconds_per_forward` or else a third of a
+    step, times ``eval_scale``, the evaluated pixels per training pixel), 10 % of both for data
+    loading and logging, and ``epoch_overhead`` (the epoch's checkpoint writes). If the budget holds x
     full epochs, the run gets ceil(x - 0.05) epochs of as many batches as fit (each epoch a fresh
     shuffle, so 1.9 epochs' worth is two epochs of 95 % of the batches, not one); a recipe that
     limits its batches itself gets whole epochs. At least one epoch of one batch.
@@ -398,7 +439,8 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
     assert recipe.budget_minutes is not None
     budget = recipe.budget_minutes * 60
     steps_of = epoch_steps or (lambda n: [step_seconds] * n)
-    fixed = 1.1 * holdout_batches * eval_scale * step_seconds / 3 + epoch_overhead
+    forward = step_seconds / 3 if forward_seconds is None else forward_seconds
+    fixed = 1.1 * holdout_batches * eval_scale * forward + epoch_overhead
 
     def full(n: int) -> float:  # seconds of n whole epochs
         return 1.1 * steps_per_epoch * sum(steps_of(n)) + n * fixed
@@ -407,8 +449,11 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
     timed = how or f"{step_seconds:.3g} s per training step measured here"
     if recipe.compile:  # the probe runs an eager copy of the network
         timed += " without torch.compile"
+    held_out = f"{holdout_batches} held-out batches per epoch"
+    if holdout_batches and forward_seconds is not None:
+        held_out += f" at {forward_seconds * eval_scale:.3g} s each"
     per_epoch = f"at {timed} ({steps_per_epoch} steps and " \
-                f"{holdout_batches} held-out batches per epoch, {epoch_overhead:.1f} s of checkpoint writes: " \
+                f"{held_out}, {epoch_overhead:.1f} s of checkpoint writes: " \
                 f"about {epoch_s:.1f} s per epoch{'' if epoch_steps is None else ' on average'})"
     if epoch_steps is None:  # equal epochs: in closed form
         most = max(1, int(budget // epoch_s))

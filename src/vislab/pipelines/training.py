@@ -50,7 +50,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     from vislab.engine.callbacks import BudgetKeeper
     from vislab.engine.trainer import (add_change, budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
                                        prepare_run_folder, read_changes, resize_step_costs, resolve_lr,
-                                       seconds_per_step, steps_per_epoch)
+                                       seconds_per_forward, seconds_per_step, steps_per_epoch)
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -78,8 +78,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
         step_s = seconds_per_step(probe, loader, device, precision=precision)
         epoch_steps, how = resize_step_costs(probe, loader, device, step_s, precision=precision)
+        held_out = job.holdout_batches(recipe)
+        forward_s = seconds_per_forward(probe, loader, device, precision=precision) if held_out else None
         recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, job.n_train),
-                                     job.holdout_batches(recipe), eval_scale=job.eval_scale,
+                                     held_out, eval_scale=job.eval_scale, forward_seconds=forward_s,
                                      epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe),
                                      epoch_steps=epoch_steps, how=how)
         changes.append(line)
