@@ -71,3 +71,135 @@ def test_text_fields_are_checked_before_the_data(cli, tmp_path):
         err = _one_line(cli("seg", "train", missing, "--recipe", r, "--out", out))
         assert err == f"vislab: error: {r}: recipe field {name} must be {rule}, got {value!r}"
     assert not out.exists()
+
+
+def test_output_files_are_checked_before_any_work(cli, tmp_path):
+    """A folder where an output file goes is refused before the checkpoint is even read."""
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    none = tmp_path / "none.ckpt"
+    for args in (("cls", "eval", none, tmp_path, "--json", folder), ("cls", "predict", none, tmp_path, folder),
+                 ("cls", "tsne", none, tmp_path, "--out", folder), ("export", none, folder),
+                 ("seg", "score", none, tmp_path, "--json", folder), ("report", tmp_path, "--out", folder)):
+        assert _one_line(cli(*args)) == f"vislab: error: {folder}: is a folder, but a file is needed here", args
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _one_line(cli("cls", "eval", none, tmp_path, "--json", blocker / "m.json"))
+    assert err == f"vislab: error: {blocker}: is a file, but a folder is needed here"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"]  # nothing else written
+
+
+def test_option_values_are_refused_with_their_flag(cli, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    out = tmp_path / "run"
+    cases = [
+        (("seg", "predict", tmp_path / "none.ckpt", missing, out, "--batch-size", "0"), "--batch-size: must be > 0, got 0"),
+        (("cls", "train", missing, "--out", out, "--devices", "abc"),
+         "--devices: must be auto, a count >= 1 or a list of device ids like 0,1, got 'abc'"),
+        (("cls", "train", missing, "--out", out, "--accelerator", "tpuz"),
+         "--accelerator: must be one of auto, cpu, gpu, cuda, mps, tpu, got 'tpuz'"),
+        (("cls", "train", missing, "--out", out, "--data", tmp_path),
+         "--data: names the course data folder used when no TRAIN_DIR is given; drop one of them"),
+        (("cls", "train", missing, "--out", out, "--val-labels", tmp_path / "v.csv"),
+         "--val-labels: labels a --val-dir; give one, or drop it"),
+        (("cls", "tsne", tmp_path / "none.ckpt", missing, "--out", tmp_path / "t.png", "--seed", "-1"),
+         "--seed: must be >= 0, got -1"),
+        (("summary", "cifar_resnet20", "--num-classes", "0"), "--num-classes: must be >= 1, got 0"),
+        (("summary", "cifar_resnet20", "--input", "1", "32", "32"),
+         "--input: must be 3 H W with H, W >= 1 (RGB), got 1 32 32"),
+        (("seg", "progress", tmp_path, "--out", tmp_path / "m.png", "--epochs", "1,x"),
+         "--epochs: '1,x' is not a comma-separated list of epoch numbers"),
+        (("report", tmp_path, "--format", "md", "--out", tmp_path / "r.md", "--screenshot", tmp_path / "r.png"),
+         "--screenshot: renders the HTML page; drop it or use --format html"),
+    ]
+    for args, line in cases:
+        assert _one_line(cli(*args)) == f"vislab: error: {line}", args
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_pick_device_names_the_flag():
+    import pytest
+
+    from vislab.errors import VislabError
+    from vislab.models.checkpoints import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(VislabError, match=r"--device: 'gpu0' is not a device; use cpu, cuda or cuda:N"):
+        pick_device("gpu0")
+    with pytest.raises(VislabError, match=r"--device: 'meta': vislab runs on cpu or cuda devices"):
+        pick_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(VislabError, match=r"--device: 'cuda:3': this machine has no CUDA GPU"):
+            pick_device("cuda:3")
+    else:
+        with pytest.raises(VislabError, match=r"numbered from 0"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_resume_refuses_a_recipe_and_names_the_saved_one(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18"}))
+    err = _one_line(cli("cls", "train", tmp_path / "none", "--out", run, "--recipe", "cls-fast", "--resume"))
+    assert err == f"vislab: error: {run}: --resume continues the recipe saved in the run folder; drop --recipe"
+    err = _one_line(cli("cls", "train", tmp_path / "none", "--out", run, "--resume"))
+    assert err == f"vislab: error: {run / 'recipe.yaml'}: is a seg recipe; `vislab cls train` needs a cls recipe"
+
+
+def test_a_network_the_recipe_cannot_build_leaves_no_run_folder(cli, color_classes, tmp_path):
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "freeze": ["nosuch.module"]}))
+    out = tmp_path / "run"
+    err = _one_line(cli("cls", "train", color_classes, "--recipe", r, "--out", out))
+    assert "freeze: cifar_resnet20 has no submodule 'nosuch.module'" in err and not out.exists()
+    err = _one_line(cli("cls", "train", color_classes, "--recipe", r, "--out", out, "--strategy", "bogus"))
+    assert "cannot train with accelerator 'auto', devices 'auto', strategy 'bogus' here:" in err and not out.exists()
+
+
+def test_ensemble_members_are_files_not_spellings(tmp_path):
+    import pytest
+
+    from vislab.errors import VislabError
+    from vislab.models.ensemble import members
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.ckpt").write_bytes(b"x")
+    (run / "last.ckpt").write_bytes(b"x")
+    assert members(f"{run},{run / 'last.ckpt'}") == [str(run), str(run / "last.ckpt")]  # two checkpoints
+    with pytest.raises(VislabError, match="are the same model"):
+        members(f"{run},{run / 'best.ckpt'}")
+    with pytest.raises(VislabError, match="are the same model"):
+        members(f"{run / 'best.ckpt'},{tmp_path}/run/../run/best.ckpt")
+
+
+def test_broken_run_records_are_named_by_report(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("task: [\n")
+    assert _one_line(cli("report", run, "--out", tmp_path / "r.html")) == \
+        f"vislab: error: {run / 'recipe.yaml'}: not valid YAML"
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20"}))
+    (run / "results.json").write_text("{not json")
+    assert _one_line(cli("report", run, "--out", tmp_path / "r.html")) == \
+        f"vislab: error: {run / 'results.json'}: not valid JSON"
+    (run / "results.json").write_text("{}")
+    (run / "history.csv").write_text("epoch,holdout_acc\ngarbage,0.5\n")
+    err = _one_line(cli("report", run, "--out", tmp_path / "r.html"))
+    assert err.startswith(f"vislab: error: {run}: a record in this run folder is broken")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_precision_lightning_changes_is_said_and_recorded(cli, color_classes, tmp_path):
+    import pytest
+
+    if torch.cuda.is_available():
+        pytest.skip("float16 autocast runs as asked on a GPU")
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 32,
+                                 "holdout": 0.0}))
+    res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "run", "--precision", "16-mixed",
+              "--limit-batches", "1")
+    assert res.code == 0, res.err
+    line = "precision 16-mixed runs as bf16-mixed: float16 autocast needs a GPU"
+    assert line in " ".join(res.err.split()) and line in (tmp_path / "run" / "changes.txt").read_text()

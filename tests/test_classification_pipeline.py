@@ -93,6 +93,14 @@ def test_tsne_outputs(cli, trained, color_classes, tmp_path):
     cents = np.stack([pts[labels == c].mean(0) for c in range(3)])
     nearest = np.argmin(((pts[:, None] - cents[None]) ** 2).sum(-1), axis=1)
     assert (nearest == labels).mean() > 0.8
+    assert "perplexity" not in res.err  # 120 images allow 30 (at most (120 - 1) / 3)
+    few = tmp_path / "few"
+    few.mkdir()
+    for c in range(3):
+        for i in range(3):
+            shutil.copy(color_classes / f"{c}_{i}.png", few / f"{c}_{i}.png")
+    res = cli("cls", "tsne", trained, few, "--out", tmp_path / "f.png")
+    assert res.code == 0 and "setting: --perplexity 30 -> 2.67: 9 images allow at most (n - 1) / 3" in " ".join(res.err.split())
 
 
 def test_same_seed_same_weights(cli, color_classes, tmp_path):
@@ -106,12 +114,17 @@ def test_same_seed_same_weights(cli, color_classes, tmp_path):
 
 def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     run = tmp_path / "r"
-    assert cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--out", run).code == 0
+    assert cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--out", run,
+               "--val-dir", color_classes).code == 0
     before = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    recorded = json.loads((run / "results.json").read_text())
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0, res.err
+    assert "--resume: nothing left to train" in " ".join(res.err.split())
     after = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+    kept = json.loads((run / "results.json").read_text())  # the validation it ended with stays recorded
+    assert kept["val"] == recorded["val"] and kept["train_seconds"] == recorded["train_seconds"]
     res = cli("cls", "train", color_classes, "--out", run, "--resume", "--lr", "0.5")
     assert res.code == 2 and "drop --lr" in res.err
     res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run)
@@ -315,6 +328,17 @@ def test_shift_tta_averages_ten_views_at_the_stored_size():
 def test_held_out_eval_scores_exactly_the_images_training_held_out(cli, trained, color_classes, tmp_path):
     res = cli("cls", "eval", trained, color_classes, "--held-out", "--json", tmp_path / "h.json")
     assert res.code == 0, res.err
+    other = tmp_path / "other"  # the training folder less one image: its split is not the run's
+    shutil.copytree(color_classes, other)
+    (other / "0_7.png").unlink()
+    res = cli("cls", "eval", trained, other, "--held-out")
+    assert res.code == 2 and f"{other}: --held-out: not the folder the run was trained on" in res.err
+    tree = tmp_path / "tree"  # class folders, for a model that knows only numbered labels
+    for c, name in enumerate(("red", "green", "blue")):
+        (tree / name).mkdir(parents=True)
+        shutil.copy(color_classes / f"{c}_0.png", tree / name / "a.png")
+    res = cli("cls", "eval", trained, tree)
+    assert res.code == 2 and f"{tree}: holds class folders, but this model was trained on numbered labels" in res.err
     got = json.loads((tmp_path / "h.json").read_text())
     assert got["images"] == 24 and got["held_out"] == {"fraction": 0.2, "seed": 0}  # 8 of each class's 40
     best = max(float(r["holdout_acc"]) for r in csv.DictReader((trained / "history.csv").open()))

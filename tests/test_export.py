@@ -176,7 +176,15 @@ def test_export_and_engine_errors(cls_run, seg_run, cli, tmp_path):
     assert res.code == 2 and "seg.onnx: an exported ONNX model runs only with --engine onnx or auto" in res.err
     res = cli("seg", "predict", seg_run / "run", seg_run / "train", tmp_path / "o", "--engine", "onnx",
               "--device", "cuda")
-    assert res.code == 2 and "--engine onnx runs ONNX Runtime on the CPU" in res.err
+    assert res.code == 2 and ("--engine onnx runs ONNX Runtime on the CPU" in res.err if torch.cuda.is_available()
+                              else "--device: 'cuda': this machine has no CUDA GPU" in res.err)
+    res = cli("export", cls_run / "run", tmp_path / "x.onnx", "--opset", "99")
+    assert res.code == 2 and "--opset: must be in 7..20" in res.err
+    res = cli("export", seg_run / "run", tmp_path / "x.onnx", "--size", "0", "64")
+    assert res.code == 2 and "--size: must be H W >= 1, got 0 64" in res.err
+    res = cli("export", seg_run / "run", tmp_path / "x.onnx", "--size", "1", "1", "--no-check")
+    assert res.code == 2 and "x.onnx: ONNX export of a 1x1 input failed: " in res.err and "internal" not in res.err
+    assert not (tmp_path / "x.onnx").exists()
     res = cli("cls", "predict", cls_run / "run", cls_run / "train", tmp_path / "p.csv", "--tta", "d4")
     assert res.code == 2 and "unknown --tta 'd4'" in res.err
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()

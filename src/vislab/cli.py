@@ -40,6 +40,29 @@ def _write_json(res: dict[str, Any], path: Path | None) -> None:
         atomic_write_text(json.dumps(res, indent=1), path)
 
 
+def _outputs(*paths: Path | None) -> None:
+    """Refuse, before any work, an output file whose place holds a folder (or whose folder is a file)."""
+    from vislab.io import check_output_file
+
+    for path in paths:
+        if path is not None:
+            check_output_file(path)
+
+
+def _train_dirs(train_dir: Path | None, data: Path | None, default: str, val_dir: Path | None,
+                default_val: str) -> tuple[Path, Path | None]:
+    """The training folder and validation folder of a train command: the given ones, or the
+    course data's under ``--data`` (refused beside an explicit TRAIN_DIR, which it would not change)."""
+    from vislab.paths import data_root
+
+    if train_dir is not None:
+        if data is not None:
+            raise VislabError("--data", "names the course data folder used when no TRAIN_DIR is given; drop one of them")
+        return train_dir, val_dir
+    root = data_root(data)
+    return root / default, val_dir or root / default_val
+
+
 def _command_line() -> str:
     return "vislab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -53,23 +76,37 @@ def _flag(field: str) -> str:
     return _FLAG.get(field, "--" + field.replace("_", "-"))
 
 
-def _recipe(recipe: str, out_dir: Path, resume: bool, **overrides: Any):
-    """The recipe a train command runs (:func:`vislab.pipelines.settings.run_recipe`); a flag's bad
-    value is reported under the flag's own name."""
+DEFAULT_RECIPE = {"cls": "cls-default", "seg": "seg-fcn32s-seed"}
+
+
+def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overrides: Any):
+    """The recipe a train command runs (:func:`vislab.pipelines.settings.run_recipe`): ``recipe``,
+    else the task's default, or with ``--resume`` the run folder's own (``--recipe`` refused);
+    a flag's bad value is reported under the flag's own name, and a recipe of the other task
+    is refused naming its file."""
     from vislab.config import FieldError
     from vislab.pipelines.settings import run_recipe
 
+    saved = out_dir / "recipe.yaml"
+    if resume and saved.is_file():
+        if recipe is not None:
+            raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe")
+        recipe = str(saved)
+    recipe = recipe or DEFAULT_RECIPE[task]
     try:
-        return run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
+        r = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
     except FieldError as exc:
         if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
             raise
         if overrides.get(exc.field) is not None:
             raise VislabError(_flag(exc.field), exc.problem) from None
         raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
+    if r.task != task:
+        raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
+    return r
 
 
-RecipeOpt = typer.Option("cls-default", "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data).")
+RecipeOpt = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data; with --resume: the run folder's).")
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
 EmaOpt = typer.Option(None, "--ema", help="Decay of a moving average of the weights that is evaluated and saved (e.g. 0.999; 0 = off).")
 BatchOpt = typer.Option(None, "--batch-size", help="Batch size per process.")
@@ -123,7 +160,11 @@ def summary_cmd(
     from vislab.viz.summary import architecture_table
 
     entry = get_entry(model)
-    n = num_classes or entry.course_classes
+    if num_classes is not None and num_classes < 1:
+        raise VislabError("--num-classes", f"must be >= 1, got {num_classes}")
+    if input is not None and (input[0] != 3 or min(input) < 1):
+        raise VislabError("--input", f"must be 3 H W with H, W >= 1 (RGB), got {' '.join(map(str, input))}")
+    n = entry.course_classes if num_classes is None else num_classes
     size = tuple(input) if input else entry.input_size
     out.print(architecture_table(build_model(model, num_classes=n), size), markup=False)
 
@@ -136,7 +177,7 @@ EnsembleArg = typer.Argument(..., help="Checkpoint or run folder (its best.ckpt,
 @cls_app.command("train")
 def cls_train(
     train_dir: Optional[Path] = typer.Argument(None, help="Images as <label>_<index>.<ext>, <class name>/ folders, or a flat folder with --labels (default: DATA/p1_data/train_50)."),
-    recipe: str = RecipeOpt,
+    recipe: Optional[str] = RecipeOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat TRAIN_DIR (label: integer or class name)."),
     val_labels: Optional[Path] = typer.Option(None, "--val-labels", help="CSV filename,label for a flat --val-dir."),
     out_dir: Path = typer.Option(Path("runs/p1"), "--out", help="Run folder."),
@@ -160,15 +201,13 @@ def cls_train(
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
-    from vislab.paths import data_root
     from vislab.pipelines.classification import train
     from vislab.models.ensemble import members
 
-    if train_dir is None:
-        root = data_root(data)
-        train_dir = root / "p1_data" / "train_50"
-        val_dir = val_dir or root / "p1_data" / "val_50"
-    r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+    train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, "p1_data/val_50")
+    if val_labels is not None and val_dir is None:
+        raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
+    r = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix,
@@ -176,8 +215,6 @@ def cls_train(
                 ema=ema, num_workers=workers,
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=None if teacher is None else tuple(members(teacher)))
-    if r.task != "cls":
-        raise VislabError(recipe, f"is a {r.task} recipe; `vislab cls train` needs a cls recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
                    val_labels_csv=val_labels, command=_command_line())
     if "val" in result:
@@ -202,6 +239,7 @@ def cls_eval(
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.pipelines.classification import evaluate
 
+    _outputs(json_out)
     res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out)
     t = Table("class", "accuracy", title="per-class accuracy")
     names = res.get("class_names")
@@ -232,6 +270,7 @@ def cls_predict(
     """Predict a label for every image of a folder into a CSV."""
     from vislab.pipelines.classification import predict
 
+    _outputs(out_csv)
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
     out.print(f"wrote {n} predictions to {out_csv}")
 
@@ -249,6 +288,7 @@ def cls_tsne(
     """t-SNE of the second-last-layer features, one colour per class."""
     from vislab.pipelines.classification import tsne
 
+    _outputs(out_png, out_png.with_suffix(".csv"))
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
 
@@ -264,7 +304,7 @@ ClassesOpt = typer.Option(None, "--classes", help="Classes file (mask_format, ig
 @seg_app.command("train")
 def seg_train(
     train_dir: Optional[Path] = typer.Argument(None, help="Folder of xxxx_sat.jpg + xxxx_mask.png, or of images/ + masks/ (default: DATA/p2_data/train)."),
-    recipe: str = typer.Option("seg-fcn32s-seed", "--recipe", help="Shipped recipe name or YAML path."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (default seg-fcn32s-seed; with --resume: the run folder's)."),
     classes: Optional[Path] = ClassesOpt,
     out_dir: Path = typer.Option(Path("runs/p2"), "--out", help="Run folder."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Pairs evaluated once at the end (default with no TRAIN_DIR: DATA/p2_data/validation)."),
@@ -281,21 +321,15 @@ def seg_train(
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
-    from vislab.paths import data_root
     from vislab.pipelines.segmentation import train
 
-    if train_dir is None:
-        root = data_root(data)
-        train_dir = root / "p2_data" / "train"
-        val_dir = val_dir or root / "p2_data" / "validation"
+    train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
-    r = _recipe(recipe, out_dir, resume, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+    r = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches, budget_minutes=budget)
-    if r.task != "seg":
-        raise VislabError(recipe, f"is a {r.task} recipe; `vislab seg train` needs a seg recipe")
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
                    classes=classes)
     if "val" in result:
@@ -327,6 +361,7 @@ def seg_eval(
     the standard rule (ignore pixels left out) for a data set with a classes file."""
     from vislab.pipelines.segmentation import evaluate_dirs
 
+    _outputs(json_out)
     res = evaluate_dirs(pred_dir, gt_dir, classes=classes)
     _write_json(res, json_out)
     _print_seg(res)
@@ -344,6 +379,7 @@ def seg_score(
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
+    _outputs(json_out)
     res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets)
     _write_json(res, json_out)
     _print_seg(res)
@@ -418,7 +454,11 @@ def seg_progress(
     """The predicted masks of the snapshot images at early, middle and final epochs."""
     from vislab.pipelines.segmentation import progress
 
-    chosen = [int(e) for e in epochs.split(",")] if epochs else None
+    _outputs(out_png)
+    try:
+        chosen = [int(e) for e in epochs.split(",")] if epochs else None
+    except ValueError:
+        raise VislabError("--epochs", f"{epochs!r} is not a comma-separated list of epoch numbers") from None
     out.print(f"wrote {progress(run_dir, out_png=out_png, epochs=chosen)}")
 
 
@@ -434,6 +474,7 @@ def export_cmd(
     """Export a checkpoint's network to ONNX (normalised input, logits out; batch axis dynamic), or an ensemble's as one graph."""
     from vislab.export import export_onnx
 
+    _outputs(out_path)
     res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check, offsets=offsets)
     out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input (N, {', '.join(map(str, res['input_shape']))})")
     if check:
@@ -451,6 +492,9 @@ def report_cmd(
     """The homework's figures and tables from run folders, as one self-contained page."""
     from vislab.report import build_report, screenshot
 
+    if shot is not None and fmt != "html":
+        raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")
+    _outputs(out_file, shot)
     page = build_report(runs, out_file, fmt=fmt, title=title)
     out.print(f"wrote {page}")
     if shot is not None:

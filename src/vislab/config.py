@@ -48,6 +48,19 @@ LOSS_NAMES = ("ce", "dice", "lovasz")
 CLASS_WEIGHTS = ("inverse-sqrt-frequency",)
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _devices_ok(v: Any) -> bool:
+    text = str(v).strip()
+    if text == "auto":
+        return True
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        return parts[0].isdigit() and int(parts[0]) >= 1
+    return all(p.isdigit() for p in parts if p) and any(parts)
+
+
 def _loss_ok(v: Any) -> bool:
     parts = [p.strip() for p in v.split("+")] if isinstance(v, str) else []
     return bool(parts) and all(p in LOSS_NAMES for p in parts)
@@ -67,6 +80,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
     ("augment", lambda v: v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
+    ("devices", _devices_ok, "auto, a count >= 1 or a list of device ids like 0,1"),
+    ("accelerator", lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
     ("optimizer", lambda v: v in OPTIMIZER_NAMES, f"one of {', '.join(OPTIMIZER_NAMES)}"),
     ("scheduler", lambda v: v in SCHEDULER_NAMES, f"one of {', '.join(SCHEDULER_NAMES)}"),
     ("loss", _loss_ok, f"one of {', '.join(LOSS_NAMES)} or a sum like ce+dice"),

@@ -29,6 +29,9 @@ META_KEY = "vislab"
 # logits agree to about 1e-5 of their scale; anything above this times the scale (the largest
 # |logit|, at least 1) is a wrong export, not rounding.
 ATOL = 1e-3
+OPSETS = (7, 20)
+"""ONNX opsets the TorchScript exporter writes (torch.onnx._constants: ONNX_MIN_OPSET,
+ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET in torch 2.14)."""
 
 
 def _require(module: str) -> Any:
@@ -151,15 +154,23 @@ def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path
                    shape: tuple[int, int, int], opset: int = 17, check: bool = True) -> dict[str, Any]:
     """:func:`export_onnx` for a network in memory (``meta`` as stored in checkpoints)."""
     onnx = _require("onnx")
+    if not OPSETS[0] <= opset <= OPSETS[1]:
+        raise VislabError("--opset", f"must be in {OPSETS[0]}..{OPSETS[1]} (the ONNX opsets this exporter writes), got {opset}")
+    if min(shape[1:]) < 1:
+        raise VislabError("--size", f"must be H W >= 1, got {shape[1]} {shape[2]}")
     model = model.eval()
     out = Path(out)
     result: dict[str, Any] = {"path": str(out), "input_shape": list(shape)}
     with atomic_path(out) as tmp:  # published only after the check passed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-            torch.onnx.export(model, (torch.randn(2, *shape),), str(tmp), input_names=["image"],
-                              output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=opset, dynamo=False)
+            try:
+                torch.onnx.export(model, (torch.randn(2, *shape),), str(tmp), input_names=["image"],
+                                  output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                                  opset_version=opset, dynamo=False)
+            except (RuntimeError, ValueError) as exc:  # e.g. an input too small for the network's pooling
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise VislabError(out, f"ONNX export of a {shape[1]}x{shape[2]} input failed: {first}") from None
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps(meta, default=str)

@@ -13,6 +13,20 @@ import torch
 from vislab.errors import VislabError
 
 
+def check_output_file(path: str | Path) -> Path:
+    """``path`` as a Path, when a file can be written there (no folder in its place, no file in
+    place of its folder); else one error naming it. Commands call it before their work."""
+    dest = Path(path)
+    if dest.is_dir():
+        raise VislabError(dest, "is a folder, but a file is needed here")
+    for parent in dest.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VislabError(parent, "is a file, but a folder is needed here")
+            break
+    return dest
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
@@ -21,10 +35,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         >>> with atomic_path("out.csv") as tmp:
         ...     tmp.write_text("image_id,label\\n")
     """
-    dest = Path(path)
+    dest = check_output_file(path)
     parent = dest.parent
-    if parent.exists() and not parent.is_dir():
-        raise VislabError(parent, "is a file, but a folder is needed here")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)

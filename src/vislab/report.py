@@ -45,9 +45,17 @@ def _read_run(run: Path) -> dict[str, Any]:
         raise VislabError(run, "run folder not found")
     if not (run / "recipe.yaml").is_file():
         raise VislabError(run, "not a vislab run folder (no recipe.yaml)")
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    try:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    except yaml.YAMLError:
+        raise VislabError(run / "recipe.yaml", "not valid YAML") from None
+    if not isinstance(recipe, dict):
+        raise VislabError(run / "recipe.yaml", "not a recipe (expected a mapping of fields)")
     history = _csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
-    results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    try:
+        results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    except json.JSONDecodeError:
+        raise VislabError(run / "results.json", "not valid JSON") from None
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
     return {"recipe": recipe, "history": history, "results": results, "command": command}
 
@@ -201,6 +209,19 @@ def screenshot(html: str | Path, png: str | Path, *, width: int = 1200, height: 
     return Path(png)
 
 
+def _readable_section(run: Path, i: int) -> dict[str, Any]:
+    """:func:`_run_section`, with a record the run folder holds in a broken form (a recipe that is
+    no YAML, results that are no JSON, a history row that is no number) as one error naming it."""
+    try:
+        return _run_section(run, i)
+    except VislabError:
+        raise
+    except (yaml.YAMLError, json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise VislabError(run, f"a record in this run folder is broken (recipe.yaml, results.json or "
+                               f"history.csv: {type(exc).__name__}: {first})") from None
+
+
 def build_report(runs: list[str | Path], out: str | Path, *, fmt: str = "html", title: str = "vislab report") -> Path:
     """Write the report page for ``runs`` to ``out`` (``fmt``: html or md).
 
@@ -210,7 +231,7 @@ def build_report(runs: list[str | Path], out: str | Path, *, fmt: str = "html", 
     if fmt not in ("html", "md"):
         raise VislabError(None, f"unknown --format {fmt!r}; choose html or md")
     found = [run for r in runs for run in find_runs(Path(r))]
-    sections = [_run_section(run, i) for i, run in enumerate(found)]
+    sections = [_readable_section(run, i) for i, run in enumerate(found)]
     context = {"title": title, "date": datetime.date.today().isoformat(), "runs": sections}
     from jinja2 import Environment, PackageLoader
 

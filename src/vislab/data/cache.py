@@ -18,7 +18,7 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,16 @@ def file_list_key(files: Sequence[Path], extra: str = "") -> str:
         st = os.stat(f)
         h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
+
+
+def content_digest(lines: Iterable[str]) -> str:
+    """A short digest of a data set's description lines (names with sizes or labels, no paths
+    or times): the same for the same data moved or copied elsewhere, different for other data.
+    A checkpoint keeps its training folder's, to rebuild its held-out split only from that folder."""
+    h = hashlib.sha1()
+    for line in lines:
+        h.update(f"{line}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def decode_workers() -> int:

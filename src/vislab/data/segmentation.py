@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from vislab.data.cache import cache_dir, decoded_images, file_list_key
+from vislab.data.cache import cache_dir, content_digest, decoded_images, file_list_key
 from vislab.data.tensors import hash_uniform
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
@@ -86,13 +86,7 @@ def list_pairs(folder: str | Path) -> list[Pair]:
 def pairs_digest(pairs: list[Pair]) -> str:
     """A short digest of a folder's pairs (stems and file sizes, not paths or times): the same
     for the same data moved or copied elsewhere, different for other or changed pairs."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for p in pairs:
-        sizes = [f.stat().st_size for f in (p.image, p.mask) if f is not None]
-        h.update(f"{p.stem}|{sizes}\n".encode())
-    return h.hexdigest()[:16]
+    return content_digest(f"{p.stem}|{[f.stat().st_size for f in (p.image, p.mask) if f is not None]}" for p in pairs)
 
 
 def list_unlabelled(folder: str | Path) -> list[Path]:

@@ -78,6 +78,7 @@ class VislabModule(pl.LightningModule):
         # re-plan travels in checkpoints, so a resumed run keeps it
         self.schedule_warp = ScheduleWarp(max(1, steps_per_epoch * self.recipe.epochs))
         self.replanned_epochs: int | None = None
+        self.resumed_at_step: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -149,6 +150,7 @@ class VislabModule(pl.LightningModule):
             raise VislabError(None, "cannot resume: the training folder's classes are not the checkpoint's "
                                     f"({meta.get('class_names')} vs {names})")
         self._rng_to_restore = checkpoint.get("rng")
+        self.resumed_at_step = checkpoint.get("global_step")  # a resume that trains nothing ends here
         saved_groups = [len(o.get("param_groups", [])) for o in checkpoint.get("optimizer_states", [])]
         groups = len(decay_groups(self.net, self.recipe.weight_decay))
         if saved_groups and saved_groups[0] != groups:

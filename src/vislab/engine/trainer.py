@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from vislab.config import Recipe
 from vislab.engine.callbacks import EpochHistory, TimeLimit
@@ -158,6 +159,15 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     if sys.stderr.isatty():
         callbacks.append(RichProgressBar())
     callbacks += extra_callbacks or []
+    try:
+        return _trainer(recipe, out_dir, callbacks)
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # a setting this machine cannot run
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VislabError(None, f"cannot train with accelerator {recipe.accelerator!r}, devices {recipe.devices!r}, "
+                                f"strategy {recipe.strategy!r} here: {first}") from None
+
+
+def _trainer(recipe: Recipe, out_dir: Path, callbacks: list[pl.Callback]) -> pl.Trainer:
     return pl.Trainer(
         default_root_dir=out_dir,
         max_epochs=recipe.epochs,
@@ -486,6 +496,10 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
     t0 = time.perf_counter()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except VislabError as exc:
+        if exc.path is None and ckpt_path is not None:  # the module's resume checks: the checkpoint is the file
+            raise VislabError(ckpt_path, exc.message) from None
+        raise
     except SystemExit:
         # Lightning answers Ctrl-C with a graceful shutdown and sys.exit(1); vislab reports an
         # interruption as one (exit status 130, what was saved is kept)
@@ -508,6 +522,16 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
         info(f"warning: {limit.stopped}")
         result["stopped_early"] = limit.stopped
     return result, best
+
+
+def read_results(out_dir: Path) -> dict:
+    """The run folder's ``results.json`` ({} when there is none, or it cannot be read)."""
+    import json
+
+    try:
+        return json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_results(out_dir: Path, result: dict) -> None:

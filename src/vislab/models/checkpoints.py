@@ -17,8 +17,23 @@ FORMAT = 1
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """``name`` (cpu, cuda, cuda:1 ...) or the GPU when there is one."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``name`` (cpu, cuda, cuda:1 ...) or the GPU when there is one; a name that is no device,
+    or a GPU this machine lacks, is one error naming ``--device``."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise VislabError("--device", f"{name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise VislabError("--device", f"{name!r}: vislab runs on cpu or cuda devices")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise VislabError("--device", f"{name!r}: this machine has no CUDA GPU")
+        if dev.index is not None and dev.index >= count:
+            raise VislabError("--device", f"{name!r}: this machine has {count} CUDA GPU(s), numbered from 0")
+    return dev
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -23,6 +23,16 @@ def members(spec: str | Path) -> list[str]:
         raise VislabError(str(spec), "an empty name in the comma-separated list of models")
     if len(set(parts)) < len(parts):
         raise VislabError(str(spec), "a model is listed twice")
+    seen: dict[Path, str] = {}
+    for part in parts:  # the same file under two spellings (a run folder and its best.ckpt)
+        path = Path(part)
+        if path.is_dir():
+            path = next((path / n for n in ("best.ckpt", "last.ckpt") if (path / n).is_file()), path)
+        if path.exists():
+            path = path.resolve()
+            if path in seen:
+                raise VislabError(str(spec), f"{seen[path]} and {part} are the same model ({path}); list it once")
+            seen[path] = part
     return parts
 
 

@@ -20,6 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
+from vislab.pipelines.settings import check_positive
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -59,7 +60,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
-    data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout}
+    data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,
+                 "train_files_digest": labelled_digest(data)}
 
     def make_module(r: Recipe, steps: int, pretrained: bool) -> ClassifierModule:
         module = ClassifierModule(r.to_dict(), data.num_classes, steps, data_meta, pretrained)
@@ -183,6 +185,11 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
     data = load_folder(img_dir, labelled=True, labels_csv=labels_csv, class_names=meta.get("class_names"),
                        size=stored_size(meta))
     assert data.labels is not None
+    if meta.get("class_names") is None and data.layout == "imagefolder":
+        # folder names would be matched to the model's class ids in alphabetical order, by chance
+        raise VislabError(img_dir, "holds class folders, but this model was trained on numbered labels "
+                                   "(<label>_<index> names) and knows no class names; give it images named "
+                                   "that way, or a labels CSV (--labels)")
     n_cls = meta["num_classes"]
     if int(data.labels.max()) >= n_cls:
         bad = data.files[int(torch.argmax((data.labels >= n_cls).int()))]
@@ -261,7 +268,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     meta = models[0][1]
     split = held_out_of(models, paths) if held_out else None
     data, logits = _ensemble_logits(
-        models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split) if split
+        models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split, folder=img_dir) if split
         else _load_labelled(m, img_dir, labels_csv), batch_size=batch_size, device=device, tta=tta)
     labels = data.labels
     n_cls = meta["num_classes"]
@@ -293,36 +300,45 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     }
 
 
-def held_out_of(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str]) -> tuple[float, int]:
-    """(held-out fraction, seed) shared by the runs' recipes; refused when a run held nothing
-    out or the members held out different images."""
-    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), int(m.get("recipe", {}).get("seed", 0))) for _, m in models]
-    for (fraction, _), path in zip(splits, paths):
+def labelled_digest(data: Any) -> str:
+    """The digest of a decoded labelled folder's images and labels (not its paths): a checkpoint
+    keeps its training folder's, so that ``--held-out`` rebuilds the split only from that folder."""
+    from vislab.data.cache import content_digest
+
+    return content_digest(f"{f}|{label}" for f, label in zip(data.files, data.labels.tolist()))
+
+
+def held_out_of(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str]) -> tuple[float, int, str | None]:
+    """(held-out fraction, seed, the training folder's digest) shared by the runs; refused when a
+    run held nothing out or the members held out different images."""
+    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), int(m.get("recipe", {}).get("seed", 0)),
+               m.get("train_files_digest")) for _, m in models]
+    for (fraction, _, _), path in zip(splits, paths):
         if fraction <= 0:
             raise VislabError(path, "--held-out: this run held no training images out (its recipe's holdout is 0)")
     for split, path in zip(splits, paths):
-        if split != splits[0]:
-            raise VislabError(path, f"--held-out: holds out (fraction, seed) {split}, the first run {splits[0]}: "
-                                    "not the same images")
+        if split[:2] != splits[0][:2]:
+            raise VislabError(path, f"--held-out: holds out (fraction, seed) {split[:2]}, the first run "
+                                    f"{splits[0][:2]}: not the same images")
+        if split[2] != splits[0][2]:
+            raise VislabError(path, f"--held-out: trained on another folder than {paths[0]}: not the same images")
     return splits[0]
 
 
-def held_out_part(data: Any, fraction: float, seed: int) -> Any:
+def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = None, folder: str | Path = "") -> Any:
     """The images of a decoded training folder that a run with this held-out fraction and seed
-    did not train on (the same stratified split as training)."""
+    did not train on (the same stratified split as training); ``digest``: the run's training
+    folder's (:func:`labelled_digest`), which ``data`` must match."""
     from dataclasses import replace
 
     from vislab.data.classification import stratified_split
 
+    if digest is not None and labelled_digest(data) != digest:
+        raise VislabError(folder, "--held-out: not the folder the run was trained on (its images or labels "
+                                  "differ), so its held-out split cannot be rebuilt")
+
     _, idx = stratified_split(data.labels, fraction=fraction, seed=seed)
     return replace(data, files=[data.files[i] for i in idx.tolist()], images=data.images[idx], labels=data.labels[idx])
-
-
-def check_positive(**values: int | float) -> None:
-    """Refuse option values that must be > 0, naming the option."""
-    for name, value in values.items():
-        if not value > 0:
-            raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
@@ -363,11 +379,16 @@ def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv:
          seed: int = 0, perplexity: float = 30.0, device: str | None = None,
          labels_csv: str | Path | None = None) -> Path:
     """t-SNE of the second-last-layer features of a labelled folder: a PNG and a CSV of points."""
-    from vislab.viz.tsne import embed, plot_embedding
+    from vislab.viz.tsne import embed, plot_embedding, usable_perplexity
 
     check_positive(perplexity=perplexity)
+    if seed < 0:
+        raise VislabError("--seed", f"must be >= 0, got {seed}")
     loaded = _load(ckpt)
     data = _load_labelled(loaded.meta, img_dir, labels_csv)
+    used = usable_perplexity(len(data.labels), perplexity)
+    if used != perplexity:
+        info(f"setting: --perplexity {perplexity:g} -> {used:.3g}: {len(data.labels)} images allow at most (n - 1) / 3")
     _, feats = infer(loaded.model, loaded.meta, data.images, device=device, features=True)
     assert feats is not None
     points = embed(feats, seed=seed, perplexity=perplexity)

@@ -98,7 +98,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         return {}
     result, best, recipe = done
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
-    if recipe.calibrate and data.holdout_pairs:
+    if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
         at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
@@ -202,6 +202,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     from vislab.models.checkpoints import pick_device
     from vislab.export import load_predictor, model_file
 
+    from vislab.pipelines.settings import check_positive
+
+    check_positive(batch_size=batch_size)
     paths = members(ckpt)
     for p in paths:
         model_file(p, engine)

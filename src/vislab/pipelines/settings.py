@@ -94,3 +94,10 @@ def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str 
         return recipe, None
     line = f"holdout {recipe.holdout:g} -> 0: {why} leave none to hold out; the last epoch is the model"
     return recipe.with_overrides(holdout=0.0), line
+
+
+def check_positive(**values: int | float) -> None:
+    """Refuse option values that must be > 0, naming the option."""
+    for name, value in values.items():
+        if not value > 0:
+            raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")

@@ -49,7 +49,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
 
     from vislab.engine.callbacks import BudgetKeeper
     from vislab.engine.trainer import (add_change, budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, read_changes, resize_step_costs, resolve_lr,
+                                       prepare_run_folder, read_changes, read_results, resize_step_costs, resolve_lr,
                                        seconds_per_forward, seconds_per_step, steps_per_epoch)
 
     recipe, changes = job.recipe, list(job.changes)
@@ -64,6 +64,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     trainer = make_trainer(recipe)
     recipe, lr_lines = resolve_lr(recipe, trainer)
     changes += lr_lines
+    ran = str(trainer.precision)
+    if recipe.precision in ("16", "16-mixed") and ran == "bf16-mixed":  # Lightning's own choice on a CPU
+        changes.append(f"precision {recipe.precision} runs as bf16-mixed: float16 autocast needs a GPU, and on "
+                       f"this {trainer.strategy.root_device.type} Lightning autocasts to bfloat16")
     epoch_steps = None  # a progressive resize's timed step costs per epoch (a fresh budgeted run only)
     if recipe.budget_minutes and not job.resume and trainer.world_size > 1:
         # every process would time its own steps before the processes can talk: plans that differ by
@@ -96,15 +100,21 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         trainer = make_trainer(recipe, keeper)
     for line in changes:
         info(f"setting: {line}")
-    ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    job.describe(recipe)
-    # a resume takes every weight from its checkpoint: the recipe's weights file may have moved since
+    # built before the run folder is written, so that a network the recipe cannot build (a frozen
+    # layer it lacks, weights it has none of) leaves no folder behind; a resume takes every weight
+    # from its checkpoint: the recipe's weights file may have moved since
     module = job.make_module(recipe, steps_per_epoch(trainer, recipe, job.n_train), not job.resume)
+    ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
+    job.describe(recipe)
     done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
     if done is None:
         return None
     result, best = done
+    if job.resume and module.resumed_at_step is not None and module.resumed_at_step == trainer.global_step:
+        # a finished run: nothing trained, and what its end recorded (validation, calibration) stays
+        info(f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept")
+        result = {**read_results(job.out), **{k: v for k, v in result.items() if k != "train_seconds"}}
     if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=module.replanned_epochs)
     result["epochs"] = recipe.epochs  # of the schedule that ran

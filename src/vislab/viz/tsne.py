@@ -10,15 +10,22 @@ import torch
 from vislab.io import atomic_path
 
 
+def usable_perplexity(n: int, perplexity: float) -> float:
+    """The perplexity t-SNE runs with on ``n`` points: at most (n - 1) / 3 (scikit-learn needs it
+    below n; a third keeps each neighbourhood a small part of the data), at least 2."""
+    return min(perplexity, max(2.0, (n - 1) / 3.0))
+
+
 def embed(features: torch.Tensor, *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """PCA to at most 50 dimensions (standard practice, for speed), then 2-D t-SNE."""
+    """PCA to at most 50 dimensions (standard practice, for speed), then 2-D t-SNE at
+    :func:`usable_perplexity`."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     x = features.double().numpy()
     if x.shape[1] > 50 and x.shape[0] > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
-    perp = min(perplexity, max(2.0, (x.shape[0] - 1) / 3.0))
+    perp = usable_perplexity(x.shape[0], perplexity)
     return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(x)
 
 
