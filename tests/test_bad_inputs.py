@@ -203,3 +203,14 @@ def test_a_precision_lightning_changes_is_said_and_recorded(cli, color_classes, 
     assert res.code == 0, res.err
     line = "precision 16-mixed runs as bf16-mixed: float16 autocast needs a GPU"
     assert line in " ".join(res.err.split()) and line in (tmp_path / "run" / "changes.txt").read_text()
+
+
+def test_demo_names_its_flag_and_its_folder(cli, tmp_path):
+    data = tmp_path / "hw1_data"
+    data.mkdir()
+    assert _one_line(cli("demo", "--data", data, "--epochs", "0", "--out", tmp_path / "d")) == \
+        "vislab: error: --epochs: must be an integer >= 1, got 0"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "last.ckpt").write_bytes(b"x")
+    assert _one_line(cli("demo", "--data", data, "--out", tmp_path / "d")) == \
+        f"vislab: error: {tmp_path / 'd'}: holds a previous run; the demo trains into a fresh --out"

@@ -84,7 +84,6 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     else the task's default, or with ``--resume`` the run folder's own (``--recipe`` refused);
     a flag's bad value is reported under the flag's own name, and a recipe of the other task
     is refused naming its file."""
-    from vislab.config import FieldError
     from vislab.pipelines.settings import run_recipe
 
     saved = out_dir / "recipe.yaml"
@@ -93,14 +92,7 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe")
         recipe = str(saved)
     recipe = recipe or DEFAULT_RECIPE[task]
-    try:
-        r = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
-    except FieldError as exc:
-        if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
-            raise
-        if overrides.get(exc.field) is not None:
-            raise VislabError(_flag(exc.field), exc.problem) from None
-        raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
+    r = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
     if r.task != task:
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
     return r

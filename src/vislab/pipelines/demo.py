@@ -19,7 +19,11 @@ def demo(root: str | Path, out_dir: str | Path, *, epochs: int | None = None, co
     from vislab.pipelines.classification import predict, train, tsne
     from vislab.pipelines.settings import run_recipe
 
+    from vislab.errors import VislabError
+
     root, out = Path(root), Path(out_dir)
+    if (out / "last.ckpt").exists():
+        raise VislabError(out, "holds a previous run; the demo trains into a fresh --out")
     train_dir, val_dir = root / "p1_data" / "train_50", root / "p1_data" / "val_50"
     recipe = run_recipe(DEMO_RECIPE, out, resume=False, overrides={"epochs": epochs},
                         flag=lambda f: "--" + f.replace("_", "-"))

@@ -48,7 +48,20 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     A resume continues the recipe saved in the run folder and refuses any override but
     :data:`RESUME_CHANGEABLE` (named by ``flag``). An explicit ``epochs`` switches off the
     recipe's ``budget_minutes`` (the budget would otherwise replace it); both given is an error.
+    A bad value is reported under the name of what set it: the recipe file, else the flag.
     """
+    try:
+        return _run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=flag)
+    except FieldError as exc:
+        if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
+            raise
+        if overrides.get(exc.field) is not None:
+            raise VislabError(flag(exc.field), exc.problem) from None
+        raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
+
+
+def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
+                flag: Callable[[str], str]) -> Recipe:
     from vislab.config import check_applies, load_recipe
 
     if resume and (out_dir / "recipe.yaml").is_file():
@@ -62,13 +75,15 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     if "epochs" in given and "budget_minutes" in given:
         raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
     r = load_recipe(recipe)
-    if "epochs" in given and r.budget_minutes is not None:
+    budget = r.budget_minutes if "epochs" in given else None
+    if budget is not None:
+        r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
+    r = r.with_overrides(**given)  # checked: a bad --epochs is refused before the line below
+    if budget is not None:
         from vislab.log import info
 
         info(f"setting: {flag('epochs')} {given['epochs']} replaces the recipe's budget_minutes "
-             f"({r.budget_minutes:g}): no time budget")
-        r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
-    r = r.with_overrides(**given)
+             f"({budget:g}): no time budget")
     check_applies(r)
     check_model_and_weights(r, recipe, flag=flag, given=given)
     return r
