@@ -264,9 +264,9 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     (other / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [a, b, c, d]\n")
     res = cli("seg", "score", own_run / "run", other)
     assert res.code == 2 and "classes.yaml: describes other classes (a, b, c, d" in res.err
-    res = cli("seg", "train", own_run / "train", "--recipe", own_run / "r.yaml", "--out", own_run / "run", "--resume",
-              "--classes", other / "classes.yaml")
+    res = cli("seg", "train", own_run / "train", "--out", own_run / "run", "--resume", "--classes", other / "classes.yaml")
     assert res.code == 2 and "cannot resume" in res.err and "a, b, c, d" in res.err
+    assert f"{own_run / 'run' / 'last.ckpt'}: cannot resume" in res.err  # the checkpoint it checked is named
 
 
 def test_course_snapshot_stems_give_way_on_own_data(tmp_path):
