@@ -100,6 +100,8 @@ def test_option_values_are_refused_with_their_flag(cli, tmp_path):
          "--accelerator: must be one of auto, cpu, gpu, cuda, mps, tpu, got 'tpuz'"),
         (("cls", "train", missing, "--out", out, "--data", tmp_path),
          "--data: names the course data folder used when no TRAIN_DIR is given; drop one of them"),
+        (("seg", "calibrate", tmp_path / "none.ckpt", missing, "--data", tmp_path),
+         "--data: names the course data folder used when no PAIRS_DIR is given; drop one of them"),
         (("cls", "train", missing, "--out", out, "--val-labels", tmp_path / "v.csv"),
          "--val-labels: labels a --val-dir; give one, or drop it"),
         (("cls", "tsne", tmp_path / "none.ckpt", missing, "--out", tmp_path / "t.png", "--seed", "-1"),

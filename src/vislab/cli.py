@@ -396,6 +396,8 @@ def seg_calibrate(
 
     if pairs_dir is None:
         pairs_dir = data_root(data) / "p2_data" / "train"
+    elif data is not None:
+        raise VislabError("--data", "names the course data folder used when no PAIRS_DIR is given; drop one of them")
     tried = None
     if scales is not None:
         try:

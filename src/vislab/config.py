@@ -46,9 +46,8 @@ OPTIMIZER_NAMES = ("sgd", "adamw", "adam")
 SCHEDULER_NAMES = ("cosine", "constant", "poly")
 LOSS_NAMES = ("ce", "dice", "lovasz")
 CLASS_WEIGHTS = ("inverse-sqrt-frequency",)
-
-
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
+_PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
 
 
 def _devices_ok(v: Any) -> bool:
@@ -64,7 +63,7 @@ def _devices_ok(v: Any) -> bool:
 def _loss_ok(v: Any) -> bool:
     parts = [p.strip() for p in v.split("+")] if isinstance(v, str) else []
     return bool(parts) and all(p in LOSS_NAMES for p in parts)
-_PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
+
 
 # (field, check, rule shown in the error); checked whenever a recipe is made or overridden
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
