@@ -95,9 +95,9 @@ def test_option_values_are_refused_with_their_flag(cli, tmp_path):
     cases = [
         (("seg", "predict", tmp_path / "none.ckpt", missing, out, "--batch-size", "0"), "--batch-size: must be > 0, got 0"),
         (("cls", "train", missing, "--out", out, "--devices", "abc"),
-         "--devices: must be auto, a count >= 1 or a list of device ids like 0,1, got 'abc'"),
+         "--devices: must be auto, a count >= 1, -1 (all) or a list of device ids like 0,1, got 'abc'"),
         (("cls", "train", missing, "--out", out, "--accelerator", "tpuz"),
-         "--accelerator: must be one of auto, cpu, gpu, cuda, mps, tpu, got 'tpuz'"),
+         "--accelerator: must be one of auto, cpu, gpu, cuda, mps, tpu, xla, got 'tpuz'"),
         (("cls", "train", missing, "--out", out, "--data", tmp_path),
          "--data: names the course data folder used when no TRAIN_DIR is given; drop one of them"),
         (("seg", "calibrate", tmp_path / "none.ckpt", missing, "--data", tmp_path),
@@ -128,7 +128,7 @@ def test_pick_device_names_the_flag():
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(VislabError, match=r"--device: 'gpu0' is not a device; use cpu, cuda or cuda:N"):
         pick_device("gpu0")
-    with pytest.raises(VislabError, match=r"--device: 'meta': vislab runs on cpu or cuda devices"):
+    with pytest.raises(VislabError, match=r"--device: 'meta': vislab runs on cpu, cuda or mps devices"):
         pick_device("meta")
     if not torch.cuda.is_available():
         with pytest.raises(VislabError, match=r"--device: 'cuda:3': this machine has no CUDA GPU"):

@@ -125,6 +125,11 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     kept = json.loads((run / "results.json").read_text())  # the validation it ended with stays recorded
     assert kept["val"] == recorded["val"] and kept["train_seconds"] == recorded["train_seconds"]
+    # a record written at another step (an earlier piece's) is not this state's: measured again
+    (run / "results.json").write_text(json.dumps({**kept, "global_step": kept["global_step"] - 1}))
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0 and "its results are measured again" in " ".join(res.err.split())
+    assert "val" not in json.loads((run / "results.json").read_text())  # no --val-dir this time
     res = cli("cls", "train", color_classes, "--out", run, "--resume", "--lr", "0.5")
     assert res.code == 2 and "drop --lr" in res.err
     res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run)

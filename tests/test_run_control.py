@@ -399,6 +399,7 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
     assert step_precision("32-true", "cuda") == (None, False)
 
     seen: list[tuple[bool, torch.dtype]] = []  # (autocast on, output dtype) of every forward pass
+    modes: list[tuple[bool, bool]] = []  # (training mode, gradients on) of every forward pass
 
     class Probe(torch.nn.Module):
         def __init__(self) -> None:
@@ -408,6 +409,7 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
         def forward(self, x):
             out = self.lin(x.flatten(1))
             seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+            modes.append((self.training, torch.is_grad_enabled()))
             return out
 
     batches = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(3)]
@@ -435,13 +437,15 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
     for precision, expected in (("32", (False, torch.float32)), ("bf16-mixed", (False, torch.float32)),
                                 ("bf16-true", (False, torch.bfloat16))):
         seen.clear()
+        modes.clear()
         evaluated = Probe()
         module = SimpleNamespace(net=Probe(), eval_net=evaluated, task="cls", prepare=lambda x: x,
                                  recipe=SimpleNamespace(precision=precision, crop_size=None))
         assert seconds_per_forward(module, batches, torch.device("cpu"), reps=2) > 0
         assert seen == [expected] * 3, precision  # one warm-up pass and two timed ones
+        assert modes == [(False, False)] * 3  # in eval mode, without gradients
         assert evaluated.training and evaluated.lin.weight.dtype == torch.float32  # a copy ran, in eval mode
-    with pytest.raises(VislabError, match="no batch to time"):
+    with pytest.raises(VislabError, match="no batch to time a held-out pass on"):
         seconds_per_forward(module, [], torch.device("cpu"))
 
 

@@ -46,7 +46,7 @@ OPTIMIZER_NAMES = ("sgd", "adamw", "adam")
 SCHEDULER_NAMES = ("cosine", "constant", "poly")
 LOSS_NAMES = ("ce", "dice", "lovasz")
 CLASS_WEIGHTS = ("inverse-sqrt-frequency",)
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla")  # Lightning's names
 _PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
 
 
@@ -55,8 +55,8 @@ def _devices_ok(v: Any) -> bool:
     if text == "auto":
         return True
     parts = [p.strip() for p in text.split(",")]
-    if len(parts) == 1:
-        return parts[0].isdigit() and int(parts[0]) >= 1
+    if len(parts) == 1:  # a count, or -1: every device (Lightning's rule)
+        return parts[0] == "-1" or (parts[0].isdigit() and int(parts[0]) >= 1)
     return all(p.isdigit() for p in parts if p) and any(parts)
 
 
@@ -79,7 +79,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
     ("augment", lambda v: v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
-    ("devices", _devices_ok, "auto, a count >= 1 or a list of device ids like 0,1"),
+    ("devices", _devices_ok, "auto, a count >= 1, -1 (all) or a list of device ids like 0,1"),
     ("accelerator", lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
     ("optimizer", lambda v: v in OPTIMIZER_NAMES, f"one of {', '.join(OPTIMIZER_NAMES)}"),
     ("scheduler", lambda v: v in SCHEDULER_NAMES, f"one of {', '.join(SCHEDULER_NAMES)}"),

@@ -374,7 +374,7 @@ def seconds_per_forward(module: pl.LightningModule, loader: Any, device: Any, *,
     try:
         batch = next(iter(loader))
     except StopIteration:
-        raise VislabError(None, "--budget: the training split has no batch to time a step on") from None
+        raise VislabError(None, "--budget: the training split has no batch to time a held-out pass on") from None
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         x, _ = _probe_input(module, [b.to(device) if hasattr(b, "to") else b for b in batch], None, cast)
@@ -497,7 +497,8 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     except VislabError as exc:
-        if exc.path is None and ckpt_path is not None:  # the module's resume checks: the checkpoint is the file
+        if exc.path is None and ckpt_path is not None and exc.message.startswith("cannot resume"):
+            # the module's resume checks: the checkpoint is the file they read
             raise VislabError(ckpt_path, exc.message) from None
         raise
     except SystemExit:
@@ -514,7 +515,7 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
                                    f"({trainer.global_step} optimiser steps ran)")
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     result = {"train_seconds": round(time.perf_counter() - t0, 1),
-              metric: None if score is None else round(float(score), 6)}
+              metric: None if score is None else round(float(score), 6), "global_step": trainer.global_step}
     limit = next((c for c in trainer.callbacks if isinstance(c, TimeLimit)), None)  # type: ignore[attr-defined]
     if limit is not None and limit.stopped:
         from vislab.log import info
@@ -542,4 +543,4 @@ def write_results(out_dir: Path, result: dict) -> None:
 
     result["checkpoint"] = str(result["checkpoint"])
     atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
-    info(f"done: {json.dumps({k: v for k, v in result.items() if k != 'val'})}")
+    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks')})}")

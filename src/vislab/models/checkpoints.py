@@ -25,8 +25,10 @@ def pick_device(name: str | None = None) -> torch.device:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise VislabError("--device", f"{name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise VislabError("--device", f"{name!r}: vislab runs on cpu or cuda devices")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise VislabError("--device", f"{name!r}: vislab runs on cpu, cuda or mps devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VislabError("--device", f"{name!r}: this machine has no Apple GPU")
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:

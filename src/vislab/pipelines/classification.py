@@ -188,8 +188,8 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
     if meta.get("class_names") is None and data.layout == "imagefolder":
         # folder names would be matched to the model's class ids in alphabetical order, by chance
         raise VislabError(img_dir, "holds class folders, but this model was trained on numbered labels "
-                                   "(<label>_<index> names) and knows no class names; give it images named "
-                                   "that way, or a labels CSV (--labels)")
+                                   "(<label>_<index> names) and knows no class names; give it a folder of "
+                                   "images named that way")
     n_cls = meta["num_classes"]
     if int(data.labels.max()) >= n_cls:
         bad = data.files[int(torch.argmax((data.labels >= n_cls).int()))]
@@ -320,9 +320,11 @@ def held_out_of(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: lis
         if split[:2] != splits[0][:2]:
             raise VislabError(path, f"--held-out: holds out (fraction, seed) {split[:2]}, the first run "
                                     f"{splits[0][:2]}: not the same images")
-        if split[2] != splits[0][2]:
-            raise VislabError(path, f"--held-out: trained on another folder than {paths[0]}: not the same images")
-    return splits[0]
+    known = [(d, path) for (_, _, d), path in zip(splits, paths) if d is not None]  # older checkpoints have none
+    for digest, path in known[1:]:
+        if digest != known[0][0]:
+            raise VislabError(path, f"--held-out: trained on another folder than {known[0][1]}: not the same images")
+    return (*splits[0][:2], known[0][0] if known else None)
 
 
 def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = None, folder: str | Path = "") -> Any:
@@ -334,7 +336,7 @@ def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = No
     from vislab.data.classification import stratified_split
 
     if digest is not None and labelled_digest(data) != digest:
-        raise VislabError(folder, "--held-out: not the folder the run was trained on (its images or labels "
+        raise VislabError(folder, "--held-out: not the folder the run was trained on (its image names or labels "
                                   "differ), so its held-out split cannot be rebuilt")
 
     _, idx = stratified_split(data.labels, fraction=fraction, seed=seed)

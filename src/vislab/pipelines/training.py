@@ -112,9 +112,13 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         return None
     result, best = done
     if job.resume and module.resumed_at_step is not None and module.resumed_at_step == trainer.global_step:
-        # a finished run: nothing trained, and what its end recorded (validation, calibration) stays
-        info(f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept")
-        result = {**read_results(job.out), **{k: v for k, v in result.items() if k != "train_seconds"}}
+        earlier = read_results(job.out)
+        if earlier.get("global_step") == trainer.global_step:  # written by the end of this very state
+            # a finished run: nothing trained, and what its end recorded (validation, calibration) stays
+            info(f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept")
+            result = {**earlier, **{k: v for k, v in result.items() if k != "train_seconds"}}
+        else:
+            info(f"--resume: nothing left to train in {job.out}; its results are measured again")
     if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=module.replanned_epochs)
     result["epochs"] = recipe.epochs  # of the schedule that ran
