@@ -303,16 +303,13 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
     under-estimated a 2-core epoch by a fifth); the warm-up step itself when the loader has only
     one batch. The module, its weights and the global RNG states are left as they were.
     ``side``: a classifier's batches at that input side instead of its own."""
-    import copy
     import time
 
     import torch
 
     half, amp = step_precision(str(precision or module.recipe.precision), device.type)
-    cast = None if amp else half  # "-true" and 64 precisions: the whole network and its input in that dtype
-    net = copy.deepcopy(module.net).to(device).train()
-    if cast is not None:
-        net = net.to(cast)
+    net, cast = _probe_copy(module.net, device, None if amp else half)
+    net.train()
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0)
     batches = iter(loader)
     times, warm_up = [], None
@@ -344,6 +341,15 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
     return sorted(times)[len(times) // 2] if times else warm_up
 
 
+def _probe_copy(net: Any, device: Any, cast: Any) -> tuple[Any, Any]:
+    """A timing probe's copy of ``net`` on ``device`` and the dtype its input takes: ``cast`` for
+    "-true" and 64 precisions (the whole network in that dtype), None under autocast or fp32."""
+    import copy
+
+    copied = copy.deepcopy(net).to(device)
+    return (copied if cast is None else copied.to(cast)), cast
+
+
 def _probe_input(module: pl.LightningModule, batch: list, side: int | None, cast: Any) -> tuple[Any, Any]:
     """A timing probe's network input and targets from a training batch on the device: the
     on-device augmentation left out, except a segmenter's crop size; ``cast``: the input dtype."""
@@ -361,16 +367,13 @@ def seconds_per_forward(module: pl.LightningModule, loader: Any, device: Any, *,
     ``reps`` after a warm-up): a copy of the evaluated network in eval mode, without gradients
     and outside a ``*-mixed`` precision's autocast, as :meth:`VislabModule.held_out_logits` runs
     it (a ``*-true`` precision's dtype kept). The budget prices the held-out batches with it."""
-    import copy
     import time
 
     import torch
 
     half, amp = step_precision(str(precision or module.recipe.precision), device.type)
-    cast = None if amp else half
-    net = copy.deepcopy(module.eval_net).to(device).eval()
-    if cast is not None:
-        net = net.to(cast)
+    net, cast = _probe_copy(module.eval_net, device, None if amp else half)
+    net.eval()
     try:
         batch = next(iter(loader))
     except StopIteration:

@@ -111,13 +111,13 @@ def _build_fcn(variant: str, backbone: str, *, num_classes: int, weights: str | 
     """``weights``: None, "imagenet" (VGG's), a torchvision VGG state_dict (the backbone's) or
     the weights of a whole FCN (a previous run's checkpoint)."""
     local = None if weights in (None, "none", "imagenet") else weights
-    state = read_state_dict(local) if local is not None else None  # read once for a VGG file
+    state = read_state_dict(local) if local is not None else None  # read once, a VGG file or a whole FCN
     vgg_file = state is not None and "features.0.weight" in state
     feats = VGGFeatures(backbone, weights if weights == "imagenet" or vgg_file else None,
                         state=state if vgg_file else None)
     local = None if vgg_file else local
     model = SegmentationModel(FCN(feats, num_classes=num_classes, skips=_SKIPS[variant]))
-    return apply_weights(model, local, name=f"{variant}_{backbone}")
+    return apply_weights(model, local, name=f"{variant}_{backbone}", state=state)  # the file read once
 
 
 for _variant in _SKIPS:

@@ -38,7 +38,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_local_weights(
-    model: nn.Module, path: str | Path, *, skip_mismatched: bool = True
+    model: nn.Module, path: str | Path, *, skip_mismatched: bool = True,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Load a local state_dict into ``model``; tensors whose shape differs (a head for another
     class count) are skipped. Missing/unexpected keys are reported; a file that holds fewer than
@@ -47,7 +48,7 @@ def load_local_weights(
     Returns:
         (missing keys, unexpected keys)
     """
-    sd = read_state_dict(path)
+    sd = read_state_dict(path) if state is None else state  # ``state``: ``path``'s, already read
     own = model.state_dict()
     skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if skipped and not skip_mismatched:
@@ -82,11 +83,13 @@ def apply_weights(
     *,
     pretrained: Callable[[], Any] | None = None,
     name: str = "model",
+    state: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Apply ``weights`` to a freshly built ``model``.
 
     ``pretrained`` is a zero-argument callable that loads the library's ImageNet weights into
     ``model`` (and may download them); it is only called for ``weights == "imagenet"``.
+    ``state``: the file ``weights`` already read (not read again).
     """
     if weights is None or weights == "none":
         return model
@@ -104,5 +107,5 @@ def apply_weights(
                 "download them once elsewhere and pass --weights PATH to a state_dict",
             ) from None
         return model
-    load_local_weights(model, weights)
+    load_local_weights(model, weights, state=state)
     return model

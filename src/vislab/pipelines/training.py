@@ -64,8 +64,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     trainer = make_trainer(recipe)
     recipe, lr_lines = resolve_lr(recipe, trainer)
     changes += lr_lines
-    ran = str(trainer.precision)
-    if recipe.precision in ("16", "16-mixed") and ran == "bf16-mixed":  # Lightning's own choice on a CPU
+    precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
+    if recipe.precision in ("16", "16-mixed") and precision == "bf16-mixed":  # Lightning's own choice on a CPU
         changes.append(f"precision {recipe.precision} runs as bf16-mixed: float16 autocast needs a GPU, and on "
                        f"this {trainer.strategy.root_device.type} Lightning autocasts to bfloat16")
     epoch_steps = None  # a progressive resize's timed step costs per epoch (a fresh budgeted run only)
@@ -79,7 +79,6 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1, False)  # timing needs no pretrained weights
         loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
-        precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
         step_s = seconds_per_step(probe, loader, device, precision=precision)
         epoch_steps, how = resize_step_costs(probe, loader, device, step_s, precision=precision)
         held_out = job.holdout_batches(recipe)
