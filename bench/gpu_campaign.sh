@@ -6,8 +6,9 @@
 #
 # DATA_ROOT holds p1_data/ and p2_data/. Side by side on one GPU:
 #   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), val_50
-#       scored once by the training run and again with flip and shift TTA (each TTA also scored
-#       on the held-out split of train_50, the honest place to choose one), and the t-SNE figure;
+#       scored once by the training run and again with flip TTA, shift TTA and flip at 256 px
+#       (each also scored on the held-out split of train_50, the honest place to choose one; the
+#       summary names the choice and its val_50), and the t-SNE figure;
 #   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
 #       scored once by the training run, class offsets fitted on its held-out split, validation
 #       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
@@ -17,7 +18,7 @@
 #       scored once; killed by `timeout` at the deadline if a budget overruns.
 # Everything small lands in OUT_DIR/campaign.tar.gz (logs, recipes, history.csv, results.json,
 # scores, figures) beside OUT_DIR/summary.txt: two files, within the 8 a device command returns.
-# Checkpoints stay on the machine. --smoke runs the same steps on a CPU for 1 epoch of 2 batches
+# Checkpoints stay on the machine. On a lent device the data travels in parts: bench/gpu_lease.sh. --smoke runs the same steps on a CPU for 1 epoch of 2 batches
 # at small sizes: a check that the script works end to end, not a measurement.
 set -u
 data=${1:?DATA_ROOT}; out=${2:?OUT_DIR}; smoke=${3:-}
@@ -27,9 +28,11 @@ vis() { python3 -m vislab "$@"; }
 # p1eval DIR TTA NAME [ARGS]: score the P1 run on DIR with one TTA into $w/NAME.json
 p1eval() { local dir=$1 tta=$2 name=$3; shift 3
   vis cls eval "$w/cls-best" "$dir" "$@" "${dev[@]}" --tta "$tta" --json "$w/$name.json" >> "$w/cls-best.log" 2>&1; }
-held() { p1eval "$data/p1_data/train_50" "$1" "cls-held-$1" --held-out; }
-val() { p1eval "$data/p1_data/val_50" "$1" "cls-val-$1"; }
-cls_extra=(); seg_extra=(); dev=(); DEADLINE=${DEADLINE:-540}  # seconds after the start (a device command gets 600)
+# held TTA [SIDE] / val TTA [SIDE]: the held-out split of train_50 (where a TTA and test size are
+# chosen) or val_50, with one TTA, at the training side or at SIDE px
+held() { p1eval "$data/p1_data/train_50" "$1" "cls-held-$1${2:+-$2}" --held-out ${2:+--image-size "$2"}; }
+val() { p1eval "$data/p1_data/val_50" "$1" "cls-val-$1${2:+-$2}" ${2:+--image-size "$2"}; }
+cls_extra=(); seg_extra=(); dev=(); big=256; DEADLINE=${DEADLINE:-540}  # seconds after the start (a device command gets 600)
 # seedrow TASK RECIPE TRAIN VAL [ARGS]: the seed recipe from scratch in the time left, into $w/RECIPE
 seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
   local left=$((start + DEADLINE - $(date +%s)))  # the summary and packing come after DEADLINE
@@ -44,19 +47,20 @@ seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
 if [ "$smoke" = "--smoke" ]; then
   cls_extra=(--epochs 1 --limit-batches 2 --batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
   seg_extra=(--epochs 1 --limit-batches 2 --batch-size 2 --crop-size 128 --precision 32 --accelerator cpu --workers 0)
-  dev=(--device cpu)
+  dev=(--device cpu); big=80
 fi
 start=$(date +%s)
 rm -f "$w/seg-trained"  # an earlier campaign's flag in the same OUT_DIR
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
-  held none && held flip && held shift && val flip && val shift &&
+  held none && held flip && held shift && held flip "$big" && val flip && val shift && val flip "$big" &&
   vis cls tsne "$w/cls-best" "$data/p1_data/val_50" "${dev[@]}" --out "$w/tsne.png" >> "$w/cls-best.log" 2>&1
   echo "cls exit $?" >> "$w/cls-best.log"
   # not beside seg-best's training, whose 6-minute guard has little slack: wait for it to end
   while [ ! -e "$w/seg-trained" ] && [ "$(date +%s)" -lt "$((start + DEADLINE))" ]; do sleep 5; done
   seedrow cls cls-vgg16bn-seed "$data/p1_data/train_50" "$data/p1_data/val_50" "${cls_extra[@]}" ) &
+p1=$!
 ( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
       "${seg_extra[@]}" > "$w/seg-best.log" 2>&1; ok=$?; touch "$w/seg-trained"; [ "$ok" = 0 ] &&
   vis seg calibrate "$w/seg-best" "$data/p2_data/train" "${dev[@]}" >> "$w/seg-best.log" 2>&1 &&
@@ -65,9 +69,16 @@ rm -f "$w/seg-trained"  # an earlier campaign's flag in the same OUT_DIR
   vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
   echo "seg exit $?" >> "$w/seg-best.log"
   seedrow seg seg-fcn32s-seed "$data/p2_data/train" "$data/p2_data/validation" "${seg_extra[@]}" ) &
-wait
+p2=$!
+# a guard for the device command's limit: whatever still runs 20 s after the deadline is stopped,
+# so that the summary and the archive of what finished are still written
+( sleep $((DEADLINE + 20)); echo "watchdog: stopped what still ran at $((DEADLINE + 20)) s" > "$w/watchdog.log"
+  pkill -TERM -f "vislab (cls|seg) " ) &
+dog=$!
+wait "$p1" "$p2"
+kill "$dog" 2>/dev/null
 end=$(date +%s)
-python3 - "$w" "$((end - start))" > "$out/summary.txt" <<'PY'
+python3 - "$w" "$((end - start))" "$big" > "$out/summary.txt" <<'PY'
 import json, sys
 from pathlib import Path
 w, seconds = Path(sys.argv[1]), sys.argv[2]
@@ -80,9 +91,15 @@ for run, key in (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
     p = w / run / "results.json"
     r = json.loads(p.read_text()) if p.is_file() else {}
     print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
-print("P1 held-out accuracy (the split that chooses the TTA): " + ", ".join(f"{t} {num(f'cls-held-{t}.json', 'accuracy')}" for t in ("none", "flip", "shift")))
-print(f"P1 val_50 accuracy {num('cls-best/results.json', 'val_accuracy')}, flip TTA {num('cls-val-flip.json', 'accuracy')}, "
-      f"shift TTA {num('cls-val-shift.json', 'accuracy')}")
+views = ("none", "flip", "shift", f"flip-{sys.argv[3]}")
+held = {t: num(f"cls-held-{t}.json", "accuracy") for t in views}
+print("P1 held-out accuracy (the split that chooses the TTA and test size): " + ", ".join(f"{t} {v}" for t, v in held.items()))
+vals = {"none": num("cls-best/results.json", "val_accuracy"), **{t: num(f"cls-val-{t}.json", "accuracy") for t in views[1:]}}
+print("P1 val_50 accuracy: " + ", ".join(f"{t} {v}" for t, v in vals.items()))
+scored = {t: v for t, v in held.items() if v != "missing"}
+if scored:
+    pick = max(scored, key=lambda t: float(scored[t]))
+    print(f"P1 chosen on held-out: {pick} (held-out {scored[pick]}) -> val_50 {vals[pick]}")
 print(f"P2 validation mIoU plain {num('seg-best/results.json', 'val_miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
       f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
 for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_miou")):
@@ -90,8 +107,8 @@ for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_
     r = json.loads(p.read_text()) if p.is_file() else {}
     print(f"{run} (from scratch, --weights none): train {r.get('train_seconds')} s, {r.get('epochs')} epochs, "
           f"val {key} {num(f'{run}/results.json', key)}")
-for log in ("cls-best.log", "seg-best.log", "cls-vgg16bn-seed.log", "seg-fcn32s-seed.log"):
-    tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["missing"]
+for log in ("cls-best.log", "seg-best.log", "cls-vgg16bn-seed.log", "seg-fcn32s-seed.log", "watchdog.log"):
+    tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["not triggered" if log == "watchdog.log" else "missing"]
     print(f"{log}: {tail[0]}")
 PY
 tar -czf "$out/campaign.tar.gz" -C "$w" --exclude='*.ckpt' --exclude='*.npz' --exclude='tensorboard' --exclude='snapshots' --exclude='*.pt' .
