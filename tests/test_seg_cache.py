@@ -182,3 +182,25 @@ print("ok")
     env = {**os.environ, "VISLAB_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_resizing_crops_keeps_to_cudas_dtypes(monkeypatch):
+    """CUDA has no bilinear kernel for uint8 images (the CPU has one): under an interpolate that
+    refuses what CUDA refuses, resized crops of uint8 tiles must still work and keep the ids."""
+    import torch.nn.functional as F
+
+    real = F.interpolate
+
+    def cuda_rules(inp, *a, mode="nearest", **kw):
+        if mode == "bilinear" and not inp.is_floating_point():
+            raise NotImplementedError('"upsample_bilinear2d_out_frame" not implemented for \'Byte\'')
+        return real(inp, *a, mode=mode, **kw)
+
+    monkeypatch.setattr(F, "interpolate", cuda_rules)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (4, 3, 40, 40), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 6, (4, 40, 40), generator=g, dtype=torch.uint8)
+    img, ids = augment_tiles(x, y, torch.arange(4), torch.tensor([[40, 40]] * 4), seed=0, epoch=0, crop_size=24,
+                             crop_area=(0.2, 0.9))
+    assert img.shape == (4, 3, 24, 24) and img.dtype == torch.float32
+    assert 0 <= img.min() and img.max() <= 255 and set(ids.unique().tolist()) <= set(range(6))

@@ -358,13 +358,15 @@ def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: tor
             cw = min(w, max(1, round((area * r) ** 0.5)))
             ch = min(h, max(1, round((area / r) ** 0.5)))
             x0, y0 = min(int(ux * (w - cw + 1)), w - cw), min(int(uy * (h - ch + 1)), h - ch)
-            box = x[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw]
+            # resampled in float: CUDA has no bilinear kernel for uint8 (the CPU has), and one path
+            # keeps a CPU and a GPU run drawing the same pixels; on a CPU it costs about the same
+            box = x[i : i + 1, :, y0 : y0 + ch, x0 : x0 + cw].float()
             lab = y[i : i + 1, None, y0 : y0 + ch, x0 : x0 + cw]
             if (ch, cw) != (crop_size, crop_size):
                 shrink = ch > crop_size or cw > crop_size
                 box = F.interpolate(box, size=(crop_size, crop_size), mode="bilinear", align_corners=False,
                                     antialias=shrink)
-                lab = F.interpolate(lab, size=(crop_size, crop_size), mode="nearest-exact")
+                lab = F.interpolate(lab.float(), size=(crop_size, crop_size), mode="nearest-exact").to(y.dtype)
             imgs.append(box)
             masks.append(lab[:, 0])
         x, y = torch.cat(imgs), torch.cat(masks)
