@@ -5,7 +5,8 @@
 #   bash bench/gpu_campaign.sh DATA_ROOT OUT_DIR [--smoke]
 #
 # DATA_ROOT holds p1_data/ and p2_data/. Side by side on one GPU:
-#   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s on an H100 beside P2), val_50
+#   P1  cls-best (EfficientNet-Lite2, 224 px, 30 epochs; 289 s alone on an H100, 431 s on the
+#       H200 of 2026-12-04 beside the FCN seed row), val_50
 #       scored once by the training run and again with flip TTA, shift TTA and flip at 256 px
 #       (each also scored on the held-out split of train_50, the honest place to choose one; the
 #       summary names the choice and its val_50), and the t-SNE figure;

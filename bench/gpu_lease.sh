@@ -6,10 +6,12 @@
 #   there: bash bench/gpu_lease.sh N OUT_DIR [--smoke]      (the call carries .gpu/N)
 #
 # Every call unpacks its part under $GPU_ROOT (default /tmp/gpu, which lasts while the machine is
-# held). The call that brings the wheels installs them under $GPU_ROOT/site, prints the software
-# versions, and trains cls-best for a few batches on the images that have arrived: a check of
-# the device's torch/timm/smp with vislab that fails in seconds rather than in the campaign.
-# The call that completes the data runs bench/gpu_campaign.sh $GPU_ROOT/data OUT_DIR.
+# held). The call that brings the wheels installs them under $GPU_ROOT/site and prints the
+# software versions. The first call that finds the P1 images whole and some complete P2 pairs
+# trains cls-best and seg-best for a few batches side by side: a check of the device's
+# torch/timm/smp with vislab that fails in seconds rather than inside the campaign (the lease of
+# 2026-12-04 lost its seg-best run to a kernel that exists on a CPU but not on CUDA). The call
+# that completes the data runs bench/gpu_campaign.sh $GPU_ROOT/data OUT_DIR.
 set -u -o pipefail
 n=${1:?PART}; out=${2:?OUT_DIR}; smoke=${3:-}
 root=${GPU_ROOT:-/tmp/gpu}; parts=${GPU_PARTS:-.gpu}
@@ -22,11 +24,30 @@ if [ -n "$(ls "$root"/wheels/*.whl 2>/dev/null)" ] && [ ! -d "$root/site" ]; the
 print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__,
       'lightning', lightning.__version__, 'torchmetrics', torchmetrics.__version__, 'smp', smp.__version__, 'cuda', torch.cuda.is_available())"
   } | tee "$root/versions.txt"
-  check=(--epochs 1 --limit-batches 5)
-  [ "$smoke" = "--smoke" ] && check+=(--batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
-  VISLAB_CACHE="$root/check-cache" timeout 120 python3 -m vislab cls train "$root/data/p1_data/train_50" --recipe cls-best \
-      --out "$root/check" "${check[@]}" > "$root/check.log" 2>&1
-  echo "check (cls-best, 5 batches) exit $?"; tail -3 "$root/check.log"
+fi
+p1_whole() { [ "$(ls "$root/data/p1_data/train_50" 2>/dev/null | wc -l)" -ge 22500 ] || [ "$smoke" = "--smoke" ]; }
+if [ ! -e "$root/checked" ] && p1_whole && [ -d "$root/data/p2_data/train" ]; then
+  pairs="$root/check-pairs"; mkdir -p "$pairs"  # complete pairs only: a part may end between a mask and its image
+  for m in "$root"/data/p2_data/train/*_mask.png; do
+    s=${m%_mask.png}_sat.jpg
+    [ -e "$s" ] && ln -sf "$m" "$s" "$pairs/"
+    [ "$(ls "$pairs" | wc -l)" -ge 64 ] && break
+  done
+  if [ "$(ls "$pairs" | wc -l)" -ge 20 ]; then
+    cc=(--epochs 1 --limit-batches 5); sc=(--epochs 1 --limit-batches 3 --snapshot "")
+    if [ "$smoke" = "--smoke" ]; then
+      cc+=(--batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
+      sc+=(--batch-size 2 --crop-size 128 --precision 32 --accelerator cpu --workers 0)
+    fi
+    export VISLAB_CACHE="$root/check-cache"
+    timeout 150 python3 -m vislab cls train "$root/data/p1_data/train_50" --recipe cls-best --out "$root/check-cls" \
+        "${cc[@]}" > "$root/check-cls.log" 2>&1 & c=$!
+    timeout 150 python3 -m vislab seg train "$pairs" --recipe seg-best --out "$root/check-seg" \
+        "${sc[@]}" > "$root/check-seg.log" 2>&1 & s=$!
+    wait $c; echo "check: cls-best, 5 batches: exit $?"; tail -2 "$root/check-cls.log"
+    wait $s; echo "check: seg-best, 3 batches: exit $?"; tail -2 "$root/check-seg.log"
+    unset VISLAB_CACHE; touch "$root/checked"
+  fi
 fi
 if grep -q "all .* parts in" "$root.part$n.log"; then
   bash bench/gpu_campaign.sh "$root/data" "$out" $smoke

@@ -20,3 +20,38 @@ def test_bench_scripts_run_quick_realdata():
     assert [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("RATIO")] == [
         "p1_input", "p2_decode", "p2_miou", "p2_loader", "seg_predict", "predict_cls-cpu", "predict_seg-cpu",
         "hw1_1", "hw1_2", "train_cls-fast", "train_seg-fast", "malloc_train_seg256_b8", "train_gpu_cls-fast"]
+
+
+def test_gpu_pack_parts_round_trip(tmp_path):
+    """The lease's data parts: every part within its size, parts of about equal size, the union
+    unpacked byte for byte equal to the source, and a part damaged in transfer refused."""
+    import os
+
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    for i in range(30):
+        (src / ("a" if i % 2 else "b") / f"{i:02d}.bin").write_bytes(os.urandom(20_000 + 1_000 * i))
+    wheel = tmp_path / "w-0.1-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(50_000))
+    pack = [sys.executable, str(ROOT / "bench" / "gpu_pack.py")]
+    out = subprocess.run(pack + ["pack", str(src), str(tmp_path / "parts"), "--part-mb", "0.4", "--wheel", str(wheel)],
+                         capture_output=True, text=True, check=True).stdout
+    parts = sorted((tmp_path / "parts").iterdir())
+    total = sum(f.stat().st_size for f in src.rglob("*.bin")) + wheel.stat().st_size  # random bytes do not shrink
+    assert len(parts) == -(-total // 400_000) == 3 and out.count("part ") == 3
+    sizes = [(d / "part.tar.gz").stat().st_size for d in parts]
+    assert max(sizes) <= 400_000 and max(sizes) - min(sizes) < 80_000
+    dest = tmp_path / "dest"
+    logs = [subprocess.run(pack + ["unpack", str(d), str(dest)], capture_output=True, text=True, check=True).stdout
+            for d in parts]
+    assert "still missing parts [2, 3]" in logs[0] and "all 3 parts in (31 files)" in logs[2]
+    for f in src.rglob("*.bin"):
+        assert (dest / "data" / f.relative_to(src)).read_bytes() == f.read_bytes()
+    assert (dest / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    blob = parts[1] / "part.tar.gz"
+    data = bytearray(blob.read_bytes())
+    data[500] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    bad = subprocess.run(pack + ["unpack", str(parts[1]), str(tmp_path / "dest2")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "damaged in transfer" in bad.stderr
