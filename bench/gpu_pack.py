@@ -26,7 +26,6 @@ import tarfile
 from pathlib import Path
 
 
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -66,6 +65,8 @@ def pack(data_root: Path, dest: Path, wheels: list[Path], part_mb: float) -> Non
     """Split in order into as few parts of at most ``part_mb`` as the total needs, of about equal
     compressed size (the repository travels beside each part, so none may take the whole
     allowance); the split points are read off one trial compression of everything."""
+    if dest.is_dir() and any(dest.iterdir()):
+        raise SystemExit(f"{dest}: not empty (parts of an earlier pack would mix with these); remove it first")
     members = _members(data_root, wheels)
     ends = _compressed_ends(members)
     n = -(-ends[-1] // int(part_mb * 1e6))
