@@ -11,7 +11,8 @@
 #       (each also scored on the held-out split of train_50, the honest place to choose one; the
 #       summary names the choice and its val_50), and the t-SNE figure;
 #   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
-#       scored once by the training run, class offsets fitted on its held-out split, validation
+#       scored once by the training run, class offsets and the evaluation scale (0.8-1.5x: training
+#       crops zoom 1-2x) fitted on its held-out split, validation
 #       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
 # Then, in the time each side has left before DEADLINE seconds (the seed's rows, issue 18):
 #   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet

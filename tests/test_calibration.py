@@ -73,9 +73,10 @@ def test_offsets_file_round_trip_stale_and_malformed(tmp_path, capsys):
 
 def test_scale_candidates_by_hand():
     assert scale_candidates(0.5) == [0.4, 0.5, 0.625, 0.75]
-    assert scale_candidates(0.75) == [0.6, 0.75, 0.9375, 1.0]  # 1.125 and 1.0 both become 1.0
-    assert scale_candidates(0.8) == [0.64, 0.8, 1.0]
-    assert scale_candidates(1.0) == [1.0] and scale_candidates(2.0) == [2.0]
+    assert scale_candidates(0.75) == [0.6, 0.75, 0.9375, 1.125]
+    assert scale_candidates(1.0) == [0.8, 1.0, 1.25, 1.5]  # a full-resolution model is also tried upsampled
+    assert scale_candidates(1.5) == [1.2, 1.5, 1.875, 2.0]  # 2.25 and 2.0 both become 2.0
+    assert scale_candidates(2.0) == [2.0] and scale_candidates(3.0) == [3.0]
 
 
 def test_calibration_file_carries_the_evaluation_scale(tmp_path):

@@ -8,10 +8,11 @@ boundaries towards the mIoU optimum. The offsets are chosen on pairs the network
 on (the run's held-out split) and stored beside the checkpoint as ``<ckpt>.offsets.json``, with
 the checkpoint's digest; ``seg score`` / ``seg predict`` / ``export`` apply them when they match it.
 
-A model that predicts on resized tiles (a recipe's ``infer_scale`` below 1) may do better at
-another evaluation scale than the one it was trained with: the calibration then also tries the
-scales of :func:`scale_candidates`, fits offsets at each, and keeps the best (``infer_scale`` in
-the same file; :func:`load_segmenter` applies both).
+A model may do better at another evaluation scale than the one it was trained with: random
+crops resized to the training side show it objects larger than the tile does (a seg-cpu model,
+trained at 0.5 on crops zoomed 0.5-0.71x, scores best at 0.625-0.75). The calibration therefore
+also tries the scales of :func:`scale_candidates`, fits offsets at each, and keeps the best
+(``infer_scale`` in the same file; :func:`load_segmenter` applies both).
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ from vislab.log import info
 from vislab.metrics import confusion_matrix, course_miou
 
 SCALE_FACTORS = (0.8, 1.0, 1.25, 1.5)
-"""Evaluation scales tried by a calibration, as multiples of the trained one (at most 1)."""
+"""Evaluation scales tried by a calibration, as multiples of the trained one (at most
+:data:`MAX_SCALE`)."""
+
+MAX_SCALE = 2.0
+"""The largest evaluation scale a calibration tries by itself: a tile upsampled twice costs 4x
+the compute of the tile, as much as the zoom of a crop of a quarter of it."""
 
 OFFSET_STEPS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 2.0)
 """Moves tried for one class's offset per sweep of the coordinate ascent (log-probability units)."""
@@ -103,11 +109,11 @@ def apply_offsets(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Te
 
 def scale_candidates(trained: float) -> list[float]:
     """The evaluation scales a calibration tries for a model trained to predict at ``trained``:
-    ``trained`` times :data:`SCALE_FACTORS`, none above 1 (full resolution); a full-resolution
-    model keeps its scale."""
-    if trained >= 1.0:
+    ``trained`` times :data:`SCALE_FACTORS`, none above :data:`MAX_SCALE`; a model trained at or
+    above it keeps its scale. Scales above 1 upsample the tile, as the training crops did."""
+    if trained >= MAX_SCALE:
         return [trained]
-    return sorted({round(min(1.0, trained * f), 4) for f in SCALE_FACTORS})
+    return sorted({round(min(MAX_SCALE, trained * f), 4) for f in SCALE_FACTORS})
 
 
 def offsets_file(ckpt: Path) -> Path:

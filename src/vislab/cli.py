@@ -386,11 +386,11 @@ def seg_calibrate(
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder."),
     device: Optional[str] = typer.Option(None, "--device"),
     scales: Optional[str] = typer.Option(None, "--scales", help="Comma-separated evaluation scales to try besides the "
-                                         "recipe's infer_scale (default: it x 0.8, 1.25, 1.5, at most 1; a "
-                                         "full-resolution model keeps its scale)."),
+                                         "recipe's infer_scale (default: it x 0.8, 1.25, 1.5, at most 2: scales above "
+                                         "1 upsample the tile, as zoomed training crops did)."),
 ) -> None:
-    """Fit one logit offset per class for the mIoU (and, for a model that predicts on resized tiles,
-    choose the evaluation scale); score, predict and export then apply them."""
+    """Fit one logit offset per class for the mIoU and choose the evaluation scale; score, predict
+    and export then apply them."""
     from vislab.paths import data_root
     from vislab.pipelines.segmentation import calibrate
 
