@@ -152,3 +152,43 @@ def test_fcn_takes_a_torchvision_vgg_state_dict_as_its_backbone(tmp_path):
     torch.save({k: v for k, v in vgg19.items() if k.startswith("features.")}, tmp_path / "vgg19.pt")
     with pytest.raises(VislabError, match=r"vgg19.pt: not a vgg16 state_dict: \d+ of the 26 tensors"):
         build_model("fcn32s_vgg16", num_classes=7, weights=str(tmp_path / "vgg19.pt"))
+
+
+def test_fcn_upsampling_starts_bilinear():
+    """The FCN paper's init: each transposed convolution, cropped by half its stride, equals
+    bilinear interpolation (F.interpolate, align_corners False) away from the border, per class."""
+    import torch.nn.functional as F
+
+    for variant, f in (("fcn32s_vgg16", 32), ("fcn8s_vgg16", 2)):
+        net = build_model(variant, num_classes=7).net
+        up = net.upscore if f == 32 else net.skip_ups[0]
+        x = torch.randn(1, 7, 5, 6, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y = up(x)
+        z = F.interpolate(x, scale_factor=f, mode="bilinear", align_corners=False)
+        h = f // 2
+        got = y[..., h : h + z.shape[-2], h : h + z.shape[-1]]
+        assert torch.allclose(got[..., f:-f, f:-f], z[..., f:-f, f:-f], atol=1e-5)
+
+
+def test_fcn32s_from_scratch_leaves_the_uniform_output():
+    """With the seed's optimiser (SGD 1e-3, momentum 0.9) a VGG16-FCN32s without pretrained
+    weights must start learning: under PyTorch's default init its logits stayed ~0 and its loss
+    at ln 7 for 10 epochs on a GPU."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_model("fcn32s_vgg16", num_classes=7)
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.zeros(2, 64, 64, dtype=torch.long)
+    y[:, :, 32:] = 3
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < min(losses[0], math.log(7)) - 0.02, losses  # the default init: flat at 1.94591
