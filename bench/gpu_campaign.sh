@@ -52,7 +52,8 @@ if [ "$smoke" = "--smoke" ]; then
   dev=(--device cpu); big=80
 fi
 start=$(date +%s)
-rm -f "$w/seg-trained"  # an earlier campaign's flag in the same OUT_DIR
+# an earlier campaign's flag, scores and logs in the same OUT_DIR would be read as this one's
+rm -f "$w/seg-trained" "$w"/*.json "$w"/*.log "$w/tsne.png" "$w/tsne.csv" "$w/masks.png"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
@@ -74,11 +75,12 @@ p1=$!
 p2=$!
 # a guard for the device command's limit: whatever still runs 20 s after the deadline is stopped,
 # so that the summary and the archive of what finished are still written
+# (only this campaign's commands: each names a path under $w; KILL 5 s after TERM)
 ( sleep $((DEADLINE + 20)); echo "watchdog: stopped what still ran at $((DEADLINE + 20)) s" > "$w/watchdog.log"
-  pkill -TERM -f "vislab (cls|seg) " ) &
+  pkill -TERM -f -- "-m vislab .*$w/"; sleep 5; pkill -KILL -f -- "-m vislab .*$w/" ) &
 dog=$!
 wait "$p1" "$p2"
-kill "$dog" 2>/dev/null
+pkill -P "$dog" 2>/dev/null; kill "$dog" 2>/dev/null
 end=$(date +%s)
 python3 - "$w" "$((end - start))" "$big" > "$out/summary.txt" <<'PY'
 import json, sys

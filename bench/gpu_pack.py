@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -61,40 +62,81 @@ def _compressed_ends(members: list[tuple[str, Path]]) -> list[int]:
     return ends
 
 
-def pack(data_root: Path, dest: Path, wheels: list[Path], part_mb: float) -> None:
-    """Split in order into as few parts of at most ``part_mb`` as the total needs, of about equal
-    compressed size (the repository travels beside each part, so none may take the whole
-    allowance); the split points are read off one trial compression of everything."""
-    if dest.is_dir() and any(dest.iterdir()):
-        raise SystemExit(f"{dest}: not empty (parts of an earlier pack would mix with these); remove it first")
-    members = _members(data_root, wheels)
-    ends = _compressed_ends(members)
-    n = -(-ends[-1] // int(part_mb * 1e6))
+def _split(members: list[tuple[str, Path]], ends: list[int], n: int) -> list[list[tuple[str, Path]]]:
+    """``n`` runs of members of about equal compressed size (each member where it ends)."""
     parts: list[list[tuple[str, Path]]] = [[] for _ in range(n)]
     for member, end in zip(members, ends):
         parts[min(n - 1, int(end * n / ends[-1] - 1e-9))].append(member)
-    parts = [p for p in parts if p]
-    dest.mkdir(parents=True, exist_ok=True)
-    for i, members in enumerate(parts, 1):
-        folder = dest / str(i)
-        folder.mkdir(exist_ok=True)
-        with tarfile.open(folder / "part.tar.gz", "w:gz", compresslevel=6, dereference=True) as tar:
-            for name, path in members:
-                tar.add(path, arcname=name)
-        manifest = {"part": i, "parts": len(parts), "sha256": _sha(folder / "part.tar.gz"),
-                    "files": {name: path.stat().st_size for name, path in members}}
-        (folder / "manifest.json").write_text(json.dumps(manifest))
-        mb = (folder / "part.tar.gz").stat().st_size / 1e6
-        print(f"part {i}/{len(parts)}: {len(members)} files, {mb:.1f} MB -> {folder}")
+    return [p for p in parts if p]
+
+
+def pack(data_root: Path, dest: Path, wheels: list[Path], part_mb: float) -> None:
+    """Split in order into as few parts of at most ``part_mb`` (archive and manifest together) as
+    the total needs, of about equal compressed size; the split points are read off one trial
+    compression of everything, and a split whose written part passes the limit (a large file
+    carried over a split point) is redone with one part more. Leave room beside ``part_mb`` for
+    the repository, which travels with every part."""
+    if part_mb <= 0:
+        raise SystemExit(f"--part-mb {part_mb:g}: must be positive")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise SystemExit(f"{dest}: not empty (parts of an earlier pack would mix with these); remove it first")
+    for w in wheels:
+        if not w.is_file():
+            raise SystemExit(f"{w}: wheel not found")
+    members = _members(data_root, wheels)
+    ends = _compressed_ends(members)
+    limit = int(part_mb * 1e6)
+    big = [path for (_, path), a, b in zip(members, [0, *ends], ends) if b - a > limit]
+    if big:
+        raise SystemExit(f"{big[0]}: larger than one part ({part_mb:g} MB)")
+    n = -(-ends[-1] // limit)
+    while True:
+        parts = _split(members, ends, n)
+        pack_id = hashlib.sha256(f"{len(parts)}:{ends[-1]}:{[m[0] for m in members]}".encode()).hexdigest()[:16]
+        sizes = [_write_part(dest / str(i), i, len(parts), pack_id, part) for i, part in enumerate(parts, 1)]
+        if max(sizes) <= limit:
+            break
+        for folder in dest.iterdir():
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
+        n += 1
+    for i, (part, size) in enumerate(zip(parts, sizes), 1):
+        print(f"part {i}/{len(parts)}: {len(part)} files, {size / 1e6:.1f} MB -> {dest / str(i)}")
+
+
+def _write_part(folder: Path, i: int, n: int, pack_id: str, members: list[tuple[str, Path]]) -> int:
+    """Write one part's archive and manifest; their bytes together."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / "part.tar.gz", "w:gz", compresslevel=6, dereference=True) as tar:
+        for name, path in members:
+            tar.add(path, arcname=name)
+    manifest = {"pack": pack_id, "part": i, "parts": n, "sha256": _sha(folder / "part.tar.gz"),
+                "files": {name: path.stat().st_size for name, path in members}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return sum(f.stat().st_size for f in folder.iterdir())
 
 
 def unpack(part: Path, dest: Path) -> int:
-    """Extract one part under ``dest`` and check it; 1 when a file is missing or damaged."""
-    manifest = json.loads((part / "manifest.json").read_text())
+    """Extract one part under ``dest`` and check it; 1 when a file is missing or damaged. Parts of
+    another pack found under ``dest`` (a repack while the machine is held) are forgotten first,
+    with the files the lease derived from them (``.parts/``: markers, check flags)."""
+    try:
+        manifest = json.loads((part / "manifest.json").read_text())
+        pack_id, i, n = manifest["pack"], int(manifest["part"]), int(manifest["parts"])
+        if not 1 <= i <= n:
+            raise ValueError(f"part {i} of {n}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{part / 'manifest.json'}: not a readable part manifest ({exc})", file=sys.stderr)
+        return 1
     if _sha(part / "part.tar.gz") != manifest["sha256"]:
         print(f"{part / 'part.tar.gz'}: damaged in transfer (SHA-256 differs from its manifest)", file=sys.stderr)
         return 1
     dest.mkdir(parents=True, exist_ok=True)
+    done = dest / ".parts"
+    if done.is_dir() and (done / "pack").is_file() and (done / "pack").read_text() != pack_id:
+        shutil.rmtree(done)
+        print(f"{dest}: markers of another pack forgotten (its files are overwritten as the new parts arrive)")
     with tarfile.open(part / "part.tar.gz", "r:gz") as tar:
         tar.extractall(dest, filter="data")
     bad = [name for name, size in manifest["files"].items()
@@ -102,14 +144,16 @@ def unpack(part: Path, dest: Path) -> int:
     if bad:
         print(f"{part}: {len(bad)} files missing or damaged after extraction, e.g. {bad[0]}", file=sys.stderr)
         return 1
-    done = dest / ".parts"
     done.mkdir(exist_ok=True)
-    (done / str(manifest["part"])).write_text(str(len(manifest["files"])))
-    have = {int(p.name) for p in done.iterdir()}
-    missing = sorted(set(range(1, manifest["parts"] + 1)) - have)
-    count = sum(int((done / str(i)).read_text()) for i in have)
-    print(f"part {manifest['part']}/{manifest['parts']}: {len(manifest['files'])} files checked under {dest}; "
-          + (f"still missing parts {missing}" if missing else f"all {manifest['parts']} parts in ({count} files)"))
+    (done / "pack").write_text(pack_id)
+    (done / str(i)).write_text(str(len(manifest["files"])))
+    have = {int(p.name) for p in done.iterdir() if p.name.isdigit()}
+    missing = sorted(set(range(1, n + 1)) - have)
+    count = sum(int((done / str(k)).read_text()) for k in have)
+    if not missing:
+        (done / "complete").write_text(str(count))
+    print(f"part {i}/{n}: {len(manifest['files'])} files checked under {dest}; "
+          + (f"still missing parts {missing}" if missing else f"all {n} parts in ({count} files)"))
     return 0
 
 

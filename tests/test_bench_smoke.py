@@ -55,3 +55,30 @@ def test_gpu_pack_parts_round_trip(tmp_path):
     blob.write_bytes(bytes(data))
     bad = subprocess.run(pack + ["unpack", str(parts[1]), str(tmp_path / "dest2")], capture_output=True, text=True)
     assert bad.returncode == 1 and "damaged in transfer" in bad.stderr
+
+
+def test_gpu_pack_keeps_parts_within_the_limit_and_forgets_another_packs_parts(tmp_path):
+    """A large file over a split point must not push its part past --part-mb (the split is redone
+    with a part more); a part of another pack unpacked into the same place never completes it."""
+    import json
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, size in (("a", 100_000), ("b", 300_000), ("c", 100_000)):
+        (src / name).write_bytes(os.urandom(size))
+    pack = [sys.executable, str(ROOT / "bench" / "gpu_pack.py")]
+    subprocess.run(pack + ["pack", str(src), str(tmp_path / "p"), "--part-mb", "0.31"], check=True, capture_output=True)
+    parts = sorted((tmp_path / "p").iterdir())
+    assert len(parts) >= 3 and all(sum(f.stat().st_size for f in d.iterdir()) <= 310_000 for d in parts)
+    (src / "d").write_bytes(os.urandom(50_000))
+    subprocess.run(pack + ["pack", str(src), str(tmp_path / "q"), "--part-mb", "0.31"], check=True, capture_output=True)
+    other = sorted((tmp_path / "q").iterdir())
+    assert json.loads((parts[0] / "manifest.json").read_text())["pack"] != \
+        json.loads((other[0] / "manifest.json").read_text())["pack"]
+    dest = tmp_path / "dest"
+    for d in parts[1:]:
+        subprocess.run(pack + ["unpack", str(d), str(dest)], check=True, capture_output=True)
+    out = subprocess.run(pack + ["unpack", str(other[0]), str(dest)], check=True, capture_output=True, text=True).stdout
+    assert "markers of another pack forgotten" in out and "still missing parts" in out
+    assert not (dest / ".parts" / "complete").exists()

@@ -6,9 +6,9 @@ ConvTranspose2d(C, C, 64, stride 32) back to the input size: 40,118,087 paramete
 at C = 7. FCN-16s/8s add 1x1 score layers on pool4 / pool3 and x2 learned upsampling.
 Output: logits (N, C, H, W), see :mod:`vislab.models.seg_base`.
 
-Initialisation as in the FCN paper: every upsampling starts as bilinear interpolation of each
-class's scores (learned from there), and the head's two 4096-channel convolutions are He-normal
-like torchvision's VGG convolutions. With PyTorch's default init instead, a VGG16-FCN32s trained
+Initialisation: every upsampling starts as bilinear interpolation of each class's scores
+(learned from there), as in the FCN paper; the head's two 4096-channel convolutions, which the
+paper took from VGG's classifier, are He-normal like torchvision's VGG convolutions. With PyTorch's default init instead, a VGG16-FCN32s trained
 from scratch kept its logits near zero and its loss at ln 7 for 10 epochs on an H200
 (docs/RESULTS.md).
 """
