@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,21 @@ from PIL import Image
 
 from conftest import run_vislab, write_color_classes
 from test_own_seg_data import make_index_set, standard_miou
+
+
+def _seg_members(runs) -> list:
+    """Each run's network as trained, at the evaluation scale its calibration chose (read from
+    its offsets file here): an ensemble keeps each member's scale but drops its offsets."""
+    from vislab.models.checkpoints import load_network
+
+    nets = []
+    for r in runs:
+        model, meta = load_network(r, task="seg")
+        cal = Path(r) / "best.offsets.json"
+        if cal.is_file() and json.loads(cal.read_text()).get("infer_scale") is not None:
+            model.scale = float(json.loads(cal.read_text())["infer_scale"])
+        nets.append((model, meta))
+    return nets
 
 
 def _probs(model, meta, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -108,7 +124,7 @@ def test_seg_ensemble_predicts_and_scores_the_average(cli, seg_runs, tmp_path):
     res = cli("seg", "predict", spec, val, tmp_path / "pred")
     assert res.code == 0, res.err
     assert "offsets are fitted per checkpoint" in res.err.replace("\n", " ")  # run1's offsets are not applied
-    nets = [load_network(r, task="seg") for r in runs]
+    nets = _seg_members(runs)
     pairs = []
     for f in sorted((val / "images").iterdir()):
         x = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)[None]
@@ -183,7 +199,7 @@ def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):
     assert res.code == 0, res.err
     assert "offsets are fitted per checkpoint" in res.err.replace("\n", " ")
     assert cli("seg", "predict", tmp_path / "ens.onnx", tiles / "images", tmp_path / "a").code == 0
-    nets = [load_network(r, task="seg") for r in runs]
+    nets = _seg_members(runs)
     for stem in ("t00", "t04"):
         x = torch.from_numpy(np.array(Image.open(tiles / "images" / f"{stem}.jpg"))).permute(2, 0, 1)[None]
         expected = (sum(_probs(m, meta, x) for m, meta in nets) / 2).argmax(1)[0]
