@@ -12,10 +12,10 @@
 # torch/timm/smp with vislab that fails in seconds rather than inside the campaign (the lease of
 # 2026-12-04 lost its seg-best run to a kernel that exists on a CPU but not on CUDA). The call
 # that completes the data runs bench/gpu_campaign.sh $GPU_ROOT/data OUT_DIR.
-set -u -o pipefail
+set -u
 n=${1:?PART}; out=${2:?OUT_DIR}; smoke=${3:-}
 root=${GPU_ROOT:-/tmp/gpu}; parts=${GPU_PARTS:-.gpu}
-python3 bench/gpu_pack.py unpack "$parts/$n" "$root" | tee "$root.part$n.log" || exit 1
+python3 bench/gpu_pack.py unpack "$parts/$n" "$root" || exit 1
 export PYTHONPATH="$root/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 marks="$root/.parts"  # gpu_pack.py forgets it when another pack arrives, so these flags go with it
 if [ -n "$(ls "$root"/wheels/*.whl 2>/dev/null)" ] && [ ! -e "$marks/site-ok" ]; then

@@ -26,8 +26,9 @@ def _seg_members(runs) -> list:
     for r in runs:
         model, meta = load_network(r, task="seg")
         cal = Path(r) / "best.offsets.json"
-        if cal.is_file() and json.loads(cal.read_text()).get("infer_scale") is not None:
-            model.scale = float(json.loads(cal.read_text())["infer_scale"])
+        scale = json.loads(cal.read_text()).get("infer_scale") if cal.is_file() else None
+        if scale is not None:
+            model.scale = float(scale)
         nets.append((model, meta))
     return nets
 

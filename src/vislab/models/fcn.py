@@ -8,9 +8,9 @@ Output: logits (N, C, H, W), see :mod:`vislab.models.seg_base`.
 
 Initialisation: every upsampling starts as bilinear interpolation of each class's scores
 (learned from there), as in the FCN paper; the head's two 4096-channel convolutions, which the
-paper took from VGG's classifier, are He-normal like torchvision's VGG convolutions. With PyTorch's default init instead, a VGG16-FCN32s trained
-from scratch kept its logits near zero and its loss at ln 7 for 10 epochs on an H200
-(docs/RESULTS.md).
+paper took from VGG's classifier, are He-normal like torchvision's VGG convolutions. With
+PyTorch's default init instead, a VGG16-FCN32s trained from scratch kept its logits near zero
+and its loss at ln 7 for 10 epochs on an H200 (docs/RESULTS.md).
 """
 
 from __future__ import annotations
