@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False)
@@ -10,3 +13,13 @@ console = Console(stderr=True, highlight=False)
 def info(message: str) -> None:
     """Print a progress/information line on stderr."""
     console.print(message, markup=False)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Hold back :func:`info` lines (a check that repeats work the run does again and reports)."""
+    before, console.quiet = console.quiet, True
+    try:
+        yield
+    finally:
+        console.quiet = before

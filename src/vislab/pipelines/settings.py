@@ -90,16 +90,24 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
 
 
 def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str], given: dict[str, Any]) -> None:
-    """Refuse an unknown model or a missing weights file before any data is read or a run folder
-    is written (the error names the flag that set it, else the recipe)."""
-    from vislab.models import get_entry
+    """Refuse an unknown model, a missing weights file or one that does not fit the model (weights
+    of another architecture, not a state_dict) before any data is read or a run folder is written
+    (the error names the flag that set it, else the recipe; a file's own problem names the file)."""
+    from vislab.log import quiet
+    from vislab.models import build_model, get_entry
 
     try:
-        get_entry(r.model)
+        entry = get_entry(r.model)
     except VislabError as exc:
         raise VislabError(flag("model") if "model" in given else recipe, exc.message) from None
-    if r.weights not in (None, "imagenet") and not Path(r.weights).is_file():
+    if r.weights in (None, "imagenet"):
+        return
+    if not Path(r.weights).is_file():
         raise VislabError(r.weights, f"weights file not found (set by {flag('weights') if 'weights' in given else recipe})")
+    # built with the course's class count: the data's is not known yet, and a head of another width
+    # is skipped by the load, so the check refuses only what the run's own build would refuse
+    with quiet():  # the run's build loads the file again and reports what it skipped
+        build_model(r.model, num_classes=entry.course_classes, weights=r.weights)
 
 
 def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str | None]:
