@@ -10,10 +10,10 @@
 #       scored once by the training run and again with flip TTA, shift TTA and flip at 256 px
 #       (each also scored on the held-out split of train_50, the honest place to choose one; the
 #       summary names the choice and its val_50), and the t-SNE figure;
-#   P2  seg-best (U-Net / Lite2, 512 px, 40 epochs; 328 s on an H200 beside P1), validation
-#       scored once by the training run, class offsets and the evaluation scale (0.8-1.5x: training
-#       crops zoom 1-2x) fitted on its held-out split, validation
-#       scored with offsets and with offsets + d4 TTA, and the mask-progression figure.
+#   P2  seg-best (FPN / Lite2, 512 px, 40 epochs; the U-Net it replaced took 328 s on an H200
+#       beside P1): the training run fits class offsets and the evaluation scale (0.8-1.5x:
+#       training crops zoom 1-2x) on its held-out split and scores validation once with them;
+#       validation scored again with offsets + d4 TTA, and the mask-progression figure.
 # Then, in the time each side has left before DEADLINE seconds (the seed's rows, issue 18):
 #   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet
 #       weights offline), each with a time budget of what is left (skipped under 150 s; the budget leaves 90 s for the rest), val
@@ -66,8 +66,6 @@ rm -f "$w/seg-trained" "$w"/*.json "$w"/*.log "$w/tsne.png" "$w/tsne.csv" "$w/ma
 p1=$!
 ( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
       "${seg_extra[@]}" > "$w/seg-best.log" 2>&1; ok=$?; touch "$w/seg-trained"; [ "$ok" = 0 ] &&
-  vis seg calibrate "$w/seg-best" "$data/p2_data/train" "${dev[@]}" >> "$w/seg-best.log" 2>&1 &&
-  vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --json "$w/seg-val-offsets.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-val-offsets-d4.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
   echo "seg exit $?" >> "$w/seg-best.log"
@@ -104,7 +102,12 @@ scored = {t: v for t, v in held.items() if v != "missing"}
 if scored:
     pick = max(scored, key=lambda t: float(scored[t]))
     print(f"P1 chosen on held-out: {pick} (held-out {scored[pick]}) -> val_50 {vals[pick]}")
-print(f"P2 validation mIoU plain {num('seg-best/results.json', 'val_miou')}, offsets {num('seg-val-offsets.json', 'miou')}, "
+p = w / "seg-best" / "results.json"
+cal = (json.loads(p.read_text()) if p.is_file() else {}).get("calibration") or {}
+if cal:
+    print(f"P2 held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> {cal['miou_after']:.4f} "
+          f"with offsets at scale {cal['infer_scale']:g} (the fit)")
+print(f"P2 validation mIoU with offsets {num('seg-best/results.json', 'val_miou')}, "
       f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
 for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_miou")):
     p = w / run / "results.json"
