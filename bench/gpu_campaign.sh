@@ -18,6 +18,8 @@
 #   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet
 #       weights offline), each with a time budget of what is left (skipped under 150 s; the budget leaves 90 s for the rest), val
 #       scored once; killed by `timeout` at the deadline if a budget overruns.
+# With SEEDS_ONLY=1 (a later call of the same lease, once the data is on the machine) only the two
+# seed rows run, side by side, each with a budget of the whole time before DEADLINE.
 # Everything small lands in OUT_DIR/campaign.tar.gz (logs, recipes, history.csv, results.json,
 # scores, figures) beside OUT_DIR/summary.txt: two files, within the 8 a device command returns.
 # Checkpoints stay on the machine. On a lent device the data travels in parts: bench/gpu_lease.sh. --smoke runs the same steps on a CPU for 1 epoch of 2 batches
@@ -55,6 +57,13 @@ start=$(date +%s)
 # an earlier campaign's flag, scores and logs in the same OUT_DIR would be read as this one's
 rm -f "$w/seg-trained" "$w"/*.json "$w"/*.log "$w/tsne.png" "$w/tsne.csv" "$w/masks.png"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
+if [ -n "${SEEDS_ONLY:-}" ]; then
+  # a later call of the same lease (bench/gpu_lease.sh seeds): the two seed rows side by side,
+  # each in the whole time before DEADLINE
+  touch "$w/seg-trained"
+  ( seedrow cls cls-vgg16bn-seed "$data/p1_data/train_50" "$data/p1_data/val_50" "${cls_extra[@]}" ) & p1=$!
+  ( seedrow seg seg-fcn32s-seed "$data/p2_data/train" "$data/p2_data/validation" "${seg_extra[@]}" ) & p2=$!
+else
 ( vis cls train "$data/p1_data/train_50" --recipe cls-best --out "$w/cls-best" --val-dir "$data/p1_data/val_50" \
       "${cls_extra[@]}" > "$w/cls-best.log" 2>&1 &&
   held none && held flip && held shift && held flip "$big" && val flip && val shift && val flip "$big" &&
@@ -71,6 +80,7 @@ p1=$!
   echo "seg exit $?" >> "$w/seg-best.log"
   seedrow seg seg-fcn32s-seed "$data/p2_data/train" "$data/p2_data/validation" "${seg_extra[@]}" ) &
 p2=$!
+fi
 # a guard for the device command's limit: whatever still runs 20 s after the deadline is stopped,
 # so that the summary and the archive of what finished are still written
 # (only this campaign's commands: each names a path under $w; KILL 5 s after TERM)

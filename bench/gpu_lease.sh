@@ -4,6 +4,9 @@
 #
 #   here:  python bench/gpu_pack.py pack ../shared/data/hw1_data .gpu --wheel W.whl ...
 #   there: bash bench/gpu_lease.sh N OUT_DIR [--smoke]      (the call carries .gpu/N)
+#          DEADLINE=S bash bench/gpu_lease.sh seeds OUT_DIR   (a later call, nothing carried: the
+#          seed rows alone in S seconds, on the data the earlier calls left; the machine must still
+#          be the warm one, so call it at once)
 #
 # Every call unpacks its part under $GPU_ROOT (default /tmp/gpu, which lasts while the machine is
 # held). The call that brings the wheels installs them under $GPU_ROOT/site and prints the
@@ -15,6 +18,12 @@
 set -u
 n=${1:?PART}; out=${2:?OUT_DIR}; smoke=${3:-}
 root=${GPU_ROOT:-/tmp/gpu}; parts=${GPU_PARTS:-.gpu}
+if [ "$n" = seeds ]; then
+  [ -e "$root/.parts/complete" ] || { echo "gpu_lease: $root holds no complete data (a fresh machine?): nothing to run the seed rows on"; exit 1; }
+  export PYTHONPATH="$root/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+  SEEDS_ONLY=1 bash bench/gpu_campaign.sh "$root/data" "$out" $smoke
+  exit
+fi
 python3 bench/gpu_pack.py unpack "$parts/$n" "$root" || exit 1
 export PYTHONPATH="$root/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 marks="$root/.parts"  # gpu_pack.py forgets it when another pack arrives, so these flags go with it
