@@ -18,14 +18,13 @@
 set -u
 n=${1:?PART}; out=${2:?OUT_DIR}; smoke=${3:-}
 root=${GPU_ROOT:-/tmp/gpu}; parts=${GPU_PARTS:-.gpu}
+export PYTHONPATH="$root/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$n" = seeds ]; then
   [ -e "$root/.parts/complete" ] || { echo "gpu_lease: $root holds no complete data (a fresh machine?): nothing to run the seed rows on"; exit 1; }
-  export PYTHONPATH="$root/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
   SEEDS_ONLY=1 bash bench/gpu_campaign.sh "$root/data" "$out" $smoke
   exit
 fi
 python3 bench/gpu_pack.py unpack "$parts/$n" "$root" || exit 1
-export PYTHONPATH="$root/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 marks="$root/.parts"  # gpu_pack.py forgets it when another pack arrives, so these flags go with it
 if [ -n "$(ls "$root"/wheels/*.whl 2>/dev/null)" ] && [ ! -e "$marks/site-ok" ]; then
   rm -rf "$root/site"
