@@ -13,7 +13,8 @@
 #   P2  seg-best (FPN / Lite2, 512 px, 40 epochs; the U-Net it replaced took 328 s on an H200
 #       beside P1): the training run fits class offsets and the evaluation scale (0.8-1.5x:
 #       training crops zoom 1-2x) on its held-out split and scores validation once with them;
-#       validation scored again with offsets + d4 TTA, and the mask-progression figure.
+#       validation scored again plain (the trained scale, no offsets: comparable with the U-Net
+#       rows) and with offsets + d4 TTA, and the mask-progression figure.
 # Then, in the time each side has left before DEADLINE seconds (the seed's rows, issue 18):
 #   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet
 #       weights offline) under bf16 autocast, each with a time budget of what is left (skipped under 150 s; the budget leaves 90 s for the rest), val
@@ -43,7 +44,8 @@ seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
   # the budget covers training epochs only: start-up, decoding, its timing probe and the val score
   # take about 90 s more (more beside the other side's runs)
   local budget=(--budget "$(python3 -c "print(round(($left - 90) / 60, 2))")")
-  # bf16 autocast on the GPU: the seed's networks and optimiser as they are, at about twice the speed
+  # bf16 autocast on the GPU: the seed's networks and optimiser as they are, expected to fit more
+  # epochs in the time (not measured; the summary names each row's precision)
   local fast=(--precision bf16-mixed)
   if [ "$smoke" = "--smoke" ]; then budget=(); fast=(); left=600; fi  # a check of the steps, not of the timing
   if [ "$left" -lt 150 ]; then echo "$recipe skipped: ${left} s left before the deadline" > "$w/$recipe.log"; return; fi
@@ -62,7 +64,6 @@ rm -f "$w/seg-trained" "$w"/*.json "$w"/*.log "$w/tsne.png" "$w/tsne.csv" "$w/ma
 if [ -n "${SEEDS_ONLY:-}" ]; then
   # a later call of the same lease (bench/gpu_lease.sh seeds): the two seed rows side by side,
   # each in the whole time before DEADLINE
-  touch "$w/seg-trained"
   ( seedrow cls cls-vgg16bn-seed "$data/p1_data/train_50" "$data/p1_data/val_50" "${cls_extra[@]}" ) & p1=$!
   ( seedrow seg seg-fcn32s-seed "$data/p2_data/train" "$data/p2_data/validation" "${seg_extra[@]}" ) & p2=$!
 else
@@ -77,6 +78,7 @@ else
 p1=$!
 ( vis seg train "$data/p2_data/train" --recipe seg-best --out "$w/seg-best" --val-dir "$data/p2_data/validation" \
       "${seg_extra[@]}" > "$w/seg-best.log" 2>&1; ok=$?; touch "$w/seg-trained"; [ "$ok" = 0 ] &&
+  vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --no-offsets --json "$w/seg-val-plain.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-val-offsets-d4.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
   echo "seg exit $?" >> "$w/seg-best.log"
@@ -86,42 +88,51 @@ fi
 # a guard for the device command's limit: whatever still runs 20 s after the deadline is stopped,
 # so that the summary and the archive of what finished are still written
 # (only this campaign's commands: each names a path under $w; KILL 5 s after TERM)
-( sleep $((DEADLINE + 20)); echo "watchdog: stopped what still ran at $((DEADLINE + 20)) s" > "$w/watchdog.log"
-  pkill -TERM -f -- "-m vislab .*$w/"; sleep 5; pkill -KILL -f -- "-m vislab .*$w/" ) &
+( sleep $((DEADLINE + 20))
+  if pgrep -f -- "-m vislab .*$w/" > /dev/null; then
+    echo "watchdog: stopped what still ran at $((DEADLINE + 20)) s" > "$w/watchdog.log"
+    pkill -TERM -f -- "-m vislab .*$w/"; sleep 5; pkill -KILL -f -- "-m vislab .*$w/"
+  fi ) &
 dog=$!
 wait "$p1" "$p2"
-pkill -P "$dog" 2>/dev/null; kill "$dog" 2>/dev/null
+# the guard first (a TERM ends it at once, without a trap), then its sleep: ending the sleep first
+# let the guard wake and write its line although nothing was left to stop
+nap=$(pgrep -P "$dog"); kill "$dog" 2>/dev/null; [ -n "$nap" ] && kill $nap 2>/dev/null
 end=$(date +%s)
-python3 - "$w" "$((end - start))" "$big" > "$out/summary.txt" <<'PY'
+python3 - "$w" "$((end - start))" "$big" "${SEEDS_ONLY:-}" > "$out/summary.txt" <<'PY'
 import json, sys
 import yaml
 from pathlib import Path
-w, seconds = Path(sys.argv[1]), sys.argv[2]
-print(f"campaign wall time {seconds} s; GPU: {(w / 'gpu.txt').read_text().strip()}")
+w, seconds, seeds_only = Path(sys.argv[1]), sys.argv[2], bool(sys.argv[4])
+print(f"campaign wall time {seconds} s; GPU: {(w / 'gpu.txt').read_text().strip()}"
+      + ("; SEEDS_ONLY: the seed rows alone" if seeds_only else ""))
 def num(name, key):
     p = w / name
     v = json.loads(p.read_text()).get(key) if p.is_file() else None
     return "missing" if v is None else f"{v:.4f}"
-for run, key in (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
+for run, key in () if seeds_only else (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou")):
     p = w / run / "results.json"
     r = json.loads(p.read_text()) if p.is_file() else {}
     print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
-views = ("none", "flip", "shift", f"flip-{sys.argv[3]}")
-held = {t: num(f"cls-held-{t}.json", "accuracy") for t in views}
-print("P1 held-out accuracy (the split that chooses the TTA and test size): " + ", ".join(f"{t} {v}" for t, v in held.items()))
-vals = {"none": num("cls-best/results.json", "val_accuracy"), **{t: num(f"cls-val-{t}.json", "accuracy") for t in views[1:]}}
-print("P1 val_50 accuracy: " + ", ".join(f"{t} {v}" for t, v in vals.items()))
-scored = {t: v for t, v in held.items() if v != "missing"}
-if scored:
-    pick = max(scored, key=lambda t: float(scored[t]))
-    print(f"P1 chosen on held-out: {pick} (held-out {scored[pick]}) -> val_50 {vals[pick]}")
-p = w / "seg-best" / "results.json"
-cal = (json.loads(p.read_text()) if p.is_file() else {}).get("calibration") or {}
-if cal:
-    print(f"P2 held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> {cal['miou_after']:.4f} "
-          f"with offsets at scale {cal['infer_scale']:g} (the fit)")
-print(f"P2 validation mIoU with offsets {num('seg-best/results.json', 'val_miou')}, "
-      f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
+def best_rows() -> None:
+    views = ("none", "flip", "shift", f"flip-{sys.argv[3]}")
+    held = {t: num(f"cls-held-{t}.json", "accuracy") for t in views}
+    print("P1 held-out accuracy (the split that chooses the TTA and test size): " + ", ".join(f"{t} {v}" for t, v in held.items()))
+    vals = {"none": num("cls-best/results.json", "val_accuracy"), **{t: num(f"cls-val-{t}.json", "accuracy") for t in views[1:]}}
+    print("P1 val_50 accuracy: " + ", ".join(f"{t} {v}" for t, v in vals.items()))
+    scored = {t: v for t, v in held.items() if v != "missing"}
+    if scored:
+        pick = max(scored, key=lambda t: float(scored[t]))
+        print(f"P1 chosen on held-out: {pick} (held-out {scored[pick]}) -> val_50 {vals[pick]}")
+    p = w / "seg-best" / "results.json"
+    cal = (json.loads(p.read_text()) if p.is_file() else {}).get("calibration") or {}
+    if cal:
+        print(f"P2 held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> {cal['miou_after']:.4f} "
+              f"with offsets at scale {cal['infer_scale']:g} (the fit)")
+    print(f"P2 validation mIoU plain {num('seg-val-plain.json', 'miou')}, with offsets {num('seg-best/results.json', 'val_miou')}, "
+          f"offsets + d4 {num('seg-val-offsets-d4.json', 'miou')}")
+if not seeds_only:
+    best_rows()
 for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_miou")):
     p = w / run / "results.json"
     r = json.loads(p.read_text()) if p.is_file() else {}
@@ -129,7 +140,8 @@ for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_
     prec = (yaml.safe_load(rec.read_text()) or {}).get("precision") if rec.is_file() else None
     print(f"{run} (from scratch, --weights none, precision {prec}): train {r.get('train_seconds')} s, {r.get('epochs')} epochs, "
           f"val {key} {num(f'{run}/results.json', key)}")
-for log in ("cls-best.log", "seg-best.log", "cls-vgg16bn-seed.log", "seg-fcn32s-seed.log", "watchdog.log"):
+for log in ((() if seeds_only else ("cls-best.log", "seg-best.log"))
+            + ("cls-vgg16bn-seed.log", "seg-fcn32s-seed.log", "watchdog.log")):
     tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["not triggered" if log == "watchdog.log" else "missing"]
     print(f"{log}: {tail[0]}")
 PY

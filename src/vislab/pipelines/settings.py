@@ -105,7 +105,8 @@ def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str
     if not Path(r.weights).is_file():
         raise VislabError(r.weights, f"weights file not found (set by {flag('weights') if 'weights' in given else recipe})")
     # built with the course's class count: the data's is not known yet, and a head of another width
-    # is skipped by the load, so the check refuses only what the run's own build would refuse
+    # is skipped by the load, so the check refuses only what the run's own build would refuse (it
+    # reads the file and builds the model once more: seconds, even for a VGG FCN)
     with quiet():  # the run's build loads the file again and reports what it skipped
         build_model(r.model, num_classes=entry.course_classes, weights=r.weights)
 
