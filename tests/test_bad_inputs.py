@@ -71,6 +71,17 @@ def test_foreign_state_dict_is_refused_through_the_cli(cli, color_classes, tmp_p
     assert "other.pt: no weight of this model is in this file" in err
 
 
+def test_weights_with_another_head_train_and_are_reported_once(cli, color_classes, tmp_path):
+    from vislab.models import build_model
+
+    # the early check loads the file quietly; the run's own load reports the skipped head once
+    torch.save(build_model("resnet9_xs", num_classes=5).state_dict(), tmp_path / "five.pt")
+    res = cli("cls", "train", color_classes, "--recipe", "cls-fast", "--weights", tmp_path / "five.pt",
+              "--epochs", 1, "--out", tmp_path / "run")
+    assert res.code == 0, res.err
+    assert res.err.count("skipped (shape)") == 1, res.err
+
+
 def test_recipe_file_errors_name_the_file_even_when_a_flag_sets_the_field(cli, tmp_path):
     r = tmp_path / "r.yaml"
     r.write_text(yaml.safe_dump({"task": "cls", "model": "resnet9_xs", "epochs": "four"}))
