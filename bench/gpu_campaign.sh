@@ -118,13 +118,14 @@ from pathlib import Path
 w, seconds, seeds_only = Path(sys.argv[1]), sys.argv[2], bool(sys.argv[4])
 print(f"campaign wall time {seconds} s; GPU: {(w / 'gpu.txt').read_text().strip()}"
       + ("; SEEDS_ONLY: the seed rows alone" if seeds_only else ""))
-def num(name, key):
+def read(name):  # a JSON file under the work folder, {} when it was not written
     p = w / name
-    v = json.loads(p.read_text()).get(key) if p.is_file() else None
+    return json.loads(p.read_text()) if p.is_file() else {}
+def num(name, key):
+    v = read(name).get(key)
     return "missing" if v is None else f"{v:.4f}"
 for run, key in () if seeds_only else (("cls-best", "holdout_acc"), ("seg-best", "holdout_miou"), ("seg-half", "holdout_miou")):
-    p = w / run / "results.json"
-    r = json.loads(p.read_text()) if p.is_file() else {}
+    r = read(f"{run}/results.json")
     print(f"{run}: train {r.get('train_seconds')} s, held-out {key} {r.get(key)}, stopped early: {r.get('stopped_early', 'no')}")
 def best_rows() -> None:
     views = ("none", "flip", "shift", f"flip-{sys.argv[3]}")
@@ -138,8 +139,7 @@ def best_rows() -> None:
         print(f"P1 chosen on held-out: {pick} (held-out {scored[pick]}) -> val_50 {vals[pick]}")
     fits = {}
     for run, plain, d4 in (("seg-best", "seg-val-plain.json", "seg-val-offsets-d4.json"), ("seg-half", None, "seg-half-d4.json")):
-        p = w / run / "results.json"
-        cal = (json.loads(p.read_text()) if p.is_file() else {}).get("calibration") or {}
+        cal = read(f"{run}/results.json").get("calibration") or {}
         if cal:
             fits[run] = cal["miou_after"]
             print(f"P2 {run} held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> "
@@ -152,8 +152,7 @@ def best_rows() -> None:
 if not seeds_only:
     best_rows()
 for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_miou")):
-    p = w / run / "results.json"
-    r = json.loads(p.read_text()) if p.is_file() else {}
+    r = read(f"{run}/results.json")
     rec = w / run / "recipe.yaml"
     prec = (yaml.safe_load(rec.read_text()) or {}).get("precision") if rec.is_file() else None
     print(f"{run} (from scratch, --weights none, precision {prec}): train {r.get('train_seconds')} s, {r.get('epochs')} epochs, "
