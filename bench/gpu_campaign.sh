@@ -56,8 +56,9 @@ seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
       --val-dir "$val" "${budget[@]}" "${fast[@]}" "$@" > "$w/$recipe.log" 2>&1
   echo "$recipe exit $?" >> "$w/$recipe.log"; }
 if [ "$smoke" = "--smoke" ]; then
-  cls_extra=(--epochs 1 --limit-batches 2 --batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
-  seg_extra=(--epochs 1 --limit-batches 2 --batch-size 2 --crop-size 128 --precision 32 --accelerator cpu --workers 0)
+  . bench/gpu_smoke_flags.sh
+  cls_extra=(--epochs 1 --limit-batches 2 "${smoke_cls[@]}")
+  seg_extra=(--epochs 1 --limit-batches 2 "${smoke_seg[@]}")
   half_extra=("${seg_extra[@]}")
   dev=(--device cpu); big=80
 fi

@@ -48,8 +48,7 @@ if [ ! -e "$marks/checked" ] && [ ! -e "$marks/complete" ] && p1_whole && [ -d "
   if [ "$(ls "$pairs" | wc -l)" -ge 20 ]; then
     cc=(--epochs 1 --limit-batches 5); sc=(--epochs 1 --limit-batches 3 --snapshot "")
     if [ "$smoke" = "--smoke" ]; then
-      cc+=(--batch-size 4 --image-size 64 --precision 32 --accelerator cpu --workers 0)
-      sc+=(--batch-size 2 --crop-size 128 --precision 32 --accelerator cpu --workers 0)
+      . bench/gpu_smoke_flags.sh; cc+=("${smoke_cls[@]}"); sc+=("${smoke_seg[@]}")
     fi
     export VISLAB_CACHE="$root/check-cache"
     timeout 150 python3 -m vislab cls train "$root/data/p1_data/train_50" --recipe cls-best --out "$root/check-cls" \
