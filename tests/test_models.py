@@ -98,6 +98,23 @@ def test_local_weights_round_trip(tmp_path):
     assert torch.equal(c.features[0].weight, a.features[0].weight)
 
 
+def test_weights_from_a_run_folder(tmp_path):
+    """--weights RUN: the run's best.ckpt (else last.ckpt), its weight average when it kept one."""
+    torch.manual_seed(2)
+    net, avg = build_model("cifar_resnet20", num_classes=4).eval(), build_model("cifar_resnet20", num_classes=4).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(VislabError, match="run: run folder holds no best.ckpt or last.ckpt"):
+        build_model("cifar_resnet20", num_classes=4, weights=str(run))
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "last.ckpt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(build_model("cifar_resnet20", num_classes=4, weights=str(run)).eval()(x), net(x))
+    both = {**{f"net.{k}": v for k, v in net.state_dict().items()}, **{f"ema.module.{k}": v for k, v in avg.state_dict().items()}}
+    torch.save({"state_dict": both}, run / "best.ckpt")  # preferred to last.ckpt; the average is what inference uses
+    got = build_model("cifar_resnet20", num_classes=4, weights=str(run)).eval()(x)
+    assert torch.equal(got, avg(x)) and not torch.equal(got, net(x))
+
+
 def test_weights_file_errors(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a tensor file")

@@ -110,7 +110,7 @@ StrategyOpt = typer.Option(None, "--strategy", help="auto | ddp | ddp_spawn | fs
 AccelOpt = typer.Option(None, "--accelerator", help="auto | cpu | gpu.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (data split, order, augmentation, init).")
 ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models`).")
-WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict (none switches off a recipe's weights).")
+WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict, checkpoint or run folder (none switches off a recipe's weights).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
 BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")

@@ -20,8 +20,13 @@ def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict (or a vislab/Lightning checkpoint's weights) from ``path``."""
+    """Read a state_dict (or a vislab/Lightning checkpoint's weights) from ``path``; a run folder
+    gives its best.ckpt (else last.ckpt), so a run can start from another run's model."""
     p = Path(path)
+    if p.is_dir():
+        from vislab.models.checkpoints import checkpoint_file  # it imports this module
+
+        p = checkpoint_file(p)
     if not p.is_file():
         raise VislabError(p, "weights file not found")
     try:
