@@ -36,6 +36,9 @@ def test_model_and_weights_are_checked_before_the_data(cli, tmp_path):
     assert err.startswith("vislab: error: --model: unknown model 'resnet9_xz' (closest: resnet9_xs")
     err = _one_line(cli("cls", "train", missing, "--recipe", "cls-fast", "--weights", tmp_path / "w.pt", "--out", out))
     assert f"{tmp_path / 'w.pt'}: weights file not found (set by --weights)" in err
+    (tmp_path / "empty-run").mkdir()  # --weights RUN takes the run's checkpoint: there is none
+    err = _one_line(cli("cls", "train", missing, "--recipe", "cls-fast", "--weights", tmp_path / "empty-run", "--out", out))
+    assert f"{tmp_path / 'empty-run'}: run folder holds no best.ckpt or last.ckpt" in err
     assert not out.exists()
 
 

@@ -102,7 +102,7 @@ def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str
         raise VislabError(flag("model") if "model" in given else recipe, exc.message) from None
     if r.weights in (None, "imagenet"):
         return
-    if not Path(r.weights).is_file():
+    if not Path(r.weights).exists():  # a run folder's checkpoint is found by the load
         raise VislabError(r.weights, f"weights file not found (set by {flag('weights') if 'weights' in given else recipe})")
     # built with the course's class count: the data's is not known yet, and a head of another width
     # is skipped by the load, so the check refuses only what the run's own build would refuse (it
