@@ -142,6 +142,11 @@ def test_inverse_sqrt_frequency_by_hand():
     raw = [1 / math.sqrt(64 / 84), 1 / math.sqrt(16 / 84), 0.0, 1 / math.sqrt(4 / 84)]
     mean = (raw[0] + raw[1] + raw[3]) / 3
     assert w.tolist() == pytest.approx([r / mean for r in raw])
+    # the course: a last class outside the mIoU (unknown) is left at 1, however rare; the shares
+    # and the mean are those of the scored classes alone
+    w = inverse_sqrt_frequency(torch.tensor([50, 30, 20, 1]), scored=3)
+    raw = [1 / math.sqrt(50 / 100), 1 / math.sqrt(30 / 100), 1 / math.sqrt(20 / 100)]
+    assert w.tolist() == pytest.approx([r / (sum(raw) / 3) for r in raw] + [1.0])
 
 
 def test_a_replan_after_a_resume_on_more_processes_cuts_at_the_schedulers_step():

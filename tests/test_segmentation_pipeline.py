@@ -384,3 +384,33 @@ def test_held_out_masks_are_scored_outside_mixed_precision():
     for t, p in zip(y.flatten().tolist(), fp32.argmax(1).flatten().tolist()):
         want[t, p] += 1
     assert torch.equal(module.holdout_conf.compute(), want)
+
+
+def test_class_weights_are_reported_and_leave_unknown_at_one(cli, tmp_path):
+    """class_weights: inverse-sqrt-frequency weighs the six scored classes by their training pixels
+    (by hand from the masks here) and leaves the rare unknown, which the course mIoU does not
+    average, at 1; the weights are printed and recorded."""
+    train = _make_pairs(tmp_path / "train", n=4)
+    mask = np.array(Image.open(train / "0002_mask.png"))
+    mask[:2, :3] = PALETTE.numpy()[6]  # 6 unknown pixels: by far the rarest class
+    Image.fromarray(mask).save(train / "0002_mask.png")
+    counts = np.zeros(7)
+    for m in sorted(train.glob("*_mask.png")):
+        rgb = np.array(Image.open(m))
+        for c, colour in enumerate(PALETTE.numpy()):
+            counts[c] += (rgb == colour).all(-1).sum()
+    assert counts[6] == 6 and counts.sum() == 4 * 64 * 64
+    share = counts[:6] / counts[:6].sum()
+    raw = np.where(share > 0, 1 / np.sqrt(np.maximum(share, 1e-12)), 0.0)
+    expected = list(raw / raw[share > 0].mean()) + [1.0]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2,
+                                      "holdout": 0, "loss": "ce+dice", "class_weights": "inverse-sqrt-frequency",
+                                      "crop_size": 48, "input_hw": [64, 64]}))
+    res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run", "--limit-batches", 1, "--snapshot", "")
+    assert res.code == 0, res.err
+    got = yaml.unsafe_load((tmp_path / "run" / "hparams.yaml").read_text())["class_weights"]  # Lightning writes tuples
+    assert got == pytest.approx(expected, abs=1e-4)
+    line = " ".join(res.err.split())  # rich wraps long lines
+    assert "cross-entropy class weights (inverse-sqrt-frequency of the training pixels): urban" in line
+    assert "unknown 1" in line

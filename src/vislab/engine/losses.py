@@ -50,11 +50,15 @@ def build_loss(spec: str, *, class_weights: torch.Tensor | None = None) -> Loss:
     return total
 
 
-def inverse_sqrt_frequency(counts: torch.Tensor) -> torch.Tensor:
-    """Class weights proportional to 1/sqrt(pixel share), mean 1 over present classes."""
-    share = counts.double() / counts.sum()
+def inverse_sqrt_frequency(counts: torch.Tensor, scored: int | None = None) -> torch.Tensor:
+    """Class weights proportional to 1/sqrt(pixel share), mean 1 over the present classes among
+    the first ``scored`` (those the mIoU averages; default all). A class the metric leaves out (the
+    course's unknown) weighs 1: rare as it is, up-weighting it would buy predictions the metric
+    only counts against the scored classes."""
+    n = counts.numel() if scored is None else scored
+    share = counts[:n].double() / counts[:n].sum()
     w = torch.where(share > 0, share.clamp_min(1e-6).rsqrt(), torch.zeros_like(share))
-    return (w / w[share > 0].mean()).float()
+    return torch.cat([w / w[share > 0].mean(), torch.ones(counts.numel() - n, dtype=w.dtype)]).float()
 
 
 def soft_target_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:

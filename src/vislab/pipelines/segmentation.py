@@ -54,7 +54,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                        substitute=not desc.course)
     weights = None  # the recipe's check allows no other class_weights
     if recipe.class_weights == "inverse-sqrt-frequency":
-        weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts)]
+        weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
     changes = [note] if note else []
@@ -79,6 +79,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
         info(f"classes ({desc.source}, {desc.mask_format} masks): {', '.join(desc.names)}")
         info(f"metric: {desc.metric_name}")
+        if weights is not None:
+            info("cross-entropy class weights (inverse-sqrt-frequency of the training pixels): "
+                 + ", ".join(f"{n} {w:.3g}" for n, w in zip(desc.names, weights)))
         sizes = data.stats.sizes
         if sizes is not None and len({tuple(v) for v in sizes.tolist()}) > 1:
             info(f"tiles of {len({tuple(v) for v in sizes.tolist()})} sizes: "
