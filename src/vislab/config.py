@@ -148,7 +148,7 @@ class Recipe:
     input_hw: tuple[int, int] | None = None  # seg: required tile size (H, W); None: the data set's (course 512x512, else any)
     rot90: bool = True  # seg: random 90-degree turns in the augmentation
     loss: str = "ce"  # seg: ce | ce+dice | ce+lovasz | dice | lovasz
-    class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency"
+    class_weights: str | None = None  # seg: None or "inverse-sqrt-frequency" (of the scored classes; others weigh 1)
     calibrate: bool = False  # seg: fit class offsets for the mIoU on the held-out split after training
     mean: tuple[float, float, float] | None = None  # None: ImageNet statistics
     std: tuple[float, float, float] | None = None
