@@ -409,8 +409,27 @@ def test_class_weights_are_reported_and_leave_unknown_at_one(cli, tmp_path):
                                       "crop_size": 48, "input_hw": [64, 64]}))
     res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run", "--limit-batches", 1, "--snapshot", "")
     assert res.code == 0, res.err
-    got = yaml.unsafe_load((tmp_path / "run" / "hparams.yaml").read_text())["class_weights"]  # Lightning writes tuples
+    hparams = yaml.safe_load((tmp_path / "run" / "hparams.yaml").read_text())  # plain YAML, no Python tags
+    assert hparams["data_meta"]["stored_hw"] == [64, 64]
+    got = hparams["class_weights"]
     assert got == pytest.approx(expected, abs=1e-4)
     line = " ".join(res.err.split())  # rich wraps long lines
     assert "cross-entropy class weights (inverse-sqrt-frequency of the training pixels): urban" in line
     assert "unknown 1" in line
+
+
+def test_class_weights_refuse_masks_without_a_scored_pixel(cli, tmp_path):
+    """Masks all of the course's unknown leave no scored class to weigh (the weights would be NaN):
+    refused in one line naming the training folder, before any training."""
+    train = _make_pairs(tmp_path / "train", n=2)
+    for m in train.glob("*_mask.png"):
+        rgb = np.zeros((64, 64, 3), np.uint8)
+        rgb[:] = PALETTE.numpy()[6]
+        Image.fromarray(rgb).save(m)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2,
+                                      "holdout": 0, "class_weights": "inverse-sqrt-frequency", "input_hw": [64, 64]}))
+    res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run", "--snapshot", "")
+    assert res.code != 0
+    assert str(train) in res.err and "no training pixel is of a class the mIoU scores" in " ".join(res.err.split())
+    assert not (tmp_path / "run" / "last.ckpt").exists()

@@ -54,6 +54,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                        substitute=not desc.course)
     weights = None  # the recipe's check allows no other class_weights
     if recipe.class_weights == "inverse-sqrt-frequency":
+        if not int(data.class_counts[:desc.scored].sum()):
+            raise VislabError(train_dir, "class_weights: inverse-sqrt-frequency, but no training pixel is of a class "
+                                         "the mIoU scores: there is nothing to weigh")
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
@@ -66,9 +69,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
-    meta = {"seg_classes": desc.to_dict(), "stored_hw": data.stats.common_size(),
-            "train_pairs_digest": pairs_digest(data.pairs)}
     tile = data.stats.common_size() or (512, 512)
+    meta = {"seg_classes": desc.to_dict(), "stored_hw": list(tile) if data.stats.common_size() else None,
+            "train_pairs_digest": pairs_digest(data.pairs)}  # lists, not tuples: hparams.yaml stays plain YAML
 
     def make_data(r: Recipe) -> SegmentationData:
         data.recipe = r  # the split and the tile cache stay; the loaders read the recipe run
