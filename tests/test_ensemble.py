@@ -18,19 +18,33 @@ from test_own_seg_data import make_index_set, standard_miou
 
 
 def _seg_members(runs) -> list:
-    """Each run's network as trained, at the evaluation scale its calibration chose (read from
-    its offsets file here): an ensemble keeps each member's scale but drops its offsets."""
+    """Each run's network as trained, at the evaluation scale its calibration chose, with its
+    class offsets in ``meta["shift"]`` (None without calibration; both read from its offsets file
+    here): an ensemble keeps each member's scale and offsets."""
     from vislab.models.checkpoints import load_network
 
     nets = []
     for r in runs:
         model, meta = load_network(r, task="seg")
         cal = Path(r) / "best.offsets.json"
-        scale = json.loads(cal.read_text()).get("infer_scale") if cal.is_file() else None
-        if scale is not None:
-            model.scale = float(scale)
-        nets.append((model, meta))
+        body = json.loads(cal.read_text()) if cal.is_file() else {}
+        if body.get("infer_scale") is not None:
+            model.scale = float(body["infer_scale"])
+        nets.append((model, {**meta, "shift": body.get("offsets")}))
     return nets
+
+
+def _seg_average(nets, x_uint8: torch.Tensor, *, shifted: bool = True) -> torch.Tensor:
+    """The members' probabilities, each multiplied by exp(its offsets) and renormalised (the
+    softmax of log-probabilities plus offsets), averaged."""
+    total = 0
+    for model, meta in nets:
+        p = _probs(model, meta, x_uint8)
+        if shifted and meta["shift"] is not None:
+            p = p * torch.tensor(meta["shift"]).exp().view(1, -1, 1, 1)
+            p = p / p.sum(1, keepdim=True)
+        total = total + p
+    return total / len(nets)
 
 
 def _probs(model, meta, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -114,6 +128,12 @@ def seg_runs(tmp_path_factory):
                                      "calibrate": calibrate}))
         assert run_vislab("seg", "train", train, "--recipe", r, "--out", root / f"run{seed}") == 0
         runs.append(root / f"run{seed}")
+    # offsets strong enough to move predictions (what four epochs fit may be near zero); the file
+    # stays valid for its checkpoint (same sha256)
+    cal = runs[0] / "best.offsets.json"
+    body = json.loads(cal.read_text())
+    body["offsets"] = [-1.0, 1.5, 0.0, 0.5]
+    cal.write_text(json.dumps(body))
     return root, val, runs
 
 
@@ -124,18 +144,30 @@ def test_seg_ensemble_predicts_and_scores_the_average(cli, seg_runs, tmp_path):
     spec = f"{runs[0]},{runs[1]}"
     res = cli("seg", "predict", spec, val, tmp_path / "pred")
     assert res.code == 0, res.err
-    assert "offsets are fitted per checkpoint" in res.err.replace("\n", " ")  # run1's offsets are not applied
+    assert "shifted by its own class offsets before they are averaged (1 of 2" in " ".join(res.err.split())
     nets = _seg_members(runs)
-    pairs = []
+    pairs, moved = [], 0
     for f in sorted((val / "images").iterdir()):
         x = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)[None]
-        expected = (sum(_probs(m, meta, x) for m, meta in nets) / 2).argmax(1)[0]
+        expected = _seg_average(nets, x).argmax(1)[0]
+        plain = _seg_average(nets, x, shifted=False).argmax(1)[0]
+        moved += int((expected != plain).sum())
         written = np.array(Image.open(tmp_path / "pred" / f"{f.stem}.png"))
         assert np.array_equal(written, expected.numpy()), f.name
         pairs.append((np.array(Image.open(val / "masks" / f"{f.stem}.png")), written))
-    res = cli("seg", "score", spec, val)
+    assert moved > 0  # run1's offsets change the ensemble's answer, or this would test nothing
+    res = cli("seg", "score", spec, val, "--json", tmp_path / "s.json")
     assert res.code == 0, res.err
     assert res.out.strip().endswith(f"mIoU: {standard_miou(pairs, 4, 255)[0]:.4f}")
+    assert json.loads((tmp_path / "s.json").read_text())["offsets"] == [[-1.0, 1.5, 0.0, 0.5], None]
+    as_trained = [load_network(r, task="seg") for r in runs]  # --no-offsets: no offsets, the trained scales
+    bare = []
+    for truth, f in zip((t for t, _ in pairs), sorted((val / "images").iterdir())):
+        x = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)[None]
+        bare.append((truth, (sum(_probs(m, meta, x) for m, meta in as_trained) / 2).argmax(1)[0].numpy()))
+    res = cli("seg", "score", spec, val, "--no-offsets")
+    assert res.code == 0, res.err
+    assert res.out.strip().endswith(f"mIoU: {standard_miou(bare, 4, 255)[0]:.4f}")
 
 
 def _resized_probs(model, meta, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -198,12 +230,12 @@ def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):
     spec = f"{runs[0]},{runs[1]}"
     res = cli("export", spec, tmp_path / "ens.onnx", "--size", "48", "64")
     assert res.code == 0, res.err
-    assert "offsets are fitted per checkpoint" in res.err.replace("\n", " ")
+    assert "1 of 2 members' class offsets go into the graph" in " ".join(res.err.split())
     assert cli("seg", "predict", tmp_path / "ens.onnx", tiles / "images", tmp_path / "a").code == 0
     nets = _seg_members(runs)
     for stem in ("t00", "t04"):
         x = torch.from_numpy(np.array(Image.open(tiles / "images" / f"{stem}.jpg"))).permute(2, 0, 1)[None]
-        expected = (sum(_probs(m, meta, x) for m, meta in nets) / 2).argmax(1)[0]
+        expected = _seg_average(nets, x).argmax(1)[0]
         assert np.array_equal(np.array(Image.open(tmp_path / "a" / f"{stem}.png")), expected.numpy()), stem
 
 

@@ -100,6 +100,16 @@ def fit_offsets(logp: torch.Tensor, truth: torch.Tensor, *, sweeps: int = 3, mov
     return offsets, before, current
 
 
+def shift_probs(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) with the offsets applied, ``softmax(log(probs) + offsets)``:
+    the same argmax as :func:`apply_offsets`, and still probabilities, so that an ensemble can
+    average its members' each calibrated its own way. ``None``: ``probs`` unchanged."""
+    if offsets is None:
+        return probs
+    weighted = probs * offsets.exp().to(probs.device, probs.dtype).view(1, -1, 1, 1)
+    return weighted / weighted.sum(1, keepdim=True)
+
+
 def apply_offsets(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """Class ids (N, H, W): the argmax of ``log(probs) + offsets`` (plain argmax without offsets)."""
     if offsets is None:

@@ -103,8 +103,8 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     image scaled to [0, 1] (the stored metadata says mean 0, std 1), each member normalises (and,
     for classifiers, resizes) it its own way, and the output is the log of the averaged class
     probabilities (:class:`vislab.models.ensemble.AveragedNet`). ``vislab cls|seg predict`` on the
-    file gives the predictions of the same comma-separated list. Class offsets of members are not
-    carried (each was fitted for its own model, as in ``seg predict`` of a list)."""
+    file gives the predictions of the same comma-separated list: a member's calibrated class offsets
+    shift its probabilities inside the graph before the average, as in ``seg predict`` of a list."""
     from vislab.calibration import load_segmenter
     from vislab.data.seg_classes import SegClasses
     from vislab.models.checkpoints import load_network
@@ -137,7 +137,8 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
                 raise VislabError(path, f"predicts other classes ({', '.join(theirs.names)}) than {paths[0]} "
                                         f"({', '.join(first.names)}); an ensemble needs the same classes")
         if any("class_offsets" in m for m in metas):
-            info("ensemble: class offsets are fitted per checkpoint, so the export averages unshifted probabilities")
+            info(f"ensemble: {sum('class_offsets' in m for m in metas)} of {len(metas)} members' class offsets go into "
+                 "the graph, each shifting its own member's probabilities before the average")
     channels = len(metas[0]["mean"])
     meta = {key: value for key, value in metas[0].items() if key not in ("recipe", "class_offsets")}
     meta.update(model="ensemble of " + " + ".join(m["model"] for m in metas), image_size=None,

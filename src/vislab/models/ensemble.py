@@ -54,7 +54,9 @@ class AveragedNet(nn.Module):
     """``forward(x)``: ``x`` is a float batch (N, 3, H, W) of pixel values scaled to [0, 1]; each
     member sees ``(x - mean) / std`` (bilinearly resized to ``size`` x ``size`` when ``size`` is
     set, as classifiers are in ``predict``) and the members' softmax outputs over dim 1 are
-    averaged. The result, log-probabilities, has the same argmax and softmax as the average."""
+    averaged, each first shifted by the member's calibrated class offsets (``meta["class_offsets"]``,
+    added to its logits) when it has them. The result, log-probabilities, has the same argmax and
+    softmax as the average."""
 
     def __init__(self, loaded: list[tuple[nn.Module, dict[str, Any]]]) -> None:
         super().__init__()
@@ -63,6 +65,9 @@ class AveragedNet(nn.Module):
         for i, (_, meta) in enumerate(loaded):
             self.register_buffer(f"mean{i}", torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1))
             self.register_buffer(f"std{i}", torch.tensor(meta["std"], dtype=torch.float32).view(1, -1, 1, 1))
+            shift = meta.get("class_offsets")
+            self.register_buffer(f"shift{i}", None if shift is None else
+                                 torch.tensor([float(v) for v in shift], dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None
@@ -70,7 +75,9 @@ class AveragedNet(nn.Module):
             y = (x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
             if size is not None and (y.shape[-2] != size or y.shape[-1] != size):
                 y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-            p = net(y).float().softmax(1)
+            logits = net(y).float()
+            shift = getattr(self, f"shift{i}")
+            p = (logits if shift is None else logits + shift).softmax(1)
             total = p if total is None else total + p
         assert total is not None
         return (total / len(self.nets)).clamp_min(FLOOR).log()

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from vislab.calibration import apply_offsets, fit_offsets, load_segmenter, save_offsets, scale_candidates
+from vislab.calibration import fit_offsets, load_segmenter, save_offsets, scale_candidates, shift_probs
 from vislab.config import Recipe, broken_rule
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
@@ -225,7 +225,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     for (model, _), path in zip(models, paths):
         _check_fixed_input(model, path, files, sizes, tta)
     classes = _ensemble_classes(models, paths)
-    shift = _ensemble_offsets(paths, models) if offsets else None
+    _say_offsets(models, offsets)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VislabError(out, "is a file, but an output folder is needed")
@@ -238,8 +238,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
             chunk = files[start : start + batch_size]
             images = [read_rgb(f) for f in chunk]
             for run in _same_size_runs(images, batch_size):
-                probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev)
-                for i, ids in zip(run, apply_offsets(probs, shift).cpu()):
+                probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev,
+                                  offsets=offsets)
+                for i, ids in zip(run, probs.argmax(1).cpu()):
                     (staging / _output_name(chunk[i])).write_bytes(classes.mask_png(ids))
         for f in files:
             name = _output_name(f)
@@ -339,18 +340,19 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets)) for p in paths]
     desc = _ensemble_classes(models, paths)
     check_described_alike(img_dir, desc)
-    shift = _ensemble_offsets(paths, models) if offsets else None
+    shifts = _say_offsets(models, offsets)
     pairs = list_pairs(img_dir)
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
     strays = []
-    for pair, (probs, truth, stray) in zip(pairs, _labelled_probs(models, pairs, desc, tta=tta,
-                                                                  batch_size=batch_size, device=dev)):
-        conf += confusion_matrix(truth, apply_offsets(probs[None], shift)[0].cpu(), k, ignore_index=IGNORE)
+    for pair, (probs, truth, stray) in zip(pairs, _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size,
+                                                                  device=dev, offsets=offsets)):
+        conf += confusion_matrix(truth, probs.argmax(0).cpu(), k, ignore_index=IGNORE)
         strays.append((pair.stem, stray))
     extra: dict[str, Any] = stray_summary(strays)
-    if shift is not None:
-        extra["offsets"] = [round(float(v), 6) for v in shift]
+    if any(v is not None for v in shifts):
+        rounded = [None if v is None else [round(float(x), 6) for x in v] for v in shifts]
+        extra["offsets"] = rounded[0] if len(paths) == 1 else rounded  # an ensemble's: one list per member
     if len(paths) > 1:
         extra["ensemble"] = paths
     return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
@@ -364,38 +366,44 @@ def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]
     return classes_of(models[0][1])
 
 
-def _ensemble_offsets(paths: list[str], models: list[tuple[Any, dict[str, Any]]]) -> torch.Tensor | None:
-    """A single model's calibrated offsets (a checkpoint's from :func:`load_segmenter`, an
-    export's from its metadata); none for an ensemble (each model's were fitted for its own
-    probabilities, not for their average; each member keeps its calibrated evaluation scale)."""
-    stored = [meta.get("class_offsets") for _, meta in models]
-    if len(paths) == 1:
-        return None if stored[0] is None else torch.tensor([float(v) for v in stored[0]])
-    if any(v is not None for v in stored):
-        info("ensemble: class offsets are fitted per checkpoint, so the averaged probabilities are used unshifted")
-    return None
+def _member_offsets(meta: dict[str, Any], enabled: bool) -> torch.Tensor | None:
+    """A model's calibrated class offsets (a checkpoint's from :func:`load_segmenter`, an
+    export's from its metadata), or None when it has none or ``enabled`` is False."""
+    stored = meta.get("class_offsets") if enabled else None
+    return None if stored is None else torch.tensor([float(v) for v in stored])
+
+
+def _say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> list[torch.Tensor | None]:
+    """Each model's offsets; for an ensemble, one console line on how they are used."""
+    shifts = [_member_offsets(meta, enabled) for _, meta in models]
+    if len(models) > 1 and any(v is not None for v in shifts):
+        info(f"ensemble: each member's probabilities are shifted by its own class offsets before they are averaged "
+             f"({sum(v is not None for v in shifts)} of {len(models)} members have offsets)")
+    return shifts
 
 
 def _averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *, tta: str,
-              device: torch.device) -> torch.Tensor:
-    """Class probabilities averaged over the models (each with its own normalisation and scale)."""
+              device: torch.device, offsets: bool = True) -> torch.Tensor:
+    """Class probabilities averaged over the models (each with its own normalisation, scale and,
+    when ``offsets``, calibrated class offsets: ``softmax(log p + offsets)`` per member)."""
     total = None
     for model, meta in models:
-        p = predict_probs(model, meta, images, tta=tta, device=device)
+        p = shift_probs(predict_probs(model, meta, images, tta=tta, device=device), _member_offsets(meta, offsets))
         total = p if total is None else total + p
     assert total is not None
     return total / len(models)
 
 
 def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, classes: SegClasses, *, tta: str,
-                    batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(class probabilities (C, H, W) on ``device``, averaged over ``models``, true class ids
-    (H, W), the mask's pixels of no class) per pair, in order."""
+                    batch_size: int, device: torch.device,
+                    offsets: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(class probabilities (C, H, W) on ``device``, averaged over ``models`` as in :func:`_averaged`,
+    true class ids (H, W), the mask's pixels of no class) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
-            probs = _averaged(models, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device)
+            probs = _averaged(models, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device, offsets=offsets)
             for i, p in zip(run, probs):
                 truth, stray = classes.read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))
                 yield p, truth, int(stray)
@@ -479,7 +487,8 @@ def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasse
                   device: torch.device, stride: int) -> tuple[torch.Tensor, float, float]:
     """:func:`vislab.calibration.fit_offsets` on the probabilities of ``model`` as it stands."""
     logps, truths = [], []
-    for probs, truth, _ in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device):
+    for probs, truth, _ in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device,
+                                              offsets=False):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out
