@@ -69,8 +69,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
-    tile = data.stats.common_size() or (512, 512)
-    meta = {"seg_classes": desc.to_dict(), "stored_hw": list(tile) if data.stats.common_size() else None,
+    common = data.stats.common_size()
+    tile = common or (512, 512)
+    meta = {"seg_classes": desc.to_dict(), "stored_hw": list(common) if common else None,
             "train_pairs_digest": pairs_digest(data.pairs)}  # lists, not tuples: hparams.yaml stays plain YAML
 
     def make_data(r: Recipe) -> SegmentationData:
