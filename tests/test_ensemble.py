@@ -305,3 +305,21 @@ def test_cls_ensemble_log_probabilities_stay_finite(monkeypatch):
     assert float(logp[0, 1]) == pytest.approx(math.log(FLOOR))
     want = torch.tensor([0.0, -1.0]).softmax(0) / (1 + math.exp(-200))
     assert logp[0, [0, 2]].exp().tolist() == pytest.approx(want.tolist(), rel=1e-5)
+
+
+def test_seg_score_held_out_is_the_runs_own_held_out_score(cli, seg_runs, tmp_path):
+    """`seg score RUN TRAIN --held-out`: only the pairs the run held out, which the training run
+    scored itself (its results.json, with the held-out score of the checkpoint it kept); members
+    that held out other pairs are refused as an ensemble, and so is another folder."""
+    root, val, runs = seg_runs
+    res = cli("seg", "score", runs[1], root / "train", "--held-out", "--json", tmp_path / "h.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "h.json").read_text())
+    assert got["files"] == 2 and got["held_out"] == {"fraction": 0.25, "seed": 2}  # 8 pairs, 25 % held out
+    trained = json.loads((runs[1] / "results.json").read_text())
+    assert got["miou"] == pytest.approx(trained["holdout_miou"], abs=1e-4)
+    assert "scored on the 2 pairs held out of training" in res.out
+    res = cli("seg", "score", f"{runs[0]},{runs[1]}", root / "train", "--held-out")
+    assert res.code == 2 and "not the same images" in " ".join(res.err.split())
+    res = cli("seg", "score", runs[1], val, "--held-out")
+    assert res.code == 2 and "is not the folder this checkpoint was trained on" in " ".join(res.err.split())

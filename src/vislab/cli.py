@@ -336,6 +336,9 @@ def _print_seg(res: dict) -> None:
         t.add_row(name, "n/a (absent)" if v is None else f"{v:.4f}")
     out.print(t)
     out.print(f"pixel accuracy: {res['pixel_accuracy']:.4f}")
+    if res.get("held_out"):
+        out.print(f"scored on the {res['files']} pairs held out of training (fraction {res['held_out']['fraction']:g}, "
+                  f"seed {res['held_out']['seed']})")
     out.print(f"mIoU: {res['miou']:.4f}")
     if res.get("stray_files"):
         out.print(f"{res['stray_files']} of {res['files']} ground-truth masks hold {res['stray_pixels']} pixels of no "
@@ -366,13 +369,14 @@ def seg_score(
     tta: str = typer.Option("none", "--tta", help="none | flip | d4."),
     device: Optional[str] = typer.Option(None, "--device"),
     offsets: bool = OffsetsOpt,
+    held_out: bool = typer.Option(False, "--held-out", help="IMG_DIR is the run's training folder: score only the pairs its recipe held out of training."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
 ) -> None:
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
     _outputs(json_out)
-    res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets)
+    res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets, held_out=held_out)
     _write_json(res, json_out)
     _print_seg(res)
 

@@ -20,7 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
-from vislab.pipelines.settings import check_positive
+from vislab.pipelines.settings import check_positive, held_out_of
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -266,7 +266,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     if image_size is not None:
         models = [(model, {**meta, "image_size": image_size}) for model, meta in models]
     meta = models[0][1]
-    split = held_out_of(models, paths) if held_out else None
+    split = held_out_of(models, paths, digest_key="train_files_digest") if held_out else None
     data, logits = _ensemble_logits(
         models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split, folder=img_dir) if split
         else _load_labelled(m, img_dir, labels_csv), batch_size=batch_size, device=device, tta=tta)
@@ -306,25 +306,6 @@ def labelled_digest(data: Any) -> str:
     from vislab.data.cache import content_digest
 
     return content_digest(f"{f}|{label}" for f, label in zip(data.files, data.labels.tolist()))
-
-
-def held_out_of(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str]) -> tuple[float, int, str | None]:
-    """(held-out fraction, seed, the training folder's digest) shared by the runs; refused when a
-    run held nothing out or the members held out different images."""
-    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), int(m.get("recipe", {}).get("seed", 0)),
-               m.get("train_files_digest")) for _, m in models]
-    for (fraction, _, _), path in zip(splits, paths):
-        if fraction <= 0:
-            raise VislabError(path, "--held-out: this run held no training images out (its recipe's holdout is 0)")
-    for split, path in zip(splits, paths):
-        if split[:2] != splits[0][:2]:
-            raise VislabError(path, f"--held-out: holds out (fraction, seed) {split[:2]}, the first run "
-                                    f"{splits[0][:2]}: not the same images")
-    known = [(d, path) for (_, _, d), path in zip(splits, paths) if d is not None]  # older checkpoints have none
-    for digest, path in known[1:]:
-        if digest != known[0][0]:
-            raise VislabError(path, f"--held-out: trained on another folder than {known[0][1]}: not the same images")
-    return (*splits[0][:2], known[0][0] if known else None)
 
 
 def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = None, folder: str | Path = "") -> Any:

@@ -331,10 +331,13 @@ def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[
 
 
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
-                        device: str | None = None, offsets: bool = True) -> dict[str, Any]:
+                        device: str | None = None, offsets: bool = True, held_out: bool = False) -> dict[str, Any]:
     """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
-    checkpoint's description; ``offsets`` as in :func:`predict`."""
+    checkpoint's description; ``offsets`` as in :func:`predict`. ``held_out``: ``img_dir`` is the
+    runs' training folder and only the pairs their recipe held out are scored (the place to choose
+    between runs, TTAs or ensembles without touching validation; offsets were fitted there too)."""
     from vislab.models.checkpoints import pick_device
+    from vislab.pipelines.settings import held_out_of
 
     paths = members(ckpt)
     dev = pick_device(device)
@@ -343,6 +346,9 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     check_described_alike(img_dir, desc)
     shifts = _say_offsets(models, offsets)
     pairs = list_pairs(img_dir)
+    split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
+    if split:
+        pairs = held_out_pairs(pairs, *split, folder=img_dir)
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
     strays = []
@@ -356,7 +362,22 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
         extra["offsets"] = rounded[0] if len(paths) == 1 else rounded  # an ensemble's: one list per member
     if len(paths) > 1:
         extra["ensemble"] = paths
+    if split:
+        extra["held_out"] = {"fraction": split[0], "seed": split[1]}
     return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
+
+
+def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, folder: str | Path) -> list:
+    """The pairs of a training folder that a run with this held-out fraction and seed did not
+    train on (its split rebuilt); ``digest``: the run's ``train_pairs_digest``, which the folder's
+    pairs must match (None: an older checkpoint, not checked)."""
+    from vislab.data.segmentation import holdout_split
+
+    if digest is not None and digest != pairs_digest(pairs):
+        raise VislabError(folder, "is not the folder this checkpoint was trained on (its pairs differ), so its "
+                                  "held-out split cannot be rebuilt; pass the training folder")
+    _, ho = holdout_split(len(pairs), fraction=fraction, seed=seed)
+    return [pairs[i] for i in ho]
 
 
 def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]) -> SegClasses:
@@ -424,7 +445,6 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     the smaller). ``miou_before`` is the trained scale's without offsets, ``miou_after`` the kept
     scale's with them.
     """
-    from vislab.data.segmentation import holdout_split
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
     path = checkpoint_file(ckpt)
@@ -438,13 +458,10 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         if fraction <= 0:
             raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
                                     "saw with --split all")
-        trained_on = meta.get("train_pairs_digest")
-        if trained_on is not None and trained_on != pairs_digest(pairs):
-            raise VislabError(pairs_dir, "is not the folder this checkpoint was trained on (its pairs differ), so its "
-                                         "held-out split cannot be rebuilt; pass the training folder, or --split all "
-                                         "with pairs the model never saw")
-        _, ho = holdout_split(len(pairs), fraction=fraction, seed=int(recipe.get("seed", 0)))
-        pairs = [pairs[i] for i in ho]
+        try:
+            pairs = held_out_pairs(pairs, fraction, int(recipe.get("seed", 0)), meta.get("train_pairs_digest"), pairs_dir)
+        except VislabError as exc:
+            raise VislabError(exc.path, exc.message + ", or --split all with pairs the model never saw") from None
     elif split != "all":
         raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")
     if not pairs:

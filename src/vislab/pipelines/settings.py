@@ -125,3 +125,23 @@ def check_positive(**values: int | float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
+
+
+def held_out_of(models: list[tuple[Any, dict[str, Any]]], paths: list[str], *,
+                digest_key: str) -> tuple[float, int, str | None]:
+    """(held-out fraction, seed, the training folder's digest, ``meta[digest_key]``) shared by the
+    runs; refused when a run held nothing out or the members held out different items."""
+    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), int(m.get("recipe", {}).get("seed", 0)),
+               m.get(digest_key)) for _, m in models]
+    for (fraction, _, _), path in zip(splits, paths):
+        if fraction <= 0:
+            raise VislabError(path, "--held-out: this run held no training images out (its recipe's holdout is 0)")
+    for split, path in zip(splits, paths):
+        if split[:2] != splits[0][:2]:
+            raise VislabError(path, f"--held-out: holds out (fraction, seed) {split[:2]}, the first run "
+                                    f"{splits[0][:2]}: not the same images")
+    known = [(d, path) for (_, _, d), path in zip(splits, paths) if d is not None]  # older checkpoints have none
+    for digest, path in known[1:]:
+        if digest != known[0][0]:
+            raise VislabError(path, f"--held-out: trained on another folder than {known[0][1]}: not the same images")
+    return (*splits[0][:2], known[0][0] if known else None)
