@@ -17,7 +17,9 @@
 #       rows) and with offsets + d4 TTA, and the mask-progression figure.
 #   P2  seg-half, beside them: the 2-core-CPU recipe seg-cpu (FPN / Lite1 at half resolution) for 30
 #       epochs in batches of 16 under bf16, calibrating itself; validation with offsets and + d4.
-#       The summary picks the P2 model on the held-out pairs.
+#       Then both and their ensemble (each member with its own scale and offsets) scored on the
+#       held-out pairs both runs kept out (`seg score --held-out`), the ensemble also on validation
+#       with d4: the summary picks the P2 answer among the three on the held-out pairs.
 # Then, in the time each side has left before DEADLINE seconds (the seed's rows, issue 18):
 #   P1  cls-vgg16bn-seed (once seg-best has stopped training) and P2 seg-fcn32s-seed, from scratch (--weights none: no VGG ImageNet
 #       weights offline) under bf16 autocast, each with a time budget of what is left (skipped under 150 s; the budget leaves 90 s for the rest), val
@@ -64,7 +66,7 @@ if [ "$smoke" = "--smoke" ]; then
 fi
 start=$(date +%s)
 # an earlier campaign's flag, scores and logs in the same OUT_DIR would be read as this one's
-rm -f "$w/seg-trained" "$w"/*.json "$w"/*.log "$w/tsne.png" "$w/tsne.csv" "$w/masks.png"
+rm -f "$w/seg-trained" "$w/seg-scored" "$w"/*.json "$w"/*.log "$w/tsne.png" "$w/tsne.csv" "$w/masks.png"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi failed)"; } > "$w/gpu.txt"
 if [ -n "${SEEDS_ONLY:-}" ]; then
   # a later call of the same lease (bench/gpu_lease.sh seeds): the two seed rows side by side,
@@ -86,7 +88,7 @@ p1=$!
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --no-offsets --json "$w/seg-val-plain.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg score "$w/seg-best" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-val-offsets-d4.json" >> "$w/seg-best.log" 2>&1 &&
   vis seg progress "$w/seg-best" --out "$w/masks.png" >> "$w/seg-best.log" 2>&1
-  echo "seg exit $?" >> "$w/seg-best.log"
+  echo "seg exit $?" >> "$w/seg-best.log"; touch "$w/seg-scored"
   seedrow seg seg-fcn32s-seed "$data/p2_data/train" "$data/p2_data/validation" "${seg_extra[@]}" ) &
 p2=$!
 # the 2-core-CPU recipe on the GPU beside them (half resolution, FPN / Lite1: validation 0.7255, d4
@@ -95,7 +97,15 @@ p2=$!
 ( vis seg train "$data/p2_data/train" --recipe seg-cpu --out "$w/seg-half" --val-dir "$data/p2_data/validation" \
       "${half_extra[@]}" > "$w/seg-half.log" 2>&1 &&
   vis seg score "$w/seg-half" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-half-d4.json" >> "$w/seg-half.log" 2>&1
-  echo "seg-half exit $?" >> "$w/seg-half.log" ) &
+  echo "seg-half exit $?" >> "$w/seg-half.log"
+  # the two P2 models and their ensemble (each member with its own scale and offsets) on the
+  # held-out pairs both runs kept out (the summary picks there), and the ensemble on validation
+  while [ ! -e "$w/seg-scored" ] && [ "$(date +%s)" -lt "$((start + DEADLINE))" ]; do sleep 5; done
+  for m in seg-best seg-half seg-best,seg-half; do
+    vis seg score "$w/${m/,/,$w/}" "$data/p2_data/train" "${dev[@]}" --held-out --json "$w/held-${m/,/+}.json" >> "$w/seg-ens.log" 2>&1
+  done
+  vis seg score "$w/seg-best,$w/seg-half" "$data/p2_data/validation" "${dev[@]}" --tta d4 --json "$w/seg-ens-d4.json" >> "$w/seg-ens.log" 2>&1
+  echo "seg-ens exit $?" >> "$w/seg-ens.log" ) &
 p3=$!
 fi
 # a guard for the device command's limit: whatever still runs 20 s after the deadline is stopped,
@@ -150,6 +160,15 @@ def best_rows() -> None:
     if fits:
         pick = max(fits, key=fits.get)
         print(f"P2 chosen on held-out (with offsets): {pick} ({fits[pick]:.4f})")
+    held = {m: read(f"held-{m}.json").get("miou") for m in ("seg-best", "seg-half", "seg-best+seg-half")}
+    print("P2 held-out mIoU by `seg score --held-out` (offsets, no TTA): "
+          + ", ".join(f"{m} {'missing' if v is None else f'{v:.4f}'}" for m, v in held.items()))
+    d4 = {"seg-best": "seg-val-offsets-d4.json", "seg-half": "seg-half-d4.json", "seg-best+seg-half": "seg-ens-d4.json"}
+    known = {m: v for m, v in held.items() if v is not None}
+    if known:
+        pick = max(known, key=known.get)
+        print(f"P2 chosen among the two and their ensemble on held-out: {pick} -> validation with offsets + d4 {num(d4[pick], 'miou')}"
+              f" (ensemble: {num('seg-ens-d4.json', 'miou')})")
 if not seeds_only:
     best_rows()
 for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_miou")):
@@ -159,7 +178,7 @@ for run, key in (("cls-vgg16bn-seed", "val_accuracy"), ("seg-fcn32s-seed", "val_
     print(f"{run} (from scratch, --weights none, precision {prec}): train {r.get('train_seconds')} s, {r.get('epochs')} epochs, "
           f"val {key} {num(f'{run}/results.json', key)}")
 for log in ((() if seeds_only else ("cls-best.log", "seg-best.log", "seg-half.log"))
-            + ("cls-vgg16bn-seed.log", "seg-fcn32s-seed.log", "watchdog.log")):
+            + (() if seeds_only else ("seg-ens.log",)) + ("cls-vgg16bn-seed.log", "seg-fcn32s-seed.log", "watchdog.log")):
     tail = (w / log).read_text().strip().splitlines()[-1:] if (w / log).is_file() else ["not triggered" if log == "watchdog.log" else "missing"]
     print(f"{log}: {tail[0]}")
 PY
