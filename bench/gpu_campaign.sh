@@ -148,18 +148,13 @@ def best_rows() -> None:
     if scored:
         pick = max(scored, key=lambda t: float(scored[t]))
         print(f"P1 chosen on held-out: {pick} (held-out {scored[pick]}) -> val_50 {vals[pick]}")
-    fits = {}
     for run, plain, d4 in (("seg-best", "seg-val-plain.json", "seg-val-offsets-d4.json"), ("seg-half", None, "seg-half-d4.json")):
         cal = read(f"{run}/results.json").get("calibration") or {}
         if cal:
-            fits[run] = cal["miou_after"]
             print(f"P2 {run} held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> "
                   f"{cal['miou_after']:.4f} with offsets at scale {cal['infer_scale']:g} (the fit)")
         print(f"P2 {run} validation mIoU" + (f" plain {num(plain, 'miou')}," if plain else "")
               + f" with offsets {num(f'{run}/results.json', 'val_miou')}, offsets + d4 {num(d4, 'miou')}")
-    if fits:
-        pick = max(fits, key=fits.get)
-        print(f"P2 chosen on held-out (with offsets): {pick} ({fits[pick]:.4f})")
     held = {m: read(f"held-{m}.json").get("miou") for m in ("seg-best", "seg-half", "seg-best+seg-half")}
     print("P2 held-out mIoU by `seg score --held-out` (offsets, no TTA): "
           + ", ".join(f"{m} {'missing' if v is None else f'{v:.4f}'}" for m, v in held.items()))

@@ -226,7 +226,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     for (model, _), path in zip(models, paths):
         _check_fixed_input(model, path, files, sizes, tta)
     classes = _ensemble_classes(models, paths)
-    _say_offsets(models, offsets)
+    shifts = _say_offsets(models, offsets)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VislabError(out, "is a file, but an output folder is needed")
@@ -240,7 +240,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
             images = [read_rgb(f) for f in chunk]
             for run in _same_size_runs(images, batch_size):
                 probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev,
-                                  offsets=offsets)
+                                  shifts=shifts)
                 for i, ids in zip(run, probs.argmax(1).cpu()):
                     (staging / _output_name(chunk[i])).write_bytes(classes.mask_png(ids))
         for f in files:
@@ -353,7 +353,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     conf = torch.zeros(k, k, dtype=torch.long)
     strays = []
     for pair, (probs, truth, stray) in zip(pairs, _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size,
-                                                                  device=dev, offsets=offsets)):
+                                                                  device=dev, shifts=shifts)):
         conf += confusion_matrix(truth, probs.argmax(0).cpu(), k, ignore_index=IGNORE)
         strays.append((pair.stem, stray))
     extra: dict[str, Any] = stray_summary(strays)
@@ -367,15 +367,16 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
 
 
-def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, folder: str | Path) -> list:
+def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, folder: str | Path,
+                   hint: str = "") -> list:
     """The pairs of a training folder that a run with this held-out fraction and seed did not
     train on (its split rebuilt); ``digest``: the run's ``train_pairs_digest``, which the folder's
-    pairs must match (None: an older checkpoint, not checked)."""
+    pairs must match (None: an older checkpoint, not checked); ``hint`` ends the refusal."""
     from vislab.data.segmentation import holdout_split
 
     if digest is not None and digest != pairs_digest(pairs):
         raise VislabError(folder, "is not the folder this checkpoint was trained on (its pairs differ), so its "
-                                  "held-out split cannot be rebuilt; pass the training folder")
+                                  f"held-out split cannot be rebuilt; pass the training folder{hint}")
     _, ho = holdout_split(len(pairs), fraction=fraction, seed=seed)
     return [pairs[i] for i in ho]
 
@@ -405,12 +406,13 @@ def _say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> lis
 
 
 def _averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *, tta: str,
-              device: torch.device, offsets: bool = True) -> torch.Tensor:
-    """Class probabilities averaged over the models (each with its own normalisation, scale and,
-    when ``offsets``, calibrated class offsets: ``softmax(log p + offsets)`` per member)."""
+              device: torch.device, shifts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Class probabilities averaged over the models (each with its own normalisation, scale and
+    class offsets, ``shifts[i]`` from :func:`_say_offsets`: ``softmax(log p + offsets)`` per member;
+    None: none shifted)."""
     total = None
-    for model, meta in models:
-        p = shift_probs(predict_probs(model, meta, images, tta=tta, device=device), _member_offsets(meta, offsets))
+    for (model, meta), shift in zip(models, shifts or [None] * len(models)):
+        p = shift_probs(predict_probs(model, meta, images, tta=tta, device=device), shift)
         total = p if total is None else total + p
     assert total is not None
     return total / len(models)
@@ -418,14 +420,14 @@ def _averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *,
 
 def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, classes: SegClasses, *, tta: str,
                     batch_size: int, device: torch.device,
-                    offsets: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+                    shifts: Sequence[torch.Tensor | None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """(class probabilities (C, H, W) on ``device``, averaged over ``models`` as in :func:`_averaged`,
     true class ids (H, W), the mask's pixels of no class) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         imgs = [read_rgb(p.image) for p in chunk]
         for run in _same_size_runs(imgs, batch_size):
-            probs = _averaged(models, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device, offsets=offsets)
+            probs = _averaged(models, torch.stack(imgs[run.start : run.stop]), tta=tta, device=device, shifts=shifts)
             for i, p in zip(run, probs):
                 truth, stray = classes.read_mask(chunk[i].mask, tuple(imgs[i].shape[1:]))
                 yield p, truth, int(stray)
@@ -458,10 +460,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         if fraction <= 0:
             raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
                                     "saw with --split all")
-        try:
-            pairs = held_out_pairs(pairs, fraction, int(recipe.get("seed", 0)), meta.get("train_pairs_digest"), pairs_dir)
-        except VislabError as exc:
-            raise VislabError(exc.path, exc.message + ", or --split all with pairs the model never saw") from None
+        pairs = held_out_pairs(pairs, fraction, int(recipe.get("seed", 0)), meta.get("train_pairs_digest"), pairs_dir,
+                               hint=", or --split all with pairs the model never saw")
     elif split != "all":
         raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")
     if not pairs:
@@ -505,8 +505,7 @@ def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasse
                   device: torch.device, stride: int) -> tuple[torch.Tensor, float, float]:
     """:func:`vislab.calibration.fit_offsets` on the probabilities of ``model`` as it stands."""
     logps, truths = [], []
-    for probs, truth, _ in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device,
-                                              offsets=False):
+    for probs, truth, _ in _labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
         truths.append(truth[::stride, ::stride])
     if len({t.shape for t in truths}) > 1:  # tiles of several sizes: padding labelled IGNORE is left out
