@@ -112,9 +112,7 @@ def shift_probs(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tens
 
 def apply_offsets(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """Class ids (N, H, W): the argmax of ``log(probs) + offsets`` (plain argmax without offsets)."""
-    if offsets is None:
-        return probs.argmax(1)
-    return (probs * offsets.exp().to(probs.device).view(1, -1, 1, 1)).argmax(1)
+    return shift_probs(probs, offsets).argmax(1)
 
 
 def scale_candidates(trained: float) -> list[float]:
