@@ -217,7 +217,7 @@ def test_broken_run_records_are_named_by_report(cli, tmp_path):
     run.mkdir()
     (run / "recipe.yaml").write_text("task: [\n")
     assert _one_line(cli("report", run, "--out", tmp_path / "r.html")) == \
-        f"vislab: error: {run / 'recipe.yaml'}: not valid YAML"
+        f"vislab: error: {run / 'recipe.yaml'}: not valid YAML (line 2, column 1: expected the node content, but found '<stream end>')"
     (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20"}))
     (run / "results.json").write_text("{not json")
     assert _one_line(cli("report", run, "--out", tmp_path / "r.html")) == \

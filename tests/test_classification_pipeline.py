@@ -184,7 +184,20 @@ def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):
     ck = torch.load(trained / "best.ckpt", weights_only=True)
     ck["vislab"]["task"] = "seg"
     torch.save(ck, seg)
-    cases = {trunc: "not a readable checkpoint", plain: "a plain state_dict", seg: "is a seg checkpoint"}
+    pickled = tmp_path / "model.pt"  # a whole module, not tensors: refused by weights_only loading
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": ck["state_dict"], "vislab": {"task": "cls"}}, bare)
+    unknown = tmp_path / "unknown.ckpt"
+    ck["vislab"].update(task="cls", model="no_such_net")
+    torch.save(ck, unknown)
+    cases = {trunc: "not a readable checkpoint (not a PyTorch file, or a truncated one",
+             plain: "a plain state_dict", seg: "is a seg checkpoint",
+             pickled: "it holds Python objects, not only tensors", text: "not a PyTorch file",
+             bare: "its vislab metadata lacks model, num_classes",
+             unknown: "trained with model 'no_such_net', which this vislab cannot build: unknown model"}
     for path, message in cases.items():
         res = cli("cls", "predict", path, color_classes, tmp_path / "x.csv")
         assert res.code == 2 and message in res.err and str(path) in res.err, res.err
@@ -343,7 +356,14 @@ def test_held_out_eval_scores_exactly_the_images_training_held_out(cli, trained,
         (tree / name).mkdir(parents=True)
         shutil.copy(color_classes / f"{c}_0.png", tree / name / "a.png")
     res = cli("cls", "eval", trained, tree)
-    assert res.code == 2 and f"{tree}: holds class folders, but this model was trained on numbered labels" in res.err
+    assert res.code == 2 and f"{tree}: gives class folders, but the model was trained on numbered labels" in res.err
+    flat = tmp_path / "flat"  # and names in a labels CSV, likewise
+    flat.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(color_classes / "0_0.png", flat / name)
+    (tmp_path / "names.csv").write_text("a.png,red\nb.png,blue\n")
+    res = cli("cls", "eval", trained, flat, "--labels", tmp_path / "names.csv")
+    assert res.code == 2 and f"{flat}: gives class names in {tmp_path / 'names.csv'}, but the model" in res.err
     got = json.loads((tmp_path / "h.json").read_text())
     assert got["images"] == 24 and got["held_out"] == {"fraction": 0.2, "seed": 0}  # 8 of each class's 40
     best = max(float(r["holdout_acc"]) for r in csv.DictReader((trained / "history.csv").open()))

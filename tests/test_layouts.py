@@ -65,7 +65,7 @@ def test_csv_labels_names_and_integers(tmp_path):
     ("a.png,cat\n", r"b\.png: has no row in .*labels\.csv \(1 images without a label\)"),
     ("a.png,cat\nb.png,dog\nzz.png,dog\n", r"labels\.csv: lists zz\.png, which is not an image in"),
     ("a.png,cat\nb.png,dog\na.png,dog\n", r"labels\.csv: a\.png is listed twice with different labels"),
-    ("a.png\nb.png,dog\n", r"labels\.csv: expected rows filename,label \(row 2 has one column\)"),
+    ("a.png\nb.png,dog\n", r"labels\.csv: expected rows filename,label \(line 1 has one column\)"),
 ])
 def test_csv_errors_name_the_file(tmp_path, rows, message):
     d = tmp_path / "flat"
@@ -222,3 +222,62 @@ def test_declared_torchvision_decodes_every_listed_format():
            if (m := re.match(r"(torch|torchvision)>=([\d.]+)", d.replace(" ", "")))}
     if ".webp" in IMAGE_SUFFIXES:
         assert low["torchvision"] >= (0, 20) and low["torch"] >= (2, 5), low
+
+
+def test_unlabelled_mixed_folder_reads_every_image_and_says_what_it_skipped(tmp_path, capsys):
+    d = tmp_path / "mixed"
+    _img(d / "a.png")
+    _img(d / "sub" / "b.png")
+    _img(d / "sub" / "c.png")
+    (d / "sub" / "notes.txt").write_text("not an image")
+    (d / "photo.tif").write_bytes(b"II*\x00")  # a format vislab does not read
+    items = find_items(d, labelled=False)
+    assert items.ids == ["a.png", "sub/b.png", "sub/c.png"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "skipped 2 file(s)" in err and "photo.tif" in err
+    assert "1 images directly inside and 2 in 1 subfolder(s)" in err
+
+
+def test_numbered_class_folders_match_labels_by_number(tmp_path):
+    """Folders 0/ 1/ ... 10/ get ids in text order (0, 1, 10, 2, ...), as in torchvision; a course
+    file 2_0.png or a CSV label 2 then means the folder named 2, not the third id."""
+    names = [str(i) for i in range(11)]
+    tree = tmp_path / "tree"
+    for n in names:
+        _img(tree / n / "x.png")
+    class_names = find_items(tree, labelled=True).class_names
+    assert class_names == sorted(names)  # text order
+    course = tmp_path / "course"
+    for lab in (2, 10, 0):
+        _img(course / f"{lab}_0.png")
+    items = find_items(course, labelled=True, class_names=class_names)
+    assert {i: class_names[lab] for i, lab in zip(items.ids, items.labels)} == {"0_0.png": "0", "10_0.png": "10", "2_0.png": "2"}
+    (tmp_path / "l.csv").write_text("0_0.png,7\n10_0.png,10\n2_0.png,2\n")
+    items = find_items(course, labelled=True, labels_csv=tmp_path / "l.csv", class_names=class_names)
+    assert [class_names[lab] for lab in items.labels] == ["7", "10", "2"]
+    _img(course / "11_0.png")
+    with pytest.raises(VislabError, match="label 11 is not one of the model's 11 classes"):
+        find_items(course, labelled=True, class_names=class_names)
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("a.png,0\nb.png,1\nc.png,10\nd.png,1.0\n", r"labels\.csv: line 4: label '1\.0' is not an integer like most rows"),
+    ("a.png,cat\nb.png,dog\nc.png,owl\nd.png,3\n", r"labels\.csv: line 4: label '3' is not a class name like most rows"),
+    ("image,class\na.png,0\nb.png,1\nc.png,1\nd.png,0\n", r"labels\.csv: line 1 \(image,class\) is neither a header"),
+])
+def test_csv_label_and_header_mistakes(tmp_path, rows, message):
+    d = tmp_path / "flat"
+    for n in "abcd":
+        _img(d / f"{n}.png")
+    (tmp_path / "labels.csv").write_text(rows)
+    with pytest.raises(VislabError, match=message):
+        find_items(d, labelled=True, labels_csv=tmp_path / "labels.csv")
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    d = tmp_path / "flat"
+    _img(d / "a.png")
+    _img(d / "b.png")
+    (tmp_path / "excel.csv").write_bytes("filename,label\r\na.png,cat\r\nb.png,dog\r\n".encode("utf-8-sig"))
+    items = find_items(d, labelled=True, labels_csv=tmp_path / "excel.csv")
+    assert items.class_names == ["cat", "dog"] and items.labels == [0, 1]

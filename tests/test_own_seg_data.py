@@ -92,7 +92,7 @@ def test_classes_file_is_found_and_checked(tmp_path):
             "already the colour of a class",
         "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[9, 9, 9]: sky}":
             "neither a class name nor ignore",
-        "classes: [a": "not valid YAML",
+        "classes: [a": r"not valid YAML \(line 1, column 12:",
     }
     for text, message in bad.items():
         f.write_text(text)

@@ -45,6 +45,56 @@ def test_pairs_by_stem_and_errors(tmp_path):
         list_pairs(d2)
 
 
+def test_duplicate_stems_and_stray_names_are_said(tmp_path, capsys):
+    d = _make_pairs(tmp_path / "p", n=2)
+    Image.open(d / "0000_sat.jpg").save(d / "0003.jpg")  # neither _sat nor _mask: skipped, and said
+    (d / "README.txt").write_text("tiles")
+    assert [p.stem for p in list_pairs(d)] == ["0000", "0001"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert "skipped 1 image(s) named neither <stem>_sat nor <stem>_mask (e.g. 0003.jpg)" in err
+    assert "skipped 1 file(s) that are not" in err and "README.txt" in err
+    Image.open(d / "0000_sat.jpg").save(d / "0000_sat.png")  # two images for one stem
+    with pytest.raises(VislabError, match="0000_sat.png: two satellite images share the stem 0000 "
+                                          r"\(0000_sat.jpg and 0000_sat.png\)"):
+        list_pairs(d)
+
+
+def test_bmp_tiles_decode_and_16_bit_tiles_are_refused(tmp_path):
+    """torchvision.io does not decode BMP: read_rgb falls back to Pillow, pixel for pixel; a
+    16-bit PNG would wrap around in a uint8 cache, so it is refused by name."""
+    from vislab.data.images import read_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "t_sat.bmp")
+    assert torch.equal(read_rgb(tmp_path / "t_sat.bmp"), torch.from_numpy(rgb).permute(2, 0, 1))
+    Image.fromarray(np.full((8, 8), 300, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(VislabError, match=r"deep\.png: .*vislab reads 8 bits per channel"):
+        read_rgb(tmp_path / "deep.png")
+    (tmp_path / "bad.bmp").write_bytes(b"BM" + bytes(10))
+    with pytest.raises(VislabError, match=r"bad\.bmp: not a decodable image"):
+        read_rgb(tmp_path / "bad.bmp")
+
+
+def test_index_masks_read_by_the_colour_rule_are_refused(tmp_path, cli):
+    """Grey masks of class indices (1, 2) with no classes.yaml: the course's colour rule reads
+    every pixel as unknown, so training refuses the folder before it writes a run folder."""
+    from vislab.data.seg_classes import deepglobe
+
+    d = _make_pairs(tmp_path / "p", n=2, size=64)
+    for i in range(2):
+        Image.fromarray(np.full((64, 64), i + 1, np.uint8)).save(d / f"{i:04d}_mask.png")
+    stats = scan_masks(list_pairs(d), expected=None)
+    with pytest.raises(VislabError, match=r"no pixel of its 2 masks is in a scored class .*mask_format: index"):
+        stats.check_labelled(d, deepglobe())
+    stats.counts[1, 0] = 1  # one land-cover pixel is enough
+    stats.check_labelled(d, deepglobe())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "input_hw": [64, 64]}))
+    res = cli("seg", "train", d, "--recipe", recipe, "--out", tmp_path / "run")
+    assert res.code == 2 and "no pixel of its 2 masks is in a scored class" in res.err
+    assert not (tmp_path / "run").exists()
+
+
 def test_wrong_sizes_are_named(tmp_path):
     d = _make_pairs(tmp_path / "p", n=1, size=64)
     pair = list_pairs(d)[0]

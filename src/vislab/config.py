@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from vislab.errors import VislabError
+from vislab.errors import VislabError, yaml_problem
 
 
 class FieldError(VislabError):
@@ -250,7 +250,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise VislabError(path, f"not valid YAML ({exc.__class__.__name__})") from None
+        raise VislabError(path, yaml_problem(exc)) from None
     if not isinstance(data, dict):
         raise VislabError(path, "a recipe must be a YAML mapping of field: value")
     return recipe_from_dict(data, source=str(path))

@@ -22,6 +22,15 @@ class VislabError(Exception):
         return (VislabError, (self.path, self.message))
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in words, with its line and column when the parser gives them:
+    ``not valid YAML (line 3, column 7: expected ',' or ']', but got '<stream end>')``."""
+    problem = getattr(exc, "problem", None) or next(iter(str(exc).splitlines()), "") or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML ({where}{problem})"
+
+
 class Interrupted(Exception):
     """Ctrl-C during training, after Lightning's graceful shutdown; the CLI exits with 130.
 

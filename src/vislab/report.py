@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from vislab.errors import VislabError
+from vislab.errors import VislabError, yaml_problem
 from vislab.io import atomic_write_text
 from vislab.viz import figures
 
@@ -47,8 +47,8 @@ def _read_run(run: Path) -> dict[str, Any]:
         raise VislabError(run, "not a vislab run folder (no recipe.yaml)")
     try:
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    except yaml.YAMLError:
-        raise VislabError(run / "recipe.yaml", "not valid YAML") from None
+    except yaml.YAMLError as exc:
+        raise VislabError(run / "recipe.yaml", yaml_problem(exc)) from None
     if not isinstance(recipe, dict):
         raise VislabError(run / "recipe.yaml", "not a recipe (expected a mapping of fields)")
     history = _csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []

@@ -88,6 +88,24 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout)
 
 
+def load_for_model(folder: str | Path, *, class_names: list[str] | None, num_classes: int,
+                   labels_csv: str | Path | None = None, size: tuple[int, int] | None = None) -> ImageFolderData:
+    """A labelled folder read for a model that knows ``class_names`` (None: numbered labels) and
+    ``num_classes``: names are matched to its ids, and a folder that names its classes is refused for
+    a numbered model (the names would meet the ids in alphabetical order, by chance), as is a
+    label beyond its classes."""
+    data = load_folder(folder, labelled=True, labels_csv=labels_csv, class_names=class_names, size=size)
+    assert data.labels is not None
+    if class_names is None and data.class_names is not None:
+        where = "class folders" if data.layout == "imagefolder" else f"class names in {labels_csv}"
+        raise VislabError(folder, f"gives {where}, but the model was trained on numbered labels (<label>_<index> "
+                                  "names or integer labels) and knows no class names; label these images by number")
+    if int(data.labels.max()) >= num_classes:
+        bad = data.files[int(torch.argmax((data.labels >= num_classes).int()))]
+        raise VislabError(Path(folder) / bad, f"label {int(data.labels.max())} is outside the model's 0..{num_classes - 1}")
+    return data
+
+
 def channel_stats(images: torch.Tensor, idx: torch.Tensor, *, max_images: int = 10_000,
                   chunk: int = 512) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation, in [0, 1] units, of ``images[idx]`` (uint8).

@@ -1,6 +1,7 @@
 """Decoding image files, each failure reported with the file's name.
 
-Two decoders: :func:`read_rgb` (torchvision.io, the fast path for the course's PNG/JPEG tiles)
+Two decoders: :func:`read_rgb` (torchvision.io, the fast path for the course's PNG/JPEG tiles;
+Pillow for the formats torchvision does not decode)
 and :func:`decode_fitted` (Pillow: every common format and mode, fitted to a target size by the
 rule documented there, used for classification folders of any size).
 """
@@ -19,6 +20,7 @@ with warnings.catch_warnings():
     from torchvision.io import ImageReadMode, decode_image, read_file
 
 from vislab.errors import VislabError
+from vislab.log import info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -33,9 +35,27 @@ def read_rgb(path: str | Path) -> torch.Tensor:
     except (OSError, RuntimeError) as exc:
         raise VislabError(p, f"cannot read file ({exc.__class__.__name__})") from None
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
+        img = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):  # a format torchvision does not decode (BMP), or a broken file
+        return _pillow_rgb(p)
+    if img.dtype != torch.uint8:
+        raise VislabError(p, f"{img.element_size() * 8}-bit image; vislab reads 8 bits per channel (save it as 8-bit)")
+    return img
+
+
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _pillow_rgb(p: Path) -> torch.Tensor:
+    """:func:`read_rgb` through Pillow, for the formats torchvision.io does not decode."""
+    with open_image(p) as im:
+        if im.mode in _HIGH_BIT_MODES:
+            raise VislabError(p, f"{im.mode} image of more than 8 bits; vislab reads 8 bits per channel (save it as 8-bit)")
+        try:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError):
+            raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
 def open_image(path: Path):  # -> PIL.Image.Image
@@ -48,6 +68,8 @@ def open_image(path: Path):  # -> PIL.Image.Image
         return Image.open(path)
     except UnidentifiedImageError:
         raise VislabError(path, "not a decodable image (corrupt, truncated or another format)") from None
+    except Image.DecompressionBombError:
+        raise VislabError(path, "image has more pixels than Pillow's safety limit (Image.MAX_IMAGE_PIXELS)") from None
     except OSError as exc:
         raise VislabError(path, f"cannot read file ({exc.strerror or exc.__class__.__name__})") from None
 
@@ -99,10 +121,19 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
 def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
     """Image files directly inside ``folder``, sorted by name; errors for a missing or empty one."""
     d = check_folder(folder)
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    visible = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = sorted(p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise VislabError(d, f"no {what} found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+    say_skipped(d, sorted(p.name for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES))
     return files
+
+
+def say_skipped(folder: Path, names: list[str]) -> None:
+    """One console line when a folder holds files that are not images of a supported format."""
+    if names:
+        info(f"{folder}: skipped {len(names)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images "
+             f"(e.g. {min(names)})")
 
 
 def check_folder(folder: str | Path) -> Path:

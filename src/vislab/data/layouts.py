@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vislab.data.images import IMAGE_SUFFIXES, check_folder
+from vislab.data.images import IMAGE_SUFFIXES, check_folder, say_skipped
 from vislab.errors import VislabError
+from vislab.log import info
 
 _COURSE_NAME = re.compile(r"^(\d+)_(\d+)$")
 
@@ -62,29 +63,50 @@ def _image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _scan(root: Path) -> tuple[list[str], list[str]]:
+def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
     """(image file names, visible subfolder names) directly in ``root``, sorted; one directory
-    read, no stat per file."""
+    read, no stat per file. Visible files of other types are added to ``skipped``."""
     files, dirs = [], []
     with os.scandir(root) as it:
         for e in it:
             if e.is_dir():
                 if not e.name.startswith("."):
                     dirs.append(e.name)
-            elif e.is_file() and _image_name(e.name):
-                files.append(e.name)
+            elif e.is_file() and not e.name.startswith("."):
+                (files if _image_name(e.name) else skipped).append(e.name)
     return sorted(files), sorted(dirs)
 
 
-def _tree(d: Path) -> list[str]:
-    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders skipped)."""
+def _tree(d: Path, skipped: list[str]) -> list[str]:
+    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders skipped);
+    visible files of other types are added to ``skipped`` (paths relative to ``d``'s parent)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(d):
         dirnames[:] = [x for x in dirnames if not x.startswith(".")]
-        rel = Path(dirpath).relative_to(d).as_posix()
-        prefix = "" if rel == "." else rel + "/"
-        out.extend(prefix + f for f in filenames if _image_name(f))
-    return sorted(out)
+        rel = Path(dirpath).relative_to(d.parent).as_posix()
+        for f in filenames:
+            if not f.startswith("."):
+                (out if _image_name(f) else skipped).append(f"{rel}/{f}")
+    n = len(d.name) + 1
+    return sorted(r[n:] for r in out)
+
+
+def int_label_ids(labels: list[int], class_names: list[str] | None, where: Path) -> list[int]:
+    """Integer labels as class ids of a model with ``class_names``: when every name is a number
+    (class folders 0/ 1/ ... 10/, ids in the folders' text order) a label is matched to the name
+    of the same number; otherwise it is the id itself. An unknown label is an error."""
+    if class_names is None:
+        return labels
+    numbered = {int(n): i for i, n in enumerate(class_names) if re.fullmatch(r"\d+", n)}
+    if len(numbered) == len(class_names) and list(numbered) != list(range(len(class_names))):
+        by = numbered
+    else:
+        by = {i: i for i in range(len(class_names))}
+    unknown = sorted({v for v in labels if v not in by})
+    if unknown:
+        raise VislabError(where, f"label {unknown[0]} is not one of the model's {len(class_names)} classes "
+                                 f"({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''})")
+    return [by[v] for v in labels]
 
 
 def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | None = None,
@@ -99,20 +121,23 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
             these ids (not re-sorted), and an unknown name is an error.
     """
     root = check_folder(folder)
-    names, subdirs = _scan(root)
+    skipped: list[str] = []
+    names, subdirs = _scan(root, skipped)
     flat = [root / n for n in names]
-    trees = {d: _tree(root / d) for d in subdirs} if not flat or labelled else {}
+    trees = {d: _tree(root / d, skipped) for d in subdirs} if labels_csv is None else {}
     dirs = [d for d in subdirs if trees.get(d)]
+    say_skipped(root, skipped)
     if labels_csv is not None:
         if not flat:
             raise VislabError(root, "--labels needs the images directly in this folder (found none)")
         return _from_csv(root, flat, Path(labels_csv), class_names)
     if not labelled:
-        if flat:
-            return ClassItems(root, "unlabelled", flat, [p.name for p in flat], None, None)
-        ids = [f"{d}/{rel}" for d in subdirs for rel in trees[d]]
+        ids = [p.name for p in flat] + [f"{d}/{rel}" for d in subdirs for rel in trees[d]]
         if not ids:
             raise VislabError(root, f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
+        if flat and dirs:
+            info(f"{root}: {len(flat)} images directly inside and {len(ids) - len(flat)} in {len(dirs)} "
+                 f"subfolder(s) (e.g. {dirs[0]}/); all are read")
         return ClassItems(root, "unlabelled", [root / i for i in ids], ids, None, None)
     if flat and dirs:
         raise VislabError(root, f"ambiguous layout: {len(flat)} images directly inside and {len(dirs)} "
@@ -128,7 +153,7 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
     if bad:
         raise VislabError(bad[0], f"file name is not <label>_<index> ({len(bad)} such files in the folder); "
                                   "pass --labels FILE.csv, or put the images in <class name>/ subfolders")
-    labels = [int(lab) for lab in parsed if lab is not None]
+    labels = int_label_ids([int(lab) for lab in parsed if lab is not None], class_names, root)
     names = list(class_names) if class_names is not None else None
     return ClassItems(root, "course", flat, [p.name for p in flat], labels, names)
 
@@ -157,26 +182,39 @@ def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] |
     return ClassItems(root, "imagefolder", [root / r for r in rel], rel, labels, names)
 
 
-def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] | None) -> ClassItems:
+def _read_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, file name, label) of each row of a labels CSV, a ``filename,label`` (or
+    ``image_id,label``) header left out; blank lines skipped."""
     if not path.is_file():
         raise VislabError(path, "labels CSV not found")
     try:
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.reader(fh)
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise VislabError(path, f"cannot read the labels CSV ({exc.__class__.__name__})") from None
-    if rows and [c.strip().lower() for c in rows[0][:2]] in (["filename", "label"], ["image_id", "label"]):
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] in (["filename", "label"], ["image_id", "label"]):
         rows = rows[1:]
-    short = next((i for i, r in enumerate(rows) if len(r) < 2), None)
-    if not rows or short is not None:
-        raise VislabError(path, "expected rows filename,label" + (f" (row {short + 2} has one column)" if short is not None else " (none found)"))
+    if not rows:
+        raise VislabError(path, "expected rows filename,label (none found)")
+    short = next((n for n, r in rows if len(r) < 2), None)
+    if short is not None:
+        raise VislabError(path, f"expected rows filename,label (line {short} has one column)")
+    return [(n, r[0].strip(), r[1].strip()) for n, r in rows]
+
+
+def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] | None) -> ClassItems:
+    rows = _read_rows(path)
+    by_name = {p.name: p for p in flat}
+    n0, first, second = rows[0]
+    if first not in by_name and os.path.splitext(first)[1].lower() not in IMAGE_SUFFIXES:
+        raise VislabError(path, f"line {n0} ({first},{second}) is neither a header vislab knows "
+                                "(filename,label or image_id,label) nor an image of the folder")
     table: dict[str, str] = {}
-    for r in rows:
-        name, label = r[0].strip(), r[1].strip()
+    for _, name, label in rows:
         if name in table and table[name] != label:
             raise VislabError(path, f"{name} is listed twice with different labels ({table[name]}, {label})")
         table[name] = label
-    by_name = {p.name: p for p in flat}
     missing_files = [n for n in table if n not in by_name]
     if missing_files:
         raise VislabError(path, f"lists {missing_files[0]}, which is not an image in {root} ({len(missing_files)} such rows)")
@@ -184,10 +222,16 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
     if unlabelled:
         raise VislabError(root / unlabelled[0], f"has no row in {path} ({len(unlabelled)} images without a label)")
     values = [table[p.name] for p in flat]
-    if class_names is None and all(re.fullmatch(r"\d+", v) for v in values):
-        labels, names = [int(v) for v in values], None
-    elif class_names is not None and all(re.fullmatch(r"\d+", v) for v in values):
-        labels, names = [int(v) for v in values], list(class_names)
+    numbers = [bool(re.fullmatch(r"\d+", v)) for v in values]
+    if all(numbers):
+        labels = int_label_ids([int(v) for v in values], class_names, path)
+        names = list(class_names) if class_names is not None else None
+    elif any(numbers) and class_names is None:  # "0", "1", "1.0": one odd row, not a class named "1.0"
+        odd = numbers.count(True) < numbers.count(False)  # the rarer kind is the odd one
+        line, _, label = next(r for r in rows if bool(re.fullmatch(r"\d+", r[2])) == odd)
+        usual = "class name" if odd else "integer"
+        raise VislabError(path, f"line {line}: label {label!r} is not {'a' if odd else 'an'} {usual} like most "
+                                "rows; use integer labels or class names throughout")
     else:
         ids = _name_ids(sorted(set(values)), class_names, path)
         labels = [ids[v] for v in values]

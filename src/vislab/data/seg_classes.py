@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from vislab.data import palette
-from vislab.errors import VislabError
+from vislab.errors import VislabError, yaml_problem
 from vislab.metrics import iou_per_class
 
 IGNORE = 255
@@ -248,7 +248,7 @@ def parse_classes(text: str, path: Path) -> SegClasses:
     try:
         data = yaml.load(io.StringIO(text), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise VislabError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise VislabError(path, yaml_problem(exc)) from None
     if not isinstance(data, dict):
         raise VislabError(path, "expected a mapping with mask_format and classes")
     unknown = sorted(set(map(str, data)) - _KEYS)

@@ -24,6 +24,7 @@ from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_r
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.errors import VislabError
 from vislab.io import atomic_save
+from vislab.log import info
 
 SAT, MASK = "_sat", "_mask"
 IMAGES_DIR, MASKS_DIR = "images", "masks"
@@ -45,12 +46,14 @@ def pair_layout(folder: str | Path) -> str:
     return "folders" if (d / IMAGES_DIR).is_dir() and (d / MASKS_DIR).is_dir() else "course"
 
 
-def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
+def _by_stem(files: list[Path], what: str, suffix: str = "") -> dict[str, Path]:
+    """``files`` by stem (less ``suffix``, e.g. ``_sat``); two files of one stem are an error."""
     found: dict[str, Path] = {}
     for f in files:
-        if f.stem in found:
-            raise VislabError(f, f"two {what} share the stem {f.stem} ({found[f.stem].name} and {f.name})")
-        found[f.stem] = f
+        stem = f.stem[: len(f.stem) - len(suffix)]
+        if stem in found:
+            raise VislabError(f, f"two {what} share the stem {stem} ({found[stem].name} and {f.name})")
+        found[stem] = f
     return found
 
 
@@ -69,10 +72,13 @@ def list_pairs(folder: str | Path) -> list[Pair]:
         img_hint, mask_hint, image = f"{IMAGES_DIR}/{{}}.jpg", f"{MASKS_DIR}/{{}}.png", "image"
     else:
         files = list_images(d, what="satellite images or masks (or images/ + masks/ folders)")
-        sats = {f.stem[: -len(SAT)]: f for f in files if f.stem.endswith(SAT)}
-        masks = {f.stem[: -len(MASK)]: f for f in files if f.stem.endswith(MASK)}
+        sats = _by_stem([f for f in files if f.stem.endswith(SAT)], "satellite images", SAT)
+        masks = _by_stem([f for f in files if f.stem.endswith(MASK)], "masks", MASK)
         if not sats:
             raise VislabError(d, "no xxxx_sat.jpg images found (nor images/ + masks/ folders)")
+        other = [f.name for f in files if not f.stem.endswith((SAT, MASK))]
+        if other:
+            info(f"{d}: skipped {len(other)} image(s) named neither <stem>{SAT} nor <stem>{MASK} (e.g. {other[0]})")
         img_hint, mask_hint, image = f"{{}}{SAT}.jpg beside it", f"{{}}{MASK}.png beside it", "satellite image"
     for stem, f in sorted(sats.items()):
         if stem not in masks:
@@ -106,7 +112,7 @@ def list_masks(folder: str | Path) -> dict[str, Path]:
     when the folder has ``masks/``, else every image file of the folder."""
     d = check_folder(folder)
     files = list_images(d / MASKS_DIR if pair_layout(d) == "folders" else d, what="masks")
-    course = {f.stem[: -len(MASK)]: f for f in files if f.stem.endswith(MASK)}
+    course = _by_stem([f for f in files if f.stem.endswith(MASK)], "masks", MASK)
     if course:
         return course
     if any(f.stem.endswith(SAT) for f in files):
@@ -163,6 +169,15 @@ class MaskStats:
         listed = ", ".join(f"{stem} ({n})" for stem, n in summary["stray_masks"].items())
         return (f"{folder}: {summary['stray_files']} masks hold {summary['stray_pixels']} red pixels, which are "
                 f"in no class and count as unknown: {listed}")
+
+    def check_labelled(self, folder: str | Path, classes: SegClasses) -> None:
+        """A one-line error when no mask pixel of ``folder`` falls in a scored class (masks of
+        class indices read by the course's colour rule, say): nothing could be learnt."""
+        if int(self.counts[:, : classes.scored].sum()) == 0:
+            hint = ("; masks of class indices (0, 1, 2 ...) need a classes.yaml with mask_format: index beside them"
+                    if classes.course else "")
+            raise VislabError(folder, f"no pixel of its {len(self.stems)} masks is in a scored class under "
+                                      f"{classes.source}'s description{hint}")
 
     def common_size(self) -> tuple[int, int] | None:
         """The most common tile size (H, W)."""

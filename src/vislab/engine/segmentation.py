@@ -58,6 +58,7 @@ class SegmentationData(SplitData):
         self.classes = classes or deepglobe()
         pairs = list_pairs(train_dir)
         self.stats = scan_masks(pairs, expected=expected, classes=self.classes)
+        self.stats.check_labelled(train_dir, self.classes)
         report = self.stats.stray_report(train_dir)
         if report:
             info(report)

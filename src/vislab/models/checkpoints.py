@@ -64,19 +64,37 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
-        kind = "truncated or corrupt" if p.stat().st_size > 0 else "empty"
-        raise VislabError(p, f"not a readable checkpoint ({kind}: {type(exc).__name__})") from None
+        raise VislabError(p, f"not a readable checkpoint ({_unreadable(p, exc)})") from None
+    expected = f"expected a checkpoint written by `vislab {task or 'cls'} train`"
     if not isinstance(ckpt, dict) or "vislab" not in ckpt or "state_dict" not in ckpt:
         what = "a plain state_dict" if isinstance(ckpt, dict) and all(
             isinstance(v, torch.Tensor) for v in ckpt.values()
         ) else "not a vislab checkpoint"
-        raise VislabError(p, f"{what}; expected a checkpoint written by `vislab {task or 'cls'} train`")
+        raise VislabError(p, f"{what}; {expected}")
     meta = ckpt["vislab"]
+    lacking = [k for k in ("task", "model", "num_classes") if not isinstance(meta, dict) or k not in meta]
+    if lacking:
+        raise VislabError(p, f"its vislab metadata lacks {', '.join(lacking)}; {expected}")
     if task is not None and meta.get("task") != task:
         raise VislabError(
             p, f"is a {meta.get('task')} checkpoint ({meta.get('model')}); expected a {task} checkpoint"
         )
     return ckpt
+
+
+def _unreadable(p: Path, exc: Exception) -> str:
+    """Why ``torch.load(p, weights_only=True)`` failed, in words."""
+    import pickle
+    import zipfile
+
+    if p.stat().st_size == 0:
+        return "empty file"
+    if zipfile.is_zipfile(p) and isinstance(exc, pickle.UnpicklingError):
+        return ("it holds Python objects, not only tensors: a whole model saved with torch.save(model)? "
+                "vislab loads tensors only")
+    if not zipfile.is_zipfile(p):
+        return f"not a PyTorch file, or a truncated one: {type(exc).__name__}"
+    return f"truncated or corrupt: {type(exc).__name__}"
 
 
 def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -89,7 +107,11 @@ def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[
 
     ckpt = read_checkpoint(path, task=task)
     meta = ckpt["vislab"]
-    model = build_model(meta["model"], num_classes=meta["num_classes"], weights=None)
+    try:
+        model = build_model(meta["model"], num_classes=meta["num_classes"], weights=None)
+    except VislabError as exc:  # a model this install does not have (another version, a missing extra)
+        raise VislabError(checkpoint_file(path), f"trained with model {meta['model']!r}, which this vislab cannot "
+                                                 f"build: {exc.message}") from None
     try:
         model.load_state_dict(net_state_dict(ckpt))
     except RuntimeError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from vislab.config import Recipe
-from vislab.data.classification import load_folder, resize_batch
+from vislab.data.classification import load_for_model, load_folder, resize_batch
 from vislab.data.layouts import find_items
 from vislab.data.tensors import normalize
 from vislab.errors import VislabError
@@ -52,7 +52,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                      "trains on at least 2")
     hw = tuple(data.images.shape[-2:])
     if val_dir is not None:  # fail before training, not after
-        load_folder(val_dir, labelled=True, labels_csv=val_labels_csv, class_names=data.class_names, size=hw)
+        load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
+                       labels_csv=val_labels_csv, size=hw)
     train_idx, _ = holdout_split(data.labels, recipe)
     soft = None
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
@@ -182,19 +183,8 @@ def class_label(meta: dict[str, Any], class_id: int) -> str | int:
 
 
 def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | Path | None) -> Any:
-    data = load_folder(img_dir, labelled=True, labels_csv=labels_csv, class_names=meta.get("class_names"),
-                       size=stored_size(meta))
-    assert data.labels is not None
-    if meta.get("class_names") is None and data.layout == "imagefolder":
-        # folder names would be matched to the model's class ids in alphabetical order, by chance
-        raise VislabError(img_dir, "holds class folders, but this model was trained on numbered labels "
-                                   "(<label>_<index> names) and knows no class names; give it a folder of "
-                                   "images named that way")
-    n_cls = meta["num_classes"]
-    if int(data.labels.max()) >= n_cls:
-        bad = data.files[int(torch.argmax((data.labels >= n_cls).int()))]
-        raise VislabError(Path(img_dir) / bad, f"label {int(data.labels.max())} is outside the model's 0..{n_cls - 1}")
-    return data
+    return load_for_model(img_dir, class_names=meta.get("class_names"), num_classes=meta["num_classes"],
+                          labels_csv=labels_csv, size=stored_size(meta))
 
 
 def teacher_probs(teachers: tuple[str, ...], data: Any, train_dir: str | Path,
