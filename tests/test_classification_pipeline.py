@@ -190,6 +190,10 @@ def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):
     text.write_text("not a checkpoint\n")
     bare = tmp_path / "bare.ckpt"
     torch.save({"state_dict": ck["state_dict"], "vislab": {"task": "cls"}}, bare)
+    future = tmp_path / "future.ckpt"
+    ck["vislab"].update(task="cls", format=99)
+    torch.save(ck, future)
+    ck["vislab"]["format"] = 1
     unknown = tmp_path / "unknown.ckpt"
     ck["vislab"].update(task="cls", model="no_such_net")
     torch.save(ck, unknown)
@@ -197,6 +201,7 @@ def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):
              plain: "a plain state_dict", seg: "is a seg checkpoint",
              pickled: "it holds Python objects, not only tensors", text: "not a PyTorch file",
              bare: "its vislab metadata lacks model, num_classes",
+             future: "written by a newer vislab (checkpoint format 99; this one reads up to 1)",
              unknown: "trained with model 'no_such_net', which this vislab cannot build: unknown model"}
     for path, message in cases.items():
         res = cli("cls", "predict", path, color_classes, tmp_path / "x.csv")

@@ -75,6 +75,9 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     lacking = [k for k in ("task", "model", "num_classes") if not isinstance(meta, dict) or k not in meta]
     if lacking:
         raise VislabError(p, f"its vislab metadata lacks {', '.join(lacking)}; {expected}")
+    if not isinstance(meta.get("format", FORMAT), int) or meta.get("format", FORMAT) > FORMAT:
+        raise VislabError(p, f"written by a newer vislab (checkpoint format {meta.get('format')!r}; this one reads "
+                             f"up to {FORMAT}); upgrade vislab")
     if task is not None and meta.get("task") != task:
         raise VislabError(
             p, f"is a {meta.get('task')} checkpoint ({meta.get('model')}); expected a {task} checkpoint"
@@ -105,18 +108,19 @@ def load_network(path: str | Path, *, task: str) -> tuple[torch.nn.Module, dict[
     """
     from vislab.models import build_model
 
-    ckpt = read_checkpoint(path, task=task)
+    file = checkpoint_file(path)
+    ckpt = read_checkpoint(file, task=task)
     meta = ckpt["vislab"]
     try:
         model = build_model(meta["model"], num_classes=meta["num_classes"], weights=None)
     except VislabError as exc:  # a model this install does not have (another version, a missing extra)
-        raise VislabError(checkpoint_file(path), f"trained with model {meta['model']!r}, which this vislab cannot "
+        raise VislabError(file, f"trained with model {meta['model']!r}, which this vislab cannot "
                                                  f"build: {exc.message}") from None
     try:
         model.load_state_dict(net_state_dict(ckpt))
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise VislabError(path, f"weights do not fit {meta['model']} with {meta['num_classes']} classes ({first})") from None
+        raise VislabError(file, f"weights do not fit {meta['model']} with {meta['num_classes']} classes ({first})") from None
     if hasattr(model, "scale"):  # segmenters: the recipe's evaluation resize factor
         model.scale = float(meta.get("recipe", {}).get("infer_scale", 1.0))
     return model.eval(), meta
