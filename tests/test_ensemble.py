@@ -237,6 +237,20 @@ def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):
         x = torch.from_numpy(np.array(Image.open(tiles / "images" / f"{stem}.jpg"))).permute(2, 0, 1)[None]
         expected = _seg_average(nets, x).argmax(1)[0]
         assert np.array_equal(np.array(Image.open(tmp_path / "a" / f"{stem}.png")), expected.numpy()), stem
+    # the graph holds the offsets: --no-offsets on it is refused; an export made with it has none
+    res = cli("seg", "predict", tmp_path / "ens.onnx", tiles / "images", tmp_path / "b", "--no-offsets")
+    assert res.code == 2 and "this export holds its class offsets in the graph" in res.err
+    assert cli("export", spec, tmp_path / "bare.onnx", "--size", "48", "64", "--no-offsets").code == 0
+    assert cli("seg", "predict", tmp_path / "bare.onnx", tiles / "images", tmp_path / "c").code == 0
+    as_trained = [(m, {**meta, "shift": None}) for m, meta in (load_network(r, task="seg") for r in runs)]
+    for stem in ("t00", "t04"):
+        x = torch.from_numpy(np.array(Image.open(tiles / "images" / f"{stem}.jpg"))).permute(2, 0, 1)[None]
+        expected = _seg_average(as_trained, x).argmax(1)[0]
+        assert np.array_equal(np.array(Image.open(tmp_path / "c" / f"{stem}.png")), expected.numpy()), stem
+    best = runs[0] / "best.ckpt"
+    before = best.read_bytes()
+    res = cli("export", runs[0], best)  # its own checkpoint as the output
+    assert res.code == 2 and "is the checkpoint being exported" in res.err and best.read_bytes() == before
 
 
 def test_export_refuses_mixed_tasks_and_onnx_members(cli, cls_runs, seg_runs, tmp_path):

@@ -182,6 +182,7 @@ def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.
     if scale is not None and scale != trained and hasattr(model, "scale"):
         model.scale = scale
         meta["recipe"] = {**meta.get("recipe", {}), "infer_scale": scale}
+        meta["calibrated_scale"] = True  # an export's graph then holds it: --no-offsets cannot take it out
         line += f"; evaluation scale {scale:g} (trained {trained:g})"
     info(line)
     return model, meta

@@ -73,10 +73,9 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     from vislab.models.ensemble import members
 
     paths = members(ckpt)
+    _refuse_overwriting_inputs(paths, out)
     if len(paths) > 1:
-        if not offsets:
-            info("--no-offsets: an ensemble's export never carries class offsets")
-        return export_ensemble(paths, out, size=size, opset=opset, check=check)
+        return export_ensemble(paths, out, size=size, opset=opset, check=check, offsets=offsets)
     task = _task_of(ckpt)
     if not offsets and task != "seg":
         raise VislabError(ckpt, "--no-offsets: a classifier has no class offsets (they come from `vislab seg calibrate`)")
@@ -89,6 +88,16 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
 
 
+def _refuse_overwriting_inputs(paths: list[str], out: str | Path) -> None:
+    """An export whose output is one of its own checkpoints (or an input ONNX file) is refused."""
+    from vislab.models.checkpoints import checkpoint_file
+
+    target = Path(out).resolve()
+    for p in paths:
+        if Path(p).exists() and checkpoint_file(p).resolve() == target:
+            raise VislabError(out, f"is the checkpoint being exported ({p}); write the export to another file")
+
+
 def _task_of(ckpt: str | Path) -> str:
     from vislab.models.checkpoints import read_checkpoint
 
@@ -98,13 +107,14 @@ def _task_of(ckpt: str | Path) -> str:
 
 
 def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] | None = None,
-                    opset: int = 17, check: bool = True) -> dict[str, Any]:
+                    opset: int = 17, check: bool = True, offsets: bool = True) -> dict[str, Any]:
     """One ONNX graph for several checkpoints of one task and the same classes: the input is the
     image scaled to [0, 1] (the stored metadata says mean 0, std 1), each member normalises (and,
     for classifiers, resizes) it its own way, and the output is the log of the averaged class
     probabilities (:class:`vislab.models.ensemble.AveragedNet`). ``vislab cls|seg predict`` on the
     file gives the predictions of the same comma-separated list: a member's calibrated class offsets
-    shift its probabilities inside the graph before the average, as in ``seg predict`` of a list."""
+    shift its probabilities inside the graph before the average, as in ``seg predict`` of a list
+    (``offsets=False``: no member's calibration, offsets or evaluation scale, goes in)."""
     from vislab.calibration import load_segmenter
     from vislab.data.seg_classes import SegClasses
     from vislab.models.checkpoints import load_network
@@ -116,7 +126,9 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
             raise VislabError(path, f"is a {task} model and {paths[0]} a {tasks[0]} model; an ensemble has one task")
     task = tasks[0]
     # each segmenter at its calibrated evaluation scale, if it has one
-    loaded = [load_segmenter(p) if task == "seg" else load_network(p, task=task) for p in paths]
+    if not offsets and task != "seg":
+        raise VislabError(paths[0], "--no-offsets: a classifier has no class offsets (they come from `vislab seg calibrate`)")
+    loaded = [load_segmenter(p, calibrated=offsets) if task == "seg" else load_network(p, task=task) for p in paths]
     metas = [m for _, m in loaded]
     if task == "cls":
         check_same_classes(metas, paths, keys=("num_classes", "class_names"))
@@ -148,6 +160,7 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     shape = network_input_shape(metas[0] if task == "seg" else meta, size)
     if task == "seg":
         meta["recipe"] = {"input_hw": list(shape[1:])}
+        meta["calibrated"] = any("class_offsets" in m for m in metas)  # offsets and scales are in the graph
     return export_network(AveragedNet([(net, m) for net, m in loaded]), meta, out, shape=shape, opset=opset, check=check)
 
 
@@ -289,6 +302,10 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
         meta = net.meta
         if meta.get("task") != task:
             raise VislabError(path, f"is a {meta.get('task')} model ({meta.get('model')}); expected a {task} model")
+        if not calibrated and (meta.get("calibrated_scale") or meta.get("calibrated")):
+            inside = "class offsets" if meta.get("calibrated") else "calibrated evaluation scale"
+            raise VislabError(path, f"--no-offsets: this export holds its {inside} in the graph; predict with the "
+                                    "checkpoint, or export it with --no-offsets")
         return net, meta
     model, meta = load_segmenter(path, calibrated=calibrated) if task == "seg" else load_network(path, task=task)
     if on_cpu:
