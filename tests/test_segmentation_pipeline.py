@@ -295,6 +295,35 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out2", "--tta", "shift")  # P1's only
     assert res.code == 2 and "unknown --tta 'shift'; choose none or flip or d4" in res.err
     assert not (tmp_path / "out2").exists()
+    res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")  # again: the earlier mask is replaced, and said
+    assert res.code == 0 and "1 masks of an earlier prediction are replaced" in " ".join(res.err.split())
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    res = cli("seg", "predict", seg_run / "run", d, d)  # into its own folder
+    assert res.code == 2 and f"{d}: is the folder of the input images" in res.err
+    Image.open(d / "0042.jpg").save(d / "0042.png")  # two images, one output name
+    res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out3")
+    assert res.code == 2 and "0042.png: and 0042.jpg would both be predicted into 0042.png" in res.err
+    assert not (tmp_path / "out3").exists()
+    (d / "0042.png").unlink()
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+
+
+def test_eval_counts_red_pixels_in_predictions(cli, tmp_path):
+    """The course rule reads predictions as its evaluator does; red pixels (no class) count as
+    unknown, and are said and counted."""
+    d = _make_pairs(tmp_path / "gt", n=2, size=16)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i in range(2):
+        mask = np.array(Image.open(d / f"{i:04d}_mask.png"))
+        if i == 1:
+            mask[:2, :3] = (255, 0, 0)  # 6 red pixels
+        Image.fromarray(mask).save(pred / f"{i:04d}_mask.png")
+    res = cli("seg", "eval", pred, d, "--json", tmp_path / "e.json")
+    assert res.code == 0, res.err
+    assert "1 predicted masks hold 6 red pixels" in " ".join(res.err.split())
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["prediction_stray_pixels"] == 6 and got["pixel_accuracy"] == pytest.approx(1 - 6 / (2 * 16 * 16))
 
 
 def test_flip_tta_of_flip_equivariant_model_equals_plain():
@@ -481,5 +510,6 @@ def test_class_weights_refuse_masks_without_a_scored_pixel(cli, tmp_path):
                                       "holdout": 0, "class_weights": "inverse-sqrt-frequency", "input_hw": [64, 64]}))
     res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run", "--snapshot", "")
     assert res.code != 0
-    assert str(train) in res.err and "no training pixel is of a class the mIoU scores" in " ".join(res.err.split())
+    # the data check comes first: not one mask pixel is of a scored class
+    assert str(train) in res.err and "no pixel of its 2 masks is in a scored class" in " ".join(res.err.split())
     assert not (tmp_path / "run" / "last.ckpt").exists()

@@ -217,6 +217,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         model_file(p, engine)
     check_tta(tta)
     files = list_unlabelled(img_dir)
+    _check_outputs(files, Path(out_dir))
     sizes = [image_size(f) for f in files]
     hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
@@ -232,6 +233,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         raise VislabError(out, "is a file, but an output folder is needed")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    replaced = sum((out / _output_name(f)).exists() for f in files)
+    if replaced:
+        info(f"{out}: {replaced} masks of an earlier prediction are replaced")
     staging = Path(tempfile.mkdtemp(prefix=".vislab-predict-", dir=out))
     done = False
     try:
@@ -252,6 +256,20 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         if created and not done:
             shutil.rmtree(out, ignore_errors=True)
     return len(files)
+
+
+def _check_outputs(files: list[Path], out: Path) -> None:
+    """Before any work: two images whose masks would get one name, and an output folder that is
+    the images' own (its masks, or the images themselves, would be replaced), are refused."""
+    named: dict[str, Path] = {}
+    for f in files:
+        name = _output_name(f)
+        if name in named:
+            raise VislabError(f, f"and {named[name].name} would both be predicted into {name}; rename one")
+        named[name] = f
+    if out.is_dir() and any(out.resolve() == d.resolve() for d in {f.parent for f in files}):
+        raise VislabError(out, "is the folder of the input images: the predicted masks would replace its files "
+                               "(ground-truth masks, or the images); write them to another folder")
 
 
 def _check_fixed_input(model: Any, path: str, files: list[Path], sizes: list[tuple[int, int]], tta: str) -> None:
@@ -291,7 +309,9 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
     are read (and the mIoU chosen) by ``classes``, else the ``classes.yaml`` of ``gt_dir`` or
     the folder above, else the course's colour code and course mIoU. Files pair by stem
     (``xxxx.png`` or ``xxxx_mask.png``); a missing or extra prediction, a size mismatch or a
-    value that is no class is an error naming the file.
+    value that is no class (index and palette sets) is an error naming the file. Course masks
+    are read by the course's 3-bit rule on both sides, as its evaluator does; red pixels in a
+    prediction (no class) count as unknown and are said on the console and counted in the result.
     """
     desc = find_classes(gt_dir, classes)
     gt = list_masks(gt_dir)
@@ -304,16 +324,22 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
         raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    strays = []
+    strays, pred_strays = [], {}
     for stem in sorted(gt):
         truth, stray = desc.read_mask(gt[stem])
         strays.append((stem, stray))
-        guess, _ = desc.read_mask(pred[stem], tuple(truth.shape))
+        guess, pred_stray = desc.read_mask(pred[stem], tuple(truth.shape))
+        if pred_stray:
+            pred_strays[pred[stem].name] = pred_stray
         if bool((guess == IGNORE).any()):
             raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
                                           "every pixel must be given a class")
         conf += confusion_matrix(truth, guess, k, ignore_index=IGNORE)
-    return _seg_metrics(conf, desc, files=len(gt), **stray_summary(strays))
+    if pred_strays:
+        info(f"{pred_dir}: {len(pred_strays)} predicted masks hold {sum(pred_strays.values())} red pixels, which are in "
+             f"no class and count as unknown (e.g. {min(pred_strays)})")
+    return _seg_metrics(conf, desc, files=len(gt), **stray_summary(strays),
+                        prediction_stray_pixels=sum(pred_strays.values()))
 
 
 def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
