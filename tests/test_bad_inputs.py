@@ -253,3 +253,29 @@ def test_demo_names_its_flag_and_its_folder(cli, tmp_path):
     (tmp_path / "d" / "last.ckpt").write_bytes(b"x")
     assert _one_line(cli("demo", "--data", data, "--out", tmp_path / "d")) == \
         f"vislab: error: {tmp_path / 'd'}: holds a previous run; the demo trains into a fresh --out"
+
+
+def test_settings_a_run_would_ignore_or_fail_on_are_refused_up_front(cli, color_classes, tmp_path):
+    """Each of these used to train silently without the setting, or to fail mid-run with an
+    internal error: now one line, and no run folder."""
+    out = tmp_path / "run"
+
+    def recipe(**fields) -> str:
+        p = tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml"
+        p.write_text(yaml.safe_dump({"task": "cls", "model": "simple_cnn", "epochs": 1, "batch_size": 8, **fields}))
+        return str(p)
+
+    cases = [
+        ((recipe(), "--distill", "0.5"), "--distill: weights the teacher's soft targets, and there is no teacher"),
+        ((recipe(), "--model", "smp:unet:resnet18"), "--model: smp:unet:resnet18 is a seg model; a cls run needs a cls model"),
+        ((recipe(optimizer="adamw", momentum=0.1),), "field momentum is SGD's; adamw has its own betas"),
+        ((recipe(extra={"foo": 1}),), "field extra is read by nothing in vislab, so foo would be ignored"),
+        ((recipe(mean=[0.5, 0.5]),), "recipe field mean must be three numbers in [0, 1]"),
+        ((recipe(std=[0, 0, 0]),), "recipe field std must be three numbers in (0, 1]"),
+        ((recipe(pad=32),), "pad 32: reflect padding must be smaller than the stored images' side (32x32)"),
+        ((recipe(freeze=["features", "hidden", "fc"]),), "cover every parameter of simple_cnn; nothing would train"),
+    ]
+    for args, message in cases:
+        res = cli("cls", "train", color_classes, "--recipe", *args, "--out", out)
+        assert message in " ".join(_one_line(res).split()), (args, res.err)
+        assert not out.exists(), args

@@ -91,6 +91,10 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("resize_from", _int(1), "an integer >= 1 (the first epoch's training side; null: image_size throughout)"),
     ("crop_size", _int(1), "an integer >= 1 (0: the whole image)"),
     ("pad", _int(0), "an integer >= 0"),
+    ("mean", lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and 0 <= x <= 1 for x in v),
+     "three numbers in [0, 1] (R, G, B, in units of the image's full range)"),
+    ("std", lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and 0 < x <= 1 for x in v),
+     "three numbers in (0, 1] (R, G, B, in units of the image's full range)"),
     ("infer_scale", _num(0, 8, lo_open=True, hi_open=False), "in (0, 8]"),
     ("seed", _int(0), "an integer >= 0"),
     ("num_workers", _int(0), "an integer >= 0"),
@@ -280,6 +284,11 @@ def check_applies(recipe: Recipe) -> None:
             raise FieldError("resize_from", "grows the training side to image_size, and image_size is not set")
         if recipe.resize_from > recipe.image_size:
             raise FieldError("resize_from", f"must be at most image_size ({recipe.image_size}), got {recipe.resize_from}")
+    if recipe.momentum != defaults["momentum"] and recipe.optimizer in ("adam", "adamw"):
+        raise FieldError("momentum", f"is SGD's; {recipe.optimizer} has its own betas and would ignore it")
+    if recipe.extra:
+        raise FieldError("extra", f"is read by nothing in vislab, so {', '.join(map(str, recipe.extra))} would be "
+                                  "ignored; `vislab recipes` lists the fields")
     if recipe.task == "cls" and not recipe.teacher and recipe.distill != defaults["distill"]:
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     if recipe.task == "seg":

@@ -36,6 +36,8 @@ def freeze_prefixes(net: torch.nn.Module, prefixes: tuple[str, ...], *, model: s
         frozen.append(named[prefix])
         for p in named[prefix].parameters():
             p.requires_grad_(False)
+    if prefixes and not any(p.requires_grad for p in net.parameters()):
+        raise VislabError(None, f"freeze: {', '.join(prefixes)} cover every parameter of {model}; nothing would train")
     return frozen
 
 

@@ -51,6 +51,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         raise VislabError(train_dir, f"all {len(data.labels)} images are of one class ({which}); a classifier "
                                      "trains on at least 2")
     hw = tuple(data.images.shape[-2:])
+    if recipe.pad >= min(hw):
+        raise VislabError(None, f"pad {recipe.pad}: reflect padding must be smaller than the stored images' side "
+                                f"({hw[0]}x{hw[1]})")
     if val_dir is not None:  # fail before training, not after
         load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
                        labels_csv=val_labels_csv, size=hw)

@@ -85,6 +85,8 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         info(f"setting: {flag('epochs')} {given['epochs']} replaces the recipe's budget_minutes "
              f"({budget:g}): no time budget")
     check_applies(r)
+    if "distill" in given and not r.teacher:  # the default value, given explicitly, would be ignored too
+        raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     check_model_and_weights(r, recipe, flag=flag, given=given)
     return r
 
@@ -100,6 +102,9 @@ def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str
         entry = get_entry(r.model)
     except VislabError as exc:
         raise VislabError(flag("model") if "model" in given else recipe, exc.message) from None
+    if entry.task != r.task:
+        raise VislabError(flag("model") if "model" in given else recipe,
+                          f"{r.model} is a {entry.task} model; a {r.task} run needs a {r.task} model (`vislab models`)")
     if r.weights in (None, "imagenet"):
         return
     if not Path(r.weights).exists():  # a run folder's checkpoint is found by the load
