@@ -217,7 +217,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         model_file(p, engine)
     check_tta(tta)
     files = list_unlabelled(img_dir)
-    _check_outputs(files, Path(out_dir))
+    names = _check_outputs(files, Path(out_dir))
     sizes = [image_size(f) for f in files]
     hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
@@ -233,7 +233,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         raise VislabError(out, "is a file, but an output folder is needed")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    replaced = sum((out / _output_name(f)).exists() for f in files)
+    replaced = sum((out / name).exists() for name in names)
     if replaced:
         info(f"{out}: {replaced} masks of an earlier prediction are replaced")
     staging = Path(tempfile.mkdtemp(prefix=".vislab-predict-", dir=out))
@@ -246,9 +246,8 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
                 probs = _averaged(models, torch.stack(images[run.start : run.stop]), tta=tta, device=dev,
                                   shifts=shifts)
                 for i, ids in zip(run, probs.argmax(1).cpu()):
-                    (staging / _output_name(chunk[i])).write_bytes(classes.mask_png(ids))
-        for f in files:
-            name = _output_name(f)
+                    (staging / names[start + i]).write_bytes(classes.mask_png(ids))
+        for name in names:
             (staging / name).replace(out / name)
         done = True
     finally:
@@ -258,9 +257,10 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     return len(files)
 
 
-def _check_outputs(files: list[Path], out: Path) -> None:
-    """Before any work: two images whose masks would get one name, and an output folder that is
-    the images' own (its masks, or the images themselves, would be replaced), are refused."""
+def _check_outputs(files: list[Path], out: Path) -> list[str]:
+    """The mask file name of each image, in order. Before any work: two images whose masks would
+    get one name, and an output folder that is the images' own (its masks, or the images
+    themselves, would be replaced), are refused."""
     named: dict[str, Path] = {}
     for f in files:
         name = _output_name(f)
@@ -270,6 +270,7 @@ def _check_outputs(files: list[Path], out: Path) -> None:
     if out.is_dir() and any(out.resolve() == d.resolve() for d in {f.parent for f in files}):
         raise VislabError(out, "is the folder of the input images: the predicted masks would replace its files "
                                "(ground-truth masks, or the images); write them to another folder")
+    return list(named)
 
 
 def _check_fixed_input(model: Any, path: str, files: list[Path], sizes: list[tuple[int, int]], tta: str) -> None:
@@ -324,22 +325,22 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
         raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
     k = desc.num_classes
     conf = torch.zeros(k, k, dtype=torch.long)
-    strays, pred_strays = [], {}
+    strays, pred_strays = [], []
     for stem in sorted(gt):
         truth, stray = desc.read_mask(gt[stem])
         strays.append((stem, stray))
         guess, pred_stray = desc.read_mask(pred[stem], tuple(truth.shape))
-        if pred_stray:
-            pred_strays[pred[stem].name] = pred_stray
+        pred_strays.append((pred[stem].name, pred_stray))
         if bool((guess == IGNORE).any()):
             raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
                                           "every pixel must be given a class")
         conf += confusion_matrix(truth, guess, k, ignore_index=IGNORE)
-    if pred_strays:
-        info(f"{pred_dir}: {len(pred_strays)} predicted masks hold {sum(pred_strays.values())} red pixels, which are in "
-             f"no class and count as unknown (e.g. {min(pred_strays)})")
+    predicted = stray_summary(pred_strays)
+    if predicted["stray_files"]:
+        info(f"{pred_dir}: {predicted['stray_files']} predicted masks hold {predicted['stray_pixels']} red pixels, "
+             f"which are in no class and count as unknown (e.g. {min(predicted['stray_masks'])})")
     return _seg_metrics(conf, desc, files=len(gt), **stray_summary(strays),
-                        prediction_stray_pixels=sum(pred_strays.values()))
+                        prediction_stray_pixels=predicted["stray_pixels"])
 
 
 def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
