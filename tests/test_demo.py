@@ -19,7 +19,8 @@ def test_demo_trains_from_offline_weights_and_writes_its_files(cli, tmp_path):
     out = tmp_path / "demo"
     res = cli("demo", "--data", root, "--out", out, "--epochs", "1")
     assert res.code == 0, res.err
-    assert "--epochs 1 replaces the recipe's budget_minutes" in res.err + res.out
+    assert "--epochs 1 replaces the recipe's budget_minutes" in " ".join(res.err.split())
+    assert "--epochs 1 replaces the recipe's budget_minutes (9): no time budget" in (out / "changes.txt").read_text()
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert saved["epochs"] == 1 and saved["budget_minutes"] is None and saved["weights"] == "imagenet"
     rows = list(csv.DictReader((out / "predictions_val_50.csv").open()))

@@ -83,7 +83,7 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     """The recipe a train command runs (:func:`vislab.pipelines.settings.run_recipe`): ``recipe``,
     else the task's default, or with ``--resume`` the run folder's own (``--recipe`` refused);
     a flag's bad value is reported under the flag's own name, and a recipe of the other task
-    is refused naming its file."""
+    is refused naming its file. Returns the recipe and its settings lines for ``changes.txt``."""
     from vislab.pipelines.settings import run_recipe
 
     saved = out_dir / "recipe.yaml"
@@ -92,10 +92,10 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe")
         recipe = str(saved)
     recipe = recipe or DEFAULT_RECIPE[task]
-    r = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
+    r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
     if r.task != task:
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
-    return r
+    return r, notes
 
 
 RecipeOpt = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data; with --resume: the run folder's).")
@@ -199,7 +199,7 @@ def cls_train(
     train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, "p1_data/val_50")
     if val_labels is not None and val_dir is None:
         raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
-    r = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+    r, notes = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix,
@@ -208,7 +208,7 @@ def cls_train(
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=None if teacher is None else tuple(members(teacher)))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
-                   val_labels_csv=val_labels, command=_command_line())
+                   val_labels_csv=val_labels, command=_command_line(), notes=notes)
     if "val" in result:
         out.print(f"val accuracy: {result['val']['accuracy']:.4f}  (top-5 {result['val']['top5']:.4f}, {result['val']['images']} images)")
 
@@ -317,13 +317,13 @@ def seg_train(
 
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
-    r = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+    r, notes = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches, budget_minutes=budget)
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
-                   classes=classes)
+                   classes=classes, notes=notes)
     if "val" in result:
         _print_seg(result["val"])
 

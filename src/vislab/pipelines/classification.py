@@ -25,14 +25,15 @@ from vislab.pipelines.settings import check_positive, held_out_of
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
           val_dir: str | Path | None = None, labels_csv: str | Path | None = None,
-          val_labels_csv: str | Path | None = None, command: str = "") -> dict[str, Any]:
+          val_labels_csv: str | Path | None = None, command: str = "", notes: Sequence[str] = ()) -> dict[str, Any]:
     """Train a classifier on ``train_dir`` (any layout of :mod:`vislab.data.layouts`) into the
     run folder ``out_dir``.
 
     The best checkpoint is chosen on a held-out split of the training folder; ``val_dir`` (if
     given) is evaluated once at the end with that checkpoint. Every input is read before anything
     is written; settings the data decides (normalisation, a batch larger than the data) are
-    printed and recorded in the run folder (``changes.txt``, results.json).
+    printed and recorded in the run folder (``changes.txt``, results.json), after ``notes``: the
+    settings lines of :func:`vislab.pipelines.settings.run_recipe`.
 
     Example:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
@@ -64,6 +65,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
+    changes = [*notes, *changes]
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,
                  "train_files_digest": labelled_digest(data)}
 

@@ -25,9 +25,9 @@ def demo(root: str | Path, out_dir: str | Path, *, epochs: int | None = None, co
     if (out / "last.ckpt").exists():
         raise VislabError(out, "holds a previous run; the demo trains into a fresh --out")
     train_dir, val_dir = root / "p1_data" / "train_50", root / "p1_data" / "val_50"
-    recipe = run_recipe(DEMO_RECIPE, out, resume=False, overrides={"epochs": epochs},
+    recipe, notes = run_recipe(DEMO_RECIPE, out, resume=False, overrides={"epochs": epochs},
                         flag=lambda f: "--" + f.replace("_", "-"))
-    result = train(train_dir, recipe, out_dir=out, val_dir=val_dir, command=command)
+    result = train(train_dir, recipe, out_dir=out, val_dir=val_dir, command=command, notes=notes)
     ckpt = Path(result["checkpoint"])
     csv_path = out / "predictions_val_50.csv"
     result["predictions"] = {"file": str(csv_path), "images": predict(ckpt, val_dir, csv_path)}

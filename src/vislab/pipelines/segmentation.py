@@ -23,13 +23,14 @@ from vislab.models.ensemble import members
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
           val_dir: str | Path | None = None, command: str = "",
-          classes: str | Path | None = None) -> dict[str, Any]:
+          classes: str | Path | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
     """Train a segmenter on the pairs of ``train_dir`` into the run folder ``out_dir``.
 
     The masks mean what ``classes`` (a classes file), else the ``classes.yaml`` of ``train_dir``
     (or the folder above), else the course's colour code says. The best checkpoint is chosen by
     the data set's mIoU on a held-out split of ``train_dir``; ``val_dir`` is evaluated once at
-    the end. Snapshot stems are looked up in ``val_dir`` first, then in ``train_dir``.
+    the end. Snapshot stems are looked up in ``val_dir`` first, then in ``train_dir``. ``notes``:
+    the settings lines of :func:`vislab.pipelines.settings.run_recipe`, for ``changes.txt``.
 
     Example:
         >>> train("hw1_data/p2_data/train", load_recipe("seg-fcn32s-seed"), out_dir="runs/p2",
@@ -60,7 +61,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
-    changes = [note] if note else []
+    changes = [*notes, *([note] if note else [])]
     recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
     if line and recipe.calibrate:
         recipe = recipe.with_overrides(calibrate=False)

@@ -41,9 +41,10 @@ learning-rate schedule follows the samples seen, so the process count may change
 
 
 def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
-               flag: Callable[[str], str] = lambda f: f) -> Recipe:
+               flag: Callable[[str], str] = lambda f: f) -> tuple[Recipe, list[str]]:
     """The recipe a training run executes: ``recipe`` (a shipped name or YAML file) with the given
-    ``overrides`` applied (None = not given), checked for fields the task would ignore.
+    ``overrides`` applied (None = not given), checked for fields the task would ignore; and the
+    settings lines that the run folder's ``changes.txt`` must record (pass them to ``train``).
 
     A resume continues the recipe saved in the run folder and refuses any override but
     :data:`RESUME_CHANGEABLE` (named by ``flag``). An explicit ``epochs`` switches off the
@@ -61,7 +62,7 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
 
 
 def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
-                flag: Callable[[str], str]) -> Recipe:
+                flag: Callable[[str], str]) -> tuple[Recipe, list[str]]:
     from vislab.config import check_applies, load_recipe
 
     if resume and (out_dir / "recipe.yaml").is_file():
@@ -70,7 +71,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         if changed:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
                                        f"{', '.join(flag(k) for k in changed)}")
-        return base.with_overrides(**{k: v for k, v in overrides.items() if k in RESUME_CHANGEABLE})
+        return base.with_overrides(**{k: v for k, v in overrides.items() if k in RESUME_CHANGEABLE}), []
     given = {k: v for k, v in overrides.items() if v is not None}
     if "epochs" in given and "budget_minutes" in given:
         raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
@@ -78,17 +79,14 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     budget = r.budget_minutes if "epochs" in given else None
     if budget is not None:
         r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
-    r = r.with_overrides(**given)  # checked: a bad --epochs is refused before the line below
-    if budget is not None:
-        from vislab.log import info
-
-        info(f"setting: {flag('epochs')} {given['epochs']} replaces the recipe's budget_minutes "
-             f"({budget:g}): no time budget")
+    r = r.with_overrides(**given)
+    notes = [] if budget is None else [f"{flag('epochs')} {given['epochs']} replaces the recipe's budget_minutes "
+                                       f"({budget:g}): no time budget"]
     check_applies(r)
     if "distill" in given and not r.teacher:  # the default value, given explicitly, would be ignored too
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     check_model_and_weights(r, recipe, flag=flag, given=given)
-    return r
+    return r, notes
 
 
 def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str], given: dict[str, Any]) -> None:
