@@ -204,10 +204,18 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     res = cli("seg", "calibrate", ckpt, seg_run / "train")
     assert res.code == 0, res.err
     assert "mIoU on 2 holdout pairs" in res.out and (tmp_path / "best.offsets.json").is_file()
+    assert "replaces" not in res.err and "trained on" not in res.err
+    # every training pair (the trained-on ones among them): said, recorded, and the earlier fit named
+    res = cli("seg", "calibrate", ckpt, seg_run / "train", "--split", "all")
+    said = " ".join(res.err.split())
+    assert res.code == 0 and "these are the pairs best.ckpt was trained on" in said
+    assert f"replaces the offsets fitted on 2 pairs of {seg_run / 'train'} (--split holdout)" in said
+    assert json.loads((tmp_path / "best.offsets.json").read_text())["trained_on"] is True
 
     val = seg_run / "val"
     rec = calibrate(ckpt, val, split="all", stride=1)
     assert rec["miou_after"] > rec["miou_before"]  # the barely trained network leaves room to gain
+    assert rec["trained_on"] is False
     fitted = evaluate_checkpoint(ckpt, val)
     assert fitted["offsets"] == rec["offsets"]
     assert fitted["miou"] == pytest.approx(rec["miou_after"], abs=2e-3)

@@ -494,6 +494,10 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")
     if not pairs:
         raise VislabError(pairs_dir, "no labelled pairs to calibrate on")
+    seen = split == "all" and meta.get("train_pairs_digest") == pairs_digest(pairs)
+    if seen:
+        info(f"{pairs_dir}: these are the pairs {path.name} was trained on, so offsets fitted on them lean towards "
+             "what it learnt; --split holdout fits them on its held-out pairs only")
     trained = float(recipe.get("infer_scale", 1.0))
     if not hasattr(model, "scale"):
         if scales and list(scales) != [trained]:
@@ -521,12 +525,30 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     assert best is not None
     after, offsets, chosen = best
     before = next(s["miou_before"] for s in per_scale if s["scale"] == trained)
+    _say_replaced(path)
     record = {"classes": list(desc.names), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
-              "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
+              "trained_on": seen, "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
               "trained_scale": trained, "infer_scale": chosen, "scales": per_scale}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
     return record
+
+
+def _say_replaced(ckpt: Path) -> None:
+    """One line when ``ckpt`` already has offsets, naming what they were fitted on."""
+    import json
+
+    from vislab.calibration import offsets_file
+
+    old = offsets_file(ckpt)
+    if not old.is_file():
+        return
+    try:
+        body = json.loads(old.read_text())
+        what = f"the offsets fitted on {body['files']} pairs of {body['pairs']} (--split {body['split']})"
+    except (ValueError, KeyError, TypeError):
+        what = "an unreadable offsets file"
+    info(f"{old}: replaces {what}")
 
 
 def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,
