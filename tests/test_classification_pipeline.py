@@ -101,6 +101,13 @@ def test_tsne_outputs(cli, trained, color_classes, tmp_path):
             shutil.copy(color_classes / f"{c}_{i}.png", few / f"{c}_{i}.png")
     res = cli("cls", "tsne", trained, few, "--out", tmp_path / "f.png")
     assert res.code == 0 and "setting: --perplexity 30 -> 2.67: 9 images allow at most (n - 1) / 3" in " ".join(res.err.split())
+    # the figure's format follows its name; an extension no format has is refused before any work
+    assert cli("cls", "tsne", trained, few, "--out", tmp_path / "f.pdf").code == 0
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+    assert cli("cls", "tsne", trained, few, "--out", tmp_path / "f.jpg").code == 0
+    assert (tmp_path / "f.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG start-of-image marker
+    res = cli("cls", "tsne", trained, tmp_path / "nowhere", "--out", tmp_path / "f.gif")
+    assert res.code == 2 and "f.gif: a figure is written as .png, .pdf, .svg or .jpg, and .gif is none" in " ".join(res.err.split())
 
 
 def test_same_seed_same_weights(cli, color_classes, tmp_path):

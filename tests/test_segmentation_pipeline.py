@@ -404,6 +404,10 @@ def test_progress_figure(cli, seg_run, tmp_path):
     assert img.size[0] > img.size[1]  # 2 rows x 5 columns
     res = cli("seg", "progress", seg_run / "run", "--out", tmp_path / "m2.png", "--epochs", "1,9")
     assert res.code == 2 and "no snapshot of epoch 9" in res.err
+    assert cli("seg", "progress", seg_run / "run", "--out", tmp_path / "m.svg").code == 0
+    assert b"<svg" in (tmp_path / "m.svg").read_bytes()[:2000]
+    res = cli("seg", "progress", seg_run / "run", "--out", tmp_path / "masks")
+    assert res.code == 2 and "a name without an extension is none of them" in " ".join(res.err.split())
 
 
 @requires_real

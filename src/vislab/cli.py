@@ -271,7 +271,8 @@ def cls_predict(
 def cls_tsne(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
     img_dir: Path = typer.Argument(..., help="Labelled image folder (e.g. val_50)."),
-    out_png: Path = typer.Option(Path("tsne.png"), "--out", help="Output PNG; a CSV of points is written beside it."),
+    out_png: Path = typer.Option(Path("tsne.png"), "--out",
+                                 help="Output figure (.png, .pdf, .svg or .jpg); a CSV of points is written beside it."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat IMG_DIR."),
     seed: int = typer.Option(0, "--seed"),
     perplexity: float = typer.Option(30.0, "--perplexity"),
@@ -446,7 +447,7 @@ def seg_predict(
 @seg_app.command("progress")
 def seg_progress(
     run_dir: Path = typer.Argument(..., help="Run folder of `vislab seg train --snapshot ...`."),
-    out_png: Path = typer.Option(Path("masks.png"), "--out", help="Output PNG."),
+    out_png: Path = typer.Option(Path("masks.png"), "--out", help="Output figure (.png, .pdf, .svg or .jpg)."),
     epochs: Optional[str] = typer.Option(None, "--epochs", help="Epochs to show, e.g. 1,5,20 (default early/middle/final)."),
 ) -> None:
     """The predicted masks of the snapshot images at early, middle and final epochs."""

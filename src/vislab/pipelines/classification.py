@@ -356,9 +356,12 @@ def _write_rows(path: str | Path, header: list[str], rows: Any) -> None:
 def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv: str | Path | None = None,
          seed: int = 0, perplexity: float = 30.0, device: str | None = None,
          labels_csv: str | Path | None = None) -> Path:
-    """t-SNE of the second-last-layer features of a labelled folder: a PNG and a CSV of points."""
+    """t-SNE of the second-last-layer features of a labelled folder: a figure (PNG, PDF, SVG or
+    JPEG by the extension of ``out_png``) and a CSV of points."""
+    from vislab.viz.save import figure_format
     from vislab.viz.tsne import embed, plot_embedding, usable_perplexity
 
+    figure_format(out_png)
     check_positive(perplexity=perplexity)
     if seed < 0:
         raise VislabError("--seed", f"must be >= 0, got {seed}")

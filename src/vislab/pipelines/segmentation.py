@@ -569,7 +569,10 @@ def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasse
 
 
 def progress(run_dir: str | Path, *, out_png: str | Path, epochs: list[int] | None = None) -> Path:
-    """The mask-progression figure: a row per snapshot image; satellite, truth, early/middle/final."""
+    """The mask-progression figure (PNG, PDF, SVG or JPEG by the extension of ``out_png``): a row
+    per snapshot image; satellite, truth, early/middle/final."""
     from vislab.viz.progress import progress_figure
+    from vislab.viz.save import figure_format
 
+    figure_format(out_png)
     return progress_figure(Path(run_dir), Path(out_png), epochs=epochs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vislab.errors import VislabError
-from vislab.io import atomic_path
+from vislab.viz.save import save_figure
 
 
 def snapshot_epochs(snap_dir: Path) -> list[int]:
@@ -53,7 +53,6 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
             ax.set_title(title, fontsize=9)
     fig.suptitle(f"Predicted masks during training ({run_dir.name}): early, middle, final", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, out_png)
     plt.close(fig)
     return out_png

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vislab.io import atomic_path
+from vislab.viz.save import save_figure
 
 
 def usable_perplexity(n: int, perplexity: float) -> float:
@@ -57,6 +57,5 @@ def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, t
     ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6, ncol=ncol,
               markerscale=1.5, frameon=False)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, out_png)
     plt.close(fig)
