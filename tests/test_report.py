@@ -77,7 +77,7 @@ def test_markdown_is_not_html_escaped_and_html_is(cli, real_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(real_runs / "run2", run, ignore=shutil.ignore_patterns("*.ckpt", "tensorboard"))
     (run / "command.txt").write_text("vislab seg train a&b --snapshot '<x>'\n")
-    assert cli("report", run, "--out", tmp_path / "r.md", "--format", "md").code == 0
+    assert cli("report", run, "--out", tmp_path / "r.md").code == 0  # the format the name says
     md = (tmp_path / "r.md").read_text()
     assert "vislab seg train a&b --snapshot '<x>'" in md and "&amp;" not in md
     assert cli("report", run, "--out", tmp_path / "r.html").code == 0
@@ -88,6 +88,12 @@ def test_report_errors(cli, tmp_path):
     res = cli("report", tmp_path, "--out", tmp_path / "r.html")
     assert res.code == 2 and "not a vislab run folder (no recipe.yaml)" in res.err
     assert not (tmp_path / "r.html").exists()
+    res = cli("report", tmp_path, "--out", tmp_path / "r.html", "--format", "md")
+    assert res.code == 2 and "r.html: the name says html, but --format is md" in " ".join(res.err.split())
+    res = cli("report", tmp_path, "--out", tmp_path / "r.txt")
+    assert res.code == 2 and "r.txt: name the page .html or .md, or give --format html|md" in " ".join(res.err.split())
+    res = cli("report", tmp_path, "--out", tmp_path / "r.txt", "--format", "pdf")
+    assert res.code == 2 and "--format: unknown format 'pdf'; choose html or md" in " ".join(res.err.split())
 
 
 @requires_real

@@ -484,13 +484,15 @@ def export_cmd(
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (P1 and/or P2)."),
     out_file: Path = typer.Option(Path("report.html"), "--out", help="Output file."),
-    fmt: str = typer.Option("html", "--format", help="html | md (figures embedded either way)."),
+    fmt: Optional[str] = typer.Option(None, "--format",
+                                      help="html | md (figures embedded either way); default: by the --out name."),
     title: str = typer.Option("vislab report", "--title"),
     shot: Optional[Path] = typer.Option(None, "--screenshot", help="Also render the HTML page to this PNG (headless Chromium)."),
 ) -> None:
     """The homework's figures and tables from run folders, as one self-contained page."""
-    from vislab.report import build_report, screenshot
+    from vislab.report import build_report, page_format, screenshot
 
+    fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
         raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")
     _outputs(out_file, shot)

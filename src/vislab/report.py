@@ -222,14 +222,31 @@ def _readable_section(run: Path, i: int) -> dict[str, Any]:
                                f"history.csv: {type(exc).__name__}: {first})") from None
 
 
-def build_report(runs: list[str | Path], out: str | Path, *, fmt: str = "html", title: str = "vislab report") -> Path:
-    """Write the report page for ``runs`` to ``out`` (``fmt``: html or md).
+_PAGE_SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+
+
+def page_format(out: str | Path, fmt: str | None = None) -> str:
+    """The report format: ``fmt`` (html or md), else the one the name of ``out`` says; a format
+    that contradicts the name, or neither, is a one-line error."""
+    if fmt is not None and fmt not in ("html", "md"):
+        raise VislabError("--format", f"unknown format {fmt!r}; choose html or md")
+    named = _PAGE_SUFFIXES.get(Path(out).suffix.lower())
+    if fmt is None and named is None:
+        raise VislabError(out, "name the page .html or .md, or give --format html|md")
+    if fmt is not None and named is not None and named != fmt:
+        raise VislabError(out, f"the name says {named}, but --format is {fmt}; rename the file or drop --format")
+    return fmt or str(named)
+
+
+def build_report(runs: list[str | Path], out: str | Path, *, fmt: str | None = None,
+                 title: str = "vislab report") -> Path:
+    """Write the report page for ``runs`` to ``out`` (``fmt``: html or md; default: by the name of
+    ``out``, see :func:`page_format`).
 
     Example:
         >>> build_report(["runs/p1", "runs/p2"], "report.html")
     """
-    if fmt not in ("html", "md"):
-        raise VislabError(None, f"unknown --format {fmt!r}; choose html or md")
+    fmt = page_format(out, fmt)
     found = [run for r in runs for run in find_runs(Path(r))]
     sections = [_readable_section(run, i) for i, run in enumerate(found)]
     context = {"title": title, "date": datetime.date.today().isoformat(), "runs": sections}
