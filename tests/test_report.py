@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 
@@ -106,3 +107,25 @@ def test_report_renders_in_headless_chromium_realdata(cli, real_runs, tmp_path):
     shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=float)
     assert shot.shape == (2400, 1200)
     assert shot.std() > 20  # text and figures, not a blank page
+
+
+def test_report_says_a_run_is_unfinished_stopped_early_or_changed(cli, tmp_path):
+    """A run folder without results.json (a crash, Ctrl-C, or still running) is reported as
+    unfinished, on the page and the console; a run its time limit stopped and the settings vislab
+    changed (changes.txt) are listed under its command."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\nepochs: 5\n")
+    (run / "history.csv").write_text("epoch,train_loss,holdout_acc,lr\n1,2.0,0.4,0.01\n2,1.5,0.5,0.005\n")
+    (run / "changes.txt").write_text("batch size 64 -> 20: only 20 training images\n")
+    res = cli("report", run, "--out", tmp_path / "r.md")
+    assert res.code == 0, res.err
+    md = (tmp_path / "r.md").read_text()
+    assert "> - Unfinished: no results.json, so training failed, was interrupted or is still running (2 epochs" in md
+    assert "> - Setting: batch size 64 -> 20: only 20 training images" in md
+    assert "unfinished run (no results.json)" in " ".join(res.err.split())
+    (run / "results.json").write_text(json.dumps({"holdout_acc": 0.5, "stopped_early": "--max-minutes 1 reached"}))
+    res = cli("report", run, "--out", tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert res.code == 0 and "Unfinished" not in html and "unfinished" not in res.err
+    assert "<li>Stopped early: --max-minutes 1 reached</li>" in html and "<li>Setting: batch size 64" in html

@@ -57,7 +57,28 @@ def _read_run(run: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         raise VislabError(run / "results.json", "not valid JSON") from None
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
-    return {"recipe": recipe, "history": history, "results": results, "command": command}
+    changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
+    return {"recipe": recipe, "history": history, "results": results, "command": command,
+            "changes": [c.strip() for c in changes if c.strip()]}
+
+
+def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
+    """What a reader must know before trusting a section: a run that never finished (no
+    results.json; said on the console too), one its time limit stopped early, and the settings
+    vislab changed (``changes.txt``)."""
+    from vislab.log import info
+
+    notes = []
+    if not data["results"]:
+        epochs = len(data["history"])
+        saved = "; last.ckpt can resume it (--resume)" if (run / "last.ckpt").is_file() else ""
+        notes.append(f"Unfinished: no results.json, so training failed, was interrupted or is still running "
+                     f"({epochs} epochs in history.csv); no final numbers{saved}.")
+        info(f"{run}: unfinished run (no results.json); its section says so")
+    if data["results"].get("stopped_early"):
+        notes.append(f"Stopped early: {data['results']['stopped_early']}")
+    notes += [f"Setting: {c}" for c in data["changes"]]
+    return notes
 
 
 def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
@@ -181,6 +202,7 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
         "id": f"run{index}",
         "heading": f"{'P1 classification' if task == 'cls' else 'P2 segmentation'}: {run}",
         "command": data["command"],
+        "notes": _run_notes(run, data),
         "recipe": [(k, data["recipe"].get(k)) for k in keys if data["recipe"].get(k) is not None],
         "metric_name": "accuracy" if task == "cls" else "mIoU",
         "comparison": comparison,
