@@ -40,6 +40,10 @@ def test_settings_that_would_do_nothing(tmp_path):
     check_applies(Recipe(task="seg", loss="ce+dice", class_weights="inverse-sqrt-frequency"))
     with pytest.raises(FieldError, match="calibrate fits class offsets on the held-out split, and holdout is 0"):
         check_applies(Recipe(task="seg", calibrate=True, holdout=0.0))
+    with pytest.raises(FieldError, match="warmup_epochs 2.5 is longer than the run's 2 epochs"):
+        check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.5))
+    check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.0))  # reaches lr at the last step
+    check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.5, budget_minutes=5))  # the budget plans the epochs
 
 
 def test_the_cli_names_the_recipe_file(cli, color_classes, tmp_path):

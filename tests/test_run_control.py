@@ -4,6 +4,7 @@ Ctrl-C exits with status 130 and keeps the checkpoint."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -120,6 +121,13 @@ def test_budget_epochs_by_hand():
     assert budget_epochs(r, 0.5, 10, 3, epoch_overhead=1.36, eval_scale=2.0)[0].epochs == 8
     tiny = budget_epochs(Recipe(task="cls", budget_minutes=0.001), 0.5, 10, 3)[0]
     assert (tiny.epochs, tiny.limit_train_batches) == (1, 1)  # at least one epoch of one batch
+    # a planned run shorter than the warm-up (2 epochs, as above) is said; one as long is not
+    warm = Recipe(task="cls", epochs=30, budget_minutes=1.0, warmup_epochs=2.5)
+    _, line = budget_epochs(warm, 2.4, 10, 3, epoch_overhead=0.66)
+    assert line.endswith("; warning: warmup_epochs 2.5 is longer than these 2 epochs, so the learning rate never "
+                         "reaches lr")
+    _, line = budget_epochs(dataclasses.replace(warm, warmup_epochs=2.0), 2.4, 10, 3, epoch_overhead=0.66)
+    assert "warning" not in line
 
 
 def _budget_keeps_its_plan(monkeypatch):

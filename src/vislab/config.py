@@ -270,7 +270,8 @@ TASK_ONLY = {
 
 def check_applies(recipe: Recipe) -> None:
     """Refuse settings the run would ignore: a field of the other task set to a value other than
-    its default, class weights without a cross-entropy term, offsets without a held-out split."""
+    its default, class weights without a cross-entropy term, offsets without a held-out split, a
+    warm-up longer than the run (a time budget that plans one says so itself)."""
     defaults = {f.name: f.default for f in fields(Recipe)}
     other = "seg" if recipe.task == "cls" else "cls"
     for name in TASK_ONLY[other]:
@@ -286,6 +287,9 @@ def check_applies(recipe: Recipe) -> None:
             raise FieldError("resize_from", f"must be at most image_size ({recipe.image_size}), got {recipe.resize_from}")
     if recipe.momentum != defaults["momentum"] and recipe.optimizer in ("adam", "adamw"):
         raise FieldError("momentum", f"is SGD's; {recipe.optimizer} has its own betas and would ignore it")
+    if recipe.warmup_epochs > recipe.epochs and not recipe.budget_minutes:
+        raise FieldError("warmup_epochs", f"{recipe.warmup_epochs:g} is longer than the run's {recipe.epochs} epochs: "
+                                          "the learning rate would never reach lr")
     if recipe.extra:
         raise FieldError("extra", f"is read by nothing in vislab, so {', '.join(map(str, recipe.extra))} would be "
                                   "ignored; `vislab recipes` lists the fields")

@@ -477,7 +477,7 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
         fewest = next((n for n in range(1, 1001) if full(n) * (n + 0.05) / n >= budget), 1000)
     if recipe.limit_train_batches is not None:
         return recipe.with_overrides(epochs=most), f"epochs {recipe.epochs} -> {most}: --budget " \
-                                                   f"{recipe.budget_minutes:g} min {per_epoch}"
+                                                   f"{recipe.budget_minutes:g} min {per_epoch}{_warmup_past(recipe, most)}"
     epochs = fewest  # the fewest epochs whose full length, stretched by 5 % of an epoch, reaches the budget
     step_cost = 1.1 * (step_seconds if epoch_steps is None else sum(steps_of(epochs)) / epochs)  # on average
     batches = min(steps_per_epoch, max(1, int((budget / epochs - fixed) // step_cost)))
@@ -485,7 +485,16 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
     if batches < steps_per_epoch:
         line += f" of {batches} of their {steps_per_epoch} batches (a fresh shuffle each)"
         recipe = recipe.with_overrides(limit_train_batches=batches)
-    return recipe.with_overrides(epochs=epochs), f"{line}: --budget {recipe.budget_minutes:g} min {per_epoch}"
+    return recipe.with_overrides(epochs=epochs), \
+        f"{line}: --budget {recipe.budget_minutes:g} min {per_epoch}{_warmup_past(recipe, epochs)}"
+
+
+def _warmup_past(recipe: Recipe, epochs: int) -> str:
+    """The end of a budget line whose planned run is shorter than the recipe's warm-up."""
+    if recipe.warmup_epochs <= epochs:
+        return ""
+    return f"; warning: warmup_epochs {recipe.warmup_epochs:g} is longer than these {epochs} epochs, so the " \
+           "learning rate never reaches lr"
 
 
 def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule,
