@@ -44,6 +44,9 @@ def test_settings_that_would_do_nothing(tmp_path):
         check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.5))
     check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.0))  # reaches lr at the last step
     check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.5, budget_minutes=5))  # the budget plans the epochs
+    with pytest.raises(FieldError, match="distill is 0, so the teacher's soft targets would be computed and given no"):
+        check_applies(Recipe(task="cls", teacher=("runs/t",), distill=0.0))
+    check_applies(Recipe(task="cls", teacher=("runs/t",), distill=0.5))
 
 
 def test_the_cli_names_the_recipe_file(cli, color_classes, tmp_path):

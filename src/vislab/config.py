@@ -295,6 +295,9 @@ def check_applies(recipe: Recipe) -> None:
                                   "ignored; `vislab recipes` lists the fields")
     if recipe.task == "cls" and not recipe.teacher and recipe.distill != defaults["distill"]:
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
+    if recipe.task == "cls" and recipe.teacher and recipe.distill == 0:
+        raise FieldError("distill", "is 0, so the teacher's soft targets would be computed and given no weight; "
+                                    "drop the teacher or give distill a weight > 0")
     if recipe.task == "seg":
         parts = [p.strip() for p in recipe.loss.split("+")]
         if recipe.class_weights is not None and "ce" not in parts:
