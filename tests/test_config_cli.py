@@ -88,5 +88,7 @@ def test_output_where_a_file_blocks_the_folder(cli, color_classes, tmp_path):
 def test_models_and_recipes_listings(cli):
     res = cli("models", "fcn*")
     assert res.code == 0 and "fcn32s_vgg16" in res.out and "resnet50" not in res.out
+    res = cli("models", "zzz*")
+    assert res.code == 2 and "no registered model matches 'zzz*'" in res.err and not res.out.strip()
     res = cli("recipes")
     assert res.code == 0 and len([ln for ln in res.out.splitlines() if ln.strip()]) == len(shipped_recipes())

@@ -122,8 +122,12 @@ def models_cmd(pattern: str = typer.Argument("*", help="Shell pattern, e.g. 'fcn
     """List registered models (plus timm:NAME and smp:ARCH:ENCODER families)."""
     from vislab.models import get_entry, list_models
 
+    names = list_models(pattern)
+    if not names:
+        raise VislabError(None, f"no registered model matches {pattern!r}; `vislab models` lists them all "
+                                "(and timm:NAME, smp:ARCH:ENCODER name models of those libraries)")
     t = Table("name", "task", "input", "description")
-    for name in list_models(pattern):
+    for name in names:
         e = get_entry(name)
         t.add_row(name, e.task, "x".join(map(str, e.input_size)), e.description)
     out.print(t)
