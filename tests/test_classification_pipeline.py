@@ -58,6 +58,7 @@ def test_eval_matches_predictions(cli, trained, color_classes, tmp_path):
     correct = sum(int(r[0].split("_")[0]) == int(r[1]) for r in rows[1:])
     assert metrics["accuracy"] == pytest.approx(correct / 120, abs=1e-6)
     assert f"accuracy: {metrics['accuracy']:.4f}" in ev.out  # the printed number is the JSON's
+    assert metrics["top5"] is None and "top-5" not in ev.out  # 3 classes: every label is in the top 5
     assert metrics["accuracy"] > 0.6  # three colour classes are easy
 
 

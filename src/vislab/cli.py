@@ -214,7 +214,8 @@ def cls_train(
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
                    val_labels_csv=val_labels, command=_command_line(), notes=notes)
     if "val" in result:
-        out.print(f"val accuracy: {result['val']['accuracy']:.4f}  (top-5 {result['val']['top5']:.4f}, {result['val']['images']} images)")
+        val = result["val"]
+        out.print(f"val accuracy: {val['accuracy']:.4f}  ({_top5(val)}{val['images']} images)")
 
 
 CLS_TTA_OPTION = typer.Option("none", "--tta", help="none | flip (average with the mirror image) | shift "
@@ -243,8 +244,13 @@ def cls_eval(
         t.add_row(f"{c} {names[c]}" if names else str(c), f"{a:.3f}")
     out.print(t)
     _write_json(res, json_out)
-    out.print(f"images: {res['images']}  top-5: {res['top5']:.4f}")
+    out.print(f"images: {res['images']}" + ("" if res["top5"] is None else f"  top-5: {res['top5']:.4f}"))
     out.print(f"accuracy: {res['accuracy']:.4f}")
+
+
+def _top5(res: dict[str, Any]) -> str:
+    """``top-5 0.9876, `` or nothing when there are 5 classes or fewer (every label is in the top 5)."""
+    return "" if res.get("top5") is None else f"top-5 {res['top5']:.4f}, "
 
 
 ENGINE_OPTION = typer.Option(

@@ -242,8 +242,8 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
              batch_size: int = 256, device: str | None = None,
              predictions_csv: str | Path | None = None, tta: str = "none",
              image_size: int | None = None, held_out: bool = False) -> dict[str, Any]:
-    """Accuracy, top-5 accuracy and per-class accuracy of a checkpoint on a labelled folder (any
-    layout; class names are matched to the checkpoint's). ``ckpt`` may list several checkpoints
+    """Accuracy, top-5 accuracy (None with 5 classes or fewer) and per-class accuracy of a
+    checkpoint on a labelled folder (any layout; class names are matched to the checkpoint's). ``ckpt`` may list several checkpoints
     separated by commas: an ensemble, their class probabilities averaged. ``image_size`` tests
     every model at another input side than it was trained at (e.g. larger, as in FixRes).
     ``held_out``: ``img_dir`` is the runs' training folder and only the images their recipe held
@@ -276,7 +276,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
                         ([f, t, p, names[t], names[p]] for f, t, p in rows))
         else:
             _write_rows(predictions_csv, ["image_id", "label", "pred"], rows)
-    top5 = logits.topk(min(5, n_cls), dim=1).indices.eq(labels[:, None]).any(1)
+    top5 = logits.topk(5, dim=1).indices.eq(labels[:, None]).any(1) if n_cls > 5 else None  # else always right
     per_class = {}
     for c in range(n_cls):
         m = labels == c
@@ -285,7 +285,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     return {
         "images": len(labels),
         "accuracy": round(float((pred == labels).float().mean()), 6),
-        "top5": round(float(top5.float().mean()), 6),
+        "top5": None if top5 is None else round(float(top5.float().mean()), 6),
         "per_class": per_class,
         "class_names": names,
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
