@@ -56,6 +56,22 @@ def test_errors_are_one_line_and_debug_shows_traceback(cli, tmp_path):
         cli("--debug", "cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
 
 
+def test_usage_errors_are_one_line_naming_the_command(cli):
+    """A missing argument, an unknown option or command and a value of the wrong type: one line,
+    status 2, pointing at the command's help; a group without a command shows its help."""
+    cases = [(("cls", "eval"), "Missing argument 'ckpt'. (see `vislab cls eval --help`)"),
+             (("cls", "train", "--epochs", "x"), "Invalid value for '--epochs'"),
+             (("models", "--bogus"), "No such option: --bogus (see `vislab models --help`)"),
+             (("zzz",), "No such command 'zzz'. (see `vislab --help`)")]
+    for args, said in cases:
+        res = cli(*args)
+        assert res.code == 2 and res.err.startswith("vislab: error: ") and res.err.count("\n") == 1, res.err
+        assert said in res.err and "Traceback" not in res.err
+    res = cli("seg")
+    assert "Usage:" in res.out + res.err and "train" in res.out + res.err
+    assert cli("seg", "--help").code == 0
+
+
 def test_an_unforeseen_failure_is_one_line_with_status_1(cli, monkeypatch):
     import vislab.models as models
 

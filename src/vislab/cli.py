@@ -538,15 +538,26 @@ def demo_cmd(
 def main() -> None:
     """Console entry point: one line and exit status 2 for every bad input; one line and status 1
     for any other failure (``--debug`` shows the traceback)."""
+    clicks = getattr(typer, "_click", None)  # the click that Typer runs on: its own copy since Typer 0.2x
+    if clicks is None:
+        import click as clicks
     debug = "--debug" in sys.argv
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="vislab")
+    except clicks.exceptions.UsageError as exc:  # a missing argument, an unknown option, a value of the wrong type
+        message = " ".join(exc.format_message().split())
+        if not message:  # a command group called without a command: its help, as Typer shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx is not None else "vislab"
+        print(f"vislab: error: {message} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(2)
     except VislabError as exc:
         if debug:
             raise
         print(f"vislab: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (KeyboardInterrupt, Interrupted) as exc:
+    except (KeyboardInterrupt, Interrupted, typer.Abort) as exc:  # click turns Ctrl-C into Abort
         if debug:
             raise
         where = f" ({exc})" if str(exc) else ""
@@ -561,3 +572,5 @@ def main() -> None:
         print(f"vislab: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         sys.exit(1)
+    if isinstance(code, int) and code:  # --help and --version return 0; a command's own exit status
+        sys.exit(code)
