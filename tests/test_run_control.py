@@ -42,6 +42,13 @@ def test_time_limit_stops_between_epochs_says_so_and_resume_finishes_exactly(cli
     assert said in res.err.replace("\n", " ")
     assert said in json.loads((run / "results.json").read_text())["stopped_early"]
     assert _epochs(run) == ["1"]
+    # a run folder that lost its recipe.yaml is refused (the default recipe would be another run)
+    (run / "recipe.yaml").rename(tmp_path / "kept.yaml")
+    before = (run / "last.ckpt").read_bytes()
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 2 and "recipe.yaml: is missing: --resume continues the recipe" in " ".join(res.err.split())
+    assert (run / "last.ckpt").read_bytes() == before and not (run / "recipe.yaml").exists()
+    (tmp_path / "kept.yaml").rename(run / "recipe.yaml")
     # each invocation gets the limit again and runs one more whole epoch: here the last
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0, res.err

@@ -65,6 +65,9 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
                 flag: Callable[[str], str]) -> tuple[Recipe, list[str]]:
     from vislab.config import check_applies, load_recipe
 
+    if resume and not (out_dir / "recipe.yaml").is_file() and (out_dir / "last.ckpt").is_file():
+        raise VislabError(out_dir / "recipe.yaml", "is missing: --resume continues the recipe the run was started "
+                                                   "with; put the file back, or train afresh into another --out")
     if resume and (out_dir / "recipe.yaml").is_file():
         base = load_recipe(str(out_dir / "recipe.yaml"))
         changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE]
