@@ -421,3 +421,18 @@ def test_held_out_scores_run_in_full_precision_under_mixed_precision_training():
         module.validation_step((x, y, torch.arange(6)), 0)
     assert len(seen) == 1 and seen[0] is x
     assert module.holdout_acc.compute().item() == pytest.approx((fp32.argmax(1) == y).float().mean().item())
+
+
+def test_a_fine_tune_of_a_run_keeps_its_normalisation(cli, trained, color_classes, tmp_path):
+    """--weights RUN: the inputs are scaled as the run's network learnt them (its own statistics,
+    here the training images'), not by the model's library weights; said and recorded."""
+    first = torch.load(trained / "best.ckpt", weights_only=True)["vislab"]
+    assert first["mean"] != [0.485, 0.456, 0.406]  # trained from scratch on its images' statistics
+    run = tmp_path / "tuned"
+    res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--weights", trained,
+              "--out", run)
+    assert res.code == 0, res.err
+    said = f"the normalisation of the run it starts from ({trained})"
+    assert said in " ".join(res.err.split()) and said in (run / "changes.txt").read_text()
+    tuned = torch.load(run / "best.ckpt", weights_only=True)["vislab"]
+    assert tuned["mean"] == pytest.approx(first["mean"], abs=1e-4) and tuned["std"] == pytest.approx(first["std"], abs=1e-4)

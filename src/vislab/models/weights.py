@@ -42,6 +42,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def run_normalisation(weights: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The input mean and std that the vislab run (or checkpoint) ``weights`` trained with, or None
+    when ``weights`` is no such file (a library's weights, a plain state_dict)."""
+    p = Path(weights)
+    if p.is_dir():
+        from vislab.models.checkpoints import checkpoint_file  # it imports this module
+
+        p = checkpoint_file(p)
+    if not p.is_file():
+        return None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a readable checkpoint: read_state_dict says why, later
+        return None
+    meta = obj.get("vislab") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or meta.get("mean") is None or meta.get("std") is None:
+        return None
+    return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
+
+
 def load_local_weights(
     model: nn.Module, path: str | Path, *, skip_mismatched: bool = True,
     state: dict[str, torch.Tensor] | None = None,

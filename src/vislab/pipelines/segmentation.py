@@ -137,7 +137,9 @@ def _snapshot_pairs(stems: tuple[str, ...], pool: list, *, substitute: bool = Fa
                 f"saving {', '.join(p.stem for p in chosen)} instead")
         return chosen, note
     if missing:
-        raise VislabError(None, f"--snapshot: no image with the stem {missing[0]} in the validation or training folder")
+        raise VislabError(None, f"snapshot: no image with the stem {missing[0]} in the validation or training folder "
+                                f"(the stems of --snapshot, else of the recipe: {', '.join(stems)}); give --snapshot "
+                                "stems that exist, or --snapshot \"\" for none")
     return [found[s] for s in stems], None
 
 

@@ -13,18 +13,24 @@ Stats = tuple[Sequence[float], Sequence[float]]
 
 
 def resolve_normalisation(recipe: Recipe, from_scratch: Callable[[], Stats], scratch_why: str) -> tuple[Recipe, str | None]:
-    """The input normalisation: the recipe's ``mean``/``std``; else, with pretrained weights, the
-    statistics those weights were trained with (ImageNet's, EfficientNet-Lite's [-1, 1], a timm
-    model's config: :attr:`ModelEntry.pretrained_norm`); else ``from_scratch()``. Returns the
+    """The input normalisation: the recipe's ``mean``/``std``; else, with weights from a vislab run
+    (its folder or checkpoint), the run's own; else, with pretrained weights, the statistics those
+    weights were trained with (ImageNet's, EfficientNet-Lite's [-1, 1], a timm model's config:
+    :attr:`ModelEntry.pretrained_norm`); else ``from_scratch()``. Returns the
     recipe with both set and a line saying where they came from (None when the recipe set them).
     """
     from vislab.models import get_entry
+    from vislab.models.weights import run_normalisation
 
     if (recipe.mean is None) != (recipe.std is None):
         raise VislabError(None, "recipe sets one of mean and std; set both or neither")
     if recipe.mean is not None:
         return recipe, None
-    if recipe.weights is not None:
+    inherited = run_normalisation(recipe.weights) if recipe.weights not in (None, "imagenet") else None
+    if inherited is not None:  # a fine-tune of a vislab run: the inputs its network learnt from
+        mean, std = inherited
+        why = f"the normalisation of the run it starts from ({recipe.weights})"
+    elif recipe.weights is not None:
         mean, std = get_entry(recipe.model).pretrained_norm
         why = f"the normalisation of {recipe.model}'s pretrained weights"
     else:
