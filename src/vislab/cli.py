@@ -502,10 +502,10 @@ def report_cmd(
     """The homework's figures and tables from run folders, as one self-contained page."""
     from vislab.report import build_report, page_format, screenshot
 
+    _outputs(out_file, shot)
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
         raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")
-    _outputs(out_file, shot)
     page = build_report(runs, out_file, fmt=fmt, title=title)
     out.print(f"wrote {page}")
     if shot is not None:
