@@ -139,6 +139,18 @@ def save_offsets(ckpt: Path, offsets: torch.Tensor, **record: Any) -> Path:
     return path
 
 
+def fitted_on(ckpt: Path) -> str | None:
+    """What the offsets stored for ``ckpt`` were fitted on, in words, or None without a file."""
+    path = offsets_file(ckpt)
+    if not path.is_file():
+        return None
+    try:
+        body = json.loads(path.read_text())
+        return f"the offsets fitted on {body['files']} pairs of {body['pairs']} (--split {body['split']})"
+    except (ValueError, KeyError, TypeError):
+        return "an unreadable offsets file"
+
+
 def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float | None] | None:
     """(offsets, evaluation scale or None) stored for ``ckpt``; None when there is no file or it
     belongs to another file (said)."""

@@ -77,8 +77,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     if len(paths) > 1:
         return export_ensemble(paths, out, size=size, opset=opset, check=check, offsets=offsets)
     task = _task_of(ckpt)
-    if not offsets and task != "seg":
-        raise VislabError(ckpt, "--no-offsets: a classifier has no class offsets (they come from `vislab seg calibrate`)")
+    _check_offsets_apply(offsets, task, ckpt)
     # a segmenter's calibration: the evaluation scale goes into the graph, the offsets into the
     # metadata (applied by predict)
     model, meta = load_segmenter(ckpt, calibrated=offsets) if task == "seg" else load_network(ckpt, task=task)
@@ -96,6 +95,12 @@ def _refuse_overwriting_inputs(paths: list[str], out: str | Path) -> None:
     for p in paths:
         if Path(p).exists() and checkpoint_file(p).resolve() == target:
             raise VislabError(out, f"is the checkpoint being exported ({p}); write the export to another file")
+
+
+def _check_offsets_apply(offsets: bool, task: str, where: str | Path) -> None:
+    """``--no-offsets`` on a classifier (which has none) is refused naming ``where``."""
+    if not offsets and task != "seg":
+        raise VislabError(where, "--no-offsets: a classifier has no class offsets (they come from `vislab seg calibrate`)")
 
 
 def _task_of(ckpt: str | Path) -> str:
@@ -126,8 +131,7 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
             raise VislabError(path, f"is a {task} model and {paths[0]} a {tasks[0]} model; an ensemble has one task")
     task = tasks[0]
     # each segmenter at its calibrated evaluation scale, if it has one
-    if not offsets and task != "seg":
-        raise VislabError(paths[0], "--no-offsets: a classifier has no class offsets (they come from `vislab seg calibrate`)")
+    _check_offsets_apply(offsets, task, paths[0])
     loaded = [load_segmenter(p, calibrated=offsets) if task == "seg" else load_network(p, task=task) for p in paths]
     metas = [m for _, m in loaded]
     if task == "cls":

@@ -19,14 +19,20 @@ def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict (or a vislab/Lightning checkpoint's weights) from ``path``; a run folder
-    gives its best.ckpt (else last.ckpt), so a run can start from another run's model."""
+def _weights_file(path: str | Path) -> Path:
+    """``path``, or for a run folder its best.ckpt (else last.ckpt)."""
     p = Path(path)
     if p.is_dir():
         from vislab.models.checkpoints import checkpoint_file  # it imports this module
 
         p = checkpoint_file(p)
+    return p
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict (or a vislab/Lightning checkpoint's weights) from ``path``; a run folder
+    gives its best.ckpt (else last.ckpt), so a run can start from another run's model."""
+    p = _weights_file(path)
     if not p.is_file():
         raise VislabError(p, "weights file not found")
     try:
@@ -45,11 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def run_normalisation(weights: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The input mean and std that the vislab run (or checkpoint) ``weights`` trained with, or None
     when ``weights`` is no such file (a library's weights, a plain state_dict)."""
-    p = Path(weights)
-    if p.is_dir():
-        from vislab.models.checkpoints import checkpoint_file  # it imports this module
-
-        p = checkpoint_file(p)
+    p = _weights_file(weights)
     if not p.is_file():
         return None
     try:

@@ -243,8 +243,9 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
              predictions_csv: str | Path | None = None, tta: str = "none",
              image_size: int | None = None, held_out: bool = False) -> dict[str, Any]:
     """Accuracy, top-5 accuracy (None with 5 classes or fewer) and per-class accuracy of a
-    checkpoint on a labelled folder (any layout; class names are matched to the checkpoint's). ``ckpt`` may list several checkpoints
-    separated by commas: an ensemble, their class probabilities averaged. ``image_size`` tests
+    checkpoint on a labelled folder (any layout; class names are matched to the checkpoint's).
+    ``ckpt`` may list several checkpoints separated by commas: an ensemble, their class
+    probabilities averaged. ``image_size`` tests
     every model at another input side than it was trained at (e.g. larger, as in FixRes).
     ``held_out``: ``img_dir`` is the runs' training folder and only the images their recipe held
     out of training are scored (to choose a TTA mode or an ensemble without the validation set).

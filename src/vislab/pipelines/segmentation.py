@@ -9,7 +9,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from vislab.calibration import fit_offsets, load_segmenter, save_offsets, scale_candidates, shift_probs
+from vislab.calibration import (fit_offsets, fitted_on, load_segmenter, offsets_file, save_offsets,
+                                scale_candidates, shift_probs)
 from vislab.config import Recipe, broken_rule
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
@@ -527,30 +528,15 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     assert best is not None
     after, offsets, chosen = best
     before = next(s["miou_before"] for s in per_scale if s["scale"] == trained)
-    _say_replaced(path)
+    earlier = fitted_on(path)
+    if earlier:
+        info(f"{offsets_file(path)}: replaces {earlier}")
     record = {"classes": list(desc.names), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
               "trained_on": seen, "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
               "trained_scale": trained, "infer_scale": chosen, "scales": per_scale}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
     return record
-
-
-def _say_replaced(ckpt: Path) -> None:
-    """One line when ``ckpt`` already has offsets, naming what they were fitted on."""
-    import json
-
-    from vislab.calibration import offsets_file
-
-    old = offsets_file(ckpt)
-    if not old.is_file():
-        return
-    try:
-        body = json.loads(old.read_text())
-        what = f"the offsets fitted on {body['files']} pairs of {body['pairs']} (--split {body['split']})"
-    except (ValueError, KeyError, TypeError):
-        what = "an unreadable offsets file"
-    info(f"{old}: replaces {what}")
 
 
 def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,
