@@ -394,6 +394,19 @@ def test_held_out_eval_scores_exactly_the_images_training_held_out(cli, trained,
     assert cli("cls", "train", color_classes, "--recipe", tmp_path / "s1.yaml", "--epochs", "1", "--out", tmp_path / "s1").code == 0
     res = cli("cls", "eval", f"{trained},{tmp_path / 's1'}", color_classes, "--held-out")
     assert res.code == 2 and "s1" in res.err and "(0.2, 1), the first run (0.2, 0): not the same images" in res.err
+    # another seed on the first run's split (--split-seed 0): scored on the same held-out images,
+    # alone (as its training scored them) and in an ensemble with the first run
+    assert cli("cls", "train", color_classes, "--recipe", tmp_path / "s1.yaml", "--split-seed", "0", "--epochs", "1",
+               "--out", tmp_path / "s1p0").code == 0
+    assert yaml.safe_load((tmp_path / "s1p0" / "recipe.yaml").read_text())["split_seed"] == 0
+    res = cli("cls", "eval", tmp_path / "s1p0", color_classes, "--held-out", "--json", tmp_path / "s.json")
+    assert res.code == 0, res.err
+    alone = json.loads((tmp_path / "s.json").read_text())
+    assert alone["images"] == 24 and alone["held_out"] == {"fraction": 0.2, "seed": 0}
+    best = max(float(r["holdout_acc"]) for r in csv.DictReader((tmp_path / "s1p0" / "history.csv").open()))
+    assert alone["accuracy"] == pytest.approx(best, abs=1e-6)
+    res = cli("cls", "eval", f"{trained},{tmp_path / 's1p0'}", color_classes, "--held-out")
+    assert res.code == 0, res.err
 
 
 def test_held_out_scores_run_in_full_precision_under_mixed_precision_training():

@@ -337,3 +337,14 @@ def test_seg_score_held_out_is_the_runs_own_held_out_score(cli, seg_runs, tmp_pa
     assert res.code == 2 and "not the same images" in " ".join(res.err.split())
     res = cli("seg", "score", runs[1], val, "--held-out")
     assert res.code == 2 and "is not the folder this checkpoint was trained on" in " ".join(res.err.split())
+    # another seed on run 2's split (--split-seed 2): its own held-out score is rebuilt, and it
+    # ensembles with run 2 on those pairs
+    assert cli("seg", "train", root / "train", "--recipe", root / "r2.yaml", "--seed", "3", "--split-seed", "2",
+               "--epochs", "1", "--out", tmp_path / "s3").code == 0
+    res = cli("seg", "score", tmp_path / "s3", root / "train", "--held-out", "--json", tmp_path / "s3.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "s3.json").read_text())
+    assert got["held_out"] == {"fraction": 0.25, "seed": 2}
+    assert got["miou"] == pytest.approx(json.loads((tmp_path / "s3" / "results.json").read_text())["holdout_miou"], abs=1e-4)
+    res = cli("seg", "score", f"{runs[1]},{tmp_path / 's3'}", root / "train", "--held-out")
+    assert res.code == 0, res.err

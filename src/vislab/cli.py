@@ -109,6 +109,7 @@ NodesOpt = typer.Option(None, "--num-nodes", help="Number of machines (torchrun 
 StrategyOpt = typer.Option(None, "--strategy", help="auto | ddp | ddp_spawn | fsdp ...")
 AccelOpt = typer.Option(None, "--accelerator", help="auto | cpu | gpu.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (data split, order, augmentation, init).")
+SplitSeedOpt = typer.Option(None, "--split-seed", help="Seed of the held-out split alone (default: --seed); runs of one split and other seeds can be ensembled with --held-out.")
 ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models`).")
 WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict, checkpoint or run folder (none switches off a recipe's weights).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
@@ -181,7 +182,7 @@ def cls_train(
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder (default $VISLAB_DATA, ./hw1_data, ../shared/data/hw1_data)."),
     epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt,
     precision: Optional[str] = PrecisionOpt, devices: Optional[str] = DevicesOpt, num_nodes: Optional[int] = NodesOpt,
-    strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
+    strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt, split_seed: Optional[int] = SplitSeedOpt,
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="The network's input side (0: the images' own size)."),
     resize_from: Optional[int] = typer.Option(None, "--resize-from", help="Progressive resizing: the first epoch trains at this side, growing to --image-size (reached with a quarter of the epochs left)."),
@@ -204,7 +205,7 @@ def cls_train(
     if val_labels is not None and val_dir is None:
         raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
     r, notes = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
-                devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
+                devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,
                 model=model, weights=weights,
                 image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix,
                 augment=augment, erasing=erasing,
@@ -315,7 +316,7 @@ def seg_train(
     data: Optional[Path] = typer.Option(None, "--data", help="hw1_data folder."),
     epochs: Optional[int] = EpochsOpt, batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt,
     precision: Optional[str] = PrecisionOpt, devices: Optional[str] = DevicesOpt, num_nodes: Optional[int] = NodesOpt,
-    strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt,
+    strategy: Optional[str] = StrategyOpt, accelerator: Optional[str] = AccelOpt, seed: Optional[int] = SeedOpt, split_seed: Optional[int] = SplitSeedOpt,
     model: Optional[str] = ModelOpt, weights: Optional[str] = WeightsOpt,
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Random training crop side (0: the whole image)."),
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
@@ -329,7 +330,7 @@ def seg_train(
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
     r, notes = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
-                devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed,
+                devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches, budget_minutes=budget)

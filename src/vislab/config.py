@@ -97,6 +97,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
      "three numbers in (0, 1] (R, G, B, in units of the image's full range)"),
     ("infer_scale", _num(0, 8, lo_open=True, hi_open=False), "in (0, 8]"),
     ("seed", _int(0), "an integer >= 0"),
+    ("split_seed", _int(0), "an integer >= 0 (or null: the run's seed)"),
     ("num_workers", _int(0), "an integer >= 0"),
     ("num_nodes", _int(1), "an integer >= 1"),
     ("precision", lambda v: str(v) in _PRECISIONS, f"one of {', '.join(sorted(_PRECISIONS))}"),
@@ -161,6 +162,7 @@ class Recipe:
     compile: bool = False  # torch.compile the network for training (minutes of compiling; pays off on GPUs)
     precision: str = "32"
     seed: int = 0
+    split_seed: int | None = None  # seed of the held-out split alone (None: seed); runs of one split, other seeds, ensemble on it
     num_workers: int = 0
     devices: str = "auto"
     num_nodes: int = 1
@@ -200,6 +202,18 @@ class Recipe:
         """Plain-Python form (lists for tuples) for YAML and checkpoints."""
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def held_out_seed(recipe: "Recipe | dict[str, Any]") -> int:
+    """The seed of a run's held-out split: ``split_seed`` where set, else ``seed`` (a recipe or its
+    stored dict form, as in a checkpoint's meta).
+
+        >>> held_out_seed(Recipe(seed=3)), held_out_seed({"seed": 3, "split_seed": 0})
+        (3, 0)
+    """
+    get = recipe.get if isinstance(recipe, dict) else lambda k, d=None: getattr(recipe, k, d)
+    split = get("split_seed")
+    return int(get("seed", 0) or 0) if split is None else int(split)
 
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
         figs.append(_fig("Training curves", figures.curves(data["history"], metric=metric)))
     figs += _cls_figures(run, data) if task == "cls" else _seg_figures(run, data)
     keys = ("model", "weights", "epochs", "batch_size", "lr", "optimizer", "scheduler", "image_size", "crop_size",
-            "loss", "precision", "holdout", "seed")
+            "loss", "precision", "holdout", "seed", "split_seed")
     return {
         "id": f"run{index}",
         "heading": f"{'P1 classification' if task == 'cls' else 'P2 segmentation'}: {run}",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch.utils.data import Dataset
 
-from vislab.config import Recipe
+from vislab.config import Recipe, held_out_seed
 from vislab.data.augment import random_erase, trivial_augment
 from vislab.data.classification import (ImageFolderData, augment_batch, progressive_sides, resize_batch,
                                        stratified_split)
@@ -48,7 +48,7 @@ def _collate(batch: list) -> Any:
 def holdout_split(labels: torch.Tensor, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """(training, held-out) indices: the recipe's stratified held-out fraction, or none."""
     if recipe.holdout > 0:
-        return stratified_split(labels, fraction=recipe.holdout, seed=recipe.seed)
+        return stratified_split(labels, fraction=recipe.holdout, seed=held_out_seed(recipe))
     return torch.arange(len(labels)), torch.arange(0)
 
 

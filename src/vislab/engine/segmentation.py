@@ -12,7 +12,7 @@ import torch
 import torchmetrics
 from torch.utils.data import Dataset
 
-from vislab.config import Recipe
+from vislab.config import Recipe, held_out_seed
 from vislab.data.tensors import normalize
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.data.segmentation import (CachedTiles, Pair, TileCache, augment_tiles, holdout_split, jitter_colours,
@@ -62,7 +62,7 @@ class SegmentationData(SplitData):
         report = self.stats.stray_report(train_dir)
         if report:
             info(report)
-        tr, ho = holdout_split(len(pairs), fraction=recipe.holdout, seed=recipe.seed) if recipe.holdout > 0 else (list(range(len(pairs))), [])
+        tr, ho = holdout_split(len(pairs), fraction=recipe.holdout, seed=held_out_seed(recipe)) if recipe.holdout > 0 else (list(range(len(pairs))), [])
         self.pairs = pairs
         self.train_idx, self.holdout_idx = tr, ho
         self.train_pairs = [pairs[i] for i in tr]

@@ -11,7 +11,7 @@ import torch
 
 from vislab.calibration import (fit_offsets, fitted_on, load_segmenter, offsets_file, save_offsets,
                                 scale_candidates, shift_probs)
-from vislab.config import Recipe, broken_rule
+from vislab.config import Recipe, broken_rule, held_out_seed
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
 from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest, stray_summary
@@ -491,7 +491,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         if fraction <= 0:
             raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
                                     "saw with --split all")
-        pairs = held_out_pairs(pairs, fraction, int(recipe.get("seed", 0)), meta.get("train_pairs_digest"), pairs_dir,
+        pairs = held_out_pairs(pairs, fraction, held_out_seed(recipe), meta.get("train_pairs_digest"), pairs_dir,
                                hint=", or --split all with pairs the model never saw")
     elif split != "all":
         raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vislab.config import FieldError, Recipe
+from vislab.config import FieldError, Recipe, held_out_seed
 from vislab.errors import VislabError
 
 Stats = tuple[Sequence[float], Sequence[float]]
@@ -143,14 +143,14 @@ def held_out_of(models: list[tuple[Any, dict[str, Any]]], paths: list[str], *,
                 digest_key: str) -> tuple[float, int, str | None]:
     """(held-out fraction, seed, the training folder's digest, ``meta[digest_key]``) shared by the
     runs; refused when a run held nothing out or the members held out different items."""
-    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), int(m.get("recipe", {}).get("seed", 0)),
+    splits = [(float(m.get("recipe", {}).get("holdout", 0.0)), held_out_seed(m.get("recipe", {})),
                m.get(digest_key)) for _, m in models]
     for (fraction, _, _), path in zip(splits, paths):
         if fraction <= 0:
             raise VislabError(path, "--held-out: this run held no training images out (its recipe's holdout is 0)")
     for split, path in zip(splits, paths):
         if split[:2] != splits[0][:2]:
-            raise VislabError(path, f"--held-out: holds out (fraction, seed) {split[:2]}, the first run "
+            raise VislabError(path, f"--held-out: holds out (fraction, split seed) {split[:2]}, the first run "
                                     f"{splits[0][:2]}: not the same images")
     known = [(d, path) for (_, _, d), path in zip(splits, paths) if d is not None]  # older checkpoints have none
     for digest, path in known[1:]:
