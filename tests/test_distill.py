@@ -77,3 +77,25 @@ def test_a_teacher_of_other_classes_is_refused(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "s", "--teacher", tmp_path / "t2")
     assert res.code == 2 and "t2: teacher has 2 classes" in res.err
     assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_a_teacher_that_trained_on_the_students_held_out_images_is_said(cli, color_classes, tmp_path):
+    """The student's held-out images must be ones its teacher never trained on for its held-out
+    score to be honest: a teacher of another split is said on the console and in changes.txt; the
+    teacher's split seed given to the student (--split-seed) is not."""
+    r = tmp_path / "h.yaml"
+    r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
+                                 "lr": 0.05, "holdout": 0.2, "seed": 0}))
+    assert cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "t").code == 0
+    res = cli("cls", "train", color_classes, "--recipe", r, "--seed", "1", "--teacher", tmp_path / "t",
+              "--out", tmp_path / "other")
+    assert res.code == 0, res.err
+    said = "held out (fraction, split seed) (0.2, 0), the student (0.2, 1): it trained on some of the student's held-out"
+    assert said in " ".join(res.err.split())
+    assert said in (tmp_path / "other" / "changes.txt").read_text()
+    res = cli("cls", "train", color_classes, "--recipe", r, "--seed", "1", "--split-seed", "0", "--teacher",
+              tmp_path / "t", "--out", tmp_path / "same")
+    assert res.code == 0, res.err
+    assert "split seed" not in res.err
+    changes = tmp_path / "same" / "changes.txt"
+    assert not changes.exists() or "split seed" not in changes.read_text()

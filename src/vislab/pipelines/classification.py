@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vislab.config import Recipe
+from vislab.config import Recipe, held_out_seed
 from vislab.data.classification import load_for_model, load_folder, resize_batch
 from vislab.data.layouts import find_items
 from vislab.data.tensors import normalize
@@ -61,7 +61,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     train_idx, _ = holdout_split(data.labels, recipe)
     soft = None
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
-        soft = teacher_probs(recipe.teacher, data, train_dir, labels_csv)
+        soft, leaks = teacher_probs(recipe.teacher, data, train_dir, labels_csv, split=(recipe.holdout, held_out_seed(recipe)))
+        notes = [*notes, *leaks]
         info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
@@ -193,21 +194,32 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
 
 
 def teacher_probs(teachers: tuple[str, ...], data: Any, train_dir: str | Path,
-                  labels_csv: str | Path | None) -> torch.Tensor:
+                  labels_csv: str | Path | None, *, split: tuple[float, int] = (0.0, 0)) -> tuple[torch.Tensor, list[str]]:
     """The teachers' averaged class probabilities (N, C) for every image of the training folder,
-    each teacher reading it at its own stored size; they must know the student's classes."""
+    each teacher reading it at its own stored size; they must know the student's classes. Also
+    a warning line (said here, for ``changes.txt``) for each teacher that held out other images
+    than the student's ``split`` (held-out fraction, split seed): it trained on some of the
+    student's held-out images."""
     paths = list(teachers)
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
+    leaks = []
     for (_, meta), path in zip(models, paths):
         if meta["num_classes"] != data.num_classes or meta.get("class_names") != data.class_names:
             raise VislabError(path, f"teacher has {meta['num_classes']} classes ({meta.get('class_names')}); the "
                                     f"training folder has {data.num_classes} ({data.class_names})")
+        r = meta.get("recipe", {})
+        theirs = (float(r.get("holdout", 0.0)), held_out_seed(r))
+        if split[0] > 0 and theirs != (float(split[0]), split[1]):
+            leaks.append(f"warning: teacher {path} held out (fraction, split seed) {theirs}, the student "
+                         f"{(float(split[0]), split[1])}: it trained on some of the student's held-out images, so "
+                         "the student's held-out score may read high (give the student the teacher's --split-seed)")
+            info(leaks[-1])
     read = lambda m: load_folder(train_dir, labelled=True, labels_csv=labels_csv,  # noqa: E731
                                  class_names=data.class_names, size=stored_size(m))
     seen, logp = _ensemble_logits(models, paths, read, batch_size=256, device=None, tta="none")
     if list(seen.files) != list(data.files):
         raise VislabError(train_dir, "the teachers read another list of images than the student")
-    return logp.exp().half()
+    return logp.exp().half(), leaks
 
 
 def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str], read: Any, *,
