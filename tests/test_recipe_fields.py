@@ -40,6 +40,9 @@ def test_settings_that_would_do_nothing(tmp_path):
     check_applies(Recipe(task="seg", loss="ce+dice", class_weights="inverse-sqrt-frequency"))
     with pytest.raises(FieldError, match="calibrate fits class offsets on the held-out split, and holdout is 0"):
         check_applies(Recipe(task="seg", calibrate=True, holdout=0.0))
+    with pytest.raises(FieldError, match="split_seed seeds the held-out split, and holdout is 0"):
+        check_applies(Recipe(task="cls", split_seed=0, holdout=0.0))
+    check_applies(Recipe(task="cls", split_seed=0, holdout=0.1))
     with pytest.raises(FieldError, match="warmup_epochs 2.5 is longer than the run's 2 epochs"):
         check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.5))
     check_applies(Recipe(task="cls", epochs=2, warmup_epochs=2.0))  # reaches lr at the last step
@@ -84,3 +87,8 @@ def test_a_holdout_that_holds_out_nothing_is_said_and_run_without(cli, tmp_path)
     assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["holdout"] == 0.0
     assert (tmp_path / "run" / "last.ckpt").is_file() and not (tmp_path / "run" / "best.ckpt").exists()
     assert "could not find the monitored key" not in res.err
+    # a split seed, with no split left to seed, goes too, said in the same line
+    res = cli("cls", "train", few, "--recipe", path, "--split-seed", "3", "--out", tmp_path / "run2")
+    assert res.code == 0, res.err
+    assert line + " (and split_seed 3 is dropped: no split to seed)" in " ".join(res.err.split())
+    assert yaml.safe_load((tmp_path / "run2" / "recipe.yaml").read_text())["split_seed"] is None

@@ -284,8 +284,8 @@ TASK_ONLY = {
 
 def check_applies(recipe: Recipe) -> None:
     """Refuse settings the run would ignore: a field of the other task set to a value other than
-    its default, class weights without a cross-entropy term, offsets without a held-out split, a
-    warm-up longer than the run (a time budget that plans one says so itself)."""
+    its default, class weights without a cross-entropy term, offsets or a split seed without a
+    held-out split, a warm-up longer than the run (a time budget that plans one says so itself)."""
     defaults = {f.name: f.default for f in fields(Recipe)}
     other = "seg" if recipe.task == "cls" else "cls"
     for name in TASK_ONLY[other]:
@@ -312,6 +312,8 @@ def check_applies(recipe: Recipe) -> None:
     if recipe.task == "cls" and recipe.teacher and recipe.distill == 0:
         raise FieldError("distill", "is 0, so the teacher's soft targets would be computed and given no weight; "
                                     "drop the teacher or give distill a weight > 0")
+    if recipe.split_seed is not None and recipe.holdout <= 0:
+        raise FieldError("split_seed", "seeds the held-out split, and holdout is 0")
     if recipe.task == "seg":
         parts = [p.strip() for p in recipe.loss.split("+")]
         if recipe.class_weights is not None and "ce" not in parts:

@@ -129,7 +129,9 @@ def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str 
     if recipe.holdout <= 0 or held_out > 0:
         return recipe, None
     line = f"holdout {recipe.holdout:g} -> 0: {why} leave none to hold out; the last epoch is the model"
-    return recipe.with_overrides(holdout=0.0), line
+    if recipe.split_seed is not None:
+        line += f" (and split_seed {recipe.split_seed} is dropped: no split to seed)"
+    return dataclasses.replace(recipe, holdout=0.0, split_seed=None), line
 
 
 def check_positive(**values: int | float) -> None:
