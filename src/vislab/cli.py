@@ -536,6 +536,19 @@ def demo_cmd(
               f"{res['recipe']['image_size']}")
 
 
+def _one_line_summaries(*apps: typer.Typer) -> None:
+    """A command's line in its group's list is its docstring's first paragraph on one line (Typer
+    would keep the docstring's own line breaks there, cutting sentences mid-way)."""
+    for group in apps:
+        for command in group.registered_commands:
+            doc = command.help or (command.callback.__doc__ if command.callback else None)
+            if command.short_help is None and doc:
+                command.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+
+
+_one_line_summaries(app, cls_app, seg_app)
+
+
 def main() -> None:
     """Console entry point: one line and exit status 2 for every bad input; one line and status 1
     for any other failure (``--debug`` shows the traceback)."""
