@@ -126,7 +126,7 @@ def test_flat_folder_with_labels_csv(tmp_path, cli):
     meta = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["vislab"]
     assert meta["class_names"] == sorted(NAMES) and meta["layout"] == "csv"
     res = cli("cls", "eval", tmp_path / "run", d, "--labels", tmp_path / "labels.csv")
-    assert res.code == 0 and "images: 30" in res.out
+    assert res.code == 0 and "30 images)" in res.out
     # the batch (default larger than 30 images) shrank to the data, and the run says so
     assert "batch size" in (tmp_path / "run" / "changes.txt").read_text()
 

@@ -245,8 +245,7 @@ def cls_eval(
         t.add_row(f"{c} {names[c]}" if names else str(c), f"{a:.3f}")
     out.print(t)
     _write_json(res, json_out)
-    out.print(f"images: {res['images']}" + ("" if res["top5"] is None else f"  top-5: {res['top5']:.4f}"))
-    out.print(f"accuracy: {res['accuracy']:.4f}")
+    out.print(f"accuracy: {res['accuracy']:.4f}  ({_top5(res)}{res['images']} images)")  # as `cls train` gives val's
 
 
 def _top5(res: dict[str, Any]) -> str:
