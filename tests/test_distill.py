@@ -19,6 +19,13 @@ def test_soft_target_loss_by_hand():
     targets = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
     assert float(soft_target_loss(logits, targets)) == pytest.approx(expected, abs=1e-6)
+    # per pixel (N, C, H, W), the kept pixels only: the two above as pixels of one image, and a
+    # third, dropped (its term, log(1 + e^2), would move the mean)
+    pix = torch.tensor([[[[2.0, 0.0, -2.0]], [[0.0, 0.0, 0.0]]]])  # (1, 2, 1, 3)
+    probs = torch.tensor([[[[1.0, 0.5, 1.0]], [[0.0, 0.5, 0.0]]]])
+    keep = torch.tensor([[[True, True, False]]])
+    assert float(soft_target_loss(pix, probs, keep)) == pytest.approx(expected, abs=1e-6)
+    assert float(soft_target_loss(pix, probs, torch.zeros_like(keep))) == 0.0
 
 
 def test_teacher_settings_that_cannot_work():
@@ -26,8 +33,9 @@ def test_teacher_settings_that_cannot_work():
         check_applies(Recipe(task="cls", teacher=("runs/t",), mixup=0.2))
     with pytest.raises(FieldError, match="distill weights the teacher's soft targets, and there is no teacher"):
         check_applies(Recipe(task="cls", distill=0.9))
-    with pytest.raises(FieldError, match="teacher applies to cls training only"):
-        check_applies(Recipe(task="seg", teacher=("runs/t",)))
+    check_applies(Recipe(task="seg", teacher=("runs/t",), distill=0.7))  # a segmenter distils per pixel
+    with pytest.raises(FieldError, match="distill weights the teacher's soft targets, and there is no teacher"):
+        check_applies(Recipe(task="seg", distill=0.9))
 
 
 def _recipe(tmp_path, name):
@@ -99,3 +107,77 @@ def test_a_teacher_that_trained_on_the_students_held_out_images_is_said(cli, col
     assert "split seed" not in res.err
     changes = tmp_path / "same" / "changes.txt"
     assert not changes.exists() or "split seed" not in changes.read_text()
+
+
+def test_a_segmenter_distils_from_its_teachers_probabilities_per_pixel():
+    """With distill 1 the training loss is the cross-entropy against the teacher's softmax on the
+    same crop, the teacher normalising the pixels its own way; padding (IGNORE) pixels do not
+    count. The teacher is no part of the student's weights."""
+    from vislab.data.seg_classes import IGNORE
+    from vislab.engine.segmentation import SegmenterModule
+    from vislab.models import build_model
+    from vislab.models.ensemble import AveragedNet
+
+    torch.manual_seed(0)
+    teacher = build_model("smp:fpn:resnet18", num_classes=7, weights=None).eval()
+    tmean, tstd = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    recipe = Recipe(task="seg", model="smp:fpn:resnet18", weights=None, distill=1.0, teacher=("t",),
+                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    module = SegmenterModule(recipe.to_dict(), 7, steps_per_epoch=1)
+    module.set_teacher(AveragedNet([(teacher, {"mean": tmean, "std": tstd})]))
+    raw = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    y = torch.randint(0, 7, (2, 64, 64))
+    y[:, :, 48:] = IGNORE  # padding
+    x = module.prepare(raw)
+    torch.manual_seed(1)  # the same dropout draws in the student's two forwards
+    got = module.training_step((x, y, torch.arange(2)), 0).detach()
+    with torch.no_grad():
+        m, s = torch.tensor(tmean).view(1, 3, 1, 1), torch.tensor(tstd).view(1, 3, 1, 1)
+        p = teacher((raw.float() / 255 - m) / s).softmax(1)
+        torch.manual_seed(1)
+        logp = module.net(x).log_softmax(1)
+    per_pixel = -(p * logp).sum(1)
+    assert float(got) == pytest.approx(float(per_pixel[y != IGNORE].mean()), rel=1e-4)
+    assert float(got) != pytest.approx(float(per_pixel.mean()), rel=1e-3)  # the padding would move it
+    assert not any(k.startswith(("_teacher", "teacher")) for k in module.state_dict())
+    assert set(module.state_dict()) == set(SegmenterModule(recipe.to_dict(), 7, steps_per_epoch=1).state_dict())
+
+
+def test_seg_train_with_teachers(cli, tmp_path):
+    """`seg train --teacher RUN`: trains, records its teachers, says a teacher of another split;
+    the teacher reads the training crops as they are (scale 1, whatever its evaluation scale); a
+    teacher of other classes is refused before anything is written."""
+    from test_own_seg_data import make_index_set
+
+    train = make_index_set(tmp_path / "train", 8)
+    r = tmp_path / "s.yaml"
+    r.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 4,
+                                 "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "seed": 2}))
+    assert cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "t", "--epochs", "1").code == 0
+    t_recipe = yaml.safe_load((tmp_path / "t" / "recipe.yaml").read_text())
+    (tmp_path / "half.yaml").write_text(yaml.safe_dump({**t_recipe, "infer_scale": 0.5}))
+    assert cli("seg", "train", train, "--recipe", tmp_path / "half.yaml", "--out", tmp_path / "t_half").code == 0
+    from vislab.data.seg_classes import load_classes
+    from vislab.pipelines.segmentation import _teacher_net
+
+    net, _ = _teacher_net(Recipe(task="seg", teacher=(str(tmp_path / "t_half"),)), load_classes(train / "classes.yaml"))
+    assert [float(m.scale) for m in net.nets] == [1.0]
+    res = cli("seg", "train", train, "--recipe", r, "--seed", "3", "--teacher", tmp_path / "t", "--distill", "0.7",
+              "--out", tmp_path / "student")
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    assert f"distillation: soft targets per pixel from {tmp_path / 't'} (weight 0.7)" in said
+    assert "held out (fraction, split seed) (0.25, 2), the student (0.25, 3)" in said
+    assert json.loads((tmp_path / "student" / "results.json").read_text())["teacher"] == [str(tmp_path / "t")]
+    assert yaml.safe_load((tmp_path / "student" / "recipe.yaml").read_text())["distill"] == 0.7
+    other = tmp_path / "other"  # the same images, a class renamed
+    import shutil
+
+    shutil.copytree(train, other)
+    desc = yaml.safe_load((other / "classes.yaml").read_text())
+    desc["classes"][1]["name"] = "track"
+    (other / "classes.yaml").write_text(yaml.safe_dump(desc))
+    assert cli("seg", "train", other, "--recipe", r, "--out", tmp_path / "t2").code == 0
+    res = cli("seg", "train", train, "--recipe", r, "--teacher", tmp_path / "t2", "--out", tmp_path / "s2")
+    assert res.code == 2 and "t2: teacher predicts other classes (background, track, water, field)" in " ".join(res.err.split())
+    assert not (tmp_path / "s2").exists()

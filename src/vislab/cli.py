@@ -115,6 +115,8 @@ WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a s
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
 BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")
+TeacherOpt = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities (per image; a segmenter's per pixel of each training crop) are soft targets.")
+DistillOpt = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels' loss gets the rest).")
 LimitOpt = typer.Option(None, "--limit-batches", help="Train on only this many batches per epoch (quick runs).")
 
 
@@ -193,8 +195,7 @@ def cls_train(
     erasing: Optional[float] = typer.Option(None, "--erasing", help="Probability of erasing a random rectangle per image (0 = off)."),
     ema: Optional[float] = EmaOpt,
     budget: Optional[float] = BudgetOpt,
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities on each training image are soft targets."),
-    distill: Optional[float] = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels get the rest)."),
+    teacher: Optional[str] = TeacherOpt, distill: Optional[float] = DistillOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
@@ -321,9 +322,11 @@ def seg_train(
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
     ema: Optional[float] = EmaOpt, budget: Optional[float] = BudgetOpt,
+    teacher: Optional[str] = TeacherOpt, distill: Optional[float] = DistillOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
+    from vislab.models.ensemble import members
     from vislab.pipelines.segmentation import train
 
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
@@ -332,7 +335,8 @@ def seg_train(
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
-                limit_train_batches=limit_batches, budget_minutes=budget)
+                limit_train_batches=limit_batches, budget_minutes=budget, distill=distill,
+                teacher=None if teacher is None else tuple(members(teacher)))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
                    classes=classes, notes=notes)
     if "val" in result:

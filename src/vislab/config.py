@@ -136,8 +136,8 @@ class Recipe:
     scheduler: str = "cosine"  # see engine.optim.SCHEDULERS
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
-    teacher: tuple[str, ...] = ()  # cls: runs whose averaged probabilities are soft targets (distillation)
-    distill: float = 0.5  # cls: weight of the soft-target term when there is a teacher (1 - it: the labels')
+    teacher: tuple[str, ...] = ()  # runs whose averaged probabilities (per image; seg: per pixel) are soft targets
+    distill: float = 0.5  # weight of the soft-target term when there is a teacher (1 - it: the labels' loss)
     mixup: float = 0.0  # cls: Beta(a, a) parameter of mixup; 0 = off
     cutmix: float = 0.0  # cls: Beta(a, a) parameter of cutmix; 0 = off (both on: 1/2 each per batch)
     augment: str = "none"  # cls: none | trivial (one random operation per image at a random strength, data/augment.py)
@@ -275,7 +275,7 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 TASK_ONLY = {
-    "cls": ("image_size", "resize_from", "pad", "mixup", "cutmix", "augment", "erasing", "label_smoothing", "teacher"),
+    "cls": ("image_size", "resize_from", "pad", "mixup", "cutmix", "augment", "erasing", "label_smoothing"),
     "seg": ("crop_size", "crop_area", "infer_scale", "input_hw", "rot90", "loss", "class_weights", "calibrate",
             "snapshot"),
 }
@@ -307,9 +307,9 @@ def check_applies(recipe: Recipe) -> None:
     if recipe.extra:
         raise FieldError("extra", f"is read by nothing in vislab, so {', '.join(map(str, recipe.extra))} would be "
                                   "ignored; `vislab recipes` lists the fields")
-    if recipe.task == "cls" and not recipe.teacher and recipe.distill != defaults["distill"]:
+    if not recipe.teacher and recipe.distill != defaults["distill"]:
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
-    if recipe.task == "cls" and recipe.teacher and recipe.distill == 0:
+    if recipe.teacher and recipe.distill == 0:
         raise FieldError("distill", "is 0, so the teacher's soft targets would be computed and given no weight; "
                                     "drop the teacher or give distill a weight > 0")
     if recipe.split_seed is not None and recipe.holdout <= 0:

@@ -61,9 +61,13 @@ def inverse_sqrt_frequency(counts: torch.Tensor, scored: int | None = None) -> t
     return torch.cat([w / w[share > 0].mean(), torch.ones(counts.numel() - n, dtype=w.dtype)]).float()
 
 
-def soft_target_loss(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+def soft_target_loss(logits: torch.Tensor, target_probs: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy against a distribution per sample (a teacher's probabilities): the mean over
-    the batch of ``-sum_c p_c log softmax(logits)_c`` (the KL divergence up to the teacher's
-    entropy, which does not depend on the student)."""
-    return -(target_probs.float() * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+    the batch (and, for (N, C, H, W) logits, over the pixels) of ``-sum_c p_c log softmax(logits)_c``
+    (the KL divergence up to the teacher's entropy, which does not depend on the student).
+    ``keep``: a boolean mask of the samples or pixels that count (e.g. not padding); none kept: 0."""
+    per = -(target_probs.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+    if keep is None:
+        return per.mean()
+    return (per * keep).sum() / keep.sum().clamp_min(1)
 

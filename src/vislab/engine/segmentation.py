@@ -18,7 +18,7 @@ from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.data.segmentation import (CachedTiles, Pair, TileCache, augment_tiles, holdout_split, jitter_colours,
                                       list_pairs, pad_collate, scan_masks)
 from vislab.engine.base import VislabModule
-from vislab.engine.losses import build_loss
+from vislab.engine.losses import build_loss, soft_target_loss
 from vislab.engine.sampling import SplitData
 from vislab.errors import VislabError
 from vislab.io import atomic_path
@@ -104,6 +104,20 @@ class SegmenterModule(VislabModule):
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)
+        self._teacher: list[torch.nn.Module] = []  # a list: not a submodule, so never in a checkpoint
+
+    @property
+    def teacher(self) -> torch.nn.Module | None:
+        """Distillation: a network from images scaled to [0, 1] to log-probabilities per pixel
+        (:class:`vislab.models.ensemble.AveragedNet` of the teacher runs, given by the pipeline
+        with :meth:`set_teacher`); its probabilities on each augmented training crop are soft targets."""
+        return self._teacher[0] if self._teacher else None
+
+    def set_teacher(self, net: torch.nn.Module | None) -> None:
+        """Hold ``net`` (in eval mode, without gradients) outside the module's submodules: it is no
+        part of the checkpoint, and Lightning's ``train()`` calls leave it in eval mode. (A
+        property setter would not do: ``nn.Module`` registers a module attribute before it.)"""
+        self._teacher = [] if net is None else [net.eval().requires_grad_(False)]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -128,9 +142,25 @@ class SegmenterModule(VislabModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        loss = self.loss_fn(self.net(x), y)
+        logits = self.net(x)
+        loss = self.loss_fn(logits, y)
+        if self.teacher is not None:
+            soft = self.soft_targets(x)
+            loss = (1 - self.recipe.distill) * loss + self.recipe.distill * soft_target_loss(logits, soft, y != IGNORE)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
+
+    @torch.no_grad()
+    def soft_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's probabilities per pixel of a normalised training batch (read back to [0, 1]
+        with the student's mean and std, then normalised by each teacher its own way)."""
+        teacher = self.teacher
+        assert teacher is not None
+        if next(teacher.parameters()).device != x.device:
+            teacher.to(x.device)
+        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return teacher(x.float() * s + m).exp()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, _ = batch

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vislab.config import Recipe, held_out_seed
+from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder, resize_batch
 from vislab.data.layouts import find_items
 from vislab.data.tensors import normalize
@@ -20,7 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
-from vislab.pipelines.settings import check_positive, held_out_of
+from vislab.pipelines.settings import check_positive, held_out_of, teacher_split_notes
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -61,7 +61,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     train_idx, _ = holdout_split(data.labels, recipe)
     soft = None
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
-        soft, leaks = teacher_probs(recipe.teacher, data, train_dir, labels_csv, split=(recipe.holdout, held_out_seed(recipe)))
+        soft, leaks = teacher_probs(recipe, data, train_dir, labels_csv)
         notes = [*notes, *leaks]
         info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
@@ -193,27 +193,18 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
                           labels_csv=labels_csv, size=stored_size(meta))
 
 
-def teacher_probs(teachers: tuple[str, ...], data: Any, train_dir: str | Path,
-                  labels_csv: str | Path | None, *, split: tuple[float, int] = (0.0, 0)) -> tuple[torch.Tensor, list[str]]:
-    """The teachers' averaged class probabilities (N, C) for every image of the training folder,
-    each teacher reading it at its own stored size; they must know the student's classes. Also
-    a warning line (said here, for ``changes.txt``) for each teacher that held out other images
-    than the student's ``split`` (held-out fraction, split seed): it trained on some of the
-    student's held-out images."""
-    paths = list(teachers)
+def teacher_probs(recipe: Recipe, data: Any, train_dir: str | Path,
+                  labels_csv: str | Path | None) -> tuple[torch.Tensor, list[str]]:
+    """The averaged class probabilities (N, C) of ``recipe.teacher`` for every image of the
+    training folder, each teacher reading it at its own stored size; they must know the student's
+    classes. Also the warnings of :func:`~vislab.pipelines.settings.teacher_split_notes`."""
+    paths = list(recipe.teacher)
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
-    leaks = []
     for (_, meta), path in zip(models, paths):
         if meta["num_classes"] != data.num_classes or meta.get("class_names") != data.class_names:
             raise VislabError(path, f"teacher has {meta['num_classes']} classes ({meta.get('class_names')}); the "
                                     f"training folder has {data.num_classes} ({data.class_names})")
-        r = meta.get("recipe", {})
-        theirs = (float(r.get("holdout", 0.0)), held_out_seed(r))
-        if split[0] > 0 and theirs != (float(split[0]), split[1]):
-            leaks.append(f"warning: teacher {path} held out (fraction, split seed) {theirs}, the student "
-                         f"{(float(split[0]), split[1])}: it trained on some of the student's held-out images, so "
-                         "the student's held-out score may read high (give the student the teacher's --split-seed)")
-            info(leaks[-1])
+    leaks = teacher_split_notes([meta for _, meta in models], paths, recipe)
     read = lambda m: load_folder(train_dir, labelled=True, labels_csv=labels_csv,  # noqa: E731
                                  class_names=data.class_names, size=stored_size(m))
     seen, logp = _ensemble_logits(models, paths, read, batch_size=256, device=None, tta="none")

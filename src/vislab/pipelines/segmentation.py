@@ -51,6 +51,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:
         check_described_alike(val_dir, desc)
         val_pairs = list_pairs(val_dir)
+    teacher, teacher_notes = _teacher_net(recipe, desc) if recipe.teacher else (None, [])
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)
@@ -62,7 +63,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
-    changes = [*notes, *([note] if note else [])]
+    changes = [*notes, *([note] if note else []), *teacher_notes]
     recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
     if line and recipe.calibrate:
         recipe = recipe.with_overrides(calibrate=False)
@@ -80,6 +81,12 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         data.recipe = r  # the split and the tile cache stay; the loaders read the recipe run
         return data
 
+    def make_module(r: Recipe, steps: int, pretrained: bool) -> SegmenterModule:
+        module = SegmenterModule(r.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta,
+                                 pretrained=pretrained)
+        module.set_teacher(teacher)
+        return module
+
     def describe(r: Recipe) -> None:
         info(f"{train_dir}: {len(data.train_pairs) + len(data.holdout_pairs)} pairs; training on "
              f"{len(data.train_pairs)}, held out {len(data.holdout_pairs)} for checkpoint selection")
@@ -96,9 +103,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     done = fit_run(TrainingJob(
         out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs),
-        make_module=lambda r, steps, pretrained: SegmenterModule(r.to_dict(), desc.num_classes, steps,
-                                                                 class_weights=weights, data_meta=meta,
-                                                                 pretrained=pretrained),
+        make_module=make_module,
         make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
         extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
         holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),
@@ -107,6 +112,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         return {}
     result, best, recipe = done
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
+    if recipe.teacher:
+        result["teacher"] = list(recipe.teacher)
     if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
@@ -171,6 +178,30 @@ def _same_size_runs(images: list[torch.Tensor], batch_size: int) -> list[range]:
 def _output_name(image: Path) -> str:
     stem = image.stem
     return f"{stem[: -len(SAT)]}{MASK}.png" if stem.endswith(SAT) else f"{stem}.png"
+
+
+def _teacher_net(recipe: Recipe, desc: SegClasses) -> tuple[torch.nn.Module, list[str]]:
+    """The teacher runs of ``recipe`` as one network from [0, 1] images to averaged log-probabilities
+    per pixel (:class:`~vislab.models.ensemble.AveragedNet`), each normalising its own way and
+    reading the training crops as they are (no evaluation scale, no class offsets: the soft targets
+    are what each learnt). They must describe the student's classes. Also the warnings of
+    :func:`~vislab.pipelines.settings.teacher_split_notes`."""
+    from vislab.models.ensemble import AveragedNet
+    from vislab.pipelines.settings import teacher_split_notes
+
+    paths = list(recipe.teacher)
+    loaded = [load_segmenter(path, calibrated=False) for path in paths]
+    for (net, meta), path in zip(loaded, paths):
+        theirs = classes_of(meta)
+        if not theirs.same_classes(desc):
+            raise VislabError(path, f"teacher predicts other classes ({', '.join(theirs.names)}) than the training "
+                                    f"folder's {desc.source} ({', '.join(desc.names)})")
+        if hasattr(net, "scale"):
+            net.scale = 1.0
+    notes = teacher_split_notes([meta for _, meta in loaded], paths, recipe)
+    info(f"distillation: soft targets per pixel from {', '.join(paths)} (weight {recipe.distill:g}), computed on "
+         "each training crop as it is (one forward of each teacher per step)")
+    return AveragedNet(loaded), notes
 
 
 def classes_of(meta: dict[str, Any]) -> SegClasses:

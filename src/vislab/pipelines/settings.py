@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 from vislab.config import FieldError, Recipe, held_out_seed
 from vislab.errors import VislabError
+from vislab.log import info
 
 Stats = tuple[Sequence[float], Sequence[float]]
 
@@ -139,6 +140,23 @@ def check_positive(**values: int | float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
+
+
+def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe) -> list[str]:
+    """A warning line (said here, for ``changes.txt``) for each teacher whose held-out split is not
+    the student's (another fraction or split seed, or none): it trained on some of the student's
+    held-out images, so the student's held-out score, and its checkpoint choice, lean its way."""
+    ours = (float(recipe.holdout), held_out_seed(recipe))
+    lines = []
+    for meta, path in zip(metas, paths):
+        r = meta.get("recipe", {})
+        theirs = (float(r.get("holdout", 0.0)), held_out_seed(r))
+        if ours[0] > 0 and theirs != ours:
+            lines.append(f"warning: teacher {path} held out (fraction, split seed) {theirs}, the student {ours}: it "
+                         "trained on some of the student's held-out images, so the student's held-out score may "
+                         "read high (give the student the teacher's --split-seed)")
+            info(lines[-1])
+    return lines
 
 
 def held_out_of(models: list[tuple[Any, dict[str, Any]]], paths: list[str], *,
