@@ -129,3 +129,20 @@ def test_report_says_a_run_is_unfinished_stopped_early_or_changed(cli, tmp_path)
     html = (tmp_path / "r.html").read_text()
     assert res.code == 0 and "Unfinished" not in html and "unfinished" not in res.err
     assert "<li>Stopped early: --max-minutes 1 reached</li>" in html and "<li>Setting: batch size 64" in html
+
+
+def test_report_lists_a_distilled_runs_teachers(cli, tmp_path):
+    """The recipe table names a run's teachers (joined) and their weight; a run without a teacher
+    shows neither row."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\nepochs: 5\nteacher: [runs/a, runs/b]\ndistill: 0.7\n")
+    (run / "history.csv").write_text("epoch,train_loss,holdout_acc,lr\n1,2.0,0.4,0.01\n")
+    (run / "results.json").write_text(json.dumps({"holdout_acc": 0.4}))
+    assert cli("report", run, "--out", tmp_path / "r.md").code == 0
+    md = (tmp_path / "r.md").read_text()
+    assert "| teacher | runs/a, runs/b |" in md and "| distill | 0.7 |" in md
+    (run / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\nepochs: 5\n")
+    assert cli("report", run, "--out", tmp_path / "r2.md").code == 0
+    md = (tmp_path / "r2.md").read_text()
+    assert "| teacher |" not in md and "| distill |" not in md and "| model | simple_cnn |" in md

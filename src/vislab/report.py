@@ -197,13 +197,17 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
         figs.append(_fig("Training curves", figures.curves(data["history"], metric=metric)))
     figs += _cls_figures(run, data) if task == "cls" else _seg_figures(run, data)
     keys = ("model", "weights", "epochs", "batch_size", "lr", "optimizer", "scheduler", "image_size", "crop_size",
-            "loss", "precision", "holdout", "seed", "split_seed")
+            "loss", "precision", "holdout", "seed", "split_seed", "teacher")
+    shown = [(k, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+             for k, v in ((k, data["recipe"].get(k)) for k in keys) if v not in (None, [], ())]
+    if data["recipe"].get("teacher"):
+        shown.append(("distill", data["recipe"].get("distill")))
     return {
         "id": f"run{index}",
         "heading": f"{'P1 classification' if task == 'cls' else 'P2 segmentation'}: {run}",
         "command": data["command"],
         "notes": _run_notes(run, data),
-        "recipe": [(k, data["recipe"].get(k)) for k in keys if data["recipe"].get(k) is not None],
+        "recipe": shown,
         "metric_name": "accuracy" if task == "cls" else "mIoU",
         "comparison": comparison,
         "figures": figs,
