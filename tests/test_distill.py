@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -89,24 +90,35 @@ def test_a_teacher_of_other_classes_is_refused(cli, color_classes, tmp_path):
 
 def test_a_teacher_that_trained_on_the_students_held_out_images_is_said(cli, color_classes, tmp_path):
     """The student's held-out images must be ones its teacher never trained on for its held-out
-    score to be honest: a teacher of another split is said on the console and in changes.txt; the
-    teacher's split seed given to the student (--split-seed) is not."""
+    score to be honest: a teacher of another split, or of another folder, is said in changes.txt
+    (and once on the console); the teacher's split given to the student (--split-seed), or a
+    student that holds nothing out, is not."""
     r = tmp_path / "h.yaml"
     r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
                                  "lr": 0.05, "holdout": 0.2, "seed": 0}))
     assert cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "t").code == 0
-    res = cli("cls", "train", color_classes, "--recipe", r, "--seed", "1", "--teacher", tmp_path / "t",
-              "--out", tmp_path / "other")
-    assert res.code == 0, res.err
-    said = "held out (fraction, split seed) (0.2, 0), the student (0.2, 1): it trained on some of the student's held-out"
-    assert said in " ".join(res.err.split())
-    assert said in (tmp_path / "other" / "changes.txt").read_text()
-    res = cli("cls", "train", color_classes, "--recipe", r, "--seed", "1", "--split-seed", "0", "--teacher",
-              tmp_path / "t", "--out", tmp_path / "same")
-    assert res.code == 0, res.err
-    assert "split seed" not in res.err
-    changes = tmp_path / "same" / "changes.txt"
-    assert not changes.exists() or "split seed" not in changes.read_text()
+
+    def student(name: str, *flags: str, teacher: str = "t") -> tuple[str, str]:
+        res = cli("cls", "train", color_classes, "--recipe", r, *flags, "--teacher", tmp_path / teacher,
+                  "--out", tmp_path / name)
+        assert res.code == 0, res.err
+        changes = tmp_path / name / "changes.txt"
+        return " ".join(res.err.split()), changes.read_text() if changes.exists() else ""
+
+    said, changes = student("other", "--seed", "1")
+    line = ("held out (fraction, split seed) (0.2, 0), the student (0.2, 1) (--holdout 0.2 --split-seed 0 would "
+            "share its split): it trained on some of the student's held-out images")
+    assert line in said and said.count("setting: warning: teacher") == 1 and line in changes
+    said, changes = student("same", "--seed", "1", "--split-seed", "0")
+    assert "it trained on some" not in said + changes
+    said, changes = student("none", "--seed", "1", "--holdout", "0.01")  # 0.4 of each class's 40: none
+    assert "holdout 0.01 -> 0" in said and "it trained on some" not in said + changes
+    fewer = tmp_path / "fewer"  # the same split rule, on a folder less one image
+    shutil.copytree(color_classes, fewer)
+    (fewer / "0_7.png").unlink()
+    assert cli("cls", "train", fewer, "--recipe", r, "--out", tmp_path / "t_fewer").code == 0
+    said, changes = student("elsewhere", teacher="t_fewer")
+    assert "t_fewer was trained on another folder than the student's: it trained on some" in changes
 
 
 def test_a_segmenter_distils_from_its_teachers_probabilities_per_pixel():
@@ -168,11 +180,14 @@ def test_seg_train_with_teachers(cli, tmp_path):
     said = " ".join(res.err.split())
     assert f"distillation: soft targets per pixel from {tmp_path / 't'} (weight 0.7)" in said
     assert "held out (fraction, split seed) (0.25, 2), the student (0.25, 3)" in said
+    # the teacher's targets reach the loss: the same run without one trains otherwise
+    assert cli("seg", "train", train, "--recipe", r, "--seed", "3", "--out", tmp_path / "alone").code == 0
+    loss = [[row["train_loss"] for row in csv.DictReader((tmp_path / run / "history.csv").open())]
+            for run in ("student", "alone")]
+    assert loss[0] != loss[1]
     assert json.loads((tmp_path / "student" / "results.json").read_text())["teacher"] == [str(tmp_path / "t")]
     assert yaml.safe_load((tmp_path / "student" / "recipe.yaml").read_text())["distill"] == 0.7
     other = tmp_path / "other"  # the same images, a class renamed
-    import shutil
-
     shutil.copytree(train, other)
     desc = yaml.safe_load((other / "classes.yaml").read_text())
     desc["classes"][1]["name"] = "track"

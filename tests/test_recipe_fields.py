@@ -92,3 +92,19 @@ def test_a_holdout_that_holds_out_nothing_is_said_and_run_without(cli, tmp_path)
     assert res.code == 0, res.err
     assert line + " (and split_seed 3 is dropped: no split to seed)" in " ".join(res.err.split())
     assert yaml.safe_load((tmp_path / "run2" / "recipe.yaml").read_text())["split_seed"] is None
+
+
+def test_a_teacher_string_in_a_recipe_is_a_list_of_runs_and_holdout_0_drops_a_split_seed(tmp_path):
+    """``teacher: runs/a`` in YAML is one run (not its characters), ``runs/a, runs/b`` two; and
+    ``--holdout 0`` over a recipe with a split seed drops it, said, instead of refusing the recipe."""
+    from vislab.config import recipe_from_dict
+    from vislab.pipelines.settings import run_recipe
+
+    assert recipe_from_dict({"task": "cls", "teacher": "runs/a"}).teacher == ("runs/a",)
+    assert recipe_from_dict({"task": "cls", "teacher": "runs/a, runs/b"}).teacher == ("runs/a", "runs/b")
+    path = _yaml(tmp_path, task="cls", model="simple_cnn", holdout=0.1, split_seed=4)
+    r, notes = run_recipe(str(path), tmp_path / "run", resume=False, overrides={"holdout": 0.0})
+    assert r.holdout == 0.0 and r.split_seed is None
+    assert notes == ["holdout 0 drops the recipe's split_seed (4): no split to seed"]
+    r, notes = run_recipe(str(path), tmp_path / "run", resume=False, overrides={"holdout": 0.2})
+    assert r.split_seed == 4 and notes == []

@@ -108,7 +108,7 @@ DevicesOpt = typer.Option(None, "--devices", help="Devices per node: auto, N or 
 NodesOpt = typer.Option(None, "--num-nodes", help="Number of machines (torchrun / SLURM).")
 StrategyOpt = typer.Option(None, "--strategy", help="auto | ddp | ddp_spawn | fsdp ...")
 AccelOpt = typer.Option(None, "--accelerator", help="auto | cpu | gpu.")
-SeedOpt = typer.Option(None, "--seed", help="Random seed (data split, order, augmentation, init).")
+SeedOpt = typer.Option(None, "--seed", help="Random seed (held-out split unless --split-seed, order, augmentation, init).")
 SplitSeedOpt = typer.Option(None, "--split-seed", help="Seed of the held-out split alone (default: --seed); runs of one split and other seeds can be ensembled with --held-out.")
 ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models`).")
 WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict, checkpoint or run folder (none switches off a recipe's weights).")
@@ -353,7 +353,7 @@ def _print_seg(res: dict) -> None:
     out.print(f"pixel accuracy: {res['pixel_accuracy']:.4f}")
     if res.get("held_out"):
         out.print(f"scored on the {res['files']} pairs held out of training (fraction {res['held_out']['fraction']:g}, "
-                  f"seed {res['held_out']['seed']})")
+                  f"split seed {res['held_out']['seed']})")
     out.print(f"mIoU: {res['miou']:.4f}")
     if res.get("stray_files"):
         out.print(f"{res['stray_files']} of {res['files']} ground-truth masks hold {res['stray_pixels']} pixels of no "

@@ -218,6 +218,8 @@ def held_out_seed(recipe: "Recipe | dict[str, Any]") -> int:
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
+    if isinstance(out.get("teacher"), str):  # one run, or several joined by commas, as on the command line
+        out["teacher"] = tuple(p.strip() for p in out["teacher"].split(","))
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area", "teacher"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])

@@ -117,6 +117,8 @@ class SegmenterModule(VislabModule):
         """Hold ``net`` (in eval mode, without gradients) outside the module's submodules: it is no
         part of the checkpoint, and Lightning's ``train()`` calls leave it in eval mode. (A
         property setter would not do: ``nn.Module`` registers a module attribute before it.)"""
+        if net is not None and self.recipe.channels_last:  # as the student's inputs arrive
+            net = net.to(memory_format=torch.channels_last)
         self._teacher = [] if net is None else [net.eval().requires_grad_(False)]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -156,7 +158,7 @@ class SegmenterModule(VislabModule):
         with the student's mean and std, then normalised by each teacher its own way)."""
         teacher = self.teacher
         assert teacher is not None
-        if next(teacher.parameters()).device != x.device:
+        if next(teacher.parameters()).device != x.device:  # once per process, on its own device
             teacher.to(x.device)
         m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)

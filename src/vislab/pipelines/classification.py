@@ -59,16 +59,18 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
                        labels_csv=val_labels_csv, size=hw)
     train_idx, _ = holdout_split(data.labels, recipe)
-    soft = None
+    soft, teachers = None, []
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
-        soft, leaks = teacher_probs(recipe, data, train_dir, labels_csv)
-        notes = [*notes, *leaks]
+        soft, teachers = teacher_probs(recipe, data, train_dir, labels_csv)
         info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     changes = [*notes, *changes]
+    digest = labelled_digest(data)
+    # after the settings: a held-out fraction that holds out nothing is 0 by now
+    changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,
-                 "train_files_digest": labelled_digest(data)}
+                 "train_files_digest": digest}
 
     def make_module(r: Recipe, steps: int, pretrained: bool) -> ClassifierModule:
         module = ClassifierModule(r.to_dict(), data.num_classes, steps, data_meta, pretrained)
@@ -194,23 +196,22 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
 
 
 def teacher_probs(recipe: Recipe, data: Any, train_dir: str | Path,
-                  labels_csv: str | Path | None) -> tuple[torch.Tensor, list[str]]:
+                  labels_csv: str | Path | None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """The averaged class probabilities (N, C) of ``recipe.teacher`` for every image of the
-    training folder, each teacher reading it at its own stored size; they must know the student's
-    classes. Also the warnings of :func:`~vislab.pipelines.settings.teacher_split_notes`."""
+    training folder, each teacher reading it at its own stored size, and the teachers' metadata;
+    they must know the student's classes."""
     paths = list(recipe.teacher)
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
     for (_, meta), path in zip(models, paths):
         if meta["num_classes"] != data.num_classes or meta.get("class_names") != data.class_names:
             raise VislabError(path, f"teacher has {meta['num_classes']} classes ({meta.get('class_names')}); the "
                                     f"training folder has {data.num_classes} ({data.class_names})")
-    leaks = teacher_split_notes([meta for _, meta in models], paths, recipe)
     read = lambda m: load_folder(train_dir, labelled=True, labels_csv=labels_csv,  # noqa: E731
                                  class_names=data.class_names, size=stored_size(m))
     seen, logp = _ensemble_logits(models, paths, read, batch_size=256, device=None, tta="none")
     if list(seen.files) != list(data.files):
         raise VislabError(train_dir, "the teachers read another list of images than the student")
-    return logp.exp().half(), leaks
+    return logp.exp().half(), [meta for _, meta in models]
 
 
 def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str], read: Any, *,

@@ -41,7 +41,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.trainer import check_run_folder, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
-    from vislab.pipelines.settings import empty_holdout, resolve_normalisation
+    from vislab.pipelines.settings import empty_holdout, resolve_normalisation, teacher_split_notes
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
@@ -51,7 +51,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:
         check_described_alike(val_dir, desc)
         val_pairs = list_pairs(val_dir)
-    teacher, teacher_notes = _teacher_net(recipe, desc) if recipe.teacher else (None, [])
+    teacher, teachers = _teacher_net(recipe, desc) if recipe.teacher else (None, [])
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)
@@ -63,19 +63,21 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
                                          "ImageNet statistics (no pretrained weights)")
-    changes = [*notes, *([note] if note else []), *teacher_notes]
+    changes = [*notes, *([note] if note else [])]
     recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
     if line and recipe.calibrate:
         recipe = recipe.with_overrides(calibrate=False)
         line += " (and calibrate is off: no held-out pairs to fit class offsets on)"
     changes += [line] if line else []
+    digest = pairs_digest(data.pairs)
+    changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_pairs_digest")
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
     common = data.stats.common_size()
     tile = common or (512, 512)
     meta = {"seg_classes": desc.to_dict(), "stored_hw": list(common) if common else None,
-            "train_pairs_digest": pairs_digest(data.pairs)}  # lists, not tuples: hparams.yaml stays plain YAML
+            "train_pairs_digest": digest}  # lists, not tuples: hparams.yaml stays plain YAML
 
     def make_data(r: Recipe) -> SegmentationData:
         data.recipe = r  # the split and the tile cache stay; the loaders read the recipe run
@@ -180,14 +182,12 @@ def _output_name(image: Path) -> str:
     return f"{stem[: -len(SAT)]}{MASK}.png" if stem.endswith(SAT) else f"{stem}.png"
 
 
-def _teacher_net(recipe: Recipe, desc: SegClasses) -> tuple[torch.nn.Module, list[str]]:
+def _teacher_net(recipe: Recipe, desc: SegClasses) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """The teacher runs of ``recipe`` as one network from [0, 1] images to averaged log-probabilities
     per pixel (:class:`~vislab.models.ensemble.AveragedNet`), each normalising its own way and
     reading the training crops as they are (no evaluation scale, no class offsets: the soft targets
-    are what each learnt). They must describe the student's classes. Also the warnings of
-    :func:`~vislab.pipelines.settings.teacher_split_notes`."""
+    are what each learnt), and the teachers' metadata. They must describe the student's classes."""
     from vislab.models.ensemble import AveragedNet
-    from vislab.pipelines.settings import teacher_split_notes
 
     paths = list(recipe.teacher)
     loaded = [load_segmenter(path, calibrated=False) for path in paths]
@@ -198,10 +198,9 @@ def _teacher_net(recipe: Recipe, desc: SegClasses) -> tuple[torch.nn.Module, lis
                                     f"folder's {desc.source} ({', '.join(desc.names)})")
         if hasattr(net, "scale"):
             net.scale = 1.0
-    notes = teacher_split_notes([meta for _, meta in loaded], paths, recipe)
     info(f"distillation: soft targets per pixel from {', '.join(paths)} (weight {recipe.distill:g}), computed on "
          "each training crop as it is (one forward of each teacher per step)")
-    return AveragedNet(loaded), notes
+    return AveragedNet(loaded), [meta for _, meta in loaded]
 
 
 def classes_of(meta: dict[str, Any]) -> SegClasses:

@@ -92,6 +92,9 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     r = r.with_overrides(**given)
     notes = [] if budget is None else [f"{flag('epochs')} {given['epochs']} replaces the recipe's budget_minutes "
                                        f"({budget:g}): no time budget"]
+    if given.get("holdout") == 0 and r.split_seed is not None and "split_seed" not in given:
+        notes.append(f"{flag('holdout')} 0 drops the recipe's split_seed ({r.split_seed}): no split to seed")
+        r = dataclasses.replace(r, split_seed=None)
     check_applies(r)
     if "distill" in given and not r.teacher:  # the default value, given explicitly, would be ignored too
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
@@ -142,20 +145,31 @@ def check_positive(**values: int | float) -> None:
             raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
 
 
-def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe) -> list[str]:
-    """A warning line (said here, for ``changes.txt``) for each teacher whose held-out split is not
-    the student's (another fraction or split seed, or none): it trained on some of the student's
-    held-out images, so the student's held-out score, and its checkpoint choice, lean its way."""
+def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe, *,
+                        digest: str | None, digest_key: str) -> list[str]:
+    """A warning line (for ``changes.txt``) for each teacher that trained on some of the images
+    the student holds out (``recipe`` as the run resolved it, its training folder's ``digest``
+    beside the teacher's ``meta[digest_key]``): a teacher that held nothing out, one trained on
+    another folder, or one with another held-out fraction or split seed. The student's held-out
+    score, and its checkpoint choice, then lean the teacher's way. None when nothing is held out."""
     ours = (float(recipe.holdout), held_out_seed(recipe))
+    if ours[0] <= 0:
+        return []
     lines = []
     for meta, path in zip(metas, paths):
         r = meta.get("recipe", {})
         theirs = (float(r.get("holdout", 0.0)), held_out_seed(r))
-        if ours[0] > 0 and theirs != ours:
-            lines.append(f"warning: teacher {path} held out (fraction, split seed) {theirs}, the student {ours}: it "
-                         "trained on some of the student's held-out images, so the student's held-out score may "
-                         "read high (give the student the teacher's --split-seed)")
-            info(lines[-1])
+        if theirs[0] <= 0:
+            why = "held nothing out of its training folder"
+        elif meta.get(digest_key) is not None and digest is not None and meta[digest_key] != digest:
+            why = "was trained on another folder than the student's"
+        elif theirs != ours:
+            why = (f"held out (fraction, split seed) {theirs}, the student {ours} (--holdout {theirs[0]:g} "
+                   f"--split-seed {theirs[1]} would share its split)")
+        else:
+            continue
+        lines.append(f"warning: teacher {path} {why}: it trained on some of the student's held-out images, so "
+                     "the student's held-out score may read high")
     return lines
 
 
