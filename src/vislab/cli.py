@@ -98,6 +98,13 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     return r, notes
 
 
+def _teachers(spec: str | None) -> tuple[str, ...] | None:
+    """``--teacher RUN[,RUN...]`` as the recipe's tuple of runs (None: not given)."""
+    from vislab.models.ensemble import members
+
+    return None if spec is None else tuple(members(spec))
+
+
 RecipeOpt = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data; with --resume: the run folder's).")
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
 EmaOpt = typer.Option(None, "--ema", help="Decay of a moving average of the weights that is evaluated and saved (e.g. 0.999; 0 = off).")
@@ -200,7 +207,6 @@ def cls_train(
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
     from vislab.pipelines.classification import train
-    from vislab.models.ensemble import members
 
     train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, "p1_data/val_50")
     if val_labels is not None and val_dir is None:
@@ -212,7 +218,7 @@ def cls_train(
                 augment=augment, erasing=erasing,
                 ema=ema, num_workers=workers,
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
-                teacher=None if teacher is None else tuple(members(teacher)))
+                teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
                    val_labels_csv=val_labels, command=_command_line(), notes=notes)
     if "val" in result:
@@ -326,7 +332,6 @@ def seg_train(
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
-    from vislab.models.ensemble import members
     from vislab.pipelines.segmentation import train
 
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
@@ -336,7 +341,7 @@ def seg_train(
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches, budget_minutes=budget, distill=distill,
-                teacher=None if teacher is None else tuple(members(teacher)))
+                teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
                    classes=classes, notes=notes)
     if "val" in result:

@@ -91,8 +91,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         return {}
     result, best, recipe = done
     result["layout"], result["class_names"] = data.layout, data.class_names
-    if recipe.teacher:
-        result["teacher"] = list(recipe.teacher)
     if val_dir is not None:
         result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv")
         result["val_accuracy"] = result["val"]["accuracy"]

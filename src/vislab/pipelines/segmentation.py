@@ -114,8 +114,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         return {}
     result, best, recipe = done
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
-    if recipe.teacher:
-        result["teacher"] = list(recipe.teacher)
     if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]

@@ -8,7 +8,6 @@ from typing import Any, Callable, Sequence
 
 from vislab.config import FieldError, Recipe, held_out_seed
 from vislab.errors import VislabError
-from vislab.log import info
 
 Stats = tuple[Sequence[float], Sequence[float]]
 

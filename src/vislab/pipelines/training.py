@@ -121,6 +121,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=module.replanned_epochs)
     result["epochs"] = recipe.epochs  # of the schedule that ran
+    if recipe.teacher:  # distillation (either task): the runs whose soft targets it learnt from
+        result["teacher"] = list(recipe.teacher)
     if keeper is not None and keeper.epochs_here:  # counting earlier pieces of the run
         line = budget_overrun(keeper.minutes, keeper.before + result["train_seconds"])
         if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
