@@ -129,6 +129,7 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0, res.err
     assert "--resume: nothing left to train" in " ".join(res.err.split())
+    assert "--resume: nothing left to train" in (run / "changes.txt").read_text()  # said in the run folder too
     after = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     kept = json.loads((run / "results.json").read_text())  # the validation it ended with stays recorded

@@ -292,3 +292,45 @@ def test_predict_checks_its_folder_before_exporting(cls_run, cli, tmp_path, monk
     res = cli("cls", "predict", cls_run / "run", tmp_path / "empty", tmp_path / "p.csv", "--engine", "onnx")
     assert res.code == 2 and res.err.startswith(f"vislab: error: {tmp_path / 'empty'}: no images found")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_export_size_of_a_native_size_classifier_is_refused(cls_run, cli, tmp_path):
+    """A classifier without image_size takes its images at their stored size (as `cls predict`
+    decodes them): an export at another size could never be used, so it is refused."""
+    recipe = _recipe(tmp_path / "r.yaml", task="cls", model="simple_cnn", epochs=1, batch_size=12, lr=0.05,
+                     holdout=0.25, seed=0)
+    assert run_vislab("cls", "train", cls_run / "train", "--recipe", recipe, "--out", tmp_path / "run") == 0
+    res = cli("export", tmp_path / "run", tmp_path / "m.onnx", "--size", "64", "64")
+    assert res.code == 2 and "--size: this classifier takes its images at the size they were stored at in " \
+                               "training (32x32)" in " ".join(res.err.split())
+    assert not (tmp_path / "m.onnx").exists()
+    assert cli("export", tmp_path / "run", tmp_path / "m.onnx", "--size", "32", "32", "--no-check").code == 0
+    assert OnnxNet(tmp_path / "m.onnx").shape == (3, 32, 32)
+
+
+def test_onnx_runs_on_the_cpu_and_says_what_runs_in_torch(seg_run, cli, tmp_path, monkeypatch):
+    """An exported graph asked to run on a GPU is refused (ONNX Runtime runs it on the CPU); with
+    --engine onnx, tiles of a size the graph does not take run in torch, said once per size."""
+    import shutil
+
+    import vislab.models.checkpoints as ck
+
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path / "cache"))
+    assert cli("export", seg_run / "run", tmp_path / "sq.onnx", "--no-check").code == 0
+    real = ck.pick_device
+    monkeypatch.setattr(ck, "pick_device", lambda name=None: torch.device("cuda") if name == "cuda" else real(name))
+    res = cli("seg", "predict", tmp_path / "sq.onnx", seg_run / "train", tmp_path / "o0", "--device", "cuda")
+    assert res.code == 2 and "sq.onnx: an exported ONNX model runs on the CPU (ONNX Runtime), not --device cuda" \
+                               in " ".join(res.err.split())
+    assert not (tmp_path / "o0").exists()
+    mixed = tmp_path / "mixed"
+    shutil.copytree(seg_run / "train", mixed)
+    for stem in ("0002", "0003"):
+        Image.fromarray(np.asarray(Image.open(mixed / f"{stem}_sat.jpg"))[:, :48]).save(mixed / f"{stem}_sat.jpg")
+    res = cli("seg", "predict", seg_run / "run", mixed, tmp_path / "o1", "--engine", "onnx", "--batch-size", "1")
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    assert said.count("--engine onnx: inputs of (3, 64, 48) run in torch (the ONNX graph takes (3, 64, 64))") == 1
+    assert len(list((tmp_path / "o1").glob("*_mask.png"))) == 4
+    res = cli("seg", "predict", seg_run / "run", mixed, tmp_path / "o2", "--batch-size", "1")  # auto: not said
+    assert res.code == 0 and "run in torch" not in res.err

@@ -102,9 +102,60 @@ def test_a_teacher_string_in_a_recipe_is_a_list_of_runs_and_holdout_0_drops_a_sp
 
     assert recipe_from_dict({"task": "cls", "teacher": "runs/a"}).teacher == ("runs/a",)
     assert recipe_from_dict({"task": "cls", "teacher": "runs/a, runs/b"}).teacher == ("runs/a", "runs/b")
+    assert recipe_from_dict({"task": "seg", "snapshot": "0010,0097"}).snapshot == ("0010", "0097")  # not characters
+    assert recipe_from_dict({"task": "seg", "snapshot": ""}).snapshot == ()
     path = _yaml(tmp_path, task="cls", model="simple_cnn", holdout=0.1, split_seed=4)
     r, notes = run_recipe(str(path), tmp_path / "run", resume=False, overrides={"holdout": 0.0})
     assert r.holdout == 0.0 and r.split_seed is None
     assert notes == ["holdout 0 drops the recipe's split_seed (4): no split to seed"]
     r, notes = run_recipe(str(path), tmp_path / "run", resume=False, overrides={"holdout": 0.2})
     assert r.split_seed == 4 and notes == []
+
+
+def test_settings_that_run_as_told_but_likely_not_as_meant_are_said(tmp_path):
+    """Frozen layers without pretrained weights, a crop area without a crop, and a recipe's
+    normalisation kept for a model pretrained with another: each a line for changes.txt."""
+    from vislab.config import recipe_from_dict
+    from vislab.models import get_entry
+    from vislab.pipelines.settings import run_recipe
+
+    path = _yaml(tmp_path, task="cls", model="cifar_resnet20", freeze="layer1")  # one submodule, as a string
+    r, notes = run_recipe(str(path), tmp_path / "run", resume=False, overrides={})
+    assert r.freeze == ("layer1",)
+    assert notes == ["warning: freeze keeps layer1 at their random initial weights (no pretrained weights to keep)"]
+    assert run_recipe("cls-cpu", tmp_path / "run", resume=False, overrides={})[1] == []  # freeze over ImageNet weights
+    r, notes = run_recipe("seg-cpu", tmp_path / "run", resume=False, overrides={"crop_size": 0})
+    assert r.crop_size is None and notes == ["crop_area [0.5, 1.0] is unused: crop_size is 0, so training sees whole tiles"]
+    # seg-cpu's [-1, 1] scaling is its Lite1's; a ResNet-18 pretrained on ImageNet statistics is told
+    imagenet = [round(v, 4) for v in get_entry("smp:fpn:resnet18").pretrained_norm[0]]
+    assert imagenet == [0.485, 0.456, 0.406]
+    _, notes = run_recipe("seg-cpu", tmp_path / "run", resume=False, overrides={"model": "smp:fpn:resnet18"})
+    assert len(notes) == 1 and notes[0].startswith("warning: mean [0.5, 0.5, 0.5] and std [0.5, 0.5, 0.5] stay the "
+                                                   "recipe's, while smp:fpn:resnet18's pretrained weights were "
+                                                   f"trained with mean {imagenet}")
+    assert run_recipe("seg-cpu", tmp_path / "run", resume=False,
+                      overrides={"model": "smp:fpn:tu-tf_efficientnet_lite1"})[1] == []  # its own scaling
+    # crop_area's range, and a scalar where a list belongs, name the field and the file
+    for bad in ([0.6, 0.3], [0.0, 1.0], [0.5, 1.5], [0.5]):
+        with pytest.raises(FieldError, match="crop_area must be two area fractions lo, hi with 0 < lo <= hi <= 1"):
+            recipe_from_dict({"task": "seg", "crop_area": bad})
+    assert recipe_from_dict({"task": "seg", "crop_area": [0.3, 0.3]}).crop_area == (0.3, 0.3)
+    path = _yaml(tmp_path, task="seg", crop_area=3)
+    with pytest.raises(FieldError, match="recipe field crop_area must be a list, got 3") as err:
+        load_recipe(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_rot90_says_when_tiles_cannot_turn():
+    """Quarter turns need square batches: without crop_size, oblong tiles are never turned."""
+    import torch
+
+    from vislab.pipelines.segmentation import _unturned_note
+
+    sizes = torch.tensor([[64, 64], [64, 48], [32, 32]])
+    assert _unturned_note(Recipe(task="seg"), sizes) == [
+        "rot90 turns only square batches: 1 of 3 tiles are not square, so batches that hold one are never turned; "
+        "set crop_size for square crops that turn"]
+    assert _unturned_note(Recipe(task="seg", crop_size=32), sizes) == []  # square crops turn
+    assert _unturned_note(Recipe(task="seg", rot90=False), sizes) == []
+    assert _unturned_note(Recipe(task="seg"), torch.tensor([[64, 64], [32, 32]])) == []

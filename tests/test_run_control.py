@@ -41,6 +41,7 @@ def test_time_limit_stops_between_epochs_says_so_and_resume_finishes_exactly(cli
     said = "max_minutes (1e-06) reached after epoch 1 of 2"
     assert said in res.err.replace("\n", " ")
     assert said in json.loads((run / "results.json").read_text())["stopped_early"]
+    assert said in (run / "changes.txt").read_text().replace("\n", " ")  # the run folder says it too
     assert _epochs(run) == ["1"]
     # a run folder that lost its recipe.yaml is refused (the default recipe would be another run)
     (run / "recipe.yaml").rename(tmp_path / "kept.yaml")

@@ -149,6 +149,8 @@ def test_training_writes_run_folder_and_snapshots(seg_run, tmp_path):
     full = calibrate(tmp_path / "best.ckpt", seg_run / "train", stride=1)
     assert full["miou_before"] == pytest.approx(result["holdout_miou"], abs=1e-4)
     assert json.loads((run / "best.offsets.json").read_text())["offsets"] == cal["offsets"] == result["val"]["offsets"]
+    said = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}"
+    assert said in (run / "changes.txt").read_text() and any(said in line for line in result["changes"])
     for e in (1, 2, 3):
         for stem in ("0001", "0002"):
             img = np.array(Image.open(run / "snapshots" / f"epoch_{e:03d}" / f"{stem}.png"))
@@ -525,3 +527,19 @@ def test_class_weights_refuse_masks_without_a_scored_pixel(cli, tmp_path):
     # the data check comes first: not one mask pixel is of a scored class
     assert str(train) in res.err and "no pixel of its 2 masks is in a scored class" in " ".join(res.err.split())
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_a_batch_larger_than_the_training_pairs_shrinks_and_says_so(cli, tmp_path):
+    """4 pairs, a quarter held out, batch 8: the 3 training pairs make one batch of 3 (a batch of
+    8 would be dropped as partial and no step would run), said on the console and in changes.txt."""
+    train = _make_pairs(tmp_path / "train", n=4)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 2, "batch_size": 8,
+                                      "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "snapshot": "",
+                                      "input_hw": [64, 64]}))
+    res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run")
+    assert res.code == 0, res.err
+    line = "batch size 8 -> 3: only 3 training pairs"
+    assert line in " ".join(res.err.split()) and line in (tmp_path / "run" / "changes.txt").read_text()
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["batch_size"] == 3
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["global_step"] == 2  # one step per epoch

@@ -91,6 +91,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("resize_from", _int(1), "an integer >= 1 (the first epoch's training side; null: image_size throughout)"),
     ("crop_size", _int(1), "an integer >= 1 (0: the whole image)"),
     ("pad", _int(0), "an integer >= 0"),
+    ("crop_area", lambda v: len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and 0 < v[0] <= v[1] <= 1,
+     "two area fractions lo, hi with 0 < lo <= hi <= 1"),
     ("mean", lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and 0 <= x <= 1 for x in v),
      "three numbers in [0, 1] (R, G, B, in units of the image's full range)"),
     ("std", lambda v: len(v) == 3 and all(isinstance(x, (int, float)) and 0 < x <= 1 for x in v),
@@ -218,10 +220,13 @@ def held_out_seed(recipe: "Recipe | dict[str, Any]") -> int:
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
-    if isinstance(out.get("teacher"), str):  # one run, or several joined by commas, as on the command line
-        out["teacher"] = tuple(p.strip() for p in out["teacher"].split(","))
+    for key in ("teacher", "snapshot", "freeze"):  # one name, or several joined by commas, as on the command line
+        if isinstance(out.get(key), str):
+            out[key] = tuple(p.strip() for p in out[key].split(",") if p.strip())
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area", "teacher"):
         if out.get(key) is not None:
+            if not isinstance(out[key], (list, tuple)):
+                raise FieldError(key, f"must be a list, got {out[key]!r}")
             out[key] = tuple(out[key])
     if isinstance(out.get("lr"), str) and out["lr"].strip().lower() == "auto":
         out["lr"] = None
@@ -232,7 +237,7 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
             try:
                 out[key] = float(out[key])
             except (TypeError, ValueError):
-                raise VislabError(None, f"recipe field {key} must be a number, got {out[key]!r}") from None
+                raise FieldError(key, f"must be a number, got {out[key]!r}") from None
     return out
 
 

@@ -84,6 +84,10 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     if size is not None and task == "cls" and meta.get("image_size"):
         raise VislabError(None, f"--size: this classifier takes {meta['image_size']}x{meta['image_size']} inputs "
                                 "(its recipe's image_size); the export has that size")
+    if size is not None and task == "cls" and meta.get("stored_hw") and tuple(size) != tuple(meta["stored_hw"]):
+        h, w = meta["stored_hw"]
+        raise VislabError(None, f"--size: this classifier takes its images at the size they were stored at in "
+                                f"training ({h}x{w}), as `cls predict` decodes them; the export has that size")
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
 
 
@@ -215,10 +219,11 @@ class OnnxNet:
     """An ONNX Runtime session that stands in for the PyTorch network in ``predict``.
 
     Inputs of another spatial size than the exported one go to ``fallback`` (the PyTorch
-    network) when there is one, e.g. the turned views of a non-square image under d4 TTA.
+    network) when there is one, e.g. the turned views of a non-square image under d4 TTA; with
+    ``announce`` (the user asked for ONNX Runtime) one line says so for each such input size.
     """
 
-    def __init__(self, path: str | Path, *, fallback: torch.nn.Module | None = None) -> None:
+    def __init__(self, path: str | Path, *, fallback: torch.nn.Module | None = None, announce: bool = False) -> None:
         ort = _require("onnxruntime")
         if not Path(path).is_file():
             raise VislabError(path, "ONNX model not found")
@@ -233,6 +238,7 @@ class OnnxNet:
         self.shape = tuple(first.shape[1:])
         self.fallback = fallback
         self.path = Path(path)
+        self.announce, self._announced = announce, set()
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -246,6 +252,9 @@ class OnnxNet:
         if tuple(x.shape[1:]) != self.shape:
             if self.fallback is None:
                 raise VislabError(self.path, f"exported for inputs {self.shape}, got {tuple(x.shape[1:])}")
+            if self.announce and x.shape[1:] not in self._announced:
+                self._announced.add(x.shape[1:])
+                info(f"--engine onnx: inputs of {tuple(x.shape[1:])} run in torch (the ONNX graph takes {self.shape})")
             return self.fallback(x)
         feed = {self.input_name: x.detach().float().cpu().contiguous().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0])
@@ -302,6 +311,9 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
     if Path(path).suffix == ".onnx":
         if engine == "torch":
             raise VislabError(path, "an exported ONNX model runs only with --engine onnx or auto")
+        if device is not None and not on_cpu:
+            raise VislabError(path, f"an exported ONNX model runs on the CPU (ONNX Runtime), not --device {device}; "
+                                    "use --device cpu, or predict with the checkpoint on the GPU")
         net = OnnxNet(path)
         meta = net.meta
         if meta.get("task") != task:
@@ -318,7 +330,7 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
         return model, meta
     try:
         onnx_path = _cached_export(model, meta, checkpoint_file(path), network_input_shape(meta, hw))
-        return OnnxNet(onnx_path, fallback=model), meta
+        return OnnxNet(onnx_path, fallback=model, announce=engine == "onnx"), meta
     except Exception as exc:  # noqa: BLE001 - auto falls back to the engine that always works
         if engine == "onnx":
             raise

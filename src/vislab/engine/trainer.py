@@ -536,6 +536,7 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
         from vislab.log import info
 
         info(f"warning: {limit.stopped}")
+        add_change(out_dir, f"warning: {limit.stopped}")  # the run folder says it too
         result["stopped_early"] = limit.stopped
     return result, best
 

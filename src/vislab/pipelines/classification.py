@@ -109,7 +109,7 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
     - a batch larger than the training split shrinks to the split (else no step would run).
     """
     from vislab.data.classification import channel_stats
-    from vislab.pipelines.settings import empty_holdout, resolve_normalisation
+    from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation
 
     recipe, note = resolve_normalisation(recipe, lambda: channel_stats(images, train_idx),
                                          "the training images' own per-channel statistics")
@@ -117,10 +117,8 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
     recipe, line = empty_holdout(recipe, len(images) - len(train_idx),
                                  f"{len(images)} images, {recipe.holdout:g} of each class rounded")
     changes += [line] if line else []
-    if len(train_idx) < recipe.batch_size:
-        changes.append(f"batch size {recipe.batch_size} -> {len(train_idx)}: only {len(train_idx)} training images")
-        recipe = recipe.with_overrides(batch_size=len(train_idx))
-    return recipe, changes
+    recipe, line = fit_batch(recipe, len(train_idx), "images")
+    return recipe, changes + ([line] if line else [])
 
 
 def check_tta(tta: str) -> None:

@@ -39,9 +39,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import check_run_folder, write_results
+    from vislab.engine.trainer import add_change, check_run_folder, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
-    from vislab.pipelines.settings import empty_holdout, resolve_normalisation, teacher_split_notes
+    from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation, teacher_split_notes
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
@@ -69,6 +69,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         recipe = recipe.with_overrides(calibrate=False)
         line += " (and calibrate is off: no held-out pairs to fit class offsets on)"
     changes += [line] if line else []
+    recipe, line = fit_batch(recipe, len(data.train_pairs), "pairs")
+    changes += [line] if line else []
+    changes += _unturned_note(recipe, data.stats.sizes)
     digest = pairs_digest(data.pairs)
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_pairs_digest")
     if snap_note:
@@ -118,7 +121,10 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
         at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
-        info(f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}")
+        line = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}"
+        info(line)
+        add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
+        result["changes"] = [*result.get("changes", []), line]
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]
@@ -178,6 +184,20 @@ def _same_size_runs(images: list[torch.Tensor], batch_size: int) -> list[range]:
 def _output_name(image: Path) -> str:
     stem = image.stem
     return f"{stem[: -len(SAT)]}{MASK}.png" if stem.endswith(SAT) else f"{stem}.png"
+
+
+def _unturned_note(recipe: Recipe, sizes: torch.Tensor | None) -> list[str]:
+    """A line when ``rot90`` cannot turn every training batch: quarter turns need square batches,
+    and without ``crop_size`` a batch has the shape of its (padded) tiles."""
+    if not recipe.rot90 or recipe.crop_size:
+        return []
+    if sizes is None or not len(sizes):
+        return []
+    oblong = int((sizes[:, 0] != sizes[:, 1]).sum())
+    if not oblong:
+        return []
+    return [f"rot90 turns only square batches: {oblong} of {len(sizes)} tiles are not square, so batches that hold "
+            "one are never turned; set crop_size for square crops that turn"]
 
 
 def _teacher_net(recipe: Recipe, desc: SegClasses) -> tuple[torch.nn.Module, list[dict[str, Any]]]:

@@ -98,7 +98,28 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     if "distill" in given and not r.teacher:  # the default value, given explicitly, would be ignored too
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     check_model_and_weights(r, recipe, flag=flag, given=given)
-    return r, notes
+    return r, notes + unused_setting_notes(r, given, flag)
+
+
+def unused_setting_notes(r: Recipe, given: dict[str, Any], flag: Callable[[str], str]) -> list[str]:
+    """Lines for settings that run as told but likely not as meant: layers frozen at random
+    weights, a crop area without a crop, and a recipe's normalisation kept for a model (or
+    weights) given on the command line that was pretrained with another."""
+    from vislab.models import get_entry
+
+    notes = []
+    if r.freeze and r.weights is None:
+        notes.append(f"warning: freeze keeps {', '.join(r.freeze)} at their random initial weights "
+                     "(no pretrained weights to keep)")
+    if r.task == "seg" and not r.crop_size and tuple(r.crop_area) != Recipe.crop_area:
+        notes.append(f"crop_area {list(r.crop_area)} is unused: crop_size is 0, so training sees whole tiles")
+    if r.weights == "imagenet" and r.mean is not None and ("model" in given or "weights" in given):
+        mean, std = get_entry(r.model).pretrained_norm
+        if [round(float(v), 4) for v in (*mean, *std)] != [round(float(v), 4) for v in (*r.mean, *r.std)]:
+            notes.append(f"warning: mean {list(r.mean)} and std {list(r.std)} stay the recipe's, while {r.model}'s "
+                         f"pretrained weights were trained with mean {[round(float(v), 4) for v in mean]} and std "
+                         f"{[round(float(v), 4) for v in std]}; set mean/std in a recipe file to change them")
+    return notes
 
 
 def check_model_and_weights(r: Recipe, recipe: str, *, flag: Callable[[str], str], given: dict[str, Any]) -> None:
@@ -135,6 +156,15 @@ def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str 
     if recipe.split_seed is not None:
         line += f" (and split_seed {recipe.split_seed} is dropped: no split to seed)"
     return dataclasses.replace(recipe, holdout=0.0, split_seed=None), line
+
+
+def fit_batch(recipe: Recipe, n_train: int, items: str) -> tuple[Recipe, str | None]:
+    """A batch larger than the training split shrinks to it (training drops a partial last batch,
+    so no step would run), said in one line naming the ``items`` ("images", "pairs")."""
+    if 0 < n_train < recipe.batch_size:
+        return (recipe.with_overrides(batch_size=n_train),
+                f"batch size {recipe.batch_size} -> {n_train}: only {n_train} training {items}")
+    return recipe, None
 
 
 def check_positive(**values: int | float) -> None:

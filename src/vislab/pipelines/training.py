@@ -114,10 +114,14 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         earlier = read_results(job.out)
         if earlier.get("global_step") == trainer.global_step:  # written by the end of this very state
             # a finished run: nothing trained, and what its end recorded (validation, calibration) stays
-            info(f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept")
+            line = f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept"
+            info(line)
+            record(line)
             result = {**earlier, **{k: v for k, v in result.items() if k != "train_seconds"}}
         else:
-            info(f"--resume: nothing left to train in {job.out}; its results are measured again")
+            line = f"--resume: nothing left to train in {job.out}; its results are measured again"
+            info(line)
+            record(line)
     if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=module.replanned_epochs)
     result["epochs"] = recipe.epochs  # of the schedule that ran
