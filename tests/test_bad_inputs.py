@@ -4,9 +4,12 @@ the problem, before any data is decoded or a run folder is written."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image
+
+from vislab.errors import VislabError
 
 
 def _one_line(res) -> str:
@@ -279,3 +282,48 @@ def test_settings_a_run_would_ignore_or_fail_on_are_refused_up_front(cli, color_
         res = cli("cls", "train", color_classes, "--recipe", *args, "--out", out)
         assert message in " ".join(_one_line(res).split()), (args, res.err)
         assert not out.exists(), args
+
+
+def test_a_corrupt_last_checkpoint_is_named_before_a_resume(cli, color_classes, tmp_path):
+    run = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "cls", "model": "simple_cnn", "epochs": 1, "batch_size": 16,
+                                      "lr": 0.05, "holdout": 0.2}))
+    assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", run).code == 0
+    whole = (run / "last.ckpt").read_bytes()
+    (run / "last.ckpt").write_bytes(whole[:1000])
+    events = sorted((run / "tensorboard").rglob("*"))
+    err = _one_line(cli("cls", "train", color_classes, "--out", run, "--resume"))
+    assert err.startswith(f"vislab: error: {run / 'last.ckpt'}: not a readable checkpoint (not a PyTorch file, "
+                          "or a truncated one"), err
+    assert err.endswith("--resume continues from it")
+    assert sorted((run / "tensorboard").rglob("*")) == events  # nothing started
+
+
+def test_yaml_with_a_repeated_key_or_nothing_in_it_is_refused(cli, tmp_path):
+    """PyYAML keeps the last of a repeated key; an empty file would train the defaults."""
+    from vislab.data.seg_classes import parse_classes
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("task: cls\nmodel: simple_cnn\nmixup: 0.2\nmixup: 0\n")
+    err = _one_line(cli("cls", "train", tmp_path, "--recipe", twice, "--out", tmp_path / "run"))
+    assert err == f"vislab: error: {twice}: not valid YAML (line 4, column 1: key 'mixup' appears twice)"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    err = _one_line(cli("cls", "train", tmp_path, "--recipe", empty, "--out", tmp_path / "run"))
+    assert err.startswith(f"vislab: error: {empty}: empty recipe") and not (tmp_path / "run").exists()
+    with pytest.raises(VislabError, match=r"key \(0, 0, 0\) appears twice"):  # a colour as a key, twice
+        parse_classes("classes:\n  a: [1, 2, 3]\nextra_colors:\n  [0, 0, 0]: a\n  [0, 0, 0]: ignore\n", tmp_path / "classes.yaml")
+
+
+def test_images_of_more_than_8_bits_are_refused_not_clipped(tmp_path):
+    """Pillow's RGB conversion of a 16-bit grey PNG clips every value above 255 to white."""
+    from PIL import Image
+
+    from vislab.data.images import decode_fitted, read_rgb
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 33000, dtype=np.uint16)).save(path)
+    for decode in (lambda: decode_fitted(path, (8, 8)), lambda: read_rgb(path)):
+        with pytest.raises(VislabError, match="vislab reads 8 bits per channel"):
+            decode()

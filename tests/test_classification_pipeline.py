@@ -134,6 +134,7 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     kept = json.loads((run / "results.json").read_text())  # the validation it ended with stays recorded
     assert kept["val"] == recorded["val"] and kept["train_seconds"] == recorded["train_seconds"]
+    assert kept["holdout_acc"] == recorded["holdout_acc"] is not None  # not the null of a piece that ran no epoch
     # a record written at another step (an earlier piece's) is not this state's: measured again
     (run / "results.json").write_text(json.dumps({**kept, "global_step": kept["global_step"] - 1}))
     res = cli("cls", "train", color_classes, "--out", run, "--resume")

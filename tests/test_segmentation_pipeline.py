@@ -179,7 +179,7 @@ def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
     res = cli("seg", "score", seg_run / "run", val)
     assert res.code == 0 and res.out.strip().endswith(f"mIoU: {from_files:.4f}")
     # stray colours in the truth: unknown pixels, said on the console and counted in the JSON, and
-    # both scoring paths leave them out alike
+    # both scoring paths count them alike
     stray = tmp_path / "stray"
     shutil.copytree(val, stray)
     mask = np.array(Image.open(stray / "0000_mask.png").convert("RGB"))
@@ -189,7 +189,8 @@ def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
     scored = json.loads((tmp_path / "s.json").read_text())
     assert res.code == 0 and scored["stray_files"] == 1 and scored["stray_pixels"] == 5
     assert scored["stray_masks"] == {"0000": 5}
-    assert "1 of 3 ground-truth masks hold 5 pixels of no class" in res.out.replace("\n", " ")
+    assert ("1 of 3 ground-truth masks hold 5 pixels of no class; they count as unknown (a class predicted there "
+            "is a false positive)") in " ".join(res.out.split())
     assert cli("seg", "eval", tmp_path / "pred", stray, "--json", tmp_path / "m2.json").code == 0
     from_files = json.loads((tmp_path / "m2.json").read_text())
     assert from_files["miou"] == scored["miou"] and from_files["stray_masks"] == {"0000": 5}
@@ -543,3 +544,45 @@ def test_a_batch_larger_than_the_training_pairs_shrinks_and_says_so(cli, tmp_pat
     assert line in " ".join(res.err.split()) and line in (tmp_path / "run" / "changes.txt").read_text()
     assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["batch_size"] == 3
     assert json.loads((tmp_path / "run" / "results.json").read_text())["global_step"] == 2  # one step per epoch
+
+
+def test_a_broken_validation_folder_fails_before_training(cli, tmp_path):
+    """--val-dir is scored after training: a mask of the wrong size there is found before the first
+    step (for seg-cpu, 100 minutes earlier), and no checkpoint is written."""
+    train = _make_pairs(tmp_path / "train", n=4)
+    val = _make_pairs(tmp_path / "val", n=2, seed=1)
+    Image.fromarray(np.array(Image.open(val / "0001_mask.png"))[:32]).save(val / "0001_mask.png")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2,
+                                      "holdout": 0.25, "input_hw": [64, 64], "snapshot": ""}))
+    res = cli("seg", "train", train, "--recipe", recipe, "--out", tmp_path / "run", "--val-dir", val)
+    assert res.code == 2 and f"{val / '0001_mask.png'}: mask is 64x32, expected 64x64 like its image" in res.err
+    assert "epoch 1" not in res.err and not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_predict_refuses_a_data_folder_and_names_an_unwritable_one(cli, seg_run, tmp_path, monkeypatch):
+    """Into a folder of pairs, predicted masks would replace the ground truth; a folder that
+    cannot be written is one line, not a traceback."""
+    import tempfile
+
+    data = tmp_path / "data"
+    shutil.copytree(seg_run / "val", data)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    res = cli("seg", "predict", seg_run / "run", seg_run / "val", data)
+    assert res.code == 2 and f"{data}: holds satellite images: a data folder" in " ".join(res.err.split())
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    res = cli("seg", "predict", seg_run / "run", seg_run / "val", tmp_path / "out", "--engine", "torch")
+    assert res.code == 2 and f"{tmp_path / 'out'}: cannot write here (Permission denied)" in res.err
+
+
+def test_progress_of_a_classification_run_says_what_it_is(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "cls", "model": "simple_cnn"}))
+    res = cli("seg", "progress", run, "--out", tmp_path / "p.png")
+    assert res.code == 2 and "is a classification run; `seg progress` shows a segmentation run's snapshots" in res.err

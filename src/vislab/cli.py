@@ -362,7 +362,7 @@ def _print_seg(res: dict) -> None:
     out.print(f"mIoU: {res['miou']:.4f}")
     if res.get("stray_files"):
         out.print(f"{res['stray_files']} of {res['files']} ground-truth masks hold {res['stray_pixels']} pixels of no "
-                  "class; they are unknown and left out of the scores", markup=False)
+                  "class; they count as unknown (a class predicted there is a false positive)", markup=False)
 
 
 @seg_app.command("eval")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from vislab.errors import VislabError, yaml_problem
+from vislab.io import load_yaml
 
 
 class FieldError(VislabError):
@@ -273,9 +274,11 @@ def load_recipe(name_or_path: str) -> Recipe:
             name_or_path, f"no such recipe; shipped recipes: {', '.join(sorted(shipped))}"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise VislabError(path, yaml_problem(exc)) from None
+    if data is None:
+        raise VislabError(path, "empty recipe; a recipe sets at least task and model (`vislab recipes` lists the fields)")
     if not isinstance(data, dict):
         raise VislabError(path, "a recipe must be a YAML mapping of field: value")
     return recipe_from_dict(data, source=str(path))

@@ -74,6 +74,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
 
     paths = members(ckpt)
     _refuse_overwriting_inputs(paths, out)
+    if Path(out).suffix.lower() != ".onnx":
+        raise VislabError(out, "an ONNX export needs the .onnx suffix: `predict` knows an exported model by it")
     if len(paths) > 1:
         return export_ensemble(paths, out, size=size, opset=opset, check=check, offsets=offsets)
     task = _task_of(ckpt)

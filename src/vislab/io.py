@@ -8,8 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from vislab.errors import VislabError
 
 
@@ -86,6 +84,8 @@ def process_umask() -> int:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`atomic_path`."""
+    import torch  # here: the recipe and YAML readers of this module stay light to import
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -106,3 +106,31 @@ def file_digest(path: str | Path, *, salt: str = "") -> str:
             h.update(block)
     return h.hexdigest()
 
+
+
+def _unique_mapping(loader: Any, node: Any) -> dict:
+    """A YAML mapping whose keys appear once (PyYAML keeps the last of a repeated key silently);
+    a sequence used as a key (a colour) is read as a tuple."""
+    import yaml
+
+    out: dict = {}
+    for k, v in node.value:
+        key = loader.construct_object(k, deep=True)
+        key = tuple(key) if isinstance(key, list) else key
+        if key in out:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", k.start_mark)
+        out[key] = loader.construct_object(v, deep=True)
+    return out
+
+
+def load_yaml(text: str) -> Any:
+    """Safe YAML in which a repeated mapping key is an error (``yaml.YAMLError``, with its line)."""
+    import io
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+    return yaml.load(io.StringIO(text), Loader=Loader)  # noqa: S506 - a SafeLoader subclass

@@ -46,11 +46,16 @@ def read_rgb(path: str | Path) -> torch.Tensor:
 _HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+def _refuse_high_bits(p: Path, mode: str) -> None:
+    """Pillow would clip an image of more than 8 bits per channel when converting it to RGB."""
+    if mode in _HIGH_BIT_MODES:
+        raise VislabError(p, f"{mode} image of more than 8 bits; vislab reads 8 bits per channel (save it as 8-bit)")
+
+
 def _pillow_rgb(p: Path) -> torch.Tensor:
     """:func:`read_rgb` through Pillow, for the formats torchvision.io does not decode."""
     with open_image(p) as im:
-        if im.mode in _HIGH_BIT_MODES:
-            raise VislabError(p, f"{im.mode} image of more than 8 bits; vislab reads 8 bits per channel (save it as 8-bit)")
+        _refuse_high_bits(p, im.mode)
         try:
             rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except (OSError, ValueError, SyntaxError):
@@ -103,6 +108,7 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
     from PIL import Image
 
     with open_image(p) as im:
+        _refuse_high_bits(p, im.mode)
         try:
             im.load()
             rgb = im.convert("RGB") if im.mode != "RGB" else im

@@ -20,7 +20,6 @@ Inside vislab, class ids are uint8 and pixels left out of loss and metric hold :
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import yaml
 
 from vislab.data import palette
 from vislab.errors import VislabError, yaml_problem
+from vislab.io import load_yaml
 from vislab.metrics import iou_per_class
 
 IGNORE = 255
@@ -221,19 +221,6 @@ def deepglobe() -> SegClasses:
                       "course", tile_hw=(512, 512))
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML whose mapping keys may be sequences (``{[255, 0, 0]: ignore}``), read as tuples."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
-    out = {}
-    for k, v in node.value:
-        key = loader.construct_object(k, deep=True)
-        out[tuple(key) if isinstance(key, list) else key] = loader.construct_object(v, deep=True)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _colour(value: Any, path: Path, what: str) -> Colour:
@@ -246,7 +233,7 @@ def _colour(value: Any, path: Path, what: str) -> Colour:
 def parse_classes(text: str, path: Path) -> SegClasses:
     """A :class:`SegClasses` from the text of a classes file; every problem names ``path``."""
     try:
-        data = yaml.load(io.StringIO(text), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = load_yaml(text)  # mapping keys may be colours ({[255, 0, 0]: ignore}); none twice
     except yaml.YAMLError as exc:
         raise VislabError(path, yaml_problem(exc)) from None
     if not isinstance(data, dict):

@@ -200,6 +200,9 @@ def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
     if resume:
         if not last.is_file():
             raise VislabError(out_dir, "--resume found no last.ckpt in this run folder")
+        from vislab.models.checkpoints import check_readable
+
+        check_readable(last, "--resume continues from it")
         if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
             # a kill inside an atomic write leaves its temporary (.NAME.XXXX.tmp); the killed run is gone
             for tmp in out_dir.glob(".*.tmp"):

@@ -85,6 +85,15 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     return ckpt
 
 
+def check_readable(path: Path, why: str) -> None:
+    """Refuse a checkpoint file that torch cannot open (memory-mapped: no tensor is read), one
+    line naming the file and ``why`` it is needed."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
+        raise VislabError(path, f"not a readable checkpoint ({_unreadable(path, exc)}); {why}") from None
+
+
 def _unreadable(p: Path, exc: Exception) -> str:
     """Why ``torch.load(p, weights_only=True)`` failed, in words."""
     import pickle

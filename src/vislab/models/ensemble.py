@@ -41,8 +41,18 @@ def check_same_classes(metas: list[dict[str, Any]], paths: list[str], *, keys: t
     first = [metas[0].get(k) for k in keys]
     for meta, path in zip(metas[1:], paths[1:]):
         if [meta.get(k) for k in keys] != first:
-            raise VislabError(path, f"predicts other classes than {paths[0]} "
-                                    f"({', '.join(f'{k}: {meta.get(k)}' for k in keys)}); an ensemble needs the same classes")
+            raise VislabError(path, f"predicts other classes than {paths[0]} ({_classes_in_words(meta, keys)} against "
+                                    f"{_classes_in_words(metas[0], keys)}); an ensemble needs the same classes")
+
+
+def _classes_in_words(meta: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """A member's classes as its names (a segmenter's description, a classifier's names), else count."""
+    for k in keys:
+        v = meta.get(k)
+        names = v.get("names") if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else None
+        if names:
+            return f"{len(names)} classes: {', '.join(map(str, names))}"
+    return f"{meta.get('num_classes')} classes"
 
 
 # Probabilities are clamped before the logarithm, so that a class every member rules out gets a

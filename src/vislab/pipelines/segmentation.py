@@ -14,7 +14,8 @@ from vislab.calibration import (fit_offsets, fitted_on, load_segmenter, offsets_
 from vislab.config import Recipe, broken_rule, held_out_seed
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
-from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest, stray_summary
+from vislab.data.segmentation import (MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest, scan_masks,
+                                      stray_summary)
 from vislab.errors import VislabError
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
@@ -51,6 +52,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:
         check_described_alike(val_dir, desc)
         val_pairs = list_pairs(val_dir)
+        scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
     teacher, teachers = _teacher_net(recipe, desc) if recipe.teacher else (None, [])
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
@@ -283,12 +285,18 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VislabError(out, "is a file, but an output folder is needed")
+    if out.is_dir() and any(out.glob(f"*{SAT}.*")):  # its masks would be ground truth, not a prediction
+        raise VislabError(out, "holds satellite images: a data folder, whose masks the prediction would replace; "
+                               "predict into another folder")
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".vislab-predict-", dir=out))
+    except OSError as exc:
+        raise VislabError(out, f"cannot write here ({exc.strerror or exc})") from None
     replaced = sum((out / name).exists() for name in names)
     if replaced:
         info(f"{out}: {replaced} masks of an earlier prediction are replaced")
-    staging = Path(tempfile.mkdtemp(prefix=".vislab-predict-", dir=out))
     done = False
     try:
         for start in range(0, len(files), batch_size):

@@ -117,7 +117,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
             line = f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept"
             info(line)
             record(line)
-            result = {**earlier, **{k: v for k, v in result.items() if k != "train_seconds"}}
+            # this piece selected nothing (no epoch ran): its null score must not replace the recorded one
+            result = {**earlier, **{k: v for k, v in result.items() if k != "train_seconds" and v is not None}}
         else:
             line = f"--resume: nothing left to train in {job.out}; its results are measured again"
             info(line)

@@ -30,6 +30,9 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
 
     snap = run_dir / "snapshots"
     if not snap.is_dir():
+        recipe = run_dir / "recipe.yaml"
+        if recipe.is_file() and "task: cls" in recipe.read_text().splitlines():
+            raise VislabError(run_dir, "is a classification run; `seg progress` shows a segmentation run's snapshots")
         raise VislabError(run_dir, "no snapshots/ folder: train with --snapshot STEMS to save predicted masks")
     available = snapshot_epochs(snap)
     if not available:
