@@ -451,3 +451,20 @@ def test_a_fine_tune_of_a_run_keeps_its_normalisation(cli, trained, color_classe
     assert said in " ".join(res.err.split()) and said in (run / "changes.txt").read_text()
     tuned = torch.load(run / "best.ckpt", weights_only=True)["vislab"]
     assert tuned["mean"] == pytest.approx(first["mean"], abs=1e-4) and tuned["std"] == pytest.approx(first["std"], abs=1e-4)
+
+
+def test_a_class_without_training_images_is_said(cli, tmp_path):
+    """Course names <class>_<n>.png: classes 0 and 2 only make a 3-class model whose class 1 is
+    never trained; the run says so in one line."""
+    from conftest import write_color_classes
+
+    full = write_color_classes(tmp_path / "full", per_class=8)
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for f in full.iterdir():
+        if not f.name.startswith("1_"):
+            (gap / f.name).write_bytes(f.read_bytes())
+    res = cli("cls", "train", gap, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--out", tmp_path / "run")
+    assert res.code == 0, res.err
+    line = "warning: 1 of 3 classes have no training images (1): the model never learns them"
+    assert line in " ".join(res.err.split()) and line in (tmp_path / "run" / "changes.txt").read_text()

@@ -66,6 +66,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     changes = [*notes, *changes]
+    absent = sorted(set(range(data.num_classes)) - set(present))
+    if absent:  # integer labels: the model has a class for each id up to the largest
+        shown = [data.class_names[i] if data.class_names else str(i) for i in absent]
+        changes.append(f"warning: {len(absent)} of {data.num_classes} classes have no training images "
+                       f"({', '.join(shown[:10])}{', ...' if len(shown) > 10 else ''}): the model never learns them")
     digest = labelled_digest(data)
     # after the settings: a held-out fraction that holds out nothing is 0 by now
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest")
