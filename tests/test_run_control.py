@@ -300,7 +300,8 @@ def test_a_run_its_budget_extended_resumes_past_its_first_plan(cli, color_classe
     stopping = _recipe(tmp_path, "s.yaml", epochs=50, limit_train_batches=2, max_minutes=1e-6)
     assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", run, "--budget", "0.15").code == 0
     lines = (run / "changes.txt").read_text().splitlines()
-    assert "epochs 50 -> 3:" in lines[-2] and lines[-1].startswith("--budget 0.15 min: epochs 3 -> 6 after epoch 1")
+    assert "epochs 50 -> 3:" in lines[-3] and lines[-2].startswith("--budget 0.15 min: epochs 3 -> 6 after epoch 1")
+    assert lines[-1].startswith("warning: max_minutes (1e-06) reached after epoch 1 of ")
     assert yaml.safe_load((run / "recipe.yaml").read_text())["epochs"] == 3
     for n in range(2, 8):
         assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
@@ -354,13 +355,16 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     for expected in (["1", "2"], ["1", "2", "3"], ["1", "2", "3", "4"], ["1", "2", "3", "4"]):
         assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
         assert _epochs(run) == expected
-    last = (run / "changes.txt").read_text().splitlines()[-1]
-    assert last == ("--budget 0.25 min: epochs 5 -> 4 after epoch 3 (0.2 min so far, 3 s per epoch: slower than "
-                    "planned); the learning-rate schedule now ends with epoch 4")
+    replan = ("--budget 0.25 min: epochs 5 -> 4 after epoch 3 (0.2 min so far, 3 s per epoch: slower than "
+              "planned); the learning-rate schedule now ends with epoch 4")
     result = json.loads((run / "results.json").read_text())
     assert result["epochs"] == 4
-    recorded = (run / "changes.txt").read_text().splitlines()  # the first piece's plan and the resumed re-plan
-    assert result["changes"] == recorded and recorded[-1] == last
+    # the first piece's plan, each piece's time-limit stop, the resumed re-plan, the last piece's "nothing left"
+    recorded = (run / "changes.txt").read_text().splitlines()
+    assert result["changes"] == recorded and recorded.count(replan) == 1
+    stops = [line for line in recorded if line.startswith("warning: max_minutes (1e-06) reached after epoch")]
+    assert [line.split(" of ")[0][-1] for line in stops] == ["1", "2", "3"]  # epoch 4 ended the schedule
+    assert recorded[-1].startswith("--resume: nothing left to train")
 
 
 def test_budget_keeper_keeps_a_plan_on_time_and_stops_when_nothing_fits():
@@ -393,7 +397,7 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
 
     run, recipe = tmp_path / "run", Recipe(task="cls", model="resnet18")
     assert prepare_run_folder(run, recipe, resume=False, command="first", changes=["a", "b"]) is None
-    (run / "last.ckpt").write_bytes(b"stand-in")
+    torch.save({"stand-in": torch.zeros(1)}, run / "last.ckpt")  # readable: a resume checks that first
     for _ in range(2):
         assert prepare_run_folder(run, recipe, resume=True, command="again", changes=["b", "c"]) == run / "last.ckpt"
         assert read_changes(run) == ["a", "b", "c"]
