@@ -1,12 +1,15 @@
-"""Atomic file writes: a kill at any moment leaves either the old file or the new one."""
+"""Atomic file writes (a kill at any moment leaves either the old file or the new one), and strict YAML."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
 
 from vislab.errors import VislabError
 
@@ -107,12 +110,12 @@ def file_digest(path: str | Path, *, salt: str = "") -> str:
     return h.hexdigest()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML in which a mapping key appears once (PyYAML keeps the last of a repeated key
+    silently); a sequence used as a key (a colour) is read as a tuple."""
 
-def _unique_mapping(loader: Any, node: Any) -> dict:
-    """A YAML mapping whose keys appear once (PyYAML keeps the last of a repeated key silently);
-    a sequence used as a key (a colour) is read as a tuple."""
-    import yaml
 
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
     out: dict = {}
     for k, v in node.value:
         key = loader.construct_object(k, deep=True)
@@ -123,14 +126,9 @@ def _unique_mapping(loader: Any, node: Any) -> dict:
     return out
 
 
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_yaml(text: str) -> Any:
     """Safe YAML in which a repeated mapping key is an error (``yaml.YAMLError``, with its line)."""
-    import io
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-    return yaml.load(io.StringIO(text), Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(io.StringIO(text), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass

@@ -40,7 +40,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import add_change, check_run_folder, write_results
+    from vislab.engine.trainer import add_change, check_run_folder, read_changes, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
     from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation, teacher_split_notes
     from vislab.pipelines.training import TrainingJob, fit_run
@@ -126,7 +126,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         line = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}"
         info(line)
         add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
-        result["changes"] = [*result.get("changes", []), line]
+        result["changes"] = read_changes(out)
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]

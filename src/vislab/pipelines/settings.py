@@ -115,10 +115,11 @@ def unused_setting_notes(r: Recipe, given: dict[str, Any], flag: Callable[[str],
         notes.append(f"crop_area {list(r.crop_area)} is unused: crop_size is 0, so training sees whole tiles")
     if r.weights == "imagenet" and r.mean is not None and ("model" in given or "weights" in given):
         mean, std = get_entry(r.model).pretrained_norm
-        if [round(float(v), 4) for v in (*mean, *std)] != [round(float(v), 4) for v in (*r.mean, *r.std)]:
+        pretrained = [round(float(v), 4) for v in (*mean, *std)]
+        if pretrained != [round(float(v), 4) for v in (*r.mean, *r.std)]:
             notes.append(f"warning: mean {list(r.mean)} and std {list(r.std)} stay the recipe's, while {r.model}'s "
-                         f"pretrained weights were trained with mean {[round(float(v), 4) for v in mean]} and std "
-                         f"{[round(float(v), 4) for v in std]}; set mean/std in a recipe file to change them")
+                         f"pretrained weights were trained with mean {pretrained[:3]} and std {pretrained[3:]}; "
+                         "set mean/std in a recipe file to change them")
     return notes
 
 

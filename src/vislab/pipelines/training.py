@@ -112,17 +112,15 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     result, best = done
     if job.resume and module.resumed_at_step is not None and module.resumed_at_step == trainer.global_step:
         earlier = read_results(job.out)
-        if earlier.get("global_step") == trainer.global_step:  # written by the end of this very state
-            # a finished run: nothing trained, and what its end recorded (validation, calibration) stays
-            line = f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept"
-            info(line)
-            record(line)
-            # this piece selected nothing (no epoch ran): its null score must not replace the recorded one
+        finished = earlier.get("global_step") == trainer.global_step  # written by the end of this very state
+        if finished:
+            # nothing trained, and what its end recorded (validation, calibration) stays; this piece
+            # selected nothing (no epoch ran): its null score must not replace the recorded one
             result = {**earlier, **{k: v for k, v in result.items() if k != "train_seconds" and v is not None}}
-        else:
-            line = f"--resume: nothing left to train in {job.out}; its results are measured again"
-            info(line)
-            record(line)
+        line = (f"--resume: nothing left to train, {job.out} finished its schedule; its recorded results are kept"
+                if finished else f"--resume: nothing left to train in {job.out}; its results are measured again")
+        info(line)
+        record(line)
     if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=module.replanned_epochs)
     result["epochs"] = recipe.epochs  # of the schedule that ran

@@ -8,6 +8,17 @@ from vislab.errors import VislabError
 from vislab.viz.save import save_figure
 
 
+def _run_task(run_dir: Path) -> str | None:
+    """The task in a run folder's recipe.yaml (None without a readable one)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("task") if isinstance(data, dict) else None
+
+
 def snapshot_epochs(snap_dir: Path) -> list[int]:
     """Epoch numbers with saved predictions, ascending."""
     return sorted(int(d.name.split("_")[1]) for d in snap_dir.glob("epoch_*") if d.is_dir())
@@ -30,8 +41,7 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
 
     snap = run_dir / "snapshots"
     if not snap.is_dir():
-        recipe = run_dir / "recipe.yaml"
-        if recipe.is_file() and "task: cls" in recipe.read_text().splitlines():
+        if _run_task(run_dir) == "cls":
             raise VislabError(run_dir, "is a classification run; `seg progress` shows a segmentation run's snapshots")
         raise VislabError(run_dir, "no snapshots/ folder: train with --snapshot STEMS to save predicted masks")
     available = snapshot_epochs(snap)
