@@ -129,6 +129,47 @@ def test_output_files_are_checked_before_any_work(cli, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"]  # nothing else written
 
 
+def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli, tmp_path):
+    """An output named like an input, a run's record or checkpoint, or an existing file of another
+    kind is refused before any work, and the file is left as it was; a command's own earlier output
+    is replaced as usual (nothing to refuse, the command goes on to its inputs)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("task: cls\n")
+    records = {name: f"{name} of the run\n" for name in ("best.ckpt", "results.json", "history.csv", "best.offsets.json")}
+    for name, text in records.items():
+        (run / name).write_text(text)
+    ckpt, labels, onnx = tmp_path / "m.ckpt", tmp_path / "labels.csv", tmp_path / "old.onnx"
+    for f in (ckpt, labels, onnx):
+        f.write_text(f"{f.name} kept\n")
+    imgs = tmp_path / "imgs"
+    record = f"is a record of the run folder {run}; write the output to another file"
+    an_input = "is an input of this command; write the output to another file"
+    cases = [
+        (("cls", "predict", run, imgs, run / "best.ckpt"), run / "best.ckpt", record),
+        (("cls", "predict", run, imgs, run / "history.csv"), run / "history.csv", record),
+        (("cls", "eval", run, imgs, "--json", run / "results.json"), run / "results.json", record),
+        (("seg", "score", run, imgs, "--json", run / "best.offsets.json"), run / "best.offsets.json", record),
+        (("cls", "predict", ckpt, imgs, ckpt), ckpt, an_input),
+        (("cls", "eval", ckpt, imgs, "--labels", labels, "--json", labels), labels, an_input),
+        (("cls", "tsne", ckpt, imgs, "--labels", labels, "--out", tmp_path / "labels.png"), labels, an_input),
+        (("export", f"{run},{onnx}", onnx), onnx, an_input),
+        (("seg", "eval", imgs, imgs, "--json", labels), labels, "exists and is not a .json file; refusing to replace"),
+        (("report", run, "--out", tmp_path / "r.html", "--screenshot", labels), labels,
+         "exists and is not a .png file; refusing to replace"),
+    ]
+    for args, target, words in cases:
+        assert _one_line(cli(*args)).startswith(f"vislab: error: {target}: {words}"), args
+    for name, text in records.items():
+        assert (run / name).read_text() == text
+    for f in (ckpt, labels, onnx):
+        assert f.read_text() == f"{f.name} kept\n"
+    # an earlier output of the same kind is replaced: a JSON in place of a JSON goes on to the work
+    earlier = tmp_path / "scores.json"
+    earlier.write_text("{}")
+    assert _one_line(cli("seg", "eval", imgs, imgs, "--json", earlier)).startswith(f"vislab: error: {imgs}")
+
+
 def test_option_values_are_refused_with_their_flag(cli, tmp_path):
     missing = tmp_path / "no-such-folder"
     out = tmp_path / "run"

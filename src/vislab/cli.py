@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import typer
 from rich.console import Console
@@ -40,13 +40,23 @@ def _write_json(res: dict[str, Any], path: Path | None) -> None:
         atomic_write_text(json.dumps(res, indent=1), path)
 
 
-def _outputs(*paths: Path | None) -> None:
-    """Refuse, before any work, an output file whose place holds a folder (or whose folder is a file)."""
-    from vislab.io import check_output_file
+def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse, before any work, an output file that cannot be written there (a folder in its place,
+    a file in place of its folder) or would replace what it must not: one of the command's
+    ``inputs``, a run folder's record or checkpoint, an existing file whose suffix is not one of
+    ``suffixes``."""
+    from vislab.io import check_new_output
 
-    for path in paths:
-        if path is not None:
-            check_output_file(path)
+    if path is not None:
+        check_new_output(path, suffixes=suffixes, inputs=inputs)
+
+
+def _members(spec: str) -> list[str]:
+    """The checkpoints or run folders of a comma-separated ensemble argument."""
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+FIGURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def _train_dirs(train_dir: Path | None, data: Path | None, default: str, val_dir: Path | None,
@@ -244,7 +254,7 @@ def cls_eval(
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.pipelines.classification import evaluate
 
-    _outputs(json_out)
+    _output(json_out, ".json", inputs=[labels, *_members(ckpt)])
     res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out)
     t = Table("class", "accuracy", title="per-class accuracy")
     names = res.get("class_names")
@@ -279,7 +289,7 @@ def cls_predict(
     """Predict a label for every image of a folder into a CSV."""
     from vislab.pipelines.classification import predict
 
-    _outputs(out_csv)
+    _output(out_csv, ".csv", inputs=_members(ckpt))
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
     out.print(f"wrote {n} predictions to {out_csv}")
 
@@ -298,7 +308,8 @@ def cls_tsne(
     """t-SNE of the second-last-layer features, one colour per class."""
     from vislab.pipelines.classification import tsne
 
-    _outputs(out_png, out_png.with_suffix(".csv"))
+    _output(out_png, *FIGURES, inputs=[labels, ckpt])
+    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt])
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
 
@@ -376,7 +387,7 @@ def seg_eval(
     the standard rule (ignore pixels left out) for a data set with a classes file."""
     from vislab.pipelines.segmentation import evaluate_dirs
 
-    _outputs(json_out)
+    _output(json_out, ".json", inputs=[classes])
     res = evaluate_dirs(pred_dir, gt_dir, classes=classes)
     _write_json(res, json_out)
     _print_seg(res)
@@ -395,7 +406,7 @@ def seg_score(
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
-    _outputs(json_out)
+    _output(json_out, ".json", inputs=_members(ckpt))
     res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets, held_out=held_out)
     _write_json(res, json_out)
     _print_seg(res)
@@ -472,7 +483,7 @@ def seg_progress(
     """The predicted masks of the snapshot images at early, middle and final epochs."""
     from vislab.pipelines.segmentation import progress
 
-    _outputs(out_png)
+    _output(out_png, *FIGURES)
     try:
         chosen = [int(e) for e in epochs.split(",")] if epochs else None
     except ValueError:
@@ -492,7 +503,7 @@ def export_cmd(
     """Export a checkpoint's network to ONNX (normalised input, logits out; batch axis dynamic), or an ensemble's as one graph."""
     from vislab.export import export_onnx
 
-    _outputs(out_path)
+    _output(out_path, ".onnx", inputs=_members(ckpt))
     res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check, offsets=offsets)
     out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input (N, {', '.join(map(str, res['input_shape']))})")
     if check:
@@ -511,7 +522,8 @@ def report_cmd(
     """The homework's figures and tables from run folders, as one self-contained page."""
     from vislab.report import build_report, page_format, screenshot
 
-    _outputs(out_file, shot)
+    _output(out_file, ".html", ".htm", ".md", ".markdown")
+    _output(shot, ".png")
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
         raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")

@@ -7,7 +7,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -25,6 +25,37 @@ def check_output_file(path: str | Path) -> Path:
             if not parent.is_dir():
                 raise VislabError(parent, "is a file, but a folder is needed here")
             break
+    return dest
+
+
+# What a training run writes into its folder: a command's output never replaces one of them.
+RUN_RECORDS = frozenset({"recipe.yaml", "results.json", "history.csv", "changes.txt", "command.txt",
+                         "hparams.yaml", "metrics.csv"})
+
+
+def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
+                     inputs: Iterable[str | Path | None] = ()) -> Path:
+    """:func:`check_output_file`, and when a file is already there, refuse to replace it if it is
+    one of the command's ``inputs``, a record or checkpoint of a run folder, or a file of another
+    kind than the command writes (its suffix not in ``suffixes``). A command's own earlier output
+    (same kind, not an input) is replaced as usual."""
+    dest = check_output_file(path)
+    if not dest.is_file():
+        return dest
+    for src in inputs:
+        try:
+            same = src is not None and Path(src).is_file() and os.path.samefile(src, dest)
+        except OSError:
+            same = False
+        if same:
+            raise VislabError(dest, "is an input of this command; write the output to another file")
+    if (dest.parent / "recipe.yaml").is_file() and (
+            dest.name in RUN_RECORDS or dest.suffix == ".ckpt" or dest.name.endswith(".offsets.json")):
+        raise VislabError(dest, f"is a record of the run folder {dest.parent}; write the output to another file")
+    kinds = tuple(s.lower() for s in suffixes)
+    if kinds and dest.suffix.lower() not in kinds:
+        raise VislabError(dest, f"exists and is not a {' or '.join(kinds)} file; refusing to replace it "
+                                "(choose another name, or delete it first)")
     return dest
 
 
