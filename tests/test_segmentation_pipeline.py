@@ -76,23 +76,37 @@ def test_bmp_tiles_decode_and_16_bit_tiles_are_refused(tmp_path):
 
 
 def test_index_masks_read_by_the_colour_rule_are_refused(tmp_path, cli):
-    """Grey masks of class indices (1, 2) with no classes.yaml: the course's colour rule reads
-    every pixel as unknown, so training refuses the folder before it writes a run folder."""
+    """Grey masks of class indices (1, 2) with no classes.yaml: the course's colour rule would read
+    every pixel as unknown, so each such mask is refused by name (training, before it writes a run
+    folder; evaluation of predicted masks too); a folder of all-black masks (ids all 0) reads as
+    all unknown and is refused as a folder."""
     from vislab.data.seg_classes import deepglobe
 
     d = _make_pairs(tmp_path / "p", n=2, size=64)
     for i in range(2):
         Image.fromarray(np.full((64, 64), i + 1, np.uint8)).save(d / f"{i:04d}_mask.png")
+    with pytest.raises(VislabError, match=r"0000_mask\.png: no value reaches 128 \(the largest is 1\).*mask_format: index"):
+        scan_masks(list_pairs(d), expected=None)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "input_hw": [64, 64]}))
+    res = cli("seg", "train", d, "--recipe", recipe, "--out", tmp_path / "run")
+    assert res.code == 2 and "0000_mask.png: no value reaches 128" in res.err
+    assert not (tmp_path / "run").exists()
+    preds = tmp_path / "pred"
+    preds.mkdir()
+    for i in range(2):  # the course's colour masks as ground truth, class ids as predictions
+        Image.fromarray(np.full((64, 64), 3, np.uint8)).save(preds / f"{i:04d}.png")
+    truth = _make_pairs(tmp_path / "truth", n=2, size=64)
+    res = cli("seg", "eval", preds, truth)
+    assert res.code == 2 and f"{preds / '0000.png'}: no value reaches 128 (the largest is 3)" in res.err
+
+    for i in range(2):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(d / f"{i:04d}_mask.png")
     stats = scan_masks(list_pairs(d), expected=None)
     with pytest.raises(VislabError, match=r"no pixel of its 2 masks is in a scored class .*mask_format: index"):
         stats.check_labelled(d, deepglobe())
     stats.counts[1, 0] = 1  # one land-cover pixel is enough
     stats.check_labelled(d, deepglobe())
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "input_hw": [64, 64]}))
-    res = cli("seg", "train", d, "--recipe", recipe, "--out", tmp_path / "run")
-    assert res.code == 2 and "no pixel of its 2 masks is in a scored class" in res.err
-    assert not (tmp_path / "run").exists()
 
 
 def test_wrong_sizes_are_named(tmp_path):

@@ -116,6 +116,7 @@ class SegClasses:
 
             rgb = read_rgb(p)
             if self.course:
+                _refuse_dark_mask(rgb, p)
                 ids, stray = palette.mask_to_classes(rgb)
             else:
                 ids, stray = self._decode_palette(rgb, p), 0
@@ -213,6 +214,15 @@ class SegClasses:
         """Whether two descriptions decode and score masks alike (the source may differ)."""
         a, b = self.to_dict(), other.to_dict()
         return all(a[k] == b[k] for k in ("names", "mask_format", "ignore_index", "extra_colours", "colours"))
+
+
+def _refuse_dark_mask(rgb: torch.Tensor, p: Path) -> None:
+    """A course mask whose every value is below the code's threshold but not all black is not a
+    colour-coded mask (most likely class ids 0..6, which the code reads as all unknown): refused."""
+    top = int(rgb.max()) if rgb.numel() else 0
+    if 0 < top < 128:
+        raise VislabError(p, f"no value reaches 128 (the largest is {top}), so the course colour code reads it as all "
+                             "unknown; a mask of class ids needs a classes.yaml with mask_format: index")
 
 
 def deepglobe() -> SegClasses:
