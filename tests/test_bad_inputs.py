@@ -170,6 +170,26 @@ def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli
     assert _one_line(cli("seg", "eval", imgs, imgs, "--json", earlier)).startswith(f"vislab: error: {imgs}")
 
 
+def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes(cli, color_classes, tmp_path):
+    from vislab.models.input_side import smallest_side, takes_side
+
+    # a 3x3 convolution without padding, then two 2x2 pools: side s leaves (s - 2) // 4 pixels,
+    # so 6 is the smallest side (by hand: 6 -> 4 -> 2 -> 1, and 5 -> 3 -> 1 -> 0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.MaxPool2d(2),
+                              torch.nn.MaxPool2d(2), torch.nn.Flatten())
+    assert not takes_side(net, 5) and takes_side(net, 6) and net.training  # its mode is restored
+    assert smallest_side(net) == 6 and smallest_side(net, 5) == 6 and smallest_side(net, 40) == 41
+    out = tmp_path / "run"
+    err = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--image-size", 4,
+                        "--epochs", 1, "--out", out))
+    assert err == "vislab: error: image_size 4: resnet9_xs pools a 4x4 input below one pixel; it takes inputs of at least 8x8"
+    assert not out.exists()
+    assert cli("cls", "train", color_classes, "--model", "resnet9_xs", "--epochs", 1, "--out", out).code == 0
+    err = _one_line(cli("cls", "eval", out, color_classes, "--image-size", 7))
+    assert err == "vislab: error: --image-size 7: resnet9_xs pools a 7x7 input below one pixel; it takes inputs of at least 8x8"
+    assert cli("cls", "eval", out, color_classes, "--image-size", 8).code == 0
+
+
 def test_option_values_are_refused_with_their_flag(cli, tmp_path):
     missing = tmp_path / "no-such-folder"
     out = tmp_path / "run"

@@ -251,7 +251,7 @@ def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):
     best = runs[0] / "best.ckpt"
     before = best.read_bytes()
     res = cli("export", runs[0], best)  # its own checkpoint as the output
-    assert res.code == 2 and "is the checkpoint being exported" in res.err and best.read_bytes() == before
+    assert res.code == 2 and f"is a record of the run folder {runs[0]}" in res.err and best.read_bytes() == before
 
 
 def test_export_refuses_mixed_tasks_and_onnx_members(cli, cls_runs, seg_runs, tmp_path):

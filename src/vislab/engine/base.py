@@ -68,6 +68,7 @@ class VislabModule(pl.LightningModule):
         self.steps_per_epoch = steps_per_epoch
         self.net = build_model(self.recipe.model, num_classes=num_classes, weights=self.recipe.weights if pretrained else None)
         freeze_prefixes(self.net, self.recipe.freeze, model=self.recipe.model)
+        self.check_input(self.net)
         if self.recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = WeightEMA(self.net, self.recipe.ema) if self.recipe.ema > 0 else None
@@ -81,6 +82,10 @@ class VislabModule(pl.LightningModule):
         self.schedule_warp = ScheduleWarp(max(1, steps_per_epoch * self.recipe.epochs))
         self.replanned_epochs: int | None = None
         self.resumed_at_step: int | None = None
+
+    def check_input(self, net: torch.nn.Module) -> None:
+        """Refuse, while the module is built (before a run folder is written), inputs the freshly
+        built ``net`` cannot take; every input goes, by default."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -84,6 +84,19 @@ class ClassifierModule(VislabModule):
         # in checkpoints (a resumed run recomputes them from the same teacher runs)
         self.soft_targets: torch.Tensor | None = None
 
+    def check_input(self, net: torch.nn.Module) -> None:
+        """The smallest side it trains at (``resize_from`` or ``image_size``, else the stored
+        images') must be one the network takes."""
+        from vislab.models.input_side import check_side
+
+        r = self.recipe
+        stored = self.data_meta.get("stored_hw")
+        if r.image_size is None and not stored:
+            return
+        side, setting = (r.resize_from, "resize_from") if r.resize_from is not None and r.image_size is not None \
+            else (r.image_size, "image_size") if r.image_size is not None else (min(stored), "the stored images' side")
+        check_side(net, int(side), model=r.model, setting=setting)
+
     def prepare(self, x: torch.Tensor, side: int | None = None) -> torch.Tensor:
         """uint8 batch -> normalised float at ``side`` (default: the model's input size)."""
         return self.memory_format(resize_batch(normalize(x, self.mean, self.std), side or self.recipe.image_size))

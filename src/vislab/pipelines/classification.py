@@ -265,6 +265,10 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     paths = members(ckpt)
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
     if image_size is not None:
+        from vislab.models.input_side import check_side
+
+        for model, meta in models:
+            check_side(model, image_size, model=meta["model"], setting="--image-size")
         models = [(model, {**meta, "image_size": image_size}) for model, meta in models]
     meta = models[0][1]
     split = held_out_of(models, paths, digest_key="train_files_digest") if held_out else None
