@@ -3,6 +3,8 @@ the problem, before any data is decoded or a run folder is written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -188,6 +190,25 @@ def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes
     err = _one_line(cli("cls", "eval", out, color_classes, "--image-size", 7))
     assert err == "vislab: error: --image-size 7: resnet9_xs pools a 7x7 input below one pixel; it takes inputs of at least 8x8"
     assert cli("cls", "eval", out, color_classes, "--image-size", 8).code == 0
+
+
+def test_an_unwritable_output_folder_is_named_before_any_work(cli, tmp_path, monkeypatch):
+    """Permission is checked where the output goes (the nearest existing folder) before the inputs
+    are read; simulated, as the tests may run as root, whom no permission stops."""
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real(p, mode, **kw))
+    ckpt = locked / "best.ckpt"
+    ckpt.write_bytes(b"not read: the output's folder is checked first")
+    none = tmp_path / "none.ckpt"
+    for args in (("cls", "eval", none, tmp_path, "--json", locked / "m.json"),
+                 ("cls", "tsne", none, tmp_path, "--out", locked / "deeper" / "t.png"),
+                 ("seg", "calibrate", ckpt, tmp_path, "--split", "all")):
+        assert _one_line(cli(*args)) == f"vislab: error: {locked}: cannot write here (permission denied)", args
+    assert sorted(p.name for p in locked.iterdir()) == ["best.ckpt"]
 
 
 def test_option_values_are_refused_with_their_flag(cli, tmp_path):

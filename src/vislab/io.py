@@ -16,7 +16,8 @@ from vislab.errors import VislabError
 
 def check_output_file(path: str | Path) -> Path:
     """``path`` as a Path, when a file can be written there (no folder in its place, no file in
-    place of its folder); else one error naming it. Commands call it before their work."""
+    place of its folder, the nearest existing folder writable); else one error naming it.
+    Commands call it before their work."""
     dest = Path(path)
     if dest.is_dir():
         raise VislabError(dest, "is a folder, but a file is needed here")
@@ -24,6 +25,8 @@ def check_output_file(path: str | Path) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise VislabError(parent, "is a file, but a folder is needed here")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise VislabError(parent, "cannot write here (permission denied)")
             break
     return dest
 

@@ -17,6 +17,7 @@ from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_class
 from vislab.data.segmentation import (MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest, scan_masks,
                                       stray_summary)
 from vislab.errors import VislabError
+from vislab.io import check_output_file
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
 from vislab.models.tta import averaged_probs, check_tta
@@ -537,6 +538,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
     path = checkpoint_file(ckpt)
+    check_output_file(offsets_file(path))  # where the result goes, before the work
     model, meta = load_network(path, task="seg")
     desc = classes_of(meta)
     check_described_alike(pairs_dir, desc)
