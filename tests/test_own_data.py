@@ -45,6 +45,7 @@ def named(tmp_path_factory) -> dict[str, Path]:
         _colour_image(rng, c, (32, 32)).save(root / "test" / f"t{i}.png")
         truth[f"t{i}.png"] = NAMES[c]
     (root / "truth.json").write_text(json.dumps(truth))
+    (root / "test" / "notes.txt").write_text("not an image\n")
     return {"root": root, "train": root / "train", "val": root / "val", "test": root / "test"}
 
 
@@ -72,6 +73,7 @@ def test_imagefolder_run_keeps_names(named, named_run):
 def test_predict_writes_class_names(named, named_run, tmp_path, cli):
     res = cli("cls", "predict", named_run, named["test"], tmp_path / "pred.csv", "--engine", "torch")
     assert res.code == 0, res.err
+    assert " ".join(res.err.split()).count("skipped 1 file(s) that are not") == 1  # said once (notes.txt)
     rows = list(csv.DictReader((tmp_path / "pred.csv").open()))
     truth = json.loads((named["root"] / "truth.json").read_text())
     assert [r["image_id"] for r in rows] == sorted(truth)

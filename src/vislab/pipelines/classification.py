@@ -17,7 +17,7 @@ from vislab.data.tensors import normalize
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
 from vislab.metrics import confusion_matrix
-from vislab.log import info
+from vislab.log import info, quiet
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
 from vislab.pipelines.settings import check_positive, held_out_of, teacher_split_notes
@@ -345,7 +345,8 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     for p in paths:
         model_file(p, engine)
     check_tta(tta)
-    find_items(img_dir, labelled=False)  # an empty or missing folder, before any model is loaded or exported
+    with quiet():  # the read below says what it skips
+        find_items(img_dir, labelled=False)  # an empty or missing folder, before any model is loaded or exported
     models = [load_predictor(p, task="cls", engine=engine, device=device) for p in paths]
     meta = models[0][1]
     data, logits = _ensemble_logits(
