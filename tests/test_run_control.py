@@ -301,7 +301,8 @@ def test_a_run_its_budget_extended_resumes_past_its_first_plan(cli, color_classe
     assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", run, "--budget", "0.15").code == 0
     lines = (run / "changes.txt").read_text().splitlines()
     assert "epochs 50 -> 3:" in lines[-3] and lines[-2].startswith("--budget 0.15 min: epochs 3 -> 6 after epoch 1")
-    assert lines[-1].startswith("warning: max_minutes (1e-06) reached after epoch 1 of ")
+    # of the 6 epochs planned by then (the budget's re-plan ran at the same epoch end)
+    assert lines[-1].startswith("warning: max_minutes (1e-06) reached after epoch 1 of 6: ")
     assert yaml.safe_load((run / "recipe.yaml").read_text())["epochs"] == 3
     for n in range(2, 8):
         assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
@@ -363,7 +364,8 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     recorded = (run / "changes.txt").read_text().splitlines()
     assert result["changes"] == recorded and recorded.count(replan) == 1
     stops = [line for line in recorded if line.startswith("warning: max_minutes (1e-06) reached after epoch")]
-    assert [line.split(" of ")[0][-1] for line in stops] == ["1", "2", "3"]  # epoch 4 ended the schedule
+    # epoch 4 ended the schedule; the stop after epoch 3 counts the epochs its re-plan left
+    assert [line.split(":")[1].split("after epoch ")[1] for line in stops] == ["1 of 7", "2 of 5", "3 of 4"]
     assert recorded[-1].startswith("--resume: nothing left to train")
 
 

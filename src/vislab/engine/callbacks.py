@@ -69,7 +69,8 @@ class TimeLimit(pl.Callback):
     def __init__(self, minutes: float) -> None:
         self.minutes = minutes
         self._t0 = time.monotonic()
-        self.stopped: str | None = None
+        self.stopped_after: int | None = None  # the epoch after which the limit stopped training
+        self.stopped: str | None = None  # the line that says so, once training has ended
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.monotonic()
@@ -78,9 +79,15 @@ class TimeLimit(pl.Callback):
         done = trainer.current_epoch + 1
         if done >= (trainer.max_epochs or 0) or (time.monotonic() - self._t0) / 60 < self.minutes:
             return
-        self.stopped = (f"max_minutes ({self.minutes:g}) reached after epoch {done} of {trainer.max_epochs}: "
-                        "training stopped before the end of its schedule; `--resume` continues it")
+        self.stopped_after = done
         trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # written now: a --budget re-plan at the same epoch end may have changed the epochs planned
+        if self.stopped_after is not None and self.stopped_after < (trainer.max_epochs or 0):
+            self.stopped = (f"max_minutes ({self.minutes:g}) reached after epoch {self.stopped_after} of "
+                            f"{trainer.max_epochs}: training stopped before the end of its schedule; "
+                            "`--resume` continues it")
 
 
 
