@@ -144,6 +144,16 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     assert res.code == 2 and "drop --lr" in res.err
     res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run)
     assert res.code == 2 and "already holds checkpoints" in res.err
+    # another training folder (one image fewer) is not the run's data; a copy of its own is
+    other, copy = tmp_path / "other", tmp_path / "copy"
+    shutil.copytree(color_classes, other)
+    shutil.copytree(color_classes, copy)
+    sorted(other.iterdir())[0].unlink()
+    res = cli("cls", "train", other, "--out", run, "--resume")
+    assert res.code == 2 and res.err.strip().endswith(
+        f"vislab: error: {other}: is not the data {run / 'last.ckpt'} was trained on (other files or labels); "
+        "--resume continues a run on the training folder it started with")
+    assert cli("cls", "train", copy, "--out", run, "--resume").code == 0
 
 
 def test_resume_needs_no_weights_file(cli, color_classes, tmp_path):

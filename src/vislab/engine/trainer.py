@@ -215,6 +215,19 @@ def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
     return None
 
 
+def check_resumed_data(out_dir: Path, *, key: str, digest: str, folder: str | Path) -> None:
+    """A resumed run goes on with the data it started on: refuse a training folder whose digest
+    (``key`` in the checkpoint's metadata; file names and labels or sizes, not paths) differs from
+    the one last.ckpt recorded. A checkpoint without the digest is not checked."""
+    import torch
+
+    last = out_dir / "last.ckpt"
+    recorded = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("vislab", {}).get(key)
+    if recorded is not None and recorded != digest:
+        raise VislabError(folder, f"is not the data {last} was trained on (other files or labels); --resume "
+                                  "continues a run on the training folder it started with")
+
+
 def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
                        changes: list[str] | None = None) -> Path | None:
     """Create the run folder and write the resolved recipe (and ``changes.txt``, the settings the

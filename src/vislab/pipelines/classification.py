@@ -39,7 +39,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
-    from vislab.engine.trainer import check_run_folder, write_results
+    from vislab.engine.trainer import check_resumed_data, check_run_folder, write_results
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
@@ -58,6 +58,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:  # fail before training, not after
         load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
                        labels_csv=val_labels_csv, size=hw)
+    digest = labelled_digest(data)
+    if resume:
+        check_resumed_data(out, key="train_files_digest", digest=digest, folder=train_dir)
     train_idx, _ = holdout_split(data.labels, recipe)
     soft, teachers = None, []
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
@@ -71,7 +74,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         shown = [data.class_names[i] if data.class_names else str(i) for i in absent]
         changes.append(f"warning: {len(absent)} of {data.num_classes} classes have no training images "
                        f"({', '.join(shown[:10])}{', ...' if len(shown) > 10 else ''}): the model never learns them")
-    digest = labelled_digest(data)
     # after the settings: a held-out fraction that holds out nothing is 0 by now
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,

@@ -41,13 +41,15 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import add_change, check_run_folder, read_changes, write_results
+    from vislab.engine.trainer import add_change, check_resumed_data, check_run_folder, read_changes, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
     from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation, teacher_split_notes
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume)
+    if resume:  # before the tiles of another folder are decoded
+        check_resumed_data(out, key="train_pairs_digest", digest=pairs_digest(list_pairs(train_dir)), folder=train_dir)
     desc = find_classes(train_dir, classes)
     val_pairs = []
     if val_dir is not None:
