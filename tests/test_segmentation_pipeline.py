@@ -331,6 +331,15 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     assert not (tmp_path / "out3").exists()
     (d / "0042.png").unlink()
     assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+    # the masks/ folder of an images/ + masks/ data set holds ground truth, not an earlier prediction
+    truth = tmp_path / "set" / "masks"
+    truth.mkdir(parents=True)
+    (tmp_path / "set" / "images").mkdir()
+    Image.fromarray(np.zeros((375, 500, 3), np.uint8)).save(truth / "0042.png")
+    kept = (truth / "0042.png").read_bytes()
+    res = cli("seg", "predict", seg_run / "run", d, truth)
+    assert res.code == 2 and f"{truth}: is the masks/ folder of a data set (beside images/)" in " ".join(res.err.split())
+    assert (truth / "0042.png").read_bytes() == kept
 
 
 def test_eval_counts_red_pixels_in_predictions(cli, tmp_path):

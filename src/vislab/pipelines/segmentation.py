@@ -14,8 +14,8 @@ from vislab.calibration import (fit_offsets, fitted_on, load_segmenter, offsets_
 from vislab.config import Recipe, broken_rule, held_out_seed
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
-from vislab.data.segmentation import (MASK, SAT, list_masks, list_pairs, list_unlabelled, pairs_digest, scan_masks,
-                                      stray_summary)
+from vislab.data.segmentation import (IMAGES_DIR, MASK, MASKS_DIR, SAT, list_masks, list_pairs, list_unlabelled,
+                                      pairs_digest, scan_masks, stray_summary)
 from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
@@ -333,6 +333,9 @@ def _check_outputs(files: list[Path], out: Path) -> list[str]:
     if out.is_dir() and any(out.resolve() == d.resolve() for d in {f.parent for f in files}):
         raise VislabError(out, "is the folder of the input images: the predicted masks would replace its files "
                                "(ground-truth masks, or the images); write them to another folder")
+    if out.name == MASKS_DIR and (out.parent / IMAGES_DIR).is_dir() and any(out.iterdir()):
+        raise VislabError(out, f"is the {MASKS_DIR}/ folder of a data set (beside {IMAGES_DIR}/): the predicted masks "
+                               "would replace its ground truth; write them to another folder")
     return list(named)
 
 
