@@ -46,7 +46,7 @@ from vislab.data.palette import PALETTE  # noqa: E402
 from vislab.engine.base import freeze_prefixes  # noqa: E402
 from vislab.engine.losses import build_loss  # noqa: E402
 from vislab.engine.optim import OPTIMIZERS  # noqa: E402
-from vislab.engine.trainer import step_precision  # noqa: E402
+from vislab.engine.budget import step_precision  # noqa: E402
 from vislab.models import build_model  # noqa: E402
 
 warnings.filterwarnings("ignore")

@@ -45,7 +45,7 @@ def test_budget_plan_with_growing_epochs_by_hand():
     epochs: 11 x (0.5 (n - 1) + 1) + 1.1 n = 6.6 n + 5.5 s. 60 s: 8 epochs are 58.3 s (58.7 with the
     5 % stretch), so 9 epochs; their steps average 1.1 x 5 / 9 = 0.611 s with the 10 %, and
     (60 / 9 - 1.1) / 0.611 = 9.1: 9 of the 10 batches."""
-    from vislab.engine.trainer import budget_epochs
+    from vislab.engine.budget import budget_epochs
 
     r = Recipe(task="cls", epochs=30, budget_minutes=1.0)
     costs = lambda n: [0.5] * (n - 1) + [1.0]  # noqa: E731
@@ -111,12 +111,12 @@ def test_budget_times_both_sides(cli, color_classes, tmp_path, monkeypatch):
     Held-out pass per epoch: 1.1 x 2 x 4 / 3 = 2.93 s. 3 epochs at [32, 48, 64]: 1.1 x 6 x 7.25 +
     3 x 2.93 = 56.65 s; 2 epochs at [32, 64]: 38.9 s. A budget of 54 s: 2 epochs stretched by 5 %
     are 39.8 s, short; so 3 epochs of (18 - 2.93) / (1.1 x 7.25 / 3) = 5.67: 5 of the 6 batches."""
-    from vislab.engine import trainer
+    from vislab.engine import budget
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
-    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 4.0 / 3)  # at 64 px, a third of a step
-    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 4.0 / 3)  # at 64 px, a third of a step
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
     monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, epochs=50), "--out", run, "--budget", "0.9")
@@ -131,12 +131,12 @@ def test_a_budget_never_adds_epochs_to_a_progressive_resize(cli, color_classes, 
     """Planned as above (3 epochs at 32, 48, 64 px), but each epoch then takes 0.1 s: a plain run
     would get epochs added; here more epochs would move the ramp later and train the last epochs
     below 64 px again, so a progressive resize's re-plans only shorten it, and its sides only grow."""
-    from vislab.engine import trainer
+    from vislab.engine import budget
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
-    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 4.0 / 3)  # at 64 px, a third of a step
-    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, side=None, **k: 1.0 if side == 32 else 4.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 4.0 / 3)  # at 64 px, a third of a step
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
     ticks = iter(range(100))
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: 0.1 * next(ticks)))
     run = tmp_path / "run"

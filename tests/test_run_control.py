@@ -101,7 +101,7 @@ def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
 
 def test_budget_epochs_by_hand():
     from vislab.config import Recipe
-    from vislab.engine.trainer import budget_epochs
+    from vislab.engine.budget import budget_epochs
 
     r = Recipe(task="cls", epochs=30, budget_minutes=1.0)
     # an epoch: 1.1 x (10 steps x 0.5 s + 3 held-out batches x 0.5 s / 3) + 1.9 s = 7.95 s; 60 s hold
@@ -187,12 +187,12 @@ def _planned_budget(monkeypatch, seconds_per_epoch: float) -> None:
     a clock by which every epoch takes ``seconds_per_epoch``."""
     import itertools
 
-    from vislab.engine import trainer
+    from vislab.engine import budget
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
-    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
-    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
     from vislab.pipelines import training
 
     # the overrun line compares real wall time with the budget: on a loaded machine these tiny
@@ -248,12 +248,12 @@ def test_a_budgeted_run_that_speeds_up_gets_its_epochs_back_and_more(cli, color_
     first plan; after epoch 4, 6 s at 2.25 s, 2.7 more -> 6 (beyond the first plan); then 7 and
     8; after epoch 7, 3.1 s at 1.7 s: 1.8 more, not 2, so still 8. The schedule stretches with
     each re-plan and still decays once, to 0 at the last epoch."""
-    from vislab.engine import trainer
+    from vislab.engine import budget
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
-    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
-    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
     from vislab.pipelines import training
 
     monkeypatch.setattr(training, "OVERRUN", 1e9)  # real wall time is not the clock read here
@@ -283,12 +283,12 @@ def test_a_run_its_budget_extended_resumes_past_its_first_plan(cli, color_classe
     1 (8 s left) the plan doubles to 6. The run is stopped after every epoch and resumed: the
     pieces after epoch 3 (the recipe's epochs in recipe.yaml) still train, up to epoch 6, and the
     schedule ends there."""
-    from vislab.engine import trainer
+    from vislab.engine import budget
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
-    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
-    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
     clock = {"now": 0.0}
 
     def tick() -> float:  # a piece reads the clock as it starts and as its one epoch ends: 1 s apart
@@ -335,12 +335,12 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     resumed. Its first epoch takes 2 s, the later ones 4 s each. Counting every piece, after
     epoch 3 the run has trained 10 s at 3.3 s per epoch, so one more epoch fits: the schedule
     ends with epoch 4. (Counting only the resumed process's own 4 s, all 5 would seem to fit.)"""
-    from vislab.engine import trainer
+    from vislab.engine import budget
     from vislab.engine.callbacks import BudgetKeeper
 
-    monkeypatch.setattr(trainer, "seconds_per_step", lambda *a, **k: 1.0)
-    monkeypatch.setattr(trainer, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
-    monkeypatch.setattr(trainer, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 1.0 / 3)  # a held-out batch: a third of a step
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
     clock = {"now": 0.0, "step": 2.0}  # every reading advances by "step": an epoch (two readings) takes that long
 
     def tick() -> float:
@@ -395,7 +395,7 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
     """The first piece writes its lines; a resumed piece that decides one new setting (say another
     precision on another machine) adds that line once, after the earlier ones, and repeats nothing."""
     from vislab.config import Recipe
-    from vislab.engine.trainer import prepare_run_folder, read_changes
+    from vislab.engine.run_folder import prepare_run_folder, read_changes
 
     run, recipe = tmp_path / "run", Recipe(task="cls", model="resnet18")
     assert prepare_run_folder(run, recipe, resume=False, command="first", changes=["a", "b"]) is None
@@ -411,7 +411,7 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
     under bfloat16 autocast, on a CPU too (its speed there can differ from fp32 several-fold)."""
     from types import SimpleNamespace
 
-    from vislab.engine.trainer import seconds_per_step, step_precision
+    from vislab.engine.budget import seconds_per_step, step_precision
 
     assert step_precision("bf16-mixed", "cpu") == (torch.bfloat16, True)
     assert step_precision("16-mixed", "cuda") == (torch.float16, True)
@@ -454,7 +454,7 @@ def test_the_budget_times_a_step_in_the_recipes_precision():
         seconds_per_step(module, [], torch.device("cpu"), steps=2)
     # a held-out batch is timed as held_out_logits runs it: the evaluated network without gradients,
     # outside a mixed precision's autocast, in a *-true precision's dtype
-    from vislab.engine.trainer import seconds_per_forward
+    from vislab.engine.budget import seconds_per_forward
 
     for precision, expected in (("32", (False, torch.float32)), ("bf16-mixed", (False, torch.float32)),
                                 ("bf16-true", (False, torch.bfloat16))):

@@ -93,7 +93,7 @@ class TimeLimit(pl.Callback):
 
 class BudgetKeeper(pl.Callback):
     """Holds a ``--budget`` during the run. The epochs were planned from the speed of the first
-    steps (:func:`vislab.engine.trainer.budget_epochs`); on a machine that slows down later (other
+    steps (:func:`vislab.engine.budget.budget_epochs`); on a machine that slows down later (other
     tenants on shared cores) the run would overrun. After each epoch the epochs left are planned
     again from this run's own seconds per epoch; when fewer fit, the run ends earlier with the
     rest of its learning-rate schedule compressed into them (``replan`` of the module, kept in

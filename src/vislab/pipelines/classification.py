@@ -6,7 +6,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
-    from vislab.engine.trainer import check_resumed_data, check_run_folder, write_results
+    from vislab.engine.run_folder import check_resumed_data, check_run_folder, write_results
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)

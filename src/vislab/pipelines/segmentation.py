@@ -41,7 +41,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.trainer import add_change, check_resumed_data, check_run_folder, read_changes, write_results
+    from vislab.engine.run_folder import add_change, check_resumed_data, check_run_folder, read_changes, write_results
     from vislab.models import IMAGENET_MEAN, IMAGENET_STD
     from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation, teacher_split_notes
     from vislab.pipelines.training import TrainingJob, fit_run

@@ -48,9 +48,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     import lightning.pytorch as pl
 
     from vislab.engine.callbacks import BudgetKeeper
-    from vislab.engine.trainer import (add_change, budget_epochs, build_trainer, checkpoint_seconds, fit_and_select,
-                                       prepare_run_folder, read_changes, read_results, resize_step_costs, resolve_lr,
-                                       seconds_per_forward, seconds_per_step, steps_per_epoch)
+    from vislab.engine.budget import (budget_epochs, checkpoint_seconds, resize_step_costs, seconds_per_forward,
+                                      seconds_per_step)
+    from vislab.engine.run_folder import add_change, prepare_run_folder, read_changes, read_results
+    from vislab.engine.trainer import build_trainer, fit_and_select, resolve_lr, steps_per_epoch
 
     recipe, changes = job.recipe, list(job.changes)
 

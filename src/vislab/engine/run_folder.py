@@ -1,0 +1,112 @@
+"""A run folder's files: checks before a run starts or resumes, the recipe and command it
+records, ``changes.txt`` (the settings the run decided, a line each) and ``results.json``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from vislab.config import Recipe
+from vislab.errors import VislabError
+from vislab.io import atomic_write_text
+
+
+def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
+    """Refuse a run folder that cannot take this run (before any data is read); return its
+    last.ckpt when resuming."""
+    last = out_dir / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise VislabError(out_dir, "--resume found no last.ckpt in this run folder")
+        from vislab.models.checkpoints import check_readable
+
+        check_readable(last, "--resume continues from it")
+        if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+            # a kill inside an atomic write leaves its temporary (.NAME.XXXX.tmp); the killed run is gone
+            for tmp in out_dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        return last
+    if last.exists() or (out_dir / "best.ckpt").exists():
+        raise VislabError(out_dir, "run folder already holds checkpoints; use --resume or another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VislabError(out_dir, "is a file, but a run folder is needed")
+    return None
+
+
+def check_resumed_data(out_dir: Path, *, key: str, digest: str, folder: str | Path) -> None:
+    """A resumed run goes on with the data it started on: refuse a training folder whose digest
+    (``key`` in the checkpoint's metadata; file names and labels or sizes, not paths) differs from
+    the one last.ckpt recorded. A checkpoint without the digest is not checked."""
+    import torch
+
+    last = out_dir / "last.ckpt"
+    recorded = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("vislab", {}).get(key)
+    if recorded is not None and recorded != digest:
+        raise VislabError(folder, f"is not the data {last} was trained on (other files or labels); --resume "
+                                  "continues a run on the training folder it started with")
+
+
+def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
+                       changes: list[str] | None = None) -> Path | None:
+    """Create the run folder and write the resolved recipe (and ``changes.txt``, the settings the
+    data decided); return last.ckpt when resuming.
+
+    A resume without a checkpoint is an error (Lightning would silently start afresh).
+    A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
+    A resumed piece appends to ``changes.txt`` the lines its earlier pieces did not record.
+    """
+    last = check_run_folder(out_dir, resume=resume)
+    if resume:
+        recorded = read_changes(out_dir)
+        new = [line for line in changes or [] if line not in recorded]
+        if new:
+            write_changes(out_dir, recorded + new)
+        return last
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
+    atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
+    atomic_write_text(command + "\n", out_dir / "command.txt")
+    if changes:
+        write_changes(out_dir, changes)
+    return None
+
+
+def write_changes(out_dir: Path, changes: list[str]) -> None:
+    """``changes.txt``: the settings the run decided or changed, a line each."""
+    atomic_write_text("".join(f"{line}\n" for line in changes), out_dir / "changes.txt")
+
+
+def read_changes(out_dir: Path) -> list[str]:
+    """The lines of ``changes.txt`` (every piece of a resumed run), or [] when there is none."""
+    path = out_dir / "changes.txt"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def add_change(out_dir: Path, line: str) -> None:
+    """One more line at the end of ``changes.txt`` (kept whole: written atomically)."""
+    write_changes(out_dir, read_changes(out_dir) + [line])
+
+
+def read_results(out_dir: Path) -> dict:
+    """The run folder's ``results.json`` ({} when there is none, or it cannot be read)."""
+    import json
+
+    try:
+        return json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_results(out_dir: Path, result: dict) -> None:
+    """``results.json`` in the run folder, and a one-line summary."""
+    import json
+
+    from vislab.log import info
+
+    result["checkpoint"] = str(result["checkpoint"])
+    atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
+    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks')})}")
