@@ -67,7 +67,7 @@ def test_csv_labels_names_and_integers(tmp_path):
     ("a.png,cat\nb.png,dog\na.png,dog\n", r"labels\.csv: a\.png is listed twice with different labels"),
     ("a.png\nb.png,dog\n", r"labels\.csv: expected rows filename,label \(line 1 has one column\)"),
     ("a.png,0\nb.png,1\nc.png,10\nd.png,1.0\n", r"labels\.csv: line 4: label '1\.0' is not an integer like most rows"),
-    ("a.png,cat\nb.png,dog\n\nc.png,owl\nd.png,3\n", r"labels\.csv: line 5: label '3' is not a class name like most rows"),
+    ("filename,label\na.png,0\nb.png,1\nc.png,x\nd.png,2\n", r"labels\.csv: line 4: label 'x' is not an integer like most rows"),
     ("image,class\na.png,0\nb.png,1\nc.png,1\nd.png,0\n", r"labels\.csv: line 1 \(image,class\) is neither a header"),
 ])
 def test_csv_errors_name_the_file(tmp_path, rows, message):
@@ -77,6 +77,18 @@ def test_csv_errors_name_the_file(tmp_path, rows, message):
     (tmp_path / "labels.csv").write_text(rows)
     with pytest.raises(VislabError, match=message):
         find_items(d, labelled=True, labels_csv=tmp_path / "labels.csv")
+
+
+def test_numbers_among_mostly_names_are_names(tmp_path):
+    """Class names such as "10" and "2" beside named classes read as names (sorted as text, as
+    class folders 10/ and 2/ would be), not as a mix of ids and names."""
+    d = tmp_path / "flat"
+    for n in "abcd":
+        _img(d / f"{n}.png")
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,cat\nb.png,10\nc.png,dog\nd.png,2\n")
+    items = find_items(d, labelled=True, labels_csv=tmp_path / "labels.csv")
+    assert items.class_names == ["10", "2", "cat", "dog"]
+    assert dict(zip(items.ids, items.labels)) == {"a.png": 2, "b.png": 0, "c.png": 3, "d.png": 1}
 
 
 def test_layout_errors(tmp_path):

@@ -77,6 +77,9 @@ def test_classes_file_is_found_and_checked(tmp_path):
     assert desc.names == tuple(NAMES) and desc.mask_format == "index" and desc.ignore_index == 255
     assert find_classes(d / "masks").names == tuple(NAMES)  # the folder above
     assert find_classes(tmp_path / "elsewhere").course  # no file: the course's land-cover code
+    (d / "classes.yaml").rename(d / "classes.yml")  # the other spelling of the name is found too
+    assert find_classes(d).names == tuple(NAMES)
+    (d / "classes.yml").rename(d / "classes.yaml")
     assert "standard mIoU" in desc.metric_name and "not 255" in desc.metric_name
     assert deepglobe().metric_name.startswith("course mIoU")
 

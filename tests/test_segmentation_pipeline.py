@@ -112,7 +112,8 @@ def test_index_masks_read_by_the_colour_rule_are_refused(tmp_path, cli):
 def test_wrong_sizes_are_named(tmp_path):
     d = _make_pairs(tmp_path / "p", n=1, size=64)
     pair = list_pairs(d)[0]
-    with pytest.raises(VislabError, match="image is 64x64, expected 512x512"):
+    with pytest.raises(VislabError, match="image is 64x64, expected 512x512; with no classes.yaml beside it the "
+                                          "folder is read as the course's land-cover set"):
         read_pair(pair)
     Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(d / "0000_mask.png")
     with pytest.raises(VislabError, match="0000_mask.png: mask is 64x32, expected 64x64"):

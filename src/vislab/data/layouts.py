@@ -226,12 +226,12 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
     if all(numbers):
         labels = int_label_ids([int(v) for v in values], class_names, path)
         names = list(class_names) if class_names is not None else None
-    elif any(numbers) and class_names is None:  # "0", "1", "1.0": one odd row, not a class named "1.0"
-        odd = numbers.count(True) < numbers.count(False)  # the rarer kind is the odd one
-        line, _, label = next(r for r in rows if bool(re.fullmatch(r"\d+", r[2])) == odd)
-        usual = "class name" if odd else "integer"
-        raise VislabError(path, f"line {line}: label {label!r} is not {'a' if odd else 'an'} {usual} like most "
-                                "rows; use integer labels or class names throughout")
+    elif class_names is None and numbers.count(True) > numbers.count(False):
+        # mostly integers ("0", "1", "1.0"): the other rows are odd ones, not classes named "1.0";
+        # as many names or more: a number among them is a name too, as class folders 10/ and 2/ are
+        line, _, label = next(r for r in rows if r[1] in by_name and not re.fullmatch(r"\d+", r[2]))
+        raise VislabError(path, f"line {line}: label {label!r} is not an integer like most rows; use integer "
+                                "labels or class names throughout")
     else:
         ids = _name_ids(sorted(set(values)), class_names, path)
         labels = [ids[v] for v in values]

@@ -312,19 +312,20 @@ def load_classes(path: str | Path) -> SegClasses:
     if not p.is_file():
         raise VislabError(p, "classes file not found")
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise VislabError(p, f"cannot read the classes file ({exc.__class__.__name__})") from None
     return parse_classes(text, p)
 
 
 def classes_file(folder: str | Path) -> Path | None:
-    """The ``classes.yaml`` that describes ``folder``: in it, else in the folder above, else None."""
+    """The ``classes.yaml`` (or ``classes.yml``) that describes ``folder``: in it, else in the
+    folder above, else None."""
     d = Path(folder)
     for where in (d, d.parent):
-        f = where / CLASSES_FILE
-        if f.is_file():
-            return f
+        for name in (CLASSES_FILE, "classes.yml"):
+            if (where / name).is_file():
+                return where / name
     return None
 
 
