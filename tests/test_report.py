@@ -146,3 +146,20 @@ def test_report_lists_a_distilled_runs_teachers(cli, tmp_path):
     assert cli("report", run, "--out", tmp_path / "r2.md").code == 0
     md = (tmp_path / "r2.md").read_text()
     assert "| teacher |" not in md and "| distill |" not in md and "| model | simple_cnn |" in md
+
+
+def test_figures_say_once_which_characters_no_font_draws(capsys):
+    """A class name with a character no installed font has (one of Unicode's private-use code
+    points, which no font assigns) is named once on the console; drawable names say nothing."""
+    from vislab.viz import figures
+    from vislab.viz.plotting import undrawable
+
+    assert undrawable(["cat", "caf\u00e9 \u03a9mega"]) == ""
+    assert undrawable(["a\ue000b", "\ue001", "c\ue000"]) == "\ue000\ue001"
+    names = ["cat", "dog \ue123"]
+    for _ in range(2):
+        png = figures.confusion_heatmap([[3, 1], [0, 4]], labels=names, title="t")
+        assert png.startswith(b"\x89PNG")
+    err = capsys.readouterr().err
+    assert " ".join(err.split()).count(f"no installed font draws {chr(0xE123)!r} of the class names") == 1
+    assert "Glyph" not in err  # matplotlib's own warning per glyph is not printed

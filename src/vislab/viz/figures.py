@@ -4,19 +4,19 @@ overlays. Each function returns PNG bytes (matplotlib, Agg backend)."""
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vislab.viz.plotting import say_undrawable
+
 
 def _plt():
-    import matplotlib
+    from vislab.viz.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _png(fig) -> bytes:
@@ -44,15 +44,19 @@ def curves(history: list[dict[str, str]], *, metric: str) -> bytes:
 def confusion_heatmap(conf: Sequence[Sequence[int]], *, labels: Sequence[str], title: str) -> bytes:
     """Row-normalised confusion matrix (rows: truth, columns: prediction)."""
     plt = _plt()
+    say_undrawable(labels)
     m = np.asarray(conf, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     n = len(labels)
     size = 4 + n * 0.12
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    step = 1 if n <= 10 else 5
-    ax.set_xticks(range(0, n, step), [labels[i] for i in range(0, n, step)], rotation=90 if n <= 10 else 0, fontsize=7)
-    ax.set_yticks(range(0, n, step), [labels[i] for i in range(0, n, step)], fontsize=7)
+    # every class labelled up to 60 (smaller type past 30), then every k-th; long names shortened
+    step = 1 if n <= 60 else -(-n // 60)
+    shown = [_short(labels[i]) for i in range(0, n, step)]
+    font = 7 if n <= 30 else 5
+    ax.set_xticks(range(0, n, step), shown, rotation=90, fontsize=font)
+    ax.set_yticks(range(0, n, step), shown, fontsize=font)
     if n <= 10:
         for i in range(n):
             for j in range(n):
@@ -65,10 +69,16 @@ def confusion_heatmap(conf: Sequence[Sequence[int]], *, labels: Sequence[str], t
     return _png(fig)
 
 
+def _short(label: str, most: int = 24) -> str:
+    """A tick label of at most ``most`` characters (an ellipsis ends a shortened one)."""
+    return label if len(label) <= most else label[: most - 1] + "\u2026"
+
+
 def bars(values: dict[str, float | None], *, title: str, reference: dict[str, float] | None = None) -> bytes:
     """Horizontal bars of per-class values (None shown as absent)."""
     plt = _plt()
     names = list(values)
+    say_undrawable(names)
     vals = [np.nan if v is None else float(v) for v in values.values()]
     fig, ax = plt.subplots(figsize=(6, 0.28 * len(names) + 1.2))
     ax.barh(names, vals, color="#3b7dd8")
@@ -90,9 +100,12 @@ def image_pairs(pairs: list[tuple[Path, Path, str]]) -> bytes:
     plt = _plt()
     from PIL import Image
 
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(4, 2 * len(pairs)), squeeze=False)
-    for r, (a, b, caption) in enumerate(pairs):
-        for c, (path, sub) in enumerate(((a, caption), (b, "an image of the predicted class"))):
+    # captions wrapped to the width of their image (long class names ran into the next one)
+    captions = [(textwrap.fill(caption, 30), "an image of the\npredicted class") for _, _, caption in pairs]
+    lines = max(max(a.count("\n"), b.count("\n")) + 1 for a, b in captions)
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(4.4, (1.8 + 0.14 * lines) * len(pairs)), squeeze=False)
+    for r, ((a, b, _), subs) in enumerate(zip(pairs, captions)):
+        for c, (path, sub) in enumerate(zip((a, b), subs)):
             axes[r][c].imshow(Image.open(path).convert("RGB"), interpolation="nearest")
             axes[r][c].set_title(sub, fontsize=7)
             axes[r][c].axis("off")

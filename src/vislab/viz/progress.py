@@ -33,10 +33,9 @@ def pick_stages(epochs: list[int]) -> list[int]:
 def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = None) -> Path:
     """Rows: snapshot images; columns: satellite, ground truth, then predictions at ``epochs``
     (default: early, middle, final), each titled with its epoch."""
-    import matplotlib
+    from vislab.viz.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from PIL import Image
 
     snap = run_dir / "snapshots"

@@ -33,11 +33,10 @@ def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, t
                    class_names: list[str] | None = None) -> None:
     """Scatter ``points`` coloured by class with a legend (class names when given, else ids);
     class ids are written at class centres."""
-    import matplotlib
+    from vislab.viz.plotting import pyplot, say_undrawable
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    say_undrawable(class_names)
     labs = labels.numpy()
     classes = np.unique(labs)
     cmap = plt.get_cmap("gist_ncar" if len(classes) > 20 else "tab20")
