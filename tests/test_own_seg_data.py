@@ -4,6 +4,7 @@ value, images/ + masks/ pairs of mixed tile sizes, the standard mIoU, names thro
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -254,6 +255,17 @@ def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_pat
     assert res.code == 0, res.err
     page = (tmp_path / "r.md").read_text()
     assert "standard rule" in page and "course baseline" not in page
+    assert "Input size: [1, 3, 48, 64]" in page  # the architecture at the tile size it trained on
+    assert "Calibrated after training" not in page  # its numbers were measured with the offsets it fitted
+    later = tmp_path / "later"  # a copy whose offsets `seg calibrate` fitted again after training
+    shutil.copytree(run, later)
+    rec = json.loads((later / "best.offsets.json").read_text())
+    rec.update(offsets=[v + 0.25 for v in rec["offsets"]], miou_before=0.5, miou_after=0.625)
+    (later / "best.offsets.json").write_text(json.dumps(rec))
+    assert cli("report", later, "--out", tmp_path / "later.md").code == 0
+    page = " ".join((tmp_path / "later.md").read_text().split())
+    assert (f"Calibrated after training: best.offsets.json (`vislab seg calibrate`, {rec['files']} {rec['split']} pairs: "
+            "mIoU 0.5000 -> 0.6250") in page and "measured with the offsets training fitted" in page
     res = cli("export", run, tmp_path / "m.onnx")
     assert res.code == 0, res.err
     assert "(N, 3, 48, 64)" in res.out  # the most common training tile size

@@ -78,7 +78,32 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
     if data["results"].get("stopped_early"):
         notes.append(f"Stopped early: {data['results']['stopped_early']}")
     notes += [f"Setting: {c}" for c in data["changes"]]
+    later = _later_calibration(run, data["results"])
+    if later:
+        notes.append(later)
     return notes
+
+
+def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
+    """A note when ``best.offsets.json`` is not the calibration the run's numbers were measured
+    with (``vislab seg calibrate`` ran after training): score, predict and export apply it."""
+    from vislab.calibration import offsets_file
+
+    path = offsets_file(run / "best.ckpt")
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    measured = results.get("calibration") or {}
+    if measured.get("offsets") == rec.get("offsets") and measured.get("infer_scale") == rec.get("infer_scale"):
+        return None
+    scale = (f", evaluation scale {rec['trained_scale']:g} -> {rec['infer_scale']:g}"
+             if rec.get("infer_scale") not in (None, rec.get("trained_scale")) else "")
+    how = "with the offsets training fitted" if measured else "without offsets"
+    return (f"Calibrated after training: {path.name} (`vislab seg calibrate`, {rec.get('files')} {rec.get('split')} "
+            f"pairs: mIoU {rec.get('miou_before', float('nan')):.4f} -> {rec.get('miou_after', float('nan')):.4f}"
+            f"{scale}) is what `vislab seg score`, `predict` and `export` apply; the validation numbers here were "
+            f"measured {how}.")
 
 
 def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
@@ -87,15 +112,20 @@ def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int
     from vislab.viz.summary import architecture_table
 
     ckpt = run / "best.ckpt" if (run / "best.ckpt").is_file() else run / "last.ckpt"
+    meta: dict[str, Any] = {}
     if ckpt.is_file():
         model, meta = load_network(ckpt, task=task)
-        image_size = meta.get("image_size") or (meta.get("stored_hw") or [None])[0]
     elif num_classes:  # checkpoints removed (e.g. copied back from another machine): rebuild from the recipe
-        model, image_size = build_model(recipe["model"], num_classes=num_classes), recipe.get("image_size")
+        model = build_model(recipe["model"], num_classes=num_classes)
     else:
         return "(no checkpoint in the run folder)"
-    side = (image_size or 32) if task == "cls" else 512
-    return architecture_table(model, (3, side, side))
+    stored = meta.get("stored_hw")
+    if task == "cls":  # the side it trained at: the recipe's, else the stored images'
+        side = meta.get("image_size") or recipe.get("image_size") or (stored or [32])[0]
+        return architecture_table(model, (3, side, side))
+    # a segmenter at the tile size it trained on: the recipe's input_hw, else the most common tile's
+    h, w = recipe.get("input_hw") or stored or (512, 512)
+    return architecture_table(model, (3, int(h), int(w)))
 
 
 def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
