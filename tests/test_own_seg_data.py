@@ -81,7 +81,10 @@ def test_classes_file_is_found_and_checked(tmp_path):
     (d / "classes.yaml").rename(d / "classes.yml")  # the other spelling of the name is found too
     assert find_classes(d).names == tuple(NAMES)
     (d / "classes.yml").rename(d / "classes.yaml")
-    assert "standard mIoU" in desc.metric_name and "not 255" in desc.metric_name
+    assert "standard mIoU" in desc.metric_name and "all pixels except those of label 255 (ignore)" in desc.metric_name
+    palette = parse_classes("mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}, {name: b, color: [9, 9, 9]}]\n"
+                            "extra_colors: {[255, 0, 255]: ignore, [0, 0, 0]: a}", tmp_path / "p.yaml")
+    assert "all pixels except those of colour [255, 0, 255] (ignore);" in palette.metric_name  # [0, 0, 0] is class a
     assert deepglobe().metric_name.startswith("course mIoU")
 
     f = tmp_path / "c.yaml"

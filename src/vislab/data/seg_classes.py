@@ -91,7 +91,9 @@ class SegClasses:
         if self.course:
             return ("course mIoU: pooled over all pixels, mean IoU of the six land-cover classes; pixels "
                     "labelled unknown count as false positives")
-        ignored = "" if self.ignore_index is None else f" whose label is not {self.ignore_index} (ignore)"
+        left_out = [f"label {self.ignore_index}"] if self.ignore_index is not None else []
+        left_out += [f"colour {list(c)}" for c, v in self.extra_colours if v == IGNORE]
+        ignored = f" except those of {' or '.join(left_out)} (ignore)" if left_out else ""
         return (f"standard mIoU: one confusion matrix pooled over all pixels{ignored}; mean IoU of the "
                 f"{self.num_classes} classes whose union is not empty")
 
