@@ -235,7 +235,9 @@ def test_onnx_predict_refuses_sizes_and_views_it_cannot_take_before_writing(seg_
     img = np.asarray(Image.open(mixed / "0003_sat.jpg"))[:, :48]
     Image.fromarray(img).save(mixed / "0003_sat.jpg")
     res = cli("seg", "predict", tmp_path / "sq.onnx", mixed, tmp_path / "o1")
-    assert res.code == 2 and "0003_sat.jpg: is 64x48, but" in res.err and "exported for 64x64" in res.err
+    said = " ".join(res.err.split())
+    assert res.code == 2 and "0003_sat.jpg: is 48x64 (width x height" in said and "exported for 64x64" in said
+    assert "--size 64 48 (height, width)" in said
     assert not (tmp_path / "o1").exists()
     # a non-square export takes its tiles as they are, but not turned
     wide = tmp_path / "wide"
@@ -246,7 +248,7 @@ def test_onnx_predict_refuses_sizes_and_views_it_cannot_take_before_writing(seg_
     assert cli("seg", "predict", tmp_path / "w.onnx", wide, tmp_path / "o2", "--tta", "flip").code == 0
     assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["0000_mask.png", "0001_mask.png"]
     res = cli("seg", "predict", tmp_path / "w.onnx", wide, tmp_path / "o3", "--tta", "d4")
-    assert res.code == 2 and "0000_sat.jpg: is not square, so --tta d4 turns it to 48x64" in res.err
+    assert res.code == 2 and "0000_sat.jpg: is not square, so --tta d4 turns it to 64x48 (width x height)" in res.err
     assert not (tmp_path / "o3").exists()
     # a corrupt last image: the earlier batches were predicted, but nothing reaches the folder
     (mixed / "0003_sat.jpg").write_bytes(b"\xff\xd8 truncated")

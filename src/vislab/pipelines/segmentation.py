@@ -350,11 +350,13 @@ def _check_fixed_input(model: Any, path: str, files: list[Path], sizes: list[tup
     turns = tta == "d4"
     for f, (h, w) in zip(files, sizes):
         if (h, w) != want:
-            raise VislabError(f, f"is {h}x{w}, but {path} was exported for {want[0]}x{want[1]} inputs; "
-                                 f"export it again with --size {h} {w} or predict with the checkpoint")
+            raise VislabError(f, f"is {w}x{h} (width x height, as every image size vislab names), but {path} was "
+                                 f"exported for {want[1]}x{want[0]} inputs; export it again with --size {h} {w} "
+                                 "(height, width) or predict with the checkpoint")
         if turns and h != w:
-            raise VislabError(f, f"is not square, so --tta d4 turns it to {w}x{h}, which {path} (exported for "
-                                 f"{want[0]}x{want[1]}) cannot take; use --tta flip or predict with the checkpoint")
+            raise VislabError(f, f"is not square, so --tta d4 turns it to {h}x{w} (width x height), which {path} "
+                                 f"(exported for {want[1]}x{want[0]}) cannot take; use --tta flip or predict with "
+                                 "the checkpoint")
 
 
 def _pred_files(pred_dir: Path) -> dict[str, Path]:
