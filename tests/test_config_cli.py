@@ -108,6 +108,12 @@ def test_models_and_recipes_listings(cli):
     assert res.code == 2 and "no registered model matches 'zzz*'" in res.err and not res.out.strip()
     res = cli("recipes")
     assert res.code == 0 and len([ln for ln in res.out.splitlines() if ln.strip()]) == len(shipped_recipes())
+    # a description is the recipe's first sentence, whole, though its comment runs over lines
+    line = next(ln for ln in res.out.splitlines() if ln.startswith("seg-cpu "))
+    first = " ".join(ln[2:] for ln in shipped_recipes()["seg-cpu"].read_text().splitlines()[:3])
+    assert line.endswith(first[: first.index(". ") + 1]) and "re-planned at epoch ends)." in line
+    res = cli("models", "deeplabv3_mobilenet*")  # a long name stays whole, to be copied
+    assert "deeplabv3_mobilenet_v3_large" in res.out
 
 
 def test_command_lists_give_each_summary_in_one_flow():

@@ -146,7 +146,11 @@ def models_cmd(pattern: str = typer.Argument("*", help="Shell pattern, e.g. 'fcn
     if not names:
         raise VislabError(None, f"no registered model matches {pattern!r}; `vislab models` lists them all "
                                 "(and timm:NAME, smp:ARCH:ENCODER name models of those libraries)")
-    t = Table("name", "task", "input", "description")
+    t = Table()
+    t.add_column("name", no_wrap=True)  # whole, to copy; the description wraps instead
+    t.add_column("task")
+    t.add_column("input")
+    t.add_column("description", overflow="fold")
     for name in names:
         e = get_entry(name)
         t.add_row(name, e.task, "x".join(map(str, e.input_size)), e.description)
@@ -161,8 +165,26 @@ def recipes_cmd() -> None:
 
     for name, path in sorted(shipped_recipes().items()):
         r = load_recipe(str(path))
-        first = next((ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), "")
+        first = _first_sentence(path.read_text())
         typer.echo(f"{name:<18} {r.task:<4} {r.model:<36} {r.epochs:>3} ep  {first}")
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a recipe's opening comment (which may run over several lines)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            if lines:
+                break
+            continue
+        if not line[1:].strip():
+            if lines:
+                break
+            continue
+        lines.append(line[1:].strip())
+    words = " ".join(lines)
+    end = words.find(". ")
+    return words if end < 0 else words[: end + 1]
 
 
 @app.command("summary")
@@ -442,15 +464,15 @@ def seg_calibrate(
         if not tried:
             raise VislabError(None, "--scales: give at least one scale")
     rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device, scales=tried)
-    if len(rec["scales"]) > 1:
-        for row in rec["scales"]:
-            out.print(f"scale {row['scale']:g}: mIoU {row['miou_before']:.4f}, {row['miou_after']:.4f} with offsets"
-                      + ("  <- kept" if row["scale"] == rec["infer_scale"] else ""))
+    # each scale tried was printed as it was fitted; the one kept is named below
     shown = ", ".join(f"{n} {v:+.2f}" for n, v in zip(rec["classes"], rec["offsets"]))
     out.print(f"offsets: {shown}")
     at = f" (evaluation scale {rec['trained_scale']:g} -> {rec['infer_scale']:g})" \
         if rec["infer_scale"] != rec["trained_scale"] else ""
-    out.print(f"mIoU on {rec['files']} {rec['split']} pairs: {rec['miou_before']:.4f} -> {rec['miou_after']:.4f}{at}")
+    step = rec["pixel_stride"]
+    every = f", one pixel in {step} along rows and columns" if step > 1 else ""
+    out.print(f"mIoU on {rec['files']} {rec['split']} pairs{every}: {rec['miou_before']:.4f} -> "
+              f"{rec['miou_after']:.4f}{at}")
     out.print(f"wrote {rec['file']}")
 
 
@@ -471,7 +493,7 @@ def seg_predict(
 
     n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device, engine=engine,
                 offsets=offsets)
-    out.print(f"wrote {n} masks to {out_dir}")
+    out.print(f"wrote {n} mask{'' if n == 1 else 's'} to {out_dir}")
 
 
 @seg_app.command("progress")

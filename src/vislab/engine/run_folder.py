@@ -109,4 +109,4 @@ def write_results(out_dir: Path, result: dict) -> None:
 
     result["checkpoint"] = str(result["checkpoint"])
     atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
-    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks')})}")
+    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks')}, ensure_ascii=False)}")
