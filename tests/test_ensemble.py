@@ -349,3 +349,22 @@ def test_seg_score_held_out_is_the_runs_own_held_out_score(cli, seg_runs, tmp_pa
     assert got["miou"] == pytest.approx(json.loads((tmp_path / "s3" / "results.json").read_text())["holdout_miou"], abs=1e-4)
     res = cli("seg", "score", f"{runs[1]},{tmp_path / 's3'}", root / "train", "--held-out")
     assert res.code == 0, res.err
+
+
+def test_seg_ensemble_members_must_read_masks_alike():
+    """Members with the same class names but another mask format are refused in words that name
+    the difference (not as 'other classes' followed by two identical lists)."""
+    from vislab.data.seg_classes import parse_classes
+    from vislab.errors import VislabError
+    from vislab.pipelines.segmentation import _ensemble_classes
+
+    index = parse_classes("mask_format: index\nclasses: [a, b]\n", Path("i.yaml"))
+    palette = parse_classes("mask_format: palette\nclasses: [{name: a, color: [0, 0, 0]}, "
+                            "{name: b, color: [255, 255, 255]}]\n", Path("p.yaml"))
+    other = parse_classes("mask_format: index\nclasses: [a, c]\n", Path("o.yaml"))
+    metas = {k: (None, {"seg_classes": d.to_dict()}) for k, d in (("i", index), ("p", palette), ("o", other))}
+    assert _ensemble_classes([metas["i"], metas["i"]], ["r1", "r2"]).names == ("a", "b")
+    with pytest.raises(VislabError, match=r"r2: reads its masks otherwise than r1 \(mask_format palette against index\)"):
+        _ensemble_classes([metas["i"], metas["p"]], ["r1", "r2"])
+    with pytest.raises(VislabError, match=r"r2: predicts other classes than r1 \(2 classes: a, c against 2 classes: a, b\)"):
+        _ensemble_classes([metas["i"], metas["o"]], ["r1", "r2"])

@@ -479,8 +479,15 @@ def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, 
 def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]) -> SegClasses:
     from vislab.models.ensemble import check_same_classes
 
-    described = [{"classes": classes_of(m).to_dict() | {"source": None}} for _, m in models]
+    described = [{"classes": {"names": list(classes_of(m).names)}} for _, m in models]
     check_same_classes(described, paths, keys=("classes",))
+    first = classes_of(models[0][1]).to_dict()
+    for (_, meta), path in zip(models[1:], paths[1:]):  # the same classes, but masks read another way
+        other = classes_of(meta).to_dict()
+        for key in ("mask_format", "ignore_index", "colours", "extra_colours"):
+            if other[key] != first[key]:
+                raise VislabError(path, f"reads its masks otherwise than {paths[0]} ({key} {other[key]} against "
+                                        f"{first[key]}); an ensemble's members read and write masks alike")
     return classes_of(models[0][1])
 
 
