@@ -253,7 +253,16 @@ def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_pat
     assert {tuple(c) for c in snap.reshape(-1, 3).tolist()} <= {tuple(c) for c in COLOURS}
     truth = np.array(Image.open(run / "snapshots" / "t01_mask.png").convert("RGB"))
     assert tuple(truth[0, 0]) == (128, 128, 128) and tuple(truth[5, 0]) in {tuple(c) for c in COLOURS}
-    assert cli("seg", "progress", run, "--out", tmp_path / "p.png").code == 0
+    import vislab.viz.progress as progress
+
+    drawn = []
+    real = progress.save_figure
+    with pytest.MonkeyPatch.context() as mp:  # a spy that keeps the figure and writes it for real
+        mp.setattr(progress, "save_figure", lambda fig, path: drawn.append(fig) or real(fig, path))
+        assert cli("seg", "progress", run, "--out", tmp_path / "p.png").code == 0
+    fig = drawn[0]  # a legend of the data set's classes (and the grey of ignored pixels), not the course's
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*NAMES, "left out"]
+    assert fig.axes[0].get_title() == "t01 image"
     res = cli("report", run, "--out", tmp_path / "r.md", "--format", "md")
     assert res.code == 0, res.err
     page = (tmp_path / "r.md").read_text()

@@ -174,7 +174,7 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
 
 def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     from vislab.data.palette import CLASS_NAMES
-    from vislab.viz.progress import progress_figure, snapshot_epochs
+    from vislab.viz.progress import progress_figure, run_classes, snapshot_epochs
 
     val = data["results"].get("val", {})
     out = []
@@ -195,7 +195,9 @@ def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
         items = [(sat, snap / f"epoch_{last:03d}" / f"{stem}.png", f"{stem}, epoch {last}") for sat, stem in stems]
         items = [i for i in items if i[1].is_file()]
         if items:
-            out.append(_fig("Final predictions over the satellite images", figures.overlays(items)))
+            classes = run_classes(run)
+            over = "the satellite images" if classes.course else "their images"
+            out.append(_fig(f"Final predictions over {over}", figures.overlays(items, classes=classes)))
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vislab.viz.plotting import say_undrawable
+from vislab.viz.plotting import add_class_legend, say_undrawable
 
 
 def _plt():
@@ -113,16 +113,21 @@ def image_pairs(pairs: list[tuple[Path, Path, str]]) -> bytes:
     return _png(fig)
 
 
-def overlays(items: list[tuple[Path, Path, str]], *, alpha: float = 0.45) -> bytes:
-    """Predicted colour masks blended over their satellite images."""
+def overlays(items: list[tuple[Path, Path, str]], *, alpha: float = 0.45, classes=None) -> bytes:
+    """Predicted colour masks blended over their images; ``classes`` (a SegClasses): a legend of
+    their colours under the row."""
     plt = _plt()
     from PIL import Image
 
-    fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.4), squeeze=False)
+    rows = -(-len(classes.names) // 8) if classes is not None else 0
+    fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.4 + 0.3 * rows), squeeze=False)
     for ax, (sat, pred, title) in zip(axes[0], items):
         base = np.asarray(Image.open(sat).convert("RGB"), dtype=float)
         mask = np.asarray(Image.open(pred).convert("RGB").resize(base.shape[1::-1], Image.NEAREST), dtype=float)
         ax.imshow(((1 - alpha) * base + alpha * mask).astype(np.uint8))
         ax.set_title(title, fontsize=8)
         ax.axis("off")
+    if classes is not None:
+        fig.tight_layout(rect=(0, 0.3 * rows / fig.get_figheight(), 1, 1))
+        add_class_legend(fig, classes)
     return _png(fig)

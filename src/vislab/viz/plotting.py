@@ -67,3 +67,19 @@ def say_undrawable(names: Iterable[str] | None) -> None:
         _said.add(missing)
         info(f"figures: no installed font draws {missing[:12]!r}{' ...' if len(missing) > 12 else ''} of the class "
              "names, so they show as boxes; install a font that has them (e.g. Noto Sans CJK) to draw them")
+
+
+def add_class_legend(fig, classes) -> None:  # fig: a matplotlib Figure, classes: SegClasses
+    """A row of colour patches naming the classes under ``fig`` (grey: left out, for descriptions
+    with an ignore value or colour)."""
+    from matplotlib.patches import Patch
+
+    from vislab.data.seg_classes import IGNORE
+
+    say_undrawable(classes.names)
+    handles = [Patch(facecolor=[v / 255 for v in c], edgecolor="0.4", label=n)
+               for n, c in zip(classes.names, classes.colours)]
+    if not classes.course and (classes.ignore_index is not None or any(v == IGNORE for _, v in classes.extra_colours)):
+        handles.append(Patch(facecolor="0.5", edgecolor="0.4", label="left out"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))

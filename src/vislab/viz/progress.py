@@ -19,6 +19,22 @@ def _run_task(run_dir: Path) -> str | None:
     return data.get("task") if isinstance(data, dict) else None
 
 
+def run_classes(run_dir: Path):  # -> SegClasses
+    """The data set description a segmentation run trained with (its checkpoint's metadata, read
+    memory-mapped: no weight is loaded), else the course's."""
+    import torch
+
+    from vislab.data.seg_classes import SegClasses
+
+    for name in ("last.ckpt", "best.ckpt"):
+        try:
+            meta = torch.load(run_dir / name, map_location="cpu", weights_only=True, mmap=True).get("vislab", {})
+        except Exception:  # noqa: BLE001 - missing or unreadable: the next, else the course's
+            continue
+        return SegClasses.from_dict(meta.get("seg_classes"))
+    return SegClasses.from_dict(None)
+
+
 def snapshot_epochs(snap_dir: Path) -> list[int]:
     """Epoch numbers with saved predictions, ascending."""
     return sorted(int(d.name.split("_")[1]) for d in snap_dir.glob("epoch_*") if d.is_dir())
@@ -33,10 +49,11 @@ def pick_stages(epochs: list[int]) -> list[int]:
 def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = None) -> Path:
     """Rows: snapshot images; columns: satellite, ground truth, then predictions at ``epochs``
     (default: early, middle, final), each titled with its epoch."""
-    from vislab.viz.plotting import pyplot
+    from PIL import Image
+
+    from vislab.viz.plotting import add_class_legend, pyplot
 
     plt = pyplot()
-    from PIL import Image
 
     snap = run_dir / "snapshots"
     if not snap.is_dir():
@@ -51,11 +68,13 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
     if absent:
         raise VislabError(snap, f"no snapshot of epoch {absent[0]}; saved epochs: {available}")
     stems = sorted(p.stem[:-4] for p in snap.glob("*_sat.*"))
-    fig, axes = plt.subplots(len(stems), 2 + len(stages), figsize=(2.6 * (2 + len(stages)), 2.7 * len(stems)),
-                             dpi=100, squeeze=False)
+    classes = run_classes(run_dir)
+    rows = -(-len(classes.names) // 8)  # legend rows under the figure
+    fig, axes = plt.subplots(len(stems), 2 + len(stages),
+                             figsize=(2.6 * (2 + len(stages)), 2.7 * len(stems) + 0.3 * rows), dpi=100, squeeze=False)
     for r, stem in enumerate(stems):
         sat = next(snap.glob(f"{stem}_sat.*"))
-        cells = [(sat, f"{stem} satellite"), (snap / f"{stem}_mask.png", "ground truth")]
+        cells = [(sat, f"{stem} {'satellite' if classes.course else 'image'}"), (snap / f"{stem}_mask.png", "ground truth")]
         cells += [(snap / f"epoch_{e:03d}" / f"{stem}.png", f"epoch {e}") for e in stages]
         for c, (path, title) in enumerate(cells):
             ax = axes[r][c]
@@ -64,7 +83,8 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
                 ax.imshow(Image.open(path).convert("RGB"))
             ax.set_title(title, fontsize=9)
     fig.suptitle(f"Predicted masks during training ({run_dir.name}): early, middle, final", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.3 * rows / fig.get_figheight(), 1, 1))
+    add_class_legend(fig, classes)
     save_figure(fig, out_png)
     plt.close(fig)
     return out_png
