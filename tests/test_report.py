@@ -70,7 +70,14 @@ def test_markdown_report_realdata(cli, real_runs, tmp_path):
     assert res.code == 0, res.err
     md = out.read_text()
     assert md.startswith("# vislab report") and "| **this run, validation" in md
-    assert md.count("](data:image/png;base64,") == 5
+    # figures as PNG files beside the page (Markdown viewers do not show data: images)
+    linked = re.findall(r"\]\((report_figures/run0-fig\d\.png)\)", md)
+    assert len(linked) == 5 and "data:image" not in md
+    assert all((tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in linked)
+    stale = tmp_path / "report_figures" / "run1-fig9.png"  # left by an earlier page of more runs
+    stale.write_bytes(b"old")
+    assert cli("report", real_runs / "run2", "--out", out).code == 0
+    assert not stale.exists() and len(list((tmp_path / "report_figures").iterdir())) == 5
 
 
 @requires_real

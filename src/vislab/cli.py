@@ -537,7 +537,7 @@ def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (P1 and/or P2)."),
     out_file: Path = typer.Option(Path("report.html"), "--out", help="Output file."),
     fmt: Optional[str] = typer.Option(None, "--format",
-                                      help="html | md (figures embedded either way); default: by the --out name."),
+                                      help="html (figures embedded) | md (figures as PNGs in <page>_figures/); default: by the --out name."),
     title: str = typer.Option("vislab report", "--title"),
     shot: Optional[Path] = typer.Option(None, "--screenshot", help="Also render the HTML page to this PNG (headless Chromium)."),
 ) -> None:

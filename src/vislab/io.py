@@ -133,6 +133,12 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def file_digest(path: str | Path, *, salt: str = "") -> str:
     """SHA-256 (hex) of ``salt`` followed by a file's bytes, read in 1 MiB blocks."""
     import hashlib

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from vislab.errors import VislabError, yaml_problem
-from vislab.io import atomic_write_text
+from vislab.io import atomic_write_bytes, atomic_write_text
 from vislab.viz import figures
 
 # (name, value) rows the course report is judged against
@@ -296,6 +296,28 @@ def page_format(out: str | Path, fmt: str | None = None) -> str:
     return fmt or str(named)
 
 
+def figures_folder(page: str | Path) -> Path:
+    """Where a Markdown page's figures go: ``report.md`` -> ``report_figures/`` beside it."""
+    page = Path(page)
+    return page.with_name(f"{page.stem}_figures")
+
+
+def _figure_files(sections: list[dict[str, Any]], folder: Path) -> None:
+    """Write every figure of ``sections`` as a PNG in ``folder`` (what Markdown viewers such as
+    GitHub's show; they do not show ``data:`` images) and give each its relative ``src``. The
+    folder is the page's own: figures of an earlier page there are replaced."""
+    if folder.exists() and not folder.is_dir():
+        raise VislabError(folder, "is a file, but the Markdown page's figures folder is needed here")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("run*-fig*.png"):
+        old.unlink()
+    for section in sections:
+        for j, fig in enumerate(section.get("figures", []), 1):
+            name = f"{section['id']}-fig{j}.png"
+            atomic_write_bytes(base64.b64decode(fig["b64"]), folder / name)
+            fig["src"] = f"{folder.name}/{name}"
+
+
 def build_report(runs: list[str | Path], out: str | Path, *, fmt: str | None = None,
                  title: str = "vislab report") -> Path:
     """Write the report page for ``runs`` to ``out`` (``fmt``: html or md; default: by the name of
@@ -307,6 +329,8 @@ def build_report(runs: list[str | Path], out: str | Path, *, fmt: str | None = N
     fmt = page_format(out, fmt)
     found = [run for r in runs for run in find_runs(Path(r))]
     sections = [_readable_section(run, i) for i, run in enumerate(found)]
+    if fmt == "md":
+        _figure_files(sections, figures_folder(out))
     context = {"title": title, "date": datetime.date.today().isoformat(), "runs": sections}
     from jinja2 import Environment, PackageLoader
 

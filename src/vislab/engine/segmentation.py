@@ -21,7 +21,7 @@ from vislab.engine.base import VislabModule
 from vislab.engine.losses import build_loss, soft_target_loss
 from vislab.engine.sampling import SplitData
 from vislab.errors import VislabError
-from vislab.io import atomic_path
+from vislab.io import atomic_write_bytes
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
 
@@ -189,8 +189,7 @@ class MaskSnapshots(pl.Callback):
         self.classes = classes or deepglobe()
 
     def _write(self, ids: torch.Tensor, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(self.classes.mask_png(ids.cpu(), colours=True))
+        atomic_write_bytes(self.classes.mask_png(ids.cpu(), colours=True), path)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
