@@ -56,8 +56,6 @@ def _members(spec: str) -> list[str]:
     return [part.strip() for part in spec.split(",") if part.strip()]
 
 
-FIGURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
-
 
 def _train_dirs(train_dir: Path | None, data: Path | None, default: str, val_dir: Path | None,
                 default_val: str) -> tuple[Path, Path | None]:
@@ -330,7 +328,9 @@ def cls_tsne(
     """t-SNE of the second-last-layer features, one colour per class."""
     from vislab.pipelines.classification import tsne
 
-    _output(out_png, *FIGURES, inputs=[labels, ckpt])
+    from vislab.viz.save import FORMATS
+
+    _output(out_png, *FORMATS, inputs=[labels, ckpt])
     _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt])
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
@@ -504,8 +504,9 @@ def seg_progress(
 ) -> None:
     """The predicted masks of the snapshot images at early, middle and final epochs."""
     from vislab.pipelines.segmentation import progress
+    from vislab.viz.save import FORMATS
 
-    _output(out_png, *FIGURES)
+    _output(out_png, *FORMATS)
     try:
         chosen = [int(e) for e in epochs.split(",")] if epochs else None
     except ValueError:
@@ -542,9 +543,9 @@ def report_cmd(
     shot: Optional[Path] = typer.Option(None, "--screenshot", help="Also render the HTML page to this PNG (headless Chromium)."),
 ) -> None:
     """The homework's figures and tables from run folders, as one self-contained page."""
-    from vislab.report import build_report, page_format, screenshot
+    from vislab.report import PAGE_SUFFIXES, build_report, page_format, screenshot
 
-    _output(out_file, ".html", ".htm", ".md", ".markdown")
+    _output(out_file, *PAGE_SUFFIXES)
     _output(shot, ".png")
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":

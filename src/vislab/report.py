@@ -280,7 +280,7 @@ def _readable_section(run: Path, i: int) -> dict[str, Any]:
                                f"history.csv: {type(exc).__name__}: {first})") from None
 
 
-_PAGE_SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
+PAGE_SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
 
 
 def page_format(out: str | Path, fmt: str | None = None) -> str:
@@ -288,7 +288,7 @@ def page_format(out: str | Path, fmt: str | None = None) -> str:
     that contradicts the name, or neither, is a one-line error."""
     if fmt is not None and fmt not in ("html", "md"):
         raise VislabError("--format", f"unknown format {fmt!r}; choose html or md")
-    named = _PAGE_SUFFIXES.get(Path(out).suffix.lower())
+    named = PAGE_SUFFIXES.get(Path(out).suffix.lower())
     if fmt is None and named is None:
         raise VislabError(out, "name the page .html or .md, or give --format html|md")
     if fmt is not None and named is not None and named != fmt:

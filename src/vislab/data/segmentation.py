@@ -127,7 +127,7 @@ def read_pair(pair: Pair, *, expected: tuple[int, int] | None = (512, 512),
     ``classes``: how the mask is read (default: the course's colour code)."""
     img = read_rgb(pair.image)
     if expected is not None and tuple(img.shape[1:]) != tuple(expected):
-        course = classes is None or classes.course
+        course = (classes is None or classes.course) and tuple(expected) == (512, 512)
         hint = ("; with no classes.yaml beside it the folder is read as the course's land-cover set of 512x512 "
                 "tiles: describe your own data set in a classes.yaml (README, own data)") if course else ""
         raise VislabError(pair.image, f"image is {img.shape[2]}x{img.shape[1]}, expected {expected[1]}x{expected[0]}{hint}")
