@@ -282,3 +282,13 @@ def test_csv_with_a_byte_order_mark(tmp_path):
     (tmp_path / "excel.csv").write_bytes("filename,label\r\na.png,cat\r\nb.png,dog\r\n".encode("utf-8-sig"))
     items = find_items(d, labelled=True, labels_csv=tmp_path / "excel.csv")
     assert items.class_names == ["cat", "dog"] and items.labels == [0, 1]
+
+
+def test_ids_and_names_are_shown_apart():
+    """A class name that is a number other than its id is quoted, so "2 '10'" reads as id 2 of the
+    class folder 10/, not as two ids; a name equal to the id is not repeated."""
+    from vislab.data.layouts import id_and_name
+
+    names = ["0", "1", "10", "2", "cat"]
+    assert [id_and_name(c, names) for c in range(5)] == ["0", "1", "2 '10'", "3 '2'", "4 cat"]
+    assert id_and_name(7, None) == "7"

@@ -272,6 +272,7 @@ def cls_eval(
     held_out: bool = typer.Option(False, "--held-out", help="IMG_DIR is the run's training folder: score only the images its recipe held out of training."),
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
+    from vislab.data.layouts import id_and_name
     from vislab.pipelines.classification import evaluate
 
     _output(json_out, ".json", inputs=[labels, *_members(ckpt)])
@@ -279,7 +280,7 @@ def cls_eval(
     t = Table("class", "accuracy", title="per-class accuracy")
     names = res.get("class_names")
     for c, a in res["per_class"].items():
-        t.add_row(f"{c} {names[c]}" if names else str(c), f"{a:.3f}")
+        t.add_row(id_and_name(c, names), f"{a:.3f}")
     out.print(t)
     _write_json(res, json_out)
     out.print(f"accuracy: {res['accuracy']:.4f}  ({_top5(res)}{res['images']} images)")  # as `cls train` gives val's

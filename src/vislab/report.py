@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vislab.errors import VislabError, yaml_problem
+from vislab.data.layouts import id_and_name
 from vislab.io import atomic_write_bytes, atomic_write_text
 from vislab.viz import figures
 
@@ -133,13 +134,12 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     out = []
     if val:
         names = val.get("class_names")
-        label = (lambda c: f"{c} {names[int(c)]}") if names else str
-        per_class = {label(k): v for k, v in val["per_class"].items()}
+        per_class = {id_and_name(int(k), names): v for k, v in val["per_class"].items()}
         out.append(_fig("Per-class validation accuracy", figures.bars(per_class, title="accuracy per class",
                                                                        reference={"mean": val["accuracy"]})))
         n = len(val["confusion"])
         out.append(_fig("Confusion matrix (validation)", figures.confusion_heatmap(
-            val["confusion"], labels=[label(i) for i in range(n)], title="row-normalised confusion")))
+            val["confusion"], labels=[id_and_name(i, names) for i in range(n)], title="row-normalised confusion")))
         pairs = _confused_pairs(run, data, val)
         if pairs:
             out.append(_fig("Most confused pairs", figures.image_pairs(pairs),
@@ -161,14 +161,13 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
     rows = _csv_rows(preds)
     conf = val["confusion"]
     names = val.get("class_names")
-    label = (lambda c: f"{c} ({names[c]})") if names else str
     cells = sorted(((conf[t][p], t, p) for t in range(len(conf)) for p in range(len(conf)) if t != p), reverse=True)
     out = []
     for count, t, p in cells[:k]:
         wrong = next((r["image_id"] for r in rows if int(r["label"]) == t and int(r["pred"]) == p), None)
         other = next((r["image_id"] for r in rows if int(r["label"]) == p and int(r["pred"]) == p), None)
         if wrong and other and count > 0:
-            out.append((val_dir / wrong, val_dir / other, f"true {label(t)}, predicted {label(p)} ({count}x)"))
+            out.append((val_dir / wrong, val_dir / other, f"true {id_and_name(t, names)}, predicted {id_and_name(p, names)} ({count}x)"))
     return out
 
 

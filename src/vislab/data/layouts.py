@@ -53,6 +53,20 @@ def count_classes(class_names: list[str] | None, max_label: int | None) -> int:
     return max_label + 1
 
 
+def id_and_name(c: int, names: list[str] | None) -> str:
+    """Class ``c`` as tables and legends show it: its id and name ("3 cat"); a name that is a
+    number other than the id is quoted ("2 '10'": id 2, class folder 10/), one equal to it is
+    not repeated; without names, the id.
+
+        >>> id_and_name(3, ["a", "b", "c", "cat"]), id_and_name(2, ["0", "1", "10"]), id_and_name(1, None)
+        ('3 cat', "2 '10'", '1')
+    """
+    if not names or names[c] == str(c):
+        return str(c)
+    name = names[c]
+    return f"{c} {name!r}" if name.isdigit() else f"{c} {name}"
+
+
 def course_label(path: Path) -> int | None:
     """The label encoded in ``<label>_<index>.<ext>``, or None for another name."""
     m = _COURSE_NAME.match(path.stem)

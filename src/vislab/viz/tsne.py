@@ -33,6 +33,7 @@ def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, t
                    class_names: list[str] | None = None) -> None:
     """Scatter ``points`` coloured by class with a legend (class names when given, else ids);
     class ids are written at class centres."""
+    from vislab.data.layouts import id_and_name
     from vislab.viz.plotting import pyplot, say_undrawable
 
     plt = pyplot()
@@ -45,7 +46,7 @@ def plot_embedding(points: np.ndarray, labels: torch.Tensor, out_png: Path, *, t
     for k, c in enumerate(classes):
         m = labs == c
         ax.scatter(points[m, 0], points[m, 1], s=7, color=cmap(k / max(1, len(classes) - 1) * 0.92),
-                   marker=markers[k % len(markers)], label=f"{c} {class_names[c]}" if class_names else str(c),
+                   marker=markers[k % len(markers)], label=id_and_name(int(c), class_names),
                    alpha=0.8, linewidths=0)
         cx, cy = np.median(points[m], axis=0)
         ax.text(cx, cy, str(c), fontsize=7, ha="center", va="center", weight="bold")
