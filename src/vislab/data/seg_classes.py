@@ -212,10 +212,15 @@ class SegClasses:
                    tuple((tuple(int(v) for v in c), int(i)) for c, i in d.get("extra_colours") or []),
                    tuple(d["tile_hw"]) if d.get("tile_hw") else None)
 
+    def differences(self, other: SegClasses) -> list[str]:
+        """The fields of :meth:`to_dict` in which two descriptions decode or score masks apart
+        (names first; the source and tile size may differ)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in ("names", "mask_format", "ignore_index", "colours", "extra_colours") if a[k] != b[k]]
+
     def same_classes(self, other: SegClasses) -> bool:
         """Whether two descriptions decode and score masks alike (the source may differ)."""
-        a, b = self.to_dict(), other.to_dict()
-        return all(a[k] == b[k] for k in ("names", "mask_format", "ignore_index", "extra_colours", "colours"))
+        return not self.differences(other)
 
 
 def _refuse_dark_mask(rgb: torch.Tensor, p: Path) -> None:

@@ -90,10 +90,12 @@ class ClassifierModule(VislabModule):
 
         r = self.recipe
         stored = self.data_meta.get("stored_hw")
-        if r.image_size is None and not stored:
+        if r.image_size is not None:
+            side, setting = (r.resize_from, "resize_from") if r.resize_from is not None else (r.image_size, "image_size")
+        elif stored:
+            side, setting = min(stored), "the stored images' side"
+        else:
             return
-        side, setting = (r.resize_from, "resize_from") if r.resize_from is not None and r.image_size is not None \
-            else (r.image_size, "image_size") if r.image_size is not None else (min(stored), "the stored images' side")
         check_side(net, int(side), model=r.model, setting=setting)
 
     def prepare(self, x: torch.Tensor, side: int | None = None) -> torch.Tensor:

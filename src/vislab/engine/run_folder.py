@@ -39,10 +39,10 @@ def check_resumed_data(out_dir: Path, *, key: str, digest: str, folder: str | Pa
     """A resumed run goes on with the data it started on: refuse a training folder whose digest
     (``key`` in the checkpoint's metadata; file names and labels or sizes, not paths) differs from
     the one last.ckpt recorded. A checkpoint without the digest is not checked."""
-    import torch
+    from vislab.models.checkpoints import checkpoint_meta
 
     last = out_dir / "last.ckpt"
-    recorded = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("vislab", {}).get(key)
+    recorded = checkpoint_meta(last).get(key)  # readable: check_run_folder checked it
     if recorded is not None and recorded != digest:
         raise VislabError(folder, f"is not the data {last} was trained on (other files or labels); --resume "
                                   "continues a run on the training folder it started with")

@@ -85,11 +85,19 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     return ckpt
 
 
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The vislab metadata of a checkpoint file, opened memory-mapped (no tensor is read); {} for
+    a file that holds none. Whatever torch.load raises for an unreadable file goes through."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    meta = ckpt.get("vislab") if isinstance(ckpt, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def check_readable(path: Path, why: str) -> None:
     """Refuse a checkpoint file that torch cannot open (memory-mapped: no tensor is read), one
     line naming the file and ``why`` it is needed."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint_meta(path)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
         raise VislabError(path, f"not a readable checkpoint ({_unreadable(path, exc)}); {why}") from None
 

@@ -481,14 +481,15 @@ def _ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str]
 
     described = [{"classes": {"names": list(classes_of(m).names)}} for _, m in models]
     check_same_classes(described, paths, keys=("classes",))
-    first = classes_of(models[0][1]).to_dict()
+    first = classes_of(models[0][1])
     for (_, meta), path in zip(models[1:], paths[1:]):  # the same classes, but masks read another way
-        other = classes_of(meta).to_dict()
-        for key in ("mask_format", "ignore_index", "colours", "extra_colours"):
-            if other[key] != first[key]:
-                raise VislabError(path, f"reads its masks otherwise than {paths[0]} ({key} {other[key]} against "
-                                        f"{first[key]}); an ensemble's members read and write masks alike")
-    return classes_of(models[0][1])
+        other = classes_of(meta)
+        apart = other.differences(first)
+        if apart:
+            key = apart[0]
+            raise VislabError(path, f"reads its masks otherwise than {paths[0]} ({key} {other.to_dict()[key]} "
+                                    f"against {first.to_dict()[key]}); an ensemble's members read and write masks alike")
+    return first
 
 
 def _member_offsets(meta: dict[str, Any], enabled: bool) -> torch.Tensor | None:

@@ -4,6 +4,7 @@ no installed font draws (matplotlib would draw boxes and warn once per glyph).""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Iterable
 
@@ -42,8 +43,9 @@ def use_fonts() -> list[str]:
     return families
 
 
-def undrawable(texts: Iterable[str]) -> str:
-    """The characters of ``texts`` that no font in use has, in order of first use."""
+@functools.lru_cache(maxsize=1)
+def _drawable() -> frozenset[int]:
+    """The code points some font in use has (each font file read once per process)."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
@@ -51,6 +53,12 @@ def undrawable(texts: Iterable[str]) -> str:
     for family in use_fonts():
         path = font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
         have |= set(FT2Font(path).get_charmap())
+    return frozenset(have)
+
+
+def undrawable(texts: Iterable[str]) -> str:
+    """The characters of ``texts`` that no font in use has, in order of first use."""
+    have = _drawable()
     seen: dict[str, None] = {}
     for text in texts:
         for ch in text:

@@ -22,13 +22,12 @@ def _run_task(run_dir: Path) -> str | None:
 def run_classes(run_dir: Path):  # -> SegClasses
     """The data set description a segmentation run trained with (its checkpoint's metadata, read
     memory-mapped: no weight is loaded), else the course's."""
-    import torch
-
     from vislab.data.seg_classes import SegClasses
+    from vislab.models.checkpoints import checkpoint_meta
 
     for name in ("last.ckpt", "best.ckpt"):
         try:
-            meta = torch.load(run_dir / name, map_location="cpu", weights_only=True, mmap=True).get("vislab", {})
+            meta = checkpoint_meta(run_dir / name)
         except Exception:  # noqa: BLE001 - missing or unreadable: the next, else the course's
             continue
         return SegClasses.from_dict(meta.get("seg_classes"))
