@@ -121,44 +121,53 @@ def test_a_teacher_that_trained_on_the_students_held_out_images_is_said(cli, col
     assert "t_fewer was trained on another folder than the student's: it trained on some" in changes
 
 
-def test_a_segmenter_distils_from_its_teachers_probabilities_per_pixel():
-    """With distill 1 the training loss is the cross-entropy against the teacher's softmax on the
-    same crop, the teacher normalising the pixels its own way; padding (IGNORE) pixels do not
-    count. The teacher is no part of the student's weights."""
+def test_a_segmenter_distils_from_its_tiles_soft_maps():
+    """With distill 1 the training loss is the cross-entropy against the soft maps of the batch's
+    own tiles (chosen by sample index), resized to the tile, mirrored as the image was and summing
+    to 1 again after uint8 rounding; padding (IGNORE) pixels do not count. The maps are no part
+    of the student's weights."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
     from vislab.data.seg_classes import IGNORE
     from vislab.engine.segmentation import SegmenterModule
-    from vislab.models import build_model
-    from vislab.models.ensemble import AveragedNet
 
     torch.manual_seed(0)
-    teacher = build_model("smp:fpn:resnet18", num_classes=7, weights=None).eval()
-    tmean, tstd = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
     recipe = Recipe(task="seg", model="smp:fpn:resnet18", weights=None, distill=1.0, teacher=("t",),
-                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+                    crop_size=None, rot90=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     module = SegmenterModule(recipe.to_dict(), 7, steps_per_epoch=1)
-    module.set_teacher(AveragedNet([(teacher, {"mean": tmean, "std": tstd})]))
+    maps = [(torch.rand(7, 16, 16).softmax(0) * 255).round().to(torch.uint8) for _ in range(3)]
+    module.soft_maps = maps
+    module._trainer = SimpleNamespace(training=True, current_epoch=0)
     raw = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    y = torch.randint(0, 7, (2, 64, 64))
+    y = torch.randint(0, 7, (2, 64, 64), dtype=torch.uint8)
     y[:, :, 48:] = IGNORE  # padding
-    x = module.prepare(raw)
+    idx = torch.tensor([2, 0])
+    x, yy, _, soft = module.on_after_batch_transfer((raw, y, idx, torch.tensor([[64, 64]] * 2)), 0)
+    module._trainer = None
+    for i, tile in enumerate(idx.tolist()):  # the ids show the sample's mirroring (colours are jittered)
+        flips = [[], [-1], [-2], [-1, -2]]
+        k = [j for j, d in enumerate(flips) if torch.equal(yy[i], y[i].long().flip(d))][0]
+        want = F.interpolate(maps[tile].float()[None] / 255, size=(64, 64), mode="bilinear", align_corners=False)[0]
+        want = (want / want.sum(0, keepdim=True)).flip(flips[k])
+        assert torch.allclose(soft[i], want, atol=1e-5)
+        assert float(soft[i].sum(0).sub(1).abs().max()) < 1e-5
     torch.manual_seed(1)  # the same dropout draws in the student's two forwards
-    got = module.training_step((x, y, torch.arange(2)), 0).detach()
+    got = module.training_step((x, yy, idx, soft), 0).detach()
     with torch.no_grad():
-        m, s = torch.tensor(tmean).view(1, 3, 1, 1), torch.tensor(tstd).view(1, 3, 1, 1)
-        p = teacher((raw.float() / 255 - m) / s).softmax(1)
         torch.manual_seed(1)
         logp = module.net(x).log_softmax(1)
-    per_pixel = -(p * logp).sum(1)
-    assert float(got) == pytest.approx(float(per_pixel[y != IGNORE].mean()), rel=1e-4)
+    per_pixel = -(soft * logp).sum(1)
+    assert float(got) == pytest.approx(float(per_pixel[yy != IGNORE].mean()), rel=1e-4)
     assert float(got) != pytest.approx(float(per_pixel.mean()), rel=1e-3)  # the padding would move it
-    assert not any(k.startswith(("_teacher", "teacher")) for k in module.state_dict())
     assert set(module.state_dict()) == set(SegmenterModule(recipe.to_dict(), 7, steps_per_epoch=1).state_dict())
 
 
 def test_seg_train_with_teachers(cli, tmp_path):
     """`seg train --teacher RUN`: trains, records its teachers, says a teacher of another split;
-    the teacher reads the training crops as they are (scale 1, whatever its evaluation scale); a
-    teacher of other classes is refused before anything is written."""
+    the teacher reads each whole training tile once, at its evaluation scale; a teacher of other
+    classes is refused before anything is written."""
     from test_own_seg_data import make_index_set
 
     train = make_index_set(tmp_path / "train", 8)
@@ -169,11 +178,26 @@ def test_seg_train_with_teachers(cli, tmp_path):
     t_recipe = yaml.safe_load((tmp_path / "t" / "recipe.yaml").read_text())
     (tmp_path / "half.yaml").write_text(yaml.safe_dump({**t_recipe, "infer_scale": 0.5}))
     assert cli("seg", "train", train, "--recipe", tmp_path / "half.yaml", "--out", tmp_path / "t_half").code == 0
+    # the soft maps are the teacher's probabilities over each whole training tile at its own
+    # evaluation scale: their argmax is the mask `seg predict` writes, at 1/4 of the side
     from vislab.data.seg_classes import load_classes
-    from vislab.pipelines.segmentation import _teacher_net
+    from vislab.engine.segmentation import SegmentationData
+    from vislab.pipelines.segmentation import MAP_STRIDE, _load_teachers, _teacher_maps
 
-    net, _ = _teacher_net(Recipe(task="seg", teacher=(str(tmp_path / "t_half"),)), load_classes(train / "classes.yaml"))
-    assert [float(m.scale) for m in net.nets] == [1.0]
+    desc = load_classes(train / "classes.yaml")
+    student = Recipe(task="seg", teacher=(str(tmp_path / "t_half"),), holdout=0.25, seed=2)
+    data = SegmentationData(train, student, expected=None, classes=desc)
+    maps = _teacher_maps(_load_teachers(student, desc), data, student)
+    assert len(maps) == len(data.train_pairs) == 6
+    assert cli("seg", "predict", tmp_path / "t_half", train / "images", tmp_path / "pred").code == 0
+    agree = []
+    for m, pair in zip(maps, data.train_pairs):
+        ids = desc.read_mask(tmp_path / "pred" / f"{pair.stem}.png")[0]
+        assert m.shape[-2:] == tuple(-(-v // MAP_STRIDE) for v in ids.shape)
+        assert float(m.float().sum(0).sub(255).abs().max()) <= 4  # probabilities, rounded to 1/255
+        small = ids[MAP_STRIDE // 2::MAP_STRIDE, MAP_STRIDE // 2::MAP_STRIDE]
+        agree.append(float((m.argmax(0)[:small.shape[0], :small.shape[1]] == small).float().mean()))
+    assert sum(agree) / len(agree) > 0.95, agree
     res = cli("seg", "train", train, "--recipe", r, "--seed", "3", "--teacher", tmp_path / "t", "--distill", "0.7",
               "--out", tmp_path / "student")
     assert res.code == 0, res.err

@@ -204,3 +204,44 @@ def test_resizing_crops_keeps_to_cudas_dtypes(monkeypatch):
                              crop_area=(0.2, 0.9))
     assert img.shape == (4, 3, 24, 24) and img.dtype == torch.float32
     assert 0 <= img.min() and img.max() <= 255 and set(ids.unique().tolist()) <= set(range(6))
+
+
+def _ramps(n: int, h: int, w: int, stride: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Tiles whose channels 0 and 1 are the column and row ramps (value = pixel centre), and maps
+    at 1/stride of the side holding the same ramps at their own pixel centres (2x2 means)."""
+    cols = torch.arange(w).float().view(1, w).expand(h, w) + 0.5
+    rows = torch.arange(h).float().view(h, 1).expand(h, w) + 0.5
+    tile = torch.stack([cols, rows, cols + rows])
+    small = torch.nn.functional.avg_pool2d(tile[None], stride)[0]
+    return tile.expand(n, 3, h, w).clone(), [small[:2].clone() for _ in range(n)]
+
+
+def test_soft_maps_take_their_tiles_crop_flips_and_turns():
+    """Maps at half the side go through each sample's own box, flips and turns: bilinear
+    resampling reproduces a ramp exactly, so the cropped map equals the cropped image's ramps
+    except where a sample point falls outside the map's outer pixel centres (at most half a map
+    pixel, 1 tile pixel, of clamping); one map pixel of misplacement would be off by 2."""
+    n, s = 16, 40
+    x, maps = _ramps(n, s, s, 2)
+    y = torch.zeros(n, s, s, dtype=torch.uint8)
+    img, _, soft = augment_tiles(x, y, torch.arange(n), torch.tensor([[s, s]] * n), seed=4, epoch=1, crop_size=32,
+                                 crop_area=(0.2, 0.5), soft=maps)  # boxes of 18-28 px: enlarged, not antialiased
+    assert soft.shape == (n, 2, 32, 32)
+    err = (soft - img[:, :2]).abs()
+    assert float(err.max()) <= 1.0 + 1e-4
+    inner = err[:, :, 4:-4, 4:-4]  # several tiles lie strictly inside the tile: exact there
+    assert float(inner.amax(dim=(1, 2, 3)).min()) < 1e-3
+
+
+def test_soft_maps_without_crop_cover_each_tile_and_not_the_padding():
+    x1, m1 = _ramps(1, 8, 12, 2)
+    x2, m2 = _ramps(1, 12, 8, 4)  # another size, another map stride
+    x = torch.zeros(2, 3, 12, 12)
+    x[0, :, :8, :12], x[1, :, :12, :8] = x1[0], x2[0]
+    y = torch.zeros(2, 12, 12, dtype=torch.uint8)
+    img, _, soft = augment_tiles(x, y, torch.arange(2), torch.tensor([[8, 12], [12, 8]]), seed=0, epoch=0,
+                                 crop_size=None, rot90=False, soft=m1 + m2)
+    filled = (img[:, 2] > 0)[:, None].expand_as(soft)  # the third channel (cols + rows) is > 0 in every tile pixel
+    assert int(filled[0, 0].sum()) == 96 and int(filled[1, 0].sum()) == 96
+    assert float((soft[~filled]).abs().max()) == 0.0
+    assert float((soft - img[:, :2])[filled].abs().max()) <= 2.0 + 1e-4  # stride 4: 2 tile pixels of clamping

@@ -322,25 +322,25 @@ class CachedTiles(Dataset):
         return img, ids, i
 
 
-def _flip_turn(x: torch.Tensor, y: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor,
-               k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mirror images and quarter turns (exact: no resampling), composed per sample
-    and stacked once (a batched ``where`` over flipped copies cost 4x more on a CPU)."""
-    square = x.shape[-1] == x.shape[-2]
-    xs, ys = [], []
+def _flip_turn(tensors: list[torch.Tensor], hflip: torch.Tensor, vflip: torch.Tensor,
+               k: torch.Tensor) -> list[torch.Tensor]:
+    """Per-sample mirror images and quarter turns (exact: no resampling) of batches whose last two
+    dimensions are the same picture, composed per sample and stacked once (a batched ``where``
+    over flipped copies cost 4x more on a CPU)."""
+    square = tensors[0].shape[-1] == tensors[0].shape[-2]
+    out: list[list[torch.Tensor]] = [[] for _ in tensors]
     for i, (h, v, turn) in enumerate(zip(hflip.tolist(), vflip.tolist(), k.tolist())):
         dims = [d for d, on in ((-1, h), (-2, v)) if on]
-        xi, yi = (x[i].flip(dims), y[i].flip(dims)) if dims else (x[i], y[i])
-        if turn and square:
-            xi, yi = torch.rot90(xi, turn, (-2, -1)), torch.rot90(yi, turn, (-2, -1))
-        xs.append(xi)
-        ys.append(yi)
-    return torch.stack(xs), torch.stack(ys)
+        for t, acc in zip(tensors, out):
+            ti = t[i].flip(dims) if dims else t[i]
+            acc.append(torch.rot90(ti, turn, (-2, -1)) if turn and square else ti)
+    return [torch.stack(acc) for acc in out]
 
 
 def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: torch.Tensor, *, seed: int, epoch: int,
                   crop_size: int | None, crop_area: tuple[float, float] = (0.25, 1.0), rot90: bool = True,
-                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[torch.Tensor, torch.Tensor]:
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3), soft: list[torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, ...]:
     """Joint geometry of a batch on its device: random scale/crop, flips, 90-degree turns.
 
     Args:
@@ -353,10 +353,15 @@ def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: tor
             shrinking; ids nearest). None: the batch keeps its size.
         Then each sample is mirrored left-right and top-bottom with probability 1/2 each and
         turned by k x 90 degrees, k uniform in 0..3 (``rot90``; only when the output is square).
+        soft: per sample, maps (C, h', w') over its whole own tile at any resolution (a teacher's
+            probabilities, distillation): each goes through the same crop (bilinear, box scaled
+            to the map), flips and turns, at the output's resolution (zero over padding).
     Returns:
-        (float images in [0, 255], long class ids). Every draw is a pure function of (seed,
-        epoch, index[i]), so a resumed run and any batch composition draw the same.
+        (float images in [0, 255], long class ids), and the float soft maps (N, C, H, W) when
+        ``soft`` is given. Every draw is a pure function of (seed, epoch, index[i]), so a resumed
+        run and any batch composition draw the same.
     """
+    from torchvision.ops import roi_align
     import torch.nn.functional as F
 
     dev = x.device
@@ -369,7 +374,7 @@ def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: tor
     k = (draw(6) * 4).long().clamp_max(3) if rot90 else torch.zeros(n, dtype=torch.long, device=dev)
     if crop_size:
         u = torch.stack([draw(s) for s in range(4)], 1).cpu().double()
-        imgs, masks = [], []
+        imgs, masks, maps = [], [], []
         for i, ((h, w), (ua, ur, ux, uy)) in enumerate(zip(hw.tolist(), u.tolist())):
             area = h * w * (crop_area[0] + (crop_area[1] - crop_area[0]) * ua)
             r = ratio[0] * (ratio[1] / ratio[0]) ** ur
@@ -388,9 +393,21 @@ def augment_tiles(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, hw: tor
                 lab = F.interpolate(lab.float(), size=(crop_size, crop_size), mode="nearest-exact").to(y.dtype)
             imgs.append(box)
             masks.append(lab[:, 0])
+            if soft is not None:  # the same box on the map's own grid: map pixel j covers tile [j, j+1) * h / h'
+                m = soft[i].float()[None]
+                sy, sx = m.shape[-2] / h, m.shape[-1] / w
+                roi = torch.tensor([[0.0, x0 * sx, y0 * sy, (x0 + cw) * sx, (y0 + ch) * sy]], device=dev)
+                maps.append(roi_align(m, roi, output_size=(crop_size, crop_size), spatial_scale=1.0,
+                                      sampling_ratio=1, aligned=True))
         x, y = torch.cat(imgs), torch.cat(masks)
-    x, y = _flip_turn(x, y, hflip, vflip, k)
-    return x.float(), y.long()
+    elif soft is not None:  # each map to its tile's size, padded as the batch is
+        full = torch.zeros(n, soft[0].shape[0], *x.shape[-2:], device=dev)
+        for i, (h, w) in enumerate(hw.tolist()):
+            full[i, :, :h, :w] = F.interpolate(soft[i].float()[None], size=(h, w), mode="bilinear",
+                                               align_corners=False)[0]
+        maps = [full]
+    out = _flip_turn([x, y] + ([torch.cat(maps)] if soft is not None else []), hflip, vflip, k)
+    return (out[0].float(), out[1].long(), *out[2:])
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]], *, multiple: int = 32

@@ -35,8 +35,7 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
     ``module``'s network in ``precision`` (the trainer's, default the recipe's) on ``loader``'s
     first batches: the median of ``steps`` steps after one warm-up step (the fastest step
     under-estimated a 2-core epoch by a fifth); the warm-up step itself when the loader has only
-    one batch; a segmenter's teacher forwards (distillation) are timed with it. The module, its
-    weights and the global RNG states are left as they were.
+    one batch. The module, its weights and the global RNG states are left as they were.
     ``side``: a classifier's batches at that input side instead of its own."""
     import time
 
@@ -61,8 +60,6 @@ def seconds_per_step(module: pl.LightningModule, loader: Any, device: Any, *, st
             x, y = _probe_input(module, batch, side, cast)
             with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=amp):
                 out = net(x)
-                if getattr(module, "teacher", None) is not None:  # a segmenter's distillation: its teachers' forwards
-                    module.soft_targets(x.float())
             loss = torch.nn.functional.cross_entropy(out.float(), y.long(), ignore_index=255)
             opt.zero_grad()
             loss.backward()

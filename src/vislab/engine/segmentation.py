@@ -104,22 +104,10 @@ class SegmenterModule(VislabModule):
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)
-        self._teacher: list[torch.nn.Module] = []  # a list: not a submodule, so never in a checkpoint
-
-    @property
-    def teacher(self) -> torch.nn.Module | None:
-        """Distillation: a network from images scaled to [0, 1] to log-probabilities per pixel
-        (:class:`vislab.models.ensemble.AveragedNet` of the teacher runs, given by the pipeline
-        with :meth:`set_teacher`); its probabilities on each augmented training crop are soft targets."""
-        return self._teacher[0] if self._teacher else None
-
-    def set_teacher(self, net: torch.nn.Module | None) -> None:
-        """Hold ``net`` (in eval mode, without gradients) outside the module's submodules: it is no
-        part of the checkpoint, and Lightning's ``train()`` calls leave it in eval mode. (A
-        property setter would not do: ``nn.Module`` registers a module attribute before it.)"""
-        if net is not None and self.recipe.channels_last:  # as the student's inputs arrive
-            net = net.to(memory_format=torch.channels_last)
-        self._teacher = [] if net is None else [net.eval().requires_grad_(False)]
+        # distillation: per training tile (in the training loader's order) the teachers' averaged
+        # probabilities, uint8 (C, h', w') over the whole tile; set by the pipeline, not saved in
+        # checkpoints (a resumed run recomputes them from the same teacher runs)
+        self.soft_maps: list[torch.Tensor] | None = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -131,41 +119,32 @@ class SegmenterModule(VislabModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y, idx, hw = batch
+        soft = None
         if self.trainer is not None and self.trainer.training:
             r = self.recipe
-            x, y = augment_tiles(x, y, idx, hw, seed=r.seed, epoch=self.current_epoch, crop_size=r.crop_size,
-                                 crop_area=r.crop_area, rot90=r.rot90)
+            maps = None if self.soft_maps is None else [self.soft_maps[i].to(x.device) for i in idx.tolist()]
+            x, y, *rest = augment_tiles(x, y, idx, hw, seed=r.seed, epoch=self.current_epoch, crop_size=r.crop_size,
+                                        crop_area=r.crop_area, rot90=r.rot90, soft=maps)
             x = jitter_colours(x, idx, seed=r.seed, epoch=self.current_epoch)
-        return self.prepare(x), y.long(), idx
+            if rest:  # uint8-rounded probabilities, resampled: summing to 1 again
+                soft = rest[0] / rest[0].sum(1, keepdim=True).clamp_min(1e-6)
+        return self.prepare(x), y.long(), idx, soft
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float in [0, 255]) batch -> normalised float in the recipe's memory format."""
         return self.memory_format(normalize(x, self.mean, self.std))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
+        x, y, _, soft = batch
         logits = self.net(x)
         loss = self.loss_fn(logits, y)
-        if self.teacher is not None:
-            soft = self.soft_targets(x)
+        if soft is not None:
             loss = (1 - self.recipe.distill) * loss + self.recipe.distill * soft_target_loss(logits, soft, y != IGNORE)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
         return loss
 
-    @torch.no_grad()
-    def soft_targets(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's probabilities per pixel of a normalised training batch (read back to [0, 1]
-        with the student's mean and std, then normalised by each teacher its own way)."""
-        teacher = self.teacher
-        assert teacher is not None
-        if next(teacher.parameters()).device != x.device:  # once per process, on its own device
-            teacher.to(x.device)
-        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return teacher(x.float() * s + m).exp()
-
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
         self.holdout_conf.update(self.held_out_logits(x).argmax(1), y)
 
     def on_validation_epoch_end(self) -> None:

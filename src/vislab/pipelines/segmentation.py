@@ -56,8 +56,10 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         check_described_alike(val_dir, desc)
         val_pairs = list_pairs(val_dir)
         scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
-    teacher, teachers = _teacher_net(recipe, desc) if recipe.teacher else (None, [])
+    loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
+    soft = _teacher_maps(loaded, data, recipe) if loaded else None
+    teachers = [meta for _, meta in loaded]
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)
     weights = None  # the recipe's check allows no other class_weights
@@ -94,7 +96,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     def make_module(r: Recipe, steps: int, pretrained: bool) -> SegmenterModule:
         module = SegmenterModule(r.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta,
                                  pretrained=pretrained)
-        module.set_teacher(teacher)
+        module.soft_maps = soft
         return module
 
     def describe(r: Recipe) -> None:
@@ -205,25 +207,57 @@ def _unturned_note(recipe: Recipe, sizes: torch.Tensor | None) -> list[str]:
             "one are never turned; set crop_size for square crops that turn"]
 
 
-def _teacher_net(recipe: Recipe, desc: SegClasses) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-    """The teacher runs of ``recipe`` as one network from [0, 1] images to averaged log-probabilities
-    per pixel (:class:`~vislab.models.ensemble.AveragedNet`), each normalising its own way and
-    reading the training crops as they are (no evaluation scale, no class offsets: the soft targets
-    are what each learnt), and the teachers' metadata. They must describe the student's classes."""
-    from vislab.models.ensemble import AveragedNet
+MAP_STRIDE = 4
+"""Distillation: a teacher's probabilities are kept at 1/4 of a tile's side (uint8: 1,600 course
+tiles take 180 MB); each training crop reads its box of them bilinearly."""
 
-    paths = list(recipe.teacher)
-    loaded = [load_segmenter(path, calibrated=False) for path in paths]
-    for (net, meta), path in zip(loaded, paths):
+
+def _load_teachers(recipe: Recipe, desc: SegClasses) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+    """The teacher runs of ``recipe`` (networks at their own evaluation scale, without class
+    offsets: the soft targets are what each learnt) and their metadata; they must describe the
+    student's classes."""
+    loaded = [load_segmenter(path, calibrated=False) for path in recipe.teacher]
+    for (_, meta), path in zip(loaded, recipe.teacher):
         theirs = classes_of(meta)
         if not theirs.same_classes(desc):
             raise VislabError(path, f"teacher predicts other classes ({', '.join(theirs.names)}) than the training "
                                     f"folder's {desc.source} ({', '.join(desc.names)})")
-        if hasattr(net, "scale"):
-            net.scale = 1.0
-    info(f"distillation: soft targets per pixel from {', '.join(paths)} (weight {recipe.distill:g}), computed on "
-         "each training crop as it is (one forward of each teacher per step)")
-    return AveragedNet(loaded), [meta for _, meta in loaded]
+    return loaded
+
+
+def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: Any, recipe: Recipe, *,
+                  batch_size: int = 8) -> list[torch.Tensor]:
+    """Distillation's soft targets, computed once before training: for each training tile (in the
+    training loader's order) the teachers' probabilities averaged (each normalising its own way),
+    over the whole tile, as uint8 (C, ceil(h/4), ceil(w/4)). Each training crop then takes its
+    box of them through its own scale, flips and turns (:func:`~vislab.data.segmentation.augment_tiles`)."""
+    import math
+    import time
+
+    import torch.nn.functional as F
+
+    from vislab.models.checkpoints import pick_device
+    from vislab.models.ensemble import AveragedNet
+
+    device = pick_device(None)
+    teacher = AveragedNet(loaded).eval().to(device)
+    t0, maps = time.perf_counter(), []
+    idx = list(data.train_idx)
+    with torch.no_grad():
+        while idx:  # batches of consecutive tiles of one size
+            first = data.tiles.tile(idx[0])[0]
+            run = [i for i in idx[:batch_size] if data.tiles.tile(i)[0].shape == first.shape]
+            run = run[:next((k for k, i in enumerate(run) if i != idx[k]), len(run))]  # consecutive only
+            idx = idx[len(run):]
+            x = torch.stack([data.tiles.tile(i)[0] for i in run]).to(device).float() / 255
+            h, w = x.shape[-2:]
+            p = F.adaptive_avg_pool2d(teacher(x).exp(), (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE)))
+            maps += list((p * 255).round().to(torch.uint8).cpu())
+    mb = sum(m.numel() for m in maps) / 2 ** 20
+    info(f"distillation: soft targets per pixel from {', '.join(recipe.teacher)} (weight {recipe.distill:g}): "
+         f"{len(maps)} training tiles through the teachers in {time.perf_counter() - t0:.0f} s "
+         f"({mb:.0f} MB at 1/{MAP_STRIDE} of the side); each training crop reads its box of them")
+    return maps
 
 
 def classes_of(meta: dict[str, Any]) -> SegClasses:
