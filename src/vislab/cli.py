@@ -130,7 +130,7 @@ WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a s
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
 BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")
-TeacherOpt = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities (per image; a segmenter's per pixel of each training crop) are soft targets.")
+TeacherOpt = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities (per image; a segmenter's per pixel of each training tile, computed once) are soft targets.")
 DistillOpt = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels' loss gets the rest).")
 LimitOpt = typer.Option(None, "--limit-batches", help="Train on only this many batches per epoch (quick runs).")
 

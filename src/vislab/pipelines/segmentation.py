@@ -244,12 +244,12 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
     t0, maps = time.perf_counter(), []
     idx = list(data.train_idx)
     with torch.no_grad():
-        while idx:  # batches of consecutive tiles of one size
-            first = data.tiles.tile(idx[0])[0]
-            run = [i for i in idx[:batch_size] if data.tiles.tile(i)[0].shape == first.shape]
-            run = run[:next((k for k, i in enumerate(run) if i != idx[k]), len(run))]  # consecutive only
+        while idx:  # batches of up to batch_size consecutive tiles of one size
+            run = [data.tiles.tile(idx[0])[0]]
+            while len(run) < min(batch_size, len(idx)) and data.tiles.tile(idx[len(run)])[0].shape == run[0].shape:
+                run.append(data.tiles.tile(idx[len(run)])[0])
             idx = idx[len(run):]
-            x = torch.stack([data.tiles.tile(i)[0] for i in run]).to(device).float() / 255
+            x = torch.stack(run).to(device).float() / 255
             h, w = x.shape[-2:]
             p = F.adaptive_avg_pool2d(teacher(x).exp(), (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE)))
             maps += list((p * 255).round().to(torch.uint8).cpu())
