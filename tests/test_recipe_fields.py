@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from vislab.config import TASK_ONLY, FieldError, Recipe, check_applies, load_recipe
+from vislab.config import TASK_ONLY, FieldError, Recipe, check_applies, load_recipe, written_fields
 
 
 @pytest.mark.parametrize("name,value", [("crop_size", 64), ("crop_area", [0.5, 1.0]), ("infer_scale", 0.5),
@@ -52,10 +52,34 @@ def test_settings_that_would_do_nothing(tmp_path):
     check_applies(Recipe(task="cls", teacher=("runs/t",), distill=0.5))
 
 
+def test_fields_written_at_their_default_are_held_to_applying(tmp_path):
+    """A recipe file that writes a field at its default value (rot90: true in a cls recipe,
+    momentum: 0.9 beside adamw, distill: 0.5 without a teacher) expected it to act: refused like
+    any other value. A run's saved recipe.yaml, which lists every field, is not."""
+    cases = [({"task": "cls", "rot90": True}, "rot90 applies to seg training only; a cls run would ignore it"),
+             ({"task": "seg", "mixup": 0.0}, "mixup applies to cls training only"),
+             ({"task": "cls", "optimizer": "adamw", "momentum": 0.9}, "momentum is SGD's; adamw has its own betas"),
+             ({"task": "seg", "distill": 0.5}, "distill weights the teacher's soft targets, and there is no teacher")]
+    for fields, problem in cases:
+        path = str(_yaml(tmp_path, **fields))
+        assert load_recipe(path) == load_recipe(path).with_overrides(**{k: None for k in fields})
+        check_applies(load_recipe(path))  # every value is the default: nothing to see without the file's keys
+        with pytest.raises(FieldError, match=problem):
+            check_applies(load_recipe(path), written_fields(path))
+    saved = _yaml(tmp_path, **Recipe(task="cls", optimizer="adamw").to_dict())  # as a run folder keeps it
+    assert written_fields(str(saved)) == frozenset()
+    check_applies(load_recipe(str(saved)), written_fields(str(saved)))
+    assert written_fields(str(_yaml(tmp_path, task="cls", image_size=None))) == {"task"}  # null: not set
+
+
 def test_the_cli_names_the_recipe_file(cli, color_classes, tmp_path):
     path = _yaml(tmp_path, task="cls", model="cifar_resnet20", crop_size=16)
     res = cli("cls", "train", color_classes, "--recipe", path, "--out", tmp_path / "run")
     assert res.code == 2 and f"{path}: field crop_size applies to seg training only" in res.err
+    assert not (tmp_path / "run").exists()
+    path = _yaml(tmp_path, task="cls", model="cifar_resnet20", rot90=True)  # the default value, written
+    res = cli("cls", "train", color_classes, "--recipe", path, "--out", tmp_path / "run")
+    assert res.code == 2 and f"{path}: field rot90 applies to seg training only" in " ".join(res.err.split())
     assert not (tmp_path / "run").exists()
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import yaml
 
@@ -260,13 +260,8 @@ def shipped_recipes() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
 
 
-def load_recipe(name_or_path: str) -> Recipe:
-    """Load a shipped recipe by name, or a YAML file by path.
-
-    Example:
-        >>> load_recipe("cls-fast").model
-        'resnet9_s'
-    """
+def _recipe_file(name_or_path: str) -> tuple[Path, dict[str, Any]]:
+    """A shipped recipe's file (by name) or a YAML file's path, and its mapping of field: value."""
     shipped = shipped_recipes()
     path = shipped.get(name_or_path) or Path(name_or_path)
     if not path.is_file():
@@ -281,7 +276,32 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise VislabError(path, "empty recipe; a recipe sets at least task and model (`vislab recipes` lists the fields)")
     if not isinstance(data, dict):
         raise VislabError(path, "a recipe must be a YAML mapping of field: value")
+    return path, data
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a shipped recipe by name, or a YAML file by path.
+
+    Example:
+        >>> load_recipe("cls-fast").model
+        'resnet9_xs'
+    """
+    path, data = _recipe_file(name_or_path)
     return recipe_from_dict(data, source=str(path))
+
+
+def written_fields(name_or_path: str) -> frozenset[str]:
+    """The fields a recipe file sets to a value (not null): what its author chose, which
+    :func:`check_applies` holds to applying even at their default value. Empty for a run's saved
+    ``recipe.yaml``, which lists every field whatever the run used.
+
+        >>> "model" in written_fields("cls-fast"), "rot90" in written_fields("cls-fast")
+        (True, False)
+    """
+    _, data = _recipe_file(name_or_path)
+    if set(data) >= {f.name for f in fields(Recipe)}:
+        return frozenset()
+    return frozenset(k for k, v in data.items() if v is not None)
 
 
 TASK_ONLY = {
@@ -292,15 +312,24 @@ TASK_ONLY = {
 """Recipe fields that only one task reads."""
 
 
-def check_applies(recipe: Recipe) -> None:
-    """Refuse settings the run would ignore: a field of the other task set to a value other than
-    its default, class weights without a cross-entropy term, offsets or a split seed without a
-    held-out split, a warm-up longer than the run (a time budget that plans one says so itself)."""
+def check_applies(recipe: Recipe, given: Collection[str] = ()) -> None:
+    """Refuse settings the run would ignore: a field of the other task, momentum under Adam, a
+    distillation weight without a teacher (each when set to a value other than its default, or
+    named in ``given``: the fields a recipe file or a flag set, as at their default they are
+    still a sign the author expected them to act), class weights without a cross-entropy term,
+    offsets or a split seed without a held-out split, a warm-up longer than the run (a time
+    budget that plans one says so itself)."""
     defaults = {f.name: f.default for f in fields(Recipe)}
+
+    def chosen(name: str) -> bool:
+        value, default = getattr(recipe, name), defaults[name]
+        if isinstance(value, tuple):
+            value, default = list(value), list(default or [])
+        return name in given or value != default
+
     other = "seg" if recipe.task == "cls" else "cls"
     for name in TASK_ONLY[other]:
-        value = getattr(recipe, name)
-        if value != defaults[name] and not (isinstance(value, tuple) and list(value) == list(defaults[name] or [])):
+        if chosen(name):
             raise FieldError(name, f"applies to {other} training only; a {recipe.task} run would ignore it")
     if recipe.task == "cls" and recipe.teacher and (recipe.mixup > 0 or recipe.cutmix > 0):
         raise FieldError("teacher", "gives soft targets per image, which mixup/cutmix would mix; use one or the other")
@@ -309,7 +338,7 @@ def check_applies(recipe: Recipe) -> None:
             raise FieldError("resize_from", "grows the training side to image_size, and image_size is not set")
         if recipe.resize_from > recipe.image_size:
             raise FieldError("resize_from", f"must be at most image_size ({recipe.image_size}), got {recipe.resize_from}")
-    if recipe.momentum != defaults["momentum"] and recipe.optimizer in ("adam", "adamw"):
+    if chosen("momentum") and recipe.optimizer in ("adam", "adamw"):
         raise FieldError("momentum", f"is SGD's; {recipe.optimizer} has its own betas and would ignore it")
     if recipe.warmup_epochs > recipe.epochs and not recipe.budget_minutes:
         raise FieldError("warmup_epochs", f"{recipe.warmup_epochs:g} is longer than the run's {recipe.epochs} epochs: "
@@ -317,7 +346,7 @@ def check_applies(recipe: Recipe) -> None:
     if recipe.extra:
         raise FieldError("extra", f"is read by nothing in vislab, so {', '.join(map(str, recipe.extra))} would be "
                                   "ignored; `vislab recipes` lists the fields")
-    if not recipe.teacher and recipe.distill != defaults["distill"]:
+    if not recipe.teacher and chosen("distill"):
         raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
     if recipe.teacher and recipe.distill == 0:
         raise FieldError("distill", "is 0, so the teacher's soft targets would be computed and given no weight; "

@@ -69,7 +69,7 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
 
 def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
                 flag: Callable[[str], str]) -> tuple[Recipe, list[str]]:
-    from vislab.config import check_applies, load_recipe
+    from vislab.config import check_applies, load_recipe, written_fields
 
     if resume and not (out_dir / "recipe.yaml").is_file() and (out_dir / "last.ckpt").is_file():
         raise VislabError(out_dir / "recipe.yaml", "is missing: --resume continues the recipe the run was started "
@@ -94,9 +94,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     if given.get("holdout") == 0 and r.split_seed is not None and "split_seed" not in given:
         notes.append(f"{flag('holdout')} 0 drops the recipe's split_seed ({r.split_seed}): no split to seed")
         r = dataclasses.replace(r, split_seed=None)
-    check_applies(r)
-    if "distill" in given and not r.teacher:  # the default value, given explicitly, would be ignored too
-        raise FieldError("distill", "weights the teacher's soft targets, and there is no teacher")
+    check_applies(r, given=written_fields(recipe) | set(given))
     check_model_and_weights(r, recipe, flag=flag, given=given)
     return r, notes + unused_setting_notes(r, given, flag)
 
