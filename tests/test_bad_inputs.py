@@ -260,6 +260,22 @@ def test_pick_device_names_the_flag():
             pick_device(f"cuda:{torch.cuda.device_count()}")
 
 
+def test_pick_device_takes_a_ranks_own_gpu(monkeypatch):
+    """Work before training (a teacher's soft targets) in one process of a multi-GPU run goes to
+    that process's GPU (LOCAL_RANK), not all of them to the first; without a rank, "cuda"."""
+    from vislab.models.checkpoints import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert pick_device(None) == torch.device("cuda")
+    for rank, want in (("2", torch.device("cuda", 2)), ("0", torch.device("cuda", 0)), ("7", torch.device("cuda"))):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert pick_device(None) == want
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device(None) == torch.device("cpu")
+
+
 def test_resume_refuses_a_recipe_and_names_the_saved_one(cli, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

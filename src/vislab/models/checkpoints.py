@@ -4,6 +4,7 @@ no Lightning). Used by predict, evaluate, export and report."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,16 @@ FORMAT = 1
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """``name`` (cpu, cuda, cuda:1 ...) or the GPU when there is one; a name that is no device,
-    or a GPU this machine lacks, is one error naming ``--device``."""
+    """``name`` (cpu, cuda, cuda:1 ...) or the GPU when there is one (in one process of a
+    multi-GPU run, ``LOCAL_RANK`` set by its launcher, that process's own GPU); a name that is no
+    device, or a GPU this machine lacks, is one error naming ``--device``."""
     if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        rank = os.environ.get("LOCAL_RANK")
+        if rank is not None and rank.isdigit() and int(rank) < torch.cuda.device_count():
+            return torch.device("cuda", int(rank))
+        return torch.device("cuda")
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
