@@ -245,3 +245,24 @@ def test_soft_maps_without_crop_cover_each_tile_and_not_the_padding():
     assert int(filled[0, 0].sum()) == 96 and int(filled[1, 0].sum()) == 96
     assert float((soft[~filled]).abs().max()) == 0.0
     assert float((soft - img[:, :2])[filled].abs().max()) <= 2.0 + 1e-4  # stride 4: 2 tile pixels of clamping
+    # between the maps' outer pixel centres (1 tile pixel in at stride 2, 2 at stride 4) bilinear is
+    # exact: the tile eroded by that margin, wherever its mirroring put it in the padded batch
+    for i, m in enumerate((1, 2)):
+        tile = torch.nn.functional.pad(filled[i, 0].float()[None, None], (m, m, m, m))
+        inner = -torch.nn.functional.max_pool2d(-tile, 2 * m + 1, stride=1)[0, 0] > 0.5
+        assert int(inner.sum()) == {1: 6 * 10, 2: 8 * 4}[m]
+        assert float((soft[i] - img[i, :2])[:, inner].abs().max()) < 1e-4
+
+
+def test_soft_maps_of_oblong_tiles_of_two_sizes_follow_their_crops():
+    """In a batch padded to the larger tile, each box maps to its map by its own tile's height and
+    width (the padded batch's would misplace the boxes of the oblong tiles)."""
+    xa, ma = _ramps(3, 24, 40, 2)
+    xb, mb = _ramps(3, 40, 16, 4)
+    x = torch.zeros(6, 3, 40, 40)
+    x[:3, :, :24, :40], x[3:, :, :40, :16] = xa, xb
+    hw = torch.tensor([[24, 40]] * 3 + [[40, 16]] * 3)
+    img, _, soft = augment_tiles(x, torch.zeros(6, 40, 40, dtype=torch.uint8), torch.arange(6), hw, seed=1, epoch=0,
+                                 crop_size=32, crop_area=(0.3, 0.6), soft=ma + mb)
+    err = (soft - img[:, :2]).abs().amax(dim=(1, 2, 3))
+    assert float(err[:3].max()) <= 1.0 + 1e-4 and float(err[3:].max()) <= 2.0 + 1e-4

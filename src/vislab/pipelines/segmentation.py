@@ -208,8 +208,8 @@ def _unturned_note(recipe: Recipe, sizes: torch.Tensor | None) -> list[str]:
 
 
 MAP_STRIDE = 4
-"""Distillation: a teacher's probabilities are kept at 1/4 of a tile's side (uint8: 1,600 course
-tiles take 180 MB); each training crop reads its box of them bilinearly."""
+"""Distillation: a teacher's probabilities are kept at 1/4 of a tile's side (uint8: the course's
+1,800 training tiles take 197 MB); each training crop reads its box of them bilinearly."""
 
 
 def _load_teachers(recipe: Recipe, desc: SegClasses) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
@@ -226,11 +226,13 @@ def _load_teachers(recipe: Recipe, desc: SegClasses) -> list[tuple[torch.nn.Modu
 
 
 def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: Any, recipe: Recipe, *,
-                  batch_size: int = 8) -> list[torch.Tensor]:
+                  batch_pixels: int = 8 * 512 * 512) -> list[torch.Tensor]:
     """Distillation's soft targets, computed once before training: for each training tile (in the
     training loader's order) the teachers' probabilities averaged (each normalising its own way),
     over the whole tile, as uint8 (C, ceil(h/4), ceil(w/4)). Each training crop then takes its
-    box of them through its own scale, flips and turns (:func:`~vislab.data.segmentation.augment_tiles`)."""
+    box of them through its own scale, flips and turns (:func:`~vislab.data.segmentation.augment_tiles`).
+    The teachers run on the training device (a GPU unless the recipe's accelerator is cpu), in
+    batches of consecutive same-size tiles of at most ``batch_pixels``, and go back to the CPU after."""
     import math
     import time
 
@@ -239,20 +241,24 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
     from vislab.models.checkpoints import pick_device
     from vislab.models.ensemble import AveragedNet
 
-    device = pick_device(None)
+    device = pick_device("cpu" if recipe.accelerator == "cpu" else None)
     teacher = AveragedNet(loaded).eval().to(device)
     t0, maps = time.perf_counter(), []
     idx = list(data.train_idx)
     with torch.no_grad():
-        while idx:  # batches of up to batch_size consecutive tiles of one size
+        while idx:  # batches of consecutive tiles of one size
             run = [data.tiles.tile(idx[0])[0]]
-            while len(run) < min(batch_size, len(idx)) and data.tiles.tile(idx[len(run)])[0].shape == run[0].shape:
+            most = max(1, batch_pixels // (run[0].shape[-2] * run[0].shape[-1]))
+            while len(run) < min(most, len(idx)) and data.tiles.tile(idx[len(run)])[0].shape == run[0].shape:
                 run.append(data.tiles.tile(idx[len(run)])[0])
             idx = idx[len(run):]
             x = torch.stack(run).to(device).float() / 255
             h, w = x.shape[-2:]
             p = F.adaptive_avg_pool2d(teacher(x).exp(), (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE)))
             maps += list((p * 255).round().to(torch.uint8).cpu())
+    teacher.cpu()  # the loaded networks themselves: no GPU memory held while the student trains
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     mb = sum(m.numel() for m in maps) / 2 ** 20
     info(f"distillation: soft targets per pixel from {', '.join(recipe.teacher)} (weight {recipe.distill:g}): "
          f"{len(maps)} training tiles through the teachers in {time.perf_counter() - t0:.0f} s "
