@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab.data.classification import channel_stats, load_folder
+from vislab.data.classification import image_stats, load_folder
 from vislab.data.images import fitted_size
 from vislab.data.layouts import find_items
 from vislab.errors import VislabError
@@ -216,10 +216,32 @@ def test_channel_stats_match_numpy():
     rng = np.random.default_rng(1)
     imgs = torch.from_numpy(rng.integers(0, 256, (300, 3, 8, 8), dtype=np.uint8))
     idx = torch.arange(0, 300, 2)
-    mean, std = channel_stats(imgs, idx, chunk=7)
+    mean, std = image_stats(imgs, idx, chunk=7)
     x = imgs.numpy()[::2].astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-9)
     np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-6)
+
+
+def test_seg_from_scratch_normalises_with_its_training_tiles_statistics(tmp_path):
+    """Tiles of several sizes: every training pixel counts once (not a mean of tile means), the
+    held-out tiles not at all; a run from scratch records them in its recipe."""
+    from PIL import Image
+
+    from test_own_seg_data import make_index_set
+    from vislab.config import Recipe
+    from vislab.data.seg_classes import find_classes
+    from vislab.engine.segmentation import SegmentationData
+
+    d = make_index_set(tmp_path / "d", 8)
+    data = SegmentationData(d, Recipe(task="seg", holdout=0.25, seed=1), expected=None, classes=find_classes(d))
+    pixels = np.concatenate([np.asarray(Image.open(p.image).convert("RGB"), np.float64).reshape(-1, 3) / 255
+                             for p in data.train_pairs])
+    mean, std = data.pixel_stats()
+    np.testing.assert_allclose(mean, pixels.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, pixels.std(0), rtol=1e-5)
+    held = np.concatenate([np.asarray(Image.open(p.image).convert("RGB"), np.float64).reshape(-1, 3) / 255
+                           for p in data.pairs])
+    assert not np.allclose(mean, held.mean(0), rtol=1e-4)  # all pairs would give another mean
 
 
 def test_declared_torchvision_decodes_every_listed_format():

@@ -330,10 +330,15 @@ def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):
 
 def test_normalisation_follows_the_encoder_weights(cli, tmp_path):
     """EfficientNet-Lite encoders expect [-1, 1] inputs: a recipe without mean/std gets that, not
-    ImageNet statistics; from scratch, ImageNet statistics; both said in changes.txt."""
+    ImageNet statistics; from scratch, the training tiles' own statistics; both said in changes.txt."""
+    from vislab.config import Recipe
+    from vislab.engine.segmentation import SegmentationData
+
     d = make_index_set(tmp_path / "d", 6)
+    own = SegmentationData(d, Recipe(task="seg", holdout=0.34), expected=None, classes=find_classes(d)).pixel_stats()[0]
+    assert own != pytest.approx([0.485, 0.456, 0.406], abs=0.01)
     for weights, mean, why in (("imagenet", [0.5, 0.5, 0.5], "pretrained weights"),
-                               ("none", [0.485, 0.456, 0.406], "no pretrained weights")):
+                               ("none", [round(v, 4) for v in own], "own per-channel statistics (no pretrained weights)")):
         recipe = tmp_path / f"{weights}.yaml"
         recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:tu-tf_efficientnet_lite0", "weights": weights,
                                           "epochs": 1, "batch_size": 2, "holdout": 0.34, "crop_size": 32}))

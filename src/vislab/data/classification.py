@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from vislab.data.cache import decoded_images, most_common_size, parallel_map
 from vislab.data.images import decode_fitted, image_size
 from vislab.data.layouts import count_classes, find_items
-from vislab.data.tensors import hash_uniform
+from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
 from vislab.log import info
 
@@ -106,26 +106,13 @@ def load_for_model(folder: str | Path, *, class_names: list[str] | None, num_cla
     return data
 
 
-def channel_stats(images: torch.Tensor, idx: torch.Tensor, *, max_images: int = 10_000,
-                  chunk: int = 512) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation, in [0, 1] units, of ``images[idx]`` (uint8).
-
-    At most ``max_images`` evenly spaced images are read, ``chunk`` at a time, so a large
-    memory-mapped folder is never copied whole; sums are in float64.
-    """
-    if len(idx) > max_images:
-        idx = idx[torch.linspace(0, len(idx) - 1, max_images).round().long()]
-    s = torch.zeros(3, dtype=torch.float64)
-    s2 = torch.zeros(3, dtype=torch.float64)
-    n = 0
-    for start in range(0, len(idx), chunk):
-        x = images[idx[start : start + chunk]].to(torch.float64) / 255.0
-        s += x.sum(dim=(0, 2, 3))
-        s2 += (x * x).sum(dim=(0, 2, 3))
-        n += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / n
-    std = (s2 / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
-    return mean.tolist(), std.tolist()
+def image_stats(images: torch.Tensor, idx: torch.Tensor, *, max_images: int = 10_000,
+                chunk: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation, in [0, 1] units, of ``images[idx]`` (uint8):
+    :func:`~vislab.data.tensors.channel_stats` over at most ``max_images`` evenly spaced images,
+    read ``chunk`` at a time."""
+    idx = idx[spaced(len(idx), max_images)]
+    return channel_stats(images[idx[lo : lo + chunk]] for lo in range(0, len(idx), chunk))
 
 
 def stratified_split(

@@ -13,7 +13,7 @@ import torchmetrics
 from torch.utils.data import Dataset
 
 from vislab.config import Recipe, held_out_seed
-from vislab.data.tensors import normalize
+from vislab.data.tensors import channel_stats, normalize, spaced
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.data.segmentation import (CachedTiles, Pair, TileCache, augment_tiles, holdout_split, jitter_colours,
                                       list_pairs, pad_collate, scan_masks)
@@ -80,6 +80,12 @@ class SegmentationData(SplitData):
 
     def dataset(self, indices: list[int]) -> Dataset:
         return CachedTiles(self.tiles, indices)
+
+    def pixel_stats(self, most: int = 400) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std, in [0, 1] units, of the training tiles (at most ``most``
+        evenly spaced ones): the normalisation of a network trained from scratch."""
+        chosen = [self.train_idx[k] for k in spaced(len(self.train_idx), most)]
+        return channel_stats(self.tiles.tile(i)[0][None] for i in chosen)
 
 
 class SegmenterModule(VislabModule):

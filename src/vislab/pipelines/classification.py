@@ -115,10 +115,10 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
       trained from scratch, the training images' per-channel statistics;
     - a batch larger than the training split shrinks to the split (else no step would run).
     """
-    from vislab.data.classification import channel_stats
+    from vislab.data.classification import image_stats
     from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation
 
-    recipe, note = resolve_normalisation(recipe, lambda: channel_stats(images, train_idx),
+    recipe, note = resolve_normalisation(recipe, lambda: image_stats(images, train_idx),
                                          "the training images' own per-channel statistics")
     changes: list[str] = [note] if note else []
     recipe, line = empty_holdout(recipe, len(images) - len(train_idx),

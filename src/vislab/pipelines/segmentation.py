@@ -42,7 +42,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.run_folder import add_change, check_resumed_data, check_run_folder, read_changes, write_results
-    from vislab.models import IMAGENET_MEAN, IMAGENET_STD
     from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation, teacher_split_notes
     from vislab.pipelines.training import TrainingJob, fit_run
 
@@ -68,8 +67,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
             raise VislabError(train_dir, "class_weights: inverse-sqrt-frequency, but no training pixel is of a class "
                                          "the mIoU scores: there is nothing to weigh")
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
-    recipe, note = resolve_normalisation(recipe, lambda: (IMAGENET_MEAN, IMAGENET_STD),
-                                         "ImageNet statistics (no pretrained weights)")
+    recipe, note = resolve_normalisation(recipe, data.pixel_stats,
+                                         "the training tiles' own per-channel statistics (no pretrained weights)")
     changes = [*notes, *([note] if note else [])]
     recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
     if line and recipe.calibrate:
