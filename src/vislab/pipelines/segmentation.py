@@ -208,7 +208,7 @@ def _unturned_note(recipe: Recipe, sizes: torch.Tensor | None) -> list[str]:
 
 MAP_STRIDE = 4
 """Distillation: a teacher's probabilities are kept at 1/4 of a tile's side (uint8: the course's
-1,800 training tiles take 197 MB); each training crop reads its box of them bilinearly."""
+1,800 training tiles take 197 MiB); each training crop reads its box of them bilinearly."""
 
 
 def _load_teachers(recipe: Recipe, desc: SegClasses) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
@@ -261,7 +261,7 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
     mb = sum(m.numel() for m in maps) / 2 ** 20
     info(f"distillation: soft targets per pixel from {', '.join(recipe.teacher)} (weight {recipe.distill:g}): "
          f"{len(maps)} training tiles through the teachers in {time.perf_counter() - t0:.0f} s "
-         f"({mb:.0f} MB at 1/{MAP_STRIDE} of the side); each training crop reads its box of them")
+         f"({mb:.0f} MiB at 1/{MAP_STRIDE} of the side); each training crop reads its box of them")
     return maps
 
 
