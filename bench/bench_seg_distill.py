@@ -7,10 +7,11 @@ a step without a teacher, all measured in this run on this CPU with the seg-cpu 
 Each step: the loader's batch of cached tiles -> on-device crop/flip/turn and colour jitter ->
 forward, loss, backward and optimiser step of the student (the recipe's model, random weights:
 the cost does not depend on them; frozen stages as the recipe freezes them). "per crop" adds
-the teachers' forward on the augmented crops; "soft maps" carries each tile's precomputed
-probability map through the same crop (roi_align) and adds the soft-target loss. The one-time
-pass (the teachers over each whole tile at their evaluation scale) is timed per tile, and the
-number of steps after which it has paid for itself is printed.
+the teachers' forward on the augmented crops (at scale 1, as the old code read them); "soft
+maps" carries each tile's precomputed probability map through the same crop (roi_align) and
+adds the soft-target loss. The one-time pass (the teachers over each whole tile at their
+evaluation scale) is timed per tile, and the number of steps after which it has paid for itself
+is printed.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main() -> None:
             p = torch.nn.functional.adaptive_avg_pool2d(teacher(x).exp(), 512 // MAP_STRIDE)
             maps += list((p * 255).round().to(torch.uint8))
     per_tile = (time.perf_counter() - t0) / len(ds)
+    for net, _ in teachers:  # per crop, the teachers read the crop as it is (the old way: scale 1)
+        net.scale = 1.0
 
     def step(way: str, epoch: int) -> float:
         lo = (epoch * r.batch_size) % (len(ds) - r.batch_size + 1)

@@ -266,3 +266,18 @@ def test_soft_maps_of_oblong_tiles_of_two_sizes_follow_their_crops():
                                  crop_size=32, crop_area=(0.3, 0.6), soft=ma + mb)
     err = (soft - img[:, :2]).abs().amax(dim=(1, 2, 3))
     assert float(err[:3].max()) <= 1.0 + 1e-4 and float(err[3:].max()) <= 2.0 + 1e-4
+
+
+def test_building_a_small_cache_keeps_the_process_threads(tmp_path):
+    """A set of one work unit is decoded in this process: the one-thread setting a forked decoder
+    takes must not stay behind (training after a first, uncached build ran on one core)."""
+    d = make_index_set(tmp_path / "d", 5)
+    desc, pairs = find_classes(d), list_pairs(d)
+    sizes = [tuple(v) for v in scan_masks(pairs, expected=None, classes=desc).sizes.tolist()]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        TileCache(pairs, sizes, desc, workers=4)  # new files: built now, in this process (one unit)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -162,8 +162,12 @@ def _fill_file(path: Path, files: Sequence[Path], target: tuple[int, int], decod
     _JOB.update(path=path, files=files, target=target, decode=decode)
     try:
         if workers == 1 or len(starts) == 1 or "fork" not in mp.get_all_start_methods():
-            for lo in starts:
-                sizes.update(_work(lo))
+            threads = torch.get_num_threads()  # _work sets a forked child's; this process keeps its own
+            try:
+                for lo in starts:
+                    sizes.update(_work(lo))
+            finally:
+                torch.set_num_threads(threads)
         else:
             with mp.get_context("fork").Pool(min(workers, len(starts))) as pool:
                 for part in pool.imap_unordered(_work, starts):
