@@ -286,23 +286,25 @@ def load_recipe(name_or_path: str) -> Recipe:
         >>> load_recipe("cls-fast").model
         'resnet9_xs'
     """
-    path, data = _recipe_file(name_or_path)
-    return recipe_from_dict(data, source=str(path))
+    return load_recipe_written(name_or_path)[0]
 
 
-def written_fields(name_or_path: str) -> frozenset[str]:
-    """The fields a recipe file sets to a value (not null): what its author chose, which
-    :func:`check_applies` holds to applying even at their default value. Empty for a file that
-    lists at least 3/4 of the fields: a run's saved ``recipe.yaml`` (or a copy of one), which lists
-    every field whatever the run used, from this version or an older one with fewer fields.
+def load_recipe_written(name_or_path: str) -> tuple[Recipe, frozenset[str]]:
+    """:func:`load_recipe`, and the fields the file sets to a value (not null): what its author
+    chose, which :func:`check_applies` holds to applying even at their default value. None are
+    counted for a file that lists at least 3/4 of the fields: a run's saved ``recipe.yaml`` (or a
+    copy of one), which lists every field whatever the run used, from this version or an older
+    one with fewer fields.
 
-        >>> "model" in written_fields("cls-fast"), "rot90" in written_fields("cls-fast")
+        >>> written = load_recipe_written("cls-fast")[1]
+        >>> "model" in written, "rot90" in written
         (True, False)
     """
-    _, data = _recipe_file(name_or_path)
+    path, data = _recipe_file(name_or_path)
+    recipe = recipe_from_dict(data, source=str(path))
     if len(set(data) & {f.name for f in fields(Recipe)}) >= 0.75 * len(fields(Recipe)):
-        return frozenset()
-    return frozenset(k for k, v in data.items() if v is not None)
+        return recipe, frozenset()
+    return recipe, frozenset(k for k, v in data.items() if v is not None)
 
 
 TASK_ONLY = {

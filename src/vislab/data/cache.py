@@ -145,9 +145,6 @@ _JOB: dict = {}
 
 
 def _work(lo: int) -> Counter:
-    # a forked child must not enter the OpenMP pool the parent's torch ops started (it deadlocks,
-    # as the segmentation decoder's torch ops did after a scan); DataLoader workers do the same
-    torch.set_num_threads(1)
     out = np.load(_JOB["path"], mmap_mode="r+")
     sizes = _decode_into(out, _JOB["files"], lo, _JOB["target"], _JOB["decode"])
     out.flush()
@@ -162,14 +159,14 @@ def _fill_file(path: Path, files: Sequence[Path], target: tuple[int, int], decod
     _JOB.update(path=path, files=files, target=target, decode=decode)
     try:
         if workers == 1 or len(starts) == 1 or "fork" not in mp.get_all_start_methods():
-            threads = torch.get_num_threads()  # _work sets a forked child's; this process keeps its own
-            try:
-                for lo in starts:
-                    sizes.update(_work(lo))
-            finally:
-                torch.set_num_threads(threads)
+            for lo in starts:
+                sizes.update(_work(lo))
         else:
-            with mp.get_context("fork").Pool(min(workers, len(starts))) as pool:
+            # a forked child must not enter the OpenMP pool the parent's torch ops started (it
+            # deadlocks, as the segmentation decoder's torch ops did after a scan); DataLoader
+            # workers do the same. Set in the children only: this process keeps its threads
+            with mp.get_context("fork").Pool(min(workers, len(starts)), initializer=torch.set_num_threads,
+                                             initargs=(1,)) as pool:
                 for part in pool.imap_unordered(_work, starts):
                     sizes.update(part)
     finally:

@@ -59,6 +59,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     soft = _teacher_maps(loaded, data, recipe) if loaded else None
     teachers = [meta for _, meta in loaded]
+    del loaded  # the teachers' networks: their maps are all training needs
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)
     weights = None  # the recipe's check allows no other class_weights

@@ -69,7 +69,7 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
 
 def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
                 flag: Callable[[str], str]) -> tuple[Recipe, list[str]]:
-    from vislab.config import check_applies, load_recipe, written_fields
+    from vislab.config import check_applies, load_recipe, load_recipe_written
 
     if resume and not (out_dir / "recipe.yaml").is_file() and (out_dir / "last.ckpt").is_file():
         raise VislabError(out_dir / "recipe.yaml", "is missing: --resume continues the recipe the run was started "
@@ -84,7 +84,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     given = {k: v for k, v in overrides.items() if v is not None}
     if "epochs" in given and "budget_minutes" in given:
         raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
-    r = load_recipe(recipe)
+    r, written = load_recipe_written(recipe)
     budget = r.budget_minutes if "epochs" in given else None
     if budget is not None:
         r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
@@ -94,7 +94,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     if given.get("holdout") == 0 and r.split_seed is not None and "split_seed" not in given:
         notes.append(f"{flag('holdout')} 0 drops the recipe's split_seed ({r.split_seed}): no split to seed")
         r = dataclasses.replace(r, split_seed=None)
-    check_applies(r, given=written_fields(recipe) | set(given))
+    check_applies(r, given=written | set(given))
     check_model_and_weights(r, recipe, flag=flag, given=given)
     return r, notes + unused_setting_notes(r, given, flag)
 
