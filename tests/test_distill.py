@@ -220,3 +220,34 @@ def test_seg_train_with_teachers(cli, tmp_path):
     res = cli("seg", "train", train, "--recipe", r, "--teacher", tmp_path / "t2", "--out", tmp_path / "s2")
     assert res.code == 2 and "t2: teacher predicts other classes (background, track, water, field)" in " ".join(res.err.split())
     assert not (tmp_path / "s2").exists()
+
+
+def test_a_distilled_run_resumes_exactly_and_a_finished_one_makes_no_maps(cli, tmp_path):
+    """A distillation run stopped after its first epoch and resumed makes the teachers' maps again
+    and ends with the weights of the run that was never stopped; the resume of a finished run
+    trains nothing and so reads no tile through the teachers."""
+    from test_own_seg_data import make_index_set
+
+    train = make_index_set(tmp_path / "train", 8)
+    base = {"task": "seg", "model": "smp:fpn:resnet18", "epochs": 2, "batch_size": 4, "lr": 0.003,
+            "optimizer": "adamw", "holdout": 0.25, "seed": 2, "snapshot": []}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({**base, "epochs": 1}))
+    assert cli("seg", "train", train, "--recipe", tmp_path / "t.yaml", "--out", tmp_path / "t").code == 0
+    student = {**base, "teacher": [str(tmp_path / "t")], "distill": 0.5}
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(student))
+    (tmp_path / "limited.yaml").write_text(yaml.safe_dump({**student, "max_minutes": 1e-6}))
+    assert cli("seg", "train", train, "--recipe", tmp_path / "full.yaml", "--out", tmp_path / "full").code == 0
+    run = tmp_path / "limited"
+    res = cli("seg", "train", train, "--recipe", tmp_path / "limited.yaml", "--out", run)
+    assert res.code == 0 and "reached after epoch 1 of 2" in " ".join(res.err.split())
+    passes = "training tiles through the teachers"
+    res = cli("seg", "train", train, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    assert " ".join(res.err.split()).count(passes) == 1
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the stopped and resumed student differs from the whole one"
+    res = cli("seg", "train", train, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    assert "nothing left to train" in said and passes not in said

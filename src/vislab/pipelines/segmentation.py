@@ -5,7 +5,7 @@ tiles (course mIoU) or any data set described by a classes file (standard mIoU; 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -57,8 +57,16 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
-    soft = _teacher_maps(loaded, data, recipe) if loaded else None
     teachers = [meta for _, meta in loaded]
+    soft: list[torch.Tensor] | Callable[[], list[torch.Tensor]] | None = None
+    if loaded and resume:  # made when training starts: a finished run's resume trains nothing and needs none
+        pending, distilled = [loaded], recipe
+
+        def make_maps() -> list[torch.Tensor]:
+            return _teacher_maps(pending.pop(), data, distilled)  # the networks dropped with their maps
+        soft = make_maps
+    elif loaded:
+        soft = _teacher_maps(loaded, data, recipe)  # before the budget's probe, which times steps with them
     del loaded  # the teachers' networks: their maps are all training needs
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)
