@@ -261,8 +261,8 @@ def test_pick_device_names_the_flag():
 
 
 def test_pick_device_takes_a_ranks_own_gpu(monkeypatch):
-    """Work before training (a teacher's soft targets) in one process of a multi-GPU run goes to
-    that process's GPU (LOCAL_RANK), not all of them to the first; without a rank, "cuda"."""
+    """A command run in one process of a multi-GPU launch picks that process's GPU (LOCAL_RANK),
+    not all of them the first; without a rank, "cuda"."""
     from vislab.models.checkpoints import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -67,7 +67,11 @@ def test_a_student_follows_its_teacher(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "student", "--teacher",
               tmp_path / "liar", "--distill", "1")
     assert res.code == 0, res.err
+    assert "distillation: soft targets from" in res.err
     assert json.loads((tmp_path / "student" / "results.json").read_text())["teacher"] == [str(tmp_path / "liar")]
+    res = cli("cls", "train", color_classes, "--out", tmp_path / "student", "--resume")  # trains nothing
+    assert res.code == 0 and "nothing left to train" in " ".join(res.err.split())
+    assert "distillation: soft targets from" not in res.err  # so the teacher reads no image
     teacher = _predicted(cli, tmp_path / "liar", color_classes, tmp_path / "t.csv")
     student = _predicted(cli, tmp_path / "student", color_classes, tmp_path / "s.csv")
     assert sum(t == p for t, p in teacher) / len(teacher) < 0.2  # the liar names the classes its way
@@ -222,11 +226,15 @@ def test_seg_train_with_teachers(cli, tmp_path):
     assert not (tmp_path / "s2").exists()
 
 
-def test_a_distilled_run_resumes_exactly_and_a_finished_one_makes_no_maps(cli, tmp_path):
+def test_a_distilled_run_resumes_exactly_and_a_finished_one_makes_no_maps(cli, tmp_path, monkeypatch):
     """A distillation run stopped after its first epoch and resumed makes the teachers' maps again
     and ends with the weights of the run that was never stopped; the resume of a finished run
-    trains nothing and so reads no tile through the teachers."""
+    trains nothing and so reads no tile through the teachers; the maps' time is not training time."""
+    import time
+
     from test_own_seg_data import make_index_set
+
+    from vislab.pipelines import segmentation
 
     train = make_index_set(tmp_path / "train", 8)
     base = {"task": "seg", "model": "smp:fpn:resnet18", "epochs": 2, "batch_size": 4, "lr": 0.003,
@@ -236,7 +244,17 @@ def test_a_distilled_run_resumes_exactly_and_a_finished_one_makes_no_maps(cli, t
     student = {**base, "teacher": [str(tmp_path / "t")], "distill": 0.5}
     (tmp_path / "full.yaml").write_text(yaml.safe_dump(student))
     (tmp_path / "limited.yaml").write_text(yaml.safe_dump({**student, "max_minutes": 1e-6}))
+    made = segmentation._teacher_maps
+
+    def slow_maps(*args, **kwargs):
+        time.sleep(6)
+        return made(*args, **kwargs)
+    monkeypatch.setattr(segmentation, "_teacher_maps", slow_maps)
+    t0 = time.perf_counter()
     assert cli("seg", "train", train, "--recipe", tmp_path / "full.yaml", "--out", tmp_path / "full").code == 0
+    wall = time.perf_counter() - t0
+    assert json.loads((tmp_path / "full" / "results.json").read_text())["train_seconds"] < wall - 6
+    monkeypatch.setattr(segmentation, "_teacher_maps", made)
     run = tmp_path / "limited"
     res = cli("seg", "train", train, "--recipe", tmp_path / "limited.yaml", "--out", run)
     assert res.code == 0 and "reached after epoch 1 of 2" in " ".join(res.err.split())

@@ -90,7 +90,7 @@ def test_index_masks_read_by_the_colour_rule_are_refused(tmp_path, cli):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "input_hw": [64, 64]}))
     res = cli("seg", "train", d, "--recipe", recipe, "--out", tmp_path / "run")
-    assert res.code == 2 and "0000_mask.png: no value reaches 128" in res.err
+    assert res.code == 2 and "0000_mask.png: no value reaches 128" in res.err, res.err
     assert not (tmp_path / "run").exists()
     preds = tmp_path / "pred"
     preds.mkdir()

@@ -185,6 +185,11 @@ class VislabModule(pl.LightningModule):
             info(f"resume: {self.steps_per_epoch} steps per epoch per process instead of {saved} (another process "
                  "count); the learning-rate schedule continues from the samples seen")
 
+    def before_training(self) -> None:
+        """Work that only a run which trains needs, called on the training device before the
+        budget's and the history's clocks start, and left out of ``train_seconds`` (a no-op here;
+        the time limit, a limit on the invocation's wall time, counts it)."""
+
     def on_train_start(self) -> None:
         # Lightning restores weights, optimiser, schedulers and loops; the RNG states are vislab's
         # (a resumed run's re-planned epochs were set in on_load_checkpoint, before the loop starts)

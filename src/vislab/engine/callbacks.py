@@ -1,5 +1,5 @@
-"""Callbacks: per-epoch history file and a one-line epoch summary for logs; the time limit and the
-time budget held during a run."""
+"""Callbacks: the module's work before training; per-epoch history file and a one-line epoch summary
+for logs; the time limit and the time budget held during a run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,24 @@ import lightning.pytorch as pl
 
 from vislab.io import atomic_write_text
 from vislab.log import info
+
+
+class BeforeTraining(pl.Callback):
+    """The first callback: the module's ``before_training()`` (work that only a run which trains
+    needs, on the training device), timed in ``seconds``, before the budget and the history start
+    their clocks in ``on_train_start``; a resumed run that finished its schedule never gets here."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import torch
+
+        t0 = time.perf_counter()
+        gpu = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpu):  # whatever it draws leaves training's random states as they were
+            pl_module.before_training()
+        self.seconds += time.perf_counter() - t0
 
 
 class EpochHistory(pl.Callback):

@@ -3,7 +3,7 @@ LightningModule (loss, augmentation on device, metrics, optimiser)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +80,13 @@ class ClassifierModule(VislabModule):
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         # a teacher's class probabilities per training image (N, C), set by the pipeline; not saved
-        # in checkpoints (a resumed run recomputes them from the same teacher runs)
-        self.soft_targets: torch.Tensor | None = None
+        # in checkpoints (a resumed run recomputes them from the same teacher runs); the pipeline
+        # gives a function of the training device that makes them, called by before_training
+        self.soft_targets: torch.Tensor | Callable[[torch.device], torch.Tensor] | None = None
+
+    def before_training(self) -> None:
+        if callable(self.soft_targets):  # made here: a finished run's resume trains nothing and needs none
+            self.soft_targets = self.soft_targets(self.device)
 
     def check_input(self, net: torch.nn.Module) -> None:
         """The smallest side it trains at (``resize_from`` or ``image_size``, else the stored

@@ -112,14 +112,13 @@ class SegmenterModule(VislabModule):
         self.holdout_conf = PooledConfusion(num_classes)
         # distillation: per training tile (in the training loader's order) the teachers' averaged
         # probabilities, uint8 (C, h', w') over the whole tile; set by the pipeline, not saved in
-        # checkpoints (a resumed run recomputes them from the same teacher runs: the pipeline then
-        # gives a function that makes them, called when training starts)
-        self.soft_maps: list[torch.Tensor] | Callable[[], list[torch.Tensor]] | None = None
+        # checkpoints (a resumed run recomputes them from the same teacher runs); the pipeline gives
+        # a function of the training device that makes them, called by before_training
+        self.soft_maps: list[torch.Tensor] | Callable[[torch.device], list[torch.Tensor]] | None = None
 
-    def on_train_start(self) -> None:
-        if callable(self.soft_maps):  # before the base class restores a resumed run's random states
-            self.soft_maps = self.soft_maps()
-        super().on_train_start()
+    def before_training(self) -> None:
+        if callable(self.soft_maps):  # made here: a finished run's resume trains nothing and needs none
+            self.soft_maps = self.soft_maps(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)

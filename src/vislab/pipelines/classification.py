@@ -20,7 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info, quiet
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
-from vislab.pipelines.settings import check_positive, held_out_of, teacher_split_notes
+from vislab.pipelines.settings import at_training_start, check_positive, held_out_of, teacher_split_notes
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -64,9 +64,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     train_idx, _ = holdout_split(data.labels, recipe)
     soft, teachers = None, []
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
-        soft, teachers = teacher_probs(recipe, data, train_dir, labels_csv)
-        info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
-             f"their accuracy on the training images {float((soft.argmax(1) == data.labels).float().mean()):.4f})")
+        loaded = load_teachers(recipe, data)
+        teachers, distilled = [meta for _, meta in loaded], recipe  # the targets: when training starts
+        soft = at_training_start(lambda ld, dev: teacher_probs(ld, distilled, data, train_dir, labels_csv, device=dev),
+                                 loaded)
+        del loaded
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     changes = [*notes, *changes]
     absent = sorted(set(range(data.num_classes)) - set(present))
@@ -198,23 +200,35 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
                           labels_csv=labels_csv, size=stored_size(meta))
 
 
-def teacher_probs(recipe: Recipe, data: Any, train_dir: str | Path,
-                  labels_csv: str | Path | None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """The averaged class probabilities (N, C) of ``recipe.teacher`` for every image of the
-    training folder, each teacher reading it at its own stored size, and the teachers' metadata;
-    they must know the student's classes."""
-    paths = list(recipe.teacher)
-    models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
-    for (_, meta), path in zip(models, paths):
+def load_teachers(recipe: Recipe, data: Any) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+    """The networks and metadata of ``recipe.teacher``; they must know the student's classes."""
+    models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in recipe.teacher]
+    for (_, meta), path in zip(models, recipe.teacher):
         if meta["num_classes"] != data.num_classes or meta.get("class_names") != data.class_names:
             raise VislabError(path, f"teacher has {meta['num_classes']} classes ({meta.get('class_names')}); the "
                                     f"training folder has {data.num_classes} ({data.class_names})")
+    return models
+
+
+def teacher_probs(models: list[tuple[torch.nn.Module, dict[str, Any]]], recipe: Recipe, data: Any,
+                  train_dir: str | Path, labels_csv: str | Path | None, *,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """The teachers' averaged class probabilities (N, C, float16) for every image of the training
+    folder, each teacher reading it at its own stored size on ``device`` (default: a GPU if any)."""
+    import time
+
+    t0 = time.perf_counter()
     read = lambda m: load_folder(train_dir, labelled=True, labels_csv=labels_csv,  # noqa: E731
                                  class_names=data.class_names, size=stored_size(m))
-    seen, logp = _ensemble_logits(models, paths, read, batch_size=256, device=None, tta="none")
+    seen, logp = _ensemble_logits(models, list(recipe.teacher), read, batch_size=256,
+                                  device=None if device is None else str(device), tta="none")
     if list(seen.files) != list(data.files):
         raise VislabError(train_dir, "the teachers read another list of images than the student")
-    return logp.exp().half(), [meta for _, meta in models]
+    soft = logp.exp().half()
+    info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
+         f"their accuracy on the training images {float((soft.argmax(1).cpu() == data.labels).float().mean()):.4f}): "
+         f"{len(soft)} images of the training folder through the teachers in {time.perf_counter() - t0:.0f} s")
+    return soft
 
 
 def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths: list[str], read: Any, *,

@@ -5,7 +5,7 @@ tiles (course mIoU) or any data set described by a classes file (standard mIoU; 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -42,7 +42,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.run_folder import add_change, check_resumed_data, check_run_folder, read_changes, write_results
-    from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation, teacher_split_notes
+    from vislab.pipelines.settings import (at_training_start, empty_holdout, fit_batch, resolve_normalisation,
+                                          teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
@@ -58,16 +59,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     teachers = [meta for _, meta in loaded]
-    soft: list[torch.Tensor] | Callable[[], list[torch.Tensor]] | None = None
-    if loaded and resume:  # made when training starts: a finished run's resume trains nothing and needs none
-        pending, distilled = [loaded], recipe
-
-        def make_maps() -> list[torch.Tensor]:
-            return _teacher_maps(pending.pop(), data, distilled)  # the networks dropped with their maps
-        soft = make_maps
-    elif loaded:
-        soft = _teacher_maps(loaded, data, recipe)  # before the budget's probe, which times steps with them
-    del loaded  # the teachers' networks: their maps are all training needs
+    distilled = recipe  # the maps are made on the training device when training starts
+    soft = at_training_start(lambda ld, dev: _teacher_maps(ld, data, distilled, device=dev), loaded) if loaded else None
+    del loaded
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)
     weights = None  # the recipe's check allows no other class_weights
@@ -234,13 +228,14 @@ def _load_teachers(recipe: Recipe, desc: SegClasses) -> list[tuple[torch.nn.Modu
 
 
 def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: Any, recipe: Recipe, *,
-                  batch_pixels: int = 8 * 512 * 512) -> list[torch.Tensor]:
+                  device: torch.device | None = None, batch_pixels: int = 8 * 512 * 512) -> list[torch.Tensor]:
     """Distillation's soft targets, computed once before training: for each training tile (in the
     training loader's order) the teachers' probabilities averaged (each normalising its own way),
     over the whole tile, as uint8 (C, ceil(h/4), ceil(w/4)). Each training crop then takes its
     box of them through its own scale, flips and turns (:func:`~vislab.data.segmentation.augment_tiles`).
-    The teachers run on the training device (a GPU unless the recipe's accelerator is cpu), in
-    batches of consecutive same-size tiles of at most ``batch_pixels``, and go back to the CPU after."""
+    The teachers run on ``device`` (the training device; by default a GPU unless the recipe's
+    accelerator is cpu), in batches of consecutive same-size tiles of at most ``batch_pixels``, and
+    go back to the CPU after."""
     import math
     import time
 
@@ -249,7 +244,7 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
     from vislab.models.checkpoints import pick_device
     from vislab.models.ensemble import AveragedNet
 
-    device = pick_device("cpu" if recipe.accelerator == "cpu" else None)
+    device = device or pick_device("cpu" if recipe.accelerator == "cpu" else None)
     teacher = AveragedNet(loaded).eval().to(device)
     t0, maps = time.perf_counter(), []
     idx = list(data.train_idx)

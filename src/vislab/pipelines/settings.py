@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from vislab.config import FieldError, Recipe, held_out_seed
 from vislab.errors import VislabError
+
+T = TypeVar("T")
 
 Stats = tuple[Sequence[float], Sequence[float]]
 
@@ -171,6 +173,17 @@ def check_positive(**values: int | float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
+
+
+def at_training_start(make: Callable[[Any, Any], T], teachers: Any) -> Callable[[Any], T]:
+    """Distillation's targets as a function of the training device, for a module's
+    ``before_training``: ``make(teachers, device)`` runs once, when training starts (never for the
+    resume of a finished run, which trains nothing), and the teachers' networks go with it."""
+    pending = [teachers]
+
+    def made(device: Any) -> T:
+        return make(pending.pop(), device)
+    return made
 
 
 def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe, *,
