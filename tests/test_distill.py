@@ -202,6 +202,14 @@ def test_seg_train_with_teachers(cli, tmp_path):
         small = ids[MAP_STRIDE // 2::MAP_STRIDE, MAP_STRIDE // 2::MAP_STRIDE]
         agree.append(float((m.argmax(0)[:small.shape[0], :small.shape[1]] == small).float().mean()))
     assert sum(agree) / len(agree) > 0.95, agree
+    # the same weights (training ignores infer_scale) read at scale 1 give other maps: the scale is applied
+    a = torch.load(tmp_path / "t" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "t_half" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole = student.with_overrides(teacher=(str(tmp_path / "t"),))
+    at_one = _teacher_maps(_load_teachers(whole, desc), data, whole)
+    assert [m.shape for m in at_one] == [m.shape for m in maps]
+    assert max(float((m.float() - n.float()).abs().max()) for m, n in zip(maps, at_one)) > 2
     res = cli("seg", "train", train, "--recipe", r, "--seed", "3", "--teacher", tmp_path / "t", "--distill", "0.7",
               "--out", tmp_path / "student")
     assert res.code == 0, res.err
