@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import pickle
 import shutil
 
 import pytest
@@ -187,6 +188,7 @@ def test_seg_train_with_teachers(cli, tmp_path):
     from vislab.data.seg_classes import load_classes
     from vislab.engine.segmentation import SegmentationData
     from vislab.pipelines.segmentation import MAP_STRIDE, _load_teachers, _teacher_maps
+    from vislab.pipelines.settings import AtTrainingStart
 
     desc = load_classes(train / "classes.yaml")
     student = Recipe(task="seg", teacher=(str(tmp_path / "t_half"),), holdout=0.25, seed=2)
@@ -210,6 +212,14 @@ def test_seg_train_with_teachers(cli, tmp_path):
     at_one = _teacher_maps(_load_teachers(whole, desc), data, whole)
     assert [m.shape for m in at_one] == [m.shape for m in maps]
     assert max(float((m.float() - n.float()).abs().max()) for m, n in zip(maps, at_one)) > 2
+    # as the module holds them until training starts: a function of the device that survives the
+    # pickling of ddp_spawn, makes the same maps and lets its teachers go
+    made = AtTrainingStart(_teacher_maps, _load_teachers(student, desc), data=data, recipe=student)
+    again = pickle.loads(pickle.dumps(made))(torch.device("cpu"))
+    assert len(again) == len(maps) and all(torch.equal(m, n) for m, n in zip(again, maps))
+    made(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="made already"):
+        made(torch.device("cpu"))
     res = cli("seg", "train", train, "--recipe", r, "--seed", "3", "--teacher", tmp_path / "t", "--distill", "0.7",
               "--out", tmp_path / "student")
     assert res.code == 0, res.err

@@ -4,6 +4,7 @@ decay only on weights of two or more dimensions, losses against direct formulas.
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -128,6 +129,9 @@ def test_losses_against_their_formulas_ignore_labelled_pixels():
     terms = -logits.log_softmax(1).gather(1, target.clamp_max(3)[:, None])[:, 0][keep]
     got = build_loss("ce", class_weights=w)(logits, target)
     assert float(got) == pytest.approx(float((wt * terms).sum() / wt.sum()), rel=1e-5)
+    # a module holding a loss pickles (ddp_spawn starts its processes so): the copy computes the same
+    summed = build_loss("ce+dice+lovasz", class_weights=w)
+    assert float(pickle.loads(pickle.dumps(summed))(logits, target)) == pytest.approx(float(summed(logits, target)))
     # Lovasz of a perfect prediction is 0; of a confident wrong one, larger than of a hedged one
     perfect = F.one_hot(target.clamp_max(3), 4).permute(0, 3, 1, 2).float() * 20
     lov = build_loss("lovasz")

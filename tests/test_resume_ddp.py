@@ -176,15 +176,22 @@ def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp
 def test_a_time_budget_is_dropped_with_a_line_when_two_processes_train(color_classes, tmp_path):
     """Each process would time its own steps before they can talk and could plan another number
     of batches (one then waits for the other's gradients for ever): the budget is dropped, said on
-    the console and in changes.txt, and the recipe's epochs run."""
-    recipe = _recipe(tmp_path, model="simple_cnn", epochs=2, budget_minutes=0.5)
+    the console and in changes.txt, and the recipe's epochs run. A batch larger than each
+    process's share of the training split shrinks to it, also said (else no step would run)."""
+    import re
+
+    recipe = _recipe(tmp_path, model="simple_cnn", epochs=2, budget_minutes=0.5, batch_size=10_000)
     run = tmp_path / "two"
     out = _run("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--accelerator", "cpu",
                "--devices", "2", "--strategy", "ddp")
     said = ("budget_minutes 0.5 dropped: a time budget is planned from one process's timing and this run has "
             "2 processes; the recipe's 2 epochs run instead (--epochs sets them)")
     assert said in " ".join(out.split())
-    assert said in (run / "changes.txt").read_text().splitlines()
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert said in lines
+    n = int(re.search(r"batch size 10000 -> (\d+): only \d+ training images", "\n".join(lines)).group(1))
+    per = f"batch size {n} -> {n // 2}: only {n // 2} training samples per process ({n} over 2 processes)"
+    assert per in lines and yaml.safe_load((run / "recipe.yaml").read_text())["batch_size"] == n // 2
     assert [r["epoch"] for r in _columns(run / "history.csv", drop="seconds")] == ["1", "2"]
 
 

@@ -26,10 +26,14 @@ class BeforeTraining(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import torch
 
+        work = getattr(pl_module, "before_training", None)
+        if work is None:
+            return
         t0 = time.perf_counter()
         gpu = [pl_module.device] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=gpu):  # whatever it draws leaves training's random states as they were
-            pl_module.before_training()
+            work()
+        trainer.strategy.barrier("before_training")  # no process starts its clocks waiting for another's pass
         self.seconds += time.perf_counter() - t0
 
 

@@ -16,9 +16,30 @@ from vislab.errors import VislabError
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class _CrossEntropy:
+    """Cross-entropy, class-weighted when ``weight`` is given (moved to the logits' device)."""
+
+    def __init__(self, weight: torch.Tensor | None) -> None:
+        self.weight = weight
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.to(logits.device)
+        return F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE)
+
+
+class SummedLoss:
+    """The sum of losses, each on float32 logits; an object, not a closure, so that a module
+    holding it pickles (``ddp_spawn`` pickles the module to start its processes)."""
+
+    def __init__(self, parts: list[Loss]) -> None:
+        self.parts = parts
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(fn(logits.float(), target) for fn in self.parts)  # type: ignore[return-value]
+
+
 def _ce(weight: torch.Tensor | None) -> Loss:
-    return lambda logits, target: F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits.device),
-                                                     ignore_index=IGNORE)
+    return _CrossEntropy(weight)
 
 
 def _dice(weight: torch.Tensor | None) -> Loss:
@@ -42,12 +63,7 @@ def build_loss(spec: str, *, class_weights: torch.Tensor | None = None) -> Loss:
     unknown = [p for p in parts if p not in LOSSES]
     if unknown or not parts:
         raise VislabError(None, f"unknown loss {spec!r}; use {', '.join(LOSSES)} or a sum like ce+dice")
-    fns = [LOSSES[p](class_weights) for p in parts]
-
-    def total(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(fn(logits.float(), target) for fn in fns)  # type: ignore[return-value]
-
-    return total
+    return SummedLoss([LOSSES[p](class_weights) for p in parts])
 
 
 def inverse_sqrt_frequency(counts: torch.Tensor, scored: int | None = None) -> torch.Tensor:

@@ -20,7 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info, quiet
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
-from vislab.pipelines.settings import at_training_start, check_positive, held_out_of, teacher_split_notes
+from vislab.pipelines.settings import AtTrainingStart, check_positive, held_out_of, teacher_split_notes
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -31,7 +31,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     The best checkpoint is chosen on a held-out split of the training folder; ``val_dir`` (if
     given) is evaluated once at the end with that checkpoint. Every input is read before anything
-    is written; settings the data decides (normalisation, a batch larger than the data) are
+    is written (the teachers' soft targets are made when training starts, from teachers checked
+    before); settings the data decides (normalisation, a batch larger than the data) are
     printed and recorded in the run folder (``changes.txt``, results.json), after ``notes``: the
     settings lines of :func:`vislab.pipelines.settings.run_recipe`.
 
@@ -65,9 +66,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     soft, teachers = None, []
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
         loaded = load_teachers(recipe, data)
-        teachers, distilled = [meta for _, meta in loaded], recipe  # the targets: when training starts
-        soft = at_training_start(lambda ld, dev: teacher_probs(ld, distilled, data, train_dir, labels_csv, device=dev),
-                                 loaded)
+        teachers = [meta for _, meta in loaded]  # the targets: made on the training device when training starts
+        soft = AtTrainingStart(teacher_probs, loaded, recipe=recipe, data=data, train_dir=train_dir,
+                               labels_csv=labels_csv)
         del loaded
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
     changes = [*notes, *changes]

@@ -42,7 +42,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.run_folder import add_change, check_resumed_data, check_run_folder, read_changes, write_results
-    from vislab.pipelines.settings import (at_training_start, empty_holdout, fit_batch, resolve_normalisation,
+    from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, fit_batch, resolve_normalisation,
                                           teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run
 
@@ -59,8 +59,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     teachers = [meta for _, meta in loaded]
-    distilled = recipe  # the maps are made on the training device when training starts
-    soft = at_training_start(lambda ld, dev: _teacher_maps(ld, data, distilled, device=dev), loaded) if loaded else None
+    # the maps: made on the training device when training starts
+    soft = AtTrainingStart(_teacher_maps, loaded, data=data, recipe=recipe) if loaded else None
     del loaded
     snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
                                        substitute=not desc.course)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 from vislab.config import FieldError, Recipe, held_out_seed
 from vislab.errors import VislabError
-
-T = TypeVar("T")
 
 Stats = tuple[Sequence[float], Sequence[float]]
 
@@ -175,15 +173,20 @@ def check_positive(**values: int | float) -> None:
             raise VislabError(f"--{name.replace('_', '-')}", f"must be > 0, got {value}")
 
 
-def at_training_start(make: Callable[[Any, Any], T], teachers: Any) -> Callable[[Any], T]:
+class AtTrainingStart:
     """Distillation's targets as a function of the training device, for a module's
-    ``before_training``: ``make(teachers, device)`` runs once, when training starts (never for the
-    resume of a finished run, which trains nothing), and the teachers' networks go with it."""
-    pending = [teachers]
+    ``before_training``: ``make(teachers, device=device, **kwargs)`` runs once, when training starts
+    (never for the resume of a finished run, which trains nothing), and the teachers' networks go
+    with it. Picklable when ``make`` is a module-level function (``ddp_spawn`` pickles the module)."""
 
-    def made(device: Any) -> T:
-        return make(pending.pop(), device)
-    return made
+    def __init__(self, make: Callable[..., Any], teachers: Any, **kwargs: Any) -> None:
+        self.make, self.teachers, self.kwargs = make, teachers, kwargs
+
+    def __call__(self, device: Any) -> Any:
+        if self.teachers is None:
+            raise RuntimeError("the teachers' targets were made already")
+        teachers, self.teachers = self.teachers, None
+        return self.make(teachers, device=device, **self.kwargs)
 
 
 def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe, *,

@@ -52,6 +52,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
                                       seconds_per_step)
     from vislab.engine.run_folder import add_change, prepare_run_folder, read_changes, read_results
     from vislab.engine.trainer import build_trainer, fit_and_select, resolve_lr, steps_per_epoch
+    from vislab.pipelines.settings import fit_batch
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -63,6 +64,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         add_change(job.out, line)  # after the lines of this run's earlier pieces
 
     trainer = make_trainer(recipe)
+    if trainer.world_size > 1:  # each process takes its share of the split, and drops a partial batch
+        share = job.n_train // trainer.world_size
+        recipe, line = fit_batch(recipe, share, f"samples per process ({job.n_train} over {trainer.world_size} processes)")
+        changes += [line] if line else []
     recipe, lr_lines = resolve_lr(recipe, trainer)
     changes += lr_lines
     precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
