@@ -287,3 +287,31 @@ def test_a_distilled_run_resumes_exactly_and_a_finished_one_makes_no_maps(cli, t
     assert res.code == 0, res.err
     said = " ".join(res.err.split())
     assert "nothing left to train" in said and passes not in said
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_a_segmenter_distils_on_two_spawned_processes(tmp_path):
+    """`--strategy ddp_spawn` pickles the module to start its processes: with a teacher's maps
+    waiting to be made and the CE + Dice loss it trains, each process making its own maps."""
+    import os
+    import subprocess
+    import sys
+
+    from test_own_seg_data import make_index_set
+
+    train = make_index_set(tmp_path / "train", 8)
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(
+        {"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2, "lr": 0.003, "optimizer": "adamw",
+         "holdout": 0.25, "seed": 2, "snapshot": [], "loss": "ce+dice", "accelerator": "cpu"}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def vislab(*args) -> str:
+        proc = subprocess.run([sys.executable, "-m", "vislab", "seg", "train", str(train), "--recipe",
+                               str(tmp_path / "t.yaml"), *map(str, args)], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return " ".join(proc.stderr.split())
+    vislab("--out", tmp_path / "t")
+    said = vislab("--teacher", tmp_path / "t", "--out", tmp_path / "s", "--devices", "2", "--strategy", "ddp_spawn")
+    assert said.count("training tiles through the teachers") == 2
+    assert [row["epoch"] for row in csv.DictReader((tmp_path / "s" / "history.csv").open())] == ["1"]
