@@ -81,6 +81,31 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
     assert (run / "last.ckpt").is_file() and not (run / "results.json").exists()
 
 
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(color_classes, tmp_path):
+    """Interrupted inside its first epoch (slow steps at 256 px, no mid-epoch checkpoints): exit 130,
+    no --resume advice (it would find no last.ckpt), and the same command then starts afresh."""
+    recipe = _recipe(tmp_path, "r.yaml", epochs=1, image_size=256)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "vislab", "cls", "train", str(color_classes), "--recipe", str(recipe),
+               "--out", str(run)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "recipe.yaml").is_file():  # written just before fit starts
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    said = " ".join(err.split())
+    assert "before its first checkpoint, so there is nothing to resume" in said and "continues it" not in said
+    assert not (run / "last.ckpt").exists()
+    again = subprocess.run(command[:-2] + ["--epochs", "1", "--image-size", "32", "--out", str(run)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
     """Setting the umask to read it races with threads creating files meanwhile."""
     from vislab.io import atomic_write_text, process_umask

@@ -32,7 +32,8 @@ def yaml_problem(exc: Exception) -> str:
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training, after Lightning's graceful shutdown; the CLI exits with 130.
+    """Ctrl-C during training, after Lightning's graceful shutdown; the CLI exits with 130. The
+    message names the run folder and how to go on.
 
     (Typer turns a KeyboardInterrupt into a silent exit, and Lightning into ``sys.exit(1)``.)
     """

@@ -236,7 +236,10 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
         # Lightning answers Ctrl-C with a graceful shutdown and sys.exit(1); vislab reports an
         # interruption as one (exit status 130, what was saved is kept)
         if trainer.interrupted:
-            raise Interrupted(f"{out_dir}: interrupted; last.ckpt keeps the last saved state") from None
+            if (out_dir / "last.ckpt").is_file():
+                raise Interrupted(f"{out_dir}: last.ckpt keeps the last saved state; `--resume` continues it") from None
+            raise Interrupted(f"{out_dir}: before its first checkpoint, so there is nothing to resume; run the "
+                              "same command again (without --resume) to start afresh") from None
         raise
     if not trainer.is_global_zero:
         return None
