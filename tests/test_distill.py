@@ -193,7 +193,7 @@ def test_seg_train_with_teachers(cli, tmp_path):
     desc = load_classes(train / "classes.yaml")
     student = Recipe(task="seg", teacher=(str(tmp_path / "t_half"),), holdout=0.25, seed=2)
     data = SegmentationData(train, student, expected=None, classes=desc)
-    maps = _teacher_maps(_load_teachers(student, desc), data, student)
+    maps = _teacher_maps(_load_teachers(student, desc), data, student, device=torch.device("cpu"))
     assert len(maps) == len(data.train_pairs) == 6
     assert cli("seg", "predict", tmp_path / "t_half", train / "images", tmp_path / "pred").code == 0
     agree = []
@@ -209,7 +209,7 @@ def test_seg_train_with_teachers(cli, tmp_path):
     b = torch.load(tmp_path / "t_half" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     whole = student.with_overrides(teacher=(str(tmp_path / "t"),))
-    at_one = _teacher_maps(_load_teachers(whole, desc), data, whole)
+    at_one = _teacher_maps(_load_teachers(whole, desc), data, whole, device=torch.device("cpu"))
     assert [m.shape for m in at_one] == [m.shape for m in maps]
     assert max(float((m.float() - n.float()).abs().max()) for m, n in zip(maps, at_one)) > 2
     # as the module holds them until training starts: a function of the device that survives the

@@ -212,17 +212,16 @@ def load_teachers(recipe: Recipe, data: Any) -> list[tuple[torch.nn.Module, dict
 
 
 def teacher_probs(models: list[tuple[torch.nn.Module, dict[str, Any]]], recipe: Recipe, data: Any,
-                  train_dir: str | Path, labels_csv: str | Path | None, *,
-                  device: torch.device | None = None) -> torch.Tensor:
+                  train_dir: str | Path, labels_csv: str | Path | None, *, device: torch.device) -> torch.Tensor:
     """The teachers' averaged class probabilities (N, C, float16) for every image of the training
-    folder, each teacher reading it at its own stored size on ``device`` (default: a GPU if any)."""
+    folder, each teacher reading it at its own stored size on ``device`` (the training device)."""
     import time
 
     t0 = time.perf_counter()
     read = lambda m: load_folder(train_dir, labelled=True, labels_csv=labels_csv,  # noqa: E731
                                  class_names=data.class_names, size=stored_size(m))
     seen, logp = _ensemble_logits(models, list(recipe.teacher), read, batch_size=256,
-                                  device=None if device is None else str(device), tta="none")
+                                  device=str(device), tta="none")
     if list(seen.files) != list(data.files):
         raise VislabError(train_dir, "the teachers read another list of images than the student")
     soft = logp.exp().half()

@@ -228,23 +228,20 @@ def _load_teachers(recipe: Recipe, desc: SegClasses) -> list[tuple[torch.nn.Modu
 
 
 def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: Any, recipe: Recipe, *,
-                  device: torch.device | None = None, batch_pixels: int = 8 * 512 * 512) -> list[torch.Tensor]:
-    """Distillation's soft targets, computed once before training: for each training tile (in the
+                  device: torch.device, batch_pixels: int = 8 * 512 * 512) -> list[torch.Tensor]:
+    """Distillation's soft targets, computed once when training starts: for each training tile (in the
     training loader's order) the teachers' probabilities averaged (each normalising its own way),
     over the whole tile, as uint8 (C, ceil(h/4), ceil(w/4)). Each training crop then takes its
     box of them through its own scale, flips and turns (:func:`~vislab.data.segmentation.augment_tiles`).
-    The teachers run on ``device`` (the training device; by default a GPU unless the recipe's
-    accelerator is cpu), in batches of consecutive same-size tiles of at most ``batch_pixels``, and
-    go back to the CPU after."""
+    The teachers run on ``device`` (the training device), in batches of consecutive same-size tiles
+    of at most ``batch_pixels``, and go back to the CPU after."""
     import math
     import time
 
     import torch.nn.functional as F
 
-    from vislab.models.checkpoints import pick_device
     from vislab.models.ensemble import AveragedNet
 
-    device = device or pick_device("cpu" if recipe.accelerator == "cpu" else None)
     teacher = AveragedNet(loaded).eval().to(device)
     t0, maps = time.perf_counter(), []
     idx = list(data.train_idx)
