@@ -80,7 +80,7 @@ def main() -> None:
         lo = (epoch * r.batch_size) % (len(ds) - r.batch_size + 1)
         batch = pad_collate([ds[(i, epoch)] for i in range(lo, lo + r.batch_size)])
         t = time.perf_counter()
-        module.soft_maps = maps if way == "soft maps" else None
+        module.teacher_targets = maps if way == "soft maps" else None
         module._trainer = SimpleNamespace(training=True, current_epoch=epoch)
         x, y, _, soft = module.on_after_batch_transfer(batch, 0)
         module._trainer = None

@@ -143,7 +143,7 @@ def test_a_segmenter_distils_from_its_tiles_soft_maps():
                     crop_size=None, rot90=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     module = SegmenterModule(recipe.to_dict(), 7, steps_per_epoch=1)
     maps = [(torch.rand(7, 16, 16).softmax(0) * 255).round().to(torch.uint8) for _ in range(3)]
-    module.soft_maps = maps
+    module.teacher_targets = maps
     module._trainer = SimpleNamespace(training=True, current_epoch=0)
     raw = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     y = torch.randint(0, 7, (2, 64, 64), dtype=torch.uint8)

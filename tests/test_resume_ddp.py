@@ -189,9 +189,10 @@ def test_a_time_budget_is_dropped_with_a_line_when_two_processes_train(color_cla
     assert said in " ".join(out.split())
     lines = (run / "changes.txt").read_text().splitlines()
     assert said in lines
-    n = int(re.search(r"batch size 10000 -> (\d+): only \d+ training images", "\n".join(lines)).group(1))
-    per = f"batch size {n} -> {n // 2}: only {n // 2} training samples per process ({n} over 2 processes)"
+    n = int(re.search(r"only \d+ training images per process \((\d+) over 2 processes\)", "\n".join(lines)).group(1))
+    per = f"batch size 10000 -> {n // 2}: only {n // 2} training images per process ({n} over 2 processes)"
     assert per in lines and yaml.safe_load((run / "recipe.yaml").read_text())["batch_size"] == n // 2
+    assert sum("batch size" in line for line in lines) == 1  # one line: the split's share, not the split first
     assert [r["epoch"] for r in _columns(run / "history.csv", drop="seconds")] == ["1", "2"]
 
 

@@ -82,6 +82,11 @@ class VislabModule(pl.LightningModule):
         self.schedule_warp = ScheduleWarp(max(1, steps_per_epoch * self.recipe.epochs))
         self.replanned_epochs: int | None = None
         self.resumed_at_step: int | None = None
+        # distillation: the teachers' targets per training item, in the training loader's item
+        # order (a classifier's (N, C) probabilities; a segmenter's uint8 maps over each tile), or
+        # a function of the training device that makes them (before_training calls it); set by
+        # the pipeline, not saved in checkpoints (a resumed run makes them again)
+        self.teacher_targets: Any = None
 
     def check_input(self, net: torch.nn.Module) -> None:
         """Refuse, while the module is built (before a run folder is written), inputs the freshly
@@ -187,8 +192,11 @@ class VislabModule(pl.LightningModule):
 
     def before_training(self) -> None:
         """Work that only a run which trains needs, called on the training device before the
-        budget's and the history's clocks start, and left out of ``train_seconds`` (a no-op here;
-        the time limit, a limit on the invocation's wall time, counts it)."""
+        budget's and the history's clocks start, and left out of ``train_seconds`` (the time
+        limit, a limit on the invocation's wall time, counts it): the teachers' targets are made
+        here, so a finished run's resume, which trains nothing, makes none."""
+        if callable(self.teacher_targets):
+            self.teacher_targets = self.teacher_targets(self.device)
 
     def on_train_start(self) -> None:
         # Lightning restores weights, optimiser, schedulers and loops; the RNG states are vislab's

@@ -3,7 +3,7 @@ LightningModule (loss, augmentation on device, metrics, optimiser)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,14 +79,6 @@ class ClassifierModule(VislabModule):
         self.save_hyperparameters()
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        # a teacher's class probabilities per training image (N, C), set by the pipeline; not saved
-        # in checkpoints (a resumed run recomputes them from the same teacher runs); the pipeline
-        # gives a function of the training device that makes them, called by before_training
-        self.soft_targets: torch.Tensor | Callable[[torch.device], torch.Tensor] | None = None
-
-    def before_training(self) -> None:
-        if callable(self.soft_targets):  # made here: a finished run's resume trains nothing and needs none
-            self.soft_targets = self.soft_targets(self.device)
 
     def check_input(self, net: torch.nn.Module) -> None:
         """The smallest side it trains at (``resize_from`` or ``image_size``, else the stored
@@ -146,8 +138,8 @@ class ClassifierModule(VislabModule):
                           seed=(r.seed, self.global_step, self.global_rank))
         logits = self.net(self.memory_format(mixed.x))
         loss = mixed.loss(logits, label_smoothing=r.label_smoothing)
-        if self.soft_targets is not None:  # distillation (config refuses it together with mixing)
-            soft = self.soft_targets[idx.to(self.soft_targets.device)].to(logits.device)
+        if self.teacher_targets is not None:  # distillation (config refuses it together with mixing)
+            soft = self.teacher_targets[idx.to(self.teacher_targets.device)].to(logits.device)
             loss = (1 - r.distill) * loss + r.distill * soft_target_loss(logits, soft)
         self.train_acc(logits.detach(), mixed.y_major)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -110,15 +110,6 @@ class SegmenterModule(VislabModule):
         w = None if class_weights is None else torch.tensor(class_weights)
         self.loss_fn = build_loss(self.recipe.loss, class_weights=w)
         self.holdout_conf = PooledConfusion(num_classes)
-        # distillation: per training tile (in the training loader's order) the teachers' averaged
-        # probabilities, uint8 (C, h', w') over the whole tile; set by the pipeline, not saved in
-        # checkpoints (a resumed run recomputes them from the same teacher runs); the pipeline gives
-        # a function of the training device that makes them, called by before_training
-        self.soft_maps: list[torch.Tensor] | Callable[[torch.device], list[torch.Tensor]] | None = None
-
-    def before_training(self) -> None:
-        if callable(self.soft_maps):  # made here: a finished run's resume trains nothing and needs none
-            self.soft_maps = self.soft_maps(self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -133,7 +124,7 @@ class SegmenterModule(VislabModule):
         soft = None
         if self.trainer is not None and self.trainer.training:
             r = self.recipe
-            maps = None if self.soft_maps is None else [self.soft_maps[i].to(x.device) for i in idx.tolist()]
+            maps = None if self.teacher_targets is None else [self.teacher_targets[i].to(x.device) for i in idx.tolist()]
             x, y, *rest = augment_tiles(x, y, idx, hw, seed=r.seed, epoch=self.current_epoch, crop_size=r.crop_size,
                                         crop_area=r.crop_area, rot90=r.rot90, soft=maps)
             x = jitter_colours(x, idx, seed=r.seed, epoch=self.current_epoch)

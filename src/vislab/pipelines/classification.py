@@ -84,7 +84,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     def make_module(r: Recipe, steps: int, pretrained: bool) -> ClassifierModule:
         module = ClassifierModule(r.to_dict(), data.num_classes, steps, data_meta, pretrained)
-        module.soft_targets = soft
+        module.teacher_targets = soft
         return module
 
     def describe(r: Recipe) -> None:
@@ -93,7 +93,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              f"{data.num_classes} classes{names}; training on {len(train_idx)}, held out "
              f"{len(data.labels) - len(train_idx)} for checkpoint selection")
 
-    done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx),
+    done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx), items="images",
                                make_module=make_module, make_data=lambda r: ClassificationData(data, r),
                                resume=resume, command=command, changes=changes, describe=describe,
                                holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size)))
@@ -116,18 +116,16 @@ def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tens
     - normalisation: the recipe's ``mean``/``std``; else the pretrained weights' own (ImageNet
       statistics, EfficientNet-Lite's [-1, 1] scaling, a timm model's config); else, for a network
       trained from scratch, the training images' per-channel statistics;
-    - a batch larger than the training split shrinks to the split (else no step would run).
+    - a held-out fraction that holds out nothing runs as ``holdout: 0``.
     """
     from vislab.data.classification import image_stats
-    from vislab.pipelines.settings import empty_holdout, fit_batch, resolve_normalisation
+    from vislab.pipelines.settings import empty_holdout, resolve_normalisation
 
     recipe, note = resolve_normalisation(recipe, lambda: image_stats(images, train_idx),
                                          "the training images' own per-channel statistics")
     changes: list[str] = [note] if note else []
     recipe, line = empty_holdout(recipe, len(images) - len(train_idx),
                                  f"{len(images)} images, {recipe.holdout:g} of each class rounded")
-    changes += [line] if line else []
-    recipe, line = fit_batch(recipe, len(train_idx), "images")
     return recipe, changes + ([line] if line else [])
 
 

@@ -42,7 +42,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.run_folder import add_change, check_resumed_data, check_run_folder, read_changes, write_results
-    from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, fit_batch, resolve_normalisation,
+    from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, resolve_normalisation,
                                           teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run
 
@@ -78,8 +78,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         recipe = recipe.with_overrides(calibrate=False)
         line += " (and calibrate is off: no held-out pairs to fit class offsets on)"
     changes += [line] if line else []
-    recipe, line = fit_batch(recipe, len(data.train_pairs), "pairs")
-    changes += [line] if line else []
     changes += _unturned_note(recipe, data.stats.sizes)
     digest = pairs_digest(data.pairs)
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_pairs_digest")
@@ -98,7 +96,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     def make_module(r: Recipe, steps: int, pretrained: bool) -> SegmenterModule:
         module = SegmenterModule(r.to_dict(), desc.num_classes, steps, class_weights=weights, data_meta=meta,
                                  pretrained=pretrained)
-        module.soft_maps = soft
+        module.teacher_targets = soft
         return module
 
     def describe(r: Recipe) -> None:
@@ -116,7 +114,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                     else "batches pad them to the largest (padding is ignored by loss and metric)"))
 
     done = fit_run(TrainingJob(
-        out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs),
+        out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs), items="pairs",
         make_module=make_module,
         make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
         extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],

@@ -157,12 +157,11 @@ def empty_holdout(recipe: Recipe, held_out: int, why: str) -> tuple[Recipe, str 
     return dataclasses.replace(recipe, holdout=0.0, split_seed=None), line
 
 
-def fit_batch(recipe: Recipe, n_train: int, items: str) -> tuple[Recipe, str | None]:
-    """A batch larger than the training split shrinks to it (training drops a partial last batch,
-    so no step would run), said in one line naming the ``items`` ("images", "pairs")."""
-    if 0 < n_train < recipe.batch_size:
-        return (recipe.with_overrides(batch_size=n_train),
-                f"batch size {recipe.batch_size} -> {n_train}: only {n_train} training {items}")
+def fit_batch(recipe: Recipe, n: int, what: str) -> tuple[Recipe, str | None]:
+    """A batch larger than the ``n`` items each process trains on shrinks to them (training drops a
+    partial last batch, so no step would run), said in one line ("only 4 ``what``")."""
+    if 0 < n < recipe.batch_size:
+        return recipe.with_overrides(batch_size=n), f"batch size {recipe.batch_size} -> {n}: only {n} {what}"
     return recipe, None
 
 

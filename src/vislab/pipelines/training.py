@@ -21,12 +21,14 @@ class TrainingJob:
     ``weights`` left unread, for the probe and for a resume, whose checkpoint holds every weight); ``make_data(recipe)`` the DataModule; ``holdout_batches`` and
     ``eval_scale`` size the held-out evaluation for the budget (evaluated pixels per training
     pixel); ``describe(recipe)`` prints the data lines once the run folder is prepared.
+    ``n_train`` counts the training split's ``items`` ("images", "pairs").
     """
 
     out: Path
     recipe: Recipe
     monitor: str
     n_train: int
+    items: str
     make_module: Callable[[Recipe, int, bool], Any]
     make_data: Callable[[Recipe], Any]
     resume: bool = False
@@ -64,10 +66,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         add_change(job.out, line)  # after the lines of this run's earlier pieces
 
     trainer = make_trainer(recipe)
-    if trainer.world_size > 1:  # each process takes its share of the split, and drops a partial batch
-        share = job.n_train // trainer.world_size
-        recipe, line = fit_batch(recipe, share, f"samples per process ({job.n_train} over {trainer.world_size} processes)")
-        changes += [line] if line else []
+    world = trainer.world_size  # each process takes its share of the split
+    recipe, line = fit_batch(recipe, job.n_train // world, f"training {job.items}" + (
+        f" per process ({job.n_train} over {world} processes)" if world > 1 else ""))
+    changes += [line] if line else []
     recipe, lr_lines = resolve_lr(recipe, trainer)
     changes += lr_lines
     precision = str(trainer.precision)  # as Lightning runs it (16-mixed is bf16-mixed on a CPU)
