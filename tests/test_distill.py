@@ -305,13 +305,24 @@ def test_a_segmenter_distils_on_two_spawned_processes(tmp_path):
          "holdout": 0.25, "seed": 2, "snapshot": [], "loss": "ce+dice", "accelerator": "cpu"}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def vislab(*args) -> str:
-        proc = subprocess.run([sys.executable, "-m", "vislab", "seg", "train", str(train), "--recipe",
-                               str(tmp_path / "t.yaml"), *map(str, args)], env=env, capture_output=True, text=True,
-                              timeout=600)
+    def vislab(*args, recipe: bool = True) -> str:
+        proc = subprocess.run([sys.executable, "-m", "vislab", "seg", "train", str(train),
+                               *(["--recipe", str(tmp_path / "t.yaml")] if recipe else []), *map(str, args)],
+                              env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
         return " ".join(proc.stderr.split())
     vislab("--out", tmp_path / "t")
-    said = vislab("--teacher", tmp_path / "t", "--out", tmp_path / "s", "--devices", "2", "--strategy", "ddp_spawn")
+    spawned = ("--devices", "2", "--strategy", "ddp_spawn")
+    said = vislab("--teacher", tmp_path / "t", "--out", tmp_path / "s", *spawned)
     assert said.count("training tiles through the teachers") == 2
-    assert [row["epoch"] for row in csv.DictReader((tmp_path / "s" / "history.csv").open())] == ["1"]
+    history = list(csv.DictReader((tmp_path / "s" / "history.csv").open()))
+    assert [row["epoch"] for row in history] == ["1"]
+    # what the spawned processes learnt reaches the results (Lightning hands back only the weights,
+    # the best checkpoint's path and callback_metrics): 6 training pairs, 3 per process, batch 2
+    result = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert result["global_step"] == 1 and result["epochs"] == 1
+    assert result["holdout_miou"] == pytest.approx(float(history[0]["holdout_miou"]), abs=1e-6)
+    # the resume of the finished run knows it trained nothing: no maps, the recorded results kept
+    said = vislab("--out", tmp_path / "s", "--resume", *spawned, recipe=False)
+    assert "nothing left to train" in said and "training tiles through the teachers" not in said
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["holdout_miou"] == result["holdout_miou"]

@@ -207,7 +207,7 @@ def test_no_done_without_a_checkpoint(tmp_path):
     from vislab.errors import VislabError
 
     class NoSteps:  # what Lightning leaves behind when not one batch was trained
-        is_global_zero, global_step, checkpoint_callback = True, 0, None
+        is_global_zero, global_step, checkpoint_callback, callback_metrics = True, 0, None, {}
 
         def fit(self, *args, **kwargs) -> None:
             pass

@@ -190,6 +190,11 @@ class VislabModule(pl.LightningModule):
             info(f"resume: {self.steps_per_epoch} steps per epoch per process instead of {saved} (another process "
                  "count); the learning-rate schedule continues from the samples seen")
 
+    def facts(self) -> dict[str, Any]:
+        """For :class:`vislab.engine.callbacks.HandBack`: the step a resume started from, and the
+        epochs a time budget re-planned (None: none)."""
+        return {"resumed_at_step": self.resumed_at_step, "replanned_epochs": self.replanned_epochs}
+
     def before_training(self) -> None:
         """Work that only a run which trains needs, called on the training device before the
         budget's and the history's clocks start, and left out of ``train_seconds`` (the time

@@ -1,5 +1,6 @@
 """Callbacks: the module's work before training; per-epoch history file and a one-line epoch summary
-for logs; the time limit and the time budget held during a run."""
+for logs; the time limit and the time budget held during a run; the facts of a run handed back to
+the process that called ``fit``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,35 @@ import lightning.pytorch as pl
 
 from vislab.io import atomic_write_text
 from vislab.log import info
+
+
+FACTS = "vislab/"
+"""The prefix of the facts :class:`HandBack` puts into ``trainer.callback_metrics``."""
+
+
+class HandBack(pl.Callback):
+    """What the caller of ``fit`` reads once it returns, put by rank 0 into
+    ``trainer.callback_metrics`` (under :data:`FACTS`) at the fit's end: the steps trained, the
+    selecting checkpoint's best score, and each callback's and the module's ``facts()``. With
+    ``ddp_spawn`` (and ``ddp_fork``) the fit runs in child processes, and Lightning hands back to
+    the calling process only the weights, the best checkpoint's path, the trainer's state and
+    these metrics; :func:`handed_back` reads them, the same way for every strategy."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+        facts: dict[str, Any] = {"global_step": int(trainer.global_step),
+                                 "best_score": None if score is None else float(score)}
+        for part in (*trainer.callbacks, pl_module):
+            facts.update(getattr(part, "facts", dict)())
+        # plain numbers and strings: the spawn launcher pickles these metrics (torch.load weights_only)
+        trainer.callback_metrics.update({FACTS + k: v for k, v in facts.items() if v is not None})
+
+
+def handed_back(trainer: pl.Trainer) -> dict[str, Any]:
+    """The facts :class:`HandBack` recorded (``{}`` when the fit never reached its end)."""
+    return {k.removeprefix(FACTS): v for k, v in trainer.callback_metrics.items() if k.startswith(FACTS)}
 
 
 class BeforeTraining(pl.Callback):
@@ -36,6 +66,9 @@ class BeforeTraining(pl.Callback):
         trainer.strategy.barrier("before_training")  # no process starts its clocks waiting for another's pass
         self.seconds += time.perf_counter() - t0
 
+    def facts(self) -> dict[str, Any]:
+        return {"before_training_seconds": self.seconds}
+
 
 class EpochHistory(pl.Callback):
     """Write ``history.csv`` (one row per epoch) in the run folder and print a summary line."""
@@ -56,7 +89,7 @@ class EpochHistory(pl.Callback):
         epoch = trainer.current_epoch
         row: dict[str, Any] = {"epoch": epoch + 1}
         for k, v in sorted(trainer.callback_metrics.items()):
-            if k.endswith("_step") or k.startswith("lr-"):
+            if k.endswith("_step") or k.startswith(("lr-", FACTS)):
                 continue
             row[k.removesuffix("_epoch")] = round(float(v), 6)
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
@@ -111,6 +144,9 @@ class TimeLimit(pl.Callback):
                             f"{trainer.max_epochs}: training stopped before the end of its schedule; "
                             "`--resume` continues it")
 
+    def facts(self) -> dict[str, Any]:
+        return {"stopped_early": self.stopped}
+
 
 
 class BudgetKeeper(pl.Callback):
@@ -147,6 +183,9 @@ class BudgetKeeper(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"spent_s": self.before + self.clock() - self._t0 if self._in_epoch else self.spent}
+
+    def facts(self) -> dict[str, Any]:
+        return {"budget_seconds_before": self.before, "budget_epochs_here": self.epochs_here}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = self.spent = float(state_dict.get("spent_s", 0.0))

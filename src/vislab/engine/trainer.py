@@ -18,7 +18,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from vislab.config import Recipe
-from vislab.engine.callbacks import BeforeTraining, EpochHistory, TimeLimit
+from vislab.engine.callbacks import BeforeTraining, EpochHistory, HandBack, TimeLimit, handed_back
 from vislab.engine.run_folder import add_change
 from vislab.engine.state import AtomicCheckpointIO
 from vislab.errors import Interrupted, VislabError
@@ -149,7 +149,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
                  "enable_version_counter": False, "auto_insert_metric_name": False}
     last = ModelCheckpoint(**last_ckpt)
     # with no held-out split there is nothing to select on: last.ckpt is the result
-    callbacks: list[pl.Callback] = [BeforeTraining(), *([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
+    callbacks: list[pl.Callback] = [BeforeTraining(), HandBack(), *([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
                                     LearningRateMonitor("step"), _ExactMetricsLog()]
     if recipe.max_minutes is not None:
         callbacks.append(TimeLimit(recipe.max_minutes))
@@ -216,9 +216,12 @@ def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
 
 
 def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule,
-                   out_dir: Path, ckpt_path: Path | None, *, metric: str) -> tuple[dict, Path] | None:
-    """Run ``fit``; on rank 0 return ({train_seconds, held-out best score}, best checkpoint path).
-    ``train_seconds`` leaves out the module's work before training (distillation's soft maps).
+                   out_dir: Path, ckpt_path: Path | None, *,
+                   metric: str) -> tuple[dict[str, Any], Path, dict[str, Any]] | None:
+    """Run ``fit``; on rank 0 return ({train_seconds, held-out best score, global_step}, best
+    checkpoint path, the facts the run handed back (:class:`~vislab.engine.callbacks.HandBack`),
+    read the same way whichever process trained). ``train_seconds`` leaves out the module's work
+    before training (distillation's soft maps).
 
     Other ranks return None: evaluation after training happens once, on rank 0.
     """
@@ -243,19 +246,19 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
         raise
     if not trainer.is_global_zero:
         return None
+    facts = handed_back(trainer)
+    steps = facts.get("global_step", trainer.global_step)
     best = out_dir / "best.ckpt" if (out_dir / "best.ckpt").is_file() else out_dir / "last.ckpt"
     if not best.is_file():
-        raise VislabError(out_dir, f"training ended without writing a checkpoint "
-                                   f"({trainer.global_step} optimiser steps ran)")
-    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-    before = sum(c.seconds for c in trainer.callbacks if isinstance(c, BeforeTraining))  # type: ignore[attr-defined]
-    result = {"train_seconds": round(time.perf_counter() - t0 - before, 1),
-              metric: None if score is None else round(float(score), 6), "global_step": trainer.global_step}
-    limit = next((c for c in trainer.callbacks if isinstance(c, TimeLimit)), None)  # type: ignore[attr-defined]
-    if limit is not None and limit.stopped:
+        raise VislabError(out_dir, f"training ended without writing a checkpoint ({steps} optimiser steps ran)")
+    score = facts.get("best_score")
+    result = {"train_seconds": round(time.perf_counter() - t0 - facts.get("before_training_seconds", 0.0), 1),
+              metric: None if score is None else round(float(score), 6), "global_step": steps}
+    stopped = facts.get("stopped_early")
+    if stopped:
         from vislab.log import info
 
-        info(f"warning: {limit.stopped}")
-        add_change(out_dir, f"warning: {limit.stopped}")  # the run folder says it too
-        result["stopped_early"] = limit.stopped
-    return result, best
+        info(f"warning: {stopped}")
+        add_change(out_dir, f"warning: {stopped}")  # the run folder says it too
+        result["stopped_early"] = stopped
+    return result, best, facts

@@ -117,10 +117,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
     if done is None:
         return None
-    result, best = done
-    if job.resume and module.resumed_at_step is not None and module.resumed_at_step == trainer.global_step:
+    result, best, facts = done  # the facts, not the module's or callbacks' attributes: ddp_spawn trains a copy
+    if job.resume and facts.get("resumed_at_step") == result["global_step"]:
         earlier = read_results(job.out)
-        finished = earlier.get("global_step") == trainer.global_step  # written by the end of this very state
+        finished = earlier.get("global_step") == result["global_step"]  # written by the end of this very state
         if finished:
             # nothing trained, and what its end recorded (validation, calibration) stays; this piece
             # selected nothing (no epoch ran): its null score must not replace the recorded one
@@ -129,13 +129,13 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
                 if finished else f"--resume: nothing left to train in {job.out}; its results are measured again")
         info(line)
         record(line)
-    if module.replanned_epochs is not None:  # the budget ended the run earlier (in this piece or one before)
-        recipe = recipe.with_overrides(epochs=module.replanned_epochs)
+    if facts.get("replanned_epochs") is not None:  # the budget ended the run earlier (in this piece or one before)
+        recipe = recipe.with_overrides(epochs=facts["replanned_epochs"])
     result["epochs"] = recipe.epochs  # of the schedule that ran
     if recipe.teacher:  # distillation (either task): the runs whose soft targets it learnt from
         result["teacher"] = list(recipe.teacher)
-    if keeper is not None and keeper.epochs_here:  # counting earlier pieces of the run
-        line = budget_overrun(keeper.minutes, keeper.before + result["train_seconds"])
+    if keeper is not None and facts.get("budget_epochs_here"):  # counting earlier pieces of the run
+        line = budget_overrun(keeper.minutes, facts["budget_seconds_before"] + result["train_seconds"])
         if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
