@@ -58,6 +58,12 @@ def test_eval_matches_predictions(cli, trained, color_classes, tmp_path):
     correct = sum(int(r[0].split("_")[0]) == int(r[1]) for r in rows[1:])
     assert metrics["accuracy"] == pytest.approx(correct / 120, abs=1e-6)
     assert f"accuracy: {metrics['accuracy']:.4f}" in ev.out  # the printed number is the JSON's
+    from vislab.metrics import wilson_interval
+
+    lo, hi = wilson_interval(correct, 120)
+    got = metrics["accuracy_interval"]
+    assert (got["low"], got["high"]) == pytest.approx((lo, hi), abs=1e-6) and got["level"] == 0.95
+    assert f"95% interval of the accuracy: {lo:.4f}-{hi:.4f} (Wilson score over 120 images)" in " ".join(ev.out.split())
     assert metrics["top5"] is None and "top-5" not in ev.out  # 3 classes: every label is in the top 5
     assert metrics["accuracy"] > 0.6  # three colour classes are easy
 

@@ -132,6 +132,16 @@ def test_course_miou_matches_reference_on_real_validation_masks_realdata(cli, tm
     got = json.loads((tmp_path / "m.json").read_text())["miou"]
     assert got == pytest.approx(_reference_miou(preds, labels), abs=1e-6)
     assert f"mIoU: {got:.4f}" in res.out.splitlines()
+    # its interval: the images resampled, from per-image confusion matrices counted here
+    from vislab.metrics import bootstrap_interval, iou_per_class
+
+    per_image = torch.tensor(np.stack([np.bincount((t * 7 + p).ravel(), minlength=49).reshape(7, 7)
+                                       for t, p in zip(labels, preds)]))
+    lo, hi = bootstrap_interval(per_image, lambda c: torch.nanmean(iou_per_class(c), dim=-1))
+    interval = json.loads((tmp_path / "m.json").read_text())["miou_interval"]
+    assert (interval["low"], interval["high"]) == pytest.approx((lo, hi), abs=1e-6)
+    assert lo < got < hi < lo + 0.1
+    assert f"95% interval of the mIoU: {lo:.4f}-{hi:.4f} (percentile bootstrap over 257 files" in " ".join(res.out.split())
     stray = json.loads((tmp_path / "m.json").read_text())["stray_files"]
     assert stray == sum(red)  # the real masks' red (no class) pixels, said on the console
     assert (f"{stray} of {len(masks)} ground-truth masks hold" in res.out.replace("\n", " ")) == (stray > 0)

@@ -70,6 +70,9 @@ def test_markdown_report_realdata(cli, real_runs, tmp_path):
     assert res.code == 0, res.err
     md = out.read_text()
     assert md.startswith("# vislab report") and "| **this run, validation" in md
+    val = json.loads((real_runs / "run2" / "results.json").read_text())["val"]
+    lo, hi = val["miou_interval"]["low"], val["miou_interval"]["high"]
+    assert lo < val["miou"] < hi and f"{val['miou']:.4f} (95% interval {lo:.4f}-{hi:.4f})" in md
     # figures as PNG files beside the page (Markdown viewers do not show data: images)
     linked = re.findall(r"\]\((report_figures/run0-fig\d\.png)\)", md)
     assert len(linked) == 5 and "data:image" not in md

@@ -253,6 +253,7 @@ def cls_train(
                    val_labels_csv=val_labels, command=_command_line(), notes=notes)
     if "val" in result:
         val = result["val"]
+        _print_interval("val accuracy", val.get("accuracy_interval"))
         out.print(f"val accuracy: {val['accuracy']:.4f}  ({_top5(val)}{val['images']} images)")
 
 
@@ -283,7 +284,15 @@ def cls_eval(
         t.add_row(id_and_name(c, names), f"{a:.3f}")
     out.print(t)
     _write_json(res, json_out)
+    _print_interval("accuracy", res.get("accuracy_interval"))
     out.print(f"accuracy: {res['accuracy']:.4f}  ({_top5(res)}{res['images']} images)")  # as `cls train` gives val's
+
+
+def _print_interval(what: str, interval: dict[str, Any] | None) -> None:
+    """``95% interval of the accuracy: 0.8630-0.8887 (Wilson score over 2500 images)``; nothing without one."""
+    if interval:
+        out.print(f"{interval['level']:.0%} interval of the {what}: {interval['low']:.4f}-{interval['high']:.4f} "
+                  f"({interval['method']})", markup=False)
 
 
 def _top5(res: dict[str, Any]) -> str:
@@ -393,6 +402,7 @@ def _print_seg(res: dict) -> None:
     if res.get("held_out"):
         out.print(f"scored on the {res['files']} pairs held out of training (fraction {res['held_out']['fraction']:g}, "
                   f"split seed {res['held_out']['seed']})")
+    _print_interval("mIoU", res.get("miou_interval"))
     out.print(f"mIoU: {res['miou']:.4f}")
     if res.get("stray_files"):
         out.print(f"{res['stray_files']} of {res['files']} ground-truth masks hold {res['stray_pixels']} pixels of no "

@@ -222,7 +222,9 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
         comparison.append(("this run, held-out split of the training folder (best epoch)", f"{res[metric]:.4f}", True))
     if res.get(val_key) is not None:
         where = f" ({res['val_dir']})" if res.get("val_dir") else ""
-        comparison.append((f"this run, validation{where}", f"{res[val_key]:.4f}", True))
+        interval = res.get("val", {}).get("accuracy_interval" if task == "cls" else "miou_interval")
+        spread = f" ({interval['level']:.0%} interval {interval['low']:.4f}-{interval['high']:.4f})" if interval else ""
+        comparison.append((f"this run, validation{where}", f"{res[val_key]:.4f}{spread}", True))
     figs = []
     if data["history"]:
         figs.append(_fig("Training curves", figures.curves(data["history"], metric=metric)))

@@ -306,9 +306,11 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         m = labels == c
         if m.any():
             per_class[c] = round(float((pred[m] == c).float().mean()), 4)
+    correct = int((pred == labels).sum())
     return {
         "images": len(labels),
-        "accuracy": round(float((pred == labels).float().mean()), 6),
+        "accuracy": round(correct / len(labels), 6),
+        "accuracy_interval": accuracy_interval(correct, len(labels)),
         "top5": None if top5 is None else round(float(top5.float().mean()), 6),
         "per_class": per_class,
         "class_names": names,
@@ -317,6 +319,14 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         **({"image_size": image_size} if image_size is not None else {}),
         **({"held_out": {"fraction": split[0], "seed": split[1]}} if split else {}),
     }
+
+
+def accuracy_interval(correct: int, n: int) -> dict[str, Any]:
+    """The 95 % Wilson interval of an accuracy over ``n`` images, as results record it."""
+    from vislab.metrics import LEVEL, wilson_interval
+
+    lo, hi = wilson_interval(correct, n)
+    return {"level": LEVEL, "low": round(lo, 6), "high": round(hi, 6), "method": f"Wilson score over {n} images"}
 
 
 def labelled_digest(data: Any) -> str:

@@ -430,8 +430,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
     if extra:
         raise VislabError(pred[extra[0]], f"prediction has no ground truth ({len(extra)} such files)")
     k = desc.num_classes
-    conf = torch.zeros(k, k, dtype=torch.long)
-    strays, pred_strays = [], []
+    confs, strays, pred_strays = [], [], []
     for stem in sorted(gt):
         truth, stray = desc.read_mask(gt[stem])
         strays.append((stem, stray))
@@ -440,19 +439,23 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
         if bool((guess == IGNORE).any()):
             raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
                                           "every pixel must be given a class")
-        conf += confusion_matrix(truth, guess, k, ignore_index=IGNORE)
+        confs.append(confusion_matrix(truth, guess, k, ignore_index=IGNORE))
     predicted = stray_summary(pred_strays)
     if predicted["stray_files"]:
         info(f"{pred_dir}: {predicted['stray_files']} predicted masks hold {predicted['stray_pixels']} red pixels, "
              f"which are in no class and count as unknown (e.g. {min(predicted['stray_masks'])})")
-    return _seg_metrics(conf, desc, files=len(gt), **stray_summary(strays),
+    return _seg_metrics(torch.stack(confs), desc, files=len(gt), **stray_summary(strays),
                         prediction_stray_pixels=predicted["stray_pixels"])
 
 
-def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
+def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[str, Any]:
+    """The scores of ``per_file`` (F, K, K) confusion matrices pooled, and the mIoU's 95 %
+    interval over files (None for a single file)."""
+    conf = per_file.sum(0)
     ious = classes.iou(conf)
     return {
         "miou": round(classes.miou(conf), 6),
+        "miou_interval": miou_interval(per_file, classes),
         "metric": classes.metric_name,
         "iou": {classes.names[c]: (None if torch.isnan(v) else round(float(v), 6)) for c, v in enumerate(ious)},
         "pixel_accuracy": round(pixel_accuracy(conf), 6),
@@ -461,6 +464,18 @@ def _seg_metrics(conf: torch.Tensor, classes: SegClasses, **extra: Any) -> dict[
         "confusion": conf.tolist(),
         **extra,
     }
+
+
+def miou_interval(per_file: torch.Tensor, classes: SegClasses) -> dict[str, Any] | None:
+    """The 95 % percentile-bootstrap interval of the pooled mIoU, the files resampled (the pixels
+    of one image are not independent draws; the images are); None below two files."""
+    from vislab.metrics import DRAWS, LEVEL, bootstrap_interval
+
+    if per_file.shape[0] < 2:
+        return None
+    lo, hi = bootstrap_interval(per_file, lambda c: torch.nanmean(classes.iou(c), dim=-1))
+    return {"level": LEVEL, "low": round(lo, 6), "high": round(hi, 6),
+            "method": f"percentile bootstrap over {per_file.shape[0]} files, {DRAWS} resamples, seed 0"}
 
 
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
@@ -483,11 +498,10 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     if split:
         pairs = held_out_pairs(pairs, *split, folder=img_dir)
     k = desc.num_classes
-    conf = torch.zeros(k, k, dtype=torch.long)
-    strays = []
+    confs, strays = [], []
     for pair, (probs, truth, stray) in zip(pairs, _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size,
                                                                   device=dev, shifts=shifts)):
-        conf += confusion_matrix(truth, probs.argmax(0).cpu(), k, ignore_index=IGNORE)
+        confs.append(confusion_matrix(truth, probs.argmax(0).cpu(), k, ignore_index=IGNORE))
         strays.append((pair.stem, stray))
     extra: dict[str, Any] = stray_summary(strays)
     if any(v is not None for v in shifts):
@@ -497,7 +511,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
         extra["ensemble"] = paths
     if split:
         extra["held_out"] = {"fraction": split[0], "seed": split[1]}
-    return _seg_metrics(conf, desc, files=len(pairs), tta=tta, **extra)
+    return _seg_metrics(torch.stack(confs), desc, files=len(pairs), tta=tta, **extra)
 
 
 def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, folder: str | Path,
