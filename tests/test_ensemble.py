@@ -368,3 +368,82 @@ def test_seg_ensemble_members_must_read_masks_alike():
         _ensemble_classes([metas["i"], metas["p"]], ["r1", "r2"])
     with pytest.raises(VislabError, match=r"r2: predicts other classes than r1 \(2 classes: a, c against 2 classes: a, b\)"):
         _ensemble_classes([metas["i"], metas["o"]], ["r1", "r2"])
+
+
+def _resampled(gen_seed: int, n: int, stat) -> tuple[float, float]:
+    """A second bootstrap: the resamples vislab draws (seed, chunks of 250), one statistic each."""
+    from vislab.metrics import DRAWS
+
+    gen = torch.Generator().manual_seed(gen_seed)
+    values = []
+    for start in range(0, DRAWS, 250):
+        for row in torch.randint(n, (min(250, DRAWS - start), n), generator=gen):
+            values.append(stat(row.numpy()))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def test_cls_eval_against_another_run_is_a_paired_comparison(cli, cls_runs, seg_runs, tmp_path):
+    root, data, runs = cls_runs
+    right = []
+    for i, r in enumerate(runs):  # each image's outcome per run, from the predictions files
+        assert cli("cls", "predict", r, data, tmp_path / f"{i}.csv").code == 0
+        rows = list(csv.reader((tmp_path / f"{i}.csv").open()))[1:]
+        right.append(np.array([int(f.split("_")[0]) == int(label) for f, label in rows], dtype=float))
+    a, b = right
+    res = cli("cls", "eval", runs[0], data, "--against", runs[1], "--json", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["accuracy"] == pytest.approx(a.mean(), abs=1e-6)
+    other = got["against"]
+    assert other["run"] == str(runs[1]) and other["accuracy"] == pytest.approx(b.mean(), abs=1e-6)
+    assert other["difference"] == pytest.approx(a.mean() - b.mean(), abs=1e-6)
+    assert (a != b).any()  # the runs differ on some images, or the interval would test nothing
+    lo, hi = _resampled(0, len(a), lambda row: a[row].mean() - b[row].mean())
+    iv = other["difference_interval"]
+    assert (iv["low"], iv["high"]) == pytest.approx((lo, hi), abs=1e-6) and lo < a.mean() - b.mean() < hi and lo < hi
+    said = " ".join(res.out.split())
+    assert f"against {runs[1]}: accuracy {b.mean():.4f}; difference {a.mean() - b.mean():+.4f}, 95% interval" in said
+    # a run against itself: nothing differs, and the line says the items cannot tell them apart
+    res = cli("cls", "eval", runs[0], data, "--against", runs[0], "--json", tmp_path / "self.json")
+    iv = json.loads((tmp_path / "self.json").read_text())["against"]["difference_interval"]
+    assert (iv["low"], iv["high"]) == (0.0, 0.0) and "do not tell the two apart" in " ".join(res.out.split())
+    # the two runs held out other images (seeds 1 and 2): no paired comparison there
+    res = cli("cls", "eval", runs[0], data, "--held-out", "--against", runs[1])
+    assert res.code == 2 and "another held-out split" in " ".join(res.err.split()) and str(runs[1]) in res.err
+    res = cli("cls", "eval", runs[0], data, "--against", seg_runs[2][0])
+    assert res.code == 2 and str(seg_runs[2][0]) in " ".join(res.err.split())
+
+
+def test_seg_score_against_another_run_is_a_paired_comparison(cli, seg_runs, tmp_path):
+    root, val, runs = seg_runs
+    per_file = []
+    for i, r in enumerate(runs):  # per-image confusion matrices from the written masks
+        assert cli("seg", "predict", r, val, tmp_path / f"p{i}").code == 0
+        confs = []
+        for f in sorted((val / "masks").iterdir()):
+            truth = np.array(Image.open(f)).astype(int)
+            pred = np.array(Image.open(tmp_path / f"p{i}" / f"{f.stem}.png")).astype(int)
+            keep = truth != 255
+            confs.append(np.bincount(truth[keep] * 4 + pred[keep], minlength=16).reshape(4, 4))
+        per_file.append(np.stack(confs))
+
+    def miou(conf: np.ndarray) -> float:
+        tp = np.diag(conf)
+        union = conf.sum(0) + conf.sum(1) - tp
+        return float(np.mean(tp[union > 0] / union[union > 0]))
+    a, b = per_file
+    res = cli("seg", "score", runs[0], val, "--against", runs[1], "--json", tmp_path / "s.json")
+    assert res.code == 0, res.err
+    got = json.loads((tmp_path / "s.json").read_text())
+    other = got["against"]
+    assert got["miou"] == pytest.approx(miou(a.sum(0)), abs=1e-6)
+    assert other["miou"] == pytest.approx(miou(b.sum(0)), abs=1e-6)
+    assert other["difference"] == pytest.approx(miou(a.sum(0)) - miou(b.sum(0)), abs=1e-6)
+    lo, hi = _resampled(0, len(a), lambda row: miou(a[row].sum(0)) - miou(b[row].sum(0)))
+    iv = other["difference_interval"]
+    assert (iv["low"], iv["high"]) == pytest.approx((lo, hi), abs=1e-6)
+    assert "paired percentile bootstrap over 4 files" in iv["method"]
+    said = " ".join(res.out.split())
+    assert f"against {runs[1]}: mIoU {other['miou']:.4f}; difference {other['difference']:+.4f}" in said
+    assert res.out.strip().endswith(f"mIoU: {got['miou']:.4f}")

@@ -209,6 +209,8 @@ def summary_cmd(
 
 EnsembleArg = typer.Argument(..., help="Checkpoint or run folder (its best.ckpt, else last.ckpt); several, "
                              "comma-separated (runs/a,runs/b), are an ensemble: class probabilities averaged.")
+AgainstOpt = typer.Option(None, "--against", help="Another run (or ensemble) to compare with on the same items and "
+                          "settings: its score, the difference and a paired bootstrap interval of it.")
 
 @cls_app.command("train")
 def cls_train(
@@ -271,13 +273,15 @@ def cls_eval(
     tta: str = CLS_TTA_OPTION,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Test at this input side instead of the training one (every member of an ensemble)."),
     held_out: bool = typer.Option(False, "--held-out", help="IMG_DIR is the run's training folder: score only the images its recipe held out of training."),
+    against: Optional[str] = AgainstOpt,
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.data.layouts import id_and_name
     from vislab.pipelines.classification import evaluate
 
-    _output(json_out, ".json", inputs=[labels, *_members(ckpt)])
-    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out)
+    _output(json_out, ".json", inputs=[labels, *_members(ckpt), *(_members(against) if against else [])])
+    res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out,
+                   against=against)
     t = Table("class", "accuracy", title="per-class accuracy")
     names = res.get("class_names")
     for c, a in res["per_class"].items():
@@ -285,7 +289,22 @@ def cls_eval(
     out.print(t)
     _write_json(res, json_out)
     _print_interval("accuracy", res.get("accuracy_interval"))
+    _print_against(res, ckpt, "accuracy", "accuracy")
     out.print(f"accuracy: {res['accuracy']:.4f}  ({_top5(res)}{res['images']} images)")  # as `cls train` gives val's
+
+
+def _print_against(res: dict[str, Any], ours: str, key: str, name: str) -> None:
+    """The ``--against`` comparison: the other run's score and the difference, with its interval
+    and whether these items tell the two apart."""
+    other = res.get("against")
+    if not other:
+        return
+    iv = other["difference_interval"]
+    verdict = ("these items do not tell the two apart (the interval holds 0)" if iv["low"] <= 0 <= iv["high"]
+               else f"{ours if iv['low'] > 0 else other['run']} is better on these items")
+    out.print(f"against {other['run']}: {name} {other[key]:.4f}; difference {other['difference']:+.4f}, "
+              f"{iv['level']:.0%} interval {iv['low']:+.4f} to {iv['high']:+.4f} ({iv['method']}): {verdict}",
+              markup=False)
 
 
 def _print_interval(what: str, interval: dict[str, Any] | None) -> None:
@@ -391,7 +410,7 @@ def seg_train(
         _print_seg(result["val"])
 
 
-def _print_seg(res: dict) -> None:
+def _print_seg(res: dict, run: str = "") -> None:
     if res.get("metric"):
         out.print(res["metric"], markup=False)
     t = Table("class", "IoU", title="per-class IoU")
@@ -403,6 +422,7 @@ def _print_seg(res: dict) -> None:
         out.print(f"scored on the {res['files']} pairs held out of training (fraction {res['held_out']['fraction']:g}, "
                   f"split seed {res['held_out']['seed']})")
     _print_interval("mIoU", res.get("miou_interval"))
+    _print_against(res, run, "miou", "mIoU")
     out.print(f"mIoU: {res['miou']:.4f}")
     if res.get("stray_files"):
         out.print(f"{res['stray_files']} of {res['files']} ground-truth masks hold {res['stray_pixels']} pixels of no "
@@ -435,14 +455,16 @@ def seg_score(
     offsets: bool = OffsetsOpt,
     held_out: bool = typer.Option(False, "--held-out", help="IMG_DIR is the run's training folder: score only the pairs its recipe held out of training."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
+    against: Optional[str] = AgainstOpt,
 ) -> None:
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
     from vislab.pipelines.segmentation import evaluate_checkpoint
 
-    _output(json_out, ".json", inputs=_members(ckpt))
-    res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets, held_out=held_out)
+    _output(json_out, ".json", inputs=[*_members(ckpt), *(_members(against) if against else [])])
+    res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets, held_out=held_out,
+                              against=against)
     _write_json(res, json_out)
-    _print_seg(res)
+    _print_seg(res, ckpt)
 
 
 @seg_app.command("calibrate")

@@ -105,6 +105,10 @@ class SegClasses:
         """The data set's mIoU: mean over the scored classes with a non-empty union."""
         return float(torch.nanmean(self.iou(conf)))
 
+    def mious(self, confs: torch.Tensor) -> torch.Tensor:
+        """:meth:`miou` of each of a batch (N, K, K) of pooled confusion matrices."""
+        return torch.nanmean(self.iou(confs), dim=-1)
+
     # --- masks ---------------------------------------------------------------------------
 
     def read_mask(self, path: str | Path, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:

@@ -20,6 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info, quiet
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
+from vislab.pipelines.scores import accuracy_interval, compared
 from vislab.pipelines.settings import AtTrainingStart, check_positive, held_out_of, teacher_split_notes
 
 
@@ -260,7 +261,7 @@ def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
              predictions_csv: str | Path | None = None, tta: str = "none",
-             image_size: int | None = None, held_out: bool = False) -> dict[str, Any]:
+             image_size: int | None = None, held_out: bool = False, against: str | None = None) -> dict[str, Any]:
     """Accuracy, top-5 accuracy (None with 5 classes or fewer) and per-class accuracy of a
     checkpoint on a labelled folder (any layout; class names are matched to the checkpoint's).
     ``ckpt`` may list several checkpoints separated by commas: an ensemble, their class
@@ -270,12 +271,43 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     out of training are scored (to choose a TTA mode or an ensemble without the validation set).
 
     ``predictions_csv`` (optional) receives ``image_id,label,pred`` rows (class ids; with class
-    names also ``label_name,pred_name``).
+    names also ``label_name,pred_name``). ``against``: another run (or ensemble) scored on the same
+    images with the same settings; ``result["against"]`` holds its accuracy and the difference,
+    with a paired bootstrap interval.
     """
-    from vislab.models.ensemble import members
-
     check_positive(batch_size=batch_size, **({"image_size": image_size} if image_size is not None else {}))
     check_tta(tta)
+    settings = dict(labels_csv=labels_csv, batch_size=batch_size, device=device, tta=tta, image_size=image_size,
+                    held_out=held_out)
+    data, logits, meta, paths, split = _labelled_logits(ckpt, img_dir, **settings)
+    result = _accuracy_result(data, logits, meta, predictions_csv)
+    if against is not None:
+        theirs, their_logits, their_meta, _, _ = _labelled_logits(against, img_dir, **settings)
+        if (their_meta["num_classes"], their_meta.get("class_names")) != (meta["num_classes"], meta.get("class_names")):
+            raise VislabError(against, "--against: predicts other classes than the run it is compared with")
+        if list(theirs.files) != list(data.files):
+            raise VislabError(against, "--against: scores other images than the run it is compared with (another "
+                                       "held-out split); compare them on a folder neither trained on")
+        ours = (logits.argmax(1) == data.labels).double()
+        other = (their_logits.argmax(1) == data.labels).double()
+        n = len(data.labels)
+        result["against"] = compared(against, "accuracy", ours.mean().item(), other.mean().item(), ours, other,
+                                     lambda c: c / n, f"{n} images")
+    return {
+        **result,
+        **({"ensemble": paths} if len(paths) > 1 else {}),
+        **({"image_size": image_size} if image_size is not None else {}),
+        **({"held_out": {"fraction": split[0], "seed": split[1]}} if split else {}),
+    }
+
+
+def _labelled_logits(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None, batch_size: int,
+                     device: str | None, tta: str, image_size: int | None,
+                     held_out: bool) -> tuple[Any, torch.Tensor, dict[str, Any], list[str], Any]:
+    """A checkpoint's (or ensemble's) log-probabilities on a labelled folder (or the part its runs
+    held out): (the folder as read, logits, the first member's metadata, the members, the split)."""
+    from vislab.models.ensemble import members
+
     paths = members(ckpt)
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in paths]
     if image_size is not None:
@@ -289,6 +321,12 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     data, logits = _ensemble_logits(
         models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split, folder=img_dir) if split
         else _load_labelled(m, img_dir, labels_csv), batch_size=batch_size, device=device, tta=tta)
+    return data, logits, meta, paths, split
+
+
+def _accuracy_result(data: Any, logits: torch.Tensor, meta: dict[str, Any],
+                     predictions_csv: str | Path | None) -> dict[str, Any]:
+    """Accuracy (with its interval), top-5, per-class accuracy and the confusion matrix."""
     labels = data.labels
     n_cls = meta["num_classes"]
     pred = logits.argmax(1)
@@ -315,18 +353,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         "per_class": per_class,
         "class_names": names,
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
-        **({"ensemble": paths} if len(paths) > 1 else {}),
-        **({"image_size": image_size} if image_size is not None else {}),
-        **({"held_out": {"fraction": split[0], "seed": split[1]}} if split else {}),
     }
-
-
-def accuracy_interval(correct: int, n: int) -> dict[str, Any]:
-    """The 95 % Wilson interval of an accuracy over ``n`` images, as results record it."""
-    from vislab.metrics import LEVEL, wilson_interval
-
-    lo, hi = wilson_interval(correct, n)
-    return {"level": LEVEL, "low": round(lo, 6), "high": round(hi, 6), "method": f"Wilson score over {n} images"}
 
 
 def labelled_digest(data: Any) -> str:

@@ -20,6 +20,7 @@ from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
+from vislab.pipelines.scores import compared, pooled_interval
 from vislab.models.tta import averaged_probs, check_tta
 from vislab.models.ensemble import members
 
@@ -455,7 +456,7 @@ def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> d
     ious = classes.iou(conf)
     return {
         "miou": round(classes.miou(conf), 6),
-        "miou_interval": miou_interval(per_file, classes),
+        "miou_interval": pooled_interval(per_file, classes.mious),
         "metric": classes.metric_name,
         "iou": {classes.names[c]: (None if torch.isnan(v) else round(float(v), 6)) for c, v in enumerate(ious)},
         "pixel_accuracy": round(pixel_accuracy(conf), 6),
@@ -466,24 +467,34 @@ def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> d
     }
 
 
-def miou_interval(per_file: torch.Tensor, classes: SegClasses) -> dict[str, Any] | None:
-    """The 95 % percentile-bootstrap interval of the pooled mIoU, the files resampled (the pixels
-    of one image are not independent draws; the images are); None below two files."""
-    from vislab.metrics import DRAWS, LEVEL, bootstrap_interval
-
-    if per_file.shape[0] < 2:
-        return None
-    lo, hi = bootstrap_interval(per_file, lambda c: torch.nanmean(classes.iou(c), dim=-1))
-    return {"level": LEVEL, "low": round(lo, 6), "high": round(hi, 6),
-            "method": f"percentile bootstrap over {per_file.shape[0]} files, {DRAWS} resamples, seed 0"}
-
-
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
-                        device: str | None = None, offsets: bool = True, held_out: bool = False) -> dict[str, Any]:
+                        device: str | None = None, offsets: bool = True, held_out: bool = False,
+                        against: str | None = None) -> dict[str, Any]:
     """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
     checkpoint's description; ``offsets`` as in :func:`predict`. ``held_out``: ``img_dir`` is the
     runs' training folder and only the pairs their recipe held out are scored (the place to choose
-    between runs, TTAs or ensembles without touching validation; offsets were fitted there too)."""
+    between runs, TTAs or ensembles without touching validation; offsets were fitted there too).
+    ``against``: another run (or ensemble) scored on the same pairs with the same settings;
+    ``result["against"]`` holds its mIoU and the difference, with a paired bootstrap interval."""
+    settings = dict(tta=tta, batch_size=batch_size, device=device, offsets=offsets, held_out=held_out)
+    confs, desc, stems, extra = _scored_pairs(ckpt, img_dir, **settings)
+    result = _seg_metrics(confs, desc, files=len(stems), tta=tta, **extra)
+    if against is not None:
+        theirs, their_desc, their_stems, _ = _scored_pairs(against, img_dir, **settings)
+        if not their_desc.same_classes(desc):
+            raise VislabError(against, "--against: predicts other classes than the run it is compared with")
+        if their_stems != stems:
+            raise VislabError(against, "--against: scores other pairs than the run it is compared with (another "
+                                       "held-out split); compare them on pairs neither trained on")
+        result["against"] = compared(against, "miou", result["miou"], desc.miou(theirs.sum(0)), confs, theirs,
+                                     desc.mious, f"{len(stems)} files")
+    return result
+
+
+def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size: int, device: str | None,
+                  offsets: bool, held_out: bool) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
+    """A checkpoint's (or ensemble's) confusion matrix on each labelled pair (F, K, K), its
+    classes, the pairs' stems and the result's other fields (strays, offsets, members, split)."""
     from vislab.models.checkpoints import pick_device
     from vislab.pipelines.settings import held_out_of
 
@@ -511,7 +522,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
         extra["ensemble"] = paths
     if split:
         extra["held_out"] = {"fraction": split[0], "seed": split[1]}
-    return _seg_metrics(torch.stack(confs), desc, files=len(pairs), tta=tta, **extra)
+    return torch.stack(confs), desc, [p.stem for p in pairs], extra
 
 
 def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, folder: str | Path,

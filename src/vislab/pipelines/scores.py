@@ -1,0 +1,42 @@
+"""How sure a score is, as both pipelines record it: the 95 % interval of an accuracy or an
+mIoU, and the paired comparison of two runs on the same items (``--against``)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from vislab.metrics import DRAWS, LEVEL, bootstrap_interval, wilson_interval
+
+
+def interval(low: float, high: float, method: str) -> dict[str, Any]:
+    """An interval as results record it."""
+    return {"level": LEVEL, "low": round(low, 6), "high": round(high, 6), "method": method}
+
+
+def accuracy_interval(correct: int, n: int) -> dict[str, Any]:
+    """The Wilson interval of an accuracy over ``n`` images."""
+    return interval(*wilson_interval(correct, n), f"Wilson score over {n} images")
+
+
+def pooled_interval(per_file: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any] | None:
+    """The percentile-bootstrap interval of a metric of counts pooled over files (such as the
+    mIoU), the files resampled: the pixels of one image are not independent draws, the images
+    are. None below two files."""
+    n = per_file.shape[0]
+    if n < 2:
+        return None
+    return interval(*bootstrap_interval(per_file, metric), f"percentile bootstrap over {n} files, {DRAWS} resamples, seed 0")
+
+
+def compared(against: str, name: str, ours: float, theirs: float, per_item_ours: torch.Tensor,
+             per_item_theirs: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], items: str) -> dict[str, Any]:
+    """The comparison with run ``against`` scored on the same items: its score, the difference
+    (ours - theirs) and the paired-bootstrap interval of the difference (the items' counts of both
+    resampled together, so what both get right or wrong cancels)."""
+    low, high = bootstrap_interval(torch.stack([per_item_ours, per_item_theirs], 1),
+                                   lambda c: metric(c[:, 0]) - metric(c[:, 1]))
+    return {"run": str(against), name: round(theirs, 6), "difference": round(ours - theirs, 6),
+            "difference_interval": interval(low, high, f"paired percentile bootstrap over {items}, {DRAWS} "
+                                                       "resamples, seed 0")}
