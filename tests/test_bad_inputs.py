@@ -425,3 +425,86 @@ def test_images_of_more_than_8_bits_are_refused_not_clipped(tmp_path):
     for decode in (lambda: decode_fitted(path, (8, 8)), lambda: read_rgb(path)):
         with pytest.raises(VislabError, match="vislab reads 8 bits per channel"):
             decode()
+
+
+def test_broken_snapshots_and_a_missing_run_are_named_by_progress(cli, tmp_path):
+    """A snapshot cut short or emptied is named (it was an internal error), as is a missing run."""
+    from vislab.data.palette import PALETTE
+
+    run = tmp_path / "run"
+    (run / "snapshots" / "epoch_001").mkdir(parents=True)
+    labels = np.random.default_rng(0).integers(0, 6, (64, 64))
+    Image.fromarray(PALETTE.numpy()[labels]).save(run / "snapshots" / "0001_mask.png")
+    Image.fromarray(PALETTE.numpy()[labels]).save(run / "snapshots" / "epoch_001" / "0001.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(run / "snapshots" / "0001_sat.jpg")
+    assert cli("seg", "progress", run, "--out", tmp_path / "ok.png").code == 0
+    pred = run / "snapshots" / "epoch_001" / "0001.png"
+    pred.write_bytes(pred.read_bytes()[:100])
+    line = _one_line(cli("seg", "progress", run, "--out", tmp_path / "m.png"))
+    assert str(pred) in line and "not a decodable image" in line
+    (run / "snapshots" / "0001_mask.png").write_bytes(b"")
+    line = _one_line(cli("seg", "progress", run, "--out", tmp_path / "m.png", "--epochs", "1"))
+    assert str(run / "snapshots" / "0001_mask.png") in line or str(pred) in line
+    line = _one_line(cli("seg", "progress", tmp_path / "none", "--out", tmp_path / "m.png"))
+    assert line.endswith(f"{tmp_path / 'none'}: no such run folder")
+
+
+def test_summary_refuses_an_input_the_network_pools_away(cli):
+    line = _one_line(cli("summary", "resnet9_xs", "--input", "3", "4", "4"))
+    assert "--input 4: resnet9_xs pools a 4x4 input below one pixel; it takes inputs of at least 8x8" in line
+    assert cli("summary", "resnet9_xs", "--input", "3", "8", "8").code == 0
+
+
+def test_a_recipe_that_is_not_utf8_and_an_absent_accelerator_are_one_line(cli, color_classes, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: cls\nmodel: resnet9_xs\n", encoding="utf-16")
+    line = _one_line(cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "a"))
+    assert line.endswith(f"{recipe}: not UTF-8 text (save the recipe as UTF-8)")
+    line = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--accelerator", "tpu",
+                         "--out", tmp_path / "b"))
+    assert "cannot train with accelerator 'tpu'" in line and not (tmp_path / "b").exists()
+
+
+def test_a_run_goes_into_its_own_folder_only(cli, color_classes, tmp_path):
+    """Not into the data it trains on (its files would become data), nor over a folder of files
+    that are no run's (results.json, metrics.csv would be replaced or appended to)."""
+    line = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--out", color_classes / "run"))
+    assert f"lies inside the data folder {color_classes.resolve()}" in line
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text("{}")
+    line = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--out", mine))
+    assert "holds files of no vislab run (e.g. results.json)" in line and (mine / "results.json").read_text() == "{}"
+    assert not (color_classes / "run").exists()
+
+
+def test_outputs_never_replace_a_runs_validation_predictions(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("task: cls\n")
+    (run / "val_predictions.csv").write_text("image_id,label,pred\n")
+    for cmd in (("cls", "predict", tmp_path / "ckpt", tmp_path, run / "val_predictions.csv"),
+                ("cls", "tsne", tmp_path / "ckpt", tmp_path, "--out", run / "val_predictions.png")):
+        line = _one_line(cli(*cmd))
+        assert "val_predictions.csv" in line
+    assert (run / "val_predictions.csv").read_text() == "image_id,label,pred\n"
+
+
+def test_a_path_with_a_comma_that_exists_is_one_model(tmp_path):
+    from vislab.models.ensemble import members
+
+    odd = tmp_path / "x,y"
+    odd.mkdir()
+    assert members(str(odd)) == [str(odd)]
+    assert members(f"{tmp_path / 'a'},{tmp_path / 'b'}") == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_a_truncated_jpeg_header_is_called_undecodable(tmp_path):
+    """Pillow's decoding errors are OSErrors without an errno: not "cannot read file (OSError)"."""
+    from vislab.data.images import image_size
+
+    f = tmp_path / "0002_sat.jpg"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(f)
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(VislabError, match="0002_sat.jpg: not a decodable image"):
+        image_size(f)

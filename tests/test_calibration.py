@@ -69,6 +69,9 @@ def test_offsets_file_round_trip_stale_and_malformed(tmp_path, capsys):
     path.write_text("{not json")
     with pytest.raises(VislabError, match="best.offsets.json.*not a readable offsets file"):
         load_calibration(ckpt, 7)
+    save_offsets(ckpt, torch.tensor([float("nan")] + [0.0] * 6), split="holdout")  # a NaN would score 0.004
+    with pytest.raises(VislabError, match="best.offsets.json: holds offsets that are not finite numbers"):
+        load_calibration(ckpt, 7)
 
 
 def test_scale_candidates_by_hand():

@@ -314,3 +314,13 @@ def test_ids_and_names_are_shown_apart():
     names = ["0", "1", "10", "2", "cat"]
     assert [id_and_name(c, names) for c in range(5)] == ["0", "1", "2 '10'", "3 '2'", "4 cat"]
     assert id_and_name(7, None) == "7"
+
+
+def test_a_folders_own_classes_file_is_not_a_skipped_file(tmp_path, capsys):
+    from vislab.data.images import say_skipped
+
+    say_skipped(tmp_path, ["classes.yaml"])
+    assert capsys.readouterr().err == ""  # a segmentation set's description, not a stray file
+    say_skipped(tmp_path, ["classes.yaml", "notes.txt"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "skipped 1 file(s)" in err and "notes.txt" in err

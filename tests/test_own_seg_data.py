@@ -290,7 +290,14 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     other = make_index_set(tmp_path / "other", 2, classes_file=False)
     (other / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [a, b, c, d]\n")
     res = cli("seg", "score", own_run / "run", other)
-    assert res.code == 2 and "classes.yaml: describes other classes (a, b, c, d" in res.err
+    said = " ".join(res.err.split())
+    assert res.code == 2 and "classes.yaml: describes other classes than" in said
+    assert "names ['a', 'b', 'c', 'd'] against" in said
+    # the same names, read otherwise: the field that differs is named with both values
+    (other / "classes.yaml").write_text(f"mask_format: index\nignore_index: 254\nclasses: [{', '.join(NAMES)}]\n")
+    said = " ".join(cli("seg", "score", own_run / "run", other).err.split())
+    assert "describes other classes than" in said and "ignore_index 254 against 255" in said
+    (other / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [a, b, c, d]\n")
     res = cli("seg", "train", own_run / "train", "--out", own_run / "run", "--resume", "--classes", other / "classes.yaml")
     assert res.code == 2 and "cannot resume" in res.err and "a, b, c, d" in res.err
     assert f"{own_run / 'run' / 'last.ckpt'}: cannot resume" in res.err  # the checkpoint it checked is named

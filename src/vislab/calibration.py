@@ -166,6 +166,8 @@ def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float 
         raise VislabError(path, f"not a readable offsets file ({type(exc).__name__}: {exc})") from None
     if offsets.numel() != num_classes:
         raise VislabError(path, f"holds {offsets.numel()} offsets; the checkpoint has {num_classes} classes")
+    if not bool(torch.isfinite(offsets).all()):
+        raise VislabError(path, f"holds offsets that are not finite numbers ({[float(v) for v in offsets]})")
     rule = None if scale is None else broken_rule("infer_scale", scale)
     if rule:
         raise VislabError(path, f"infer_scale {scale:g} is not {rule}")

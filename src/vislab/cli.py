@@ -53,7 +53,9 @@ def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | Non
 
 def _members(spec: str) -> list[str]:
     """The checkpoints or run folders of a comma-separated ensemble argument."""
-    return [part.strip() for part in spec.split(",") if part.strip()]
+    from vislab.models.ensemble import members
+
+    return members(spec)
 
 
 
@@ -202,7 +204,12 @@ def summary_cmd(
         raise VislabError("--input", f"must be 3 H W with H, W >= 1 (RGB), got {' '.join(map(str, input))}")
     n = entry.course_classes if num_classes is None else num_classes
     size = tuple(input) if input else entry.input_size
-    out.print(architecture_table(build_model(model, num_classes=n), size), markup=False)
+    net = build_model(model, num_classes=n)
+    if input is not None:
+        from vislab.models.input_side import check_side
+
+        check_side(net, min(input[1:]), model=model, setting="--input")
+    out.print(architecture_table(net, size), markup=False)
 
 
 # --- P1 ------------------------------------------------------------------------------------

@@ -269,9 +269,11 @@ def _recipe_file(name_or_path: str) -> tuple[Path, dict[str, Any]]:
             name_or_path, f"no such recipe; shipped recipes: {', '.join(sorted(shipped))}"
         )
     try:
-        data = load_yaml(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise VislabError(path, yaml_problem(exc)) from None
+    except UnicodeDecodeError:
+        raise VislabError(path, "not UTF-8 text (save the recipe as UTF-8)") from None
     if data is None:
         raise VislabError(path, "empty recipe; a recipe sets at least task and model (`vislab recipes` lists the fields)")
     if not isinstance(data, dict):

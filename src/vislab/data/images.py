@@ -76,7 +76,9 @@ def open_image(path: Path):  # -> PIL.Image.Image
     except Image.DecompressionBombError:
         raise VislabError(path, "image has more pixels than Pillow's safety limit (Image.MAX_IMAGE_PIXELS)") from None
     except OSError as exc:
-        raise VislabError(path, f"cannot read file ({exc.strerror or exc.__class__.__name__})") from None
+        if exc.errno is None:  # Pillow's decoding errors (a truncated header) carry no errno
+            raise VislabError(path, f"not a decodable image ({exc})") from None
+        raise VislabError(path, f"cannot read file ({exc.strerror})") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -136,7 +138,9 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
 
 
 def say_skipped(folder: Path, names: list[str]) -> None:
-    """One console line when a folder holds files that are not images of a supported format."""
+    """One console line when a folder holds files that are not images of a supported format (a
+    segmentation set's own description, ``classes.yaml``, is no stray file)."""
+    names = [n for n in names if n != "classes.yaml"]
     if names:
         info(f"{folder}: skipped {len(names)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images "
              f"(e.g. {min(names)})")

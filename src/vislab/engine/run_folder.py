@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
@@ -13,9 +14,10 @@ from vislab.errors import VislabError
 from vislab.io import atomic_write_text
 
 
-def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
-    """Refuse a run folder that cannot take this run (before any data is read); return its
-    last.ckpt when resuming."""
+def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | Path | None] = ()) -> Path | None:
+    """Refuse a run folder that cannot take this run (before any data is read): for a new run, one
+    that holds checkpoints, files that are no run's, or lies inside one of the ``data_dirs`` (its
+    files would mix with the images); return its last.ckpt when resuming."""
     last = out_dir / "last.ckpt"
     if resume:
         if not last.is_file():
@@ -32,6 +34,15 @@ def check_run_folder(out_dir: Path, *, resume: bool) -> Path | None:
         raise VislabError(out_dir, "run folder already holds checkpoints; use --resume or another --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise VislabError(out_dir, "is a file, but a run folder is needed")
+    for data in (Path(d).resolve() for d in data_dirs if d is not None):
+        if data == out_dir.resolve() or data in out_dir.resolve().parents:
+            raise VislabError(out_dir, f"lies inside the data folder {data}: the run's files would mix with its "
+                                       "images; give an --out outside it")
+    if out_dir.is_dir() and not (out_dir / "recipe.yaml").is_file():  # a run that stopped early keeps its recipe
+        theirs = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+        if theirs:
+            raise VislabError(out_dir, f"holds files of no vislab run (e.g. {theirs[0]}), which the run's records "
+                                       "would replace; give a new or empty --out")
     return None
 
 
@@ -83,7 +94,10 @@ def write_changes(out_dir: Path, changes: list[str]) -> None:
 def read_changes(out_dir: Path) -> list[str]:
     """The lines of ``changes.txt`` (every piece of a resumed run), or [] when there is none."""
     path = out_dir / "changes.txt"
-    return path.read_text().splitlines() if path.is_file() else []
+    try:
+        return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    except UnicodeDecodeError:
+        raise VislabError(path, "is not UTF-8 text (vislab writes it so): it was changed by hand; restore or delete it") from None
 
 
 def add_change(out_dir: Path, line: str) -> None:

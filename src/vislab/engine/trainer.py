@@ -160,7 +160,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     callbacks += extra_callbacks or []
     try:
         return _trainer(recipe, out_dir, callbacks)
-    except (ValueError, TypeError, MisconfigurationException) as exc:  # a setting this machine cannot run
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:  # a setting this machine cannot run (tpu: no torch_xla)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VislabError(None, f"cannot train with accelerator {recipe.accelerator!r}, devices {recipe.devices!r}, "
                                 f"strategy {recipe.strategy!r} here: {first}") from None

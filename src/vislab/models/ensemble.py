@@ -17,7 +17,9 @@ from vislab.errors import VislabError
 
 def members(spec: str | Path) -> list[str]:
     """The checkpoints (or run folders, or ONNX files) of ``spec``: one path, or several joined
-    by commas (``runs/a,runs/b``)."""
+    by commas (``runs/a,runs/b``); a path that exists as written is one, commas and all."""
+    if "," in str(spec) and Path(spec).exists():
+        return [str(spec)]
     parts = [p.strip() for p in str(spec).split(",")]
     if not all(parts):
         raise VislabError(str(spec), "an empty name in the comma-separated list of models")

@@ -45,7 +45,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
-    check_run_folder(out, resume=resume)
+    check_run_folder(out, resume=resume, data_dirs=(train_dir, val_dir))
     data = load_folder(train_dir, labelled=True, labels_csv=labels_csv, image_size=recipe.image_size)
     assert data.labels is not None
     present = sorted(set(data.labels.tolist()))
@@ -202,11 +202,14 @@ def _load_labelled(meta: dict[str, Any], img_dir: str | Path, labels_csv: str | 
 
 def load_teachers(recipe: Recipe, data: Any) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
     """The networks and metadata of ``recipe.teacher``; they must know the student's classes."""
+    def named(n: int, names: Any) -> str:
+        return f"{n} classes" + (f" ({', '.join(map(str, names))})" if names else " (class ids)")
+
     models = [(lambda ld: (ld.model, ld.meta))(_load(p)) for p in recipe.teacher]
     for (_, meta), path in zip(models, recipe.teacher):
         if meta["num_classes"] != data.num_classes or meta.get("class_names") != data.class_names:
-            raise VislabError(path, f"teacher has {meta['num_classes']} classes ({meta.get('class_names')}); the "
-                                    f"training folder has {data.num_classes} ({data.class_names})")
+            raise VislabError(path, f"teacher has {named(meta['num_classes'], meta.get('class_names'))}; the training "
+                                    f"folder has {named(data.num_classes, data.class_names)}")
     return models
 
 

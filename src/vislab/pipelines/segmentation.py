@@ -48,7 +48,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.pipelines.training import TrainingJob, fit_run
 
     out = Path(out_dir)
-    check_run_folder(out, resume=resume)
+    check_run_folder(out, resume=resume, data_dirs=(train_dir, val_dir))
     if resume:  # before the tiles of another folder are decoded
         check_resumed_data(out, key="train_pairs_digest", digest=pairs_digest(list_pairs(train_dir)), folder=train_dir)
     desc = find_classes(train_dir, classes)
@@ -278,9 +278,11 @@ def check_described_alike(folder: str | Path, classes: SegClasses) -> None:
     from vislab.data.seg_classes import load_classes
 
     theirs = load_classes(found)
-    if not theirs.same_classes(classes):
-        raise VislabError(found, f"describes other classes ({', '.join(theirs.names)}; {theirs.mask_format} masks) "
-                                 f"than {classes.source} ({', '.join(classes.names)}; {classes.mask_format} masks)")
+    apart = theirs.differences(classes)
+    if apart:
+        key = apart[0]  # the first field that differs, with both values: names alike may hide the difference
+        raise VislabError(found, f"describes other classes than {classes.source}: {key} {theirs.to_dict()[key]} "
+                                 f"against {classes.to_dict()[key]}")
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",

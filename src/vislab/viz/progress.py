@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vislab.data.images import read_rgb
 from vislab.errors import VislabError
 from vislab.viz.save import save_figure
 
@@ -48,13 +49,13 @@ def pick_stages(epochs: list[int]) -> list[int]:
 def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = None) -> Path:
     """Rows: snapshot images; columns: satellite, ground truth, then predictions at ``epochs``
     (default: early, middle, final), each titled with its epoch."""
-    from PIL import Image
-
     from vislab.viz.plotting import add_class_legend, pyplot
 
     plt = pyplot()
 
     snap = run_dir / "snapshots"
+    if not run_dir.is_dir():
+        raise VislabError(run_dir, "no such run folder")
     if not snap.is_dir():
         if _run_task(run_dir) == "cls":
             raise VislabError(run_dir, "is a classification run; `seg progress` shows a segmentation run's snapshots")
@@ -78,8 +79,8 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
         for c, (path, title) in enumerate(cells):
             ax = axes[r][c]
             ax.axis("off")
-            if path.is_file():
-                ax.imshow(Image.open(path).convert("RGB"))
+            if path.is_file():  # a broken snapshot is a one-line error naming it
+                ax.imshow(read_rgb(path).permute(1, 2, 0).numpy())
             ax.set_title(title, fontsize=9)
     fig.suptitle(f"Predicted masks during training ({run_dir.name}): early, middle, final", fontsize=10)
     fig.tight_layout(rect=(0, 0.3 * rows / fig.get_figheight(), 1, 1))
