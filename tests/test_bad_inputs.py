@@ -508,3 +508,20 @@ def test_a_truncated_jpeg_header_is_called_undecodable(tmp_path):
     f.write_bytes(f.read_bytes()[:40])
     with pytest.raises(VislabError, match="0002_sat.jpg: not a decodable image"):
         image_size(f)
+
+
+def test_seg_eval_with_its_folders_swapped_is_refused(cli, tmp_path):
+    """A data folder given as the predictions (xxxx_sat.jpg beside xxxx_mask.png) would have its
+    ground truth scored as predictions: refused, naming the folder."""
+    from vislab.data.palette import PALETTE
+
+    data, pred = tmp_path / "val", tmp_path / "pred"
+    data.mkdir()
+    pred.mkdir()
+    labels = np.random.default_rng(0).integers(0, 6, (512, 512))
+    Image.fromarray(PALETTE.numpy()[labels]).save(data / "0000_mask.png")
+    Image.fromarray(np.zeros((512, 512, 3), np.uint8)).save(data / "0000_sat.jpg")
+    Image.fromarray(PALETTE.numpy()[labels]).save(pred / "0000.png")
+    assert cli("seg", "eval", pred, data).code == 0
+    line = _one_line(cli("seg", "eval", data, pred))
+    assert line.startswith(f"vislab: error: {data}: holds satellite images (e.g. 0000_sat.jpg)")

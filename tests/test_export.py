@@ -336,3 +336,17 @@ def test_onnx_runs_on_the_cpu_and_says_what_runs_in_torch(seg_run, cli, tmp_path
     assert len(list((tmp_path / "o1").glob("*_mask.png"))) == 4
     res = cli("seg", "predict", seg_run / "run", mixed, tmp_path / "o2", "--batch-size", "1")  # auto: not said
     assert res.code == 0 and "run in torch" not in res.err
+
+
+def test_a_damaged_cache_entry_is_made_again(cls_run, cli, tmp_path, monkeypatch):
+    """An export in the cache spoiled from outside (writes are atomic) is exported again, once,
+    not a warning and a torch fallback on every run."""
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path / "cache"))
+    ckpt = cls_run / "run" / "best.ckpt"
+    assert cli("cls", "predict", ckpt, cls_run / "train", tmp_path / "a.csv", "--engine", "onnx").code == 0
+    (entry,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    entry.write_bytes(entry.read_bytes()[:200])
+    res = cli("cls", "predict", ckpt, cls_run / "train", tmp_path / "b.csv", "--engine", "onnx")
+    assert res.code == 0, res.err
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert entry.stat().st_size > 200 and "warning" not in res.err

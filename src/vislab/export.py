@@ -331,8 +331,14 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
     if engine == "torch" or (engine == "auto" and not (on_cpu and onnx_available())):
         return model, meta
     try:
-        onnx_path = _cached_export(model, meta, checkpoint_file(path), network_input_shape(meta, hw))
-        return OnnxNet(onnx_path, fallback=model, announce=engine == "onnx"), meta
+        shape = network_input_shape(meta, hw)
+        onnx_path = _cached_export(model, meta, checkpoint_file(path), shape)
+        try:
+            return OnnxNet(onnx_path, fallback=model, announce=engine == "onnx"), meta
+        except Exception:  # noqa: BLE001 - a cache entry damaged from outside: made again, once
+            onnx_path.unlink(missing_ok=True)
+            return OnnxNet(_cached_export(model, meta, checkpoint_file(path), shape), fallback=model,
+                           announce=engine == "onnx"), meta
     except Exception as exc:  # noqa: BLE001 - auto falls back to the engine that always works
         if engine == "onnx":
             raise

@@ -404,8 +404,9 @@ def _pred_files(pred_dir: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for f in list_images(pred_dir, what="predicted masks"):
         stem = f.stem[: -len(MASK)] if f.stem.endswith(MASK) else f.stem
-        if stem.endswith(SAT):
-            continue
+        if stem.endswith(SAT):  # its masks would be scored as predictions: the arguments are likely swapped
+            raise VislabError(pred_dir, f"holds satellite images (e.g. {f.name}), so it is a data folder, not "
+                                        "predictions: `seg eval` takes PRED_DIR first, then the ground truth")
         if stem in found:
             raise VislabError(f, f"two predictions for {stem} ({found[stem].name} and {f.name})")
         found[stem] = f
