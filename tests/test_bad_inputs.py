@@ -462,7 +462,7 @@ def test_a_recipe_that_is_not_utf8_and_an_absent_accelerator_are_one_line(cli, c
     assert line.endswith(f"{recipe}: not UTF-8 text (save the recipe as UTF-8)")
     line = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--accelerator", "tpu",
                          "--out", tmp_path / "b"))
-    assert "cannot train with accelerator 'tpu'" in line and not (tmp_path / "b").exists()
+    assert "a package it needs is missing" in line and "accelerator 'tpu'" in line and not (tmp_path / "b").exists()
 
 
 def test_a_run_goes_into_its_own_folder_only(cli, color_classes, tmp_path):
@@ -474,7 +474,12 @@ def test_a_run_goes_into_its_own_folder_only(cli, color_classes, tmp_path):
     mine.mkdir()
     (mine / "results.json").write_text("{}")
     line = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--out", mine))
-    assert "holds files of no vislab run (e.g. results.json)" in line and (mine / "results.json").read_text() == "{}"
+    assert "holds results.json but no recipe.yaml" in line and (mine / "results.json").read_text() == "{}"
+    logged = tmp_path / "logged"  # a folder made for the run, its log already there (`| tee logged/train.log`)
+    logged.mkdir()
+    (logged / "train.log").write_text("started\n")
+    assert cli("cls", "train", color_classes, "--model", "resnet9_xs", "--epochs", "1", "--out", logged).code == 0
+    assert (logged / "train.log").read_text() == "started\n" and (logged / "recipe.yaml").is_file()
     assert not (color_classes / "run").exists()
 
 

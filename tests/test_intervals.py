@@ -90,3 +90,13 @@ def test_seg_eval_of_one_file_has_no_interval(cli, tmp_path):
     res = cli("seg", "eval", tmp_path / "pred", tmp_path / "gt", "--json", tmp_path / "m.json")
     assert res.code == 0, res.err
     assert json.loads((tmp_path / "m.json").read_text())["miou_interval"] is None and "interval" not in res.out
+
+
+def test_a_comparison_of_one_item_has_no_interval():
+    from vislab.pipelines.scores import compared
+
+    one = torch.tensor([1.0])
+    got = compared("runs/b", "accuracy", 1.0, 0.0, one, torch.tensor([0.0]), lambda c: c, "1 images")
+    assert got["difference"] == 1.0 and got["difference_interval"] is None
+    nan = compared("runs/b", "miou", 0.5, 0.5, torch.ones(3), torch.ones(3), lambda c: c * math.nan, "3 files")
+    assert nan["difference_interval"] is None  # undefined in every resample: no interval, no verdict

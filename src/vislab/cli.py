@@ -307,10 +307,13 @@ def _print_against(res: dict[str, Any], ours: str, key: str, name: str) -> None:
     if not other:
         return
     iv = other["difference_interval"]
+    line = f"against {other['run']}: {name} {other[key]:.4f}; difference {other['difference']:+.4f}"
+    if iv is None:  # one item, or a metric undefined in every resample
+        out.print(f"{line} (no interval: too few items to resample)", markup=False)
+        return
     verdict = ("these items do not tell the two apart (the interval holds 0)" if iv["low"] <= 0 <= iv["high"]
                else f"{ours if iv['low'] > 0 else other['run']} is better on these items")
-    out.print(f"against {other['run']}: {name} {other[key]:.4f}; difference {other['difference']:+.4f}, "
-              f"{iv['level']:.0%} interval {iv['low']:+.4f} to {iv['high']:+.4f} ({iv['method']}): {verdict}",
+    out.print(f"{line}, {iv['level']:.0%} interval {iv['low']:+.4f} to {iv['high']:+.4f} ({iv['method']}): {verdict}",
               markup=False)
 
 

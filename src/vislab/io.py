@@ -128,9 +128,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write ``text`` to ``path`` atomically."""
+    """Write ``text`` to ``path`` atomically, as UTF-8 (what vislab reads back, whatever the locale)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:

@@ -96,7 +96,7 @@ def bootstrap_interval(per_file: torch.Tensor, metric: Callable[[torch.Tensor], 
     gen = torch.Generator().manual_seed(seed)
     flat = per_file.reshape(n, -1).double()
     values = []
-    for start in range(0, draws, 250):  # (250, F) weights at a time: memory stays small for many files
+    for start in range(0, draws, 250):  # (250, F) weights at a time: (F, ...) counts are the big part
         d = min(250, draws - start)
         picks = torch.randint(n, (d, n), generator=gen)
         weights = torch.zeros(d, n, dtype=torch.float64).scatter_add_(1, picks, torch.ones(d, n, dtype=torch.float64))

@@ -139,8 +139,8 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
 
 def say_skipped(folder: Path, names: list[str]) -> None:
     """One console line when a folder holds files that are not images of a supported format (a
-    segmentation set's own description, ``classes.yaml``, is no stray file)."""
-    names = [n for n in names if n != "classes.yaml"]
+    segmentation set's own description, ``classes.yaml`` or ``.yml``, is no stray file)."""
+    names = [n for n in names if n not in ("classes.yaml", "classes.yml")]
     if names:
         info(f"{folder}: skipped {len(names)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images "
              f"(e.g. {min(names)})")

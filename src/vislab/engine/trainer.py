@@ -160,8 +160,11 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     callbacks += extra_callbacks or []
     try:
         return _trainer(recipe, out_dir, callbacks)
-    except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:  # a setting this machine cannot run (tpu: no torch_xla)
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as exc:  # a setting this machine cannot run
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ImportError):  # tpu without torch_xla, or a logger's package
+            raise VislabError(None, f"cannot build the trainer here, a package it needs is missing: {first} "
+                                    f"(accelerator {recipe.accelerator!r}, strategy {recipe.strategy!r})") from None
         raise VislabError(None, f"cannot train with accelerator {recipe.accelerator!r}, devices {recipe.devices!r}, "
                                 f"strategy {recipe.strategy!r} here: {first}") from None
 

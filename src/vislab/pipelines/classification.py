@@ -285,15 +285,17 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     data, logits, meta, paths, split = _labelled_logits(ckpt, img_dir, **settings)
     result = _accuracy_result(data, logits, meta, predictions_csv)
     if against is not None:
+        files, labels = list(data.files), data.labels
+        del data  # its decoded images: the other run decodes the folder again
         theirs, their_logits, their_meta, _, _ = _labelled_logits(against, img_dir, **settings)
         if (their_meta["num_classes"], their_meta.get("class_names")) != (meta["num_classes"], meta.get("class_names")):
             raise VislabError(against, "--against: predicts other classes than the run it is compared with")
-        if list(theirs.files) != list(data.files):
+        if list(theirs.files) != files:
             raise VislabError(against, "--against: scores other images than the run it is compared with (another "
                                        "held-out split); compare them on a folder neither trained on")
-        ours = (logits.argmax(1) == data.labels).double()
-        other = (their_logits.argmax(1) == data.labels).double()
-        n = len(data.labels)
+        ours = (logits.argmax(1) == labels).double()
+        other = (their_logits.argmax(1) == labels).double()
+        n = len(labels)
         result["against"] = compared(against, "accuracy", ours.mean().item(), other.mean().item(), ours, other,
                                      lambda c: c / n, f"{n} images")
     return {

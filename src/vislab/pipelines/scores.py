@@ -3,6 +3,7 @@ mIoU, and the paired comparison of two runs on the same items (``--against``).""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -27,16 +28,23 @@ def pooled_interval(per_file: torch.Tensor, metric: Callable[[torch.Tensor], tor
     n = per_file.shape[0]
     if n < 2:
         return None
-    return interval(*bootstrap_interval(per_file, metric), f"percentile bootstrap over {n} files, {DRAWS} resamples, seed 0")
+    low, high = bootstrap_interval(per_file, metric)
+    if not (math.isfinite(low) and math.isfinite(high)):  # the metric is undefined in every resample
+        return None
+    return interval(low, high, f"percentile bootstrap over {n} files, {DRAWS} resamples, seed 0")
 
 
 def compared(against: str, name: str, ours: float, theirs: float, per_item_ours: torch.Tensor,
              per_item_theirs: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], items: str) -> dict[str, Any]:
     """The comparison with run ``against`` scored on the same items: its score, the difference
     (ours - theirs) and the paired-bootstrap interval of the difference (the items' counts of both
-    resampled together, so what both get right or wrong cancels)."""
-    low, high = bootstrap_interval(torch.stack([per_item_ours, per_item_theirs], 1),
-                                   lambda c: metric(c[:, 0]) - metric(c[:, 1]))
+    resampled together, so what both get right or wrong cancels); no interval (None) for one item
+    or a metric undefined in every resample."""
+    spread = None
+    if per_item_ours.shape[0] >= 2:
+        low, high = bootstrap_interval(torch.stack([per_item_ours, per_item_theirs], 1),
+                                       lambda c: metric(c[:, 0]) - metric(c[:, 1]))
+        if math.isfinite(low) and math.isfinite(high):
+            spread = interval(low, high, f"paired percentile bootstrap over {items}, {DRAWS} resamples, seed 0")
     return {"run": str(against), name: round(theirs, 6), "difference": round(ours - theirs, 6),
-            "difference_interval": interval(low, high, f"paired percentile bootstrap over {items}, {DRAWS} "
-                                                       "resamples, seed 0")}
+            "difference_interval": spread}
