@@ -36,6 +36,12 @@ RUN_RECORDS = frozenset({"recipe.yaml", "results.json", "history.csv", "changes.
                          "hparams.yaml", "metrics.csv", "val_predictions.csv"})
 
 
+def written_by_runs(name: str) -> bool:
+    """Whether a training run writes an entry of this name into its folder: a record, a
+    checkpoint, the class offsets, its ``snapshots/`` or ``tensorboard/``."""
+    return name in RUN_RECORDS or name in ("snapshots", "tensorboard") or name.endswith((".ckpt", ".offsets.json"))
+
+
 def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                      inputs: Iterable[str | Path | None] = ()) -> Path:
     """:func:`check_output_file`, and when a file is already there, refuse to replace it if it is
@@ -52,8 +58,7 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
             same = False
         if same:
             raise VislabError(dest, "is an input of this command; write the output to another file")
-    if (dest.parent / "recipe.yaml").is_file() and (
-            dest.name in RUN_RECORDS or dest.suffix == ".ckpt" or dest.name.endswith(".offsets.json")):
+    if (dest.parent / "recipe.yaml").is_file() and written_by_runs(dest.name):
         raise VislabError(dest, f"is a record of the run folder {dest.parent}; write the output to another file")
     kinds = tuple(s.lower() for s in suffixes)
     if kinds and dest.suffix.lower() not in kinds:

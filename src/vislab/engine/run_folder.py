@@ -11,7 +11,7 @@ import yaml
 
 from vislab.config import Recipe
 from vislab.errors import VislabError
-from vislab.io import RUN_RECORDS, atomic_write_text
+from vislab.io import atomic_write_text, written_by_runs
 
 
 def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | Path | None] = ()) -> Path | None:
@@ -40,9 +40,7 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
                                        "images; give an --out outside it")
     if out_dir.is_dir() and not (out_dir / "recipe.yaml").is_file():  # a run that stopped early keeps its recipe
         # what the run would replace or append to; other files (a log the shell writes there) stay
-        theirs = sorted(p.name for p in out_dir.iterdir()
-                        if p.name in RUN_RECORDS or p.name in ("snapshots", "tensorboard") or p.suffix == ".ckpt"
-                        or p.name.endswith(".offsets.json"))
+        theirs = sorted(p.name for p in out_dir.iterdir() if written_by_runs(p.name))
         if theirs:
             raise VislabError(out_dir, f"holds {theirs[0]} but no recipe.yaml: no vislab run's, and the run would "
                                        "replace it; give a new or empty --out")

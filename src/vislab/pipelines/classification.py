@@ -20,7 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info, quiet
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
-from vislab.pipelines.scores import accuracy_interval, compared
+from vislab.pipelines.scores import accuracy_interval, check_comparable, compared
 from vislab.pipelines.settings import AtTrainingStart, check_positive, held_out_of, teacher_split_notes
 
 
@@ -288,11 +288,8 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
         files, labels = list(data.files), data.labels
         del data  # its decoded images: the other run decodes the folder again
         theirs, their_logits, their_meta, _, _ = _labelled_logits(against, img_dir, **settings)
-        if (their_meta["num_classes"], their_meta.get("class_names")) != (meta["num_classes"], meta.get("class_names")):
-            raise VislabError(against, "--against: predicts other classes than the run it is compared with")
-        if list(theirs.files) != files:
-            raise VislabError(against, "--against: scores other images than the run it is compared with (another "
-                                       "held-out split); compare them on a folder neither trained on")
+        check_comparable(against, same_classes=(their_meta["num_classes"], their_meta.get("class_names")) == (
+            meta["num_classes"], meta.get("class_names")), same_items=list(theirs.files) == files, items="images")
         ours = (logits.argmax(1) == labels).double()
         other = (their_logits.argmax(1) == labels).double()
         n = len(labels)

@@ -34,6 +34,18 @@ def pooled_interval(per_file: torch.Tensor, metric: Callable[[torch.Tensor], tor
     return interval(low, high, f"percentile bootstrap over {n} files, {DRAWS} resamples, seed 0")
 
 
+def check_comparable(against: str, *, same_classes: bool, same_items: bool, items: str) -> None:
+    """Refuse an ``--against`` run that predicts other classes, or scored other ``items`` (another
+    held-out split), than the run it is compared with."""
+    from vislab.errors import VislabError
+
+    if not same_classes:
+        raise VislabError(against, "--against: predicts other classes than the run it is compared with")
+    if not same_items:
+        raise VislabError(against, f"--against: scores other {items} than the run it is compared with (another "
+                                   f"held-out split); compare them on {items} neither trained on")
+
+
 def compared(against: str, name: str, ours: float, theirs: float, per_item_ours: torch.Tensor,
              per_item_theirs: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], items: str) -> dict[str, Any]:
     """The comparison with run ``against`` scored on the same items: its score, the difference

@@ -20,7 +20,7 @@ from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
-from vislab.pipelines.scores import compared, pooled_interval
+from vislab.pipelines.scores import check_comparable, compared, pooled_interval
 from vislab.models.tta import averaged_probs, check_tta
 from vislab.models.ensemble import members
 
@@ -484,11 +484,8 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     result = _seg_metrics(confs, desc, files=len(stems), tta=tta, **extra)
     if against is not None:
         theirs, their_desc, their_stems, _ = _scored_pairs(against, img_dir, **settings)
-        if not their_desc.same_classes(desc):
-            raise VislabError(against, "--against: predicts other classes than the run it is compared with")
-        if their_stems != stems:
-            raise VislabError(against, "--against: scores other pairs than the run it is compared with (another "
-                                       "held-out split); compare them on pairs neither trained on")
+        check_comparable(against, same_classes=their_desc.same_classes(desc), same_items=their_stems == stems,
+                         items="pairs")
         result["against"] = compared(against, "miou", result["miou"], desc.miou(theirs.sum(0)), confs, theirs,
                                      desc.mious, f"{len(stems)} files")
     return result
