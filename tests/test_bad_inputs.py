@@ -145,9 +145,16 @@ def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli
     for f in (ckpt, labels, onnx):
         f.write_text(f"{f.name} kept\n")
     imgs = tmp_path / "imgs"
+    gt, table = tmp_path / "val_gt.csv", tmp_path / "points.csv"
+    gt.write_text("filename,label\n0_450.png,0\n")  # the course's ground truth: a predictions CSV must not replace it
+    table.write_bytes(b"\xff\xfeimage_id,label\n")  # not UTF-8: shown escaped
     record = f"is a record of the run folder {run}; write the output to another file"
     an_input = "is an input of this command; write the output to another file"
+    other = "exists and is not an earlier output of this command (its first line is"
     cases = [
+        (("cls", "predict", run, imgs, gt), gt, f"{other} 'filename,label', not 'image_id,label'); refusing to replace"),
+        (("cls", "tsne", run, imgs, "--out", tmp_path / "points.pdf"), table,
+         f"{other} '\\xff\\xfeimage_id,label', not 'image_id,label,x,y')"),
         (("cls", "predict", run, imgs, run / "best.ckpt"), run / "best.ckpt", record),
         (("cls", "predict", run, imgs, run / "history.csv"), run / "history.csv", record),
         (("cls", "eval", run, imgs, "--json", run / "results.json"), run / "results.json", record),
@@ -166,10 +173,16 @@ def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli
         assert (run / name).read_text() == text
     for f in (ckpt, labels, onnx):
         assert f.read_text() == f"{f.name} kept\n"
-    # an earlier output of the same kind is replaced: a JSON in place of a JSON goes on to the work
+    assert gt.read_text() == "filename,label\n0_450.png,0\n" and table.read_bytes() == b"\xff\xfeimage_id,label\n"
+    # an earlier output of the same kind is replaced: a JSON in place of a JSON goes on to the work,
+    # as do an earlier predictions CSV (CRLF line ends, a byte-order mark) and an empty file
     earlier = tmp_path / "scores.json"
     earlier.write_text("{}")
     assert _one_line(cli("seg", "eval", imgs, imgs, "--json", earlier)).startswith(f"vislab: error: {imgs}")
+    for text in (b"\xef\xbb\xbfimage_id,label\r\na.png,cat\r\n", b""):
+        earlier = tmp_path / "preds.csv"
+        earlier.write_bytes(text)
+        assert _one_line(cli("cls", "predict", ckpt, imgs, earlier)).startswith(f"vislab: error: {imgs}"), text
 
 
 def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes(cli, color_classes, tmp_path):

@@ -40,15 +40,16 @@ def _write_json(res: dict[str, Any], path: Path | None) -> None:
         atomic_write_text(json.dumps(res, indent=1), path)
 
 
-def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = ()) -> None:
+def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = (),
+            header: list[str] | None = None) -> None:
     """Refuse, before any work, an output file that cannot be written there (a folder in its place,
     a file in place of its folder) or would replace what it must not: one of the command's
     ``inputs``, a run folder's record or checkpoint, an existing file whose suffix is not one of
-    ``suffixes``."""
+    ``suffixes``, a CSV whose first row is not the command's ``header``."""
     from vislab.io import check_new_output
 
     if path is not None:
-        check_new_output(path, suffixes=suffixes, inputs=inputs)
+        check_new_output(path, suffixes=suffixes, inputs=inputs, header=",".join(header) if header else None)
 
 
 def _members(spec: str) -> list[str]:
@@ -346,9 +347,9 @@ def cls_predict(
     tta: str = CLS_TTA_OPTION,
 ) -> None:
     """Predict a label for every image of a folder into a CSV."""
-    from vislab.pipelines.classification import predict
+    from vislab.pipelines.classification import PREDICT_HEADER, predict
 
-    _output(out_csv, ".csv", inputs=_members(ckpt))
+    _output(out_csv, ".csv", inputs=_members(ckpt), header=PREDICT_HEADER)
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
     out.print(f"wrote {n} predictions to {out_csv}")
 
@@ -365,12 +366,12 @@ def cls_tsne(
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """t-SNE of the second-last-layer features, one colour per class."""
-    from vislab.pipelines.classification import tsne
+    from vislab.pipelines.classification import TSNE_HEADER, tsne
 
     from vislab.viz.save import FORMATS
 
     _output(out_png, *FORMATS, inputs=[labels, ckpt])
-    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt])
+    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER)
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
 

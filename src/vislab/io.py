@@ -43,11 +43,12 @@ def written_by_runs(name: str) -> bool:
 
 
 def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
-                     inputs: Iterable[str | Path | None] = ()) -> Path:
+                     inputs: Iterable[str | Path | None] = (), header: str | None = None) -> Path:
     """:func:`check_output_file`, and when a file is already there, refuse to replace it if it is
-    one of the command's ``inputs``, a record or checkpoint of a run folder, or a file of another
-    kind than the command writes (its suffix not in ``suffixes``). A command's own earlier output
-    (same kind, not an input) is replaced as usual."""
+    one of the command's ``inputs``, a record or checkpoint of a run folder, a file of another
+    kind than the command writes (its suffix not in ``suffixes``), or, given the ``header`` line
+    the command writes, a text file whose first line is another (a labels CSV, a user's table).
+    A command's own earlier output (same kind, not an input) is replaced as usual."""
     dest = check_output_file(path)
     if not dest.is_file():
         return dest
@@ -64,7 +65,21 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     if kinds and dest.suffix.lower() not in kinds:
         raise VislabError(dest, f"exists and is not a {' or '.join(kinds)} file; refusing to replace it "
                                 "(choose another name, or delete it first)")
+    if header is not None and dest.stat().st_size:
+        first = _first_line(dest)
+        if first != header:
+            raise VislabError(dest, f"exists and is not an earlier output of this command (its first line is "
+                                    f"'{first}', not '{header}'); refusing to replace it (choose another name, "
+                                    "or delete it first)")
     return dest
+
+
+def _first_line(path: Path, limit: int = 4096) -> str:
+    """The first line of a file without its line end ('' for an empty file), read from at most
+    ``limit`` bytes; bytes that are not UTF-8 are shown escaped."""
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="backslashreplace").lstrip("\ufeff")
 
 
 @contextmanager

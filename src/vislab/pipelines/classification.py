@@ -382,6 +382,11 @@ def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = No
     return replace(data, files=[data.files[i] for i in idx.tolist()], images=data.images[idx], labels=data.labels[idx])
 
 
+# The header rows of what `predict` and `tsne` write (an existing file with another is not replaced).
+PREDICT_HEADER = ["image_id", "label"]
+TSNE_HEADER = ["image_id", "label", "x", "y"]
+
+
 def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch_size: int = 256,
             device: str | None = None, engine: str = "auto", tta: str = "none") -> int:
     """Write ``image_id,label`` rows in file order (a flat folder, or a tree with relative paths
@@ -405,7 +410,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     data, logits = _ensemble_logits(
         models, paths, lambda m: load_folder(img_dir, labelled=False, use_cache=False, size=stored_size(m)),
         batch_size=batch_size, device=device, tta=tta)
-    _write_rows(out_csv, ["image_id", "label"], ((f, class_label(meta, c)) for f, c in zip(data.files, logits.argmax(1).tolist())))
+    _write_rows(out_csv, PREDICT_HEADER, ((f, class_label(meta, c)) for f, c in zip(data.files, logits.argmax(1).tolist())))
     return len(data.files)
 
 
@@ -441,7 +446,7 @@ def tsne(ckpt: str | Path, img_dir: str | Path, *, out_png: str | Path, out_csv:
     plot_embedding(points, data.labels, out_png, class_names=loaded.meta.get("class_names"),
                    title=f"t-SNE of {loaded.meta['model']} second-last layer ({feats.shape[1]}-d), {img_dir}")
     csv_path = Path(out_csv) if out_csv else out_png.with_suffix(".csv")
-    _write_rows(csv_path, ["image_id", "label", "x", "y"],
+    _write_rows(csv_path, TSNE_HEADER,
                 ([n, class_label(loaded.meta, lab), f"{x:.5f}", f"{y:.5f}"]
                  for n, lab, (x, y) in zip(data.files, data.labels.tolist(), points.tolist())))
     return out_png
