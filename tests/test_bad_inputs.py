@@ -3,11 +3,13 @@ the problem, before any data is decoded or a run folder is written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
 import yaml
 from PIL import Image
 
@@ -341,6 +343,27 @@ def test_broken_run_records_are_named_by_report(cli, tmp_path):
     err = _one_line(cli("report", run, "--out", tmp_path / "r.html"))
     assert err.startswith(f"vislab: error: {run}: a record in this run folder is broken")
     assert not (tmp_path / "r.html").exists()
+    # the predictions the report takes its confused pairs from: the file and its line are named
+    (run / "history.csv").unlink()
+    val = {"accuracy": 0.5, "per_class": {"0": 1.0, "1": 0.0}, "confusion": [[1, 0], [1, 0]]}
+    (run / "results.json").write_text(json.dumps({"val": val, "val_dir": str(tmp_path)}))
+    preds = run / "val_predictions.csv"
+    for text, words in (("image_id,label,pred\na.png,0,0\nb.png,1,cat\n", "line 3: pred 'cat' is not a class id 0-1"),
+                        ("image_id,label,pred\na.png,2,0\n", "line 2: label '2' is not a class id 0-1"),
+                        ("image_id,label\na.png,0\n", "line 2: no pred (its columns: image_id,label,pred)")):
+        preds.write_text(text)
+        assert _one_line(cli("report", run, "--out", tmp_path / "r.html")) == f"vislab: error: {preds}: {words}"
+    preds.write_bytes(b"image_id,label,pred\n\xff\xfe,0,0\n")
+    assert _one_line(cli("report", run, "--out", tmp_path / "r.html")).startswith(
+        f"vislab: error: {preds}: not a readable CSV (UnicodeDecodeError")
+    assert not (tmp_path / "r.html").exists()
+    # whole, but one image gone from the validation folder: said, and the page is written without it
+    preds.write_text("image_id,label,pred\na.png,0,0\nb.png,1,0\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    res = cli("report", run, "--out", tmp_path / "r.html")
+    assert res.code == 0 and (tmp_path / "r.html").is_file(), res.err
+    assert f"{run}: 1 image of val_predictions.csv not found under {tmp_path} (e.g. b.png)" in " ".join(res.err.split())
+    assert "Most confused pairs" not in (tmp_path / "r.html").read_text()
 
 
 def test_a_precision_lightning_changes_is_said_and_recorded(cli, color_classes, tmp_path):

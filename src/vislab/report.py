@@ -158,16 +158,53 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
     val_dir = Path(data["results"].get("val_dir", ""))
     if not preds.is_file() or not val_dir.is_dir():
         return []
-    rows = _csv_rows(preds)
     conf = val["confusion"]
+    rows = _prediction_rows(preds, len(conf))
     names = val.get("class_names")
     cells = sorted(((conf[t][p], t, p) for t in range(len(conf)) for p in range(len(conf)) if t != p), reverse=True)
-    out = []
+    out, missing = [], set()
+
+    def first(label: int, pred: int) -> Path | None:
+        for f, lab, prd in rows:
+            if lab == label and prd == pred:
+                if (val_dir / f).is_file():
+                    return val_dir / f
+                missing.add(f)
+        return None
+
     for count, t, p in cells[:k]:
-        wrong = next((r["image_id"] for r in rows if int(r["label"]) == t and int(r["pred"]) == p), None)
-        other = next((r["image_id"] for r in rows if int(r["label"]) == p and int(r["pred"]) == p), None)
-        if wrong and other and count > 0:
-            out.append((val_dir / wrong, val_dir / other, f"true {id_and_name(t, names)}, predicted {id_and_name(p, names)} ({count}x)"))
+        wrong, other = (first(t, p), first(p, p)) if count > 0 else (None, None)
+        if wrong and other:
+            out.append((wrong, other, f"true {id_and_name(t, names)}, predicted {id_and_name(p, names)} ({count}x)"))
+    if missing:
+        from vislab.log import info
+
+        info(f"{run}: {len(missing)} image{'s' if len(missing) > 1 else ''} of {preds.name} not found under {val_dir} "
+             f"(e.g. {sorted(missing)[0]}); the confused pairs are drawn from the others")
+    return out
+
+
+def _prediction_rows(path: Path, num_classes: int) -> list[tuple[str, int, int]]:
+    """The ``(image_id, label, pred)`` rows of a run's ``val_predictions.csv``; a missing column,
+    or a label or prediction that is not a class id, is one error naming the file and the row."""
+    try:
+        rows = _csv_rows(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise VislabError(path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
+    out = []
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        missing = [c for c in ("image_id", "label", "pred") if row.get(c) is None]
+        if missing:
+            raise VislabError(path, f"line {n}: no {', '.join(missing)} (its columns: image_id,label,pred)")
+        ids = []
+        for c in ("label", "pred"):
+            try:
+                ids.append(int(row[c]))
+            except ValueError:
+                ids.append(-1)
+            if not 0 <= ids[-1] < num_classes:
+                raise VislabError(path, f"line {n}: {c} {row[c]!r} is not a class id 0-{num_classes - 1}")
+        out.append((row["image_id"], ids[0], ids[1]))
     return out
 
 
