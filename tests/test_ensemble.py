@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,10 @@ def test_cls_ensemble_refuses_other_classes(cli, cls_runs, tmp_path):
     assert res.code == 2 and "predicts other classes than" in said and "(2 classes against 3 classes)" in said
     res = cli("cls", "eval", f"{runs[0]},{runs[0]}", data)
     assert res.code == 2 and "a model is listed twice" in res.err
+    (two / "0_999.png").write_bytes(b"not a png")  # named only if the images were read before the refusal
+    res = cli("cls", "eval", runs[0], two, "--against", tmp_path / "run")
+    assert res.code == 2 and " ".join(res.err.split()) == \
+        f"vislab: error: {tmp_path / 'run'}: --against: predicts other classes than the run it is compared with"
 
 
 @pytest.fixture(scope="module")
@@ -411,8 +416,19 @@ def test_cls_eval_against_another_run_is_a_paired_comparison(cli, cls_runs, seg_
     # the two runs held out other images (seeds 1 and 2): no paired comparison there
     res = cli("cls", "eval", runs[0], data, "--held-out", "--against", runs[1])
     assert res.code == 2 and "another held-out split" in " ".join(res.err.split()) and str(runs[1]) in res.err
-    res = cli("cls", "eval", runs[0], data, "--against", seg_runs[2][0])
-    assert res.code == 2 and str(seg_runs[2][0]) in " ".join(res.err.split())
+    # a model of another task, or of other classes, is refused before any image is decoded (a
+    # broken image in the folder would be named first otherwise)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in sorted(data.iterdir()):
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "0_999.png").write_bytes(b"not a png")
+    res = cli("cls", "eval", runs[0], broken, "--against", seg_runs[2][0])
+    assert res.code == 2 and " ".join(res.err.split()) == \
+        f"vislab: error: {seg_runs[2][0]}: --against: is a seg model (smp:fpn:resnet18); expected a cls model"
+    res = cli("seg", "score", seg_runs[2][0], broken, "--against", runs[0])
+    assert res.code == 2 and " ".join(res.err.split()) == \
+        f"vislab: error: {runs[0]}: --against: is a cls model (cifar_resnet20); expected a seg model"
 
 
 def test_seg_score_against_another_run_is_a_paired_comparison(cli, seg_runs, tmp_path):
@@ -447,3 +463,17 @@ def test_seg_score_against_another_run_is_a_paired_comparison(cli, seg_runs, tmp
     said = " ".join(res.out.split())
     assert f"against {runs[1]}: mIoU {other['miou']:.4f}; difference {other['difference']:+.4f}" in said
     assert res.out.strip().endswith(f"mIoU: {got['miou']:.4f}")
+    # a copy of the second run whose description names its classes otherwise: refused before any
+    # pair is read (a mask missing from the folder would be named first otherwise)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "recipe.yaml").write_bytes((runs[1] / "recipe.yaml").read_bytes())
+    ckpt = torch.load(runs[1] / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt["vislab"]["seg_classes"]["names"] = [f"other{i}" for i in range(len(ckpt["vislab"]["seg_classes"]["names"]))]
+    torch.save(ckpt, renamed / "best.ckpt")
+    gone = tmp_path / "gone"
+    shutil.copytree(val, gone)
+    next((gone / "masks").iterdir()).unlink()
+    res = cli("seg", "score", runs[0], gone, "--against", renamed)
+    assert res.code == 2 and " ".join(res.err.split()) == \
+        f"vislab: error: {renamed}: --against: predicts other classes than the run it is compared with"

@@ -292,6 +292,15 @@ def model_file(path: str | Path, engine: str = "auto") -> Path:
     return checkpoint_file(path)
 
 
+def model_meta(path: str | Path) -> dict[str, Any]:
+    """The vislab metadata of a checkpoint, run folder or exported ``.onnx``, without loading the
+    network's weights (to check models against each other before any work)."""
+    from vislab.models.checkpoints import checkpoint_meta
+
+    file = model_file(path)
+    return OnnxNet(file).meta if file.suffix == ".onnx" else checkpoint_meta(file)
+
+
 def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tuple[int, int] | None = None,
                    device: str | None = None, calibrated: bool = True) -> tuple[Any, dict[str, Any]]:
     """The network ``predict`` runs, and the checkpoint metadata.

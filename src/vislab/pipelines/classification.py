@@ -20,7 +20,7 @@ from vislab.metrics import confusion_matrix
 from vislab.log import info, quiet
 from vislab.models import penultimate
 from vislab.models.tta import averaged_probs
-from vislab.pipelines.scores import accuracy_interval, check_comparable, compared
+from vislab.pipelines.scores import accuracy_interval, check_comparable, check_same_classes_early, compared
 from vislab.pipelines.settings import AtTrainingStart, check_positive, held_out_of, teacher_split_notes
 
 
@@ -261,6 +261,11 @@ def _ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths
     return first, (total / len(models)).clamp_min(FLOOR).log()  # finite, as the exported ensemble's
 
 
+def _classes(meta: dict[str, Any]) -> tuple[Any, Any]:
+    """What a classifier predicts: its number of classes and their names (None for ids)."""
+    return meta.get("num_classes"), meta.get("class_names")
+
+
 def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | None = None,
              batch_size: int = 256, device: str | None = None,
              predictions_csv: str | Path | None = None, tta: str = "none",
@@ -282,14 +287,16 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
     check_tta(tta)
     settings = dict(labels_csv=labels_csv, batch_size=batch_size, device=device, tta=tta, image_size=image_size,
                     held_out=held_out)
+    if against is not None:
+        check_same_classes_early(str(ckpt), against, "cls", lambda a, b: _classes(a) == _classes(b))
     data, logits, meta, paths, split = _labelled_logits(ckpt, img_dir, **settings)
     result = _accuracy_result(data, logits, meta, predictions_csv)
     if against is not None:
         files, labels = list(data.files), data.labels
         del data  # its decoded images: the other run decodes the folder again
         theirs, their_logits, their_meta, _, _ = _labelled_logits(against, img_dir, **settings)
-        check_comparable(against, same_classes=(their_meta["num_classes"], their_meta.get("class_names")) == (
-            meta["num_classes"], meta.get("class_names")), same_items=list(theirs.files) == files, items="images")
+        check_comparable(against, same_classes=_classes(their_meta) == _classes(meta),
+                         same_items=list(theirs.files) == files, items="images")
         ours = (logits.argmax(1) == labels).double()
         other = (their_logits.argmax(1) == labels).double()
         n = len(labels)

@@ -34,6 +34,23 @@ def pooled_interval(per_file: torch.Tensor, metric: Callable[[torch.Tensor], tor
     return interval(low, high, f"percentile bootstrap over {n} files, {DRAWS} resamples, seed 0")
 
 
+def check_same_classes_early(ckpt: str, against: str, task: str,
+                             same: Callable[[dict[str, Any], dict[str, Any]], bool]) -> None:
+    """Before either run predicts: refuse an ``--against`` run whose first model is not a ``task``
+    model, or predicts other classes than the first model of ``ckpt`` (``same`` compares two
+    models' metadata)."""
+    from vislab.errors import VislabError
+    from vislab.export import model_meta
+    from vislab.models.ensemble import members
+
+    ours, theirs = (model_meta(members(spec)[0]) for spec in (ckpt, against))
+    if ours.get("task") == task and theirs.get("task") != task:
+        raise VislabError(against, f"--against: is a {theirs.get('task')} model ({theirs.get('model')}); "
+                                   f"expected a {task} model")
+    if ours.get("task") == theirs.get("task") == task:  # another task's model is refused where it loads
+        check_comparable(against, same_classes=same(ours, theirs), same_items=True, items="")
+
+
 def check_comparable(against: str, *, same_classes: bool, same_items: bool, items: str) -> None:
     """Refuse an ``--against`` run that predicts other classes, or scored other ``items`` (another
     held-out split), than the run it is compared with."""

@@ -20,7 +20,7 @@ from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
 from vislab.metrics import confusion_matrix, pixel_accuracy
-from vislab.pipelines.scores import check_comparable, compared, pooled_interval
+from vislab.pipelines.scores import check_comparable, check_same_classes_early, compared, pooled_interval
 from vislab.models.tta import averaged_probs, check_tta
 from vislab.models.ensemble import members
 
@@ -480,6 +480,8 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     ``against``: another run (or ensemble) scored on the same pairs with the same settings;
     ``result["against"]`` holds its mIoU and the difference, with a paired bootstrap interval."""
     settings = dict(tta=tta, batch_size=batch_size, device=device, offsets=offsets, held_out=held_out)
+    if against is not None:
+        check_same_classes_early(str(ckpt), against, "seg", lambda a, b: classes_of(a).same_classes(classes_of(b)))
     confs, desc, stems, extra = _scored_pairs(ckpt, img_dir, **settings)
     result = _seg_metrics(confs, desc, files=len(stems), tta=tta, **extra)
     if against is not None:
