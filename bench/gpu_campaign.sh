@@ -54,6 +54,8 @@ seedrow() { local task=$1 recipe=$2 train=$3 val=$4; shift 4
   local fast=(--precision bf16-mixed)
   if [ "$smoke" = "--smoke" ]; then budget=(); fast=(); left=600; fi  # a check of the steps, not of the timing
   if [ "$left" -lt 150 ]; then echo "$recipe skipped: ${left} s left before the deadline" > "$w/$recipe.log"; return; fi
+  # a device call starts with an empty OUT_DIR; one reused here holds the row an earlier call trained
+  if [ -e "$w/$recipe" ]; then echo "$recipe not trained again: $w/$recipe is an earlier call's run" > "$w/$recipe.log"; return; fi
   timeout "$left" python3 -m vislab "$task" train "$train" --recipe "$recipe" --weights none --out "$w/$recipe" \
       --val-dir "$val" "${budget[@]}" "${fast[@]}" "$@" > "$w/$recipe.log" 2>&1
   echo "$recipe exit $?" >> "$w/$recipe.log"; }

@@ -14,6 +14,11 @@ per part (carry ``.gpu/N``):
 checks the archive's SHA-256, extracts it under DEST (data under DEST/data, wheels under
 DEST/wheels), checks each file's size against the manifest, and, once every part is in, says so and exits 0; until
 then it lists the parts still missing and exits 0 too (exit 1 on a damaged part).
+
+    python bench/gpu_pack.py slice DATA_ROOT SLICE
+
+copies a small slice of the course data (its layout kept) to rehearse a whole lease on a CPU:
+pack the slice instead of the data, then run bench/gpu_lease.sh with ``--smoke``.
 """
 
 from __future__ import annotations
@@ -157,6 +162,40 @@ def unpack(part: Path, dest: Path) -> int:
     return 0
 
 
+def make_slice(data_root: Path, dest: Path, *, per_class: int = 6, val_per_class: int = 2, train_pairs: int = 16,
+               val_stems: tuple[str, ...] = ("0000", "0001", "0002", "0003", "0010", "0097", "0107")) -> None:
+    """A small copy of the course data with its layout, for rehearsing a lease on a CPU: the first
+    ``per_class`` training and ``val_per_class`` validation images of each P1 class (with their
+    ``val_gt.csv`` rows), the first ``train_pairs`` P2 training pairs, and the validation pairs
+    ``val_stems`` (they must include the recipes' snapshot stems, or every seg run stops at once)."""
+    if dest.exists():
+        raise SystemExit(f"gpu_pack: {dest} exists; remove it or choose another folder")
+    p1, p2 = data_root / "p1_data", data_root / "p2_data"
+
+    def firsts(folder: Path, k: int) -> list[Path]:
+        by_class: dict[str, list[Path]] = {}
+        for f in sorted(folder.glob("*.png"), key=lambda f: int(f.stem.split("_")[1])):
+            by_class.setdefault(f.stem.split("_")[0], []).append(f)
+        return [f for files in by_class.values() for f in files[:k]]
+
+    def copy(files: list[Path], to: Path) -> None:
+        to.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copyfile(f, to / f.name)
+
+    copy(firsts(p1 / "train_50", per_class), dest / "p1_data" / "train_50")
+    val = firsts(p1 / "val_50", val_per_class)
+    copy(val, dest / "p1_data" / "val_50")
+    keep = {f.name for f in val}
+    rows = (p1 / "val_gt.csv").read_text().splitlines()
+    (dest / "p1_data" / "val_gt.csv").write_text("\n".join([rows[0], *(r for r in rows[1:] if r.split(",")[0] in keep)]) + "\n")
+    stems = sorted({f.name.split("_")[0] for f in (p2 / "train").glob("*_sat.jpg")})[:train_pairs]
+    for split, chosen in (("train", stems), ("validation", list(val_stems))):
+        copy([p2 / split / f"{s}_{k}" for s in chosen for k in ("sat.jpg", "mask.png")], dest / "p2_data" / split)
+    print(f"slice of {data_root} in {dest}: {len(keep)} val_50 and {per_class} train_50 images per class, "
+          f"{len(stems)} training and {len(val_stems)} validation pairs")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -168,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unpack")
     u.add_argument("part", type=Path)
     u.add_argument("dest", type=Path)
+    c = sub.add_parser("slice", help="a small copy of the course data, to rehearse a lease on a CPU")
+    c.add_argument("data_root", type=Path)
+    c.add_argument("dest", type=Path)
     a = ap.parse_args(argv)
+    if a.cmd == "slice":
+        make_slice(a.data_root, a.dest)
+        return 0
     if a.cmd == "pack":
         pack(a.data_root, a.dest, a.wheel, a.part_mb)
         return 0
