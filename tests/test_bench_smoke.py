@@ -82,3 +82,36 @@ def test_gpu_pack_keeps_parts_within_the_limit_and_forgets_another_packs_parts(t
     out = subprocess.run(pack + ["unpack", str(other[0]), str(dest)], check=True, capture_output=True, text=True).stdout
     assert "markers of another pack forgotten" in out and "still missing parts" in out
     assert not (dest / ".parts" / "complete").exists()
+
+
+def test_gpu_pack_slice_keeps_the_course_layout(tmp_path):
+    """The rehearsal slice: the first images of each class (by number, not by name: 10 after 9),
+    their ground-truth rows only, the first training pairs and the named validation pairs."""
+    root = tmp_path / "hw1"
+    for split, first in (("train_50", 0), ("val_50", 450)):
+        (root / "p1_data" / split).mkdir(parents=True)
+        for c in range(3):
+            for i in range(first, first + 12):
+                (root / "p1_data" / split / f"{c}_{i}.png").write_bytes(f"{c}-{i}".encode())
+    (root / "p1_data" / "val_gt.csv").write_text(
+        "filename,label\n" + "".join(f"{c}_{i}.png,{c}\n" for c in range(3) for i in range(450, 462)))
+    for split in ("train", "validation"):
+        (root / "p2_data" / split).mkdir(parents=True)
+        for i in range(120):
+            for kind in ("sat.jpg", "mask.png"):
+                (root / "p2_data" / split / f"{i:04d}_{kind}").write_bytes(f"{i}{kind}".encode())
+    dest = tmp_path / "slice"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pack.py"), "slice", str(root), str(dest)],
+                   capture_output=True, text=True, check=True)
+    names = lambda d: sorted(f.name for f in (dest / d).iterdir())  # noqa: E731
+    assert names("p1_data/train_50") == sorted(f"{c}_{i}.png" for c in range(3) for i in range(6))
+    assert names("p1_data/val_50") == sorted(f"{c}_{i}.png" for c in range(3) for i in (450, 451))
+    assert (dest / "p1_data" / "val_gt.csv").read_text() == "filename,label\n" + "".join(
+        f"{c}_{i}.png,{c}\n" for c in range(3) for i in (450, 451))
+    assert names("p2_data/train") == sorted(f"{i:04d}_{k}" for i in range(16) for k in ("sat.jpg", "mask.png"))
+    assert names("p2_data/validation") == sorted(
+        f"{s}_{k}" for s in ("0000", "0001", "0002", "0003", "0010", "0097", "0107") for k in ("sat.jpg", "mask.png"))
+    assert (dest / "p1_data" / "train_50" / "2_5.png").read_bytes() == b"2-5"
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pack.py"), "slice", str(root), str(dest)],
+                           capture_output=True, text=True)
+    assert again.returncode == 1 and f"{dest} exists" in again.stderr
