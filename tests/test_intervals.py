@@ -51,6 +51,9 @@ def test_bootstrap_interval_matches_a_loop_over_resamples():
         for row in torch.randint(23, (min(250, DRAWS - start), 23), generator=gen):
             values.append(course_miou(per_file[row].sum(0)))
     assert got == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])), abs=1e-9)
+    # a big folder's smaller chunks (here 7 resamples at a time) continue the same draws
+    assert bootstrap_interval(per_file, lambda c: torch.nanmean(iou_per_class(c), dim=-1), seed=5,
+                              cells=23 * 7) == got
 
 
 def test_bootstrap_interval_behaves_like_one():

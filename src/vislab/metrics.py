@@ -85,19 +85,23 @@ DRAWS = 2000
 
 
 def bootstrap_interval(per_file: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor], *,
-                       draws: int = DRAWS, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+                       draws: int = DRAWS, level: float = LEVEL, seed: int = 0,
+                       cells: int = 4_000_000) -> tuple[float, float]:
     """The percentile bootstrap interval of a metric of counts pooled over files: ``per_file``
     (F, ...) holds each file's counts (a confusion matrix); each resample draws F files with
     replacement and pools their counts, and ``metric`` maps a batch (D, ...) of pooled counts to
-    D values (NaN ones are dropped). Seeded: the same files give the same interval."""
+    D values (NaN ones are dropped). Seeded: the same files give the same interval. Resamples
+    are drawn in chunks of at most 250 and of at most ``cells`` (resample, file) weights (about
+    24 bytes each), so a large folder needs no more memory than its counts and 100 MB."""
     n = per_file.shape[0]
     if n < 2:
         raise ValueError(f"a bootstrap interval needs at least 2 files, got {n}")
     gen = torch.Generator().manual_seed(seed)
     flat = per_file.reshape(n, -1).double()
     values = []
-    for start in range(0, draws, 250):  # (250, F) weights at a time: (F, ...) counts are the big part
-        d = min(250, draws - start)
+    chunk = max(1, min(250, cells // n))
+    for start in range(0, draws, chunk):  # the draws continue one stream: the chunk size changes no value
+        d = min(chunk, draws - start)
         picks = torch.randint(n, (d, n), generator=gen)
         weights = torch.zeros(d, n, dtype=torch.float64).scatter_add_(1, picks, torch.ones(d, n, dtype=torch.float64))
         values.append(metric((weights @ flat).reshape(d, *per_file.shape[1:])))
