@@ -100,6 +100,9 @@ def test_classes_file_is_found_and_checked(tmp_path):
         "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[9, 9, 9]: sky}":
             "neither a class name nor ignore",
         "classes: [a": r"not valid YAML \(line 1, column 12:",
+        # one class (every other colour mapped to it): nothing to tell apart, refused before training
+        "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[0, 0, 0]: a}":
+            "1 class; segmentation needs at least 2",
     }
     for text, message in bad.items():
         f.write_text(text)

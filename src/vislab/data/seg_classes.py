@@ -314,6 +314,9 @@ def parse_classes(text: str, path: Path) -> SegClasses:
         else:
             raise VislabError(path, f"extra_colors: {list(colour)} maps to {target!r}, which is neither a class "
                                     "name nor ignore")
+    if len(names) < 2:
+        raise VislabError(path, "1 class; segmentation needs at least 2 (list the background as a class too; "
+                                "pixels of no class are ignore_index or an extra_colors ignore)")
     return SegClasses(str(path), tuple(names), tuple(filled), fmt, ignore, tuple(extra))
 
 
