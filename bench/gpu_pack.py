@@ -167,7 +167,7 @@ def make_slice(data_root: Path, dest: Path, *, per_class: int = 6, val_per_class
     """A small copy of the course data with its layout, for rehearsing a lease on a CPU: the first
     ``per_class`` training and ``val_per_class`` validation images of each P1 class (with their
     ``val_gt.csv`` rows), the first ``train_pairs`` P2 training pairs, and the validation pairs
-    ``val_stems`` (they must include the recipes' snapshot stems, or every seg run stops at once)."""
+    ``val_stems`` (the recipes' snapshot stems among them, as on the course data)."""
     if dest.exists():
         raise SystemExit(f"gpu_pack: {dest} exists; remove it or choose another folder")
     p1, p2 = data_root / "p1_data", data_root / "p2_data"

@@ -35,9 +35,9 @@ def _ids(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return ids
 
 
-def make_index_set(root, n: int, seed: int = 0, *, classes_file: bool = True):
+def make_index_set(root, n: int, seed: int = 0, *, classes_file: bool = True, stem: str = "t{:02d}"):
     """``root/images/<stem>.jpg`` + ``root/masks/<stem>.png`` (index masks, ignore 255) and
-    ``root/classes.yaml``; an image's colour tells its class."""
+    ``root/classes.yaml``; an image's colour tells its class; stems ``stem.format(i)``."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -46,8 +46,8 @@ def make_index_set(root, n: int, seed: int = 0, *, classes_file: bool = True):
         ids = _ids(rng, h, w)
         colours = np.array(COLOURS + [[90, 90, 90]] * 252, np.float64)
         img = colours[ids] * 0.7 + rng.integers(0, 70, (h, w, 3))
-        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"t{i:02d}.jpg", quality=95)
-        Image.fromarray(ids, mode="L").save(root / "masks" / f"t{i:02d}.png")
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"{stem.format(i)}.jpg", quality=95)
+        Image.fromarray(ids, mode="L").save(root / "masks" / f"{stem.format(i)}.png")
     if classes_file:
         (root / "classes.yaml").write_text(yaml.safe_dump({
             "mask_format": "index", "ignore_index": 255,
@@ -312,15 +312,22 @@ def test_course_snapshot_stems_give_way_on_own_data(tmp_path):
     from vislab.pipelines.segmentation import _snapshot_pairs
 
     pool = list_pairs(make_index_set(tmp_path / "d", 4))
-    chosen, note = _snapshot_pairs(("0010", "0097", "0107"), pool, substitute=True)
+    chosen, note = _snapshot_pairs(("0010", "0097", "0107"), pool)
     assert [p.stem for p in chosen] == ["t00", "t01", "t02"] and "saving t00, t01, t02 instead" in note
-    assert _snapshot_pairs(("t03",), pool, substitute=True) == ([pool[3]], None)
-    for substitute in (True, False):  # one stem that exists: a typo in the others is an error
-        with pytest.raises(VislabError, match=r"no image with the stem t9 .* \(the stems of --snapshot, else of "
-                                              r"the recipe: t01, t9\)"):
-            _snapshot_pairs(("t01", "t9"), pool, substitute=substitute)
+    assert "0010, 0097, 0107 are not in this data set" in note
+    assert _snapshot_pairs(("t03",), pool) == ([pool[3]], None)
+    # tiles numbered like the course's: 0010 exists by chance, the recipe's other two do not
+    numbered = list_pairs(make_index_set(tmp_path / "n", 12, stem="{:04d}"))
+    chosen, note = _snapshot_pairs(("0010", "0097", "0107"), numbered)
+    assert [p.stem for p in chosen] == ["0000", "0001", "0002"] and "0097, 0107 are not in this data set" in note
+    # stems of one's own (--snapshot, a recipe of one's own): a missing one is a typo
+    with pytest.raises(VislabError, match=r"no image with the stem t9 .* \(the stems of --snapshot, else of "
+                                          r"the recipe: t01, t9\)"):
+        _snapshot_pairs(("t01", "t9"), pool)
     with pytest.raises(VislabError, match="no image with the stem 0010"):
         _snapshot_pairs(("0010",), pool)
+    with pytest.raises(VislabError, match="no image with the stem 0107"):
+        _snapshot_pairs(("0010", "0107"), numbered)
 
 
 def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):

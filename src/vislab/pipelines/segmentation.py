@@ -63,8 +63,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     # the maps: made on the training device when training starts
     soft = AtTrainingStart(_teacher_maps, loaded, data=data, recipe=recipe) if loaded else None
     del loaded
-    snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs,
-                                       substitute=not desc.course)
+    snaps, snap_note = _snapshot_pairs(recipe.snapshot, val_pairs + data.train_pairs + data.holdout_pairs)
     weights = None  # the recipe's check allows no other class_weights
     if recipe.class_weights == "inverse-sqrt-frequency":
         if not int(data.class_counts[:desc.scored].sum()):
@@ -142,21 +141,27 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     return result
 
 
-def _snapshot_pairs(stems: tuple[str, ...], pool: list, *, substitute: bool = False) -> tuple[list, str | None]:
+COURSE_SNAPSHOT = ("0010", "0097", "0107")
+"""The shipped recipes' snapshot stems: the course's validation images of the seed report."""
+
+
+def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> tuple[list, str | None]:
     """The pairs whose masks are saved every epoch, and a note when they were chosen here.
 
-    With ``substitute`` (a data set of one's own), stems of which none exists (a course recipe's
-    0010, 0097, 0107) give way to the first pairs of ``pool`` (validation first); a stem missing
-    among others that exist is an error, as always on the course data.
+    The course's stems (:data:`COURSE_SNAPSHOT`, a shipped recipe's) give way to the first pairs
+    of ``pool`` (validation first) when any of them is missing: another data set may hold some of
+    them by chance. A missing stem of any other list (``--snapshot``, a recipe of one's own) is
+    an error: a typo.
     """
     found = {}
     for p in pool:
         found.setdefault(p.stem, p)
     missing = [s for s in stems if s not in found]
-    if missing and substitute and len(missing) == len(stems):
+    if missing and tuple(stems) == COURSE_SNAPSHOT:
         chosen = list(found.values())[: len(stems)]
-        note = (f"snapshot: none of the recipe's stems ({', '.join(stems)}) is in this data set; "
-                f"saving {', '.join(p.stem for p in chosen)} instead")
+        note = (f"snapshot: the recipe's stems {', '.join(stems)} are the course's, and {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not in this data set; saving "
+                f"{', '.join(p.stem for p in chosen)} instead (--snapshot names stems of your own)")
         return chosen, note
     if missing:
         raise VislabError(None, f"snapshot: no image with the stem {missing[0]} in the validation or training folder "
