@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from vislab.data.seg_classes import IGNORE, deepglobe, find_classes, load_classes, parse_classes
-from vislab.data.segmentation import list_pairs, pad_collate
+from vislab.data.segmentation import list_pairs, pad_collate, scan_masks
 from vislab.errors import VislabError
 
 from conftest import run_vislab
@@ -364,3 +364,36 @@ def test_normalisation_follows_the_encoder_weights(cli, tmp_path):
         meta = torch.load(tmp_path / weights / "last.ckpt", weights_only=True)["vislab"]
         assert meta["mean"] == pytest.approx(mean)
         assert why in (tmp_path / weights / "changes.txt").read_text()
+
+
+def test_a_class_no_training_mask_holds_is_said(cli, tmp_path):
+    """Binary masks saved as 0/255 with ignore_index 255: the second class is never seen in
+    training; the run says so (console and changes.txt), with the share of ignored pixels."""
+    d = tmp_path / "binary"
+    (d / "images").mkdir(parents=True)
+    (d / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[: 8 + i, :16] = 255  # the foreground, saved as 255
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "images" / f"b{i}.png")
+        Image.fromarray(mask, mode="L").save(d / "masks" / f"b{i}.png")
+    (d / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [bg, fg]\n")
+    stats = scan_masks(list_pairs(d), expected=None, classes=load_classes(d / "classes.yaml"))
+    line = stats.unseen_classes(load_classes(d / "classes.yaml"), [f"b{i}" for i in range(4)])
+    pixels = sum((8 + i) * 16 for i in range(4))
+    assert line == (f"no pixel of fg (1) in the 4 training masks: the model cannot learn it, and the mIoU scores it "
+                    f"wherever the ground truth holds some; {pixels / (4 * 32 * 32):.1%} of the training pixels are "
+                    "left out as ignore (value 255: is that a class of these masks?)")
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2,
+                                 "holdout": 0.34}))
+    res = cli("seg", "train", d, "--recipe", r, "--out", tmp_path / "run", "--limit-batches", 1, "--snapshot", "")
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    assert "setting: no pixel of fg (1) in the 4 training masks: the model cannot learn it" in said
+    assert "(value 255: is that a class of these masks?)" in (tmp_path / "run" / "changes.txt").read_text()
+    # masks with both classes: nothing to say
+    assert scan_masks(list_pairs(make_index_set(tmp_path / "both", 3)), expected=None,
+                      classes=load_classes(tmp_path / "both" / "classes.yaml")).unseen_classes(
+        load_classes(tmp_path / "both" / "classes.yaml"), ["t00", "t01", "t02"]) is None

@@ -182,6 +182,28 @@ class MaskStats:
             raise VislabError(folder, f"no pixel of its {len(self.stems)} masks is in a scored class under "
                                       f"{classes.source}'s description{hint}")
 
+    def unseen_classes(self, classes: SegClasses, stems: list[str]) -> str | None:
+        """One line naming the scored classes of which the masks of ``stems`` (the training part)
+        hold no pixel, which a model trained on them cannot learn; None when each has some. When
+        pixels were left out as ignore, their share is named (masks saved as 0/255 with
+        ``ignore_index: 255`` hide their second class that way)."""
+        keep = set(stems)
+        rows = [i for i, s in enumerate(self.stems) if s in keep]
+        counts = self.counts[rows].sum(0)
+        absent = [f"{classes.names[i]} ({i})" for i in range(classes.scored) if not int(counts[i])]
+        if not absent:
+            return None
+        line = (f"no pixel of {', '.join(absent)} in the {len(rows)} training masks: the model cannot learn "
+                f"{'it' if len(absent) == 1 else 'them'}, and the mIoU scores {'it' if len(absent) == 1 else 'them'} "
+                "wherever the ground truth holds some")
+        ignored = int(self.ignored[rows].sum()) if self.ignored is not None else 0
+        if ignored:
+            total = ignored + int(counts.sum())
+            line += f"; {ignored / total:.1%} of the training pixels are left out as ignore"
+            if classes.ignore_index is not None:
+                line += f" (value {classes.ignore_index}: is that a class of these masks?)"
+        return line
+
     def common_size(self) -> tuple[int, int] | None:
         """The most common tile size (H, W)."""
         if self.sizes is None or not len(self.sizes):

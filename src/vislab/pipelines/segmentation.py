@@ -84,6 +84,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
+    unseen = data.stats.unseen_classes(desc, [p.stem for p in data.train_pairs])
+    if unseen and not resume:  # a resume's first piece said it
+        changes.append(unseen)
     common = data.stats.common_size()
     tile = common or (512, 512)
     meta = {"seg_classes": desc.to_dict(), "stored_hw": list(common) if common else None,
