@@ -428,7 +428,8 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
     for _ in range(2):
         assert prepare_run_folder(run, recipe, resume=True, command="again", changes=["b", "c"]) == run / "last.ckpt"
         assert read_changes(run) == ["a", "b", "c"]
-    assert (run / "command.txt").read_text() == "first\n"  # the run's command stays the first piece's
+    # the run's command first, then each resumed piece's
+    assert (run / "command.txt").read_text() == "first\nagain\nagain\n"
 
 
 def test_the_budget_times_a_step_in_the_recipes_precision():
@@ -521,3 +522,41 @@ def test_a_mid_epoch_save_carries_the_epochs_time_so_far():
     resumed = BudgetKeeper(10.0)
     resumed.load_state_dict(keeper.state_dict())  # the clock reads 129 once more
     assert resumed.before == resumed.spent == 29.0
+
+
+def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_path, monkeypatch):
+    """The command repeated with --resume added, or --resume alone: the folders, labels and recipe
+    the run started with (inputs.json) are taken, said in one line; a flag repeating the saved
+    value is no change, another value still is; each piece's command is kept."""
+    import yaml
+
+    from conftest import write_color_classes
+
+    val = write_color_classes(tmp_path / "val", per_class=4)
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
+                                 "holdout": 0.2}))
+    run = tmp_path / "run"
+    first = ("cls", "train", color_classes, "--recipe", r, "--out", run, "--val-dir", val, "--epochs", 1)
+    assert cli(*first).code == 0
+    assert json.loads((run / "inputs.json").read_text()) == {
+        "train_dir": str(color_classes.resolve()), "val_dir": str(val.resolve()), "labels": None,
+        "val_labels": None, "recipe": str(r.resolve())}
+    (run / "results.json").unlink()  # as if the run had been stopped after its last checkpoint
+    monkeypatch.chdir(tmp_path)  # nowhere near the course data, which a train command with no TRAIN_DIR would take
+    res = cli("cls", "train", "--out", run, "--resume")
+    assert res.code == 0, res.err
+    assert f"--resume: TRAIN_DIR {color_classes.resolve()}, --val-dir {val.resolve()}, as the run started (from " \
+        f"{run / 'inputs.json'})" in " ".join(res.err.split())
+    assert "val_accuracy" in json.loads((run / "results.json").read_text())  # the validation folder was scored
+    res = cli(*first, "--resume")  # the same command again: the same recipe and epochs are no change
+    assert res.code == 0, res.err
+    res = cli(*first[:-1], 2, "--resume")
+    assert res.code == 2 and "drop --epochs" in res.err
+    res = cli("cls", "train", "--recipe", "cls-fast", "--out", run, "--resume")
+    assert res.code == 2 and "drop --recipe" in res.err
+    lines = (run / "command.txt").read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == f"vislab cls train --out {run} --resume"
+    (run / "inputs.json").write_text("[1, 2]")
+    res = cli("cls", "train", "--out", run, "--resume")
+    assert res.code == 2 and f"{run / 'inputs.json'}: is not the record vislab writes" in " ".join(res.err.split())

@@ -74,6 +74,18 @@ def _train_dirs(train_dir: Path | None, data: Path | None, default: str, val_dir
     return root / default, val_dir or root / default_val
 
 
+def _resumed(out_dir: Path, data: Path | None, **given: Any) -> dict[str, Any]:
+    """A ``--resume``'s inputs: what is not given again is what the run started with (TRAIN_DIR
+    only when ``--data`` does not name the course data instead); a ``--recipe`` naming the run's
+    own recipe is dropped (:func:`vislab.pipelines.training.resumed_inputs`)."""
+    from vislab.pipelines.training import resumed_inputs
+
+    if data is not None and given.get("train_dir") is None:
+        kept = {k: given.pop(k) for k in ("train_dir", "val_dir")}
+        return {**resumed_inputs(out_dir, given), **kept}
+    return resumed_inputs(out_dir, given)
+
+
 def _command_line() -> str:
     return "vislab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -248,6 +260,11 @@ def cls_train(
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
     from vislab.pipelines.classification import train
 
+    if resume:
+        got = _resumed(out_dir, data, train_dir=train_dir, val_dir=val_dir, labels=labels, val_labels=val_labels,
+                       recipe=recipe)
+        train_dir, val_dir, labels, val_labels, recipe = (got[k] for k in ("train_dir", "val_dir", "labels",
+                                                                          "val_labels", "recipe"))
     train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, "p1_data/val_50")
     if val_labels is not None and val_dir is None:
         raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
@@ -260,7 +277,8 @@ def cls_train(
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
-                   val_labels_csv=val_labels, command=_command_line(), notes=notes)
+                   val_labels_csv=val_labels, command=_command_line(), notes=notes,
+                   recipe_name=recipe or DEFAULT_RECIPE["cls"])
     if "val" in result:
         val = result["val"]
         _print_interval("val accuracy", val.get("accuracy_interval"))
@@ -407,6 +425,9 @@ def seg_train(
     """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
     from vislab.pipelines.segmentation import train
 
+    if resume:
+        got = _resumed(out_dir, data, train_dir=train_dir, val_dir=val_dir, classes=classes, recipe=recipe)
+        train_dir, val_dir, classes, recipe = (got[k] for k in ("train_dir", "val_dir", "classes", "recipe"))
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
     r, notes = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
@@ -416,7 +437,7 @@ def seg_train(
                 limit_train_batches=limit_batches, budget_minutes=budget, distill=distill,
                 teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
-                   classes=classes, notes=notes)
+                   classes=classes, notes=notes, recipe_name=recipe or DEFAULT_RECIPE["seg"])
     if "val" in result:
         _print_seg(result["val"])
 

@@ -57,9 +57,12 @@ def _read_run(run: Path) -> dict[str, Any]:
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
     except json.JSONDecodeError:
         raise VislabError(run / "results.json", "not valid JSON") from None
-    command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
+    # the command that started the run, then one line per --resume
+    commands = [c.strip() for c in (run / "command.txt").read_text(errors="replace").splitlines() if c.strip()] \
+        if (run / "command.txt").is_file() else []
     changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
-    return {"recipe": recipe, "history": history, "results": results, "command": command,
+    return {"recipe": recipe, "history": history, "results": results,
+            "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:],
             "changes": [c.strip() for c in changes if c.strip()]}
 
 
@@ -78,6 +81,7 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
         info(f"{run}: unfinished run (no results.json); its section says so")
     if data["results"].get("stopped_early"):
         notes.append(f"Stopped early: {data['results']['stopped_early']}")
+    notes += [f"Resumed with: {c}" for c in data.get("resumed", [])]
     notes += [f"Setting: {c}" for c in data["changes"]]
     later = _later_calibration(run, data["results"])
     if later:

@@ -3,6 +3,7 @@ records, ``changes.txt`` (the settings the run decided, a line each) and ``resul
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -61,13 +62,16 @@ def check_resumed_data(out_dir: Path, *, key: str, digest: str, folder: str | Pa
 
 
 def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
-                       changes: list[str] | None = None) -> Path | None:
-    """Create the run folder and write the resolved recipe (and ``changes.txt``, the settings the
-    data decided); return last.ckpt when resuming.
+                       changes: list[str] | None = None, inputs: dict[str, str | None] | None = None) -> Path | None:
+    """Create the run folder and write the resolved recipe, the command, the ``inputs`` it was
+    given (``inputs.json``: folders, labels, the recipe's name; what a ``--resume`` takes when
+    not given again) and ``changes.txt`` (the settings the data decided); return last.ckpt when
+    resuming.
 
     A resume without a checkpoint is an error (Lightning would silently start afresh).
     A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
-    A resumed piece appends to ``changes.txt`` the lines its earlier pieces did not record.
+    A resumed piece appends its command to ``command.txt``, and to ``changes.txt`` the lines its
+    earlier pieces did not record.
     """
     last = check_run_folder(out_dir, resume=resume)
     if resume:
@@ -75,6 +79,10 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         new = [line for line in changes or [] if line not in recorded]
         if new:
             write_changes(out_dir, recorded + new)
+        if command:
+            said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
+                if (out_dir / "command.txt").is_file() else ""
+            atomic_write_text(said + command + "\n", out_dir / "command.txt")
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +90,30 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
+    if inputs:
+        atomic_write_text(json.dumps(inputs, indent=1) + "\n", out_dir / INPUTS)
     if changes:
         write_changes(out_dir, changes)
     return None
+
+
+INPUTS = "inputs.json"
+
+
+def read_inputs(out_dir: Path) -> dict[str, str | None]:
+    """What a run was started with (``inputs.json``; {} for a run folder of an older vislab);
+    a file that is not such a record is one error naming it."""
+    path = out_dir / INPUTS
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(v, (str, type(None))) for v in data.values()):
+        raise VislabError(path, "is not the record vislab writes (a JSON mapping of names to paths): it was changed "
+                                "by hand; restore it, or delete it and name the folders again")
+    return data
 
 
 def write_changes(out_dir: Path, changes: list[str]) -> None:

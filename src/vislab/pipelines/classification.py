@@ -26,7 +26,8 @@ from vislab.pipelines.settings import AtTrainingStart, check_positive, held_out_
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
           val_dir: str | Path | None = None, labels_csv: str | Path | None = None,
-          val_labels_csv: str | Path | None = None, command: str = "", notes: Sequence[str] = ()) -> dict[str, Any]:
+          val_labels_csv: str | Path | None = None, command: str = "", notes: Sequence[str] = (),
+          recipe_name: str | None = None) -> dict[str, Any]:
     """Train a classifier on ``train_dir`` (any layout of :mod:`vislab.data.layouts`) into the
     run folder ``out_dir``.
 
@@ -35,14 +36,15 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     is written (the teachers' soft targets are made when training starts, from teachers checked
     before); settings the data decides (normalisation, a batch larger than the data) are
     printed and recorded in the run folder (``changes.txt``, results.json), after ``notes``: the
-    settings lines of :func:`vislab.pipelines.settings.run_recipe`.
+    settings lines of :func:`vislab.pipelines.settings.run_recipe`. ``recipe_name``: the recipe
+    as the command named it, recorded with the folders in ``inputs.json`` for a later ``--resume``.
 
     Example:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
     from vislab.engine.run_folder import check_resumed_data, check_run_folder, write_results
-    from vislab.pipelines.training import TrainingJob, fit_run
+    from vislab.pipelines.training import TrainingJob, fit_run, input_record
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume, data_dirs=(train_dir, val_dir))
@@ -97,7 +99,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx), items="images",
                                make_module=make_module, make_data=lambda r: ClassificationData(data, r),
                                resume=resume, command=command, changes=changes, describe=describe,
-                               holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size)))
+                               holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size),
+                               inputs=input_record(recipe_name, train_dir=train_dir, val_dir=val_dir,
+                                                   labels=labels_csv, val_labels=val_labels_csv)))
     if done is None:
         return {}
     result, best, recipe = done

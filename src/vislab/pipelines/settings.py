@@ -46,6 +46,15 @@ RESUME_CHANGEABLE = ("devices", "num_nodes", "strategy", "accelerator", "num_wor
 learning-rate schedule follows the samples seen, so the process count may change)."""
 
 
+def _same_value(recipe: Recipe, field: str, value: Any) -> bool:
+    """Whether a flag's ``value`` leaves ``field`` of ``recipe`` as it is (the command repeated
+    with ``--resume`` added); a value the field refuses is not the same."""
+    try:
+        return recipe.with_overrides(**{field: value}) == recipe
+    except (FieldError, VislabError, TypeError, ValueError):
+        return False
+
+
 def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
                flag: Callable[[str], str] = lambda f: f) -> tuple[Recipe, list[str]]:
     """The recipe a training run executes: ``recipe`` (a shipped name or YAML file) with the given
@@ -53,7 +62,7 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     settings lines that the run folder's ``changes.txt`` must record (pass them to ``train``).
 
     A resume continues the recipe saved in the run folder and refuses any override but
-    :data:`RESUME_CHANGEABLE` (named by ``flag``). An explicit ``epochs`` switches off the
+    :data:`RESUME_CHANGEABLE` (named by ``flag``) or one that repeats the saved value. An explicit ``epochs`` switches off the
     recipe's ``budget_minutes`` (the budget would otherwise replace it); both given is an error.
     A bad value is reported under the name of what set it: the recipe file, else the flag.
     """
@@ -76,7 +85,8 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
                                                    "with; put the file back, or train afresh into another --out")
     if resume and (out_dir / "recipe.yaml").is_file():
         base = load_recipe(str(out_dir / "recipe.yaml"))
-        changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE]
+        changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE
+                   and not _same_value(base, k, v)]
         if changed:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
                                        f"{', '.join(flag(k) for k in changed)}")

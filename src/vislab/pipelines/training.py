@@ -21,7 +21,8 @@ class TrainingJob:
     ``weights`` left unread, for the probe and for a resume, whose checkpoint holds every weight); ``make_data(recipe)`` the DataModule; ``holdout_batches`` and
     ``eval_scale`` size the held-out evaluation for the budget (evaluated pixels per training
     pixel); ``describe(recipe)`` prints the data lines once the run folder is prepared.
-    ``n_train`` counts the training split's ``items`` ("images", "pairs").
+    ``n_train`` counts the training split's ``items`` ("images", "pairs"). ``inputs``: what the
+    run was given (folders, labels, the recipe's name), recorded for a later ``--resume``.
     """
 
     out: Path
@@ -38,6 +39,44 @@ class TrainingJob:
     holdout_batches: Callable[[Recipe], int] = lambda r: 0
     eval_scale: float = 1.0
     describe: Callable[[Recipe], None] = lambda r: None
+    inputs: dict[str, str | None] = field(default_factory=dict)
+
+
+INPUT_FLAGS = {"train_dir": "TRAIN_DIR", "val_dir": "--val-dir", "labels": "--labels", "val_labels": "--val-labels",
+               "classes": "--classes"}
+"""The inputs a run folder records (``inputs.json``), as the command line names them."""
+
+
+def input_record(recipe: str | None, **paths: str | Path | None) -> dict[str, str | None]:
+    """What a training run records of its inputs: each path made absolute (None: not given), and
+    the recipe as given (a shipped name, else its file's absolute path)."""
+    from vislab.config import shipped_recipes
+
+    record = {k: None if v is None else str(Path(v).resolve()) for k, v in paths.items()}
+    if recipe is not None:
+        record["recipe"] = recipe if recipe in shipped_recipes() else str(Path(recipe).resolve())
+    return record
+
+
+def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The inputs of a ``--resume``: each one not given again (None) taken from what the run
+    started with (``inputs.json``), said in one line; a ``recipe`` given again that is the one
+    the run started with is dropped (the run folder's saved copy goes on). A run folder of an
+    older vislab, without the record, leaves ``given`` as it is."""
+    from vislab.engine.run_folder import INPUTS, read_inputs
+
+    recorded = read_inputs(out)
+    result = dict(given)
+    taken = []
+    for key, value in given.items():
+        if key in INPUT_FLAGS and value is None and recorded.get(key) is not None:
+            result[key] = Path(recorded[key])
+            taken.append(f"{INPUT_FLAGS[key]} {recorded[key]}")
+    if given.get("recipe") is not None and input_record(given["recipe"]).get("recipe") == recorded.get("recipe"):
+        result["recipe"] = None
+    if taken:
+        info(f"--resume: {', '.join(taken)}, as the run started (from {out / INPUTS})")
+    return result
 
 
 def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
@@ -112,7 +151,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     # layer it lacks, weights it has none of) leaves no folder behind; a resume takes every weight
     # from its checkpoint: the recipe's weights file may have moved since
     module = job.make_module(recipe, steps_per_epoch(trainer, recipe, job.n_train), not job.resume)
-    ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes)
+    ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes,
+                                   inputs=job.inputs)
     job.describe(recipe)
     done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
     if done is None:
