@@ -409,13 +409,24 @@ def test_settings_a_run_would_ignore_or_fail_on_are_refused_up_front(cli, color_
         ((recipe(extra={"foo": 1}),), "field extra is read by nothing in vislab, so foo would be ignored"),
         ((recipe(mean=[0.5, 0.5]),), "recipe field mean must be three numbers in [0, 1]"),
         ((recipe(std=[0, 0, 0]),), "recipe field std must be three numbers in (0, 1]"),
-        ((recipe(pad=32),), "pad 32: reflect padding must be smaller than the stored images' side (32x32)"),
+        ((recipe(pad=32),), "pad 32: reflect padding must be smaller than the stored images' side (32x32, width x height)"),
         ((recipe(freeze=["features", "hidden", "fc"]),), "cover every parameter of simple_cnn; nothing would train"),
     ]
     for args, message in cases:
         res = cli("cls", "train", color_classes, "--recipe", *args, "--out", out)
         assert message in " ".join(_one_line(res).split()), (args, res.err)
         assert not out.exists(), args
+    # sizes are width x height, as in the segmentation messages: images 48 wide and 24 high
+    wide = tmp_path / "wide"
+    for c in ("a", "b"):
+        (wide / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (48, 24), (90 * i, 40, 200 if c == "a" else 0)).save(wide / c / f"{i}.png")
+    Image.new("RGB", (30, 30)).save(wide / "a" / "square.png")
+    res = cli("cls", "train", wide, "--recipe", recipe(pad=24), "--out", out)
+    said = " ".join(res.err.split())
+    assert f"{wide}: 1 of 7 images are not 48x24 (width x height)" in said
+    assert "pad 24: reflect padding must be smaller than the stored images' side (48x24, width x height)" in said
 
 
 def test_a_corrupt_last_checkpoint_is_named_before_a_resume(cli, color_classes, tmp_path):

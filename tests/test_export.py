@@ -304,7 +304,7 @@ def test_export_size_of_a_native_size_classifier_is_refused(cls_run, cli, tmp_pa
     assert run_vislab("cls", "train", cls_run / "train", "--recipe", recipe, "--out", tmp_path / "run") == 0
     res = cli("export", tmp_path / "run", tmp_path / "m.onnx", "--size", "64", "64")
     assert res.code == 2 and "--size: this classifier takes its images at the size they were stored at in " \
-                               "training (32x32)" in " ".join(res.err.split())
+                               "training (32x32, width x height)" in " ".join(res.err.split())
     assert not (tmp_path / "m.onnx").exists()
     assert cli("export", tmp_path / "run", tmp_path / "m.onnx", "--size", "32", "32", "--no-check").code == 0
     assert OnnxNet(tmp_path / "m.onnx").shape == (3, 32, 32)

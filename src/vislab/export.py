@@ -89,7 +89,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     if size is not None and task == "cls" and meta.get("stored_hw") and tuple(size) != tuple(meta["stored_hw"]):
         h, w = meta["stored_hw"]
         raise VislabError(None, f"--size: this classifier takes its images at the size they were stored at in "
-                                f"training ({h}x{w}), as `cls predict` decodes them; the export has that size")
+                                f"training ({w}x{h}, width x height), as `cls predict` decodes them; the export has that size")
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
 
 

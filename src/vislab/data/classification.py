@@ -82,7 +82,7 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache)
     other = sum(n for hw, n in sizes.items() if hw != target)
     if other:
-        info(f"{items.root}: {other} of {len(items.files)} images are not {target[0]}x{target[1]}; "
+        info(f"{items.root}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "
              "they are resized (shorter side, one factor) and centre cropped to it")
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout)

@@ -58,7 +58,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     hw = tuple(data.images.shape[-2:])
     if recipe.pad >= min(hw):
         raise VislabError(None, f"pad {recipe.pad}: reflect padding must be smaller than the stored images' side "
-                                f"({hw[0]}x{hw[1]})")
+                                f"({hw[1]}x{hw[0]}, width x height)")
     if val_dir is not None:  # fail before training, not after
         load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
                        labels_csv=val_labels_csv, size=hw)
@@ -92,7 +92,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     def describe(r: Recipe) -> None:
         names = f" ({', '.join(data.class_names[:6])}{', ...' if data.num_classes > 6 else ''})" if data.class_names else ""
-        info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[0]}x{hw[1]}), "
+        info(f"{train_dir}: {len(data.files)} images ({data.layout} layout, stored at {hw[1]}x{hw[0]}), "
              f"{data.num_classes} classes{names}; training on {len(train_idx)}, held out "
              f"{len(data.labels) - len(train_idx)} for checkpoint selection")
 
