@@ -461,17 +461,59 @@ def test_yaml_with_a_repeated_key_or_nothing_in_it_is_refused(cli, tmp_path):
         parse_classes("classes:\n  a: [1, 2, 3]\nextra_colors:\n  [0, 0, 0]: a\n  [0, 0, 0]: ignore\n", tmp_path / "classes.yaml")
 
 
-def test_images_of_more_than_8_bits_are_refused_not_clipped(tmp_path):
-    """Pillow's RGB conversion of a 16-bit grey PNG clips every value above 255 to white."""
+def test_images_of_more_than_8_bits_are_scaled_or_refused_never_clipped(tmp_path):
+    """Pillow's RGB conversion of a 16-bit grey PNG clips every value above 255 to white. A
+    classification folder reads it scaled to 8 bits (value / 257) and says so; the segmentation
+    tiles' reader (read_rgb) and a float image refuse it by name."""
     from PIL import Image
 
-    from vislab.data.images import decode_fitted, read_rgb
+    from vislab.data.images import SIXTEEN_BITS, decode_fitted, read_rgb
 
     path = tmp_path / "deep.png"
-    Image.fromarray(np.full((8, 8), 33000, dtype=np.uint16)).save(path)
-    for decode in (lambda: decode_fitted(path, (8, 8)), lambda: read_rgb(path)):
-        with pytest.raises(VislabError, match="vislab reads 8 bits per channel"):
-            decode()
+    values = np.array([[0, 257, 33000, 65535]], dtype=np.uint16).repeat(4, 0)
+    Image.fromarray(values).save(path)
+    rgb, key = decode_fitted(path, (4, 4))
+    assert key == (4, 4, SIXTEEN_BITS)
+    assert rgb[..., 0].tolist() == [[0, 1, 128, 255]] * 4 and (rgb[..., 0] == rgb[..., 2]).all()  # 33000 / 257 = 128.4
+    with pytest.raises(VislabError, match="vislab reads 8 bits per channel"):
+        read_rgb(path)
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(VislabError, match="F image of more than 8 bits"):
+        decode_fitted(tmp_path / "float.tif", (4, 4))
+
+
+def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli, tmp_path):
+    """A photo whose EXIF orientation turns it (a phone held upright) is decoded as a viewer shows
+    it, and sized so; a 16-bit grey image is read, not refused; the console counts both."""
+    from PIL import Image
+
+    from vislab.data.classification import load_folder
+
+    d = tmp_path / "photos"
+    for c in ("a", "b"):
+        (d / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 24), (200 if c == "a" else 10, 60 * i, 0)).save(d / c / f"{i}.png")
+    # stored 24 wide and 16 high, left half red, with orientation 6 (turn 90 degrees clockwise to show)
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:, :12, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(d / "a" / "phone.jpg", exif=exif.tobytes(), quality=100)
+    Image.fromarray(np.full((24, 16), 40000, dtype=np.uint16)).save(d / "b" / "scan.png")
+    data = load_folder(d, labelled=True, use_cache=False)
+    assert tuple(data.images.shape[-2:]) == (24, 16)  # every image 16 wide, 24 high as shown: none resized
+    phone = data.images[data.files.index("a/phone.jpg")]
+    # turned clockwise, the stored left half (red) is the top half as shown
+    assert phone[0, :10].float().mean() > 200 and phone[0, 14:].float().mean() < 50
+    scan = data.images[data.files.index("b/scan.png")]
+    assert (scan == round(40000 / 257)).all()
+    res = cli("cls", "train", d, "--model", "resnet9_xs", "--epochs", 1, "--limit-batches", 1, "--out", tmp_path / "run")
+    said = " ".join(res.err.split())
+    assert res.code == 0, res.err
+    assert f"{d}: 1 of 6 images turned upright by their EXIF orientation" in said
+    assert f"{d}: 1 of 6 images are 16-bit grey; read as 8 bits (value / 257)" in said
+    assert "are not 16x24" not in said
 
 
 def test_broken_snapshots_and_a_missing_run_are_named_by_progress(cli, tmp_path):

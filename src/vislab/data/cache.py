@@ -25,7 +25,7 @@ import torch
 
 from vislab.io import atomic_path
 
-DECODE_RULE = "fit-cover-centre-v1"  # part of the cache key: change it when decode_fitted changes
+DECODE_RULE = "fit-cover-centre-v2"  # part of the cache key: change it when decode_fitted changes
 CHUNK = 256  # files per unit of work
 Decoder = Callable[[Path, tuple[int, int]], "tuple[np.ndarray, tuple[int, int]]"]
 
@@ -90,8 +90,9 @@ def open_array(path: Path) -> torch.Tensor:
 def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
                    key: str | None = None, use_cache: bool = True, tag: str = "cls",
                    workers: int | None = None, channels: int = 3) -> tuple[torch.Tensor, Counter]:
-    """Every file decoded by ``decode(path, target) -> (HxWxC uint8 array, original (h, w))`` into
-    one (N, C, H, W) uint8 tensor (C = ``channels``), and the count of each original size.
+    """Every file decoded by ``decode(path, target) -> (HxWxC uint8 array, original (h, w, ...))``
+    into one (N, C, H, W) uint8 tensor (C = ``channels``), and the count of each key the decoder
+    returned (an original size, and what the decoder says it did after it).
     ``files`` may hold any items ``decode`` takes (with ``key`` given when they are not paths).
 
     With ``use_cache`` the tensor is a memory-mapped cache file (built on the first call, reused
@@ -113,7 +114,8 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
     if path.is_file() and side.is_file():
         try:
             cached = open_array(path)
-            sizes = Counter({(int(a), int(b)): int(c) for a, b, c in json.loads(side.read_text())})
+            sizes = Counter({(int(row[0]), int(row[1]), *map(str, row[2:-1])): int(row[-1])
+                             for row in json.loads(side.read_text())})
             if tuple(cached.shape) == shape and cached.dtype == torch.uint8:
                 return cached, sizes
         except (OSError, ValueError, TypeError):
@@ -124,7 +126,7 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
             sizes = _fill_file(tmp, files, target, decode, workers)
         with atomic_path(side) as tmp:
-            tmp.write_text(json.dumps([[a, b, c] for (a, b), c in sizes.items()]))
+            tmp.write_text(json.dumps([[*key, c] for key, c in sizes.items()]))
     except OSError:  # an unwritable cache only costs memory: decode into memory instead
         return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels)
     return open_array(path), sizes

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vislab.data.cache import decoded_images, most_common_size, parallel_map
-from vislab.data.images import decode_fitted, image_size
+from vislab.data.images import SIXTEEN_BITS, UPRIGHT, decode_fitted, shown_size
 from vislab.data.layouts import count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
@@ -39,10 +39,10 @@ class ImageFolderData:
 
 
 def sample_sizes(files: list[Path], k: int = 2000) -> Counter:
-    """How many images of each (h, w) an evenly spaced sample of at most ``k`` files holds
-    (headers only): enough to choose the size a folder is decoded at."""
+    """How many images of each (h, w) as shown (EXIF-upright) an evenly spaced sample of at most
+    ``k`` files holds (headers only): enough to choose the size a folder is decoded at."""
     step = max(1, len(files) // k)
-    return Counter(parallel_map(image_size, files[::step]))
+    return Counter(parallel_map(shown_size, files[::step]))
 
 
 def storage_size(common: tuple[int, int], image_size: int | None) -> tuple[int, int]:
@@ -71,7 +71,8 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
         image_size: the run's input side, for :func:`storage_size`.
 
     Images of another size are resized by one factor to cover the target and centre cropped
-    (:func:`vislab.data.images.decode_fitted`); the console says how many.
+    (:func:`vislab.data.images.decode_fitted`), photos turned upright by their EXIF orientation,
+    16-bit grey images read as 8 bits; the console says how many of each.
 
     Example:
         >>> data = load_folder("hw1_data/p1_data/val_50", labelled=True)
@@ -80,10 +81,17 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     items = find_items(folder, labelled=labelled, labels_csv=labels_csv, class_names=class_names)
     target = tuple(size) if size is not None else storage_size(most_common_size(sample_sizes(items.files)), image_size)
     images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache)
-    other = sum(n for hw, n in sizes.items() if hw != target)
+    other = sum(n for key, n in sizes.items() if tuple(key[:2]) != tuple(target))
     if other:
         info(f"{items.root}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "
              "they are resized (shorter side, one factor) and centre cropped to it")
+    upright = sum(n for key, n in sizes.items() if UPRIGHT in key[2:])
+    if upright:
+        info(f"{items.root}: {upright} of {len(items.files)} images turned upright by their EXIF orientation "
+             "(as a photo viewer shows them)")
+    deep = sum(n for key, n in sizes.items() if SIXTEEN_BITS in key[2:])
+    if deep:
+        info(f"{items.root}: {deep} of {len(items.files)} images are 16-bit grey; read as 8 bits (value / 257)")
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout)
 

@@ -89,6 +89,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return h, w
 
 
+def shown_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image as :func:`decode_fitted` shows it: an EXIF orientation that
+    turns it a quarter swaps the two (headers only)."""
+    p = Path(path)
+    with open_image(p) as im:
+        w, h = im.size
+        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return (w, h) if turned else (h, w)
+
+
 def fitted_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
     """The size an (h, w) image is resized to before its centre crop to ``target`` (H, W): scaled
     by one factor, the smallest that covers the target (the shorter side, relative to the target,
@@ -98,21 +108,34 @@ def fitted_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]
     return max(th, round(h * scale)), max(tw, round(w * scale))
 
 
-def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+UPRIGHT, SIXTEEN_BITS = "upright", "16-bit"
+"""What :func:`decode_fitted` may say it did to an image, after its (h, w)."""
+
+
+def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray, tuple]:
     """Decode ``path`` to an (H, W, 3) uint8 RGB array of size ``target``; also returns the
-    image's own (h, w).
+    image's own (h, w) as shown, followed by what was done to show it: :data:`UPRIGHT` (turned
+    by its EXIF orientation, as a photo viewer shows it) and :data:`SIXTEEN_BITS` (a 16-bit grey
+    image scaled to 8 bits, value / 257).
 
     Any mode becomes RGB (grey is repeated, a palette is looked up, alpha is dropped). An image
     of another size is resized (bilinear, antialiased when shrinking) by one factor so that it
     covers ``target``, then centre cropped: the aspect ratio is kept and the centre is what stays.
     """
     p = Path(path)
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with open_image(p) as im:
+        done: tuple[str, ...] = ()
+        if im.mode in _HIGH_BIT_MODES and im.mode != "F":
+            im.load()
+            grey = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+            im, done = Image.fromarray(grey, mode="L"), (SIXTEEN_BITS,)
         _refuse_high_bits(p, im.mode)
         try:
             im.load()
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: the camera's pixels, turned when shown
+                im, done = ImageOps.exif_transpose(im), done + (UPRIGHT,)
             rgb = im.convert("RGB") if im.mode != "RGB" else im
             h, w = rgb.height, rgb.width
             if (h, w) != tuple(target):
@@ -121,7 +144,7 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
                     rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
                 top, left = (nh - target[0]) // 2, (nw - target[1]) // 2
                 rgb = rgb.crop((left, top, left + target[1], top + target[0]))
-            return np.asarray(rgb, dtype=np.uint8), (h, w)
+            return np.asarray(rgb, dtype=np.uint8), (h, w, *done)
         except (OSError, ValueError, SyntaxError):
             raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
 
