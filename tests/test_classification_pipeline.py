@@ -145,7 +145,9 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     (run / "results.json").write_text(json.dumps({**kept, "global_step": kept["global_step"] - 1}))
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0 and "its results are measured again" in " ".join(res.err.split())
-    assert "val" not in json.loads((run / "results.json").read_text())  # no --val-dir this time
+    # no --val-dir this time: the one the run started with is taken, and said
+    assert f"--resume: --val-dir {color_classes.resolve()}, as the run started" in " ".join(res.err.split())
+    assert json.loads((run / "results.json").read_text())["val"] == recorded["val"]
     res = cli("cls", "train", color_classes, "--out", run, "--resume", "--lr", "0.5")
     assert res.code == 2 and "drop --lr" in res.err
     res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run)

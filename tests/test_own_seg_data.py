@@ -397,3 +397,41 @@ def test_a_class_no_training_mask_holds_is_said(cli, tmp_path):
     assert scan_masks(list_pairs(make_index_set(tmp_path / "both", 3)), expected=None,
                       classes=load_classes(tmp_path / "both" / "classes.yaml")).unseen_classes(
         load_classes(tmp_path / "both" / "classes.yaml"), ["t00", "t01", "t02"]) is None
+
+
+def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_path):
+    """--classes is the user's word over a folder's classes.yaml: train (both folders) and eval
+    take it, each saying which file it replaces and how the two differ; without --classes a
+    validation folder that says otherwise than the training folder is refused."""
+    train = make_index_set(tmp_path / "train", 6)
+    val = make_index_set(tmp_path / "val", 2, seed=1)
+    own = tmp_path / "renamed.yaml"
+    own.write_text(f"mask_format: index\nignore_index: 255\nclasses: [{', '.join(n.upper() for n in NAMES)}]\n")
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2,
+                                 "holdout": 0.34}))
+    res = cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "run", "--val-dir", val, "--classes", own,
+              "--limit-batches", 1, "--snapshot", "")
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    said = said.replace(" ,", ",")  # the console may wrap a long path before its comma
+    for folder in (train, val):
+        assert (f"setting: --classes {own} replaces {folder / 'classes.yaml'}, which describes other classes than "
+                f"{own}: names {NAMES} against {[n.upper() for n in NAMES]}") in said
+    assert "replaces" in (tmp_path / "run" / "changes.txt").read_text()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["val"]["classes"] == [n.upper() for n in NAMES]
+    # without --classes, a validation folder described otherwise than the training folder is refused
+    (val / "classes.yaml").write_text(own.read_text())
+    res = cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "run2", "--val-dir", val)
+    assert res.code == 2 and f"{val / 'classes.yaml'}: describes other classes than" in " ".join(res.err.split())
+    # seg eval: the masks read by --classes, the folder's own file replaced, said
+    pred = tmp_path / "pred"  # the ground truth as predictions, its ignored pixels given class 0
+    pred.mkdir()
+    for f in sorted((train / "masks").iterdir()):
+        ids = np.array(Image.open(f))
+        Image.fromarray(np.where(ids == 255, 0, ids).astype(np.uint8), mode="L").save(pred / f.name)
+    res = cli("seg", "eval", pred, train, "--classes", own)
+    assert res.code == 0, res.err
+    assert f"--classes {own} replaces {train / 'classes.yaml'}, which describes other classes" in \
+        " ".join(res.err.split()).replace(" ,", ",")
+    assert res.out.strip().endswith("mIoU: 1.0000") and NAMES[0].upper() in res.out

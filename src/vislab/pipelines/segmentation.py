@@ -54,9 +54,12 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if resume:  # before the tiles of another folder are decoded
         check_resumed_data(out, key="train_pairs_digest", digest=pairs_digest(list_pairs(train_dir)), folder=train_dir)
     desc = find_classes(train_dir, classes)
+    replaced = [line for folder in (train_dir, val_dir) if folder is not None and classes is not None
+                and (line := check_described_alike(folder, desc, explicit=True))]
     val_pairs = []
-    if val_dir is not None:
+    if val_dir is not None and classes is None:
         check_described_alike(val_dir, desc)
+    if val_dir is not None:
         val_pairs = list_pairs(val_dir)
         scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
@@ -74,7 +77,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, data.pixel_stats,
                                          "the training tiles' own per-channel statistics (no pretrained weights)")
-    changes = [*notes, *([note] if note else [])]
+    changes = [*notes, *dict.fromkeys(replaced), *([note] if note else [])]  # one line for a file both folders share
     recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
     if line and recipe.calibrate:
         recipe = recipe.with_overrides(calibrate=False)
@@ -131,7 +134,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result, best, recipe = done
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
     if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
-        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
+        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size, folder_classes=classes is None)
         cal = result["calibration"]
         at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
         line = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}"
@@ -139,7 +142,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
         result["changes"] = read_changes(out)
     if val_dir is not None:
-        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
+        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size, folder_classes=classes is None)
         result["val_miou"] = result["val"]["miou"]
         result["val_dir"] = str(val_dir)
     result["checkpoint"] = best
@@ -281,19 +284,24 @@ def classes_of(meta: dict[str, Any]) -> SegClasses:
     return SegClasses.from_dict(meta.get("seg_classes"))
 
 
-def check_described_alike(folder: str | Path, classes: SegClasses) -> None:
-    """A folder whose own classes file describes other classes than ``classes`` is an error."""
+def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: bool = False) -> str | None:
+    """A folder whose own classes file describes other classes than ``classes`` is an error;
+    with ``explicit`` (``classes`` is the ``--classes`` file the user named) it is replaced
+    instead, and the line saying so is returned (None when nothing differs)."""
     found = classes_file(folder)
     if found is None:
-        return
+        return None
     from vislab.data.seg_classes import load_classes
 
     theirs = load_classes(found)
     apart = theirs.differences(classes)
-    if apart:
-        key = apart[0]  # the first field that differs, with both values: names alike may hide the difference
-        raise VislabError(found, f"describes other classes than {classes.source}: {key} {theirs.to_dict()[key]} "
-                                 f"against {classes.to_dict()[key]}")
+    if not apart:
+        return None
+    key = apart[0]  # the first field that differs, with both values: names alike may hide the difference
+    words = f"describes other classes than {classes.source}: {key} {theirs.to_dict()[key]} against {classes.to_dict()[key]}"
+    if not explicit:
+        raise VislabError(found, words)
+    return f"--classes {classes.source} replaces {found}, which {words}"
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
@@ -436,6 +444,10 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
     prediction (no class) count as unknown and are said on the console and counted in the result.
     """
     desc = find_classes(gt_dir, classes)
+    if classes is not None:
+        line = check_described_alike(gt_dir, desc, explicit=True)
+        if line:
+            info(line)
     gt = list_masks(gt_dir)
     pred = _pred_files(Path(pred_dir))
     missing = sorted(set(gt) - set(pred))
@@ -483,14 +495,16 @@ def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> d
 
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
                         device: str | None = None, offsets: bool = True, held_out: bool = False,
-                        against: str | None = None) -> dict[str, Any]:
+                        against: str | None = None, folder_classes: bool = True) -> dict[str, Any]:
     """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
-    checkpoint's description; ``offsets`` as in :func:`predict`. ``held_out``: ``img_dir`` is the
+    checkpoint's description (a folder's own classes file that says otherwise is refused, unless
+    ``folder_classes`` is False: a run trained with ``--classes`` over it); ``offsets`` as in :func:`predict`. ``held_out``: ``img_dir`` is the
     runs' training folder and only the pairs their recipe held out are scored (the place to choose
     between runs, TTAs or ensembles without touching validation; offsets were fitted there too).
     ``against``: another run (or ensemble) scored on the same pairs with the same settings;
     ``result["against"]`` holds its mIoU and the difference, with a paired bootstrap interval."""
-    settings = dict(tta=tta, batch_size=batch_size, device=device, offsets=offsets, held_out=held_out)
+    settings = dict(tta=tta, batch_size=batch_size, device=device, offsets=offsets, held_out=held_out,
+                    folder_classes=folder_classes)
     if against is not None:
         check_same_classes_early(str(ckpt), against, "seg", lambda a, b: classes_of(a).same_classes(classes_of(b)))
     confs, desc, stems, extra = _scored_pairs(ckpt, img_dir, **settings)
@@ -505,7 +519,8 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
 
 
 def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size: int, device: str | None,
-                  offsets: bool, held_out: bool) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
+                  offsets: bool, held_out: bool, folder_classes: bool = True
+                  ) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
     """A checkpoint's (or ensemble's) confusion matrix on each labelled pair (F, K, K), its
     classes, the pairs' stems and the result's other fields (strays, offsets, members, split)."""
     from vislab.models.checkpoints import pick_device
@@ -515,7 +530,8 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
     dev = pick_device(device)
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets)) for p in paths]
     desc = _ensemble_classes(models, paths)
-    check_described_alike(img_dir, desc)
+    if folder_classes:
+        check_described_alike(img_dir, desc)
     shifts = _say_offsets(models, offsets)
     pairs = list_pairs(img_dir)
     split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
@@ -614,7 +630,7 @@ def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, class
 
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
               batch_size: int = 4, device: str | None = None, stride: int = 2,
-              scales: Sequence[float] | None = None) -> dict[str, Any]:
+              scales: Sequence[float] | None = None, folder_classes: bool = True) -> dict[str, Any]:
     """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, for
     the mIoU of its data set, and store them beside it (see :mod:`vislab.calibration`).
 
@@ -632,7 +648,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     check_output_file(offsets_file(path))  # where the result goes, before the work
     model, meta = load_network(path, task="seg")
     desc = classes_of(meta)
-    check_described_alike(pairs_dir, desc)
+    if folder_classes:  # as in evaluate_checkpoint
+        check_described_alike(pairs_dir, desc)
     pairs = list_pairs(pairs_dir)
     recipe = meta.get("recipe", {})
     if split == "holdout":
