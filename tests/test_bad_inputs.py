@@ -619,3 +619,7 @@ def test_seg_eval_with_its_folders_swapped_is_refused(cli, tmp_path):
     assert cli("seg", "eval", pred, data).code == 0
     line = _one_line(cli("seg", "eval", data, pred))
     assert line.startswith(f"vislab: error: {data}: holds satellite images (e.g. 0000_sat.jpg)")
+    # a prediction of another size than its ground truth is named, with the file it must match
+    Image.fromarray(PALETTE.numpy()[labels[:256, :128]]).save(pred / "0000.png")
+    assert _one_line(cli("seg", "eval", pred, data)) == (f"vislab: error: {pred / '0000.png'}: mask is 128x256, "
+                                                         "expected 512x512 like its ground truth 0000_mask.png")

@@ -34,13 +34,16 @@ def test_imagefolder_tree_matches_torchvision(tmp_path):
             _img(root / cls / f"img{i}.png", i)
     _img(root / "cat" / "deeper" / "x.png")  # nested folders belong to their class, as in torchvision
     _img(root / ".ipynb_checkpoints" / "junk.png")  # hidden folders are not classes
+    _img(root / "__MACOSX" / "cat" / "._img0.png")  # nor what a macOS zip leaves beside the data
+    _img(root / "zebra" / "__MACOSX" / "img9.png")  # inside a class either
     items = find_items(root, labelled=True)
     assert items.layout == "imagefolder"
-    ref = ImageFolder(str(root))  # torchvision takes the hidden folder as a class; vislab does not
-    ref_classes = [c for c in ref.classes if not c.startswith(".")]
+    skip = lambda c: c.startswith(".") or c == "__MACOSX"  # noqa: E731
+    ref = ImageFolder(str(root))  # torchvision takes those folders as classes; vislab does not
+    ref_classes = [c for c in ref.classes if not skip(c)]
     assert items.class_names == ref_classes == ["Dog", "cat", "zebra"]
     ref_pairs = sorted((Path(p).relative_to(root).as_posix(), ref.classes[t])
-                       for p, t in ref.samples if not ref.classes[t].startswith("."))
+                       for p, t in ref.samples if not skip(ref.classes[t]) and "__MACOSX" not in p)
     mine = sorted((i, items.class_names[lab]) for i, lab in zip(items.ids, items.labels))
     assert mine == ref_pairs and "cat/deeper/x.png" in items.ids
 

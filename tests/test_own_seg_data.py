@@ -143,8 +143,17 @@ def test_index_and_palette_masks_decode_and_round_trip(tmp_path):
     assert torch.equal(pal.read_mask(tmp_path / "out.png")[0], ids2)
     rgb[0, 0] = (1, 2, 3)
     Image.fromarray(rgb).save(tmp_path / "stray.png")
-    with pytest.raises(VislabError, match=r"stray.png: colour \[1, 2, 3\] is not a class colour"):
+    with pytest.raises(VislabError, match=r"stray.png: colour \[1, 2, 3\] is not a class colour .*; map it with "
+                                          "extra_colors"):
         pal.read_mask(tmp_path / "stray.png")
+    # a JPEG mask: compression blends the colours where two classes meet, so the hint is the format
+    edge = np.zeros((16, 16, 3), np.uint8)
+    edge[:, :8] = (10, 20, 30)
+    edge[:, 8:] = (0, 128, 0)
+    Image.fromarray(edge).save(tmp_path / "lossy.jpg", quality=75)
+    with pytest.raises(VislabError, match=r"lossy.jpg: colour .* is not a class colour .*; a JPEG's lossy "
+                                          "compression blends the colours at class edges: save masks as PNG"):
+        pal.read_mask(tmp_path / "lossy.jpg")
 
 
 def test_folder_pairs_and_their_errors(tmp_path):
@@ -419,6 +428,11 @@ def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_pa
         assert (f"setting: --classes {own} replaces {folder / 'classes.yaml'}, which describes other classes than "
                 f"{own}: names {NAMES} against {[n.upper() for n in NAMES]}") in said
     assert "replaces" in (tmp_path / "run" / "changes.txt").read_text()
+    assert "tiles of 4 sizes: batches pad them to the largest" in said
+    res = cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "crops", "--classes", own, "--crop-size", 96,
+              "--limit-batches", 1, "--snapshot", "")
+    assert res.code == 0 and ("tiles of 4 sizes: training takes random crops of them resized to 96x96 (every tile "
+                              "is smaller: the crops are enlarged)") in " ".join(res.err.split())
     assert json.loads((tmp_path / "run" / "results.json").read_text())["val"]["classes"] == [n.upper() for n in NAMES]
     # without --classes, a validation folder described otherwise than the training folder is refused
     (val / "classes.yaml").write_text(own.read_text())

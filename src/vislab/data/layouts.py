@@ -73,6 +73,14 @@ def course_label(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+SYSTEM_FOLDERS = frozenset({"__MACOSX"})
+"""Folders an archiver leaves beside the data (macOS zips' resource forks): skipped like hidden ones."""
+
+
+def _hidden_folder(name: str) -> bool:
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
 def _image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
@@ -84,7 +92,7 @@ def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
     with os.scandir(root) as it:
         for e in it:
             if e.is_dir():
-                if not e.name.startswith("."):
+                if not _hidden_folder(e.name):
                     dirs.append(e.name)
             elif e.is_file() and not e.name.startswith("."):
                 (files if _image_name(e.name) else skipped).append(e.name)
@@ -92,11 +100,12 @@ def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _tree(d: Path, skipped: list[str]) -> list[str]:
-    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders skipped);
+    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders, and
+    ``__MACOSX``, skipped);
     visible files of other types are added to ``skipped`` (paths relative to ``d``'s parent)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(d):
-        dirnames[:] = [x for x in dirnames if not x.startswith(".")]
+        dirnames[:] = [x for x in dirnames if not _hidden_folder(x)]
         rel = Path(dirpath).relative_to(d.parent).as_posix()
         for f in filenames:
             if not f.startswith("."):

@@ -111,7 +111,8 @@ class SegClasses:
 
     # --- masks ---------------------------------------------------------------------------
 
-    def read_mask(self, path: str | Path, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+    def read_mask(self, path: str | Path, size: tuple[int, int] | None = None,
+                  like: str = "its image") -> tuple[torch.Tensor, int]:
         """Class ids (H, W) uint8 (:data:`IGNORE` where left out) and the count of stray pixels
         (the course's red pixels, mapped to unknown; 0 otherwise). ``size``: the (H, W) it must have."""
         p = Path(path)
@@ -127,7 +128,7 @@ class SegClasses:
             else:
                 ids, stray = self._decode_palette(rgb, p), 0
         if size is not None and tuple(ids.shape) != tuple(size):
-            raise VislabError(p, f"mask is {ids.shape[1]}x{ids.shape[0]}, expected {size[1]}x{size[0]} like its image")
+            raise VislabError(p, f"mask is {ids.shape[1]}x{ids.shape[0]}, expected {size[1]}x{size[0]} like {like}")
         return ids, stray
 
     def _decode_index(self, p: Path) -> torch.Tensor:
@@ -164,8 +165,10 @@ class SegClasses:
         if not bool(found.all()):
             c = int(codes.flatten()[~found][0])
             colour = [(c >> 16) & 255, (c >> 8) & 255, c & 255]
+            hint = ("a JPEG's lossy compression blends the colours at class edges: save masks as PNG"
+                    if p.suffix.lower() in (".jpg", ".jpeg") else "map it with extra_colors")
             raise VislabError(p, f"colour {colour} is not a class colour of the classes file "
-                                 f"({int((~found).sum())} such pixels); map it with extra_colors")
+                                 f"({int((~found).sum())} such pixels); {hint}")
         return vals[pos].view(codes.shape)
 
     def _table(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,8 +117,10 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                  + ", ".join(f"{n} {w:.3g}" for n, w in zip(desc.names, weights)))
         sizes = data.stats.sizes
         if sizes is not None and len({tuple(v) for v in sizes.tolist()}) > 1:
+            small = r.crop_size and int(sizes.max()) < r.crop_size
             info(f"tiles of {len({tuple(v) for v in sizes.tolist()})} sizes: "
-                 + ("training crops them to " + str(r.crop_size) if r.crop_size
+                 + (f"training takes random crops of them resized to {r.crop_size}x{r.crop_size}"
+                    + (" (every tile is smaller: the crops are enlarged)" if small else "") if r.crop_size
                     else "batches pad them to the largest (padding is ignored by loss and metric)"))
 
     done = fit_run(TrainingJob(
@@ -461,7 +463,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
     for stem in sorted(gt):
         truth, stray = desc.read_mask(gt[stem])
         strays.append((stem, stray))
-        guess, pred_stray = desc.read_mask(pred[stem], tuple(truth.shape))
+        guess, pred_stray = desc.read_mask(pred[stem], tuple(truth.shape), like=f"its ground truth {gt[stem].name}")
         pred_strays.append((pred[stem].name, pred_stray))
         if bool((guess == IGNORE).any()):
             raise VislabError(pred[stem], f"prediction leaves {int((guess == IGNORE).sum())} pixels ignored; "
