@@ -431,8 +431,10 @@ def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_pa
     assert "tiles of 4 sizes: batches pad them to the largest" in said
     res = cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "crops", "--classes", own, "--crop-size", 96,
               "--limit-batches", 1, "--snapshot", "")
-    assert res.code == 0 and ("tiles of 4 sizes: training takes random crops of them resized to 96x96 (every tile "
-                              "is smaller: the crops are enlarged)") in " ".join(res.err.split())
+    said = " ".join(res.err.split())
+    assert res.code == 0 and "setting: crop_size 96 -> 64: no training tile is larger than 64 px" in said
+    assert "tiles of 4 sizes: training takes random crops of them resized to 64x64" in said
+    assert yaml.safe_load((tmp_path / "crops" / "recipe.yaml").read_text())["crop_size"] == 64
     assert json.loads((tmp_path / "run" / "results.json").read_text())["val"]["classes"] == [n.upper() for n in NAMES]
     # without --classes, a validation folder described otherwise than the training folder is refused
     (val / "classes.yaml").write_text(own.read_text())

@@ -99,7 +99,7 @@ def _flag(field: str) -> str:
     return _FLAG.get(field, "--" + field.replace("_", "-"))
 
 
-DEFAULT_RECIPE = {"cls": "cls-default", "seg": "seg-fcn32s-seed"}
+DEFAULT_RECIPE = {"cls": "cls-default", "seg": "seg-default"}
 
 
 def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overrides: Any):
@@ -405,7 +405,7 @@ ClassesOpt = typer.Option(None, "--classes", help="Classes file (mask_format, ig
 @seg_app.command("train")
 def seg_train(
     train_dir: Optional[Path] = typer.Argument(None, help="Folder of xxxx_sat.jpg + xxxx_mask.png, or of images/ + masks/ (default: DATA/p2_data/train)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (default seg-fcn32s-seed; with --resume: the run folder's)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default seg-default: rules, not tuning, for any data; with --resume: the run folder's)."),
     classes: Optional[Path] = ClassesOpt,
     out_dir: Path = typer.Option(Path("runs/p2"), "--out", help="Run folder."),
     val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="Pairs evaluated once at the end (default with no TRAIN_DIR: DATA/p2_data/validation)."),

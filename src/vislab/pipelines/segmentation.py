@@ -78,6 +78,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     recipe, note = resolve_normalisation(recipe, data.pixel_stats,
                                          "the training tiles' own per-channel statistics (no pretrained weights)")
     changes = [*notes, *dict.fromkeys(replaced), *([note] if note else [])]  # one line for a file both folders share
+    recipe, line = _crop_within_tiles(recipe, data.stats.sizes)
+    changes += [line] if line else []
     recipe, line = empty_holdout(recipe, len(data.holdout_pairs), f"{len(data.pairs)} pairs")
     if line and recipe.calibrate:
         recipe = recipe.with_overrides(calibrate=False)
@@ -117,10 +119,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                  + ", ".join(f"{n} {w:.3g}" for n, w in zip(desc.names, weights)))
         sizes = data.stats.sizes
         if sizes is not None and len({tuple(v) for v in sizes.tolist()}) > 1:
-            small = r.crop_size and int(sizes.max()) < r.crop_size
             info(f"tiles of {len({tuple(v) for v in sizes.tolist()})} sizes: "
-                 + (f"training takes random crops of them resized to {r.crop_size}x{r.crop_size}"
-                    + (" (every tile is smaller: the crops are enlarged)" if small else "") if r.crop_size
+                 + (f"training takes random crops of them resized to {r.crop_size}x{r.crop_size}" if r.crop_size
                     else "batches pad them to the largest (padding is ignored by loss and metric)"))
 
     done = fit_run(TrainingJob(
@@ -150,6 +150,19 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result["checkpoint"] = best
     write_results(out, result)
     return result
+
+
+def _crop_within_tiles(recipe: Recipe, sizes: torch.Tensor | None) -> tuple[Recipe, str | None]:
+    """A ``crop_size`` larger than every training tile's longer side shrinks to that side (its
+    crops would only be enlarged, at many times the cost), with the line saying so."""
+    if not recipe.crop_size or sizes is None or not len(sizes):
+        return recipe, None
+    biggest = int(sizes.max())
+    if recipe.crop_size <= biggest:
+        return recipe, None
+    line = (f"crop_size {recipe.crop_size} -> {biggest}: no training tile is larger than {biggest} px, and larger "
+            "crops would only enlarge them")
+    return recipe.with_overrides(crop_size=biggest), line
 
 
 COURSE_SNAPSHOT = ("0010", "0097", "0107")
