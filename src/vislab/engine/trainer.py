@@ -28,7 +28,8 @@ from vislab.io import atomic_write_text
 def quiet_lightning() -> None:
     """Silence Lightning's advertising and warnings that do not apply to vislab's layout."""
     for pattern in (".*exists and is not empty.*", ".*LeafSpec.*", ".*on_after_batch_transfer.*",
-                    ".*litlogger.*", ".*across ranks is zero.*", ".*does not have many workers.*", ".*smaller than the logging interval.*", ".*`isinstance\\(treespec.*"):
+                    ".*litlogger.*", ".*across ranks is zero.*", ".*does not have many workers.*", ".*smaller than the logging interval.*", ".*`isinstance\\(treespec.*",
+                    ".*AMP with fp16 is not supported on CPU.*"):  # vislab's own `setting:` line says it
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
