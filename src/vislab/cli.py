@@ -16,7 +16,8 @@ from vislab.errors import Interrupted, VislabError
 
 app = typer.Typer(help="Train, evaluate and explain small-image classifiers and land-cover segmenters.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-cls_app = typer.Typer(help="P1: 50-class small-image classification.", no_args_is_help=True)
+cls_app = typer.Typer(help="P1: image classification: the course's 50 classes of 32x32 images, or any folder of "
+                      "labelled images (class folders, <label>_<n> names, a labels CSV).", no_args_is_help=True)
 app.add_typer(cls_app, name="cls")
 seg_app = typer.Typer(help="P2: segmentation: the course's 7 land-cover classes, or any data set described by a classes.yaml.",
                       no_args_is_help=True)
@@ -202,27 +203,52 @@ def _first_sentence(text: str) -> str:
 
 @app.command("summary")
 def summary_cmd(
-    model: str = typer.Argument(..., help="Registry name, e.g. vgg16_bn or fcn32s_vgg16."),
-    num_classes: int = typer.Option(None, "--num-classes", help="Classes (default 50 for cls, 7 for seg)."),
+    model: str = typer.Argument(..., help="Registry name (e.g. vgg16_bn or fcn32s_vgg16), or a run folder or checkpoint: "
+                                          "the trained network, at the input size it trained at."),
+    num_classes: int = typer.Option(None, "--num-classes", help="Classes of a registry model (default 50 for cls, 7 for seg)."),
     input: tuple[int, int, int] = typer.Option(None, "--input", help="Input C H W (default: the model's)."),
 ) -> None:
     """Print the architecture table: Layer (type) | Output Shape | Param #, with totals."""
     from vislab.models import build_model, get_entry
     from vislab.viz.summary import architecture_table
 
-    entry = get_entry(model)
     if num_classes is not None and num_classes < 1:
         raise VislabError("--num-classes", f"must be >= 1, got {num_classes}")
     if input is not None and (input[0] != 3 or min(input) < 1):
         raise VislabError("--input", f"must be 3 H W with H, W >= 1 (RGB), got {' '.join(map(str, input))}")
-    n = entry.course_classes if num_classes is None else num_classes
-    size = tuple(input) if input else entry.input_size
-    net = build_model(model, num_classes=n)
+    if Path(model).exists():  # a trained network: its own classes and input size
+        net, size = _trained_network(Path(model), num_classes)
+        model = Path(model).name
+    else:
+        entry = get_entry(model)
+        n = entry.course_classes if num_classes is None else num_classes
+        size = entry.input_size
+        net = build_model(model, num_classes=n)
+    size = tuple(input) if input else size
     if input is not None:
         from vislab.models.input_side import check_side
 
         check_side(net, min(input[1:]), model=model, setting="--input")
     out.print(architecture_table(net, size), markup=False)
+
+
+def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, tuple[int, int, int]]:
+    """The network of a run folder or checkpoint and the (3, H, W) input it trained at."""
+    import yaml
+
+    from vislab.models.checkpoints import checkpoint_file, checkpoint_meta, load_network
+    from vislab.viz.summary import trained_input
+
+    if num_classes is not None:
+        raise VislabError("--num-classes", f"{path} is a trained network with its own classes; drop --num-classes")
+    ckpt = checkpoint_file(path)
+    task = checkpoint_meta(ckpt).get("task")
+    if task not in ("cls", "seg"):
+        raise VislabError(ckpt, "not a vislab checkpoint (no task recorded); name a registry model instead")
+    net, meta = load_network(ckpt, task=task)
+    saved = ckpt.parent / "recipe.yaml"
+    recipe = (yaml.safe_load(saved.read_text(encoding="utf-8", errors="replace")) or {}) if saved.is_file() else {}
+    return net, trained_input(task, meta, recipe if isinstance(recipe, dict) else {})
 
 
 # --- P1 ------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
 def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
     from vislab.models.checkpoints import load_network
     from vislab.models import build_model
-    from vislab.viz.summary import architecture_table
+    from vislab.viz.summary import architecture_table, trained_input
 
     ckpt = run / "best.ckpt" if (run / "best.ckpt").is_file() else run / "last.ckpt"
     meta: dict[str, Any] = {}
@@ -124,13 +124,7 @@ def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int
         model = build_model(recipe["model"], num_classes=num_classes)
     else:
         return "(no checkpoint in the run folder)"
-    stored = meta.get("stored_hw")
-    if task == "cls":  # the side it trained at: the recipe's, else the stored images'
-        side = meta.get("image_size") or recipe.get("image_size") or (stored or [32])[0]
-        return architecture_table(model, (3, side, side))
-    # a segmenter at the tile size it trained on: the recipe's input_hw, else the most common tile's
-    h, w = recipe.get("input_hw") or stored or (512, 512)
-    return architecture_table(model, (3, int(h), int(w)))
+    return architecture_table(model, trained_input(task, meta, recipe))
 
 
 def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
