@@ -160,6 +160,7 @@ def test_parallel_cache_build_after_torch_ops_does_not_hang(tmp_path):
 import sys, torch
 sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
 from pathlib import Path
+import numpy as np
 from PIL import Image
 torch.set_num_threads(2)
 torch.ones(4_000_000).mul_(3).sum()  # starts the intra-op thread pool
