@@ -328,6 +328,20 @@ def test_ensemble_members_are_files_not_spellings(tmp_path):
         members(f"{run / 'best.ckpt'},{tmp_path}/run/../run/best.ckpt")
 
 
+def test_a_file_that_is_no_checkpoint_is_named_where_a_model_is_read(cli, tmp_path):
+    """`summary` of a path and `--against` read a model's metadata first: a text file there is
+    one line naming it (both were internal errors)."""
+    note = tmp_path / "notes.txt"
+    note.write_text("not a model\n")
+    assert _one_line(cli("summary", note)) == (
+        f"vislab: error: {note}: not a readable checkpoint (not a PyTorch file, or a truncated one: RuntimeError); "
+        "`summary` takes a registry name, a run folder or a checkpoint")
+    for task, cmd in (("cls", "eval"), ("seg", "score")):
+        line = _one_line(cli(task, cmd, note, tmp_path, "--against", note))
+        assert line.startswith(f"vislab: error: {note}: not a readable checkpoint") and \
+            line.endswith("--against compares two trained models"), line
+
+
 def test_broken_run_records_are_named_by_report(cli, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

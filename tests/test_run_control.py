@@ -557,6 +557,9 @@ def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_
     assert res.code == 2 and "drop --recipe" in res.err
     lines = (run / "command.txt").read_text().splitlines()
     assert len(lines) == 3 and lines[1] == f"vislab cls train --out {run} --resume"
+    assert cli("report", run, "--out", tmp_path / "r.md").code == 0
+    page = (tmp_path / "r.md").read_text()
+    assert f"Command: `{lines[0]}`" in page and f"Resumed with: {lines[1]}" in page
     (run / "inputs.json").write_text("[1, 2]")
     res = cli("cls", "train", "--out", run, "--resume")
     assert res.code == 2 and f"{run / 'inputs.json'}: is not the record vislab writes" in " ".join(res.err.split())

@@ -236,13 +236,13 @@ def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, tuple[in
     """The network of a run folder or checkpoint and the (3, H, W) input it trained at."""
     import yaml
 
-    from vislab.models.checkpoints import checkpoint_file, checkpoint_meta, load_network
+    from vislab.models.checkpoints import check_readable, checkpoint_file, load_network
     from vislab.viz.summary import trained_input
 
     if num_classes is not None:
         raise VislabError("--num-classes", f"{path} is a trained network with its own classes; drop --num-classes")
     ckpt = checkpoint_file(path)
-    task = checkpoint_meta(ckpt).get("task")
+    task = check_readable(ckpt, "`summary` takes a registry name, a run folder or a checkpoint").get("task")
     if task not in ("cls", "seg"):
         raise VislabError(ckpt, "not a vislab checkpoint (no task recorded); name a registry model instead")
     net, meta = load_network(ckpt, task=task)

@@ -292,13 +292,14 @@ def model_file(path: str | Path, engine: str = "auto") -> Path:
     return checkpoint_file(path)
 
 
-def model_meta(path: str | Path) -> dict[str, Any]:
+def model_meta(path: str | Path, why: str) -> dict[str, Any]:
     """The vislab metadata of a checkpoint, run folder or exported ``.onnx``, without loading the
-    network's weights (to check models against each other before any work)."""
-    from vislab.models.checkpoints import checkpoint_meta
+    network's weights (to check models against each other before any work); an unreadable file
+    is one error naming it and ``why`` it is needed."""
+    from vislab.models.checkpoints import check_readable
 
     file = model_file(path)
-    return OnnxNet(file).meta if file.suffix == ".onnx" else checkpoint_meta(file)
+    return OnnxNet(file).meta if file.suffix == ".onnx" else check_readable(file, why)
 
 
 def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tuple[int, int] | None = None,

@@ -100,11 +100,11 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def check_readable(path: Path, why: str) -> None:
+def check_readable(path: Path, why: str) -> dict[str, Any]:
     """Refuse a checkpoint file that torch cannot open (memory-mapped: no tensor is read), one
-    line naming the file and ``why`` it is needed."""
+    line naming the file and ``why`` it is needed; else return its :func:`checkpoint_meta`."""
     try:
-        checkpoint_meta(path)
+        return checkpoint_meta(path)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
         raise VislabError(path, f"not a readable checkpoint ({_unreadable(path, exc)}); {why}") from None
 

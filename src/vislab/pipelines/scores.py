@@ -43,7 +43,7 @@ def check_same_classes_early(ckpt: str, against: str, task: str,
     from vislab.export import model_meta
     from vislab.models.ensemble import members
 
-    ours, theirs = (model_meta(members(spec)[0]) for spec in (ckpt, against))
+    ours, theirs = (model_meta(members(spec)[0], "--against compares two trained models") for spec in (ckpt, against))
     if ours.get("task") == task and theirs.get("task") != task:
         raise VislabError(against, f"--against: is a {theirs.get('task')} model ({theirs.get('model')}); "
                                    f"expected a {task} model")
