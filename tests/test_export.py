@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import run_vislab, write_png
 from test_segmentation_pipeline import _make_pairs
+from vislab.calibration import load_segmenter
 from vislab.data.palette import PALETTE
 from vislab.models.checkpoints import load_network
 from vislab.errors import VislabError
@@ -97,7 +98,15 @@ def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path)
     onnx_path = seg_run / "s.onnx"
     res = cli("export", seg_run / "run", onnx_path)
     assert res.code == 0, res.err
-    assert OnnxNet(onnx_path).shape == (3, 64, 64)  # the recipe's input_hw
+    # a segmenter's graph takes any height and width; traced and checked at the recipe's input_hw
+    assert OnnxNet(onnx_path).free_size and "input (N, 3, H, W): any height and width (traced at 64x64)" in \
+        " ".join(res.out.split())
+    net, (model, _) = OnnxNet(onnx_path), load_segmenter(seg_run / "run")
+    for hw in ((64, 64), (50, 70), (33, 17)):  # the export's evaluation scale and padding at any size
+        x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(sum(hw)))
+        with torch.inference_mode():
+            ref = model(x)
+        assert net(x).shape == ref.shape == (2, 7, *hw) and torch.allclose(net(x), ref, atol=1e-4, rtol=1e-4), hw
     masks = {}
     for engine, ckpt in (("torch", seg_run / "run"), ("onnx", seg_run / "run"), ("auto", onnx_path)):
         out = tmp_path / f"{engine}{ckpt.suffix}"
@@ -170,8 +179,9 @@ def test_export_and_engine_errors(cls_run, seg_run, cli, tmp_path):
     assert res.code == 2 and "is a seg model" in res.err and not (tmp_path / "p.csv").exists()
     res = cli("cls", "predict", cls_run / "run", cls_run / "train", tmp_path / "p.csv", "--engine", "tensorrt")
     assert res.code == 2 and "unknown --engine 'tensorrt'" in res.err
-    with pytest.raises(VislabError, match=r"exported for inputs \(3, 64, 64\), got \(3, 32, 32\)"):
-        OnnxNet(tmp_path / "seg.onnx")(torch.zeros(1, 3, 32, 32))
+    assert cli("export", cls_run / "run", tmp_path / "cls.onnx", "--no-check").code == 0
+    with pytest.raises(VislabError, match=r"exported for inputs \(3, 40, 40\), got \(3, 32, 32\)"):
+        OnnxNet(tmp_path / "cls.onnx")(torch.zeros(1, 3, 32, 32))
     res = cli("seg", "predict", tmp_path / "seg.onnx", seg_run / "train", tmp_path / "o", "--engine", "torch")
     assert res.code == 2 and "seg.onnx: an exported ONNX model runs only with --engine onnx or auto" in res.err
     res = cli("seg", "predict", seg_run / "run", seg_run / "train", tmp_path / "o", "--engine", "onnx",
@@ -223,17 +233,35 @@ def test_export_size_of_a_fixed_size_classifier_is_refused(cls_run, cli, tmp_pat
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_onnx_predict_refuses_sizes_and_views_it_cannot_take_before_writing(seg_run, cli, tmp_path):
-    """An .onnx graph has one input size: a folder with another tile size, or d4 turns of
-    non-square tiles, is refused before any mask is written; a corrupt image met mid-way leaves
-    no mask either (masks are staged and moved into place at the end)."""
+def test_onnx_predict_refuses_sizes_and_views_it_cannot_take_before_writing(seg_run, cli, tmp_path, monkeypatch):
+    """A segmenter's graph takes any size: tiles of two sizes, and d4 turns of non-square ones,
+    predict as PyTorch does. A graph of one input size (a network whose graph cannot take other
+    sizes: simulated, the export's check at another size failing) is said at export, and a folder
+    with another tile size, or d4 turns of non-square tiles, is refused before any mask is
+    written; a corrupt image met mid-way leaves no mask either (masks are staged and moved into
+    place at the end)."""
     import shutil
 
-    assert cli("export", seg_run / "run", tmp_path / "sq.onnx", "--no-check").code == 0  # 64 x 64
+    import vislab.export as ex
+
     mixed = tmp_path / "mixed"
     shutil.copytree(seg_run / "train", mixed)
     img = np.asarray(Image.open(mixed / "0003_sat.jpg"))[:, :48]
     Image.fromarray(img).save(mixed / "0003_sat.jpg")
+    assert cli("export", seg_run / "run", tmp_path / "free.onnx", "--no-check").code == 0
+    for engine, src in (("torch", seg_run / "run"), ("auto", tmp_path / "free.onnx")):
+        res = cli("seg", "predict", src, mixed, tmp_path / f"m-{engine}", "--tta", "d4", "--engine", engine)
+        assert res.code == 0, res.err
+    for f in sorted((tmp_path / "m-torch").iterdir()):
+        same = (np.asarray(Image.open(f)) == np.asarray(Image.open(tmp_path / "m-auto" / f.name))).all(-1).mean()
+        assert same > 0.999, (f.name, same)
+
+    real = ex._onnx_diff
+    monkeypatch.setattr(ex, "_onnx_diff", lambda model, path, shape, seeds: None if shape[1] % 32 else
+                        real(model, path, shape, seeds))
+    res = cli("export", seg_run / "run", tmp_path / "sq.onnx", "--no-check")  # 64 x 64
+    assert res.code == 0 and "does not take other sizes than the traced one; exported for 64x64 inputs only" in \
+        " ".join(res.err.split()) and "input (N, 3, 64, 64)" in res.out and not OnnxNet(tmp_path / "sq.onnx").free_size
     res = cli("seg", "predict", tmp_path / "sq.onnx", mixed, tmp_path / "o1")
     said = " ".join(res.err.split())
     assert res.code == 2 and "0003_sat.jpg: is 48x64 (width x height" in said and "exported for 64x64" in said

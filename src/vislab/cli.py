@@ -609,7 +609,7 @@ def seg_progress(
 def export_cmd(
     ckpt: str = typer.Argument(..., help="Checkpoint or run folder (P1 or P2); several, comma-separated (runs/a,runs/b), export one graph averaging their class probabilities."),
     out_path: Path = typer.Argument(..., help="Output .onnx file."),
-    size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W (default: the recipe's input_hw, else the most common training tile size)."),
+    size: Optional[tuple[int, int]] = typer.Option(None, "--size", help="P2 input H W the graph is traced and checked at (default: the recipe's input_hw, else the most common training tile size); a segmenter's graph takes any size when its network allows."),
     opset: int = typer.Option(17, "--opset"),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch on random inputs."),
     offsets: bool = typer.Option(True, "--offsets/--no-offsets", help="P2: carry the `seg calibrate` class offsets and evaluation scale (default) or leave them out."),
@@ -619,7 +619,10 @@ def export_cmd(
 
     _output(out_path, ".onnx", inputs=_members(ckpt))
     res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check, offsets=offsets)
-    out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input (N, {', '.join(map(str, res['input_shape']))})")
+    c, h, w = res["input_shape"]
+    shown = (f"(N, {c}, H, W): any height and width (traced at {w}x{h})" if res.get("free_size")
+             else f"(N, {c}, {h}, {w})")
+    out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input {shown}")
     if check:
         out.print(f"onnxruntime vs torch: max |logit diff| {res['max_abs_diff']:.1e} (tolerance {res['atol']:g})")
 

@@ -90,7 +90,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
         h, w = meta["stored_hw"]
         raise VislabError(None, f"--size: this classifier takes its images at the size they were stored at in "
                                 f"training ({w}x{h}, width x height), as `cls predict` decodes them; the export has that size")
-    return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check)
+    return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check,
+                          free_size=task == "seg")
 
 
 def _refuse_overwriting_inputs(paths: list[str], out: str | Path) -> None:
@@ -171,12 +172,19 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     if task == "seg":
         meta["recipe"] = {"input_hw": list(shape[1:])}
         meta["calibrated"] = any("class_offsets" in m for m in metas)  # offsets and scales are in the graph
-    return export_network(AveragedNet([(net, m) for net, m in loaded]), meta, out, shape=shape, opset=opset, check=check)
+    return export_network(AveragedNet([(net, m) for net, m in loaded]), meta, out, shape=shape, opset=opset, check=check,
+                          free_size=task == "seg")
 
 
 def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path, *,
-                   shape: tuple[int, int, int], opset: int = 17, check: bool = True) -> dict[str, Any]:
-    """:func:`export_onnx` for a network in memory (``meta`` as stored in checkpoints)."""
+                   shape: tuple[int, int, int], opset: int = 17, check: bool = True,
+                   free_size: bool = False) -> dict[str, Any]:
+    """:func:`export_onnx` for a network in memory (``meta`` as stored in checkpoints).
+
+    ``free_size`` (segmenters): the graph takes any height and width, traced at ``shape``; it is
+    kept only if ONNX Runtime matches PyTorch at another size too (one not a multiple of 32),
+    else the export is made again at ``shape`` alone, said on the console. The result's
+    ``free_size`` says which."""
     onnx = _require("onnx")
     if not OPSETS[0] <= opset <= OPSETS[1]:
         raise VislabError("--opset", f"must be in {OPSETS[0]}..{OPSETS[1]} (the ONNX opsets this exporter writes), got {opset}")
@@ -185,30 +193,23 @@ def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path
     model = model.eval()
     out = Path(out)
     result: dict[str, Any] = {"path": str(out), "input_shape": list(shape)}
+    other = (shape[0], shape[1] + 37, shape[2] + 19)  # another size, not a multiple of the network's stride
     with atomic_path(out) as tmp:  # published only after the check passed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-            try:
-                torch.onnx.export(model, (torch.randn(2, *shape),), str(tmp), input_names=["image"],
-                                  output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                                  opset_version=opset, dynamo=False)
-            except (RuntimeError, ValueError) as exc:  # e.g. an input too small for the network's pooling
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise VislabError(out, f"ONNX export of a {shape[1]}x{shape[2]} input failed: {first}") from None
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_KEY, json.dumps(meta, default=str)
-        onnx.save(proto, str(tmp))
+        _write_graph(onnx, model, meta, tmp, shape, opset, free=free_size, named=out)
+        if free_size and _onnx_diff(model, tmp, other, seeds=(0,)) is None:
+            info(f"{out}: this network's ONNX graph does not take other sizes than the traced one; exported for "
+                 f"{shape[2]}x{shape[1]} inputs only (width x height)")
+            free_size = False
+            _write_graph(onnx, model, meta, tmp, shape, opset, free=False, named=out)
+        result["free_size"] = free_size
         result["bytes"] = tmp.stat().st_size
         if check:
-            net = OnnxNet(tmp)
             diff, scale = 0.0, 1.0
-            for seed in (0, 1):
-                x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed))
-                with torch.inference_mode():
-                    ref = model(x)
-                    diff = max(diff, float((net(x) - ref).abs().max()))
-                scale = max(scale, float(ref.abs().max()))
+            for at in (shape, other) if free_size else (shape,):
+                measured = _onnx_diff(model, tmp, at, seeds=(0, 1))
+                if measured is None:
+                    raise VislabError(out, f"ONNX Runtime cannot run the export at {at[2]}x{at[1]}")
+                diff, scale = max(diff, measured[0]), max(scale, measured[1])
             tol = ATOL * scale  # float32 rounding grows with the logits (a diverged run's reach 1e5 and more)
             result.update(max_abs_diff=diff, atol=tol)
             if not diff <= tol:
@@ -217,10 +218,52 @@ def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path
     return result
 
 
+def _write_graph(onnx: Any, model: torch.nn.Module, meta: dict[str, Any], path: Path, shape: tuple[int, int, int],
+                 opset: int, *, free: bool, named: Path) -> None:
+    """Trace ``model`` at ``shape`` into ``path`` with the vislab metadata; the batch axis is
+    free, and with ``free`` the height and width too. A failure names the export ``named``."""
+    axes = {0: "batch", 2: "height", 3: "width"} if free else {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        try:
+            torch.onnx.export(model, (torch.randn(2, *shape),), str(path), input_names=["image"],
+                              output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
+                              opset_version=opset, dynamo=False)
+        except (RuntimeError, ValueError) as exc:  # e.g. an input too small for the network's pooling
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VislabError(named, f"ONNX export of a {shape[1]}x{shape[2]} input failed: {first}") from None
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, default=str)
+    onnx.save(proto, str(path))
+
+
+def _onnx_diff(model: torch.nn.Module, path: Path, shape: tuple[int, ...], seeds: tuple[int, ...]
+               ) -> tuple[float, float] | None:
+    """The largest |ONNX Runtime - PyTorch| over random batches of 3 at ``shape`` and the largest
+    |logit| (at least 1); None when ONNX Runtime cannot run it or gives another output shape."""
+    net = OnnxNet(path)
+    diff, scale = 0.0, 1.0
+    for seed in seeds:
+        x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            ref = model(x)
+        try:
+            got = net(x)
+        except Exception:  # noqa: BLE001 - ONNX Runtime's errors for a size the graph cannot take
+            return None
+        if got.shape != ref.shape:
+            return None
+        diff = max(diff, float((got - ref).abs().max()))
+        scale = max(scale, float(ref.abs().max()))
+    return diff, scale
+
+
 class OnnxNet:
     """An ONNX Runtime session that stands in for the PyTorch network in ``predict``.
 
-    Inputs of another spatial size than the exported one go to ``fallback`` (the PyTorch
+    A graph of free height and width (``free_size``: a segmenter's) takes any size. Else inputs
+    of another spatial size than the exported one go to ``fallback`` (the PyTorch
     network) when there is one, e.g. the turned views of a non-square image under d4 TTA; with
     ``announce`` (the user asked for ONNX Runtime) one line says so for each such input size.
     """
@@ -237,7 +280,8 @@ class OnnxNet:
             raise VislabError(path, f"not a readable ONNX model ({type(exc).__name__})") from None
         first = self.session.get_inputs()[0]
         self.input_name = first.name
-        self.shape = tuple(first.shape[1:])
+        self.shape = tuple(first.shape[1:])  # (C, H, W); H and W are names in a graph of free size
+        self.free_size = not all(isinstance(d, int) for d in self.shape[1:])
         self.fallback = fallback
         self.path = Path(path)
         self.announce, self._announced = announce, set()
@@ -251,7 +295,7 @@ class OnnxNet:
         return json.loads(props[META_KEY])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.shape:
+        if not self.free_size and tuple(x.shape[1:]) != self.shape:
             if self.fallback is None:
                 raise VislabError(self.path, f"exported for inputs {self.shape}, got {tuple(x.shape[1:])}")
             if self.announce and x.shape[1:] not in self._announced:

@@ -43,11 +43,14 @@ class SegmentationModel(nn.Module):
     def _padded_forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
-        if ph or pw:
+        # an ONNX export records the padding (and the resize back) whatever the traced size, so
+        # that a graph with free height and width pads and crops every size as PyTorch does
+        exporting = torch.onnx.is_in_onnx_export()
+        if ph or pw or exporting:
             x = F.pad(x, (0, pw, 0, ph))
         out = self.net(x)
         if isinstance(out, dict):
             out = out["out"]
-        if out.shape[-2:] != x.shape[-2:]:
+        if exporting or out.shape[-2:] != x.shape[-2:]:
             out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return out[..., :h, :w]

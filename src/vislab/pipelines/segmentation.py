@@ -419,7 +419,7 @@ def _check_fixed_input(model: Any, path: str, files: list[Path], sizes: list[tup
     image and every TTA view: refused up front, naming the first image it cannot take."""
     from vislab.export import OnnxNet
 
-    if not isinstance(model, OnnxNet) or model.fallback is not None:
+    if not isinstance(model, OnnxNet) or model.fallback is not None or model.free_size:
         return
     want = tuple(int(v) for v in model.shape[1:])
     turns = tta == "d4"
