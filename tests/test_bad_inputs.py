@@ -496,6 +496,35 @@ def test_images_of_more_than_8_bits_are_scaled_or_refused_never_clipped(tmp_path
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(VislabError, match="F image of more than 8 bits"):
         decode_fitted(tmp_path / "float.tif", (4, 4))
+    # 32-bit integers beyond 16 bits would be clipped: refused
+    Image.fromarray(np.full((4, 4), 200_000, dtype=np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(VislabError, match="I image with values outside 0..65535: not 16-bit grey"):
+        decode_fitted(tmp_path / "wide.tif", (4, 4))
+
+
+def test_exif_orientation_is_read_from_headers_and_applied_once(tmp_path):
+    """A 16-bit grey image keeps its orientation through the conversion to 8 bits; an orientation
+    value outside 2..8 (0 is written by some software) turns nothing and is not counted."""
+    from PIL import Image
+
+    from vislab.data.images import SIXTEEN_BITS, UPRIGHT, decode_fitted, shown_size
+
+    def exif(value: int) -> bytes:
+        e = Image.Exif()
+        e[0x0112] = value
+        return e.tobytes()
+
+    values = np.zeros((10, 20), np.uint16)  # stored 20 wide, 10 high; the left column bright
+    values[:, 0] = 65535
+    Image.fromarray(values).save(tmp_path / "deep.png", exif=exif(6))
+    assert shown_size(tmp_path / "deep.png") == (20, 10)
+    rgb, key = decode_fitted(tmp_path / "deep.png", (20, 10))
+    assert key == (20, 10, SIXTEEN_BITS, UPRIGHT)
+    assert rgb[0, :, 0].tolist() == [255] * 10 and rgb[1:, :, 0].max() == 0  # turned clockwise: the left column on top
+    for value in (0, 9, 1):
+        Image.new("RGB", (20, 10)).save(tmp_path / f"o{value}.jpg", exif=exif(value))
+        assert shown_size(tmp_path / f"o{value}.jpg") == (10, 20)
+        assert decode_fitted(tmp_path / f"o{value}.jpg", (10, 20))[1] == (10, 20)
 
 
 def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli, tmp_path):

@@ -211,16 +211,28 @@ def test_fcn32s_from_scratch_leaves_the_uniform_output():
     assert losses[-1] < min(losses[0], math.log(7)) - 0.02, losses  # the default init: flat at 1.94591
 
 
-def test_summary_of_a_run_is_its_trained_network_at_its_input_size(cli, color_classes, tmp_path):
+def test_summary_of_a_run_is_its_trained_network_at_its_input_size(cli, tmp_path):
     """`vislab summary RUN` prints the table of the registry model with the run's classes at the
-    size it trained at; a checkpoint file gives the same; --num-classes is refused beside it."""
+    size it trained at (images 48 wide and 24 high, at their own size); the checkpoint file gives
+    the same, also moved out of its run folder; --num-classes is refused beside it."""
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "wide"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (48, 24), (60 * i, 200 if c == "a" else 0, 0)).save(data / c / f"{i}.png")
     run = tmp_path / "run"
-    assert cli("cls", "train", color_classes, "--model", "resnet9_xs", "--epochs", 1, "--limit-batches", 1,
+    assert cli("cls", "train", data, "--model", "resnet9_xs", "--epochs", 1, "--limit-batches", 1,
                "--out", run).code == 0
     by_run = cli("summary", run)
     assert by_run.code == 0, by_run.err
-    by_name = cli("summary", "resnet9_xs", "--num-classes", 3, "--input", 3, 32, 32)
+    by_name = cli("summary", "resnet9_xs", "--num-classes", 2, "--input", 3, 24, 48)
     assert by_run.out == by_name.out and "Total params:" in by_run.out
-    assert cli("summary", run / "best.ckpt").out == by_run.out
+    ckpt = run / "last.ckpt"  # 8 images hold none out: the last checkpoint is the model
+    shutil.copy(ckpt, tmp_path / "moved.ckpt")
+    assert cli("summary", ckpt).out == cli("summary", tmp_path / "moved.ckpt").out == by_run.out
     res = cli("summary", run, "--num-classes", 5)
     assert res.code == 2 and "is a trained network with its own classes; drop --num-classes" in " ".join(res.err.split())

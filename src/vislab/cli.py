@@ -234,8 +234,6 @@ def summary_cmd(
 
 def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, tuple[int, int, int]]:
     """The network of a run folder or checkpoint and the (3, H, W) input it trained at."""
-    import yaml
-
     from vislab.models.checkpoints import check_readable, checkpoint_file, load_network
     from vislab.viz.summary import trained_input
 
@@ -246,8 +244,7 @@ def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, tuple[in
     if task not in ("cls", "seg"):
         raise VislabError(ckpt, "not a vislab checkpoint (no task recorded); name a registry model instead")
     net, meta = load_network(ckpt, task=task)
-    saved = ckpt.parent / "recipe.yaml"
-    recipe = (yaml.safe_load(saved.read_text(encoding="utf-8", errors="replace")) or {}) if saved.is_file() else {}
+    recipe = meta.get("recipe")  # the checkpoint's own copy: a file moved out of its run folder keeps it
     return net, trained_input(task, meta, recipe if isinstance(recipe, dict) else {})
 
 

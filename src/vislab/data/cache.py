@@ -26,6 +26,7 @@ import torch
 from vislab.io import atomic_path
 
 DECODE_RULE = "fit-cover-centre-v2"  # part of the cache key: change it when decode_fitted changes
+# (v2: EXIF-upright photos, 16-bit grey read). Callers with their own decoder pass their own rule.
 CHUNK = 256  # files per unit of work
 Decoder = Callable[[Path, tuple[int, int]], "tuple[np.ndarray, tuple[int, int]]"]
 
@@ -89,15 +90,15 @@ def open_array(path: Path) -> torch.Tensor:
 
 def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
                    key: str | None = None, use_cache: bool = True, tag: str = "cls",
-                   workers: int | None = None, channels: int = 3) -> tuple[torch.Tensor, Counter]:
+                   workers: int | None = None, channels: int = 3, rule: str = DECODE_RULE) -> tuple[torch.Tensor, Counter]:
     """Every file decoded by ``decode(path, target) -> (HxWxC uint8 array, original (h, w, ...))``
     into one (N, C, H, W) uint8 tensor (C = ``channels``), and the count of each key the decoder
     returned (an original size, and what the decoder says it did after it).
     ``files`` may hold any items ``decode`` takes (with ``key`` given when they are not paths).
 
     With ``use_cache`` the tensor is a memory-mapped cache file (built on the first call, reused
-    while the file list (``key``, default :func:`file_list_key`), the target size and the decode
-    rule are unchanged); without, it is decoded into memory and nothing is written.
+    while the file list (``key``, default :func:`file_list_key`), the target size and the decoder's
+    ``rule`` are unchanged); without, it is decoded into memory and nothing is written.
     """
     n, (h, w) = len(files), target
     if not use_cache:
@@ -108,7 +109,7 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
             sizes.update(part)
         return torch.from_numpy(out), sizes
     key = key or file_list_key(files)
-    path = cache_dir() / f"{tag}-{key}-{h}x{w}-{hashlib.sha1(DECODE_RULE.encode()).hexdigest()[:6]}.npy"
+    path = cache_dir() / f"{tag}-{key}-{h}x{w}-{hashlib.sha1(rule.encode()).hexdigest()[:6]}.npy"
     shape = (n, channels, h, w)
     side = path.with_suffix(".sizes.json")
     if path.is_file() and side.is_file():
@@ -128,7 +129,7 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
         with atomic_path(side) as tmp:
             tmp.write_text(json.dumps([[*key, c] for key, c in sizes.items()]))
     except OSError:  # an unwritable cache only costs memory: decode into memory instead
-        return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels)
+        return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels, rule=rule)
     return open_array(path), sizes
 
 

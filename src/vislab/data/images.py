@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,13 +90,36 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return h, w
 
 
+def orientation(im: Any) -> int:
+    """An open image's EXIF orientation, 1 (as stored) when it has none or a value outside 1..8,
+    read from the header: a PNG's EXIF is looked at only when its header holds one (Pillow
+    would decode the whole image to look further)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(im: Any, turn: int) -> Any:
+    """``im`` turned as EXIF orientation ``turn`` (2..8) says a viewer shows it."""
+    from PIL import Image
+
+    methods = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+    return im.transpose(methods[turn]) if turn in methods else im
+
+
 def shown_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image as :func:`decode_fitted` shows it: an EXIF orientation that
     turns it a quarter swaps the two (headers only)."""
     p = Path(path)
     with open_image(p) as im:
         w, h = im.size
-        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        turned = orientation(im) in (5, 6, 7, 8)
     return (w, h) if turned else (h, w)
 
 
@@ -123,19 +147,23 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
     covers ``target``, then centre cropped: the aspect ratio is kept and the centre is what stays.
     """
     p = Path(path)
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with open_image(p) as im:
         done: tuple[str, ...] = ()
+        turn = orientation(im)  # before a 16-bit image is converted, which drops its EXIF
         if im.mode in _HIGH_BIT_MODES and im.mode != "F":
             im.load()
-            grey = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
-            im, done = Image.fromarray(grey, mode="L"), (SIXTEEN_BITS,)
+            values = np.asarray(im, dtype=np.float64)
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise VislabError(p, f"{im.mode} image with values outside 0..65535: not 16-bit grey; vislab reads "
+                                     "8 bits per channel (save it as 8-bit)")
+            im, done = Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), mode="L"), (SIXTEEN_BITS,)
         _refuse_high_bits(p, im.mode)
         try:
             im.load()
-            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: the camera's pixels, turned when shown
-                im, done = ImageOps.exif_transpose(im), done + (UPRIGHT,)
+            if turn != 1:  # EXIF orientation: the camera's pixels, turned when shown
+                im, done = upright(im, turn), done + (UPRIGHT,)
             rgb = im.convert("RGB") if im.mode != "RGB" else im
             h, w = rgb.height, rgb.width
             if (h, w) != tuple(target):

@@ -273,6 +273,9 @@ def jitter_colours(x: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: in
 
 
 CACHE_RULE = "seg-rgb+ids-v1"  # part of the cache key: change it when the stored layout changes
+# the pair decoder's rule in the cache file's name: its caches were named with classification's
+# first rule, kept so that they stay valid (change it when _pair_decoder changes)
+TILE_RULE = "fit-cover-centre-v1"
 
 
 def _pair_decoder(classes: SegClasses, expected: tuple[int, int] | None):
@@ -311,7 +314,7 @@ class TileCache:
             files = [f for p in chosen for f in (p.image, p.mask) if f is not None]
             key = file_list_key(files, extra=repr((classes.to_dict(), expected, CACHE_RULE)))
             arr, _ = decoded_images(chosen, hw, decode, key=key, tag="seg", channels=4, use_cache=use_cache,
-                                    workers=workers)
+                                    workers=workers, rule=TILE_RULE)
             self.arrays.append(arr)
             for j, i in enumerate(members):
                 self.where[i] = (g, j)

@@ -52,12 +52,13 @@ def architecture_table(model: nn.Module, input_size: tuple[int, int, int], *, ba
 
 
 def trained_input(task: str, meta: dict[str, Any], recipe: dict[str, Any]) -> tuple[int, int, int]:
-    """The (3, H, W) input a trained network's table is shown at: a classifier at the side it
-    trained at (the recipe's ``image_size``, else the stored images'), a segmenter at its tiles'
-    (the recipe's ``input_hw``, else the most common tile's, else 512x512)."""
+    """The (3, H, W) input a trained network's table is shown at: a classifier at the size it
+    trained at (the square of the recipe's ``image_size``, else the stored images' own size), a
+    segmenter at its tiles' (the recipe's ``input_hw``, else the most common tile's, else 512x512)."""
     stored = meta.get("stored_hw")
     if task == "cls":
-        side = meta.get("image_size") or recipe.get("image_size") or (stored or [32])[0]
-        return 3, int(side), int(side)
+        side = meta.get("image_size") or recipe.get("image_size")
+        h, w = (side, side) if side else (stored or (32, 32))
+        return 3, int(h), int(w)
     h, w = recipe.get("input_hw") or stored or (512, 512)
     return 3, int(h), int(w)
