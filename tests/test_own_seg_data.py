@@ -436,6 +436,12 @@ def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_pa
     assert "tiles of 4 sizes: training takes random crops of them resized to 64x64" in said
     assert yaml.safe_load((tmp_path / "crops" / "recipe.yaml").read_text())["crop_size"] == 64
     assert json.loads((tmp_path / "run" / "results.json").read_text())["val"]["classes"] == [n.upper() for n in NAMES]
+    # the run's classes replace the folders' own files in later scores and calibrations too, said
+    for args in (("seg", "score", tmp_path / "run", val), ("seg", "score", tmp_path / "run", train, "--held-out"),
+                 ("seg", "calibrate", tmp_path / "run", train)):
+        res = cli(*args)
+        assert res.code == 0, (args, res.err)
+        assert f"the run's --classes {own} replaces" in " ".join(res.err.split()), args
     # without --classes, a validation folder described otherwise than the training folder is refused
     (val / "classes.yaml").write_text(own.read_text())
     res = cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "run2", "--val-dir", val)
@@ -451,3 +457,9 @@ def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_pa
     assert f"--classes {own} replaces {train / 'classes.yaml'}, which describes other classes" in \
         " ".join(res.err.split()).replace(" ,", ",")
     assert res.out.strip().endswith("mIoU: 1.0000") and NAMES[0].upper() in res.out
+    # a folder's file that cannot be read is replaced all the same (never read without --classes)
+    (train / "classes.yaml").write_text("classes: [a")
+    res = cli("seg", "eval", pred, train, "--classes", own)
+    assert res.code == 0 and f"replaces {train / 'classes.yaml'}, which cannot be read (not valid YAML" in \
+        " ".join(res.err.split()).replace(" ,", ",")
+    assert cli("seg", "eval", pred, train).code == 2

@@ -55,7 +55,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         check_resumed_data(out, key="train_pairs_digest", digest=pairs_digest(list_pairs(train_dir)), folder=train_dir)
     desc = find_classes(train_dir, classes)
     replaced = [line for folder in (train_dir, val_dir) if folder is not None and classes is not None
-                and (line := check_described_alike(folder, desc, explicit=True))]
+                and (line := check_described_alike(folder, desc, explicit=f"--classes {desc.source}"))]
     val_pairs = []
     if val_dir is not None and classes is None:
         check_described_alike(val_dir, desc)
@@ -97,7 +97,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     common = data.stats.common_size()
     tile = common or (512, 512)
     meta = {"seg_classes": desc.to_dict(), "stored_hw": list(common) if common else None,
-            "train_pairs_digest": digest}  # lists, not tuples: hparams.yaml stays plain YAML
+            "train_pairs_digest": digest,  # lists, not tuples: hparams.yaml stays plain YAML
+            "classes_named": classes is not None}  # --classes over the folders' own files, for later scores
 
     def make_data(r: Recipe) -> SegmentationData:
         data.recipe = r  # the split and the tile cache stay; the loaders read the recipe run
@@ -299,24 +300,39 @@ def classes_of(meta: dict[str, Any]) -> SegClasses:
     return SegClasses.from_dict(meta.get("seg_classes"))
 
 
-def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: bool = False) -> str | None:
-    """A folder whose own classes file describes other classes than ``classes`` is an error;
-    with ``explicit`` (``classes`` is the ``--classes`` file the user named) it is replaced
-    instead, and the line saying so is returned (None when nothing differs)."""
+def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: str | None = None) -> str | None:
+    """A folder whose own classes file describes other classes than ``classes`` is an error.
+    With ``explicit`` (the words naming ``classes``, which were named with ``--classes``, now or
+    when the run trained) the folder's file is replaced instead, even one that cannot be read,
+    and the line saying so is returned (None when nothing differs)."""
     found = classes_file(folder)
     if found is None:
         return None
     from vislab.data.seg_classes import load_classes
 
-    theirs = load_classes(found)
+    try:
+        theirs = load_classes(found)
+    except VislabError as exc:
+        if explicit is None:
+            raise
+        return f"{explicit} replaces {found}, which cannot be read ({exc.message})"
     apart = theirs.differences(classes)
     if not apart:
         return None
     key = apart[0]  # the first field that differs, with both values: names alike may hide the difference
     words = f"describes other classes than {classes.source}: {key} {theirs.to_dict()[key]} against {classes.to_dict()[key]}"
-    if not explicit:
+    if explicit is None:
         raise VislabError(found, words)
-    return f"--classes {classes.source} replaces {found}, which {words}"
+    return f"{explicit} replaces {found}, which {words}"
+
+
+def _check_run_classes(folder: str | Path, desc: SegClasses, metas: list[dict[str, Any]]) -> None:
+    """:func:`check_described_alike` for a trained run's classes: a run trained with ``--classes``
+    over its folders' own files (``classes_named``) replaces them here too, said; else refused."""
+    named = any(m.get("classes_named") for m in metas)
+    line = check_described_alike(folder, desc, explicit=f"the run's --classes {desc.source}" if named else None)
+    if line:
+        info(line)
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
@@ -460,7 +476,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
     """
     desc = find_classes(gt_dir, classes)
     if classes is not None:
-        line = check_described_alike(gt_dir, desc, explicit=True)
+        line = check_described_alike(gt_dir, desc, explicit=f"--classes {desc.source}")
         if line:
             info(line)
     gt = list_masks(gt_dir)
@@ -546,7 +562,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets)) for p in paths]
     desc = _ensemble_classes(models, paths)
     if folder_classes:
-        check_described_alike(img_dir, desc)
+        _check_run_classes(img_dir, desc, [m for _, m in models])
     shifts = _say_offsets(models, offsets)
     pairs = list_pairs(img_dir)
     split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
@@ -664,7 +680,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     model, meta = load_network(path, task="seg")
     desc = classes_of(meta)
     if folder_classes:  # as in evaluate_checkpoint
-        check_described_alike(pairs_dir, desc)
+        _check_run_classes(pairs_dir, desc, [meta])
     pairs = list_pairs(pairs_dir)
     recipe = meta.get("recipe", {})
     if split == "holdout":
