@@ -340,6 +340,11 @@ def test_a_file_that_is_no_checkpoint_is_named_where_a_model_is_read(cli, tmp_pa
         line = _one_line(cli(task, cmd, note, tmp_path, "--against", note))
         assert line.startswith(f"vislab: error: {note}: not a readable checkpoint") and \
             line.endswith("--against compares two trained models"), line
+    plain = tmp_path / "plain.pt"  # a torch file, but no vislab checkpoint
+    torch.save({"w": torch.zeros(2)}, plain)
+    assert _one_line(cli("cls", "eval", plain, tmp_path, "--against", plain)) == (
+        f"vislab: error: {plain}: not a vislab checkpoint (no vislab metadata: a plain state_dict?); --against "
+        "compares two trained models")
 
 
 def test_broken_run_records_are_named_by_report(cli, tmp_path):
@@ -376,7 +381,8 @@ def test_broken_run_records_are_named_by_report(cli, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     res = cli("report", run, "--out", tmp_path / "r.html")
     assert res.code == 0 and (tmp_path / "r.html").is_file(), res.err
-    assert f"{run}: 1 image of val_predictions.csv not found under {tmp_path} (e.g. b.png)" in " ".join(res.err.split())
+    assert (f"{run}: images of val_predictions.csv not found under {tmp_path} (e.g. b.png: 1 of those the confused "
+            "pairs looked at)") in " ".join(res.err.split())
     assert "Most confused pairs" not in (tmp_path / "r.html").read_text()
 
 

@@ -537,11 +537,14 @@ def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_
     r.write_text(yaml.safe_dump({"task": "cls", "model": "cifar_resnet20", "epochs": 1, "batch_size": 16,
                                  "holdout": 0.2}))
     run = tmp_path / "run"
-    first = ("cls", "train", color_classes, "--recipe", r, "--out", run, "--val-dir", val, "--epochs", 1)
-    assert cli(*first).code == 0
+    # a batch larger than the data: the run trains with fewer (said), and the flag's own value is kept
+    first = ("cls", "train", color_classes, "--recipe", r, "--out", run, "--val-dir", val, "--batch-size", 500,
+             "--epochs", 1)
+    res = cli(*first)
+    assert res.code == 0 and "batch size 500 -> " in " ".join(res.err.split())
     assert json.loads((run / "inputs.json").read_text()) == {
         "train_dir": str(color_classes.resolve()), "val_dir": str(val.resolve()), "labels": None,
-        "val_labels": None, "recipe": str(r.resolve())}
+        "val_labels": None, "recipe": str(r.resolve()), "flags": {"epochs": 1, "batch_size": 500}}
     (run / "results.json").unlink()  # as if the run had been stopped after its last checkpoint
     monkeypatch.chdir(tmp_path)  # nowhere near the course data, which a train command with no TRAIN_DIR would take
     res = cli("cls", "train", "--out", run, "--resume")
@@ -549,7 +552,7 @@ def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_
     assert f"--resume: TRAIN_DIR {color_classes.resolve()}, --val-dir {val.resolve()}, as the run started (from " \
         f"{run / 'inputs.json'})" in " ".join(res.err.split())
     assert "val_accuracy" in json.loads((run / "results.json").read_text())  # the validation folder was scored
-    res = cli(*first, "--resume")  # the same command again: the same recipe and epochs are no change
+    res = cli(*first, "--resume")  # the same command again: the same recipe, epochs and batch size are no change
     assert res.code == 0, res.err
     res = cli(*first[:-1], 2, "--resume")
     assert res.code == 2 and "drop --epochs" in res.err
@@ -560,6 +563,14 @@ def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_
     assert cli("report", run, "--out", tmp_path / "r.md").code == 0
     page = (tmp_path / "r.md").read_text()
     assert f"Command: `{lines[0]}`" in page and f"Resumed with: {lines[1]}" in page
+    # the validation folder moved away: the resume goes on without it, said; a missing training folder is named
+    val.rename(tmp_path / "val-moved")
+    res = cli("cls", "train", "--out", run, "--resume")
+    assert res.code == 0 and f"--resume: the run's --val-dir {val.resolve()} is gone; not taken" in " ".join(res.err.split())
+    color_classes.rename(tmp_path / "train-moved")
+    res = cli("cls", "train", "--out", run, "--resume")
+    assert res.code == 2 and f"{color_classes.resolve()}: not found: the run started with it as TRAIN_DIR" in \
+        " ".join(res.err.split())
     (run / "inputs.json").write_text("[1, 2]")
     res = cli("cls", "train", "--out", run, "--resume")
     assert res.code == 2 and f"{run / 'inputs.json'}: is not the record vislab writes" in " ".join(res.err.split())

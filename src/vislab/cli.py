@@ -107,7 +107,9 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     """The recipe a train command runs (:func:`vislab.pipelines.settings.run_recipe`): ``recipe``,
     else the task's default, or with ``--resume`` the run folder's own (``--recipe`` refused);
     a flag's bad value is reported under the flag's own name, and a recipe of the other task
-    is refused naming its file. Returns the recipe and its settings lines for ``changes.txt``."""
+    is refused naming its file. Returns the recipe, its settings lines for ``changes.txt`` and
+    what the command gave the run (the recipe's name, the flags that override it) for its
+    ``inputs.json``."""
     from vislab.pipelines.settings import run_recipe
 
     saved = out_dir / "recipe.yaml"
@@ -119,7 +121,7 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
     if r.task != task:
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
-    return r, notes
+    return r, notes, {"recipe": recipe, "flags": {k: v for k, v in overrides.items() if v is not None}}
 
 
 def _teachers(spec: str | None) -> tuple[str, ...] | None:
@@ -291,7 +293,7 @@ def cls_train(
     train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, "p1_data/val_50")
     if val_labels is not None and val_dir is None:
         raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
-    r, notes = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+    r, notes, given = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,
                 model=model, weights=weights,
                 image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix,
@@ -300,8 +302,7 @@ def cls_train(
                 limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
                 teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
-                   val_labels_csv=val_labels, command=_command_line(), notes=notes,
-                   recipe_name=recipe or DEFAULT_RECIPE["cls"])
+                   val_labels_csv=val_labels, command=_command_line(), notes=notes, given=given)
     if "val" in result:
         val = result["val"]
         _print_interval("val accuracy", val.get("accuracy_interval"))
@@ -453,14 +454,14 @@ def seg_train(
         train_dir, val_dir, classes, recipe = (got[k] for k in ("train_dir", "val_dir", "classes", "recipe"))
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
-    r, notes = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
+    r, notes, given = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
                 limit_train_batches=limit_batches, budget_minutes=budget, distill=distill,
                 teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
-                   classes=classes, notes=notes, recipe_name=recipe or DEFAULT_RECIPE["seg"])
+                   classes=classes, notes=notes, given=given)
     if "val" in result:
         _print_seg(result["val"])
 

@@ -177,8 +177,8 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
     if missing:
         from vislab.log import info
 
-        info(f"{run}: {len(missing)} image{'s' if len(missing) > 1 else ''} of {preds.name} not found under {val_dir} "
-             f"(e.g. {sorted(missing)[0]}); the confused pairs are drawn from the others")
+        info(f"{run}: images of {preds.name} not found under {val_dir} (e.g. {sorted(missing)[0]}: "
+             f"{len(missing)} of those the confused pairs looked at); the pairs are drawn from the others")
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import yaml
 
@@ -62,7 +62,7 @@ def check_resumed_data(out_dir: Path, *, key: str, digest: str, folder: str | Pa
 
 
 def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
-                       changes: list[str] | None = None, inputs: dict[str, str | None] | None = None) -> Path | None:
+                       changes: list[str] | None = None, inputs: dict[str, Any] | None = None) -> Path | None:
     """Create the run folder and write the resolved recipe, the command, the ``inputs`` it was
     given (``inputs.json``: folders, labels, the recipe's name; what a ``--resume`` takes when
     not given again) and ``changes.txt`` (the settings the data decided); return last.ckpt when
@@ -100,9 +100,10 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 INPUTS = "inputs.json"
 
 
-def read_inputs(out_dir: Path) -> dict[str, str | None]:
-    """What a run was started with (``inputs.json``; {} for a run folder of an older vislab);
-    a file that is not such a record is one error naming it."""
+def read_inputs(out_dir: Path) -> dict[str, Any]:
+    """What a run was started with (``inputs.json``: paths, the recipe's name, ``flags`` the
+    recipe fields its flags set; {} for a run folder of an older vislab); a file that is not
+    such a record is one error naming it."""
     path = out_dir / INPUTS
     if not path.is_file():
         return {}
@@ -110,7 +111,8 @@ def read_inputs(out_dir: Path) -> dict[str, str | None]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = None
-    if not isinstance(data, dict) or not all(isinstance(v, (str, type(None))) for v in data.values()):
+    if not isinstance(data, dict) or not all(isinstance(v, (str, type(None))) or (k == "flags" and isinstance(v, dict))
+                                             for k, v in data.items()):
         raise VislabError(path, "is not the record vislab writes (a JSON mapping of names to paths): it was changed "
                                 "by hand; restore it, or delete it and name the folders again")
     return data

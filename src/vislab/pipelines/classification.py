@@ -27,7 +27,7 @@ from vislab.pipelines.settings import AtTrainingStart, check_positive, held_out_
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
           val_dir: str | Path | None = None, labels_csv: str | Path | None = None,
           val_labels_csv: str | Path | None = None, command: str = "", notes: Sequence[str] = (),
-          recipe_name: str | None = None) -> dict[str, Any]:
+          given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a classifier on ``train_dir`` (any layout of :mod:`vislab.data.layouts`) into the
     run folder ``out_dir``.
 
@@ -36,8 +36,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     is written (the teachers' soft targets are made when training starts, from teachers checked
     before); settings the data decides (normalisation, a batch larger than the data) are
     printed and recorded in the run folder (``changes.txt``, results.json), after ``notes``: the
-    settings lines of :func:`vislab.pipelines.settings.run_recipe`. ``recipe_name``: the recipe
-    as the command named it, recorded with the folders in ``inputs.json`` for a later ``--resume``.
+    settings lines of :func:`vislab.pipelines.settings.run_recipe`. ``given``: what the
+    command gave the run (``recipe``: its name, ``flags``: the fields flags set), recorded with
+    the folders in ``inputs.json`` for a later ``--resume``.
 
     Example:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
@@ -100,7 +101,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                make_module=make_module, make_data=lambda r: ClassificationData(data, r),
                                resume=resume, command=command, changes=changes, describe=describe,
                                holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size),
-                               inputs=input_record(recipe_name, train_dir=train_dir, val_dir=val_dir,
+                               inputs=input_record(given, train_dir=train_dir, val_dir=val_dir,
                                                    labels=labels_csv, val_labels=val_labels_csv)))
     if done is None:
         return {}

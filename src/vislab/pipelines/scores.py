@@ -43,7 +43,12 @@ def check_same_classes_early(ckpt: str, against: str, task: str,
     from vislab.export import model_meta
     from vislab.models.ensemble import members
 
-    ours, theirs = (model_meta(members(spec)[0], "--against compares two trained models") for spec in (ckpt, against))
+    firsts = [members(spec)[0] for spec in (ckpt, against)]
+    ours, theirs = (model_meta(first, "--against compares two trained models") for first in firsts)
+    for first, meta in zip(firsts, (ours, theirs)):
+        if meta.get("task") is None:
+            raise VislabError(first, "not a vislab checkpoint (no vislab metadata: a plain state_dict?); --against "
+                                     "compares two trained models")
     if ours.get("task") == task and theirs.get("task") != task:
         raise VislabError(against, f"--against: is a {theirs.get('task')} model ({theirs.get('model')}); "
                                    f"expected a {task} model")

@@ -27,7 +27,7 @@ from vislab.models.ensemble import members
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
           val_dir: str | Path | None = None, command: str = "",
-          classes: str | Path | None = None, notes: Sequence[str] = (), recipe_name: str | None = None) -> dict[str, Any]:
+          classes: str | Path | None = None, notes: Sequence[str] = (), given: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a segmenter on the pairs of ``train_dir`` into the run folder ``out_dir``.
 
     The masks mean what ``classes`` (a classes file), else the ``classes.yaml`` of ``train_dir``
@@ -35,8 +35,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     the data set's mIoU on a held-out split of ``train_dir``; ``val_dir`` is evaluated once at
     the end. Snapshot stems are looked up in ``val_dir`` first, then in ``train_dir``. ``notes``:
     the settings lines of :func:`vislab.pipelines.settings.run_recipe`, for ``changes.txt``.
-    ``recipe_name``: the recipe as the command named it, recorded with the folders in
-    ``inputs.json`` for a later ``--resume``.
+    ``given``: what the command gave the run (``recipe``: its name, ``flags``: the fields flags
+    set), recorded with the folders in ``inputs.json`` for a later ``--resume``.
 
     Example:
         >>> train("hw1_data/p2_data/train", load_recipe("seg-fcn32s-seed"), out_dir="runs/p2",
@@ -128,7 +128,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs), items="pairs",
         make_module=make_module,
         make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
-        inputs=input_record(recipe_name, train_dir=train_dir, val_dir=val_dir, classes=classes),
+        inputs=input_record(given, train_dir=train_dir, val_dir=val_dir, classes=classes),
         extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
         holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),
         eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))

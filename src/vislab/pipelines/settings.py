@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,7 +63,8 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     settings lines that the run folder's ``changes.txt`` must record (pass them to ``train``).
 
     A resume continues the recipe saved in the run folder and refuses any override but
-    :data:`RESUME_CHANGEABLE` (named by ``flag``) or one that repeats the saved value. An explicit ``epochs`` switches off the
+    :data:`RESUME_CHANGEABLE` (named by ``flag``) or one that repeats the saved value, or the
+    value the run's own command gave (before the data adjusted it, as a batch larger than the data). An explicit ``epochs`` switches off the
     recipe's ``budget_minutes`` (the budget would otherwise replace it); both given is an error.
     A bad value is reported under the name of what set it: the recipe file, else the flag.
     """
@@ -84,9 +86,12 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         raise VislabError(out_dir / "recipe.yaml", "is missing: --resume continues the recipe the run was started "
                                                    "with; put the file back, or train afresh into another --out")
     if resume and (out_dir / "recipe.yaml").is_file():
+        from vislab.engine.run_folder import read_inputs
+
         base = load_recipe(str(out_dir / "recipe.yaml"))
+        asked = read_inputs(out_dir).get("flags") or {}  # the values the run was asked for, before the data adjusted them
         changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE
-                   and not _same_value(base, k, v)]
+                   and not _same_value(base, k, v) and json.loads(json.dumps(v, default=str)) != asked.get(k)]
         if changed:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
                                        f"{', '.join(flag(k) for k in changed)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vislab.config import Recipe
+from vislab.errors import VislabError
 from vislab.log import info
 
 
@@ -47,14 +48,21 @@ INPUT_FLAGS = {"train_dir": "TRAIN_DIR", "val_dir": "--val-dir", "labels": "--la
 """The inputs a run folder records (``inputs.json``), as the command line names them."""
 
 
-def input_record(recipe: str | None, **paths: str | Path | None) -> dict[str, str | None]:
-    """What a training run records of its inputs: each path made absolute (None: not given), and
-    the recipe as given (a shipped name, else its file's absolute path)."""
+def input_record(given: dict[str, Any] | None, **paths: str | Path | None) -> dict[str, Any]:
+    """What a training run records of its inputs: each path made absolute (None: not given), the
+    recipe as given (``given["recipe"]``: a shipped name, else its file's absolute path) and the
+    recipe fields its flags set (``given["flags"]``, as JSON values)."""
+    import json
+
     from vislab.config import shipped_recipes
 
-    record = {k: None if v is None else str(Path(v).resolve()) for k, v in paths.items()}
+    given = given or {}
+    record: dict[str, Any] = {k: None if v is None else str(Path(v).resolve()) for k, v in paths.items()}
+    recipe = given.get("recipe")
     if recipe is not None:
         record["recipe"] = recipe if recipe in shipped_recipes() else str(Path(recipe).resolve())
+    if given.get("flags"):
+        record["flags"] = json.loads(json.dumps(given["flags"], default=str))
     return record
 
 
@@ -70,9 +78,19 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     taken = []
     for key, value in given.items():
         if key in INPUT_FLAGS and value is None and recorded.get(key) is not None:
-            result[key] = Path(recorded[key])
+            where = Path(recorded[key])
+            if not where.exists():
+                if key in ("val_dir", "val_labels"):  # optional: the run goes on without its final validation
+                    info(f"--resume: the run's {INPUT_FLAGS[key]} {where} is gone; not taken (give {INPUT_FLAGS[key]} "
+                         "to name it where it is now)")
+                    continue
+                raise VislabError(where, f"not found: the run started with it as {INPUT_FLAGS[key]} ({out / INPUTS}); "
+                                         f"give {INPUT_FLAGS[key]} to name it where it is now")
+            result[key] = where
             taken.append(f"{INPUT_FLAGS[key]} {recorded[key]}")
-    if given.get("recipe") is not None and input_record(given["recipe"]).get("recipe") == recorded.get("recipe"):
+    if "val_labels" in result and result.get("val_dir") is None:
+        result["val_labels"] = None  # labels of a validation folder that is not taken
+    if given.get("recipe") is not None and input_record({"recipe": given["recipe"]}).get("recipe") == recorded.get("recipe"):
         result["recipe"] = None
     if taken:
         info(f"--resume: {', '.join(taken)}, as the run started (from {out / INPUTS})")
