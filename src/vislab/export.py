@@ -222,7 +222,12 @@ def _write_graph(onnx: Any, model: torch.nn.Module, meta: dict[str, Any], path: 
                  opset: int, *, free: bool, named: Path) -> None:
     """Trace ``model`` at ``shape`` into ``path`` with the vislab metadata; the batch axis is
     free, and with ``free`` the height and width too. A failure names the export ``named``."""
+    from vislab.models.seg_base import SegmentationModel
+
     axes = {0: "batch", 2: "height", 3: "width"} if free else {0: "batch"}
+    wrappers = [m for m in model.modules() if isinstance(m, SegmentationModel)]
+    for m in wrappers:
+        m.any_size_export = free
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
         try:
@@ -232,6 +237,9 @@ def _write_graph(onnx: Any, model: torch.nn.Module, meta: dict[str, Any], path: 
         except (RuntimeError, ValueError) as exc:  # e.g. an input too small for the network's pooling
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VislabError(named, f"ONNX export of a {shape[1]}x{shape[2]} input failed: {first}") from None
+        finally:
+            for m in wrappers:
+                m.any_size_export = False
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta, default=str)

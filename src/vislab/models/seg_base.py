@@ -31,6 +31,7 @@ class SegmentationModel(nn.Module):
         self.net = net
         self.stride = stride
         self.scale = scale
+        self.any_size_export = False  # set while an ONNX graph of free height and width is traced
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale != 1.0 and not self.training:
@@ -43,9 +44,9 @@ class SegmentationModel(nn.Module):
     def _padded_forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
-        # an ONNX export records the padding (and the resize back) whatever the traced size, so
-        # that a graph with free height and width pads and crops every size as PyTorch does
-        exporting = torch.onnx.is_in_onnx_export()
+        # an export of free height and width records the padding (and the resize back) whatever
+        # the traced size, so that its graph pads and crops every size as PyTorch does
+        exporting = self.any_size_export and torch.onnx.is_in_onnx_export()
         if ph or pw or exporting:
             x = F.pad(x, (0, pw, 0, ph))
         out = self.net(x)
