@@ -172,9 +172,12 @@ def test_recipe_file_value_names_the_file(color_classes, tmp_path, cli):
 def test_flags_switch_off_what_a_recipe_turns_on(tmp_path):
     from vislab.cli import _recipe
 
-    r, notes = _recipe("seg-fcn32s-seed", tmp_path / "run", False, "seg", weights="none", snapshot=(),
-                       model="lraspp_mobilenet_v3_large")
+    r, notes, given = _recipe("seg-fcn32s-seed", tmp_path / "run", False, "seg", weights="none", snapshot=(),
+                              model="lraspp_mobilenet_v3_large")
     assert r.weights is None and r.snapshot == () and r.model == "lraspp_mobilenet_v3_large" and notes == []
+    # what the run records of its command: the recipe's name and the flags given
+    assert given == {"recipe": "seg-fcn32s-seed",
+                     "flags": {"weights": "none", "snapshot": (), "model": "lraspp_mobilenet_v3_large"}}
     assert _recipe("cls-cpu", tmp_path / "run", False, "cls", image_size=0)[0].image_size is None
     assert _recipe("cls-cpu", tmp_path / "run", False, "cls")[0].weights == "imagenet"
     # and the offline build then needs no download
