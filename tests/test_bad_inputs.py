@@ -506,6 +506,11 @@ def test_images_of_more_than_8_bits_are_scaled_or_refused_never_clipped(tmp_path
     Image.fromarray(np.full((4, 4), 200_000, dtype=np.int32)).save(tmp_path / "wide.tif")
     with pytest.raises(VislabError, match="I image with values outside 0..65535: not 16-bit grey"):
         decode_fitted(tmp_path / "wide.tif", (4, 4))
+    # a truncated 16-bit PNG breaks while it is read: named, as an 8-bit one is
+    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (64, 64), dtype=np.uint16)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:2000])
+    with pytest.raises(VislabError, match="cut.png: not a decodable image"):
+        decode_fitted(tmp_path / "cut.png", (64, 64))
 
 
 def test_exif_orientation_is_read_from_headers_and_applied_once(tmp_path):

@@ -103,16 +103,6 @@ def orientation(im: Any) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def upright(im: Any, turn: int) -> Any:
-    """``im`` turned as EXIF orientation ``turn`` (2..8) says a viewer shows it."""
-    from PIL import Image
-
-    methods = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-               8: Image.Transpose.ROTATE_90}
-    return im.transpose(methods[turn]) if turn in methods else im
-
-
 def shown_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image as :func:`decode_fitted` shows it: an EXIF orientation that
     turns it a quarter swaps the two (headers only)."""
@@ -147,23 +137,22 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
     covers ``target``, then centre cropped: the aspect ratio is kept and the centre is what stays.
     """
     p = Path(path)
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with open_image(p) as im:
         done: tuple[str, ...] = ()
-        turn = orientation(im)  # before a 16-bit image is converted, which drops its EXIF
-        if im.mode in _HIGH_BIT_MODES and im.mode != "F":
+        try:  # a file that breaks while decoding (truncated, corrupt) is one error naming it
+            if orientation(im) != 1:  # the camera's pixels, turned as shown (before a 16-bit image loses its EXIF)
+                im, done = ImageOps.exif_transpose(im), (UPRIGHT,)
+            if im.mode in _HIGH_BIT_MODES and im.mode != "F":
+                values = np.asarray(im, dtype=np.float64)
+                if values.size and (values.min() < 0 or values.max() > 65535):
+                    raise VislabError(p, f"{im.mode} image with values outside 0..65535: not 16-bit grey; vislab "
+                                         "reads 8 bits per channel (save it as 8-bit)")
+                im, done = Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), mode="L"), \
+                    (SIXTEEN_BITS, *done)
+            _refuse_high_bits(p, im.mode)
             im.load()
-            values = np.asarray(im, dtype=np.float64)
-            if values.size and (values.min() < 0 or values.max() > 65535):
-                raise VislabError(p, f"{im.mode} image with values outside 0..65535: not 16-bit grey; vislab reads "
-                                     "8 bits per channel (save it as 8-bit)")
-            im, done = Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), mode="L"), (SIXTEEN_BITS,)
-        _refuse_high_bits(p, im.mode)
-        try:
-            im.load()
-            if turn != 1:  # EXIF orientation: the camera's pixels, turned when shown
-                im, done = upright(im, turn), done + (UPRIGHT,)
             rgb = im.convert("RGB") if im.mode != "RGB" else im
             h, w = rgb.height, rgb.width
             if (h, w) != tuple(target):

@@ -182,14 +182,21 @@ class MaskStats:
             raise VislabError(folder, f"no pixel of its {len(self.stems)} masks is in a scored class under "
                                       f"{classes.source}'s description{hint}")
 
+    def _rows(self, stems: list[str]) -> list[int]:
+        keep = set(stems)
+        return [i for i, s in enumerate(self.stems) if s in keep]
+
+    def counts_of(self, stems: list[str]) -> torch.Tensor:
+        """Pixel counts per class (C,) over the masks of ``stems`` (a training part)."""
+        return self.counts[self._rows(stems)].sum(0)
+
     def unseen_classes(self, classes: SegClasses, stems: list[str]) -> str | None:
         """One line naming the scored classes of which the masks of ``stems`` (the training part)
         hold no pixel, which a model trained on them cannot learn; None when each has some. When
         pixels were left out as ignore, their share is named (masks saved as 0/255 with
         ``ignore_index: 255`` hide their second class that way)."""
-        keep = set(stems)
-        rows = [i for i, s in enumerate(self.stems) if s in keep]
-        counts = self.counts[rows].sum(0)
+        rows = self._rows(stems)
+        counts = self.counts_of(stems)
         absent = [f"{classes.names[i]} ({i})" for i in range(classes.scored) if not int(counts[i])]
         if not absent:
             return None

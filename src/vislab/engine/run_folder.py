@@ -100,6 +100,11 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 INPUTS = "inputs.json"
 
 
+def flag_values(flags: dict[str, Any]) -> dict[str, Any]:
+    """Recipe fields set by flags as ``inputs.json`` holds them (JSON values: tuples as lists)."""
+    return json.loads(json.dumps(flags, default=str))
+
+
 def read_inputs(out_dir: Path) -> dict[str, Any]:
     """What a run was started with (``inputs.json``: paths, the recipe's name, ``flags`` the
     recipe fields its flags set; {} for a run folder of an older vislab); a file that is not

@@ -74,9 +74,7 @@ class SegmentationData(SplitData):
     @property
     def class_counts(self) -> torch.Tensor:
         """Pixel counts per class over the training part."""
-        keep = {p.stem for p in self.train_pairs}
-        rows = [i for i, s in enumerate(self.stats.stems) if s in keep]
-        return self.stats.counts[rows].sum(0)
+        return self.stats.counts_of([p.stem for p in self.train_pairs])
 
     def dataset(self, indices: list[int]) -> Dataset:
         return CachedTiles(self.tiles, indices)

@@ -137,7 +137,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result, best, recipe = done
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
     if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
-        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size, folder_classes=classes is None)
+        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
         at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
         line = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}"
@@ -145,7 +145,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
         result["changes"] = read_changes(out)
     if val_dir is not None:
-        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size, folder_classes=classes is None)
+        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
         result["val_miou"] = result["val"]["miou"]
         result["val_dir"] = str(val_dir)
     result["checkpoint"] = best
@@ -326,13 +326,18 @@ def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: 
     return f"{explicit} replaces {found}, which {words}"
 
 
+def _say_described(folder: str | Path, desc: SegClasses, explicit: str | None) -> None:
+    """:func:`check_described_alike`, its replacement line (if any) said on the console."""
+    line = check_described_alike(folder, desc, explicit=explicit)
+    if line:
+        info(line)
+
+
 def _check_run_classes(folder: str | Path, desc: SegClasses, metas: list[dict[str, Any]]) -> None:
     """:func:`check_described_alike` for a trained run's classes: a run trained with ``--classes``
     over its folders' own files (``classes_named``) replaces them here too, said; else refused."""
     named = any(m.get("classes_named") for m in metas)
-    line = check_described_alike(folder, desc, explicit=f"the run's --classes {desc.source}" if named else None)
-    if line:
-        info(line)
+    _say_described(folder, desc, f"the run's --classes {desc.source}" if named else None)
 
 
 def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: str = "none",
@@ -476,9 +481,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
     """
     desc = find_classes(gt_dir, classes)
     if classes is not None:
-        line = check_described_alike(gt_dir, desc, explicit=f"--classes {desc.source}")
-        if line:
-            info(line)
+        _say_described(gt_dir, desc, f"--classes {desc.source}")
     gt = list_masks(gt_dir)
     pred = _pred_files(Path(pred_dir))
     missing = sorted(set(gt) - set(pred))
@@ -526,16 +529,15 @@ def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> d
 
 def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "none", batch_size: int = 4,
                         device: str | None = None, offsets: bool = True, held_out: bool = False,
-                        against: str | None = None, folder_classes: bool = True) -> dict[str, Any]:
+                        against: str | None = None) -> dict[str, Any]:
     """The mIoU of a checkpoint on a folder of pairs (no files written), its masks read by the
     checkpoint's description (a folder's own classes file that says otherwise is refused, unless
-    ``folder_classes`` is False: a run trained with ``--classes`` over it); ``offsets`` as in :func:`predict`. ``held_out``: ``img_dir`` is the
+    the run was trained with ``--classes`` over it: replaced, said); ``offsets`` as in :func:`predict`. ``held_out``: ``img_dir`` is the
     runs' training folder and only the pairs their recipe held out are scored (the place to choose
     between runs, TTAs or ensembles without touching validation; offsets were fitted there too).
     ``against``: another run (or ensemble) scored on the same pairs with the same settings;
     ``result["against"]`` holds its mIoU and the difference, with a paired bootstrap interval."""
-    settings = dict(tta=tta, batch_size=batch_size, device=device, offsets=offsets, held_out=held_out,
-                    folder_classes=folder_classes)
+    settings = dict(tta=tta, batch_size=batch_size, device=device, offsets=offsets, held_out=held_out)
     if against is not None:
         check_same_classes_early(str(ckpt), against, "seg", lambda a, b: classes_of(a).same_classes(classes_of(b)))
     confs, desc, stems, extra = _scored_pairs(ckpt, img_dir, **settings)
@@ -550,8 +552,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
 
 
 def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size: int, device: str | None,
-                  offsets: bool, held_out: bool, folder_classes: bool = True
-                  ) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
+                  offsets: bool, held_out: bool) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
     """A checkpoint's (or ensemble's) confusion matrix on each labelled pair (F, K, K), its
     classes, the pairs' stems and the result's other fields (strays, offsets, members, split)."""
     from vislab.models.checkpoints import pick_device
@@ -561,8 +562,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
     dev = pick_device(device)
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets)) for p in paths]
     desc = _ensemble_classes(models, paths)
-    if folder_classes:
-        _check_run_classes(img_dir, desc, [m for _, m in models])
+    _check_run_classes(img_dir, desc, [m for _, m in models])
     shifts = _say_offsets(models, offsets)
     pairs = list_pairs(img_dir)
     split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
@@ -661,7 +661,7 @@ def _labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, class
 
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
               batch_size: int = 4, device: str | None = None, stride: int = 2,
-              scales: Sequence[float] | None = None, folder_classes: bool = True) -> dict[str, Any]:
+              scales: Sequence[float] | None = None) -> dict[str, Any]:
     """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, for
     the mIoU of its data set, and store them beside it (see :mod:`vislab.calibration`).
 
@@ -679,8 +679,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     check_output_file(offsets_file(path))  # where the result goes, before the work
     model, meta = load_network(path, task="seg")
     desc = classes_of(meta)
-    if folder_classes:  # as in evaluate_checkpoint
-        _check_run_classes(pairs_dir, desc, [meta])
+    _check_run_classes(pairs_dir, desc, [meta])  # as in evaluate_checkpoint
     pairs = list_pairs(pairs_dir)
     recipe = meta.get("recipe", {})
     if split == "holdout":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -86,12 +85,12 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         raise VislabError(out_dir / "recipe.yaml", "is missing: --resume continues the recipe the run was started "
                                                    "with; put the file back, or train afresh into another --out")
     if resume and (out_dir / "recipe.yaml").is_file():
-        from vislab.engine.run_folder import read_inputs
+        from vislab.engine.run_folder import flag_values, read_inputs
 
         base = load_recipe(str(out_dir / "recipe.yaml"))
         asked = read_inputs(out_dir).get("flags") or {}  # the values the run was asked for, before the data adjusted them
         changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE
-                   and not _same_value(base, k, v) and json.loads(json.dumps(v, default=str)) != asked.get(k)]
+                   and not _same_value(base, k, v) and flag_values({k: v})[k] != asked.get(k)]
         if changed:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
                                        f"{', '.join(flag(k) for k in changed)}")

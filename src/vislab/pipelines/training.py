@@ -52,9 +52,8 @@ def input_record(given: dict[str, Any] | None, **paths: str | Path | None) -> di
     """What a training run records of its inputs: each path made absolute (None: not given), the
     recipe as given (``given["recipe"]``: a shipped name, else its file's absolute path) and the
     recipe fields its flags set (``given["flags"]``, as JSON values)."""
-    import json
-
     from vislab.config import shipped_recipes
+    from vislab.engine.run_folder import flag_values
 
     given = given or {}
     record: dict[str, Any] = {k: None if v is None else str(Path(v).resolve()) for k, v in paths.items()}
@@ -62,7 +61,7 @@ def input_record(given: dict[str, Any] | None, **paths: str | Path | None) -> di
     if recipe is not None:
         record["recipe"] = recipe if recipe in shipped_recipes() else str(Path(recipe).resolve())
     if given.get("flags"):
-        record["flags"] = json.loads(json.dumps(given["flags"], default=str))
+        record["flags"] = flag_values(given["flags"])
     return record
 
 
