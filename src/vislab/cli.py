@@ -671,6 +671,57 @@ def demo_cmd(
               f"{res['recipe']['image_size']}")
 
 
+# --- the decode cache ------------------------------------------------------------------------
+
+cache_app = typer.Typer(help="The cache of decoded images and tiles, mask statistics and ONNX graphs "
+                        "($VISLAB_CACHE, default ~/.cache/vislab): list it, or free its space.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list_cmd() -> None:
+    """Every entry of the cache: what it holds, made from which folder, its size and last use."""
+    import time
+
+    from vislab.data.cache import cache_dir, cache_entries, megabytes
+
+    entries = cache_entries()
+    if not entries:
+        out.print(f"{cache_dir()}: empty")
+        return
+    t = Table()
+    for column in ("last used", "holds", "items", "size", "made from"):
+        t.add_column(column, overflow="fold", no_wrap=column != "made from")
+    for e in entries:
+        t.add_row(time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)), e.describe(),
+                  "" if e.items is None else str(e.items), megabytes(e.bytes), e.source or "(not recorded)")
+    out.print(t, markup=False)
+    out.print(f"{cache_dir()}: {len(entries)} entries, {megabytes(sum(e.bytes for e in entries))}")
+
+
+@cache_app.command("clear")
+def cache_clear_cmd(
+    unused_days: Optional[float] = typer.Option(None, "--unused-days", help="Only entries not used for this many days."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Only entries made from this folder (or one inside it)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go, delete nothing."),
+) -> None:
+    """Delete cache entries (all, or those the options choose); a later run decodes again."""
+    from vislab.data.cache import cache_dir, cache_entries, megabytes, remove_entries, select_entries
+
+    if unused_days is not None and unused_days < 0:
+        raise VislabError("--unused-days", f"must be >= 0, got {unused_days:g}")
+    entries = cache_entries()
+    chosen = select_entries(entries, unused_days=unused_days, source=source)
+    size = megabytes(sum(e.bytes for e in chosen))
+    if dry_run:
+        for e in chosen:
+            out.print(f"would delete {e.name} ({e.describe()}, {megabytes(e.bytes)})", markup=False)
+        out.print(f"{cache_dir()}: would free {size} ({len(chosen)} of {len(entries)} entries)")
+        return
+    freed = remove_entries(chosen)
+    out.print(f"{cache_dir()}: freed {megabytes(freed)} ({len(chosen)} of {len(entries)} entries deleted)")
+
+
 def _one_line_summaries(*apps: typer.Typer) -> None:
     """A command's line in its group's list is its docstring's first paragraph on one line (Typer
     would keep the docstring's own line breaks there, cutting sentences mid-way)."""
@@ -681,7 +732,7 @@ def _one_line_summaries(*apps: typer.Typer) -> None:
                 command.short_help = " ".join(doc.strip().split("\n\n")[0].split())
 
 
-_one_line_summaries(app, cls_app, seg_app)
+_one_line_summaries(app, cls_app, seg_app, cache_app)
 
 
 def main() -> None:

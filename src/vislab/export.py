@@ -14,6 +14,7 @@ Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -424,4 +425,9 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
     if not onnx_path.is_file():
         export_network(model.to(memory_format=torch.contiguous_format), meta, onnx_path, shape=shape)
         model.to(memory_format=torch.channels_last)
+    else:
+        try:
+            os.utime(onnx_path)  # its time is its last use, for `vislab cache list`
+        except OSError:
+            pass
     return onnx_path

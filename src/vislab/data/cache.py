@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from vislab.io import atomic_path
+from vislab.errors import VislabError
+from vislab.io import atomic_path, atomic_write_text
+from vislab.log import info
 
 DECODE_RULE = "fit-cover-centre-v2"  # part of the cache key: change it when decode_fitted changes
 # (v2: EXIF-upright photos, 16-bit grey read). Callers with their own decoder pass their own rule.
@@ -90,7 +92,8 @@ def open_array(path: Path) -> torch.Tensor:
 
 def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
                    key: str | None = None, use_cache: bool = True, tag: str = "cls",
-                   workers: int | None = None, channels: int = 3, rule: str = DECODE_RULE) -> tuple[torch.Tensor, Counter]:
+                   workers: int | None = None, channels: int = 3, rule: str = DECODE_RULE,
+                   source: str | Path = "", built: list[Path] | None = None) -> tuple[torch.Tensor, Counter]:
     """Every file decoded by ``decode(path, target) -> (HxWxC uint8 array, original (h, w, ...))``
     into one (N, C, H, W) uint8 tensor (C = ``channels``), and the count of each key the decoder
     returned (an original size, and what the decoder says it did after it).
@@ -98,7 +101,10 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
 
     With ``use_cache`` the tensor is a memory-mapped cache file (built on the first call, reused
     while the file list (``key``, default :func:`file_list_key`), the target size and the decoder's
-    ``rule`` are unchanged); without, it is decoded into memory and nothing is written.
+    ``rule`` are unchanged); without, it is decoded into memory and nothing is written. A new
+    cache file is said on the console with its size; ``source`` (the folder) is recorded beside it
+    for ``vislab cache list``, and each reuse marks the entry as used. With ``built`` (a list) the
+    new file's path is appended to it instead of said, for a caller that says its files at once.
     """
     n, (h, w) = len(files), target
     if not use_cache:
@@ -118,6 +124,7 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
             sizes = Counter({(int(row[0]), int(row[1]), *map(str, row[2:-1])): int(row[-1])
                              for row in json.loads(side.read_text())})
             if tuple(cached.shape) == shape and cached.dtype == torch.uint8:
+                mark_used(path)
                 return cached, sizes
         except (OSError, ValueError, TypeError):
             pass  # a broken cache is rebuilt, never fatal
@@ -128,9 +135,22 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
             sizes = _fill_file(tmp, files, target, decode, workers)
         with atomic_path(side) as tmp:
             tmp.write_text(json.dumps([[*key, c] for key, c in sizes.items()]))
+        record_source(path, source, count=n)
     except OSError:  # an unwritable cache only costs memory: decode into memory instead
         return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels, rule=rule)
+    if built is not None:
+        built.append(path)
+    else:
+        say_built(source, [path], f"{n} images")
     return open_array(path), sizes
+
+
+def say_built(source: str | Path, paths: list[Path], what: str) -> None:
+    """One console line for new cache files: what they hold, where, how big."""
+    if paths:
+        where = paths[0] if len(paths) == 1 else f"{len(paths)} files in {paths[0].parent}"
+        info(f"{source or 'cache'}: {what} decoded once into {where} ({megabytes(sum(p.stat().st_size for p in paths))}); "
+             "`vislab cache list` shows the cache, `vislab cache clear` frees it")
 
 
 def _decode_into(out: np.ndarray, files: Sequence[Path], lo: int, target: tuple[int, int],
@@ -175,3 +195,131 @@ def _fill_file(path: Path, files: Sequence[Path], target: tuple[int, int], decod
     finally:
         _JOB.clear()
     return sizes
+
+
+# --- the cache's own bookkeeping: what each entry holds, when it was last used -------------
+
+ABOUT = ".about.json"  # beside a cache file: its source folder and item count; its time is the last use
+
+
+def _about_of(path: Path) -> Path:
+    return path.with_name(path.name.split(".")[0] + ABOUT)
+
+
+def record_source(path: Path, source: str | Path, *, count: int) -> None:
+    """Write ``path``'s record: the folder it was made from (absolute) and how many items it holds."""
+    where = str(Path(source).resolve()) if str(source) else ""
+    try:
+        atomic_write_text(json.dumps({"source": where, "items": count}), _about_of(path))
+    except (OSError, VislabError):  # the record only serves the listing
+        pass
+
+
+def mark_used(path: Path) -> None:
+    """Mark a cache entry as used now (its record's time); a read-only cache is left as it is."""
+    try:
+        os.utime(_about_of(path))
+    except OSError:
+        pass
+
+
+def megabytes(n: int) -> str:
+    """``n`` bytes in MB, or GB from 1 GB on."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+class CacheEntry:
+    """One entry of the cache: its files (the data, its sidecars), what it holds, its source
+    folder when recorded, its size in bytes and when it was last used (seconds since the epoch)."""
+
+    KINDS = {"cls": "decoded images", "seg": "decoded tiles", "seg-stats": "mask statistics",
+             "onnx": "ONNX graph", "unfinished": "unfinished (interrupted) file"}
+
+    def __init__(self, kind: str, files: list[Path]) -> None:
+        self.kind = kind
+        self.files = files
+        self.bytes = sum(f.stat().st_size for f in files if f.is_file())
+        self.last_used = max(f.stat().st_mtime for f in files if f.is_file())
+        self.source: str | None = None
+        self.items: int | None = None
+        about = [f for f in files if f.name.endswith(ABOUT)]
+        if about:
+            try:
+                d = json.loads(about[0].read_text())
+                self.source, self.items = d.get("source") or None, d.get("items")
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    @property
+    def name(self) -> str:
+        """The entry's main file name."""
+        return self.files[0].name
+
+    def describe(self) -> str:
+        """What the entry holds, in words."""
+        return self.KINDS[self.kind]
+
+
+def cache_entries(root: Path | None = None) -> list[CacheEntry]:
+    """Every entry of the cache (``root``, default :func:`cache_dir`), least recently used first.
+    A file the cache does not know is not listed (and never removed)."""
+    root = root or cache_dir()
+    if not root.is_dir():
+        return []
+    groups: dict[tuple[str, str], list[Path]] = {}
+    for f in sorted([*root.iterdir(), *((root / "onnx").iterdir() if (root / "onnx").is_dir() else [])]):
+        if not f.is_file():
+            continue
+        if f.name.startswith(".") and f.name.endswith(".tmp"):
+            groups[("unfinished", str(f))] = [f]
+            continue
+        stem = f.name.split(".")[0]
+        if f.parent.name == "onnx":
+            if f.suffix == ".onnx":
+                groups[("onnx", str(f))] = [f]
+            continue
+        if not f.name.endswith((".npy", ".sizes.json", ".pt", ABOUT)):
+            continue
+        if stem.startswith("seg-stats-"):
+            kind = "seg-stats"
+        elif stem.startswith(("cls-", "seg-")):
+            kind = stem.split("-")[0]
+        else:
+            continue
+        groups.setdefault((kind, str(f.parent / stem)), []).append(f)
+    entries = []
+    for (kind, _), files in groups.items():
+        files.sort(key=lambda f: (not f.name.endswith((".npy", ".pt", ".onnx", ".tmp")), f.name))  # the data first
+        entries.append(CacheEntry(kind, files))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def remove_entries(entries: Iterable[CacheEntry]) -> int:
+    """Delete the entries' files; return the bytes freed. A process that has an entry mapped keeps
+    reading it (the file goes when it closes); the next run decodes again."""
+    freed = 0
+    for e in entries:
+        for f in e.files:
+            try:
+                size = f.stat().st_size
+                f.unlink()
+                freed += size
+            except FileNotFoundError:
+                pass
+    return freed
+
+
+def select_entries(entries: list[CacheEntry], *, unused_days: float | None = None,
+                   source: str | Path | None = None, now: float | None = None) -> list[CacheEntry]:
+    """The entries not used for ``unused_days`` days and made from ``source`` or a folder inside
+    it (an entry without a recorded source never matches a ``source``)."""
+    import time
+
+    now = time.time() if now is None else now
+    chosen = entries
+    if unused_days is not None:
+        chosen = [e for e in chosen if now - e.last_used >= unused_days * 86400]
+    if source is not None:
+        root = Path(source).resolve()
+        chosen = [e for e in chosen if e.source and (Path(e.source) == root or root in Path(e.source).parents)]
+    return chosen

@@ -80,7 +80,7 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     """
     items = find_items(folder, labelled=labelled, labels_csv=labels_csv, class_names=class_names)
     target = tuple(size) if size is not None else storage_size(most_common_size(sample_sizes(items.files)), image_size)
-    images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache)
+    images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache, source=items.root)
     other = sum(n for key, n in sizes.items() if tuple(key[:2]) != tuple(target))
     if other:
         info(f"{items.root}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "

@@ -9,6 +9,7 @@ is a pure function of (seed, epoch, sample index), so resumed runs and DDP ranks
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from vislab.data.cache import cache_dir, content_digest, decoded_images, file_list_key
+from vislab.data.cache import cache_dir, content_digest, decoded_images, file_list_key, mark_used, record_source, say_built
 from vislab.data.tensors import hash_uniform
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
@@ -220,6 +221,12 @@ class MaskStats:
         return Counter(tuple(int(v) for v in s) for s in self.sizes.tolist()).most_common(1)[0][0]
 
 
+def pairs_folder(pairs: list[Pair]) -> str:
+    """The folder that holds the pairs (images and masks), for the cache's record."""
+    files = [str(f) for p in pairs[:1] for f in (p.image, p.mask) if f is not None]
+    return os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+
+
 def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 512),
                classes: SegClasses | None = None) -> MaskStats:
     """Decode every pair once (checking sizes, colours and readability); cached on disk by file
@@ -231,6 +238,7 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
     if cache.is_file():
         try:
             d = torch.load(cache, weights_only=True)
+            mark_used(cache)
             return MaskStats(d["stems"], d["counts"], d["stray"], d["ignored"], d["sizes"])
         except Exception:  # noqa: BLE001 - a broken (or older) cache is rebuilt
             pass
@@ -249,6 +257,7 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
     stats = MaskStats([p.stem for p in pairs], counts, stray, ignored, sizes)
     try:
         atomic_save({"stems": stats.stems, "counts": counts, "stray": stray, "ignored": ignored, "sizes": sizes}, cache)
+        record_source(cache, pairs_folder(pairs), count=len(pairs))
     except OSError:
         pass
     return stats
@@ -316,15 +325,17 @@ class TileCache:
         self.where: list[tuple[int, int]] = [(0, 0)] * len(pairs)
         self.arrays: list[torch.Tensor] = []
         decode = _pair_decoder(classes, expected)
+        source, built = pairs_folder(pairs), []
         for g, (hw, members) in enumerate(sorted(groups.items())):
             chosen = [pairs[i] for i in members]
             files = [f for p in chosen for f in (p.image, p.mask) if f is not None]
             key = file_list_key(files, extra=repr((classes.to_dict(), expected, CACHE_RULE)))
             arr, _ = decoded_images(chosen, hw, decode, key=key, tag="seg", channels=4, use_cache=use_cache,
-                                    workers=workers, rule=TILE_RULE)
+                                    workers=workers, rule=TILE_RULE, source=source, built=built)
             self.arrays.append(arr)
             for j, i in enumerate(members):
                 self.where[i] = (g, j)
+        say_built(source, built, f"{len(pairs)} pairs")
 
     def __len__(self) -> int:
         return len(self.where)

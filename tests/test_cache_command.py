@@ -1,0 +1,114 @@
+"""`vislab cache list/clear`: every entry a run writes is listed with its source folder, size and
+last use, and clearing deletes exactly the chosen entries (and nothing the cache does not own)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conftest import write_color_classes, write_png
+from test_own_seg_data import make_index_set
+
+from vislab.data.cache import cache_entries, select_entries
+from vislab.data.classification import load_folder
+from vislab.data.seg_classes import find_classes
+from vislab.data.segmentation import TileCache, list_pairs, scan_masks
+
+
+def _fill(tmp_path: Path, monkeypatch) -> tuple[Path, Path, Path]:
+    """A cache holding one classification folder's images and one segmentation folder's
+    statistics and tiles; returns (cache, cls folder, seg folder)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VISLAB_CACHE", str(cache))
+    cls_dir = write_color_classes(tmp_path / "cls", per_class=4)
+    load_folder(cls_dir, labelled=True)
+    seg_dir = make_index_set(tmp_path / "seg", 3)
+    desc, pairs = find_classes(seg_dir), list_pairs(seg_dir)
+    stats = scan_masks(pairs, expected=None, classes=desc)
+    TileCache(pairs, [tuple(v) for v in stats.sizes.tolist()], desc)
+    return cache, cls_dir, seg_dir
+
+
+def test_entries_name_their_source_size_and_files(tmp_path, monkeypatch):
+    cache, cls_dir, seg_dir = _fill(tmp_path, monkeypatch)
+    (cache / "notes.txt").write_text("mine")  # not the cache's: never listed
+    entries = cache_entries()
+    kinds = sorted(e.kind for e in entries)
+    assert kinds[0] == "cls" and kinds.count("seg-stats") == 1 and "seg" in kinds
+    files = [f for e in entries for f in e.files]
+    on_disk = sorted(p for p in cache.iterdir() if p.name != "notes.txt")
+    assert sorted(files) == on_disk  # every file of the cache belongs to exactly one entry
+    for e in entries:
+        assert e.bytes == sum(f.stat().st_size for f in e.files)
+        want = cls_dir if e.kind == "cls" else seg_dir
+        assert e.source == str(want.resolve())
+    (cls_entry,) = [e for e in entries if e.kind == "cls"]
+    assert cls_entry.items == 12 and cls_entry.files[0].suffix == ".npy"
+
+
+def test_a_new_entry_is_said_once_with_its_size(tmp_path, monkeypatch, capsys):
+    cache, cls_dir, seg_dir = _fill(tmp_path, monkeypatch)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{cls_dir}: 12 images decoded once into" in err
+    assert f"{seg_dir}: 3 pairs decoded once into" in err and "vislab cache clear" in err
+    assert err.count("decoded once") == 2  # the tiles of all sizes in one line
+    load_folder(cls_dir, labelled=True)
+    assert "decoded once" not in capsys.readouterr().err
+
+
+def test_reuse_marks_an_entry_used(tmp_path, monkeypatch):
+    cache, cls_dir, _ = _fill(tmp_path, monkeypatch)
+    for f in cache.iterdir():  # everything made long ago
+        os.utime(f, (1_000_000, 1_000_000))
+    load_folder(cls_dir, labelled=True)  # reads the cached images again
+    entries = {e.kind: e for e in cache_entries()}
+    assert time.time() - entries["cls"].last_used < 600
+    assert entries["seg"].last_used == 1_000_000
+    assert cache_entries()[-1].kind == "cls"  # least recently used first
+
+
+def test_selection_by_age_and_folder(tmp_path, monkeypatch):
+    cache, cls_dir, seg_dir = _fill(tmp_path, monkeypatch)
+    entries = cache_entries()
+    now = max(e.last_used for e in entries)
+    assert select_entries(entries, unused_days=1, now=now) == []
+    assert len(select_entries(entries, unused_days=1, now=now + 86400)) == len(entries)
+    by_seg = select_entries(entries, source=seg_dir)
+    assert {e.kind for e in by_seg} == {"seg", "seg-stats"}
+    assert len(select_entries(entries, source=tmp_path)) == len(entries)  # a folder above both
+    assert select_entries(entries, source=tmp_path / "elsewhere") == []
+
+
+def test_clear_deletes_the_chosen_entries_and_the_next_run_decodes_again(tmp_path, monkeypatch, cli):
+    cache, cls_dir, seg_dir = _fill(tmp_path, monkeypatch)
+    (cache / "notes.txt").write_text("mine")
+    before = cache_entries()
+    listed = cli("cache", "list")
+    assert listed.code == 0 and f"{len(before)} entries" in listed.out
+    dry = cli("cache", "clear", "--source", str(seg_dir), "--dry-run")
+    assert dry.code == 0 and "would free" in dry.out and len(cache_entries()) == len(before)
+    res = cli("cache", "clear", "--source", str(seg_dir))
+    assert res.code == 0 and "freed" in res.out
+    assert [e.kind for e in cache_entries()] == ["cls"]
+    first = load_folder(cls_dir, labelled=True).images.clone()
+    res = cli("cache", "clear")
+    assert res.code == 0 and cache_entries() == [] and (cache / "notes.txt").read_text() == "mine"
+    again = load_folder(cls_dir, labelled=True)  # decoded afresh, the same pixels
+    assert torch.equal(again.images, first) and len(cache_entries()) == 1
+    assert cli("cache", "clear", "--unused-days", "-1").code == 2
+
+
+def test_unfinished_files_and_old_entries_without_a_record(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VISLAB_CACHE", str(cache))
+    cache.mkdir()
+    np.save(cache / "cls-0123456789abcdef0123-32x32-abcdef.npy", np.zeros((2, 3, 32, 32), np.uint8))
+    (cache / ".cls-1.npy.x1y2.tmp").write_bytes(b"12345")  # a build that was killed
+    write_png(tmp_path / "unrelated.png", np.zeros((4, 4, 3), np.uint8))
+    entries = {e.kind: e for e in cache_entries()}
+    assert set(entries) == {"cls", "unfinished"}
+    assert entries["cls"].source is None and entries["unfinished"].bytes == 5
