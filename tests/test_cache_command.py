@@ -112,3 +112,4 @@ def test_unfinished_files_and_old_entries_without_a_record(tmp_path, monkeypatch
     entries = {e.kind: e for e in cache_entries()}
     assert set(entries) == {"cls", "unfinished"}
     assert entries["cls"].source is None and entries["unfinished"].bytes == 5
+

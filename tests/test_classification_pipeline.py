@@ -156,11 +156,16 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     other, copy = tmp_path / "other", tmp_path / "copy"
     shutil.copytree(color_classes, other)
     shutil.copytree(color_classes, copy)
-    sorted(other.iterdir())[0].unlink()
+    gone = sorted(other.iterdir())[0]
+    gone.unlink()
     res = cli("cls", "train", other, "--out", run, "--resume")
     assert res.code == 2 and res.err.strip().endswith(
-        f"vislab: error: {other}: is not the data {run / 'last.ckpt'} was trained on (other files or labels); "
+        f"vislab: error: {other}: is not the data {run / 'last.ckpt'} was trained on (1 gone ({gone.name})); "
         "--resume continues a run on the training folder it started with")
+    (run / "train_items.txt.gz").rename(tmp_path / "items.gz")  # a run folder of an older vislab: no record
+    res = cli("cls", "train", other, "--out", run, "--resume")
+    assert res.code == 2 and "was trained on (other files or labels);" in res.err
+    (tmp_path / "items.gz").rename(run / "train_items.txt.gz")
     assert cli("cls", "train", copy, "--out", run, "--resume").code == 0
 
 

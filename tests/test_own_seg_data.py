@@ -315,7 +315,10 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     assert res.code == 2 and "cannot resume" in res.err and "a, b, c, d" in res.err
     assert f"{own_run / 'run' / 'last.ckpt'}: cannot resume" in res.err  # the checkpoint it checked is named
     res = cli("seg", "train", other, "--out", own_run / "run", "--resume")  # pairs of another folder
-    assert res.code == 2 and f"{other}: is not the data {own_run / 'run' / 'last.ckpt'} was trained on" in res.err
+    said = " ".join(res.err.split())
+    assert res.code == 2 and f"{other}: is not the data {own_run / 'run' / 'last.ckpt'} was trained on" in said
+    # the same generator made its first two pairs: the other eleven of the training folder are named gone
+    assert "(11 gone (t02, t03, t04, ... 8 more));" in said
 
 
 def test_course_snapshot_stems_give_way_on_own_data(tmp_path):

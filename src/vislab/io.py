@@ -33,7 +33,7 @@ def check_output_file(path: str | Path) -> Path:
 
 # What a training run writes into its folder: a command's output never replaces one of them.
 RUN_RECORDS = frozenset({"recipe.yaml", "results.json", "history.csv", "changes.txt", "command.txt", "inputs.json",
-                         "hparams.yaml", "metrics.csv", "val_predictions.csv"})
+                         "hparams.yaml", "metrics.csv", "val_predictions.csv", "train_items.txt.gz"})
 
 
 def written_by_runs(name: str) -> bool:

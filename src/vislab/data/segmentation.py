@@ -90,10 +90,15 @@ def list_pairs(folder: str | Path) -> list[Pair]:
     return [Pair(s, sats[s], masks[s]) for s in sorted(sats)]
 
 
+def pair_lines(pairs: list[Pair]) -> list[str]:
+    """A folder's pairs as :mod:`vislab.data.manifest` lines: ``stem|[image bytes, mask bytes]``."""
+    return [f"{p.stem}|{[f.stat().st_size for f in (p.image, p.mask) if f is not None]}" for p in pairs]
+
+
 def pairs_digest(pairs: list[Pair]) -> str:
     """A short digest of a folder's pairs (stems and file sizes, not paths or times): the same
     for the same data moved or copied elsewhere, different for other or changed pairs."""
-    return content_digest(f"{p.stem}|{[f.stat().st_size for f in (p.image, p.mask) if f is not None]}" for p in pairs)
+    return content_digest(pair_lines(pairs))
 
 
 def list_unlabelled(folder: str | Path) -> list[Path]:

@@ -48,25 +48,31 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
     return None
 
 
-def check_resumed_data(out_dir: Path, *, key: str, digest: str, folder: str | Path) -> None:
-    """A resumed run goes on with the data it started on: refuse a training folder whose digest
-    (``key`` in the checkpoint's metadata; file names and labels or sizes, not paths) differs from
-    the one last.ckpt recorded. A checkpoint without the digest is not checked."""
+def check_resumed_data(out_dir: Path, *, key: str, lines: list[str], folder: str | Path, value: str) -> None:
+    """A resumed run goes on with the data it started on: refuse a training folder whose item
+    ``lines`` (:mod:`vislab.data.manifest`: names and labels or sizes, not paths) differ from those
+    whose digest last.ckpt recorded (``key`` in its metadata), naming the items that differ when
+    the run folder recorded its own (``value``: what an item's value is, in words). A checkpoint
+    without the digest is not checked."""
+    from vislab.data.manifest import items_difference, lines_digest, read_items
     from vislab.models.checkpoints import checkpoint_meta
 
     last = out_dir / "last.ckpt"
     recorded = checkpoint_meta(last).get(key)  # readable: check_run_folder checked it
-    if recorded is not None and recorded != digest:
-        raise VislabError(folder, f"is not the data {last} was trained on (other files or labels); --resume "
-                                  "continues a run on the training folder it started with")
+    if recorded is not None and recorded != lines_digest(lines):
+        before = read_items(out_dir)
+        how = items_difference(before, lines, value=value) if before is not None else ""
+        raise VislabError(folder, f"is not the data {last} was trained on ({how or 'other files or ' + value + 's'}); "
+                                  "--resume continues a run on the training folder it started with")
 
 
 def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
-                       changes: list[str] | None = None, inputs: dict[str, Any] | None = None) -> Path | None:
+                       changes: list[str] | None = None, inputs: dict[str, Any] | None = None,
+                       items: list[str] | None = None) -> Path | None:
     """Create the run folder and write the resolved recipe, the command, the ``inputs`` it was
     given (``inputs.json``: folders, labels, the recipe's name; what a ``--resume`` takes when
-    not given again) and ``changes.txt`` (the settings the data decided); return last.ckpt when
-    resuming.
+    not given again), the training folder's ``items`` (:mod:`vislab.data.manifest`) and
+    ``changes.txt`` (the settings the data decided); return last.ckpt when resuming.
 
     A resume without a checkpoint is an error (Lightning would silently start afresh).
     A new run refuses a folder that already holds checkpoints, so nothing is overwritten.
@@ -92,6 +98,10 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     atomic_write_text(command + "\n", out_dir / "command.txt")
     if inputs:
         atomic_write_text(json.dumps(inputs, indent=1) + "\n", out_dir / INPUTS)
+    if items is not None:
+        from vislab.data.manifest import write_items
+
+        write_items(out_dir, items)
     if changes:
         write_changes(out_dir, changes)
     return None

@@ -13,6 +13,7 @@ import torch
 from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder, resize_batch
 from vislab.data.layouts import find_items
+from vislab.data.manifest import lines_digest
 from vislab.data.tensors import normalize
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
@@ -63,9 +64,10 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:  # fail before training, not after
         load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
                        labels_csv=val_labels_csv, size=hw)
-    digest = labelled_digest(data)
+    items = labelled_lines(data)
+    digest = lines_digest(items)
     if resume:
-        check_resumed_data(out, key="train_files_digest", digest=digest, folder=train_dir)
+        check_resumed_data(out, key="train_files_digest", lines=items, folder=train_dir, value="label")
     train_idx, _ = holdout_split(data.labels, recipe)
     soft, teachers = None, []
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
@@ -102,7 +104,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                resume=resume, command=command, changes=changes, describe=describe,
                                holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size),
                                inputs=input_record(given, train_dir=train_dir, val_dir=val_dir,
-                                                   labels=labels_csv, val_labels=val_labels_csv)))
+                                                   labels=labels_csv, val_labels=val_labels_csv),
+                               item_lines=items))
     if done is None:
         return {}
     result, best, recipe = done
@@ -370,12 +373,17 @@ def _accuracy_result(data: Any, logits: torch.Tensor, meta: dict[str, Any],
     }
 
 
+def labelled_lines(data: Any) -> list[str]:
+    """A decoded labelled folder as :mod:`vislab.data.manifest` lines: ``name|label id``."""
+    return [f"{f}|{label}" for f, label in zip(data.files, data.labels.tolist())]
+
+
 def labelled_digest(data: Any) -> str:
     """The digest of a decoded labelled folder's images and labels (not its paths): a checkpoint
     keeps its training folder's, so that ``--held-out`` rebuilds the split only from that folder."""
-    from vislab.data.cache import content_digest
+    from vislab.data.manifest import lines_digest
 
-    return content_digest(f"{f}|{label}" for f, label in zip(data.files, data.labels.tolist()))
+    return lines_digest(labelled_lines(data))
 
 
 def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = None, folder: str | Path = "") -> Any:

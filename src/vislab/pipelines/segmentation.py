@@ -15,7 +15,8 @@ from vislab.config import Recipe, broken_rule, held_out_seed
 from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
 from vislab.data.segmentation import (IMAGES_DIR, MASK, MASKS_DIR, SAT, list_masks, list_pairs, list_unlabelled,
-                                      pairs_digest, scan_masks, stray_summary)
+                                      pair_lines, pairs_digest, scan_masks, stray_summary)
+from vislab.data.manifest import lines_digest
 from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
@@ -52,7 +53,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     out = Path(out_dir)
     check_run_folder(out, resume=resume, data_dirs=(train_dir, val_dir))
     if resume:  # before the tiles of another folder are decoded
-        check_resumed_data(out, key="train_pairs_digest", digest=pairs_digest(list_pairs(train_dir)), folder=train_dir)
+        check_resumed_data(out, key="train_pairs_digest", lines=pair_lines(list_pairs(train_dir)), folder=train_dir,
+                           value="file size")
     desc = find_classes(train_dir, classes)
     replaced = [line for folder in (train_dir, val_dir) if folder is not None and classes is not None
                 and (line := check_described_alike(folder, desc, explicit=f"--classes {desc.source}"))]
@@ -86,7 +88,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         line += " (and calibrate is off: no held-out pairs to fit class offsets on)"
     changes += [line] if line else []
     changes += _unturned_note(recipe, data.stats.sizes)
-    digest = pairs_digest(data.pairs)
+    items = pair_lines(data.pairs)
+    digest = lines_digest(items)
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_pairs_digest")
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
@@ -128,7 +131,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs), items="pairs",
         make_module=make_module,
         make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
-        inputs=input_record(given, train_dir=train_dir, val_dir=val_dir, classes=classes),
+        inputs=input_record(given, train_dir=train_dir, val_dir=val_dir, classes=classes), item_lines=items,
         extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
         holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),
         eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))

@@ -23,7 +23,8 @@ class TrainingJob:
     ``eval_scale`` size the held-out evaluation for the budget (evaluated pixels per training
     pixel); ``describe(recipe)`` prints the data lines once the run folder is prepared.
     ``n_train`` counts the training split's ``items`` ("images", "pairs"). ``inputs``: what the
-    run was given (folders, labels, the recipe's name), recorded for a later ``--resume``.
+    run was given (folders, labels, the recipe's name), recorded for a later ``--resume``;
+    ``item_lines`` its training folder's items (:mod:`vislab.data.manifest`), recorded beside them.
     """
 
     out: Path
@@ -41,6 +42,7 @@ class TrainingJob:
     eval_scale: float = 1.0
     describe: Callable[[Recipe], None] = lambda r: None
     inputs: dict[str, str | None] = field(default_factory=dict)
+    item_lines: list[str] | None = None
 
 
 INPUT_FLAGS = {"train_dir": "TRAIN_DIR", "val_dir": "--val-dir", "labels": "--labels", "val_labels": "--val-labels",
@@ -169,7 +171,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     # from its checkpoint: the recipe's weights file may have moved since
     module = job.make_module(recipe, steps_per_epoch(trainer, recipe, job.n_train), not job.resume)
     ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes,
-                                   inputs=job.inputs)
+                                   inputs=job.inputs, items=job.item_lines)
     job.describe(recipe)
     done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
     if done is None:
