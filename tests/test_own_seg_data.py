@@ -349,8 +349,11 @@ def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(own_run / "run" / "best.ckpt", ckpt)
-    res = cli("seg", "calibrate", ckpt, own_run / "val")
-    assert res.code == 2 and "is not the folder this checkpoint was trained on" in res.err
+    res = cli("seg", "calibrate", ckpt, own_run / "val")  # a checkpoint away from its run folder's record
+    assert res.code == 2 and "is not the folder this checkpoint was trained on (its pairs differ)" in res.err
+    res = cli("seg", "calibrate", own_run / "run", own_run / "val")  # in it: the pairs are named
+    said = " ".join(res.err.split())
+    assert res.code == 2 and "trained on (9 gone (t04, t05, t06, ... 6 more); 4 with a changed file size (t00: [" in said
     assert not (tmp_path / "best.offsets.json").exists()
     shutil.copytree(own_run / "train", tmp_path / "moved")  # the same pairs elsewhere: still the training folder
     res = cli("seg", "calibrate", ckpt, tmp_path / "moved")

@@ -38,6 +38,14 @@ def read_items(out_dir: Path) -> list[str] | None:
         return None
 
 
+def difference_from_record(run: str | Path | None, lines: list[str], *, value: str) -> str:
+    """How ``lines`` differ from the items recorded by ``run`` (a run folder, or a checkpoint in
+    one; :func:`items_difference`), or "" when there is no record to compare with."""
+    run_dir = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
+    recorded = read_items(run_dir) if run_dir is not None else None
+    return items_difference(recorded, lines, value=value) if recorded is not None else ""
+
+
 def _split(line: str) -> tuple[str, str]:
     name, _, value = line.rpartition("|")
     return name, value

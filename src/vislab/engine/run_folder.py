@@ -54,14 +54,13 @@ def check_resumed_data(out_dir: Path, *, key: str, lines: list[str], folder: str
     whose digest last.ckpt recorded (``key`` in its metadata), naming the items that differ when
     the run folder recorded its own (``value``: what an item's value is, in words). A checkpoint
     without the digest is not checked."""
-    from vislab.data.manifest import items_difference, lines_digest, read_items
+    from vislab.data.manifest import difference_from_record, lines_digest
     from vislab.models.checkpoints import checkpoint_meta
 
     last = out_dir / "last.ckpt"
     recorded = checkpoint_meta(last).get(key)  # readable: check_run_folder checked it
     if recorded is not None and recorded != lines_digest(lines):
-        before = read_items(out_dir)
-        how = items_difference(before, lines, value=value) if before is not None else ""
+        how = difference_from_record(out_dir, lines, value=value)
         raise VislabError(folder, f"is not the data {last} was trained on ({how or 'other files or ' + value + 's'}); "
                                   "--resume continues a run on the training folder it started with")
 

@@ -13,7 +13,7 @@ import torch
 from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder, resize_batch
 from vislab.data.layouts import find_items
-from vislab.data.manifest import lines_digest
+from vislab.data.manifest import difference_from_record, lines_digest
 from vislab.data.tensors import normalize
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
@@ -336,7 +336,8 @@ def _labelled_logits(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str |
     meta = models[0][1]
     split = held_out_of(models, paths, digest_key="train_files_digest") if held_out else None
     data, logits = _ensemble_logits(
-        models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split, folder=img_dir) if split
+        models, paths, lambda m: held_out_part(_load_labelled(m, img_dir, labels_csv), *split, folder=img_dir,
+                                               record=paths[0]) if split
         else _load_labelled(m, img_dir, labels_csv), batch_size=batch_size, device=device, tta=tta)
     return data, logits, meta, paths, split
 
@@ -386,17 +387,20 @@ def labelled_digest(data: Any) -> str:
     return lines_digest(labelled_lines(data))
 
 
-def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = None, folder: str | Path = "") -> Any:
+def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = None, folder: str | Path = "",
+                  record: str | Path | None = None) -> Any:
     """The images of a decoded training folder that a run with this held-out fraction and seed
     did not train on (the same stratified split as training); ``digest``: the run's training
-    folder's (:func:`labelled_digest`), which ``data`` must match."""
+    folder's (:func:`labelled_digest`), which ``data`` must match; ``record``: the run (folder
+    or checkpoint), whose record of its items names those that differ."""
     from dataclasses import replace
 
     from vislab.data.classification import stratified_split
 
     if digest is not None and labelled_digest(data) != digest:
-        raise VislabError(folder, "--held-out: not the folder the run was trained on (its image names or labels "
-                                  "differ), so its held-out split cannot be rebuilt")
+        how = difference_from_record(record, labelled_lines(data), value="label") or "its image names or labels differ"
+        raise VislabError(folder, f"--held-out: not the folder the run was trained on ({how}), so its held-out split "
+                                  "cannot be rebuilt")
 
     _, idx = stratified_split(data.labels, fraction=fraction, seed=seed)
     return replace(data, files=[data.files[i] for i in idx.tolist()], images=data.images[idx], labels=data.labels[idx])

@@ -16,7 +16,7 @@ from vislab.data.images import list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, classes_file, find_classes
 from vislab.data.segmentation import (IMAGES_DIR, MASK, MASKS_DIR, SAT, list_masks, list_pairs, list_unlabelled,
                                       pair_lines, pairs_digest, scan_masks, stray_summary)
-from vislab.data.manifest import lines_digest
+from vislab.data.manifest import difference_from_record, lines_digest
 from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
@@ -570,7 +570,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
     pairs = list_pairs(img_dir)
     split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
     if split:
-        pairs = held_out_pairs(pairs, *split, folder=img_dir)
+        pairs = held_out_pairs(pairs, *split, folder=img_dir, record=paths[0])
     k = desc.num_classes
     confs, strays = [], []
     for pair, (probs, truth, stray) in zip(pairs, _labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size,
@@ -589,14 +589,16 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
 
 
 def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, folder: str | Path,
-                   hint: str = "") -> list:
+                   hint: str = "", record: str | Path | None = None) -> list:
     """The pairs of a training folder that a run with this held-out fraction and seed did not
     train on (its split rebuilt); ``digest``: the run's ``train_pairs_digest``, which the folder's
-    pairs must match (None: an older checkpoint, not checked); ``hint`` ends the refusal."""
+    pairs must match (None: an older checkpoint, not checked; ``record``: the run (folder or
+    checkpoint), whose record of its items names those that differ); ``hint`` ends the refusal."""
     from vislab.data.segmentation import holdout_split
 
     if digest is not None and digest != pairs_digest(pairs):
-        raise VislabError(folder, "is not the folder this checkpoint was trained on (its pairs differ), so its "
+        how = difference_from_record(record, pair_lines(pairs), value="file size") or "its pairs differ"
+        raise VislabError(folder, f"is not the folder this checkpoint was trained on ({how}), so its "
                                   f"held-out split cannot be rebuilt; pass the training folder{hint}")
     _, ho = holdout_split(len(pairs), fraction=fraction, seed=seed)
     return [pairs[i] for i in ho]
@@ -691,7 +693,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
             raise VislabError(path, "was trained without a held-out split; calibrate on labelled pairs it never "
                                     "saw with --split all")
         pairs = held_out_pairs(pairs, fraction, held_out_seed(recipe), meta.get("train_pairs_digest"), pairs_dir,
-                               hint=", or --split all with pairs the model never saw")
+                               hint=", or --split all with pairs the model never saw", record=path)
     elif split != "all":
         raise VislabError(None, f"unknown --split {split!r}; choose holdout or all")
     if not pairs:
