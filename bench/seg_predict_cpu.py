@@ -16,7 +16,7 @@ import time
 import torch
 
 from vislab.models import build_model
-from vislab.pipelines.segmentation import predict_probs
+from vislab.pipelines.seg_predict import predict_probs
 
 MODELS = ("fcn32s_vgg16", "smp:unet:tu-tf_efficientnet_lite0", "smp:fpn:tu-tf_efficientnet_lite0")
 

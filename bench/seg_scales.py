@@ -23,7 +23,8 @@ from vislab.data.images import read_rgb
 from vislab.data.seg_classes import IGNORE
 from vislab.data.segmentation import list_pairs
 from vislab.metrics import confusion_matrix
-from vislab.pipelines.segmentation import classes_of, predict_probs
+from vislab.data.seg_classes import classes_of
+from vislab.pipelines.seg_predict import predict_probs
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def test_two_process_seg_training_scores_its_holdout_like_one_process(tmp_path):
 
     from test_segmentation_pipeline import _make_pairs
     from vislab.data.segmentation import holdout_split, list_pairs
-    from vislab.pipelines.segmentation import evaluate_checkpoint
+    from vislab.pipelines.seg_scores import evaluate_checkpoint
 
     train = _make_pairs(tmp_path / "train", n=10, size=64)
     recipe = tmp_path / "r.yaml"

@@ -361,18 +361,18 @@ def test_seg_ensemble_members_must_read_masks_alike():
     the difference (not as 'other classes' followed by two identical lists)."""
     from vislab.data.seg_classes import parse_classes
     from vislab.errors import VislabError
-    from vislab.pipelines.segmentation import _ensemble_classes
+    from vislab.pipelines.seg_predict import ensemble_classes
 
     index = parse_classes("mask_format: index\nclasses: [a, b]\n", Path("i.yaml"))
     palette = parse_classes("mask_format: palette\nclasses: [{name: a, color: [0, 0, 0]}, "
                             "{name: b, color: [255, 255, 255]}]\n", Path("p.yaml"))
     other = parse_classes("mask_format: index\nclasses: [a, c]\n", Path("o.yaml"))
     metas = {k: (None, {"seg_classes": d.to_dict()}) for k, d in (("i", index), ("p", palette), ("o", other))}
-    assert _ensemble_classes([metas["i"], metas["i"]], ["r1", "r2"]).names == ("a", "b")
+    assert ensemble_classes([metas["i"], metas["i"]], ["r1", "r2"]).names == ("a", "b")
     with pytest.raises(VislabError, match=r"r2: reads its masks otherwise than r1 \(mask_format palette against index\)"):
-        _ensemble_classes([metas["i"], metas["p"]], ["r1", "r2"])
+        ensemble_classes([metas["i"], metas["p"]], ["r1", "r2"])
     with pytest.raises(VislabError, match=r"r2: predicts other classes than r1 \(2 classes: a, c against 2 classes: a, b\)"):
-        _ensemble_classes([metas["i"], metas["o"]], ["r1", "r2"])
+        ensemble_classes([metas["i"], metas["o"]], ["r1", "r2"])
 
 
 def _resampled(gen_seed: int, n: int, stat) -> tuple[float, float]:

@@ -158,7 +158,7 @@ def test_training_writes_run_folder_and_snapshots(seg_run, tmp_path):
     # validation used them; on every pixel the unfitted score is the held-out mIoU of training
     cal = result["calibration"]
     assert cal["files"] == 2 and cal["miou_after"] >= cal["miou_before"] == pytest.approx(result["holdout_miou"], abs=0.01)
-    from vislab.pipelines.segmentation import calibrate
+    from vislab.pipelines.seg_scores import calibrate
 
     shutil.copy(run / "best.ckpt", tmp_path / "best.ckpt")
     full = calibrate(tmp_path / "best.ckpt", seg_run / "train", stride=1)
@@ -215,7 +215,7 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     """Offsets fitted on the held-out split are stored beside a copy of the checkpoint; the mIoU
     that the search reports equals what `seg score` measures with them (another code path), masks
     written by `seg predict` score the same, and --no-offsets gives the unfitted number."""
-    from vislab.pipelines.segmentation import calibrate, evaluate_checkpoint
+    from vislab.pipelines.seg_scores import calibrate, evaluate_checkpoint
 
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
@@ -255,7 +255,7 @@ def test_calibration_chooses_the_evaluation_scale_and_score_predict_export_apply
     with offsets; a calibration's scale is what score, predict (both engines, the ONNX cache keyed
     by it) and export use."""
     from vislab.calibration import save_offsets
-    from vislab.pipelines.segmentation import calibrate, evaluate_checkpoint
+    from vislab.pipelines.seg_scores import calibrate, evaluate_checkpoint
 
     val = seg_run / "val"
     ckpt = tmp_path / "best.ckpt"
@@ -362,7 +362,7 @@ def test_eval_counts_red_pixels_in_predictions(cli, tmp_path):
 
 
 def test_flip_tta_of_flip_equivariant_model_equals_plain():
-    from vislab.pipelines.segmentation import predict_probs
+    from vislab.pipelines.seg_predict import predict_probs
 
     class Equivariant(torch.nn.Module):
         def __init__(self):

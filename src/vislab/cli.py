@@ -494,7 +494,7 @@ def seg_eval(
 ) -> None:
     """Per-class IoU and the mIoU pooled over all files: the course rule for the course's masks,
     the standard rule (ignore pixels left out) for a data set with a classes file."""
-    from vislab.pipelines.segmentation import evaluate_dirs
+    from vislab.pipelines.seg_scores import evaluate_dirs
 
     _output(json_out, ".json", inputs=[classes])
     res = evaluate_dirs(pred_dir, gt_dir, classes=classes)
@@ -514,7 +514,7 @@ def seg_score(
     against: Optional[str] = AgainstOpt,
 ) -> None:
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
-    from vislab.pipelines.segmentation import evaluate_checkpoint
+    from vislab.pipelines.seg_scores import evaluate_checkpoint
 
     _output(json_out, ".json", inputs=[*_members(ckpt), *(_members(against) if against else [])])
     res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets, held_out=held_out,
@@ -538,7 +538,7 @@ def seg_calibrate(
     """Fit one logit offset per class for the mIoU and choose the evaluation scale; score, predict
     and export then apply them."""
     from vislab.paths import data_root
-    from vislab.pipelines.segmentation import calibrate
+    from vislab.pipelines.seg_scores import calibrate
 
     if pairs_dir is None:
         pairs_dir = data_root(data) / "p2_data" / "train"
@@ -578,7 +578,7 @@ def seg_predict(
 ) -> None:
     """Write a mask per image, the input's size, in the data set's format (colours, or class ids
     for index masks)."""
-    from vislab.pipelines.segmentation import predict
+    from vislab.pipelines.seg_predict import predict
 
     n = predict(ckpt, img_dir, out_dir, tta=tta, batch_size=batch_size, device=device, engine=engine,
                 offsets=offsets)

@@ -31,6 +31,7 @@ import yaml
 from vislab.data import palette
 from vislab.errors import VislabError, yaml_problem
 from vislab.io import load_yaml
+from vislab.log import info
 from vislab.metrics import iou_per_class
 
 IGNORE = 255
@@ -352,3 +353,46 @@ def find_classes(folder: str | Path | None, explicit: str | Path | None = None) 
         return load_classes(explicit)
     found = classes_file(folder) if folder is not None else None
     return load_classes(found) if found is not None else deepglobe()
+
+
+def classes_of(meta: dict[str, Any]) -> SegClasses:
+    """The data set description a checkpoint (or its ONNX export) was trained with."""
+    return SegClasses.from_dict(meta.get("seg_classes"))
+
+
+def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: str | None = None) -> str | None:
+    """A folder whose own classes file describes other classes than ``classes`` is an error.
+    With ``explicit`` (the words naming ``classes``, which were named with ``--classes``, now or
+    when the run trained) the folder's file is replaced instead, even one that cannot be read,
+    and the line saying so is returned (None when nothing differs)."""
+    found = classes_file(folder)
+    if found is None:
+        return None
+    try:
+        theirs = load_classes(found)
+    except VislabError as exc:
+        if explicit is None:
+            raise
+        return f"{explicit} replaces {found}, which cannot be read ({exc.message})"
+    apart = theirs.differences(classes)
+    if not apart:
+        return None
+    key = apart[0]  # the first field that differs, with both values: names alike may hide the difference
+    words = f"describes other classes than {classes.source}: {key} {theirs.to_dict()[key]} against {classes.to_dict()[key]}"
+    if explicit is None:
+        raise VislabError(found, words)
+    return f"{explicit} replaces {found}, which {words}"
+
+
+def say_described(folder: str | Path, desc: SegClasses, explicit: str | None) -> None:
+    """:func:`check_described_alike`, its replacement line (if any) said on the console."""
+    line = check_described_alike(folder, desc, explicit=explicit)
+    if line:
+        info(line)
+
+
+def check_run_classes(folder: str | Path, desc: SegClasses, metas: list[dict[str, Any]]) -> None:
+    """:func:`check_described_alike` for a trained run's classes: a run trained with ``--classes``
+    over its folders' own files (``classes_named``) replaces them here too, said; else refused."""
+    named = any(m.get("classes_named") for m in metas)
+    say_described(folder, desc, f"the run's --classes {desc.source}" if named else None)
