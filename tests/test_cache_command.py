@@ -107,9 +107,14 @@ def test_unfinished_files_and_old_entries_without_a_record(tmp_path, monkeypatch
     monkeypatch.setenv("VISLAB_CACHE", str(cache))
     cache.mkdir()
     np.save(cache / "cls-0123456789abcdef0123-32x32-abcdef.npy", np.zeros((2, 3, 32, 32), np.uint8))
-    (cache / ".cls-1.npy.x1y2.tmp").write_bytes(b"12345")  # a build that was killed
-    write_png(tmp_path / "unrelated.png", np.zeros((4, 4, 3), np.uint8))
+    (cache / ".seg-0123456789abcdef0123-512x512-abcdef.npy.x1y2_z.tmp").write_bytes(b"12345")  # a killed build
+    # files vislab does not write there (a cache folder set to a shared place): never listed
+    (cache / "onnx").mkdir()
+    for name in (".notes.tmp", "cls-notes.npy", "seg-stats-mine.pt", "onnx/model.onnx", ".cls-1.npy.x1y2.tmp"):
+        (cache / name).write_bytes(b"mine")
+    write_png(cache / "unrelated.png", np.zeros((4, 4, 3), np.uint8))
+    (cache / "onnx" / "best-0123456789abcdef0123.onnx").write_bytes(b"graph")
     entries = {e.kind: e for e in cache_entries()}
-    assert set(entries) == {"cls", "unfinished"}
-    assert entries["cls"].source is None and entries["unfinished"].bytes == 5
+    assert set(entries) == {"cls", "unfinished", "onnx"}
+    assert entries["cls"].source is None and entries["unfinished"].bytes == 5 and entries["onnx"].bytes == 5
 

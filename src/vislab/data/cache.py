@@ -14,6 +14,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import re
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +261,23 @@ class CacheEntry:
         return self.KINDS[self.kind]
 
 
+_ARRAY = re.compile(r"(cls|seg)-[0-9a-f]{20}-\d+x\d+-[0-9a-f]{6}\.(npy|sizes\.json|about\.json)")
+_STATS = re.compile(r"seg-stats-[0-9a-f]{20}\.(pt|about\.json)")
+_ONNX = re.compile(r".+-[0-9a-f]{20}\.onnx")
+_UNFINISHED = re.compile(r"\.(.+)\.[^.]+\.tmp")
+
+
+def _kind(name: str, *, in_onnx: bool) -> str | None:
+    """The kind of cache file ``name`` is (in the cache folder, or its ``onnx/``), None when it is
+    no file vislab writes there."""
+    if in_onnx:
+        return "onnx" if _ONNX.fullmatch(name) else None
+    if _STATS.fullmatch(name):
+        return "seg-stats"
+    found = _ARRAY.fullmatch(name)
+    return found.group(1) if found else None
+
+
 def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     """Every entry of the cache (``root``, default :func:`cache_dir`), least recently used first.
     A file the cache does not know is not listed (and never removed)."""
@@ -270,23 +288,11 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     for f in sorted([*root.iterdir(), *((root / "onnx").iterdir() if (root / "onnx").is_dir() else [])]):
         if not f.is_file():
             continue
-        if f.name.startswith(".") and f.name.endswith(".tmp"):
+        inner = _UNFINISHED.fullmatch(f.name)  # what atomic_path left of a killed write
+        if inner and _kind(inner.group(1), in_onnx=f.parent != root):
             groups[("unfinished", str(f))] = [f]
-            continue
-        stem = f.name.split(".")[0]
-        if f.parent.name == "onnx":
-            if f.suffix == ".onnx":
-                groups[("onnx", str(f))] = [f]
-            continue
-        if not f.name.endswith((".npy", ".sizes.json", ".pt", ABOUT)):
-            continue
-        if stem.startswith("seg-stats-"):
-            kind = "seg-stats"
-        elif stem.startswith(("cls-", "seg-")):
-            kind = stem.split("-")[0]
-        else:
-            continue
-        groups.setdefault((kind, str(f.parent / stem)), []).append(f)
+        elif kind := _kind(f.name, in_onnx=f.parent != root):
+            groups.setdefault((kind, str(f.parent / f.name.split(".")[0])), []).append(f)
     entries = []
     for (kind, _), files in groups.items():
         files.sort(key=lambda f: (not f.name.endswith((".npy", ".pt", ".onnx", ".tmp")), f.name))  # the data first
