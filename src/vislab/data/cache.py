@@ -239,8 +239,9 @@ class CacheEntry:
     def __init__(self, kind: str, files: list[Path]) -> None:
         self.kind = kind
         self.files = files
-        self.bytes = sum(f.stat().st_size for f in files if f.is_file())
-        self.last_used = max(f.stat().st_mtime for f in files if f.is_file())
+        stats = [f.stat() for f in files if f.is_file()]
+        self.bytes = sum(st.st_size for st in stats)
+        self.last_used = max((st.st_mtime for st in stats), default=0.0)
         self.source: str | None = None
         self.items: int | None = None
         about = [f for f in files if f.name.endswith(ABOUT)]
