@@ -187,6 +187,46 @@ def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli
         assert _one_line(cli("cls", "predict", ckpt, imgs, earlier)).startswith(f"vislab: error: {imgs}"), text
 
 
+def test_outputs_never_join_a_data_folder_or_a_runs_snapshots(cli, tmp_path, color_classes):
+    """An output inside the command's data folder that would replace one of its files, or join its
+    images (a t-SNE PNG read as one more image), and one inside a run's snapshots/ (what `seg
+    progress` reads back), new file or not, are refused before any work."""
+    run = tmp_path / "run"
+    (run / "snapshots" / "epoch_001").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("task: seg\n")
+    truth = run / "snapshots" / "0010_mask.png"
+    truth.write_bytes(b"the saved ground truth")
+    image = color_classes / "0_7.png"
+    before = image.read_bytes()
+    notes = color_classes / "notes.csv"  # a file of the user's beside the images, headed like predictions
+    notes.write_text("image_id,label\n")
+    replaces = f"lies inside the data folder {color_classes.resolve()} and would replace one of its files"
+    joins = f"lies inside the data folder {color_classes.resolve()} and would join the data (read as one more image)"
+    snaps = f"lies inside snapshots/ of the run folder {run.resolve()}, which the run wrote and reads back"
+    cases = [
+        (("cls", "tsne", run, color_classes, "--out", image), image, replaces),
+        (("cls", "tsne", run, color_classes, "--out", color_classes / "fig.png"), color_classes / "fig.png", joins),
+        (("cls", "predict", run, color_classes, notes), notes, replaces),
+        (("cls", "eval", run, color_classes, "--json", notes.with_suffix(".json")), notes.with_suffix(".json"), None),
+        (("seg", "score", run, color_classes, "--json", notes), notes, replaces),
+        (("seg", "eval", run, color_classes, "--json", notes), notes, replaces),
+        (("seg", "progress", run, "--out", truth), truth, snaps),
+        (("seg", "progress", run, "--out", run / "snapshots" / "epoch_001" / "new.png"),
+         run / "snapshots" / "epoch_001" / "new.png", snaps),
+    ]
+    for args, target, words in cases:
+        line = _one_line(cli(*args))
+        if words is None:  # a new JSON beside the images joins no data: the command goes on to its inputs
+            assert "lies inside" not in line and str(run) in line, args
+        else:
+            assert line.startswith(f"vislab: error: {target}: {words}"), args
+    assert image.read_bytes() == before and truth.read_bytes() == b"the saved ground truth"
+    assert sorted(p.name for p in color_classes.iterdir() if not p.name.endswith(".png")) == ["notes.csv"]
+    assert sorted(p.name for p in (run / "snapshots").rglob("*")) == ["0010_mask.png", "epoch_001"]
+    # beside the run's records (the report's usual place) is fine: the command goes on to its inputs
+    assert "lies inside" not in _one_line(cli("seg", "progress", run, "--out", run / "masks.png"))  # no epoch yet
+
+
 def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes(cli, color_classes, tmp_path):
     from vislab.models.input_side import smallest_side, takes_side
 
@@ -583,6 +623,11 @@ def test_broken_snapshots_and_a_missing_run_are_named_by_progress(cli, tmp_path)
     Image.fromarray(PALETTE.numpy()[labels]).save(run / "snapshots" / "epoch_001" / "0001.png")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(run / "snapshots" / "0001_sat.jpg")
     assert cli("seg", "progress", run, "--out", tmp_path / "ok.png").code == 0
+    (run / "snapshots" / "epoch_002").mkdir()  # an epoch whose file is gone: an empty cell, said
+    res = cli("seg", "progress", run, "--out", tmp_path / "ok.png", "--epochs", "1,2")
+    assert res.code == 0 and "1 snapshot files missing, shown as empty cells (e.g. 0001.png of epoch_002)" in \
+        " ".join(res.err.split())
+    (run / "snapshots" / "epoch_002").rmdir()
     pred = run / "snapshots" / "epoch_001" / "0001.png"
     pred.write_bytes(pred.read_bytes()[:100])
     line = _one_line(cli("seg", "progress", run, "--out", tmp_path / "m.png"))
@@ -592,6 +637,19 @@ def test_broken_snapshots_and_a_missing_run_are_named_by_progress(cli, tmp_path)
     assert str(run / "snapshots" / "0001_mask.png") in line or str(pred) in line
     line = _one_line(cli("seg", "progress", tmp_path / "none", "--out", tmp_path / "m.png"))
     assert line.endswith(f"{tmp_path / 'none'}: no such run folder")
+    empty = tmp_path / "empty"
+    (empty / "snapshots" / "epoch_001").mkdir(parents=True)
+    line = _one_line(cli("seg", "progress", empty, "--out", tmp_path / "m.png"))  # was an internal error
+    assert line.endswith(f"{empty / 'snapshots'}: holds no snapshot images (STEM_sat.*): the run saved no snapshot pairs")
+
+
+def test_progress_titles_say_the_epochs_shown():
+    from vislab.viz.progress import pick_stages, stage_words
+
+    assert stage_words(pick_stages([1, 2, 3, 4, 5]), chosen=False) == "early, middle, final (epochs 1, 3, 5)"
+    assert stage_words(pick_stages([1]), chosen=False) == "epoch 1 (only 1 saved)"
+    assert stage_words(pick_stages([3, 7]), chosen=False) == "epochs 3, 7 (only 2 saved)"
+    assert stage_words([2, 9], chosen=True) == "epochs 2, 9"
 
 
 def test_summary_refuses_an_input_the_network_pools_away(cli):
@@ -633,8 +691,9 @@ def test_outputs_never_replace_a_runs_validation_predictions(cli, tmp_path):
     run.mkdir()
     (run / "recipe.yaml").write_text("task: cls\n")
     (run / "val_predictions.csv").write_text("image_id,label,pred\n")
-    for cmd in (("cls", "predict", tmp_path / "ckpt", tmp_path, run / "val_predictions.csv"),
-                ("cls", "tsne", tmp_path / "ckpt", tmp_path, "--out", run / "val_predictions.png")):
+    imgs = tmp_path / "imgs"  # beside the run: an output in the images' folder is refused for that first
+    for cmd in (("cls", "predict", tmp_path / "ckpt", imgs, run / "val_predictions.csv"),
+                ("cls", "tsne", tmp_path / "ckpt", imgs, "--out", run / "val_predictions.png")):
         line = _one_line(cli(*cmd))
         assert "val_predictions.csv" in line
     assert (run / "val_predictions.csv").read_text() == "image_id,label,pred\n"

@@ -52,7 +52,7 @@ def test_html_report_sections_and_figures_realdata(cli, real_runs, tmp_path):
     assert res.code == 0, res.err
     html = out.read_text()
     for heading in ("P1 classification", "P2 segmentation", "Training curves", "Per-class validation accuracy",
-                    "Confusion matrix (validation)", "t-SNE of the second-last layer", "Most confused pairs",
+                    "Confusion matrix (validation)", "t-SNE of the second-last layer (validation)", "Most confused pairs",
                     "Per-class validation IoU", "Predicted masks at early, middle and final epochs",
                     "Final predictions over the satellite images", "Architecture", "seed report (VGG16-BN)",
                     "course baseline (strong)", "Total params:"):
@@ -61,6 +61,23 @@ def test_html_report_sections_and_figures_realdata(cli, real_runs, tmp_path):
     assert len(images) == 10  # P1: curves, per-class, confusion, pairs, t-SNE; P2: curves, IoU, confusion, progress, overlays
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
     assert "http://" not in html and "https://" not in html  # one self-contained file
+
+
+@requires_real
+def test_report_says_which_images_its_tsne_shows_realdata(cli, real_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(real_runs / "run1", run, ignore=shutil.ignore_patterns("tensorboard", "tsne.*"))
+    train = real_runs / "p1" / "train"
+    assert cli("cls", "tsne", run, train, "--out", run / "tsne.png").code == 0  # training images, not validation
+    res = cli("report", run, "--out", tmp_path / "r.md")
+    assert res.code == 0 and "t-SNE of the second-last layer (180 images of the folder its title names, not the " \
+        "validation images scored above)" in (tmp_path / "r.md").read_text()
+    for f in ("tsne.png", "tsne.csv"):
+        (run / f).unlink()
+    res = cli("report", run, "--out", tmp_path / "r.md")
+    assert res.code == 0 and "t-SNE" not in (tmp_path / "r.md").read_text()
+    assert f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {run} VAL_DIR --out {run / 'tsne.png'}`" \
+        in " ".join(res.err.split())
 
 
 @requires_real

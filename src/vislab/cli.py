@@ -42,15 +42,19 @@ def _write_json(res: dict[str, Any], path: Path | None) -> None:
 
 
 def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = (),
-            header: list[str] | None = None) -> None:
+            header: list[str] | None = None, data: Iterable[str | Path | None] = ()) -> None:
     """Refuse, before any work, an output file that cannot be written there (a folder in its place,
-    a file in place of its folder) or would replace what it must not: one of the command's
-    ``inputs``, a run folder's record or checkpoint, an existing file whose suffix is not one of
-    ``suffixes``, a CSV whose first row is not the command's ``header``."""
+    a file in place of its folder), would replace a file of the command's ``data`` folders or join
+    their images, would go into a run folder's records, or would replace what it must not: one of the command's ``inputs``, a run folder's
+    record or checkpoint, an existing file whose suffix is not one of ``suffixes``, a CSV whose
+    first row is not the command's ``header``."""
     from vislab.io import check_new_output
 
     if path is not None:
-        check_new_output(path, suffixes=suffixes, inputs=inputs, header=",".join(header) if header else None)
+        from vislab.data.images import IMAGE_SUFFIXES
+
+        check_new_output(path, suffixes=suffixes, inputs=inputs, header=",".join(header) if header else None,
+                         data_dirs=data, data_suffixes=IMAGE_SUFFIXES)
 
 
 def _members(spec: str) -> list[str]:
@@ -329,7 +333,7 @@ def cls_eval(
     from vislab.data.layouts import id_and_name
     from vislab.pipelines.classification import evaluate
 
-    _output(json_out, ".json", inputs=[labels, *_members(ckpt), *(_members(against) if against else [])])
+    _output(json_out, ".json", inputs=[labels, *_members(ckpt), *(_members(against) if against else [])], data=[img_dir])
     res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out,
                    against=against)
     t = Table("class", "accuracy", title="per-class accuracy")
@@ -391,7 +395,7 @@ def cls_predict(
     """Predict a label for every image of a folder into a CSV."""
     from vislab.pipelines.classification import PREDICT_HEADER, predict
 
-    _output(out_csv, ".csv", inputs=_members(ckpt), header=PREDICT_HEADER)
+    _output(out_csv, ".csv", inputs=_members(ckpt), header=PREDICT_HEADER, data=[img_dir])
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
     out.print(f"wrote {n} predictions to {out_csv}")
 
@@ -412,8 +416,8 @@ def cls_tsne(
 
     from vislab.viz.save import FORMATS
 
-    _output(out_png, *FORMATS, inputs=[labels, ckpt])
-    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER)
+    _output(out_png, *FORMATS, inputs=[labels, ckpt], data=[img_dir])
+    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER, data=[img_dir])
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
 
@@ -496,7 +500,7 @@ def seg_eval(
     the standard rule (ignore pixels left out) for a data set with a classes file."""
     from vislab.pipelines.seg_scores import evaluate_dirs
 
-    _output(json_out, ".json", inputs=[classes])
+    _output(json_out, ".json", inputs=[classes], data=[pred_dir, gt_dir])
     res = evaluate_dirs(pred_dir, gt_dir, classes=classes)
     _write_json(res, json_out)
     _print_seg(res)
@@ -516,7 +520,7 @@ def seg_score(
     """The mIoU of a checkpoint on labelled pairs (its data set's rule), without writing masks."""
     from vislab.pipelines.seg_scores import evaluate_checkpoint
 
-    _output(json_out, ".json", inputs=[*_members(ckpt), *(_members(against) if against else [])])
+    _output(json_out, ".json", inputs=[*_members(ckpt), *(_members(against) if against else [])], data=[img_dir])
     res = evaluate_checkpoint(ckpt, img_dir, tta=tta, device=device, offsets=offsets, held_out=held_out,
                               against=against)
     _write_json(res, json_out)

@@ -145,10 +145,31 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
                             "beside an image of the class it was taken for."))
     tsne = run / "tsne.png"
     if tsne.is_file():
-        out.append(_fig("t-SNE of the second-last layer (validation)", tsne.read_bytes(),
+        out.append(_fig(f"t-SNE of the second-last layer ({_tsne_images(run)})", tsne.read_bytes(),
                         "Classes that form their own cluster are recognised reliably; overlapping clusters are "
                         "the pairs the confusion matrix shows as confused."))
+    else:
+        from vislab.log import info
+
+        info(f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {run} VAL_DIR --out {tsne}` makes it")
     return out
+
+
+def _tsne_images(run: Path) -> str:
+    """Which images the run's t-SNE shows: "validation" when its points (``tsne.csv``) are the
+    images of the run's validation predictions, else the words that send the reader to the
+    figure's own title (which names the folder)."""
+    ids = []
+    for name in ("tsne.csv", "val_predictions.csv"):
+        try:
+            ids.append({row.get("image_id") for row in _csv_rows(run / name)})
+        except (OSError, UnicodeDecodeError, csv.Error):
+            ids.append(None)
+    if ids[0] and ids[0] == ids[1]:
+        return "validation"
+    if ids[0]:
+        return f"{len(ids[0])} images of the folder its title names, not the validation images scored above"
+    return "the folder its title names"
 
 
 def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int = 5) -> list[tuple[Path, Path, str]]:

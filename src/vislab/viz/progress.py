@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vislab.data.images import read_rgb
 from vislab.errors import VislabError
+from vislab.log import info
 from vislab.viz.save import save_figure
 
 
@@ -46,6 +47,17 @@ def pick_stages(epochs: list[int]) -> list[int]:
     return sorted(set(chosen))
 
 
+def stage_words(stages: list[int], *, chosen: bool) -> str:
+    """The figure's words for the epochs it shows: early, middle and final when it shows three
+    picked epochs, else the epochs themselves (and how many were saved, when fewer than three)."""
+    listed = ", ".join(map(str, stages))
+    if chosen:
+        return f"epoch{'s' if len(stages) > 1 else ''} {listed}"
+    if len(stages) == 3:
+        return f"early, middle, final (epochs {listed})"
+    return f"epoch{'s' if len(stages) > 1 else ''} {listed} (only {len(stages)} saved)"
+
+
 def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = None) -> Path:
     """Rows: snapshot images; columns: satellite, ground truth, then predictions at ``epochs``
     (default: early, middle, final), each titled with its epoch."""
@@ -68,10 +80,13 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
     if absent:
         raise VislabError(snap, f"no snapshot of epoch {absent[0]}; saved epochs: {available}")
     stems = sorted(p.stem[:-4] for p in snap.glob("*_sat.*"))
+    if not stems:
+        raise VislabError(snap, "holds no snapshot images (STEM_sat.*): the run saved no snapshot pairs")
     classes = run_classes(run_dir)
     rows = -(-len(classes.names) // 8)  # legend rows under the figure
     fig, axes = plt.subplots(len(stems), 2 + len(stages),
                              figsize=(2.6 * (2 + len(stages)), 2.7 * len(stems) + 0.3 * rows), dpi=100, squeeze=False)
+    missing: list[Path] = []
     for r, stem in enumerate(stems):
         sat = next(snap.glob(f"{stem}_sat.*"))
         cells = [(sat, f"{stem} {'satellite' if classes.course else 'image'}"), (snap / f"{stem}_mask.png", "ground truth")]
@@ -81,8 +96,15 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
             ax.axis("off")
             if path.is_file():  # a broken snapshot is a one-line error naming it
                 ax.imshow(read_rgb(path).permute(1, 2, 0).numpy())
+            else:
+                missing.append(path)
+                ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(title, fontsize=9)
-    fig.suptitle(f"Predicted masks during training ({run_dir.name}): early, middle, final", fontsize=10)
+    if missing:
+        info(f"{snap}: {len(missing)} snapshot files missing, shown as empty cells (e.g. {missing[0].name} of "
+             f"{missing[0].parent.name})")
+    fig.suptitle(f"Predicted masks during training ({run_dir.name}): {stage_words(stages, chosen=bool(epochs))}",
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0.3 * rows / fig.get_figheight(), 1, 1))
     add_class_legend(fig, classes)
     save_figure(fig, out_png)
