@@ -75,6 +75,19 @@ def test_seed_parameter_counts(cli, name, classes, size, total):
     assert "Layer (type)" in res.out and "Output Shape" in res.out and "Param #" in res.out
 
 
+@pytest.mark.parametrize("name,size", [("vgg16_bn", 32), ("efficientnet_lite0", 64), ("smp:fpn:tu-tf_efficientnet_lite0", 64)])
+def test_table_rows_add_up_to_the_total(name, size):
+    """Every parameter is in some row: timm's BatchNormAct2d (a BatchNorm with children) has one."""
+    from vislab.viz.summary import architecture_table
+
+    model = build_model(name, num_classes=7)
+    table = architecture_table(model, (3, size, size))
+    rows = [ln.split() for ln in table.splitlines() if re.match(r"^[A-Za-z0-9]+-\d+ ", ln)]
+    assert sum(int(r[-1].replace(",", "")) for r in rows) == sum(p.numel() for p in model.parameters())
+    if "lite" in name:
+        assert any(r[0].startswith("BatchNormAct2d-") and r[-1] != "0" for r in rows)
+
+
 def test_fcn32s_layout_matches_seed(cli):
     res = cli("summary", "fcn32s_vgg16", "--num-classes", 7, "--input", 3, 512, 512)
     rows = [ln.split() for ln in res.out.splitlines() if re.match(r"^[A-Za-z0-9]+-\d+ ", ln)]

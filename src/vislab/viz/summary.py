@@ -1,7 +1,9 @@
 """The architecture table ``Layer (type) | Output Shape | Param #`` with parameter totals.
 
-torchinfo runs the forward pass and counts; this module only lays the leaf layers out in
-execution order, as the course reports print them.
+torchinfo runs the forward pass and counts; this module lays the leaf layers out in execution
+order, as the course reports print them, plus any layer with parameters of its own beside its
+children's (timm's BatchNormAct2d: a BatchNorm holding its activation), so the rows add up to the
+total.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ def architecture_table(model: nn.Module, input_size: tuple[int, int, int], *, ba
     rows = []
     count = 0
     for layer in stats.summary_list:
-        if not layer.is_leaf_layer or not layer.executed:
+        own = layer.num_params if layer.is_leaf_layer else layer.leftover_params()
+        if not layer.executed or not (layer.is_leaf_layer or own > 0):
             continue
         count += 1
         shape = "[" + ", ".join(["-1", *map(str, layer.output_size[1:])]) + "]" if layer.output_size else "-"
-        params = 0 if layer.is_recursive else layer.num_params
+        params = 0 if layer.is_recursive else own
         rows.append((f"{layer.class_name}-{count}", shape, f"{params:,}"))
     w1 = max(25, *(len(r[0]) for r in rows)) + 2
     w2 = max(25, *(len(r[1]) for r in rows)) + 2
