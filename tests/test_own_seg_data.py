@@ -321,6 +321,26 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     assert "(11 gone (t02, t03, t04, ... 8 more));" in said
 
 
+def test_snapshots_of_training_pairs_are_said(tmp_path):
+    """Without a validation folder the snapshot stems come from the training folder (the course's
+    0010/0097/0107 are in both of its folders): the progress figure then shows pairs the model
+    trains on, which the run says."""
+    from vislab.pipelines.segmentation import _snapshot_pairs, _snapshot_source_note
+
+    val = list_pairs(make_index_set(tmp_path / "v", 2, seed=1))
+    train = list_pairs(make_index_set(tmp_path / "t", 6))
+    trained, held = train[:4], train[4:]
+    snaps, _ = _snapshot_pairs(("t01",), val + trained + held)
+    assert snaps == [val[1]] and _snapshot_source_note(snaps, val, trained) == []
+    snaps, _ = _snapshot_pairs(("t01", "t05"), trained + held)  # no --val-dir
+    assert _snapshot_source_note(snaps, [], trained) == [
+        "snapshot: t01 from the training pairs it trains on and t05 from its held-out pairs, not from a validation "
+        "folder; --val-dir VAL_DIR snapshots the validation images of these stems"]
+    snaps, _ = _snapshot_pairs(("t01", "t03"), val + trained + held)  # t03: not in the validation folder
+    assert _snapshot_source_note(snaps, val, trained) == [
+        "snapshot: t03 from the training pairs it trains on, not from a validation folder"]
+
+
 def test_course_snapshot_stems_give_way_on_own_data(tmp_path):
     from vislab.pipelines.segmentation import _snapshot_pairs
 

@@ -88,6 +88,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
+    changes += _snapshot_source_note(snaps, val_pairs, data.train_pairs)
     unseen = data.stats.unseen_classes(desc, [p.stem for p in data.train_pairs])
     if unseen and not resume:  # a resume's first piece said it
         changes.append(unseen)
@@ -190,6 +191,22 @@ def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> tuple[list, str | Non
                                 f"(the stems of --snapshot, else of the recipe: {', '.join(stems)}); give --snapshot "
                                 "stems that exist, or --snapshot \"\" for none")
     return [found[s] for s in stems], None
+
+
+def _snapshot_source_note(snaps: list, val_pairs: list, train_pairs: list) -> list[str]:
+    """A line when snapshot images are not validation images: the progress figure of a pair the
+    model trains on shows memory, not generalisation (the course's 0010/0097/0107 are in both
+    of its folders, so a run without --val-dir picks the training tiles)."""
+    val, trained = {id(p) for p in val_pairs}, {id(p) for p in train_pairs}
+    others = [p for p in snaps if id(p) not in val]
+    if not others:
+        return []
+    seen = [p.stem for p in others if id(p) in trained]
+    held = [p.stem for p in others if id(p) not in trained]
+    parts = ([f"{', '.join(seen)} from the training pairs it trains on"] if seen else []) + \
+            ([f"{', '.join(held)} from its held-out pairs"] if held else [])
+    fix = "; --val-dir VAL_DIR snapshots the validation images of these stems" if not val_pairs else ""
+    return [f"snapshot: {' and '.join(parts)}, not from a validation folder{fix}"]
 
 
 def _unturned_note(recipe: Recipe, sizes: torch.Tensor | None) -> list[str]:
