@@ -381,6 +381,27 @@ def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):
     assert "mIoU on 3 holdout pairs" in res.out  # round(13 pairs x holdout 0.25)
 
 
+def test_offsets_fitted_on_the_runs_validation_pairs_are_said(cli, own_run, tmp_path):
+    """Offsets fitted on all of the run's --val-dir pairs make every later score there read high:
+    said when they are fitted (and recorded), and again by each score of those pairs."""
+    run = tmp_path / "run"
+    shutil.copytree(own_run / "run", run, ignore=shutil.ignore_patterns("tensorboard", "snapshots", "last.ckpt"))
+    val = own_run / "val"  # the run's inputs.json names it as its validation folder
+    res = cli("seg", "calibrate", run, val, "--split", "all", "--scales", "1")
+    said = " ".join(res.err.split())
+    assert res.code == 0 and f"{val}: these are the run's validation pairs (its --val-dir)" in said
+    record = json.loads((run / "best.offsets.json").read_text())
+    assert record["validation"] is True and record["pairs_path"] == str(val.resolve())
+    res = cli("seg", "score", run, val)
+    assert res.code == 0 and f"{val}: best.offsets.json of {run} was fitted on these very pairs" in " ".join(res.err.split())
+    res = cli("seg", "score", run, val, "--no-offsets")
+    assert res.code == 0 and "fitted on these very pairs" not in res.err
+    res = cli("seg", "calibrate", run, own_run / "train", "--scales", "1")  # held-out training pairs: nothing said
+    assert res.code == 0 and "validation pairs" not in res.err
+    assert json.loads((run / "best.offsets.json").read_text())["validation"] is False
+    assert "fitted on these very pairs" not in cli("seg", "score", run, val).err
+
+
 def test_normalisation_follows_the_encoder_weights(cli, tmp_path):
     """EfficientNet-Lite encoders expect [-1, 1] inputs: a recipe without mean/std gets that, not
     ImageNet statistics; from scratch, the training tiles' own statistics; both said in changes.txt."""

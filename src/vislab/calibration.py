@@ -139,6 +139,16 @@ def save_offsets(ckpt: Path, offsets: torch.Tensor, **record: Any) -> Path:
     return path
 
 
+def fitted_folder(ckpt: Path) -> Path | None:
+    """The folder whose pairs, all of them (``--split all``), the offsets stored for ``ckpt`` were
+    fitted on (absolute; None without such a file, or for offsets of held-out training pairs)."""
+    try:
+        body = json.loads(offsets_file(ckpt).read_text())
+        return Path(body["pairs_path"]) if body.get("split") == "all" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def fitted_on(ckpt: Path) -> str | None:
     """What the offsets stored for ``ckpt`` were fitted on, in words, or None without a file."""
     path = offsets_file(ckpt)

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import fit_offsets, fitted_on, load_segmenter, offsets_file, save_offsets, scale_candidates
+from vislab.calibration import (fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file, save_offsets,
+                                scale_candidates)
 from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images
 from vislab.data.manifest import difference_from_record
@@ -132,6 +133,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
     desc = ensemble_classes(models, paths)
     check_run_classes(img_dir, desc, [m for _, m in models])
     shifts = say_offsets(models, offsets)
+    _say_scored_where_fitted(paths, img_dir, offsets)
     pairs = list_pairs(img_dir)
     split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
     if split:
@@ -207,6 +209,11 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     if seen:
         info(f"{pairs_dir}: these are the pairs {path.name} was trained on, so offsets fitted on them lean towards "
              "what it learnt; --split holdout fits them on its held-out pairs only")
+    validation = split == "all" and _is_validation_of(path, pairs_dir)
+    if validation:
+        info(f"{pairs_dir}: these are the run's validation pairs (its --val-dir): every later score on them uses "
+             "offsets fitted there and reads high; fit them on held-out training pairs (--split holdout) to report "
+             "this folder honestly")
     trained = float(recipe.get("infer_scale", 1.0))
     if not hasattr(model, "scale"):
         if scales and list(scales) != [trained]:
@@ -237,12 +244,34 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
-    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "split": split, "files": len(pairs),
-              "trained_on": seen, "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
+    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "pairs_path": str(Path(pairs_dir).resolve()),
+              "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
               "trained_scale": trained, "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
     return record
+
+
+def _is_validation_of(ckpt: Path, folder: str | Path) -> bool:
+    """Whether ``folder`` is the validation folder of the run that holds ``ckpt`` (its inputs.json)."""
+    from vislab.engine.run_folder import read_inputs
+
+    try:
+        val = read_inputs(ckpt.parent).get("val_dir")
+    except VislabError:
+        return False
+    return val is not None and Path(val) == Path(folder).resolve()
+
+
+def _say_scored_where_fitted(paths: list[str], img_dir: str | Path, offsets: bool) -> None:
+    """A line for each run whose class offsets were fitted on all the pairs being scored."""
+    from vislab.models.checkpoints import checkpoint_file
+
+    for p in paths if offsets else []:
+        ckpt = checkpoint_file(p)
+        if fitted_folder(ckpt) == Path(img_dir).resolve():
+            info(f"{img_dir}: {offsets_file(ckpt).name} of {p} was fitted on these very pairs, so this score reads "
+                 "high; --no-offsets scores without them")
 
 
 def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,
