@@ -23,14 +23,20 @@ from vislab.log import info
 @dataclass(frozen=True)
 class ImageFolderData:
     """A decoded folder: ``images`` (N, 3, H, W) uint8 (memory-mapped when cached), ``labels``
-    (N,) int64 or None, ``files`` the image ids (paths relative to the folder), ``class_names``
-    None for integer-labelled data."""
+    (N,) int64 or None, ``files`` the image ids (paths relative to ``root``, the folder),
+    ``class_names`` None for integer-labelled data."""
 
     files: list[str]
     images: torch.Tensor
     labels: torch.Tensor | None
     class_names: list[str] | None = None
     layout: str = "course"
+    root: Path | None = None
+
+    def paths(self) -> list[Path]:
+        """The image files (``root`` / id)."""
+        assert self.root is not None, "a folder read by load_folder knows its root"
+        return [self.root / f for f in self.files]
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +99,7 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     if deep:
         info(f"{items.root}: {deep} of {len(items.files)} images are 16-bit grey; read as 8 bits (value / 257)")
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
-    return ImageFolderData(items.ids, images, labels, items.class_names, items.layout)
+    return ImageFolderData(items.ids, images, labels, items.class_names, items.layout, items.root)
 
 
 def load_for_model(folder: str | Path, *, class_names: list[str] | None, num_classes: int,

@@ -14,6 +14,7 @@ from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder, resize_batch
 from vislab.data.layouts import find_items
 from vislab.data.manifest import difference_from_record, lines_digest
+from vislab.data.overlap import copies_line
 from vislab.data.tensors import normalize
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text
@@ -61,9 +62,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if recipe.pad >= min(hw):
         raise VislabError(None, f"pad {recipe.pad}: reflect padding must be smaller than the stored images' side "
                                 f"({hw[1]}x{hw[0]}, width x height)")
+    copied = None
     if val_dir is not None:  # fail before training, not after
-        load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
-                       labels_csv=val_labels_csv, size=hw)
+        val = load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
+                             labels_csv=val_labels_csv, size=hw)
+        copied = copies_line(val.paths(), data.paths(), what="images")
     items = labelled_lines(data)
     digest = lines_digest(items)
     if resume:
@@ -77,7 +80,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                labels_csv=labels_csv)
         del loaded
     recipe, changes = resolve_settings(recipe, data.images, train_idx)
-    changes = [*notes, *changes]
+    changes = [*notes, *changes, *([copied] if copied else [])]
     absent = sorted(set(range(data.num_classes)) - set(present))
     if absent:  # integer labels: the model has a class for each id up to the largest
         shown = [data.class_names[i] if data.class_names else str(i) for i in absent]

@@ -14,6 +14,7 @@ from vislab.calibration import load_segmenter
 from vislab.config import Recipe
 from vislab.data.seg_classes import SegClasses, check_described_alike, classes_of, find_classes
 from vislab.data.manifest import lines_digest
+from vislab.data.overlap import copies_line
 from vislab.data.segmentation import list_pairs, pair_lines, scan_masks
 from vislab.errors import VislabError
 from vislab.log import info
@@ -89,6 +90,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)
     changes += _snapshot_source_note(snaps, val_pairs, data.train_pairs)
+    copied = copies_line([p.image for p in val_pairs], [p.image for p in data.pairs], what="images")
+    changes += [copied] if copied else []
     unseen = data.stats.unseen_classes(desc, [p.stem for p in data.train_pairs])
     if unseen and not resume:  # a resume's first piece said it
         changes.append(unseen)

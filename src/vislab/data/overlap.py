@@ -1,0 +1,54 @@
+"""Files of one data set that are byte-for-byte copies of another's: validation images copied
+into the training folder make a validation score count images the model trained on. Files are
+compared by size first, and only files of a size both sets hold are read and hashed."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+
+def _digest(path: Path) -> bytes:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def copies(ours: Sequence[Path], theirs: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Each file of ``ours`` whose bytes equal a file of ``theirs``, with one such file, in the
+    order of ``ours``; a file both lists name (the same path) counts too."""
+    def by_size(files: Sequence[Path]) -> dict[int, list[Path]]:
+        sizes: dict[int, list[Path]] = defaultdict(list)
+        for f in files:
+            try:
+                sizes[f.stat().st_size].append(f)
+            except OSError:  # gone since it was listed: the run's own reading says so
+                pass
+        return sizes
+
+    mine, other = by_size(ours), by_size(theirs)
+    found: dict[Path, Path] = {}
+    for size in mine.keys() & other.keys():
+        known: dict[bytes, Path] = {}
+        for f in other[size]:
+            known.setdefault(_digest(f), f)
+        for f in mine[size]:
+            twin = known.get(_digest(f))
+            if twin is not None:
+                found[f] = twin
+    return [(f, found[f]) for f in ours if f in found]
+
+
+def copies_line(ours: Sequence[Path], theirs: Sequence[Path], *, what: str) -> str | None:
+    """A warning when files of ``ours`` (the validation ``what``, e.g. "images") are copies of
+    training files ``theirs``, naming the first pair; None when none is."""
+    pairs = copies(ours, theirs)
+    if not pairs:
+        return None
+    a, b = pairs[0]
+    return (f"warning: {len(pairs)} of {len(ours)} validation {what} are copies (the same bytes) of training files "
+            f"(e.g. {a} = {b}): the validation score counts {what} the model trained on")
