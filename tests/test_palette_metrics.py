@@ -71,6 +71,10 @@ def test_red_ground_truth_counts_as_unknown_in_eval(cli, tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["iou"]["urban"] == 0.5 and m["miou"] == 0.5 and m["stray_files"] == 1 and m["stray_pixels"] == 2
     assert "1 of 1 ground-truth masks hold 2 pixels of no class" in res.out.replace("\n", " ")
+    # the five classes in neither mask are left out of the mean, and the mIoU line says so
+    assert m["absent"] == ["agriculture", "rangeland", "forest", "water", "barren"]
+    assert ("mIoU: 0.5000 (the mean of 1 class: agriculture, rangeland, forest, water, barren are in neither the "
+            "truth nor the prediction, so left out)") in " ".join(res.out.split())
 
 
 def test_label_255_is_an_error_not_a_reshape_crash():

@@ -483,7 +483,12 @@ def _print_seg(res: dict, run: str = "") -> None:
                   f"split seed {res['held_out']['seed']})")
     _print_interval("mIoU", res.get("miou_interval"))
     _print_against(res, run, "miou", "mIoU")
-    out.print(f"mIoU: {res['miou']:.4f}")
+    absent = res.get("absent") or []
+    kept = len(res["iou"]) - len(absent)
+    left_out = (f" (the mean of {kept} class{'es' if kept != 1 else ''}: "
+                f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} in neither the truth nor the prediction, "
+                "so left out)") if absent else ""
+    out.print(f"mIoU: {res['miou']:.4f}{left_out}")
     if res.get("stray_files"):
         out.print(f"{res['stray_files']} of {res['files']} ground-truth masks hold {res['stray_pixels']} pixels of no "
                   "class; they count as unknown (a class predicted there is a false positive)", markup=False)

@@ -83,6 +83,7 @@ def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> d
     interval over files (None for a single file)."""
     conf = per_file.sum(0)
     ious = classes.iou(conf)
+    absent = [classes.names[c] for c in range(classes.scored) if torch.isnan(ious[c])]
     return {
         "miou": round(classes.miou(conf), 6),
         "miou_interval": pooled_interval(per_file, classes.mious),
@@ -92,6 +93,7 @@ def _seg_metrics(per_file: torch.Tensor, classes: SegClasses, **extra: Any) -> d
         "classes": list(classes.names),
         "colours": [list(c) for c in classes.colours],
         "confusion": conf.tolist(),
+        "absent": absent,  # scored classes in neither truth nor prediction: left out of the mean
         **extra,
     }
 
