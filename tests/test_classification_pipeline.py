@@ -58,6 +58,9 @@ def test_eval_matches_predictions(cli, trained, color_classes, tmp_path):
     correct = sum(int(r[0].split("_")[0]) == int(r[1]) for r in rows[1:])
     assert metrics["accuracy"] == pytest.approx(correct / 120, abs=1e-6)
     assert f"accuracy: {metrics['accuracy']:.4f}" in ev.out  # the printed number is the JSON's
+    assert " ".join(res.out.split()) == f"wrote 120 predictions to {tmp_path / 'p.csv'}"
+    again = cli("cls", "predict", trained / "best.ckpt", color_classes, tmp_path / "p.csv")  # replaced, and said
+    assert " ".join(again.out.split()) == f"wrote 120 predictions to {tmp_path / 'p.csv'} (replacing an earlier prediction there)"
     from vislab.metrics import wilson_interval
 
     lo, hi = wilson_interval(correct, 120)

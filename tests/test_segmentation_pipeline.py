@@ -323,6 +323,11 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     assert not (tmp_path / "out2").exists()
     res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")  # again: the earlier mask is replaced, and said
     assert res.code == 0 and "1 masks of an earlier prediction are replaced" in " ".join(res.err.split())
+    assert "not from this prediction" not in res.err
+    Image.open(tmp_path / "out" / "0042.png").save(tmp_path / "out" / "0007.png")  # a mask of another prediction
+    res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")
+    assert res.code == 0 and (f"{tmp_path / 'out'}: 1 other masks there (e.g. 0007.png) are not from this prediction; "
+                              "`seg eval` of this folder would score them too") in " ".join(res.err.split())
     before = {f.name: f.read_bytes() for f in d.iterdir()}
     res = cli("seg", "predict", seg_run / "run", d, d)  # into its own folder
     assert res.code == 2 and f"{d}: is the folder of the input images" in res.err

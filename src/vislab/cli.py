@@ -396,8 +396,9 @@ def cls_predict(
     from vislab.pipelines.classification import PREDICT_HEADER, predict
 
     _output(out_csv, ".csv", inputs=_members(ckpt), header=PREDICT_HEADER, data=[img_dir])
+    earlier = out_csv.is_file()
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
-    out.print(f"wrote {n} predictions to {out_csv}")
+    out.print(f"wrote {n} predictions to {out_csv}" + (" (replacing an earlier prediction there)" if earlier else ""))
 
 
 @cls_app.command("tsne")

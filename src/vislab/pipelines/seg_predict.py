@@ -163,6 +163,11 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     replaced = sum((out / name).exists() for name in names)
     if replaced:
         info(f"{out}: {replaced} masks of an earlier prediction are replaced")
+    mine = set(names)
+    others = sorted(f.name for f in out.glob("*.png") if f.name not in mine and not f.name.startswith("."))
+    if others:
+        info(f"{out}: {len(others)} other masks there (e.g. {others[0]}) are not from this prediction; `seg eval` "
+             "of this folder would score them too")
     done = False
     try:
         for start in range(0, len(files), batch_size):
