@@ -192,12 +192,12 @@ def make_slice(data_root: Path, dest: Path, *, per_class: int = 6, val_per_class
     stems = sorted({f.name.split("_")[0] for f in (p2 / "train").glob("*_sat.jpg")})[:train_pairs]
     for split, chosen in (("train", stems), ("validation", list(val_stems))):
         copy([p2 / split / f"{s}_{k}" for s in chosen for k in ("sat.jpg", "mask.png")], dest / "p2_data" / split)
-    print(f"slice of {data_root} in {dest}: {len(keep)} val_50 and {per_class} train_50 images per class, "
-          f"{len(stems)} training and {len(val_stems)} validation pairs")
+    print(f"slice of {data_root} in {dest}: {len(keep)} val_50 images ({val_per_class} per class), "
+          f"{per_class} train_50 images per class, {len(stems)} training and {len(val_stems)} validation pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack")
     p.add_argument("data_root", type=Path)
