@@ -249,3 +249,28 @@ def test_summary_of_a_run_is_its_trained_network_at_its_input_size(cli, tmp_path
     assert cli("summary", ckpt).out == cli("summary", tmp_path / "moved.ckpt").out == by_run.out
     res = cli("summary", run, "--num-classes", 5)
     assert res.code == 2 and "is a trained network with its own classes; drop --num-classes" in " ".join(res.err.split())
+
+
+def test_a_failed_imagenet_download_is_one_line_without_torchs_own(capsys):
+    """torch prints "Downloading: URL" before it tries: passed on when the download works, dropped
+    when it fails (the refusal says what happened)."""
+    import sys
+    import urllib.error
+
+    from vislab.errors import VislabError
+    from vislab.models.weights import apply_weights
+
+    def offline() -> None:
+        sys.stderr.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
+        raise urllib.error.URLError("no network")
+
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(VislabError, match="vgg: ImageNet weights could not be downloaded"):
+        apply_weights(net, "imagenet", pretrained=offline, name="vgg")
+    assert "Downloading" not in capsys.readouterr().err
+
+    def online() -> None:
+        sys.stderr.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
+
+    assert apply_weights(net, "imagenet", pretrained=online, name="vgg") is net
+    assert 'Downloading: "https://download.pytorch.org/models/x.pth"' in capsys.readouterr().err

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vislab.errors import VislabError
+from vislab.log import info
 
 
 def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -94,8 +95,6 @@ def load_local_weights(
     loaded = len(sd) - len(result.unexpected_keys)
     missing = list(result.missing_keys)
     if missing or result.unexpected_keys or skipped:
-        from vislab.log import info
-
         info(
             f"{path}: loaded {loaded} tensors; missing {len(missing)} {missing[:4]}, "
             f"unexpected {len(result.unexpected_keys)} {result.unexpected_keys[:4]}, "
@@ -123,8 +122,15 @@ def apply_weights(
     if weights == "imagenet":
         if pretrained is None:
             raise VislabError(None, f"{name} has no ImageNet weights; use --weights PATH")
+        import contextlib
+        import io
+
+        said = io.StringIO()  # torch's own "Downloading: URL" line: passed on once the download worked
         try:
-            pretrained()
+            with contextlib.redirect_stderr(said):
+                pretrained()
+            if said.getvalue().strip():
+                info(said.getvalue().strip())
         except (OSError, RuntimeError, ConnectionError) as exc:
             if isinstance(exc, RuntimeError) and "download" not in str(exc).lower() and "url" not in str(exc).lower():
                 raise
