@@ -30,6 +30,16 @@ def test_threshold_at_128_and_the_table():
     assert stray == 1  # pure red is in no class: unknown, and counted
 
 
+def test_codes_equal_thresholds_at_128_for_every_value():
+    from vislab.data.palette import mask_codes
+
+    v = torch.arange(256, dtype=torch.uint8)
+    rgb = torch.stack(torch.meshgrid(v, v, v[::17], indexing="ij")).reshape(3, 256, -1)
+    bits = (rgb >= 128).long()
+    want = bits[0] * 4 + bits[1] * 2 + bits[2]
+    assert torch.equal(mask_codes(rgb).long(), want) and torch.equal(mask_codes(rgb.int()).long(), want)
+
+
 def test_encode_refuses_ids_outside_palette():
     with pytest.raises(ValueError, match="outside 0..6"):
         classes_to_mask(torch.tensor([[0, 7]]))
