@@ -188,9 +188,9 @@ def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli
 
 
 def test_outputs_never_join_a_data_folder_or_a_runs_snapshots(cli, tmp_path, color_classes):
-    """An output inside the command's data folder that would replace one of its files, or join its
-    images (a t-SNE PNG read as one more image), and one inside a run's snapshots/ (what `seg
-    progress` reads back), new file or not, are refused before any work."""
+    """A figure inside the command's data folder (it would replace an image, or be read as one more:
+    a t-SNE PNG) and any output inside a run's snapshots/ (what `seg progress` reads back) are
+    refused before any work; a CSV or JSON there is an output like any other."""
     run = tmp_path / "run"
     (run / "snapshots" / "epoch_001").mkdir(parents=True)
     (run / "recipe.yaml").write_text("task: seg\n")
@@ -198,25 +198,27 @@ def test_outputs_never_join_a_data_folder_or_a_runs_snapshots(cli, tmp_path, col
     truth.write_bytes(b"the saved ground truth")
     image = color_classes / "0_7.png"
     before = image.read_bytes()
-    notes = color_classes / "notes.csv"  # a file of the user's beside the images, headed like predictions
-    notes.write_text("image_id,label\n")
-    replaces = f"lies inside the data folder {color_classes.resolve()} and would replace one of its files"
-    joins = f"lies inside the data folder {color_classes.resolve()} and would join the data (read as one more image)"
+    notes = color_classes / "notes.csv"  # the user's table beside the images: protected as anywhere else
+    notes.write_text("name,remark\n")
+    replaces = f"lies inside the data folder {color_classes.resolve()} and would replace one of its images"
+    joins = f"lies inside the data folder {color_classes.resolve()} and would be read as one more of its images"
+    other = "exists and is not an earlier output of this command"
     snaps = f"lies inside snapshots/ of the run folder {run.resolve()}, which the run wrote and reads back"
     cases = [
         (("cls", "tsne", run, color_classes, "--out", image), image, replaces),
         (("cls", "tsne", run, color_classes, "--out", color_classes / "fig.png"), color_classes / "fig.png", joins),
-        (("cls", "predict", run, color_classes, notes), notes, replaces),
-        (("cls", "eval", run, color_classes, "--json", notes.with_suffix(".json")), notes.with_suffix(".json"), None),
-        (("seg", "score", run, color_classes, "--json", notes), notes, replaces),
-        (("seg", "eval", run, color_classes, "--json", notes), notes, replaces),
+        (("cls", "predict", run, color_classes, notes), notes, other),
+        (("cls", "predict", run, color_classes, color_classes / "p.csv"), None, None),
+        (("cls", "eval", run, color_classes, "--json", notes.with_suffix(".json")), None, None),
+        (("seg", "score", run, color_classes, "--json", notes), notes, "exists and is not a .json file"),
+        (("seg", "eval", run, color_classes, "--json", color_classes / "0_1.png"), color_classes / "0_1.png", replaces),
         (("seg", "progress", run, "--out", truth), truth, snaps),
         (("seg", "progress", run, "--out", run / "snapshots" / "epoch_001" / "new.png"),
          run / "snapshots" / "epoch_001" / "new.png", snaps),
     ]
     for args, target, words in cases:
         line = _one_line(cli(*args))
-        if words is None:  # a new JSON beside the images joins no data: the command goes on to its inputs
+        if words is None:  # a new CSV or JSON beside the images joins no data: the command goes on to its inputs
             assert "lies inside" not in line and str(run) in line, args
         else:
             assert line.startswith(f"vislab: error: {target}: {words}"), args
@@ -625,7 +627,7 @@ def test_broken_snapshots_and_a_missing_run_are_named_by_progress(cli, tmp_path)
     assert cli("seg", "progress", run, "--out", tmp_path / "ok.png").code == 0
     (run / "snapshots" / "epoch_002").mkdir()  # an epoch whose file is gone: an empty cell, said
     res = cli("seg", "progress", run, "--out", tmp_path / "ok.png", "--epochs", "1,2")
-    assert res.code == 0 and "1 snapshot files missing, shown as empty cells (e.g. 0001.png of epoch_002)" in \
+    assert res.code == 0 and "1 snapshot file missing, shown as empty cells (e.g. 0001.png of epoch_002)" in \
         " ".join(res.err.split())
     (run / "snapshots" / "epoch_002").rmdir()
     pred = run / "snapshots" / "epoch_001" / "0001.png"

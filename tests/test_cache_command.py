@@ -89,6 +89,8 @@ def test_clear_deletes_the_chosen_entries_and_the_next_run_decodes_again(tmp_pat
     before = cache_entries()
     listed = cli("cache", "list")
     assert listed.code == 0 and f"{len(before)} entries" in listed.out
+    res = cli("cache", "clear", "--source", tmp_path / "nowhere", "--dry-run")
+    assert res.code == 0 and "no entry records it as its folder" in " ".join(res.err.split())
     dry = cli("cache", "clear", "--source", str(seg_dir), "--dry-run")
     assert dry.code == 0 and "would free" in dry.out and len(cache_entries()) == len(before)
     res = cli("cache", "clear", "--source", str(seg_dir))
@@ -107,14 +109,29 @@ def test_unfinished_files_and_old_entries_without_a_record(tmp_path, monkeypatch
     monkeypatch.setenv("VISLAB_CACHE", str(cache))
     cache.mkdir()
     np.save(cache / "cls-0123456789abcdef0123-32x32-abcdef.npy", np.zeros((2, 3, 32, 32), np.uint8))
-    (cache / ".seg-0123456789abcdef0123-512x512-abcdef.npy.x1y2_z.tmp").write_bytes(b"12345")  # a killed build
+    killed = cache / ".seg-0123456789abcdef0123-512x512-abcdef.npy.x1y2_z.tmp"  # a build killed long ago
+    killed.write_bytes(b"12345")
+    os.utime(killed, (time.time() - 7 * 3600,) * 2)
+    (cache / ".seg-0123456789abcdef0123-64x64-abcdef.npy.a1b2_c.tmp").write_bytes(b"123")  # maybe still building
     # files vislab does not write there (a cache folder set to a shared place): never listed
     (cache / "onnx").mkdir()
     for name in (".notes.tmp", "cls-notes.npy", "seg-stats-mine.pt", "onnx/model.onnx", ".cls-1.npy.x1y2.tmp"):
         (cache / name).write_bytes(b"mine")
     write_png(cache / "unrelated.png", np.zeros((4, 4, 3), np.uint8))
-    (cache / "onnx" / "best-0123456789abcdef0123.onnx").write_bytes(b"graph")
-    entries = {e.kind: e for e in cache_entries()}
-    assert set(entries) == {"cls", "unfinished", "onnx"}
+    for name in ("best-0123456789abcdef0123.onnx", "epoch.10-0123456789abcdef0124.onnx",
+                 "epoch.12-0123456789abcdef0125.onnx"):  # dots in a checkpoint's name: still one graph each
+        (cache / "onnx" / name).write_bytes(b"graph")
+    found = cache_entries()
+    entries = {e.kind: e for e in found}
+    assert set(entries) == {"cls", "unfinished", "onnx"} and len(found) == 5
+    assert sorted(e.name for e in found if e.kind == "onnx") == [
+        "best-0123456789abcdef0123.onnx", "epoch.10-0123456789abcdef0124.onnx", "epoch.12-0123456789abcdef0125.onnx"]
     assert entries["cls"].source is None and entries["unfinished"].bytes == 5 and entries["onnx"].bytes == 5
+    # an entry older than the records: its reuse marks the data file itself
+    old = cache / "cls-0123456789abcdef0123-32x32-abcdef.npy"
+    os.utime(old, (1_000_000, 1_000_000))
+    from vislab.data.cache import mark_used
+
+    mark_used(old)
+    assert time.time() - old.stat().st_mtime < 600
 

@@ -26,3 +26,17 @@ def test_items_round_trip_and_an_unreadable_record(tmp_path):
     (tmp_path / ITEMS).write_bytes(b"not gzip")
     assert read_items(tmp_path) is None  # explains refusals only: never one itself
     assert read_items(tmp_path / "nowhere") is None
+
+
+def test_a_record_is_used_only_for_its_own_checkpoints_data(tmp_path):
+    from vislab.data.manifest import difference_from_record, lines_digest
+
+    recorded = ["a.png|0", "b.png|1"]
+    write_items(tmp_path, recorded)
+    now = ["a.png|0"]
+    assert difference_from_record(tmp_path, now, value="label", digest=lines_digest(recorded)) == "1 gone (b.png)"
+    assert difference_from_record(tmp_path / "best.ckpt", now, value="label", digest=lines_digest(recorded)) == \
+        "1 gone (b.png)"  # a checkpoint in the run folder
+    # a checkpoint copied into another run's folder: that folder's record is not its data's
+    assert difference_from_record(tmp_path, now, value="label", digest=lines_digest(["c.png|2"])) == ""
+    assert difference_from_record(None, now, value="label", digest="x") == ""

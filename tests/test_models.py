@@ -271,6 +271,8 @@ def test_a_failed_imagenet_download_is_one_line_without_torchs_own(capsys):
 
     def online() -> None:
         sys.stderr.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
+        sys.stderr.write("\r 50%|#####     |")  # a progress bar: shown as it comes, not held
+        assert "50%" in capsys.readouterr().err
 
     assert apply_weights(net, "imagenet", pretrained=online, name="vgg") is net
     assert 'Downloading: "https://download.pytorch.org/models/x.pth"' in capsys.readouterr().err

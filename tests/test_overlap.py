@@ -29,6 +29,13 @@ def test_copies_are_found_by_bytes_not_by_names_or_sizes(tmp_path):
                     f"(e.g. {a / 'x.png'} = {b / 'renamed.png'}): the validation score counts images the model "
                     "trained on")
     assert copies_line([a / "z.png"], theirs, what="images") is None
+    # files of one size beyond the first block: alike in it, or not, and copies or not
+    big = bytes(range(256)) * 400  # 100 KiB
+    (a / "big1.bmp").write_bytes(big)
+    (a / "big2.bmp").write_bytes(big[:-1] + b"x")  # the same first 64 KiB, another end
+    (b / "big3.bmp").write_bytes(big)
+    (b / "big4.bmp").write_bytes(b"y" + big[1:])
+    assert copies([a / "big1.bmp", a / "big2.bmp"], [b / "big3.bmp", b / "big4.bmp"]) == [(a / "big1.bmp", b / "big3.bmp")]
 
 
 def test_a_training_run_says_validation_images_copied_from_training(cli, tmp_path):

@@ -322,11 +322,19 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     assert res.code == 2 and "unknown --tta 'shift'; choose none or flip or d4" in res.err
     assert not (tmp_path / "out2").exists()
     res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")  # again: the earlier mask is replaced, and said
-    assert res.code == 0 and "1 masks of an earlier prediction are replaced" in " ".join(res.err.split())
+    assert res.code == 0 and "1 mask of an earlier prediction replaced" in " ".join(res.err.split())
     assert "not from this prediction" not in res.err
+    gt = tmp_path / "gt"  # a folder of plain ground-truth masks (a GT_DIR of `seg eval`), no earlier prediction
+    gt.mkdir()
+    (gt / "0042.png").write_bytes((tmp_path / "out" / "0042.png").read_bytes())
+    truth = (gt / "0042.png").read_bytes()
+    res = cli("seg", "predict", seg_run / "run", d, gt)
+    assert res.code == 2 and (f"{gt}: holds 1 mask this prediction would replace (e.g. 0042.png), and no "
+                              ".vislab-prediction of an earlier `vislab seg predict`") in " ".join(res.err.split())
+    assert (gt / "0042.png").read_bytes() == truth and sorted(p.name for p in gt.iterdir()) == ["0042.png"]
     Image.open(tmp_path / "out" / "0042.png").save(tmp_path / "out" / "0007.png")  # a mask of another prediction
     res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")
-    assert res.code == 0 and (f"{tmp_path / 'out'}: 1 other masks there (e.g. 0007.png) are not from this prediction; "
+    assert res.code == 0 and (f"{tmp_path / 'out'}: 1 other mask there (e.g. 0007.png) not from this prediction; "
                               "`seg eval` of this folder would score them too") in " ".join(res.err.split())
     before = {f.name: f.read_bytes() for f in d.iterdir()}
     res = cli("seg", "predict", seg_run / "run", d, d)  # into its own folder

@@ -44,10 +44,11 @@ def _write_json(res: dict[str, Any], path: Path | None) -> None:
 def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = (),
             header: list[str] | None = None, data: Iterable[str | Path | None] = ()) -> None:
     """Refuse, before any work, an output file that cannot be written there (a folder in its place,
-    a file in place of its folder), would replace a file of the command's ``data`` folders or join
-    their images, would go into a run folder's records, or would replace what it must not: one of the command's ``inputs``, a run folder's
-    record or checkpoint, an existing file whose suffix is not one of ``suffixes``, a CSV whose
-    first row is not the command's ``header``."""
+    a file in place of its folder), a figure inside the command's ``data`` folders (an image
+    replaced, or one more read), anything inside a run folder's records, or one that would replace
+    what it must not: one of the command's ``inputs``, a run folder's record or checkpoint, an
+    existing file whose suffix is not one of ``suffixes``, a CSV whose first row is not the
+    command's ``header``."""
     from vislab.io import check_new_output
 
     if path is not None:
@@ -694,6 +695,7 @@ def cache_list_cmd() -> None:
     import time
 
     from vislab.data.cache import cache_dir, cache_entries, megabytes
+    from vislab.log import counted
 
     entries = cache_entries()
     if not entries:
@@ -701,12 +703,13 @@ def cache_list_cmd() -> None:
         return
     t = Table()
     for column in ("last used", "holds", "items", "size", "made from"):
-        t.add_column(column, overflow="fold", no_wrap=column != "made from")
+        t.add_column(column, overflow="fold", no_wrap=column not in ("made from", "holds"),
+                     min_width=24 if column == "made from" else None)
     for e in entries:
         t.add_row(time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)), e.describe(),
                   "" if e.items is None else str(e.items), megabytes(e.bytes), e.source or "(not recorded)")
     out.print(t, markup=False)
-    out.print(f"{cache_dir()}: {len(entries)} entries, {megabytes(sum(e.bytes for e in entries))}")
+    out.print(f"{cache_dir()}: {counted(len(entries), 'entry', 'entries')}, {megabytes(sum(e.bytes for e in entries))}")
 
 
 @cache_app.command("clear")
@@ -717,19 +720,27 @@ def cache_clear_cmd(
 ) -> None:
     """Delete cache entries (all, or those the options choose); a later run decodes again."""
     from vislab.data.cache import cache_dir, cache_entries, megabytes, remove_entries, select_entries
+    from vislab.log import counted, info
 
     if unused_days is not None and unused_days < 0:
         raise VislabError("--unused-days", f"must be >= 0, got {unused_days:g}")
     entries = cache_entries()
     chosen = select_entries(entries, unused_days=unused_days, source=source)
+    if source is not None and not select_entries(entries, source=source):
+        info(f"--source {source}: no entry records it as its folder (ONNX graphs and entries older than the "
+             "records name none); `vislab cache list` shows what each was made from")
     size = megabytes(sum(e.bytes for e in chosen))
+    of = f"{len(chosen)} of {counted(len(entries), 'entry', 'entries')}"
     if dry_run:
         for e in chosen:
             out.print(f"would delete {e.name} ({e.describe()}, {megabytes(e.bytes)})", markup=False)
-        out.print(f"{cache_dir()}: would free {size} ({len(chosen)} of {len(entries)} entries)")
+        out.print(f"{cache_dir()}: would free {size} ({of})")
         return
-    freed = remove_entries(chosen)
-    out.print(f"{cache_dir()}: freed {megabytes(freed)} ({len(chosen)} of {len(entries)} entries deleted)")
+    freed, kept = remove_entries(chosen)
+    out.print(f"{cache_dir()}: freed {megabytes(freed)} ({of} deleted)")
+    if kept:
+        raise VislabError(kept[0][0], f"could not be deleted ({kept[0][1]}); {counted(len(kept), 'file')} of the "
+                                      "chosen entries are left")
 
 
 def _one_line_summaries(*apps: typer.Typer) -> None:

@@ -45,21 +45,20 @@ def written_by_runs(name: str) -> bool:
 def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                      inputs: Iterable[str | Path | None] = (), header: str | None = None,
                      data_dirs: Iterable[str | Path | None] = (), data_suffixes: Iterable[str] = ()) -> Path:
-    """:func:`check_output_file`; refuse an output inside one of the command's ``data_dirs`` that
-    would replace a file there or join the data (a figure whose suffix is one of ``data_suffixes``,
-    read as one more image), or one inside a run folder's records (``snapshots/``); and when a file
-    is already there, refuse to replace it if it is one of the command's ``inputs``, a record or
-    checkpoint of a run folder, a file of another kind than the command writes (its suffix not in
-    ``suffixes``), or, given the ``header`` line the command writes, a text file whose first line
-    is another (a labels CSV, a user's table).
-    A command's own earlier output (same kind, not an input) is replaced as usual."""
+    """:func:`check_output_file`; refuse an image (a suffix of ``data_suffixes``) inside one of the
+    command's ``data_dirs`` (it would replace an image, or be read as one more), and any output
+    inside a run folder's records (``snapshots/``); and when a file is already there, refuse to
+    replace it if it is one of the command's ``inputs``, a record or checkpoint of a run folder, a
+    file of another kind than the command writes (its suffix not in ``suffixes``), or, given the
+    ``header`` line the command writes, a text file whose first line is another (a labels CSV, a
+    user's table). A command's own earlier output (same kind, not an input) is replaced as usual."""
     dest = check_output_file(path)
-    where = dest.resolve()
-    joins = dest.suffix.lower() in {s.lower() for s in data_suffixes}
-    for data in (Path(d).resolve() for d in data_dirs if d is not None):
-        if data.is_dir() and data in where.parents and (joins or dest.exists()):
-            how = "would replace one of its files" if dest.exists() else "would join the data (read as one more image)"
-            raise VislabError(dest, f"lies inside the data folder {data} and {how}; write the output to another folder")
+    where = dest.parent.resolve() / dest.name  # where the file is written (a link there is replaced)
+    if dest.suffix.lower() in {s.lower() for s in data_suffixes}:
+        for data in (Path(d).resolve() for d in data_dirs if d is not None):
+            if data.is_dir() and data in where.parents:
+                how = "would replace one of its images" if dest.exists() else "would be read as one more of its images"
+                raise VislabError(dest, f"lies inside the data folder {data} and {how}; write it to another folder")
     for run in where.parents:
         inner = where.relative_to(run).parts
         if len(inner) > 1 and (run / "recipe.yaml").is_file() and written_by_runs(inner[0]):

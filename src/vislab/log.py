@@ -10,6 +10,11 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False)
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the number it takes: "1 mask", "3 masks" (``plural`` when not noun + s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def info(message: str) -> None:
     """Print a progress/information line on stderr."""
     console.print(message, markup=False)

@@ -21,6 +21,7 @@ import yaml
 from vislab.errors import VislabError, yaml_problem
 from vislab.data.layouts import id_and_name
 from vislab.io import atomic_write_bytes, atomic_write_text
+from vislab.log import counted
 from vislab.viz import figures
 
 # (name, value) rows the course report is judged against
@@ -167,9 +168,9 @@ def _tsne_images(run: Path) -> str:
             ids.append(None)
     if ids[0] and ids[0] == ids[1]:
         return "validation"
-    if ids[0]:
-        return f"{len(ids[0])} images of the folder its title names, not the validation images scored above"
-    return "the folder its title names"
+    if ids[0] and ids[1]:
+        return f"{counted(len(ids[0]), 'image')} of the folder its title names, not the validation images scored above"
+    return "the images of the folder its title names"
 
 
 def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int = 5) -> list[tuple[Path, Path, str]]:

@@ -26,7 +26,7 @@ import torch
 
 from vislab.errors import VislabError
 from vislab.io import atomic_path, atomic_write_text
-from vislab.log import info
+from vislab.log import counted, info
 
 DECODE_RULE = "fit-cover-centre-v2"  # part of the cache key: change it when decode_fitted changes
 # (v2: EXIF-upright photos, 16-bit grey read). Callers with their own decoder pass their own rule.
@@ -94,7 +94,7 @@ def open_array(path: Path) -> torch.Tensor:
 def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
                    key: str | None = None, use_cache: bool = True, tag: str = "cls",
                    workers: int | None = None, channels: int = 3, rule: str = DECODE_RULE,
-                   source: str | Path = "", built: list[Path] | None = None) -> tuple[torch.Tensor, Counter]:
+                   source: str | Path = "", built: list[tuple[Path, int]] | None = None) -> tuple[torch.Tensor, Counter]:
     """Every file decoded by ``decode(path, target) -> (HxWxC uint8 array, original (h, w, ...))``
     into one (N, C, H, W) uint8 tensor (C = ``channels``), and the count of each key the decoder
     returned (an original size, and what the decoder says it did after it).
@@ -105,7 +105,8 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
     ``rule`` are unchanged); without, it is decoded into memory and nothing is written. A new
     cache file is said on the console with its size; ``source`` (the folder) is recorded beside it
     for ``vislab cache list``, and each reuse marks the entry as used. With ``built`` (a list) the
-    new file's path is appended to it instead of said, for a caller that says its files at once.
+    new file and its item count are appended to it instead of said, for a caller that says its
+    files at once.
     """
     n, (h, w) = len(files), target
     if not use_cache:
@@ -140,18 +141,21 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
     except OSError:  # an unwritable cache only costs memory: decode into memory instead
         return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels, rule=rule)
     if built is not None:
-        built.append(path)
+        built.append((path, n))
     else:
-        say_built(source, [path], f"{n} images")
+        say_built(source, [(path, n)], "image")
     return open_array(path), sizes
 
 
-def say_built(source: str | Path, paths: list[Path], what: str) -> None:
-    """One console line for new cache files: what they hold, where, how big."""
-    if paths:
+def say_built(source: str | Path, built: list[tuple[Path, int]], noun: str) -> None:
+    """One console line for new cache files (``built``: each file and the ``noun``s it holds):
+    how many were decoded, where, how big."""
+    if built:
+        paths = [p for p, _ in built]
         where = paths[0] if len(paths) == 1 else f"{len(paths)} files in {paths[0].parent}"
-        info(f"{source or 'cache'}: {what} decoded once into {where} ({megabytes(sum(p.stat().st_size for p in paths))}); "
-             "`vislab cache list` shows the cache, `vislab cache clear` frees it")
+        info(f"{source or 'cache'}: {counted(sum(n for _, n in built), noun)} decoded once into {where} "
+             f"({megabytes(sum(p.stat().st_size for p in paths))}); `vislab cache list` shows the cache, "
+             "`vislab cache clear` frees it")
 
 
 def _decode_into(out: np.ndarray, files: Sequence[Path], lo: int, target: tuple[int, int],
@@ -217,9 +221,11 @@ def record_source(path: Path, source: str | Path, *, count: int) -> None:
 
 
 def mark_used(path: Path) -> None:
-    """Mark a cache entry as used now (its record's time); a read-only cache is left as it is."""
+    """Mark a cache entry as used now (its record's time, else, for an entry older than records,
+    the data file's); a read-only cache is left as it is."""
+    about = _about_of(path)
     try:
-        os.utime(_about_of(path))
+        os.utime(about if about.is_file() else path)
     except OSError:
         pass
 
@@ -234,12 +240,17 @@ class CacheEntry:
     folder when recorded, its size in bytes and when it was last used (seconds since the epoch)."""
 
     KINDS = {"cls": "decoded images", "seg": "decoded tiles", "seg-stats": "mask statistics",
-             "onnx": "ONNX graph", "unfinished": "unfinished (interrupted) file"}
+             "onnx": "ONNX graph", "unfinished": "unfinished file of an interrupted build"}
 
     def __init__(self, kind: str, files: list[Path]) -> None:
         self.kind = kind
         self.files = files
-        stats = [f.stat() for f in files if f.is_file()]
+        stats = []
+        for f in files:
+            try:
+                stats.append(f.stat())
+            except OSError:  # gone since it was listed (a build renaming its temporary into place)
+                pass
         self.bytes = sum(st.st_size for st in stats)
         self.last_used = max((st.st_mtime for st in stats), default=0.0)
         self.source: str | None = None
@@ -266,6 +277,8 @@ _ARRAY = re.compile(r"(cls|seg)-[0-9a-f]{20}-\d+x\d+-[0-9a-f]{6}\.(npy|sizes\.js
 _STATS = re.compile(r"seg-stats-[0-9a-f]{20}\.(pt|about\.json)")
 _ONNX = re.compile(r".+-[0-9a-f]{20}\.onnx")
 _UNFINISHED = re.compile(r"\.(.+)\.[^.]+\.tmp")
+_ENDINGS = re.compile(r"\.(npy|sizes\.json|about\.json|pt)$")
+IN_PROGRESS_HOURS = 6  # a temporary file younger than this may be a build still running: never listed
 
 
 def _kind(name: str, *, in_onnx: bool) -> str | None:
@@ -282,6 +295,8 @@ def _kind(name: str, *, in_onnx: bool) -> str | None:
 def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     """Every entry of the cache (``root``, default :func:`cache_dir`), least recently used first.
     A file the cache does not know is not listed (and never removed)."""
+    import time
+
     root = root or cache_dir()
     if not root.is_dir():
         return []
@@ -291,9 +306,16 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
             continue
         inner = _UNFINISHED.fullmatch(f.name)  # what atomic_path left of a killed write
         if inner and _kind(inner.group(1), in_onnx=f.parent != root):
-            groups[("unfinished", str(f))] = [f]
+            try:
+                old = time.time() - f.stat().st_mtime > IN_PROGRESS_HOURS * 3600
+            except OSError:
+                old = False
+            if old:
+                groups[("unfinished", str(f))] = [f]
         elif kind := _kind(f.name, in_onnx=f.parent != root):
-            groups.setdefault((kind, str(f.parent / f.name.split(".")[0])), []).append(f)
+            # an ONNX graph is an entry of its own; a decoded array goes with its sidecars
+            key = str(f) if kind == "onnx" else _ENDINGS.sub("", str(f))
+            groups.setdefault((kind, key), []).append(f)
     entries = []
     for (kind, _), files in groups.items():
         files.sort(key=lambda f: (not f.name.endswith((".npy", ".pt", ".onnx", ".tmp")), f.name))  # the data first
@@ -301,10 +323,11 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     return sorted(entries, key=lambda e: e.last_used)
 
 
-def remove_entries(entries: Iterable[CacheEntry]) -> int:
-    """Delete the entries' files; return the bytes freed. A process that has an entry mapped keeps
-    reading it (the file goes when it closes); the next run decodes again."""
-    freed = 0
+def remove_entries(entries: Iterable[CacheEntry]) -> tuple[int, list[tuple[Path, str]]]:
+    """Delete the entries' files; return the bytes freed and the files that could not be deleted
+    (with why). A process that has an entry mapped keeps reading it (the file goes when it
+    closes); the next run decodes again."""
+    freed, kept = 0, []
     for e in entries:
         for f in e.files:
             try:
@@ -313,7 +336,9 @@ def remove_entries(entries: Iterable[CacheEntry]) -> int:
                 freed += size
             except FileNotFoundError:
                 pass
-    return freed
+            except OSError as exc:
+                kept.append((f, exc.strerror or type(exc).__name__))
+    return freed, kept
 
 
 def select_entries(entries: list[CacheEntry], *, unused_days: float | None = None,

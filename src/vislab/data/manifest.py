@@ -38,12 +38,15 @@ def read_items(out_dir: Path) -> list[str] | None:
         return None
 
 
-def difference_from_record(run: str | Path | None, lines: list[str], *, value: str) -> str:
+def difference_from_record(run: str | Path | None, lines: list[str], *, value: str, digest: str) -> str:
     """How ``lines`` differ from the items recorded by ``run`` (a run folder, or a checkpoint in
-    one; :func:`items_difference`), or "" when there is no record to compare with."""
+    one; :func:`items_difference`), or "" when there is no record to compare with: none, or one
+    whose digest is not the checkpoint's ``digest`` (a checkpoint copied into another run's folder)."""
     run_dir = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
     recorded = read_items(run_dir) if run_dir is not None else None
-    return items_difference(recorded, lines, value=value) if recorded is not None else ""
+    if recorded is None or lines_digest(recorded) != digest:
+        return ""
+    return items_difference(recorded, lines, value=value)
 
 
 def _split(line: str) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """Files of one data set that are byte-for-byte copies of another's: validation images copied
 into the training folder make a validation score count images the model trained on. Files are
-compared by size first, and only files of a size both sets hold are read and hashed."""
+compared by size first, then by their first 64 KiB, and only files alike in both are hashed
+whole: files of one size (uncompressed tiles) cost one block each, not a full read."""
 
 from __future__ import annotations
 
@@ -10,12 +11,30 @@ from pathlib import Path
 from typing import Sequence
 
 
-def _digest(path: Path) -> bytes:
+HEAD = 1 << 16
+
+
+def _digest(path: Path, limit: int | None = None) -> bytes:
+    """SHA-1 of the file, or of its first ``limit`` bytes."""
     h = hashlib.sha1()
     with open(path, "rb") as fh:
+        if limit is not None:
+            h.update(fh.read(limit))
+            return h.digest()
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.digest()
+
+
+def _alike(mine: list[Path], other: list[Path], key) -> list[tuple[list[Path], list[Path]]]:
+    """The groups of ``mine`` and ``other`` that share a ``key``."""
+    a: dict = defaultdict(list)
+    b: dict = defaultdict(list)
+    for f in mine:
+        a[key(f)].append(f)
+    for f in other:
+        b[key(f)].append(f)
+    return [(a[k], b[k]) for k in a.keys() & b.keys()]
 
 
 def copies(ours: Sequence[Path], theirs: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -33,13 +52,17 @@ def copies(ours: Sequence[Path], theirs: Sequence[Path]) -> list[tuple[Path, Pat
     mine, other = by_size(ours), by_size(theirs)
     found: dict[Path, Path] = {}
     for size in mine.keys() & other.keys():
-        known: dict[bytes, Path] = {}
-        for f in other[size]:
-            known.setdefault(_digest(f), f)
-        for f in mine[size]:
-            twin = known.get(_digest(f))
-            if twin is not None:
-                found[f] = twin
+        groups = [(mine[size], other[size])]
+        if size > HEAD:  # a block first: whole files only where it leaves candidates
+            groups = [g for a, b in groups for g in _alike(a, b, lambda f: _digest(f, HEAD))]
+        for a, b in groups:
+            known: dict[bytes, Path] = {}
+            for f in b:
+                known.setdefault(_digest(f), f)
+            for f in a:
+                twin = known.get(_digest(f))
+                if twin is not None:
+                    found[f] = twin
     return [(f, found[f]) for f in ours if f in found]
 
 

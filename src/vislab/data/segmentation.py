@@ -340,7 +340,7 @@ class TileCache:
             self.arrays.append(arr)
             for j, i in enumerate(members):
                 self.where[i] = (g, j)
-        say_built(source, built, f"{len(pairs)} pairs")
+        say_built(source, built, "pair")
 
     def __len__(self) -> int:
         return len(self.where)

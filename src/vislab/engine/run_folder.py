@@ -60,7 +60,7 @@ def check_resumed_data(out_dir: Path, *, key: str, lines: list[str], folder: str
     last = out_dir / "last.ckpt"
     recorded = checkpoint_meta(last).get(key)  # readable: check_run_folder checked it
     if recorded is not None and recorded != lines_digest(lines):
-        how = difference_from_record(out_dir, lines, value=value)
+        how = difference_from_record(out_dir, lines, value=value, digest=recorded)
         raise VislabError(folder, f"is not the data {last} was trained on ({how or 'other files or ' + value + 's'}); "
                                   "--resume continues a run on the training folder it started with")
 

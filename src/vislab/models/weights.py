@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,6 +104,27 @@ def load_local_weights(
     return missing, list(result.unexpected_keys)
 
 
+class _HeldDownloadLine:
+    """A stand-in for stderr that holds torch.hub's one-line "Downloading: URL to FILE" (printed
+    before it tries: misleading when the download then fails) and passes everything else on
+    (progress bars, warnings) as it comes."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.lines = stream, []
+
+    def write(self, text: str) -> int:
+        if text.startswith("Downloading: "):
+            self.lines.append(text.strip())
+            return len(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the real stream's
+        return getattr(self.stream, name)
+
+
 def apply_weights(
     model: nn.Module,
     weights: str | None,
@@ -123,14 +145,13 @@ def apply_weights(
         if pretrained is None:
             raise VislabError(None, f"{name} has no ImageNet weights; use --weights PATH")
         import contextlib
-        import io
 
-        said = io.StringIO()  # torch's own "Downloading: URL" line: passed on once the download worked
+        held = _HeldDownloadLine(sys.stderr)  # torch's "Downloading: URL", said once the download worked
         try:
-            with contextlib.redirect_stderr(said):
+            with contextlib.redirect_stderr(held):
                 pretrained()
-            if said.getvalue().strip():
-                info(said.getvalue().strip())
+            for line in held.lines:
+                info(line)
         except (OSError, RuntimeError, ConnectionError) as exc:
             if isinstance(exc, RuntimeError) and "download" not in str(exc).lower() and "url" not in str(exc).lower():
                 raise

@@ -401,7 +401,8 @@ def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = No
     from vislab.data.classification import stratified_split
 
     if digest is not None and labelled_digest(data) != digest:
-        how = difference_from_record(record, labelled_lines(data), value="label") or "its image names or labels differ"
+        how = (difference_from_record(record, labelled_lines(data), value="label", digest=digest)
+               or "its image names or labels differ")
         raise VislabError(folder, f"--held-out: not the folder the run was trained on ({how}), so its held-out split "
                                   "cannot be rebuilt")
 

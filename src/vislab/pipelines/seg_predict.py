@@ -13,7 +13,8 @@ from vislab.data.images import read_rgb
 from vislab.data.seg_classes import SegClasses, classes_of
 from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unlabelled
 from vislab.errors import VislabError
-from vislab.log import info
+from vislab.io import atomic_write_text
+from vislab.log import counted, info
 from vislab.models.ensemble import members
 from vislab.models.tta import averaged_probs, check_tta
 
@@ -64,7 +65,7 @@ def ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str])
 
 
 def member_offsets(meta: dict[str, Any], enabled: bool) -> torch.Tensor | None:
-    """A model's calibrated class offsets (a checkpoint's from :func:`load_segmenter`, an
+    """A model's calibrated class offsets (a checkpoint's from :func:`vislab.calibration.load_segmenter`, an
     export's from its metadata), or None when it has none or ``enabled`` is False."""
     stored = meta.get("class_offsets") if enabled else None
     return None if stored is None else torch.tensor([float(v) for v in stored])
@@ -154,19 +155,23 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     if out.is_dir() and any(out.glob(f"*{SAT}.*")):  # its masks would be ground truth, not a prediction
         raise VislabError(out, "holds satellite images: a data folder, whose masks the prediction would replace; "
                                "predict into another folder")
+    replaced = [name for name in names if (out / name).exists()]
+    if replaced and not (out / PREDICTED).is_file():  # masks no `seg predict` wrote: ground truth?
+        raise VislabError(out, f"holds {counted(len(replaced), 'mask')} this prediction would replace (e.g. "
+                               f"{replaced[0]}), and no {PREDICTED} of an earlier `vislab seg predict`: ground truth, "
+                               "or another tool's? Predict into another folder, or delete them first")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".vislab-predict-", dir=out))
     except OSError as exc:
         raise VislabError(out, f"cannot write here ({exc.strerror or exc})") from None
-    replaced = sum((out / name).exists() for name in names)
     if replaced:
-        info(f"{out}: {replaced} masks of an earlier prediction are replaced")
+        info(f"{out}: {counted(len(replaced), 'mask')} of an earlier prediction replaced")
     mine = set(names)
     others = sorted(f.name for f in out.glob("*.png") if f.name not in mine and not f.name.startswith("."))
     if others:
-        info(f"{out}: {len(others)} other masks there (e.g. {others[0]}) are not from this prediction; `seg eval` "
+        info(f"{out}: {counted(len(others), 'other mask')} there (e.g. {others[0]}) not from this prediction; `seg eval` "
              "of this folder would score them too")
     done = False
     try:
@@ -178,6 +183,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
                                   shifts=shifts)
                 for i, ids in zip(run, probs.argmax(1).cpu()):
                     (staging / names[start + i]).write_bytes(classes.mask_png(ids))
+        atomic_write_text(f"masks predicted by {', '.join(paths)} (tta {tta})\n", out / PREDICTED)
         for name in names:
             (staging / name).replace(out / name)
         done = True
@@ -186,6 +192,10 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         if created and not done:
             shutil.rmtree(out, ignore_errors=True)
     return len(files)
+
+
+PREDICTED = ".vislab-prediction"
+"""The file `seg predict` leaves in its output folder: masks there may be replaced by a later one."""
 
 
 def _check_outputs(files: list[Path], out: Path) -> list[str]:

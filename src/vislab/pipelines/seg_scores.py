@@ -166,7 +166,7 @@ def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, 
     from vislab.data.segmentation import holdout_split
 
     if digest is not None and digest != pairs_digest(pairs):
-        how = difference_from_record(record, pair_lines(pairs), value="file size") or "its pairs differ"
+        how = difference_from_record(record, pair_lines(pairs), value="file size", digest=digest) or "its pairs differ"
         raise VislabError(folder, f"is not the folder this checkpoint was trained on ({how}), so its "
                                   f"held-out split cannot be rebuilt; pass the training folder{hint}")
     _, ho = holdout_split(len(pairs), fraction=fraction, seed=seed)
@@ -246,7 +246,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
-    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "pairs_path": str(Path(pairs_dir).resolve()),
+    record = {"classes": list(desc.names), "pairs": str(pairs_dir),
+              "pairs_path": str(Path(pairs_dir).resolve()),
               "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
               "trained_scale": trained, "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride}
     record["file"] = str(save_offsets(path, offsets, **record))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vislab.data.images import read_rgb
 from vislab.errors import VislabError
-from vislab.log import info
+from vislab.log import counted, info
 from vislab.viz.save import save_figure
 
 
@@ -101,7 +101,7 @@ def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = 
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(title, fontsize=9)
     if missing:
-        info(f"{snap}: {len(missing)} snapshot files missing, shown as empty cells (e.g. {missing[0].name} of "
+        info(f"{snap}: {counted(len(missing), 'snapshot file')} missing, shown as empty cells (e.g. {missing[0].name} of "
              f"{missing[0].parent.name})")
     fig.suptitle(f"Predicted masks during training ({run_dir.name}): {stage_words(stages, chosen=bool(epochs))}",
                  fontsize=10)
