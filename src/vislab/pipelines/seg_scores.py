@@ -246,10 +246,10 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
-    record = {"classes": list(desc.names), "pairs": str(pairs_dir),
-              "pairs_path": str(Path(pairs_dir).resolve()),
-              "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta, "miou_before": round(before, 6), "miou_after": round(after, 6),
-              "trained_scale": trained, "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride}
+    record = {"classes": list(desc.names), "pairs": str(pairs_dir), "pairs_path": str(Path(pairs_dir).resolve()),
+              "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta,
+              "miou_before": round(before, 6), "miou_after": round(after, 6), "trained_scale": trained,
+              "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
     return record
