@@ -159,3 +159,24 @@ def test_course_miou_matches_reference_on_real_validation_masks_realdata(cli, tm
     stray = json.loads((tmp_path / "m.json").read_text())["stray_files"]
     assert stray == sum(red)  # the real masks' red (no class) pixels, said on the console
     assert (f"{stray} of {len(masks)} ground-truth masks hold" in res.out.replace("\n", " ")) == (stray > 0)
+
+
+def test_masks_vislab_writes_carry_its_tag_and_decode_alike(tmp_path):
+    """The tEXt chunk keeps the PNG valid (Pillow and torchvision read the same pixels) and tells
+    vislab's masks from any other tool's."""
+    from PIL import Image
+    from torchvision.io import decode_png
+
+    from vislab.data.images import written_by_vislab
+    from vislab.data.seg_classes import deepglobe
+
+    ids = torch.randint(0, 7, (9, 13), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    (tmp_path / "a.png").write_bytes(deepglobe().mask_png(ids))
+    im = Image.open(tmp_path / "a.png")
+    assert im.info.get("Software") == "vislab" and im.size == (13, 9)
+    rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(mask_to_classes(rgb)[0], ids)
+    assert torch.equal(decode_png(torch.frombuffer(bytearray((tmp_path / "a.png").read_bytes()), dtype=torch.uint8)), rgb)
+    im.save(tmp_path / "b.png")  # the same pixels saved by Pillow: no tag
+    assert written_by_vislab(tmp_path / "a.png") and not written_by_vislab(tmp_path / "b.png")
+    assert not written_by_vislab(tmp_path / "none.png")

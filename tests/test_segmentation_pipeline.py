@@ -326,11 +326,11 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     assert "not from this prediction" not in res.err
     gt = tmp_path / "gt"  # a folder of plain ground-truth masks (a GT_DIR of `seg eval`), no earlier prediction
     gt.mkdir()
-    (gt / "0042.png").write_bytes((tmp_path / "out" / "0042.png").read_bytes())
+    Image.open(tmp_path / "out" / "0042.png").save(gt / "0042.png")  # the same pixels, saved by another tool
     truth = (gt / "0042.png").read_bytes()
     res = cli("seg", "predict", seg_run / "run", d, gt)
-    assert res.code == 2 and (f"{gt}: holds 1 mask this prediction would replace (e.g. 0042.png), and no "
-                              ".vislab-prediction of an earlier `vislab seg predict`") in " ".join(res.err.split())
+    assert res.code == 2 and (f"{gt}: holds 1 mask this prediction would replace (e.g. 0042.png) that vislab did "
+                              "not write: ground truth, or another tool's?") in " ".join(res.err.split())
     assert (gt / "0042.png").read_bytes() == truth and sorted(p.name for p in gt.iterdir()) == ["0042.png"]
     Image.open(tmp_path / "out" / "0042.png").save(tmp_path / "out" / "0007.png")  # a mask of another prediction
     res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")

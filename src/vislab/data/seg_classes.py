@@ -191,15 +191,18 @@ class SegClasses:
 
     def mask_png(self, ids: torch.Tensor, *, colours: bool = False) -> bytes:
         """Class ids (H, W) as PNG bytes in the data set's format: class ids (index masks) or
-        colours (palette and course masks); with ``colours`` always in colour (for figures)."""
+        colours (palette and course masks); with ``colours`` always in colour (for figures).
+        The file carries vislab's tag (:func:`vislab.data.images.tag_png`)."""
         from torchvision.io import encode_png
+
+        from vislab.data.images import tag_png
 
         bad = (ids >= self.num_classes) & ((ids != IGNORE) if colours else True)
         if bool(bad.any()):
             raise ValueError(f"class id {int(ids[bad][0])} is outside 0..{self.num_classes - 1}")
         as_ids = self.mask_format == "index" and not colours
         img = ids[None].to(torch.uint8) if as_ids else self.colour_image(ids)
-        return encode_png(img.cpu()).numpy().tobytes()
+        return tag_png(encode_png(img.cpu()).numpy().tobytes())
 
     # --- storage -------------------------------------------------------------------------
 

@@ -9,11 +9,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from vislab.calibration import shift_probs
-from vislab.data.images import read_rgb
+from vislab.data.images import read_rgb, written_by_vislab
 from vislab.data.seg_classes import SegClasses, classes_of
 from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unlabelled
 from vislab.errors import VislabError
-from vislab.io import atomic_write_text
 from vislab.log import counted, info
 from vislab.models.ensemble import members
 from vislab.models.tta import averaged_probs, check_tta
@@ -156,10 +155,11 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         raise VislabError(out, "holds satellite images: a data folder, whose masks the prediction would replace; "
                                "predict into another folder")
     replaced = [name for name in names if (out / name).exists()]
-    if replaced and not (out / PREDICTED).is_file():  # masks no `seg predict` wrote: ground truth?
-        raise VislabError(out, f"holds {counted(len(replaced), 'mask')} this prediction would replace (e.g. "
-                               f"{replaced[0]}), and no {PREDICTED} of an earlier `vislab seg predict`: ground truth, "
-                               "or another tool's? Predict into another folder, or delete them first")
+    theirs = [name for name in replaced if not written_by_vislab(out / name)]
+    if theirs:  # masks no vislab prediction wrote: ground truth?
+        raise VislabError(out, f"holds {counted(len(theirs), 'mask')} this prediction would replace (e.g. "
+                               f"{theirs[0]}) that vislab did not write: ground truth, or another tool's? Predict "
+                               "into another folder, or delete them first")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,6 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
                                   shifts=shifts)
                 for i, ids in zip(run, probs.argmax(1).cpu()):
                     (staging / names[start + i]).write_bytes(classes.mask_png(ids))
-        atomic_write_text(f"masks predicted by {', '.join(paths)} (tta {tta})\n", out / PREDICTED)
         for name in names:
             (staging / name).replace(out / name)
         done = True
@@ -192,10 +191,6 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
         if created and not done:
             shutil.rmtree(out, ignore_errors=True)
     return len(files)
-
-
-PREDICTED = ".vislab-prediction"
-"""The file `seg predict` leaves in its output folder: masks there may be replaced by a later one."""
 
 
 def _check_outputs(files: list[Path], out: Path) -> list[str]:
