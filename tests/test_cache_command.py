@@ -89,6 +89,7 @@ def test_clear_deletes_the_chosen_entries_and_the_next_run_decodes_again(tmp_pat
     before = cache_entries()
     listed = cli("cache", "list")
     assert listed.code == 0 and f"{len(before)} entries" in listed.out
+    assert f"decoded images, 12 items, made from {cls_dir.resolve()}" in listed.out  # whole, to copy
     res = cli("cache", "clear", "--source", tmp_path / "nowhere", "--dry-run")
     assert res.code == 0 and "no entry records it as its folder" in " ".join(res.err.split())
     dry = cli("cache", "clear", "--source", str(seg_dir), "--dry-run")

@@ -99,7 +99,7 @@ def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path)
     res = cli("export", seg_run / "run", onnx_path)
     assert res.code == 0, res.err
     # a segmenter's graph takes any height and width; traced and checked at the recipe's input_hw
-    assert OnnxNet(onnx_path).free_size and "input (N, 3, H, W): any height and width (traced at 64x64)" in \
+    assert OnnxNet(onnx_path).free_size and "input (N, 3, H, W): any height and width (traced at 64x64, width x height)" in \
         " ".join(res.out.split())
     net, (model, _) = OnnxNet(onnx_path), load_segmenter(seg_run / "run")
     for hw in ((64, 64), (50, 70), (33, 17)):  # the export's evaluation scale and padding at any size
@@ -139,6 +139,8 @@ def test_class_offsets_travel_into_the_onnx_file(seg_run, cli, tmp_path):
                              ("exported-plain", tmp_path / "plain.onnx", [])):
         res = cli("seg", "predict", src, seg_run / "train", tmp_path / name, *flags)
         assert res.code == 0, res.err
+        carried = f"calibration carried by {tmp_path / 'c.onnx'}: its class offsets from `seg calibrate` apply"
+        assert (carried in " ".join(res.err.split())) == (name == "onnx"), name  # said when they apply, not else
         masks[name] = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("*_mask.png"))])
     barren = (masks["ckpt"] == PALETTE[5].numpy()).all(-1).mean()
     assert barren > 0.9 and (masks["ckpt-plain"] == PALETTE[5].numpy()).all(-1).mean() < barren

@@ -293,7 +293,7 @@ def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_pat
     res = cli("export", run, tmp_path / "m.onnx")
     assert res.code == 0, res.err
     # traced at the most common training tile size (64 wide, 48 high); any size runs
-    assert "input (N, 3, H, W): any height and width (traced at 64x48)" in " ".join(res.out.split())
+    assert "input (N, 3, H, W): any height and width (traced at 64x48, width x height)" in " ".join(res.out.split())
     from vislab.export import OnnxNet
 
     assert OnnxNet(tmp_path / "m.onnx").meta["seg_classes"]["names"] == NAMES

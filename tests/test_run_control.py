@@ -428,6 +428,11 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
     for _ in range(2):
         assert prepare_run_folder(run, recipe, resume=True, command="again", changes=["b", "c"]) == run / "last.ckpt"
         assert read_changes(run) == ["a", "b", "c"]
+    from vislab.engine.run_folder import add_change
+
+    add_change(run, "--resume: nothing left to train")  # a second resume of a finished run says it again
+    add_change(run, "--resume: nothing left to train")
+    assert read_changes(run) == ["a", "b", "c", "--resume: nothing left to train"]
     # the run's command first, then each resumed piece's
     assert (run / "command.txt").read_text() == "first\nagain\nagain\n"
 
@@ -574,3 +579,39 @@ def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_
     (run / "inputs.json").write_text("[1, 2]")
     res = cli("cls", "train", "--out", run, "--resume")
     assert res.code == 2 and f"{run / 'inputs.json'}: is not the record vislab writes" in " ".join(res.err.split())
+
+
+def test_a_resumed_run_counts_the_seconds_of_every_piece(cli, color_classes, tmp_path, monkeypatch):
+    """results.json's train_seconds is the run's, not its last piece's: the seconds trained so far
+    travel in the checkpoint (a clock that says 1000 s per reading makes the first piece's unmistakable)."""
+    import itertools
+
+    from vislab.engine.callbacks import TrainingClock
+
+    ticks = itertools.count(0, 1000)
+    monkeypatch.setattr(TrainingClock, "clock", staticmethod(lambda: float(next(ticks))))
+    run = tmp_path / "run"
+    limited = _recipe(tmp_path, "limited.yaml", max_minutes=1e-6)  # one epoch per invocation
+    assert cli("cls", "train", color_classes, "--recipe", limited, "--out", run).code == 0
+    spent = torch.load(run / "last.ckpt", weights_only=True)["callbacks"]["TrainingClock"]["spent_s"]
+    first = json.loads((run / "results.json").read_text())["train_seconds"]
+    assert spent >= 1000 and first < 1000  # the piece's own wall seconds, then the clock's
+    monkeypatch.setattr(TrainingClock, "clock", staticmethod(time.monotonic))
+    assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+    total = json.loads((run / "results.json").read_text())["train_seconds"]
+    assert spent < total < spent + 600  # the first piece's clock plus the second piece's seconds
+
+
+def test_a_new_run_in_a_folder_of_a_run_without_checkpoints_keeps_none_of_its_records(cli, color_classes, tmp_path):
+    """A run stopped before its first checkpoint leaves its recipe and lines; the run started
+    afresh there (as its message says to) must not report the earlier run's settings as its own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("task: cls\n")
+    (run / "changes.txt").write_text("--budget 1 min: epochs 3 -> 3 (the earlier run's plan)\n")
+    (run / "results.json").write_text("{}")
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=1), "--out", run)
+    assert res.code == 0, res.err
+    changes = (run / "changes.txt").read_text() if (run / "changes.txt").exists() else ""
+    assert "earlier run's plan" not in changes
+    assert "earlier run's plan" not in json.dumps(json.loads((run / "results.json").read_text()))

@@ -629,7 +629,7 @@ def export_cmd(
     _output(out_path, ".onnx", inputs=_members(ckpt))
     res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check, offsets=offsets)
     c, h, w = res["input_shape"]
-    shown = (f"(N, {c}, H, W): any height and width (traced at {w}x{h})" if res.get("free_size")
+    shown = (f"(N, {c}, H, W): any height and width (traced at {w}x{h}, width x height)" if res.get("free_size")
              else f"(N, {c}, {h}, {w})")
     out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input {shown}")
     if check:
@@ -701,14 +701,10 @@ def cache_list_cmd() -> None:
     if not entries:
         out.print(f"{cache_dir()}: empty")
         return
-    t = Table()
-    for column in ("last used", "holds", "items", "size", "made from"):
-        t.add_column(column, overflow="fold", no_wrap=column not in ("made from", "holds"),
-                     min_width=24 if column == "made from" else None)
-    for e in entries:
-        t.add_row(time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)), e.describe(),
-                  "" if e.items is None else str(e.items), megabytes(e.bytes), e.source or "(not recorded)")
-    out.print(t, markup=False)
+    for e in entries:  # plain lines, whole at any width (a table folds the paths a reader copies)
+        items = "" if e.items is None else f", {e.items} items"
+        out.print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_used))}  {megabytes(e.bytes):>9}  "
+                  f"{e.describe()}{items}, made from {e.source or '(not recorded)'}", markup=False, soft_wrap=True)
     out.print(f"{cache_dir()}: {counted(len(entries), 'entry', 'entries')}, {megabytes(sum(e.bytes for e in entries))}")
 
 

@@ -387,6 +387,10 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
             inside = "class offsets" if meta.get("calibrated") else "calibrated evaluation scale"
             raise VislabError(path, f"--no-offsets: this export holds its {inside} in the graph; predict with the "
                                     "checkpoint, or export it with --no-offsets")
+        if calibrated and (meta.get("class_offsets") or meta.get("calibrated") or meta.get("calibrated_scale")):
+            carried = "class offsets" if meta.get("class_offsets") or meta.get("calibrated") else "evaluation scale"
+            info(f"calibration carried by {path}: its {carried} from `seg calibrate` apply"
+                 + (" (--no-offsets leaves the offsets out)" if meta.get("class_offsets") else ""))
         return net, meta
     model, meta = load_segmenter(path, calibrated=calibrated) if task == "seg" else load_network(path, task=task)
     if on_cpu:

@@ -149,7 +149,40 @@ class TimeLimit(pl.Callback):
 
 
 
-class BudgetKeeper(pl.Callback):
+class TrainingClock(pl.Callback):
+    """The seconds a run has trained, every piece of it: the seconds so far (to the moment of the
+    save, mid-epoch checkpoints included) travel in the checkpoints as this callback's state, so
+    a resumed run knows what its earlier pieces trained (``facts()["seconds_before"]``)."""
+
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._t0 = 0.0
+        self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
+        self.spent = 0.0  # seconds trained in all, at the last epoch end
+        self._in_epoch = False  # between an epoch's start and end: a save then counts the epoch's time so far
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent_s": self.before + self.clock() - self._t0 if self._in_epoch else self.spent}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = self.spent = float(state_dict.get("spent_s", 0.0))
+
+    def facts(self) -> dict[str, Any]:
+        return {"seconds_before": self.before}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = self.clock()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._in_epoch = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.spent = self.before + self.clock() - self._t0
+        self._in_epoch = False
+
+
+class BudgetKeeper(TrainingClock):
     """Holds a ``--budget`` during the run. The epochs were planned from the speed of the first
     steps (:func:`vislab.engine.budget.budget_epochs`); on a machine that slows down later (other
     tenants on shared cores) the run would overrun. After each epoch the epochs left are planned
@@ -163,10 +196,9 @@ class BudgetKeeper(pl.Callback):
     rank 0 decides for every process. Epochs are added at the
     end of an epoch before the last planned one, never after it. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
-    checkpoints as this callback's state, so a run resumed after an interruption is held to what
-    is left of its budget, not to a fresh one."""
+    checkpoints as this callback's state (:class:`TrainingClock`), so a run resumed after an
+    interruption is held to what is left of its budget, not to a fresh one."""
 
-    clock = staticmethod(time.monotonic)
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
 
     def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None,
@@ -175,31 +207,16 @@ class BudgetKeeper(pl.Callback):
         self.most = most  # the most epochs a re-plan may plan (None: the epochs planned when it runs)
         self.record = record
         self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
-        self._t0 = 0.0
-        self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
-        self.spent = 0.0  # seconds trained in all, at the last epoch end
         self.epochs_here = 0  # epochs that ended in this process
-        self._in_epoch = False  # between an epoch's start and end: a save then counts the epoch's time so far
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"spent_s": self.before + self.clock() - self._t0 if self._in_epoch else self.spent}
+        super().__init__()
 
     def facts(self) -> dict[str, Any]:
-        return {"budget_seconds_before": self.before, "budget_epochs_here": self.epochs_here}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.before = self.spent = float(state_dict.get("spent_s", 0.0))
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._t0 = self.clock()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._in_epoch = True
+        return {**super().facts(), "budget_seconds_before": self.before, "budget_epochs_here": self.epochs_here}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
-        self.spent = elapsed = self.before + self.clock() - self._t0
-        self._in_epoch = False
+        super().on_train_epoch_end(trainer, pl_module)
+        elapsed = self.spent
         self.epochs_here += 1
         if done >= planned:
             return

@@ -93,6 +93,9 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
+    # a run that stopped before its first checkpoint left records of its own: this run starts afresh
+    for name in STALE_RECORDS:
+        (out_dir / name).unlink(missing_ok=True)
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
     if inputs:
@@ -107,6 +110,9 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 
 
 INPUTS = "inputs.json"
+STALE_RECORDS = ("changes.txt", "results.json", "history.csv", "val_predictions.csv")
+"""What a new run removes from a folder whose earlier run stopped before its first checkpoint
+(the others it writes again itself)."""
 
 
 def flag_values(flags: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +153,11 @@ def read_changes(out_dir: Path) -> list[str]:
 
 
 def add_change(out_dir: Path, line: str) -> None:
-    """One more line at the end of ``changes.txt`` (kept whole: written atomically)."""
-    write_changes(out_dir, read_changes(out_dir) + [line])
+    """One more line at the end of ``changes.txt`` (kept whole: written atomically); a line the
+    file already holds (a second resume of a finished run says the same) is not repeated."""
+    recorded = read_changes(out_dir)
+    if line not in recorded:
+        write_changes(out_dir, recorded + [line])
 
 
 def read_results(out_dir: Path) -> dict:

@@ -107,7 +107,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     """
     import lightning.pytorch as pl
 
-    from vislab.engine.callbacks import BudgetKeeper
+    from vislab.engine.callbacks import BudgetKeeper, TrainingClock
     from vislab.engine.budget import (budget_epochs, checkpoint_seconds, resize_step_costs, seconds_per_forward,
                                       seconds_per_step)
     from vislab.engine.run_folder import add_change, prepare_run_folder, read_changes, read_results
@@ -123,7 +123,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         changes.append(line)
         add_change(job.out, line)  # after the lines of this run's earlier pieces
 
-    trainer = make_trainer(recipe)
+    trainer = make_trainer(recipe, TrainingClock())  # the seconds of every piece (a budget's keeper is one too)
     world = trainer.world_size  # each process takes its share of the split
     recipe, line = fit_batch(recipe, job.n_train // world, f"training {job.items}" + (
         f" per process ({job.n_train} over {world} processes)" if world > 1 else ""))
@@ -193,8 +193,10 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     result["epochs"] = recipe.epochs  # of the schedule that ran
     if recipe.teacher:  # distillation (either task): the runs whose soft targets it learnt from
         result["teacher"] = list(recipe.teacher)
+    if facts.get("seconds_before"):  # the run's earlier pieces: results.json counts every piece
+        result["train_seconds"] = round(result["train_seconds"] + facts["seconds_before"], 1)
     if keeper is not None and facts.get("budget_epochs_here"):  # counting earlier pieces of the run
-        line = budget_overrun(keeper.minutes, facts["budget_seconds_before"] + result["train_seconds"])
+        line = budget_overrun(keeper.minutes, result["train_seconds"])
         if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
