@@ -190,3 +190,16 @@ def test_figures_say_once_which_characters_no_font_draws(capsys):
     err = capsys.readouterr().err
     assert " ".join(err.split()).count(f"no installed font draws {chr(0xE123)!r} of the class names") == 1
     assert "Glyph" not in err  # matplotlib's own warning per glyph is not printed
+
+
+def test_the_recipe_table_says_the_epochs_that_ran():
+    from vislab.report import _epochs_run
+
+    def run(rows: int, scheduled: int | None, planned: int) -> str:
+        return _epochs_run({"recipe": {"epochs": planned}, "history": [{}] * rows},
+                           {} if scheduled is None else {"epochs": scheduled})
+
+    assert run(3, 3, 3) == "3"
+    assert run(2, 4, 4) == "2 trained, of a 4-epoch schedule"  # max_minutes stopped it; --resume continues
+    assert run(24, 24, 17) == "24 trained, of a 24-epoch schedule (recipe.yaml: 17, before the budget's re-plans)"
+    assert run(0, None, 5) == "5"  # no history or results: the recipe's

@@ -173,6 +173,18 @@ def _tsne_images(run: Path) -> str:
     return "the images of the folder its title names"
 
 
+def _epochs_run(data: dict[str, Any], res: dict[str, Any]) -> str:
+    """The epochs a run trained (history.csv), with its schedule's and recipe.yaml's when they
+    differ (a budget re-planned it, a time limit stopped it)."""
+    planned = data["recipe"].get("epochs")
+    ran = len(data["history"]) or res.get("epochs") or planned
+    schedule = res.get("epochs") or planned
+    if ran == schedule == planned:
+        return str(ran)
+    words = f"{ran} trained, of a {schedule}-epoch schedule"
+    return words + (f" (recipe.yaml: {planned}, before the budget's re-plans)" if schedule != planned else "")
+
+
 def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int = 5) -> list[tuple[Path, Path, str]]:
     preds = run / "val_predictions.csv"
     val_dir = Path(data["results"].get("val_dir", ""))
@@ -290,6 +302,7 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
             "loss", "precision", "holdout", "seed", "split_seed", "teacher")
     shown = [(k, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
              for k, v in ((k, data["recipe"].get(k)) for k in keys) if v not in (None, [], ())]
+    shown = [(k, _epochs_run(data, res) if k == "epochs" else v) for k, v in shown]
     if data["recipe"].get("teacher"):
         shown.append(("distill", data["recipe"].get("distill")))
     return {
