@@ -252,8 +252,9 @@ def test_summary_of_a_run_is_its_trained_network_at_its_input_size(cli, tmp_path
 
 
 def test_a_failed_imagenet_download_is_one_line_without_torchs_own(capsys):
-    """torch prints "Downloading: URL" before it tries: passed on when the download works, dropped
-    when it fails (the refusal says what happened)."""
+    """torch.hub writes "Downloading: URL" to stdout before it tries: said (on stderr, with the
+    other progress lines) when the download works, dropped when it fails (the refusal says what
+    happened); other output passes as it comes."""
     import sys
     import urllib.error
 
@@ -261,18 +262,22 @@ def test_a_failed_imagenet_download_is_one_line_without_torchs_own(capsys):
     from vislab.models.weights import apply_weights
 
     def offline() -> None:
-        sys.stderr.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
+        sys.stdout.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
         raise urllib.error.URLError("no network")
 
     net = torch.nn.Linear(2, 2)
     with pytest.raises(VislabError, match="vgg: ImageNet weights could not be downloaded"):
         apply_weights(net, "imagenet", pretrained=offline, name="vgg")
-    assert "Downloading" not in capsys.readouterr().err
+    seen = capsys.readouterr()
+    assert "Downloading" not in seen.out + seen.err
 
     def online() -> None:
-        sys.stderr.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
-        sys.stderr.write("\r 50%|#####     |")  # a progress bar: shown as it comes, not held
-        assert "50%" in capsys.readouterr().err
+        sys.stdout.write('Downloading: "https://download.pytorch.org/models/x.pth" to /cache/x.pth\n')
+        sys.stdout.write("other output\n")
+        sys.stderr.write("\r 50%|#####     |")  # a progress bar: shown as it comes
+        seen = capsys.readouterr()
+        assert "50%" in seen.err and seen.out == "other output\n"
 
     assert apply_weights(net, "imagenet", pretrained=online, name="vgg") is net
-    assert 'Downloading: "https://download.pytorch.org/models/x.pth"' in capsys.readouterr().err
+    seen = capsys.readouterr()
+    assert 'Downloading: "https://download.pytorch.org/models/x.pth"' in seen.err and seen.out == ""

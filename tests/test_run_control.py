@@ -600,6 +600,8 @@ def test_a_resumed_run_counts_the_seconds_of_every_piece(cli, color_classes, tmp
     assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
     total = json.loads((run / "results.json").read_text())["train_seconds"]
     assert spent < total < spent + 600  # the first piece's clock plus the second piece's seconds
+    assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0  # finished: nothing to add
+    assert json.loads((run / "results.json").read_text())["train_seconds"] == total
 
 
 def test_a_new_run_in_a_folder_of_a_run_without_checkpoints_keeps_none_of_its_records(cli, color_classes, tmp_path):
@@ -610,8 +612,12 @@ def test_a_new_run_in_a_folder_of_a_run_without_checkpoints_keeps_none_of_its_re
     (run / "recipe.yaml").write_text("task: cls\n")
     (run / "changes.txt").write_text("--budget 1 min: epochs 3 -> 3 (the earlier run's plan)\n")
     (run / "results.json").write_text("{}")
+    (run / "metrics.csv").write_text("epoch,step,loss\n0,0,9.9\n")
+    (run / "snapshots" / "epoch_001").mkdir(parents=True)  # the earlier run's masks
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=1), "--out", run)
     assert res.code == 0, res.err
     changes = (run / "changes.txt").read_text() if (run / "changes.txt").exists() else ""
     assert "earlier run's plan" not in changes
     assert "earlier run's plan" not in json.dumps(json.loads((run / "results.json").read_text()))
+    assert not (run / "snapshots").exists() and "9.9" not in (run / "metrics.csv").read_text() \
+        if (run / "metrics.csv").exists() else not (run / "snapshots").exists()

@@ -329,8 +329,8 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     Image.open(tmp_path / "out" / "0042.png").save(gt / "0042.png")  # the same pixels, saved by another tool
     truth = (gt / "0042.png").read_bytes()
     res = cli("seg", "predict", seg_run / "run", d, gt)
-    assert res.code == 2 and (f"{gt}: holds 1 mask this prediction would replace (e.g. 0042.png) that vislab did "
-                              "not write: ground truth, or another tool's?") in " ".join(res.err.split())
+    assert res.code == 2 and (f"{gt}: holds 1 mask this prediction would replace (e.g. 0042.png) that this vislab did "
+                              "not write (ground truth, another tool's") in " ".join(res.err.split())
     assert (gt / "0042.png").read_bytes() == truth and sorted(p.name for p in gt.iterdir()) == ["0042.png"]
     Image.open(tmp_path / "out" / "0042.png").save(tmp_path / "out" / "0007.png")  # a mask of another prediction
     res = cli("seg", "predict", seg_run / "run", d, tmp_path / "out")

@@ -388,7 +388,8 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
             raise VislabError(path, f"--no-offsets: this export holds its {inside} in the graph; predict with the "
                                     "checkpoint, or export it with --no-offsets")
         if calibrated and (meta.get("class_offsets") or meta.get("calibrated") or meta.get("calibrated_scale")):
-            carried = "class offsets" if meta.get("class_offsets") or meta.get("calibrated") else "evaluation scale"
+            carried = " and ".join(w for w, on in (("class offsets", meta.get("class_offsets") or meta.get("calibrated")),
+                                                   ("evaluation scale", meta.get("calibrated_scale"))) if on)
             info(f"calibration carried by {path}: its {carried} from `seg calibrate` apply"
                  + (" (--no-offsets leaves the offsets out)" if meta.get("class_offsets") else ""))
         return net, meta

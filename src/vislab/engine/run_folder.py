@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -95,7 +96,11 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
     # a run that stopped before its first checkpoint left records of its own: this run starts afresh
     for name in STALE_RECORDS:
-        (out_dir / name).unlink(missing_ok=True)
+        stale = out_dir / name
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
     if inputs:
@@ -110,7 +115,8 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 
 
 INPUTS = "inputs.json"
-STALE_RECORDS = ("changes.txt", "results.json", "history.csv", "val_predictions.csv")
+STALE_RECORDS = ("changes.txt", "results.json", "history.csv", "val_predictions.csv", "metrics.csv", "snapshots",
+                 "tensorboard")
 """What a new run removes from a folder whose earlier run stopped before its first checkpoint
 (the others it writes again itself)."""
 

@@ -105,9 +105,9 @@ def load_local_weights(
 
 
 class _HeldDownloadLine:
-    """A stand-in for stderr that holds torch.hub's one-line "Downloading: URL to FILE" (printed
-    before it tries: misleading when the download then fails) and passes everything else on
-    (progress bars, warnings) as it comes."""
+    """A stand-in for stdout that holds torch.hub's one-line "Downloading: URL to FILE" (printed
+    before it tries: misleading when the download then fails, and out of place among a command's
+    results) and passes everything else on as it comes."""
 
     def __init__(self, stream: Any) -> None:
         self.stream, self.lines = stream, []
@@ -146,9 +146,10 @@ def apply_weights(
             raise VislabError(None, f"{name} has no ImageNet weights; use --weights PATH")
         import contextlib
 
-        held = _HeldDownloadLine(sys.stderr)  # torch's "Downloading: URL", said once the download worked
+        # torch.hub's "Downloading: URL" (on stdout, with the command's results): said once it worked
+        held = _HeldDownloadLine(sys.stdout)
         try:
-            with contextlib.redirect_stderr(held):
+            with contextlib.redirect_stdout(held):
                 pretrained()
             for line in held.lines:
                 info(line)

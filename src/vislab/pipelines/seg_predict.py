@@ -158,8 +158,9 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     theirs = [name for name in replaced if not written_by_vislab(out / name)]
     if theirs:  # masks no vislab prediction wrote: ground truth?
         raise VislabError(out, f"holds {counted(len(theirs), 'mask')} this prediction would replace (e.g. "
-                               f"{theirs[0]}) that vislab did not write: ground truth, or another tool's? Predict "
-                               "into another folder, or delete them first")
+                               f"{theirs[0]}) that this vislab did not write (ground truth, another tool's, or a "
+                               "prediction of a vislab before 2026-12-06): predict into another folder, or delete "
+                               "them first")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -177,6 +177,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if done is None:
         return None
     result, best, facts = done  # the facts, not the module's or callbacks' attributes: ddp_spawn trains a copy
+    finished = False  # a resume of a run that had finished: its recorded results stand
     if job.resume and facts.get("resumed_at_step") == result["global_step"]:
         earlier = read_results(job.out)
         finished = earlier.get("global_step") == result["global_step"]  # written by the end of this very state
@@ -193,7 +194,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     result["epochs"] = recipe.epochs  # of the schedule that ran
     if recipe.teacher:  # distillation (either task): the runs whose soft targets it learnt from
         result["teacher"] = list(recipe.teacher)
-    if facts.get("seconds_before"):  # the run's earlier pieces: results.json counts every piece
+    if facts.get("seconds_before") and not finished:  # the run's earlier pieces: results.json counts every piece
         result["train_seconds"] = round(result["train_seconds"] + facts["seconds_before"], 1)
     if keeper is not None and facts.get("budget_epochs_here"):  # counting earlier pieces of the run
         line = budget_overrun(keeper.minutes, result["train_seconds"])
