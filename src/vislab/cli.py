@@ -485,9 +485,10 @@ def _print_seg(res: dict, run: str = "") -> None:
                   f"split seed {res['held_out']['seed']})")
     _print_interval("mIoU", res.get("miou_interval"))
     _print_against(res, run, "miou", "mIoU")
+    from vislab.log import counted
+
     absent = res.get("absent") or []
-    kept = len(res["iou"]) - len(absent)
-    left_out = (f" (the mean of {kept} class{'es' if kept != 1 else ''}: "
+    left_out = (f" (the mean of {counted(len(res['iou']) - len(absent), 'class', 'classes')}: "
                 f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} in neither the truth nor the prediction, "
                 "so left out)") if absent else ""
     out.print(f"mIoU: {res['miou']:.4f}{left_out}")
@@ -721,8 +722,9 @@ def cache_clear_cmd(
     if unused_days is not None and unused_days < 0:
         raise VislabError("--unused-days", f"must be >= 0, got {unused_days:g}")
     entries = cache_entries()
-    chosen = select_entries(entries, unused_days=unused_days, source=source)
-    if source is not None and not select_entries(entries, source=source):
+    from_source = select_entries(entries, source=source)
+    chosen = select_entries(from_source, unused_days=unused_days)
+    if source is not None and not from_source:
         info(f"--source {source}: no entry records it as its folder (ONNX graphs and entries older than the "
              "records name none); `vislab cache list` shows what each was made from")
     size = megabytes(sum(e.bytes for e in chosen))

@@ -14,7 +14,6 @@ Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -422,7 +421,7 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
     import onnxruntime
 
     from vislab import __version__
-    from vislab.data.cache import cache_dir
+    from vislab.data.cache import cache_dir, mark_used
     from vislab.io import file_digest
 
     salt = f"{shape}|{getattr(model, 'scale', None)}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}"
@@ -431,8 +430,5 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
         export_network(model.to(memory_format=torch.contiguous_format), meta, onnx_path, shape=shape)
         model.to(memory_format=torch.channels_last)
     else:
-        try:
-            os.utime(onnx_path)  # its time is its last use, for `vislab cache list`
-        except OSError:
-            pass
+        mark_used(onnx_path)  # its time is its last use, for `vislab cache list`
     return onnx_path

@@ -21,7 +21,7 @@ import yaml
 from vislab.errors import VislabError, yaml_problem
 from vislab.data.layouts import id_and_name
 from vislab.io import atomic_write_bytes, atomic_write_text
-from vislab.log import counted
+from vislab.log import counted, info
 from vislab.viz import figures
 
 # (name, value) rows the course report is judged against
@@ -71,8 +71,6 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
     """What a reader must know before trusting a section: a run that never finished (no
     results.json; said on the console too), one its time limit stopped early, and the settings
     vislab changed (``changes.txt``)."""
-    from vislab.log import info
-
     notes = []
     if not data["results"]:
         epochs = len(data["history"])
@@ -150,8 +148,6 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
                         "Classes that form their own cluster are recognised reliably; overlapping clusters are "
                         "the pairs the confusion matrix shows as confused."))
     else:
-        from vislab.log import info
-
         info(f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {run} VAL_DIR --out {tsne}` makes it")
     return out
 
@@ -209,8 +205,6 @@ def _confused_pairs(run: Path, data: dict[str, Any], val: dict[str, Any], k: int
         if wrong and other:
             out.append((wrong, other, f"true {id_and_name(t, names)}, predicted {id_and_name(p, names)} ({count}x)"))
     if missing:
-        from vislab.log import info
-
         info(f"{run}: images of {preds.name} not found under {val_dir} (e.g. {sorted(missing)[0]}: "
              f"{len(missing)} of those the confused pairs looked at); the pairs are drawn from the others")
     return out

@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import time
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -295,8 +296,6 @@ def _kind(name: str, *, in_onnx: bool) -> str | None:
 def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     """Every entry of the cache (``root``, default :func:`cache_dir`), least recently used first.
     A file the cache does not know is not listed (and never removed)."""
-    import time
-
     root = root or cache_dir()
     if not root.is_dir():
         return []
@@ -345,8 +344,6 @@ def select_entries(entries: list[CacheEntry], *, unused_days: float | None = Non
                    source: str | Path | None = None, now: float | None = None) -> list[CacheEntry]:
     """The entries not used for ``unused_days`` days and made from ``source`` or a folder inside
     it (an entry without a recorded source never matches a ``source``)."""
-    import time
-
     now = time.time() if now is None else now
     chosen = entries
     if unused_days is not None:

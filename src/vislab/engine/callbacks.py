@@ -212,7 +212,7 @@ class BudgetKeeper(TrainingClock):
         super().__init__()
 
     def facts(self) -> dict[str, Any]:
-        return {**super().facts(), "budget_seconds_before": self.before, "budget_epochs_here": self.epochs_here}
+        return {**super().facts(), "budget_epochs_here": self.epochs_here}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)

@@ -51,11 +51,10 @@ def stage_words(stages: list[int], *, chosen: bool) -> str:
     """The figure's words for the epochs it shows: early, middle and final when it shows three
     picked epochs, else the epochs themselves (and how many were saved, when fewer than three)."""
     listed = ", ".join(map(str, stages))
-    if chosen:
-        return f"epoch{'s' if len(stages) > 1 else ''} {listed}"
-    if len(stages) == 3:
+    if len(stages) == 3 and not chosen:
         return f"early, middle, final (epochs {listed})"
-    return f"epoch{'s' if len(stages) > 1 else ''} {listed} (only {len(stages)} saved)"
+    named = f"epoch{'s' if len(stages) > 1 else ''} {listed}"
+    return named if chosen else f"{named} (only {len(stages)} saved)"
 
 
 def progress_figure(run_dir: Path, out_png: Path, *, epochs: list[int] | None = None) -> Path:
