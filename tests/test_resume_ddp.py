@@ -61,7 +61,9 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0 and {"torch", "numpy", "python"} <= set(ckpt["rng"])
     assert max(_logged_steps(run)) >= 14, "premise: rows logged after the checkpoint"
-    _run("cls", "train", color_classes, "--out", run, "--resume")
+    out = _run("cls", "train", color_classes, "--out", run, "--resume")
+    assert "--resume: continues with epoch 2 of 3, " in out  # the console says where, and the run folder
+    assert "--resume: continues with epoch 2 of 3, " in (run / "changes.txt").read_text()
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert any(k.startswith("ema.module.") for k in full)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
@@ -96,7 +98,9 @@ def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_class
     assert steps < ckpt["global_step"] < 2 * steps, "premise: killed in the middle of epoch 2"
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 1, "items": (ckpt["global_step"] - steps) * 8}]
-    _run("cls", "train", color_classes, "--out", run, "--resume")
+    out = _run("cls", "train", color_classes, "--out", run, "--resume")
+    said = f"--resume: continues in epoch 2 of 3, after {(ckpt['global_step'] - steps) * 8} of its 96 training items, "
+    assert said in " ".join(out.split())
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
     assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 3 * steps

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def test_time_limit_stops_between_epochs_says_so_and_resume_finishes_exactly(cli
     said = "max_minutes (1e-06) reached after epoch 1 of 2"
     assert said in res.err.replace("\n", " ")
     assert said in json.loads((run / "results.json").read_text())["stopped_early"]
+    assert json.loads((run / "results.json").read_text())["epochs_trained"] == 1
     assert said in (run / "changes.txt").read_text().replace("\n", " ")  # the run folder says it too
     assert _epochs(run) == ["1"]
     # a run folder that lost its recipe.yaml is refused (the default recipe would be another run)
@@ -54,6 +56,7 @@ def test_time_limit_stops_between_epochs_says_so_and_resume_finishes_exactly(cli
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0, res.err
     assert "stopped_early" not in json.loads((run / "results.json").read_text())
+    assert json.loads((run / "results.json").read_text())["epochs_trained"] == 2
     assert _epochs(run) == ["1", "2"]
     a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
@@ -378,9 +381,16 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
     assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", run, "--budget", "0.25").code == 0
     assert _epochs(run) == ["1"] and "epochs 50 -> 5:" in (run / "changes.txt").read_text()
     clock["step"] = 4.0
+    lefts = []
     for expected in (["1", "2"], ["1", "2", "3"], ["1", "2", "3", "4"], ["1", "2", "3", "4"]):
-        assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+        res = cli("cls", "train", color_classes, "--out", run, "--resume")
+        assert res.code == 0
         assert _epochs(run) == expected
+        said = re.findall(r"--resume: continues with epoch (\d) of \d, ([\d.]+) min trained before; "
+                          r"--budget 0.25 min: ([\d.]+) min left", " ".join(res.err.split()))
+        lefts += said[-1:] if "resume: nothing left" not in res.err else []  # its own: the last (done: lists all)
+    # at each resume, by this clock: 2 s, 6 s and 10 s trained, 13, 9 and 5 s of the 15 left; the finished run says none
+    assert lefts == [("2", "0.0", "0.2"), ("3", "0.1", "0.1"), ("4", "0.2", "0.1")]
     replan = ("--budget 0.25 min: epochs 5 -> 4 after epoch 3 (0.2 min so far, 3 s per epoch: slower than "
               "planned); the learning-rate schedule now ends with epoch 4")
     result = json.loads((run / "results.json").read_text())

@@ -170,10 +170,10 @@ def _tsne_images(run: Path) -> str:
 
 
 def _epochs_run(data: dict[str, Any], res: dict[str, Any]) -> str:
-    """The epochs a run trained (history.csv), with its schedule's and recipe.yaml's when they
+    """The epochs a run trained (results.json's ``epochs_trained``, else history.csv's rows), with its schedule's and recipe.yaml's when they
     differ (a budget re-planned it, a time limit stopped it)."""
     planned = data["recipe"].get("epochs")
-    ran = len(data["history"]) or res.get("epochs") or planned
+    ran = res.get("epochs_trained") or len(data["history"]) or res.get("epochs") or planned
     schedule = res.get("epochs") or planned
     if ran == schedule == planned:
         return str(ran)

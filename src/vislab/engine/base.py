@@ -11,6 +11,7 @@ import torch
 from vislab.config import recipe_from_dict
 from vislab.engine.ema import WeightEMA
 from vislab.engine.optim import ScheduleWarp, build_optimization, rescale_schedule
+from vislab.engine.sampling import loader_position
 from vislab.engine.state import capture_rng, restore_rng
 from vislab.errors import VislabError
 from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
@@ -82,6 +83,7 @@ class VislabModule(pl.LightningModule):
         self.schedule_warp = ScheduleWarp(max(1, steps_per_epoch * self.recipe.epochs))
         self.replanned_epochs: int | None = None
         self.resumed_at_step: int | None = None
+        self.resumed_position: tuple[int, int] | None = None  # (epoch to run, 0-based; its items trained)
         # distillation: the teachers' targets per training item, in the training loader's item
         # order (a classifier's (N, C) probabilities; a segmenter's uint8 maps over each tile), or
         # a function of the training device that makes them (before_training calls it); set by
@@ -163,6 +165,7 @@ class VislabModule(pl.LightningModule):
                                     f"({meta.get('class_names')} vs {names})")
         self._rng_to_restore = checkpoint.get("rng")
         self.resumed_at_step = checkpoint.get("global_step")  # a resume that trains nothing ends here
+        self.resumed_position = loader_position(checkpoint)
         saved_groups = [len(o.get("param_groups", [])) for o in checkpoint.get("optimizer_states", [])]
         groups = len(decay_groups(self.net, self.recipe.weight_decay))
         if saved_groups and saved_groups[0] != groups:
@@ -189,6 +192,20 @@ class VislabModule(pl.LightningModule):
 
             info(f"resume: {self.steps_per_epoch} steps per epoch per process instead of {saved} (another process "
                  "count); the learning-rate schedule continues from the samples seen")
+
+    def resume_words(self) -> str:
+        """Where a resumed run continues, in words ("with epoch 3 of 10", "in epoch 3 of 10, after
+        640 of its 1,024 training items"); "" when no checkpoint was restored."""
+        if self.resumed_at_step is None:
+            return ""
+        planned = self.trainer.max_epochs
+        if self.resumed_position is None:  # a checkpoint without the loader's position
+            return f"from optimiser step {self.resumed_at_step}"
+        epoch, items = self.resumed_position
+        if items == 0:
+            return f"with epoch {epoch + 1} of {planned}"
+        per_epoch = self.steps_per_epoch * self.recipe.batch_size * self.trainer.world_size
+        return f"in epoch {epoch + 1} of {planned}, after {items:,} of its {per_epoch:,} training items"
 
     def facts(self) -> dict[str, Any]:
         """For :class:`vislab.engine.callbacks.HandBack`: the step a resume started from, and the

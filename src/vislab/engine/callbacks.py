@@ -23,7 +23,7 @@ FACTS = "vislab/"
 class HandBack(pl.Callback):
     """What the caller of ``fit`` reads once it returns, put by rank 0 into
     ``trainer.callback_metrics`` (under :data:`FACTS`) at the fit's end: the steps trained, the
-    selecting checkpoint's best score, and each callback's and the module's ``facts()``. With
+    epochs completed, the selecting checkpoint's best score, and each callback's and the module's ``facts()``. With
     ``ddp_spawn`` (and ``ddp_fork``) the fit runs in child processes, and Lightning hands back to
     the calling process only the weights, the best checkpoint's path, the trainer's state and
     these metrics; :func:`handed_back` reads them, the same way for every strategy."""
@@ -32,7 +32,7 @@ class HandBack(pl.Callback):
         if not trainer.is_global_zero:
             return
         score = getattr(trainer.checkpoint_callback, "best_model_score", None)
-        facts: dict[str, Any] = {"global_step": int(trainer.global_step),
+        facts: dict[str, Any] = {"global_step": int(trainer.global_step), "epochs_done": int(trainer.current_epoch),
                                  "best_score": None if score is None else float(score)}
         for part in (*trainer.callbacks, pl_module):
             facts.update(getattr(part, "facts", dict)())
@@ -152,11 +152,13 @@ class TimeLimit(pl.Callback):
 class TrainingClock(pl.Callback):
     """The seconds a run has trained, every piece of it: the seconds so far (to the moment of the
     save, mid-epoch checkpoints included) travel in the checkpoints as this callback's state, so
-    a resumed run knows what its earlier pieces trained (``facts()["seconds_before"]``)."""
+    a resumed run knows what its earlier pieces trained (``facts()["seconds_before"]``). A resumed
+    run starts with a line saying where it continues and what it trained before."""
 
     clock = staticmethod(time.monotonic)
 
-    def __init__(self) -> None:
+    def __init__(self, record: Callable[[str], None] = lambda line: None) -> None:
+        self.record = record  # gets the line a resumed run starts with (the run folder's changes.txt)
         self._t0 = 0.0
         self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
         self.spent = 0.0  # seconds trained in all, at the last epoch end
@@ -174,6 +176,15 @@ class TrainingClock(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = self.clock()
         self._in_epoch = True  # a run resumed mid-epoch gets no on_train_epoch_start
+        where = getattr(pl_module, "resume_words", str)()
+        if where and trainer.is_global_zero:
+            line = f"--resume: continues {where}, {self.before / 60:.1f} min trained before{self.left_words()}"
+            info(line)
+            self.record(line)
+
+    def left_words(self) -> str:
+        """What the resume line adds after the minutes trained before ("": nothing)."""
+        return ""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._in_epoch = True
@@ -206,10 +217,12 @@ class BudgetKeeper(TrainingClock):
                  weights: Callable[[int], list[float]] | None = None, most: int | None = None) -> None:
         self.minutes = minutes
         self.most = most  # the most epochs a re-plan may plan (None: the epochs planned when it runs)
-        self.record = record
         self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
         self.epochs_here = 0  # epochs that ended in this process
-        super().__init__()
+        super().__init__(record)
+
+    def left_words(self) -> str:
+        return f"; --budget {self.minutes:g} min: {max(0.0, self.minutes - self.before / 60):.1f} min left"
 
     def facts(self) -> dict[str, Any]:
         return {**super().facts(), "budget_epochs_here": self.epochs_here}

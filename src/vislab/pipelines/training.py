@@ -123,7 +123,7 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
         changes.append(line)
         add_change(job.out, line)  # after the lines of this run's earlier pieces
 
-    trainer = make_trainer(recipe, TrainingClock())  # the seconds of every piece (a budget's keeper is one too)
+    trainer = make_trainer(recipe, TrainingClock(record))  # the seconds of every piece (a budget's keeper is one too)
     world = trainer.world_size  # each process takes its share of the split
     recipe, line = fit_batch(recipe, job.n_train // world, f"training {job.items}" + (
         f" per process ({job.n_train} over {world} processes)" if world > 1 else ""))
@@ -192,6 +192,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     if facts.get("replanned_epochs") is not None:  # the budget ended the run earlier (in this piece or one before)
         recipe = recipe.with_overrides(epochs=facts["replanned_epochs"])
     result["epochs"] = recipe.epochs  # of the schedule that ran
+    if "epochs_done" in facts and not finished:  # fewer when a time limit stopped it
+        result["epochs_trained"] = int(facts["epochs_done"])
     if recipe.teacher:  # distillation (either task): the runs whose soft targets it learnt from
         result["teacher"] = list(recipe.teacher)
     if facts.get("seconds_before") and not finished:  # the run's earlier pieces: results.json counts every piece
