@@ -203,3 +203,6 @@ def test_the_recipe_table_says_the_epochs_that_ran():
     assert run(2, 4, 4) == "2 trained, of a 4-epoch schedule"  # max_minutes stopped it; --resume continues
     assert run(24, 24, 17) == "24 trained, of a 24-epoch schedule (recipe.yaml: 17, before the budget's re-plans)"
     assert run(0, None, 5) == "5"  # no history or results: the recipe's
+    # results.json's count comes first: a history.csv deleted from the folder does not make the run's epochs 4
+    assert _epochs_run({"recipe": {"epochs": 4}, "history": []}, {"epochs": 4, "epochs_trained": 2}) == (
+        "2 trained, of a 4-epoch schedule")
