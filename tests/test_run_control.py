@@ -109,6 +109,23 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(colo
     assert again.returncode == 0, again.stderr[-2000:]
 
 
+def test_ctrl_c_while_the_budget_times_its_steps_says_nothing_was_written(cli, color_classes, tmp_path, monkeypatch):
+    """Interrupted in the budget's probe (before fit): exit 130, one line that says there is nothing
+    to resume, and no run folder (it is written after the probe)."""
+    from vislab.engine import budget
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(budget, "seconds_per_step", interrupted)
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml"), "--out", run, "--budget", "1")
+    assert res.code == 130
+    assert (f"vislab: interrupted ({run}: before training started; no checkpoint was written, so run the same "
+            "command again)") in " ".join(res.err.split())
+    assert not run.exists()
+
+
 def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
     """Setting the umask to read it races with threads creating files meanwhile."""
     from vislab.io import atomic_write_text, process_umask

@@ -779,7 +779,7 @@ def main() -> None:
     except (KeyboardInterrupt, Interrupted, typer.Abort) as exc:  # click turns Ctrl-C into Abort
         if debug:
             raise
-        how = f" ({exc})" if isinstance(exc, Interrupted) else "; a training run continues with --resume"
+        how = f" ({exc})" if isinstance(exc, Interrupted) else "; a training run that wrote last.ckpt continues with --resume"
         print(f"vislab: interrupted{how}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - a case no check names yet: still one line, status 1

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vislab.config import Recipe
-from vislab.errors import VislabError
+from vislab.errors import Interrupted, VislabError
 from vislab.log import info
 
 
@@ -107,12 +107,8 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     """
     import lightning.pytorch as pl
 
-    from vislab.engine.callbacks import BudgetKeeper, TrainingClock
-    from vislab.engine.budget import (budget_epochs, checkpoint_seconds, resize_step_costs, seconds_per_forward,
-                                      seconds_per_step)
-    from vislab.engine.run_folder import add_change, prepare_run_folder, read_changes, read_results
-    from vislab.engine.trainer import build_trainer, fit_and_select, resolve_lr, steps_per_epoch
-    from vislab.pipelines.settings import fit_batch
+    from vislab.engine.run_folder import add_change
+    from vislab.engine.trainer import build_trainer, fit_and_select
 
     recipe, changes = job.recipe, list(job.changes)
 
@@ -122,6 +118,32 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     def record(line: str) -> None:  # a line the budget adds during or after the run, in changes.txt at once
         changes.append(line)
         add_change(job.out, line)  # after the lines of this run's earlier pieces
+
+    try:
+        trainer, recipe, keeper, module, ckpt_path = _before_fit(job, recipe, changes, make_trainer, record)
+    except KeyboardInterrupt:  # before Lightning's own Ctrl-C handling: the run folder is as it was
+        raise Interrupted(f"{job.out}: before training " + (
+            "resumed; last.ckpt is as it was, and `--resume` continues it" if job.resume else
+            "started; no checkpoint was written, so run the same command again")) from None
+    done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
+    if done is None:
+        return None
+    return _after_fit(job, recipe, changes, record, keeper, done)
+
+
+def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_trainer: Callable[..., Any],
+                record: Callable[[str], None]) -> tuple[Any, Recipe, Any, Any, Path | None]:
+    """The settings :func:`fit_run` decides before its fit (batch, lr, precision, the budget's
+    epochs), printed and recorded, and the run folder prepared: (trainer, recipe, the budget's
+    keeper or None, module, the checkpoint a resume continues from)."""
+    import lightning.pytorch as pl
+
+    from vislab.engine.budget import (budget_epochs, checkpoint_seconds, resize_step_costs, seconds_per_forward,
+                                      seconds_per_step)
+    from vislab.engine.callbacks import BudgetKeeper, TrainingClock
+    from vislab.engine.run_folder import prepare_run_folder
+    from vislab.engine.trainer import resolve_lr, steps_per_epoch
+    from vislab.pipelines.settings import fit_batch
 
     trainer = make_trainer(recipe, TrainingClock(record))  # the seconds of every piece (a budget's keeper is one too)
     world = trainer.world_size  # each process takes its share of the split
@@ -173,9 +195,15 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     ckpt_path = prepare_run_folder(job.out, recipe, resume=job.resume, command=job.command, changes=changes,
                                    inputs=job.inputs, items=job.item_lines)
     job.describe(recipe)
-    done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
-    if done is None:
-        return None
+    return trainer, recipe, keeper, module, ckpt_path
+
+
+def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Callable[[str], None], keeper: Any,
+               done: tuple[dict[str, Any], Path, dict[str, Any]]) -> tuple[dict[str, Any], Path, Recipe]:
+    """:func:`fit_run`'s result once its fit returned on rank 0: a finished run's resume keeps
+    its recorded results, the epochs of the schedule that ran, every piece's seconds."""
+    from vislab.engine.run_folder import read_changes, read_results
+
     result, best, facts = done  # the facts, not the module's or callbacks' attributes: ddp_spawn trains a copy
     finished = False  # a resume of a run that had finished: its recorded results stand
     if job.resume and facts.get("resumed_at_step") == result["global_step"]:
