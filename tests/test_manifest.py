@@ -13,6 +13,10 @@ def test_item_differences_name_new_gone_and_changed_items():
     assert items_difference(before, after, value="label") == \
         "2 new (d.png, e.png); 1 gone (a.png); 1 with a changed label (c.png: 2 -> 4)"
     assert items_difference(before, before) == ""
+    # label ids named by each side's classes (the run's list may not be the folder's)
+    assert items_difference(before, after, value="label", names=(["ant", "bee", "cat"], ["a", "b", "c", "d", "e"])) \
+        .endswith("1 with a changed label (c.png: cat -> e)")
+    assert items_difference(["a|7"], ["a|1"], names=(["x"], None)) == "1 with a changed value (a: 7 -> 1)"
     many = [f"{i:02d}.png|0" for i in range(6)]
     assert items_difference([], many, shown=2) == "6 new (00.png, 01.png, ... 4 more)"
 

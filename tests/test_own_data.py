@@ -131,6 +131,12 @@ def test_flat_folder_with_labels_csv(tmp_path, cli):
     assert res.code == 0 and "30 images)" in res.out
     # the batch (default larger than 30 images) shrank to the data, and the run says so
     assert "batch size" in (tmp_path / "run" / "changes.txt").read_text()
+    # relabelled in the CSV: a resume on it is refused, the change named by class names, not ids
+    relabelled = tmp_path / "relabelled.csv"
+    relabelled.write_text("\n".join(rows).replace(f"shot_001.png,{NAMES[1]}", f"shot_001.png,{NAMES[2]}") + "\n")
+    res = cli("cls", "train", d, "--labels", relabelled, "--out", tmp_path / "run", "--resume")
+    assert res.code == 2
+    assert f"(1 with a changed label (shot_001.png: {NAMES[1]} -> {NAMES[2]}))" in " ".join(res.err.split())
 
 
 def test_tiny_folder_trains_with_a_smaller_batch(tmp_path, cli):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from vislab.data.cache import content_digest
 from vislab.io import atomic_path
@@ -38,15 +38,17 @@ def read_items(out_dir: Path) -> list[str] | None:
         return None
 
 
-def difference_from_record(run: str | Path | None, lines: list[str], *, value: str, digest: str) -> str:
+def difference_from_record(run: str | Path | None, lines: list[str], *, value: str, digest: str,
+                           names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)) -> str:
     """How ``lines`` differ from the items recorded by ``run`` (a run folder, or a checkpoint in
-    one; :func:`items_difference`), or "" when there is no record to compare with: none, or one
-    whose digest is not the checkpoint's ``digest`` (a checkpoint copied into another run's folder)."""
+    one; :func:`items_difference`, ``names`` as there), or "" when there is no record to compare
+    with: none, or one whose digest is not the checkpoint's ``digest`` (a checkpoint copied into
+    another run's folder)."""
     run_dir = None if run is None else Path(run) if Path(run).is_dir() else Path(run).parent
     recorded = read_items(run_dir) if run_dir is not None else None
     if recorded is None or lines_digest(recorded) != digest:
         return ""
-    return items_difference(recorded, lines, value=value)
+    return items_difference(recorded, lines, value=value, names=names)
 
 
 def _split(line: str) -> tuple[str, str]:
@@ -54,9 +56,17 @@ def _split(line: str) -> tuple[str, str]:
     return name, value
 
 
-def items_difference(recorded: list[str], current: list[str], *, value: str = "value", shown: int = 3) -> str:
+def _named(value: str, names: Sequence[str] | None) -> str:
+    """A label id as its class name, when ``names`` has one for it."""
+    return names[int(value)] if names is not None and value.isdigit() and int(value) < len(names) else value
+
+
+def items_difference(recorded: list[str], current: list[str], *, value: str = "value", shown: int = 3,
+                     names: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None)) -> str:
     """How ``current`` differs from ``recorded``, in words: items new, gone and changed (its
-    ``value`` before -> after), each with the first ``shown`` names; "" when they hold the same items."""
+    ``value`` before -> after), each with the first ``shown`` names; "" when they hold the same
+    items. ``names``: the class names the recorded and the current label ids index (None: the
+    ids are shown), so that a changed label reads "cat -> dog"."""
     before, after = dict(map(_split, recorded)), dict(map(_split, current))
     new = sorted(set(after) - set(before))
     gone = sorted(set(before) - set(after))
@@ -72,5 +82,5 @@ def items_difference(recorded: list[str], current: list[str], *, value: str = "v
     if gone:
         parts.append(f"{len(gone)} gone ({some(gone)})")
     if changed:
-        parts.append(f"{len(changed)} with a changed {value} ({some(changed, lambda n: f'{n}: {before[n]} -> {after[n]}')})")
+        parts.append(f"{len(changed)} with a changed {value} ({some(changed, lambda n: f'{n}: {_named(before[n], names[0])} -> {_named(after[n], names[1])}')})")
     return "; ".join(parts)

@@ -49,19 +49,23 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
     return None
 
 
-def check_resumed_data(out_dir: Path, *, key: str, lines: list[str], folder: str | Path, value: str) -> None:
+def check_resumed_data(out_dir: Path, *, key: str, lines: list[str], folder: str | Path, value: str,
+                       class_names: list[str] | None = None) -> None:
     """A resumed run goes on with the data it started on: refuse a training folder whose item
     ``lines`` (:mod:`vislab.data.manifest`: names and labels or sizes, not paths) differ from those
     whose digest last.ckpt recorded (``key`` in its metadata), naming the items that differ when
-    the run folder recorded its own (``value``: what an item's value is, in words). A checkpoint
+    the run folder recorded its own (``value``: what an item's value is, in words; label ids are
+    named by the checkpoint's class names and the folder's ``class_names``). A checkpoint
     without the digest is not checked."""
     from vislab.data.manifest import difference_from_record, lines_digest
     from vislab.models.checkpoints import checkpoint_meta
 
     last = out_dir / "last.ckpt"
-    recorded = checkpoint_meta(last).get(key)  # readable: check_run_folder checked it
+    meta = checkpoint_meta(last)  # readable: check_run_folder checked it
+    recorded = meta.get(key)
     if recorded is not None and recorded != lines_digest(lines):
-        how = difference_from_record(out_dir, lines, value=value, digest=recorded)
+        how = difference_from_record(out_dir, lines, value=value, digest=recorded,
+                                     names=(meta.get("class_names"), class_names))
         raise VislabError(folder, f"is not the data {last} was trained on ({how or 'other files or ' + value + 's'}); "
                                   "--resume continues a run on the training folder it started with")
 

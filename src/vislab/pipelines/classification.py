@@ -70,7 +70,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     items = labelled_lines(data)
     digest = lines_digest(items)
     if resume:
-        check_resumed_data(out, key="train_files_digest", lines=items, folder=train_dir, value="label")
+        check_resumed_data(out, key="train_files_digest", lines=items, folder=train_dir, value="label",
+                           class_names=data.class_names)
     train_idx, _ = holdout_split(data.labels, recipe)
     soft, teachers = None, []
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
@@ -401,7 +402,8 @@ def held_out_part(data: Any, fraction: float, seed: int, digest: str | None = No
     from vislab.data.classification import stratified_split
 
     if digest is not None and labelled_digest(data) != digest:
-        how = (difference_from_record(record, labelled_lines(data), value="label", digest=digest)
+        how = (difference_from_record(record, labelled_lines(data), value="label", digest=digest,
+                                      names=(data.class_names, data.class_names))  # read with the run's classes
                or "its image names or labels differ")
         raise VislabError(folder, f"--held-out: not the folder the run was trained on ({how}), so its held-out split "
                                   "cannot be rebuilt")
