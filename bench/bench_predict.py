@@ -29,7 +29,7 @@ from vislab.config import load_recipe  # noqa: E402
 from vislab.data.classification import load_folder  # noqa: E402
 from vislab.data.images import list_images, read_rgb  # noqa: E402
 from vislab.models import build_model  # noqa: E402
-from vislab.pipelines.classification import infer  # noqa: E402
+from vislab.pipelines.cls_predict import infer  # noqa: E402
 from vislab.pipelines.seg_predict import predict_probs  # noqa: E402
 
 warnings.filterwarnings("ignore")

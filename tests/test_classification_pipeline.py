@@ -322,7 +322,7 @@ def test_freeze_names_a_missing_layer():
 
 def test_flip_tta_is_mirror_invariant_and_exact_on_symmetric_images():
     from vislab.models import build_model
-    from vislab.pipelines.classification import infer
+    from vislab.pipelines.cls_predict import infer
 
     torch.manual_seed(0)
     model = build_model("simple_cnn", num_classes=5).eval()
@@ -361,7 +361,7 @@ def test_shift_tta_averages_ten_views_at_the_stored_size():
     import torch.nn.functional as F
 
     from vislab.models import build_model
-    from vislab.pipelines.classification import infer
+    from vislab.pipelines.cls_predict import infer
 
     torch.manual_seed(0)
     model = build_model("simple_cnn", num_classes=5).eval()

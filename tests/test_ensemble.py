@@ -84,7 +84,7 @@ def test_cls_ensemble_averages_probabilities(cli, cls_runs, tmp_path):
     got = json.loads((tmp_path / "m.json").read_text())
     assert got["accuracy"] == pytest.approx(float((avg.argmax(1) == labels).float().mean()), abs=1e-6)
     assert got["ensemble"] == [str(r) for r in runs]
-    import vislab.pipelines.classification as pc
+    import vislab.pipelines.cls_predict as pc
 
     reads = []
     real = pc.load_folder
@@ -313,14 +313,14 @@ def test_cls_ensemble_log_probabilities_stay_finite(monkeypatch):
     from types import SimpleNamespace
 
     from vislab.models.ensemble import FLOOR
-    from vislab.pipelines import classification
+    from vislab.pipelines import cls_predict
 
-    monkeypatch.setattr(classification, "infer",
+    monkeypatch.setattr(cls_predict, "infer",
                         lambda model, meta, images, **kw: (torch.tensor([[0.0, -200.0, -1.0]]), None))
     folder = SimpleNamespace(files=["a.png"], images=None)
     metas = [{"num_classes": 3, "class_names": None, "stored_hw": [32, 32], "image_size": None}] * 2
-    _, logp = classification._ensemble_logits([(None, m) for m in metas], ["a", "b"], lambda meta: folder,
-                                              batch_size=1, device=None, tta="none")
+    _, logp = cls_predict.ensemble_logits([(None, m) for m in metas], ["a", "b"], lambda meta: folder,
+                                          batch_size=1, device=None, tta="none")
     assert torch.isfinite(logp).all()
     assert float(logp[0, 1]) == pytest.approx(math.log(FLOOR))
     want = torch.tensor([0.0, -1.0]).softmax(0) / (1 + math.exp(-200))

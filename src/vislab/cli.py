@@ -332,7 +332,7 @@ def cls_eval(
 ) -> None:
     """Accuracy, top-5 and per-class accuracy of a checkpoint on a labelled folder."""
     from vislab.data.layouts import id_and_name
-    from vislab.pipelines.classification import evaluate
+    from vislab.pipelines.cls_scores import evaluate
 
     _output(json_out, ".json", inputs=[labels, *_members(ckpt), *(_members(against) if against else [])], data=[img_dir])
     res = evaluate(ckpt, img_dir, labels_csv=labels, device=device, tta=tta, image_size=image_size, held_out=held_out,
@@ -394,7 +394,7 @@ def cls_predict(
     tta: str = CLS_TTA_OPTION,
 ) -> None:
     """Predict a label for every image of a folder into a CSV."""
-    from vislab.pipelines.classification import PREDICT_HEADER, predict
+    from vislab.pipelines.cls_predict import PREDICT_HEADER, predict
 
     _output(out_csv, ".csv", inputs=_members(ckpt), header=PREDICT_HEADER, data=[img_dir])
     earlier = out_csv.is_file()
@@ -414,7 +414,7 @@ def cls_tsne(
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """t-SNE of the second-last-layer features, one colour per class."""
-    from vislab.pipelines.classification import TSNE_HEADER, tsne
+    from vislab.pipelines.cls_predict import TSNE_HEADER, tsne
 
     from vislab.viz.save import FORMATS
 

@@ -16,7 +16,8 @@ def demo(root: str | Path, out_dir: str | Path, *, epochs: int | None = None, co
     ``epochs`` replaces the budget (said on the console). Returns the training result with
     ``predictions``, ``tsne`` and ``recipe`` added.
     """
-    from vislab.pipelines.classification import predict, train, tsne
+    from vislab.pipelines.classification import train
+    from vislab.pipelines.cls_predict import predict, tsne
     from vislab.pipelines.settings import run_recipe
 
     from vislab.errors import VislabError
