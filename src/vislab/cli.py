@@ -34,7 +34,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 
 
 def _write_json(res: dict[str, Any], path: Path | None) -> None:
-    """The ``--json`` file of an evaluation command, when one was asked for."""
+    """The ``--json`` file of an evaluation command (or of `runs`), when one was asked for."""
     if path:
         from vislab.io import atomic_write_text
 
@@ -681,6 +681,23 @@ def demo_cmd(
     out.print(f"t-SNE figure:     {res['tsne']}")
     out.print(f"architecture:     vislab summary {model} --num-classes 50 --input 3 {res['recipe']['image_size']} "
               f"{res['recipe']['image_size']}")
+
+
+@app.command("runs")
+def runs_cmd(
+    folders: Optional[list[Path]] = typer.Argument(None, help="Run folders, or folders holding them (up to two levels down; default: runs)."),
+    sort: str = typer.Option("time", "--sort", help="time (last write, newest last) | held-out | val (best first)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+) -> None:
+    """The run folders, a line each: task, model, epochs, minutes trained, held-out and validation
+    scores, last write, and whether the run finished (or how to go on)."""
+    from vislab.pipelines.runs import list_runs, rows_json, table_lines
+
+    _output(json_out, ".json")
+    rows = list_runs(folders or [Path("runs")], sort=sort)
+    for line in table_lines(rows):  # plain lines, whole at any width (a table folds the paths a reader copies)
+        out.print(line, markup=False, soft_wrap=True)
+    _write_json({"runs": rows_json(rows)}, json_out)
 
 
 # --- the decode cache ------------------------------------------------------------------------

@@ -42,7 +42,10 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _read_run(run: Path) -> dict[str, Any]:
+def read_run(run: Path) -> dict[str, Any]:
+    """A run folder's records: its recipe, history rows, results ({} before the run's end), the
+    command that started it and those that resumed it, its settings lines; a record that cannot
+    be read is one error naming its file."""
     if not run.is_dir():
         raise VislabError(run, "run folder not found")
     if not (run / "recipe.yaml").is_file():
@@ -272,7 +275,7 @@ def find_runs(path: Path) -> list[Path]:
 
 
 def _run_section(run: Path, index: int) -> dict[str, Any]:
-    data = _read_run(run)
+    data = read_run(run)
     task = data["recipe"].get("task", "cls")
     res = data["results"]
     metric = "holdout_acc" if task == "cls" else "holdout_miou"

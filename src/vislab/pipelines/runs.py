@@ -1,0 +1,145 @@
+"""``vislab runs``: the run folders under a folder, a line each: task, model, epochs, minutes
+trained, held-out and validation scores, and whether the run finished."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from vislab.errors import VislabError
+
+RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt", "recipe.yaml")
+"""The files whose newest write is a run's last activity."""
+
+SCORES = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
+"""Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
+
+SORTS = ("time", "held-out", "val")
+
+
+@dataclass
+class RunRow:
+    """One run folder as ``vislab runs`` lists it (None: not known)."""
+
+    run: str
+    task: str | None = None
+    model: str | None = None
+    epochs: str | None = None  # "13", or "4 of 13" when fewer trained than the schedule
+    minutes: float | None = None
+    metric: str | None = None  # accuracy, mIoU
+    held_out: float | None = None  # the best held-out score (so far, in an unfinished run)
+    val: float | None = None
+    state: str = ""
+    updated: float = 0.0  # the newest write of its records (seconds since the epoch)
+
+
+def is_run(folder: Path) -> bool:
+    """A vislab run folder: its recipe and at least one record of training."""
+    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in RECORDS[:4])
+
+
+def find_runs(folders: Iterable[Path], depth: int = 2) -> list[Path]:
+    """The run folders given, and those up to ``depth`` levels inside the folders given that are
+    not runs themselves (hidden folders and a run's own subfolders are not searched)."""
+    folders = list(folders)
+    found: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise VislabError(folder, "not found" if not folder.exists() else "is not a folder")
+        level = [folder]
+        for _ in range(depth + 1):
+            runs = [d for d in level if is_run(d)]
+            found += runs
+            level = sorted(c for d in level if d not in runs for c in _subfolders(d))
+    if not found:
+        raise VislabError(folders[0] if len(folders) == 1 else None, "holds no vislab run folders (a folder with recipe.yaml beside "
+                                                     "results.json, history.csv or a checkpoint)")
+    return list(dict.fromkeys(found))
+
+
+def _subfolders(d: Path) -> list[Path]:
+    try:
+        return [c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")]
+    except OSError:  # unreadable: nothing found there
+        return []
+
+
+def run_row(run: Path) -> RunRow:
+    """What ``vislab runs`` shows of one run folder; a record it cannot read is said in ``state``."""
+    from vislab.report import read_run
+
+    updated = max((f.stat().st_mtime for f in (run / n for n in RECORDS) if f.is_file()), default=0.0)
+    row = RunRow(str(run), updated=updated)
+    try:
+        data = read_run(run)
+    except VislabError as exc:
+        row.state = f"unreadable: {exc}"
+        return row
+    recipe, results, history = data["recipe"], data["results"], data["history"]
+    row.task, row.model = recipe.get("task"), recipe.get("model")
+    held_key, val_key, row.metric = SCORES.get(str(row.task), (None, None, None))
+    schedule = results.get("epochs") or recipe.get("epochs")
+    trained = results.get("epochs_trained") or len(history) or None
+    row.epochs = None if schedule is None else str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
+    if results:
+        row.minutes = None if results.get("train_seconds") is None else results["train_seconds"] / 60
+        row.held_out, row.val = _number(results.get(held_key)), _number(results.get(val_key))
+        row.state = "stopped early (max_minutes); --resume continues it" if results.get("stopped_early") else "finished"
+        if (run / "last.ckpt").is_file() and (run / "last.ckpt").stat().st_mtime > (run / "results.json").stat().st_mtime:
+            row.state = "resumed after its results (running or interrupted): the scores are the earlier piece's"
+    else:
+        if history:
+            row.minutes = sum(_number(r.get("seconds")) or 0.0 for r in history) / 60
+            scores = [v for v in (_number(r.get(held_key)) for r in history) if v is not None]
+            row.held_out = max(scores) if scores else None
+        resumable = "; last.ckpt: --resume continues it" if (run / "last.ckpt").is_file() else "; no checkpoint"
+        row.state = f"unfinished (running, interrupted or failed){resumable}"
+    return row
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def list_runs(folders: Iterable[Path], *, sort: str = "time") -> list[RunRow]:
+    """The run folders in and under ``folders``, a row each, sorted by ``sort``: the last write
+    (oldest first), or the held-out or validation score (per task, best first; runs without one
+    last)."""
+    if sort not in SORTS:
+        raise VislabError("--sort", f"unknown order {sort!r}; choose {', '.join(SORTS)}")
+    rows = [run_row(r) for r in find_runs(list(folders))]
+    if sort == "time":
+        return sorted(rows, key=lambda r: r.updated)
+    key = "held_out" if sort == "held-out" else "val"
+    return sorted(rows, key=lambda r: (r.task is None, str(r.task), getattr(r, key) is None, -(getattr(r, key) or 0.0)))
+
+
+def row_cells(row: RunRow) -> list[str]:
+    """A row as the table's text cells."""
+    def score(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    return [row.run, row.task or "?", row.model or "?", row.epochs or "-",
+            "-" if row.minutes is None else f"{row.minutes:.1f}", row.metric or "-", score(row.held_out),
+            score(row.val), time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated)) if row.updated else "-",
+            row.state]
+
+
+HEADER = ["run", "task", "model", "epochs", "minutes", "metric", "held-out", "val", "last write", "state"]
+
+
+def table_lines(rows: list[RunRow]) -> list[str]:
+    """The rows as aligned plain-text lines under :data:`HEADER` (the state, last, unpadded)."""
+    cells = [HEADER] + [row_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER) - 1)]
+    return ["  ".join([c.ljust(w) for c, w in zip(line, widths)] + [line[-1]]) for line in cells]
+
+
+def rows_json(rows: list[RunRow]) -> list[dict[str, Any]]:
+    """The rows as JSON values."""
+    return [asdict(r) for r in rows]

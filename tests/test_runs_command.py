@@ -1,0 +1,117 @@
+"""`vislab runs`: the run folders under a folder, a line each, read from what the runs wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import yaml
+
+
+def _recipe(tmp_path, name, **kw):
+    r = {"task": "cls", "model": "cifar_resnet20", "epochs": 2, "batch_size": 16, "lr": 0.05, "holdout": 0.2,
+         "seed": 1, **kw}
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+def _rows(cli, *args):
+    res = cli("runs", *args)
+    assert res.code == 0, res.err
+    return res
+
+
+def test_runs_lists_finished_stopped_and_unfinished_runs_from_their_records(cli, color_classes, tmp_path):
+    runs = tmp_path / "runs"
+    full, stopped = runs / "full", runs / "group" / "stopped"
+    assert cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "a.yaml"), "--out", full,
+               "--val-dir", color_classes).code == 0
+    assert cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "b.yaml", max_minutes=1e-6),
+               "--out", stopped).code == 0
+    unfinished = runs / "unfinished"
+    shutil.copytree(full, unfinished)
+    (unfinished / "results.json").unlink()  # as a run killed before its end leaves it
+    resumed = runs / "resumed"  # --resume under way (or killed): last.ckpt newer than the results
+    shutil.copytree(full, resumed)
+    later = (resumed / "results.json").stat().st_mtime + 60
+    os.utime(resumed / "last.ckpt", (later, later))
+    res = _rows(cli, runs, "--json", tmp_path / "runs.json")
+    rows = {r["run"]: r for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
+    assert set(rows) == {str(full), str(stopped), str(unfinished), str(resumed)}
+    assert rows[str(resumed)]["state"].startswith("resumed after its results (running or interrupted)")
+    del rows[str(resumed)]
+
+    done = json.loads((full / "results.json").read_text())
+    row = rows[str(full)]
+    assert (row["task"], row["model"], row["epochs"], row["metric"]) == ("cls", "cifar_resnet20", "2", "accuracy")
+    assert row["minutes"] == done["train_seconds"] / 60 and row["state"] == "finished"
+    assert row["held_out"] == done["holdout_acc"] and row["val"] == done["val_accuracy"]
+
+    row = rows[str(stopped)]
+    assert row["epochs"] == "1 of 2" and row["state"] == "stopped early (max_minutes); --resume continues it"
+    assert row["val"] is None  # no --val-dir
+
+    with (unfinished / "history.csv").open() as fh:
+        history = list(csv.DictReader(fh))
+    row = rows[str(unfinished)]
+    assert row["held_out"] == max(float(h["holdout_acc"]) for h in history)  # the best so far
+    assert row["minutes"] == sum(float(h["seconds"]) for h in history) / 60
+    assert row["state"] == "unfinished (running, interrupted or failed); last.ckpt: --resume continues it"
+
+    # the console: a header and a line per run, oldest write first, columns aligned
+    lines = res.out.splitlines()
+    assert lines[0].split()[:3] == ["run", "task", "model"] and len(lines) == 5
+    order = sorted(rows.values(), key=lambda r: r["updated"])
+    assert [line.split()[0] for line in lines[1:4]] == [r["run"] for r in order]
+    assert lines[4].split()[0] == str(resumed)  # its last write: the newest
+    assert len({line.index(" cls ") for line in lines[1:]}) == 1
+    # a run folder given itself is listed alone
+    assert len(_rows(cli, full).out.splitlines()) == 2
+
+
+def test_runs_sorts_by_score_per_task_and_says_what_it_cannot_read(cli, tmp_path):
+    def run(name, task, results, history=None):
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        (d / "recipe.yaml").write_text(yaml.safe_dump({"task": task, "model": "m", "epochs": 3}))
+        if results is not None:
+            (d / "results.json").write_text(json.dumps(results))
+        if history is not None:
+            (d / "history.csv").write_text(history)
+        return d
+
+    run("a", "seg", {"holdout_miou": 0.5, "val_miou": 0.61, "epochs": 3, "train_seconds": 90})
+    run("b", "seg", {"holdout_miou": 0.7, "val_miou": 0.59, "epochs": 3, "train_seconds": 60})
+    run("c", "cls", {"holdout_acc": 0.8, "val_accuracy": 0.82, "epochs": 3, "train_seconds": 30})
+    run("d", "seg", None, "epoch,holdout_miou,seconds\n1,0.2,30\n2,0.4,30\n")  # unfinished, no checkpoint
+    broken = run("e", "seg", None, "epoch\n1\n")
+    (broken / "recipe.yaml").write_text("task: [seg\n")
+    run(".hidden/x", "cls", {"val_accuracy": 0.9})
+    run("deep/er/still/z", "cls", {"val_accuracy": 0.9})  # three levels down: not searched
+    (tmp_path / "notarun").mkdir()
+
+    assert cli("runs", tmp_path, "--json", tmp_path / "v.json", "--sort", "val").code == 0
+    rows = json.loads((tmp_path / "v.json").read_text())["runs"]
+    names = [r["run"].rsplit("/", 1)[1] for r in rows]
+    assert names == ["c", "a", "b", "d", "e"]  # cls; seg by val, none last; the unreadable one (no task) last
+    by = {n: r for n, r in zip(names, rows)}
+    assert (by["a"]["metric"], by["a"]["val"], by["a"]["minutes"]) == ("mIoU", 0.61, 1.5)
+    assert by["d"]["held_out"] == 0.4 and by["d"]["minutes"] == 1.0 and by["d"]["epochs"] == "2 of 3"
+    assert by["d"]["state"].endswith("; no checkpoint")
+    assert by["e"]["state"].startswith(f"unreadable: {broken / 'recipe.yaml'}: not valid YAML")
+    assert cli("runs", tmp_path, "--json", tmp_path / "h.json", "--sort", "held-out").code == 0
+    rows = json.loads((tmp_path / "h.json").read_text())["runs"]
+    assert [r["run"].rsplit("/", 1)[1] for r in rows] == ["c", "b", "a", "d", "e"]
+
+
+def test_runs_refuses_what_holds_no_runs(cli, tmp_path):
+    res = cli("runs", tmp_path / "nowhere")
+    assert res.code == 2 and f"{tmp_path / 'nowhere'}: not found" in res.err
+    (tmp_path / "empty").mkdir()
+    res = cli("runs", tmp_path / "empty")
+    assert res.code == 2 and f"{tmp_path / 'empty'}: holds no vislab run folders" in " ".join(res.err.split())
+    res = cli("runs", tmp_path / "empty", "--sort", "speed")
+    assert res.code == 2 and "--sort: unknown order 'speed'; choose time, held-out, val" in res.err
