@@ -122,12 +122,20 @@ def test_unfinished_files_and_old_entries_without_a_record(tmp_path, monkeypatch
     for name in ("best-0123456789abcdef0123.onnx", "epoch.10-0123456789abcdef0124.onnx",
                  "epoch.12-0123456789abcdef0125.onnx"):  # dots in a checkpoint's name: still one graph each
         (cache / "onnx" / name).write_bytes(b"graph")
+    from vislab.data.cache import record_source
+
+    record_source(cache / "onnx" / "epoch.10-0123456789abcdef0124.onnx", tmp_path / "run" / "epoch.10.ckpt", count=None)
     found = cache_entries()
     entries = {e.kind: e for e in found}
     assert set(entries) == {"cls", "unfinished", "onnx"} and len(found) == 5
     assert sorted(e.name for e in found if e.kind == "onnx") == [
         "best-0123456789abcdef0123.onnx", "epoch.10-0123456789abcdef0124.onnx", "epoch.12-0123456789abcdef0125.onnx"]
-    assert entries["cls"].source is None and entries["unfinished"].bytes == 5 and entries["onnx"].bytes == 5
+    assert entries["cls"].source is None and entries["unfinished"].bytes == 5
+    sources = {e.name: (e.source, [f.name for f in e.files]) for e in found if e.kind == "onnx"}
+    assert sources["epoch.10-0123456789abcdef0124.onnx"] == (  # the graph, then its record
+        str(tmp_path / "run" / "epoch.10.ckpt"),
+        ["epoch.10-0123456789abcdef0124.onnx", "epoch.10-0123456789abcdef0124.about.json"])
+    assert sources["epoch.12-0123456789abcdef0125.onnx"] == (None, ["epoch.12-0123456789abcdef0125.onnx"])
     # an entry older than the records: its reuse marks the data file itself
     old = cache / "cls-0123456789abcdef0123-32x32-abcdef.npy"
     os.utime(old, (1_000_000, 1_000_000))

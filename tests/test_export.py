@@ -92,6 +92,11 @@ def test_cls_predict_engines_agree(cls_run, cli, tmp_path, monkeypatch):
     assert all(r == first for r in rows.values())
     # the onnx and auto runs shared one export of the checkpoint, cached for its input size
     assert len(list((tmp_path / "cache" / "onnx").glob("best-*.onnx"))) == 1
+    # the cache names the checkpoint it was exported from, and a clear of that run folder takes it with its record
+    listed = cli("cache", "list").out
+    assert f"ONNX graph, made from {(cls_run / 'run' / 'best.ckpt').resolve()}" in " ".join(listed.split())
+    assert cli("cache", "clear", "--source", cls_run / "run").code == 0
+    assert list((tmp_path / "cache" / "onnx").iterdir()) == []
 
 
 def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path):

@@ -729,7 +729,7 @@ def cache_list_cmd() -> None:
 @cache_app.command("clear")
 def cache_clear_cmd(
     unused_days: Optional[float] = typer.Option(None, "--unused-days", help="Only entries not used for this many days."),
-    source: Optional[Path] = typer.Option(None, "--source", help="Only entries made from this folder (or one inside it)."),
+    source: Optional[Path] = typer.Option(None, "--source", help="Only entries made from this folder (or one inside it: a run folder takes its checkpoints' ONNX graphs)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go, delete nothing."),
 ) -> None:
     """Delete cache entries (all, or those the options choose); a later run decodes again."""
@@ -742,8 +742,8 @@ def cache_clear_cmd(
     from_source = select_entries(entries, source=source)
     chosen = select_entries(from_source, unused_days=unused_days)
     if source is not None and not from_source:
-        info(f"--source {source}: no entry records it as its folder (ONNX graphs and entries older than the "
-             "records name none); `vislab cache list` shows what each was made from")
+        info(f"--source {source}: no entry records it as its folder (entries made before vislab recorded sources "
+             "name none); `vislab cache list` shows what each was made from")
     size = megabytes(sum(e.bytes for e in chosen))
     of = f"{len(chosen)} of {counted(len(entries), 'entry', 'entries')}"
     if dry_run:

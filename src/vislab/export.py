@@ -421,7 +421,7 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
     import onnxruntime
 
     from vislab import __version__
-    from vislab.data.cache import cache_dir, mark_used
+    from vislab.data.cache import cache_dir, mark_used, record_source
     from vislab.io import file_digest
 
     salt = f"{shape}|{getattr(model, 'scale', None)}|{__version__}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}"
@@ -429,6 +429,7 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
     if not onnx_path.is_file():
         export_network(model.to(memory_format=torch.contiguous_format), meta, onnx_path, shape=shape)
         model.to(memory_format=torch.channels_last)
+        record_source(onnx_path, ckpt, count=None)  # `vislab cache list` names the checkpoint
     else:
         mark_used(onnx_path)  # its time is its last use, for `vislab cache list`
     return onnx_path

@@ -209,11 +209,14 @@ ABOUT = ".about.json"  # beside a cache file: its source folder and item count; 
 
 
 def _about_of(path: Path) -> Path:
+    if path.suffix == ".onnx":  # named after a checkpoint, whose name may hold dots
+        return path.with_name(path.stem + ABOUT)
     return path.with_name(path.name.split(".")[0] + ABOUT)
 
 
-def record_source(path: Path, source: str | Path, *, count: int) -> None:
-    """Write ``path``'s record: the folder it was made from (absolute) and how many items it holds."""
+def record_source(path: Path, source: str | Path, *, count: int | None) -> None:
+    """Write ``path``'s record: the folder (or, for an ONNX graph, the checkpoint) it was made
+    from (absolute) and how many items it holds (None: not a count of items)."""
     where = str(Path(source).resolve()) if str(source) else ""
     try:
         atomic_write_text(json.dumps({"source": where, "items": count}), _about_of(path))
@@ -276,9 +279,9 @@ class CacheEntry:
 
 _ARRAY = re.compile(r"(cls|seg)-[0-9a-f]{20}-\d+x\d+-[0-9a-f]{6}\.(npy|sizes\.json|about\.json)")
 _STATS = re.compile(r"seg-stats-[0-9a-f]{20}\.(pt|about\.json)")
-_ONNX = re.compile(r".+-[0-9a-f]{20}\.onnx")
+_ONNX = re.compile(r".+-[0-9a-f]{20}\.(onnx|about\.json)")
 _UNFINISHED = re.compile(r"\.(.+)\.[^.]+\.tmp")
-_ENDINGS = re.compile(r"\.(npy|sizes\.json|about\.json|pt)$")
+_ENDINGS = re.compile(r"\.(npy|sizes\.json|about\.json|pt|onnx)$")
 IN_PROGRESS_HOURS = 6  # a temporary file younger than this may be a build still running: never listed
 
 
@@ -312,8 +315,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
             if old:
                 groups[("unfinished", str(f))] = [f]
         elif kind := _kind(f.name, in_onnx=f.parent != root):
-            # an ONNX graph is an entry of its own; a decoded array goes with its sidecars
-            key = str(f) if kind == "onnx" else _ENDINGS.sub("", str(f))
+            # a decoded array goes with its sidecars, an ONNX graph with its record
+            key = _ENDINGS.sub("", str(f))
             groups.setdefault((kind, key), []).append(f)
     entries = []
     for (kind, _), files in groups.items():

@@ -4,6 +4,7 @@ training, the time budget, the fit and the checkpoint selection, in one order.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -115,12 +116,15 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     def make_trainer(r: Recipe, *extra: pl.Callback) -> pl.Trainer:
         return build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=[*job.extra_callbacks, *extra])
 
-    def record(line: str) -> None:  # a line the budget adds during or after the run, in changes.txt at once
+    def record(line: str) -> None:  # a line added after the run, in changes.txt at once
         changes.append(line)
         add_change(job.out, line)  # after the lines of this run's earlier pieces
 
+    # the callbacks' lines (a resume's, the budget's re-plans) go to changes.txt alone, which the
+    # result reads at the end: a function of the module, not of this call, as ddp_spawn pickles them
+    in_run_folder = functools.partial(add_change, job.out)
     try:
-        trainer, recipe, keeper, module, ckpt_path = _before_fit(job, recipe, changes, make_trainer, record)
+        trainer, recipe, keeper, module, ckpt_path = _before_fit(job, recipe, changes, make_trainer, in_run_folder)
     except KeyboardInterrupt:  # before Lightning's own Ctrl-C handling: the run folder is as it was
         raise Interrupted(f"{job.out}: before training " + (
             "resumed; last.ckpt is as it was, and `--resume` continues it" if job.resume else
