@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from vislab.calibration import (_confusion_with, _scores_along, apply_offsets, fit_offsets, load_calibration,
+from vislab.calibration import (_confusion_with, _scores_along, apply_offsets, crossfit_miou, fit_offsets, load_calibration,
                                 offsets_file, save_offsets, scale_candidates)
 from vislab.errors import VislabError
 from vislab.metrics import course_miou
@@ -42,6 +42,42 @@ def test_an_underpredicted_class_is_recovered():
     pred = apply_offsets(logits.softmax(1), offsets)
     assert torch.equal(pred, truth)
     assert offsets[6] == 0 and 0.75 < float(offsets[2] - offsets[1]) < 1.2
+
+
+def _present_miou(conf: torch.Tensor) -> float:
+    """Mean IoU over the classes present in truth or prediction (a second, plain rule)."""
+    tp = conf.diag().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - tp
+    return float((tp[union > 0] / union[union > 0]).mean())
+
+
+def test_crossfit_scores_offsets_on_the_items_they_were_not_fitted_on():
+    """Two 2x2 items, two classes. Item 0 is all class 1, item 1 all class 0; the network prefers
+    class 0 by 0.3 on item 0 and by 0.2 on item 1, so no offset separates them: in-sample, 0.25
+    before and after (everything one class: IoUs 0.5 and 0). Fitted on item 0 alone, the offsets
+    flip everything to class 1, which is wrong on item 1; fitted on item 1 alone, none move,
+    which is wrong on item 0: pooled, every pixel is wrong, cross-fitted mIoU 0."""
+    def item(cls: int, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.zeros(2, 2, 2)
+        logits[1] = -margin
+        return logits.log_softmax(0), torch.full((2, 2), cls)
+
+    (a, ta), (b, tb) = item(1, 0.3), item(0, 0.2)
+    logp, truth = torch.stack([a, b]), torch.stack([ta, tb])
+    _, before, after = fit_offsets(logp, truth, miou=_present_miou)
+    assert before == pytest.approx(0.25) and after == pytest.approx(0.25)
+    assert crossfit_miou(logp, truth, miou=_present_miou) == 0.0
+    # items alike: each half's offsets carry to the other (only class 1, all right)
+    same = torch.stack([a, a]), torch.stack([ta, ta])
+    assert crossfit_miou(*same, miou=_present_miou) == 1.0
+    # three items: folds {0, 2} and {1}; fewer items than folds: no check
+    three = torch.stack([a, a, b]), torch.stack([ta, ta, tb])
+    fold0 = fit_offsets(three[0][[1]], three[1][[1]], miou=_present_miou)[0]  # fitted on item 1 (all class 1)
+    fold1 = fit_offsets(three[0][[0, 2]], three[1][[0, 2]], miou=_present_miou)[0]
+    pooled = (_confusion_with(three[0][[0, 2]], three[1][[0, 2]], fold0, 2)
+              + _confusion_with(three[0][[1]], three[1][[1]], fold1, 2))
+    assert crossfit_miou(*three, miou=_present_miou) == pytest.approx(_present_miou(pooled))
+    assert crossfit_miou(a[None], ta[None]) is None
 
 
 def test_perfect_predictions_keep_zero_offsets():

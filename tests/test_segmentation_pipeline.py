@@ -222,6 +222,12 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     res = cli("seg", "calibrate", ckpt, seg_run / "train")
     assert res.code == 0, res.err
     assert "mIoU on 2 holdout pairs" in res.out and (tmp_path / "best.offsets.json").is_file()
+    # the check on pairs the offsets were not fitted on (one pair each way): printed, recorded, and a
+    # warning exactly when it is below the mIoU without offsets
+    rec = json.loads((tmp_path / "best.offsets.json").read_text())
+    assert f"; {rec['miou_crossfit']:.4f} with offsets fitted on the other half of the pairs (2-fold)" in \
+        " ".join(res.out.split())
+    assert ("lower the mIoU of the other half" in res.err) == (rec["miou_crossfit"] < rec["miou_before"])
     assert "replaces" not in res.err and "trained on" not in res.err
     # every training pair (the trained-on ones among them): said, recorded, and the earlier fit named
     res = cli("seg", "calibrate", ckpt, seg_run / "train", "--split", "all")

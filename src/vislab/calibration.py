@@ -100,6 +100,31 @@ def fit_offsets(logp: torch.Tensor, truth: torch.Tensor, *, sweeps: int = 3, mov
     return offsets, before, current
 
 
+def crossfit_miou(logp: torch.Tensor, truth: torch.Tensor, *, folds: int = 2, searched: Sequence[int] | None = None,
+                  miou: Callable[[torch.Tensor], float] = course_miou) -> float | None:
+    """The mIoU of offsets on items they were not fitted on: item ``i`` goes to fold ``i % folds``;
+    each fold is predicted with the offsets :func:`fit_offsets` fits on the other folds, and the
+    confusion matrices of all folds are pooled. (The mIoU ``fit_offsets`` returns is measured on
+    the very pixels it fitted, so it reads high, the more so the fewer the items.) None with
+    fewer items than folds."""
+    if len(logp) < folds:
+        return None
+    k = logp.shape[1]
+    pooled = torch.zeros(k, k, dtype=torch.long)
+    for f in range(folds):
+        held = torch.arange(len(logp)) % folds == f
+        offsets, _, _ = fit_offsets(logp[~held], truth[~held], searched=searched, miou=miou)
+        pooled += _confusion_with(logp[held], truth[held], offsets, k)
+    return miou(pooled)
+
+
+def crossfit_words(record: dict[str, Any]) -> str:
+    """What a calibration record says of its offsets on pairs they were not fitted on ("" when it
+    has no such check: one pair, or a record of an older vislab)."""
+    value = record.get("miou_crossfit")
+    return "" if value is None else f"; {value:.4f} with offsets fitted on the other half of the pairs (2-fold)"
+
+
 def shift_probs(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """Class probabilities (N, C, H, W) with the offsets applied, ``softmax(log(probs) + offsets)``:
     the same argmax as :func:`apply_offsets`, and still probabilities, so that an ensemble can

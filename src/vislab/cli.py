@@ -550,6 +550,7 @@ def seg_calibrate(
     """Fit one logit offset per class for the mIoU and choose the evaluation scale; score, predict
     and export then apply them."""
     from vislab.paths import data_root
+    from vislab.calibration import crossfit_words
     from vislab.pipelines.seg_scores import calibrate
 
     if pairs_dir is None:
@@ -573,7 +574,7 @@ def seg_calibrate(
     step = rec["pixel_stride"]
     every = f", one pixel in {step} along rows and columns" if step > 1 else ""
     out.print(f"mIoU on {rec['files']} {rec['split']} pairs{every}: {rec['miou_before']:.4f} -> "
-              f"{rec['miou_after']:.4f}{at}")
+              f"{rec['miou_after']:.4f}{at}{crossfit_words(rec)}")
     out.print(f"wrote {rec['file']}")
 
 

@@ -94,7 +94,7 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
 def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
     """A note when ``best.offsets.json`` is not the calibration the run's numbers were measured
     with (``vislab seg calibrate`` ran after training): score, predict and export apply it."""
-    from vislab.calibration import offsets_file
+    from vislab.calibration import crossfit_words, offsets_file
 
     path = offsets_file(run / "best.ckpt")
     try:
@@ -109,7 +109,7 @@ def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
     how = "with the offsets training fitted" if measured else "without offsets"
     return (f"Calibrated after training: {path.name} (`vislab seg calibrate`, {rec.get('files')} {rec.get('split')} "
             f"pairs: mIoU {rec.get('miou_before', float('nan')):.4f} -> {rec.get('miou_after', float('nan')):.4f}"
-            f"{scale}) is what `vislab seg score`, `predict` and `export` apply; the validation numbers here were "
+            f"{scale}{crossfit_words(rec)}) is what `vislab seg score`, `predict` and `export` apply; the validation numbers here were "
             f"measured {how}.")
 
 

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import (fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file, save_offsets,
-                                scale_candidates)
+from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file,
+                                save_offsets, scale_candidates)
 from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images
 from vislab.data.manifest import difference_from_record
@@ -229,26 +229,37 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dev = pick_device(device)
     model = model.to(dev)
     per_scale: list[dict[str, Any]] = []
-    best: tuple[float, torch.Tensor, float] | None = None  # (mIoU with offsets, offsets, scale)
+    best: tuple[float, torch.Tensor, float, Any] | None = None  # (mIoU with offsets, offsets, scale, its pixels)
+    fit = dict(searched=range(desc.scored), miou=desc.miou)  # the scored classes move (_sampled_logp)
     for scale in tried:
         if hasattr(model, "scale"):
             model.scale = scale
-        offsets, before, after = _fit_at_scale(model, meta, pairs, desc, tta=tta, batch_size=batch_size,
-                                               device=dev, stride=stride)
+        pixels = _sampled_logp(model, meta, pairs, desc, tta=tta, batch_size=batch_size, device=dev, stride=stride)
+        offsets, before, after = fit_offsets(*pixels, **fit)
         per_scale.append({"scale": scale, "miou_before": round(before, 6), "miou_after": round(after, 6)})
         if len(tried) > 1:
             info(f"evaluation scale {scale:g}: mIoU {before:.4f}, {after:.4f} with its offsets")
         if best is None or (after, scale == trained, -scale) > (best[0], best[2] == trained, -best[2]):
-            best = (after, offsets, scale)
+            best = (after, offsets, scale, pixels)
+        del pixels
     assert best is not None
-    after, offsets, chosen = best
+    after, offsets, chosen, pixels = best
+    best = None  # the pixels go once the check below is done
     before = next(s["miou_before"] for s in per_scale if s["scale"] == trained)
+    # the mIoU above is measured on the pixels the offsets were fitted on: a check on pairs they were not
+    crossfit = crossfit_miou(*pixels, **fit)
+    del pixels
+    if crossfit is not None and crossfit < before:
+        info(f"warning: offsets fitted on half of the {len(pairs)} pairs lower the mIoU of the other half "
+             f"({before:.4f} without them, {crossfit:.4f} with): on new images they may cost more than they "
+             "gain; calibrate on more pairs, or delete the offsets file to score without them")
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
     record = {"classes": list(desc.names), "pairs": str(pairs_dir), "pairs_path": str(Path(pairs_dir).resolve()),
               "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta,
-              "miou_before": round(before, 6), "miou_after": round(after, 6), "trained_scale": trained,
+              "miou_before": round(before, 6), "miou_after": round(after, 6),
+              "miou_crossfit": None if crossfit is None else round(crossfit, 6), "trained_scale": trained,
               "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
@@ -277,9 +288,12 @@ def _say_scored_where_fitted(paths: list[str], img_dir: str | Path, offsets: boo
                  "high; --no-offsets scores without them")
 
 
-def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,
-                  device: torch.device, stride: int) -> tuple[torch.Tensor, float, float]:
-    """:func:`vislab.calibration.fit_offsets` on the probabilities of ``model`` as it stands."""
+def _sampled_logp(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,
+                  device: torch.device, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probabilities of ``model`` as it stands (N, C, H, W, float16) and the truth, every
+    ``stride``-th pixel along rows and columns, for :func:`vislab.calibration.fit_offsets` (only
+    the scored classes move: the course's raised "unknown" would buy mIoU by abstaining on hard
+    pixels)."""
     logps, truths = [], []
     for probs, truth, _ in labelled_probs([(model, meta)], pairs, desc, tta=tta, batch_size=batch_size, device=device):
         logps.append(probs[:, ::stride, ::stride].clamp_min(1e-8).log().half().cpu())
@@ -290,7 +304,6 @@ def _fit_at_scale(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasse
         lp, tr, *_ = pad_collate([(lg, t, 0) for lg, t in zip(logps, truths)], multiple=1)
     else:
         lp, tr = torch.stack(logps), torch.stack(truths)
-    # only the scored classes move: the course's raised "unknown" would buy mIoU by abstaining on hard pixels
-    return fit_offsets(lp, tr, searched=range(desc.scored), miou=desc.miou)
+    return lp, tr
 
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import load_segmenter
+from vislab.calibration import crossfit_words, load_segmenter
 from vislab.config import Recipe
 from vislab.data.seg_classes import SegClasses, check_described_alike, classes_of, find_classes
 from vislab.data.manifest import lines_digest
@@ -141,7 +141,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
         at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
-        line = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}"
+        line = (f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}"
+                f"{at}{crossfit_words(cal)}")
         info(line)
         add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
         result["changes"] = read_changes(out)
