@@ -22,6 +22,17 @@ def write_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
+def write_cls_recipe(folder: Path, name: str, **fields) -> Path:
+    """A small classification recipe file (a CIFAR ResNet-20, 2 epochs, 0.2 held out) with ``fields`` set."""
+    import yaml
+
+    r = {"task": "cls", "model": "cifar_resnet20", "epochs": 2, "batch_size": 16, "lr": 0.05, "holdout": 0.2,
+         "seed": 1, **fields}
+    path = folder / name
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
 def write_color_classes(d: Path, *, per_class: int = 40, noise: int = 90, lift: int = 140) -> Path:
     """3 classes of 32x32 PNGs in the course layout: noise in [0, ``noise``) with channel c of
     class c raised by ``lift`` (a faint lift makes a hard task)."""

@@ -17,13 +17,9 @@ import pytest
 import torch
 import yaml
 
+from conftest import write_cls_recipe
 
-def _recipe(tmp_path, name, **kw):
-    r = {"task": "cls", "model": "cifar_resnet20", "epochs": 2, "batch_size": 16, "lr": 0.05, "holdout": 0.2,
-         "seed": 1, **kw}
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(r))
-    return p
+_recipe = write_cls_recipe
 
 
 def _epochs(run) -> list[str]:
