@@ -82,5 +82,8 @@ def items_difference(recorded: list[str], current: list[str], *, value: str = "v
     if gone:
         parts.append(f"{len(gone)} gone ({some(gone)})")
     if changed:
-        parts.append(f"{len(changed)} with a changed {value} ({some(changed, lambda n: f'{n}: {_named(before[n], names[0])} -> {_named(after[n], names[1])}')})")
+        def change(n: str) -> str:
+            return f"{n}: {_named(before[n], names[0])} -> {_named(after[n], names[1])}"
+
+        parts.append(f"{len(changed)} with a changed {value} ({some(changed, change)})")
     return "; ".join(parts)

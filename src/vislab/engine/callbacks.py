@@ -23,10 +23,11 @@ FACTS = "vislab/"
 class HandBack(pl.Callback):
     """What the caller of ``fit`` reads once it returns, put by rank 0 into
     ``trainer.callback_metrics`` (under :data:`FACTS`) at the fit's end: the steps trained, the
-    epochs completed, the selecting checkpoint's best score, and each callback's and the module's ``facts()``. With
-    ``ddp_spawn`` (and ``ddp_fork``) the fit runs in child processes, and Lightning hands back to
-    the calling process only the weights, the best checkpoint's path, the trainer's state and
-    these metrics; :func:`handed_back` reads them, the same way for every strategy."""
+    epochs completed, the selecting checkpoint's best score, and each callback's and the module's
+    ``facts()``. With ``ddp_spawn`` (and ``ddp_fork``) the fit runs in child processes, and
+    Lightning hands back to the calling process only the weights, the best checkpoint's path, the
+    trainer's state and these metrics; :func:`handed_back` reads them, the same way for every
+    strategy."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

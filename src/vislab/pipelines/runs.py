@@ -54,8 +54,10 @@ def find_runs(folders: Iterable[Path], depth: int = 2) -> list[Path]:
             found += runs
             level = sorted(c for d in level if d not in runs for c in _subfolders(d))
     if not found:
-        raise VislabError(folders[0] if len(folders) == 1 else None, "holds no vislab run folders (a folder with recipe.yaml beside "
-                                                     "results.json, history.csv or a checkpoint)")
+        what = "(a folder with recipe.yaml beside results.json, history.csv or a checkpoint)"
+        if len(folders) == 1:
+            raise VislabError(folders[0], f"holds no vislab run folders {what}")
+        raise VislabError(None, f"{', '.join(map(str, folders))} hold no vislab run folders {what}")
     return list(dict.fromkeys(found))
 
 
@@ -82,12 +84,14 @@ def run_row(run: Path) -> RunRow:
     held_key, val_key, row.metric = SCORES.get(str(row.task), (None, None, None))
     schedule = results.get("epochs") or recipe.get("epochs")
     trained = results.get("epochs_trained") or len(history) or None
-    row.epochs = None if schedule is None else str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
+    if schedule is not None:
+        row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:
         row.minutes = None if results.get("train_seconds") is None else results["train_seconds"] / 60
         row.held_out, row.val = _number(results.get(held_key)), _number(results.get(val_key))
         row.state = "stopped early (max_minutes); --resume continues it" if results.get("stopped_early") else "finished"
-        if (run / "last.ckpt").is_file() and (run / "last.ckpt").stat().st_mtime > (run / "results.json").stat().st_mtime:
+        last, done = run / "last.ckpt", run / "results.json"
+        if last.is_file() and last.stat().st_mtime > done.stat().st_mtime:
             row.state = "resumed after its results (running or interrupted): the scores are the earlier piece's"
     else:
         if history:
