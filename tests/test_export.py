@@ -95,6 +95,11 @@ def test_cls_predict_engines_agree(cls_run, cli, tmp_path, monkeypatch):
     # the cache names the checkpoint it was exported from, and a clear of that run folder takes it with its record
     listed = cli("cache", "list").out
     assert f"ONNX graph, made from {(cls_run / 'run' / 'best.ckpt').resolve()}" in " ".join(listed.split())
+    # a graph cached before the records were kept gets one at its next use
+    (record,) = (tmp_path / "cache" / "onnx").glob("*.about.json")
+    record.unlink()
+    assert cli("cls", "predict", cls_run / "run", cls_run / "train", tmp_path / "again.csv", "--engine", "onnx").code == 0
+    assert record.is_file()
     assert cli("cache", "clear", "--source", cls_run / "run").code == 0
     assert list((tmp_path / "cache" / "onnx").iterdir()) == []
 

@@ -627,6 +627,21 @@ def test_a_resumed_run_counts_the_seconds_of_every_piece(cli, color_classes, tmp
     assert json.loads((run / "results.json").read_text())["train_seconds"] == total
 
 
+def test_a_resume_from_a_checkpoint_without_the_clock_says_so(cli, color_classes, tmp_path):
+    """A checkpoint of an older vislab holds no seconds trained: the resume line says it does not
+    know them, instead of "0.0 min trained before"."""
+    run = tmp_path / "run"
+    assert cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "l.yaml", max_minutes=1e-6),
+               "--out", run).code == 0
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert ckpt["callbacks"].pop("TrainingClock")["spent_s"] > 0
+    torch.save(ckpt, run / "last.ckpt")
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    assert ("--resume: continues with epoch 2 of 2, the minutes trained before are not in the checkpoint (an older "
+            "vislab's)") in " ".join(res.err.split())
+
+
 def test_a_new_run_in_a_folder_of_a_run_without_checkpoints_keeps_none_of_its_records(cli, color_classes, tmp_path):
     """A run stopped before its first checkpoint leaves its recipe and lines; the run started
     afresh there (as its message says to) must not report the earlier run's settings as its own."""

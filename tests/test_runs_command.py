@@ -86,21 +86,28 @@ def test_runs_sorts_by_score_per_task_and_says_what_it_cannot_read(cli, tmp_path
     broken = run("e", "seg", None, "epoch\n1\n")
     (broken / "recipe.yaml").write_text("task: [seg\n")
     run(".hidden/x", "cls", {"val_accuracy": 0.9})
-    run("deep/er/still/z", "cls", {"val_accuracy": 0.9})  # three levels down: not searched
+    run("deep/er/z", "cls", {"val_accuracy": 0.9})  # three levels down: not searched
+    started = run("started", "seg", None)  # stopped in its first epoch: its command and recipe only
+    (started / "command.txt").write_text("vislab seg train --out started\n")
+    run("f", "cls", [])  # results.json that is JSON but no record
     (tmp_path / "notarun").mkdir()
 
     assert cli("runs", tmp_path, "--json", tmp_path / "v.json", "--sort", "val").code == 0
     rows = json.loads((tmp_path / "v.json").read_text())["runs"]
     names = [r["run"].rsplit("/", 1)[1] for r in rows]
-    assert names == ["c", "a", "b", "d", "e"]  # cls; seg by val, none last; the unreadable one (no task) last
+    # cls; then seg by val, those without one last; the unreadable ones (no task) at the end
+    assert names[:3] == ["c", "a", "b"] and set(names[3:5]) == {"d", "started"} and set(names[5:]) == {"e", "f"}
     by = {n: r for n, r in zip(names, rows)}
+    assert by["f"]["state"] == f"unreadable: {tmp_path / 'f' / 'results.json'}: not the record vislab writes " \
+        "(expected a JSON object)"
+    assert by["started"]["epochs"] == "0 of 3" and by["started"]["state"].endswith("; no checkpoint")
     assert (by["a"]["metric"], by["a"]["val"], by["a"]["minutes"]) == ("mIoU", 0.61, 1.5)
     assert by["d"]["held_out"] == 0.4 and by["d"]["minutes"] == 1.0 and by["d"]["epochs"] == "2 of 3"
     assert by["d"]["state"].endswith("; no checkpoint")
     assert by["e"]["state"].startswith(f"unreadable: {broken / 'recipe.yaml'}: not valid YAML")
     assert cli("runs", tmp_path, "--json", tmp_path / "h.json", "--sort", "held-out").code == 0
     rows = json.loads((tmp_path / "h.json").read_text())["runs"]
-    assert [r["run"].rsplit("/", 1)[1] for r in rows] == ["c", "b", "a", "d", "e"]
+    assert [r["run"].rsplit("/", 1)[1] for r in rows][:3] == ["c", "b", "a"]
 
 
 def test_runs_refuses_what_holds_no_runs(cli, tmp_path):

@@ -432,4 +432,5 @@ def _cached_export(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, sha
         record_source(onnx_path, ckpt, count=None)  # `vislab cache list` names the checkpoint
     else:
         mark_used(onnx_path)  # its time is its last use, for `vislab cache list`
+        record_source(onnx_path, ckpt, count=None, keep=True)  # a graph exported before the records
     return onnx_path

@@ -59,8 +59,10 @@ def read_run(run: Path) -> dict[str, Any]:
     history = _csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
     try:
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise VislabError(run / "results.json", "not valid JSON") from None
+    if not isinstance(results, dict):
+        raise VislabError(run / "results.json", "not the record vislab writes (expected a JSON object)")
     # the command that started the run, then one line per --resume
     commands = [c.strip() for c in (run / "command.txt").read_text(errors="replace").splitlines() if c.strip()] \
         if (run / "command.txt").is_file() else []

@@ -214,10 +214,13 @@ def _about_of(path: Path) -> Path:
     return path.with_name(path.name.split(".")[0] + ABOUT)
 
 
-def record_source(path: Path, source: str | Path, *, count: int | None) -> None:
+def record_source(path: Path, source: str | Path, *, count: int | None, keep: bool = False) -> None:
     """Write ``path``'s record: the folder (or, for an ONNX graph, the checkpoint) it was made
-    from (absolute) and how many items it holds (None: not a count of items)."""
+    from (absolute) and how many items it holds (None: not a count of items); ``keep``: leave a
+    record that is there (write one only for an entry made before records were kept)."""
     where = str(Path(source).resolve()) if str(source) else ""
+    if keep and _about_of(path).is_file():
+        return
     try:
         atomic_write_text(json.dumps({"source": where, "items": count}), _about_of(path))
     except (OSError, VislabError):  # the record only serves the listing

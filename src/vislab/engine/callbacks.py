@@ -158,10 +158,12 @@ class TrainingClock(pl.Callback):
 
     clock = staticmethod(time.monotonic)
 
-    def __init__(self, record: Callable[[str], None] = lambda line: None) -> None:
-        self.record = record  # gets the line a resumed run starts with (the run folder's changes.txt)
+    def __init__(self, record: Callable[[str], None] | None = None) -> None:
+        # gets the line a resumed run starts with (the run folder's changes.txt); picklable (ddp_spawn)
+        self.record = record
         self._t0 = 0.0
         self.before = 0.0  # seconds trained by the processes before this one (from the checkpoint)
+        self.restored = False  # a checkpoint's seconds were loaded (older checkpoints hold none)
         self.spent = 0.0  # seconds trained in all, at the last epoch end
         self._in_epoch = False  # between an epoch's start and end: a save then counts the epoch's time so far
 
@@ -170,6 +172,7 @@ class TrainingClock(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.before = self.spent = float(state_dict.get("spent_s", 0.0))
+        self.restored = "spent_s" in state_dict
 
     def facts(self) -> dict[str, Any]:
         return {"seconds_before": self.before}
@@ -179,9 +182,12 @@ class TrainingClock(pl.Callback):
         self._in_epoch = True  # a run resumed mid-epoch gets no on_train_epoch_start
         where = getattr(pl_module, "resume_words", str)()
         if where and trainer.is_global_zero:
-            line = f"--resume: continues {where}, {self.before / 60:.1f} min trained before{self.left_words()}"
+            before = (f"{self.before / 60:.1f} min trained before" if self.restored else
+                      "the minutes trained before are not in the checkpoint (an older vislab's)")
+            line = f"--resume: continues {where}, {before}{self.left_words()}"
             info(line)
-            self.record(line)
+            if self.record is not None:
+                self.record(line)
 
     def left_words(self) -> str:
         """What the resume line adds after the minutes trained before ("": nothing)."""
@@ -214,7 +220,7 @@ class BudgetKeeper(TrainingClock):
 
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
 
-    def __init__(self, minutes: float, record: Callable[[str], None] = lambda line: None,
+    def __init__(self, minutes: float, record: Callable[[str], None] | None = None,
                  weights: Callable[[int], list[float]] | None = None, most: int | None = None) -> None:
         self.minutes = minutes
         self.most = most  # the most epochs a re-plan may plan (None: the epochs planned when it runs)
@@ -223,6 +229,8 @@ class BudgetKeeper(TrainingClock):
         super().__init__(record)
 
     def left_words(self) -> str:
+        if not self.restored:
+            return f"; --budget {self.minutes:g} min, counted from now"
         return f"; --budget {self.minutes:g} min: {max(0.0, self.minutes - self.before / 60):.1f} min left"
 
     def facts(self) -> dict[str, Any]:
@@ -246,7 +254,7 @@ class BudgetKeeper(TrainingClock):
         line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({elapsed / 60:.1f} min "
                 f"so far, {per_epoch:.0f} s per epoch: {pace}); {ends}")
         info(f"warning: {line}")
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.record is not None:
             self.record(line)
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,

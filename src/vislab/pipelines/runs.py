@@ -3,6 +3,7 @@ trained, held-out and validation scores, and whether the run finished."""
 
 from __future__ import annotations
 
+import csv
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ class RunRow:
 
 
 def is_run(folder: Path) -> bool:
-    """A vislab run folder: its recipe and at least one record of training."""
-    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in RECORDS[:4])
+    """A vislab run folder: its recipe and a record of training, or the command that started it (a
+    run stopped in its first epoch, before any checkpoint, holds only that)."""
+    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in (*RECORDS[:4], "command.txt"))
 
 
 def find_runs(folders: Iterable[Path], depth: int = 2) -> list[Path]:
@@ -75,15 +77,24 @@ def run_row(run: Path) -> RunRow:
     updated = max((f.stat().st_mtime for f in (run / n for n in RECORDS) if f.is_file()), default=0.0)
     row = RunRow(str(run), updated=updated)
     try:
-        data = read_run(run)
+        return _filled(row, run, read_run(run))
     except VislabError as exc:
         row.state = f"unreadable: {exc}"
-        return row
+    except (ValueError, TypeError, AttributeError, OSError, csv.Error) as exc:  # a record edited or damaged by hand
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        row.state = (f"unreadable: {run}: a record is broken (recipe.yaml, results.json or history.csv: "
+                     f"{type(exc).__name__}: {first})")
+    return row
+
+
+def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
+    """``row`` with what the run folder's records (:func:`vislab.report.read_run`) say."""
     recipe, results, history = data["recipe"], data["results"], data["history"]
     row.task, row.model = recipe.get("task"), recipe.get("model")
     held_key, val_key, row.metric = SCORES.get(str(row.task), (None, None, None))
     schedule = results.get("epochs") or recipe.get("epochs")
-    trained = results.get("epochs_trained") or len(history) or None
+    # a finished run's own count (an older vislab's results have none: its history's rows), else the history's
+    trained = (results.get("epochs_trained") or len(history) or None) if results else len(history)
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:

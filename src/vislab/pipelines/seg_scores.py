@@ -229,30 +229,29 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dev = pick_device(device)
     model = model.to(dev)
     per_scale: list[dict[str, Any]] = []
-    best: tuple[float, torch.Tensor, float, Any] | None = None  # (mIoU with offsets, offsets, scale, its pixels)
+    plain: dict[float, float] = {}  # each scale's mIoU without offsets
+    best: tuple[float, torch.Tensor, float, float | None] | None = None  # (mIoU with offsets, offsets, scale, cross-fit)
     fit = dict(searched=range(desc.scored), miou=desc.miou)  # the scored classes move (_sampled_logp)
     for scale in tried:
         if hasattr(model, "scale"):
             model.scale = scale
         pixels = _sampled_logp(model, meta, pairs, desc, tta=tta, batch_size=batch_size, device=dev, stride=stride)
-        offsets, before, after = fit_offsets(*pixels, **fit)
-        per_scale.append({"scale": scale, "miou_before": round(before, 6), "miou_after": round(after, 6)})
+        offsets, plain[scale], after = fit_offsets(*pixels, **fit)
+        per_scale.append({"scale": scale, "miou_before": round(plain[scale], 6), "miou_after": round(after, 6)})
         if len(tried) > 1:
-            info(f"evaluation scale {scale:g}: mIoU {before:.4f}, {after:.4f} with its offsets")
+            info(f"evaluation scale {scale:g}: mIoU {plain[scale]:.4f}, {after:.4f} with its offsets")
         if best is None or (after, scale == trained, -scale) > (best[0], best[2] == trained, -best[2]):
-            best = (after, offsets, scale, pixels)
-        del pixels
+            # the mIoU with offsets is measured on the pixels they were fitted on: checked on pairs they were not
+            best = (after, offsets, scale, crossfit_miou(*pixels, **fit))
+        del pixels  # one scale's pixels at a time
     assert best is not None
-    after, offsets, chosen, pixels = best
-    best = None  # the pixels go once the check below is done
-    before = next(s["miou_before"] for s in per_scale if s["scale"] == trained)
-    # the mIoU above is measured on the pixels the offsets were fitted on: a check on pairs they were not
-    crossfit = crossfit_miou(*pixels, **fit)
-    del pixels
-    if crossfit is not None and crossfit < before:
-        info(f"warning: offsets fitted on half of the {len(pairs)} pairs lower the mIoU of the other half "
-             f"({before:.4f} without them, {crossfit:.4f} with): on new images they may cost more than they "
-             "gain; calibrate on more pairs, or delete the offsets file to score without them")
+    after, offsets, chosen, crossfit = best
+    before = plain[trained]
+    if crossfit is not None and crossfit < plain[chosen] - 1e-9:
+        at = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
+        info(f"warning: offsets fitted on one half of the {len(pairs)} pairs and applied to the other lower the "
+             f"mIoU{at} ({plain[chosen]:.4f} without offsets, {crossfit:.4f} with): on new images they may cost "
+             "more than they gain; calibrate on more pairs, or delete the offsets file to score without them")
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")

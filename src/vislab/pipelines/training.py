@@ -125,11 +125,12 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     in_run_folder = functools.partial(add_change, job.out)
     try:
         trainer, recipe, keeper, module, ckpt_path = _before_fit(job, recipe, changes, make_trainer, in_run_folder)
-    except KeyboardInterrupt:  # before Lightning's own Ctrl-C handling: the run folder is as it was
+        data = job.make_data(recipe)
+    except KeyboardInterrupt:  # before Lightning's own Ctrl-C handling: no checkpoint was touched
         raise Interrupted(f"{job.out}: before training " + (
             "resumed; last.ckpt is as it was, and `--resume` continues it" if job.resume else
             "started; no checkpoint was written, so run the same command again")) from None
-    done = fit_and_select(trainer, module, job.make_data(recipe), job.out, ckpt_path, metric=job.monitor)
+    done = fit_and_select(trainer, module, data, job.out, ckpt_path, metric=job.monitor)
     if done is None:
         return None
     return _after_fit(job, recipe, changes, record, keeper, done)
