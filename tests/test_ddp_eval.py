@@ -45,7 +45,14 @@ def test_two_process_confusion_equals_one_process_realdata(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "conf.pt")
-    mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    try:
+        mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
+    except mp.ProcessExitedException as exc:
+        # gloo's threads now and then abort a process as it exits ("terminate called without an
+        # active exception", seen once in a full suite on 2026-12-06), after the pooled matrix, a collective
+        # of both ranks, was saved: that matrix is still what is checked
+        if exc.signal_name != "SIGABRT" or not os.path.isfile(out):
+            raise
     single = _conf_over_shard(1, 0)
     assert single.sum() == 257 * 512 * 512
     assert torch.equal(torch.load(out, weights_only=True), single)
