@@ -33,6 +33,10 @@ REFERENCES = {
 }
 
 
+SCORE_KEYS = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
+"""Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
+
+
 def _fig(title: str, png: bytes, text: str = "") -> dict[str, str]:
     return {"title": title, "b64": base64.b64encode(png).decode(), "text": text}
 
@@ -111,8 +115,8 @@ def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
     how = "with the offsets training fitted" if measured else "without offsets"
     return (f"Calibrated after training: {path.name} (`vislab seg calibrate`, {rec.get('files')} {rec.get('split')} "
             f"pairs: mIoU {rec.get('miou_before', float('nan')):.4f} -> {rec.get('miou_after', float('nan')):.4f}"
-            f"{scale}{crossfit_words(rec)}) is what `vislab seg score`, `predict` and `export` apply; the validation numbers here were "
-            f"measured {how}.")
+            f"{scale}{crossfit_words(rec)}) is what `vislab seg score`, `predict` and `export` apply; the validation "
+            f"numbers here were measured {how}.")
 
 
 def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
@@ -175,8 +179,9 @@ def _tsne_images(run: Path) -> str:
 
 
 def _epochs_run(data: dict[str, Any], res: dict[str, Any]) -> str:
-    """The epochs a run trained (results.json's ``epochs_trained``, else history.csv's rows), with its schedule's and recipe.yaml's when they
-    differ (a budget re-planned it, a time limit stopped it)."""
+    """The epochs a run trained (results.json's ``epochs_trained``, else history.csv's rows), with
+    its schedule's and recipe.yaml's when they differ (a budget re-planned it, a time limit stopped
+    it)."""
     planned = data["recipe"].get("epochs")
     ran = res.get("epochs_trained") or len(data["history"]) or res.get("epochs") or planned
     schedule = res.get("epochs") or planned
@@ -280,8 +285,7 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
     data = read_run(run)
     task = data["recipe"].get("task", "cls")
     res = data["results"]
-    metric = "holdout_acc" if task == "cls" else "holdout_miou"
-    val_key = "val_accuracy" if task == "cls" else "val_miou"
+    metric, val_key, _ = SCORE_KEYS["cls" if task == "cls" else "seg"]
     # the course's reference numbers belong to the course data (older runs recorded neither)
     course = (res.get("layout", "course") == "course" if task == "cls"
               else res.get("val", {}).get("metric", "course").startswith("course"))

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vislab.errors import VislabError
+from vislab.report import SCORE_KEYS, read_run
 
 RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt", "recipe.yaml")
 """The files whose newest write is a run's last activity."""
-
-SCORES = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
-"""Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
 
 SORTS = ("time", "held-out", "val")
 
@@ -72,7 +70,6 @@ def _subfolders(d: Path) -> list[Path]:
 
 def run_row(run: Path) -> RunRow:
     """What ``vislab runs`` shows of one run folder; a record it cannot read is said in ``state``."""
-    from vislab.report import read_run
 
     updated = max((f.stat().st_mtime for f in (run / n for n in RECORDS) if f.is_file()), default=0.0)
     row = RunRow(str(run), updated=updated)
@@ -91,7 +88,7 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
     """``row`` with what the run folder's records (:func:`vislab.report.read_run`) say."""
     recipe, results, history = data["recipe"], data["results"], data["history"]
     row.task, row.model = recipe.get("task"), recipe.get("model")
-    held_key, val_key, row.metric = SCORES.get(str(row.task), (None, None, None))
+    held_key, val_key, row.metric = SCORE_KEYS.get(str(row.task), (None, None, None))
     schedule = results.get("epochs") or recipe.get("epochs")
     # a finished run's own count (an older vislab's results have none: its history's rows), else the history's
     trained = (results.get("epochs_trained") or len(history) or None) if results else len(history)
