@@ -224,12 +224,26 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     assert "mIoU on 2 holdout pairs" in res.out and (tmp_path / "best.offsets.json").is_file()
     # the check on pairs the offsets were not fitted on (one pair each way): printed, recorded, and a
     # warning exactly when it is below the mIoU without offsets
+    # warning exactly when it is below the mIoU without offsets, and then the offsets are not kept
+    # (zeros, and the scale the plain mIoU prefers) unless --keep-offsets
     rec = json.loads((tmp_path / "best.offsets.json").read_text())
-    assert f"; {rec['miou_crossfit']:.4f} with each half of the pairs predicted with the other's offsets" in \
-        " ".join(res.out.split())
-    plain = next(s["miou_before"] for s in rec["scales"] if s["scale"] == rec["infer_scale"])  # at the kept scale
-    if abs(rec["miou_crossfit"] - plain) > 2e-6:  # beyond the record's rounding
-        assert ("applied to the other lower the mIoU" in " ".join(res.err.split())) == (rec["miou_crossfit"] < plain)
+    said = " ".join(res.out.split())
+    assert f"{rec['miou_crossfit']:.4f} with each half of the pairs predicted with the other's offsets" in said
+    plain = {s["scale"]: s["miou_before"] for s in rec["scales"]}
+    fitted = max(rec["scales"], key=lambda s: s["miou_after"])["scale"]  # the scale the search kept with offsets
+    hurt = rec["miou_crossfit"] < plain[fitted]
+    if abs(rec["miou_crossfit"] - plain[fitted]) > 2e-6:  # beyond the record's rounding
+        assert ("applied to the other lower the mIoU" in " ".join(res.err.split())) == hurt
+        assert rec["offsets_dropped"] == hurt and ("offsets: none kept" in said) == hurt
+    if rec["offsets_dropped"]:
+        assert rec["offsets"] == [0.0] * 7 and rec["miou_after"] == max(plain.values())
+        assert plain[rec["infer_scale"]] == max(plain.values()) and "offsets not kept: " in said
+        kept = cli("seg", "calibrate", ckpt, seg_run / "train", "--keep-offsets")
+        rec = json.loads((tmp_path / "best.offsets.json").read_text())
+        assert kept.code == 0 and "kept, as --keep-offsets asks" in " ".join(kept.err.split())
+        assert not rec["offsets_dropped"] and rec["infer_scale"] == fitted and any(rec["offsets"])
+    else:
+        assert any(rec["offsets"]) and rec["infer_scale"] == fitted
     assert "replaces" not in res.err and "trained on" not in res.err
     # every training pair (the trained-on ones among them): said, recorded, and the earlier fit named
     res = cli("seg", "calibrate", ckpt, seg_run / "train", "--split", "all")
@@ -239,7 +253,7 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     assert json.loads((tmp_path / "best.offsets.json").read_text())["trained_on"] is True
 
     val = seg_run / "val"
-    rec = calibrate(ckpt, val, split="all", stride=1)
+    rec = calibrate(ckpt, val, split="all", stride=1, keep_offsets=True)
     assert rec["miou_after"] > rec["miou_before"]  # the barely trained network leaves room to gain
     assert rec["trained_on"] is False
     fitted = evaluate_checkpoint(ckpt, val)
@@ -268,7 +282,7 @@ def test_calibration_chooses_the_evaluation_scale_and_score_predict_export_apply
     val = seg_run / "val"
     ckpt = tmp_path / "best.ckpt"
     shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
-    rec = calibrate(ckpt, val, split="all", stride=1, scales=[0.5, 1.0])
+    rec = calibrate(ckpt, val, split="all", stride=1, scales=[0.5, 1.0], keep_offsets=True)
     assert [r["scale"] for r in rec["scales"]] == [0.5, 0.75, 1.0]  # the trained 0.75 is always tried
     kept = max(rec["scales"], key=lambda r: r["miou_after"])
     assert rec["infer_scale"] == kept["scale"] and rec["miou_after"] == kept["miou_after"]

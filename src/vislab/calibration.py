@@ -123,7 +123,10 @@ def crossfit_words(record: dict[str, Any]) -> str:
     """What a calibration record says of its offsets on pairs they were not fitted on ("" when it
     has no such check: one pair, or a record of an older vislab)."""
     value = record.get("miou_crossfit")
-    return "" if value is None else f"; {value:.4f} with each half of the pairs predicted with the other's offsets"
+    if value is None:
+        return ""
+    checked = f"{value:.4f} with each half of the pairs predicted with the other's offsets"
+    return f"; offsets not kept: {checked}" if record.get("offsets_dropped") else f"; {checked}"
 
 
 def shift_probs(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
@@ -227,7 +230,8 @@ def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.
         return model, meta
     offsets, scale = found
     meta = {**meta, "class_offsets": offsets.tolist()}
-    line = f"calibration from {offsets_file(file)}: class offsets {', '.join(f'{v:+.2f}' for v in offsets.tolist())}"
+    shown = ", ".join(f"{v:+.2f}" for v in offsets.tolist())
+    line = f"calibration from {offsets_file(file)}: " + (f"class offsets {shown}" if offsets.any() else "no class offsets")
     trained = float(meta.get("recipe", {}).get("infer_scale", 1.0))
     if scale is not None and scale != trained and hasattr(model, "scale"):
         model.scale = scale

@@ -175,7 +175,7 @@ def held_out_pairs(pairs: list, fraction: float, seed: int, digest: str | None, 
 
 def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout", tta: str = "none",
               batch_size: int = 4, device: str | None = None, stride: int = 2,
-              scales: Sequence[float] | None = None) -> dict[str, Any]:
+              scales: Sequence[float] | None = None, keep_offsets: bool = False) -> dict[str, Any]:
     """Fit per-class logit offsets of a checkpoint on labelled pairs it was not trained on, for
     the mIoU of its data set, and store them beside it (see :mod:`vislab.calibration`).
 
@@ -185,7 +185,10 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     recipe's ``infer_scale`` (default :func:`vislab.calibration.scale_candidates` of it); offsets are
     fitted at each and the scale with the best mIoU is kept (a tie keeps the trained scale, else
     the smaller). ``miou_before`` is the trained scale's without offsets, ``miou_after`` the kept
-    scale's with them.
+    scale's with them. The kept offsets are checked by a 2-fold cross-fit
+    (:func:`vislab.calibration.crossfit_miou`): when offsets fitted on one half of the pairs lower
+    the other half's mIoU, they are dropped (stored as zeros, ``offsets_dropped`` true) and the
+    scale is chosen by the mIoU without offsets, unless ``keep_offsets``.
     """
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
@@ -247,11 +250,21 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     assert best is not None
     after, offsets, chosen, crossfit = best
     before = plain[trained]
-    if crossfit is not None and crossfit < plain[chosen] - 1e-9:
+    dropped = crossfit is not None and crossfit < plain[chosen] - 1e-9
+    if dropped:
         at = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
-        info(f"warning: offsets fitted on one half of the {len(pairs)} pairs and applied to the other lower the "
-             f"mIoU{at} ({plain[chosen]:.4f} without offsets, {crossfit:.4f} with): on new images they may cost "
-             "more than they gain; calibrate on more pairs, or delete the offsets file to score without them")
+        hurt = (f"offsets fitted on one half of the {len(pairs)} pairs and applied to the other lower the "
+                f"mIoU{at} ({plain[chosen]:.4f} without offsets, {crossfit:.4f} with)")
+        if keep_offsets:
+            info(f"warning: {hurt}: on new images they may cost more than they gain; kept, as --keep-offsets asks")
+        else:
+            # what the search chose on the pixels it fitted does not carry over: no offsets, and the
+            # scale the plain mIoU prefers (a tie keeps the trained scale, else the smaller)
+            chosen = max(tried, key=lambda v: (plain[v], v == trained, -v))
+            offsets, after = torch.zeros_like(offsets), plain[chosen]
+            now = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
+            info(f"{hurt}: not kept; the run scores without offsets{now} (--keep-offsets keeps them)")
+    earlier = fitted_on(path)
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
@@ -259,7 +272,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
               "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta,
               "miou_before": round(before, 6), "miou_after": round(after, 6),
               "miou_crossfit": None if crossfit is None else round(crossfit, 6), "trained_scale": trained,
-              "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride}
+              "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride,
+              "offsets_dropped": dropped and not keep_offsets}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
     return record
