@@ -114,7 +114,7 @@ def test_markdown_is_not_html_escaped_and_html_is(cli, real_runs, tmp_path):
 
 def test_report_errors(cli, tmp_path):
     res = cli("report", tmp_path, "--out", tmp_path / "r.html")
-    assert res.code == 2 and "not a vislab run folder (no recipe.yaml)" in res.err
+    assert res.code == 2 and f"{tmp_path}: holds no vislab run folders" in " ".join(res.err.split())
     assert not (tmp_path / "r.html").exists()
     res = cli("report", tmp_path, "--out", tmp_path / "r.html", "--format", "md")
     assert res.code == 2 and "r.html: the name says html, but --format is md" in " ".join(res.err.split())
@@ -196,13 +196,44 @@ def test_the_recipe_table_says_the_epochs_that_ran():
     from vislab.report import _epochs_run
 
     def run(rows: int, scheduled: int | None, planned: int) -> str:
-        return _epochs_run({"recipe": {"epochs": planned}, "history": [{}] * rows},
-                           {} if scheduled is None else {"epochs": scheduled})
+        return _epochs_run({"recipe": {"epochs": planned}, "history": [{}] * rows,
+                            "results": {} if scheduled is None else {"epochs": scheduled}})
 
     assert run(3, 3, 3) == "3"
     assert run(2, 4, 4) == "2 trained, of a 4-epoch schedule"  # max_minutes stopped it; --resume continues
     assert run(24, 24, 17) == "24 trained, of a 24-epoch schedule (recipe.yaml: 17, before the budget's re-plans)"
-    assert run(0, None, 5) == "5"  # no history or results: the recipe's
+    assert run(0, None, 5) == "0 trained, of a 5-epoch schedule"  # no history or results: none yet, as `vislab runs`
+    assert run(2, None, 5) == "2 trained, of a 5-epoch schedule"  # unfinished: its history's rows
     # results.json's count comes first: a history.csv deleted from the folder does not make the run's epochs 4
-    assert _epochs_run({"recipe": {"epochs": 4}, "history": []}, {"epochs": 4, "epochs_trained": 2}) == (
-        "2 trained, of a 4-epoch schedule")
+    assert _epochs_run({"recipe": {"epochs": 4}, "history": [],
+                        "results": {"epochs": 4, "epochs_trained": 2}}) == "2 trained, of a 4-epoch schedule"
+    # a finished run of an older vislab without history.csv: its schedule
+    assert _epochs_run({"recipe": {"epochs": 4}, "history": [], "results": {"epochs": 4}}) == "4"
+
+
+def test_report_and_runs_find_the_same_run_folders(cli, tmp_path):
+    """`vislab report DIR` reports the run folders `vislab runs DIR` lists: the folder itself, or
+    up to two levels inside; hidden folders, deeper ones and folders without a record are not
+    runs to either."""
+    def run(name: str, acc: float) -> None:
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        (d / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\nepochs: 1\n")
+        (d / "history.csv").write_text(f"epoch,train_loss,holdout_acc,lr\n1,2.0,{acc},0.01\n")
+        (d / "results.json").write_text(json.dumps({"holdout_acc": acc}))
+
+    run("a", 0.41)
+    run("group/b", 0.42)
+    run(".hidden/c", 0.43)
+    run("deep/er/d", 0.44)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\n")  # a recipe, no run
+    assert cli("runs", tmp_path, "--json", tmp_path / "runs.json").code == 0
+    listed = {r["run"] for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
+    assert listed == {str(tmp_path / "a"), str(tmp_path / "group" / "b")}
+    res = cli("report", tmp_path, "--out", tmp_path / "r.md")
+    assert res.code == 0, res.err
+    md = (tmp_path / "r.md").read_text()
+    assert "from 2 run folder(s)" in md
+    shown = {acc for acc in ("0.4100", "0.4200", "0.4300", "0.4400") if f"| {acc} |" in md}
+    assert shown == {"0.4100", "0.4200"}

@@ -546,9 +546,12 @@ def seg_calibrate(
     scales: Optional[str] = typer.Option(None, "--scales", help="Comma-separated evaluation scales to try besides the "
                                          "recipe's infer_scale (default: it x 0.8, 1.25, 1.5, at most 2: scales above "
                                          "1 upsample the tile, as zoomed training crops did)."),
+    keep_offsets: bool = typer.Option(False, "--keep-offsets", help="Keep the offsets even when a 2-fold cross-fit "
+                                      "says they lower the mIoU of pairs they were not fitted on (default: dropped)."),
 ) -> None:
     """Fit one logit offset per class for the mIoU and choose the evaluation scale; score, predict
-    and export then apply them."""
+    and export then apply them. Offsets that do not hold up on half the pairs when fitted on the
+    other half are not kept."""
     from vislab.paths import data_root
     from vislab.calibration import crossfit_words
     from vislab.pipelines.seg_scores import calibrate
@@ -565,10 +568,10 @@ def seg_calibrate(
             raise VislabError(None, f"--scales: {scales!r} is not a comma-separated list of numbers") from None
         if not tried:
             raise VislabError(None, "--scales: give at least one scale")
-    rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device, scales=tried)
+    rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device, scales=tried, keep_offsets=keep_offsets)
     # each scale tried was printed as it was fitted; the one kept is named below
     shown = ", ".join(f"{n} {v:+.2f}" for n, v in zip(rec["classes"], rec["offsets"]))
-    out.print(f"offsets: {shown}")
+    out.print("offsets: none kept (all 0)" if rec["offsets_dropped"] else f"offsets: {shown}")
     at = f" (evaluation scale {rec['trained_scale']:g} -> {rec['infer_scale']:g})" \
         if rec["infer_scale"] != rec["trained_scale"] else ""
     step = rec["pixel_stride"]
@@ -640,7 +643,7 @@ def export_cmd(
 
 @app.command("report")
 def report_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders (P1 and/or P2)."),
+    runs: list[Path] = typer.Argument(..., help="Run folders (P1 and/or P2), or folders with run folders up to two levels inside."),
     out_file: Path = typer.Option(Path("report.html"), "--out", help="Output file."),
     fmt: Optional[str] = typer.Option(None, "--format",
                                       help="html (figures embedded) | md (figures as PNGs in <page>_figures/); default: by the --out name."),

@@ -18,10 +18,11 @@ from typing import Any
 
 import yaml
 
-from vislab.errors import VislabError, yaml_problem
+from vislab.errors import VislabError
 from vislab.data.layouts import id_and_name
 from vislab.io import atomic_write_bytes, atomic_write_text
 from vislab.log import counted, info
+from vislab.runfolders import SCORE_KEYS, csv_rows, epoch_counts, find_runs, read_run
 from vislab.viz import figures
 
 # (name, value) rows the course report is judged against
@@ -33,47 +34,8 @@ REFERENCES = {
 }
 
 
-SCORE_KEYS = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
-"""Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
-
-
 def _fig(title: str, png: bytes, text: str = "") -> dict[str, str]:
     return {"title": title, "b64": base64.b64encode(png).decode(), "text": text}
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def read_run(run: Path) -> dict[str, Any]:
-    """A run folder's records: its recipe, history rows, results ({} before the run's end), the
-    command that started it and those that resumed it, its settings lines; a record that cannot
-    be read is one error naming its file."""
-    if not run.is_dir():
-        raise VislabError(run, "run folder not found")
-    if not (run / "recipe.yaml").is_file():
-        raise VislabError(run, "not a vislab run folder (no recipe.yaml)")
-    try:
-        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    except yaml.YAMLError as exc:
-        raise VislabError(run / "recipe.yaml", yaml_problem(exc)) from None
-    if not isinstance(recipe, dict):
-        raise VislabError(run / "recipe.yaml", "not a recipe (expected a mapping of fields)")
-    history = _csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
-    try:
-        results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise VislabError(run / "results.json", "not valid JSON") from None
-    if not isinstance(results, dict):
-        raise VislabError(run / "results.json", "not the record vislab writes (expected a JSON object)")
-    # the command that started the run, then one line per --resume
-    commands = [c.strip() for c in (run / "command.txt").read_text(errors="replace").splitlines() if c.strip()] \
-        if (run / "command.txt").is_file() else []
-    changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
-    return {"recipe": recipe, "history": history, "results": results,
-            "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:],
-            "changes": [c.strip() for c in changes if c.strip()]}
 
 
 def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
@@ -168,7 +130,7 @@ def _tsne_images(run: Path) -> str:
     ids = []
     for name in ("tsne.csv", "val_predictions.csv"):
         try:
-            ids.append({row.get("image_id") for row in _csv_rows(run / name)})
+            ids.append({row.get("image_id") for row in csv_rows(run / name)})
         except (OSError, UnicodeDecodeError, csv.Error):
             ids.append(None)
     if ids[0] and ids[0] == ids[1]:
@@ -178,13 +140,13 @@ def _tsne_images(run: Path) -> str:
     return "the images of the folder its title names"
 
 
-def _epochs_run(data: dict[str, Any], res: dict[str, Any]) -> str:
-    """The epochs a run trained (results.json's ``epochs_trained``, else history.csv's rows), with
-    its schedule's and recipe.yaml's when they differ (a budget re-planned it, a time limit stopped
-    it)."""
-    planned = data["recipe"].get("epochs")
-    ran = res.get("epochs_trained") or len(data["history"]) or res.get("epochs") or planned
-    schedule = res.get("epochs") or planned
+def _epochs_run(data: dict[str, Any]) -> str:
+    """The epochs a run trained (:func:`vislab.runfolders.epoch_counts`), with its schedule's and
+    recipe.yaml's when they differ (a budget re-planned it, a time limit stopped it, it has not
+    finished)."""
+    ran, schedule, planned = epoch_counts(data)
+    if ran is None:  # a finished run of an older vislab without its history: its schedule
+        ran = schedule
     if ran == schedule == planned:
         return str(ran)
     words = f"{ran} trained, of a {schedule}-epoch schedule"
@@ -224,7 +186,7 @@ def _prediction_rows(path: Path, num_classes: int) -> list[tuple[str, int, int]]
     """The ``(image_id, label, pred)`` rows of a run's ``val_predictions.csv``; a missing column,
     or a label or prediction that is not a class id, is one error naming the file and the row."""
     try:
-        rows = _csv_rows(path)
+        rows = csv_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise VislabError(path, f"not a readable CSV ({type(exc).__name__}: {exc})") from None
     out = []
@@ -273,14 +235,6 @@ def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def find_runs(path: Path) -> list[Path]:
-    """``path`` itself when it is a run folder, else the run folders below it (sorted)."""
-    if (path / "recipe.yaml").is_file() or not path.is_dir():
-        return [path]
-    below = sorted(p.parent for p in path.rglob("recipe.yaml"))
-    return below or [path]
-
-
 def _run_section(run: Path, index: int) -> dict[str, Any]:
     data = read_run(run)
     task = data["recipe"].get("task", "cls")
@@ -305,7 +259,7 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
             "loss", "precision", "holdout", "seed", "split_seed", "teacher")
     shown = [(k, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
              for k, v in ((k, data["recipe"].get(k)) for k in keys) if v not in (None, [], ())]
-    shown = [(k, _epochs_run(data, res) if k == "epochs" else v) for k, v in shown]
+    shown = [(k, _epochs_run(data) if k == "epochs" else v) for k, v in shown]
     if data["recipe"].get("teacher"):
         shown.append(("distill", data["recipe"].get("distill")))
     return {
@@ -401,7 +355,7 @@ def build_report(runs: list[str | Path], out: str | Path, *, fmt: str | None = N
         >>> build_report(["runs/p1", "runs/p2"], "report.html")
     """
     fmt = page_format(out, fmt)
-    found = [run for r in runs for run in find_runs(Path(r))]
+    found = find_runs(Path(r) for r in runs)
     sections = [_readable_section(run, i) for i, run in enumerate(found)]
     if fmt == "md":
         _figure_files(sections, figures_folder(out))

@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vislab.errors import VislabError
-from vislab.report import SCORE_KEYS, read_run
-
-RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt", "recipe.yaml")
-"""The files whose newest write is a run's last activity."""
+from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
 
 SORTS = ("time", "held-out", "val")
 
@@ -34,40 +31,6 @@ class RunRow:
     updated: float = 0.0  # the newest write of its records (seconds since the epoch)
 
 
-def is_run(folder: Path) -> bool:
-    """A vislab run folder: its recipe and a record of training, or the command that started it (a
-    run stopped in its first epoch, before any checkpoint, holds only that)."""
-    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in (*RECORDS[:4], "command.txt"))
-
-
-def find_runs(folders: Iterable[Path], depth: int = 2) -> list[Path]:
-    """The run folders given, and those up to ``depth`` levels inside the folders given that are
-    not runs themselves (hidden folders and a run's own subfolders are not searched)."""
-    folders = list(folders)
-    found: list[Path] = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise VislabError(folder, "not found" if not folder.exists() else "is not a folder")
-        level = [folder]
-        for _ in range(depth + 1):
-            runs = [d for d in level if is_run(d)]
-            found += runs
-            level = sorted(c for d in level if d not in runs for c in _subfolders(d))
-    if not found:
-        what = "(a folder with recipe.yaml beside results.json, history.csv or a checkpoint)"
-        if len(folders) == 1:
-            raise VislabError(folders[0], f"holds no vislab run folders {what}")
-        raise VislabError(None, f"{', '.join(map(str, folders))} hold no vislab run folders {what}")
-    return list(dict.fromkeys(found))
-
-
-def _subfolders(d: Path) -> list[Path]:
-    try:
-        return [c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")]
-    except OSError:  # unreadable: nothing found there
-        return []
-
-
 def run_row(run: Path) -> RunRow:
     """What ``vislab runs`` shows of one run folder; a record it cannot read is said in ``state``."""
 
@@ -85,13 +48,11 @@ def run_row(run: Path) -> RunRow:
 
 
 def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
-    """``row`` with what the run folder's records (:func:`vislab.report.read_run`) say."""
+    """``row`` with what the run folder's records (:func:`vislab.runfolders.read_run`) say."""
     recipe, results, history = data["recipe"], data["results"], data["history"]
     row.task, row.model = recipe.get("task"), recipe.get("model")
     held_key, val_key, row.metric = SCORE_KEYS.get(str(row.task), (None, None, None))
-    schedule = results.get("epochs") or recipe.get("epochs")
-    # a finished run's own count (an older vislab's results have none: its history's rows), else the history's
-    trained = (results.get("epochs_trained") or len(history) or None) if results else len(history)
+    trained, schedule, _ = epoch_counts(data)
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:

@@ -1,0 +1,106 @@
+"""Run folders as `vislab train` leaves them: which folders are runs, reading their records, and
+the facts both `vislab report` and `vislab runs` show (one rule for both)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from vislab.errors import VislabError, yaml_problem
+
+SCORE_KEYS = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
+"""Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
+
+RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt", "recipe.yaml")
+"""The files whose newest write is a run's last activity."""
+
+SEARCH_DEPTH = 2
+"""How many levels inside a folder that is not a run the run folders are looked for."""
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header line."""
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def is_run(folder: Path) -> bool:
+    """A vislab run folder: its recipe and a record of training, or the command that started it (a
+    run stopped in its first epoch, before any checkpoint, holds only that)."""
+    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in (*RECORDS[:4], "command.txt"))
+
+
+def find_runs(folders: Iterable[Path], depth: int = SEARCH_DEPTH) -> list[Path]:
+    """The run folders given, and those up to ``depth`` levels inside the folders given that are
+    not runs themselves (hidden folders and a run's own subfolders are not searched); a folder
+    with none is an error naming it."""
+    folders = [Path(f) for f in folders]
+    found: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise VislabError(folder, "not found" if not folder.exists() else "is not a folder")
+        level = [folder]
+        for _ in range(depth + 1):
+            runs = [d for d in level if is_run(d)]
+            found += runs
+            level = sorted(c for d in level if d not in runs for c in _subfolders(d))
+    if not found:
+        what = (f"(a folder with recipe.yaml beside results.json, history.csv or a checkpoint, in it or up to "
+                f"{depth} levels inside)")
+        if len(folders) == 1:
+            raise VislabError(folders[0], f"holds no vislab run folders {what}")
+        raise VislabError(None, f"{', '.join(map(str, folders))} hold no vislab run folders {what}")
+    return list(dict.fromkeys(found))
+
+
+def _subfolders(d: Path) -> list[Path]:
+    try:
+        return [c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")]
+    except OSError:  # unreadable: nothing found there
+        return []
+
+
+def read_run(run: Path) -> dict[str, Any]:
+    """A run folder's records: its recipe, history rows, results ({} before the run's end), the
+    command that started it and those that resumed it, its settings lines; a record that cannot
+    be read is one error naming its file."""
+    if not run.is_dir():
+        raise VislabError(run, "run folder not found")
+    if not (run / "recipe.yaml").is_file():
+        raise VislabError(run, "not a vislab run folder (no recipe.yaml)")
+    try:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    except yaml.YAMLError as exc:
+        raise VislabError(run / "recipe.yaml", yaml_problem(exc)) from None
+    if not isinstance(recipe, dict):
+        raise VislabError(run / "recipe.yaml", "not a recipe (expected a mapping of fields)")
+    history = csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
+    try:
+        results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VislabError(run / "results.json", "not valid JSON") from None
+    if not isinstance(results, dict):
+        raise VislabError(run / "results.json", "not the record vislab writes (expected a JSON object)")
+    # the command that started the run, then one line per --resume
+    commands = [c.strip() for c in (run / "command.txt").read_text(errors="replace").splitlines() if c.strip()] \
+        if (run / "command.txt").is_file() else []
+    changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
+    return {"recipe": recipe, "history": history, "results": results,
+            "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:],
+            "changes": [c.strip() for c in changes if c.strip()]}
+
+
+def epoch_counts(data: dict[str, Any]) -> tuple[int | None, Any, Any]:
+    """(epochs trained, epochs of the schedule, recipe.yaml's epochs) of :func:`read_run`'s
+    ``data``. Trained: a finished run's own count (``epochs_trained``; an older vislab's results
+    have none: its history's rows, None without them), an unfinished run's history rows. The
+    schedule is the results' (a budget may have re-planned it), else the recipe's."""
+    recipe, results, history = data["recipe"], data["results"], data["history"]
+    planned = recipe.get("epochs")
+    schedule = results.get("epochs") or planned
+    trained = (results.get("epochs_trained") or len(history) or None) if results else len(history)
+    return trained, schedule, planned
