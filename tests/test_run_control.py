@@ -458,6 +458,9 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
     assert read_changes(run) == ["a", "b", "c", "--resume: nothing left to train"]
     # the run's command first, then each resumed piece's
     assert (run / "command.txt").read_text() == "first\nagain\nagain\n"
+    # a piece started from Python (no command line) still gets its line
+    prepare_run_folder(run, recipe, resume=True, command="", changes=[])
+    assert (run / "command.txt").read_text().splitlines()[3] == "(a call from Python: no command line)"
 
 
 def test_the_budget_times_a_step_in_the_recipes_precision():

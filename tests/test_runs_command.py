@@ -30,15 +30,28 @@ def test_runs_lists_finished_stopped_and_unfinished_runs_from_their_records(cli,
     unfinished = runs / "unfinished"
     shutil.copytree(full, unfinished)
     (unfinished / "results.json").unlink()  # as a run killed before its end leaves it
-    resumed = runs / "resumed"  # --resume under way (or killed): last.ckpt newer than the results
+    resumed = runs / "resumed"  # --resume under way (or killed): a command more than the results counted
     shutil.copytree(full, resumed)
-    later = (resumed / "results.json").stat().st_mtime + 60
-    os.utime(resumed / "last.ckpt", (later, later))
+    with (resumed / "command.txt").open("a") as fh:
+        fh.write("vislab cls train --resume\n")
+    copied = runs / "copied"  # copied without keeping file times: last.ckpt newer than the results, yet finished
+    shutil.copytree(full, copied)
+    later = (copied / "results.json").stat().st_mtime + 60
+    os.utime(copied / "last.ckpt", (later, later))
+    older = runs / "older"  # results of an older vislab (no count of commands): file times decide
+    shutil.copytree(copied, older)
+    done = json.loads((older / "results.json").read_text())
+    assert done.pop("commands") == 1  # the command that trained it
+    (older / "results.json").write_text(json.dumps(done))
+    os.utime(older / "last.ckpt", (later + 60, later + 60))
     res = _rows(cli, runs, "--json", tmp_path / "runs.json")
     rows = {r["run"]: r for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
-    assert set(rows) == {str(full), str(stopped), str(unfinished), str(resumed)}
-    assert rows[str(resumed)]["state"].startswith("resumed after its results (running or interrupted)")
-    del rows[str(resumed)]
+    assert set(rows) == {str(full), str(stopped), str(unfinished), str(resumed), str(copied), str(older)}
+    every = dict(rows)
+    for run in (resumed, older):
+        assert rows[str(run)]["state"].startswith("resumed after its results (running or interrupted)")
+        del rows[str(run)]
+    assert rows.pop(str(copied))["state"] == "finished"
 
     done = json.loads((full / "results.json").read_text())
     row = rows[str(full)]
@@ -59,10 +72,10 @@ def test_runs_lists_finished_stopped_and_unfinished_runs_from_their_records(cli,
 
     # the console: a header and a line per run, oldest write first, columns aligned
     lines = res.out.splitlines()
-    assert lines[0].split()[:3] == ["run", "task", "model"] and len(lines) == 5
-    order = sorted(rows.values(), key=lambda r: r["updated"])
-    assert [line.split()[0] for line in lines[1:4]] == [r["run"] for r in order]
-    assert lines[4].split()[0] == str(resumed)  # its last write: the newest
+    assert lines[0].split()[:3] == ["run", "task", "model"] and len(lines) == 7
+    order = sorted(every.values(), key=lambda r: r["updated"])
+    assert [line.split()[0] for line in lines[1:]] == [r["run"] for r in order]
+    assert lines[6].split()[0] == str(older)  # its last write: the newest
     assert len({line.index(" cls ") for line in lines[1:]}) == 1
     # a run folder given itself is listed alone
     assert len(_rows(cli, full).out.splitlines()) == 2

@@ -84,15 +84,15 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     earlier pieces did not record.
     """
     last = check_run_folder(out_dir, resume=resume)
+    command = command or "(a call from Python: no command line)"  # a line each piece: results.json counts them
     if resume:
         recorded = read_changes(out_dir)
         new = [line for line in changes or [] if line not in recorded]
         if new:
             write_changes(out_dir, recorded + new)
-        if command:
-            said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
-                if (out_dir / "command.txt").is_file() else ""
-            atomic_write_text(said + command + "\n", out_dir / "command.txt")
+        said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
+            if (out_dir / "command.txt").is_file() else ""
+        atomic_write_text(said + command + "\n", out_dir / "command.txt")
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,5 +187,10 @@ def write_results(out_dir: Path, result: dict) -> None:
     from vislab.log import info
 
     result["checkpoint"] = str(result["checkpoint"])
+    # the pieces of the run these results close: a later --resume adds a line, so `vislab runs`
+    # tells results an unfinished resume has since overtaken (file times do not survive every copy)
+    said = out_dir / "command.txt"
+    result["commands"] = sum(1 for line in said.read_text(errors="replace").splitlines() if line.strip()) \
+        if said.is_file() else None
     atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
     info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks')}, ensure_ascii=False)}")

@@ -59,8 +59,7 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         row.minutes = None if results.get("train_seconds") is None else results["train_seconds"] / 60
         row.held_out, row.val = _number(results.get(held_key)), _number(results.get(val_key))
         row.state = "stopped early (max_minutes); --resume continues it" if results.get("stopped_early") else "finished"
-        last, done = run / "last.ckpt", run / "results.json"
-        if last.is_file() and last.stat().st_mtime > done.stat().st_mtime:
+        if _resumed_after(run, data):
             row.state = "resumed after its results (running or interrupted): the scores are the earlier piece's"
     else:
         if history:
@@ -70,6 +69,17 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         resumable = "; last.ckpt: --resume continues it" if (run / "last.ckpt").is_file() else "; no checkpoint"
         row.state = f"unfinished (running, interrupted or failed){resumable}"
     return row
+
+
+def _resumed_after(run: Path, data: dict[str, Any]) -> bool:
+    """Whether a ``--resume`` started after the run's results were written: command.txt holds
+    more commands than results.json counted (results of an older vislab, without that count: when
+    last.ckpt is newer than them)."""
+    counted = data["results"].get("commands")
+    if isinstance(counted, int):
+        return 1 + len(data["resumed"]) > counted
+    last, done = run / "last.ckpt", run / "results.json"
+    return last.is_file() and last.stat().st_mtime > done.stat().st_mtime
 
 
 def _number(value: Any) -> float | None:
