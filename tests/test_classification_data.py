@@ -169,3 +169,23 @@ def test_resumable_loader_continues_an_epoch_or_starts_the_next(monkeypatch):
         full = EpochSampler(20, shuffle=True, seed=4)
         full.set_epoch(1)
         assert list(s) == full.order().tolist()[12 + rank::2]
+
+
+def test_an_epochs_items_count_its_orders_positions_not_padded_batches():
+    """The denominator of the resume line ("after 40 of its 90 training items"): a last batch
+    that is not full counts its items; dropped positions (drop_last over several processes) none;
+    fewer batches (limit_train_batches) fewer items; a loader without an EpochSampler: its batches."""
+    from vislab.engine.sampling import EpochSampler, epoch_items
+
+    class Loader:
+        def __init__(self, n: int, batch_size: int, drop_last: bool = False) -> None:
+            self.batch_size, self.sampler = batch_size, EpochSampler(n, shuffle=True, seed=0, drop_last=drop_last)
+
+    assert epoch_items(Loader(90, 8), 12, 1) == 90  # 11 full batches and one of 2
+    assert epoch_items(Loader(96, 8), 12, 1) == 96
+    assert epoch_items(Loader(91, 8), 6, 2) == 91  # two processes, the last batches short
+    assert epoch_items(Loader(91, 8, drop_last=True), 6, 2) == 90  # the odd position dropped
+    assert epoch_items(Loader(90, 8), 5, 1) == 40  # limit_train_batches=5
+    plain = Loader(90, 8)
+    plain.sampler = None
+    assert epoch_items(plain, 12, 1) == 96

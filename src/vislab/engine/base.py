@@ -11,7 +11,7 @@ import torch
 from vislab.config import recipe_from_dict
 from vislab.engine.ema import WeightEMA
 from vislab.engine.optim import ScheduleWarp, build_optimization, rescale_schedule
-from vislab.engine.sampling import loader_position
+from vislab.engine.sampling import epoch_items, loader_position
 from vislab.engine.state import capture_rng, restore_rng
 from vislab.errors import VislabError
 from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
@@ -204,7 +204,9 @@ class VislabModule(pl.LightningModule):
         epoch, items = self.resumed_position
         if items == 0:
             return f"with epoch {epoch + 1} of {planned}"
-        per_epoch = self.steps_per_epoch * self.recipe.batch_size * self.trainer.world_size
+        loader = getattr(self.trainer, "train_dataloader", None)
+        per_epoch = epoch_items(loader, self.steps_per_epoch, self.trainer.world_size) if loader is not None else \
+            self.steps_per_epoch * self.recipe.batch_size * self.trainer.world_size
         return f"in epoch {epoch + 1} of {planned}, after {items:,} of its {per_epoch:,} training items"
 
     def facts(self) -> dict[str, Any]:

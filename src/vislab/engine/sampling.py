@@ -56,11 +56,14 @@ class EpochSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return torch.randperm(self.n, generator=g)
 
+    def positions(self, world: int) -> int:
+        """The positions of an epoch's order that ``world`` processes train on together (what a
+        loader state's ``items`` counts towards)."""
+        return (self.n // world) * world if (self.drop_last and world > 1) else self.n
+
     def __iter__(self) -> Iterator:
         rank, world = _rank_world()
-        order = self.order()
-        if self.drop_last and world > 1:
-            order = order[: (self.n // world) * world]
+        order = self.order()[: self.positions(world)]
         mine = order[rank::world].tolist()
         if self._skip is not None and self._skip[0] == self.epoch:
             done = self._skip[1]  # positions rank, rank + world, ... below ``done`` were trained on
@@ -70,8 +73,7 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         rank, world = _rank_world()
-        n = (self.n // world) * world if (self.drop_last and world > 1) else self.n
-        return len(range(rank, n, world))
+        return len(range(rank, self.positions(world), world))
 
 
 class ResumableLoader(DataLoader):
@@ -105,6 +107,15 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._epoch_sampler().resume(int(state["epoch"]), int(state["items"]))
+
+
+def epoch_items(loader: Any, batches: int, world: int) -> int:
+    """The training items one epoch of ``batches`` batches per process of ``loader`` covers over
+    ``world`` processes: the epoch order's positions when fewer (a last batch that is not full),
+    as :meth:`ResumableLoader.state_dict` counts them."""
+    full = batches * int(getattr(loader, "batch_size", None) or 1) * world
+    sampler = getattr(loader, "sampler", None)
+    return min(full, sampler.positions(world)) if isinstance(sampler, EpochSampler) else full
 
 
 def loader_position(checkpoint: dict[str, Any]) -> tuple[int, int] | None:
