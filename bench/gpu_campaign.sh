@@ -154,7 +154,9 @@ def best_rows() -> None:
         cal = read(f"{run}/results.json").get("calibration") or {}
         if cal:
             print(f"P2 {run} held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> "
-                  f"{cal['miou_after']:.4f} with offsets at scale {cal['infer_scale']:g} (the fit)")
+                  f"{cal['miou_after']:.4f} with offsets at scale {cal['infer_scale']:g} (the fit"
+                  + (f"; the offsets were not kept: cross-fitted {cal.get('miou_crossfit')})" if cal.get("offsets_dropped")
+                     else f"; cross-fitted {cal.get('miou_crossfit')})"))
         print(f"P2 {run} validation mIoU" + (f" plain {num(plain, 'miou')}," if plain else "")
               + f" with offsets {num(f'{run}/results.json', 'val_miou')}, offsets + d4 {num(d4, 'miou')}")
     held = {m: read(f"held-{m}.json").get("miou") for m in ("seg-best", "seg-half", "seg-best+seg-half")}
