@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -390,3 +391,33 @@ def test_a_damaged_cache_entry_is_made_again(cls_run, cli, tmp_path, monkeypatch
     assert res.code == 0, res.err
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert entry.stat().st_size > 200 and "warning" not in res.err
+
+
+def test_a_calibration_that_kept_no_offsets_applies_its_scale_only(seg_run, cli, tmp_path):
+    """An offsets file of zeros (the cross-fit rejected the offsets) with a chosen scale: score,
+    predict and export apply the scale and say there are no offsets; the export carries the scale
+    and names no class offsets; --no-offsets on the checkpoint gives the trained scale again."""
+    import shutil
+
+    from vislab.calibration import save_offsets
+    from vislab.pipelines.seg_scores import evaluate_checkpoint
+
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    scaled = tmp_path / "scaled.ckpt"  # the same network predicting at 1.0 in its recipe: the reference
+    blob = torch.load(ckpt, weights_only=True)
+    blob["vislab"]["recipe"]["infer_scale"] = 1.0
+    torch.save(blob, scaled)
+    save_offsets(ckpt, torch.zeros(7), infer_scale=1.0, trained_scale=0.5, offsets_dropped=True)
+    res = cli("seg", "score", ckpt, seg_run / "train", "--json", tmp_path / "s.json")
+    said = " ".join(res.err.split())
+    assert res.code == 0 and "no class offsets; evaluation scale 1 (trained 0.5)" in said, res.err
+    got = json.loads((tmp_path / "s.json").read_text())
+    assert "offsets" not in got and got["miou"] == evaluate_checkpoint(scaled, seg_run / "train")["miou"]
+    assert evaluate_checkpoint(ckpt, seg_run / "train", offsets=False)["miou"] == \
+        evaluate_checkpoint(seg_run / "run" / "best.ckpt", seg_run / "train", offsets=False)["miou"]
+    res = cli("export", ckpt, tmp_path / "z.onnx")
+    assert res.code == 0, res.err
+    res = cli("seg", "predict", tmp_path / "z.onnx", seg_run / "train", tmp_path / "pz")
+    said = " ".join(res.err.split())
+    assert res.code == 0 and "its evaluation scale from `seg calibrate` apply" in said and "class offsets" not in said

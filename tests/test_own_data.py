@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,37 @@ def test_flat_folder_with_labels_csv(tmp_path, cli):
     res = cli("cls", "train", d, "--labels", relabelled, "--out", tmp_path / "run", "--resume")
     assert res.code == 2
     assert f"(1 with a changed label (shot_001.png: {NAMES[1]} -> {NAMES[2]}))" in " ".join(res.err.split())
+
+
+def test_cls_predict_never_replaces_a_labels_csv_that_reads_like_its_output(tmp_path, cli):
+    """A labels CSV with the header `image_id,label` reads exactly like `cls predict`'s output: the
+    one the run was trained with and one inside the folder predicted are refused, untouched; an
+    earlier prediction elsewhere is replaced as usual."""
+    rng = np.random.default_rng(5)
+    d = tmp_path / "flat"
+    d.mkdir()
+    rows = ["image_id,label"] + [f"shot_{i:03d}.png,{NAMES[i % 3]}" for i in range(12)]
+    for i in range(12):
+        _colour_image(rng, i % 3, (32, 32)).save(d / f"shot_{i:03d}.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    res = cli("cls", "train", d, "--labels", labels, "--model", "resnet9_xs", "--epochs", "1", "--out",
+              tmp_path / "run", "--holdout", "0")
+    assert res.code == 0, res.err
+    inside = tmp_path / "test"  # a test folder that carries its own labels file
+    shutil.copytree(d, inside)
+    shutil.copy(labels, inside / "truth.csv")
+    for out_csv, why in ((labels, "is an input of this command"),
+                         (inside / "truth.csv", f"exists inside the data folder {inside.resolve()}")):
+        before = out_csv.read_bytes()
+        res = cli("cls", "predict", tmp_path / "run", inside, out_csv)
+        assert res.code == 2 and f"{out_csv}: {why}" in " ".join(res.err.split()), res.err
+        assert out_csv.read_bytes() == before
+    shutil.copy(labels, tmp_path / "pred.csv")  # an earlier prediction (same form) outside: replaced
+    res = cli("cls", "predict", tmp_path / "run", inside, tmp_path / "pred.csv")
+    assert res.code == 0 and "(replacing an earlier prediction there)" in " ".join(res.out.split())
+    assert (tmp_path / "pred.csv").read_text().splitlines()[0] == "image_id,label"
+    assert len((tmp_path / "pred.csv").read_text().splitlines()) == 13
 
 
 def test_tiny_folder_trains_with_a_smaller_batch(tmp_path, cli):

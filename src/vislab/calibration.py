@@ -219,7 +219,7 @@ def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float 
 def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A segmentation checkpoint's network and metadata (:func:`vislab.models.checkpoints.load_network`)
     with its calibration applied when ``calibrated`` and one matches the file: the offsets go into
-    ``meta["class_offsets"]`` (for the argmax, and for an export's metadata), a chosen evaluation
+    ``meta["class_offsets"]`` (for the argmax, and for an export's metadata; none when all are 0), a chosen evaluation
     scale into the network and ``meta["recipe"]["infer_scale"]``. Both are said on the console."""
     from vislab.models.checkpoints import checkpoint_file, load_network
 
@@ -229,7 +229,8 @@ def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.
     if found is None:
         return model, meta
     offsets, scale = found
-    meta = {**meta, "class_offsets": offsets.tolist()}
+    if offsets.any():  # all zero: a calibration that kept no offsets (its scale still applies)
+        meta = {**meta, "class_offsets": offsets.tolist()}
     shown = ", ".join(f"{v:+.2f}" for v in offsets.tolist())
     line = f"calibration from {offsets_file(file)}: " + (f"class offsets {shown}" if offsets.any() else "no class offsets")
     trained = float(meta.get("recipe", {}).get("infer_scale", 1.0))

@@ -44,14 +44,17 @@ def written_by_runs(name: str) -> bool:
 
 def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                      inputs: Iterable[str | Path | None] = (), header: str | None = None,
-                     data_dirs: Iterable[str | Path | None] = (), data_suffixes: Iterable[str] = ()) -> Path:
+                     data_dirs: Iterable[str | Path | None] = (), data_suffixes: Iterable[str] = (),
+                     replace_in_data: bool = True) -> Path:
     """:func:`check_output_file`; refuse an image (a suffix of ``data_suffixes``) inside one of the
     command's ``data_dirs`` (it would replace an image, or be read as one more), and any output
     inside a run folder's records (``snapshots/``); and when a file is already there, refuse to
     replace it if it is one of the command's ``inputs``, a record or checkpoint of a run folder, a
     file of another kind than the command writes (its suffix not in ``suffixes``), or, given the
     ``header`` line the command writes, a text file whose first line is another (a labels CSV, a
-    user's table). A command's own earlier output (same kind, not an input) is replaced as usual."""
+    user's table). A command's own earlier output (same kind, not an input) is replaced as usual,
+    except inside one of ``data_dirs`` when not ``replace_in_data`` (a command whose output has the
+    form of the data's own files, such as a labels CSV, cannot tell the two apart there)."""
     dest = check_output_file(path)
     where = dest.parent.resolve() / dest.name  # where the file is written (a link there is replaced)
     if dest.suffix.lower() in {s.lower() for s in data_suffixes}:
@@ -66,6 +69,11 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                                     "back; write the output to another folder")
     if not dest.is_file():
         return dest
+    for data in (Path(d).resolve() for d in data_dirs if d is not None and not replace_in_data):
+        if data.is_dir() and data in where.parents:
+            raise VislabError(dest, f"exists inside the data folder {data}, where it may be the data's own file "
+                                    "(a labels CSV reads the same); refusing to replace it (write the output to "
+                                    "another folder, or delete it first)")
     for src in inputs:
         try:
             same = src is not None and Path(src).is_file() and os.path.samefile(src, dest)

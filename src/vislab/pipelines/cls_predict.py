@@ -152,6 +152,23 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     return len(data.files)
 
 
+def recorded_labels(paths: list[str]) -> list[Path]:
+    """The labels CSVs the training runs of ``paths`` (run folders or checkpoints in them) were
+    started with (``inputs.json``: ``labels``, ``val_labels``); none for an export or a run of an
+    older vislab."""
+    from vislab.engine.run_folder import read_inputs
+
+    found = []
+    for p in map(Path, paths):
+        run = p if p.is_dir() else p.parent
+        try:
+            inputs = read_inputs(run)
+        except VislabError:  # not the record: nothing known of its labels
+            continue
+        found += [Path(inputs[k]) for k in ("labels", "val_labels") if inputs.get(k)]
+    return found
+
+
 def write_rows(path: str | Path, header: list[str], rows: Any) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
