@@ -259,6 +259,27 @@ def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):
     assert res.code == 2 and f"is a record of the run folder {runs[0]}" in res.err and best.read_bytes() == before
 
 
+def test_an_exported_ensemble_says_a_members_scale_without_offsets(cli, seg_runs, tmp_path):
+    """A member whose calibration kept no offsets but chose an evaluation scale, after an
+    uncalibrated first member: the export holds that scale, says so when predicting, and refuses
+    --no-offsets (the scale cannot be taken out of the graph)."""
+    pytest.importorskip("onnxruntime")
+    root, val, runs = seg_runs
+    scaled = tmp_path / "scaled"
+    shutil.copytree(runs[0], scaled)
+    body = json.loads((scaled / "best.offsets.json").read_text())
+    body.update(offsets=[0.0] * len(body["offsets"]), infer_scale=0.5, offsets_dropped=True)
+    (scaled / "best.offsets.json").write_text(json.dumps(body))
+    res = cli("export", f"{runs[1]},{scaled}", tmp_path / "ens.onnx", "--size", "48", "64")
+    assert res.code == 0, res.err
+    assert "class offsets go into the graph" not in " ".join(res.err.split())
+    res = cli("seg", "predict", tmp_path / "ens.onnx", val, tmp_path / "a")
+    said = " ".join(res.err.split())
+    assert res.code == 0 and "its evaluation scale from `seg calibrate` apply" in said and "class offsets" not in said
+    res = cli("seg", "predict", tmp_path / "ens.onnx", val, tmp_path / "b", "--no-offsets")
+    assert res.code == 2 and "this export holds its calibrated evaluation scale in the graph" in res.err
+
+
 def test_export_refuses_mixed_tasks_and_onnx_members(cli, cls_runs, seg_runs, tmp_path):
     pytest.importorskip("onnxruntime")
     _, _, cls = cls_runs

@@ -158,7 +158,7 @@ def test_cls_predict_never_replaces_a_labels_csv_that_reads_like_its_output(tmp_
     inside = tmp_path / "test"  # a test folder that carries its own labels file
     shutil.copytree(d, inside)
     shutil.copy(labels, inside / "truth.csv")
-    for out_csv, why in ((labels, "is an input of this command"),
+    for out_csv, why in ((labels, f"is the labels file {tmp_path / 'run'} was trained with (its inputs.json)"),
                          (inside / "truth.csv", f"exists inside the data folder {inside.resolve()}")):
         before = out_csv.read_bytes()
         res = cli("cls", "predict", tmp_path / "run", inside, out_csv)

@@ -207,6 +207,10 @@ def test_the_recipe_table_says_the_epochs_that_ran():
     # results.json's count comes first: a history.csv deleted from the folder does not make the run's epochs 4
     assert _epochs_run({"recipe": {"epochs": 4}, "history": [],
                         "results": {"epochs": 4, "epochs_trained": 2}}) == "2 trained, of a 4-epoch schedule"
+    # a time limit inside the first epoch: none trained, not the schedule
+    assert _epochs_run({"recipe": {"epochs": 5}, "history": [],
+                        "results": {"epochs": 5, "epochs_trained": 0, "stopped_early": "max_minutes"}}) == (
+        "0 trained, of a 5-epoch schedule")
     # a finished run of an older vislab without history.csv: its schedule
     assert _epochs_run({"recipe": {"epochs": 4}, "history": [], "results": {"epochs": 4}}) == "4"
 

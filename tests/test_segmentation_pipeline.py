@@ -166,7 +166,8 @@ def test_training_writes_run_folder_and_snapshots(seg_run, tmp_path):
     assert json.loads((run / "best.offsets.json").read_text())["offsets"] == cal["offsets"]
     # the validation applied them; offsets the cross-fit rejected (all 0) are none to apply
     assert result["val"].get("offsets") == (None if cal["offsets_dropped"] else cal["offsets"])
-    said = f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}"
+    what = "calibration on the held-out pairs" if cal["offsets_dropped"] else "class offsets fitted on the held-out pairs"
+    said = f"{what}: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}"
     assert said in (run / "changes.txt").read_text() and any(said in line for line in result["changes"])
     for e in (1, 2, 3):
         for stem in ("0001", "0002"):
@@ -225,7 +226,6 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     assert res.code == 0, res.err
     assert "mIoU on 2 holdout pairs" in res.out and (tmp_path / "best.offsets.json").is_file()
     # the check on pairs the offsets were not fitted on (one pair each way): printed, recorded, and a
-    # warning exactly when it is below the mIoU without offsets
     # warning exactly when it is below the mIoU without offsets, and then the offsets are not kept
     # (zeros, and the scale the plain mIoU prefers) unless --keep-offsets
     rec = json.loads((tmp_path / "best.offsets.json").read_text())
@@ -239,7 +239,8 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
         assert rec["offsets_dropped"] == hurt and ("offsets: none kept" in said) == hurt
     if rec["offsets_dropped"]:
         assert rec["offsets"] == [0.0] * 7 and rec["miou_after"] == max(plain.values())
-        assert plain[rec["infer_scale"]] == max(plain.values()) and "offsets not kept: " in said
+        assert plain[rec["infer_scale"]] == max(plain.values()) and rec["crossfit_scale"] == fitted
+        assert f"no class offsets kept: at evaluation scale {fitted:g}, {rec['miou_crossfit']:.4f}" in said
         kept = cli("seg", "calibrate", ckpt, seg_run / "train", "--keep-offsets")
         rec = json.loads((tmp_path / "best.offsets.json").read_text())
         assert kept.code == 0 and "kept, as --keep-offsets asks" in " ".join(kept.err.split())
@@ -271,6 +272,42 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     torch.save(blob, tmp_path / "all.ckpt")
     res = cli("seg", "calibrate", tmp_path / "all.ckpt", seg_run / "train")
     assert res.code != 0 and "all.ckpt" in res.err and "without a held-out split" in res.err
+
+
+@pytest.mark.parametrize("case", ["kept", "dropped", "kept-asked", "tie"])
+def test_calibration_keeps_offsets_only_when_the_cross_fit_does_not_reject_them(seg_run, tmp_path, monkeypatch, capsys,
+                                                                               case):
+    """The rule, on stated numbers per evaluation scale (the pixel sampling and the fits replaced):
+    the scale with the best mIoU with offsets is kept with its offsets when their cross-fit is not
+    below that scale's mIoU without them; else zeros and the scale with the best mIoU without
+    offsets (a tie: the trained 0.75), unless keep_offsets."""
+    from vislab.pipelines import seg_scores
+
+    plain = {0.5: 0.50, 0.75: 0.52, 1.0: 0.54 if case != "tie" else 0.52}
+    after = {0.5: 0.60, 0.75: 0.58, 1.0: 0.56}
+    crossfit = {0.5: 0.55 if case == "kept" else 0.45, 0.75: 0.57, 1.0: 0.55}
+    fitted = torch.tensor([0.5, -0.25, 0, 0, 0, 0, 0])
+
+    monkeypatch.setattr(seg_scores, "_sampled_logp", lambda model, *a, **k: (torch.tensor(model.scale), None))
+    monkeypatch.setattr(seg_scores, "fit_offsets", lambda at, _, **k: (fitted, plain[float(at)], after[float(at)]))
+    monkeypatch.setattr(seg_scores, "crossfit_miou", lambda at, _, **k: crossfit[float(at)])
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    rec = seg_scores.calibrate(ckpt, seg_run / "val", split="all", scales=[0.5, 1.0], keep_offsets=case == "kept-asked")
+    stored = json.loads((tmp_path / "best.offsets.json").read_text())
+    assert stored["offsets"] == rec["offsets"] and stored["infer_scale"] == rec["infer_scale"]
+    assert rec["miou_before"] == plain[0.75] and rec["crossfit_scale"] == 0.5
+    assert rec["miou_crossfit"] == crossfit[0.5]
+    said = " ".join(capsys.readouterr().err.split())
+    assert ("lower the mIoU at evaluation scale 0.5 (0.5000 without offsets, 0.4500 with)" in said) == (case != "kept")
+    assert ("kept, as --keep-offsets asks" in said) == (case == "kept-asked")
+    if case in ("kept", "kept-asked"):
+        assert (rec["infer_scale"], rec["miou_after"], rec["offsets_dropped"]) == (0.5, 0.60, False)
+        assert rec["offsets"] == fitted.tolist()
+    else:
+        best_plain = 1.0 if case == "dropped" else 0.75  # the tie goes to the trained scale
+        assert (rec["infer_scale"], rec["miou_after"], rec["offsets_dropped"]) == (best_plain, plain[best_plain], True)
+        assert rec["offsets"] == [0.0] * 7
 
 
 def test_calibration_chooses_the_evaluation_scale_and_score_predict_export_apply_it(cli, seg_run, tmp_path):

@@ -126,7 +126,13 @@ def crossfit_words(record: dict[str, Any]) -> str:
     if value is None:
         return ""
     checked = f"{value:.4f} with each half of the pairs predicted with the other's offsets"
-    return f"; offsets not kept: {checked}" if record.get("offsets_dropped") else f"; {checked}"
+    if not record.get("offsets_dropped"):
+        return f"; {checked}"
+    at = record.get("crossfit_scale")
+    plain = next((s.get("miou_before") for s in record.get("scales", []) if s.get("scale") == at), None)
+    against = f" against {plain:.4f} without them" if isinstance(plain, (int, float)) else ""
+    return f"; no class offsets kept: at evaluation scale {at:g}, {checked}{against}" if at is not None else \
+        f"; no class offsets kept: {checked}"
 
 
 def shift_probs(probs: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
@@ -176,6 +182,15 @@ def fitted_folder(ckpt: Path) -> Path | None:
         return Path(body["pairs_path"]) if body.get("split") == "all" else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def offsets_dropped(ckpt: Path) -> bool:
+    """Whether the calibration stored for ``ckpt`` kept no class offsets (the cross-fit rejected
+    them: its file holds an evaluation scale only); False without a readable file."""
+    try:
+        return bool(json.loads(offsets_file(ckpt).read_text()).get("offsets_dropped"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def fitted_on(ckpt: Path) -> str | None:

@@ -43,7 +43,7 @@ def _write_json(res: dict[str, Any], path: Path | None) -> None:
 
 def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = (),
             header: list[str] | None = None, data: Iterable[str | Path | None] = (),
-            replace_in_data: bool = True) -> None:
+            replace_in_data: bool = True, protected: Iterable[tuple[str | Path, str]] = ()) -> None:
     """Refuse, before any work, an output file that cannot be written there (a folder in its place,
     a file in place of its folder), a figure inside the command's ``data`` folders (an image
     replaced, or one more read), anything inside a run folder's records, or one that would replace
@@ -56,7 +56,8 @@ def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | Non
         from vislab.data.images import IMAGE_SUFFIXES
 
         check_new_output(path, suffixes=suffixes, inputs=inputs, header=",".join(header) if header else None,
-                         data_dirs=data, data_suffixes=IMAGE_SUFFIXES, replace_in_data=replace_in_data)
+                         data_dirs=data, data_suffixes=IMAGE_SUFFIXES, replace_in_data=replace_in_data,
+                         protected=protected)
 
 
 def _members(spec: str) -> list[str]:
@@ -399,8 +400,10 @@ def cls_predict(
 
     # a labels CSV has the predictions' header: the runs' own label files and files in the folder
     # predicted are never replaced
-    _output(out_csv, ".csv", inputs=[*_members(ckpt), *recorded_labels(_members(ckpt))], header=PREDICT_HEADER,
-            data=[img_dir], replace_in_data=False)
+    paths = _members(ckpt)
+    _output(out_csv, ".csv", inputs=paths, header=PREDICT_HEADER, data=[img_dir], replace_in_data=False,
+            protected=[(f, f"is the labels file {run} was trained with (its inputs.json)")
+                       for f, run in recorded_labels(paths)])
     earlier = out_csv.is_file()
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
     out.print(f"wrote {n} predictions to {out_csv}" + (" (replacing an earlier prediction there)" if earlier else ""))

@@ -171,7 +171,9 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     shape = network_input_shape(metas[0] if task == "seg" else meta, size)
     if task == "seg":
         meta["recipe"] = {"input_hw": list(shape[1:])}
-        meta["calibrated"] = any("class_offsets" in m for m in metas)  # offsets and scales are in the graph
+        # the members' offsets and scales are in the graph: each said (a member may have a scale only)
+        meta["calibrated"] = any("class_offsets" in m for m in metas)
+        meta["calibrated_scale"] = any(m.get("calibrated_scale") for m in metas)
     return export_network(AveragedNet([(net, m) for net, m in loaded]), meta, out, shape=shape, opset=opset, check=check,
                           free_size=task == "seg")
 

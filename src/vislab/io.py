@@ -45,7 +45,7 @@ def written_by_runs(name: str) -> bool:
 def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                      inputs: Iterable[str | Path | None] = (), header: str | None = None,
                      data_dirs: Iterable[str | Path | None] = (), data_suffixes: Iterable[str] = (),
-                     replace_in_data: bool = True) -> Path:
+                     replace_in_data: bool = True, protected: Iterable[tuple[str | Path, str]] = ()) -> Path:
     """:func:`check_output_file`; refuse an image (a suffix of ``data_suffixes``) inside one of the
     command's ``data_dirs`` (it would replace an image, or be read as one more), and any output
     inside a run folder's records (``snapshots/``); and when a file is already there, refuse to
@@ -54,7 +54,8 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     ``header`` line the command writes, a text file whose first line is another (a labels CSV, a
     user's table). A command's own earlier output (same kind, not an input) is replaced as usual,
     except inside one of ``data_dirs`` when not ``replace_in_data`` (a command whose output has the
-    form of the data's own files, such as a labels CSV, cannot tell the two apart there)."""
+    form of the data's own files, such as a labels CSV, cannot tell the two apart there), and
+    except the ``protected`` files, each refused with what it is ("is the labels file ...")."""
     dest = check_output_file(path)
     where = dest.parent.resolve() / dest.name  # where the file is written (a link there is replaced)
     if dest.suffix.lower() in {s.lower() for s in data_suffixes}:
@@ -74,13 +75,13 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
             raise VislabError(dest, f"exists inside the data folder {data}, where it may be the data's own file "
                                     "(a labels CSV reads the same); refusing to replace it (write the output to "
                                     "another folder, or delete it first)")
-    for src in inputs:
+    for src, what in [*((src, "is an input of this command") for src in inputs), *protected]:
         try:
             same = src is not None and Path(src).is_file() and os.path.samefile(src, dest)
         except OSError:
             same = False
         if same:
-            raise VislabError(dest, "is an input of this command; write the output to another file")
+            raise VislabError(dest, f"{what}; write the output to another file")
     if (dest.parent / "recipe.yaml").is_file() and written_by_runs(dest.name):
         raise VislabError(dest, f"is a record of the run folder {dest.parent}; write the output to another file")
     kinds = tuple(s.lower() for s in suffixes)

@@ -18,6 +18,9 @@ SCORE_KEYS = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdo
 RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt", "recipe.yaml")
 """The files whose newest write is a run's last activity."""
 
+TRAINING_RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "command.txt")
+"""Beside ``recipe.yaml``, any one of these makes a folder a run (:func:`is_run`)."""
+
 SEARCH_DEPTH = 2
 """How many levels inside a folder that is not a run the run folders are looked for."""
 
@@ -31,7 +34,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 def is_run(folder: Path) -> bool:
     """A vislab run folder: its recipe and a record of training, or the command that started it (a
     run stopped in its first epoch, before any checkpoint, holds only that)."""
-    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in (*RECORDS[:4], "command.txt"))
+    return (folder / "recipe.yaml").is_file() and any((folder / n).is_file() for n in TRAINING_RECORDS)
 
 
 def find_runs(folders: Iterable[Path], depth: int = SEARCH_DEPTH) -> list[Path]:
@@ -49,8 +52,8 @@ def find_runs(folders: Iterable[Path], depth: int = SEARCH_DEPTH) -> list[Path]:
             found += runs
             level = sorted(c for d in level if d not in runs for c in _subfolders(d))
     if not found:
-        what = (f"(a folder with recipe.yaml beside results.json, history.csv or a checkpoint, in it or up to "
-                f"{depth} levels inside)")
+        what = (f"(a folder with recipe.yaml beside results.json, history.csv, a checkpoint or command.txt, in it "
+                f"or up to {depth} levels inside)")
         if len(folders) == 1:
             raise VislabError(folders[0], f"holds no vislab run folders {what}")
         raise VislabError(None, f"{', '.join(map(str, folders))} hold no vislab run folders {what}")
@@ -86,8 +89,7 @@ def read_run(run: Path) -> dict[str, Any]:
     if not isinstance(results, dict):
         raise VislabError(run / "results.json", "not the record vislab writes (expected a JSON object)")
     # the command that started the run, then one line per --resume
-    commands = [c.strip() for c in (run / "command.txt").read_text(errors="replace").splitlines() if c.strip()] \
-        if (run / "command.txt").is_file() else []
+    commands = command_lines(run)
     changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
     return {"recipe": recipe, "history": history, "results": results,
             "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:],
@@ -102,5 +104,17 @@ def epoch_counts(data: dict[str, Any]) -> tuple[int | None, Any, Any]:
     recipe, results, history = data["recipe"], data["results"], data["history"]
     planned = recipe.get("epochs")
     schedule = results.get("epochs") or planned
-    trained = (results.get("epochs_trained") or len(history) or None) if results else len(history)
+    if not results:
+        return len(history), schedule, planned
+    counted = results.get("epochs_trained")  # 0: a time limit stopped it inside its first epoch
+    trained = counted if isinstance(counted, int) and not isinstance(counted, bool) else (len(history) or None)
     return trained, schedule, planned
+
+
+def command_lines(run: Path) -> list[str]:
+    """The commands of a run folder's pieces (``command.txt``: the one that started it, then one
+    per ``--resume``), blank lines left out; [] without the file."""
+    path = run / "command.txt"
+    if not path.is_file():
+        return []
+    return [c.strip() for c in path.read_text(encoding="utf-8", errors="replace").splitlines() if c.strip()]

@@ -14,6 +14,7 @@ import yaml
 from vislab.config import Recipe
 from vislab.errors import VislabError
 from vislab.io import atomic_write_text, written_by_runs
+from vislab.runfolders import command_lines
 
 
 def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | Path | None] = ()) -> Path | None:
@@ -189,8 +190,6 @@ def write_results(out_dir: Path, result: dict) -> None:
     result["checkpoint"] = str(result["checkpoint"])
     # the pieces of the run these results close: a later --resume adds a line, so `vislab runs`
     # tells results an unfinished resume has since overtaken (file times do not survive every copy)
-    said = out_dir / "command.txt"
-    result["commands"] = sum(1 for line in said.read_text(errors="replace").splitlines() if line.strip()) \
-        if said.is_file() else None
+    result["commands"] = len(command_lines(out_dir)) if (out_dir / "command.txt").is_file() else None
     atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
-    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks')}, ensure_ascii=False)}")
+    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks', 'commands')}, ensure_ascii=False)}")

@@ -152,10 +152,10 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     return len(data.files)
 
 
-def recorded_labels(paths: list[str]) -> list[Path]:
-    """The labels CSVs the training runs of ``paths`` (run folders or checkpoints in them) were
-    started with (``inputs.json``: ``labels``, ``val_labels``); none for an export or a run of an
-    older vislab."""
+def recorded_labels(paths: list[str]) -> list[tuple[Path, Path]]:
+    """(labels CSV, run folder) for each labels file the training runs of ``paths`` (run folders
+    or checkpoints in them) were started with (``inputs.json``: ``labels``, ``val_labels``); none
+    for an export or a run of an older vislab."""
     from vislab.engine.run_folder import read_inputs
 
     found = []
@@ -165,7 +165,7 @@ def recorded_labels(paths: list[str]) -> list[Path]:
             inputs = read_inputs(run)
         except VislabError:  # not the record: nothing known of its labels
             continue
-        found += [Path(inputs[k]) for k in ("labels", "val_labels") if inputs.get(k)]
+        found += [(Path(inputs[k]), run) for k in ("labels", "val_labels") if inputs.get(k)]
     return found
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vislab.errors import VislabError
-from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
+from vislab.runfolders import RECORDS, SCORE_KEYS, command_lines, epoch_counts, find_runs, read_run
 
 SORTS = ("time", "held-out", "val")
 
@@ -60,7 +60,8 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         row.held_out, row.val = _number(results.get(held_key)), _number(results.get(val_key))
         row.state = "stopped early (max_minutes); --resume continues it" if results.get("stopped_early") else "finished"
         if _resumed_after(run, data):
-            row.state = "resumed after its results (running or interrupted): the scores are the earlier piece's"
+            row.state = ("a --resume started after its results (running, interrupted or failed): the scores are the "
+                         "earlier piece's")
     else:
         if history:
             row.minutes = sum(_number(r.get("seconds")) or 0.0 for r in history) / 60
@@ -77,7 +78,7 @@ def _resumed_after(run: Path, data: dict[str, Any]) -> bool:
     last.ckpt is newer than them)."""
     counted = data["results"].get("commands")
     if isinstance(counted, int):
-        return 1 + len(data["resumed"]) > counted
+        return len(command_lines(run)) > counted
     last, done = run / "last.ckpt", run / "results.json"
     return last.is_file() and last.stat().st_mtime > done.stat().st_mtime
 

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file,
-                                save_offsets, scale_candidates)
+from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_dropped,
+                                offsets_file, save_offsets, scale_candidates)
 from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images
 from vislab.data.manifest import difference_from_record
@@ -249,7 +249,7 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
         del pixels  # one scale's pixels at a time
     assert best is not None
     after, offsets, chosen, crossfit = best
-    before = plain[trained]
+    before, checked_at = plain[trained], chosen  # the cross-fit was measured at the scale the offsets chose
     dropped = crossfit is not None and crossfit < plain[chosen] - 1e-9
     if dropped:
         at = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
@@ -265,13 +265,13 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
             now = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
             info(f"{hurt}: not kept; the run scores without offsets{now} (--keep-offsets keeps them)")
     earlier = fitted_on(path)
-    earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
     record = {"classes": list(desc.names), "pairs": str(pairs_dir), "pairs_path": str(Path(pairs_dir).resolve()),
               "split": split, "files": len(pairs), "trained_on": seen, "validation": validation, "tta": tta,
               "miou_before": round(before, 6), "miou_after": round(after, 6),
-              "miou_crossfit": None if crossfit is None else round(crossfit, 6), "trained_scale": trained,
+              "miou_crossfit": None if crossfit is None else round(crossfit, 6), "crossfit_scale": checked_at,
+              "trained_scale": trained,
               "infer_scale": chosen, "scales": per_scale, "pixel_stride": stride,
               "offsets_dropped": dropped and not keep_offsets}
     record["file"] = str(save_offsets(path, offsets, **record))
@@ -297,8 +297,12 @@ def _say_scored_where_fitted(paths: list[str], img_dir: str | Path, offsets: boo
     for p in paths if offsets else []:
         ckpt = checkpoint_file(p)
         if fitted_folder(ckpt) == Path(img_dir).resolve():
-            info(f"{img_dir}: {offsets_file(ckpt).name} of {p} was fitted on these very pairs, so this score reads "
-                 "high; --no-offsets scores without them")
+            if offsets_dropped(ckpt):
+                info(f"{img_dir}: the evaluation scale in {offsets_file(ckpt).name} of {p} was chosen on these very "
+                     "pairs, so this score reads somewhat high; --no-offsets scores at the trained scale")
+            else:
+                info(f"{img_dir}: {offsets_file(ckpt).name} of {p} was fitted on these very pairs, so this score "
+                     "reads high; --no-offsets scores without them")
 
 
 def _sampled_logp(model: Any, meta: dict[str, Any], pairs: list, desc: SegClasses, *, tta: str, batch_size: int,

@@ -141,8 +141,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
         cal = result["calibration"]
         at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
-        line = (f"class offsets fitted on the held-out pairs: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}"
-                f"{at}{crossfit_words(cal)}")
+        what = "calibration on the held-out pairs" if cal.get("offsets_dropped") else \
+            "class offsets fitted on the held-out pairs"
+        line = f"{what}: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}{crossfit_words(cal)}"
         info(line)
         add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
         result["changes"] = read_changes(out)
