@@ -387,7 +387,7 @@ def test_offsets_fitted_on_the_runs_validation_pairs_are_said(cli, own_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(own_run / "run", run, ignore=shutil.ignore_patterns("tensorboard", "snapshots", "last.ckpt"))
     val = own_run / "val"  # the run's inputs.json names it as its validation folder
-    res = cli("seg", "calibrate", run, val, "--split", "all", "--scales", "1")
+    res = cli("seg", "calibrate", run, val, "--split", "all", "--scales", "1", "--keep-offsets")
     said = " ".join(res.err.split())
     assert res.code == 0 and f"{val}: these are the run's validation pairs (its --val-dir)" in said
     record = json.loads((run / "best.offsets.json").read_text())
@@ -396,6 +396,15 @@ def test_offsets_fitted_on_the_runs_validation_pairs_are_said(cli, own_run, tmp_
     assert res.code == 0 and f"{val}: best.offsets.json of {run} was fitted on these very pairs" in " ".join(res.err.split())
     res = cli("seg", "score", run, val, "--no-offsets")
     assert res.code == 0 and "fitted on these very pairs" not in res.err
+    # offsets the cross-fit rejected at the trained scale: nothing in the file was chosen on the pairs
+    body = json.loads((run / "best.offsets.json").read_text())
+    (run / "best.offsets.json").write_text(json.dumps({**body, "offsets": [0.0] * len(body["offsets"]),
+                                                       "offsets_dropped": True}))
+    assert "these very pairs" not in " ".join(cli("seg", "score", run, val).err.split())
+    (run / "best.offsets.json").write_text(json.dumps({**body, "offsets": [0.0] * len(body["offsets"]),
+                                                       "offsets_dropped": True, "infer_scale": 0.5}))
+    said = " ".join(cli("seg", "score", run, val).err.split())
+    assert f"{val}: the evaluation scale in best.offsets.json of {run} was chosen on these very pairs" in said
     res = cli("seg", "calibrate", run, own_run / "train", "--scales", "1")  # held-out training pairs: nothing said
     assert res.code == 0 and "validation pairs" not in res.err
     assert json.loads((run / "best.offsets.json").read_text())["validation"] is False

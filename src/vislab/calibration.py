@@ -193,6 +193,16 @@ def offsets_dropped(ckpt: Path) -> bool:
         return False
 
 
+def scale_chosen(ckpt: Path) -> bool:
+    """Whether the calibration stored for ``ckpt`` chose an evaluation scale other than the
+    trained one; False without a readable file."""
+    try:
+        body = json.loads(offsets_file(ckpt).read_text())
+        return body.get("infer_scale") not in (None, body.get("trained_scale"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def fitted_on(ckpt: Path) -> str | None:
     """What the offsets stored for ``ckpt`` were fitted on, in words, or None without a file."""
     path = offsets_file(ckpt)
