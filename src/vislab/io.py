@@ -70,11 +70,6 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                                     "back; write the output to another folder")
     if not dest.is_file():
         return dest
-    for data in (Path(d).resolve() for d in data_dirs if d is not None and not replace_in_data):
-        if data.is_dir() and data in where.parents:
-            raise VislabError(dest, f"exists inside the data folder {data}, where it may be the data's own file "
-                                    "(a labels CSV reads the same); refusing to replace it (write the output to "
-                                    "another folder, or delete it first)")
     for src, what in [*((src, "is an input of this command") for src in inputs), *protected]:
         try:
             same = src is not None and Path(src).is_file() and os.path.samefile(src, dest)
@@ -94,6 +89,11 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
             raise VislabError(dest, f"exists and is not an earlier output of this command (its first line is "
                                     f"'{first}', not '{header}'); refusing to replace it (choose another name, "
                                     "or delete it first)")
+    for data in (Path(d).resolve() for d in data_dirs if d is not None and not replace_in_data):
+        if data.is_dir() and data in where.parents:  # of the command's form, yet perhaps the data's own
+            raise VislabError(dest, f"exists inside the data folder {data}, where it may be the data's own file "
+                                    "(a labels CSV reads the same); refusing to replace it (write the output to "
+                                    "another folder, or delete it first)")
     return dest
 
 

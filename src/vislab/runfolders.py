@@ -38,14 +38,18 @@ def is_run(folder: Path) -> bool:
 
 
 def find_runs(folders: Iterable[Path], depth: int = SEARCH_DEPTH) -> list[Path]:
-    """The run folders given, and those up to ``depth`` levels inside the folders given that are
-    not runs themselves (hidden folders and a run's own subfolders are not searched); a folder
-    with none is an error naming it."""
+    """The run folders given (a folder given with a ``recipe.yaml`` is taken as one, so that what
+    it lacks or cannot be read is named), and those up to ``depth`` levels inside the folders given
+    that are not runs themselves (hidden folders and a run's own subfolders are not searched); a
+    folder with none is an error naming it."""
     folders = [Path(f) for f in folders]
     found: list[Path] = []
     for folder in folders:
         if not folder.is_dir():
             raise VislabError(folder, "not found" if not folder.exists() else "is not a folder")
+        if (folder / "recipe.yaml").is_file():
+            found.append(folder)
+            continue
         level = [folder]
         for _ in range(depth + 1):
             runs = [d for d in level if is_run(d)]
