@@ -174,33 +174,25 @@ def save_offsets(ckpt: Path, offsets: torch.Tensor, **record: Any) -> Path:
     return path
 
 
-def fitted_folder(ckpt: Path) -> Path | None:
-    """The folder whose pairs, all of them (``--split all``), the offsets stored for ``ckpt`` were
-    fitted on (absolute; None without such a file, or for offsets of held-out training pairs)."""
+def stored_record(ckpt: Path) -> dict[str, Any]:
+    """The calibration record stored for ``ckpt`` (its offsets file), {} without a readable one."""
     try:
         body = json.loads(offsets_file(ckpt).read_text())
-        return Path(body["pairs_path"]) if body.get("split") == "all" else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
-def offsets_dropped(ckpt: Path) -> bool:
-    """Whether the calibration stored for ``ckpt`` kept no class offsets (the cross-fit rejected
-    them: its file holds an evaluation scale only); False without a readable file."""
-    try:
-        return bool(json.loads(offsets_file(ckpt).read_text()).get("offsets_dropped"))
-    except (OSError, ValueError, AttributeError):
-        return False
+def fitted_folder(record: dict[str, Any]) -> Path | None:
+    """The folder whose pairs, all of them (``--split all``), a calibration ``record``
+    (:func:`stored_record`) was fitted on (absolute; None for held-out training pairs, or no record)."""
+    pairs = record.get("pairs_path")
+    return Path(pairs) if record.get("split") == "all" and isinstance(pairs, str) else None
 
 
-def scale_chosen(ckpt: Path) -> bool:
-    """Whether the calibration stored for ``ckpt`` chose an evaluation scale other than the
-    trained one; False without a readable file."""
-    try:
-        body = json.loads(offsets_file(ckpt).read_text())
-        return body.get("infer_scale") not in (None, body.get("trained_scale"))
-    except (OSError, ValueError, AttributeError):
-        return False
+def scale_chosen(record: dict[str, Any]) -> bool:
+    """Whether a calibration ``record`` chose an evaluation scale other than the trained one."""
+    return record.get("infer_scale") not in (None, record.get("trained_scale"))
 
 
 def fitted_on(ckpt: Path) -> str | None:
@@ -244,8 +236,8 @@ def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float 
 def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A segmentation checkpoint's network and metadata (:func:`vislab.models.checkpoints.load_network`)
     with its calibration applied when ``calibrated`` and one matches the file: the offsets go into
-    ``meta["class_offsets"]`` (for the argmax, and for an export's metadata; none when all are 0), a chosen evaluation
-    scale into the network and ``meta["recipe"]["infer_scale"]``. Both are said on the console."""
+    ``meta["class_offsets"]`` (for the argmax, and for an export's metadata; none when all are 0), a
+    chosen evaluation scale into the network and ``meta["recipe"]["infer_scale"]``. Both are said on the console."""
     from vislab.models.checkpoints import checkpoint_file, load_network
 
     file = checkpoint_file(path)
@@ -254,10 +246,11 @@ def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.
     if found is None:
         return model, meta
     offsets, scale = found
-    if offsets.any():  # all zero: a calibration that kept no offsets (its scale still applies)
+    kept = bool(offsets.any())  # all zero: a calibration that kept no offsets (its scale still applies)
+    if kept:
         meta = {**meta, "class_offsets": offsets.tolist()}
     shown = ", ".join(f"{v:+.2f}" for v in offsets.tolist())
-    line = f"calibration from {offsets_file(file)}: " + (f"class offsets {shown}" if offsets.any() else "no class offsets")
+    line = f"calibration from {offsets_file(file)}: " + (f"class offsets {shown}" if kept else "no class offsets")
     trained = float(meta.get("recipe", {}).get("infer_scale", 1.0))
     if scale is not None and scale != trained and hasattr(model, "scale"):
         model.scale = scale

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vislab.errors import VislabError
-from vislab.runfolders import RECORDS, SCORE_KEYS, command_lines, epoch_counts, find_runs, read_run
+from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
 
 SORTS = ("time", "held-out", "val")
 
@@ -78,7 +78,7 @@ def _resumed_after(run: Path, data: dict[str, Any]) -> bool:
     last.ckpt is newer than them)."""
     counted = data["results"].get("commands")
     if isinstance(counted, int):
-        return len(command_lines(run)) > counted
+        return len(data["commands"]) > counted
     last, done = run / "last.ckpt", run / "results.json"
     return last.is_file() and last.stat().st_mtime > done.stat().st_mtime
 

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_dropped,
-                                offsets_file, save_offsets, scale_candidates, scale_chosen)
+from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file,
+                                save_offsets, scale_candidates, scale_chosen, stored_record)
 from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images
 from vislab.data.manifest import difference_from_record
@@ -296,10 +296,11 @@ def _say_scored_where_fitted(paths: list[str], img_dir: str | Path, offsets: boo
 
     for p in paths if offsets else []:
         ckpt = checkpoint_file(p)
-        if fitted_folder(ckpt) == Path(img_dir).resolve():
-            if offsets_dropped(ckpt) and not scale_chosen(ckpt):
+        record = stored_record(ckpt)
+        if fitted_folder(record) == Path(img_dir).resolve():
+            if record.get("offsets_dropped") and not scale_chosen(record):
                 continue  # neither offsets nor another scale: nothing there was chosen on these pairs
-            if offsets_dropped(ckpt):
+            if record.get("offsets_dropped"):
                 info(f"{img_dir}: the evaluation scale in {offsets_file(ckpt).name} of {p} was chosen on these very "
                      "pairs, so this score reads somewhat high; --no-offsets scores at the trained scale")
             else:
