@@ -180,10 +180,12 @@ def test_budget_epochs_by_hand():
 
 
 def _budget_keeps_its_plan(monkeypatch):
-    """The budget's epoch-end re-planning keeps the epochs planned (its own tests drive it)."""
+    """The budget's re-planning keeps the epochs planned, at epoch ends and inside epochs (its own
+    tests drive it)."""
     from vislab.engine.callbacks import BudgetKeeper
 
     monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
+    monkeypatch.setattr(BudgetKeeper, "cut_step", lambda self, *a, **k: None)
 
 
 def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path, monkeypatch):
@@ -547,12 +549,13 @@ def test_a_mid_epoch_save_carries_the_epochs_time_so_far():
         trainer.current_epoch = epoch
         keeper.on_train_epoch_start(trainer, module)
         keeper.on_train_epoch_end(trainer, module)
-    assert keeper.state_dict() == {"spent_s": 20.0}  # saved at an epoch end
+    assert keeper.state_dict()["spent_s"] == 20.0  # saved at an epoch end
     keeper.on_train_epoch_start(trainer, module)
-    assert keeper.state_dict() == {"spent_s": 29.0}  # saved 9 s into epoch 3
+    assert keeper.state_dict()["spent_s"] == 29.0  # saved 9 s into epoch 3
     resumed = BudgetKeeper(10.0)
+    keeper.tail = 1.5  # and the last held-out pass's seconds, which price the next one
     resumed.load_state_dict(keeper.state_dict())  # the clock reads 129 once more
-    assert resumed.before == resumed.spent == 29.0
+    assert resumed.before == resumed.spent == 29.0 and resumed.tail == 1.5
 
 
 def test_a_resume_takes_the_inputs_the_run_started_with(cli, color_classes, tmp_path, monkeypatch):
@@ -662,3 +665,125 @@ def test_a_new_run_in_a_folder_of_a_run_without_checkpoints_keeps_none_of_its_re
     assert "earlier run's plan" not in json.dumps(json.loads((run / "results.json").read_text()))
     assert not (run / "snapshots").exists() and "9.9" not in (run / "metrics.csv").read_text() \
         if (run / "metrics.csv").exists() else not (run / "snapshots").exists()
+
+
+def _simulated_machine(monkeypatch, seconds_per_batch, held_out_seconds: float = 1.0) -> None:
+    """A budget plan as :func:`_planned_budget`'s, and a clock that a training batch of epoch e
+    moves on by ``seconds_per_batch(e)`` and an epoch's end (its held-out pass) by
+    ``held_out_seconds``: the machine the budget keeper sees, batch by batch."""
+    from vislab.engine.callbacks import BudgetKeeper
+
+    _planned_budget(monkeypatch, 0.0)
+    now = {"t": 0.0}
+    monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: now["t"]))
+    batch_end, epoch_end = BudgetKeeper.on_train_batch_end, BudgetKeeper.on_train_epoch_end
+
+    def on_batch(self, trainer, module, *args, **kwargs):
+        now["t"] += seconds_per_batch(trainer.current_epoch + 1)
+        batch_end(self, trainer, module, *args, **kwargs)
+
+    def on_epoch(self, trainer, module):
+        now["t"] += held_out_seconds
+        epoch_end(self, trainer, module)
+
+    monkeypatch.setattr(BudgetKeeper, "on_train_batch_end", on_batch)
+    monkeypatch.setattr(BudgetKeeper, "on_train_epoch_end", on_epoch)
+
+
+@pytest.mark.parametrize("slow_epoch, pace, said, steps", [
+    # epoch 3 at 2 s per batch: its batch 1 ends at 20 s, batch 4 at 26 s; 4 more batches and the
+    # held-out second end at 35 s, past 1.05 x 30 s: the budget runs out after (30 - 26 - 1) // 2 = 1
+    # more batch, so the run ends after batch 5 (at 28 s, 29 s with its held-out pass)
+    (3, 2.0, "in epoch 3 of 3, at batch 4 of 8 (0.4 min so far, 2 s per batch in this epoch: slower than "
+             "planned), the run and its learning-rate schedule now end after batch 5 of epoch 3", 8 + 8 + 5),
+    # epoch 2 at 2.5 s per batch: at its batch 4 (19 s) it ends at 30 s, with no time for a quarter of
+    # another epoch: the schedule now ends with epoch 2, which fits
+    (2, 2.5, "in epoch 2 of 3, at batch 4 of 8 (0.3 min so far, 2.5 s per batch in this epoch: slower than "
+             "planned), the run and its learning-rate schedule now end with epoch 2", 8 + 8),
+])
+def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_path, monkeypatch, slow_epoch,
+                                                       pace, said, steps):
+    """96 training images in 12 batches of 8, 3 held-out batches: planned at 1 s per step, an
+    epoch costs 1.1 x (12 + 3 / 3) = 14.3 s, so 30 s are 3 epochs of (10 - 1.1) // 1.1 = 8 of the
+    12 batches. Every batch then takes 1 s and each held-out pass 1 s (9 s an epoch, on time),
+    except in one epoch that slows down. The run ends inside its budget with the learning rate at
+    the schedule's end, says where on the console and in changes.txt, and a --resume finds it
+    finished."""
+    _simulated_machine(monkeypatch, lambda epoch: pace if epoch == slow_epoch else 1.0)
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.5")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[-2].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
+    assert lines[-1] == f"--budget 0.5 min: {said}"
+    assert f"warning: --budget 0.5 min: {said}" in " ".join(res.err.split())
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == steps and results["epochs"] == results["epochs_trained"] == slow_epoch
+    assert results["changes"][-1] == lines[-1]
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, slow_epoch + 1)]
+    assert float(rows[-1]["lr"]) < 1e-9 < float(rows[-2]["lr"])  # the schedule reached its end where the run did
+    with (run / "metrics.csv").open() as fh:  # the shortened epoch was evaluated too
+        assert sum(bool(row.get("holdout_acc")) for row in csv.DictReader(fh)) == slow_epoch
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    assert "--resume: nothing left to train" in " ".join(res.err.split())
+    assert json.loads((run / "results.json").read_text())["global_step"] == steps
+
+
+def test_the_budget_cut_by_hand():
+    """:meth:`BudgetKeeper.cut_step` and the epoch-end floor, on numbers worked by hand (a 30 s budget)."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import BudgetKeeper
+
+    keeper = BudgetKeeper(0.5)
+    keeper.tail = 1.0
+    # the last epoch: 26 s so far, 4 batches left at 2 s: ends at 35 s > 31.5 s; (30 - 26 - 1) // 2 = 1 more
+    assert keeper.cut_step(100, 4, 26.0, 2.0, True, 8) == 101
+    assert keeper.cut_step(100, 4, 22.0, 2.0, True, 8) is None  # ends at 31 s: within 1.05 x the budget
+    assert keeper.cut_step(100, 4, 30.5, 2.0, True, 8) == 100  # past the budget already: ends now
+    # an earlier epoch: ends at 21 s, 9 s left of the 8 x 2 + 1 = 17 s of another: more than a quarter
+    assert keeper.cut_step(100, 2, 16.0, 2.0, False, 8) is None
+    # ends at 27 s, 3 s < 4.25 s left: this epoch becomes the last, ending where it would (at most its end)
+    assert keeper.cut_step(100, 2, 22.0, 2.0, False, 8) == 102
+    module = SimpleNamespace(epoch_weights=lambda n: [1.0] * n)
+    # 2 of 6 epochs done in 20 s (10 s each), 10 s left: one more fits
+    assert keeper.epochs_that_fit(module, 2, 6, 20.0) == 3
+    # in 25 s (12.5 s each), 5 s left: not three quarters of one (9.4 s), but a quarter (3.1 s)
+    assert keeper.epochs_that_fit(module, 2, 6, 25.0) == 2
+    assert keeper.epochs_that_fit(module, 2, 6, 25.0, can_cut=True) == 3
+    assert keeper.epochs_that_fit(module, 2, 6, 28.0, can_cut=True) == 2  # 2 s < a quarter of 14 s
+
+
+def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, color_classes, tmp_path, monkeypatch):
+    """The first case above, with a checkpoint after every batch: interrupted as its last batch
+    (step 21) ends, the run's last checkpoint is the one written after the cut (step 20), and it
+    carries the step the run ends at; resumed, the run stops there, identical to the whole run."""
+    from vislab.engine.callbacks import BudgetKeeper
+
+    _simulated_machine(monkeypatch, lambda epoch: 2.0 if epoch == 3 else 1.0)
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8, checkpoint_minutes=1e-6)
+    whole, piece = tmp_path / "whole", tmp_path / "piece"
+    assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", whole, "--budget", "0.5").code == 0
+    simulated = BudgetKeeper.on_train_batch_end
+
+    def interrupted(self, trainer, module, *args, **kwargs):
+        if trainer.global_step == 21:
+            raise KeyboardInterrupt
+        simulated(self, trainer, module, *args, **kwargs)
+
+    monkeypatch.setattr(BudgetKeeper, "on_train_batch_end", interrupted)
+    assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", piece, "--budget", "0.5").code == 130
+    saved = torch.load(piece / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 20 and saved["vislab"]["replanned"]["stop"] == 21
+    monkeypatch.setattr(BudgetKeeper, "on_train_batch_end", simulated)
+    res = cli("cls", "train", color_classes, "--out", piece, "--resume")
+    assert res.code == 0, res.err
+    assert "continues in epoch 3 of 3, after 32 of its 64 training items" in " ".join(res.err.split())
+    results = [json.loads((run / "results.json").read_text()) for run in (whole, piece)]
+    assert results[0]["global_step"] == results[1]["global_step"] == 21
+    a, b = (torch.load(run / "last.ckpt", weights_only=True)["state_dict"] for run in (whole, piece))
+    assert all(torch.equal(a[k], b[k]) for k in a), "the interrupted and resumed run differs from the whole one"

@@ -82,6 +82,7 @@ class VislabModule(pl.LightningModule):
         # re-plan travels in checkpoints, so a resumed run keeps it
         self.schedule_warp = ScheduleWarp(max(1, steps_per_epoch * self.recipe.epochs))
         self.replanned_epochs: int | None = None
+        self.stop_step: int | None = None  # a budget that ends the last epoch early stops at this step
         self.resumed_at_step: int | None = None
         self.resumed_position: tuple[int, int] | None = None  # (epoch to run, 0-based; its items trained)
         # distillation: the teachers' targets per training item, in the training loader's item
@@ -130,13 +131,21 @@ class VislabModule(pl.LightningModule):
         epochs differ, such as a progressive resize, says how)."""
         return [1.0] * epochs
 
-    def replan(self, epochs: int) -> None:
+    @property
+    def schedule_step(self) -> int:
+        """The learning-rate scheduler's own step count, in this process's steps (after a resume on
+        another process count ``trainer.global_step`` still counts the old processes' steps)."""
+        return int(self.lr_schedulers().last_epoch)
+
+    def replan(self, epochs: int, end_step: int | None = None) -> None:
         """End the run after ``epochs`` epochs (fewer or more than planned): from the current step,
-        the rest of the learning-rate schedule is compressed or stretched into the epochs left. The
-        step is the scheduler's own count, in this process's steps: after a resume on another
-        process count ``trainer.global_step`` still counts the old processes' steps."""
-        self.schedule_warp.replan(int(self.lr_schedulers().last_epoch), self.steps_per_epoch * epochs)
+        the rest of the learning-rate schedule is compressed or stretched into the epochs left.
+        ``end_step``: the last of them ends at that step (:attr:`schedule_step`'s count), before its
+        last batch, and training stops there."""
+        end = self.steps_per_epoch * epochs if end_step is None else end_step
+        self.schedule_warp.replan(self.schedule_step, end)
         self.replanned_epochs = epochs
+        self.stop_step = end_step
         self.trainer.fit_loop.max_epochs = epochs
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -149,7 +158,8 @@ class VislabModule(pl.LightningModule):
         }
         if self.replanned_epochs is not None:
             checkpoint["vislab"]["replanned"] = {"epochs": self.replanned_epochs, "total": self.schedule_warp.total,
-                                                 "knots": [list(k) for k in self.schedule_warp.knots]}
+                                                 "knots": [list(k) for k in self.schedule_warp.knots],
+                                                 "stop": self.stop_step}
         checkpoint["rng"] = capture_rng()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -179,8 +189,11 @@ class VislabModule(pl.LightningModule):
         replanned = meta.get("replanned")
         if replanned:
             warp = ScheduleWarp(int(replanned["total"]), [tuple(k) for k in replanned["knots"]])
+            stop = replanned.get("stop")
             if saved != self.steps_per_epoch:
                 warp = warp.rescaled(self.steps_per_epoch / saved)
+                stop = None if stop is None else int(round(stop * self.steps_per_epoch / saved))
+            self.stop_step = None if stop is None else int(stop)
             # in place: the scheduler's function may already hold this object
             self.schedule_warp.total, self.schedule_warp.knots = warp.total, warp.knots
             self.replanned_epochs = int(replanned["epochs"])

@@ -213,12 +213,23 @@ class BudgetKeeper(TrainingClock):
     (the pipeline passes twice the first plan; for a progressive resize None, so that its
     re-plans only shorten it: more epochs would move its ramp later and its side down again);
     rank 0 decides for every process. Epochs are added at the
-    end of an epoch before the last planned one, never after it. The seconds
+    end of an epoch before the last planned one, never after it.
+
+    Inside an epoch of at least ``MIN_BATCHES`` batches the budget is held too (:meth:`cut_step`,
+    from the epoch's own seconds per batch once a tenth of it has run): the planned last epoch
+    that would end past ``1 + TOLERANCE`` times the budget ends at the batch where the budget
+    runs out, and an earlier epoch after whose end too little of another would fit becomes the
+    last; either way the schedule is compressed to end there, so a run on a machine that slowed
+    down still ends inside its budget with its learning rate at the schedule's end. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
     checkpoints as this callback's state (:class:`TrainingClock`), so a run resumed after an
     interruption is held to what is left of its budget, not to a fresh one."""
 
     ALLOWANCE = 0.25  # an epoch still starts when three quarters of it fit in the time left
+    MIN_SHARE = 0.25  # ... or, when it can be ended early (cut_step), a quarter of it
+    MIN_BATCHES = 8  # an epoch of fewer batches is held to the budget at its end only
+    TIMED = 3  # batches timed, after the epoch's first (its time holds the loader's start), before a cut
+    TOLERANCE = 0.05  # the planned end may pass the budget by this share before the last epoch is cut
 
     def __init__(self, minutes: float, record: Callable[[str], None] | None = None,
                  weights: Callable[[int], list[float]] | None = None, most: int | None = None) -> None:
@@ -226,6 +237,10 @@ class BudgetKeeper(TrainingClock):
         self.most = most  # the most epochs a re-plan may plan (None: the epochs planned when it runs)
         self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
         self.epochs_here = 0  # epochs that ended in this process
+        self.tail = 0.0  # seconds from an epoch's last training batch to its end (the held-out pass)
+        self._batches = 0  # batches of the current epoch that ended in this process
+        self._first = 0.0  # the clock at the end of the first of them
+        self._last_batch: float | None = None  # seconds trained at the end of the epoch's last batch
         super().__init__(record)
 
     def left_words(self) -> str:
@@ -233,19 +248,90 @@ class BudgetKeeper(TrainingClock):
             return f"; --budget {self.minutes:g} min, counted from now"
         return f"; --budget {self.minutes:g} min: {max(0.0, self.minutes - self.before / 60):.1f} min left"
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tail_s": self.tail}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.tail = float(state_dict.get("tail_s", 0.0))
+
     def facts(self) -> dict[str, Any]:
         return {**super().facts(), "budget_epochs_here": self.epochs_here}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batches = 0  # a run resumed mid-epoch times the batches it trains
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batches, self._last_batch = 0, None
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        step, stop = pl_module.schedule_step, getattr(pl_module, "stop_step", None)
+        if stop is not None and step >= stop:  # a cut epoch's end (also after a resume)
+            trainer.should_stop = True
+            return
+        batches = int(trainer.num_training_batches)
+        if batches < self.MIN_BATCHES:
+            return
+        self._batches += 1
+        if self._batches == 1:
+            self._first = self.clock()
+            return
+        if self._batches - 1 < max(self.TIMED, batches // 10):
+            return
+        now = self.clock()
+        elapsed, pace = self.before + now - self._t0, (now - self._first) / (self._batches - 1)
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # of this epoch
+        self._last_batch = elapsed if done >= batches else None
+        left = batches - done if stop is None else stop - step
+        planned, epoch = int(trainer.max_epochs or 0), trainer.current_epoch + 1
+        end = self.cut_step(step, left, elapsed, pace, epoch >= planned, batches) if left > 0 else None
+        end = trainer.strategy.broadcast(end, src=0)
+        if end is None:
+            return
+        pl_module.replan(epoch, end_step=end if end - step < batches - done else None)  # type: ignore[operator]
+        ends = done + end - step  # the batch of this epoch it ends with
+        line = (f"--budget {self.minutes:g} min: in epoch {epoch} of {planned}, at batch {done} of {batches} "
+                f"({elapsed / 60:.1f} min so far, {pace:.3g} s per batch in this epoch: slower than planned), the "
+                "run and its learning-rate schedule now end " +
+                (f"with epoch {epoch}" if ends >= batches else f"after batch {ends} of epoch {epoch}") +
+                ("" if stop is None else f" instead of batch {done + left}"))
+        info(f"warning: {line}")
+        if trainer.is_global_zero and self.record is not None:
+            self.record(line)
+        if end <= step:
+            trainer.should_stop = True
+
+    def cut_step(self, step: int, left: int, elapsed: float, pace: float, last: bool, batches: int) -> int | None:
+        """The step (:attr:`schedule_step`'s count) at which the current epoch must end for the run
+        to keep its budget, or None: for the planned last epoch (``last``), when its end (``left``
+        more batches at ``pace`` seconds each, then the held-out pass as long as the last one)
+        passes ``1 + TOLERANCE`` times the budget; for an earlier one, when less than
+        ``MIN_SHARE`` of another epoch (``batches`` batches) would fit after its end. The step
+        is where the budget runs out, at most the epoch's end."""
+        budget = self.minutes * 60
+        end = elapsed + left * pace + self.tail
+        if last and end <= (1 + self.TOLERANCE) * budget:
+            return None
+        if not last and budget - end >= self.MIN_SHARE * (batches * pace + self.tail):
+            return None
+        return step + max(0, min(left, int((budget - elapsed - self.tail) // pace)))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
         super().on_train_epoch_end(trainer, pl_module)
         elapsed = self.spent
+        if self._last_batch is not None:  # the held-out pass (and the checkpoints before it)
+            self.tail = max(0.0, elapsed - self._last_batch)
         self.epochs_here += 1
         if done >= planned:
             return
         per_epoch = elapsed / done
         cap = max(planned, self.most or planned)
-        epochs = int(trainer.strategy.broadcast(self.epochs_that_fit(pl_module, done, planned, elapsed, cap), src=0))
+        can_cut = int(getattr(trainer, "num_training_batches", 0) or 0) >= self.MIN_BATCHES
+        epochs = self.epochs_that_fit(pl_module, done, planned, elapsed, cap, can_cut=can_cut)
+        epochs = int(trainer.strategy.broadcast(epochs, src=0))
         if epochs == planned:
             return
         pl_module.replan(epochs)  # type: ignore[operator]
@@ -258,12 +344,14 @@ class BudgetKeeper(TrainingClock):
             self.record(line)
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,
-                        cap: int | None = None) -> int:
+                        cap: int | None = None, *, can_cut: bool = False) -> int:
         """The most epochs in [done, cap (default: planned)] whose rest fits in the time left, each
         epoch costed by this run's speed so far in relative epoch costs for a schedule of that many epochs (the
         ``weights`` given, as the budget's plan timed them, else the module's ``epoch_weights``:
         equal epochs, or a progressive resize's pixels); the last epoch still starts when three
-        quarters of it fit, but an epoch beyond ``planned`` is added only when it fits whole."""
+        quarters of it fit, but an epoch beyond ``planned`` is added only when it fits whole. When
+        no epoch fits so, one more starts when a quarter of it fits and ``can_cut`` (its epochs
+        are long enough for :meth:`cut_step` to end it where the budget runs out)."""
         weights = self.weights or getattr(pl_module, "epoch_weights", lambda n: [1.0] * n)
         unit = elapsed / max(sum(weights(planned)[:done]), 1e-9)  # seconds per unit: the epochs ran as planned
         left = self.minutes * 60 - elapsed
@@ -273,4 +361,6 @@ class BudgetKeeper(TrainingClock):
             slack = self.ALLOWANCE * unit * w[-1] if epochs <= planned else 0.0
             if unit * sum(w[done:]) <= left + slack:
                 return epochs
+        if can_cut and left >= self.MIN_SHARE * unit * weights(done + 1)[done]:
+            return done + 1  # an epoch that will end where the budget does (on_train_batch_end)
         return done

@@ -114,12 +114,13 @@ class _ExactMetricsLog(pl.Callback):
 
 
 class MidEpochCheckpoint(ModelCheckpoint):
-    """Time-based saves inside an epoch, never on its last batch: a checkpoint written there (before
-    the epoch's validation) would make a resumed run skip that validation and its history row."""
+    """Time-based saves inside an epoch, never on its last batch (nor on one a budget ended it
+    with): a checkpoint written there (before the epoch's validation) would make a resumed run
+    skip that validation and its history row."""
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.should_stop:
+            return  # should_stop: a budget ended the epoch early here (BudgetKeeper, a callback before this one)
         super().on_train_batch_end(trainer, *args, **kwargs)
 
 

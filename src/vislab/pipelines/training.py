@@ -233,7 +233,7 @@ def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Cal
         result["train_seconds"] = round(result["train_seconds"] + facts["seconds_before"], 1)
     if keeper is not None and facts.get("budget_epochs_here"):  # counting earlier pieces of the run
         line = budget_overrun(keeper.minutes, result["train_seconds"])
-        if line:  # re-planned at epoch ends only: an epoch that slows down a lot still runs over
+        if line:  # held inside epochs from their pace so far: a held-out pass that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
     recorded = read_changes(job.out)  # every piece's lines: a resumed piece only appends to the file
