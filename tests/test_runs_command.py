@@ -132,3 +132,28 @@ def test_runs_refuses_what_holds_no_runs(cli, tmp_path):
     assert res.code == 2 and f"{tmp_path / 'empty'}: holds no vislab run folders" in " ".join(res.err.split())
     res = cli("runs", tmp_path / "empty", "--sort", "speed")
     assert res.code == 2 and "--sort: unknown order 'speed'; choose time, held-out, val" in res.err
+
+
+def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_classes, tmp_path):
+    """recipe.yaml keeps a budget's first plan; a re-plan lives in the checkpoints until the run
+    ends. An unfinished run shows its checkpoint's schedule ("1 of 5", not "1 of 2"), in `vislab
+    runs` and in the report; a checkpoint that cannot be read leaves the recipe's."""
+    import torch
+
+    runs = tmp_path / "runs"
+    run = runs / "killed"
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", max_minutes=1e-6)  # stopped after epoch 1 of 2
+    assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", run).code == 0
+    (run / "results.json").unlink()  # as a run killed before its end leaves it
+    ckpt = torch.load(run / "last.ckpt", weights_only=False)
+    ckpt["vislab"]["replanned"] = {"epochs": 5, "total": 30, "knots": [[6, 30]], "stop": None}
+    torch.save(ckpt, run / "last.ckpt")
+    broken = runs / "broken"
+    shutil.copytree(run, broken)
+    (broken / "last.ckpt").write_bytes(b"not a checkpoint")
+    _rows(cli, runs, "--json", tmp_path / "runs.json")
+    rows = {r["run"]: r for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
+    assert rows[str(run)]["epochs"] == "1 of 5" and rows[str(broken)]["epochs"] == "1 of 2"
+    assert cli("report", run, "--out", tmp_path / "r.md").code == 0
+    assert "1 trained, of a 5-epoch schedule (recipe.yaml: 2, before the budget's re-plans)" in \
+        (tmp_path / "r.md").read_text()

@@ -97,17 +97,36 @@ def read_run(run: Path) -> dict[str, Any]:
     changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
     return {"recipe": recipe, "history": history, "results": results,
             "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:], "commands": commands,
-            "changes": [c.strip() for c in changes if c.strip()]}
+            "changes": [c.strip() for c in changes if c.strip()],
+            "replanned": None if results else checkpoint_plan(run / "last.ckpt")}
+
+
+def checkpoint_plan(ckpt: Path) -> int | None:
+    """The epochs a time budget re-planned an unfinished run to, as its checkpoint holds them (its
+    recipe.yaml keeps the first plan); None without a checkpoint, a re-plan, or a readable file."""
+    if not ckpt.is_file():
+        return None
+    import pickle
+
+    import torch
+
+    try:  # memory-mapped: only the small record is read from a checkpoint of any size
+        meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("vislab", {})
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, AttributeError):
+        return None
+    epochs = (meta.get("replanned") or {}).get("epochs") if isinstance(meta, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def epoch_counts(data: dict[str, Any]) -> tuple[int | None, Any, Any]:
     """(epochs trained, epochs of the schedule, recipe.yaml's epochs) of :func:`read_run`'s
     ``data``. Trained: a finished run's own count (``epochs_trained``; an older vislab's results
     have none: its history's rows, None without them), an unfinished run's history rows. The
-    schedule is the results' (a budget may have re-planned it), else the recipe's."""
+    schedule is the results' (a budget may have re-planned it), an unfinished run's checkpoint's
+    re-plan, else the recipe's."""
     recipe, results, history = data["recipe"], data["results"], data["history"]
     planned = recipe.get("epochs")
-    schedule = results.get("epochs") or planned
+    schedule = results.get("epochs") or data.get("replanned") or planned
     if not results:
         return len(history), schedule, planned
     counted = results.get("epochs_trained")  # 0: a time limit stopped it inside its first epoch
