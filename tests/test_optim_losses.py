@@ -166,9 +166,11 @@ def test_a_replan_after_a_resume_on_more_processes_cuts_at_the_schedulers_step()
     trainer = SimpleNamespace(global_step=18, fit_loop=SimpleNamespace(max_epochs=3))
     module = SimpleNamespace(schedule_warp=warp, steps_per_epoch=6, trainer=trainer, replanned_epochs=None,
                              lr_schedulers=lambda: SimpleNamespace(last_epoch=12))
+    module.schedule_step = VislabModule.schedule_step.fget(module)  # the scheduler's count: 12
     VislabModule.replan(module, 4)  # type: ignore[arg-type]
     assert warp.knots == [(12, 24)] and trainer.fit_loop.max_epochs == 4 and module.replanned_epochs == 4
     assert [warp(s) for s in (12, 18, 24)] == pytest.approx([12, 15, 18])
+    assert module.stop_step is None  # the last epoch runs to its end
 
 
 def test_the_recipe_checks_know_the_names_the_engine_builds():
