@@ -106,15 +106,14 @@ def checkpoint_plan(ckpt: Path) -> int | None:
     recipe.yaml keeps the first plan); None without a checkpoint, a re-plan, or a readable file."""
     if not ckpt.is_file():
         return None
-    import pickle
-
-    import torch
+    from vislab.models.checkpoints import checkpoint_meta
 
     try:  # memory-mapped: only the small record is read from a checkpoint of any size
-        meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("vislab", {})
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, AttributeError):
+        meta = checkpoint_meta(ckpt)
+    except Exception:  # noqa: BLE001 - whatever torch.load raises, the file is not a readable checkpoint
         return None
-    epochs = (meta.get("replanned") or {}).get("epochs") if isinstance(meta, dict) else None
+    replanned = meta.get("replanned")
+    epochs = replanned.get("epochs") if isinstance(replanned, dict) else None
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
