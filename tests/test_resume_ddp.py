@@ -78,10 +78,11 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
 
 def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_classes, tmp_path):
     """last.ckpt written mid-epoch (checkpoint_minutes) holds the loader position: a run killed in
-    the middle of epoch 2 and resumed ends bit-identical to an uninterrupted one."""
-    recipe = _recipe(tmp_path, mixup=0.2, ema=0.9, checkpoint_minutes=1e-6)  # a save after every step
+    the middle of epoch 2 and resumed ends bit-identical to an uninterrupted one. The 90 training
+    items are not a multiple of the batch: each epoch trains on 11 batches and leaves 2 items out."""
+    recipe = _recipe(tmp_path, mixup=0.2, ema=0.9, checkpoint_minutes=1e-6, holdout=0.25)  # a save after every step
     _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")
-    steps = 96 // 8  # training batches per epoch
+    steps = 90 // 8  # training batches per epoch
 
     run = tmp_path / "killed"
     proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run)
@@ -99,7 +100,7 @@ def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_class
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 1, "items": (ckpt["global_step"] - steps) * 8}]
     out = _run("cls", "train", color_classes, "--out", run, "--resume")
-    said = f"--resume: continues in epoch 2 of 3, after {(ckpt['global_step'] - steps) * 8} of its 96 training items, "
+    said = f"--resume: continues in epoch 2 of 3, after {(ckpt['global_step'] - steps) * 8} of its 88 training items, "
     assert said in " ".join(out.split())
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
