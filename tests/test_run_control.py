@@ -668,8 +668,8 @@ def test_a_new_run_in_a_folder_of_a_run_without_checkpoints_keeps_none_of_its_re
 
 
 def _simulated_machine(monkeypatch, seconds_per_batch, held_out_seconds: float = 1.0) -> None:
-    """A budget plan as :func:`_planned_budget`'s, and a clock that a training batch of epoch e
-    moves on by ``seconds_per_batch(e)`` and an epoch's end (its held-out pass) by
+    """A budget plan as :func:`_planned_budget`'s, and a clock that training batch b of epoch e
+    moves on by ``seconds_per_batch(e, b)`` and an epoch's end (its held-out pass) by
     ``held_out_seconds``: the machine the budget keeper sees, batch by batch."""
     from vislab.engine.callbacks import BudgetKeeper
 
@@ -679,7 +679,8 @@ def _simulated_machine(monkeypatch, seconds_per_batch, held_out_seconds: float =
     batch_end, epoch_end = BudgetKeeper.on_train_batch_end, BudgetKeeper.on_train_epoch_end
 
     def on_batch(self, trainer, module, *args, **kwargs):
-        now["t"] += seconds_per_batch(trainer.current_epoch + 1)
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # 1-based: this one counted
+        now["t"] += seconds_per_batch(trainer.current_epoch + 1, batch)
         batch_end(self, trainer, module, *args, **kwargs)
 
     def on_epoch(self, trainer, module):
@@ -694,11 +695,11 @@ def _simulated_machine(monkeypatch, seconds_per_batch, held_out_seconds: float =
     # epoch 3 at 2 s per batch: its batch 1 ends at 20 s, batch 4 at 26 s; 4 more batches and the
     # held-out second end at 35 s, past 1.05 x 30 s: the budget runs out after (30 - 26 - 1) // 2 = 1
     # more batch, so the run ends after batch 5 (at 28 s, 29 s with its held-out pass)
-    (3, 2.0, "in epoch 3 of 3, at batch 4 of 8 (0.4 min so far, 2 s per batch in this epoch: slower than "
+    (3, 2.0, "in epoch 3 of 3, at batch 4 of 8 (0.4 min so far, 2 s per batch over its last 3 batches: slower than "
              "planned), the run and its learning-rate schedule now end after batch 5 of epoch 3", 8 + 8 + 5),
     # epoch 2 at 2.5 s per batch: at its batch 4 (19 s) it ends at 30 s, with no time for a quarter of
     # another epoch: the schedule now ends with epoch 2, which fits
-    (2, 2.5, "in epoch 2 of 3, at batch 4 of 8 (0.3 min so far, 2.5 s per batch in this epoch: slower than "
+    (2, 2.5, "in epoch 2 of 3, at batch 4 of 8 (0.3 min so far, 2.5 s per batch over its last 3 batches: slower than "
              "planned), the run and its learning-rate schedule now end with epoch 2", 8 + 8),
 ])
 def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_path, monkeypatch, slow_epoch,
@@ -709,7 +710,7 @@ def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_
     except in one epoch that slows down. The run ends inside its budget with the learning rate at
     the schedule's end, says where on the console and in changes.txt, and a --resume finds it
     finished."""
-    _simulated_machine(monkeypatch, lambda epoch: pace if epoch == slow_epoch else 1.0)
+    _simulated_machine(monkeypatch, lambda epoch, batch: pace if epoch == slow_epoch else 1.0)
     run = tmp_path / "run"
     recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
     res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.5")
@@ -731,6 +732,34 @@ def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_
     assert res.code == 0, res.err
     assert "--resume: nothing left to train" in " ".join(res.err.split())
     assert json.loads((run / "results.json").read_text())["global_step"] == steps
+
+
+def test_a_slowdown_in_the_middle_of_the_last_epoch_is_seen_at_once(cli, color_classes, tmp_path, monkeypatch):
+    """96 training images in batches of 2: planned at 1 s per step and 12 held-out batches at a third
+    of a second, an epoch costs 1.1 x (48 + 4) = 57.2 s, so 2 min are 3 epochs of 32 batches. Each
+    batch takes 1 s and each held-out pass 1 s (33 s an epoch), until batch 21 of epoch 3 (ending at
+    66 + 20 = 86 s), after which every batch takes 4 s. Timed over its last 3 batches, the pace is
+    (94 - 85) / 3 = 3 s at batch 22 (end 94 + 10 x 3 + 1 = 125 s, within 1.05 x 120 s) and 4 s at
+    batch 23 (98 s; end 135 s): there the run is cut to end after (120 - 98 - 1) // 4 = 5 more
+    batches, at 118 s, with five batches left for its learning rate to reach the schedule's end.
+    Timed over the whole epoch, the pace would pass for 1.9 s until batch 28, and the cut come
+    there, with the learning rate in the middle of its schedule."""
+    _simulated_machine(monkeypatch, lambda epoch, batch: 4.0 if (epoch, batch) >= (3, 21) else 1.0)
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=2)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "2")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[-2].startswith("epochs 50 -> 3 of 32 of their 48 batches (a fresh shuffle each): --budget 2 min")
+    assert lines[-1] == ("--budget 2 min: in epoch 3 of 3, at batch 23 of 32 (1.6 min so far, 4 s per batch over its "
+                         "last 3 batches: slower than planned), the run and its learning-rate schedule now end after "
+                         "batch 28 of epoch 3")
+    assert json.loads((run / "results.json").read_text())["global_step"] == 32 + 32 + 28
+    with (run / "history.csv").open() as fh:
+        assert float(list(csv.DictReader(fh))[-1]["lr"]) < 1e-9  # the schedule's end, where the run ended
+    with (run / "metrics.csv").open() as fh:  # logged every 10 steps: step 89 is two batches after the cut
+        lrs = {int(r["step"]): float(r["lr-SGD/pg1"]) for r in csv.DictReader(fh) if r.get("lr-SGD/pg1")}
+    assert max(lrs) == 89 and 0 < lrs[89] < lrs[79]
 
 
 def test_the_budget_cut_by_hand():
@@ -764,7 +793,7 @@ def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, col
     carries the step the run ends at; resumed, the run stops there, identical to the whole run."""
     from vislab.engine.callbacks import BudgetKeeper
 
-    _simulated_machine(monkeypatch, lambda epoch: 2.0 if epoch == 3 else 1.0)
+    _simulated_machine(monkeypatch, lambda epoch, batch: 2.0 if epoch == 3 else 1.0)
     recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8, checkpoint_minutes=1e-6)
     whole, piece = tmp_path / "whole", tmp_path / "piece"
     assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", whole, "--budget", "0.5").code == 0

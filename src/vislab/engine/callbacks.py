@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -216,7 +217,8 @@ class BudgetKeeper(TrainingClock):
     end of an epoch before the last planned one, never after it.
 
     Inside an epoch of at least ``MIN_BATCHES`` batches the budget is held too (:meth:`cut_step`,
-    from the epoch's own seconds per batch once a tenth of it has run): the planned last epoch
+    from the seconds per batch of its latest tenth, at least ``TIMED`` batches, so that a machine
+    that slows down in the middle of a long epoch is seen at once): the planned last epoch
     that would end past ``1 + TOLERANCE`` times the budget ends at the batch where the budget
     runs out, and an earlier epoch after whose end too little of another would fit becomes the
     last; either way the schedule is compressed to end there, so a run on a machine that slowed
@@ -239,7 +241,7 @@ class BudgetKeeper(TrainingClock):
         self.epochs_here = 0  # epochs that ended in this process
         self.tail = 0.0  # seconds from an epoch's last training batch to its end (the held-out pass)
         self._batches = 0  # batches of the current epoch that ended in this process
-        self._first = 0.0  # the clock at the end of the first of them
+        self._ends: deque[float] = deque()  # the clock at the latest batch ends (the epoch's first on)
         self._last_batch: float | None = None  # seconds trained at the end of the epoch's last batch
         super().__init__(record)
 
@@ -275,13 +277,14 @@ class BudgetKeeper(TrainingClock):
         if batches < self.MIN_BATCHES:
             return
         self._batches += 1
+        window = max(self.TIMED, batches // 10)  # batches timed: the epoch's latest tenth
         if self._batches == 1:
-            self._first = self.clock()
-            return
-        if self._batches - 1 < max(self.TIMED, batches // 10):
-            return
+            self._ends = deque(maxlen=window + 1)
         now = self.clock()
-        elapsed, pace = self.before + now - self._t0, (now - self._first) / (self._batches - 1)
+        self._ends.append(now)
+        if self._batches - 1 < window:
+            return
+        elapsed, pace = self.before + now - self._t0, (now - self._ends[0]) / window
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # of this epoch
         self._last_batch = elapsed if done >= batches else None
         left = batches - done if stop is None else stop - step
@@ -293,7 +296,7 @@ class BudgetKeeper(TrainingClock):
         pl_module.replan(epoch, end_step=end if end - step < batches - done else None)  # type: ignore[operator]
         ends = done + end - step  # the batch of this epoch it ends with
         line = (f"--budget {self.minutes:g} min: in epoch {epoch} of {planned}, at batch {done} of {batches} "
-                f"({elapsed / 60:.1f} min so far, {pace:.3g} s per batch in this epoch: slower than planned), the "
+                f"({elapsed / 60:.1f} min so far, {pace:.3g} s per batch over its last {window} batches: slower than planned), the "
                 "run and its learning-rate schedule now end " +
                 (f"with epoch {epoch}" if ends >= batches else f"after batch {ends} of epoch {epoch}") +
                 ("" if stop is None else f" instead of batch {done + left}"))
