@@ -274,6 +274,29 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     assert res.code != 0 and "all.ckpt" in res.err and "without a held-out split" in res.err
 
 
+def test_offsets_fitted_on_a_single_pair_are_not_kept(cli, seg_run, tmp_path):
+    """One pair leaves nothing to check its offsets on (the cross-fit needs two): they are not kept,
+    said on the console and in the record, unless --keep-offsets."""
+    one = tmp_path / "one"
+    one.mkdir()
+    for f in sorted((seg_run / "val").glob("0000_*")):
+        shutil.copy(f, one / f.name)
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy(seg_run / "run" / "best.ckpt", ckpt)
+    res = cli("seg", "calibrate", ckpt, one, "--split", "all")
+    assert res.code == 0, res.err
+    rec = json.loads((tmp_path / "best.offsets.json").read_text())
+    assert rec["files"] == 1 and rec["miou_crossfit"] is None and rec["offsets_dropped"] is True
+    assert rec["offsets"] == [0.0] * 7
+    said = " ".join((res.out + res.err).split())
+    assert "offsets fitted on a single pair cannot be checked on another: not kept" in said
+    assert "offsets: none kept (all 0)" in said and "no class offsets kept: fitted on a single pair" in said
+    res = cli("seg", "calibrate", ckpt, one, "--split", "all", "--keep-offsets")
+    rec = json.loads((tmp_path / "best.offsets.json").read_text())
+    assert res.code == 0 and rec["offsets_dropped"] is False
+    assert "kept, as --keep-offsets asks" in " ".join(res.err.split())
+
+
 @pytest.mark.parametrize("case", ["kept", "dropped", "kept-asked", "tie"])
 def test_calibration_keeps_offsets_only_when_the_cross_fit_does_not_reject_them(seg_run, tmp_path, monkeypatch, capsys,
                                                                                case):

@@ -120,11 +120,12 @@ def crossfit_miou(logp: torch.Tensor, truth: torch.Tensor, *, folds: int = 2, se
 
 
 def crossfit_words(record: dict[str, Any]) -> str:
-    """What a calibration record says of its offsets on pairs they were not fitted on ("" when it
-    has no such check: one pair, or a record of an older vislab)."""
+    """What a calibration record says of its offsets on pairs they were not fitted on ("" for a
+    record of an older vislab without that check)."""
     value = record.get("miou_crossfit")
     if value is None:
-        return ""
+        one = record.get("files") == 1 and record.get("offsets_dropped")
+        return "; no class offsets kept: fitted on a single pair, nothing could check them" if one else ""
     checked = f"{value:.4f} with each half of the pairs predicted with the other's offsets"
     if not record.get("offsets_dropped"):
         return f"; {checked}"

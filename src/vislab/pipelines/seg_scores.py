@@ -188,7 +188,8 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     scale's with them. The kept offsets are checked by a 2-fold cross-fit
     (:func:`vislab.calibration.crossfit_miou`): when offsets fitted on one half of the pairs lower
     the other half's mIoU, they are dropped (stored as zeros, ``offsets_dropped`` true) and the
-    scale is chosen by the mIoU without offsets, unless ``keep_offsets``.
+    scale is chosen by the mIoU without offsets, unless ``keep_offsets``; so are offsets fitted
+    on a single pair, which nothing can check.
     """
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
 
@@ -250,10 +251,11 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     assert best is not None
     after, offsets, chosen, crossfit = best
     before, checked_at = plain[trained], chosen  # the cross-fit was measured at the scale the offsets chose
-    dropped = crossfit is not None and crossfit < plain[chosen] - 1e-9
+    dropped = crossfit is None or crossfit < plain[chosen] - 1e-9
     if dropped:
         at = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
-        hurt = (f"offsets fitted on one half of the {len(pairs)} pairs and applied to the other lower the "
+        hurt = ("offsets fitted on a single pair cannot be checked on another" if crossfit is None else
+                f"offsets fitted on one half of the {len(pairs)} pairs and applied to the other lower the "
                 f"mIoU{at} ({plain[chosen]:.4f} without offsets, {crossfit:.4f} with)")
         if keep_offsets:
             info(f"warning: {hurt}: on new images they may cost more than they gain; kept, as --keep-offsets asks")
