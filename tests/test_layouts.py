@@ -72,6 +72,10 @@ def test_csv_labels_names_and_integers(tmp_path):
     ("a.png,0\nb.png,1\nc.png,10\nd.png,1.0\n", r"labels\.csv: line 4: label '1\.0' is not an integer like most rows"),
     ("filename,label\na.png,0\nb.png,1\nc.png,x\nd.png,2\n", r"labels\.csv: line 4: label 'x' is not an integer like most rows"),
     ("image,class\na.png,0\nb.png,1\nc.png,1\nd.png,0\n", r"labels\.csv: line 1 \(image,class\) is neither a header"),
+    ("a.png,cat\nb.png, \nc.png,dog\nd.png,cat\n", r"labels\.csv: line 2 \(b\.png, \) has an empty label"),
+    ("a.png,cat\n,dog\nc.png,dog\nd.png,cat\n", r"labels\.csv: line 2 \(,dog\) has an empty file name"),
+    ("a.png,cat\nb.png,dog,x\nc.png,dog\nd.png,cat\n", r"labels\.csv: expected rows filename,label \(line 2 has 3 "
+                                                         r"columns: b\.png,dog,x\)"),
 ])
 def test_csv_errors_name_the_file(tmp_path, rows, message):
     d = tmp_path / "flat"
@@ -80,6 +84,32 @@ def test_csv_errors_name_the_file(tmp_path, rows, message):
     (tmp_path / "labels.csv").write_text(rows)
     with pytest.raises(VislabError, match=message):
         find_items(d, labelled=True, labels_csv=tmp_path / "labels.csv")
+
+
+def test_csv_rows_a_spreadsheet_writes_are_read(tmp_path, capsys):
+    """Trailing empty cells, ./ before a name and a row given twice alike (said) are read as meant."""
+    d = tmp_path / "flat"
+    for n in "abc":
+        _img(d / f"{n}.png")
+    (tmp_path / "labels.csv").write_text("filename,label,\n./a.png,cat,\nb.png,dog,\nc.png,cat,\nb.png,dog,\n")
+    items = find_items(d, labelled=True, labels_csv=tmp_path / "labels.csv")
+    assert dict(zip(items.ids, items.labels)) == {"a.png": 0, "b.png": 1, "c.png": 0}
+    assert "labels.csv: 1 row(s) repeat an earlier one (the same file and label); each file counts once" in \
+        " ".join(capsys.readouterr().err.split())
+
+
+def test_numbers_for_a_model_that_knows_names_are_refused(tmp_path):
+    """Course names or integer labels for a model trained on class names: the numbers would meet
+    its names in alphabetical order, by chance (the reverse is refused as well)."""
+    course = tmp_path / "course"
+    for lab in (0, 1, 2):
+        _img(course / f"{lab}_0.png")
+    for labels_csv in (None, tmp_path / "ints.csv"):
+        (tmp_path / "ints.csv").write_text("0_0.png,1\n1_0.png,1\n2_0.png,0\n")
+        with pytest.raises(VislabError, match=r"gives numbered labels .* but the model knows its classes by name "
+                                              r"\('cat' \.\.\.\); label these images by class name") as err:
+            find_items(course, labelled=True, labels_csv=labels_csv, class_names=["cat", "dog", "owl"])
+        assert str(labels_csv or course) in str(err.value)
 
 
 def test_numbers_among_mostly_names_are_names(tmp_path):

@@ -81,6 +81,11 @@ def test_classes_file_is_found_and_checked(tmp_path):
     (d / "classes.yaml").rename(d / "classes.yml")  # the other spelling of the name is found too
     assert find_classes(d).names == tuple(NAMES)
     (d / "classes.yml").rename(d / "classes.yaml")
+    (d / "classes.yml").write_text((d / "classes.yaml").read_text().replace(NAMES[-1], "other"))
+    with pytest.raises(VislabError, match="and classes.yaml beside it both describe the data set; keep one") as err:
+        find_classes(d / "masks")  # found in the folder above too
+    assert str(d / "classes.yml") in str(err.value)
+    (d / "classes.yml").unlink()
     assert "standard mIoU" in desc.metric_name and "all pixels except those of label 255 (ignore)" in desc.metric_name
     palette = parse_classes("mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}, {name: b, color: [9, 9, 9]}]\n"
                             "extra_colors: {[255, 0, 255]: ignore, [0, 0, 0]: a}", tmp_path / "p.yaml")
@@ -100,6 +105,7 @@ def test_classes_file_is_found_and_checked(tmp_path):
         "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[9, 9, 9]: sky}":
             "neither a class name nor ignore",
         "classes: [a": r"not valid YAML \(line 1, column 12:",
+        "mask_format: index\nclasses: [a, {name: ' '}]": r"classes\[1\]: the class name is empty",
         # one class (every other colour mapped to it): nothing to tell apart, refused before training
         "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[0, 0, 0]: a}":
             "1 class; segmentation needs at least 2",
@@ -109,6 +115,17 @@ def test_classes_file_is_found_and_checked(tmp_path):
         with pytest.raises(VislabError, match=message) as err:
             load_classes(f)
         assert str(f) in str(err.value)
+
+
+def test_pairs_in_subfolders_are_not_read_and_said_so(tmp_path, capsys):
+    d = make_index_set(tmp_path / "data", 3)
+    for part, ext in (("images", "jpg"), ("masks", "png")):
+        (d / part / "region2").mkdir()
+        (d / part / f"t01.{ext}").rename(d / part / "region2" / f"t01.{ext}")
+    assert [p.stem for p in list_pairs(d)] == ["t00", "t02"]
+    said = " ".join(capsys.readouterr().err.split())
+    for part in ("images", "masks"):
+        assert f"{d / part}: 1 subfolder(s) not read (e.g. region2/): only the files directly in the folder are" in said
 
 
 def test_index_and_palette_masks_decode_and_round_trip(tmp_path):

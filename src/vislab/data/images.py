@@ -167,13 +167,19 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
 
 
 def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name; errors for a missing or empty one."""
+    """Image files directly inside ``folder``, sorted by name; errors for a missing or empty one.
+    Subfolders are not read: a line says how many there are."""
     d = check_folder(folder)
-    visible = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+    entries = [p for p in d.iterdir() if not p.name.startswith(".")]
+    visible = [p for p in entries if p.is_file()]
     files = sorted(p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise VislabError(d, f"no {what} found (expected {', '.join(IMAGE_SUFFIXES)} files)")
     say_skipped(d, sorted(p.name for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES))
+    subfolders = sorted(p.name for p in entries if p.is_dir())
+    if subfolders:
+        info(f"{d}: {len(subfolders)} subfolder(s) not read (e.g. {subfolders[0]}/): only the files directly "
+             "in the folder are")
     return files
 
 

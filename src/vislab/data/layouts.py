@@ -115,16 +115,20 @@ def _tree(d: Path, skipped: list[str]) -> list[str]:
 
 
 def int_label_ids(labels: list[int], class_names: list[str] | None, where: Path) -> list[int]:
-    """Integer labels as class ids of a model with ``class_names``: when every name is a number
-    (class folders 0/ 1/ ... 10/, ids in the folders' text order) a label is matched to the name
-    of the same number; otherwise it is the id itself. An unknown label is an error."""
+    """Integer labels as class ids of a model with ``class_names``: every name must be a number
+    (class folders 0/ 1/ ... 10/, ids in the folders' text order), and a label is matched to the
+    name of the same number. Numbers for a model that knows other names are an error (they would
+    meet its classes in alphabetical order, by chance), as is an unknown label."""
     if class_names is None:
         return labels
-    numbered = {int(n): i for i, n in enumerate(class_names) if re.fullmatch(r"\d+", n)}
-    if len(numbered) == len(class_names) and list(numbered) != list(range(len(class_names))):
-        by = numbered
-    else:
-        by = {i: i for i in range(len(class_names))}
+    named = [n for n in class_names if not re.fullmatch(r"\d+", n)]
+    if named:
+        raise VislabError(where, f"gives numbered labels (<label>_<index> names or integer labels), but the model "
+                                 f"knows its classes by name ({named[0]!r} ...); label these images by class name "
+                                 "(<class name>/ folders, or names in a labels CSV)")
+    by: dict[int, int] = {}
+    for i, n in enumerate(class_names):
+        by.setdefault(int(n), i)  # folders 1/ and 01/: a label 1 is the first
     unknown = sorted({v for v in labels if v not in by})
     if unknown:
         raise VislabError(where, f"label {unknown[0]} is not one of the model's {len(class_names)} classes "
@@ -223,7 +227,17 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
     short = next((n for n, r in rows if len(r) < 2), None)
     if short is not None:
         raise VislabError(path, f"expected rows filename,label (line {short} has one column)")
-    return [(n, r[0].strip(), r[1].strip()) for n, r in rows]
+    wide = next(((n, r) for n, r in rows if any(c.strip() for c in r[2:])), None)  # trailing empty cells pass
+    if wide is not None:
+        raise VislabError(path, f"expected rows filename,label (line {wide[0]} has {len(wide[1])} columns: "
+                                f"{','.join(wide[1])})")
+    out = []
+    for n, r in rows:
+        name, label = r[0].strip(), r[1].strip()
+        if not name or not label:
+            raise VislabError(path, f"line {n} ({r[0]},{r[1]}) has an empty {'file name' if not name else 'label'}")
+        out.append((n, name[2:] if name.startswith("./") else name, label))  # ./a.png: a.png of the folder
+    return out
 
 
 def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] | None) -> ClassItems:
@@ -234,10 +248,14 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
         raise VislabError(path, f"line {n0} ({first},{second}) is neither a header vislab knows "
                                 "(filename,label or image_id,label) nor an image of the folder")
     table: dict[str, str] = {}
+    repeats = 0
     for _, name, label in rows:
         if name in table and table[name] != label:
             raise VislabError(path, f"{name} is listed twice with different labels ({table[name]}, {label})")
+        repeats += name in table
         table[name] = label
+    if repeats:
+        info(f"{path}: {repeats} row(s) repeat an earlier one (the same file and label); each file counts once")
     missing_files = [n for n in table if n not in by_name]
     if missing_files:
         raise VislabError(path, f"lists {missing_files[0]}, which is not an image in {root} ({len(missing_files)} such rows)")

@@ -283,7 +283,9 @@ def parse_classes(text: str, path: Path) -> SegClasses:
         e = {"name": e} if isinstance(e, str) else e
         if not isinstance(e, dict) or not isinstance(e.get("name"), (str, int)) or set(e) - {"name", "color"}:
             raise VislabError(path, f"classes[{i}]: expected {{name: NAME, color: [R, G, B]}}, got {e!r}")
-        names.append(str(e["name"]))
+        names.append(str(e["name"]).strip())
+        if not names[-1]:
+            raise VislabError(path, f"classes[{i}]: the class name is empty")
         colours.append(_colour(e["color"], path, f"classes[{i}] ({e['name']})") if "color" in e else None)
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
@@ -341,12 +343,14 @@ def load_classes(path: str | Path) -> SegClasses:
 
 def classes_file(folder: str | Path) -> Path | None:
     """The ``classes.yaml`` (or ``classes.yml``) that describes ``folder``: in it, else in the
-    folder above, else None."""
+    folder above, else None. Both in one folder are an error (which one describes the data?)."""
     d = Path(folder)
     for where in (d, d.parent):
-        for name in (CLASSES_FILE, "classes.yml"):
-            if (where / name).is_file():
-                return where / name
+        found = [where / name for name in (CLASSES_FILE, "classes.yml") if (where / name).is_file()]
+        if len(found) > 1:
+            raise VislabError(found[1], f"and {CLASSES_FILE} beside it both describe the data set; keep one")
+        if found:
+            return found[0]
     return None
 
 
