@@ -438,7 +438,7 @@ def test_normalisation_follows_the_encoder_weights(cli, tmp_path):
     own = SegmentationData(d, Recipe(task="seg", holdout=0.34), expected=None, classes=find_classes(d)).pixel_stats()[0]
     assert own != pytest.approx([0.485, 0.456, 0.406], abs=0.01)
     for weights, mean, why in (("imagenet", [0.5, 0.5, 0.5], "pretrained weights"),
-                               ("none", [round(v, 4) for v in own], "own per-channel statistics (no pretrained weights)")):
+                               ("none", [round(v, 4) for v in own], "own per-channel statistics, with no pretrained weights")):
         recipe = tmp_path / f"{weights}.yaml"
         recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:tu-tf_efficientnet_lite0", "weights": weights,
                                           "epochs": 1, "batch_size": 2, "holdout": 0.34, "crop_size": 32}))

@@ -73,7 +73,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                          "the mIoU scores: there is nothing to weigh")
         weights = [round(float(w), 5) for w in inverse_sqrt_frequency(data.class_counts, desc.scored)]
     recipe, note = resolve_normalisation(recipe, data.pixel_stats,
-                                         "the training tiles' own per-channel statistics (no pretrained weights)")
+                                         "the training tiles' own per-channel statistics, with no pretrained weights")
     changes = [*notes, *dict.fromkeys(replaced), *([note] if note else [])]  # one line for a file both folders share
     recipe, line = _crop_within_tiles(recipe, data.stats.sizes)
     changes += [line] if line else []
