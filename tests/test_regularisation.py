@@ -105,6 +105,9 @@ def test_recipe_refuses_bad_regularisation_values():
     with pytest.raises(VislabError, match="recipe field cutmix must be a number, got 'lots'"):
         from vislab.config import recipe_from_dict
         recipe_from_dict({"cutmix": "lots"})
+    for key in ("lr", "weight_decay", "mixup", "erasing", "budget_minutes"):  # YAML `true`: not a 1.0
+        with pytest.raises(VislabError, match=f"recipe field {key} must be a number, got True"):
+            recipe_from_dict({key: True})
 
 
 def test_training_with_ema_saves_and_predicts_with_the_average(cli, color_classes, tmp_path):

@@ -235,6 +235,8 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
         out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
     for key in ("lr", "weight_decay", "mixup", "cutmix", "erasing", "ema", "checkpoint_minutes", "budget_minutes"):  # YAML reads 1e-3 as a string
         if out.get(key) is not None:
+            if isinstance(out[key], bool):  # float(True) is 1.0: `lr: true` is a slip, not a rate of 1
+                raise FieldError(key, f"must be a number, got {out[key]!r}")
             try:
                 out[key] = float(out[key])
             except (TypeError, ValueError):
