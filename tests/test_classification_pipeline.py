@@ -209,6 +209,11 @@ def test_resume_without_checkpoint_exits_2(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--out", tmp_path / "fresh", "--resume")
     assert res.code == 2
     assert res.err.strip() == f"vislab: error: {tmp_path / 'fresh'}: --resume found no last.ckpt in this run folder"
+    (tmp_path / "empty").mkdir()
+    for task, run in (("cls", "fresh"), ("cls", "empty"), ("seg", "empty")):  # no TRAIN_DIR: the same line
+        res = cli(task, "train", "--out", tmp_path / run, "--resume")
+        assert res.code == 2 and res.err.strip() == \
+            f"vislab: error: {tmp_path / run}: --resume found no last.ckpt in this run folder"
 
 
 def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):

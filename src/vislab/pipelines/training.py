@@ -75,6 +75,8 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     older vislab, without the record, leaves ``given`` as it is."""
     from vislab.engine.run_folder import INPUTS, read_inputs
 
+    if not (Path(out) / "last.ckpt").is_file():  # before any input is looked for: nothing to resume
+        raise VislabError(out, "--resume found no last.ckpt in this run folder")
     recorded = read_inputs(out)
     result = dict(given)
     taken = []
