@@ -188,6 +188,17 @@ def test_resume_needs_no_weights_file(cli, color_classes, tmp_path):
     assert res.code == 0, res.err
     after = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # the finished run keeps its records: another --val-dir is refused, not scored into them
+    val = tmp_path / "val"
+    val.mkdir()
+    for name in ("0_0.png", "1_0.png", "2_0.png"):
+        shutil.copy(color_classes / name, val / name)
+    results = (run / "results.json").read_text()
+    res = cli("cls", "train", "--out", run, "--resume", "--val-dir", val)
+    assert res.code == 2 and res.err.strip() == (
+        f"vislab: error: {val}: --val-dir: {run} finished its schedule with no validation folder, and a resume keeps "
+        f"what it recorded; score this folder with `vislab cls eval {run} {val}`")
+    assert (run / "results.json").read_text() == results and not (run / "val_predictions.csv").exists()
 
 
 def test_last_checkpoint_is_the_last_epoch_when_the_best_came_earlier(cli, color_classes, tmp_path):

@@ -78,6 +78,13 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     if not (Path(out) / "last.ckpt").is_file():  # before any input is looked for: nothing to resume
         raise VislabError(out, "--resume found no last.ckpt in this run folder")
     recorded = read_inputs(out)
+    val = given.get("val_dir")
+    if val is not None and Path(val).resolve() != Path(recorded.get("val_dir") or out / "(none)").resolve() \
+            and _finished(Path(out)):
+        task = "cls eval" if read_recipe_task(Path(out)) == "cls" else "seg score"
+        raise VislabError(val, f"--val-dir: {out} finished its schedule with "
+                               f"{recorded.get('val_dir') or 'no validation folder'}, and a resume keeps what it recorded; "
+                               f"score this folder with `vislab {task} {out} {val}`")
     result = dict(given)
     taken = []
     for key, value in given.items():
@@ -99,6 +106,35 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     if taken:
         info(f"--resume: {', '.join(taken)}, as the run started (from {out / INPUTS})")
     return result
+
+
+def _finished(out: Path) -> bool:
+    """Whether the run in ``out`` recorded its results at the step its last.ckpt holds (its
+    schedule ran to the end; a run a time limit stopped records them too, and goes on)."""
+    import torch
+
+    from vislab.engine.run_folder import read_results
+
+    earlier = read_results(out)
+    if not earlier:
+        return False
+    try:
+        step = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is refused where the resume reads it
+        return False
+    return earlier.get("global_step") == step and earlier.get("epochs_trained", earlier.get("epochs")) == \
+        earlier.get("epochs")
+
+
+def read_recipe_task(out: Path) -> str | None:
+    """The task of the recipe saved in run folder ``out`` (None when it cannot be read)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("task") if isinstance(saved, dict) else None
 
 
 def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
