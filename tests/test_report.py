@@ -192,6 +192,34 @@ def test_figures_say_once_which_characters_no_font_draws(capsys):
     assert "Glyph" not in err  # matplotlib's own warning per glyph is not printed
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_figure_replaces_vislabs_own_images_only(tmp_path, suffix):
+    """A figure written by vislab carries its mark and is replaced by the next; an image vislab did
+    not write (a data set's mask, a photo) in the figure's place is refused, and left as it was."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from vislab.errors import VislabError
+    from vislab.io import check_new_output, written_by_vislab
+    from vislab.viz.save import save_figure
+
+    fig = plt.figure(figsize=(2, 1))
+    ours, theirs = tmp_path / f"fig{suffix}", tmp_path / f"mask{suffix}"
+    save_figure(fig, ours)
+    assert written_by_vislab(ours) and Image.open(ours).size == (200, 100)  # still an image viewers read
+    assert check_new_output(ours, suffixes=(suffix,), data_suffixes=(suffix,)) == ours
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(theirs)
+    before = theirs.read_bytes()
+    assert not written_by_vislab(theirs)
+    with pytest.raises(VislabError, match="exists and is an image vislab did not write"):
+        check_new_output(theirs, suffixes=(suffix,), data_suffixes=(suffix,))
+    assert theirs.read_bytes() == before
+    plt.close(fig)
+
+
 def test_the_recipe_table_says_the_epochs_that_ran():
     from vislab.report import _epochs_run
 

@@ -14,6 +14,36 @@ import yaml
 from vislab.errors import VislabError
 
 
+PNG_TAG = b"Software\x00vislab"
+"""The text chunk vislab puts in the PNGs it writes (masks, figures), so a later command knows its own files."""
+JPEG_COMMENT = b"Software: vislab"
+"""The comment segment of the JPEG figures vislab writes, likewise."""
+
+
+def tag_png(png: bytes) -> bytes:
+    """``png`` with a ``tEXt`` chunk :data:`PNG_TAG` after its header chunk (viewers and the
+    course's evaluator ignore it)."""
+    import struct
+    import zlib
+
+    end = 8 + 8 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    chunk = b"tEXt" + PNG_TAG
+    return png[:end] + struct.pack(">I", len(PNG_TAG)) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[end:]
+
+
+def written_by_vislab(path: Path) -> bool:
+    """Whether ``path`` is a PNG (:func:`tag_png`) or JPEG (:data:`JPEG_COMMENT`) that vislab
+    wrote; its first bytes are read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(80)
+    except OSError:
+        return False
+    if head.startswith(b"\x89PNG"):
+        return b"tEXt" + PNG_TAG in head
+    return head.startswith(b"\xff\xd8") and b"\xff\xfe" in head and JPEG_COMMENT in head
+
+
 def check_output_file(path: str | Path) -> Path:
     """``path`` as a Path, when a file can be written there (no folder in its place, no file in
     place of its folder, the nearest existing folder writable); else one error naming it.
@@ -50,7 +80,8 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     command's ``data_dirs`` (it would replace an image, or be read as one more), and any output
     inside a run folder's records (``snapshots/``); and when a file is already there, refuse to
     replace it if it is one of the command's ``inputs``, a record or checkpoint of a run folder, a
-    file of another kind than the command writes (its suffix not in ``suffixes``), or, given the
+    file of another kind than the command writes (its suffix not in ``suffixes``), an image (a
+    suffix of ``data_suffixes``) that vislab did not write (:func:`written_by_vislab`), or, given the
     ``header`` line the command writes, a text file whose first line is another (a labels CSV, a
     user's table). A command's own earlier output (same kind, not an input) is replaced as usual,
     except inside one of ``data_dirs`` when not ``replace_in_data`` (a command whose output has the
@@ -83,6 +114,9 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     if kinds and dest.suffix.lower() not in kinds:
         raise VislabError(dest, f"exists and is not a {' or '.join(kinds)} file; refusing to replace it "
                                 "(choose another name, or delete it first)")
+    if dest.suffix.lower() in {s.lower() for s in data_suffixes} and not written_by_vislab(dest):
+        raise VislabError(dest, "exists and is an image vislab did not write (a data set's own file?); refusing to "
+                                "replace it (choose another name, or delete it first)")
     if header is not None and dest.stat().st_size:
         first = _first_line(dest)
         if first != header:

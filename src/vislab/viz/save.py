@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vislab.errors import VislabError
-from vislab.io import atomic_path
+from vislab.io import JPEG_COMMENT, atomic_path, tag_png
 
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
@@ -22,7 +22,14 @@ def figure_format(path: str | Path) -> str:
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    """Write matplotlib ``fig`` atomically to ``path`` in the format its extension names."""
+    """Write matplotlib ``fig`` atomically to ``path`` in the format its extension names; a PNG
+    or JPEG carries vislab's mark (:func:`vislab.io.written_by_vislab`), so that a later command
+    replaces it but no image it did not write."""
     fmt = figure_format(path)
     with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format=fmt)
+        if fmt == "jpeg":
+            fig.savefig(tmp, format=fmt, pil_kwargs={"comment": JPEG_COMMENT})
+        else:
+            fig.savefig(tmp, format=fmt)
+        if fmt == "png":
+            tmp.write_bytes(tag_png(tmp.read_bytes()))
