@@ -11,16 +11,91 @@ from typing import Any, Iterable, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from vislab.errors import Interrupted, VislabError
 
+CLICK = getattr(typer, "_click", None)  # the click that Typer runs on: its own copy since Typer 0.2x
+if CLICK is None:
+    import click as CLICK
+
+
+# --- every option once ----------------------------------------------------------------------
+
+def _once_parser(ctx: Any, parser: Any) -> Any:
+    """``parser`` (click's, for the command of ``ctx``) made to refuse a single-valued option
+    given more than once, where click would keep the last one: ``--epochs 1 --epochs 2``,
+    ``--epochs=1 --epochs 2``, ``--offsets --no-offsets``, ``--held-out --held-out``. The values
+    are counted as click's own parser reads them, so a positional argument that looks like a
+    value is not one, and the error comes before any value is converted or any work starts.
+    Options declared to take several values (``multiple=True``, counts) are left alone, and
+    ``--help`` anywhere still shows the help."""
+    given: dict[Any, list[str]] = {}  # parameter -> each value (a flag: its spelling) as given
+
+    def recording(option: Any) -> Any:
+        process = option.process
+        spelling = ([*option._long_opts, *option._short_opts] or ["?"])[0]
+
+        def record(value: Any, state: Any) -> None:
+            if not option.takes_value:
+                shown = spelling
+            elif isinstance(value, (tuple, list)):  # an option of several values at once (--input C H W)
+                shown = " ".join(shlex.quote(str(v)) for v in value)
+            else:
+                shown = shlex.quote(str(value))
+            given.setdefault(option.obj, []).append(shown)
+            process(value, state)
+
+        return record
+
+    options = {id(o): o for o in (*parser._long_opt.values(), *parser._short_opt.values())}
+    for option in options.values():
+        if option.action in ("store", "store_const"):  # not append/count: those take several by design
+            option.process = recording(option)
+    parse = parser.parse_args
+
+    def parse_args(args: list[str]) -> Any:
+        given.clear()
+        result = parse(args)
+        help_option = ctx.command.get_help_option(ctx)
+        if not ctx.resilient_parsing and help_option not in given:
+            for param, values in given.items():
+                if len(values) > 1:
+                    name = param.opts[0] if param.opts else param.name
+                    times = "twice" if len(values) == 2 else f"{len(values)} times"
+                    spellings = [*param.opts, *getattr(param, "secondary_opts", [])]
+                    same_flag = len(set(values)) == 1 and values[0] in spellings  # --held-out --held-out
+                    shown = "" if same_flag else f" ({', '.join(values)})"
+                    raise CLICK.exceptions.BadOptionUsage(name, f"{name} is given {times}{shown}; give it once",
+                                                          ctx=ctx)
+        return result
+
+    parser.parse_args = parse_args
+    return parser
+
+
+class OnceCommand(TyperCommand):
+    """A command that refuses a single-valued option given twice (:func:`_once_parser`)."""
+
+    def make_parser(self, ctx: Any) -> Any:
+        return _once_parser(ctx, super().make_parser(ctx))
+
+
+class OnceGroup(TyperGroup):
+    """A command group whose own options (``--debug``) are refused twice, as a command's are."""
+
+    def make_parser(self, ctx: Any) -> Any:
+        return _once_parser(ctx, super().make_parser(ctx))
+
+
 app = typer.Typer(help="Train, evaluate and explain small-image classifiers and land-cover segmenters.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=OnceGroup)
 cls_app = typer.Typer(help="P1: image classification: the course's 50 classes of 32x32 images, or any folder of "
-                      "labelled images (class folders, <label>_<n> names, a labels CSV).", no_args_is_help=True)
+                      "labelled images (class folders, <label>_<n> names, a labels CSV).", no_args_is_help=True,
+                      cls=OnceGroup)
 app.add_typer(cls_app, name="cls")
 seg_app = typer.Typer(help="P2: segmentation: the course's 7 land-cover classes, or any data set described by a classes.yaml.",
-                      no_args_is_help=True)
+                      no_args_is_help=True, cls=OnceGroup)
 app.add_typer(seg_app, name="seg")
 out = Console(highlight=False)
 
@@ -157,7 +232,27 @@ WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes."
 BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")
 TeacherOpt = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities (per image; a segmenter's per pixel of each training tile, computed once) are soft targets.")
 DistillOpt = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels' loss gets the rest).")
-LimitOpt = typer.Option(None, "--limit-batches", help="Train on only this many batches per epoch (quick runs).")
+
+
+def _batches(text: Any) -> int | float:
+    """``--limit-batches``: a whole number is a count of batches (``2``), any other number a
+    fraction of them (``0.25``; ``1.0``: all), as the recipe's ``limit_train_batches`` and
+    Lightning read them; the range is the recipe's check."""
+    if isinstance(text, (int, float)):  # the default, or a value already read
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a number of batches (e.g. 20) nor a fraction of them "
+                                 "(e.g. 0.25)") from None
+
+
+LimitOpt = typer.Option(None, "--limit-batches", parser=_batches, metavar="<int|fraction>",
+                        help="Train on only this many batches per epoch (quick runs), or this fraction of them (0.25; 1.0: all).")
 
 
 @app.command("models")
@@ -287,7 +382,7 @@ def cls_train(
     ema: Optional[float] = EmaOpt,
     budget: Optional[float] = BudgetOpt,
     teacher: Optional[str] = TeacherOpt, distill: Optional[float] = DistillOpt,
-    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
+    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[float] = LimitOpt,
 ) -> None:
     """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
     from vislab.pipelines.classification import train
@@ -457,7 +552,7 @@ def seg_train(
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
     ema: Optional[float] = EmaOpt, budget: Optional[float] = BudgetOpt,
     teacher: Optional[str] = TeacherOpt, distill: Optional[float] = DistillOpt,
-    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[int] = LimitOpt,
+    workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[float] = LimitOpt,
 ) -> None:
     """Train a segmenter; the best checkpoint is selected by the data set's mIoU on held-out training pairs."""
     from vislab.pipelines.segmentation import train
@@ -714,7 +809,8 @@ def runs_cmd(
 # --- the decode cache ------------------------------------------------------------------------
 
 cache_app = typer.Typer(help="The cache of decoded images and tiles, mask statistics and ONNX graphs "
-                        "($VISLAB_CACHE, default ~/.cache/vislab): list it, or free its space.", no_args_is_help=True)
+                        "($VISLAB_CACHE, default ~/.cache/vislab): list it, or free its space.", no_args_is_help=True,
+                        cls=OnceGroup)
 app.add_typer(cache_app, name="cache")
 
 
@@ -782,12 +878,23 @@ def _one_line_summaries(*apps: typer.Typer) -> None:
 _one_line_summaries(app, cls_app, seg_app, cache_app)
 
 
+def _options_once(*apps: typer.Typer) -> None:
+    """Every command refuses a single-valued option given twice (:class:`OnceCommand`); one
+    declared with a class of its own must be an :class:`OnceCommand` too."""
+    for group in apps:
+        for command in group.registered_commands:
+            if command.cls in (None, TyperCommand):  # Typer's default
+                command.cls = OnceCommand
+            assert issubclass(command.cls, OnceCommand), f"{command.name}: not an OnceCommand"
+
+
+_options_once(app, cls_app, seg_app, cache_app)
+
+
 def main() -> None:
     """Console entry point: one line and exit status 2 for every bad input; one line and status 1
     for any other failure (``--debug`` shows the traceback)."""
-    clicks = getattr(typer, "_click", None)  # the click that Typer runs on: its own copy since Typer 0.2x
-    if clicks is None:
-        import click as clicks
+    clicks = CLICK
     debug = "--debug" in sys.argv
     try:
         code = app(standalone_mode=False, prog_name="vislab")

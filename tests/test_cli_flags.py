@@ -1,0 +1,167 @@
+"""Every flag is honoured or refused: an option given twice is one line naming it and its values
+(never the last one silently), refused before any data is read; ``--limit-batches`` takes the
+fraction its recipe field takes."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import pytest
+
+from conftest import write_color_classes, write_cls_recipe
+
+
+def _one_line(res, said: str, command: str) -> None:
+    assert res.code == 2, (res.code, res.err)
+    assert res.err == f"vislab: error: {said} (see `{command} --help`)\n", res.err
+    assert not res.out.strip() and "Traceback" not in res.err
+
+
+def test_every_command_and_group_counts_its_options():
+    """One check for all: every command and group of the tree parses with the repeat check."""
+    import typer
+
+    from vislab.cli import OnceCommand, OnceGroup, app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    found = list(walk(typer.main.get_command(app), "vislab"))
+    assert len(found) > 20
+    for path, command in found:
+        assert isinstance(command, OnceCommand if not hasattr(command, "commands") else OnceGroup), path
+
+
+@pytest.mark.parametrize("args, said", [
+    (("cls", "train", "{data}", "--epochs", "1", "--epochs", "2"), "--epochs is given twice (1, 2); give it once"),
+    (("cls", "train", "{data}", "--epochs=1", "--epochs", "2"), "--epochs is given twice (1, 2); give it once"),
+    (("cls", "train", "{data}", "--limit-batches", "1", "--epochs", "1", "--limit-batches=2", "--limit-batches", "3"),
+     "--limit-batches is given 3 times (1, 2, 3); give it once"),
+    (("cls", "train", "{data}", "--resume", "--resume"), "--resume is given twice; give it once"),
+    (("seg", "train", "{data}", "--teacher", "runs/a,runs/b", "--teacher", "runs/c"),
+     "--teacher is given twice (runs/a,runs/b, runs/c); give it once"),
+])
+def test_a_train_flag_given_twice_trains_nothing(cli, tmp_path, args, said):
+    data = write_color_classes(tmp_path / "train", per_class=2)
+    run = tmp_path / "run"
+    res = cli(*(a.format(data=data) for a in args), "--out", run)
+    _one_line(res, said, f"vislab {args[0]} train")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (("seg", "score", "{run}", "{data}", "--offsets", "--no-offsets"),
+     "--offsets is given twice (--offsets, --no-offsets); give it once"),
+    (("seg", "score", "{run}", "{data}", "--no-offsets", "--json={out}.json", "--no-offsets"),
+     "--offsets is given twice; give it once"),
+    (("seg", "score", "{run}", "{data}", "--held-out", "--held-out"), "--held-out is given twice; give it once"),
+    (("cls", "eval", "{run}", "{data}", "--tta", "flip", "--json", "{out}.json", "--tta", "shift"),
+     "--tta is given twice (flip, shift); give it once"),
+    (("cls", "predict", "{run}", "{data}", "{out}.csv", "--engine", "torch", "--engine", "onnx"),
+     "--engine is given twice (torch, onnx); give it once"),
+    (("cls", "predict", "{run}", "{data}", "{out}.csv", "--device", "cpu", "--device", "a b"),
+     "--device is given twice (cpu, 'a b'); give it once"),
+    (("seg", "predict", "{run}", "{data}", "{out}", "--offsets", "--offsets", "--no-offsets"),
+     "--offsets is given 3 times (--offsets, --offsets, --no-offsets); give it once"),
+    (("export", "{run}", "{out}.onnx", "--size", "32", "32", "--size", "64", "64"),
+     "--size is given twice (32 32, 64 64); give it once"),
+    (("summary", "resnet9_xs", "--input", "3", "32", "32", "--input", "3", "64", "64"),
+     "--input is given twice (3 32 32, 3 64 64); give it once"),
+    (("runs", "{run}", "--sort", "val", "--sort", "time"), "--sort is given twice (val, time); give it once"),
+    (("cache", "clear", "--dry-run", "--unused-days", "1", "--unused-days", "2"),
+     "--unused-days is given twice (1, 2); give it once"),
+])
+def test_an_option_given_twice_is_one_line_and_nothing_is_written(cli, tmp_path, args, said):
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "out"
+    res = cli(*(a.format(run=tmp_path / "missing-run", data=data, out=out) for a in args))
+    command = "vislab " + " ".join(args[:2] if args[0] in ("cls", "seg", "cache") else args[:1])
+    _one_line(res, said, command)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no JSON, CSV, masks or graph
+
+
+def test_a_group_option_given_twice(cli):
+    _one_line(cli("--debug", "--debug", "models"), "--debug is given twice; give it once", "vislab")
+
+
+def test_positional_arguments_that_look_like_values_are_not_counted(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = cli("cls", "eval", "flip", "flip", "--tta", "flip")  # a checkpoint and a folder named as the value
+    assert res.code == 2 and res.err == "vislab: error: flip: checkpoint not found\n", res.err
+    res = cli("cls", "train", "2", "--epochs", "2", "--out", "run")  # TRAIN_DIR "2" beside --epochs 2
+    assert res.code == 2 and "given" not in res.err and res.err.startswith("vislab: error: 2: "), res.err
+    assert not (tmp_path / "run").exists()
+    res = cli("cls", "predict", "--engine", "torch", "r", "torch", "torch.csv")  # the value, then positionals
+    assert res.code == 2 and res.err == "vislab: error: r: checkpoint not found\n", res.err
+
+
+def test_help_still_works(cli):
+    for args in (("cls", "train", "--help"), ("seg", "score", "--help"), ("--help",),
+                 ("cls", "train", "--epochs", "1", "--epochs", "2", "--help"),  # help wins over the repeat
+                 ("cls", "eval", "--help", "--help")):
+        res = cli(*args)
+        assert res.code == 0 and "Usage:" in res.out and not res.err, (args, res.err)
+
+
+def test_options_declared_to_take_several_values_are_left_alone():
+    """No vislab option takes several values today; one declared so (``multiple=True``, a count)
+    keeps them all under the same command class, while a single-valued one beside it is refused."""
+    import typer
+
+    from vislab.cli import CLICK, OnceCommand
+
+    app = typer.Typer()
+    seen = {}
+
+    @app.command(cls=OnceCommand)
+    def tool(tag: Optional[list[str]] = typer.Option(None, "--tag"),
+             verbose: int = typer.Option(0, "--verbose", "-v", count=True),
+             name: str = typer.Option("x", "--name", "-n")) -> None:
+        seen.update(tag=tag, verbose=verbose, name=name)
+
+    command = typer.main.get_command(app)
+    command.main(["--tag", "a", "--tag=b", "-vv", "--verbose", "-n", "y"], standalone_mode=False)
+    assert seen == {"tag": ["a", "b"], "verbose": 3, "name": "y"}
+    with pytest.raises(CLICK.exceptions.UsageError, match=r"^--name is given twice \(y, z\); give it once$"):
+        command.main(["--name", "y", "-n", "z"], standalone_mode=False)  # a short alias counts as the option
+    with pytest.raises(CLICK.exceptions.UsageError, match=r"^--name is given twice \(y, z\); give it once$"):
+        command.main(["-ny", "--name=z"], standalone_mode=False)
+
+
+def test_limit_batches_takes_a_fraction_of_the_batches(cli, tmp_path):
+    """The recipe field limit_train_batches takes a count or a fraction (Lightning's rule: an int
+    is batches, a float a fraction); the flag takes both too."""
+    data = write_color_classes(tmp_path / "train", per_class=8)  # 24 images: 6 batches of 4
+    recipe = write_cls_recipe(tmp_path, "r.yaml", model="resnet9_xs", epochs=1, batch_size=4, holdout=0)
+    run = tmp_path / "run"
+    res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "0.5", "--out", run)
+    assert res.code == 0, res.err
+    assert json.loads((run / "inputs.json").read_text())["flags"] == {"limit_train_batches": 0.5}
+    assert json.loads((run / "results.json").read_text())["global_step"] == 3  # half of the 6 batches
+
+
+@pytest.mark.parametrize("value, said", [
+    ("abc", "Invalid value for '--limit-batches': 'abc' is neither a number of batches (e.g. 20) nor a fraction "
+            "of them (e.g. 0.25) (see `vislab {task} train --help`)"),
+    ("0", "--limit-batches: must be an integer >= 1 (batches) or a fraction in (0, 1], got 0"),
+    ("1.5", "--limit-batches: must be an integer >= 1 (batches) or a fraction in (0, 1], got 1.5"),
+    ("-0.5", "--limit-batches: must be an integer >= 1 (batches) or a fraction in (0, 1], got -0.5"),
+])
+@pytest.mark.parametrize("task", ["cls", "seg"])
+def test_a_bad_limit_batches_is_one_line_before_any_work(cli, tmp_path, value, said, task):
+    run = tmp_path / "run"
+    res = cli(task, "train", tmp_path / "no-such-folder", "--limit-batches", value, "--out", run)
+    assert res.code == 2 and res.err == f"vislab: error: {said.format(task=task)}\n", res.err
+    assert not run.exists()
+
+
+def test_help_shows_that_limit_batches_takes_a_fraction(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    for task in ("cls", "seg"):
+        res = cli(task, "train", "--help")
+        line = next(row for row in res.out.splitlines() if "--limit-batches" in row)
+        assert "<int|fraction>" in line and "<int>" not in line and "fraction of them" in line
