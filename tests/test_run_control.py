@@ -785,6 +785,10 @@ def test_the_budget_cut_by_hand():
     assert keeper.epochs_that_fit(module, 2, 6, 25.0) == 2
     assert keeper.epochs_that_fit(module, 2, 6, 25.0, can_cut=True) == 3
     assert keeper.epochs_that_fit(module, 2, 6, 28.0, can_cut=True) == 2  # 2 s < a quarter of 14 s
+    from vislab.engine.callbacks import _so_far  # a tiny run's lines do not read "0.0 min so far"
+
+    assert (_so_far(0.17), _so_far(2.9), _so_far(5.0), _so_far(98.0)) == (
+        "0.17 s so far", "2.9 s so far", "0.1 min so far", "1.6 min so far")
 
 
 def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, color_classes, tmp_path, monkeypatch):

@@ -202,6 +202,12 @@ class TrainingClock(pl.Callback):
         self._in_epoch = False
 
 
+def _so_far(seconds: float) -> str:
+    """Training time so far in a budget line: minutes to a tenth, seconds below 0.05 min."""
+    minutes = f"{seconds / 60:.1f}"
+    return f"{seconds:.2g} s so far" if minutes == "0.0" else f"{minutes} min so far"
+
+
 class BudgetKeeper(TrainingClock):
     """Holds a ``--budget`` during the run. The epochs were planned from the speed of the first
     steps (:func:`vislab.engine.budget.budget_epochs`); on a machine that slows down later (other
@@ -296,7 +302,7 @@ class BudgetKeeper(TrainingClock):
         pl_module.replan(epoch, end_step=end if end - step < batches - done else None)  # type: ignore[operator]
         ends = done + end - step  # the batch of this epoch it ends with
         line = (f"--budget {self.minutes:g} min: in epoch {epoch} of {planned}, at batch {done} of {batches} "
-                f"({elapsed / 60:.1f} min so far, {pace:.3g} s per batch over its last {window} batches: slower than planned), the "
+                f"({_so_far(elapsed)}, {pace:.3g} s per batch over its last {window} batches: slower than planned), the "
                 "run and its learning-rate schedule now end " +
                 (f"with epoch {epoch}" if ends >= batches else f"after batch {ends} of epoch {epoch}") +
                 ("" if stop is None else f" instead of batch {done + left}"))
@@ -340,8 +346,9 @@ class BudgetKeeper(TrainingClock):
         pl_module.replan(epochs)  # type: ignore[operator]
         ends = "training ends now" if epochs == done else f"the learning-rate schedule now ends with epoch {epochs}"
         pace = "slower than planned" if epochs < planned else "faster than planned"
-        line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({elapsed / 60:.1f} min "
-                f"so far, {per_epoch:.0f} s per epoch: {pace}); {ends}")
+        each = f"{per_epoch:.0f}" if per_epoch >= 1 else f"{per_epoch:.2g}"
+        line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({_so_far(elapsed)}, "
+                f"{each} s per epoch: {pace}); {ends}")
         info(f"warning: {line}")
         if trainer.is_global_zero and self.record is not None:
             self.record(line)
