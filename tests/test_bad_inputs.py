@@ -4,6 +4,7 @@ the problem, before any data is decoded or a run folder is written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,23 @@ def test_outputs_never_join_a_data_folder_or_a_runs_snapshots(cli, tmp_path, col
     assert sorted(p.name for p in (run / "snapshots").rglob("*")) == ["0010_mask.png", "epoch_001"]
     # beside the run's records (the report's usual place) is fine: the command goes on to its inputs
     assert "lies inside" not in _one_line(cli("seg", "progress", run, "--out", run / "masks.png"))  # no epoch yet
+    # the folders the run was trained and validated on (inputs.json) are data folders of its figures too
+    train, val = tmp_path / "trainset", tmp_path / "valset"
+    for d in (train, val):
+        d.mkdir()
+        shutil.copy(image, d / "0_7.png")
+    (run / "inputs.json").write_text(json.dumps({"train_dir": str(train.resolve()), "val_dir": str(val.resolve())}))
+    for args, target, words in [
+        (("cls", "tsne", run, color_classes, "--out", train / "t.png"), train / "t.png", "would be read as one more"),
+        (("cls", "tsne", run / "best.ckpt", color_classes, "--out", val / "0_7.png"), val / "0_7.png", "would replace"),
+        (("seg", "progress", run, "--out", val / "0_7.png"), val / "0_7.png", "would replace"),
+        (("report", run, "--out", tmp_path / "r.html", "--screenshot", train / "s.png"), train / "s.png",
+         "would be read as one more"),
+    ]:
+        data = train if target.parent == train else val
+        assert _one_line(cli(*args)).startswith(f"vislab: error: {target}: lies inside the data folder "
+                                                f"{data.resolve()} and {words}"), args
+    assert [p.name for p in train.iterdir()] == ["0_7.png"] and (val / "0_7.png").read_bytes() == before
 
 
 def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes(cli, color_classes, tmp_path):

@@ -135,6 +135,22 @@ def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | Non
                          protected=protected)
 
 
+def _run_data(paths: Iterable[str | Path]) -> list[str | None]:
+    """The training and validation folders the runs at ``paths`` (run folders, or checkpoints in
+    them) were trained with, as their ``inputs.json`` records them: a figure written there would
+    replace one of their images, or be read as one more."""
+    from vislab.engine.run_folder import read_inputs
+
+    found: list[str | None] = []
+    for p in map(Path, paths):
+        try:
+            inputs = read_inputs(p if p.is_dir() else p.parent)
+        except VislabError:  # a record changed by hand: the command itself names it when it reads it
+            continue
+        found += [inputs.get("train_dir"), inputs.get("val_dir")]
+    return found
+
+
 def _members(spec: str) -> list[str]:
     """The checkpoints or run folders of a comma-separated ensemble argument."""
     from vislab.models.ensemble import members
@@ -520,8 +536,9 @@ def cls_tsne(
 
     from vislab.viz.save import FORMATS
 
-    _output(out_png, *FORMATS, inputs=[labels, ckpt], data=[img_dir])
-    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER, data=[img_dir])
+    data = [img_dir, *_run_data([ckpt])]
+    _output(out_png, *FORMATS, inputs=[labels, ckpt], data=data)
+    _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER, data=data)
     png = tsne(ckpt, img_dir, out_png=out_png, seed=seed, perplexity=perplexity, device=device, labels_csv=labels)
     out.print(f"wrote {png} and {png.with_suffix('.csv')}")
 
@@ -713,7 +730,7 @@ def seg_progress(
     from vislab.pipelines.segmentation import progress
     from vislab.viz.save import FORMATS
 
-    _output(out_png, *FORMATS)
+    _output(out_png, *FORMATS, data=_run_data([run_dir]))
     try:
         chosen = [int(e) for e in epochs.split(",")] if epochs else None
     except ValueError:
@@ -756,7 +773,10 @@ def report_cmd(
     from vislab.report import PAGE_SUFFIXES, build_report, page_format, screenshot
 
     _output(out_file, *PAGE_SUFFIXES)
-    _output(shot, ".png")
+    if shot is not None:
+        from vislab.runfolders import find_runs
+
+        _output(shot, ".png", data=_run_data(find_runs(runs)))
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
         raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")

@@ -276,10 +276,13 @@ def _run_section(run: Path, index: int) -> dict[str, Any]:
 
 
 def screenshot(html: str | Path, png: str | Path, *, width: int = 1200, height: int = 2400) -> Path:
-    """Render ``html`` in headless Chromium (Debian package ``chromium``) into ``png``."""
+    """Render ``html`` in headless Chromium (Debian package ``chromium``) into ``png`` (written
+    whole or not at all, with vislab's mark, as its figures are)."""
     import shutil
     import subprocess
     import tempfile
+
+    from vislab.io import atomic_path, tag_png
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
@@ -288,10 +291,13 @@ def screenshot(html: str | Path, png: str | Path, *, width: int = 1200, height: 
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={width},{height}",
-               f"--screenshot={Path(png).resolve()}", Path(html).resolve().as_uri()]
+               f"--screenshot={Path(profile) / 'shot.png'}", Path(html).resolve().as_uri()]
         subprocess.run(cmd, capture_output=True, timeout=180, check=False)
-    if not Path(png).is_file():
-        raise VislabError(png, "Chromium wrote no screenshot")
+        shot = Path(profile) / "shot.png"
+        if not shot.is_file():
+            raise VislabError(png, "Chromium wrote no screenshot")
+        with atomic_path(png) as tmp:
+            tmp.write_bytes(tag_png(shot.read_bytes()))
     return Path(png)
 
 
