@@ -423,6 +423,9 @@ def test_held_out_eval_scores_exactly_the_images_training_held_out(cli, trained,
     assert res.code == 2 and f"{flat}: gives class names in {tmp_path / 'names.csv'}, but the model" in res.err
     got = json.loads((tmp_path / "h.json").read_text())
     assert got["images"] == 24 and got["held_out"] == {"fraction": 0.2, "seed": 0}  # 8 of each class's 40
+    assert got["tta"] == "none"  # the record says how it was scored
+    assert cli("cls", "eval", trained, color_classes, "--held-out", "--tta", "flip", "--json", tmp_path / "f.json").code == 0
+    assert json.loads((tmp_path / "f.json").read_text())["tta"] == "flip"
     best = max(float(r["holdout_acc"]) for r in csv.DictReader((trained / "history.csv").open()))
     assert got["accuracy"] == pytest.approx(best, abs=1e-6)  # the score training computed on them
     r = yaml.safe_load((trained / "recipe.yaml").read_text())

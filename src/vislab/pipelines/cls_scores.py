@@ -59,6 +59,7 @@ def evaluate(ckpt: str | Path, img_dir: str | Path, *, labels_csv: str | Path | 
                                      lambda c: c / n, f"{n} images")
     return {
         **result,
+        "tta": tta,
         **({"ensemble": paths} if len(paths) > 1 else {}),
         **({"image_size": image_size} if image_size is not None else {}),
         **({"held_out": {"fraction": split[0], "seed": split[1]}} if split else {}),
