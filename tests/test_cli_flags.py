@@ -142,6 +142,8 @@ def test_limit_batches_takes_a_fraction_of_the_batches(cli, tmp_path):
     assert res.code == 0, res.err
     assert json.loads((run / "inputs.json").read_text())["flags"] == {"limit_train_batches": 0.5}
     assert json.loads((run / "results.json").read_text())["global_step"] == 3  # half of the 6 batches
+    said = "limit_train_batches 0.5: each epoch trains on 3 of its 6 batches (a fresh shuffle each)"
+    assert said in (run / "changes.txt").read_text().splitlines() and f"setting: {said}" in " ".join(res.err.split())
 
 
 @pytest.mark.parametrize("value, said", [

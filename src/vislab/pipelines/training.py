@@ -207,6 +207,10 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
                        f"process's timing and this run has {trainer.world_size} processes; the recipe's "
                        f"{recipe.epochs} epochs run instead (--epochs sets them)")
         recipe = dataclasses.replace(recipe, budget_minutes=None)  # with_overrides reads None as "not given"
+    if recipe.limit_train_batches is not None and not job.resume:  # set by hand (a budget's own is said with it)
+        every = max(1, (job.n_train // trainer.world_size) // recipe.batch_size)
+        changes.append(f"limit_train_batches {recipe.limit_train_batches:g}: each epoch trains on "
+                       f"{steps_per_epoch(trainer, recipe, job.n_train)} of its {every} batches (a fresh shuffle each)")
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1, False)  # timing needs no pretrained weights
         loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
