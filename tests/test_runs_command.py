@@ -151,9 +151,15 @@ def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_c
     broken = runs / "broken"
     shutil.copytree(run, broken)
     (broken / "last.ckpt").write_bytes(b"not a checkpoint")
+    # killed after epoch 2's history row, before its checkpoint: the checkpoint's 1 epoch is what counts
+    with (run / "history.csv").open() as fh:
+        lines = fh.read().splitlines()
+    (run / "history.csv").write_text("\n".join([*lines, lines[-1].replace("1,", "2,", 1)]) + "\n")
     _rows(cli, runs, "--json", tmp_path / "runs.json")
     rows = {r["run"]: r for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
     assert rows[str(run)]["epochs"] == "1 of 5" and rows[str(broken)]["epochs"] == "1 of 2"
+    assert rows[str(run)]["state"].endswith("; last.ckpt: --resume continues it")
+    assert rows[str(broken)]["state"].endswith("; last.ckpt cannot be read: no --resume from it")
     assert cli("report", run, "--out", tmp_path / "r.md").code == 0
     assert "1 trained, of a 5-epoch schedule (recipe.yaml: 2, before the budget's re-plans)" in \
         (tmp_path / "r.md").read_text()

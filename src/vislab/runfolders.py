@@ -98,36 +98,46 @@ def read_run(run: Path) -> dict[str, Any]:
     return {"recipe": recipe, "history": history, "results": results,
             "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:], "commands": commands,
             "changes": [c.strip() for c in changes if c.strip()],
-            "replanned": None if results else checkpoint_plan(run / "last.ckpt")}
+            **({} if results else checkpoint_state(run / "last.ckpt"))}
 
 
-def checkpoint_plan(ckpt: Path) -> int | None:
-    """The epochs a time budget re-planned an unfinished run to, as its checkpoint holds them (its
-    recipe.yaml keeps the first plan); None without a checkpoint, a re-plan, or a readable file."""
+def checkpoint_state(ckpt: Path) -> dict[str, Any]:
+    """What an unfinished run's checkpoint says of it: ``replanned``, the epochs a time budget
+    re-planned the run to (its recipe.yaml keeps the first plan), and ``epochs_done``, the epochs
+    the checkpoint holds whole (history.csv may hold one more: a run killed between an epoch's
+    line and its save); each None when the checkpoint does not say; ``unreadable`` when torch
+    cannot open it; {} without a checkpoint."""
     if not ckpt.is_file():
-        return None
-    from vislab.models.checkpoints import checkpoint_meta
+        return {}
+    import torch
 
-    try:  # memory-mapped: only the small record is read from a checkpoint of any size
-        meta = checkpoint_meta(ckpt)
+    from vislab.models.checkpoints import loader_position
+
+    try:  # memory-mapped: only the small records are read from a checkpoint of any size
+        blob = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - whatever torch.load raises, the file is not a readable checkpoint
-        return None
-    replanned = meta.get("replanned")
+        return {"replanned": None, "epochs_done": None, "unreadable": True}
+    meta = blob.get("vislab") if isinstance(blob, dict) else None
+    replanned = meta.get("replanned") if isinstance(meta, dict) else None
     epochs = replanned.get("epochs") if isinstance(replanned, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    position = loader_position(blob) if isinstance(blob, dict) else None
+    return {"replanned": epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None,
+            "epochs_done": position[0] if position is not None else None}
 
 
 def epoch_counts(data: dict[str, Any]) -> tuple[int | None, Any, Any]:
     """(epochs trained, epochs of the schedule, recipe.yaml's epochs) of :func:`read_run`'s
     ``data``. Trained: a finished run's own count (``epochs_trained``; an older vislab's results
-    have none: its history's rows, None without them), an unfinished run's history rows. The
+    have none: its history's rows, None without them), an unfinished run's epochs its checkpoint
+    holds whole (without a checkpoint that says, its history's rows). The
     schedule is the results' (a budget may have re-planned it), an unfinished run's checkpoint's
     re-plan, else the recipe's."""
     recipe, results, history = data["recipe"], data["results"], data["history"]
     planned = recipe.get("epochs")
     schedule = results.get("epochs") or data.get("replanned") or planned
     if not results:
-        return len(history), schedule, planned
+        done = data.get("epochs_done")
+        return (len(history) if done is None else done), schedule, planned
     counted = results.get("epochs_trained")  # 0: a time limit stopped it inside its first epoch
     trained = counted if isinstance(counted, int) and not isinstance(counted, bool) else (len(history) or None)
     return trained, schedule, planned

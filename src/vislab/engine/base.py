@@ -11,11 +11,11 @@ import torch
 from vislab.config import recipe_from_dict
 from vislab.engine.ema import WeightEMA
 from vislab.engine.optim import ScheduleWarp, build_optimization, rescale_schedule
-from vislab.engine.sampling import epoch_items, loader_position
+from vislab.engine.sampling import epoch_items
 from vislab.engine.state import capture_rng, restore_rng
 from vislab.errors import VislabError
 from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from vislab.models.checkpoints import FORMAT
+from vislab.models.checkpoints import FORMAT, loader_position
 
 
 def freeze_prefixes(net: torch.nn.Module, prefixes: tuple[str, ...], *, model: str) -> list[torch.nn.Module]:

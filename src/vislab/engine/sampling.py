@@ -118,15 +118,6 @@ def epoch_items(loader: Any, batches: int, world: int) -> int:
     return min(full, sampler.positions(world)) if isinstance(sampler, EpochSampler) else full
 
 
-def loader_position(checkpoint: dict[str, Any]) -> tuple[int, int] | None:
-    """(the epoch to run, 0-based; the items of it already trained on, over all processes) as a
-    checkpoint's :class:`ResumableLoader` state holds them; None in a checkpoint without it."""
-    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
-    if not states or not isinstance(states[0], dict) or "epoch" not in states[0]:
-        return None
-    return int(states[0]["epoch"]), int(states[0].get("items", 0))
-
-
 class LoopPosition:
     """Where the fit loop of the Trainer a LightningDataModule is attached to stands."""
 

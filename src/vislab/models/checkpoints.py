@@ -92,6 +92,15 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     return ckpt
 
 
+def loader_position(checkpoint: dict[str, Any]) -> tuple[int, int] | None:
+    """(the epoch to run, 0-based; the items of it already trained on, over all processes) as a
+    checkpoint's loader state holds them (:class:`vislab.engine.sampling.ResumableLoader`); None in a checkpoint without it."""
+    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+    if not states or not isinstance(states[0], dict) or "epoch" not in states[0]:
+        return None
+    return int(states[0]["epoch"]), int(states[0].get("items", 0))
+
+
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """The vislab metadata of a checkpoint file, opened memory-mapped (no tensor is read); {} for
     a file that holds none. Whatever torch.load raises for an unreadable file goes through."""

@@ -67,7 +67,9 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
             row.minutes = sum(_number(r.get("seconds")) or 0.0 for r in history) / 60
             scores = [v for v in (_number(r.get(held_key)) for r in history) if v is not None]
             row.held_out = max(scores) if scores else None
-        resumable = "; last.ckpt: --resume continues it" if (run / "last.ckpt").is_file() else "; no checkpoint"
+        resumable = "; no checkpoint" if not (run / "last.ckpt").is_file() else \
+            "; last.ckpt cannot be read: no --resume from it" if data.get("unreadable") else \
+            "; last.ckpt: --resume continues it"
         row.state = f"unfinished (running, interrupted or failed){resumable}"
     return row
 
