@@ -98,6 +98,8 @@ def test_runs_sorts_by_score_per_task_and_says_what_it_cannot_read(cli, tmp_path
     run("c", "cls", {"holdout_acc": 0.8, "val_accuracy": 0.82, "epochs": 3, "train_seconds": 30})
     run("d", "seg", None, "epoch,holdout_miou,seconds\n1,0.2,30\n2,0.4,30\n")  # unfinished, no checkpoint
     broken = run("e", "seg", None, "epoch\n1\n")
+    odd = run("deep/er/g", "cls", {"holdout_acc": 0.5, "epochs": 3, "train_seconds": 30})  # not searched
+    (odd / "recipe.yaml").write_text("task: cls\nepochs: 3\nlearning_rate: 0.1\n")  # edited by hand
     (broken / "recipe.yaml").write_text("task: [seg\n")
     run(".hidden/x", "cls", {"val_accuracy": 0.9})
     run("deep/er/z", "cls", {"val_accuracy": 0.9})  # three levels down: not searched
@@ -119,6 +121,9 @@ def test_runs_sorts_by_score_per_task_and_says_what_it_cannot_read(cli, tmp_path
     assert by["d"]["held_out"] == 0.4 and by["d"]["minutes"] == 1.0 and by["d"]["epochs"] == "2 of 3"
     assert by["d"]["state"].endswith("; no checkpoint")
     assert by["e"]["state"].startswith(f"unreadable: {broken / 'recipe.yaml'}: not valid YAML")
+    assert cli("runs", odd, "--json", tmp_path / "g.json").code == 0
+    assert json.loads((tmp_path / "g.json").read_text())["runs"][0]["state"] == \
+        f"unreadable: {odd / 'recipe.yaml'}: unknown recipe keys: learning_rate"
     assert cli("runs", tmp_path, "--json", tmp_path / "h.json", "--sort", "held-out").code == 0
     rows = json.loads((tmp_path / "h.json").read_text())["runs"]
     assert [r["run"].rsplit("/", 1)[1] for r in rows][:3] == ["c", "b", "a"]

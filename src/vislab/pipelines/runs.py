@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from vislab.config import recipe_from_dict
 from vislab.errors import VislabError
 from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
 
@@ -71,6 +72,10 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
             "; last.ckpt cannot be read: no --resume from it" if data.get("unreadable") else \
             "; last.ckpt: --resume continues it"
         row.state = f"unfinished (running, interrupted or failed){resumable}"
+    try:  # a recipe.yaml edited by hand (an unknown field, a value out of range) is no recipe a resume reads
+        recipe_from_dict(recipe, source=str(run / "recipe.yaml"))
+    except VislabError as exc:
+        row.state = f"unreadable: {exc}"
     return row
 
 
