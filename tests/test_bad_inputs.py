@@ -355,10 +355,16 @@ def test_resume_refuses_a_recipe_and_names_the_saved_one(cli, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18"}))
+    (run / "last.ckpt").write_bytes(b"")  # something to resume (read after the recipe is checked)
     err = _one_line(cli("cls", "train", tmp_path / "none", "--out", run, "--recipe", "cls-fast", "--resume"))
     assert err == f"vislab: error: {run}: --resume continues the recipe saved in the run folder; drop --recipe"
     err = _one_line(cli("cls", "train", tmp_path / "none", "--out", run, "--resume"))
     assert err == f"vislab: error: {run / 'recipe.yaml'}: is a seg recipe; `vislab cls train` needs a cls recipe"
+    # a new run: the recipe's task is checked before its model (a cls model in a seg recipe)
+    r = tmp_path / "seg.yaml"
+    r.write_text(yaml.safe_dump({"task": "seg", "model": "resnet9_xs"}))
+    err = _one_line(cli("cls", "train", tmp_path / "none", "--out", tmp_path / "new", "--recipe", r))
+    assert err == f"vislab: error: {r}: is a seg recipe; `vislab cls train` needs a cls recipe"
 
 
 def test_a_network_the_recipe_cannot_build_leaves_no_run_folder(cli, color_classes, tmp_path):

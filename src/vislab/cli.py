@@ -216,7 +216,7 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe")
         recipe = str(saved)
     recipe = recipe or DEFAULT_RECIPE[task]
-    r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag)
+    r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag, task=task)
     if r.task != task:
         raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
     return r, notes, {"recipe": recipe, "flags": {k: v for k, v in overrides.items() if v is not None}}

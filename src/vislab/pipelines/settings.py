@@ -56,7 +56,7 @@ def _same_value(recipe: Recipe, field: str, value: Any) -> bool:
 
 
 def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
-               flag: Callable[[str], str] = lambda f: f) -> tuple[Recipe, list[str]]:
+               flag: Callable[[str], str] = lambda f: f, task: str | None = None) -> tuple[Recipe, list[str]]:
     """The recipe a training run executes: ``recipe`` (a shipped name or YAML file) with the given
     ``overrides`` applied (None = not given), checked for fields the task would ignore; and the
     settings lines that the run folder's ``changes.txt`` must record (pass them to ``train``).
@@ -65,10 +65,11 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     :data:`RESUME_CHANGEABLE` (named by ``flag``) or one that repeats the saved value, or the
     value the run's own command gave (before the data adjusted it, as a batch larger than the data). An explicit ``epochs`` switches off the
     recipe's ``budget_minutes`` (the budget would otherwise replace it); both given is an error.
-    A bad value is reported under the name of what set it: the recipe file, else the flag.
+    A bad value is reported under the name of what set it: the recipe file, else the flag. A
+    recipe of another ``task`` than the command's is refused first, naming its file.
     """
     try:
-        return _run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=flag)
+        return _run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=flag, task=task)
     except FieldError as exc:
         if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
             raise
@@ -78,7 +79,7 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
 
 
 def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
-                flag: Callable[[str], str]) -> tuple[Recipe, list[str]]:
+                flag: Callable[[str], str], task: str | None) -> tuple[Recipe, list[str]]:
     from vislab.config import check_applies, load_recipe, load_recipe_written
 
     if resume and not (out_dir / "recipe.yaml").is_file() and (out_dir / "last.ckpt").is_file():
@@ -99,6 +100,8 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     if "epochs" in given and "budget_minutes" in given:
         raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
     r, written = load_recipe_written(recipe)
+    if task is not None and r.task != task:  # before its model is checked against the task
+        raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
     budget = r.budget_minutes if "epochs" in given else None
     if budget is not None:
         r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
