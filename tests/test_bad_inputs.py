@@ -351,6 +351,17 @@ def test_pick_device_takes_a_ranks_own_gpu(monkeypatch):
     assert pick_device(None) == torch.device("cpu")
 
 
+def test_commands_of_one_run_refuse_a_list_of_runs(cli, tmp_path):
+    runs = f"{tmp_path / 'a'},{tmp_path / 'b'}"
+    for args, why in [(("cls", "tsne", runs, tmp_path), "a t-SNE shows the second-last layer of one network"),
+                      (("seg", "progress", runs), "the masks shown are one run's snapshots"),
+                      (("summary", runs), "an architecture table shows one network")]:
+        assert _one_line(cli(*args)) == f"vislab: error: {runs}: names several runs, and {why}; give one run"
+    err = _one_line(cli("cls", "train", tmp_path, "--teacher", "", "--out", tmp_path / "run"))
+    assert err == "vislab: error: --teacher: '': an empty name in the comma-separated list of models"
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_a_recipe_and_names_the_saved_one(cli, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -151,6 +151,12 @@ def _run_data(paths: Iterable[str | Path]) -> list[str | None]:
     return found
 
 
+def _one_run(path: str | Path, what: str) -> None:
+    """Refuse a comma-separated list of runs where a command takes one (``what`` says why)."""
+    if "," in str(path) and not Path(path).exists():
+        raise VislabError(path, f"names several runs, and {what}; give one run")
+
+
 def _members(spec: str) -> list[str]:
     """The checkpoints or run folders of a comma-separated ensemble argument."""
     from vislab.models.ensemble import members
@@ -226,7 +232,12 @@ def _teachers(spec: str | None) -> tuple[str, ...] | None:
     """``--teacher RUN[,RUN...]`` as the recipe's tuple of runs (None: not given)."""
     from vislab.models.ensemble import members
 
-    return None if spec is None else tuple(members(spec))
+    if spec is None:
+        return None
+    try:
+        return tuple(members(spec))
+    except VislabError as exc:  # the flag's own value: named as such
+        raise VislabError("--teacher", f"{spec!r}: {exc.message}") from None
 
 
 RecipeOpt = typer.Option(None, "--recipe", help="Shipped recipe name or YAML path (see `vislab recipes`; default cls-default: rules, not tuning, for any data; with --resume: the run folder's).")
@@ -332,6 +343,7 @@ def summary_cmd(
     from vislab.models import build_model, get_entry
     from vislab.viz.summary import architecture_table
 
+    _one_run(model, "an architecture table shows one network")
     if num_classes is not None and num_classes < 1:
         raise VislabError("--num-classes", f"must be >= 1, got {num_classes}")
     if input is not None and (input[0] != 3 or min(input) < 1):
@@ -536,6 +548,7 @@ def cls_tsne(
 
     from vislab.viz.save import FORMATS
 
+    _one_run(ckpt, "a t-SNE shows the second-last layer of one network")
     data = [img_dir, *_run_data([ckpt])]
     _output(out_png, *FORMATS, inputs=[labels, ckpt], data=data)
     _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER, data=data)
@@ -730,6 +743,7 @@ def seg_progress(
     from vislab.pipelines.segmentation import progress
     from vislab.viz.save import FORMATS
 
+    _one_run(run_dir, "the masks shown are one run's snapshots")
     _output(out_png, *FORMATS, data=_run_data([run_dir]))
     try:
         chosen = [int(e) for e in epochs.split(",")] if epochs else None
