@@ -6,7 +6,8 @@ its ``image_size``), output ``logits``. The batch axis is dynamic; the spatial s
 export time. The checkpoint's metadata travels inside the file (``metadata_props["vislab"]``),
 so ``vislab cls|seg predict model.onnx ...`` works without the checkpoint; so do a segmenter's
 class offsets from ``vislab seg calibrate`` (``class_offsets``; the logits stay the network's,
-at the calibrated evaluation scale when the calibration chose one).
+at the calibrated evaluation scale when the calibration chose one). An ensemble with class
+offsets outputs each member's logits instead of their average (:func:`export_ensemble`).
 
 Needs ``pip install 'vislab[export]'`` (onnx, onnxruntime).
 """
@@ -124,9 +125,14 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     image scaled to [0, 1] (the stored metadata says mean 0, std 1), each member normalises (and,
     for classifiers, resizes) it its own way, and the output is the log of the averaged class
     probabilities (:class:`vislab.models.ensemble.AveragedNet`). ``vislab cls|seg predict`` on the
-    file gives the predictions of the same comma-separated list: a member's calibrated class offsets
-    shift its probabilities inside the graph before the average, as in ``seg predict`` of a list
-    (``offsets=False``: no member's calibration, offsets or evaluation scale, goes in)."""
+    file gives the predictions of the same comma-separated list, with any ``--tta``. A segmenter
+    ensemble with calibrated class offsets is exported otherwise: ``seg predict`` of the list
+    shifts each member's probabilities by its offsets after its TTA average, which a graph of one
+    averaged output cannot give, so its output is each member's logits, one after the other along
+    dim 1 (N, members x C, H, W; ``meta["member_logits"]``), and each member's offsets go into the
+    metadata (``meta["members"][i]["class_offsets"]``), applied by ``seg predict``. A member's
+    evaluation scale is in the graph either way (``offsets=False``: no member's calibration,
+    offsets or evaluation scale, goes in)."""
     from vislab.calibration import load_segmenter
     from vislab.data.seg_classes import SegClasses
     from vislab.models.checkpoints import load_network
@@ -161,7 +167,8 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
                                         f"({', '.join(first.names)}); an ensemble needs the same classes")
         if any("class_offsets" in m for m in metas):
             info(f"ensemble: {sum('class_offsets' in m for m in metas)} of {len(metas)} members' class offsets go into "
-                 "the graph, each shifting its own member's probabilities before the average")
+                 "the metadata and the graph outputs each member's logits: `seg predict` shifts each member's "
+                 "probabilities by its own offsets after its TTA average, then averages the members")
     channels = len(metas[0]["mean"])
     meta = {key: value for key, value in metas[0].items() if key not in ("recipe", "class_offsets")}
     meta.update(model="ensemble of " + " + ".join(m["model"] for m in metas), image_size=None,
@@ -169,13 +176,18 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
                 members=[{"path": str(p), "model": m["model"], "image_size": m.get("image_size"),
                           "mean": m["mean"], "std": m["std"]} for p, m in zip(paths, metas)])
     shape = network_input_shape(metas[0] if task == "seg" else meta, size)
+    separate = task == "seg" and any("class_offsets" in m for m in metas)
     if task == "seg":
         meta["recipe"] = {"input_hw": list(shape[1:])}
-        # the members' offsets and scales are in the graph: each said (a member may have a scale only)
-        meta["calibrated"] = any("class_offsets" in m for m in metas)
+        if separate:  # each member's offsets, applied by `seg predict` after its TTA average
+            meta["member_logits"] = True
+            for entry, m in zip(meta["members"], metas):
+                if "class_offsets" in m:
+                    entry["class_offsets"] = m["class_offsets"]
+        # the members' scales are in the graph (a member may have a scale only)
         meta["calibrated_scale"] = any(m.get("calibrated_scale") for m in metas)
-    return export_network(AveragedNet([(net, m) for net, m in loaded]), meta, out, shape=shape, opset=opset, check=check,
-                          free_size=task == "seg")
+    return export_network(AveragedNet([(net, m) for net, m in loaded], separate=separate), meta, out, shape=shape,
+                          opset=opset, check=check, free_size=task == "seg")
 
 
 def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path, *,
@@ -384,15 +396,18 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
         meta = net.meta
         if meta.get("task") != task:
             raise VislabError(path, f"is a {meta.get('task')} model ({meta.get('model')}); expected a {task} model")
+        # an ensemble exported before its members' offsets went into the metadata ("calibrated") holds them in
+        # its graph, shifted per TTA view
+        offsets_outside = meta.get("class_offsets") or any(m.get("class_offsets") for m in meta.get("members") or [])
         if not calibrated and (meta.get("calibrated_scale") or meta.get("calibrated")):
             inside = "class offsets" if meta.get("calibrated") else "calibrated evaluation scale"
             raise VislabError(path, f"--no-offsets: this export holds its {inside} in the graph; predict with the "
                                     "checkpoint, or export it with --no-offsets")
-        if calibrated and (meta.get("class_offsets") or meta.get("calibrated") or meta.get("calibrated_scale")):
-            carried = " and ".join(w for w, on in (("class offsets", meta.get("class_offsets") or meta.get("calibrated")),
+        if calibrated and (offsets_outside or meta.get("calibrated") or meta.get("calibrated_scale")):
+            carried = " and ".join(w for w, on in (("class offsets", offsets_outside or meta.get("calibrated")),
                                                    ("evaluation scale", meta.get("calibrated_scale"))) if on)
             info(f"calibration carried by {path}: its {carried} from `seg calibrate` apply"
-                 + (" (--no-offsets leaves the offsets out)" if meta.get("class_offsets") else ""))
+                 + (" (--no-offsets leaves the offsets out)" if offsets_outside else ""))
         return net, meta
     model, meta = load_segmenter(path, calibrated=calibrated) if task == "seg" else load_network(path, task=task)
     if on_cpu:

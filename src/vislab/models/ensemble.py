@@ -68,10 +68,17 @@ class AveragedNet(nn.Module):
     set, as classifiers are in ``predict``) and the members' softmax outputs over dim 1 are
     averaged, each first shifted by the member's calibrated class offsets (``meta["class_offsets"]``,
     added to its logits) when it has them. The result, log-probabilities, has the same argmax and
-    softmax as the average."""
+    softmax as the average.
 
-    def __init__(self, loaded: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    ``separate``: no average and no offsets; the output is each member's logits, concatenated
+    along dim 1 (N, members x C, H, W), member by member. An exported segmenter ensemble with
+    class offsets is this, so that ``seg predict`` can shift each member's probabilities after
+    its TTA average, as a comma-separated list does (an offset is not linear in the probabilities,
+    so shifting each view before the TTA average gives other predictions)."""
+
+    def __init__(self, loaded: list[tuple[nn.Module, dict[str, Any]]], *, separate: bool = False) -> None:
         super().__init__()
+        self.separate = separate
         self.nets = nn.ModuleList(net for net, _ in loaded)
         self.sizes = [int(meta["image_size"]) if meta.get("image_size") else None for _, meta in loaded]
         for i, (_, meta) in enumerate(loaded):
@@ -82,14 +89,19 @@ class AveragedNet(nn.Module):
                                  torch.tensor([float(v) for v in shift], dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
+        total, outputs = None, []
         for i, (net, size) in enumerate(zip(self.nets, self.sizes)):
             y = (x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
             if size is not None and (y.shape[-2] != size or y.shape[-1] != size):
                 y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
             logits = net(y).float()
+            if self.separate:
+                outputs.append(logits)
+                continue
             shift = getattr(self, f"shift{i}")
             p = (logits if shift is None else logits + shift).softmax(1)
             total = p if total is None else total + p
+        if self.separate:
+            return torch.cat(outputs, 1)
         assert total is not None
         return (total / len(self.nets)).clamp_min(FLOOR).log()

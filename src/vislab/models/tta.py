@@ -69,12 +69,13 @@ def check_tta(tta: str, allowed: tuple[str, ...] = DENSE_MODES) -> None:
 
 def averaged_probs(model: torch.nn.Module, x: torch.Tensor, tta: str, *, dense: bool,
                    autocast: bool = False,
-                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None, groups: int = 1) -> torch.Tensor:
     """Softmax over dim 1 of ``model``'s output, averaged over the views of ``tta``.
 
     ``dense``: the output is a map (N, C, H, W) that each view's inverse turns back; otherwise
     (N, C) class scores, which the views do not move. ``prepare`` (e.g. a resize) is applied to
-    each view before the model.
+    each view before the model. ``groups``: dim 1 holds that many models' class scores one
+    after the other (an exported ensemble's member logits); the softmax is over each one's own.
     """
     check_tta(tta, DENSE_MODES if dense else tuple(VIEWS))
     total = None
@@ -82,7 +83,9 @@ def averaged_probs(model: torch.nn.Module, x: torch.Tensor, tta: str, *, dense: 
         v = there(x)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(prepare(v) if prepare is not None else v)
-        p = out.float().softmax(1)
+        out = out.float()
+        p = out.softmax(1) if groups == 1 else \
+            out.reshape(out.shape[0], groups, -1, *out.shape[2:]).softmax(2).reshape(out.shape)
         p = back(p) if dense else p
         total = p if total is None else total + p
     assert total is not None

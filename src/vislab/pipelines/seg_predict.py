@@ -4,7 +4,7 @@ which writes them as masks in the data set's format."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -18,16 +18,41 @@ from vislab.models.ensemble import members
 from vislab.models.tta import averaged_probs, check_tta
 
 
+Offsets = torch.Tensor | list[torch.Tensor | None] | None
+"""A model's class offsets (:func:`member_offsets`): a tensor (C,), one entry per member of an
+exported ensemble whose graph outputs each member's logits, or None."""
+
+
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, meta: dict[str, Any], images: torch.Tensor, *, tta: str = "none",
-                  device: torch.device | None = None, autocast: bool = False) -> torch.Tensor:
-    """Class probabilities (N, C, H, W) for a uint8 batch (N, 3, H, W), averaged over TTA views."""
+                  device: torch.device | None = None, autocast: bool = False, shift: Offsets = None) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) for a uint8 batch (N, 3, H, W), averaged over TTA views,
+    then shifted by the class offsets ``shift`` (``softmax(log p + offsets)``; None: none).
+
+    An exported ensemble whose graph outputs each member's logits (``meta["member_logits"]``, see
+    :func:`vislab.export.export_ensemble`): each member's probabilities are averaged over the views,
+    shifted by its own offsets (``shift[i]``), and then averaged over the members, as :func:`averaged`
+    does for the comma-separated list of its members."""
     from vislab.data.tensors import normalize
 
     check_tta(tta)
     dev = device or next(model.parameters()).device
     x = normalize(images.to(dev), tuple(meta["mean"]), tuple(meta["std"]))
-    return averaged_probs(model, x, tta, dense=True, autocast=autocast)
+    if not meta.get("member_logits"):
+        return shift_probs(averaged_probs(model, x, tta, dense=True, autocast=autocast), shift)
+    k = len(meta["members"])
+    assert shift is None or isinstance(shift, list) and len(shift) == k
+    probs = averaged_probs(model, x, tta, dense=True, autocast=autocast, groups=k)
+    return _mean((shift_probs(p, v) for p, v in zip(probs.chunk(k, 1), shift or [None] * k)), k)
+
+
+def _mean(probs: Iterable[torch.Tensor], count: int) -> torch.Tensor:
+    """The mean of the ``count`` tensors of ``probs``, added in order."""
+    total = None
+    for p in probs:
+        total = p if total is None else total + p
+    assert total is not None
+    return total / count
 
 
 def same_size_runs(images: list[torch.Tensor], batch_size: int) -> list[range]:
@@ -63,14 +88,19 @@ def ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str])
     return first
 
 
-def member_offsets(meta: dict[str, Any], enabled: bool) -> torch.Tensor | None:
+def member_offsets(meta: dict[str, Any], enabled: bool) -> Offsets:
     """A model's calibrated class offsets (a checkpoint's from :func:`vislab.calibration.load_segmenter`, an
-    export's from its metadata), or None when it has none or ``enabled`` is False."""
+    export's from its metadata), or None when it has none or ``enabled`` is False. An exported
+    ensemble that outputs each member's logits has a list, each member's own (None for a member
+    without), or None when no member has any."""
+    if meta.get("member_logits"):
+        shifts = [member_offsets(m, enabled) for m in meta["members"]]
+        return shifts if any(v is not None for v in shifts) else None
     stored = meta.get("class_offsets") if enabled else None
     return None if stored is None else torch.tensor([float(v) for v in stored])
 
 
-def say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> list[torch.Tensor | None]:
+def say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> list[Offsets]:
     """Each model's offsets; for an ensemble, one console line on how they are used."""
     shifts = [member_offsets(meta, enabled) for _, meta in models]
     if len(models) > 1 and any(v is not None for v in shifts):
@@ -80,21 +110,17 @@ def say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> list
 
 
 def averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *, tta: str,
-              device: torch.device, shifts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
-    """Class probabilities averaged over the models (each with its own normalisation, scale and
-    class offsets, ``shifts[i]`` from :func:`say_offsets`: ``softmax(log p + offsets)`` per member;
-    None: none shifted)."""
-    total = None
-    for (model, meta), shift in zip(models, shifts or [None] * len(models)):
-        p = shift_probs(predict_probs(model, meta, images, tta=tta, device=device), shift)
-        total = p if total is None else total + p
-    assert total is not None
-    return total / len(models)
+              device: torch.device, shifts: Sequence[Offsets] | None = None) -> torch.Tensor:
+    """Class probabilities averaged over the models (each with its own normalisation, scale, TTA
+    average and then class offsets, ``shifts[i]`` from :func:`say_offsets`: ``softmax(log p +
+    offsets)`` per member; None: none shifted)."""
+    return _mean((predict_probs(model, meta, images, tta=tta, device=device, shift=shift)
+                  for (model, meta), shift in zip(models, shifts or [None] * len(models))), len(models))
 
 
 def labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, classes: SegClasses, *, tta: str,
                     batch_size: int, device: torch.device,
-                    shifts: Sequence[torch.Tensor | None] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+                    shifts: Sequence[Offsets] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """(class probabilities (C, H, W) on ``device``, averaged over ``models`` as in :func:`averaged`,
     true class ids (H, W), the mask's pixels of no class) per pair, in order."""
     for start in range(0, len(pairs), batch_size):
@@ -144,8 +170,12 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device,
                                                                  calibrated=offsets))
               for p in paths]
-    for (model, _), path in zip(models, paths):
+    for (model, meta), path in zip(models, paths):
         _check_fixed_input(model, path, files, sizes, tta)
+        if tta != "none" and offsets and meta.get("calibrated") and not meta.get("member_logits"):
+            raise VislabError(path, f"shifts its members by their class offsets inside the graph, view by view (an "
+                                    f"export of an earlier vislab), so --tta {tta} would not predict as the list of "
+                                    "its members does; export the list again, or use --tta none")
     classes = ensemble_classes(models, paths)
     shifts = say_offsets(models, offsets)
     out = Path(out_dir)
