@@ -689,7 +689,11 @@ def test_predict_refuses_a_data_folder_and_names_an_unwritable_one(cli, seg_run,
     data = tmp_path / "data"
     shutil.copytree(seg_run / "val", data)
     before = {p.name: p.read_bytes() for p in data.iterdir()}
-    res = cli("seg", "predict", seg_run / "run", seg_run / "val", data)
+    from vislab import export
+
+    with monkeypatch.context() as mp:  # refused before any model is loaded (or its ONNX graph built)
+        mp.setattr(export, "load_predictor", lambda *a, **k: pytest.fail("a model was loaded"))
+        res = cli("seg", "predict", seg_run / "run", seg_run / "val", data)
     assert res.code == 2 and f"{data}: holds satellite images: a data folder" in " ".join(res.err.split())
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
 

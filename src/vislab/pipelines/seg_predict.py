@@ -164,6 +164,20 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     check_tta(tta)
     files = list_unlabelled(img_dir)
     names = _check_outputs(files, Path(out_dir))
+    # the output folder, before any model is loaded or exported
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VislabError(out, "is a file, but an output folder is needed")
+    if out.is_dir() and any(out.glob(f"*{SAT}.*")):  # its masks would be ground truth, not a prediction
+        raise VislabError(out, "holds satellite images: a data folder, whose masks the prediction would replace; "
+                               "predict into another folder")
+    replaced = [name for name in names if (out / name).exists()]
+    theirs = [name for name in replaced if not written_by_vislab(out / name)]
+    if theirs:  # masks no vislab prediction wrote: ground truth?
+        raise VislabError(out, f"holds {counted(len(theirs), 'mask')} this prediction would replace (e.g. "
+                               f"{theirs[0]}) that this vislab did not write (ground truth, another tool's, or a "
+                               "prediction of a vislab before 2026-12-06): predict into another folder, or delete "
+                               "them first")
     sizes = [image_size(f) for f in files]
     hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
@@ -178,19 +192,6 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
                                     "its members does; export the list again, or use --tta none")
     classes = ensemble_classes(models, paths)
     shifts = say_offsets(models, offsets)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise VislabError(out, "is a file, but an output folder is needed")
-    if out.is_dir() and any(out.glob(f"*{SAT}.*")):  # its masks would be ground truth, not a prediction
-        raise VislabError(out, "holds satellite images: a data folder, whose masks the prediction would replace; "
-                               "predict into another folder")
-    replaced = [name for name in names if (out / name).exists()]
-    theirs = [name for name in replaced if not written_by_vislab(out / name)]
-    if theirs:  # masks no vislab prediction wrote: ground truth?
-        raise VislabError(out, f"holds {counted(len(theirs), 'mask')} this prediction would replace (e.g. "
-                               f"{theirs[0]}) that this vislab did not write (ground truth, another tool's, or a "
-                               "prediction of a vislab before 2026-12-06): predict into another folder, or delete "
-                               "them first")
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
