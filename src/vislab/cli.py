@@ -790,7 +790,11 @@ def report_cmd(
     if shot is not None:
         from vislab.runfolders import find_runs
 
-        _output(shot, ".png", data=_run_data(find_runs(runs)))
+        try:
+            found = find_runs(runs)
+        except VislabError:  # said by the report itself, after the checks of its options
+            found = []
+        _output(shot, ".png", data=_run_data(found))
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
         raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")
