@@ -147,6 +147,12 @@ def test_weights_file_errors(tmp_path):
         build_model("cifar_resnet20", num_classes=4, weights=str(foreign))
     with pytest.raises(VislabError, match="weights file not found"):
         build_model("cifar_resnet20", num_classes=4, weights=str(tmp_path / "missing.pt"))
+    # the same architecture at another width: every weight named, none of its shape
+    narrow = tmp_path / "narrow.pt"
+    torch.save(build_model("resnet9_xs", num_classes=4).state_dict(), narrow)
+    with pytest.raises(VislabError, match=r"narrow.pt: this model's weights are named in this file, but with other "
+                                          r"shapes \(e.g. .*: \[16, 3, 3, 3\] here, \[32, 3, 3, 3\] in the model\)"):
+        build_model("resnet9_s", num_classes=4, weights=str(narrow))
 
 
 def test_imagenet_without_network_names_weights_path(monkeypatch):

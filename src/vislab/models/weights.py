@@ -82,11 +82,18 @@ def load_local_weights(
     skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if skipped and not skip_mismatched:
         raise VislabError(path, f"shape mismatch for {skipped[:3]}")
+    shapes = {k: (tuple(sd[k].shape), tuple(own[k].shape)) for k in skipped}
     sd = {k: v for k, v in sd.items() if k not in skipped}
     # counted in weight tensors: buffers such as BatchNorm's step counters share names across
     # architectures; fewer than half of the weights found is a file of another architecture
     params = [n for n, _ in model.named_parameters()]
     found = sum(n in sd for n in params)
+    renamed = [k for k in params if k in shapes]  # named as this model's weights, shaped otherwise
+    if found < len(params) / 2 <= len(renamed):  # the names of this architecture, another size of it
+        k = renamed[0]
+        raise VislabError(path, f"this model's weights are named in this file, but with other shapes (e.g. {k}: "
+                                f"{list(shapes[k][0])} here, {list(shapes[k][1])} in the model): weights of another "
+                                "width or depth of this architecture?")
     if found == 0:
         raise VislabError(path, f"no weight of this model is in this file (its keys are such as {list(sd)[:3]})")
     if found < len(params) / 2:
