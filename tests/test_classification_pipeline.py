@@ -262,14 +262,19 @@ def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_label_outside_model_range(cli, trained, tmp_path):
+def test_label_outside_model_range(cli, trained, tmp_path, monkeypatch):
     d = tmp_path / "v"
     d.mkdir()
     from conftest import write_png
 
     write_png(d / "7_0.png", np.zeros((32, 32, 3), np.uint8))
+    from vislab.data import classification
+
+    real, decoded = classification.decoded_images, []
+    monkeypatch.setattr(classification, "decoded_images", lambda *a, **k: decoded.append(1) or real(*a, **k))
     res = cli("cls", "eval", trained, d)
     assert res.code == 2 and "outside the model's 0..2" in res.err and "7_0.png" in res.err
+    assert not decoded  # refused from the names, before any image is decoded (or cached)
 
 
 @requires_real

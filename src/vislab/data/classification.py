@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from vislab.data.cache import decoded_images, most_common_size, parallel_map
 from vislab.data.images import SIXTEEN_BITS, UPRIGHT, decode_fitted, shown_size
-from vislab.data.layouts import count_classes, find_items
+from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
 from vislab.log import info
@@ -63,7 +64,8 @@ def storage_size(common: tuple[int, int], image_size: int | None) -> tuple[int, 
 
 def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
                 labels_csv: str | Path | None = None, class_names: list[str] | None = None,
-                size: tuple[int, int] | None = None, image_size: int | None = None) -> ImageFolderData:
+                size: tuple[int, int] | None = None, image_size: int | None = None,
+                check: Callable[[ClassItems], None] | None = None) -> ImageFolderData:
     """Find the images of ``folder`` (course names, an ImageFolder tree, or a flat folder with a
     labels CSV; see :mod:`vislab.data.layouts`) and decode them once, in parallel.
 
@@ -75,6 +77,7 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
         class_names: a trained model's classes (names are mapped to its ids).
         size: decode at this (H, W); default :func:`storage_size` of the most common size.
         image_size: the run's input side, for :func:`storage_size`.
+        check: called with the folder's items (files and labels) before any image is decoded.
 
     Images of another size are resized by one factor to cover the target and centre cropped
     (:func:`vislab.data.images.decode_fitted`), photos turned upright by their EXIF orientation,
@@ -85,6 +88,8 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
         >>> data.images.shape, data.num_classes  # (torch.Size([2500, 3, 32, 32]), 50)
     """
     items = find_items(folder, labelled=labelled, labels_csv=labels_csv, class_names=class_names)
+    if check is not None:
+        check(items)
     target = tuple(size) if size is not None else storage_size(most_common_size(sample_sizes(items.files)), image_size)
     images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache, source=items.root)
     other = sum(n for key, n in sizes.items() if tuple(key[:2]) != tuple(target))
@@ -108,16 +113,17 @@ def load_for_model(folder: str | Path, *, class_names: list[str] | None, num_cla
     ``num_classes``: names are matched to its ids, and a folder that names its classes is refused for
     a numbered model (the names would meet the ids in alphabetical order, by chance), as is a
     label beyond its classes."""
-    data = load_folder(folder, labelled=True, labels_csv=labels_csv, class_names=class_names, size=size)
-    assert data.labels is not None
-    if class_names is None and data.class_names is not None:
-        where = "class folders" if data.layout == "imagefolder" else f"class names in {labels_csv}"
-        raise VislabError(folder, f"gives {where}, but the model was trained on numbered labels (<label>_<index> "
-                                  "names or integer labels) and knows no class names; label these images by number")
-    if int(data.labels.max()) >= num_classes:
-        bad = data.files[int(torch.argmax((data.labels >= num_classes).int()))]
-        raise VislabError(Path(folder) / bad, f"label {int(data.labels.max())} is outside the model's 0..{num_classes - 1}")
-    return data
+    def fits(items: ClassItems) -> None:  # before the images are decoded
+        assert items.labels is not None
+        if class_names is None and items.class_names is not None:
+            where = "class folders" if items.layout == "imagefolder" else f"class names in {labels_csv}"
+            raise VislabError(folder, f"gives {where}, but the model was trained on numbered labels (<label>_<index> "
+                                      "names or integer labels) and knows no class names; label these images by number")
+        if max(items.labels) >= num_classes:
+            bad = items.ids[next(i for i, v in enumerate(items.labels) if v >= num_classes)]
+            raise VislabError(Path(folder) / bad, f"label {max(items.labels)} is outside the model's 0..{num_classes - 1}")
+
+    return load_folder(folder, labelled=True, labels_csv=labels_csv, class_names=class_names, size=size, check=fits)
 
 
 def image_stats(images: torch.Tensor, idx: torch.Tensor, *, max_images: int = 10_000,
