@@ -167,7 +167,7 @@ def test_masks_vislab_writes_carry_its_tag_and_decode_alike(tmp_path):
     from PIL import Image
     from torchvision.io import decode_png
 
-    from vislab.data.images import written_by_vislab
+    from vislab.io import written_by_vislab
     from vislab.data.seg_classes import deepglobe
 
     ids = torch.randint(0, 7, (9, 13), generator=torch.Generator().manual_seed(0)).to(torch.uint8)

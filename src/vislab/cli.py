@@ -179,12 +179,14 @@ def _train_dirs(train_dir: Path | None, data: Path | None, default: str, val_dir
     return root / default, val_dir or root / default_val
 
 
-def _resumed(out_dir: Path, data: Path | None, **given: Any) -> dict[str, Any]:
+def _resumed(out_dir: Path, data: Path | None, task: str, **given: Any) -> dict[str, Any]:
     """A ``--resume``'s inputs: what is not given again is what the run started with (TRAIN_DIR
     only when ``--data`` does not name the course data instead); a ``--recipe`` naming the run's
-    own recipe is dropped (:func:`vislab.pipelines.training.resumed_inputs`)."""
-    from vislab.pipelines.training import resumed_inputs
+    own recipe is dropped (:func:`vislab.pipelines.training.resumed_inputs`); another ``--val-dir``
+    for a finished run is refused (:func:`vislab.pipelines.training.refuse_new_val_dir`)."""
+    from vislab.pipelines.training import refuse_new_val_dir, resumed_inputs
 
+    refuse_new_val_dir(out_dir, given.get("val_dir"), task)
     if data is not None and given.get("train_dir") is None:
         kept = {k: given.pop(k) for k in ("train_dir", "val_dir")}
         return {**resumed_inputs(out_dir, given), **kept}
@@ -416,7 +418,7 @@ def cls_train(
     from vislab.pipelines.classification import train
 
     if resume:
-        got = _resumed(out_dir, data, train_dir=train_dir, val_dir=val_dir, labels=labels, val_labels=val_labels,
+        got = _resumed(out_dir, data, "cls", train_dir=train_dir, val_dir=val_dir, labels=labels, val_labels=val_labels,
                        recipe=recipe)
         train_dir, val_dir, labels, val_labels, recipe = (got[k] for k in ("train_dir", "val_dir", "labels",
                                                                           "val_labels", "recipe"))
@@ -588,7 +590,7 @@ def seg_train(
     from vislab.pipelines.segmentation import train
 
     if resume:
-        got = _resumed(out_dir, data, train_dir=train_dir, val_dir=val_dir, classes=classes, recipe=recipe)
+        got = _resumed(out_dir, data, "seg", train_dir=train_dir, val_dir=val_dir, classes=classes, recipe=recipe)
         train_dir, val_dir, classes, recipe = (got[k] for k in ("train_dir", "val_dir", "classes", "recipe"))
     train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none

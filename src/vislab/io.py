@@ -89,7 +89,8 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     except the ``protected`` files, each refused with what it is ("is the labels file ...")."""
     dest = check_output_file(path)
     where = dest.parent.resolve() / dest.name  # where the file is written (a link there is replaced)
-    if dest.suffix.lower() in {s.lower() for s in data_suffixes}:
+    image = dest.suffix.lower() in {s.lower() for s in data_suffixes}
+    if image:
         for data in (Path(d).resolve() for d in data_dirs if d is not None):
             if data.is_dir() and data in where.parents:
                 how = "would replace one of its images" if dest.exists() else "would be read as one more of its images"
@@ -114,7 +115,7 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     if kinds and dest.suffix.lower() not in kinds:
         raise VislabError(dest, f"exists and is not a {' or '.join(kinds)} file; refusing to replace it "
                                 "(choose another name, or delete it first)")
-    if dest.suffix.lower() in {s.lower() for s in data_suffixes} and not written_by_vislab(dest):
+    if image and not written_by_vislab(dest):
         raise VislabError(dest, "exists and is an image vislab did not write (a data set's own file?); refusing to "
                                 "replace it (choose another name, or delete it first)")
     if header is not None and dest.stat().st_size:

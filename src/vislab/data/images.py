@@ -21,7 +21,6 @@ with warnings.catch_warnings():
     from torchvision.io import ImageReadMode, decode_image, read_file
 
 from vislab.errors import VislabError
-from vislab.io import PNG_TAG, tag_png, written_by_vislab  # noqa: F401 - where the mask writers look for them
 from vislab.log import info
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -195,7 +195,7 @@ class SegClasses:
         The file carries vislab's tag (:func:`vislab.data.images.tag_png`)."""
         from torchvision.io import encode_png
 
-        from vislab.data.images import tag_png
+        from vislab.io import tag_png
 
         bad = (ids >= self.num_classes) & ((ids != IGNORE) if colours else True)
         if bool(bad.any()):

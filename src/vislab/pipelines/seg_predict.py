@@ -9,10 +9,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from vislab.calibration import shift_probs
-from vislab.data.images import read_rgb, written_by_vislab
+from vislab.data.images import read_rgb
 from vislab.data.seg_classes import SegClasses, classes_of
 from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unlabelled
 from vislab.errors import VislabError
+from vislab.io import written_by_vislab
 from vislab.log import counted, info
 from vislab.models.ensemble import members
 from vislab.models.tta import averaged_probs, check_tta

@@ -78,13 +78,6 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     if not (Path(out) / "last.ckpt").is_file():  # before any input is looked for: nothing to resume
         raise VislabError(out, "--resume found no last.ckpt in this run folder")
     recorded = read_inputs(out)
-    val = given.get("val_dir")
-    if val is not None and Path(val).resolve() != Path(recorded.get("val_dir") or out / "(none)").resolve() \
-            and _finished(Path(out)):
-        task = "cls eval" if read_recipe_task(Path(out)) == "cls" else "seg score"
-        raise VislabError(val, f"--val-dir: {out} finished its schedule with "
-                               f"{recorded.get('val_dir') or 'no validation folder'}, and a resume keeps what it recorded; "
-                               f"score this folder with `vislab {task} {out} {val}`")
     result = dict(given)
     taken = []
     for key, value in given.items():
@@ -108,33 +101,25 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _finished(out: Path) -> bool:
-    """Whether the run in ``out`` recorded its results at the step its last.ckpt holds (its
-    schedule ran to the end; a run a time limit stopped records them too, and goes on)."""
-    import torch
+def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str) -> None:
+    """Refuse a ``--resume`` of a finished run with a ``val_dir`` other than the one it recorded
+    (``inputs.json``): the resume keeps the run's recorded results, so the folder would not be
+    scored into them. Finished: its results were recorded at the step its last.ckpt holds, with
+    every epoch of its schedule trained (a run a time limit stopped records them too, and goes on)."""
+    from vislab.engine.run_folder import read_inputs, read_results
+    from vislab.runfolders import checkpoint_state
 
-    from vislab.engine.run_folder import read_results
-
+    recorded = read_inputs(out).get("val_dir")
+    if val_dir is None or Path(val_dir).resolve() == Path(recorded or out / "(none)").resolve():
+        return
     earlier = read_results(out)
-    if not earlier:
-        return False
-    try:
-        step = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True, mmap=True).get("global_step")
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is refused where the resume reads it
-        return False
-    return earlier.get("global_step") == step and earlier.get("epochs_trained", earlier.get("epochs")) == \
-        earlier.get("epochs")
-
-
-def read_recipe_task(out: Path) -> str | None:
-    """The task of the recipe saved in run folder ``out`` (None when it cannot be read)."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((out / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return saved.get("task") if isinstance(saved, dict) else None
+    if not earlier or checkpoint_state(out / "last.ckpt").get("global_step") != earlier.get("global_step") \
+            or earlier.get("epochs_trained", earlier.get("epochs")) != earlier.get("epochs"):
+        return
+    scorer = "cls eval" if task == "cls" else "seg score"
+    raise VislabError(val_dir, f"--val-dir: {out} finished its schedule with {recorded or 'no validation folder'}, "
+                               f"and a resume keeps what it recorded; score this folder with `vislab {scorer} {out} "
+                               f"{val_dir}`")
 
 
 def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
@@ -208,7 +193,7 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
                        f"{recipe.epochs} epochs run instead (--epochs sets them)")
         recipe = dataclasses.replace(recipe, budget_minutes=None)  # with_overrides reads None as "not given"
     if recipe.limit_train_batches is not None and not job.resume:  # set by hand (a budget's own is said with it)
-        every = max(1, (job.n_train // trainer.world_size) // recipe.batch_size)
+        every = steps_per_epoch(trainer, dataclasses.replace(recipe, limit_train_batches=None), job.n_train)
         changes.append(f"limit_train_batches {recipe.limit_train_batches:g}: each epoch trains on "
                        f"{steps_per_epoch(trainer, recipe, job.n_train)} of its {every} batches (a fresh shuffle each)")
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
