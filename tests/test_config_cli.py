@@ -62,7 +62,8 @@ def test_usage_errors_are_one_line_naming_the_command(cli):
     cases = [(("cls", "eval"), "Missing argument 'ckpt'. (see `vislab cls eval --help`)"),
              (("cls", "train", "--epochs", "x"), "Invalid value for '--epochs'"),
              (("models", "--bogus"), "No such option: --bogus (see `vislab models --help`)"),
-             (("zzz",), "No such command 'zzz'. (see `vislab --help`)")]
+             (("zzz",), "No such command 'zzz'. (see `vislab --help`)"),
+             (("seg", "train", "--epochs"), "Option '--epochs' requires an argument. (see `vislab seg train --help`)")]
     for args, said in cases:
         res = cli(*args)
         assert res.code == 2 and res.err.startswith("vislab: error: ") and res.err.count("\n") == 1, res.err

@@ -56,7 +56,12 @@ def _once_parser(ctx: Any, parser: Any) -> Any:
 
     def parse_args(args: list[str]) -> Any:
         given.clear()
-        result = parse(args)
+        try:
+            result = parse(args)
+        except CLICK.exceptions.UsageError as exc:  # click's parser names no command: --epochs without a value
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
         help_option = ctx.command.get_help_option(ctx)
         if not ctx.resilient_parsing and help_option not in given:
             for param, values in given.items():
