@@ -33,6 +33,9 @@ def test_cache_round_trip_and_invalidation(color_classes, tmp_path, monkeypatch)
     assert len(cached) == 1
     again = load_folder(color_classes, labelled=True)
     assert torch.equal(first.images, again.images)
+    for broken in ("[[5]]", "{}", "[[32, 32, {}, 1]]", "not json"):  # a damaged side file: the entry is rebuilt
+        next((tmp_path / "c").glob("cls-*.sizes.json")).write_text(broken)
+        assert torch.equal(load_folder(color_classes, labelled=True).images, first.images), broken
     # a changed file list gives a new key
     write_png(color_classes / "0_999.png", np.zeros((32, 32, 3), np.uint8))
     third = load_folder(color_classes, labelled=True)

@@ -12,6 +12,7 @@ import time
 
 import torch
 import yaml
+from pathlib import Path
 
 from vislab.data.seg_classes import IGNORE, find_classes
 from vislab.data.segmentation import CachedTiles, TileCache, augment_tiles, list_pairs, pad_collate, read_pair, scan_masks
@@ -279,3 +280,38 @@ def test_building_a_small_cache_keeps_the_process_threads(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_unwritable_cache_costs_memory_not_the_command(tmp_path, monkeypatch):
+    """Where the cache folder cannot be written (simulated: the tests may run as root), tiles,
+    mask statistics and a classification folder are decoded into memory, equal to the decoder,
+    and nothing is left in the cache."""
+    from vislab.data.classification import load_folder
+    from conftest import write_png
+    import numpy as np
+
+    locked = tmp_path / "cache"
+    locked.mkdir()
+    monkeypatch.setenv("VISLAB_CACHE", str(locked))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real(p, mode, **kw))
+    d = make_index_set(tmp_path / "d", 3)
+    desc, pairs = find_classes(d), list_pairs(d)
+    stats = scan_masks(pairs, expected=None, classes=desc)
+    cache = TileCache(pairs, [tuple(v) for v in stats.sizes.tolist()], desc)
+    for i, p in enumerate(pairs):
+        img, ids, _ = read_pair(p, expected=None, classes=desc)
+        assert torch.equal(cache.tile(i)[0], img) and torch.equal(cache.tile(i)[1], ids)
+        assert int(stats.counts[i].sum()) == int((ids != IGNORE).sum())
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    written = {f"{j % 2}_{j}.png": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for j in range(4)}
+    for name, pixels in written.items():
+        write_png(imgs / name, pixels)
+    data = load_folder(imgs, labelled=True)
+    for f, image, label in zip(data.files, data.images, data.labels.tolist()):
+        name = Path(f).name
+        assert label == int(name[0]) and torch.equal(image, torch.from_numpy(written[name]).permute(2, 0, 1))
+    assert len(data.files) == 4
+    assert list(locked.iterdir()) == []

@@ -22,6 +22,11 @@ class VislabError(Exception):
         return (VislabError, (self.path, self.message))
 
 
+class CannotWrite(VislabError):
+    """An output that cannot be written where it goes (no permission, a file in place of its
+    folder, a folder in its place): what a cache catches to carry on in memory."""
+
+
 def yaml_problem(exc: Exception) -> str:
     """A YAML parse error in words, with its line and column when the parser gives them:
     ``not valid YAML (line 3, column 7: expected ',' or ']', but got '<stream end>')``."""

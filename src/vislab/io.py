@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from vislab.errors import VislabError
+from vislab.errors import CannotWrite, VislabError
 
 
 PNG_TAG = b"Software\x00vislab"
@@ -50,13 +50,13 @@ def check_output_file(path: str | Path) -> Path:
     Commands call it before their work."""
     dest = Path(path)
     if dest.is_dir():
-        raise VislabError(dest, "is a folder, but a file is needed here")
+        raise CannotWrite(dest, "is a folder, but a file is needed here")
     for parent in dest.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise VislabError(parent, "is a file, but a folder is needed here")
+                raise CannotWrite(parent, "is a file, but a folder is needed here")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise VislabError(parent, "cannot write here (permission denied)")
+                raise CannotWrite(parent, "cannot write here (permission denied)")
             break
     return dest
 
@@ -154,7 +154,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     except (PermissionError, FileExistsError, NotADirectoryError, OSError) as exc:
-        raise VislabError(parent, f"cannot write here ({exc.strerror or exc})") from None
+        raise CannotWrite(parent, f"cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp creates 0600; outputs get the usual permissions

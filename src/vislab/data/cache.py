@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from vislab.errors import VislabError
+from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_path, atomic_write_text
 from vislab.log import counted, info
 
@@ -129,8 +129,8 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
             if tuple(cached.shape) == shape and cached.dtype == torch.uint8:
                 mark_used(path)
                 return cached, sizes
-        except (OSError, ValueError, TypeError):
-            pass  # a broken cache is rebuilt, never fatal
+        except (OSError, ValueError, TypeError, IndexError, KeyError):
+            pass  # a broken cache (or a side file of other rows) is rebuilt, never fatal
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -139,7 +139,7 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
         with atomic_path(side) as tmp:
             tmp.write_text(json.dumps([[*key, c] for key, c in sizes.items()]))
         record_source(path, source, count=n)
-    except OSError:  # an unwritable cache only costs memory: decode into memory instead
+    except (OSError, CannotWrite):  # an unwritable cache only costs memory: decode into memory instead
         return decoded_images(files, target, decode, use_cache=False, workers=workers, channels=channels, rule=rule)
     if built is not None:
         built.append((path, n))

@@ -23,7 +23,7 @@ from vislab.data.cache import cache_dir, content_digest, decoded_images, file_li
 from vislab.data.tensors import hash_uniform
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
-from vislab.errors import VislabError
+from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_save
 from vislab.log import info
 
@@ -263,7 +263,7 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
     try:
         atomic_save({"stems": stats.stems, "counts": counts, "stray": stray, "ignored": ignored, "sizes": sizes}, cache)
         record_source(cache, pairs_folder(pairs), count=len(pairs))
-    except OSError:
+    except (OSError, CannotWrite):  # an unwritable cache: the statistics are counted again next time
         pass
     return stats
 
