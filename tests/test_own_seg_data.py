@@ -307,6 +307,15 @@ def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_pat
     page = " ".join((tmp_path / "later.md").read_text().split())
     assert (f"Calibrated after training: best.offsets.json (`vislab seg calibrate`, {rec['files']} {rec['split']} pairs: "
             "mIoU 0.5000 -> 0.6250") in page and "measured with the offsets training fitted" in page
+    nobest = tmp_path / "nobest"  # no held-out split: `seg calibrate --split all` fits last.ckpt's offsets
+    shutil.copytree(later, nobest)
+    (nobest / "best.ckpt").unlink()
+    (nobest / "best.offsets.json").rename(nobest / "last.offsets.json")
+    kept = sorted(p.name for p in nobest.iterdir())
+    assert cli("report", nobest, "--out", tmp_path / "nobest.md").code == 0
+    page = " ".join((tmp_path / "nobest.md").read_text().split())
+    assert "Calibrated after training: last.offsets.json (`vislab seg calibrate`" in page
+    assert sorted(p.name for p in nobest.iterdir()) == kept  # the report writes nothing into the run
     res = cli("export", run, tmp_path / "m.onnx")
     assert res.code == 0, res.err
     # traced at the most common training tile size (64 wide, 48 high); any size runs

@@ -13,6 +13,7 @@ import base64
 import csv
 import datetime
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from vislab.errors import VislabError
 from vislab.data.layouts import id_and_name
 from vislab.io import atomic_write_bytes, atomic_write_text
 from vislab.log import counted, info
+from vislab.models.checkpoints import checkpoint_file
 from vislab.runfolders import SCORE_KEYS, csv_rows, epoch_counts, find_runs, read_run
 from vislab.viz import figures
 
@@ -64,10 +66,10 @@ def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
     with (``vislab seg calibrate`` ran after training): score, predict and export apply it."""
     from vislab.calibration import crossfit_words, offsets_file
 
-    path = offsets_file(run / "best.ckpt")
     try:
+        path = offsets_file(checkpoint_file(run))  # best.ckpt's, else (no held-out split) last.ckpt's
         rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, VislabError):
         return None
     measured = results.get("calibration") or {}
     if measured.get("offsets") == rec.get("offsets") and measured.get("infer_scale") == rec.get("infer_scale"):
@@ -86,9 +88,12 @@ def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int
     from vislab.models import build_model
     from vislab.viz.summary import architecture_table, trained_input
 
-    ckpt = run / "best.ckpt" if (run / "best.ckpt").is_file() else run / "last.ckpt"
     meta: dict[str, Any] = {}
-    if ckpt.is_file():
+    try:
+        ckpt: Path | None = checkpoint_file(run)
+    except VislabError:  # neither best.ckpt nor last.ckpt
+        ckpt = None
+    if ckpt is not None:
         model, meta = load_network(ckpt, task=task)
     elif num_classes:  # checkpoints removed (e.g. copied back from another machine): rebuild from the recipe
         model = build_model(recipe["model"], num_classes=num_classes)
@@ -220,10 +225,9 @@ def _seg_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
             val["confusion"], labels=list(val.get("classes") or CLASS_NAMES), title="row-normalised pixel confusion")))
     snap = run / "snapshots"
     if snap.is_dir() and snapshot_epochs(snap):
-        tmp = run / ".report-progress.png"
-        progress_figure(run, tmp)
-        out.append(_fig("Predicted masks at early, middle and final epochs", tmp.read_bytes()))
-        tmp.unlink()
+        with tempfile.TemporaryDirectory(prefix="vislab-report-") as scratch:  # nothing written into the run
+            png = progress_figure(run, Path(scratch) / "progress.png")
+            out.append(_fig("Predicted masks at early, middle and final epochs", png.read_bytes()))
         last = snapshot_epochs(snap)[-1]
         stems = [(sat, sat.stem[: -len("_sat")]) for sat in sorted(snap.glob("*_sat.*"))]
         items = [(sat, snap / f"epoch_{last:03d}" / f"{stem}.png", f"{stem}, epoch {last}") for sat, stem in stems]
