@@ -118,6 +118,11 @@ def test_seg_export_with_infer_scale_and_predict_engines(seg_run, cli, tmp_path)
         with torch.inference_mode():
             ref = model(x)
         assert net(x).shape == ref.shape == (2, 7, *hw) and torch.allclose(net(x), ref, atol=1e-4, rtol=1e-4), hw
+    from vislab.pipelines.seg_predict import predict_probs
+
+    meta = {"mean": [0.5] * 3, "std": [0.25] * 3}  # no device named: the graph runs from the CPU, as the network
+    u8 = torch.randint(0, 256, (1, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(predict_probs(net, meta, u8, tta="flip"), predict_probs(model, meta, u8, tta="flip"), atol=1e-4)
     masks = {}
     for engine, ckpt in (("torch", seg_run / "run"), ("onnx", seg_run / "run"), ("auto", onnx_path)):
         out = tmp_path / f"{engine}{ckpt.suffix}"

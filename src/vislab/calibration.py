@@ -204,7 +204,7 @@ def fitted_on(ckpt: Path) -> str | None:
     try:
         body = json.loads(path.read_text())
         return f"the offsets fitted on {body['files']} pairs of {body['pairs']} (--split {body['split']})"
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return "an unreadable offsets file"
 
 
@@ -219,7 +219,7 @@ def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float 
         offsets = torch.tensor([float(v) for v in body["offsets"]])
         digest = str(body["sha256"])
         scale = None if body.get("infer_scale") is None else float(body["infer_scale"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VislabError(path, f"not a readable offsets file ({type(exc).__name__}: {exc})") from None
     if offsets.numel() != num_classes:
         raise VislabError(path, f"holds {offsets.numel()} offsets; the checkpoint has {num_classes} classes")

@@ -37,8 +37,10 @@ def predict_probs(model: torch.nn.Module, meta: dict[str, Any], images: torch.Te
     from vislab.data.tensors import normalize
 
     check_tta(tta)
-    dev = device or next(model.parameters()).device
-    x = normalize(images.to(dev), tuple(meta["mean"]), tuple(meta["std"]))
+    if device is None:  # the network's own device; an ONNX graph (no parameters) runs from the CPU
+        params = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+        device = next((p.device for p in params), torch.device("cpu"))
+    x = normalize(images.to(device), tuple(meta["mean"]), tuple(meta["std"]))
     if not meta.get("member_logits"):
         return shift_probs(averaged_probs(model, x, tta, dense=True, autocast=autocast), shift)
     k = len(meta["members"])
