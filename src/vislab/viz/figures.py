@@ -106,7 +106,8 @@ def image_pairs(pairs: list[tuple[Path, Path, str]]) -> bytes:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(4.4, (1.8 + 0.14 * lines) * len(pairs)), squeeze=False)
     for r, ((a, b, _), subs) in enumerate(zip(pairs, captions)):
         for c, (path, sub) in enumerate(zip((a, b), subs)):
-            axes[r][c].imshow(Image.open(path).convert("RGB"), interpolation="nearest")
+            with Image.open(path) as im:
+                axes[r][c].imshow(im.convert("RGB"), interpolation="nearest")
             axes[r][c].set_title(sub, fontsize=7)
             axes[r][c].axis("off")
     fig.tight_layout()
@@ -122,8 +123,9 @@ def overlays(items: list[tuple[Path, Path, str]], *, alpha: float = 0.45, classe
     rows = -(-len(classes.names) // 8) if classes is not None else 0
     fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.4 + 0.3 * rows), squeeze=False)
     for ax, (sat, pred, title) in zip(axes[0], items):
-        base = np.asarray(Image.open(sat).convert("RGB"), dtype=float)
-        mask = np.asarray(Image.open(pred).convert("RGB").resize(base.shape[1::-1], Image.NEAREST), dtype=float)
+        with Image.open(sat) as im_sat, Image.open(pred) as im_pred:
+            base = np.asarray(im_sat.convert("RGB"), dtype=float)
+            mask = np.asarray(im_pred.convert("RGB").resize(base.shape[1::-1], Image.NEAREST), dtype=float)
         ax.imshow(((1 - alpha) * base + alpha * mask).astype(np.uint8))
         ax.set_title(title, fontsize=8)
         ax.axis("off")
