@@ -230,8 +230,6 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
         recipe = str(saved)
     recipe = recipe or DEFAULT_RECIPE[task]
     r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag, task=task)
-    if r.task != task:
-        raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
     return r, notes, {"recipe": recipe, "flags": {k: v for k, v in overrides.items() if v is not None}}
 
 
@@ -939,11 +937,10 @@ _options_once(app, cls_app, seg_app, cache_app)
 def main() -> None:
     """Console entry point: one line and exit status 2 for every bad input; one line and status 1
     for any other failure (``--debug`` shows the traceback)."""
-    clicks = CLICK
     debug = "--debug" in sys.argv
     try:
         code = app(standalone_mode=False, prog_name="vislab")
-    except clicks.exceptions.UsageError as exc:  # a missing argument, an unknown option, a value of the wrong type
+    except CLICK.exceptions.UsageError as exc:  # a missing argument, an unknown option, a value of the wrong type
         message = " ".join(exc.format_message().split())
         if not message:  # a command group called without a command: its help, as Typer shows it
             exc.show()

@@ -173,8 +173,6 @@ def add_change(out_dir: Path, line: str) -> None:
 
 def read_results(out_dir: Path) -> dict:
     """The run folder's ``results.json`` ({} when there is none, or it cannot be read)."""
-    import json
-
     try:
         return json.loads((out_dir / "results.json").read_text())
     except (OSError, ValueError):
@@ -183,8 +181,6 @@ def read_results(out_dir: Path) -> dict:
 
 def write_results(out_dir: Path, result: dict) -> None:
     """``results.json`` in the run folder, and a one-line summary."""
-    import json
-
     from vislab.log import info
 
     result["checkpoint"] = str(result["checkpoint"])

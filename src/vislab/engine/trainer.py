@@ -23,6 +23,7 @@ from vislab.engine.run_folder import add_change
 from vislab.engine.state import AtomicCheckpointIO
 from vislab.errors import Interrupted, VislabError
 from vislab.io import atomic_write_text
+from vislab.models.checkpoints import checkpoint_file
 
 
 def quiet_lightning() -> None:
@@ -253,9 +254,10 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
         return None
     facts = handed_back(trainer)
     steps = facts.get("global_step", trainer.global_step)
-    best = out_dir / "best.ckpt" if (out_dir / "best.ckpt").is_file() else out_dir / "last.ckpt"
-    if not best.is_file():
-        raise VislabError(out_dir, f"training ended without writing a checkpoint ({steps} optimiser steps ran)")
+    try:
+        best = checkpoint_file(out_dir)
+    except VislabError:
+        raise VislabError(out_dir, f"training ended without writing a checkpoint ({steps} optimiser steps ran)") from None
     score = facts.get("best_score")
     result = {"train_seconds": round(time.perf_counter() - t0 - facts.get("before_training_seconds", 0.0), 1),
               metric: None if score is None else round(float(score), 6), "global_step": steps}

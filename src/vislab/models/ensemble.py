@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vislab.errors import VislabError
+from vislab.models.checkpoints import checkpoint_file
 
 
 def members(spec: str | Path) -> list[str]:
@@ -28,10 +29,11 @@ def members(spec: str | Path) -> list[str]:
     seen: dict[Path, str] = {}
     for part in parts:  # the same file under two spellings (a run folder and its best.ckpt)
         path = Path(part)
-        if path.is_dir():
-            path = next((path / n for n in ("best.ckpt", "last.ckpt") if (path / n).is_file()), path)
         if path.exists():
-            path = path.resolve()
+            try:
+                path = checkpoint_file(path).resolve()
+            except VislabError:  # a run folder without a checkpoint: its loading says so
+                path = path.resolve()
             if path in seen:
                 raise VislabError(str(spec), f"{seen[path]} and {part} are the same model ({path}); list it once")
             seen[path] = part

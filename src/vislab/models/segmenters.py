@@ -38,9 +38,7 @@ def _torchvision_segmenter(name: str, *, num_classes: int, weights: str | None) 
     if weights == "imagenet":
         apply_weights(nn.Module(), weights, pretrained=pretrained, name=name)
         return SegmentationModel(holder["net"], stride=32)
-    net = builder(weights=None, weights_backbone=None, num_classes=num_classes)
-    if "aux_classifier" in dict(net.named_children()):
-        net.aux_classifier = None
+    net = builder(weights=None, weights_backbone=None, num_classes=num_classes)  # aux_loss None: no aux head
     return apply_weights(SegmentationModel(net, stride=32), weights, name=name)
 
 

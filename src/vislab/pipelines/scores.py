@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 
+from vislab.errors import VislabError
 from vislab.metrics import DRAWS, LEVEL, bootstrap_interval, wilson_interval
 
 
@@ -39,7 +40,6 @@ def check_same_classes_early(ckpt: str, against: str, task: str,
     """Before either run predicts: refuse an ``--against`` run whose first model is not a ``task``
     model, or predicts other classes than the first model of ``ckpt`` (``same`` compares two
     models' metadata)."""
-    from vislab.errors import VislabError
     from vislab.export import model_meta
     from vislab.models.ensemble import members
 
@@ -59,7 +59,6 @@ def check_same_classes_early(ckpt: str, against: str, task: str,
 def check_comparable(against: str, *, same_classes: bool, same_items: bool, items: str) -> None:
     """Refuse an ``--against`` run that predicts other classes, or scored other ``items`` (another
     held-out split), than the run it is compared with."""
-    from vislab.errors import VislabError
 
     if not same_classes:
         raise VislabError(against, "--against: predicts other classes than the run it is compared with")

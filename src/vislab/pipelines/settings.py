@@ -78,6 +78,12 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
         raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
 
 
+def _check_task(r: Recipe, path: str | Path, task: str | None) -> None:
+    """Refuse a recipe of another task than the command's (None: any), naming its file."""
+    if task is not None and r.task != task:
+        raise VislabError(path, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
+
+
 def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
                 flag: Callable[[str], str], task: str | None) -> tuple[Recipe, list[str]]:
     from vislab.config import check_applies, load_recipe, load_recipe_written
@@ -89,6 +95,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         from vislab.engine.run_folder import flag_values, read_inputs
 
         base = load_recipe(str(out_dir / "recipe.yaml"))
+        _check_task(base, out_dir / "recipe.yaml", task)
         asked = read_inputs(out_dir).get("flags") or {}  # the values the run was asked for, before the data adjusted them
         changed = [k for k, v in overrides.items() if v is not None and k not in RESUME_CHANGEABLE
                    and not _same_value(base, k, v) and flag_values({k: v})[k] != asked.get(k)]
@@ -100,8 +107,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
     if "epochs" in given and "budget_minutes" in given:
         raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
     r, written = load_recipe_written(recipe)
-    if task is not None and r.task != task:  # before its model is checked against the task
-        raise VislabError(recipe, f"is a {r.task} recipe; `vislab {task} train` needs a {task} recipe")
+    _check_task(r, recipe, task)  # before its model is checked against the task
     budget = r.budget_minutes if "epochs" in given else None
     if budget is not None:
         r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
