@@ -45,7 +45,7 @@ def test_cache_holds_what_the_decoder_reads(tmp_path):
     again = TileCache(pairs, sizes, desc)  # built once: the second opens the same files
     assert all(isinstance(a, torch.Tensor) for a in again.arrays)
     ds = CachedTiles(cache, [4, 1])
-    img, ids, i = ds[(1, 7)]
+    img, ids, i = ds[1]
     assert i == 1 and torch.equal(ids, cache.tile(1)[1])
 
 

@@ -353,7 +353,7 @@ class TileCache:
 
 
 class CachedTiles(Dataset):
-    """Items ``i`` (or ``(i, epoch)``) -> (image uint8 (3, H, W), ids uint8 (H, W), i) for the
+    """Items ``i`` -> (image uint8 (3, H, W), ids uint8 (H, W), i) for the
     tiles ``indices`` of a :class:`TileCache`: a slice, no decoding and no augmentation (that
     runs batched on the training device, :func:`augment_tiles`)."""
 
@@ -364,8 +364,7 @@ class CachedTiles(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        i = item[0] if isinstance(item, tuple) else item
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         img, ids = self.cache.tile(self.indices[i])
         return img, ids, i
 

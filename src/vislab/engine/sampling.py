@@ -29,10 +29,8 @@ class EpochSampler(Sampler[int]):
         True
     """
 
-    def __init__(self, n: int, *, shuffle: bool, seed: int, drop_last: bool = False,
-                 with_epoch: bool = False) -> None:
+    def __init__(self, n: int, *, shuffle: bool, seed: int, drop_last: bool = False) -> None:
         self.n = n
-        self.with_epoch = with_epoch  # yield (index, epoch) so datasets can seed augmentation
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -69,7 +67,7 @@ class EpochSampler(Sampler[int]):
             done = self._skip[1]  # positions rank, rank + world, ... below ``done`` were trained on
             mine = mine[max(0, -(-(done - rank) // world)):]
             self._skip = None
-        return iter([(i, self.epoch) for i in mine] if self.with_epoch else mine)
+        return iter(mine)
 
     def __len__(self) -> int:
         rank, world = _rank_world()
@@ -146,12 +144,10 @@ class SplitData(pl.LightningDataModule):
     ``holdout_idx``, set by the subclass), served by one kind of loader for both tasks: training
     resumable mid-epoch in a seeded order, evaluation in order and never padded.
 
-    Subclasses give :meth:`dataset` and may set ``collate`` and ``with_epoch`` (training samples
-    carry their epoch, for per-epoch draws inside the dataset).
+    Subclasses give :meth:`dataset` and may set ``collate``.
     """
 
     collate: Callable[[list], Any] | None = None
-    with_epoch = False
 
     def __init__(self, recipe: Any) -> None:
         super().__init__()
@@ -166,7 +162,7 @@ class SplitData(pl.LightningDataModule):
     def _loader(self, indices: Any, *, train: bool) -> DataLoader:
         r = self.recipe
         ds = self.dataset(indices)
-        sampler = EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train, with_epoch=train and self.with_epoch)
+        sampler = EpochSampler(len(ds), shuffle=train, seed=r.seed, drop_last=train)
         kwargs: dict[str, Any] = dict(
             batch_size=r.batch_size, drop_last=train, num_workers=r.num_workers, persistent_workers=r.num_workers > 0,
             pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(r.seed),

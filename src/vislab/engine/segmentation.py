@@ -50,7 +50,6 @@ class SegmentationData(SplitData):
     into a :class:`TileCache`; the loaders slice it."""
 
     collate = staticmethod(pad_collate)
-    with_epoch = True
 
     def __init__(self, train_dir: str | Path, recipe: Recipe, *, expected: tuple[int, int] | None = (512, 512),
                  classes: SegClasses | None = None) -> None:
