@@ -6,7 +6,7 @@ output is the logarithm of the members' averaged class probabilities."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,16 @@ def _classes_in_words(meta: dict[str, Any], keys: tuple[str, ...]) -> str:
 FLOOR = 1e-30
 
 
+def mean_of(parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The mean of the tensors ``parts`` yields, added in order (the one order every ensemble,
+    exported or not, averages its members in)."""
+    total, count = None, 0
+    for p in parts:
+        total, count = (p if total is None else total + p), count + 1
+    assert total is not None, "no tensors to average"
+    return total / count
+
+
 class AveragedNet(nn.Module):
     """``forward(x)``: ``x`` is a float batch (N, 3, H, W) of pixel values scaled to [0, 1]; each
     member sees ``(x - mean) / std`` (bilinearly resized to ``size`` x ``size`` when ``size`` is
@@ -91,19 +101,14 @@ class AveragedNet(nn.Module):
                                  torch.tensor([float(v) for v in shift], dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total, outputs = None, []
+        outputs = []
         for i, (net, size) in enumerate(zip(self.nets, self.sizes)):
             y = (x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
             if size is not None and (y.shape[-2] != size or y.shape[-1] != size):
                 y = F.interpolate(y, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-            logits = net(y).float()
-            if self.separate:
-                outputs.append(logits)
-                continue
-            shift = getattr(self, f"shift{i}")
-            p = (logits if shift is None else logits + shift).softmax(1)
-            total = p if total is None else total + p
+            outputs.append(net(y).float())
         if self.separate:
             return torch.cat(outputs, 1)
-        assert total is not None
-        return (total / len(self.nets)).clamp_min(FLOOR).log()
+        shifts = [getattr(self, f"shift{i}") for i in range(len(self.nets))]
+        probs = ((logits if shift is None else logits + shift).softmax(1) for logits, shift in zip(outputs, shifts))
+        return mean_of(probs).clamp_min(FLOOR).log()

@@ -97,27 +97,24 @@ def ensemble_logits(models: list[tuple[torch.nn.Module, dict[str, Any]]], paths:
     """(the folder as the first model reads it, log of the class probabilities averaged over the
     models). ``read(meta)`` decodes the folder for one model (its own stored size), once per
     stored size; every model must see the same files and labels."""
-    from vislab.models.ensemble import check_same_classes
+    from vislab.models.ensemble import FLOOR, check_same_classes, mean_of
 
     check_same_classes([m for _, m in models], paths, keys=("num_classes", "class_names"))
-    first, total = None, None
-    decoded: dict[Any, Any] = {}
-    for (model, meta), path in zip(models, paths):
-        size = stored_size(meta)
-        if size not in decoded:
-            decoded[size] = read(meta)
-        data = decoded[size]
-        if first is None:
-            first = data
-        elif list(data.files) != list(first.files):
-            raise VislabError(path, "reads another list of images than the first model")
-        logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
-        p = logits.float().softmax(1)
-        total = p if total is None else total + p
-    assert total is not None
-    from vislab.models.ensemble import FLOOR
+    decoded: dict[Any, Any] = {}  # one decoding per input size
+    first = decoded[stored_size(models[0][1])] = read(models[0][1])
 
-    return first, (total / len(models)).clamp_min(FLOOR).log()  # finite, as the exported ensemble's
+    def member_probs():
+        for (model, meta), path in zip(models, paths):
+            size = stored_size(meta)
+            if size not in decoded:
+                decoded[size] = read(meta)
+            data = decoded[size]
+            if list(data.files) != list(first.files):
+                raise VislabError(path, "reads another list of images than the first model")
+            logits, _ = infer(model, meta, data.images, batch_size=batch_size, device=device, tta=tta)
+            yield logits.float().softmax(1)
+
+    return first, mean_of(member_probs()).clamp_min(FLOOR).log()  # finite, as the exported ensemble's
 
 
 # The header rows of what `predict` and `tsne` write (an existing file with another is not replaced).

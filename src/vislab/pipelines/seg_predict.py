@@ -4,7 +4,7 @@ which writes them as masks in the data set's format."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -15,7 +15,7 @@ from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unla
 from vislab.errors import VislabError
 from vislab.io import written_by_vislab
 from vislab.log import counted, info
-from vislab.models.ensemble import members
+from vislab.models.ensemble import mean_of, members
 from vislab.models.tta import averaged_probs, check_tta
 
 
@@ -46,16 +46,7 @@ def predict_probs(model: torch.nn.Module, meta: dict[str, Any], images: torch.Te
     k = len(meta["members"])
     assert shift is None or isinstance(shift, list) and len(shift) == k
     probs = averaged_probs(model, x, tta, dense=True, autocast=autocast, groups=k)
-    return _mean((shift_probs(p, v) for p, v in zip(probs.chunk(k, 1), shift or [None] * k)), k)
-
-
-def _mean(probs: Iterable[torch.Tensor], count: int) -> torch.Tensor:
-    """The mean of the ``count`` tensors of ``probs``, added in order."""
-    total = None
-    for p in probs:
-        total = p if total is None else total + p
-    assert total is not None
-    return total / count
+    return mean_of(shift_probs(p, v) for p, v in zip(probs.chunk(k, 1), shift or [None] * k))
 
 
 def same_size_runs(images: list[torch.Tensor], batch_size: int) -> list[range]:
@@ -117,8 +108,8 @@ def averaged(models: list[tuple[Any, dict[str, Any]]], images: torch.Tensor, *, 
     """Class probabilities averaged over the models (each with its own normalisation, scale, TTA
     average and then class offsets, ``shifts[i]`` from :func:`say_offsets`: ``softmax(log p +
     offsets)`` per member; None: none shifted)."""
-    return _mean((predict_probs(model, meta, images, tta=tta, device=device, shift=shift)
-                  for (model, meta), shift in zip(models, shifts or [None] * len(models))), len(models))
+    return mean_of(predict_probs(model, meta, images, tta=tta, device=device, shift=shift)
+                   for (model, meta), shift in zip(models, shifts or [None] * len(models)))
 
 
 def labelled_probs(models: list[tuple[Any, dict[str, Any]]], pairs: list, classes: SegClasses, *, tta: str,
