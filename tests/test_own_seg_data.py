@@ -405,6 +405,20 @@ def test_calibrate_holdout_needs_the_training_folder(cli, own_run, tmp_path):
     res = cli("seg", "calibrate", ckpt, tmp_path / "moved")
     assert res.code == 0, res.err
     assert "mIoU on 3 holdout pairs" in res.out  # round(13 pairs x holdout 0.25)
+    fitted = json.loads((tmp_path / "best.offsets.json").read_text())
+    run = tmp_path / "run"  # no PAIRS_DIR: the training folder the run recorded, not the course data's
+    shutil.copytree(own_run / "run", run, ignore=shutil.ignore_patterns("tensorboard", "snapshots", "*.offsets.json"))
+    res = cli("seg", "calibrate", run, "--data", tmp_path / "nowhere")  # --data: the course folder, as before
+    assert res.code == 2 and "nowhere" in res.err
+    res = cli("seg", "calibrate", run)
+    assert res.code == 0, res.err
+    assert f"pairs: the run's training folder {(own_run / 'train').resolve()} (its inputs.json)" in " ".join(res.err.split())
+    again = json.loads((run / "best.offsets.json").read_text())
+    assert again["pairs_path"] == str((own_run / "train").resolve()) and again["offsets"] == fitted["offsets"]
+    inputs = json.loads((run / "inputs.json").read_text())
+    (run / "inputs.json").write_text(json.dumps({**inputs, "train_dir": str(tmp_path / "gone")}))
+    res = cli("seg", "calibrate", run)
+    assert res.code == 2 and f"{tmp_path / 'gone'}: the run's training folder (its inputs.json) is gone" in res.err
 
 
 def test_offsets_fitted_on_the_runs_validation_pairs_are_said(cli, own_run, tmp_path):

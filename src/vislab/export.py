@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -227,9 +227,39 @@ def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path
             tol = ATOL * scale  # float32 rounding grows with the logits (a diverged run's reach 1e5 and more)
             result.update(max_abs_diff=diff, atol=tol)
             if not diff <= tol:
-                raise VislabError(out, f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {tol:.2g}: "
-                                       f"{ATOL:g} x the largest |logit|, {scale:.3g})")
+                sizes = (shape, other) if free_size else (shape,)
+                rounding = _float32_rounding(model, tmp, sizes, tol)
+                if rounding is None:
+                    raise VislabError(out, f"ONNX Runtime output differs from PyTorch by {diff:.2e} (> {tol:.2g}: "
+                                           f"{ATOL:g} x the largest |logit|, {scale:.3g}), also against PyTorch in "
+                                           "float64; --no-check writes the graph unchecked")
+                result["float32_rounding"] = rounding
+                info(f"{out}: ONNX Runtime differs from PyTorch by {diff:.2e} (more than {tol:.2g}), but it lies as "
+                     f"close to PyTorch in float64 as PyTorch's own float32 result does (which is {rounding:.2e} off "
+                     "it): float32 rounding, not another graph")
     return result
+
+
+def _float32_rounding(model: torch.nn.Module, path: Path, sizes: Sequence[tuple[int, int, int]],
+                      tol: float) -> float | None:
+    """For a graph that fails the float32 comparison (e.g. a segmenter whose evaluation scale
+    resizes 512-pixel sides, where bilinear weights round differently): the largest distance of
+    PyTorch's float32 output from the same network run in float64, when ONNX Runtime's output
+    lies within ``tol`` + twice that distance of the float64 output at every size; else None."""
+    import copy
+
+    wide = copy.deepcopy(model).double()
+    net = OnnxNet(path)
+    worst = 0.0
+    for shape in sizes:
+        x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            exact, ours = wide(x.double()), model(x).double()
+        own = float((ours - exact).abs().max())
+        if not float((net(x).double() - exact).abs().max()) <= tol + 2 * own:
+            return None
+        worst = max(worst, own)
+    return worst
 
 
 def _write_graph(onnx: Any, model: torch.nn.Module, meta: dict[str, Any], path: Path, shape: tuple[int, int, int],
@@ -426,7 +456,8 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
     except Exception as exc:  # noqa: BLE001 - auto falls back to the engine that always works
         if engine == "onnx":
             raise
-        info(f"warning: ONNX Runtime unavailable for {path} ({type(exc).__name__}: {exc}); predicting with torch")
+        why = str(exc) if isinstance(exc, VislabError) else f"{type(exc).__name__}: {exc}"
+        info(f"warning: the ONNX Runtime engine is not used for {path} ({why}); predicting with torch")
         return model, meta
 
 
