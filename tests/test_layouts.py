@@ -297,15 +297,17 @@ def test_declared_torchvision_decodes_every_listed_format():
 def test_unlabelled_mixed_folder_reads_every_image_and_says_what_it_skipped(tmp_path, capsys):
     d = tmp_path / "mixed"
     _img(d / "a.png")
+    _img(d / "t.png")  # after sub/ by name: the rows are sorted by image_id, as predict promises
     _img(d / "sub" / "b.png")
     _img(d / "sub" / "c.png")
     (d / "sub" / "notes.txt").write_text("not an image")
     (d / "photo.tif").write_bytes(b"II*\x00")  # a format vislab does not read
     items = find_items(d, labelled=False)
-    assert items.ids == ["a.png", "sub/b.png", "sub/c.png"]
+    assert items.ids == ["a.png", "sub/b.png", "sub/c.png", "t.png"]
+    assert items.files == [d / i for i in items.ids]
     err = " ".join(capsys.readouterr().err.split())
     assert "skipped 2 file(s)" in err and "photo.tif" in err
-    assert "1 images directly inside and 2 in 1 subfolder(s)" in err
+    assert "2 images directly inside and 2 in 1 subfolder(s)" in err
 
 
 def test_numbered_class_folders_match_labels_by_number(tmp_path):

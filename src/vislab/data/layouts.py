@@ -159,7 +159,7 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
             raise VislabError(root, "--labels needs the images directly in this folder (found none)")
         return _from_csv(root, flat, Path(labels_csv), class_names)
     if not labelled:
-        ids = [p.name for p in flat] + [f"{d}/{rel}" for d in subdirs for rel in trees[d]]
+        ids = sorted([p.name for p in flat] + [f"{d}/{rel}" for d in subdirs for rel in trees[d]])  # by image_id
         if not ids:
             raise VislabError(root, f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
         if flat and dirs:
