@@ -144,6 +144,9 @@ def test_limit_batches_takes_a_fraction_of_the_batches(cli, tmp_path):
     assert json.loads((run / "results.json").read_text())["global_step"] == 3  # half of the 6 batches
     said = "limit_train_batches 0.5: each epoch trains on 3 of its 6 batches (a fresh shuffle each)"
     assert said in (run / "changes.txt").read_text().splitlines() and f"setting: {said}" in " ".join(res.err.split())
+    res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "20", "--out", tmp_path / "all")
+    assert res.code == 0, res.err  # a limit beyond the epoch limits nothing, and is said so
+    assert "limit_train_batches 20: no limit, each epoch has 6 batches" in (tmp_path / "all" / "changes.txt").read_text()
 
 
 @pytest.mark.parametrize("value, said", [

@@ -29,7 +29,9 @@ def test_demo_trains_from_offline_weights_and_writes_its_files(cli, tmp_path):
     right = sum(r["image_id"].split("_")[0] == r["label"] for r in rows)
     line = next(ln for ln in res.out.splitlines() if ln.startswith("val_50 accuracy:"))
     assert float(line.split()[2]) == pytest.approx(right / 12, abs=1e-4)
-    assert (out / "tsne.png").stat().st_size > 0 and "1 epochs of efficientnet_lite0" in res.out
+    assert (out / "tsne.png").stat().st_size > 0 and "1 epoch of efficientnet_lite0" in res.out
+    # the architecture command it suggests is for this data set's 3 classes, not the course's 50
+    assert "vislab summary efficientnet_lite0 --num-classes 3 --input 3 " in " ".join(res.out.split())
 
 
 def test_demo_refuses_epochs_with_a_budget_and_a_missing_data_folder(cli, tmp_path):

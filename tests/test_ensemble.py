@@ -345,7 +345,7 @@ def test_an_exported_ensemble_says_a_members_scale_without_offsets(cli, seg_runs
     assert "class offsets go into" not in " ".join(res.err.split())
     res = cli("seg", "predict", tmp_path / "ens.onnx", val, tmp_path / "a")
     said = " ".join(res.err.split())
-    assert res.code == 0 and "its evaluation scale from `seg calibrate` apply" in said and "class offsets" not in said
+    assert res.code == 0 and "its evaluation scale from `seg calibrate` applies" in said and "class offsets" not in said
     res = cli("seg", "predict", tmp_path / "ens.onnx", val, tmp_path / "b", "--no-offsets")
     assert res.code == 2 and "this export holds its calibrated evaluation scale in the graph" in res.err
 

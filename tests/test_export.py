@@ -451,4 +451,4 @@ def test_a_calibration_that_kept_no_offsets_applies_its_scale_only(seg_run, cli,
     assert res.code == 0, res.err
     res = cli("seg", "predict", tmp_path / "z.onnx", seg_run / "train", tmp_path / "pz")
     said = " ".join(res.err.split())
-    assert res.code == 0 and "its evaluation scale from `seg calibrate` apply" in said and "class offsets" not in said
+    assert res.code == 0 and "its evaluation scale from `seg calibrate` applies" in said and "class offsets" not in said

@@ -373,7 +373,7 @@ def test_course_snapshot_stems_give_way_on_own_data(tmp_path):
     pool = list_pairs(make_index_set(tmp_path / "d", 4))
     chosen, note = _snapshot_pairs(("0010", "0097", "0107"), pool)
     assert [p.stem for p in chosen] == ["t00", "t01", "t02"] and "saving t00, t01, t02 instead" in note
-    assert "0010, 0097, 0107 are not in this data set" in note
+    assert "are the course's, and none of them is in this data set" in note
     assert _snapshot_pairs(("t03",), pool) == ([pool[3]], None)
     # tiles numbered like the course's: 0010 exists by chance, the recipe's other two do not
     numbered = list_pairs(make_index_set(tmp_path / "n", 12, stem="{:04d}"))

@@ -846,10 +846,11 @@ def demo_cmd(
     model = res["recipe"]["model"]
     out.print(f"val_50 accuracy:  {res['val_accuracy']:.4f}  ({res['predictions']['images']} images, predictions in "
               f"{res['predictions']['file']})")
-    out.print(f"training:         {res['train_seconds'] / 60:.1f} min, {res['recipe']['epochs']} epochs of {model} at "
+    epochs = res['recipe']['epochs']
+    out.print(f"training:         {res['train_seconds'] / 60:.1f} min, {epochs} epoch{'s' if epochs != 1 else ''} of {model} at "
               f"{res['recipe']['image_size']} px")
     out.print(f"t-SNE figure:     {res['tsne']}")
-    out.print(f"architecture:     vislab summary {model} --num-classes 50 --input 3 {res['recipe']['image_size']} "
+    out.print(f"architecture:     vislab summary {model} --num-classes {res['num_classes']} --input 3 {res['recipe']['image_size']} "
               f"{res['recipe']['image_size']}")
 
 

@@ -436,7 +436,8 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
         if calibrated and (offsets_outside or meta.get("calibrated") or meta.get("calibrated_scale")):
             carried = " and ".join(w for w, on in (("class offsets", offsets_outside or meta.get("calibrated")),
                                                    ("evaluation scale", meta.get("calibrated_scale"))) if on)
-            info(f"calibration carried by {path}: its {carried} from `seg calibrate` apply"
+            verb = "applies" if carried == "evaluation scale" else "apply"  # offsets: plural
+            info(f"calibration carried by {path}: its {carried} from `seg calibrate` {verb}"
                  + (" (--no-offsets leaves the offsets out)" if offsets_outside else ""))
         return net, meta
     model, meta = load_segmenter(path, calibrated=calibrated) if task == "seg" else load_network(path, task=task)

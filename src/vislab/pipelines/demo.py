@@ -14,7 +14,7 @@ def demo(root: str | Path, out_dir: str | Path, *, epochs: int | None = None, co
     write the course's predictions CSV and the t-SNE figure into the run folder.
 
     ``epochs`` replaces the budget (said on the console). Returns the training result with
-    ``predictions``, ``tsne`` and ``recipe`` added.
+    ``predictions``, ``tsne``, ``recipe`` and ``num_classes`` added.
     """
     from vislab.pipelines.classification import train
     from vislab.pipelines.cls_predict import predict, tsne
@@ -35,5 +35,8 @@ def demo(root: str | Path, out_dir: str | Path, *, epochs: int | None = None, co
     result["tsne"] = str(tsne(ckpt, val_dir, out_png=out / "tsne.png"))
     from vislab.config import load_recipe
 
+    from vislab.models.checkpoints import checkpoint_meta
+
     result["recipe"] = load_recipe(str(out / "recipe.yaml")).to_dict()  # as run: the budget set the epochs
+    result["num_classes"] = checkpoint_meta(ckpt)["num_classes"]
     return result

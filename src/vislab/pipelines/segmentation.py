@@ -187,8 +187,9 @@ def _snapshot_pairs(stems: tuple[str, ...], pool: list) -> tuple[list, str | Non
     missing = [s for s in stems if s not in found]
     if missing and tuple(stems) == COURSE_SNAPSHOT:
         chosen = list(found.values())[: len(stems)]
-        note = (f"snapshot: the recipe's stems {', '.join(stems)} are the course's, and {', '.join(missing)} "
-                f"{'is' if len(missing) == 1 else 'are'} not in this data set; saving "
+        which = "none of them is in" if len(missing) == len(stems) else \
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in"
+        note = (f"snapshot: the recipe's stems {', '.join(stems)} are the course's, and {which} this data set; saving "
                 f"{', '.join(p.stem for p in chosen)} instead (--snapshot names stems of your own)")
         return chosen, note
     if missing:

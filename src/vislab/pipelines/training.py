@@ -194,8 +194,11 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
         recipe = dataclasses.replace(recipe, budget_minutes=None)  # with_overrides reads None as "not given"
     if recipe.limit_train_batches is not None and not job.resume:  # set by hand (a budget's own is said with it)
         every = steps_per_epoch(trainer, dataclasses.replace(recipe, limit_train_batches=None), job.n_train)
-        changes.append(f"limit_train_batches {recipe.limit_train_batches:g}: each epoch trains on "
-                       f"{steps_per_epoch(trainer, recipe, job.n_train)} of its {every} batches (a fresh shuffle each)")
+        limited = steps_per_epoch(trainer, recipe, job.n_train)
+        changes.append(f"limit_train_batches {recipe.limit_train_batches:g}: each epoch trains on {limited} of its "
+                       f"{every} batches (a fresh shuffle each)" if limited < every else
+                       f"limit_train_batches {recipe.limit_train_batches:g}: no limit, each epoch has {every} "
+                       f"batch{'es' if every != 1 else ''}")
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1, False)  # timing needs no pretrained weights
         loader, device = job.make_data(recipe).train_dataloader(), trainer.strategy.root_device
