@@ -173,6 +173,35 @@ def test_index_and_palette_masks_decode_and_round_trip(tmp_path):
         pal.read_mask(tmp_path / "lossy.jpg")
 
 
+def test_pixels_left_out_never_take_a_class_colour(tmp_path):
+    """Ignored pixels are drawn (and written into colour masks) in the data set's own ignore
+    colour, else mid grey, else another grey no class has: a class coloured mid grey keeps it."""
+    from matplotlib.figure import Figure
+
+    from vislab.viz.plotting import add_class_legend
+
+    ids = torch.tensor([[0, IGNORE], [1, IGNORE]], dtype=torch.uint8)
+    cases = [("  - {name: road, color: [128, 128, 128]}\n  - {name: car, color: [127, 127, 127]}\n"
+              "ignore_index: 255\n", (126, 126, 126)),
+             ("  - {name: road, color: [1, 2, 3]}\n  - {name: car, color: [4, 5, 6]}\nignore_index: 255\n",
+              (128, 128, 128)),
+             ("  - {name: road, color: [128, 128, 128]}\n  - {name: car, color: [4, 5, 6]}\n"
+              "extra_colors: {[9, 9, 9]: ignore}\n", (9, 9, 9))]
+    for i, (classes, left_out) in enumerate(cases):
+        fmt = "index" if "ignore_index" in classes else "palette"
+        desc = parse_classes(f"mask_format: {fmt}\nclasses:\n{classes}", tmp_path / f"{i}.yaml")
+        drawn = desc.colour_image(ids).permute(1, 2, 0)
+        assert tuple(drawn[0, 1].tolist()) == tuple(drawn[1, 1].tolist()) == left_out, classes
+        assert tuple(drawn[0, 0].tolist()) == desc.colours[0] and left_out not in desc.colours
+        fig = Figure()
+        add_class_legend(fig, desc)
+        patch = fig.legends[0].get_patches()[-1]
+        assert fig.legends[0].get_texts()[-1].get_text() == "left out"
+        assert [round(v * 255) for v in patch.get_facecolor()[:3]] == list(left_out)
+    (tmp_path / "gt.png").write_bytes(desc.mask_png(ids, colours=True))  # read back: still left out
+    assert desc.read_mask(tmp_path / "gt.png")[0].tolist() == ids.tolist()
+
+
 def test_folder_pairs_and_their_errors(tmp_path):
     d = make_index_set(tmp_path / "d", 3)
     assert [(p.stem, p.image.parent.name, p.mask.parent.name) for p in list_pairs(d)] == [

@@ -82,6 +82,18 @@ class SegClasses:
         return self.mask_format == "course"
 
     @property
+    def left_out_colour(self) -> Colour:
+        """The colour figures and written colour masks give pixels left out (:data:`IGNORE`): the
+        data set's own ignore colour where its file names one, else the first grey (mid grey
+        first) that no class has, so that it is never read as a class."""
+        own = [c for c, v in self.extra_colours if v == IGNORE]
+        if own:
+            return own[0]
+        used = set(map(tuple, self.colours))
+        greys = [(v, v, v) for v in (128, *range(127, -1, -1), *range(129, 256))]
+        return next(c for c in greys if c not in used)  # 256 greys, at most 255 classes
+
+    @property
     def scored(self) -> int:
         """Classes averaged by the mIoU: the course's first six, else all."""
         return palette.NUM_CLASSES - 1 if self.course else self.num_classes
@@ -182,11 +194,12 @@ class SegClasses:
         return self._lookup["table"]
 
     def colour_image(self, ids: torch.Tensor) -> torch.Tensor:
-        """Class ids (H, W) as the classes' colours (3, H, W) uint8 (ignored pixels grey): what
+        """Class ids (H, W) as the classes' colours (3, H, W) uint8 (ignored pixels in
+        :attr:`left_out_colour`): what
         figures show and what palette / course masks are written as."""
         if self.course:
             return palette.classes_to_mask(ids)
-        table = torch.tensor(list(self.colours) + [(128, 128, 128)] * (256 - self.num_classes), dtype=torch.uint8)
+        table = torch.tensor(list(self.colours) + [self.left_out_colour] * (256 - self.num_classes), dtype=torch.uint8)
         return table.to(ids.device)[ids.long()].permute(2, 0, 1).contiguous()
 
     def mask_png(self, ids: torch.Tensor, *, colours: bool = False) -> bytes:

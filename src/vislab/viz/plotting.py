@@ -78,8 +78,8 @@ def say_undrawable(names: Iterable[str] | None) -> None:
 
 
 def add_class_legend(fig, classes) -> None:  # fig: a matplotlib Figure, classes: SegClasses
-    """A row of colour patches naming the classes under ``fig`` (grey: left out, for descriptions
-    with an ignore value or colour)."""
+    """A row of colour patches naming the classes under ``fig`` (and the colour of pixels left out,
+    for descriptions with an ignore value or colour)."""
     from matplotlib.patches import Patch
 
     from vislab.data.seg_classes import IGNORE
@@ -88,6 +88,6 @@ def add_class_legend(fig, classes) -> None:  # fig: a matplotlib Figure, classes
     handles = [Patch(facecolor=[v / 255 for v in c], edgecolor="0.4", label=n)
                for n, c in zip(classes.names, classes.colours)]
     if not classes.course and (classes.ignore_index is not None or any(v == IGNORE for _, v in classes.extra_colours)):
-        handles.append(Patch(facecolor="0.5", edgecolor="0.4", label="left out"))
+        handles.append(Patch(facecolor=[v / 255 for v in classes.left_out_colour], edgecolor="0.4", label="left out"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
