@@ -43,7 +43,7 @@ from common import DEFAULT_DATA, peak_rss_mb  # noqa: E402
 
 from vislab.config import Recipe, load_recipe  # noqa: E402
 from vislab.data.palette import PALETTE  # noqa: E402
-from vislab.engine.base import freeze_prefixes  # noqa: E402
+from vislab.models.freeze import freeze_prefixes  # noqa: E402
 from vislab.engine.losses import build_loss  # noqa: E402
 from vislab.engine.optim import OPTIMIZERS  # noqa: E402
 from vislab.engine.budget import step_precision  # noqa: E402

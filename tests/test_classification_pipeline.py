@@ -329,6 +329,15 @@ def test_frozen_layers_keep_their_weights_through_training(cli, color_classes, t
     n_params = len(start) - sum(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in start)
     # the optimiser holds every parameter but the frozen conv weight and BN weight and bias
     assert sum(len(g["params"]) for g in opt_state["param_groups"]) == n_params - 3
+    # the architecture table of the run (summary and report) counts them as not trainable
+    net = build_model("cifar_resnet20", num_classes=3)
+    frozen = sum(p.numel() for m in (net.features[0], net.features[1]) for p in m.parameters())
+    total = sum(p.numel() for p in net.parameters())
+    res = cli("summary", tmp_path / "run")
+    assert res.code == 0, res.err
+    assert f"Trainable params: {total - frozen:,}" in res.out and f"Non-trainable params: {frozen:,}" in res.out
+    assert cli("report", tmp_path / "run", "--out", tmp_path / "r.md").code == 0
+    assert f"Non-trainable params: {frozen:,}" in (tmp_path / "r.md").read_text()
 
 
 def test_freeze_names_a_missing_layer():

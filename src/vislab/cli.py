@@ -363,33 +363,33 @@ def summary_cmd(
 ) -> None:
     """Print the architecture table: Layer (type) | Output Shape | Param #, with totals."""
     from vislab.models import build_model, get_entry
-    from vislab.viz.summary import architecture_table
+    from vislab.viz.summary import architecture_table, trained_table
 
     _one_run(model, "an architecture table shows one network")
     if num_classes is not None and num_classes < 1:
         raise VislabError("--num-classes", f"must be >= 1, got {num_classes}")
     if input is not None and (input[0] != 3 or min(input) < 1):
         raise VislabError("--input", f"must be 3 H W with H, W >= 1 (RGB), got {' '.join(map(str, input))}")
-    if Path(model).exists():  # a trained network: its own classes and input size
-        net, size = _trained_network(Path(model), num_classes)
+    trained = Path(model).exists()
+    if trained:  # a trained network: its own classes and input size, its frozen layers
+        net, task, meta, recipe = _trained_network(Path(model), num_classes)
         model = Path(model).name
     else:
         entry = get_entry(model)
-        n = entry.course_classes if num_classes is None else num_classes
-        size = entry.input_size
-        net = build_model(model, num_classes=n)
-    size = tuple(input) if input else size
+        net = build_model(model, num_classes=entry.course_classes if num_classes is None else num_classes)
     if input is not None:
         from vislab.models.input_side import check_side
 
         check_side(net, min(input[1:]), model=model, setting="--input")
-    out.print(architecture_table(net, size), markup=False)
+    size = tuple(input) if input else None
+    table = trained_table(net, task, meta, recipe, size=size) if trained else \
+        architecture_table(net, size or entry.input_size)
+    out.print(table, markup=False)
 
 
-def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, tuple[int, int, int]]:
-    """The network of a run folder or checkpoint and the (3, H, W) input it trained at."""
+def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
+    """The network of a run folder or checkpoint, its task, metadata and recipe."""
     from vislab.models.checkpoints import check_readable, checkpoint_file, load_network
-    from vislab.viz.summary import trained_input
 
     if num_classes is not None:
         raise VislabError("--num-classes", f"{path} is a trained network with its own classes; drop --num-classes")
@@ -399,7 +399,7 @@ def _trained_network(path: Path, num_classes: int | None) -> tuple[Any, tuple[in
         raise VislabError(ckpt, "not a vislab checkpoint (no task recorded); name a registry model instead")
     net, meta = load_network(ckpt, task=task)
     recipe = meta.get("recipe")  # the checkpoint's own copy: a file moved out of its run folder keeps it
-    return net, trained_input(task, meta, recipe if isinstance(recipe, dict) else {})
+    return net, task, meta, recipe if isinstance(recipe, dict) else {}
 
 
 # --- P1 ------------------------------------------------------------------------------------

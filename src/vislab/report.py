@@ -86,7 +86,7 @@ def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
 def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int | None) -> str:
     from vislab.models.checkpoints import load_network
     from vislab.models import build_model
-    from vislab.viz.summary import architecture_table, trained_input
+    from vislab.viz.summary import trained_table
 
     meta: dict[str, Any] = {}
     try:
@@ -99,7 +99,7 @@ def _architecture(run: Path, task: str, recipe: dict[str, Any], num_classes: int
         model = build_model(recipe["model"], num_classes=num_classes)
     else:
         return "(no checkpoint in the run folder)"
-    return architecture_table(model, trained_input(task, meta, recipe))
+    return trained_table(model, task, meta, recipe)
 
 
 def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:

@@ -16,30 +16,7 @@ from vislab.engine.state import capture_rng, restore_rng
 from vislab.errors import VislabError
 from vislab.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from vislab.models.checkpoints import FORMAT, loader_position
-
-
-def freeze_prefixes(net: torch.nn.Module, prefixes: tuple[str, ...], *, model: str) -> list[torch.nn.Module]:
-    """Stop gradients to the submodules named by ``prefixes`` (``"blocks.0"`` is ``blocks.0`` and
-    everything under it) and return them.
-
-    Only the parameters are frozen: BatchNorm layers inside keep training mode, so their running
-    statistics adapt to the new images (upsampled 32 px photos, satellite tiles) while their
-    weights stay ImageNet's. With the leading layers frozen autograd neither stores their
-    activations nor runs their backward pass: the cheap way to fine-tune at a higher resolution
-    on a CPU.
-    """
-    named = dict(net.named_modules())
-    frozen = []
-    for prefix in prefixes:
-        if prefix not in named or prefix == "":
-            raise VislabError(None, f"freeze: {model} has no submodule {prefix!r} "
-                                    f"(top-level ones: {', '.join(n for n, _ in net.named_children())})")
-        frozen.append(named[prefix])
-        for p in named[prefix].parameters():
-            p.requires_grad_(False)
-    if prefixes and not any(p.requires_grad for p in net.parameters()):
-        raise VislabError(None, f"freeze: {', '.join(prefixes)} cover every parameter of {model}; nothing would train")
-    return frozen
+from vislab.models.freeze import freeze_prefixes
 
 
 def decay_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

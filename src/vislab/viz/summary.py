@@ -65,3 +65,15 @@ def trained_input(task: str, meta: dict[str, Any], recipe: dict[str, Any]) -> tu
         return 3, int(h), int(w)
     h, w = recipe.get("input_hw") or stored or (512, 512)
     return 3, int(h), int(w)
+
+
+def trained_table(net: nn.Module, task: str, meta: dict[str, Any], recipe: dict[str, Any], *,
+                  size: tuple[int, int, int] | None = None) -> str:
+    """The table of a trained network as it trained: at its input (:func:`trained_input`, unless
+    ``size``), with the submodules its recipe froze (``freeze``) counted as not trainable."""
+    from vislab.models.freeze import freeze_prefixes
+
+    freeze = recipe.get("freeze") or ()
+    names = tuple(v.strip() for v in freeze.split(",")) if isinstance(freeze, str) else tuple(freeze)
+    freeze_prefixes(net, names, model=str(recipe.get("model")))
+    return architecture_table(net, size or trained_input(task, meta, recipe))
