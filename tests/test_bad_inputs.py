@@ -267,6 +267,22 @@ def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes
     assert cli("cls", "eval", out, color_classes, "--image-size", 8).code == 0
 
 
+def test_an_image_file_for_a_folder_says_to_put_it_in_one(cli, tmp_path):
+    from conftest import write_png
+
+    img = tmp_path / "one.png"
+    write_png(img, np.zeros((32, 32, 3), np.uint8))
+    said = f"{img}: is an image file, but a folder of images is needed here (put the image in a folder of its own)"
+    from vislab.data.layouts import find_items
+    from vislab.data.segmentation import list_unlabelled
+
+    for read in (lambda: find_items(img, labelled=False), lambda: list_unlabelled(img)):  # cls and seg predict's
+        with pytest.raises(VislabError) as err:
+            read()
+        assert str(err.value) == said
+    assert _one_line(cli("seg", "eval", img, tmp_path)) == f"vislab: error: {said}"
+
+
 def test_an_unwritable_output_folder_is_named_before_any_work(cli, tmp_path, monkeypatch):
     """Permission is checked where the output goes (the nearest existing folder) before the inputs
     are read; simulated, as the tests may run as root, whom no permission stops."""

@@ -198,5 +198,8 @@ def check_folder(folder: str | Path) -> Path:
     if not d.exists():
         raise VislabError(d, "folder not found")
     if not d.is_dir():
+        if d.suffix.lower() in IMAGE_SUFFIXES:  # predict one image: the commands read folders
+            raise VislabError(d, "is an image file, but a folder of images is needed here (put the image in a "
+                                 "folder of its own)")
         raise VislabError(d, "not a folder")
     return d
