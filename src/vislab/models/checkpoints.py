@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from vislab.errors import VislabError
-from vislab.models.weights import net_state_dict
 
 FORMAT = 1
 """The layout of the ``vislab`` metadata block in checkpoints."""
@@ -43,6 +42,14 @@ def pick_device(name: str | None = None) -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise VislabError("--device", f"{name!r}: this machine has {count} CUDA GPU(s), numbered from 0")
     return dev
+
+
+def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights inference uses from a checkpoint: the weight average (``ema.module.``) when
+    the run kept one, else the trained network (the LightningModule keeps it under ``net.``)."""
+    sd = ckpt["state_dict"]
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in sd) else "net."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -11,22 +11,13 @@ from torch import nn
 
 from vislab.errors import VislabError
 from vislab.log import info
-
-
-def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights inference uses from a checkpoint: the weight average (``ema.module.``) when
-    the run kept one, else the trained network (the LightningModule keeps it under ``net.``)."""
-    sd = ckpt["state_dict"]
-    prefix = "ema.module." if any(k.startswith("ema.module.") for k in sd) else "net."
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+from vislab.models.checkpoints import checkpoint_file, net_state_dict
 
 
 def _weights_file(path: str | Path) -> Path:
     """``path``, or for a run folder its best.ckpt (else last.ckpt)."""
     p = Path(path)
     if p.is_dir():
-        from vislab.models.checkpoints import checkpoint_file  # it imports this module
-
         p = checkpoint_file(p)
     return p
 
