@@ -45,9 +45,9 @@ def rss_anon_mb() -> float:
     return float("nan")
 
 
-def loader_side(ds: CachedTiles, batch: int, epoch: int = 0) -> list:
+def loader_side(ds: CachedTiles, batch: int) -> list:
     """What a loader worker does per epoch: slice the cache and collate."""
-    return [pad_collate([ds[(i, epoch)] for i in range(lo, min(lo + batch, len(ds)))])
+    return [pad_collate([ds[i] for i in range(lo, min(lo + batch, len(ds)))])
             for lo in range(0, len(ds), batch)]
 
 
@@ -64,7 +64,7 @@ def one_epoch(ds: CachedTiles, batch: int, crop: int | None, epoch: int = 0, on_
     """Both sides, one batch at a time."""
     for lo in range(0, len(ds), batch):
         sub = CachedTiles(ds.cache, ds.indices[lo : lo + batch])
-        device_side(loader_side(sub, batch, epoch), crop, epoch, on_batch)
+        device_side(loader_side(sub, batch), crop, epoch, on_batch)
 
 
 def rss_child(folder: Path, n: int, crop: int) -> None:

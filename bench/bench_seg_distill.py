@@ -78,7 +78,7 @@ def main() -> None:
 
     def step(way: str, epoch: int) -> float:
         lo = (epoch * r.batch_size) % (len(ds) - r.batch_size + 1)
-        batch = pad_collate([ds[(i, epoch)] for i in range(lo, lo + r.batch_size)])
+        batch = pad_collate([ds[i] for i in range(lo, lo + r.batch_size)])
         t = time.perf_counter()
         module.teacher_targets = maps if way == "soft maps" else None
         module._trainer = SimpleNamespace(training=True, current_epoch=epoch)
