@@ -153,8 +153,9 @@ def best_rows() -> None:
     for run, plain, d4 in (("seg-best", "seg-val-plain.json", "seg-val-offsets-d4.json"), ("seg-half", None, "seg-half-d4.json")):
         cal = read(f"{run}/results.json").get("calibration") or {}
         if cal:
+            every = f", one pixel in {cal['pixel_stride']} along rows and columns" if cal.get("pixel_stride", 1) > 1 else ""
             print(f"P2 {run} held-out mIoU {cal['miou_before']:.4f} plain at scale {cal['trained_scale']:g} -> "
-                  f"{cal['miou_after']:.4f} with offsets at scale {cal['infer_scale']:g} (the fit"
+                  f"{cal['miou_after']:.4f} with offsets at scale {cal['infer_scale']:g} (the fit{every}"
                   + (f"; the offsets were not kept: cross-fitted {cal.get('miou_crossfit')})" if cal.get("offsets_dropped")
                      else f"; cross-fitted {cal.get('miou_crossfit')})"))
         print(f"P2 {run} validation mIoU" + (f" plain {num(plain, 'miou')}," if plain else "")
