@@ -140,16 +140,22 @@ def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | Non
                          protected=protected)
 
 
+def _run_inputs(path: str | Path) -> dict[str, Any]:
+    """The ``inputs.json`` record of the run at ``path`` (a run folder, or a checkpoint in one)."""
+    from vislab.engine.run_folder import read_inputs
+
+    p = Path(path)
+    return read_inputs(p if p.is_dir() else p.parent)
+
+
 def _run_data(paths: Iterable[str | Path]) -> list[str | None]:
     """The training and validation folders the runs at ``paths`` (run folders, or checkpoints in
     them) were trained with, as their ``inputs.json`` records them: a figure written there would
     replace one of their images, or be read as one more."""
-    from vislab.engine.run_folder import read_inputs
-
     found: list[str | None] = []
-    for p in map(Path, paths):
+    for p in paths:
         try:
-            inputs = read_inputs(p if p.is_dir() else p.parent)
+            inputs = _run_inputs(p)
         except VislabError:  # a record changed by hand: the command itself names it when it reads it
             continue
         found += [inputs.get("train_dir"), inputs.get("val_dir")]
@@ -160,11 +166,9 @@ def _recorded_train_dir(path: str | Path) -> Path | None:
     """The training folder the run at ``path`` (a run folder, or a checkpoint in one) recorded in
     its ``inputs.json``, said on the console; None without a record. A folder since moved or
     removed is one error naming it."""
-    from vislab.engine.run_folder import read_inputs
     from vislab.log import info
 
-    p = Path(path)
-    recorded = read_inputs(p if p.is_dir() else p.parent).get("train_dir")
+    recorded = _run_inputs(path).get("train_dir")
     if recorded is None:
         return None
     if not Path(recorded).is_dir():

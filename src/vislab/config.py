@@ -219,11 +219,17 @@ def held_out_seed(recipe: "Recipe | dict[str, Any]") -> int:
     return int(get("seed", 0) or 0) if split is None else int(split)
 
 
+def names_field(value: Any) -> Any:
+    """A recipe field of names (``teacher``, ``snapshot``, ``freeze``) as a tuple when it is one
+    name, or several joined by commas, as on the command line; any other value as it is."""
+    return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
+
+
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
-    for key in ("teacher", "snapshot", "freeze"):  # one name, or several joined by commas, as on the command line
-        if isinstance(out.get(key), str):
-            out[key] = tuple(p.strip() for p in out[key].split(",") if p.strip())
+    for key in ("teacher", "snapshot", "freeze"):
+        if key in out:
+            out[key] = names_field(out[key])
     for key in ("mean", "std", "snapshot", "input_hw", "freeze", "crop_area", "teacher"):
         if out.get(key) is not None:
             if not isinstance(out[key], (list, tuple)):

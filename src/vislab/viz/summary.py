@@ -71,9 +71,8 @@ def trained_table(net: nn.Module, task: str, meta: dict[str, Any], recipe: dict[
                   size: tuple[int, int, int] | None = None) -> str:
     """The table of a trained network as it trained: at its input (:func:`trained_input`, unless
     ``size``), with the submodules its recipe froze (``freeze``) counted as not trainable."""
+    from vislab.config import names_field
     from vislab.models.freeze import freeze_prefixes
 
-    freeze = recipe.get("freeze") or ()
-    names = tuple(v.strip() for v in freeze.split(",")) if isinstance(freeze, str) else tuple(freeze)
-    freeze_prefixes(net, names, model=str(recipe.get("model")))
+    freeze_prefixes(net, tuple(names_field(recipe.get("freeze")) or ()), model=str(recipe.get("model")))
     return architecture_table(net, size or trained_input(task, meta, recipe))
