@@ -64,12 +64,14 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
 def _later_calibration(run: Path, results: dict[str, Any]) -> str | None:
     """A note when ``best.offsets.json`` is not the calibration the run's numbers were measured
     with (``vislab seg calibrate`` ran after training): score, predict and export apply it."""
-    from vislab.calibration import crossfit_words, offsets_file
+    from vislab.calibration import crossfit_words, offsets_file, stored_record
 
     try:
-        path = offsets_file(checkpoint_file(run))  # best.ckpt's, else (no held-out split) last.ckpt's
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError, VislabError):
+        ckpt = checkpoint_file(run)  # best.ckpt, else (no held-out split) last.ckpt
+    except VislabError:
+        return None
+    rec, path = stored_record(ckpt), offsets_file(ckpt)
+    if not rec:
         return None
     measured = results.get("calibration") or {}
     if measured.get("offsets") == rec.get("offsets") and measured.get("infer_scale") == rec.get("infer_scale"):
