@@ -268,6 +268,8 @@ def test_inputs_too_small_for_the_network_are_refused_with_the_smallest_it_takes
 
 
 def test_an_image_file_for_a_folder_says_to_put_it_in_one(cli, tmp_path):
+    """Predict reads one image file as well as a folder; what needs labels (training, scoring)
+    says the image wants a folder; a mask is no image to predict."""
     from conftest import write_png
 
     img = tmp_path / "one.png"
@@ -276,11 +278,21 @@ def test_an_image_file_for_a_folder_says_to_put_it_in_one(cli, tmp_path):
     from vislab.data.layouts import find_items
     from vislab.data.segmentation import list_unlabelled
 
-    for read in (lambda: find_items(img, labelled=False), lambda: list_unlabelled(img)):  # cls and seg predict's
+    items = find_items(img, labelled=False)  # cls predict's
+    assert (items.root, items.files, items.ids, items.labels) == (tmp_path, [img], ["one.png"], None)
+    assert list_unlabelled(img) == [img]  # seg predict's
+    for read in (lambda: find_items(img, labelled=True), lambda: find_items(img, labelled=False, labels_csv=img)):
         with pytest.raises(VislabError) as err:
             read()
         assert str(err.value) == said
     assert _one_line(cli("seg", "eval", img, tmp_path)) == f"vislab: error: {said}"
+    write_png(tmp_path / "0001_mask.png", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(VislabError, match=r"0001_mask.png: is a mask \(\*_mask\), not an image to predict$"):
+        list_unlabelled(tmp_path / "0001_mask.png")
+    for read in (find_items, list_unlabelled):  # a missing file: not found, and not called a folder
+        with pytest.raises(VislabError) as err:
+            read(tmp_path / "gone.png", **({"labelled": False} if read is find_items else {}))
+        assert str(err.value) == f"{tmp_path / 'gone.png'}: not found"
 
 
 def test_an_unwritable_output_folder_is_named_before_any_work(cli, tmp_path, monkeypatch):

@@ -89,6 +89,11 @@ def test_predict_on_label_free_names(cli, trained, color_classes, tmp_path):
     cli("cls", "predict", trained, color_classes, tmp_path / "all.csv")
     by_name = {r[0]: r[1] for r in csv.reader((tmp_path / "all.csv").open())}
     assert all(by_name[names[r[0]]] == r[1] for r in rows[1:])
+    # one image file: a CSV of its row, the same prediction as in its folder's
+    one = sorted(names)[1]
+    res = cli("cls", "predict", trained, test / one, tmp_path / "one.csv")
+    assert res.code == 0, res.err
+    assert list(csv.reader((tmp_path / "one.csv").open())) == [["image_id", "label"], [one, by_name[names[one]]]]
 
 
 def test_tsne_outputs(cli, trained, color_classes, tmp_path):

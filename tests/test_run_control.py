@@ -465,6 +465,24 @@ def test_a_resumed_piece_appends_only_the_setting_lines_not_yet_recorded(tmp_pat
     assert (run / "command.txt").read_text().splitlines()[3] == "(a call from Python: no command line)"
 
 
+def test_a_damaged_results_file_is_read_as_none_and_said(tmp_path, monkeypatch):
+    """read_results: {} for a folder without results.json (nothing said); the recorded dict; a file
+    cut short or holding no object reads as {} with a line naming the file and why."""
+    import vislab.log
+    from vislab.engine.run_folder import read_results
+
+    said: list[str] = []
+    monkeypatch.setattr(vislab.log, "info", said.append)
+    assert read_results(tmp_path) == {} and said == []
+    (tmp_path / "results.json").write_text(json.dumps({"global_step": 7}))
+    assert read_results(tmp_path) == {"global_step": 7} and said == []
+    (tmp_path / "results.json").write_text('{"global_step": 7, "val')  # a copy cut short
+    assert read_results(tmp_path) == {}
+    assert said == [f"{tmp_path / 'results.json'}: not valid JSON; read as no recorded results"]
+    (tmp_path / "results.json").write_text("[1, 2]")
+    assert read_results(tmp_path) == {} and said[-1].endswith("results.json: not a JSON object; read as no recorded results")
+
+
 def test_the_budget_times_a_step_in_the_recipes_precision():
     """The step timing that plans a budget runs the network as training will: a bf16-mixed recipe
     under bfloat16 autocast, on a CPU too (its speed there can differ from fp32 several-fold)."""

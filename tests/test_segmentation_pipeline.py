@@ -191,6 +191,12 @@ def test_predict_names_sizes_colours_and_eval_agree(cli, seg_run, tmp_path):
     res = cli("seg", "predict", seg_run / "run", val, tmp_path / "pred")
     assert res.code == 0, res.err
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["0000_mask.png", "0001_mask.png", "0002_mask.png"]
+    # one image file: its mask alone, the same as the folder's prediction wrote
+    res = cli("seg", "predict", seg_run / "run", val / "0001_sat.jpg", tmp_path / "one")
+    assert res.code == 0, res.err
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["0001_mask.png"]
+    assert np.array_equal(np.array(Image.open(tmp_path / "one" / "0001_mask.png")),
+                          np.array(Image.open(tmp_path / "pred" / "0001_mask.png")))
     res = cli("seg", "eval", tmp_path / "pred", val, "--json", tmp_path / "m.json")
     assert res.code == 0, res.err
     from_files = json.loads((tmp_path / "m.json").read_text())["miou"]

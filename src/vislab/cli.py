@@ -537,7 +537,7 @@ ENGINE_OPTION = typer.Option(
 @cls_app.command("predict")
 def cls_predict(
     ckpt: str = EnsembleArg,
-    img_dir: Path = typer.Argument(..., help="Folder of images (any names), or a tree of them."),
+    img_dir: Path = typer.Argument(..., help="Folder of images (any names), a tree of them, or one image file."),
     out_csv: Path = typer.Argument(..., help="Output CSV: image_id,label sorted by file name (label: the class name for named data sets)."),
     device: Optional[str] = typer.Option(None, "--device"),
     batch_size: int = typer.Option(256, "--batch-size"),
@@ -744,7 +744,7 @@ def seg_calibrate(
 @seg_app.command("predict")
 def seg_predict(
     ckpt: str = EnsembleArg,
-    img_dir: Path = typer.Argument(..., help="Images (xxxx.jpg or xxxx_sat.jpg), or a folder with images/."),
+    img_dir: Path = typer.Argument(..., help="A folder of images (xxxx.jpg or xxxx_sat.jpg), a folder with images/, or one image file."),
     out_dir: Path = typer.Argument(..., help="Output folder for the masks."),
     tta: str = typer.Option("none", "--tta", help="none | flip | d4 (averaged probabilities)."),
     batch_size: int = typer.Option(4, "--batch-size"),

@@ -192,11 +192,18 @@ def say_skipped(folder: Path, names: list[str]) -> None:
              f"(e.g. {min(names)})")
 
 
+def image_file(path: str | Path) -> Path | None:
+    """``path`` when it is one file with an image suffix (the predict commands read one image as
+    well as a folder), else None."""
+    p = Path(path)
+    return p if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() else None
+
+
 def check_folder(folder: str | Path) -> Path:
     """``folder`` as a Path; a one-line error when it is missing or a file."""
     d = Path(folder)
-    if not d.exists():
-        raise VislabError(d, "folder not found")
+    if not d.exists():  # a path named like an image: a file, perhaps, to predict
+        raise VislabError(d, "not found" if d.suffix.lower() in IMAGE_SUFFIXES else "folder not found")
     if not d.is_dir():
         if d.suffix.lower() in IMAGE_SUFFIXES:  # predict one image: the commands read folders
             raise VislabError(d, "is an image file, but a folder of images is needed here (put the image in a "

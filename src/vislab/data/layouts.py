@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vislab.data.images import IMAGE_SUFFIXES, check_folder, say_skipped
+from vislab.data.images import IMAGE_SUFFIXES, check_folder, image_file, say_skipped
 from vislab.errors import VislabError
 from vislab.log import info
 
@@ -146,7 +146,12 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
         labels_csv: a ``filename,label`` CSV giving the labels of a flat folder.
         class_names: the classes of a trained model: names in the folder or CSV are mapped to
             these ids (not re-sorted), and an unknown name is an error.
+
+    Without ``labelled`` (and ``labels_csv``), ``folder`` may be one image file: its name is its id.
     """
+    one = image_file(folder) if not labelled and labels_csv is None else None
+    if one is not None:
+        return ClassItems(one.parent, "unlabelled", [one], [one.name], None, None)
     root = check_folder(folder)
     skipped: list[str] = []
     names, subdirs = _scan(root, skipped)

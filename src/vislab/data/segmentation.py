@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from vislab.data.cache import cache_dir, content_digest, decoded_images, file_list_key, mark_used, record_source, say_built
 from vislab.data.tensors import hash_uniform
-from vislab.data.images import IMAGE_SUFFIXES, check_folder, list_images, read_rgb
+from vislab.data.images import IMAGE_SUFFIXES, check_folder, image_file, list_images, read_rgb
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_save
@@ -103,7 +103,12 @@ def pairs_digest(pairs: list[Pair]) -> str:
 
 def list_unlabelled(folder: str | Path) -> list[Path]:
     """Images to predict: the files of ``folder`` (masks ``*_mask.*`` skipped), or of its
-    ``images/`` subfolder when it holds no images itself."""
+    ``images/`` subfolder when it holds no images itself; or ``folder`` itself, one image file."""
+    one = image_file(folder)
+    if one is not None:
+        if one.stem.endswith(MASK):
+            raise VislabError(one, f"is a mask (*{MASK}), not an image to predict")
+        return [one]
     d = check_folder(folder)
     if (d / IMAGES_DIR).is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir() if p.is_file()):
         d = d / IMAGES_DIR

@@ -172,11 +172,23 @@ def add_change(out_dir: Path, line: str) -> None:
 
 
 def read_results(out_dir: Path) -> dict:
-    """The run folder's ``results.json`` ({} when there is none, or it cannot be read)."""
-    try:
-        return json.loads((out_dir / "results.json").read_text())
-    except (OSError, ValueError):
+    """The run folder's ``results.json`` ({} when there is none, or it cannot be read: a line says so,
+    and the run's results are measured again)."""
+    path = out_dir / "results.json"
+    if not path.exists():
         return {}
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        found = e
+    if isinstance(found, dict):
+        return found
+    from vislab.log import info
+
+    why = "not a JSON object" if not isinstance(found, Exception) else \
+        ("not valid JSON" if isinstance(found, ValueError) else f"cannot be read ({found.strerror or found})")
+    info(f"{path}: {why}; read as no recorded results")
+    return {}
 
 
 def write_results(out_dir: Path, result: dict) -> None:
