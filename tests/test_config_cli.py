@@ -56,6 +56,23 @@ def test_errors_are_one_line_and_debug_shows_traceback(cli, tmp_path):
         cli("--debug", "cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
 
 
+def test_a_long_line_is_never_broken_inside_on_either_stream(capsys, tmp_path):
+    """A console line longer than the console (a deep path, in a log file or a narrow terminal)
+    is written whole, so a path can be copied or grepped: progress on stderr, results on stdout.
+    Rich breaks such lines at the console's width (80 when not a terminal) unless told not to."""
+    from vislab.cli import out
+    from vislab.log import console, info
+
+    line = f"{tmp_path.joinpath(*['a-folder-with-a-long-name'] * 8, 'image.png')}: a message after the path"
+    for con, write in ((console, info), (out, lambda text: out.print(text, markup=False))):
+        before, con.width = con.width, 40
+        try:
+            write(line)
+        finally:
+            con.width = before
+    assert capsys.readouterr() == (line + "\n", line + "\n")  # (out, err)
+
+
 def test_usage_errors_are_one_line_naming_the_command(cli):
     """A missing argument, an unknown option or command and a value of the wrong type: one line,
     status 2, pointing at the command's help; a group without a command shows its help."""

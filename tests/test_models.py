@@ -169,12 +169,17 @@ def test_imagenet_without_network_names_weights_path(monkeypatch):
 def test_fcn_takes_a_torchvision_vgg_state_dict_as_its_backbone(tmp_path):
     """--weights VGG16.pt (the seed recipe's offline path) loads VGG's conv layers into FCN-32s's
     backbone; the FCN's own layers keep their initialisation."""
-    import torchvision
+    from torchvision.models.vgg import cfgs, make_layers
+
+    def vgg_features(cfg: str) -> dict[str, torch.Tensor]:
+        """torchvision's VGG conv layers as ``vgg16().state_dict()`` names them (``features.*``),
+        built without the 120M-parameter classifier (VGG.features is this very make_layers)."""
+        return {f"features.{k}": v for k, v in make_layers(cfgs[cfg]).state_dict().items()}
 
     torch.manual_seed(0)
-    vgg = torchvision.models.vgg16().state_dict()
+    vgg = vgg_features("D")
     path = tmp_path / "vgg16.pt"
-    torch.save({k: v for k, v in vgg.items() if k.startswith("features.")}, path)  # the conv layers only
+    torch.save(vgg, path)  # the conv layers only
     fcn = build_model("fcn32s_vgg16", num_classes=7, weights=str(path))
     feats = dict(fcn.named_parameters())
     names = [n for n in feats if ".features." in n]
@@ -184,8 +189,7 @@ def test_fcn_takes_a_torchvision_vgg_state_dict_as_its_backbone(tmp_path):
     fresh = build_model("fcn32s_vgg16", num_classes=7)
     assert not torch.equal(dict(fresh.named_parameters())[names[0]], feats[names[0]])
     # VGG19's conv layers share many names and shapes with VGG16's, at other depths: refused
-    vgg19 = torchvision.models.vgg19().state_dict()
-    torch.save({k: v for k, v in vgg19.items() if k.startswith("features.")}, tmp_path / "vgg19.pt")
+    torch.save(vgg_features("E"), tmp_path / "vgg19.pt")
     with pytest.raises(VislabError, match=r"vgg19.pt: not a vgg16 state_dict: \d+ of the 26 tensors"):
         build_model("fcn32s_vgg16", num_classes=7, weights=str(tmp_path / "vgg19.pt"))
 

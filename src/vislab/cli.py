@@ -102,7 +102,7 @@ app.add_typer(cls_app, name="cls")
 seg_app = typer.Typer(help="P2: segmentation: the course's 7 land-cover classes, or any data set described by a classes.yaml.",
                       no_args_is_help=True, cls=OnceGroup)
 app.add_typer(seg_app, name="seg")
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # a line is never broken inside (a path stays whole in a log)
 
 
 @app.callback()

@@ -7,7 +7,7 @@ from typing import Iterator
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # lines unbroken: paths stay whole in logs
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
