@@ -21,11 +21,15 @@ def _vislab(*args: str, env: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run(*args: str) -> str:
-    proc = _vislab(*args)
+def _done(proc: subprocess.Popen) -> str:
+    """The output of a vislab process started by :func:`_vislab`, once it has exited with 0."""
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     return out
+
+
+def _run(*args: str) -> str:
+    return _done(_vislab(*args))
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -46,7 +50,7 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
 
     Mixup, cutmix and the weight average are on: their draws and state must survive too."""
     recipe = _recipe(tmp_path, mixup=0.2, cutmix=1.0, ema=0.9)
-    _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")
+    full = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")  # beside it
 
     run = tmp_path / "killed"
     proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run)
@@ -61,6 +65,7 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0 and {"torch", "numpy", "python"} <= set(ckpt["rng"])
     assert max(_logged_steps(run)) >= 14, "premise: rows logged after the checkpoint"
+    _done(full)
     out = _run("cls", "train", color_classes, "--out", run, "--resume")
     assert "--resume: continues with epoch 2 of 3, " in out  # the console says where, and the run folder
     assert "--resume: continues with epoch 2 of 3, " in (run / "changes.txt").read_text()
@@ -81,7 +86,7 @@ def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_class
     the middle of epoch 2 and resumed ends bit-identical to an uninterrupted one. The 90 training
     items are not a multiple of the batch: each epoch trains on 11 batches and leaves 2 items out."""
     recipe = _recipe(tmp_path, mixup=0.2, ema=0.9, checkpoint_minutes=1e-6, holdout=0.25)  # a save after every step
-    _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")
+    full = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")  # beside it
     steps = 90 // 8  # training batches per epoch
 
     run = tmp_path / "killed"
@@ -97,6 +102,7 @@ def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_class
     proc.wait()
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert steps < ckpt["global_step"] < 2 * steps, "premise: killed in the middle of epoch 2"
+    _done(full)
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 1, "items": (ckpt["global_step"] - steps) * 8}]
     out = _run("cls", "train", color_classes, "--out", run, "--resume")
@@ -166,9 +172,10 @@ def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp
     """simple_cnn has no BatchNorm or dropout: DDP with batch 8 x 2 ranks == 1 process, batch 16."""
     one = _recipe(tmp_path, model="simple_cnn", epochs=2, batch_size=16, label_smoothing=0.0)
     two = _recipe(tmp_path, model="simple_cnn", epochs=2, batch_size=8, label_smoothing=0.0)
-    _run("cls", "train", color_classes, "--recipe", one, "--out", tmp_path / "one", "--accelerator", "cpu")
+    ref = _vislab("cls", "train", color_classes, "--recipe", one, "--out", tmp_path / "one", "--accelerator", "cpu")
     _run("cls", "train", color_classes, "--recipe", two, "--out", tmp_path / "two", "--accelerator", "cpu",
          "--devices", "2", "--strategy", "ddp")
+    _done(ref)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
     ha = (tmp_path / "one" / "history.csv").read_text().splitlines()
@@ -206,7 +213,7 @@ def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_clas
     """Epoch 1 on one process, killed, resumed on two: each process now takes half the steps per
     epoch, and the learning rate at every epoch end is the uninterrupted one-process run's."""
     recipe = _recipe(tmp_path, model="simple_cnn", epochs=3, scheduler="cosine")
-    _run("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full", "--accelerator", "cpu")
+    full = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full", "--accelerator", "cpu")
     run = tmp_path / "killed"
     proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--accelerator", "cpu")
     deadline = time.time() + 300
@@ -215,6 +222,7 @@ def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_clas
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 0
+    _done(full)
     out = _run("cls", "train", color_classes, "--out", run, "--resume", "--devices", "2", "--strategy", "ddp")
     lrs = [[float(r["lr"]) for r in _columns(d / "history.csv", drop="seconds")] for d in (tmp_path / "full", run)]
     assert len(lrs[1]) == 3 and lrs[1][-1] < 1e-3 * lrs[1][0]

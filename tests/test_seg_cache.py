@@ -18,6 +18,7 @@ from vislab.data.seg_classes import IGNORE, find_classes
 from vislab.data.segmentation import CachedTiles, TileCache, augment_tiles, list_pairs, pad_collate, read_pair, scan_masks
 
 from test_own_seg_data import make_index_set
+from test_resume_ddp import _done, _run, _vislab
 
 
 def _d4(t: torch.Tensor) -> list[torch.Tensor]:
@@ -114,19 +115,6 @@ def test_no_crop_keeps_size_turns_only_square_batches():
         assert torch.equal(img[i], [x[i], x[i].flip(-1), x[i].flip(-2), x[i].flip(-1).flip(-2)][k].float())
 
 
-def _vislab(*args, env=None):
-    base = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vislab", *map(str, args)], env={**base, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _run(*args):
-    proc = _vislab(*args)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out
-    return out
-
-
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     """Mixed tiles, crops, turns and colour jitter on the device: a run killed mid-epoch and
     resumed ends with the weights of an uninterrupted one."""
@@ -135,7 +123,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 2, "batch_size": 4,
                                       "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "crop_size": 32,
                                       "seed": 5, "checkpoint_minutes": 1e-6}))
-    _run("seg", "train", data, "--recipe", recipe, "--out", tmp_path / "full")
+    # the uninterrupted run beside the killed one, with a cache of its own
+    full = _vislab("seg", "train", data, "--recipe", recipe, "--out", tmp_path / "full",
+                   env={"VISLAB_CACHE": str(tmp_path / "own-cache")})
     run = tmp_path / "killed"
     proc = _vislab("seg", "train", data, "--recipe", recipe, "--out", run)
     deadline, step = time.time() + 300, 0
@@ -148,6 +138,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 4 <= int(torch.load(run / "last.ckpt", weights_only=True)["global_step"]) < 6  # killed inside the run
+    _done(full)
     _run("seg", "train", data, "--out", run, "--resume")
     full = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
     resumed = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
