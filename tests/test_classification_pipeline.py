@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,13 +26,21 @@ def _tiny_recipe(tmp_path, **kw):
     return p
 
 
+@pytest.fixture(scope="module")
+def _trained_once(tmp_path_factory):
+    """The tiny recipe trained once per module, on a folder of the same images as ``color_classes``."""
+    from conftest import run_vislab, write_color_classes
+
+    root = tmp_path_factory.mktemp("cls-trained")
+    data = write_color_classes(root / "train")
+    assert run_vislab("cls", "train", data, "--recipe", _tiny_recipe(root), "--out", root / "run", "--val-dir", data) == 0
+    return root / "run"
+
+
 @pytest.fixture
-def trained(cli, color_classes, tmp_path):
-    run = tmp_path / "run"
-    res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run,
-              "--val-dir", color_classes)
-    assert res.code == 0, res.err
-    return run
+def trained(_trained_once, tmp_path):
+    """A run folder of its own for each test (a copy: a test may add to it)."""
+    return Path(shutil.copytree(_trained_once, tmp_path / "run"))
 
 
 def test_run_folder_contents(trained):
@@ -303,7 +312,6 @@ def test_course_script_hw1_1(trained, color_classes, tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
