@@ -177,16 +177,18 @@ def read_results(out_dir: Path) -> dict:
     path = out_dir / "results.json"
     if not path.exists():
         return {}
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        found = e
-    if isinstance(found, dict):
-        return found
     from vislab.log import info
 
-    why = "not a JSON object" if not isinstance(found, Exception) else \
-        ("not valid JSON" if isinstance(found, ValueError) else f"cannot be read ({found.strerror or found})")
+    try:
+        found = json.loads(path.read_text())
+    except ValueError:
+        why = "not valid JSON"
+    except OSError as e:
+        why = f"cannot be read ({e.strerror or e})"
+    else:
+        if isinstance(found, dict):
+            return found
+        why = "not a JSON object"
     info(f"{path}: {why}; read as no recorded results")
     return {}
 
