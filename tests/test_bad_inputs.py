@@ -677,6 +677,33 @@ def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli,
     assert "are not 16x24" not in said
 
 
+def test_transparent_images_are_read_as_stored_and_counted(capsys, tmp_path):
+    """The alpha of an image with transparent pixels is dropped (the colour stored under them is
+    read, as torchvision's ImageFolder reads it) and the console counts such images; an alpha
+    channel that is opaque everywhere, or none, is not counted."""
+    from PIL import Image
+
+    from vislab.data.classification import load_folder
+
+    d = tmp_path / "data"
+    for c in ("a", "b"):
+        (d / c).mkdir(parents=True)
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(d / "a" / "clear.png")  # transparent everywhere
+    Image.new("RGBA", (8, 8), (40, 50, 60, 255)).save(d / "a" / "opaque.png")  # an alpha, but opaque
+    Image.new("LA", (8, 8), (70, 128)).save(d / "b" / "half.png")  # grey, half transparent
+    pal = Image.new("P", (8, 8), 1)
+    pal.putpalette([0, 0, 0, 200, 100, 0] + [0] * 762)
+    pal.save(d / "b" / "keyed.png", transparency=1)  # a palette whose colour 1 is transparent
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(d / "b" / "plain.png")
+    capsys.readouterr()
+    data = load_folder(d, labelled=True, use_cache=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{d}: 3 of 5 images have transparent pixels; their alpha is dropped" in said
+    colour = {f: data.images[i][:, 0, 0].tolist() for i, f in enumerate(data.files)}
+    assert colour == {"a/clear.png": [10, 20, 30], "a/opaque.png": [40, 50, 60], "b/half.png": [70, 70, 70],
+                      "b/keyed.png": [200, 100, 0], "b/plain.png": [1, 2, 3]}
+
+
 def test_broken_snapshots_and_a_missing_run_are_named_by_progress(cli, tmp_path):
     """A snapshot cut short or emptied is named (it was an internal error), as is a missing run."""
     from vislab.data.palette import PALETTE

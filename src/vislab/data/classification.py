@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vislab.data.cache import decoded_images, most_common_size, parallel_map
-from vislab.data.images import SIXTEEN_BITS, UPRIGHT, decode_fitted, shown_size
+from vislab.data.images import SIXTEEN_BITS, TRANSPARENT, UPRIGHT, decode_fitted, shown_size
 from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
@@ -81,7 +81,8 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
 
     Images of another size are resized by one factor to cover the target and centre cropped
     (:func:`vislab.data.images.decode_fitted`), photos turned upright by their EXIF orientation,
-    16-bit grey images read as 8 bits; the console says how many of each.
+    16-bit grey images read as 8 bits, the alpha of transparent images dropped; the console says
+    how many of each.
 
     Example:
         >>> data = load_folder("hw1_data/p1_data/val_50", labelled=True)
@@ -103,6 +104,10 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     deep = sum(n for key, n in sizes.items() if SIXTEEN_BITS in key[2:])
     if deep:
         info(f"{items.root}: {deep} of {len(items.files)} images are 16-bit grey; read as 8 bits (value / 257)")
+    clear = sum(n for key, n in sizes.items() if TRANSPARENT in key[2:])
+    if clear:
+        info(f"{items.root}: {clear} of {len(items.files)} images have transparent pixels; their alpha is dropped "
+             "(the colour stored under a transparent pixel is read)")
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout, items.root)
 

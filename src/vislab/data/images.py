@@ -122,15 +122,26 @@ def fitted_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]
     return max(th, round(h * scale)), max(tw, round(w * scale))
 
 
-UPRIGHT, SIXTEEN_BITS = "upright", "16-bit"
+UPRIGHT, SIXTEEN_BITS, TRANSPARENT = "upright", "16-bit", "transparent"
 """What :func:`decode_fitted` may say it did to an image, after its (h, w)."""
+
+
+def _transparent(im: Any) -> bool:
+    """Whether an open image has pixels that are not fully opaque (an alpha channel, or a
+    palette's or grey image's transparent value)."""
+    if "A" in im.getbands():
+        return im.getchannel("A").getextrema()[0] < 255
+    if "transparency" in im.info:
+        return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
 
 
 def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray, tuple]:
     """Decode ``path`` to an (H, W, 3) uint8 RGB array of size ``target``; also returns the
     image's own (h, w) as shown, followed by what was done to show it: :data:`UPRIGHT` (turned
-    by its EXIF orientation, as a photo viewer shows it) and :data:`SIXTEEN_BITS` (a 16-bit grey
-    image scaled to 8 bits, value / 257).
+    by its EXIF orientation, as a photo viewer shows it), :data:`SIXTEEN_BITS` (a 16-bit grey
+    image scaled to 8 bits, value / 257) and :data:`TRANSPARENT` (pixels not fully opaque: the
+    alpha is dropped, and the colour stored under them is what is read).
 
     Any mode becomes RGB (grey is repeated, a palette is looked up, alpha is dropped). An image
     of another size is resized (bilinear, antialiased when shrinking) by one factor so that it
@@ -153,6 +164,8 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
                     (SIXTEEN_BITS, *done)
             _refuse_high_bits(p, im.mode)
             im.load()
+            if _transparent(im):
+                done = (*done, TRANSPARENT)
             rgb = im.convert("RGB") if im.mode != "RGB" else im
             h, w = rgb.height, rgb.width
             if (h, w) != tuple(target):
