@@ -72,6 +72,11 @@ def test_report_says_which_images_its_tsne_shows_realdata(cli, real_runs, tmp_pa
     res = cli("report", run, "--out", tmp_path / "r.md")
     assert res.code == 0 and "t-SNE of the second-last layer (180 images of the folder its title names, not the " \
         "validation images scored above)" in (tmp_path / "r.md").read_text()
+    figure = (run / "tsne.png").read_bytes()  # a screenshot of the page would replace the figure it shows
+    res = cli("report", run, "--out", tmp_path / "r.html", "--screenshot", run / "tsne.png")
+    assert res.code == 2 and res.err == (f"vislab: error: {run / 'tsne.png'}: is a run's t-SNE figure, which the "
+                                         "report shows; write the output to another file\n")
+    assert (run / "tsne.png").read_bytes() == figure and not (tmp_path / "r.html").exists()
     for f in ("tsne.png", "tsne.csv"):
         (run / f).unlink()
     res = cli("report", run, "--out", tmp_path / "r.md")

@@ -814,7 +814,7 @@ def report_cmd(
     shot: Optional[Path] = typer.Option(None, "--screenshot", help="Also render the HTML page to this PNG (headless Chromium)."),
 ) -> None:
     """The homework's figures and tables from run folders, as one self-contained page."""
-    from vislab.report import PAGE_SUFFIXES, build_report, page_format, screenshot
+    from vislab.report import PAGE_SUFFIXES, TSNE_FIGURE, build_report, page_format, screenshot
 
     _output(out_file, *PAGE_SUFFIXES)
     if shot is not None:
@@ -824,7 +824,8 @@ def report_cmd(
             found = find_runs(runs)
         except VislabError:  # said by the report itself, after the checks of its options
             found = []
-        _output(shot, ".png", data=_run_data(found))
+        _output(shot, ".png", data=_run_data(found),
+                protected=[(Path(r) / TSNE_FIGURE, "is a run's t-SNE figure, which the report shows") for r in found])
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
         raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")

@@ -27,6 +27,9 @@ from vislab.models.checkpoints import checkpoint_file
 from vislab.runfolders import SCORE_KEYS, csv_rows, epoch_counts, find_runs, read_run
 from vislab.viz import figures
 
+TSNE_FIGURE = "tsne.png"
+"""The t-SNE figure a run folder's section shows, when ``vislab cls tsne`` wrote one there."""
+
 # (name, value) rows the course report is judged against
 REFERENCES = {
     "cls": [("course baseline (simple)", 0.70), ("course baseline (strong)", 0.80),
@@ -120,7 +123,7 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
             out.append(_fig("Most confused pairs", figures.image_pairs(pairs),
                             "Each row: a validation image of the most often confused (true, predicted) class pairs, "
                             "beside an image of the class it was taken for."))
-    tsne = run / "tsne.png"
+    tsne = run / TSNE_FIGURE
     if tsne.is_file():
         out.append(_fig(f"t-SNE of the second-last layer ({_tsne_images(run)})", tsne.read_bytes(),
                         "Classes that form their own cluster are recognised reliably; overlapping clusters are "
