@@ -147,6 +147,12 @@ def test_limit_batches_takes_a_fraction_of_the_batches(cli, tmp_path):
     res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "20", "--out", tmp_path / "all")
     assert res.code == 0, res.err  # a limit beyond the epoch limits nothing, and is said so
     assert "limit_train_batches 20: no limit, each epoch has 6 batches" in (tmp_path / "all" / "changes.txt").read_text()
+    # a fraction of the 6 batches that rounds to none trains one (Lightning alone would stop with an error)
+    res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "0.0001", "--out", tmp_path / "tiny")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "tiny" / "results.json").read_text())["global_step"] == 1
+    assert "limit_train_batches 0.0001: each epoch trains on 1 of its 6 batches (a fresh shuffle each)" in \
+        (tmp_path / "tiny" / "changes.txt").read_text().splitlines()
 
 
 @pytest.mark.parametrize("value, said", [

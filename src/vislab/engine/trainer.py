@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import sys
@@ -219,6 +220,17 @@ def steps_per_epoch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> int:
     elif isinstance(limit, int):
         steps = min(steps, limit)
     return steps
+
+
+def at_least_one_batch(trainer: pl.Trainer, recipe: Recipe, n_train: int) -> pl.Trainer:
+    """``trainer`` made to train one batch per epoch where the recipe's fraction of the batches
+    rounds to none (Lightning would stop with an error), as :func:`steps_per_epoch` counts it."""
+    limit = recipe.limit_train_batches
+    if isinstance(limit, float) and limit < 1:
+        every = steps_per_epoch(trainer, dataclasses.replace(recipe, limit_train_batches=None), n_train)
+        if int(every * limit) == 0:
+            trainer.limit_train_batches = 1
+    return trainer
 
 
 def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule,

@@ -132,12 +132,13 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     import lightning.pytorch as pl
 
     from vislab.engine.run_folder import add_change
-    from vislab.engine.trainer import build_trainer, fit_and_select
+    from vislab.engine.trainer import at_least_one_batch, build_trainer, fit_and_select
 
     recipe, changes = job.recipe, list(job.changes)
 
     def make_trainer(r: Recipe, *extra: pl.Callback) -> pl.Trainer:
-        return build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=[*job.extra_callbacks, *extra])
+        trainer = build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=[*job.extra_callbacks, *extra])
+        return at_least_one_batch(trainer, r, job.n_train)
 
     def record(line: str) -> None:  # a line added after the run, in changes.txt at once
         changes.append(line)
