@@ -84,6 +84,24 @@ def test_an_option_given_twice_is_one_line_and_nothing_is_written(cli, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no JSON, CSV, masks or graph
 
 
+@pytest.mark.parametrize("args,said", [
+    (("cls", "train", "{data}", "--out", ""), "--out is empty; give a value"),  # would train into the current folder
+    (("cache", "clear", "--source", ""), "--source is empty; give a value"),  # would clear the whole cache
+    (("cls", "train", "{data}", "--weights", " ", "--out", "{out}"), "--weights is empty; give a value"),
+    (("cls", "predict", "{out}", "", "p.csv"), "img_dir is empty; give a value"),
+])
+def test_an_empty_value_is_refused_before_any_work(cli, tmp_path, monkeypatch, args, said):
+    """An empty value (an unset shell variable) is no path: as one it would mean the current folder."""
+    monkeypatch.chdir(tmp_path)
+    data = write_color_classes(tmp_path / "train", per_class=2)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = cli(*[a.format(data=data, out=tmp_path / "run") for a in args])
+    _one_line(res, said, "vislab " + " ".join(args[:2]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    res = cli("report", data, "--title", "", "--out", tmp_path / "r.html")  # an empty title is a title
+    assert res.code == 2 and "holds no vislab run folders" in res.err and "empty" not in res.err
+
+
 def test_a_group_option_given_twice(cli):
     _one_line(cli("--debug", "--debug", "models"), "--debug is given twice; give it once", "vislab")
 

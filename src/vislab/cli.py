@@ -64,6 +64,7 @@ def _once_parser(ctx: Any, parser: Any) -> Any:
             raise
         help_option = ctx.command.get_help_option(ctx)
         if not ctx.resilient_parsing and help_option not in given:
+            _refuse_empty(ctx, result)
             for param, values in given.items():
                 if len(values) > 1:
                     name = param.opts[0] if param.opts else param.name
@@ -77,6 +78,21 @@ def _once_parser(ctx: Any, parser: Any) -> Any:
 
     parser.parse_args = parse_args
     return parser
+
+
+EMPTY_ALLOWED = {"title"}  # parameters an empty string means something for (an empty page title)
+
+
+def _refuse_empty(ctx: Any, parsed: Any) -> None:
+    """An empty value (``--out ""``, an unset shell variable) is refused: as a path it would mean
+    the current folder (a run written among the data, the whole cache cleared), elsewhere nothing."""
+    opts = parsed[0] if isinstance(parsed, tuple) else {}
+    for param in ctx.command.params:
+        value = opts.get(param.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if param.name not in EMPTY_ALLOWED and any(isinstance(v, str) and not v.strip() for v in values):
+            name = param.opts[0] if param.param_type_name == "option" else param.name  # as the usage line shows it
+            raise CLICK.exceptions.UsageError(f"{name} is empty; give a value", ctx=ctx)
 
 
 class OnceCommand(TyperCommand):
