@@ -99,7 +99,7 @@ def test_an_empty_value_is_refused_before_any_work(cli, tmp_path, monkeypatch, a
     _one_line(res, said, "vislab " + " ".join(args[:2]))
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     res = cli("report", data, "--title", "", "--out", tmp_path / "r.html")  # an empty title is a title
-    assert res.code == 2 and "holds no vislab run folders" in res.err and "empty" not in res.err
+    assert res.code == 2 and "holds no vislab run folders" in res.err and "is empty" not in res.err
 
 
 def test_a_group_option_given_twice(cli):
