@@ -386,7 +386,9 @@ def test_commands_of_one_run_refuse_a_list_of_runs(cli, tmp_path):
                       (("summary", runs), "an architecture table shows one network")]:
         assert _one_line(cli(*args)) == f"vislab: error: {runs}: names several runs, and {why}; give one run"
     err = _one_line(cli("cls", "train", tmp_path, "--teacher", "", "--out", tmp_path / "run"))
-    assert err == "vislab: error: --teacher: '': an empty name in the comma-separated list of models"
+    assert err == "vislab: error: --teacher is empty; give a value (see `vislab cls train --help`)"
+    err = _one_line(cli("cls", "train", tmp_path, "--teacher", f"{tmp_path / 'a'},", "--out", tmp_path / "run"))
+    assert err == f"vislab: error: --teacher: '{tmp_path / 'a'},': an empty name in the comma-separated list of models"
     assert not (tmp_path / "run").exists()
 
 

@@ -80,7 +80,7 @@ def _once_parser(ctx: Any, parser: Any) -> Any:
     return parser
 
 
-EMPTY_ALLOWED = {"title"}  # parameters an empty string means something for (an empty page title)
+EMPTY_ALLOWED = {"title", "snapshot"}  # an empty string means something here: no page title, no snapshots
 
 
 def _refuse_empty(ctx: Any, parsed: Any) -> None:
