@@ -778,6 +778,13 @@ def test_a_run_goes_into_its_own_folder_only(cli, color_classes, tmp_path):
     assert cli("cls", "train", color_classes, "--model", "resnet9_xs", "--epochs", "1", "--out", logged).code == 0
     assert (logged / "train.log").read_text() == "started\n" and (logged / "recipe.yaml").is_file()
     assert not (color_classes / "run").exists()
+    runs = tmp_path / "runs"  # the folder of the runs: a run there would hide them from `vislab runs` and `report`
+    (runs / "a").mkdir(parents=True)
+    (runs / "a" / "recipe.yaml").write_text("task: cls\n")
+    line = _one_line(cli("cls", "train", color_classes, "--model", "resnet9_xs", "--out", runs))
+    assert line == (f"vislab: error: {runs}: holds 1 run folder(s) (e.g. a/): a run needs a folder of its own; "
+                    f"give --out {runs / 'NAME'}")
+    assert sorted(p.name for p in runs.iterdir()) == ["a"]
 
 
 def test_outputs_never_replace_a_runs_validation_predictions(cli, tmp_path):

@@ -47,6 +47,10 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
         if theirs:
             raise VislabError(out_dir, f"holds {theirs[0]} but no recipe.yaml: no vislab run's, and the run would "
                                        "replace it; give a new or empty --out")
+        runs = sorted(p.name for p in out_dir.iterdir() if (p / "recipe.yaml").is_file())
+        if runs:  # `vislab runs` and `report` would then see this run, not the ones inside it
+            raise VislabError(out_dir, f"holds {len(runs)} run folder(s) (e.g. {runs[0]}/): a run needs a folder of "
+                                       f"its own; give --out {out_dir / 'NAME'}")
     return None
 
 
