@@ -100,9 +100,26 @@ def test_markdown_report_realdata(cli, real_runs, tmp_path):
     assert len(linked) == 5 and "data:image" not in md
     assert all((tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in linked)
     stale = tmp_path / "report_figures" / "run1-fig9.png"  # left by an earlier page of more runs
-    stale.write_bytes(b"old")
+    stale.write_bytes((tmp_path / linked[0]).read_bytes())
     assert cli("report", real_runs / "run2", "--out", out).code == 0
     assert not stale.exists() and len(list((tmp_path / "report_figures").iterdir())) == 5
+    # what vislab did not write is not replaced: a figure of one's own there, notes under the page's name
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(stale)
+    res = cli("report", real_runs / "run2", "--out", out)
+    assert res.code == 2 and res.err == (f"vislab: error: {stale}: is an image vislab did not write, in the folder the "
+                                         "page's figures go to; refusing to replace it (name the page otherwise, or "
+                                         "delete it first)\n")
+    stale.unlink()
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    res = cli("report", real_runs / "run2", "--out", notes)
+    assert res.code == 2 and "notes.md: exists and is not a page vislab report wrote; refusing to replace it" in res.err
+    assert notes.read_text() == "# my notes\n" and not (tmp_path / "notes_figures").exists()
+    spaced = tmp_path / "my report.md"  # a Markdown link to a path with a space needs it as %20
+    assert cli("report", real_runs / "run2", "--out", spaced).code == 0
+    assert "](my%20report_figures/run0-fig1.png)" in spaced.read_text()
 
 
 @requires_real
