@@ -216,6 +216,14 @@ def test_export_and_engine_errors(cls_run, seg_run, cli, tmp_path):
     res = cli("cls", "predict", cls_run / "run", cls_run / "train", tmp_path / "p.csv", "--tta", "d4")
     assert res.code == 2 and "unknown --tta 'd4'" in res.err
     assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
+    # an export replaces an earlier vislab export, said; any other file of that name is refused
+    res = cli("export", cls_run / "run", tmp_path / "seg.onnx", "--no-check")
+    assert res.code == 0 and f"{tmp_path / 'seg.onnx'}: an earlier vislab export; this one replaces it" in res.err
+    before = bad.read_bytes()
+    res = cli("export", cls_run / "run", bad, "--no-check")
+    assert res.code == 2 and res.err == (f"vislab: error: {bad}: exists and is not an ONNX file vislab exported; "
+                                         "refusing to replace it (choose another name, or delete it first)\n")
+    assert bad.read_bytes() == before
 
 
 def test_cached_export_follows_the_checkpoint_contents(cls_run, cli, tmp_path):

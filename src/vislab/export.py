@@ -77,6 +77,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
     _refuse_overwriting_inputs(paths, out)
     if Path(out).suffix.lower() != ".onnx":
         raise VislabError(out, "an ONNX export needs the .onnx suffix: `predict` knows an exported model by it")
+    _refuse_replacing_others(Path(out))
     if len(paths) > 1:
         return export_ensemble(paths, out, size=size, opset=opset, check=check, offsets=offsets)
     task = _task_of(ckpt)
@@ -103,6 +104,26 @@ def _refuse_overwriting_inputs(paths: list[str], out: str | Path) -> None:
     for p in paths:
         if Path(p).exists() and checkpoint_file(p).resolve() == target:
             raise VislabError(out, f"is the checkpoint being exported ({p}); write the export to another file")
+
+
+def _refuse_replacing_others(out: Path) -> None:
+    """An existing ``out`` is replaced only when it is a vislab export (its ``metadata_props``
+    hold :data:`META_KEY`), and a line says so; any other file (a model of another tool, a file
+    misnamed .onnx) is refused before any work."""
+    if not out.is_file():
+        return
+    try:
+        import onnx
+    except ImportError:  # the export itself names what is missing
+        return
+    try:
+        ours = any(e.key == META_KEY for e in onnx.load(str(out), load_external_data=False).metadata_props)
+    except Exception:  # noqa: BLE001 - whatever onnx cannot read is no export of ours
+        ours = False
+    if not ours:
+        raise VislabError(out, "exists and is not an ONNX file vislab exported; refusing to replace it (choose "
+                               "another name, or delete it first)")
+    info(f"{out}: an earlier vislab export; this one replaces it")
 
 
 def _check_offsets_apply(offsets: bool, task: str, where: str | Path) -> None:
