@@ -289,6 +289,12 @@ def test_an_image_file_for_a_folder_says_to_put_it_in_one(cli, tmp_path):
     write_png(tmp_path / "0001_mask.png", np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(VislabError, match=r"0001_mask.png: is a mask \(\*_mask\), not an image to predict$"):
         list_unlabelled(tmp_path / "0001_mask.png")
+    (tmp_path / "notes.txt").write_text("x")
+    for read in (lambda p: find_items(p, labelled=False), list_unlabelled):  # a file of another kind
+        with pytest.raises(VislabError) as err:
+            read(tmp_path / "notes.txt")
+        assert str(err.value) == (f"{tmp_path / 'notes.txt'}: is a file, but neither an image vislab reads "
+                                  "(.png, .jpg, .jpeg, .bmp, .webp) nor a folder of them")
     for read in (find_items, list_unlabelled):  # a missing file: not found, and not called a folder
         with pytest.raises(VislabError) as err:
             read(tmp_path / "gone.png", **({"labelled": False} if read is find_items else {}))
@@ -677,6 +683,25 @@ def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli,
     assert f"{d}: 1 of 6 images turned upright by their EXIF orientation" in said
     assert f"{d}: 1 of 6 images are 16-bit grey; read as 8 bits (value / 257)" in said
     assert "are not 16x24" not in said
+
+
+def test_a_folder_given_for_a_labels_or_classes_file_is_called_a_folder(tmp_path):
+    from conftest import write_png
+
+    from vislab.data.layouts import find_items
+    from vislab.data.seg_classes import load_classes
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_png(flat / "a.png", np.zeros((4, 4, 3), np.uint8))
+    cases = [(lambda: find_items(flat, labelled=True, labels_csv=flat), f"{flat}: is a folder, but a labels CSV file is needed"),
+             (lambda: find_items(flat, labelled=True, labels_csv=tmp_path / "x.csv"), f"{tmp_path / 'x.csv'}: labels CSV not found"),
+             (lambda: load_classes(flat), f"{flat}: is a folder, but a classes file (classes.yaml) is needed"),
+             (lambda: load_classes(tmp_path / "c.yaml"), f"{tmp_path / 'c.yaml'}: classes file not found")]
+    for read, said in cases:
+        with pytest.raises(VislabError) as err:
+            read()
+        assert str(err.value) == said
 
 
 def test_transparent_images_are_read_as_stored_and_counted(capsys, tmp_path):

@@ -233,12 +233,13 @@ def test_last_checkpoint_is_the_last_epoch_when_the_best_came_earlier(cli, color
 def test_resume_without_checkpoint_exits_2(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--out", tmp_path / "fresh", "--resume")
     assert res.code == 2
-    assert res.err.strip() == f"vislab: error: {tmp_path / 'fresh'}: --resume found no last.ckpt in this run folder"
+    assert res.err.strip() == f"vislab: error: {tmp_path / 'fresh'}: --resume: no such run folder"
     (tmp_path / "empty").mkdir()
+    said = {"fresh": "--resume: no such run folder", "empty": "--resume found no last.ckpt in this run folder"}
     for task, run in (("cls", "fresh"), ("cls", "empty"), ("seg", "empty")):  # no TRAIN_DIR: the same line
         res = cli(task, "train", "--out", tmp_path / run, "--resume")
-        assert res.code == 2 and res.err.strip() == \
-            f"vislab: error: {tmp_path / run}: --resume found no last.ckpt in this run folder"
+        assert res.code == 2 and res.err.strip() == f"vislab: error: {tmp_path / run}: {said[run]}"
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):

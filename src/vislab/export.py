@@ -30,9 +30,10 @@ META_KEY = "vislab"
 # logits agree to about 1e-5 of their scale; anything above this times the scale (the largest
 # |logit|, at least 1) is a wrong export, not rounding.
 ATOL = 1e-3
-OPSETS = (7, 20)
-"""ONNX opsets the TorchScript exporter writes (torch.onnx._constants: ONNX_MIN_OPSET,
-ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET in torch 2.14)."""
+OPSETS = (11, 20)
+"""ONNX opsets an export may ask for: up to the TorchScript exporter's newest in torch 2.14
+(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET), from the first that every vislab network exports at (a
+segmenter's any-size padding needs 11; 7 to 10 failed with hundreds of lines of graph dump)."""
 
 
 def _require(module: str) -> Any:
@@ -222,7 +223,7 @@ def export_network(model: torch.nn.Module, meta: dict[str, Any], out: str | Path
     ``free_size`` says which."""
     onnx = _require("onnx")
     if not OPSETS[0] <= opset <= OPSETS[1]:
-        raise VislabError("--opset", f"must be in {OPSETS[0]}..{OPSETS[1]} (the ONNX opsets this exporter writes), got {opset}")
+        raise VislabError("--opset", f"must be in {OPSETS[0]}..{OPSETS[1]} (the ONNX opsets every vislab network exports at), got {opset}")
     if min(shape[1:]) < 1:
         raise VislabError("--size", f"must be H W >= 1, got {shape[1]} {shape[2]}")
     model = model.eval()

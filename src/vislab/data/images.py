@@ -207,9 +207,14 @@ def say_skipped(folder: Path, names: list[str]) -> None:
 
 def image_file(path: str | Path) -> Path | None:
     """``path`` when it is one file with an image suffix (the predict commands read one image as
-    well as a folder), else None."""
+    well as a folder), None when it is no file; another file is a one-line error."""
     p = Path(path)
-    return p if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() else None
+    if not p.is_file():
+        return None
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise VislabError(p, f"is a file, but neither an image vislab reads ({', '.join(IMAGE_SUFFIXES)}) nor a "
+                             "folder of them")
+    return p
 
 
 def check_folder(folder: str | Path) -> Path:

@@ -218,7 +218,7 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
     """(line number, file name, label) of each row of a labels CSV, a ``filename,label`` (or
     ``image_id,label``) header left out; blank lines skipped."""
     if not path.is_file():
-        raise VislabError(path, "labels CSV not found")
+        raise VislabError(path, "is a folder, but a labels CSV file is needed" if path.is_dir() else "labels CSV not found")
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
             reader = csv.reader(fh)

@@ -346,7 +346,8 @@ def load_classes(path: str | Path) -> SegClasses:
     """Read a classes file (see the module docstring)."""
     p = Path(path)
     if not p.is_file():
-        raise VislabError(p, "classes file not found")
+        raise VislabError(p, "is a folder, but a classes file (classes.yaml) is needed" if p.is_dir() else
+                          "classes file not found")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

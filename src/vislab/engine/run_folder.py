@@ -17,6 +17,13 @@ from vislab.io import atomic_write_text, written_by_runs
 from vislab.runfolders import command_lines
 
 
+def no_checkpoint_to_resume(out_dir: Path) -> str:
+    """Why ``--resume`` of ``out_dir`` has nothing to continue, in words."""
+    if not out_dir.exists():
+        return "--resume: no such run folder"
+    return "--resume found no last.ckpt in this run folder"
+
+
 def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | Path | None] = ()) -> Path | None:
     """Refuse a run folder that cannot take this run (before any data is read): for a new run, one
     that holds checkpoints, files that are no run's, or lies inside one of the ``data_dirs`` (its
@@ -24,7 +31,7 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
     last = out_dir / "last.ckpt"
     if resume:
         if not last.is_file():
-            raise VislabError(out_dir, "--resume found no last.ckpt in this run folder")
+            raise VislabError(out_dir, no_checkpoint_to_resume(out_dir))
         from vislab.models.checkpoints import check_readable
 
         check_readable(last, "--resume continues from it")

@@ -73,10 +73,10 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     started with (``inputs.json``), said in one line; a ``recipe`` given again that is the one
     the run started with is dropped (the run folder's saved copy goes on). A run folder of an
     older vislab, without the record, leaves ``given`` as it is."""
-    from vislab.engine.run_folder import INPUTS, read_inputs
+    from vislab.engine.run_folder import INPUTS, no_checkpoint_to_resume, read_inputs
 
     if not (Path(out) / "last.ckpt").is_file():  # before any input is looked for: nothing to resume
-        raise VislabError(out, "--resume found no last.ckpt in this run folder")
+        raise VislabError(out, no_checkpoint_to_resume(Path(out)))
     recorded = read_inputs(out)
     result = dict(given)
     taken = []
