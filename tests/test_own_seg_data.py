@@ -213,6 +213,10 @@ def test_folder_pairs_and_their_errors(tmp_path):
     (d2 / "images" / "t00.jpg").unlink()
     with pytest.raises(VislabError, match=r"t00.png: mask has no image \(expected images/t00.jpg\)"):
         list_pairs(d2)
+    for f in (d2 / "images").iterdir():  # a set of PNG images: the hint names the set's own suffix
+        f.rename(f.with_suffix(".png"))
+    with pytest.raises(VislabError, match=r"t00.png: mask has no image \(expected images/t00.png\)"):
+        list_pairs(d2)
 
 
 def test_pad_collate_pads_masks_with_ignore():

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from vislab.data.palette import PALETTE
-from vislab.data.segmentation import list_pairs, read_pair, scan_masks
+from vislab.data.segmentation import list_masks, list_pairs, read_pair, scan_masks
 from vislab.errors import VislabError
 
 from conftest import REAL, requires_real, run_vislab
@@ -43,6 +43,13 @@ def test_pairs_by_stem_and_errors(tmp_path):
     (d2 / "0000_sat.jpg").unlink()
     with pytest.raises(VislabError, match="0000_mask.png: mask has no satellite image"):
         list_pairs(d2)
+    d3 = _make_pairs(tmp_path / "r", n=2)  # a mask saved as JPEG: its edges would become other classes
+    (d3 / "0001_mask.png").rename(d3 / "0001_mask.jpg")
+    for read in (list_pairs, list_masks):
+        with pytest.raises(VislabError) as err:
+            read(d3)
+        assert str(err.value) == (f"{d3 / '0001_mask.jpg'}: mask is a JPEG (1 such mask): lossy compression changes "
+                                  "the colours and class ids at class edges; save masks as PNG")
 
 
 def test_duplicate_stems_and_stray_names_are_said(tmp_path, capsys):

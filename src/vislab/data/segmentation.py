@@ -10,6 +10,7 @@ is a pure function of (seed, epoch, sample index), so resumed runs and DDP ranks
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,7 +26,7 @@ from vislab.data.images import IMAGE_SUFFIXES, check_folder, image_file, list_im
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_save
-from vislab.log import info
+from vislab.log import counted, info
 
 SAT, MASK = "_sat", "_mask"
 IMAGES_DIR, MASKS_DIR = "images", "masks"
@@ -81,6 +82,9 @@ def list_pairs(folder: str | Path) -> list[Pair]:
         if other:
             info(f"{d}: skipped {len(other)} image(s) named neither <stem>{SAT} nor <stem>{MASK} (e.g. {other[0]})")
         img_hint, mask_hint, image = f"{{}}{SAT}.jpg beside it", f"{{}}{MASK}.png beside it", "satellite image"
+    _check_lossless(masks)
+    ext = Counter(f.suffix for f in sats.values()).most_common(1)[0][0] if sats else ".jpg"  # the set's own
+    img_hint = img_hint.replace(".jpg", ext)
     for stem, f in sorted(sats.items()):
         if stem not in masks:
             raise VislabError(f, f"{image} has no mask (expected {mask_hint.format(stem)})")
@@ -88,6 +92,14 @@ def list_pairs(folder: str | Path) -> list[Pair]:
         if stem not in sats:
             raise VislabError(f, f"mask has no {image} (expected {img_hint.format(stem)})")
     return [Pair(s, sats[s], masks[s]) for s in sorted(sats)]
+
+
+def _check_lossless(masks: dict[str, Path]) -> None:
+    """A JPEG mask is refused: its lossy compression changes colours (and ids) at class edges."""
+    lossy = sorted(f for f in masks.values() if f.suffix.lower() in (".jpg", ".jpeg"))
+    if lossy:
+        raise VislabError(lossy[0], f"mask is a JPEG ({counted(len(lossy), 'such mask')}): lossy compression changes "
+                                    "the colours and class ids at class edges; save masks as PNG")
 
 
 def pair_lines(pairs: list[Pair]) -> list[str]:
@@ -125,6 +137,7 @@ def list_masks(folder: str | Path) -> dict[str, Path]:
     files = list_images(d / MASKS_DIR if pair_layout(d) == "folders" else d, what="masks")
     course = _by_stem([f for f in files if f.stem.endswith(MASK)], "masks", MASK)
     if course:
+        _check_lossless(course)
         return course
     if any(f.stem.endswith(SAT) for f in files):
         raise VislabError(d, "no xxxx_mask.png ground-truth masks found")
