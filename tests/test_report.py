@@ -83,6 +83,10 @@ def test_report_says_which_images_its_tsne_shows_realdata(cli, real_runs, tmp_pa
     assert res.code == 0 and "t-SNE" not in (tmp_path / "r.md").read_text()
     assert f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {run} VAL_DIR --out {run / 'tsne.png'}`" \
         in " ".join(res.err.split())
+    spaced = tmp_path / "my run"  # the command it suggests can be pasted: a path with a space is quoted
+    shutil.copytree(run, spaced)
+    res = cli("report", spaced, "--out", tmp_path / "r.md")
+    assert f"`vislab cls tsne '{spaced}' VAL_DIR --out '{spaced / 'tsne.png'}'` makes it" in res.err
 
 
 @requires_real

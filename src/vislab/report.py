@@ -13,6 +13,7 @@ import base64
 import csv
 import datetime
 import json
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,8 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
                         "Classes that form their own cluster are recognised reliably; overlapping clusters are "
                         "the pairs the confusion matrix shows as confused."))
     else:
-        info(f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {run} VAL_DIR --out {tsne}` makes it")
+        info(f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {shlex.quote(str(run))} VAL_DIR --out "
+             f"{shlex.quote(str(tsne))}` makes it")
     return out
 
 

@@ -79,7 +79,8 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"
         raise VislabError(p, f"not a readable checkpoint ({_unreadable(p, exc)})") from None
-    expected = f"expected a checkpoint written by `vislab {task or 'cls'} train`"
+    expected = f"expected a checkpoint written by `vislab {task} train`" if task else \
+        "expected a checkpoint written by `vislab cls train` or `vislab seg train`"
     if not isinstance(ckpt, dict) or "vislab" not in ckpt or "state_dict" not in ckpt:
         what = "a plain state_dict" if isinstance(ckpt, dict) and all(
             isinstance(v, torch.Tensor) for v in ckpt.values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -118,8 +119,8 @@ def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str) -> None
         return
     scorer = "cls eval" if task == "cls" else "seg score"
     raise VislabError(val_dir, f"--val-dir: {out} finished its schedule with {recorded or 'no validation folder'}, "
-                               f"and a resume keeps what it recorded; score this folder with `vislab {scorer} {out} "
-                               f"{val_dir}`")
+                               f"and a resume keeps what it recorded; score this folder with `vislab {scorer} "
+                               f"{shlex.quote(str(out))} {shlex.quote(str(val_dir))}`")
 
 
 def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
