@@ -230,6 +230,37 @@ def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_clas
     assert "6 steps per epoch per process instead of 12" in out
 
 
+def test_a_moved_run_folder_keeps_its_best_checkpoint_record(tmp_path):
+    """Resumed from a run folder moved elsewhere, the checkpoint record keeps its best score and
+    paths, read under the new folder (Lightning's own drops them with a warning, and the next
+    epoch would replace best.ckpt whatever its score); it files its state under Lightning's key."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vislab.engine.trainer import FolderCheckpoint, MidEpochCheckpoint
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    kw = {"filename": "best", "monitor": "holdout_acc", "mode": "max", "save_top_k": 1}
+    saved = ModelCheckpoint(dirpath=old, **kw)
+    saved.best_model_score, saved.best_model_path = torch.tensor(0.9), str(saved.dirpath) + "/best.ckpt"
+    saved.best_k_models, saved.last_model_path = {saved.best_model_path: torch.tensor(0.9)}, ""
+    state = saved.state_dict()
+    mine = FolderCheckpoint(dirpath=new, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "dirpath has changed" warning
+        mine.load_state_dict(state)
+    assert mine.best_model_score == torch.tensor(0.9)
+    assert mine.best_model_path == str(Path(mine.dirpath) / "best.ckpt")
+    assert list(mine.best_k_models) == [mine.best_model_path]
+    plain = ModelCheckpoint(dirpath=new, **kw)
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        plain.load_state_dict(state)
+    assert plain.best_model_score is None  # what the fix is for
+    assert mine.state_key == plain.state_key  # checkpoints of earlier vislab runs hold their state under it
+    assert MidEpochCheckpoint(dirpath=new, train_time_interval=None, **kw).state_key.startswith("MidEpochCheckpoint{")
+
+
 def test_crash_during_validation_then_resume_validates_that_epoch(color_classes, tmp_path, monkeypatch):
     """A mid-epoch save never happens on an epoch's last batch: a run that dies in the epoch's
     validation resumes before that batch, so the validation, its history row and the chance

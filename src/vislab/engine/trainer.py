@@ -115,7 +115,34 @@ class _ExactMetricsLog(pl.Callback):
                 lg.experiment.drop_from(step)
 
 
-class MidEpochCheckpoint(ModelCheckpoint):
+class FolderCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose record survives its run folder being moved or copied: the paths it
+    recorded under the old folder are read under the new one. Lightning drops the best score and
+    paths of a checkpoint from another folder (a warning), and the next epoch would then replace
+    best.ckpt whatever its score."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old is not None and new is not None and str(old) != str(new):
+
+            def moved(path: Any) -> Any:
+                return str(Path(new) / Path(path).name) if path and Path(path).parent == Path(old) else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                     "last_model_path") if k in state_dict},
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's ModelCheckpoint key (its class name, then its settings): the checkpoints of
+        runs an earlier vislab wrote resume alike. A subclass keeps its own name."""
+        key, mine = super().state_key, type(self).__qualname__
+        return ModelCheckpoint.__qualname__ + key[len(mine):] if type(self) is FolderCheckpoint else key
+
+
+class MidEpochCheckpoint(FolderCheckpoint):
     """Time-based saves inside an epoch, never on its last batch (nor on one a budget ended it
     with): a checkpoint written there (before the epoch's validation) would make a resumed run
     skip that validation and its history row."""
@@ -137,7 +164,7 @@ def _devices(value: str) -> int | str | list[int]:
 def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callbacks: list | None = None) -> pl.Trainer:
     """A Trainer writing logs and full-state checkpoints (best.ckpt, last.ckpt) into ``out_dir``."""
     quiet_lightning()
-    best = ModelCheckpoint(
+    best = FolderCheckpoint(
         dirpath=out_dir,
         filename="best",
         monitor=monitor,
@@ -151,7 +178,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
     # epoch 7), so --resume would repeat epochs.
     last_ckpt = {"dirpath": out_dir, "filename": "last", "monitor": None, "save_top_k": 1,
                  "enable_version_counter": False, "auto_insert_metric_name": False}
-    last = ModelCheckpoint(**last_ckpt)
+    last = FolderCheckpoint(**last_ckpt)
     # with no held-out split there is nothing to select on: last.ckpt is the result
     callbacks: list[pl.Callback] = [BeforeTraining(), HandBack(), *([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
                                     LearningRateMonitor("step"), _ExactMetricsLog()]
