@@ -102,7 +102,10 @@ def test_clear_deletes_the_chosen_entries_and_the_next_run_decodes_again(tmp_pat
     assert res.code == 0 and cache_entries() == [] and (cache / "notes.txt").read_text() == "mine"
     again = load_folder(cls_dir, labelled=True)  # decoded afresh, the same pixels
     assert torch.equal(again.images, first) and len(cache_entries()) == 1
-    assert cli("cache", "clear", "--unused-days", "-1").code == 2
+    for days in ("-1", "nan"):  # nan compares false with every age: refused, not read as "none match"
+        res = cli("cache", "clear", "--unused-days", days)
+        assert res.code == 2 and res.err.splitlines()[-1] == f"vislab: error: --unused-days: must be >= 0, got {days}"
+    assert len(cache_entries()) == 1
 
 
 def test_unfinished_files_and_old_entries_without_a_record(tmp_path, monkeypatch):

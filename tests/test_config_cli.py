@@ -40,6 +40,10 @@ def test_recipe_file_errors(tmp_path):
         load_recipe(str(odd))
     with pytest.raises(VislabError, match="no such recipe; shipped recipes: cls-best"):
         load_recipe("cls-nope")
+    for given, said in ((tmp_path / "r5.yaml", "recipe file not found"), (tmp_path, "is a folder, but a recipe file is needed")):
+        with pytest.raises(VislabError) as err:
+            load_recipe(str(given))
+        assert str(err.value).startswith(f"{given}: {said}; shipped recipes: cls-best")
 
 
 def test_recipe_round_trips_through_yaml(tmp_path):

@@ -929,7 +929,7 @@ def cache_clear_cmd(
     from vislab.data.cache import cache_dir, cache_entries, megabytes, remove_entries, select_entries
     from vislab.log import counted, info
 
-    if unused_days is not None and unused_days < 0:
+    if unused_days is not None and not unused_days >= 0:  # nan too
         raise VislabError("--unused-days", f"must be >= 0, got {unused_days:g}")
     entries = cache_entries()
     from_source = select_entries(entries, source=source)

@@ -273,8 +273,11 @@ def _recipe_file(name_or_path: str) -> tuple[Path, dict[str, Any]]:
     shipped = shipped_recipes()
     path = shipped.get(name_or_path) or Path(name_or_path)
     if not path.is_file():
+        looks_like_file = path.suffix.lower() in (".yaml", ".yml") or len(path.parts) > 1
         raise VislabError(
-            name_or_path, f"no such recipe; shipped recipes: {', '.join(sorted(shipped))}"
+            name_or_path, ("is a folder, but a recipe file is needed" if path.is_dir() else
+                           "recipe file not found" if looks_like_file else "no such recipe") +
+            f"; shipped recipes: {', '.join(sorted(shipped))}"
         )
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
