@@ -71,7 +71,7 @@ def list_pairs(folder: str | Path) -> list[Pair]:
     if pair_layout(d) == "folders":
         sats = _by_stem(list_images(d / IMAGES_DIR, what="images"), "images")
         masks = _by_stem(list_images(d / MASKS_DIR, what="masks"), "masks")
-        img_hint, mask_hint, image = f"{IMAGES_DIR}/{{}}.jpg", f"{MASKS_DIR}/{{}}.png", "image"
+        img_hint, mask_hint, image = f"{IMAGES_DIR}/{{stem}}{{ext}}", f"{MASKS_DIR}/{{stem}}.png", "image"
     else:
         files = list_images(d, what="satellite images or masks (or images/ + masks/ folders)")
         sats = _by_stem([f for f in files if f.stem.endswith(SAT)], "satellite images", SAT)
@@ -81,16 +81,15 @@ def list_pairs(folder: str | Path) -> list[Pair]:
         other = [f.name for f in files if not f.stem.endswith((SAT, MASK))]
         if other:
             info(f"{d}: skipped {len(other)} image(s) named neither <stem>{SAT} nor <stem>{MASK} (e.g. {other[0]})")
-        img_hint, mask_hint, image = f"{{}}{SAT}.jpg beside it", f"{{}}{MASK}.png beside it", "satellite image"
+        img_hint, mask_hint, image = f"{{stem}}{SAT}{{ext}} beside it", f"{{stem}}{MASK}.png beside it", "satellite image"
     _check_lossless(masks)
     ext = Counter(f.suffix for f in sats.values()).most_common(1)[0][0] if sats else ".jpg"  # the set's own
-    img_hint = img_hint.replace(".jpg", ext)
     for stem, f in sorted(sats.items()):
         if stem not in masks:
-            raise VislabError(f, f"{image} has no mask (expected {mask_hint.format(stem)})")
+            raise VislabError(f, f"{image} has no mask (expected {mask_hint.format(stem=stem)})")
     for stem, f in sorted(masks.items()):
         if stem not in sats:
-            raise VislabError(f, f"mask has no {image} (expected {img_hint.format(stem)})")
+            raise VislabError(f, f"mask has no {image} (expected {img_hint.format(stem=stem, ext=ext)})")
     return [Pair(s, sats[s], masks[s]) for s in sorted(sats)]
 
 
