@@ -326,7 +326,11 @@ def test_option_values_are_refused_with_their_flag(cli, tmp_path):
     cases = [
         (("seg", "predict", tmp_path / "none.ckpt", missing, out, "--batch-size", "0"), "--batch-size: must be > 0, got 0"),
         (("cls", "train", missing, "--out", out, "--devices", "abc"),
-         "--devices: must be auto, a count >= 1, -1 (all) or a list of device ids like 0,1, got 'abc'"),
+         "--devices: must be auto, a count >= 1, -1 (all) or a list of distinct device ids like 0,1, got 'abc'"),
+        (("cls", "train", missing, "--out", out, "--devices", "0,1,0"),
+         "--devices: must be auto, a count >= 1, -1 (all) or a list of distinct device ids like 0,1, got '0,1,0'"),
+        (("seg", "train", missing, "--out", out, "--snapshot", "0001,0002,0001"),
+         "--snapshot: must be a list that names each once, got ('0001', '0002', '0001')"),
         (("cls", "train", missing, "--out", out, "--accelerator", "tpuz"),
          "--accelerator: must be one of auto, cpu, gpu, cuda, mps, tpu, xla, got 'tpuz'"),
         (("cls", "train", missing, "--out", out, "--data", tmp_path),
@@ -342,6 +346,8 @@ def test_option_values_are_refused_with_their_flag(cli, tmp_path):
          "--input: must be 3 H W with H, W >= 1 (RGB), got 1 32 32"),
         (("seg", "progress", tmp_path, "--out", tmp_path / "m.png", "--epochs", "1,x"),
          "--epochs: '1,x' is not a comma-separated list of epoch numbers"),
+        (("seg", "progress", tmp_path, "--out", tmp_path / "m.png", "--epochs", "1,5,1"),
+         "--epochs: '1,5,1' lists epoch 1 twice"),
         (("report", tmp_path, "--format", "md", "--out", tmp_path / "r.md", "--screenshot", tmp_path / "r.png"),
          "--screenshot: renders the HTML page; drop it or use --format html"),
     ]

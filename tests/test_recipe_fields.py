@@ -86,6 +86,15 @@ def test_the_cli_names_the_recipe_file(cli, color_classes, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_list_field_that_names_an_item_twice_is_refused_with_the_file(cli, color_classes, tmp_path):
+    """freeze: [features.0, features.0] is a slip (the second does nothing): refused with the file."""
+    path = _yaml(tmp_path, task="cls", model="cifar_resnet20", freeze=["layer1", "layer2", "layer1"])
+    res = cli("cls", "train", color_classes, "--recipe", path, "--out", tmp_path / "run")
+    assert res.code == 2
+    assert f"{path}: recipe field freeze must be a list that names each once, got ('layer1', 'layer2', 'layer1')" in res.err
+    assert not (tmp_path / "run").exists()
+
+
 def test_yaml_devices_as_a_number(tmp_path):
     from vislab.engine.trainer import _devices
 

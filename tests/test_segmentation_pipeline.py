@@ -404,6 +404,8 @@ def test_calibrate_refuses_bad_scales(cli, seg_run, tmp_path):
     assert res.code == 2 and "--scales: '0.5,big' is not a comma-separated list of numbers" in res.err
     res = cli("seg", "calibrate", ckpt, seg_run / "val", "--split", "all", "--scales", "0.5,0")
     assert res.code == 2 and "--scales: 0 is not in (0, 8]" in res.err
+    res = cli("seg", "calibrate", ckpt, seg_run / "val", "--split", "all", "--scales", "0.5,1,0.50")
+    assert res.code == 2 and "--scales: '0.5,1,0.50' lists the scale 0.5 twice" in res.err
     assert not (tmp_path / "best.offsets.json").exists()
 
 

@@ -744,6 +744,10 @@ def seg_calibrate(
             raise VislabError(None, f"--scales: {scales!r} is not a comma-separated list of numbers") from None
         if not tried:
             raise VislabError(None, "--scales: give at least one scale")
+        from vislab.config import twice
+
+        if twice(tried) is not None:
+            raise VislabError(None, f"--scales: {scales!r} lists the scale {twice(tried):g} twice")
     rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device, scales=tried, keep_offsets=keep_offsets)
     # each scale tried was printed as it was fitted; the one kept is named below
     shown = ", ".join(f"{n} {v:+.2f}" for n, v in zip(rec["classes"], rec["offsets"]))
@@ -793,6 +797,10 @@ def seg_progress(
         chosen = [int(e) for e in epochs.split(",")] if epochs else None
     except ValueError:
         raise VislabError("--epochs", f"{epochs!r} is not a comma-separated list of epoch numbers") from None
+    from vislab.config import twice
+
+    if chosen and twice(chosen) is not None:
+        raise VislabError("--epochs", f"{epochs!r} lists epoch {twice(chosen)} twice")
     out.print(f"wrote {progress(run_dir, out_png=out_png, epochs=chosen)}")
 
 

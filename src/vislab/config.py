@@ -58,7 +58,17 @@ def _devices_ok(v: Any) -> bool:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) == 1:  # a count, or -1: every device (Lightning's rule)
         return parts[0] == "-1" or (parts[0].isdigit() and int(parts[0]) >= 1)
-    return all(p.isdigit() for p in parts if p) and any(parts)
+    return all(p.isdigit() for p in parts if p) and any(parts) and twice(p for p in parts if p) is None
+
+
+def twice(items: Any) -> Any:
+    """The first item of ``items`` that is listed a second time, or None when each is once."""
+    seen: set = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def _loss_ok(v: Any) -> bool:
@@ -80,7 +90,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("cutmix", _num(0), ">= 0 (a Beta parameter; 0 turns it off)"),
     ("ema", _num(0, 1), "in [0, 1) (a decay such as 0.999; 0 turns it off)"),
     ("augment", lambda v: v in AUGMENTS, f"one of {', '.join(AUGMENTS)}"),
-    ("devices", _devices_ok, "auto, a count >= 1, -1 (all) or a list of device ids like 0,1"),
+    ("devices", _devices_ok, "auto, a count >= 1, -1 (all) or a list of distinct device ids like 0,1"),
     ("accelerator", lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}"),
     ("optimizer", lambda v: v in OPTIMIZER_NAMES, f"one of {', '.join(OPTIMIZER_NAMES)}"),
     ("scheduler", lambda v: v in SCHEDULER_NAMES, f"one of {', '.join(SCHEDULER_NAMES)}"),
@@ -110,6 +120,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("max_minutes", _num(0, lo_open=True), "> 0 (or null: no time limit)"),
     ("budget_minutes", _num(0, lo_open=True), "> 0 (or null: the recipe's epochs)"),
     *((name, lambda v: isinstance(v, bool), "true or false") for name in ("channels_last", "compile", "rot90", "calibrate")),
+    *((name, lambda v: twice(v) is None, "a list that names each once") for name in ("snapshot", "freeze", "teacher")),
 ]
 
 
