@@ -106,6 +106,8 @@ def test_classes_file_is_found_and_checked(tmp_path):
             "neither a class name nor ignore",
         "classes: [a": r"not valid YAML \(line 1, column 12:",
         "mask_format: index\nclasses: [a, {name: ' '}]": r"classes\[1\]: the class name is empty",
+        "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}, {name: b, colour: [9, 9, 9]}]":
+            r"classes\[1\] \(b\): unknown key 'colour' \(known: color, name\)",
         # one class (every other colour mapped to it): nothing to tell apart, refused before training
         "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[0, 0, 0]: a}":
             "1 class; segmentation needs at least 2",

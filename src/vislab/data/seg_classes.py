@@ -294,8 +294,11 @@ def parse_classes(text: str, path: Path) -> SegClasses:
     colours: list[Colour | None] = []
     for i, e in enumerate(entries):
         e = {"name": e} if isinstance(e, str) else e
-        if not isinstance(e, dict) or not isinstance(e.get("name"), (str, int)) or set(e) - {"name", "color"}:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), (str, int)):
             raise VislabError(path, f"classes[{i}]: expected {{name: NAME, color: [R, G, B]}}, got {e!r}")
+        stray = sorted(map(str, set(e) - {"name", "color"}))
+        if stray:
+            raise VislabError(path, f"classes[{i}] ({e['name']}): unknown key {stray[0]!r} (known: color, name)")
         names.append(str(e["name"]).strip())
         if not names[-1]:
             raise VislabError(path, f"classes[{i}]: the class name is empty")
