@@ -127,6 +127,14 @@ def test_runs_sorts_by_score_per_task_and_says_what_it_cannot_read(cli, tmp_path
     assert cli("runs", tmp_path, "--json", tmp_path / "h.json", "--sort", "held-out").code == 0
     rows = json.loads((tmp_path / "h.json").read_text())["runs"]
     assert [r["run"].rsplit("/", 1)[1] for r in rows][:3] == ["c", "b", "a"]
+    # a record damaged by hand: the broken file named, or the odd value shown as unknown
+    (run("more/h", "seg", None) / "history.csv").write_bytes(b"epoch,seconds\n1,\xff\xfe\n")
+    run("more/i", "cls", {"holdout_acc": 0.5, "epochs": 3, "train_seconds": "n/a"})
+    assert cli("runs", tmp_path / "more", "--json", tmp_path / "m.json").code == 0
+    by = {r["run"].rsplit("/", 1)[1]: r for r in json.loads((tmp_path / "m.json").read_text())["runs"]}
+    assert by["h"]["state"] == f"unreadable: {tmp_path / 'more' / 'h' / 'history.csv'}: not readable as CSV text " \
+        "(UnicodeDecodeError)"
+    assert (by["i"]["minutes"], by["i"]["held_out"], by["i"]["state"]) == (None, 0.5, "finished")
 
 
 def test_runs_refuses_what_holds_no_runs(cli, tmp_path):

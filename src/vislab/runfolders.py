@@ -85,7 +85,10 @@ def read_run(run: Path) -> dict[str, Any]:
         raise VislabError(run / "recipe.yaml", yaml_problem(exc)) from None
     if not isinstance(recipe, dict):
         raise VislabError(run / "recipe.yaml", "not a recipe (expected a mapping of fields)")
-    history = csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
+    try:
+        history = csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise VislabError(run / "history.csv", f"not readable as CSV text ({type(exc).__name__})") from None
     try:
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -57,7 +57,8 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:
-        row.minutes = None if results.get("train_seconds") is None else results["train_seconds"] / 60
+        seconds = _number(results.get("train_seconds"))
+        row.minutes = None if seconds is None else seconds / 60
         row.held_out, row.val = _number(results.get(held_key)), _number(results.get(val_key))
         row.state = "stopped early (max_minutes); --resume continues it" if results.get("stopped_early") else "finished"
         if _resumed_after(run, data):
