@@ -177,11 +177,19 @@ def test_outputs_never_replace_an_input_a_run_record_or_another_kind_of_file(cli
     for f in (ckpt, labels, onnx):
         assert f.read_text() == f"{f.name} kept\n"
     assert gt.read_text() == "filename,label\n0_450.png,0\n" and table.read_bytes() == b"\xff\xfeimage_id,label\n"
-    # an earlier output of the same kind is replaced: a JSON in place of a JSON goes on to the work,
-    # as do an earlier predictions CSV (CRLF line ends, a byte-order mark) and an empty file
+    # an earlier output of the same kind is replaced: a JSON vislab wrote (its first key says so) goes
+    # on to the work, as do an empty file and an earlier predictions CSV (CRLF line ends, a byte-order
+    # mark); someone else's JSON is refused and kept
     earlier = tmp_path / "scores.json"
-    earlier.write_text("{}")
-    assert _one_line(cli("seg", "eval", imgs, imgs, "--json", earlier)).startswith(f"vislab: error: {imgs}")
+    for text in ('{\n "written_by": "vislab",\n "miou": 0.5\n}', ""):
+        earlier.write_text(text)
+        assert _one_line(cli("seg", "eval", imgs, imgs, "--json", earlier)).startswith(f"vislab: error: {imgs}")
+    for text in ("{}", '{"miou": 0.5, "written_by": "vislab"}', "[1, 2]"):
+        earlier.write_text(text)
+        assert _one_line(cli("seg", "eval", imgs, imgs, "--json", earlier)) == (
+            f'vislab: error: {earlier}: exists and is a JSON file vislab did not write (it does not start with '
+            '{"written_by": "vislab"); refusing to replace it (choose another name, or delete it first)'), text
+        assert earlier.read_text() == text
     for text in (b"\xef\xbb\xbfimage_id,label\r\na.png,cat\r\n", b""):
         earlier = tmp_path / "preds.csv"
         earlier.write_bytes(text)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -132,9 +131,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 def _write_json(res: dict[str, Any], path: Path | None) -> None:
     """The ``--json`` file of an evaluation command (or of `runs`), when one was asked for."""
     if path:
-        from vislab.io import atomic_write_text
+        from vislab.io import write_marked_json
 
-        atomic_write_text(json.dumps(res, indent=1), path)
+        write_marked_json(res, path)
 
 
 def _output(path: Path | None, *suffixes: str, inputs: Iterable[str | Path | None] = (),

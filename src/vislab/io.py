@@ -18,6 +18,8 @@ PNG_TAG = b"Software\x00vislab"
 """The text chunk vislab puts in the PNGs it writes (masks, figures), so a later command knows its own files."""
 JPEG_COMMENT = b"Software: vislab"
 """The comment segment of the JPEG figures vislab writes, likewise."""
+JSON_MARK = ("written_by", "vislab")
+"""The first key and value of the JSON files vislab writes (``--json``), likewise."""
 
 
 def tag_png(png: bytes) -> bytes:
@@ -32,8 +34,8 @@ def tag_png(png: bytes) -> bytes:
 
 
 def written_by_vislab(path: Path) -> bool:
-    """Whether ``path`` is a PNG (:func:`tag_png`) or JPEG (:data:`JPEG_COMMENT`) that vislab
-    wrote; its first bytes are read."""
+    """Whether ``path`` is a PNG (:func:`tag_png`), JPEG (:data:`JPEG_COMMENT`) or JSON file
+    (:data:`JSON_MARK`, :func:`write_marked_json`) that vislab wrote; its first bytes are read."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(80)
@@ -41,7 +43,22 @@ def written_by_vislab(path: Path) -> bool:
         return False
     if head.startswith(b"\x89PNG"):
         return b"tEXt" + PNG_TAG in head
+    if head.lstrip().startswith(b"{"):  # the mark must be the first key
+        return head.lstrip()[1:].lstrip().startswith(_json_mark().encode())
     return head.startswith(b"\xff\xd8") and b"\xff\xfe" in head and JPEG_COMMENT in head
+
+
+def _json_mark() -> str:
+    return '"%s": "%s"' % JSON_MARK
+
+
+def write_marked_json(obj: dict[str, Any], path: str | Path) -> None:
+    """``obj`` as an indented JSON file (atomically), :data:`JSON_MARK` its first key, so that a
+    later command replaces it but no JSON file of anyone else's."""
+    import json
+
+    text = json.dumps({JSON_MARK[0]: JSON_MARK[1], **obj}, indent=1)
+    atomic_write_text(text, path)
 
 
 def check_output_file(path: str | Path) -> Path:
@@ -118,6 +135,9 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
     if image and not written_by_vislab(dest):
         raise VislabError(dest, "exists and is an image vislab did not write (a data set's own file?); refusing to "
                                 "replace it (choose another name, or delete it first)")
+    if dest.suffix.lower() == ".json" and dest.stat().st_size and not written_by_vislab(dest):
+        raise VislabError(dest, f"exists and is a JSON file vislab did not write (it does not start with "
+                                f"{{{_json_mark()}); refusing to replace it (choose another name, or delete it first)")
     if header is not None and dest.stat().st_size:
         first = _first_line(dest)
         if first != header:
