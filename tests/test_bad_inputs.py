@@ -62,6 +62,10 @@ def test_weights_that_do_not_fit_are_refused_before_the_data(cli, tmp_path):
         err = _one_line(cli(task, "train", missing, "--recipe", recipe, "--weights", tmp_path / "other.pt", "--out", out))
         assert f"{tmp_path / 'other.pt'}: " in err, err
         assert "no weight of this model is in this file" in err or "weights of another architecture" in err, err
+    (tmp_path / "other-run").mkdir()  # a run folder: the words name its checkpoint file, not the folder
+    torch.save(torch.load(tmp_path / "other.pt"), tmp_path / "other-run" / "best.ckpt")
+    err = _one_line(cli("seg", "train", missing, "--recipe", "seg-fast", "--weights", tmp_path / "other-run", "--out", out))
+    assert f"{tmp_path / 'other-run' / 'best.ckpt'}: " in err and "in this file" in err, err
     err = _one_line(cli("cls", "train", missing, "--recipe", "cls-fast", "--weights", tmp_path / "junk.pt", "--out", out))
     assert f"{tmp_path / 'junk.pt'}: not a readable PyTorch weights file" in err
     assert not out.exists()

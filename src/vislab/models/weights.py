@@ -69,6 +69,7 @@ def load_local_weights(
         (missing keys, unexpected keys)
     """
     sd = read_state_dict(path) if state is None else state  # ``state``: ``path``'s, already read
+    path = _weights_file(path)  # a run folder's checkpoint: the file its words are about
     own = model.state_dict()
     skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if skipped and not skip_mismatched:
