@@ -212,6 +212,8 @@ def test_resume_needs_no_weights_file(cli, color_classes, tmp_path):
     assert res.code == 2 and res.err.strip() == (
         f"vislab: error: {val}: --val-dir: {run} finished its schedule with no validation folder, and a resume keeps "
         f"what it recorded; score this folder with `vislab cls eval {run} {val}`")
+    res = cli("cls", "train", "--out", run, "--resume", "--val-dir", tmp_path / "gone")  # no advice to score it
+    assert res.code == 2 and res.err.strip() == f"vislab: error: {tmp_path / 'gone'}: --val-dir: folder not found"
     assert (run / "results.json").read_text() == results and not (run / "val_predictions.csv").exists()
 
 

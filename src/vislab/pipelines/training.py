@@ -114,6 +114,8 @@ def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str) -> None
     if val_dir is None or Path(val_dir).resolve() == Path(recorded or out / "(none)").resolve():
         return
     earlier = read_results(out)
+    if earlier and not Path(val_dir).exists():  # before any advice to score it
+        raise VislabError(val_dir, "--val-dir: folder not found")
     if not earlier or checkpoint_state(out / "last.ckpt").get("global_step") != earlier.get("global_step") \
             or earlier.get("epochs_trained", earlier.get("epochs")) != earlier.get("epochs"):
         return
