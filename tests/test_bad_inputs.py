@@ -713,7 +713,7 @@ def test_a_folder_given_for_a_labels_or_classes_file_is_called_a_folder(tmp_path
     flat.mkdir()
     write_png(flat / "a.png", np.zeros((4, 4, 3), np.uint8))
     cases = [(lambda: find_items(flat, labelled=True, labels_csv=flat), f"{flat}: is a folder, but a labels CSV file is needed"),
-             (lambda: find_items(flat, labelled=True, labels_csv=tmp_path / "x.csv"), f"{tmp_path / 'x.csv'}: labels CSV not found"),
+             (lambda: find_items(flat, labelled=True, labels_csv=tmp_path / "x.csv"), f"{tmp_path / 'x.csv'}: labels CSV file not found"),
              (lambda: load_classes(flat), f"{flat}: is a folder, but a classes file (classes.yaml) is needed"),
              (lambda: load_classes(tmp_path / "c.yaml"), f"{tmp_path / 'c.yaml'}: classes file not found")]
     for read, said in cases:

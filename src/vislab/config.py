@@ -17,7 +17,7 @@ from typing import Any, Callable, Collection
 import yaml
 
 from vislab.errors import VislabError, yaml_problem
-from vislab.io import load_yaml
+from vislab.io import load_yaml, missing_file_words
 
 
 class FieldError(VislabError):
@@ -286,8 +286,8 @@ def _recipe_file(name_or_path: str) -> tuple[Path, dict[str, Any]]:
     if not path.is_file():
         looks_like_file = path.suffix.lower() in (".yaml", ".yml") or len(path.parts) > 1
         raise VislabError(
-            name_or_path, ("is a folder, but a recipe file is needed" if path.is_dir() else
-                           "recipe file not found" if looks_like_file else "no such recipe") +
+            name_or_path, (missing_file_words(path, "recipe file") if path.is_dir() or looks_like_file else
+                           "no such recipe") +
             f"; shipped recipes: {', '.join(sorted(shipped))}"
         )
     try:

@@ -61,6 +61,12 @@ def write_marked_json(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(text, path)
 
 
+def missing_file_words(path: Path, what: str, example: str = "") -> str:
+    """What is wrong with an input ``path`` that should be a ``what`` file (a recipe file, a labels
+    CSV file) but is not a file: a folder in its place, or nothing there."""
+    return f"is a folder, but a {what}{example} is needed" if path.is_dir() else f"{what} not found"
+
+
 def check_output_file(path: str | Path) -> Path:
     """``path`` as a Path, when a file can be written there (no folder in its place, no file in
     place of its folder, the nearest existing folder writable); else one error naming it.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, image_file, say_skipped
 from vislab.errors import VislabError
+from vislab.io import missing_file_words
 from vislab.log import info
 
 _COURSE_NAME = re.compile(r"^(\d+)_(\d+)$")
@@ -218,7 +219,7 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
     """(line number, file name, label) of each row of a labels CSV, a ``filename,label`` (or
     ``image_id,label``) header left out; blank lines skipped."""
     if not path.is_file():
-        raise VislabError(path, "is a folder, but a labels CSV file is needed" if path.is_dir() else "labels CSV not found")
+        raise VislabError(path, missing_file_words(path, "labels CSV file"))
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
             reader = csv.reader(fh)

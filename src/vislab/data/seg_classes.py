@@ -30,7 +30,7 @@ import yaml
 
 from vislab.data import palette
 from vislab.errors import VislabError, yaml_problem
-from vislab.io import load_yaml
+from vislab.io import load_yaml, missing_file_words
 from vislab.log import info
 from vislab.metrics import iou_per_class
 
@@ -349,8 +349,7 @@ def load_classes(path: str | Path) -> SegClasses:
     """Read a classes file (see the module docstring)."""
     p = Path(path)
     if not p.is_file():
-        raise VislabError(p, "is a folder, but a classes file (classes.yaml) is needed" if p.is_dir() else
-                          "classes file not found")
+        raise VislabError(p, missing_file_words(p, "classes file", f" ({CLASSES_FILE})"))
     try:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
