@@ -20,6 +20,7 @@ JPEG_COMMENT = b"Software: vislab"
 """The comment segment of the JPEG figures vislab writes, likewise."""
 JSON_MARK = ("written_by", "vislab")
 """The first key and value of the JSON files vislab writes (``--json``), likewise."""
+_JSON_MARK_TEXT = '"%s": "%s"' % JSON_MARK  # as json.dumps writes the pair
 
 
 def tag_png(png: bytes) -> bytes:
@@ -44,12 +45,8 @@ def written_by_vislab(path: Path) -> bool:
     if head.startswith(b"\x89PNG"):
         return b"tEXt" + PNG_TAG in head
     if head.lstrip().startswith(b"{"):  # the mark must be the first key
-        return head.lstrip()[1:].lstrip().startswith(_json_mark().encode())
+        return head.lstrip()[1:].lstrip().startswith(_JSON_MARK_TEXT.encode())
     return head.startswith(b"\xff\xd8") and b"\xff\xfe" in head and JPEG_COMMENT in head
-
-
-def _json_mark() -> str:
-    return '"%s": "%s"' % JSON_MARK
 
 
 def write_marked_json(obj: dict[str, Any], path: str | Path) -> None:
@@ -143,7 +140,7 @@ def check_new_output(path: str | Path, *, suffixes: Iterable[str] = (),
                                 "replace it (choose another name, or delete it first)")
     if dest.suffix.lower() == ".json" and dest.stat().st_size and not written_by_vislab(dest):
         raise VislabError(dest, f"exists and is a JSON file vislab did not write (it does not start with "
-                                f"{{{_json_mark()}); refusing to replace it (choose another name, or delete it first)")
+                                f"{{{_JSON_MARK_TEXT}); refusing to replace it (choose another name, or delete it first)")
     if header is not None and dest.stat().st_size:
         first = _first_line(dest)
         if first != header:

@@ -163,8 +163,9 @@ def seg_calibrate(
             raise VislabError(None, "--scales: give at least one scale")
         from vislab.config import twice
 
-        if twice(tried) is not None:
-            raise VislabError(None, f"--scales: {scales!r} lists the scale {twice(tried):g} twice")
+        again = twice(tried)
+        if again is not None:
+            raise VislabError(None, f"--scales: {scales!r} lists the scale {again:g} twice")
     rec = calibrate(ckpt, pairs_dir, split=split, tta=tta, device=device, scales=tried, keep_offsets=keep_offsets)
     # each scale tried was printed as it was fitted; the one kept is named below
     shown = ", ".join(f"{n} {v:+.2f}" for n, v in zip(rec["classes"], rec["offsets"]))
@@ -216,6 +217,7 @@ def seg_progress(
         raise VislabError("--epochs", f"{epochs!r} is not a comma-separated list of epoch numbers") from None
     from vislab.config import twice
 
-    if chosen and twice(chosen) is not None:
-        raise VislabError("--epochs", f"{epochs!r} lists epoch {twice(chosen)} twice")
+    again = twice(chosen or [])
+    if again is not None:
+        raise VislabError("--epochs", f"{epochs!r} lists epoch {again} twice")
     out.print(f"wrote {progress(run_dir, out_png=out_png, epochs=chosen)}")
