@@ -41,3 +41,16 @@ def test_demo_refuses_epochs_with_a_budget_and_a_missing_data_folder(cli, tmp_pa
     res = cli("demo", "--data", tmp_path / "nowhere", "--out", tmp_path / "d")
     assert res.code == 2 and "nowhere" in res.err
     assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
+
+
+def test_demo_says_the_epochs_trained_not_the_budgets_first_plan(cli, tmp_path, monkeypatch):
+    """A budget that re-planned 3 -> 5 epochs: recipe.yaml keeps 3, results.json says 5 were trained."""
+    import vislab.pipelines.demo as demo_module
+
+    result = {"recipe": {"model": "efficientnet_lite0", "epochs": 3, "image_size": 96}, "epochs": 5,
+              "epochs_trained": 5, "train_seconds": 532.8, "val_accuracy": 0.7956, "num_classes": 50,
+              "predictions": {"images": 2500, "file": "runs/demo/predictions_val_50.csv"}, "tsne": "runs/demo/tsne.png"}
+    monkeypatch.setattr(demo_module, "demo", lambda *args, **kwargs: result)
+    res = cli("demo", "--data", tmp_path, "--out", tmp_path / "demo")
+    assert res.code == 0, res.err
+    assert "training:         8.9 min, 5 epochs of efficientnet_lite0 at 96 px" in res.out

@@ -184,7 +184,7 @@ def demo_cmd(
     model = res["recipe"]["model"]
     out.print(f"val_50 accuracy:  {res['val_accuracy']:.4f}  ({res['predictions']['images']} images, predictions in "
               f"{res['predictions']['file']})")
-    epochs = res['recipe']['epochs']
+    epochs = res.get("epochs_trained", res["recipe"]["epochs"])  # the recipe.yaml keeps the budget's first plan
     out.print(f"training:         {res['train_seconds'] / 60:.1f} min, {epochs} epoch{'s' if epochs != 1 else ''} of {model} at "
               f"{res['recipe']['image_size']} px")
     out.print(f"t-SNE figure:     {res['tsne']}")
