@@ -291,7 +291,7 @@ def test_a_distilled_run_resumes_exactly_and_a_finished_one_makes_no_maps(cli, t
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_a_segmenter_distils_on_two_spawned_processes(tmp_path):
+def test_a_segmenter_distils_on_two_spawned_processes(cli, tmp_path):
     """`--strategy ddp_spawn` pickles the module to start its processes: with a teacher's maps
     waiting to be made and the CE + Dice loss it trains, each process making its own maps."""
     import os
@@ -312,7 +312,8 @@ def test_a_segmenter_distils_on_two_spawned_processes(tmp_path):
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
         return " ".join(proc.stderr.split())
-    vislab("--out", tmp_path / "t")
+    res = cli("seg", "train", train, "--recipe", tmp_path / "t.yaml", "--out", tmp_path / "t")  # in-process: no start-up
+    assert res.code == 0, res.err
     spawned = ("--devices", "2", "--strategy", "ddp_spawn")
     said = vislab("--teacher", tmp_path / "t", "--out", tmp_path / "s", *spawned)
     assert said.count("training tiles through the teachers") == 2

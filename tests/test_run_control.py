@@ -713,28 +713,29 @@ def _simulated_machine(monkeypatch, seconds_per_batch, held_out_seconds: float =
     # epoch 3 at 2 s per batch: its batch 1 ends at 20 s, batch 4 at 26 s; 4 more batches and the
     # held-out second end at 35 s, past 1.05 x 30 s: the budget runs out after (30 - 26 - 1) // 2 = 1
     # more batch, so the run ends after batch 5 (at 28 s, 29 s with its held-out pass)
-    (3, 2.0, "in epoch 3 of 3, at batch 4 of 8 (0.4 min so far, 2 s per batch over its last 3 batches: slower than "
+    (3, 2.0, "in epoch 3 of 4, at batch 4 of 8 (0.4 min so far, 2 s per batch over its last 3 batches: slower than "
              "planned), the run and its learning-rate schedule now end after batch 5 of epoch 3", 8 + 8 + 5),
     # epoch 2 at 2.5 s per batch: at its batch 4 (19 s) it ends at 30 s, with no time for a quarter of
     # another epoch: the schedule now ends with epoch 2, which fits
-    (2, 2.5, "in epoch 2 of 3, at batch 4 of 8 (0.3 min so far, 2.5 s per batch over its last 3 batches: slower than "
+    (2, 2.5, "in epoch 2 of 4, at batch 4 of 8 (0.3 min so far, 2.5 s per batch over its last 3 batches: slower than "
              "planned), the run and its learning-rate schedule now end with epoch 2", 8 + 8),
 ])
 def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_path, monkeypatch, slow_epoch,
                                                        pace, said, steps):
     """96 training images in 12 batches of 8, 3 held-out batches: planned at 1 s per step, an
     epoch costs 1.1 x (12 + 3 / 3) = 14.3 s, so 30 s are 3 epochs of (10 - 1.1) // 1.1 = 8 of the
-    12 batches. Every batch then takes 1 s and each held-out pass 1 s (9 s an epoch, on time),
-    except in one epoch that slows down. The run ends inside its budget with the learning rate at
-    the schedule's end, says where on the console and in changes.txt, and a --resume finds it
-    finished."""
+    12 batches. Every batch then takes 1 s and each held-out pass 1 s (9 s an epoch: after epoch 1
+    the plan gains 2 batches of a fourth, as in the test below), except in one epoch that slows
+    down. The run ends inside its budget with the learning rate at the schedule's end, says where
+    on the console and in changes.txt, and a --resume finds it finished."""
     _simulated_machine(monkeypatch, lambda epoch, batch: pace if epoch == slow_epoch else 1.0)
     run = tmp_path / "run"
     recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
     res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.5")
     assert res.code == 0, res.err
     lines = (run / "changes.txt").read_text().splitlines()
-    assert lines[-2].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
+    assert lines[-3].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
+    assert lines[-2].startswith("--budget 0.5 min: epochs 3 -> 4 after epoch 1")
     assert lines[-1] == f"--budget 0.5 min: {said}"
     assert f"warning: --budget 0.5 min: {said}" in " ".join(res.err.split())
     results = json.loads((run / "results.json").read_text())
@@ -761,14 +762,21 @@ def test_a_slowdown_in_the_middle_of_the_last_epoch_is_seen_at_once(cli, color_c
     batch 23 (98 s; end 135 s): there the run is cut to end after (120 - 98 - 1) // 4 = 5 more
     batches, at 118 s, with five batches left for its learning rate to reach the schedule's end.
     Timed over the whole epoch, the pace would pass for 1.9 s until batch 28, and the cut come
-    there, with the learning rate in the middle of its schedule."""
+    there, with the learning rate in the middle of its schedule. (Before the slowdown, after epoch 1,
+    the 87 s left held two epochs and 20 batches of a fourth; at batch 21 of epoch 3, timed at
+    (90 - 84) / 3 = 2 s, epoch 3 would end at 113 s, with less than a quarter of another epoch
+    left, so the fourth was dropped and epoch 3 became the last again.)"""
     _simulated_machine(monkeypatch, lambda epoch, batch: 4.0 if (epoch, batch) >= (3, 21) else 1.0)
     run = tmp_path / "run"
     recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=2)
     res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "2")
     assert res.code == 0, res.err
     lines = (run / "changes.txt").read_text().splitlines()
-    assert lines[-2].startswith("epochs 50 -> 3 of 32 of their 48 batches (a fresh shuffle each): --budget 2 min")
+    assert lines[-4].startswith("epochs 50 -> 3 of 32 of their 48 batches (a fresh shuffle each): --budget 2 min")
+    assert lines[-3].endswith("the learning-rate schedule now ends after batch 20 of epoch 4")
+    assert lines[-2] == ("--budget 2 min: in epoch 3 of 4, at batch 21 of 32 (1.5 min so far, 2 s per batch over its "
+                         "last 3 batches: slower than planned), the run and its learning-rate schedule now end with "
+                         "epoch 3")
     assert lines[-1] == ("--budget 2 min: in epoch 3 of 3, at batch 23 of 32 (1.6 min so far, 4 s per batch over its "
                          "last 3 batches: slower than planned), the run and its learning-rate schedule now end after "
                          "batch 28 of epoch 3")
@@ -807,6 +815,76 @@ def test_the_budget_cut_by_hand():
 
     assert (_so_far(0.17), _so_far(2.9), _so_far(5.0), _so_far(98.0)) == (
         "0.17 s so far", "2.9 s so far", "0.1 min so far", "1.6 min so far")
+
+
+def test_a_budget_fills_its_time_with_part_of_one_more_epoch():
+    """The seg-default run of docs/RESULTS.md by hand: 60 min planned as 3 epochs of 171 batches;
+    epoch 1 took 966 s, 36 s of them its held-out pass, so a batch takes 930 / 171 = 5.44 s. Two
+    more epochs fit (1,932 s of the 2,634 left), a fourth whole one does not (2,898 s), and the
+    666 s left after the third, less a held-out pass, hold 122 batches: the run gets 122 batches of
+    a fourth epoch (before, it ended 11 minutes early). Epoch 2 (934 s) leaves 133 batches for the
+    part, within a tenth of an epoch of 122: the plan is kept. Epoch 3 ends at 3,300 s: 264 s left
+    hold 42 batches at 6.22 s, less than a quarter of an epoch (42.75), and training ends now."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import BudgetKeeper
+
+    said = []
+    keeper = BudgetKeeper(60.0, record=said.append, most=6)
+    keeper.tail = 36.0
+    now = iter([0.0, 966.0, 1900.0, 3300.0])
+    keeper.clock = lambda: next(now)  # type: ignore[method-assign]
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=3, num_training_batches=171, is_global_zero=True,
+                              strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    plans = []
+
+    def replan(epochs, end_step=None):
+        plans.append((epochs, end_step))
+        trainer.max_epochs, module.stop_step = epochs, end_step
+
+    module = SimpleNamespace(steps_per_epoch=171, stop_step=None, epoch_weights=lambda n: [1.0] * n, replan=replan)
+    keeper.on_train_start(trainer, module)
+    keeper.on_train_epoch_end(trainer, module)
+    assert plans == [(4, 3 * 171 + 122)]
+    assert said == ["--budget 60 min: epochs 3 -> 4 after epoch 1 (16.1 min so far, 966 s per epoch: faster than "
+                    "planned); the learning-rate schedule now ends after batch 122 of epoch 4"]
+    trainer.current_epoch = 1
+    keeper.on_train_epoch_end(trainer, module)
+    assert len(plans) == 1
+    trainer.current_epoch = 2
+    keeper.on_train_epoch_end(trainer, module)
+    assert plans[-1] == (3, None) and said[-1].endswith("1100 s per epoch: slower than planned); training ends now")
+    # a progressive resize's epochs differ: no part of an epoch, whole epochs as before
+    resized = BudgetKeeper(60.0, most=6, weights=lambda n: [1.0 + i for i in range(n)])
+    assert resized._equal_epochs(module, 4) is False and keeper._equal_epochs(module, 4) is True
+
+
+def test_a_budgeted_run_that_is_faster_than_its_probe_trains_part_of_one_more_epoch(cli, color_classes, tmp_path,
+                                                                                    monkeypatch):
+    """96 training images in 12 batches of 8, 3 held-out batches, 30 s: planned 3 epochs of 8
+    batches (as below). Every batch takes 1 s and a held-out pass 1 s: after epoch 1 (9 s), two
+    more take 18 s and the 2 s left after a held-out pass hold 2 batches, a quarter of an epoch:
+    the run trains 8 + 8 + 8 + 2 steps, its learning rate reaching the schedule's end at the last,
+    and a --resume finds it finished."""
+    _simulated_machine(monkeypatch, lambda epoch, batch: 1.0)
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.5")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[-2].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
+    assert lines[-1] == ("--budget 0.5 min: epochs 3 -> 4 after epoch 1 (0.1 min so far, 9 s per epoch: faster than "
+                         "planned); the learning-rate schedule now ends after batch 2 of epoch 4")
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == 26 and results["epochs"] == results["epochs_trained"] == 4
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
+    assert float(rows[-1]["lr"]) < 1e-9 < float(rows[-2]["lr"])
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 0, res.err
+    assert "--resume: nothing left to train" in " ".join(res.err.split())
+    assert json.loads((run / "results.json").read_text())["global_step"] == 26
 
 
 def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, color_classes, tmp_path, monkeypatch):

@@ -220,7 +220,11 @@ class BudgetKeeper(TrainingClock):
     (the pipeline passes twice the first plan; for a progressive resize None, so that its
     re-plans only shorten it: more epochs would move its ramp later and its side down again);
     rank 0 decides for every process. Epochs are added at the
-    end of an epoch before the last planned one, never after it.
+    end of an epoch before the last planned one, never after it. When the time left after the
+    last whole epoch that fits holds at least ``MIN_SHARE`` of another (equal epochs only, long
+    enough to be cut), the run gets that part of one more epoch, its schedule ending at the
+    part's last batch (:meth:`partial_end`): a probe that over-estimated the steps no longer
+    leaves most of an epoch of the budget unused.
 
     Inside an epoch of at least ``MIN_BATCHES`` batches the budget is held too (:meth:`cut_step`,
     from the seconds per batch of its latest tenth, at least ``TIMED`` batches, so that a machine
@@ -293,7 +297,9 @@ class BudgetKeeper(TrainingClock):
         elapsed, pace = self.before + now - self._t0, (now - self._ends[0]) / window
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # of this epoch
         self._last_batch = elapsed if done >= batches else None
-        left = batches - done if stop is None else stop - step
+        # a stop in this epoch (a cut) ends it there; one in a later epoch (a partial last epoch) does not
+        early = stop is not None and stop - step < batches - done
+        left = stop - step if early else batches - done
         planned, epoch = int(trainer.max_epochs or 0), trainer.current_epoch + 1
         end = self.cut_step(step, left, elapsed, pace, epoch >= planned, batches) if left > 0 else None
         end = trainer.strategy.broadcast(end, src=0)
@@ -305,7 +311,7 @@ class BudgetKeeper(TrainingClock):
                 f"({_so_far(elapsed)}, {pace:.3g} s per batch over its last {window} batches: slower than planned), the "
                 "run and its learning-rate schedule now end " +
                 (f"with epoch {epoch}" if ends >= batches else f"after batch {ends} of epoch {epoch}") +
-                ("" if stop is None else f" instead of batch {done + left}"))
+                (f" instead of batch {done + left}" if early else ""))
         info(f"warning: {line}")
         if trainer.is_global_zero and self.record is not None:
             self.record(line)
@@ -338,20 +344,53 @@ class BudgetKeeper(TrainingClock):
             return
         per_epoch = elapsed / done
         cap = max(planned, self.most or planned)
-        can_cut = int(getattr(trainer, "num_training_batches", 0) or 0) >= self.MIN_BATCHES
-        epochs = self.epochs_that_fit(pl_module, done, planned, elapsed, cap, can_cut=can_cut)
-        epochs = int(trainer.strategy.broadcast(epochs, src=0))
-        if epochs == planned:
+        batches = int(getattr(trainer, "num_training_batches", 0) or 0)
+        can_cut = batches >= self.MIN_BATCHES
+        stop = getattr(pl_module, "stop_step", None)  # set here before: the planned last epoch is partial
+        spe = int(getattr(pl_module, "steps_per_epoch", 0) or 0)
+        partial = can_cut and spe > 0 and self._equal_epochs(pl_module, cap + 1)
+        whole = planned - 1 if stop is not None else planned  # the plan's whole epochs
+        epochs = self.epochs_that_fit(pl_module, done, max(whole, done), elapsed, cap, can_cut=can_cut and not partial)
+        end = self.partial_end(epochs, cap, done, elapsed, batches, spe) if partial else None
+        if stop is not None and end is not None and epochs + 1 == planned and abs(end - stop) < 0.1 * batches:
+            end = stop  # a partial last epoch within a tenth of an epoch of its plan: kept, not re-planned
+        epochs, end = trainer.strategy.broadcast((epochs + (end is not None), end), src=0)
+        if (epochs, end) == (planned, stop):
             return
-        pl_module.replan(epochs)  # type: ignore[operator]
+        if end is None:
+            pl_module.replan(epochs)  # type: ignore[operator]
+        else:
+            pl_module.replan(epochs, end_step=end)  # type: ignore[operator]
         ends = "training ends now" if epochs == done else f"the learning-rate schedule now ends with epoch {epochs}"
-        pace = "slower than planned" if epochs < planned else "faster than planned"
+        if end is not None:
+            ends = f"the learning-rate schedule now ends after batch {end - spe * (epochs - 1)} of epoch {epochs}"
+        longer = (epochs, end or epochs * spe) > (planned, stop or planned * spe)  # in epochs, then steps
+        pace = "faster than planned" if longer else "slower than planned"
         each = f"{per_epoch:.0f}" if per_epoch >= 1 else f"{per_epoch:.2g}"
         line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({_so_far(elapsed)}, "
                 f"{each} s per epoch: {pace}); {ends}")
         info(f"warning: {line}")
         if trainer.is_global_zero and self.record is not None:
             self.record(line)
+
+    def _equal_epochs(self, pl_module: pl.LightningModule, epochs: int) -> bool:
+        """Whether every epoch of a schedule of ``epochs`` costs the same (not a progressive resize)."""
+        weights = (self.weights or getattr(pl_module, "epoch_weights", lambda n: [1.0] * n))(epochs)
+        return max(weights) == min(weights)
+
+    def partial_end(self, epochs: int, cap: int, done: int, elapsed: float, batches: int, steps: int) -> int | None:
+        """The step at which a partial epoch after ``epochs`` whole ones ends, so that the run fills
+        its budget (the time left after them, less a held-out pass as long as the last one, in
+        batches at this run's pace so far), or None: when it would be shorter than ``MIN_SHARE`` of
+        an epoch of ``batches`` batches, as long as a whole one, or past ``cap`` epochs. Without
+        it a run whose probe over-estimated its steps ends a large part of an epoch early."""
+        unit = elapsed / done  # seconds per epoch so far (equal epochs), held-out pass included
+        pace = max(unit - self.tail, 1e-9) / batches
+        rest = self.minutes * 60 - elapsed - unit * (epochs - done) - self.tail
+        extra = int(rest // pace) if rest > 0 else 0
+        if epochs + 1 > cap or extra < self.MIN_SHARE * batches or extra >= batches:
+            return None
+        return steps * epochs + extra
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,
                         cap: int | None = None, *, can_cut: bool = False) -> int:
