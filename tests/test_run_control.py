@@ -735,7 +735,7 @@ def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_
     assert res.code == 0, res.err
     lines = (run / "changes.txt").read_text().splitlines()
     assert lines[-3].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
-    assert lines[-2].startswith("--budget 0.5 min: epochs 3 -> 4 after epoch 1")
+    assert lines[-2].startswith("--budget 0.5 min: epochs 3 -> 3 + 2 batches after epoch 1")
     assert lines[-1] == f"--budget 0.5 min: {said}"
     assert f"warning: --budget 0.5 min: {said}" in " ".join(res.err.split())
     results = json.loads((run / "results.json").read_text())
@@ -846,7 +846,7 @@ def test_a_budget_fills_its_time_with_part_of_one_more_epoch():
     keeper.on_train_start(trainer, module)
     keeper.on_train_epoch_end(trainer, module)
     assert plans == [(4, 3 * 171 + 122)]
-    assert said == ["--budget 60 min: epochs 3 -> 4 after epoch 1 (16.1 min so far, 966 s per epoch: faster than "
+    assert said == ["--budget 60 min: epochs 3 -> 3 + 122 batches after epoch 1 (16.1 min so far, 966 s per epoch: faster than "
                     "planned); the learning-rate schedule now ends after batch 122 of epoch 4"]
     trainer.current_epoch = 1
     keeper.on_train_epoch_end(trainer, module)
@@ -873,7 +873,7 @@ def test_a_budgeted_run_that_is_faster_than_its_probe_trains_part_of_one_more_ep
     assert res.code == 0, res.err
     lines = (run / "changes.txt").read_text().splitlines()
     assert lines[-2].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
-    assert lines[-1] == ("--budget 0.5 min: epochs 3 -> 4 after epoch 1 (0.1 min so far, 9 s per epoch: faster than "
+    assert lines[-1] == ("--budget 0.5 min: epochs 3 -> 3 + 2 batches after epoch 1 (0.1 min so far, 9 s per epoch: faster than "
                          "planned); the learning-rate schedule now ends after batch 2 of epoch 4")
     results = json.loads((run / "results.json").read_text())
     assert results["global_step"] == 26 and results["epochs"] == results["epochs_trained"] == 4
@@ -885,6 +885,42 @@ def test_a_budgeted_run_that_is_faster_than_its_probe_trains_part_of_one_more_ep
     assert res.code == 0, res.err
     assert "--resume: nothing left to train" in " ".join(res.err.split())
     assert json.loads((run / "results.json").read_text())["global_step"] == 26
+
+
+def test_a_one_epoch_plan_that_runs_faster_gets_part_of_another_inside_its_epoch(cli, color_classes, tmp_path,
+                                                                                 monkeypatch):
+    """96 training images in 12 batches of 8, 3 held-out batches, 15 s: planned at 1 s per step,
+    1.1 x (12 + 1) = 14.3 s an epoch, so one epoch, whose end leaves no epoch-end re-plan. Each
+    batch takes 0.75 s and a held-out pass 1 s. At batch 4 (3 s, the first timed over 3 batches)
+    the epoch will end at 9 s (no held-out pass timed yet): the 6 s left hold not a whole epoch
+    (9 s) but 8 batches, so the plan becomes 1 epoch and 8 batches of a second. Epoch 1 then ends
+    at 10 s: 5 s left, less a held-out pass, hold 5 batches, 3 fewer than planned (more than a
+    tenth of an epoch): the part becomes 5 batches, and the run ends at 14.75 s with 17 steps."""
+    _simulated_machine(monkeypatch, lambda epoch, batch: 0.75)
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.25")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[-3].startswith("epochs 50 -> 1: --budget 0.25 min")
+    assert lines[-2] == ("--budget 0.25 min: in epoch 1 of 1, at batch 4 of 12 (0.1 min so far, 0.75 s per batch over its "
+                         "last 3 batches: faster than planned), the run and its learning-rate schedule now end after "
+                         "batch 8 of epoch 2")
+    assert lines[-1] == ("--budget 0.25 min: epochs 1 + 8 batches -> 1 + 5 batches after epoch 1 (0.2 min so far, 10 s "
+                         "per epoch: slower than planned); the learning-rate schedule now ends after batch 5 of epoch 2")
+    results = json.loads((run / "results.json").read_text())
+    assert results["global_step"] == 17 and results["epochs"] == results["epochs_trained"] == 2
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["epoch"] for row in rows] == ["1", "2"] and float(rows[-1]["lr"]) < 1e-9 < float(rows[0]["lr"])
+    # whole epochs first: at 0.5 s per batch the 9 s left after epoch 1 (ending at 6 s) hold a whole
+    # second epoch (6 s), twice the first plan and so the most a budget adds
+    _simulated_machine(monkeypatch, lambda epoch, batch: 0.5)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "fast", "--budget", "0.25")
+    assert res.code == 0, res.err
+    assert (tmp_path / "fast" / "changes.txt").read_text().splitlines()[-1].endswith(
+        "faster than planned), the run and its learning-rate schedule now end with epoch 2")
+    assert json.loads((tmp_path / "fast" / "results.json").read_text())["global_step"] == 24
 
 
 def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, color_classes, tmp_path, monkeypatch):

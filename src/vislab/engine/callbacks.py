@@ -224,7 +224,9 @@ class BudgetKeeper(TrainingClock):
     last whole epoch that fits holds at least ``MIN_SHARE`` of another (equal epochs only, long
     enough to be cut), the run gets that part of one more epoch, its schedule ending at the
     part's last batch (:meth:`partial_end`): a probe that over-estimated the steps no longer
-    leaves most of an epoch of the budget unused.
+    leaves most of an epoch of the budget unused. Inside the planned last epoch, which no epoch
+    end precedes in a run planned as one epoch, the same is decided from the batches' pace
+    (:meth:`more_epochs`).
 
     Inside an epoch of at least ``MIN_BATCHES`` batches the budget is held too (:meth:`cut_step`,
     from the seconds per batch of its latest tenth, at least ``TIMED`` batches, so that a machine
@@ -302,7 +304,18 @@ class BudgetKeeper(TrainingClock):
         left = stop - step if early else batches - done
         planned, epoch = int(trainer.max_epochs or 0), trainer.current_epoch + 1
         end = self.cut_step(step, left, elapsed, pace, epoch >= planned, batches) if left > 0 else None
-        end = trainer.strategy.broadcast(end, src=0)
+        more = None  # the planned last epoch ends with time for more: (epochs, the step the last ends at or None)
+        if end is None and epoch >= planned and stop is None and left > 0:
+            more = self.more_epochs(pl_module, epoch, self.minutes * 60 - (elapsed + left * pace + self.tail),
+                                    pace, batches)
+        end, more = trainer.strategy.broadcast((end, more), src=0)
+        if more is not None:
+            pl_module.replan(*more)  # type: ignore[operator]
+            ends = f"with epoch {more[0]}" if more[1] is None else \
+                f"after batch {more[1] - pl_module.steps_per_epoch * (more[0] - 1)} of epoch {more[0]}"
+            self._say(trainer, f"--budget {self.minutes:g} min: in epoch {epoch} of {planned}, at batch {done} of "
+                               f"{batches} ({_so_far(elapsed)}, {pace:.3g} s per batch over its last {window} batches: "
+                               f"faster than planned), the run and its learning-rate schedule now end {ends}")
         if end is None:
             return
         pl_module.replan(epoch, end_step=end if end - step < batches - done else None)  # type: ignore[operator]
@@ -312,9 +325,7 @@ class BudgetKeeper(TrainingClock):
                 "run and its learning-rate schedule now end " +
                 (f"with epoch {epoch}" if ends >= batches else f"after batch {ends} of epoch {epoch}") +
                 (f" instead of batch {done + left}" if early else ""))
-        info(f"warning: {line}")
-        if trainer.is_global_zero and self.record is not None:
-            self.record(line)
+        self._say(trainer, line)
         if end <= step:
             trainer.should_stop = True
 
@@ -367,8 +378,14 @@ class BudgetKeeper(TrainingClock):
         longer = (epochs, end or epochs * spe) > (planned, stop or planned * spe)  # in epochs, then steps
         pace = "faster than planned" if longer else "slower than planned"
         each = f"{per_epoch:.0f}" if per_epoch >= 1 else f"{per_epoch:.2g}"
-        line = (f"--budget {self.minutes:g} min: epochs {planned} -> {epochs} after epoch {done} ({_so_far(elapsed)}, "
-                f"{each} s per epoch: {pace}); {ends}")
+        def plan(n: int, stop_at: int | None) -> str:  # "3", or "3 + 122 batches" with a partial last epoch
+            return f"{n}" if stop_at is None else f"{n - 1} + {stop_at - spe * (n - 1)} batches"
+
+        self._say(trainer, f"--budget {self.minutes:g} min: epochs {plan(planned, stop)} -> {plan(epochs, end)} after "
+                           f"epoch {done} ({_so_far(elapsed)}, {each} s per epoch: {pace}); {ends}")
+
+    def _say(self, trainer: pl.Trainer, line: str) -> None:
+        """A re-plan's line: a warning on the console, and the run folder's changes.txt (rank 0)."""
         info(f"warning: {line}")
         if trainer.is_global_zero and self.record is not None:
             self.record(line)
@@ -379,18 +396,41 @@ class BudgetKeeper(TrainingClock):
         return max(weights) == min(weights)
 
     def partial_end(self, epochs: int, cap: int, done: int, elapsed: float, batches: int, steps: int) -> int | None:
-        """The step at which a partial epoch after ``epochs`` whole ones ends, so that the run fills
-        its budget (the time left after them, less a held-out pass as long as the last one, in
-        batches at this run's pace so far), or None: when it would be shorter than ``MIN_SHARE`` of
-        an epoch of ``batches`` batches, as long as a whole one, or past ``cap`` epochs. Without
-        it a run whose probe over-estimated its steps ends a large part of an epoch early."""
+        """At an epoch end, the step at which a partial epoch after ``epochs`` whole ones ends, so
+        that the run fills its budget (the time left after them in batches at this run's pace so
+        far, :meth:`part`), or None: no such part, or one past ``cap`` epochs. Without it a run
+        whose probe over-estimated its steps ends a large part of an epoch early."""
         unit = elapsed / done  # seconds per epoch so far (equal epochs), held-out pass included
-        pace = max(unit - self.tail, 1e-9) / batches
-        rest = self.minutes * 60 - elapsed - unit * (epochs - done) - self.tail
-        extra = int(rest // pace) if rest > 0 else 0
-        if epochs + 1 > cap or extra < self.MIN_SHARE * batches or extra >= batches:
+        extra = self.part(self.minutes * 60 - elapsed - unit * (epochs - done), max(unit - self.tail, 1e-9) / batches,
+                          batches)
+        return None if extra is None or epochs + 1 > cap else steps * epochs + extra
+
+    def part(self, room: float, pace: float, batches: int) -> int | None:
+        """The batches of a partial epoch in ``room`` seconds at ``pace`` seconds per batch, less a
+        held-out pass as long as the last one; None when shorter than ``MIN_SHARE`` of an epoch of
+        ``batches`` batches or as long as a whole one."""
+        extra = int((room - self.tail) // pace) if room > self.tail else 0
+        return extra if self.MIN_SHARE * batches <= extra < batches else None
+
+    def more_epochs(self, pl_module: pl.LightningModule, epoch: int, room: float, pace: float,
+                    batches: int) -> tuple[int, int | None] | None:
+        """Inside the planned last epoch (``epoch``), which will end with ``room`` seconds of the
+        budget left: the epochs that fit after it, whole ones and then a part (:meth:`part`), up to
+        ``most``, as (epochs, the step the last one ends at, or None when it is whole); None when
+        not even a part fits, or the epochs differ in cost. A run planned as one epoch (a short
+        budget) gets no epoch-end re-plan before its end, where its learning rate is spent: here
+        it gets the time its probe over-estimated."""
+        steps = int(getattr(pl_module, "steps_per_epoch", 0) or 0)
+        cap = max(epoch, self.most or epoch)
+        if steps <= 0 or cap <= epoch or not self._equal_epochs(pl_module, cap + 1):
             return None
-        return steps * epochs + extra
+        epochs, whole = epoch, batches * pace + self.tail
+        while epochs < cap and room >= whole:
+            epochs, room = epochs + 1, room - whole
+        extra = self.part(room, pace, batches) if epochs < cap else None
+        if extra is not None:
+            return epochs + 1, steps * epochs + extra
+        return (epochs, None) if epochs > epoch else None
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,
                         cap: int | None = None, *, can_cut: bool = False) -> int:
