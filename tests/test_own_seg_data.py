@@ -311,6 +311,42 @@ def test_own_data_trains_scores_predicts_and_evaluates(cli, own_run, tmp_path):
     assert result["val_miou"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_transparent_satellite_images_are_said_and_read_by_their_stored_colour(cli, own_run, tmp_path):
+    """Two of four validation images saved as RGBA PNGs with half their pixels fully transparent,
+    a third with an alpha channel that is opaque everywhere: scoring, prediction and the mask
+    scan say "2 of 4", and the scores equal those of the original JPEGs, whose decoded pixels
+    the PNGs store under their alpha (the alpha is dropped, not composited)."""
+    from vislab.data.images import read_rgb
+
+    val = tmp_path / "val"
+    shutil.copytree(own_run / "val", val)
+    for i, alpha in ((0, "half"), (1, "half"), (2, "opaque")):
+        jpg = val / "images" / f"t{i:02d}.jpg"
+        rgb = read_rgb(jpg).permute(1, 2, 0).numpy()  # vislab's own decoding of the JPEG
+        a = np.full(rgb.shape[:2], 255, np.uint8)
+        if alpha == "half":
+            a[:, : a.shape[1] // 2] = 0
+        Image.fromarray(np.dstack([rgb, a]), mode="RGBA").save(jpg.with_suffix(".png"))
+        jpg.unlink()
+    said = "2 of 4 images have transparent pixels; their alpha is dropped (the colour stored under a transparent " \
+           "pixel is read)"
+    stats = scan_masks(list_pairs(val), expected=None, classes=find_classes(val))
+    assert stats.transparent == 2 and f"{val}: {said}" in stats.reports(val)
+    again = scan_masks(list_pairs(val), expected=None, classes=find_classes(val))  # from the scan's cache
+    assert again.transparent == 2
+    run = own_run / "run"
+    scores = {}
+    for folder in (own_run / "val", val):
+        res = cli("seg", "score", run, folder, "--json", tmp_path / f"{folder.parent.name}.json")
+        assert res.code == 0, res.err
+        assert (f"{folder}: {said}" in " ".join(res.err.split())) == (folder == val)
+        scores[folder] = json.loads((tmp_path / f"{folder.parent.name}.json").read_text())["miou"]
+    assert scores[val] == scores[own_run / "val"]
+    res = cli("seg", "predict", run, val / "images", tmp_path / "pred")
+    assert res.code == 0, res.err
+    assert f"{val / 'images'}: {said}" in " ".join(res.err.split())
+
+
 def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_path):
     run = own_run / "run"
     snap = np.array(Image.open(run / "snapshots" / "epoch_024" / "t01.png").convert("RGB"))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vislab.data.cache import decoded_images, most_common_size, parallel_map
-from vislab.data.images import SIXTEEN_BITS, TRANSPARENT, UPRIGHT, decode_fitted, shown_size
+from vislab.data.images import SIXTEEN_BITS, TRANSPARENT, UPRIGHT, decode_fitted, shown_size, transparent_line
 from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
@@ -106,8 +106,7 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
         info(f"{items.root}: {deep} of {len(items.files)} images are 16-bit grey; read as 8 bits (value / 257)")
     clear = sum(n for key, n in sizes.items() if TRANSPARENT in key[2:])
     if clear:
-        info(f"{items.root}: {clear} of {len(items.files)} images have transparent pixels; their alpha is dropped "
-             "(the colour stored under a transparent pixel is read)")
+        info(transparent_line(items.root, clear, len(items.files)))
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout, items.root)
 

@@ -90,6 +90,28 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return h, w
 
 
+def has_transparent_pixels(path: str | Path) -> bool:
+    """Whether an image file has pixels that are not fully opaque: its header says whether it has
+    an alpha channel or a transparent colour, and only such an image is decoded to look."""
+    with open_image(Path(path)) as im:
+        return _transparent(im)
+
+
+def transparent_line(root: str | Path, clear: int, total: int) -> str:
+    """The console line for ``clear`` of ``total`` images of ``root`` whose alpha is dropped."""
+    return (f"{root}: {clear} of {total} images have transparent pixels; their alpha is dropped "
+            "(the colour stored under a transparent pixel is read)")
+
+
+def say_transparent(root: str | Path, files: list[Path]) -> int:
+    """Say on the console how many of ``files`` have transparent pixels, which the RGB decoders
+    drop (nothing when none); returns that count."""
+    clear = sum(has_transparent_pixels(f) for f in files)
+    if clear:
+        info(transparent_line(root, clear, len(files)))
+    return clear
+
+
 def orientation(im: Any) -> int:
     """An open image's EXIF orientation, 1 (as stored) when it has none or a value outside 1..8,
     read from the header: a PNG's EXIF is looked at only when its header holds one (Pillow

@@ -22,7 +22,8 @@ from torchvision.transforms import v2
 
 from vislab.data.cache import cache_dir, content_digest, decoded_images, file_list_key, mark_used, record_source, say_built
 from vislab.data.tensors import hash_uniform
-from vislab.data.images import IMAGE_SUFFIXES, check_folder, image_file, list_images, read_rgb
+from vislab.data.images import (IMAGE_SUFFIXES, check_folder, has_transparent_pixels, image_file, list_images,
+                                read_rgb, transparent_line)
 from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
 from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_save
@@ -175,13 +176,23 @@ def stray_summary(per_mask: Iterable[tuple[str, int]]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class MaskStats:
     """Per-file class pixel counts (N, C), stray red pixel counts (N,), ignored pixel counts
-    (N,) and tile sizes (N, 2) as (H, W)."""
+    (N,), tile sizes (N, 2) as (H, W), and how many images have transparent pixels (their alpha
+    is dropped)."""
 
     stems: list[str]
     counts: torch.Tensor
     stray: torch.Tensor
     ignored: torch.Tensor | None = None
     sizes: torch.Tensor | None = None
+    transparent: int = 0
+
+    def reports(self, folder: str | Path) -> list[str]:
+        """The console lines on what reading the pairs of ``folder`` found: masks with stray (red)
+        pixels, images whose transparent pixels' alpha is dropped."""
+        lines = [self.stray_report(folder)]
+        if self.transparent:
+            lines.append(transparent_line(folder, self.transparent, len(self.stems)))
+        return [line for line in lines if line]
 
     def stray_summary(self) -> dict[str, Any]:
         """The masks' stray pixels as :func:`stray_summary` counts them."""
@@ -261,8 +272,8 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
         try:
             d = torch.load(cache, weights_only=True)
             mark_used(cache)
-            return MaskStats(d["stems"], d["counts"], d["stray"], d["ignored"], d["sizes"])
-        except Exception:  # noqa: BLE001 - a broken (or older) cache is rebuilt
+            return MaskStats(d["stems"], d["counts"], d["stray"], d["ignored"], d["sizes"], int(d["transparent"]))
+        except Exception:  # noqa: BLE001 - a broken (or older: no "transparent") cache is rebuilt
             pass
     k = classes.num_classes
     counts = torch.zeros(len(pairs), k, dtype=torch.int64)
@@ -276,9 +287,11 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
         ignored[i] = hist[IGNORE]
         stray[i] = s
         sizes[i] = torch.tensor(ids.shape)
-    stats = MaskStats([p.stem for p in pairs], counts, stray, ignored, sizes)
+    clear = sum(has_transparent_pixels(p.image) for p in pairs)
+    stats = MaskStats([p.stem for p in pairs], counts, stray, ignored, sizes, clear)
     try:
-        atomic_save({"stems": stats.stems, "counts": counts, "stray": stray, "ignored": ignored, "sizes": sizes}, cache)
+        atomic_save({"stems": stats.stems, "counts": counts, "stray": stray, "ignored": ignored, "sizes": sizes,
+                     "transparent": clear}, cache)
         record_source(cache, pairs_folder(pairs), count=len(pairs))
     except (OSError, CannotWrite):  # an unwritable cache: the statistics are counted again next time
         pass

@@ -58,9 +58,8 @@ class SegmentationData(SplitData):
         pairs = list_pairs(train_dir)
         self.stats = scan_masks(pairs, expected=expected, classes=self.classes)
         self.stats.check_labelled(train_dir, self.classes)
-        report = self.stats.stray_report(train_dir)
-        if report:
-            info(report)
+        for line in self.stats.reports(train_dir):
+            info(line)
         tr, ho = holdout_split(len(pairs), fraction=recipe.holdout, seed=held_out_seed(recipe)) if recipe.holdout > 0 else (list(range(len(pairs))), [])
         self.pairs = pairs
         self.train_idx, self.holdout_idx = tr, ho

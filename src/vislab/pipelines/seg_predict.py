@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from vislab.calibration import shift_probs
-from vislab.data.images import read_rgb
+from vislab.data.images import read_rgb, say_transparent
 from vislab.data.seg_classes import SegClasses, classes_of
 from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unlabelled
 from vislab.errors import VislabError
@@ -173,6 +173,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
                                "prediction of a vislab before 2026-12-06): predict into another folder, or delete "
                                "them first")
     sizes = [image_size(f) for f in files]
+    say_transparent(img_dir, files)
     hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device,

@@ -11,7 +11,7 @@ import torch
 from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file,
                                 save_offsets, scale_candidates, scale_chosen, stored_record)
 from vislab.config import broken_rule, held_out_seed
-from vislab.data.images import list_images
+from vislab.data.images import list_images, say_transparent
 from vislab.data.manifest import difference_from_record
 from vislab.data.seg_classes import IGNORE, SegClasses, check_run_classes, classes_of, find_classes, say_described
 from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, pair_lines, pairs_digest, stray_summary
@@ -114,7 +114,7 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
     confs, desc, stems, extra = _scored_pairs(ckpt, img_dir, **settings)
     result = _seg_metrics(confs, desc, files=len(stems), tta=tta, **extra)
     if against is not None:
-        theirs, their_desc, their_stems, _ = _scored_pairs(against, img_dir, **settings)
+        theirs, their_desc, their_stems, _ = _scored_pairs(against, img_dir, **settings, say=False)
         check_comparable(against, same_classes=their_desc.same_classes(desc), same_items=their_stems == stems,
                          items="pairs")
         result["against"] = compared(against, "miou", result["miou"], desc.miou(theirs.sum(0)), confs, theirs,
@@ -123,9 +123,11 @@ def evaluate_checkpoint(ckpt: str | Path, img_dir: str | Path, *, tta: str = "no
 
 
 def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size: int, device: str | None,
-                  offsets: bool, held_out: bool) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
+                  offsets: bool, held_out: bool,
+                  say: bool = True) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
     """A checkpoint's (or ensemble's) confusion matrix on each labelled pair (F, K, K), its
-    classes, the pairs' stems and the result's other fields (strays, offsets, members, split)."""
+    classes, the pairs' stems and the result's other fields (strays, offsets, members, split);
+    ``say``: say images with transparent pixels (False: the second scoring of a comparison)."""
     from vislab.models.checkpoints import pick_device
     from vislab.pipelines.settings import held_out_of
 
@@ -140,6 +142,8 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
     split = held_out_of(models, paths, digest_key="train_pairs_digest") if held_out else None
     if split:
         pairs = held_out_pairs(pairs, *split, folder=img_dir, record=paths[0])
+    if say:
+        say_transparent(img_dir, [p.image for p in pairs])
     k = desc.num_classes
     confs, strays = [], []
     for pair, (probs, truth, stray) in zip(pairs, labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size,
