@@ -952,3 +952,39 @@ def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, col
     assert results[0]["global_step"] == results[1]["global_step"] == 21
     a, b = (torch.load(run / "last.ckpt", weights_only=True)["state_dict"] for run in (whole, piece))
     assert all(torch.equal(a[k], b[k]) for k in a), "the interrupted and resumed run differs from the whole one"
+
+
+
+def test_a_cut_made_while_the_cores_were_shared_is_undone_when_they_are_free(cli, color_classes, tmp_path,
+                                                                             monkeypatch):
+    """96 training images in batches of 2, 12 held-out batches, 1 min: planned at 1 s per step,
+    1.1 x (48 + 4) = 57.2 s an epoch, so one epoch of all 48 batches. In epoch 1, batches 5 to 12
+    take 3 s (the cores shared); every other batch 0.5 s, a held-out pass 1 s. The budget cuts the
+    epoch as the pace rises (to batch 23 at batch 8), then gives the batches back as it falls: at
+    batch 13 (26.5 s; over its last 4 batches (26.5 - 17) / 4 = 2.375 s each), the 10 batches
+    left end at 50.25 s, and the 9.75 s after them hold 4 of the 25 cut, a window's worth: the
+    epoch now ends after batch 27. By batch 16 the whole epoch and part of a second fit again."""
+    _simulated_machine(monkeypatch, lambda epoch, batch: 3.0 if epoch == 1 and 5 <= batch <= 12 else 0.5)
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=2)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "1")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("epochs 50 -> 1: --budget 1 min"))
+    said = lines[first + 1:]
+    assert said[2].endswith("slower than planned), the run and its learning-rate schedule now end after batch 23 of "
+                            "epoch 1 instead of batch 27")
+    assert said[3] == ("--budget 1 min: in epoch 1 of 1, at batch 13 of 48 (0.4 min so far, 2.38 s per batch over its "
+                       "last 4 batches: faster than planned), the run and its learning-rate schedule now end after "
+                       "batch 27 of epoch 1 instead of batch 23")
+    assert "faster than planned), the run and its learning-rate schedule now end after batch" in said[6]
+    assert said[6].endswith("of epoch 2 instead of batch 43")
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == results["epochs_trained"] == 2 and results["global_step"] > 48
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["epoch"] for row in rows] == ["1", "2"] and float(rows[-1]["lr"]) < 1e-9 < float(rows[0]["lr"])
+    # by the simulated clock: 4 x 0.5 + 8 x 3 + 36 x 0.5 + 1 s for epoch 1, then 0.5 s a batch and 1 s
+    spent = 45.0 + 0.5 * (results["global_step"] - 48) + 1.0
+    assert 55 < spent <= 60 * 1.05
+

@@ -305,9 +305,9 @@ class BudgetKeeper(TrainingClock):
         planned, epoch = int(trainer.max_epochs or 0), trainer.current_epoch + 1
         end = self.cut_step(step, left, elapsed, pace, epoch >= planned, batches) if left > 0 else None
         more = None  # the planned last epoch ends with time for more: (epochs, the step the last ends at or None)
-        if end is None and epoch >= planned and stop is None and left > 0:
+        if end is None and epoch >= planned and left > 0 and (stop is None or early):
             more = self.more_epochs(pl_module, epoch, self.minutes * 60 - (elapsed + left * pace + self.tail),
-                                    pace, batches)
+                                    pace, batches, cut=batches - done - left, ends_at=step + left, least=window)
         end, more = trainer.strategy.broadcast((end, more), src=0)
         if more is not None:
             pl_module.replan(*more)  # type: ignore[operator]
@@ -315,7 +315,8 @@ class BudgetKeeper(TrainingClock):
                 f"after batch {more[1] - pl_module.steps_per_epoch * (more[0] - 1)} of epoch {more[0]}"
             self._say(trainer, f"--budget {self.minutes:g} min: in epoch {epoch} of {planned}, at batch {done} of "
                                f"{batches} ({_so_far(elapsed)}, {pace:.3g} s per batch over its last {window} batches: "
-                               f"faster than planned), the run and its learning-rate schedule now end {ends}")
+                               f"faster than planned), the run and its learning-rate schedule now end {ends}" +
+                               (f" instead of batch {done + left}" if early else ""))
         if end is None:
             return
         pl_module.replan(epoch, end_step=end if end - step < batches - done else None)  # type: ignore[operator]
@@ -412,25 +413,33 @@ class BudgetKeeper(TrainingClock):
         extra = int((room - self.tail) // pace) if room > self.tail else 0
         return extra if self.MIN_SHARE * batches <= extra < batches else None
 
-    def more_epochs(self, pl_module: pl.LightningModule, epoch: int, room: float, pace: float,
-                    batches: int) -> tuple[int, int | None] | None:
+    def more_epochs(self, pl_module: pl.LightningModule, epoch: int, room: float, pace: float, batches: int, *,
+                    cut: int = 0, ends_at: int = 0, least: int = 1) -> tuple[int, int | None] | None:
         """Inside the planned last epoch (``epoch``), which will end with ``room`` seconds of the
-        budget left: the epochs that fit after it, whole ones and then a part (:meth:`part`), up to
-        ``most``, as (epochs, the step the last one ends at, or None when it is whole); None when
-        not even a part fits, or the epochs differ in cost. A run planned as one epoch (a short
-        budget) gets no epoch-end re-plan before its end, where its learning rate is spent: here
-        it gets the time its probe over-estimated."""
+        budget left: first the ``cut`` batches an earlier cut took from it (the epoch now ends at
+        step ``ends_at``), as many as fit, at least ``least`` unless all; then the epochs that fit
+        after it, whole ones and then a part (:meth:`part`), up to ``most`` (equal epochs only).
+        Returns (epochs, the step the last one ends at, or None when it is whole), or None when
+        nothing fits. A run planned as one epoch (a short budget) gets no epoch-end re-plan before
+        its end, where its learning rate is spent: here it gets the time its probe over-estimated;
+        and a cut made while the cores were shared is undone when they are free again."""
         steps = int(getattr(pl_module, "steps_per_epoch", 0) or 0)
-        cap = max(epoch, self.most or epoch)
-        if steps <= 0 or cap <= epoch or not self._equal_epochs(pl_module, cap + 1):
+        if steps <= 0:
             return None
+        if cut > 0:
+            back = min(cut, int(room // pace)) if room > 0 else 0
+            if back < cut:
+                return (epoch, ends_at + back) if back >= least else None
+            room -= cut * pace
+        cap = max(epoch, self.most or epoch)
+        grow = cap > epoch and self._equal_epochs(pl_module, cap + 1)
         epochs, whole = epoch, batches * pace + self.tail
-        while epochs < cap and room >= whole:
+        while grow and epochs < cap and room >= whole:
             epochs, room = epochs + 1, room - whole
-        extra = self.part(room, pace, batches) if epochs < cap else None
+        extra = self.part(room, pace, batches) if grow and epochs < cap else None
         if extra is not None:
             return epochs + 1, steps * epochs + extra
-        return (epochs, None) if epochs > epoch else None
+        return (epochs, None) if epochs > epoch or cut > 0 else None
 
     def epochs_that_fit(self, pl_module: pl.LightningModule, done: int, planned: int, elapsed: float,
                         cap: int | None = None, *, can_cut: bool = False) -> int:
