@@ -817,6 +817,18 @@ def test_the_budget_cut_by_hand():
         "0.17 s so far", "2.9 s so far", "0.1 min so far", "1.6 min so far")
 
 
+def _simulated_run(cli, color_classes, tmp_path, monkeypatch, seconds_per_batch, budget: str, batch_size: int = 8,
+                   out: str = "run"):
+    """A ``simple_cnn`` run of the 96 training images in batches of ``batch_size`` with
+    ``--budget budget`` on :func:`_simulated_machine`; returns its folder and changes.txt lines."""
+    _simulated_machine(monkeypatch, seconds_per_batch)
+    run = tmp_path / out
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=batch_size)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", budget)
+    assert res.code == 0, res.err
+    return run, (run / "changes.txt").read_text().splitlines()
+
+
 def test_a_budget_fills_its_time_with_part_of_one_more_epoch():
     """The seg-default run of docs/RESULTS.md by hand: 60 min planned as 3 epochs of 171 batches;
     epoch 1 took 966 s, 36 s of them its held-out pass, so a batch takes 930 / 171 = 5.44 s. Two
@@ -866,12 +878,7 @@ def test_a_budgeted_run_that_is_faster_than_its_probe_trains_part_of_one_more_ep
     more take 18 s and the 2 s left after a held-out pass hold 2 batches, a quarter of an epoch:
     the run trains 8 + 8 + 8 + 2 steps, its learning rate reaching the schedule's end at the last,
     and a --resume finds it finished."""
-    _simulated_machine(monkeypatch, lambda epoch, batch: 1.0)
-    run = tmp_path / "run"
-    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
-    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.5")
-    assert res.code == 0, res.err
-    lines = (run / "changes.txt").read_text().splitlines()
+    run, lines = _simulated_run(cli, color_classes, tmp_path, monkeypatch, lambda epoch, batch: 1.0, "0.5")
     assert lines[-2].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
     assert lines[-1] == ("--budget 0.5 min: epochs 3 -> 3 + 2 batches after epoch 1 (0.1 min so far, 9 s per epoch: faster than "
                          "planned); the learning-rate schedule now ends after batch 2 of epoch 4")
@@ -896,12 +903,7 @@ def test_a_one_epoch_plan_that_runs_faster_gets_part_of_another_inside_its_epoch
     (9 s) but 8 batches, so the plan becomes 1 epoch and 8 batches of a second. Epoch 1 then ends
     at 10 s: 5 s left, less a held-out pass, hold 5 batches, 3 fewer than planned (more than a
     tenth of an epoch): the part becomes 5 batches, and the run ends at 14.75 s with 17 steps."""
-    _simulated_machine(monkeypatch, lambda epoch, batch: 0.75)
-    run = tmp_path / "run"
-    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=8)
-    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "0.25")
-    assert res.code == 0, res.err
-    lines = (run / "changes.txt").read_text().splitlines()
+    run, lines = _simulated_run(cli, color_classes, tmp_path, monkeypatch, lambda epoch, batch: 0.75, "0.25")
     assert lines[-3].startswith("epochs 50 -> 1: --budget 0.25 min")
     assert lines[-2] == ("--budget 0.25 min: in epoch 1 of 1, at batch 4 of 12 (0.1 min so far, 0.75 s per batch over its "
                          "last 3 batches: faster than planned), the run and its learning-rate schedule now end after "
@@ -915,12 +917,9 @@ def test_a_one_epoch_plan_that_runs_faster_gets_part_of_another_inside_its_epoch
     assert [row["epoch"] for row in rows] == ["1", "2"] and float(rows[-1]["lr"]) < 1e-9 < float(rows[0]["lr"])
     # whole epochs first: at 0.5 s per batch the 9 s left after epoch 1 (ending at 6 s) hold a whole
     # second epoch (6 s), twice the first plan and so the most a budget adds
-    _simulated_machine(monkeypatch, lambda epoch, batch: 0.5)
-    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "fast", "--budget", "0.25")
-    assert res.code == 0, res.err
-    assert (tmp_path / "fast" / "changes.txt").read_text().splitlines()[-1].endswith(
-        "faster than planned), the run and its learning-rate schedule now end with epoch 2")
-    assert json.loads((tmp_path / "fast" / "results.json").read_text())["global_step"] == 24
+    fast, lines = _simulated_run(cli, color_classes, tmp_path, monkeypatch, lambda epoch, batch: 0.5, "0.25", out="fast")
+    assert lines[-1].endswith("faster than planned), the run and its learning-rate schedule now end with epoch 2")
+    assert json.loads((fast / "results.json").read_text())["global_step"] == 24
 
 
 def test_a_run_interrupted_after_its_budget_cut_resumes_to_the_same_end(cli, color_classes, tmp_path, monkeypatch):
@@ -964,12 +963,8 @@ def test_a_cut_made_while_the_cores_were_shared_is_undone_when_they_are_free(cli
     batch 13 (26.5 s; over its last 4 batches (26.5 - 17) / 4 = 2.375 s each), the 10 batches
     left end at 50.25 s, and the 9.75 s after them hold 4 of the 25 cut, a window's worth: the
     epoch now ends after batch 27. By batch 16 the whole epoch and part of a second fit again."""
-    _simulated_machine(monkeypatch, lambda epoch, batch: 3.0 if epoch == 1 and 5 <= batch <= 12 else 0.5)
-    run = tmp_path / "run"
-    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50, batch_size=2)
-    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--budget", "1")
-    assert res.code == 0, res.err
-    lines = (run / "changes.txt").read_text().splitlines()
+    run, lines = _simulated_run(cli, color_classes, tmp_path, monkeypatch,
+                                lambda epoch, batch: 3.0 if epoch == 1 and 5 <= batch <= 12 else 0.5, "1", batch_size=2)
     first = next(i for i, line in enumerate(lines) if line.startswith("epochs 50 -> 1: --budget 1 min"))
     said = lines[first + 1:]
     assert said[2].endswith("slower than planned), the run and its learning-rate schedule now end after batch 23 of "
