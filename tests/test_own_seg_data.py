@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vislab.data.seg_classes import IGNORE, deepglobe, find_classes, load_classes, parse_classes
+from vislab.data.seg_classes import IGNORE, check_described_alike, deepglobe, find_classes, load_classes, parse_classes
 from vislab.data.segmentation import list_pairs, pad_collate, scan_masks
 from vislab.errors import VislabError
 
@@ -86,6 +86,22 @@ def test_classes_file_is_found_and_checked(tmp_path):
         find_classes(d / "masks")  # found in the folder above too
     assert str(d / "classes.yml") in str(err.value)
     (d / "classes.yml").unlink()
+    # a file in the folder and one above it: alike (a copy, or the same classes written otherwise) is fine,
+    # different is refused, naming the field that differs, whichever folder is read
+    own = d / "masks" / "classes.yaml"
+    own.write_text((d / "classes.yaml").read_text())
+    assert find_classes(d / "masks").names == tuple(NAMES)
+    spelled = yaml.safe_load((d / "classes.yaml").read_text())
+    own.write_text(yaml.safe_dump(spelled, default_flow_style=True))
+    assert find_classes(d / "masks").source == str(own) and find_classes(d / "masks").same_classes(desc)
+    own.write_text(yaml.safe_dump({k: v for k, v in spelled.items() if k != "ignore_index"}))
+    with pytest.raises(VislabError, match=r"describes other classes than .*classes.yaml in the folder above: "
+                                          r"ignore_index None against 255; keep one") as err:
+        find_classes(d / "masks")
+    assert str(err.value).startswith(str(own))
+    said = check_described_alike(d / "masks", desc, explicit="--classes c.yaml")  # named: both replaced, said
+    assert said == f"--classes c.yaml replaces the classes files of {d / 'masks'} ({err.value})"
+    own.unlink()
     assert "standard mIoU" in desc.metric_name and "all pixels except those of label 255 (ignore)" in desc.metric_name
     palette = parse_classes("mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}, {name: b, color: [9, 9, 9]}]\n"
                             "extra_colors: {[255, 0, 255]: ignore, [0, 0, 0]: a}", tmp_path / "p.yaml")

@@ -357,17 +357,27 @@ def load_classes(path: str | Path) -> SegClasses:
     return parse_classes(text, p)
 
 
+def _classes_file_in(where: Path) -> Path | None:
+    found = [where / name for name in (CLASSES_FILE, "classes.yml") if (where / name).is_file()]
+    if len(found) > 1:
+        raise VislabError(found[1], f"and {CLASSES_FILE} beside it both describe the data set; keep one")
+    return found[0] if found else None
+
+
 def classes_file(folder: str | Path) -> Path | None:
     """The ``classes.yaml`` (or ``classes.yml``) that describes ``folder``: in it, else in the
-    folder above, else None. Both in one folder are an error (which one describes the data?)."""
+    folder above, else None. Two in one folder are an error (which one describes the data?), and
+    so are files in both folders that describe different classes."""
     d = Path(folder)
-    for where in (d, d.parent):
-        found = [where / name for name in (CLASSES_FILE, "classes.yml") if (where / name).is_file()]
-        if len(found) > 1:
-            raise VislabError(found[1], f"and {CLASSES_FILE} beside it both describe the data set; keep one")
-        if found:
-            return found[0]
-    return None
+    mine, above = _classes_file_in(d), _classes_file_in(d.parent)
+    if mine is not None and above is not None and mine.read_bytes() != above.read_bytes():
+        ours, theirs = load_classes(mine), load_classes(above)
+        apart = ours.differences(theirs)
+        if apart:
+            key = apart[0]
+            raise VislabError(mine, f"describes other classes than {above} in the folder above: {key} "
+                                    f"{ours.to_dict()[key]} against {theirs.to_dict()[key]}; keep one")
+    return mine if mine is not None else above
 
 
 def find_classes(folder: str | Path | None, explicit: str | Path | None = None) -> SegClasses:
@@ -388,7 +398,12 @@ def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: 
     With ``explicit`` (the words naming ``classes``, which were named with ``--classes``, now or
     when the run trained) the folder's file is replaced instead, even one that cannot be read,
     and the line saying so is returned (None when nothing differs)."""
-    found = classes_file(folder)
+    try:
+        found = classes_file(folder)
+    except VislabError as exc:  # two files that disagree, or one of them unreadable
+        if explicit is None:
+            raise
+        return f"{explicit} replaces the classes files of {folder} ({exc})"
     if found is None:
         return None
     try:
