@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 import yaml
 
 from vislab.config import Recipe, load_recipe, shipped_recipes
@@ -58,6 +59,8 @@ def test_errors_are_one_line_and_debug_shows_traceback(cli, tmp_path):
     assert res.code == 2 and res.err == f"vislab: error: {tmp_path / 'none.ckpt'}: checkpoint not found\n"
     with pytest.raises(VislabError):
         cli("--debug", "cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
+    with pytest.raises(VislabError):  # after the command, as a user adds it to the line that failed
+        cli("cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv", "--debug")
 
 
 def test_a_long_line_is_never_broken_inside_on_either_stream(capsys, tmp_path):
@@ -106,6 +109,16 @@ def test_an_unforeseen_failure_is_one_line_with_status_1(cli, monkeypatch):
                                          "--debug for the traceback, and please report it)\n")
     with pytest.raises(RuntimeError, match="registry exploded"):
         cli("--debug", "models")
+    # a real allocation failure of torch on the CPU (a RuntimeError, not a MemoryError) is said as one
+    with pytest.raises(RuntimeError, match="can't allocate memory") as err:
+        torch.empty(1 << 62, dtype=torch.uint8)
+
+    def too_big(*a, **k):
+        raise err.value
+
+    monkeypatch.setattr(models, "list_models", too_big)
+    res = cli("models")
+    assert res.code == 1 and res.err == "vislab: out of memory; try a smaller --batch-size (or --image-size / --crop-size)\n"
 
 
 def test_unknown_model_and_wrong_task_recipe(cli, color_classes, tmp_path):

@@ -148,6 +148,46 @@ def test_layout_errors(tmp_path):
     assert items.ids == ["cat/x.png"] and items.labels is None
 
 
+def test_dangling_links_and_link_loops_are_refused_by_name(tmp_path):
+    """A link to no file, named like an image, would drop that image from a predictions CSV or a
+    score without a word; a link to a folder above reads its images twice. Both are refused, by
+    every reader: classification (flat and tree), segmentation pairs and images to predict."""
+    from vislab.data.images import list_images
+    from vislab.data.segmentation import list_pairs, list_unlabelled
+
+    flat = tmp_path / "flat"
+    _img(flat / "0_0.png")
+    (flat / "1_9.png").symlink_to(tmp_path / "nowhere.png")
+    said = re.escape(f"{flat / '1_9.png'}: is a link to {tmp_path / 'nowhere.png'}, which does not exist")
+    for labelled in (True, False):
+        with pytest.raises(VislabError, match=said):
+            find_items(flat, labelled=labelled)
+    with pytest.raises(VislabError, match=said):
+        list_images(flat)
+    (flat / "1_9.png").unlink()
+    (flat / "again").symlink_to(flat)  # a loop: the folder inside itself
+    with pytest.raises(VislabError, match=re.escape(f"{flat / 'again'}: is a link to {flat}, which holds this "
+                                                    "folder: a loop")):
+        find_items(flat, labelled=False)
+    (flat / "again").unlink()
+    (flat / "again").symlink_to(tmp_path)  # the folder above, a loop too
+    with pytest.raises(VislabError, match="which holds this folder: a loop"):
+        find_items(flat, labelled=False)
+    (flat / "again").unlink()
+    (flat / "more").symlink_to(_only_cat(tmp_path))  # a link to another folder is read like a folder
+    assert find_items(flat, labelled=False).ids == ["0_0.png", "more/cat/x.png"]
+
+    seg = tmp_path / "seg"
+    _img(seg / "0000_sat.png")
+    _img(seg / "0000_mask.png")
+    _img(seg / "0001_sat.png")
+    (seg / "0001_mask.png").symlink_to(tmp_path / "gone.png")  # not "has no mask": the link is named
+    said = re.escape(f"{seg / '0001_mask.png'}: is a link to {tmp_path / 'gone.png'}, which does not exist")
+    for read in (list_pairs, list_unlabelled):
+        with pytest.raises(VislabError, match=said):
+            read(seg)
+
+
 def _only_cat(tmp_path: Path) -> Path:
     root = tmp_path / "only_cat"
     _img(root / "cat" / "x.png")
@@ -359,3 +399,16 @@ def test_a_folders_own_classes_file_is_not_a_skipped_file(tmp_path, capsys):
     say_skipped(tmp_path, ["classes.yaml", "notes.txt"])
     err = " ".join(capsys.readouterr().err.split())
     assert "skipped 1 file(s)" in err and "notes.txt" in err
+
+
+def test_a_label_beyond_the_model_names_its_own_file(tmp_path):
+    """Labels 7, 8 and 9 for a model of classes 0..2: the first such file in id order is named with
+    its own label, and the count and the largest label are said (the file once named was the first
+    one, with the largest label, 9, which was not its own)."""
+    from vislab.data.classification import load_for_model
+
+    for name in ("7_450.png", "8_450.png", "9_451.png", "0_450.png"):
+        _img(tmp_path / "val" / name)
+    with pytest.raises(VislabError, match=re.escape(f"{tmp_path / 'val' / '7_450.png'}: label 7 is outside the "
+                                                    "model's 0..2 (3 images so labelled; the largest label is 9)")):
+        load_for_model(tmp_path / "val", class_names=None, num_classes=3)

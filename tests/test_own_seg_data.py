@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from vislab.data.seg_classes import IGNORE, check_described_alike, deepglobe, find_classes, load_classes, parse_classes
-from vislab.data.segmentation import list_pairs, pad_collate, scan_masks
+from vislab.data.segmentation import list_masks, list_pairs, list_unlabelled, pad_collate, scan_masks
 from vislab.errors import VislabError
 
 from conftest import run_vislab
@@ -235,6 +235,15 @@ def test_folder_pairs_and_their_errors(tmp_path):
         f.rename(f.with_suffix(".png"))
     with pytest.raises(VislabError, match=r"t00.png: mask has no image \(expected images/t00.png\)"):
         list_pairs(d2)
+    # pairs of the course's layout beside images/ + masks/: every reader refuses, none picks one silently
+    d3 = make_index_set(tmp_path / "both", 2)
+    for f in ("0000_sat.jpg", "0000_mask.png", "0001_sat.jpg"):
+        shutil.copy(d3 / "masks" / "t00.png", d3 / f)
+    said = rf"{d3}: ambiguous layout: 3 images directly inside \(e.g. 0000_mask.png\) and images/ \+ masks/ folders"
+    for read in (list_pairs, list_masks, list_unlabelled):
+        with pytest.raises(VislabError, match=said):
+            read(d3)
+    assert len(list_unlabelled(d3 / "images")) == 2 and len(list_masks(d3 / "masks")) == 2
 
 
 def test_pad_collate_pads_masks_with_ignore():
@@ -423,6 +432,12 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     (other / "classes.yaml").write_text(f"mask_format: index\nignore_index: 254\nclasses: [{', '.join(NAMES)}]\n")
     said = " ".join(cli("seg", "score", own_run / "run", other).err.split())
     assert "describes other classes than" in said and "ignore_index 254 against 255" in said
+    # seg predict reads the description as seg score does: the folder's, or the folder above its images/
+    for images in (other, other / "images", other / "images" / "t00.jpg"):
+        res = cli("seg", "predict", own_run / "run", images, tmp_path / "masks")
+        said = " ".join(res.err.split())
+        assert res.code == 2 and f"{other / 'classes.yaml'}: describes other classes than" in said, (images, said)
+        assert not (tmp_path / "masks").exists()
     (other / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [a, b, c, d]\n")
     res = cli("seg", "train", own_run / "train", "--out", own_run / "run", "--resume", "--classes", other / "classes.yaml")
     assert res.code == 2 and "cannot resume" in res.err and "a, b, c, d" in res.err

@@ -127,6 +127,36 @@ def test_wrong_sizes_are_named(tmp_path):
         read_pair(pair, expected=None)
 
 
+def test_course_masks_with_blended_colours_are_refused(tmp_path, cli):
+    """A course mask resized with smoothing holds colours between the code's: the threshold would
+    read them as some class without a word, so the mask is refused, naming the first such pixel and
+    the count (hand-placed: a 3x2 block of one colour, one grey pixel elsewhere); pure red passes."""
+    from vislab.data.seg_classes import deepglobe
+
+    d = _make_pairs(tmp_path / "p", n=2, size=64)
+    mask = np.array(Image.open(d / "0001_mask.png"))
+    mask[10:12, 20:23] = (123, 45, 67)
+    mask[40, 5] = (200, 200, 200)
+    mask[0, 0] = (255, 0, 0)
+    Image.fromarray(mask).save(d / "0001_mask.png")
+    said = r"0001_mask\.png: colour \[123, 45, 67\] \(at x=20, y=10\) is not a colour of the course's code \(7 such pixels;"
+    with pytest.raises(VislabError, match=said):
+        deepglobe().read_mask(d / "0001_mask.png")
+    pred = tmp_path / "pred"  # the blended mask as a prediction of a clean truth: refused, not scored
+    pred.mkdir()
+    Image.fromarray(mask).save(pred / "0001.png")
+    truth = _make_pairs(tmp_path / "t", n=2, size=64)
+    (truth / "0000_mask.png").unlink()
+    (truth / "0000_sat.jpg").unlink()
+    res = cli("seg", "eval", pred, truth)
+    assert res.code == 2 and f"{pred / '0001.png'}: colour [123, 45, 67] (at x=20, y=10)" in res.err, res.err
+    mask[10:12, 20:23] = (255, 255, 0)
+    mask[40, 5] = (255, 255, 255)
+    Image.fromarray(mask).save(d / "0001_mask.png")
+    ids, stray = deepglobe().read_mask(d / "0001_mask.png")
+    assert stray == 1 and int(ids[10, 20]) == 1 and int(ids[40, 5]) == 5 and int(ids[0, 0]) == 6
+
+
 def test_stray_red_pixels_are_counted_and_reported(tmp_path):
     d = _make_pairs(tmp_path / "p", n=2)
     m = np.array(Image.open(d / "0001_mask.png"))

@@ -48,7 +48,9 @@ _options_once(app, cls_app, seg_app, cache_app)
 def main() -> None:
     """Console entry point: one line and exit status 2 for every bad input; one line and status 1
     for any other failure (``--debug`` shows the traceback)."""
-    debug = "--debug" in sys.argv
+    debug = "--debug" in sys.argv[1:]
+    if sys.argv[1:].count("--debug") == 1:  # the app's flag, honoured wherever it stands: `vislab cls eval ... --debug`
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     try:
         code = app(standalone_mode=False, prog_name="vislab")
     except CLICK.exceptions.UsageError as exc:  # a missing argument, an unknown option, a value of the wrong type
@@ -73,7 +75,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - a case no check names yet: still one line, status 1
         if debug:
             raise
-        if type(exc).__name__ in ("OutOfMemoryError", "MemoryError"):  # torch.cuda's, Python's
+        if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc):
+            # torch.cuda's, Python's, and torch's on the CPU (a RuntimeError)
             print("vislab: out of memory; try a smaller --batch-size (or --image-size / --crop-size)", file=sys.stderr)
             sys.exit(1)
         print(f"vislab: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -18,7 +18,7 @@ from vislab.data.images import SIXTEEN_BITS, TRANSPARENT, UPRIGHT, decode_fitted
 from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
-from vislab.log import info
+from vislab.log import counted, info
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,11 @@ def load_for_model(folder: str | Path, *, class_names: list[str] | None, num_cla
             raise VislabError(folder, f"gives {where}, but the model was trained on numbered labels (<label>_<index> "
                                       "names or integer labels) and knows no class names; label these images by number")
         if max(items.labels) >= num_classes:
-            bad = items.ids[next(i for i, v in enumerate(items.labels) if v >= num_classes)]
-            raise VislabError(Path(folder) / bad, f"label {max(items.labels)} is outside the model's 0..{num_classes - 1}")
+            over = [i for i, v in enumerate(items.labels) if v >= num_classes]
+            first = over[0]
+            raise VislabError(Path(folder) / items.ids[first], f"label {items.labels[first]} is outside the model's "
+                                                               f"0..{num_classes - 1} ({counted(len(over), 'image')} "
+                                                               f"so labelled; the largest label is {max(items.labels)})")
 
     return load_folder(folder, labelled=True, labels_csv=labels_csv, class_names=class_names, size=size, check=fits)
 

@@ -8,6 +8,7 @@ rule documented there, used for classification folders of any size).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,9 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
     d = check_folder(folder)
     entries = [p for p in d.iterdir() if not p.name.startswith(".")]
     visible = [p for p in entries if p.is_file()]
+    for p in entries:
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_file():
+            check_link(p)
     files = sorted(p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise VislabError(d, f"no {what} found (expected {', '.join(IMAGE_SUFFIXES)} files)")
@@ -216,6 +220,18 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
         info(f"{d}: {len(subfolders)} subfolder(s) not read (e.g. {subfolders[0]}/): only the files directly "
              "in the folder are")
     return files
+
+
+def check_link(p: Path) -> None:
+    """A link to a file that does not exist, named like an image, is an error: reading past it would
+    lose an image without a word. A link to a folder that holds ``p`` (a loop) is one too."""
+    if not p.is_symlink():
+        return
+    if not p.exists():
+        raise VislabError(p, f"is a link to {os.readlink(p)}, which does not exist")
+    target, here = p.resolve(), p.parent.resolve()
+    if p.is_dir() and (target == here or target in here.parents):
+        raise VislabError(p, f"is a link to {target}, which holds this folder: a loop; remove the link")
 
 
 def say_skipped(folder: Path, names: list[str]) -> None:

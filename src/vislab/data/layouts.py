@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vislab.data.images import IMAGE_SUFFIXES, check_folder, image_file, say_skipped
+from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped
 from vislab.errors import VislabError
 from vislab.io import missing_file_words
 from vislab.log import info
@@ -94,9 +94,12 @@ def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
         for e in it:
             if e.is_dir():
                 if not _hidden_folder(e.name):
+                    check_link(Path(e.path))  # a link to a folder above: its images twice
                     dirs.append(e.name)
             elif e.is_file() and not e.name.startswith("."):
                 (files if _image_name(e.name) else skipped).append(e.name)
+            elif _image_name(e.name):
+                check_link(Path(e.path))  # a link to no file
     return sorted(files), sorted(dirs)
 
 

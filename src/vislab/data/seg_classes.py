@@ -137,6 +137,7 @@ class SegClasses:
             rgb = read_rgb(p)
             if self.course:
                 _refuse_dark_mask(rgb, p)
+                _refuse_off_code(rgb, p)
                 ids, stray = palette.mask_to_classes(rgb)
             else:
                 ids, stray = self._decode_palette(rgb, p), 0
@@ -254,6 +255,19 @@ def _refuse_dark_mask(rgb: torch.Tensor, p: Path) -> None:
     if 0 < top < 128:
         raise VislabError(p, f"no value reaches 128 (the largest is {top}), so the course colour code reads it as all "
                              "unknown; a mask of class ids needs a classes.yaml with mask_format: index")
+
+
+def _refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
+    """A course mask holds only the code's pure colours (every channel 0 or 255; the course's own
+    masks do). Another colour is a mask blended by smoothing or lossy saving, or not a colour mask at
+    all: the threshold would read it as some class without a word, so it is refused."""
+    if not bool(((rgb + 1) >> 1).any()):  # 0 + 1 and 255 + 1 (wrapped to 0), shifted, are 0; no other value is
+        return
+    off = ((rgb != 0) & (rgb != 255)).any(0)
+    y, x = (int(v[0]) for v in torch.nonzero(off, as_tuple=True))
+    raise VislabError(p, f"colour {rgb[:, y, x].tolist()} (at x={x}, y={y}) is not a colour of the course's code "
+                         f"({int(off.sum())} such pixels; each channel must be 0 or 255): a mask resized with "
+                         "smoothing or saved lossily blends colours; resize masks with nearest neighbour and save PNG")
 
 
 def deepglobe() -> SegClasses:

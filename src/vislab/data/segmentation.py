@@ -44,9 +44,17 @@ class Pair:
 
 def pair_layout(folder: str | Path) -> str:
     """``"folders"`` when ``folder`` holds ``images/`` and ``masks/``, else ``"course"``
-    (``<stem>_sat.<ext>`` + ``<stem>_mask.png`` side by side)."""
+    (``<stem>_sat.<ext>`` + ``<stem>_mask.png`` side by side). Both at once are refused: which
+    are the pairs?"""
     d = Path(folder)
-    return "folders" if (d / IMAGES_DIR).is_dir() and (d / MASKS_DIR).is_dir() else "course"
+    if not ((d / IMAGES_DIR).is_dir() and (d / MASKS_DIR).is_dir()):
+        return "course"
+    own = sorted(f.name for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if own:
+        raise VislabError(d, f"ambiguous layout: {counted(len(own), 'image')} directly inside (e.g. {own[0]}) and "
+                             f"{IMAGES_DIR}/ + {MASKS_DIR}/ folders; keep one: <stem>{SAT} + <stem>{MASK} files "
+                             f"or the two folders")
+    return "folders"
 
 
 def _by_stem(files: list[Path], what: str, suffix: str = "") -> dict[str, Path]:
@@ -122,6 +130,7 @@ def list_unlabelled(folder: str | Path) -> list[Path]:
             raise VislabError(one, f"is a mask (*{MASK}), not an image to predict")
         return [one]
     d = check_folder(folder)
+    pair_layout(d)  # images beside images/ + masks/ folders are refused here too
     if (d / IMAGES_DIR).is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir() if p.is_file()):
         d = d / IMAGES_DIR
     files = [f for f in list_images(d, what="images") if not f.stem.endswith(MASK)]

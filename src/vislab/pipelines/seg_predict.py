@@ -10,7 +10,7 @@ import torch
 
 from vislab.calibration import shift_probs
 from vislab.data.images import read_rgb, say_transparent
-from vislab.data.seg_classes import SegClasses, classes_of
+from vislab.data.seg_classes import SegClasses, check_run_classes, classes_of
 from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unlabelled
 from vislab.errors import VislabError
 from vislab.io import written_by_vislab
@@ -186,6 +186,8 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
                                     f"export of an earlier vislab), so --tta {tta} would not predict as the list of "
                                     "its members does; export the list again, or use --tta none")
     classes = ensemble_classes(models, paths)
+    folder = Path(img_dir) if Path(img_dir).is_dir() else Path(img_dir).parent
+    check_run_classes(folder, classes, [m for _, m in models])  # as seg score: a folder described otherwise is refused
     shifts = say_offsets(models, offsets)
     created = not out.exists()
     try:
