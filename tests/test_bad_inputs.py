@@ -489,10 +489,20 @@ def test_broken_run_records_are_named_by_report(cli, tmp_path):
     assert _one_line(cli("report", run, "--out", tmp_path / "r.html")) == \
         f"vislab: error: {run / 'results.json'}: not valid JSON"
     (run / "results.json").write_text("{}")
-    (run / "history.csv").write_text("epoch,holdout_acc\ngarbage,0.5\n")
-    err = _one_line(cli("report", run, "--out", tmp_path / "r.html"))
-    assert err.startswith(f"vislab: error: {run}: a record in this run folder is broken")
-    assert not (tmp_path / "r.html").exists()
+    hist = run / "history.csv"
+    for text, words in (("epoch,holdout_acc\ngarbage,0.5\n", "line 2: epoch 'garbage' where epoch 1 belongs"),
+                        ("epoch,holdout_acc\n1,0.5\n2,x\n", "line 3: holdout_acc 'x' is not a number"),
+                        ("epoch,train_acc,train_loss,lr,garbage,\x00\x01\n1,2,3,4\n",
+                         "line 1 is not the header vislab writes (epoch, then metric names)"),
+                        ("epoch,train_acc,train_loss\n1,0.5\n", "line 2 has fewer cells than the header"),
+                        ("epoch,train_acc\n1,0.5,7\n", "line 2 has more cells than the header"),
+                        ("epoch,train_acc\n1,0.5\n3,0.6\n", "line 3: epoch '3' where epoch 2 belongs")):
+        hist.write_text(text)
+        assert _one_line(cli("report", run, "--out", tmp_path / "r.html")).startswith(f"vislab: error: {hist}: {words}")
+        assert not (tmp_path / "r.html").exists()
+    hist.write_text("epoch,train_acc,holdout_acc\n1,0.5,\n2,0.6,0.55\n")  # a cell an epoch did not log is empty
+    assert cli("report", run, "--out", tmp_path / "r.html").code == 0
+    (tmp_path / "r.html").unlink()
     # the predictions the report takes its confused pairs from: the file and its line are named
     (run / "history.csv").unlink()
     val = {"accuracy": 0.5, "per_class": {"0": 1.0, "1": 0.0}, "confusion": [[1, 0], [1, 0]]}

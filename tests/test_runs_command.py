@@ -80,6 +80,12 @@ def test_runs_lists_finished_stopped_and_unfinished_runs_from_their_records(cli,
     assert len({line.index(" cls ") for line in lines[1:]}) == 1
     # a run folder given itself is listed alone
     assert len(_rows(cli, full).out.splitlines()) == 2
+    # a finished run whose best checkpoint was cut short (a copy that stopped) is not listed as whole
+    blob = (copied / "best.ckpt").read_bytes()
+    (copied / "best.ckpt").write_bytes(blob[: len(blob) // 2])
+    _rows(cli, copied, "--json", tmp_path / "cut.json")
+    (row,) = json.loads((tmp_path / "cut.json").read_text())["runs"]
+    assert row["state"] == "finished; best.ckpt is cut short or damaged (not the zip file torch writes)"
 
 
 def test_runs_sorts_by_score_per_task_and_says_what_it_cannot_read(cli, tmp_path):

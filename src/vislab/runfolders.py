@@ -31,6 +31,28 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def check_history(rows: list[dict[str, Any]], path: Path) -> None:
+    """``history.csv`` as vislab writes it, else one error naming the first row that is not: a
+    header of names led by ``epoch``, epochs 1, 2, ... in order, and in every row one number (or an
+    empty cell, a value an epoch did not log) per column; curves are drawn from nothing else."""
+    names = [n for n in rows[0] if n is not None] if rows else []  # None: the key of a row's extra cells
+    if rows and (names[0] != "epoch" or not all(isinstance(n, str) and n.replace("_", "").replace("-", "").isalnum()
+                                                 for n in names)):
+        raise VislabError(path, f"line 1 is not the header vislab writes (epoch, then metric names): {names[:6]}")
+    for i, row in enumerate(rows):
+        line = i + 2
+        if None in row or None in row.values():
+            raise VislabError(path, f"line {line} has {'more' if None in row else 'fewer'} cells than the header")
+        if row["epoch"] != str(i + 1):
+            raise VislabError(path, f"line {line}: epoch {row['epoch']!r} where epoch {i + 1} belongs")
+        for k, v in row.items():
+            try:
+                if v != "":
+                    float(v)
+            except ValueError:
+                raise VislabError(path, f"line {line}: {k} {v!r} is not a number") from None
+
+
 def is_run(folder: Path) -> bool:
     """A vislab run folder: its recipe and a record of training, or the command that started it (a
     run stopped in its first epoch, before any checkpoint, holds only that)."""
@@ -89,6 +111,7 @@ def read_run(run: Path) -> dict[str, Any]:
         history = csv_rows(run / "history.csv") if (run / "history.csv").is_file() else []
     except (UnicodeDecodeError, csv.Error) as exc:
         raise VislabError(run / "history.csv", f"not readable as CSV text ({type(exc).__name__})") from None
+    check_history(history, run / "history.csv")
     try:
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -61,6 +62,9 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         row.minutes = None if seconds is None else seconds / 60
         row.held_out, row.val = _number(results.get(held_key)), _number(results.get(val_key))
         row.state = "stopped early (max_minutes); --resume continues it" if results.get("stopped_early") else "finished"
+        broken = [n for n in ("best.ckpt", "last.ckpt") if (run / n).is_file() and not zipfile.is_zipfile(run / n)]
+        if broken:  # the end of the file, where torch's zip keeps its directory, is read: a cut file has none
+            row.state += f"; {broken[0]} is cut short or damaged (not the zip file torch writes)"
         if _resumed_after(run, data):
             row.state = ("a --resume started after its results (running, interrupted or failed): the scores are the "
                          "earlier piece's")
