@@ -679,6 +679,40 @@ def test_exif_orientation_is_read_from_headers_and_applied_once(tmp_path):
         assert decode_fitted(tmp_path / f"o{value}.jpg", (10, 20))[1] == (10, 20)
 
 
+def _png_16_bit_colour(path, values: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (Pillow writes none): signature, IHDR (bit depth 16, colour
+    type 2), one zlib IDAT of filter-0 rows of big-endian samples, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_and_animations_are_read_and_said(tmp_path):
+    """A 16-bit colour PNG is read by the high byte of each value (Pillow's rule, checked against
+    values >> 8) and an animation by its first frame; decode_fitted says both, so a folder can."""
+    from PIL import Image
+
+    from vislab.data.images import FRAMES, SIXTEEN_BIT_COLOUR, decode_fitted
+
+    values = np.random.default_rng(0).integers(0, 65536, (4, 6, 3)).astype(np.uint16)
+    _png_16_bit_colour(tmp_path / "deep.png", values)
+    rgb, key = decode_fitted(tmp_path / "deep.png", (4, 6))
+    assert key == (4, 6, SIXTEEN_BIT_COLOUR) and np.array_equal(rgb, (values >> 8).astype(np.uint8))
+    frames = [Image.new("RGB", (6, 4), (10 * i, 20, 30)) for i in range(1, 4)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    rgb, key = decode_fitted(tmp_path / "anim.png", (4, 6))
+    assert key == (4, 6, FRAMES) and (rgb[..., 0] == 10).all()
+    Image.new("RGB", (6, 4), (1, 2, 3)).save(tmp_path / "plain.png")
+    assert decode_fitted(tmp_path / "plain.png", (4, 6))[1] == (4, 6)
+
+
 def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli, tmp_path):
     """A photo whose EXIF orientation turns it (a phone held upright) is decoded as a viewer shows
     it, and sized so; a 16-bit grey image is read, not refused; the console counts both."""
@@ -698,6 +732,7 @@ def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli,
     exif[0x0112] = 6
     Image.fromarray(stored).save(d / "a" / "phone.jpg", exif=exif.tobytes(), quality=100)
     Image.fromarray(np.full((24, 16), 40000, dtype=np.uint16)).save(d / "b" / "scan.png")
+    _png_16_bit_colour(d / "b" / "deep.png", np.full((24, 16, 3), 40000, np.uint16))
     data = load_folder(d, labelled=True, use_cache=False)
     assert tuple(data.images.shape[-2:]) == (24, 16)  # every image 16 wide, 24 high as shown: none resized
     phone = data.images[data.files.index("a/phone.jpg")]
@@ -708,8 +743,9 @@ def test_a_classification_folder_shows_photos_upright_and_reads_16_bit_grey(cli,
     res = cli("cls", "train", d, "--model", "resnet9_xs", "--epochs", 1, "--limit-batches", 1, "--out", tmp_path / "run")
     said = " ".join(res.err.split())
     assert res.code == 0, res.err
-    assert f"{d}: 1 of 6 images turned upright by their EXIF orientation" in said
-    assert f"{d}: 1 of 6 images are 16-bit grey; read as 8 bits (value / 257)" in said
+    assert f"{d}: 1 of 7 images turned upright by their EXIF orientation" in said
+    assert f"{d}: 1 of 7 images are 16-bit grey; read as 8 bits (value / 257)" in said
+    assert f"{d}: 1 of 7 images are 16-bit colour; read as 8 bits (the high byte of each value)" in said
     assert "are not 16x24" not in said
 
 

@@ -29,8 +29,9 @@ from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_path, atomic_write_text
 from vislab.log import counted, info
 
-DECODE_RULE = "fit-cover-centre-v2"  # part of the cache key: change it when decode_fitted changes
-# (v2: EXIF-upright photos, 16-bit grey read). Callers with their own decoder pass their own rule.
+DECODE_RULE = "fit-cover-centre-v3"  # part of the cache key: change it when decode_fitted changes
+# (v2: EXIF-upright photos, 16-bit grey read; v3: 16-bit colour and animations said). Callers with
+# their own decoder pass their own rule.
 CHUNK = 256  # files per unit of work
 Decoder = Callable[[Path, tuple[int, int]], "tuple[np.ndarray, tuple[int, int]]"]
 

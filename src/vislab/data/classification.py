@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vislab.data.cache import decoded_images, most_common_size, parallel_map
-from vislab.data.images import SIXTEEN_BITS, TRANSPARENT, UPRIGHT, decode_fitted, shown_size, transparent_line
+from vislab.data.images import (FRAMES, SIXTEEN_BIT_COLOUR, SIXTEEN_BITS, TRANSPARENT, UPRIGHT, decode_fitted, shown_size,
+                                transparent_line)
 from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
@@ -97,13 +98,13 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     if other:
         info(f"{items.root}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "
              "they are resized (shorter side, one factor) and centre cropped to it")
-    upright = sum(n for key, n in sizes.items() if UPRIGHT in key[2:])
-    if upright:
-        info(f"{items.root}: {upright} of {len(items.files)} images turned upright by their EXIF orientation "
-             "(as a photo viewer shows them)")
-    deep = sum(n for key, n in sizes.items() if SIXTEEN_BITS in key[2:])
-    if deep:
-        info(f"{items.root}: {deep} of {len(items.files)} images are 16-bit grey; read as 8 bits (value / 257)")
+    for flag, words in ((UPRIGHT, "turned upright by their EXIF orientation (as a photo viewer shows them)"),
+                        (SIXTEEN_BITS, "are 16-bit grey; read as 8 bits (value / 257)"),
+                        (SIXTEEN_BIT_COLOUR, "are 16-bit colour; read as 8 bits (the high byte of each value)"),
+                        (FRAMES, "hold several frames (animations); the first frame is read")):
+        done = sum(n for key, n in sizes.items() if flag in key[2:])
+        if done:
+            info(f"{items.root}: {done} of {len(items.files)} images {words}")
     clear = sum(n for key, n in sizes.items() if TRANSPARENT in key[2:])
     if clear:
         info(transparent_line(items.root, clear, len(items.files)))

@@ -146,7 +146,19 @@ def fitted_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]
 
 
 UPRIGHT, SIXTEEN_BITS, TRANSPARENT = "upright", "16-bit", "transparent"
+SIXTEEN_BIT_COLOUR, FRAMES = "16-bit colour", "frames"
 """What :func:`decode_fitted` may say it did to an image, after its (h, w)."""
+
+
+def _read_as_is(im: Any) -> tuple[str, ...]:
+    """What reading an open image (before it is loaded) drops without changing its mode: the low
+    byte of a 16-bit colour PNG (Pillow keeps the high one), the frames after an animation's first."""
+    said: tuple[str, ...] = ()
+    if im.format == "PNG" and im.mode in ("RGB", "RGBA") and im.tile and str(im.tile[0][3]).endswith(";16B"):
+        said += (SIXTEEN_BIT_COLOUR,)
+    if getattr(im, "n_frames", 1) > 1:
+        said += (FRAMES,)
+    return said
 
 
 def _transparent(im: Any) -> bool:
@@ -164,7 +176,8 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
     image's own (h, w) as shown, followed by what was done to show it: :data:`UPRIGHT` (turned
     by its EXIF orientation, as a photo viewer shows it), :data:`SIXTEEN_BITS` (a 16-bit grey
     image scaled to 8 bits, value / 257) and :data:`TRANSPARENT` (pixels not fully opaque: the
-    alpha is dropped, and the colour stored under them is what is read).
+    alpha is dropped, and the colour stored under them is what is read), :data:`SIXTEEN_BIT_COLOUR`
+    (16-bit colour, its high bytes read) and :data:`FRAMES` (an animation: its first frame read).
 
     Any mode becomes RGB (grey is repeated, a palette is looked up, alpha is dropped). An image
     of another size is resized (bilinear, antialiased when shrinking) by one factor so that it
@@ -176,6 +189,7 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
     with open_image(p) as im:
         done: tuple[str, ...] = ()
         try:  # a file that breaks while decoding (truncated, corrupt) is one error naming it
+            kept = _read_as_is(im)
             if orientation(im) != 1:  # the camera's pixels, turned as shown (before a 16-bit image loses its EXIF)
                 im, done = ImageOps.exif_transpose(im), (UPRIGHT,)
             if im.mode in _HIGH_BIT_MODES and im.mode != "F":
@@ -197,7 +211,7 @@ def decode_fitted(path: str | Path, target: tuple[int, int]) -> tuple[np.ndarray
                     rgb = rgb.resize((nw, nh), Image.Resampling.BILINEAR)
                 top, left = (nh - target[0]) // 2, (nw - target[1]) // 2
                 rgb = rgb.crop((left, top, left + target[1], top + target[0]))
-            return np.asarray(rgb, dtype=np.uint8), (h, w, *done)
+            return np.asarray(rgb, dtype=np.uint8), (h, w, *done, *kept)
         except (OSError, ValueError, SyntaxError):
             raise VislabError(p, "not a decodable image (corrupt, truncated or another format)") from None
 
