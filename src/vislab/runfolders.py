@@ -36,8 +36,7 @@ def check_history(rows: list[dict[str, Any]], path: Path) -> None:
     header of names led by ``epoch``, epochs 1, 2, ... in order, and in every row one number (or an
     empty cell, a value an epoch did not log) per column; curves are drawn from nothing else."""
     names = [n for n in rows[0] if n is not None] if rows else []  # None: the key of a row's extra cells
-    if rows and (names[0] != "epoch" or not all(isinstance(n, str) and n.replace("_", "").replace("-", "").isalnum()
-                                                 for n in names)):
+    if rows and (names[0] != "epoch" or not all(n.strip() and n.isprintable() for n in names)):
         raise VislabError(path, f"line 1 is not the header vislab writes (epoch, then metric names): {names[:6]}")
     for i, row in enumerate(rows):
         line = i + 2
