@@ -21,6 +21,7 @@ from common import DEFAULT_DATA, best_of, peak_rss_mb  # noqa: E402
 
 from vislab.data.images import read_rgb  # noqa: E402
 from vislab.data.palette import classes_to_mask, mask_to_classes  # noqa: E402
+from vislab.data.seg_classes import refuse_off_code  # noqa: E402
 from vislab.metrics import confusion_matrix, course_miou  # noqa: E402
 
 COLOUR_TO_CLASS = {3: 0, 6: 1, 5: 2, 2: 3, 1: 4, 7: 5, 0: 6, 4: 6}
@@ -78,6 +79,7 @@ def main() -> None:
     ids = [mask_to_classes(r)[0] for r in rgbs]
     assert all(np.array_equal(numpy_decode(a), i.numpy()) for a, i in zip(nps[:5], ids[:5]))
     t_enc = best_of(lambda: [classes_to_mask(i) for i in ids])
+    t_check = best_of(lambda: [refuse_off_code(r, f) for r, f in zip(rgbs, files)])  # a course mask's colours checked
     print(f"{len(files)} masks, {pixels / 1e6:.1f} Mpixels, peak RSS {peak_rss_mb():.0f} MB")
     print(f"decode: vislab {t_vis:.3f} s, numpy {t_np:.3f} s, python loop {t_loop:.1f} s "
           f"(extrapolated from {rows} rows); encode: vislab {t_enc:.3f} s")
@@ -97,6 +99,7 @@ def main() -> None:
     print(f"mIoU: vislab {t_m_vis:.3f} s, per-image loop {t_m_loop:.3f} s")
     print(f"RATIO p2_decode vs_python_loop {t_loop / t_vis:.0f}x vs_numpy {t_np / t_vis:.1f}x")
     print(f"RATIO p2_miou vs_per_image_loop {t_m_loop / t_m_vis:.1f}x")
+    print(f"RATIO p2_colour_check share_of_decode {100 * t_check / t_vis:.0f}%")
 
 
 if __name__ == "__main__":

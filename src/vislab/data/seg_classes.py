@@ -137,7 +137,7 @@ class SegClasses:
             rgb = read_rgb(p)
             if self.course:
                 _refuse_dark_mask(rgb, p)
-                _refuse_off_code(rgb, p)
+                refuse_off_code(rgb, p)
                 ids, stray = palette.mask_to_classes(rgb)
             else:
                 ids, stray = self._decode_palette(rgb, p), 0
@@ -257,7 +257,7 @@ def _refuse_dark_mask(rgb: torch.Tensor, p: Path) -> None:
                              "unknown; a mask of class ids needs a classes.yaml with mask_format: index")
 
 
-def _refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
+def refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
     """A course mask holds only the code's pure colours (every channel 0 or 255; the course's own
     masks do). Another colour is a mask blended by smoothing or lossy saving, or not a colour mask at
     all: the threshold would read it as some class without a word, so it is refused."""
