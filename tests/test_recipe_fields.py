@@ -195,3 +195,35 @@ def test_rot90_says_when_tiles_cannot_turn():
     assert _unturned_note(Recipe(task="seg", crop_size=32), sizes) == []  # square crops turn
     assert _unturned_note(Recipe(task="seg", rot90=False), sizes) == []
     assert _unturned_note(Recipe(task="seg"), torch.tensor([[64, 64], [32, 32]])) == []
+
+
+def test_a_recipes_normalisation_against_the_weights_it_starts_from_is_warned(tmp_path):
+    """A recipe's mean/std kept for weights that learnt from other inputs runs as told, with a
+    warning naming both: ImageNet weights (the model's registered statistics) and a vislab run's
+    checkpoint (the statistics it records); weights that learnt from the same, or that record
+    none (a plain state_dict), give no line."""
+    import torch
+
+    from vislab.config import recipe_from_dict
+    from vislab.models import get_entry
+    from vislab.pipelines.settings import unused_setting_notes
+
+    base = {"task": "cls", "model": "efficientnet_lite0", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+    def notes(weights: str) -> list[str]:
+        r = recipe_from_dict({**base, "weights": weights})
+        return [n for n in unused_setting_notes(r, {"weights": weights}, lambda f: f) if "stay the recipe's" in n]
+
+    mean, std = get_entry("efficientnet_lite0").pretrained_norm
+    (said,) = notes("imagenet")
+    assert f"efficientnet_lite0's pretrained weights were trained with mean {[round(float(v), 4) for v in mean]}" in said
+    run = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {}, "vislab": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}}, run)
+    (said,) = notes(str(run))
+    assert said == (f"warning: mean [0.5, 0.5, 0.5] and std [0.25, 0.25, 0.25] stay the recipe's, while the run it "
+                    f"starts from ({run}) was trained with mean [0.1, 0.2, 0.3] and std [0.4, 0.5, 0.6]; set mean/std "
+                    "in a recipe file to change them")
+    torch.save({"state_dict": {}, "vislab": {"mean": base["mean"], "std": base["std"]}}, run)
+    assert notes(str(run)) == []
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    assert notes(str(tmp_path / "plain.pt")) == []

@@ -134,13 +134,18 @@ def unused_setting_notes(r: Recipe, given: dict[str, Any], flag: Callable[[str],
                      "(no pretrained weights to keep)")
     if r.task == "seg" and not r.crop_size and tuple(r.crop_area) != Recipe.crop_area:
         notes.append(f"crop_area {list(r.crop_area)} is unused: crop_size is 0, so training sees whole tiles")
-    if r.weights == "imagenet" and r.mean is not None and ("model" in given or "weights" in given):
-        mean, std = get_entry(r.model).pretrained_norm
-        pretrained = [round(float(v), 4) for v in (*mean, *std)]
-        if pretrained != [round(float(v), 4) for v in (*r.mean, *r.std)]:
-            notes.append(f"warning: mean {list(r.mean)} and std {list(r.std)} stay the recipe's, while {r.model}'s "
-                         f"pretrained weights were trained with mean {pretrained[:3]} and std {pretrained[3:]}; "
-                         "set mean/std in a recipe file to change them")
+    if r.mean is not None and r.weights is not None and ("model" in given or "weights" in given):
+        from vislab.models.weights import run_normalisation
+
+        if r.weights == "imagenet":
+            learnt, source = get_entry(r.model).pretrained_norm, f"{r.model}'s pretrained weights were"
+        else:  # a vislab run (or its checkpoint); None for a plain state_dict, which records none
+            learnt, source = run_normalisation(r.weights), f"the run it starts from ({r.weights}) was"
+        pretrained = None if learnt is None else [round(float(v), 4) for v in (*learnt[0], *learnt[1])]
+        if pretrained is not None and pretrained != [round(float(v), 4) for v in (*r.mean, *r.std)]:
+            notes.append(f"warning: mean {list(r.mean)} and std {list(r.std)} stay the recipe's, while {source} "
+                         f"trained with mean {pretrained[:3]} and std {pretrained[3:]}; set mean/std in a recipe "
+                         "file to change them")
     return notes
 
 
