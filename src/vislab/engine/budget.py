@@ -162,6 +162,15 @@ def checkpoint_seconds(module: pl.LightningModule) -> float:
         return 3 * (time.perf_counter() - t0)
 
 
+def epoch_tail_seconds(step_seconds: float, holdout_batches: int, *, eval_scale: float = 1.0,
+                       epoch_overhead: float = 0.0, forward_seconds: float | None = None) -> float:
+    """The seconds an epoch spends after its last training step, as :func:`budget_epochs` prices
+    them: the held-out evaluation (``holdout_batches`` forward passes of ``forward_seconds``, else a
+    third of a step, times ``eval_scale``, plus 10 % for loading and logging) and ``epoch_overhead``."""
+    forward = step_seconds / 3 if forward_seconds is None else forward_seconds
+    return 1.1 * holdout_batches * eval_scale * forward + epoch_overhead
+
+
 def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, holdout_batches: int, *,
                   eval_scale: float = 1.0, epoch_overhead: float = 0.0,
                   epoch_steps: Callable[[int], list[float]] | None = None, how: str = "",
@@ -186,8 +195,8 @@ def budget_epochs(recipe: Recipe, step_seconds: float, steps_per_epoch: int, hol
     assert recipe.budget_minutes is not None
     budget = recipe.budget_minutes * 60
     steps_of = epoch_steps or (lambda n: [step_seconds] * n)
-    forward = step_seconds / 3 if forward_seconds is None else forward_seconds
-    fixed = 1.1 * holdout_batches * eval_scale * forward + epoch_overhead
+    fixed = epoch_tail_seconds(step_seconds, holdout_batches, eval_scale=eval_scale, epoch_overhead=epoch_overhead,
+                               forward_seconds=forward_seconds)
 
     def full(n: int) -> float:  # seconds of n whole epochs
         return 1.1 * steps_per_epoch * sum(steps_of(n)) + n * fixed

@@ -226,14 +226,17 @@ class BudgetKeeper(TrainingClock):
     part's last batch (:meth:`partial_end`): a probe that over-estimated the steps no longer
     leaves most of an epoch of the budget unused. Inside the planned last epoch, which no epoch
     end precedes in a run planned as one epoch, the same is decided from the batches' pace
-    (:meth:`more_epochs`).
+    (:meth:`more_epochs`). A planned part that no longer fits at an epoch end shrinks to what does
+    (:meth:`last_part`) rather than leave the learning rate mid-schedule. Until an epoch has ended,
+    the held-out pass after it is priced as the plan priced it (``tail``), then as measured.
 
     Inside an epoch of at least ``MIN_BATCHES`` batches the budget is held too (:meth:`cut_step`,
     from the seconds per batch of its latest tenth, at least ``TIMED`` batches, so that a machine
     that slows down in the middle of a long epoch is seen at once): the planned last epoch
     that would end past ``1 + TOLERANCE`` times the budget ends at the batch where the budget
-    runs out, and an earlier epoch after whose end too little of another would fit becomes the
-    last; either way the schedule is compressed to end there, so a run on a machine that slowed
+    runs out, and an earlier epoch after whose end too little of another would fit (less than
+    ``MIN_SHARE - HYSTERESIS`` of one, so that a part added at ``MIN_SHARE`` is not taken back and
+    added again on a noisy pace) becomes the last; either way the schedule is compressed to end there, so a run on a machine that slowed
     down still ends inside its budget with its learning rate at the schedule's end. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
     checkpoints as this callback's state (:class:`TrainingClock`), so a run resumed after an
@@ -244,14 +247,17 @@ class BudgetKeeper(TrainingClock):
     MIN_BATCHES = 8  # an epoch of fewer batches is held to the budget at its end only
     TIMED = 3  # batches timed, after the epoch's first (its time holds the loader's start), before a cut
     TOLERANCE = 0.05  # the planned end may pass the budget by this share before the last epoch is cut
+    HYSTERESIS = 0.1  # a part of an epoch is added when MIN_SHARE of one fits, taken back below this much less
 
     def __init__(self, minutes: float, record: Callable[[str], None] | None = None,
-                 weights: Callable[[int], list[float]] | None = None, most: int | None = None) -> None:
+                 weights: Callable[[int], list[float]] | None = None, most: int | None = None,
+                 tail: float = 0.0) -> None:
         self.minutes = minutes
         self.most = most  # the most epochs a re-plan may plan (None: the epochs planned when it runs)
         self.weights = weights  # relative epoch costs of an n-epoch schedule; None: the module's
         self.epochs_here = 0  # epochs that ended in this process
-        self.tail = 0.0  # seconds from an epoch's last training batch to its end (the held-out pass)
+        self.tail = tail  # seconds from an epoch's last training batch to its end (the held-out pass):
+        # the plan's estimate until an epoch ends, then measured
         self._batches = 0  # batches of the current epoch that ended in this process
         self._ends: deque[float] = deque()  # the clock at the latest batch ends (the epoch's first on)
         self._last_batch: float | None = None  # seconds trained at the end of the epoch's last batch
@@ -296,7 +302,7 @@ class BudgetKeeper(TrainingClock):
         self._ends.append(now)
         if self._batches - 1 < window:
             return
-        elapsed, pace = self.before + now - self._t0, (now - self._ends[0]) / window
+        elapsed, pace = self.before + now - self._t0, max((now - self._ends[0]) / window, 1e-6)  # a coarse clock: > 0
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # of this epoch
         self._last_batch = elapsed if done >= batches else None
         # a stop in this epoch (a cut) ends it there; one in a later epoch (a partial last epoch) does not
@@ -341,8 +347,8 @@ class BudgetKeeper(TrainingClock):
         end = elapsed + left * pace + self.tail
         if last and end <= (1 + self.TOLERANCE) * budget:
             return None
-        if not last and budget - end >= self.MIN_SHARE * (batches * pace + self.tail):
-            return None
+        if not last and budget - end - self.tail >= (self.MIN_SHARE - self.HYSTERESIS) * batches * pace:
+            return None  # a part of another epoch fits (as at the epoch's end, a held-out pass after it)
         return step + max(0, min(left, int((budget - elapsed - self.tail) // pace)))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -364,6 +370,8 @@ class BudgetKeeper(TrainingClock):
         whole = planned - 1 if stop is not None else planned  # the plan's whole epochs
         epochs = self.epochs_that_fit(pl_module, done, max(whole, done), elapsed, cap, can_cut=can_cut and not partial)
         end = self.partial_end(epochs, cap, done, elapsed, batches, spe) if partial else None
+        if partial and end is None and epochs == done:  # ending now would leave the learning rate mid-schedule:
+            end = self.last_part(done, elapsed, batches, spe)  # a part of whatever fits ends it, if anything does
         if stop is not None and end is not None and epochs + 1 == planned and abs(end - stop) < 0.1 * batches:
             end = stop  # a partial last epoch within a tenth of an epoch of its plan: kept, not re-planned
         epochs, end = trainer.strategy.broadcast((epochs + (end is not None), end), src=0)
@@ -405,6 +413,16 @@ class BudgetKeeper(TrainingClock):
         extra = self.part(self.minutes * 60 - elapsed - unit * (epochs - done), max(unit - self.tail, 1e-9) / batches,
                           batches)
         return None if extra is None or epochs + 1 > cap else steps * epochs + extra
+
+    def last_part(self, done: int, elapsed: float, batches: int, steps: int) -> int | None:
+        """At the end of epoch ``done``, where the plan had more but no ``MIN_SHARE`` of an epoch fits
+        any more: the step at which a part of one more epoch, of the batches that fit before the
+        budget with a held-out pass after them, ends; None when not one fits. Its learning-rate
+        schedule is compressed into them instead of stopping at the rate it has now."""
+        pace = max(elapsed / done - self.tail, 1e-9) / batches
+        room = self.minutes * 60 - elapsed - self.tail
+        extra = min(batches - 1, int(room // pace)) if room > 0 else 0
+        return steps * done + extra if extra >= 1 else None
 
     def part(self, room: float, pace: float, batches: int) -> int | None:
         """The batches of a partial epoch in ``room`` seconds at ``pace`` seconds per batch, less a

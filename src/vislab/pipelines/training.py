@@ -170,8 +170,8 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
     keeper or None, module, the checkpoint a resume continues from)."""
     import lightning.pytorch as pl
 
-    from vislab.engine.budget import (budget_epochs, checkpoint_seconds, resize_step_costs, seconds_per_forward,
-                                      seconds_per_step)
+    from vislab.engine.budget import (budget_epochs, checkpoint_seconds, epoch_tail_seconds, resize_step_costs,
+                                      seconds_per_forward, seconds_per_step)
     from vislab.engine.callbacks import BudgetKeeper, TrainingClock
     from vislab.engine.run_folder import prepare_run_folder
     from vislab.engine.trainer import resolve_lr, steps_per_epoch
@@ -189,6 +189,7 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
         changes.append(f"precision {recipe.precision} runs as bf16-mixed: float16 autocast needs a GPU, and on "
                        f"this {trainer.strategy.root_device.type} Lightning autocasts to bfloat16")
     epoch_steps = None  # a progressive resize's timed step costs per epoch (a fresh budgeted run only)
+    tail = 0.0  # the seconds after an epoch's last step the plan priced (a resumed run's keeper has its own)
     if recipe.budget_minutes and not job.resume and trainer.world_size > 1:
         # every process would time its own steps before the processes can talk: plans that differ by
         # one batch leave one process waiting for the others' gradients for ever
@@ -210,10 +211,13 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
         epoch_steps, how = resize_step_costs(probe, loader, device, step_s, precision=precision)
         held_out = job.holdout_batches(recipe)
         forward_s = seconds_per_forward(probe, loader, device, precision=precision) if held_out else None
+        overhead = (2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe)
         recipe, line = budget_epochs(recipe, step_s, steps_per_epoch(trainer, recipe, job.n_train),
                                      held_out, eval_scale=job.eval_scale, forward_seconds=forward_s,
-                                     epoch_overhead=(2 if recipe.holdout > 0 else 1) * checkpoint_seconds(probe),
-                                     epoch_steps=epoch_steps, how=how)
+                                     epoch_overhead=overhead, epoch_steps=epoch_steps, how=how)
+        # until an epoch has ended, the keeper prices its held-out pass as the plan did
+        tail = epoch_tail_seconds(step_s, held_out, eval_scale=job.eval_scale, epoch_overhead=overhead,
+                                  forward_seconds=forward_s)
         changes.append(line)
         del probe, loader  # not held through the run (a loader's worker processes, a copy of the network)
     keeper = None
@@ -222,7 +226,7 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
         # a progressive resize's re-plans only shorten it (None: at most the epochs planned at the
         # time): more epochs move its ramp later, and the side it trains at would shrink again
         most = None if recipe.resize_from else 2 * recipe.epochs
-        keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps, most=most)
+        keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps, most=most, tail=tail)
         trainer = make_trainer(recipe, keeper)
     for line in changes:
         info(f"setting: {line}")
