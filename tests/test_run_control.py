@@ -184,8 +184,11 @@ def _budget_keeps_its_plan(monkeypatch):
     tests drive it)."""
     from vislab.engine.callbacks import BudgetKeeper
 
+    from vislab.pipelines import training
+
     monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
     monkeypatch.setattr(BudgetKeeper, "cut_step", lambda self, *a, **k: None)
+    monkeypatch.setattr(training, "UNDERRUN", 0.0)  # these tiny runs end inside any budget (its own test says so)
 
 
 def test_budget_sets_the_epochs_before_the_run_and_resume_keeps_them(cli, color_classes, tmp_path, monkeypatch):
@@ -225,6 +228,41 @@ def test_a_budgeted_run_that_runs_over_says_so(cli, color_classes, tmp_path, mon
     assert json.loads((run / "results.json").read_text())["changes"][-1] == lines[-1]
 
 
+def test_a_budgeted_run_that_ends_far_inside_its_budget_says_so(cli, color_classes, tmp_path, monkeypatch):
+    """Re-plans add epochs up to twice the first plan: a run whose first steps ran much slower than
+    the rest can end far inside its budget, and says so, with the cap when it is the reason."""
+    from vislab.pipelines import training
+
+    assert training.budget_underrun(10, 480.0, 3, 6) is None  # 80 %: filled
+    assert training.budget_underrun(10, 300.0, 4, 6) == "--budget 10 min: training took 5.0 min, 50 % of it"
+    assert training.budget_underrun(10, 300.0, 6, 6) == (
+        "--budget 10 min: training took 5.0 min, 50 % of it; re-plans add epochs up to twice the first plan, and it "
+        "trained all 6 (its first steps, which planned it, ran slower than the rest): --epochs sets more")
+    assert "a progressive resize's re-plans only take epochs away" in training.budget_underrun(10, 300.0, 4, None)
+    # a real run: planned as 2 epochs by a probe that says a step takes 1 s; the few real
+    # seconds it trains are far inside 1 min, and the keeper (epoch ends only here) adds no epochs
+    from vislab.engine import budget
+    from vislab.engine.callbacks import BudgetKeeper
+
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 1.0)
+    monkeypatch.setattr(budget, "seconds_per_forward", lambda *a, **k: 1.0 / 3)
+    monkeypatch.setattr(budget, "checkpoint_seconds", lambda module: 0.0)
+    monkeypatch.setattr(BudgetKeeper, "epochs_that_fit", lambda self, module, done, planned, *a, **k: planned)
+    monkeypatch.setattr(BudgetKeeper, "cut_step", lambda self, *a, **k: None)
+    monkeypatch.setattr(BudgetKeeper, "more_epochs", lambda self, *a, **k: None)
+    monkeypatch.setattr(BudgetKeeper, "partial_end", lambda self, *a, **k: None)
+    monkeypatch.setattr(BudgetKeeper, "last_part", lambda self, *a, **k: None)
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=50,
+                                                                  batch_size=8), "--out", run, "--budget", "0.5")
+    assert res.code == 0, res.err
+    lines = (run / "changes.txt").read_text().splitlines()
+    results = json.loads((run / "results.json").read_text())
+    share = 100 * results["train_seconds"] / 30
+    assert lines[-1] == f"--budget 0.5 min: training took {results['train_seconds'] / 60:.1f} min, {share:.0f} % of it"
+    assert results["changes"][-1] == lines[-1] and f"warning: {lines[-1]}" in " ".join(res.err.split())
+
+
 def _planned_budget(monkeypatch, seconds_per_epoch: float) -> None:
     """A budget plan that does not depend on this machine: 1 s per step, no checkpoint cost, and
     a clock by which every epoch takes ``seconds_per_epoch``."""
@@ -239,8 +277,9 @@ def _planned_budget(monkeypatch, seconds_per_epoch: float) -> None:
     from vislab.pipelines import training
 
     # the overrun line compares real wall time with the budget: on a loaded machine these tiny
-    # runs take longer than their planned clock says (its own test drives that line)
+    # runs take longer than their planned clock says, or far shorter (their own test drives those lines)
     monkeypatch.setattr(training, "OVERRUN", 1e9)
+    monkeypatch.setattr(training, "UNDERRUN", 0.0)
     ticks = itertools.count()
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(ticks) * seconds_per_epoch))
 
@@ -300,6 +339,7 @@ def test_a_budgeted_run_that_speeds_up_gets_its_epochs_back_and_more(cli, color_
     from vislab.pipelines import training
 
     monkeypatch.setattr(training, "OVERRUN", 1e9)  # real wall time is not the clock read here
+    monkeypatch.setattr(training, "UNDERRUN", 0.0)
     readings = iter([0.0, 5.0, 7.0, 8.0, 9.0, 10.0, 11.0, 11.9, 12.8])
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(lambda: next(readings)))
     run = tmp_path / "run"
@@ -339,6 +379,9 @@ def test_a_run_its_budget_extended_resumes_past_its_first_plan(cli, color_classe
         return clock["now"]
 
     monkeypatch.setattr(BudgetKeeper, "clock", staticmethod(tick))
+    from vislab.pipelines import training
+
+    monkeypatch.setattr(training, "UNDERRUN", 0.0)  # real wall time is not the clock read here
     run = tmp_path / "run"
     stopping = _recipe(tmp_path, "s.yaml", epochs=50, limit_train_batches=2, max_minutes=1e-6)
     assert cli("cls", "train", color_classes, "--recipe", stopping, "--out", run, "--budget", "0.15").code == 0

@@ -270,7 +270,8 @@ def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Cal
     if facts.get("seconds_before") and not finished:  # the run's earlier pieces: results.json counts every piece
         result["train_seconds"] = round(result["train_seconds"] + facts["seconds_before"], 1)
     if keeper is not None and facts.get("budget_epochs_here"):  # counting earlier pieces of the run
-        line = budget_overrun(keeper.minutes, result["train_seconds"])
+        line = budget_overrun(keeper.minutes, result["train_seconds"]) or \
+            budget_underrun(keeper.minutes, result["train_seconds"], recipe.epochs, keeper.most)
         if line:  # held inside epochs from their pace so far: a held-out pass that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
@@ -282,6 +283,25 @@ def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Cal
 
 OVERRUN = 1.05
 """A budgeted run that trains longer than this times its budget says so."""
+
+
+UNDERRUN = 0.8
+"""A budgeted run that trains less than this share of its budget says so, and why if it can."""
+
+
+def budget_underrun(budget_minutes: float, train_seconds: float, epochs: int, most: int | None) -> str | None:
+    """The line a budgeted run adds when it trained under ``UNDERRUN`` x its budget, else None:
+    re-plans add epochs up to ``most`` (None: a progressive resize, whose re-plans only shorten)."""
+    if train_seconds >= UNDERRUN * budget_minutes * 60:
+        return None
+    why = ""
+    if most is None:
+        why = "; a progressive resize's re-plans only take epochs away, so its first plan was the most it could train"
+    elif epochs >= most:
+        why = (f"; re-plans add epochs up to twice the first plan, and it trained all {epochs} (its first steps, "
+               "which planned it, ran slower than the rest): --epochs sets more")
+    return (f"--budget {budget_minutes:g} min: training took {train_seconds / 60:.1f} min, "
+            f"{100 * train_seconds / (budget_minutes * 60):.0f} % of it{why}")
 
 
 def budget_overrun(budget_minutes: float, train_seconds: float) -> str | None:
