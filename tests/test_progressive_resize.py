@@ -103,6 +103,13 @@ def test_training_feeds_the_scheduled_sides_and_keeps_the_full_one(cli, color_cl
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, epochs=2), "--out", tmp_path / "bad",
               "--resize-from", "80")
     assert res.code == 2 and "--resize-from: must be at most image_size (64), got 80" in res.err
+    # one epoch trains at the full side (no epoch is left to grow over): run as told, and said
+    one = tmp_path / "one"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, epochs=4), "--out", one, "--epochs", "1",
+              "--limit-batches", "1")
+    said = "resize_from 32 unused: a 1-epoch schedule trains at image_size 64 throughout"
+    assert res.code == 0 and f"setting: {said}" in " ".join(res.err.split()), res.err
+    assert _sides(one) == [64.0] and any(line.startswith(said) for line in (one / "changes.txt").read_text().splitlines())
 
 
 def test_budget_times_both_sides(cli, color_classes, tmp_path, monkeypatch):

@@ -228,6 +228,9 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
         most = None if recipe.resize_from else 2 * recipe.epochs
         keeper = BudgetKeeper(recipe.budget_minutes, record=record, weights=epoch_steps, most=most, tail=tail)
         trainer = make_trainer(recipe, keeper)
+    if recipe.resize_from not in (None, recipe.image_size) and recipe.epochs < 2 and not job.resume:
+        changes.append(f"resize_from {recipe.resize_from} unused: a 1-epoch schedule trains at image_size "
+                       f"{recipe.image_size} throughout (a progressive resize grows the side over 2 or more epochs)")
     for line in changes:
         info(f"setting: {line}")
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
