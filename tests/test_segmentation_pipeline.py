@@ -317,6 +317,27 @@ def test_calibrated_offsets_are_what_score_and_predict_apply(cli, seg_run, tmp_p
     assert res.code != 0 and "all.ckpt" in res.err and "without a held-out split" in res.err
 
 
+def test_a_calibration_after_training_is_recorded_in_the_run_folder_with_its_views(cli, seg_run, tmp_path):
+    """`seg calibrate` on a run folder changes what every later score, prediction and export of it
+    applies, so its line goes into the run's changes.txt (as a calibration during training does),
+    naming the views it averaged; a score under other views says the offsets were fitted under those."""
+    from vislab.pipelines.seg_scores import calibration_line
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run / "run", run)
+    before = (run / "changes.txt").read_text().splitlines()
+    res = cli("seg", "calibrate", run, seg_run / "val", "--split", "all", "--tta", "flip", "--keep-offsets")
+    assert res.code == 0, res.err
+    rec = json.loads((run / "best.offsets.json").read_text())
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[:-1] == before and lines[-1] == calibration_line(rec)
+    assert lines[-1].startswith(f"class offsets fitted on the pairs of {seg_run / 'val'} under --tta flip: mIoU ")
+    res = cli("seg", "score", run, seg_run / "val")
+    assert res.code == 0 and "fitted under --tta flip, applied here under --tta none" in " ".join(res.err.split())
+    res = cli("seg", "score", run, seg_run / "val", "--tta", "flip")
+    assert res.code == 0 and "fitted under" not in res.err
+
+
 def test_offsets_fitted_on_a_single_pair_are_not_kept(cli, seg_run, tmp_path):
     """One pair leaves nothing to check its offsets on (the cross-fit needs two): they are not kept,
     said on the console and in the record, unless --keep-offsets."""

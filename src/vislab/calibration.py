@@ -234,11 +234,14 @@ def load_calibration(ckpt: Path, num_classes: int) -> tuple[torch.Tensor, float 
     return offsets, scale
 
 
-def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_segmenter(path: str | Path, *, calibrated: bool = True,
+                   tta: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A segmentation checkpoint's network and metadata (:func:`vislab.models.checkpoints.load_network`)
     with its calibration applied when ``calibrated`` and one matches the file: the offsets go into
     ``meta["class_offsets"]`` (for the argmax, and for an export's metadata; none when all are 0), a
-    chosen evaluation scale into the network and ``meta["recipe"]["infer_scale"]``. Both are said on the console."""
+    chosen evaluation scale into the network and ``meta["recipe"]["infer_scale"]``. Both are said on
+    the console, and so is a ``tta`` (the views the caller will average) other than the one they
+    were fitted under."""
     from vislab.models.checkpoints import checkpoint_file, load_network
 
     file = checkpoint_file(path)
@@ -258,5 +261,8 @@ def load_segmenter(path: str | Path, *, calibrated: bool = True) -> tuple[torch.
         meta["recipe"] = {**meta.get("recipe", {}), "infer_scale": scale}
         meta["calibrated_scale"] = True  # an export's graph then holds it: --no-offsets cannot take it out
         line += f"; evaluation scale {scale:g} (trained {trained:g})"
+    fitted = str(stored_record(file).get("tta", "none"))
+    if tta is not None and tta != fitted:  # the offsets shift averaged probabilities: fitted on other averages
+        line += f"; fitted under --tta {fitted}, applied here under --tta {tta}"
     info(line)
     return model, meta

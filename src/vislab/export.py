@@ -421,7 +421,8 @@ def model_meta(path: str | Path, why: str) -> dict[str, Any]:
 
 
 def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tuple[int, int] | None = None,
-                   device: str | None = None, calibrated: bool = True) -> tuple[Any, dict[str, Any]]:
+                   device: str | None = None, calibrated: bool = True,
+                   tta: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The network ``predict`` runs, and the checkpoint metadata.
 
     ``path`` is a checkpoint, a run folder or an exported ``.onnx``. Engines: ``onnx`` (ONNX
@@ -429,7 +430,8 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
     CPUs) and ``auto`` (ONNX Runtime on a CPU when it is installed, else torch). A checkpoint is
     exported once per (file, input size) into the cache folder, and checked against PyTorch.
     ``hw`` is the input images' size. A segmenter's checkpoint comes with its calibration
-    (:func:`vislab.calibration.load_segmenter`) unless ``calibrated`` is False.
+    (:func:`vislab.calibration.load_segmenter`, told the ``tta`` it will run under) unless
+    ``calibrated`` is False.
     """
     from vislab.calibration import load_segmenter
     from vislab.models.checkpoints import checkpoint_file, load_network, pick_device
@@ -462,7 +464,8 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
             info(f"calibration carried by {path}: its {carried} from `seg calibrate` {verb}"
                  + (" (--no-offsets leaves the offsets out)" if offsets_outside else ""))
         return net, meta
-    model, meta = load_segmenter(path, calibrated=calibrated) if task == "seg" else load_network(path, task=task)
+    model, meta = load_segmenter(path, calibrated=calibrated, tta=tta) if task == "seg" else \
+        load_network(path, task=task)
     if on_cpu:
         model = model.to(memory_format=torch.channels_last)  # measured faster for eager CPU inference
     if engine == "torch" or (engine == "auto" and not (on_cpu and onnx_available())):

@@ -177,7 +177,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     hw = Counter(sizes).most_common(1)[0][0]
     dev = pick_device(device)
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device,
-                                                                 calibrated=offsets))
+                                                                 calibrated=offsets, tta=tta))
               for p in paths]
     for (model, meta), path in zip(models, paths):
         _check_fixed_input(model, path, files, sizes, tta)

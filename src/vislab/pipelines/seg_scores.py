@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import (crossfit_miou, fit_offsets, fitted_folder, fitted_on, load_segmenter, offsets_file,
-                                save_offsets, scale_candidates, scale_chosen, stored_record)
+from vislab.calibration import (crossfit_miou, crossfit_words, fit_offsets, fitted_folder, fitted_on, load_segmenter,
+                                offsets_file, save_offsets, scale_candidates, scale_chosen, stored_record)
 from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images, say_transparent
 from vislab.data.manifest import difference_from_record
@@ -22,6 +22,7 @@ from vislab.metrics import confusion_matrix, pixel_accuracy
 from vislab.models.ensemble import members
 from vislab.pipelines.scores import check_comparable, check_same_classes_early, compared, pooled_interval
 from vislab.pipelines.seg_predict import ensemble_classes, labelled_probs, say_offsets
+from vislab.runfolders import is_run
 
 
 def _pred_files(pred_dir: Path) -> dict[str, Path]:
@@ -133,7 +134,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
 
     paths = members(ckpt)
     dev = pick_device(device)
-    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets)) for p in paths]
+    models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_segmenter(p, calibrated=offsets, tta=tta)) for p in paths]
     desc = ensemble_classes(models, paths)
     check_run_classes(img_dir, desc, [m for _, m in models])
     shifts = say_offsets(models, offsets)
@@ -282,7 +283,22 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
               "offsets_dropped": dropped and not keep_offsets}
     record["file"] = str(save_offsets(path, offsets, **record))
     record["offsets"] = [round(float(v), 6) for v in offsets]
+    if is_run(path.parent):  # every later score, prediction and export uses them: the run folder says so
+        from vislab.engine.run_folder import add_change
+
+        add_change(path.parent, calibration_line(record))
     return record
+
+
+def calibration_line(cal: dict[str, Any]) -> str:
+    """The line a run folder's ``changes.txt`` (and the console after training) keeps for a
+    calibration record of :func:`calibrate`: where it was fitted, under which views, what it gained."""
+    where = "the held-out pairs" if cal["split"] == "holdout" else f"the pairs of {cal['pairs']}"
+    under = f" under --tta {cal['tta']}" if cal.get("tta", "none") != "none" else ""
+    at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
+    what = f"calibration on {where}{under}" if cal.get("offsets_dropped") else \
+        f"class offsets fitted on {where}{under}"
+    return f"{what}: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}{crossfit_words(cal)}"
 
 
 def _is_validation_of(ckpt: Path, folder: str | Path) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import crossfit_words, load_segmenter
+from vislab.calibration import load_segmenter
 from vislab.config import Recipe
 from vislab.data.seg_classes import SegClasses, check_described_alike, classes_of, find_classes
 from vislab.data.manifest import lines_digest
@@ -18,7 +18,7 @@ from vislab.data.overlap import copies_line
 from vislab.data.segmentation import list_pairs, pair_lines, scan_masks
 from vislab.errors import VislabError
 from vislab.log import info
-from vislab.pipelines.seg_scores import calibrate, evaluate_checkpoint
+from vislab.pipelines.seg_scores import calibrate, calibration_line, evaluate_checkpoint
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -40,7 +40,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.run_folder import add_change, check_resumed_data, check_run_folder, read_changes, write_results
+    from vislab.engine.run_folder import check_resumed_data, check_run_folder, read_changes, write_results
     from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, resolve_normalisation,
                                           teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
@@ -139,13 +139,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
     if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
         result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
-        cal = result["calibration"]
-        at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
-        what = "calibration on the held-out pairs" if cal.get("offsets_dropped") else \
-            "class offsets fitted on the held-out pairs"
-        line = f"{what}: mIoU {cal['miou_before']:.4f} -> {cal['miou_after']:.4f}{at}{crossfit_words(cal)}"
-        info(line)
-        add_change(out, line)  # every later score, prediction and export uses them: the run folder says so
+        info(calibration_line(result["calibration"]))  # and in changes.txt, which calibrate wrote it to
         result["changes"] = read_changes(out)
     if val_dir is not None:
         result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
