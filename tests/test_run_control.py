@@ -1097,3 +1097,24 @@ def test_a_part_epoch_added_and_taken_back_does_not_flap_on_a_noisy_machine():
             assert steps == planned and seconds <= 1.05 * budget, (seed, extra, said)
             counts.append(len(said))
     assert max(counts) <= 3, counts
+
+
+def test_a_run_trained_on_the_cpu_is_validated_on_the_cpu(cli, color_classes, tmp_path, monkeypatch):
+    """`--accelerator cpu` keeps a GPU free on purpose: the validation after training runs on the
+    CPU too (asked by name, not left to the default, which is the GPU when there is one)."""
+    from vislab.pipelines import classification
+
+    asked = []
+    evaluate = classification.evaluate
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("device"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(classification, "evaluate", spy)
+    recipe = _recipe(tmp_path, "r.yaml", model="simple_cnn", epochs=1)
+    for accelerator, device in (("cpu", "cpu"), ("auto", None)):
+        res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / accelerator, "--val-dir",
+                  color_classes, "--accelerator", accelerator, "--limit-batches", "1")
+        assert res.code == 0, res.err
+        assert asked[-1] == device

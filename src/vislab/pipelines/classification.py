@@ -17,7 +17,7 @@ from vislab.errors import VislabError
 from vislab.log import info
 from vislab.pipelines.cls_predict import ensemble_logits, load_classifier, stored_size
 from vislab.pipelines.cls_scores import evaluate, labelled_lines
-from vislab.pipelines.settings import AtTrainingStart, teacher_split_notes
+from vislab.pipelines.settings import AtTrainingStart, evaluation_device, teacher_split_notes
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -109,7 +109,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result, best, recipe = done
     result["layout"], result["class_names"] = data.layout, data.class_names
     if val_dir is not None:
-        result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv")
+        result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv",
+                                 device=evaluation_device(recipe))
         result["val_accuracy"] = result["val"]["accuracy"]
         result["val_dir"] = str(val_dir)
     result["checkpoint"] = best

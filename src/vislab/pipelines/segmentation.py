@@ -41,7 +41,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.run_folder import check_resumed_data, check_run_folder, read_changes, write_results
-    from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, resolve_normalisation,
+    from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, evaluation_device, resolve_normalisation,
                                           teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
 
@@ -138,11 +138,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     result, best, recipe = done
     result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
     if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
-        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size)
+        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
         info(calibration_line(result["calibration"]))  # and in changes.txt, which calibrate wrote it to
         result["changes"] = read_changes(out)
     if val_dir is not None:
-        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size)
+        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
         result["val_miou"] = result["val"]["miou"]
         result["val_dir"] = str(val_dir)
     result["checkpoint"] = best

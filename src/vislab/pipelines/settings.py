@@ -262,3 +262,10 @@ def held_out_of(models: list[tuple[Any, dict[str, Any]]], paths: list[str], *,
         if digest != known[0][0]:
             raise VislabError(path, f"--held-out: trained on another folder than {known[0][1]}: not the same images")
     return (*splits[0][:2], known[0][0] if known else None)
+
+
+def evaluation_device(recipe: Recipe) -> str | None:
+    """The device a run's own evaluations after training (validation, calibration) use: the CPU
+    when it trained on the CPU (``accelerator: cpu``, a GPU left free on purpose), else the one
+    :func:`vislab.models.checkpoints.pick_device` picks."""
+    return "cpu" if recipe.accelerator == "cpu" else None
