@@ -176,6 +176,21 @@ def test_dangling_links_and_link_loops_are_refused_by_name(tmp_path):
     (flat / "again").unlink()
     (flat / "more").symlink_to(_only_cat(tmp_path))  # a link to another folder is read like a folder
     assert find_items(flat, labelled=False).ids == ["0_0.png", "more/cat/x.png"]
+    # deeper down too, where a class folder's link is followed, and one to a folder read already is refused
+    tree = tmp_path / "tree"
+    _img(tree / "cat" / "a.png")
+    _img(tmp_path / "extra" / "b.png")
+    (tree / "cat" / "more").symlink_to(tmp_path / "extra")
+    assert find_items(tree, labelled=True).ids == ["cat/a.png", "cat/more/b.png"]
+    (tree / "dog").mkdir()
+    (tree / "dog" / "cats").symlink_to(tree / "cat")  # the cat images again, labelled dog
+    with pytest.raises(VislabError, match=re.escape(f"{tree / 'dog' / 'cats'}: is {tree / 'cat'} again (a link to a "
+                                                    "folder read already, or a loop)")):
+        find_items(tree, labelled=True)
+    (tree / "dog" / "cats").unlink()
+    (tree / "dog" / "up").symlink_to(tree)  # a loop below the top folder
+    with pytest.raises(VislabError, match=re.escape(f"{tree / 'dog' / 'up'}: is {tree} again")):
+        find_items(tree, labelled=False)
 
     seg = tmp_path / "seg"
     _img(seg / "0000_sat.png")

@@ -103,12 +103,20 @@ def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(dirs)
 
 
-def _tree(d: Path, skipped: list[str]) -> list[str]:
+def _tree(d: Path, skipped: list[str], seen: dict[str, str]) -> list[str]:
     """Images below ``d`` as sorted relative POSIX paths (hidden files and folders, and
-    ``__MACOSX``, skipped);
-    visible files of other types are added to ``skipped`` (paths relative to ``d``'s parent)."""
+    ``__MACOSX``, skipped; links to folders followed);
+    visible files of other types are added to ``skipped`` (paths relative to ``d``'s parent).
+    ``seen`` maps each folder read so far (its real path) to the path it was read as: a folder
+    reached twice (a link loop, or a link to a folder read already) is an error naming it, since
+    its images would be read twice, perhaps under two labels."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(d):
+    for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise VislabError(Path(dirpath), f"is {seen[real]} again (a link to a folder read already, or a loop): its "
+                                             "images would be read twice; remove the link")
+        seen[real] = dirpath
         dirnames[:] = [x for x in dirnames if not _hidden_folder(x)]
         rel = Path(dirpath).relative_to(d.parent).as_posix()
         for f in filenames:
@@ -160,7 +168,8 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
     skipped: list[str] = []
     names, subdirs = _scan(root, skipped)
     flat = [root / n for n in names]
-    trees = {d: _tree(root / d, skipped) for d in subdirs} if labels_csv is None else {}
+    seen = {os.path.realpath(root): str(root)}
+    trees = {d: _tree(root / d, skipped, seen) for d in subdirs} if labels_csv is None else {}
     dirs = [d for d in subdirs if trees.get(d)]
     say_skipped(root, skipped)
     if labels_csv is not None:
