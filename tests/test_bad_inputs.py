@@ -679,9 +679,9 @@ def test_exif_orientation_is_read_from_headers_and_applied_once(tmp_path):
         assert decode_fitted(tmp_path / f"o{value}.jpg", (10, 20))[1] == (10, 20)
 
 
-def _png_16_bit_colour(path, values: np.ndarray) -> None:
+def _png_16_bit_colour(path, values: np.ndarray, colour_type: int = 2) -> None:
     """A 16-bit RGB PNG written by hand (Pillow writes none): signature, IHDR (bit depth 16, colour
-    type 2), one zlib IDAT of filter-0 rows of big-endian samples, IEND."""
+    type 2; 4 for grey + alpha), one zlib IDAT of filter-0 rows of big-endian samples, IEND."""
     import struct
     import zlib
 
@@ -690,7 +690,7 @@ def _png_16_bit_colour(path, values: np.ndarray) -> None:
 
     h, w, _ = values.shape
     rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
@@ -705,6 +705,9 @@ def test_16_bit_colour_and_animations_are_read_and_said(tmp_path):
     _png_16_bit_colour(tmp_path / "deep.png", values)
     rgb, key = decode_fitted(tmp_path / "deep.png", (4, 6))
     assert key == (4, 6, SIXTEEN_BIT_COLOUR) and np.array_equal(rgb, (values >> 8).astype(np.uint8))
+    grey = np.stack([values[..., 0], np.full((4, 6), 65535, np.uint16)], -1)  # 16-bit grey + opaque alpha: not colour
+    _png_16_bit_colour(tmp_path / "la.png", grey, colour_type=4)
+    assert SIXTEEN_BIT_COLOUR not in decode_fitted(tmp_path / "la.png", (4, 6))[1]
     frames = [Image.new("RGB", (6, 4), (10 * i, 20, 30)) for i in range(1, 4)]
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
     rgb, key = decode_fitted(tmp_path / "anim.png", (4, 6))

@@ -101,6 +101,12 @@ def test_classes_file_is_found_and_checked(tmp_path):
     assert str(err.value).startswith(str(own))
     said = check_described_alike(d / "masks", desc, explicit="--classes c.yaml")  # named: both replaced, said
     assert said == f"--classes c.yaml replaces the classes files of {d / 'masks'} ({err.value})"
+    # a file above that is no description vislab reads (another tool's classes.yaml) leaves the folder's own
+    above = (d / "classes.yaml").read_text()
+    (d / "classes.yaml").write_text("names: {0: person, 1: car}\n")
+    own.write_text(above)
+    assert find_classes(d / "masks").source == str(own) and find_classes(d / "masks").same_classes(desc)
+    (d / "classes.yaml").write_text(above)
     own.unlink()
     assert "standard mIoU" in desc.metric_name and "all pixels except those of label 255 (ignore)" in desc.metric_name
     palette = parse_classes("mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}, {name: b, color: [9, 9, 9]}]\n"

@@ -261,6 +261,13 @@ def test_a_budgeted_run_that_ends_far_inside_its_budget_says_so(cli, color_class
     share = 100 * results["train_seconds"] / 30
     assert lines[-1] == f"--budget 0.5 min: training took {results['train_seconds'] / 60:.1f} min, {share:.0f} % of it"
     assert results["changes"][-1] == lines[-1] and f"warning: {lines[-1]}" in " ".join(res.err.split())
+    # a run that max_minutes stopped says that instead (it trained 1 of its epochs, not "all" of them)
+    stopped = tmp_path / "stopped"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "s.yaml", model="simple_cnn", epochs=50,
+                                                                  batch_size=8, max_minutes=1e-6),
+              "--out", stopped, "--budget", "0.5")
+    assert res.code == 0 and "max_minutes (1e-06) reached after epoch 1" in " ".join(res.err.split()), res.err
+    assert "training took" not in (stopped / "changes.txt").read_text()
 
 
 def _planned_budget(monkeypatch, seconds_per_epoch: float) -> None:

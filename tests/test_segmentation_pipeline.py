@@ -321,17 +321,23 @@ def test_a_calibration_after_training_is_recorded_in_the_run_folder_with_its_vie
     """`seg calibrate` on a run folder changes what every later score, prediction and export of it
     applies, so its line goes into the run's changes.txt (as a calibration during training does),
     naming the views it averaged; a score under other views says the offsets were fitted under those."""
+    from vislab.calibration import fitted_on
     from vislab.pipelines.seg_scores import calibration_line
 
     run = tmp_path / "run"
     shutil.copytree(seg_run / "run", run)
     before = (run / "changes.txt").read_text().splitlines()
+    earlier = fitted_on(run / "best.ckpt")  # the calibration after training (calibrate: true)
+    assert earlier.startswith("the offsets fitted on 2 pairs of")
     res = cli("seg", "calibrate", run, seg_run / "val", "--split", "all", "--tta", "flip", "--keep-offsets")
     assert res.code == 0, res.err
     rec = json.loads((run / "best.offsets.json").read_text())
     lines = (run / "changes.txt").read_text().splitlines()
-    assert lines[:-1] == before and lines[-1] == calibration_line(rec)
-    assert lines[-1].startswith(f"class offsets fitted on the pairs of {seg_run / 'val'} under --tta flip: mIoU ")
+    assert lines[:-1] == before and lines[-1] == f"{calibration_line(rec)}; it replaces {earlier}"
+    assert lines[-1].startswith(f"class offsets fitted on the pairs of {(seg_run / 'val').resolve()} under --tta flip: ")
+    # another checkpoint of the run: its line names it
+    assert cli("seg", "calibrate", run / "last.ckpt", seg_run / "val", "--split", "all").code == 0
+    assert (run / "changes.txt").read_text().splitlines()[-1].startswith("last.ckpt: ")
     res = cli("seg", "score", run, seg_run / "val")
     assert res.code == 0 and "fitted under --tta flip, applied here under --tta none" in " ".join(res.err.split())
     res = cli("seg", "score", run, seg_run / "val", "--tta", "flip")

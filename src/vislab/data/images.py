@@ -154,9 +154,9 @@ def _read_as_is(im: Any) -> tuple[str, ...]:
     """What reading an open image (before it is loaded) drops without changing its mode: the low
     byte of a 16-bit colour PNG (Pillow keeps the high one), the frames after an animation's first."""
     said: tuple[str, ...] = ()
-    if im.format == "PNG" and im.mode in ("RGB", "RGBA") and im.tile and str(im.tile[0][3]).endswith(";16B"):
+    if im.format == "PNG" and im.tile and str(im.tile[0][3]) in ("RGB;16B", "RGBA;16B"):  # not grey + alpha, LA;16B
         said += (SIXTEEN_BIT_COLOUR,)
-    if getattr(im, "n_frames", 1) > 1:
+    if im.format in ("GIF", "PNG", "WEBP") and getattr(im, "n_frames", 1) > 1:  # not a JPEG's MPF preview image
         said += (FRAMES,)
     return said
 
@@ -222,8 +222,9 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
     d = check_folder(folder)
     entries = [p for p in d.iterdir() if not p.name.startswith(".")]
     visible = [p for p in entries if p.is_file()]
-    for p in entries:
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_file():
+    files_here = set(visible)
+    for p in entries:  # a dangling link named like an image is named
+        if p not in files_here and p.suffix.lower() in IMAGE_SUFFIXES:
             check_link(p)
     files = sorted(p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:

@@ -381,11 +381,16 @@ def _classes_file_in(where: Path) -> Path | None:
 def classes_file(folder: str | Path) -> Path | None:
     """The ``classes.yaml`` (or ``classes.yml``) that describes ``folder``: in it, else in the
     folder above, else None. Two in one folder are an error (which one describes the data?), and
-    so are files in both folders that describe different classes."""
+    so are files in both folders that describe different classes (a file above that vislab cannot
+    read as a description, another tool's, leaves the folder's own to stand)."""
     d = Path(folder)
     mine, above = _classes_file_in(d), _classes_file_in(d.parent)
-    if mine is not None and above is not None and mine.read_bytes() != above.read_bytes():
-        ours, theirs = load_classes(mine), load_classes(above)
+    if mine is not None and above is not None:
+        try:
+            theirs = load_classes(above)
+        except VislabError:  # not a description vislab reads (another tool's classes.yaml): the folder's own stands
+            return mine
+        ours = load_classes(mine)
         apart = ours.differences(theirs)
         if apart:
             key = apart[0]

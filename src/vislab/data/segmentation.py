@@ -269,13 +269,17 @@ def pairs_folder(pairs: list[Pair]) -> str:
     return os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
 
 
+SCAN_RULE = "masks-v2"  # part of the scan cache's key: change it when what read_pair refuses changes
+# (v2: course masks hold the code's pure colours only), so that a folder scanned before is checked again
+
+
 def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 512),
                classes: SegClasses | None = None) -> MaskStats:
     """Decode every pair once (checking sizes, colours and readability); cached on disk by file
     list and description."""
     classes = classes or deepglobe()
     files = [f for p in pairs for f in (p.image, p.mask) if f is not None]
-    key = file_list_key(files, extra=repr((expected, classes.to_dict())))
+    key = file_list_key(files, extra=repr((expected, classes.to_dict(), SCAN_RULE)))
     cache = cache_dir() / f"seg-stats-{key}.pt"
     if cache.is_file():
         try:

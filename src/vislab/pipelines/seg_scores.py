@@ -286,14 +286,15 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     if is_run(path.parent):  # every later score, prediction and export uses them: the run folder says so
         from vislab.engine.run_folder import add_change
 
-        add_change(path.parent, calibration_line(record))
+        line = calibration_line(record) if path.name == "best.ckpt" else f"{path.name}: {calibration_line(record)}"
+        add_change(path.parent, line + (f"; it replaces {earlier}" if earlier else ""))
     return record
 
 
 def calibration_line(cal: dict[str, Any]) -> str:
     """The line a run folder's ``changes.txt`` (and the console after training) keeps for a
     calibration record of :func:`calibrate`: where it was fitted, under which views, what it gained."""
-    where = "the held-out pairs" if cal["split"] == "holdout" else f"the pairs of {cal['pairs']}"
+    where = "the held-out pairs" if cal["split"] == "holdout" else f"the pairs of {cal.get('pairs_path', cal['pairs'])}"
     under = f" under --tta {cal['tta']}" if cal.get("tta", "none") != "none" else ""
     at = f" at evaluation scale {cal['infer_scale']:g}" if cal["infer_scale"] != cal["trained_scale"] else ""
     what = f"calibration on {where}{under}" if cal.get("offsets_dropped") else \

@@ -273,8 +273,10 @@ def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Cal
     if facts.get("seconds_before") and not finished:  # the run's earlier pieces: results.json counts every piece
         result["train_seconds"] = round(result["train_seconds"] + facts["seconds_before"], 1)
     if keeper is not None and facts.get("budget_epochs_here"):  # counting earlier pieces of the run
-        line = budget_overrun(keeper.minutes, result["train_seconds"]) or \
-            budget_underrun(keeper.minutes, result["train_seconds"], recipe.epochs, keeper.most)
+        trained = result.get("epochs_trained", recipe.epochs)
+        line = budget_overrun(keeper.minutes, result["train_seconds"]) or (
+            None if result.get("stopped_early") else  # max_minutes ended it, and said so
+            budget_underrun(keeper.minutes, result["train_seconds"], trained, keeper.most))
         if line:  # held inside epochs from their pace so far: a held-out pass that slows down a lot still runs over
             info(f"warning: {line}")
             record(line)
