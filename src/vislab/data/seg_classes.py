@@ -243,6 +243,15 @@ class SegClasses:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in ("names", "mask_format", "ignore_index", "colours", "extra_colours") if a[k] != b[k]]
 
+    def first_difference(self, other: SegClasses) -> str | None:
+        """The first field of :meth:`differences` with both values ("ignore_index 254 against
+        255": names alike may hide the difference), or None when they read masks alike."""
+        apart = self.differences(other)
+        if not apart:
+            return None
+        key = apart[0]
+        return f"{key} {self.to_dict()[key]} against {other.to_dict()[key]}"
+
     def same_classes(self, other: SegClasses) -> bool:
         """Whether two descriptions decode and score masks alike (the source may differ)."""
         return not self.differences(other)
@@ -390,12 +399,9 @@ def classes_file(folder: str | Path) -> Path | None:
             theirs = load_classes(above)
         except VislabError:  # not a description vislab reads (another tool's classes.yaml): the folder's own stands
             return mine
-        ours = load_classes(mine)
-        apart = ours.differences(theirs)
+        apart = load_classes(mine).first_difference(theirs)
         if apart:
-            key = apart[0]
-            raise VislabError(mine, f"describes other classes than {above} in the folder above: {key} "
-                                    f"{ours.to_dict()[key]} against {theirs.to_dict()[key]}; keep one")
+            raise VislabError(mine, f"describes other classes than {above} in the folder above: {apart}; keep one")
     return mine if mine is not None else above
 
 
@@ -431,11 +437,10 @@ def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: 
         if explicit is None:
             raise
         return f"{explicit} replaces {found}, which cannot be read ({exc.message})"
-    apart = theirs.differences(classes)
+    apart = theirs.first_difference(classes)
     if not apart:
         return None
-    key = apart[0]  # the first field that differs, with both values: names alike may hide the difference
-    words = f"describes other classes than {classes.source}: {key} {theirs.to_dict()[key]} against {classes.to_dict()[key]}"
+    words = f"describes other classes than {classes.source}: {apart}"
     if explicit is None:
         raise VislabError(found, words)
     return f"{explicit} replaces {found}, which {words}"

@@ -236,8 +236,8 @@ class BudgetKeeper(TrainingClock):
     that would end past ``1 + TOLERANCE`` times the budget ends at the batch where the budget
     runs out, and an earlier epoch after whose end too little of another would fit (less than
     ``MIN_SHARE - HYSTERESIS`` of one, so that a part added at ``MIN_SHARE`` is not taken back and
-    added again on a noisy pace) becomes the last; either way the schedule is compressed to end there, so a run on a machine that slowed
-    down still ends inside its budget with its learning rate at the schedule's end. The seconds
+    added again on a noisy pace) becomes the last; either way the schedule is compressed to end
+    there, so a run on a machine that slowed down still ends inside its budget with its learning rate at the schedule's end. The seconds
     trained so far (to the moment of the save, mid-epoch checkpoints included) travel in the
     checkpoints as this callback's state (:class:`TrainingClock`), so a run resumed after an
     interruption is held to what is left of its budget, not to a fresh one."""
@@ -410,7 +410,7 @@ class BudgetKeeper(TrainingClock):
         far, :meth:`part`), or None: no such part, or one past ``cap`` epochs. Without it a run
         whose probe over-estimated its steps ends a large part of an epoch early."""
         unit = elapsed / done  # seconds per epoch so far (equal epochs), held-out pass included
-        extra = self.part(self.minutes * 60 - elapsed - unit * (epochs - done), max(unit - self.tail, 1e-9) / batches,
+        extra = self.part(self.minutes * 60 - elapsed - unit * (epochs - done), self._batch_pace(elapsed, done, batches),
                           batches)
         return None if extra is None or epochs + 1 > cap else steps * epochs + extra
 
@@ -419,10 +419,15 @@ class BudgetKeeper(TrainingClock):
         any more: the step at which a part of one more epoch, of the batches that fit before the
         budget with a held-out pass after them, ends; None when not one fits. Its learning-rate
         schedule is compressed into them instead of stopping at the rate it has now."""
-        pace = max(elapsed / done - self.tail, 1e-9) / batches
+        pace = self._batch_pace(elapsed, done, batches)
         room = self.minutes * 60 - elapsed - self.tail
         extra = min(batches - 1, int(room // pace)) if room > 0 else 0
         return steps * done + extra if extra >= 1 else None
+
+    def _batch_pace(self, elapsed: float, done: int, batches: int) -> float:
+        """Seconds per training batch at an epoch end: ``done`` equal epochs of ``batches`` batches in
+        ``elapsed`` seconds, each less its held-out pass."""
+        return max(elapsed / done - self.tail, 1e-9) / batches
 
     def part(self, room: float, pace: float, batches: int) -> int | None:
         """The batches of a partial epoch in ``room`` seconds at ``pace`` seconds per batch, less a

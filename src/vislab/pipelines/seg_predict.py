@@ -73,12 +73,10 @@ def ensemble_classes(models: list[tuple[Any, dict[str, Any]]], paths: list[str])
     check_same_classes(described, paths, keys=("classes",))
     first = classes_of(models[0][1])
     for (_, meta), path in zip(models[1:], paths[1:]):  # the same classes, but masks read another way
-        other = classes_of(meta)
-        apart = other.differences(first)
+        apart = classes_of(meta).first_difference(first)
         if apart:
-            key = apart[0]
-            raise VislabError(path, f"reads its masks otherwise than {paths[0]} ({key} {other.to_dict()[key]} "
-                                    f"against {first.to_dict()[key]}); an ensemble's members read and write masks alike")
+            raise VislabError(path, f"reads its masks otherwise than {paths[0]} ({apart}); an ensemble's members read "
+                                    "and write masks alike")
     return first
 
 
