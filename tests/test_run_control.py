@@ -59,6 +59,41 @@ def test_time_limit_stops_between_epochs_says_so_and_resume_finishes_exactly(cli
     assert all(torch.equal(a[k], b[k]) for k in a), "the limited and resumed run differs from the full one"
 
 
+def test_a_run_that_fails_says_so_in_its_folder_runs_and_report(cli, color_classes, tmp_path, monkeypatch):
+    """An error in epoch 2 (after epoch 1's checkpoint): the console's line is also in failed.json
+    and changes.txt, `vislab runs` and the report say it; a refused --resume leaves that as it is,
+    and one that finishes the run makes it a finished run."""
+    from vislab.engine.classification import ClassifierModule
+    from vislab.pipelines.runs import run_row
+    from vislab.report import _run_notes
+    from vislab.runfolders import read_run
+
+    step = ClassifierModule.training_step
+
+    def failing(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("boom in epoch 2\nsecond line")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", failing)
+    run, recipe = tmp_path / "run", _recipe(tmp_path, "r.yaml")
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", run)
+    line = "internal error: RuntimeError: boom in epoch 2"
+    assert res.code == 1 and f"vislab: {line} (rerun with --debug" in res.err
+    assert json.loads((run / "failed.json").read_text()) == {"commands": 1, "error": line}
+    assert (run / "changes.txt").read_text().splitlines()[-1] == f"stopped: {line}"
+    assert run_row(run).state == f"stopped: {line}; last.ckpt: --resume continues it"
+    assert f"Unfinished: training stopped: {line} (1 epochs in history.csv)" in _run_notes(run, read_run(run))[0]
+    monkeypatch.setattr(ClassifierModule, "training_step", step)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "0_0.png").write_bytes((color_classes / "0_0.png").read_bytes())
+    assert cli("cls", "train", other, "--out", run, "--resume").code == 2  # another data folder: refused
+    assert run_row(run).state == f"stopped: {line}; last.ckpt: --resume continues it"
+    assert cli("cls", "train", color_classes, "--out", run, "--resume").code == 0
+    assert run_row(run).state == "finished" and json.loads((run / "results.json").read_text())["epochs_trained"] == 2
+
+
 def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
     recipe = _recipe(tmp_path, "r.yaml", epochs=50, checkpoint_minutes=1e-6)
     run = tmp_path / "run"
@@ -78,6 +113,9 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "vislab: interrupted" in err and "--resume" in err
     assert (run / "last.ckpt").is_file() and not (run / "results.json").exists()
+    from vislab.pipelines.runs import run_row
+
+    assert run_row(run).state == "stopped: interrupted; last.ckpt: --resume continues it"
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(color_classes, tmp_path):
@@ -100,9 +138,11 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(colo
     said = " ".join(err.split())
     assert "before its first checkpoint, so there is nothing to resume" in said and "continues it" not in said
     assert not (run / "last.ckpt").exists()
+    assert json.loads((run / "failed.json").read_text()) == {"commands": 1, "error": "interrupted"}
     from conftest import run_vislab  # the same command again (in this process: no second start-up)
 
     assert run_vislab(*command[3:-2], "--epochs", "1", "--image-size", "32", "--out", run) == 0
+    assert not (run / "failed.json").exists()  # the earlier attempt's record went with its other records
 
 
 def test_ctrl_c_while_the_budget_times_its_steps_says_nothing_was_written(cli, color_classes, tmp_path, monkeypatch):

@@ -42,3 +42,24 @@ class Interrupted(Exception):
 
     (Typer turns a KeyboardInterrupt into a silent exit, and Lightning into ``sys.exit(1)``.)
     """
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line a failure is told in, on the console and in a run folder (``failed.json``): a
+    bad input's own words; an interruption; running out of memory (torch.cuda's, Python's, and
+    torch's on the CPU, a RuntimeError) with what to try; else the error's type and first line.
+
+    Example:
+        >>> failure_line(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
+        'out of memory; try a smaller --batch-size (or --image-size / --crop-size)'
+    """
+    if isinstance(exc, VislabError):
+        return str(exc)
+    if isinstance(exc, Interrupted):
+        return f"interrupted ({exc})"
+    if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Abort":  # click turns Ctrl-C into Abort
+        return "interrupted; a training run that wrote last.ckpt continues with --resume"
+    if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc):
+        return "out of memory; try a smaller --batch-size (or --image-size / --crop-size)"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"internal error: {type(exc).__name__}: {first}"

@@ -21,6 +21,9 @@ RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt
 TRAINING_RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "command.txt")
 """Beside ``recipe.yaml``, any one of these makes a folder a run (:func:`is_run`)."""
 
+FAILED = "failed.json"
+"""The failure that stopped a run's latest piece, as :func:`vislab.engine.run_folder.failure_recorded` writes it."""
+
 SEARCH_DEPTH = 2
 """How many levels inside a folder that is not a run the run folders are looked for."""
 
@@ -176,3 +179,15 @@ def command_lines(run: Path) -> list[str]:
     if not path.is_file():
         return []
     return [c.strip() for c in path.read_text(encoding="utf-8", errors="replace").splitlines() if c.strip()]
+
+
+def latest_failure(run: Path, commands: list[str]) -> str | None:
+    """The line of the failure that stopped the run's latest piece (the last of ``commands``), or
+    None: no piece failed, or a later one started since (``failed.json`` counts the pieces)."""
+    try:
+        found = json.loads((run / FAILED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, or not what vislab writes: no failure is claimed
+        return None
+    if not isinstance(found, dict) or found.get("commands") != len(commands) or not isinstance(found.get("error"), str):
+        return None
+    return found["error"]

@@ -14,7 +14,7 @@ from typer.core import TyperCommand
 from vislab.cli import classify, segment, tools  # noqa: F401 - their commands register on import
 from vislab.cli.common import CLICK, OnceCommand, OnceGroup, _recipe, app, cls_app, out, seg_app
 from vislab.cli.tools import cache_app
-from vislab.errors import Interrupted, VislabError
+from vislab.errors import Interrupted, VislabError, failure_line
 
 __all__ = ["CLICK", "OnceCommand", "OnceGroup", "_recipe", "app", "main", "out"]  # what tests and callers use
 
@@ -69,18 +69,14 @@ def main() -> None:
     except (KeyboardInterrupt, Interrupted, typer.Abort) as exc:  # click turns Ctrl-C into Abort
         if debug:
             raise
-        how = f" ({exc})" if isinstance(exc, Interrupted) else "; a training run that wrote last.ckpt continues with --resume"
-        print(f"vislab: interrupted{how}", file=sys.stderr)
+        print(f"vislab: {failure_line(exc)}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - a case no check names yet: still one line, status 1
         if debug:
             raise
-        if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc):
-            # torch.cuda's, Python's, and torch's on the CPU (a RuntimeError)
-            print("vislab: out of memory; try a smaller --batch-size (or --image-size / --crop-size)", file=sys.stderr)
-            sys.exit(1)
-        print(f"vislab: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        line = failure_line(exc)
+        print(f"vislab: {line}" + (" (rerun with --debug for the traceback, and please report it)"
+                                   if line.startswith("internal error") else ""), file=sys.stderr)
         sys.exit(1)
     if isinstance(code, int) and code:  # --help and --version return 0; a command's own exit status
         sys.exit(code)

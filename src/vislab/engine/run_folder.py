@@ -3,18 +3,19 @@ records, ``changes.txt`` (the settings the run decided, a line each) and ``resul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import yaml
 
 from vislab.config import Recipe
-from vislab.errors import VislabError
+from vislab.errors import Interrupted, VislabError, failure_line
 from vislab.io import atomic_write_text, written_by_runs
-from vislab.runfolders import command_lines
+from vislab.runfolders import FAILED, command_lines
 
 
 def no_checkpoint_to_resume(out_dir: Path) -> str:
@@ -132,7 +133,7 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 
 INPUTS = "inputs.json"
 STALE_RECORDS = ("changes.txt", "results.json", "history.csv", "val_predictions.csv", "metrics.csv", "snapshots",
-                 "tensorboard")
+                 "tensorboard", FAILED)
 """What a new run removes from a folder whose earlier run stopped before its first checkpoint
 (the others it writes again itself)."""
 
@@ -214,3 +215,25 @@ def write_results(out_dir: Path, result: dict) -> None:
     result["commands"] = len(command_lines(out_dir)) if (out_dir / "command.txt").is_file() else None
     atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
     info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks', 'commands')}, ensure_ascii=False)}")
+
+
+@contextlib.contextmanager
+def failure_recorded(out_dir: Path) -> Iterator[None]:
+    """Around a training command: when it fails (or is interrupted) after it wrote its line into
+    ``command.txt`` (:func:`prepare_run_folder`), the run folder says so: ``failed.json`` (the
+    failure's line and the pieces counted, which ``vislab runs`` reads) and a line in
+    ``changes.txt``; the exception goes on. A failure before that line (a refused input) left the
+    folder as it was, and is not recorded. One process writes (rank 0 of a multi-process launch)."""
+    before = len(command_lines(out_dir))
+    try:
+        yield
+    except BaseException as exc:
+        commands = len(command_lines(out_dir))
+        if commands > before and os.environ.get("RANK", "0") == "0" and not isinstance(exc, SystemExit):
+            line = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else failure_line(exc)
+            try:
+                atomic_write_text(json.dumps({"commands": commands, "error": line}, indent=1) + "\n", out_dir / FAILED)
+                add_change(out_dir, f"stopped: {line}")
+            except (OSError, VislabError):  # a folder that cannot take it: the console still says the failure
+                pass
+        raise

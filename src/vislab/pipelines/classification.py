@@ -40,7 +40,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
-    from vislab.engine.run_folder import check_resumed_data, check_run_folder, write_results
+    from vislab.engine.run_folder import check_resumed_data, check_run_folder, failure_recorded, write_results
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
 
     out = Path(out_dir)
@@ -97,25 +97,26 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              f"{data.num_classes} classes{names}; training on {len(train_idx)}, held out "
              f"{len(data.labels) - len(train_idx)} for checkpoint selection")
 
-    done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx), items="images",
-                               make_module=make_module, make_data=lambda r: ClassificationData(data, r),
-                               resume=resume, command=command, changes=changes, describe=describe,
-                               holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size),
-                               inputs=input_record(given, train_dir=train_dir, val_dir=val_dir,
-                                                   labels=labels_csv, val_labels=val_labels_csv),
-                               item_lines=items))
-    if done is None:
-        return {}
-    result, best, recipe = done
-    result["layout"], result["class_names"] = data.layout, data.class_names
-    if val_dir is not None:
-        result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv",
-                                 device=evaluation_device(recipe))
-        result["val_accuracy"] = result["val"]["accuracy"]
-        result["val_dir"] = str(val_dir)
-    result["checkpoint"] = best
-    write_results(out, result)
-    return result
+    with failure_recorded(out):  # a failure from here on is said in the run folder too
+        done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx), items="images",
+                                   make_module=make_module, make_data=lambda r: ClassificationData(data, r),
+                                   resume=resume, command=command, changes=changes, describe=describe,
+                                   holdout_batches=lambda r: -(-(len(data.labels) - len(train_idx)) // r.batch_size),
+                                   inputs=input_record(given, train_dir=train_dir, val_dir=val_dir,
+                                                       labels=labels_csv, val_labels=val_labels_csv),
+                                   item_lines=items))
+        if done is None:
+            return {}
+        result, best, recipe = done
+        result["layout"], result["class_names"] = data.layout, data.class_names
+        if val_dir is not None:
+            result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv",
+                                     device=evaluation_device(recipe))
+            result["val_accuracy"] = result["val"]["accuracy"]
+            result["val_dir"] = str(val_dir)
+        result["checkpoint"] = best
+        write_results(out, result)
+        return result
 
 
 def resolve_settings(recipe: Recipe, images: torch.Tensor, train_idx: torch.Tensor) -> tuple[Recipe, list[str]]:

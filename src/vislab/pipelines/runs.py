@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from vislab.config import recipe_from_dict
 from vislab.errors import VislabError
-from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
+from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, latest_failure, read_run
 
 SORTS = ("time", "held-out", "val")
 
@@ -55,6 +55,7 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
     row.task, row.model = recipe.get("task"), recipe.get("model")
     held_key, val_key, row.metric = SCORE_KEYS.get(str(row.task), (None, None, None))
     trained, schedule, _ = epoch_counts(data)
+    failed = latest_failure(run, data["commands"])  # the line of the failure that stopped its latest piece
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:
@@ -66,8 +67,8 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         if broken:  # the end of the file, where torch's zip keeps its directory, is read: a cut file has none
             row.state += f"; {broken[0]} is cut short or damaged (not the zip file torch writes)"
         if _resumed_after(run, data):
-            row.state = ("a --resume started after its results (running, interrupted or failed): the scores are the "
-                         "earlier piece's")
+            how = f"stopped: {failed}" if failed else "running, interrupted or failed"
+            row.state = f"a --resume started after its results ({how}): the scores are the earlier piece's"
     else:
         if history:
             row.minutes = sum(_number(r.get("seconds")) or 0.0 for r in history) / 60
@@ -76,7 +77,8 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         resumable = "; no checkpoint" if not (run / "last.ckpt").is_file() else \
             "; last.ckpt cannot be read: no --resume from it" if data.get("unreadable") else \
             "; last.ckpt: --resume continues it"
-        row.state = f"unfinished (running, interrupted or failed){resumable}"
+        row.state = f"stopped: {failed}{resumable}" if failed else \
+            f"unfinished (running, interrupted or failed){resumable}"
     try:  # a recipe.yaml edited by hand (an unknown field, a value out of range) is no recipe a resume reads
         recipe_from_dict(recipe, source=str(run / "recipe.yaml"))
     except VislabError as exc:

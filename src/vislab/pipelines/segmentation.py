@@ -40,7 +40,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.run_folder import check_resumed_data, check_run_folder, read_changes, write_results
+    from vislab.engine.run_folder import check_resumed_data, check_run_folder, failure_recorded, read_changes, write_results
     from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, evaluation_device, resolve_normalisation,
                                           teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
@@ -125,29 +125,30 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                  + (f"training takes random crops of them resized to {r.crop_size}x{r.crop_size}" if r.crop_size
                     else "batches pad them to the largest (padding is ignored by loss and metric)"))
 
-    done = fit_run(TrainingJob(
-        out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs), items="pairs",
-        make_module=make_module,
-        make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
-        inputs=input_record(given, train_dir=train_dir, val_dir=val_dir, classes=classes), item_lines=items,
-        extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
-        holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),
-        eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))
-    if done is None:
-        return {}
-    result, best, recipe = done
-    result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
-    if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
-        result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
-        info(calibration_line(result["calibration"]))  # and in changes.txt, which calibrate wrote it to
-        result["changes"] = read_changes(out)
-    if val_dir is not None:
-        result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
-        result["val_miou"] = result["val"]["miou"]
-        result["val_dir"] = str(val_dir)
-    result["checkpoint"] = best
-    write_results(out, result)
-    return result
+    with failure_recorded(out):  # a failure from here on is said in the run folder too
+        done = fit_run(TrainingJob(
+            out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs), items="pairs",
+            make_module=make_module,
+            make_data=make_data, resume=resume, command=command, changes=changes, describe=describe,
+            inputs=input_record(given, train_dir=train_dir, val_dir=val_dir, classes=classes), item_lines=items,
+            extra_callbacks=[MaskSnapshots(snaps, out, desc)] if snaps else [],
+            holdout_batches=lambda r: -(-len(data.holdout_pairs) // r.batch_size),
+            eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))
+        if done is None:
+            return {}
+        result, best, recipe = done
+        result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
+        if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
+            result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
+            info(calibration_line(result["calibration"]))  # and in changes.txt, which calibrate wrote it to
+            result["changes"] = read_changes(out)
+        if val_dir is not None:
+            result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
+            result["val_miou"] = result["val"]["miou"]
+            result["val_dir"] = str(val_dir)
+        result["checkpoint"] = best
+        write_results(out, result)
+        return result
 
 
 def _crop_within_tiles(recipe: Recipe, sizes: torch.Tensor | None) -> tuple[Recipe, str | None]:
