@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped
 from vislab.errors import VislabError
@@ -66,6 +68,28 @@ def id_and_name(c: int, names: list[str] | None) -> str:
         return str(c)
     name = names[c]
     return f"{c} {name!r}" if name.isdigit() else f"{c} {name}"
+
+
+THIN = 3
+"""A class with fewer training images than this is said (:func:`thin_classes`)."""
+
+
+def thin_classes(labels: list[int], names: list[str] | None, paths: Sequence[Path]) -> str | None:
+    """A warning naming the classes with fewer than ``THIN`` training images (a label mistyped in a
+    labels file, or a stray folder, makes such a class), with one file of the first; None when
+    there are none.
+
+        >>> thin_classes([0, 0, 0, 1], ["cat", "dog"], [Path(f"{i}.png") for i in range(4)])
+        'warning: 1 class has fewer than 3 training images: 1 dog (1 image, e.g. 3.png); a mistyped label or a stray folder?'
+    """
+    counts = Counter(labels)
+    thin = sorted(c for c, n in counts.items() if n < THIN)
+    if not thin:
+        return None
+    shown = ", ".join(f"{id_and_name(c, names)} ({counts[c]} image{'s' if counts[c] > 1 else ''}"
+                      + (f", e.g. {paths[labels.index(c)]})" if c == thin[0] else ")") for c in thin[:5])
+    return (f"warning: {len(thin)} class{'es have' if len(thin) > 1 else ' has'} fewer than {THIN} training images: "
+            f"{shown}{', ...' if len(thin) > 5 else ''}; a mistyped label or a stray folder?")
 
 
 def course_label(path: Path) -> int | None:
@@ -214,10 +238,21 @@ def _name_ids(found: list[str], class_names: list[str] | None, where: Path) -> d
     return ids
 
 
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval"})
+"""Folder names of data splits: two of them as the class folders of a tree are a folder of splits."""
+
+
 def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] | None) -> ClassItems:
     empty = [d for d, found in trees.items() if not found]
     if empty:
         raise VislabError(root / empty[0], "class folder holds no images")
+    splits = sorted(d for d in trees if d.lower() in SPLIT_NAMES and d not in (class_names or ()))
+    if len(splits) >= 2:  # a folder of splits one level too high: each split would be a class
+        train = next((d for d in splits if d.lower().startswith("train")), splits[0])
+        other = next((d for d in splits if d != train), splits[-1])
+        raise VislabError(root, f"its subfolders {', '.join(s + '/' for s in splits)} are splits, not classes: pass "
+                                f"the training split ({root / train}) and the others with their own flags "
+                                f"(--val-dir {root / other})")
     ids = _name_ids(list(trees), class_names, root)
     rel, labels = [], []
     for d in sorted(trees):

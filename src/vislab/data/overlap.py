@@ -73,5 +73,9 @@ def copies_line(ours: Sequence[Path], theirs: Sequence[Path], *, what: str) -> s
     if not pairs:
         return None
     a, b = pairs[0]
+    same = sum(x.resolve() == y.resolve() for x, y in pairs)
+    if same == len(pairs):  # the very files: --val-dir names the training folder (or one inside it)
+        return (f"warning: --val-dir reads {same} of the training {what} themselves (e.g. {a}): the validation "
+                f"score counts {what} the model trained on; pass a folder of other {what}")
     return (f"warning: {len(pairs)} of {len(ours)} validation {what} are copies (the same bytes) of training files "
             f"(e.g. {a} = {b}): the validation score counts {what} the model trained on")

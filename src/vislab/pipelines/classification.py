@@ -11,6 +11,7 @@ import torch
 
 from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder
+from vislab.data.layouts import thin_classes
 from vislab.data.manifest import lines_digest
 from vislab.data.overlap import copies_line
 from vislab.errors import VislabError
@@ -81,6 +82,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         shown = [data.class_names[i] if data.class_names else str(i) for i in absent]
         changes.append(f"warning: {len(absent)} of {data.num_classes} classes have no training images "
                        f"({', '.join(shown[:10])}{', ...' if len(shown) > 10 else ''}): the model never learns them")
+    thin = thin_classes(data.labels.tolist(), data.class_names, data.paths())
+    changes += [thin] if thin else []
     # after the settings: a held-out fraction that holds out nothing is 0 by now
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,

@@ -259,15 +259,17 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
     dropped = crossfit is None or crossfit < plain[chosen] - 1e-9
     if dropped:
         at = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
-        hurt = ("offsets fitted on a single pair cannot be checked on another" if crossfit is None else
+        hurt = ((f"offsets {'and an evaluation scale ' if len(tried) > 1 else ''}fitted on a single pair cannot be "
+                 "checked on another") if crossfit is None else
                 f"offsets fitted on one half of the {len(pairs)} pairs and applied to the other lower the "
                 f"mIoU{at} ({plain[chosen]:.4f} without offsets, {crossfit:.4f} with)")
         if keep_offsets:
             info(f"warning: {hurt}: on new images they may cost more than they gain; kept, as --keep-offsets asks")
         else:
             # what the search chose on the pixels it fitted does not carry over: no offsets, and the
-            # scale the plain mIoU prefers (a tie keeps the trained scale, else the smaller)
-            chosen = max(tried, key=lambda v: (plain[v], v == trained, -v))
+            # scale the plain mIoU prefers (a tie keeps the trained scale, else the smaller); on a
+            # single pair nothing checks a scale either: the trained one stays
+            chosen = trained if crossfit is None else max(tried, key=lambda v: (plain[v], v == trained, -v))
             offsets, after = torch.zeros_like(offsets), plain[chosen]
             now = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
             info(f"{hurt}: not kept; the run scores without offsets{now} (--keep-offsets keeps them)")
