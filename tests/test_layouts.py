@@ -13,7 +13,7 @@ from PIL import Image
 
 from vislab.data.classification import image_stats, load_folder
 from vislab.data.images import fitted_size
-from vislab.data.layouts import find_items
+from vislab.data.layouts import find_items, thin_classes
 from vislab.errors import VislabError
 
 from conftest import write_png
@@ -427,3 +427,34 @@ def test_a_label_beyond_the_model_names_its_own_file(tmp_path):
     with pytest.raises(VislabError, match=re.escape(f"{tmp_path / 'val' / '7_450.png'}: label 7 is outside the "
                                                     "model's 0..2 (3 images so labelled; the largest label is 9)")):
         load_for_model(tmp_path / "val", class_names=None, num_classes=3)
+
+
+def test_a_folder_of_splits_is_refused_and_a_class_named_like_one_is_read(tmp_path):
+    """train/ and val/ read as the classes of a tree would make each split a class (and the
+    validation images training ones): refused with the folders to pass instead."""
+    photos = tmp_path / "photos"
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            _img(photos / split / c / "0.png")
+    with pytest.raises(VislabError) as err:
+        find_items(photos, labelled=True)
+    assert str(err.value) == (f"{photos}: its subfolders train/, val/ are splits, not classes: pass the training "
+                              f"split ({photos / 'train'}) and the others with their own flags "
+                              f"(--val-dir {photos / 'val'})")
+    _img(photos / "train" / "test" / "0.png")  # one class named like a split is a class
+    assert find_items(photos / "train", labelled=True).class_names == ["cat", "dog", "test"]
+    # a model whose classes carry those names reads them as its classes
+    assert find_items(photos, labelled=True, class_names=["train", "val"]).class_names == ["train", "val"]
+
+
+def test_classes_with_fewer_than_three_images_are_named():
+    """A label mistyped in a labels file makes a class of one image: the warning names it, its
+    count and file; classes of 3 or more are not named."""
+    paths = [Path(f"d/{i}.png") for i in range(8)]
+    labels = [0, 0, 0, 1, 2, 2, 0, 3]
+    assert thin_classes(labels, ["cat", "dog", "fsh", "5"], paths) == (
+        "warning: 3 classes have fewer than 3 training images: 1 dog (1 image, e.g. d/3.png), 2 fsh (2 images), "
+        "3 '5' (1 image); a mistyped label or a stray folder?")
+    assert thin_classes([0, 0, 0, 1, 1, 1], None, paths[:6]) is None
+    assert thin_classes([0, 0, 0, 1], None, paths[:4]).startswith("warning: 1 class has fewer than 3 training images: "
+                                                                   "1 (1 image, e.g. d/3.png);")

@@ -29,6 +29,10 @@ def test_copies_are_found_by_bytes_not_by_names_or_sizes(tmp_path):
                     f"(e.g. {a / 'x.png'} = {b / 'renamed.png'}): the validation score counts images the model "
                     "trained on")
     assert copies_line([a / "z.png"], theirs, what="images") is None
+    # the very files (--val-dir names the training folder): said as such, not as copies of themselves
+    assert copies_line(ours, ours, what="images") == (
+        f"warning: --val-dir reads 3 of the training images themselves (e.g. {a / 'x.png'}): the validation score "
+        "counts images the model trained on; pass a folder of other images")
     # files of one size beyond the first block: alike in it, or not, and copies or not
     big = bytes(range(256)) * 400  # 100 KiB
     (a / "big1.bmp").write_bytes(big)
