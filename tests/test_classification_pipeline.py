@@ -125,6 +125,11 @@ def test_tsne_outputs(cli, trained, color_classes, tmp_path):
             shutil.copy(color_classes / f"{c}_{i}.png", few / f"{c}_{i}.png")
     res = cli("cls", "tsne", trained, few, "--out", tmp_path / "f.png")
     assert res.code == 0 and "setting: --perplexity 30 -> 2.67: 9 images allow at most (n - 1) / 3" in " ".join(res.err.split())
+    # without --out: into the run folder, where `vislab report` looks (given the folder or a checkpoint in it)
+    assert cli("cls", "tsne", trained, few).code == 0 and (trained / "tsne.png").is_file()
+    assert len(list(csv.DictReader((trained / "tsne.csv").open()))) == 9
+    (trained / "tsne.png").unlink()
+    assert cli("cls", "tsne", trained / "last.ckpt", few).code == 0 and (trained / "tsne.png").is_file()
     # the figure's format follows its name; an extension no format has is refused before any work
     assert cli("cls", "tsne", trained, few, "--out", tmp_path / "f.pdf").code == 0
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"

@@ -605,6 +605,9 @@ def test_progress_figure(cli, seg_run, tmp_path):
     assert b"<svg" in (tmp_path / "m.svg").read_bytes()[:2000]
     res = cli("seg", "progress", seg_run / "run", "--out", tmp_path / "masks")
     assert res.code == 2 and "a name without an extension is none of them" in " ".join(res.err.split())
+    run = shutil.copytree(seg_run / "run", tmp_path / "run", ignore=shutil.ignore_patterns("*.ckpt"))
+    assert cli("seg", "progress", run).code == 0  # without --out: into the run folder
+    assert Image.open(run / "masks.png").size == img.size
 
 
 @requires_real

@@ -133,8 +133,7 @@ def _cls_figures(run: Path, data: dict[str, Any]) -> list[dict[str, str]]:
                         "Classes that form their own cluster are recognised reliably; overlapping clusters are "
                         "the pairs the confusion matrix shows as confused."))
     else:
-        info(f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {shlex.quote(str(run))} VAL_DIR --out "
-             f"{shlex.quote(str(tsne))}` makes it")
+        info(f"{run}: no tsne.png, so the page has no t-SNE; `vislab cls tsne {shlex.quote(str(run))} VAL_DIR` makes it")
     return out
 
 

@@ -137,8 +137,9 @@ def cls_predict(
 def cls_tsne(
     ckpt: Path = typer.Argument(..., help="Checkpoint or run folder."),
     img_dir: Path = typer.Argument(..., help="Labelled image folder (e.g. val_50)."),
-    out_png: Path = typer.Option(Path("tsne.png"), "--out",
-                                 help="Output figure (.png, .pdf, .svg or .jpg); a CSV of points is written beside it."),
+    out_png: Optional[Path] = typer.Option(None, "--out", help="Output figure (.png, .pdf, .svg or .jpg); a CSV of "
+                                           "points is written beside it. Default: tsne.png in the run folder, where "
+                                           "`vislab report` finds it."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="CSV filename,label for a flat IMG_DIR."),
     seed: int = typer.Option(0, "--seed"),
     perplexity: float = typer.Option(30.0, "--perplexity"),
@@ -150,6 +151,7 @@ def cls_tsne(
     from vislab.viz.save import FORMATS
 
     _one_run(ckpt, "a t-SNE shows the second-last layer of one network")
+    out_png = out_png or (ckpt if ckpt.is_dir() else ckpt.parent) / "tsne.png"
     data = [img_dir, *_run_data([ckpt])]
     _output(out_png, *FORMATS, inputs=[labels, ckpt], data=data)
     _output(out_png.with_suffix(".csv"), ".csv", inputs=[labels, ckpt], header=TSNE_HEADER, data=data)

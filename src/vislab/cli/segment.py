@@ -202,7 +202,8 @@ def seg_predict(
 @seg_app.command("progress")
 def seg_progress(
     run_dir: Path = typer.Argument(..., help="Run folder of `vislab seg train --snapshot ...`."),
-    out_png: Path = typer.Option(Path("masks.png"), "--out", help="Output figure (.png, .pdf, .svg or .jpg)."),
+    out_png: Optional[Path] = typer.Option(None, "--out", help="Output figure (.png, .pdf, .svg or .jpg). Default: "
+                                           "masks.png in the run folder."),
     epochs: Optional[str] = typer.Option(None, "--epochs", help="Epochs to show, e.g. 1,5,20 (default early/middle/final)."),
 ) -> None:
     """The predicted masks of the snapshot images at early, middle and final epochs."""
@@ -210,6 +211,7 @@ def seg_progress(
     from vislab.viz.save import FORMATS
 
     _one_run(run_dir, "the masks shown are one run's snapshots")
+    out_png = out_png or run_dir / "masks.png"
     _output(out_png, *FORMATS, data=_run_data([run_dir]))
     try:
         chosen = [int(e) for e in epochs.split(",")] if epochs else None
