@@ -422,7 +422,9 @@ def test_resume_refuses_a_recipe_and_names_the_saved_one(cli, tmp_path):
     (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18"}))
     (run / "last.ckpt").write_bytes(b"")  # something to resume (read after the recipe is checked)
     err = _one_line(cli("cls", "train", tmp_path / "none", "--out", run, "--recipe", "cls-fast", "--resume"))
-    assert err == f"vislab: error: {run}: --resume continues the recipe saved in the run folder; drop --recipe"
+    assert err == (f"vislab: error: {run}: --resume continues the recipe saved in the run folder; drop --recipe (or "
+                   f"start a new run from what it learnt, with those settings: --recipe cls-fast --weights {run} "
+                   "--out NEW_FOLDER)")
     err = _one_line(cli("cls", "train", tmp_path / "none", "--out", run, "--resume"))
     assert err == f"vislab: error: {run / 'recipe.yaml'}: is a seg recipe; `vislab cls train` needs a cls recipe"
     # a new run: the recipe's task is checked before its model (a cls model in a seg recipe)

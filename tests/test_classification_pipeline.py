@@ -171,7 +171,16 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     assert f"--resume: --val-dir {color_classes.resolve()}, as the run started" in " ".join(res.err.split())
     assert json.loads((run / "results.json").read_text())["val"] == recorded["val"]
     res = cli("cls", "train", color_classes, "--out", run, "--resume", "--lr", "0.5")
-    assert res.code == 2 and "drop --lr" in res.err
+    said = " ".join(res.err.split())
+    assert res.code == 2 and ("drop --lr (or start a new run from what it learnt, with those settings: --recipe "
+                              f"{run / 'recipe.yaml'} --weights {run} --out NEW_FOLDER)") in said
+    # the way it suggests works: a new run starts from the run's weights with the other setting
+    new = tmp_path / "new"
+    res = cli("cls", "train", color_classes, "--out", new, "--lr", "0.5", "--recipe", run / "recipe.yaml", "--weights", run,
+              "--epochs", "1")
+    assert res.code == 0, res.err
+    assert json.loads((new / "results.json").read_text())["epochs"] == 1 and \
+        yaml.safe_load((new / "recipe.yaml").read_text())["lr"] == 0.5
     res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path), "--out", run)
     assert res.code == 2 and "already holds checkpoints" in res.err
     # another training folder (one image fewer) is not the run's data; a copy of its own is

@@ -257,12 +257,13 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     is refused naming its file. Returns the recipe, its settings lines for ``changes.txt`` and
     what the command gave the run (the recipe's name, the flags that override it) for its
     ``inputs.json``."""
-    from vislab.pipelines.settings import run_recipe
+    from vislab.pipelines.settings import ANOTHER_RUN, run_recipe
 
     saved = out_dir / "recipe.yaml"
     if resume and saved.is_file():
         if recipe is not None:
-            raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe")
+            raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe"
+                                       + ANOTHER_RUN.format(recipe=recipe, run=out_dir))
         recipe = str(saved)
     recipe = recipe or DEFAULT_RECIPE[task]
     r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag, task=task)

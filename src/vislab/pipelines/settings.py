@@ -55,6 +55,11 @@ def _same_value(recipe: Recipe, field: str, value: Any) -> bool:
         return False
 
 
+ANOTHER_RUN = (" (or start a new run from what it learnt, with those settings: --recipe {recipe} --weights {run} "
+               "--out NEW_FOLDER)")
+"""What a refused ``--resume`` with other settings suggests instead."""
+
+
 def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
                flag: Callable[[str], str] = lambda f: f, task: str | None = None) -> tuple[Recipe, list[str]]:
     """The recipe a training run executes: ``recipe`` (a shipped name or YAML file) with the given
@@ -101,7 +106,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
                    and not _same_value(base, k, v) and flag_values({k: v})[k] != asked.get(k)]
         if changed:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
-                                       f"{', '.join(flag(k) for k in changed)}")
+                                       f"{', '.join(flag(k) for k in changed)}{ANOTHER_RUN.format(recipe=out_dir / 'recipe.yaml', run=out_dir)}")
         return base.with_overrides(**{k: v for k, v in overrides.items() if k in RESUME_CHANGEABLE}), []
     given = {k: v for k, v in overrides.items() if v is not None}
     if "epochs" in given and "budget_minutes" in given:
