@@ -94,6 +94,21 @@ def test_a_run_that_fails_says_so_in_its_folder_runs_and_report(cli, color_class
     assert run_row(run).state == "finished" and json.loads((run / "results.json").read_text())["epochs_trained"] == 2
 
 
+def test_max_minutes_flag_stops_and_a_resume_may_change_it(cli, color_classes, tmp_path):
+    """--max-minutes is the recipe's max_minutes from the command line; a --resume may give
+    another (a guard of that invocation), and without one keeps the run's."""
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=3), "--out", run,
+              "--max-minutes", "1e-6")
+    assert res.code == 0 and "max_minutes (1e-06) reached after epoch 1 of 3" in " ".join(res.err.split())
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["max_minutes"] == 1e-6
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")  # the run's own guard again
+    assert res.code == 0 and "reached after epoch 2 of 3" in " ".join(res.err.split())
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--max-minutes", "60")
+    assert res.code == 0, res.err
+    assert _epochs(run) == ["1", "2", "3"] and "stopped_early" not in json.loads((run / "results.json").read_text())
+
+
 def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
     recipe = _recipe(tmp_path, "r.yaml", epochs=50, checkpoint_minutes=1e-6)
     run = tmp_path / "run"

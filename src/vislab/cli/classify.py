@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vislab.cli.common import (
-    AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, cls_app, _command_line, DevicesOpt, DistillOpt, EmaOpt,
+    AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, MaxMinutesOpt, cls_app, _command_line, DevicesOpt, DistillOpt, EmaOpt,
     ENGINE_OPTION, EnsembleArg, EpochsOpt, LimitOpt, LrOpt, _members, ModelOpt, NodesOpt, _one_run, out,
     _output, PrecisionOpt, _print_against, _print_interval, _recipe, RecipeOpt, _resumed, ResumeOpt,
     _run_data, SeedOpt, SplitSeedOpt, StrategyOpt, TeacherOpt, _teachers, _train_dirs, WeightsOpt,
@@ -40,10 +40,12 @@ def cls_train(
     erasing: Optional[float] = typer.Option(None, "--erasing", help="Probability of erasing a random rectangle per image (0 = off)."),
     ema: Optional[float] = EmaOpt,
     budget: Optional[float] = BudgetOpt,
+    max_minutes: Optional[float] = MaxMinutesOpt,
     teacher: Optional[str] = TeacherOpt, distill: Optional[float] = DistillOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[float] = LimitOpt,
 ) -> None:
-    """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR."""
+    """Train a classifier; the best checkpoint is selected on a held-out split of TRAIN_DIR (when the recipe
+    holds one out and the data allow it; else the last epoch's is the model)."""
     from vislab.pipelines.classification import train
 
     if resume:
@@ -60,7 +62,7 @@ def cls_train(
                 image_size=image_size, resize_from=resize_from, holdout=holdout, mixup=mixup, cutmix=cutmix,
                 augment=augment, erasing=erasing,
                 ema=ema, num_workers=workers,
-                limit_train_batches=limit_batches, distill=distill, budget_minutes=budget,
+                limit_train_batches=limit_batches, distill=distill, budget_minutes=budget, max_minutes=max_minutes,
                 teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, labels_csv=labels,
                    val_labels_csv=val_labels, command=_command_line(), notes=notes, given=given)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vislab.cli.common import (
-    AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, _command_line, DevicesOpt, DistillOpt, EmaOpt,
+    AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, MaxMinutesOpt, _command_line, DevicesOpt, DistillOpt, EmaOpt,
     ENGINE_OPTION, EnsembleArg, EpochsOpt, LimitOpt, LrOpt, _members, ModelOpt, NodesOpt, _one_run, out,
     _output, PrecisionOpt, _print_against, _print_interval, _recipe, _recorded_train_dir, _resumed,
     ResumeOpt, _run_data, SeedOpt, seg_app, SplitSeedOpt, StrategyOpt, TeacherOpt, _teachers,
@@ -40,6 +40,7 @@ def seg_train(
     loss: Optional[str] = typer.Option(None, "--loss", help="ce | dice | lovasz | sums like ce+dice."),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Held-out fraction of the training pairs."),
     ema: Optional[float] = EmaOpt, budget: Optional[float] = BudgetOpt,
+    max_minutes: Optional[float] = MaxMinutesOpt,
     teacher: Optional[str] = TeacherOpt, distill: Optional[float] = DistillOpt,
     workers: Optional[int] = WorkersOpt, resume: bool = ResumeOpt, limit_batches: Optional[float] = LimitOpt,
 ) -> None:
@@ -55,7 +56,7 @@ def seg_train(
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,
                 model=model, weights=weights,
                 crop_size=crop_size, loss=loss, holdout=holdout, ema=ema, num_workers=workers, snapshot=stems,
-                limit_train_batches=limit_batches, budget_minutes=budget, distill=distill,
+                limit_train_batches=limit_batches, budget_minutes=budget, distill=distill, max_minutes=max_minutes,
                 teacher=_teachers(teacher))
     result = train(train_dir, r, out_dir=out_dir, resume=resume, val_dir=val_dir, command=_command_line(),
                    classes=classes, notes=notes, given=given)

@@ -263,7 +263,8 @@ def _refuse_dark_mask(rgb: torch.Tensor, p: Path) -> None:
     top = int(rgb.max()) if rgb.numel() else 0
     if 0 < top < 128:
         raise VislabError(p, f"no value reaches 128 (the largest is {top}), so the course colour code reads it as all "
-                             "unknown; a mask of class ids needs a classes.yaml with mask_format: index")
+                             "unknown; a mask of class ids needs a classes.yaml with mask_format: index (beside the masks, or "
+                             "given with --classes)")
 
 
 def refuse_off_code(rgb: torch.Tensor, p: Path) -> None:

@@ -220,7 +220,8 @@ class MaskStats:
         """A one-line error when no mask pixel of ``folder`` falls in a scored class (masks of
         class indices read by the course's colour rule, say): nothing could be learnt."""
         if int(self.counts[:, : classes.scored].sum()) == 0:
-            hint = ("; masks of class indices (0, 1, 2 ...) need a classes.yaml with mask_format: index beside them"
+            hint = ("; masks of class indices (0, 1, 2 ...) need a classes.yaml with mask_format: index beside them "
+                    "(or given with --classes)"
                     if classes.course else "")
             raise VislabError(folder, f"no pixel of its {len(self.stems)} masks is in a scored class under "
                                       f"{classes.source}'s description{hint}")

@@ -41,9 +41,10 @@ def resolve_normalisation(recipe: Recipe, from_scratch: Callable[[], Stats], scr
     return recipe, f"mean {list(recipe.mean)} and std {list(recipe.std)}: {why} (the recipe sets none)"
 
 
-RESUME_CHANGEABLE = ("devices", "num_nodes", "strategy", "accelerator", "num_workers")
+RESUME_CHANGEABLE = ("devices", "num_nodes", "strategy", "accelerator", "num_workers", "max_minutes")
 """Fields a ``--resume`` may change: where the run continues, not what it computes (the
-learning-rate schedule follows the samples seen, so the process count may change)."""
+learning-rate schedule follows the samples seen, so the process count may change), and the
+per-invocation time guard ``max_minutes``."""
 
 
 def _same_value(recipe: Recipe, field: str, value: Any) -> bool:
