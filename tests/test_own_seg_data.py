@@ -432,7 +432,7 @@ def test_other_classes_are_refused(cli, own_run, tmp_path):
     (other / "classes.yaml").write_text("mask_format: index\nignore_index: 255\nclasses: [a, b, c, d]\n")
     res = cli("seg", "score", own_run / "run", other)
     said = " ".join(res.err.split())
-    assert res.code == 2 and "classes.yaml: describes other classes than" in said
+    assert res.code == 2 and "classes.yaml: describes other classes than the classes the model was trained with (" in said
     assert "names ['a', 'b', 'c', 'd'] against" in said
     # the same names, read otherwise: the field that differs is named with both values
     (other / "classes.yaml").write_text(f"mask_format: index\nignore_index: 254\nclasses: [{', '.join(NAMES)}]\n")

@@ -419,8 +419,10 @@ def classes_of(meta: dict[str, Any]) -> SegClasses:
     return SegClasses.from_dict(meta.get("seg_classes"))
 
 
-def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: str | None = None) -> str | None:
-    """A folder whose own classes file describes other classes than ``classes`` is an error.
+def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: str | None = None,
+                          than: str | None = None) -> str | None:
+    """A folder whose own classes file describes other classes than ``classes`` (named ``than``,
+    default its file) is an error.
     With ``explicit`` (the words naming ``classes``, which were named with ``--classes``, now or
     when the run trained) the folder's file is replaced instead, even one that cannot be read,
     and the line saying so is returned (None when nothing differs)."""
@@ -441,15 +443,15 @@ def check_described_alike(folder: str | Path, classes: SegClasses, *, explicit: 
     apart = theirs.first_difference(classes)
     if not apart:
         return None
-    words = f"describes other classes than {classes.source}: {apart}"
+    words = f"describes other classes than {than or classes.source}: {apart}"
     if explicit is None:
         raise VislabError(found, words)
     return f"{explicit} replaces {found}, which {words}"
 
 
-def say_described(folder: str | Path, desc: SegClasses, explicit: str | None) -> None:
+def say_described(folder: str | Path, desc: SegClasses, explicit: str | None, than: str | None = None) -> None:
     """:func:`check_described_alike`, its replacement line (if any) said on the console."""
-    line = check_described_alike(folder, desc, explicit=explicit)
+    line = check_described_alike(folder, desc, explicit=explicit, than=than)
     if line:
         info(line)
 
@@ -458,4 +460,5 @@ def check_run_classes(folder: str | Path, desc: SegClasses, metas: list[dict[str
     """:func:`check_described_alike` for a trained run's classes: a run trained with ``--classes``
     over its folders' own files (``classes_named``) replaces them here too, said; else refused."""
     named = any(m.get("classes_named") for m in metas)
-    say_described(folder, desc, f"the run's --classes {desc.source}" if named else None)
+    say_described(folder, desc, f"the run's --classes {desc.source}" if named else None,
+                  than=f"the classes the model was trained with ({desc.source})")
