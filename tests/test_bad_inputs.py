@@ -46,7 +46,7 @@ def test_model_and_weights_are_checked_before_the_data(cli, tmp_path):
     assert f"{tmp_path / 'w.pt'}: weights file not found (set by --weights)" in err
     (tmp_path / "empty-run").mkdir()  # --weights RUN takes the run's checkpoint: there is none
     err = _one_line(cli("cls", "train", missing, "--recipe", "cls-fast", "--weights", tmp_path / "empty-run", "--out", out))
-    assert f"{tmp_path / 'empty-run'}: run folder holds no best.ckpt or last.ckpt" in err
+    assert f"{tmp_path / 'empty-run'}: is not a run folder (it holds no recipe.yaml, best.ckpt or last.ckpt)" in err
     assert not out.exists()
 
 
@@ -933,3 +933,16 @@ def test_seg_eval_with_its_folders_swapped_is_refused(cli, tmp_path):
     Image.fromarray(PALETTE.numpy()[labels[:256, :128]]).save(pred / "0000.png")
     assert _one_line(cli("seg", "eval", pred, data)) == (f"vislab: error: {pred / '0000.png'}: mask is 128x256, "
                                                          "expected 512x512 like its ground truth 0000_mask.png")
+
+
+def test_images_where_the_model_goes_say_that_the_model_comes_first(cli, color_classes, tmp_path):
+    """`cls predict IMAGES RUN OUT`: the images folder (or one image) in the model's place is named
+    as such, with the order the commands take."""
+    res = cli("cls", "predict", color_classes, tmp_path / "run", tmp_path / "p.csv")
+    assert _one_line(res) == (f"vislab: error: {color_classes}: is not a run folder (it holds no recipe.yaml, best.ckpt "
+                              "or last.ckpt); it holds images: a command that reads a model takes its run folder or "
+                              "checkpoint first")
+    res = cli("seg", "score", color_classes / "0_0.png", color_classes)
+    assert _one_line(res) == (f"vislab: error: {color_classes / '0_0.png'}: is an image, not a checkpoint: a command "
+                              "that reads a model takes its run folder or checkpoint first")
+    assert not (tmp_path / "p.csv").exists()

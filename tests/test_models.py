@@ -117,8 +117,12 @@ def test_weights_from_a_run_folder(tmp_path):
     net, avg = build_model("cifar_resnet20", num_classes=4).eval(), build_model("cifar_resnet20", num_classes=4).eval()
     run = tmp_path / "run"
     run.mkdir()
+    with pytest.raises(VislabError, match=r"run: is not a run folder \(it holds no recipe.yaml, best.ckpt or last.ckpt\)$"):
+        build_model("cifar_resnet20", num_classes=4, weights=str(run))
+    (run / "recipe.yaml").write_text("task: cls\n")
     with pytest.raises(VislabError, match="run: run folder holds no best.ckpt or last.ckpt"):
         build_model("cifar_resnet20", num_classes=4, weights=str(run))
+    (run / "recipe.yaml").unlink()
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "last.ckpt")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(build_model("cifar_resnet20", num_classes=4, weights=str(run)).eval()(x), net(x))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from vislab.data.images import IMAGE_SUFFIXES
 from vislab.errors import VislabError
 
 FORMAT = 1
@@ -61,7 +62,14 @@ def checkpoint_file(path: str | Path) -> Path:
         for name in ("best.ckpt", "last.ckpt"):
             if (p / name).is_file():
                 return p / name
-        raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
+        if (p / "recipe.yaml").is_file():
+            raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
+        images = any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
+        raise VislabError(p, "is not a run folder (it holds no recipe.yaml, best.ckpt or last.ckpt)" + (
+            "; it holds images: a command that reads a model takes its run folder or checkpoint first" if images else ""))
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        raise VislabError(p, "is an image, not a checkpoint: a command that reads a model takes its run folder or "
+                             "checkpoint first")
     return p
 
 
