@@ -78,6 +78,14 @@ def test_eval_matches_predictions(cli, trained, color_classes, tmp_path):
     assert f"95% interval of the accuracy: {lo:.4f}-{hi:.4f} (Wilson score over 120 images)" in " ".join(ev.out.split())
     assert metrics["top5"] is None and "top-5" not in ev.out  # 3 classes: every label is in the top 5
     assert metrics["accuracy"] > 0.6  # three colour classes are easy
+    assert metrics["classes_without_images"] == [] and "no row for" not in ev.out
+    subset = tmp_path / "subset"  # no image of class 2: its row is missing, and said
+    subset.mkdir()
+    for f in color_classes.glob("[01]_*.png"):
+        shutil.copy(f, subset / f.name)
+    ev = cli("cls", "eval", trained, subset, "--json", tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())["classes_without_images"] == [2]
+    assert f"no row for 1 of the model's 3 classes: {subset} holds no image of it (2)" in " ".join(ev.out.split())
 
 
 def test_predict_on_label_free_names(cli, trained, color_classes, tmp_path):

@@ -100,6 +100,11 @@ def cls_eval(
     for c, a in res["per_class"].items():
         t.add_row(id_and_name(c, names), f"{a:.3f}")
     out.print(t)
+    absent = res.get("classes_without_images") or []
+    if absent:
+        shown = ", ".join(id_and_name(c, names) for c in absent[:10]) + (", ..." if len(absent) > 10 else "")
+        out.print(f"no row for {len(absent)} of the model's {len(res['confusion'])} classes: {img_dir} holds no "
+                  f"image of {'it' if len(absent) == 1 else 'them'} ({shown})")
     _write_json(res, json_out)
     _print_interval("accuracy", res.get("accuracy_interval"))
     _print_against(res, ckpt, "accuracy", "accuracy")

@@ -117,6 +117,7 @@ def _accuracy_result(data: Any, logits: torch.Tensor, meta: dict[str, Any],
         "accuracy_interval": accuracy_interval(correct, len(labels)),
         "top5": None if top5 is None else round(float(top5.float().mean()), 6),
         "per_class": per_class,
+        "classes_without_images": [c for c in range(n_cls) if c not in per_class],  # no per-class accuracy
         "class_names": names,
         "confusion": confusion_matrix(labels, pred, n_cls).tolist(),
     }
