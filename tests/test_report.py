@@ -295,3 +295,19 @@ def test_report_and_runs_find_the_same_run_folders(cli, tmp_path):
     assert "from 2 run folder(s)" in md
     shown = {acc for acc in ("0.4100", "0.4200", "0.4300", "0.4400") if f"| {acc} |" in md}
     assert shown == {"0.4100", "0.4200"}
+
+
+def test_curves_leave_out_the_held_out_panel_of_a_run_without_one():
+    """A run with no held-out split (cls-cpu) has no held-out scores: its figure has two panels,
+    not an empty third; one score in any epoch keeps the panel."""
+    import io
+
+    from PIL import Image
+
+    from vislab.viz.figures import curves
+
+    rows = [{"epoch": str(e), "train_loss": str(1 / e), "holdout_acc": "", "lr": "0.1"} for e in (1, 2, 3)]
+    two = Image.open(io.BytesIO(curves(rows, metric="holdout_acc"))).size
+    rows[1]["holdout_acc"] = "0.5"
+    three = Image.open(io.BytesIO(curves(rows, metric="holdout_acc"))).size
+    assert two[1] == three[1] and abs(two[0] / three[0] - 2 / 3) < 0.02

@@ -27,12 +27,15 @@ def _png(fig) -> bytes:
 
 
 def curves(history: list[dict[str, str]], *, metric: str) -> bytes:
-    """Training loss, the held-out metric and the learning rate per epoch."""
+    """Training loss, the held-out metric (a run without a held-out split has no panel for it) and
+    the learning rate per epoch."""
     plt = _plt()
     epochs = [int(r["epoch"]) for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     nice = metric.removeprefix("holdout_").replace("acc", "accuracy").replace("miou", "mIoU")
-    for ax, key, title in zip(axes, ("train_loss", metric, "lr"), ("training loss", f"held-out {nice}", "learning rate")):
+    panels = [(k, t) for k, t in (("train_loss", "training loss"), (metric, f"held-out {nice}"), ("lr", "learning rate"))
+              if k != metric or any(r.get(k) not in (None, "") for r in history)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
         vals = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history]
         ax.plot(epochs, vals, marker="o", ms=3)
         ax.set_title(title, fontsize=10)
