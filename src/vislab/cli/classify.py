@@ -16,6 +16,7 @@ from vislab.cli.common import (
     WorkersOpt, _write_json,
 )
 from vislab.errors import VislabError
+from vislab.log import counted
 
 
 @cls_app.command("train")
@@ -137,7 +138,7 @@ def cls_predict(
                        for f, run in recorded_labels(paths)])
     earlier = out_csv.is_file()
     n = predict(ckpt, img_dir, out_csv, batch_size=batch_size, device=device, engine=engine, tta=tta)
-    out.print(f"wrote {n} predictions to {out_csv}" + (" (replacing an earlier prediction there)" if earlier else ""))
+    out.print(f"wrote {counted(n, 'prediction')} to {out_csv}" + (" (replacing an earlier prediction there)" if earlier else ""))
 
 
 @cls_app.command("tsne")

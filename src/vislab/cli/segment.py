@@ -16,6 +16,7 @@ from vislab.cli.common import (
     _train_dirs, WeightsOpt, WorkersOpt, _write_json,
 )
 from vislab.errors import VislabError
+from vislab.log import counted
 
 OffsetsOpt = typer.Option(True, "--offsets/--no-offsets",
                           help="Apply the calibration that `vislab seg calibrate` stored for the checkpoint (class "
@@ -73,11 +74,10 @@ def _print_seg(res: dict, run: str = "") -> None:
     out.print(t)
     out.print(f"pixel accuracy: {res['pixel_accuracy']:.4f}")
     if res.get("held_out"):
-        out.print(f"scored on the {res['files']} pairs held out of training (fraction {res['held_out']['fraction']:g}, "
+        out.print(f"scored on the {counted(res['files'], 'pair')} held out of training (fraction {res['held_out']['fraction']:g}, "
                   f"split seed {res['held_out']['seed']})")
     _print_interval("mIoU", res.get("miou_interval"))
     _print_against(res, run, "miou", "mIoU")
-    from vislab.log import counted
 
     absent = res.get("absent") or []
     left_out = (f" (the mean of {counted(len(res['iou']) - len(absent), 'class', 'classes')}: "

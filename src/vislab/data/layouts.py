@@ -21,7 +21,7 @@ from typing import Sequence
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped
 from vislab.errors import VislabError
 from vislab.io import missing_file_words
-from vislab.log import info
+from vislab.log import counted, info
 
 _COURSE_NAME = re.compile(r"^(\d+)_(\d+)$")
 
@@ -314,7 +314,7 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
         raise VislabError(path, f"lists {missing_files[0]}, which is not an image in {root} ({len(missing_files)} such rows)")
     unlabelled = [p.name for p in flat if p.name not in table]
     if unlabelled:
-        raise VislabError(root / unlabelled[0], f"has no row in {path} ({len(unlabelled)} images without a label)")
+        raise VislabError(root / unlabelled[0], f"has no row in {path} ({counted(len(unlabelled), 'image')} without a label)")
     values = [table[p.name] for p in flat]
     numbers = [bool(re.fullmatch(r"\d+", v)) for v in values]
     if all(numbers):

@@ -31,7 +31,7 @@ import yaml
 from vislab.data import palette
 from vislab.errors import VislabError, yaml_problem
 from vislab.io import load_yaml, missing_file_words
-from vislab.log import info
+from vislab.log import counted, info
 from vislab.metrics import iou_per_class
 
 IGNORE = 255
@@ -167,7 +167,7 @@ class SegClasses:
         if bool(bad.any()) or bool((values < 0).any()):
             v = int(values[bad | (values < 0)][0])
             allowed = f"0..{self.num_classes - 1}" + (f" or {self.ignore_index} (ignore)" if self.ignore_index is not None else "")
-            raise VislabError(p, f"pixel value {v} is not a class id ({allowed}); {int(bad.sum())} such pixels")
+            raise VislabError(p, f"pixel value {v} is not a class id ({allowed}); {counted(int(bad.sum()), 'such pixel', 'such pixels')}")
         return ids.to(torch.uint8)
 
     def _decode_palette(self, rgb: torch.Tensor, p: Path) -> torch.Tensor:
@@ -182,7 +182,7 @@ class SegClasses:
             hint = ("a JPEG's lossy compression blends the colours at class edges: save masks as PNG"
                     if p.suffix.lower() in (".jpg", ".jpeg") else "map it with extra_colors")
             raise VislabError(p, f"colour {colour} is not a class colour of the classes file "
-                                 f"({int((~found).sum())} such pixels); {hint}")
+                                 f"({counted(int((~found).sum()), 'such pixel', 'such pixels')}); {hint}")
         return vals[pos].view(codes.shape)
 
     def _table(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +276,7 @@ def refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
     off = ((rgb != 0) & (rgb != 255)).any(0)
     y, x = (int(v[0]) for v in torch.nonzero(off, as_tuple=True))
     raise VislabError(p, f"colour {rgb[:, y, x].tolist()} (at x={x}, y={y}) is not a colour of the course's code "
-                         f"({int(off.sum())} such pixels; each channel must be 0 or 255): a mask resized with "
+                         f"({counted(int(off.sum()), 'such pixel', 'such pixels')}; each channel must be 0 or 255): a mask resized with "
                          "smoothing or saved lossily blends colours; resize masks with nearest neighbour and save PNG")
 
 
