@@ -111,6 +111,12 @@ def test_predict_on_label_free_names(cli, trained, color_classes, tmp_path):
     res = cli("cls", "predict", trained, test / one, tmp_path / "one.csv")
     assert res.code == 0, res.err
     assert list(csv.reader((tmp_path / "one.csv").open())) == [["image_id", "label"], [one, by_name[names[one]]]]
+    from conftest import write_png
+
+    odd = tmp_path / "odd.png"  # one image of another size: the resize line names the file, not its folder
+    write_png(odd, np.zeros((30, 40, 3), np.uint8))
+    res = cli("cls", "predict", trained, odd, tmp_path / "odd.csv")
+    assert res.code == 0 and f"{odd}: 1 of 1 images are not 32x32" in " ".join(res.err.split())
 
 
 def test_tsne_outputs(cli, trained, color_classes, tmp_path):

@@ -95,8 +95,9 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     target = tuple(size) if size is not None else storage_size(most_common_size(sample_sizes(items.files)), image_size)
     images, sizes = decoded_images(items.files, target, decode_fitted, use_cache=use_cache, source=items.root)
     other = sum(n for key, n in sizes.items() if tuple(key[:2]) != tuple(target))
+    where = items.files[0] if len(items.files) == 1 else items.root  # one image given: its file is named
     if other:
-        info(f"{items.root}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "
+        info(f"{where}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "
              "they are resized (shorter side, one factor) and centre cropped to it")
     for flag, words in ((UPRIGHT, "turned upright by their EXIF orientation (as a photo viewer shows them)"),
                         (SIXTEEN_BITS, "are 16-bit grey; read as 8 bits (value / 257)"),
@@ -104,10 +105,10 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
                         (FRAMES, "hold several frames (animations); the first frame is read")):
         done = sum(n for key, n in sizes.items() if flag in key[2:])
         if done:
-            info(f"{items.root}: {done} of {len(items.files)} images {words}")
+            info(f"{where}: {done} of {len(items.files)} images {words}")
     clear = sum(n for key, n in sizes.items() if TRANSPARENT in key[2:])
     if clear:
-        info(transparent_line(items.root, clear, len(items.files)))
+        info(transparent_line(where, clear, len(items.files)))
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout, items.root)
 
