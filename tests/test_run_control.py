@@ -842,7 +842,8 @@ def test_a_budget_holds_inside_an_epoch_that_slows_down(cli, color_classes, tmp_
     assert lines[-3].startswith("epochs 50 -> 3 of 8 of their 12 batches (a fresh shuffle each): --budget 0.5 min")
     assert lines[-2].startswith("--budget 0.5 min: epochs 3 -> 3 + 2 batches after epoch 1")
     assert lines[-1] == f"--budget 0.5 min: {said}"
-    assert f"warning: --budget 0.5 min: {said}" in " ".join(res.err.split())
+    assert f"warning: --budget 0.5 min: {said}" in " ".join(res.err.split())  # it ends earlier than planned
+    assert f"setting: {lines[-2]}" in " ".join(res.err.split())  # it trains longer: no warning
     results = json.loads((run / "results.json").read_text())
     assert results["global_step"] == steps and results["epochs"] == results["epochs_trained"] == slow_epoch
     assert results["changes"][-1] == lines[-1]

@@ -322,7 +322,7 @@ class BudgetKeeper(TrainingClock):
             self._say(trainer, f"--budget {self.minutes:g} min: in epoch {epoch} of {planned}, at batch {done} of "
                                f"{batches} ({_so_far(elapsed)}, {pace:.3g} s per batch over its last {window} batches: "
                                f"faster than planned), the run and its learning-rate schedule now end {ends}" +
-                               (f" instead of batch {done + left}" if early else ""))
+                               (f" instead of batch {done + left}" if early else ""), longer=True)
         if end is None:
             return
         pl_module.replan(epoch, end_step=end if end - step < batches - done else None)  # type: ignore[operator]
@@ -391,11 +391,12 @@ class BudgetKeeper(TrainingClock):
             return f"{n}" if stop_at is None else f"{n - 1} + {stop_at - spe * (n - 1)} batches"
 
         self._say(trainer, f"--budget {self.minutes:g} min: epochs {plan(planned, stop)} -> {plan(epochs, end)} after "
-                           f"epoch {done} ({_so_far(elapsed)}, {each} s per epoch: {pace}); {ends}")
+                           f"epoch {done} ({_so_far(elapsed)}, {each} s per epoch: {pace}); {ends}", longer=longer)
 
-    def _say(self, trainer: pl.Trainer, line: str) -> None:
-        """A re-plan's line: a warning on the console, and the run folder's changes.txt (rank 0)."""
-        info(f"warning: {line}")
+    def _say(self, trainer: pl.Trainer, line: str, *, longer: bool = False) -> None:
+        """A re-plan's line on the console (a warning when the run ends earlier than planned, a setting
+        when it trains longer) and in the run folder's changes.txt (rank 0)."""
+        info(f"{'setting' if longer else 'warning'}: {line}")
         if trainer.is_global_zero and self.record is not None:
             self.record(line)
 
