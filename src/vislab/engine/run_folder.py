@@ -214,7 +214,24 @@ def write_results(out_dir: Path, result: dict) -> None:
     # tells results an unfinished resume has since overtaken (file times do not survive every copy)
     result["commands"] = len(command_lines(out_dir)) if (out_dir / "command.txt").is_file() else None
     atomic_write_text(json.dumps(result, indent=2), out_dir / "results.json")
-    info(f"done: {json.dumps({k: v for k, v in result.items() if k not in ('val', 'train_masks', 'commands')}, ensure_ascii=False)}")
+    info(done_line(out_dir, result))
+
+
+def done_line(out_dir: Path, result: dict) -> str:
+    """The line a training run ends with: its scores, epochs and minutes, and where the rest is.
+
+        >>> done_line(Path("runs/p1"), {"holdout_acc": 0.8512, "val_accuracy": 0.84, "epochs": 5, "epochs_trained": 4,
+        ...                             "train_seconds": 90.0, "checkpoint": "runs/p1/best.ckpt"})
+        'done: holdout_acc 0.8512, val_accuracy 0.8400, 4 of 5 epochs in 1.5 min; runs/p1/results.json holds every number, runs/p1/best.ckpt is the model'
+    """
+    parts = [f"{k} {result[k]:.4f}" for k in ("holdout_acc", "holdout_miou", "val_accuracy", "val_miou")
+             if isinstance(result.get(k), (int, float))]
+    epochs, trained = result.get("epochs"), result.get("epochs_trained")
+    if epochs is not None:
+        ran = f"{trained} of {epochs}" if trained not in (None, epochs) else f"{epochs}"
+        parts.append(f"{ran} epoch{'' if epochs == 1 else 's'}" + (
+            f" in {result['train_seconds'] / 60:.1f} min" if isinstance(result.get("train_seconds"), (int, float)) else ""))
+    return f"done: {', '.join(parts)}; {out_dir / 'results.json'} holds every number, {result['checkpoint']} is the model"
 
 
 @contextlib.contextmanager
