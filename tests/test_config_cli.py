@@ -87,7 +87,10 @@ def test_usage_errors_are_one_line_naming_the_command(cli):
              (("cls", "train", "--epochs", "x"), "Invalid value for '--epochs'"),
              (("models", "--bogus"), "No such option: --bogus (see `vislab models --help`)"),
              (("zzz",), "No such command 'zzz'. (see `vislab --help`)"),
-             (("seg", "train", "--epochs"), "Option '--epochs' requires an argument. (see `vislab seg train --help`)")]
+             (("seg", "train", "--epochs"), "Option '--epochs' requires an argument. (see `vislab seg train --help`)"),
+             (("cls", "train", "tr", "va"), "Got unexpected extra argument(s) (va); a validation folder goes with --val-dir "
+                                            "(see `vislab cls train --help`)"),
+             (("cls", "eval", "run", "va", "x"), "Got unexpected extra argument(s) (x) (see `vislab cls eval --help`)")]
     for args, said in cases:
         res = cli(*args)
         assert res.code == 2 and res.err.startswith("vislab: error: ") and res.err.count("\n") == 1, res.err

@@ -59,6 +59,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         command = exc.ctx.command_path if exc.ctx is not None else "vislab"
+        if "unexpected extra argument" in message and command.endswith(" train"):  # a validation folder after the training one
+            message += "; a validation folder goes with --val-dir"
         print(f"vislab: error: {message} (see `{command} --help`)", file=sys.stderr)
         sys.exit(2)
     except VislabError as exc:
