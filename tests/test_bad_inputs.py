@@ -935,14 +935,18 @@ def test_seg_eval_with_its_folders_swapped_is_refused(cli, tmp_path):
                                                          "expected 512x512 like its ground truth 0000_mask.png")
 
 
-def test_images_where_the_model_goes_say_that_the_model_comes_first(cli, color_classes, tmp_path):
-    """`cls predict IMAGES RUN OUT`: the images folder (or one image) in the model's place is named
-    as such, with the order the commands take."""
+def test_images_where_a_model_goes_are_named_as_such(cli, color_classes, tmp_path):
+    """`cls predict IMAGES RUN OUT`: the images folder (or one image, or a tree of class folders) in
+    the model's place is named as such."""
     res = cli("cls", "predict", color_classes, tmp_path / "run", tmp_path / "p.csv")
     assert _one_line(res) == (f"vislab: error: {color_classes}: is not a run folder (it holds no recipe.yaml, best.ckpt "
-                              "or last.ckpt); it holds images: a command that reads a model takes its run folder or "
-                              "checkpoint first")
+                              "or last.ckpt) (it holds images: a model's run folder or checkpoint goes here)")
     res = cli("seg", "score", color_classes / "0_0.png", color_classes)
-    assert _one_line(res) == (f"vislab: error: {color_classes / '0_0.png'}: is an image, not a checkpoint: a command "
-                              "that reads a model takes its run folder or checkpoint first")
+    assert _one_line(res) == (f"vislab: error: {color_classes / '0_0.png'}: is an image, not a checkpoint (a model's run "
+                              "folder or checkpoint goes here)")
     assert not (tmp_path / "p.csv").exists()
+    tree = tmp_path / "tree"  # class folders: their images are seen too
+    (tree / "cat").mkdir(parents=True)
+    shutil.copy(color_classes / "0_0.png", tree / "cat" / "a.png")
+    assert _one_line(cli("cls", "eval", tree, color_classes)).endswith("(it holds images: a model's run folder or "
+                                                                       "checkpoint goes here)")

@@ -85,7 +85,8 @@ def test_eval_matches_predictions(cli, trained, color_classes, tmp_path):
         shutil.copy(f, subset / f.name)
     ev = cli("cls", "eval", trained, subset, "--json", tmp_path / "s.json")
     assert json.loads((tmp_path / "s.json").read_text())["classes_without_images"] == [2]
-    assert f"no row for 1 of the model's 3 classes: {subset} holds no image of it (2)" in " ".join(ev.out.split())
+    assert f"no row for 1 of the model's 3 classes (2): none of the images of {subset} is of that class" in \
+        " ".join(ev.out.split())
 
 
 def test_predict_on_label_free_names(cli, trained, color_classes, tmp_path):
@@ -188,6 +189,9 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     said = " ".join(res.err.split())
     assert res.code == 2 and ("drop --lr (or start a new run from what it learnt, with those settings: --recipe "
                               f"{run / 'recipe.yaml'} --weights {run} --out NEW_FOLDER)") in said
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--model", "simple_cnn")
+    said = " ".join(res.err.split())  # another network cannot start from the run's weights: no such way is offered
+    assert res.code == 2 and said.endswith("drop --model") and "--weights" not in said
     # the way it suggests works: a new run starts from the run's weights with the other setting
     new = tmp_path / "new"
     res = cli("cls", "train", color_classes, "--out", new, "--lr", "0.5", "--recipe", run / "recipe.yaml", "--weights", run,

@@ -124,6 +124,36 @@ def test_an_unforeseen_failure_is_one_line_with_status_1(cli, monkeypatch):
     assert res.code == 1 and res.err == "vislab: out of memory; try a smaller --batch-size (or --image-size / --crop-size)\n"
 
 
+def test_a_spawned_training_process_failure_is_said_by_its_own_error():
+    """ddp_spawn hands a worker's error back as its traceback text, which starts with blank lines:
+    the line is the traceback's last (the worker's own error), and a worker's OOM is one."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from vislab.errors import failure_line
+
+    def raised(last: str) -> ProcessRaisedException:
+        text = f"\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n  File x\n{last}\n"
+        return ProcessRaisedException(text, 1, 4242)
+
+    assert failure_line(raised("RuntimeError: boom")) == "internal error in a training process: RuntimeError: boom"
+    assert failure_line(raised("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB")) == \
+        "out of memory; try a smaller --batch-size (or --image-size / --crop-size)"
+    assert failure_line(RuntimeError("\n\nlater line")) == "internal error: RuntimeError: later line"
+
+
+def test_only_rank_zero_writes_a_run_folders_records(monkeypatch):
+    """Lightning's own launcher sets LOCAL_RANK alone in the processes it starts, torchrun RANK too."""
+    from vislab.engine.run_folder import rank_zero
+
+    for env, zero in (({}, True), ({"LOCAL_RANK": "1"}, False), ({"RANK": "2", "LOCAL_RANK": "0"}, False),
+                      ({"RANK": "0", "LOCAL_RANK": "0"}, True)):
+        for name in ("RANK", "LOCAL_RANK"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert rank_zero() is zero, env
+
+
 def test_unknown_model_and_wrong_task_recipe(cli, color_classes, tmp_path):
     res = cli("summary", "resnet7")
     assert res.code == 2 and res.err.count("\n") == 1

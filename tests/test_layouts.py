@@ -438,9 +438,15 @@ def test_a_folder_of_splits_is_refused_and_a_class_named_like_one_is_read(tmp_pa
             _img(photos / split / c / "0.png")
     with pytest.raises(VislabError) as err:
         find_items(photos, labelled=True)
-    assert str(err.value) == (f"{photos}: its subfolders train/, val/ are splits, not classes: pass the training "
-                              f"split ({photos / 'train'}) and the others with their own flags "
-                              f"(--val-dir {photos / 'val'})")
+    assert str(err.value) == (f"{photos}: its subfolders train/, val/ are splits, not classes: pass the folder of "
+                              f"one split (e.g. {photos / 'train'}); to train: {photos / 'train'} with --val-dir "
+                              f"{photos / 'val'}")
+    (photos / "train").rename(photos / "test")  # no training split: no advice to train on another
+    with pytest.raises(VislabError) as err:
+        find_items(photos, labelled=True)
+    assert str(err.value) == (f"{photos}: its subfolders test/, val/ are splits, not classes: pass the folder of "
+                              f"one split (e.g. {photos / 'test'})")
+    (photos / "test").rename(photos / "train")
     _img(photos / "train" / "test" / "0.png")  # one class named like a split is a class
     assert find_items(photos / "train", labelled=True).class_names == ["cat", "dog", "test"]
     # a model whose classes carry those names reads them as its classes
@@ -453,8 +459,8 @@ def test_classes_with_fewer_than_three_images_are_named():
     paths = [Path(f"d/{i}.png") for i in range(8)]
     labels = [0, 0, 0, 1, 2, 2, 0, 3]
     assert thin_classes(labels, ["cat", "dog", "fsh", "5"], paths) == (
-        "warning: 3 classes have fewer than 3 training images: 1 dog (1 image, e.g. d/3.png), 2 fsh (2 images), "
+        "warning: 3 classes with fewer than 3 training images: 1 dog (1 image, e.g. d/3.png), 2 fsh (2 images), "
         "3 '5' (1 image); a mistyped label or a stray folder?")
     assert thin_classes([0, 0, 0, 1, 1, 1], None, paths[:6]) is None
-    assert thin_classes([0, 0, 0, 1], None, paths[:4]).startswith("warning: 1 class has fewer than 3 training images: "
+    assert thin_classes([0, 0, 0, 1], None, paths[:4]).startswith("warning: 1 class with fewer than 3 training images: "
                                                                    "1 (1 image, e.g. d/3.png);")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -68,11 +69,11 @@ def test_a_run_that_fails_says_so_in_its_folder_runs_and_report(cli, color_class
     from vislab.report import _run_notes
     from vislab.runfolders import read_run
 
-    step = ClassifierModule.training_step
+    step, when = ClassifierModule.training_step, {"epoch": 1}
 
     def failing(self, batch, batch_idx):
-        if self.current_epoch == 1:
-            raise RuntimeError("boom in epoch 2\nsecond line")
+        if self.current_epoch == when["epoch"]:
+            raise RuntimeError(f"boom in epoch {self.current_epoch + 1}\nsecond line")
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(ClassifierModule, "training_step", failing)
@@ -84,6 +85,19 @@ def test_a_run_that_fails_says_so_in_its_folder_runs_and_report(cli, color_class
     assert (run / "changes.txt").read_text().splitlines()[-1] == f"stopped: {line}"
     assert run_row(run).state == f"stopped: {line}; last.ckpt: --resume continues it"
     assert f"Unfinished: training stopped: {line} (1 epochs in history.csv)" in _run_notes(run, read_run(run))[0]
+    # a resume that fails the same way: its own record, and its own line at the end of changes.txt
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 1 and json.loads((run / "failed.json").read_text()) == {"commands": 2, "error": line}
+    lines = (run / "changes.txt").read_text().splitlines()
+    assert lines[-1] == f"stopped: {line}" and lines.count(f"stopped: {line}") == 2
+    # the same command again in a folder whose run failed before its first checkpoint starts afresh; failing
+    # again, it is recorded again
+    fresh, when["epoch"] = tmp_path / "fresh", 0
+    for _ in range(2):
+        assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", fresh).code == 1
+        assert json.loads((fresh / "failed.json").read_text()) == {
+            "commands": 1, "error": "internal error: RuntimeError: boom in epoch 1"}
+        assert (fresh / "changes.txt").read_text().splitlines()[-1] == "stopped: internal error: RuntimeError: boom in epoch 1"
     monkeypatch.setattr(ClassifierModule, "training_step", step)
     other = tmp_path / "other"
     other.mkdir()
@@ -508,7 +522,7 @@ def test_a_resumed_budgeted_run_is_held_to_what_is_left_of_its_budget(cli, color
         assert _epochs(run) == expected
         said = re.findall(r"--resume: continues with epoch (\d) of \d, ([\d.]+) min trained before; "
                           r"--budget 0.25 min: ([\d.]+) min left", " ".join(res.err.split()))
-        lefts += said[-1:] if "resume: nothing left" not in res.err else []  # its own: the last (done: lists all)
+        lefts += said[-1:] if "resume: nothing left" not in res.err else []  # its own: the last
     # at each resume, by this clock: 2 s, 6 s and 10 s trained, 13, 9 and 5 s of the 15 left; the finished run says none
     assert lefts == [("2", "0.0", "0.2"), ("3", "0.1", "0.1"), ("4", "0.2", "0.1")]
     replan = ("--budget 0.25 min: epochs 5 -> 4 after epoch 3 (0.2 min so far, 3 s per epoch: slower than "
@@ -1181,3 +1195,23 @@ def test_a_run_trained_on_the_cpu_is_validated_on_the_cpu(cli, color_classes, tm
                   color_classes, "--accelerator", accelerator, "--limit-batches", "1")
         assert res.code == 0, res.err
         assert asked[-1] == device
+
+
+def test_a_class_thin_in_the_training_split_is_said(cli, tmp_path):
+    """3 images of class 3, half of them held out: fewer than 3 train, which the warning says
+    (counting the training split, not the folder), on the console and in changes.txt."""
+    from conftest import write_png
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for c, n in ((0, 12), (1, 12), (2, 12), (3, 3)):
+        for i in range(n):
+            write_png(data / f"{c}_{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    run = tmp_path / "run"
+    res = cli("cls", "train", data, "--recipe", _recipe(tmp_path, "r.yaml", epochs=1, holdout=0.5), "--out", run)
+    assert res.code == 0, res.err
+    said = re.search(r"warning: 1 class with fewer than 3 training images: 3 \((\d) images?, e\.g\. \S+\)",
+                     " ".join(res.err.split()))
+    assert said and int(said.group(1)) < 3 and "setting: warning" not in res.err
+    assert said.group(0) in (run / "changes.txt").read_text()

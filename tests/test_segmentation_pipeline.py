@@ -360,7 +360,7 @@ def test_offsets_fitted_on_a_single_pair_are_not_kept(cli, seg_run, tmp_path):
     assert rec["offsets"] == [0.0] * 7
     said = " ".join((res.out + res.err).split())
     assert "offsets and an evaluation scale fitted on a single pair cannot be checked on another: not kept" in said
-    assert "offsets: none kept (all 0)" in said and "no class offsets nor evaluation scale kept: fitted on a single pair" in said
+    assert "offsets: none kept (all 0)" in said and "no class offsets kept, and the trained evaluation scale stays: fitted on a single pair" in said
     assert rec["infer_scale"] == rec["trained_scale"]  # a scale chosen on one pair is as unchecked as its offsets
     res = cli("seg", "calibrate", ckpt, one, "--split", "all", "--keep-offsets")
     rec = json.loads((tmp_path / "best.offsets.json").read_text())

@@ -125,8 +125,8 @@ def crossfit_words(record: dict[str, Any]) -> str:
     value = record.get("miou_crossfit")
     if value is None:
         one = record.get("files") == 1 and record.get("offsets_dropped")
-        scale = " nor evaluation scale" if one and len(record.get("scales", [])) > 1 else ""
-        return f"; no class offsets{scale} kept: fitted on a single pair, nothing could check them" if one else ""
+        scale = ", and the trained evaluation scale stays" if one and len(record.get("scales", [])) > 1 else ""
+        return f"; no class offsets kept{scale}: fitted on a single pair, nothing could check them" if one else ""
     checked = f"{value:.4f} with each half of the pairs predicted with the other's offsets"
     if not record.get("offsets_dropped"):
         return f"; {checked}"

@@ -59,7 +59,11 @@ def failure_line(exc: BaseException) -> str:
         return f"interrupted ({exc})"
     if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Abort":  # click turns Ctrl-C into Abort
         return "interrupted; a training run that wrote last.ckpt continues with --resume"
-    if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc):
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    spawned = type(exc).__name__ == "ProcessRaisedException"  # a ddp_spawn worker's error: its traceback as text
+    first = (lines[-1] if spawned else lines[0]) if lines else ""  # the worker's own error is its traceback's last line
+    if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc) or \
+            first.split(":")[0].endswith(("OutOfMemoryError", "MemoryError")):
         return "out of memory; try a smaller --batch-size (or --image-size / --crop-size)"
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"internal error: {type(exc).__name__}: {first}"
+    return f"internal error in a training process: {first}" if spawned else \
+        f"internal error: {type(exc).__name__}: {first}"

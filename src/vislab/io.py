@@ -82,8 +82,11 @@ def check_output_file(path: str | Path) -> Path:
 
 
 # What a training run writes into its folder: a command's output never replaces one of them.
+FAILED = "failed.json"
+"""The failure that stopped a run's latest piece (:func:`vislab.engine.run_folder.failure_recorded`)."""
+
 RUN_RECORDS = frozenset({"recipe.yaml", "results.json", "history.csv", "changes.txt", "command.txt", "inputs.json",
-                         "hparams.yaml", "metrics.csv", "val_predictions.csv", "train_items.txt.gz"})
+                         "hparams.yaml", "metrics.csv", "val_predictions.csv", "train_items.txt.gz", FAILED})
 
 
 def written_by_runs(name: str) -> bool:

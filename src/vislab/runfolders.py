@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import yaml
 
 from vislab.errors import VislabError, yaml_problem
+from vislab.io import FAILED
 
 SCORE_KEYS = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
 """Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
@@ -20,9 +21,6 @@ RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "changes.txt
 
 TRAINING_RECORDS = ("results.json", "history.csv", "last.ckpt", "best.ckpt", "command.txt")
 """Beside ``recipe.yaml``, any one of these makes a folder a run (:func:`is_run`)."""
-
-FAILED = "failed.json"
-"""The failure that stopped a run's latest piece, as :func:`vislab.engine.run_folder.failure_recorded` writes it."""
 
 SEARCH_DEPTH = 2
 """How many levels inside a folder that is not a run the run folders are looked for."""

@@ -104,8 +104,9 @@ def cls_eval(
     absent = res.get("classes_without_images") or []
     if absent:
         shown = ", ".join(id_and_name(c, names) for c in absent[:10]) + (", ..." if len(absent) > 10 else "")
-        out.print(f"no row for {len(absent)} of the model's {len(res['confusion'])} classes: {img_dir} holds no "
-                  f"image of {'it' if len(absent) == 1 else 'them'} ({shown})")
+        where = f"the images of {img_dir} its run held out" if held_out else f"the images of {img_dir}"
+        out.print(f"no row for {len(absent)} of the model's {len(res['confusion'])} classes ({shown}): none of "
+                  f"{where} is of {'that class' if len(absent) == 1 else 'those classes'}")
     _write_json(res, json_out)
     _print_interval("accuracy", res.get("accuracy_interval"))
     _print_against(res, ckpt, "accuracy", "accuracy")

@@ -257,13 +257,13 @@ def _recipe(recipe: str | None, out_dir: Path, resume: bool, task: str, **overri
     is refused naming its file. Returns the recipe, its settings lines for ``changes.txt`` and
     what the command gave the run (the recipe's name, the flags that override it) for its
     ``inputs.json``."""
-    from vislab.pipelines.settings import ANOTHER_RUN, run_recipe
+    from vislab.pipelines.settings import another_run, run_recipe
 
     saved = out_dir / "recipe.yaml"
     if resume and saved.is_file():
         if recipe is not None:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop --recipe"
-                                       + ANOTHER_RUN.format(recipe=recipe, run=out_dir))
+                                       + another_run(recipe, out_dir))
         recipe = str(saved)
     recipe = recipe or DEFAULT_RECIPE[task]
     r, notes = run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=_flag, task=task)
@@ -298,7 +298,7 @@ ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models
 WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict, checkpoint or run folder (none switches off a recipe's weights).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
-MaxMinutesOpt = typer.Option(None, "--max-minutes", help="A time guard for this invocation: no epoch starts after this many minutes (said; --resume continues, with a guard of its own).")
+MaxMinutesOpt = typer.Option(None, "--max-minutes", help="A time guard: no epoch starts after this many minutes of one invocation (said; --resume continues). Kept with the run: a --resume has it again, or the value it is given.")
 BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")
 TeacherOpt = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities (per image; a segmenter's per pixel of each training tile, computed once) are soft targets.")
 DistillOpt = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels' loss gets the rest).")

@@ -80,15 +80,15 @@ def thin_classes(labels: list[int], names: list[str] | None, paths: Sequence[Pat
     there are none.
 
         >>> thin_classes([0, 0, 0, 1], ["cat", "dog"], [Path(f"{i}.png") for i in range(4)])
-        'warning: 1 class has fewer than 3 training images: 1 dog (1 image, e.g. 3.png); a mistyped label or a stray folder?'
+        'warning: 1 class with fewer than 3 training images: 1 dog (1 image, e.g. 3.png); a mistyped label or a stray folder?'
     """
     counts = Counter(labels)
     thin = sorted(c for c, n in counts.items() if n < THIN)
     if not thin:
         return None
-    shown = ", ".join(f"{id_and_name(c, names)} ({counts[c]} image{'s' if counts[c] > 1 else ''}"
+    shown = ", ".join(f"{id_and_name(c, names)} ({counted(counts[c], 'image')}"
                       + (f", e.g. {paths[labels.index(c)]})" if c == thin[0] else ")") for c in thin[:5])
-    return (f"warning: {len(thin)} class{'es have' if len(thin) > 1 else ' has'} fewer than {THIN} training images: "
+    return (f"warning: {counted(len(thin), 'class', 'classes')} with fewer than {THIN} training images: "
             f"{shown}{', ...' if len(thin) > 5 else ''}; a mistyped label or a stray folder?")
 
 
@@ -248,11 +248,11 @@ def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] |
         raise VislabError(root / empty[0], "class folder holds no images")
     splits = sorted(d for d in trees if d.lower() in SPLIT_NAMES and d not in (class_names or ()))
     if len(splits) >= 2:  # a folder of splits one level too high: each split would be a class
-        train = next((d for d in splits if d.lower().startswith("train")), splits[0])
-        other = next((d for d in splits if d != train), splits[-1])
-        raise VislabError(root, f"its subfolders {', '.join(s + '/' for s in splits)} are splits, not classes: pass "
-                                f"the training split ({root / train}) and the others with their own flags "
-                                f"(--val-dir {root / other})")
+        train = next((d for d in splits if d.lower().startswith("train")), None)
+        val = next((d for d in splits if d.lower().startswith("val")), None)
+        to_train = f"; to train: {root / train}" + (f" with --val-dir {root / val}" if val else "") if train else ""
+        raise VislabError(root, f"its subfolders {', '.join(d + '/' for d in splits)} are splits, not classes: pass "
+                                f"the folder of one split (e.g. {root / (train or splits[0])}){to_train}")
     ids = _name_ids(list(trees), class_names, root)
     rel, labels = [], []
     for d in sorted(trees):

@@ -167,7 +167,7 @@ class SegClasses:
         if bool(bad.any()) or bool((values < 0).any()):
             v = int(values[bad | (values < 0)][0])
             allowed = f"0..{self.num_classes - 1}" + (f" or {self.ignore_index} (ignore)" if self.ignore_index is not None else "")
-            raise VislabError(p, f"pixel value {v} is not a class id ({allowed}); {counted(int(bad.sum()), 'such pixel', 'such pixels')}")
+            raise VislabError(p, f"pixel value {v} is not a class id ({allowed}); {counted(int(bad.sum()), 'such pixel')}")
         return ids.to(torch.uint8)
 
     def _decode_palette(self, rgb: torch.Tensor, p: Path) -> torch.Tensor:
@@ -182,7 +182,7 @@ class SegClasses:
             hint = ("a JPEG's lossy compression blends the colours at class edges: save masks as PNG"
                     if p.suffix.lower() in (".jpg", ".jpeg") else "map it with extra_colors")
             raise VislabError(p, f"colour {colour} is not a class colour of the classes file "
-                                 f"({counted(int((~found).sum()), 'such pixel', 'such pixels')}); {hint}")
+                                 f"({counted(int((~found).sum()), 'such pixel')}); {hint}")
         return vals[pos].view(codes.shape)
 
     def _table(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,14 +257,17 @@ class SegClasses:
         return not self.differences(other)
 
 
+INDEX_MASKS_HINT = "masks of class ids (0, 1, 2 ...) need a classes.yaml with mask_format: index (beside them, or given with --classes)"
+"""What a mask of class ids read by the course's colour code is told."""
+
+
 def _refuse_dark_mask(rgb: torch.Tensor, p: Path) -> None:
     """A course mask whose every value is below the code's threshold but not all black is not a
     colour-coded mask (most likely class ids 0..6, which the code reads as all unknown): refused."""
     top = int(rgb.max()) if rgb.numel() else 0
     if 0 < top < 128:
         raise VislabError(p, f"no value reaches 128 (the largest is {top}), so the course colour code reads it as all "
-                             "unknown; a mask of class ids needs a classes.yaml with mask_format: index (beside the masks, or "
-                             "given with --classes)")
+                             f"unknown; {INDEX_MASKS_HINT}")
 
 
 def refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
@@ -276,7 +279,7 @@ def refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
     off = ((rgb != 0) & (rgb != 255)).any(0)
     y, x = (int(v[0]) for v in torch.nonzero(off, as_tuple=True))
     raise VislabError(p, f"colour {rgb[:, y, x].tolist()} (at x={x}, y={y}) is not a colour of the course's code "
-                         f"({counted(int(off.sum()), 'such pixel', 'such pixels')}; each channel must be 0 or 255): a mask resized with "
+                         f"({counted(int(off.sum()), 'such pixel')}; each channel must be 0 or 255): a mask resized with "
                          "smoothing or saved lossily blends colours; resize masks with nearest neighbour and save PNG")
 
 

@@ -24,7 +24,7 @@ from vislab.data.cache import cache_dir, content_digest, decoded_images, file_li
 from vislab.data.tensors import hash_uniform
 from vislab.data.images import (IMAGE_SUFFIXES, check_folder, has_transparent_pixels, image_file, list_images,
                                 read_rgb, transparent_line)
-from vislab.data.seg_classes import IGNORE, SegClasses, deepglobe
+from vislab.data.seg_classes import IGNORE, INDEX_MASKS_HINT, SegClasses, deepglobe
 from vislab.errors import CannotWrite, VislabError
 from vislab.io import atomic_save
 from vislab.log import counted, info
@@ -220,9 +220,7 @@ class MaskStats:
         """A one-line error when no mask pixel of ``folder`` falls in a scored class (masks of
         class indices read by the course's colour rule, say): nothing could be learnt."""
         if int(self.counts[:, : classes.scored].sum()) == 0:
-            hint = ("; masks of class indices (0, 1, 2 ...) need a classes.yaml with mask_format: index beside them "
-                    "(or given with --classes)"
-                    if classes.course else "")
+            hint = f"; {INDEX_MASKS_HINT}" if classes.course else ""
             raise VislabError(folder, f"no pixel of its {len(self.stems)} masks is in a scored class under "
                                       f"{classes.source}'s description{hint}")
 

@@ -14,8 +14,8 @@ import yaml
 
 from vislab.config import Recipe
 from vislab.errors import Interrupted, VislabError, failure_line
-from vislab.io import atomic_write_text, written_by_runs
-from vislab.runfolders import FAILED, command_lines
+from vislab.io import FAILED, atomic_write_text, written_by_runs
+from vislab.runfolders import command_lines
 
 
 def no_checkpoint_to_resume(out_dir: Path) -> str:
@@ -36,7 +36,7 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
         from vislab.models.checkpoints import check_readable
 
         check_readable(last, "--resume continues from it")
-        if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
+        if rank_zero():
             # a kill inside an atomic write leaves its temporary (.NAME.XXXX.tmp); the killed run is gone
             for tmp in out_dir.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -103,9 +103,10 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         new = [line for line in changes or [] if line not in recorded]
         if new:
             write_changes(out_dir, recorded + new)
-        said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
-            if (out_dir / "command.txt").is_file() else ""
-        atomic_write_text(said + command + "\n", out_dir / "command.txt")
+        if rank_zero():  # a process of a multi-process launch runs this too: the piece is one line
+            said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
+                if (out_dir / "command.txt").is_file() else ""
+            atomic_write_text(said + command + "\n", out_dir / "command.txt")
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,23 +235,40 @@ def done_line(out_dir: Path, result: dict) -> str:
     return f"done: {', '.join(parts)}; {out_dir / 'results.json'} holds every number, {result['checkpoint']} is the model"
 
 
+def rank_zero() -> bool:
+    """Whether this process writes the run folder's records: the only one, or rank 0 of a
+    multi-process launch (torchrun sets ``RANK``, Lightning's own launcher ``LOCAL_RANK`` alone)."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def _command_stamp(out_dir: Path) -> tuple[int, int] | None:
+    """``command.txt``'s identity (inode, write time): every write of it is a replacement
+    (:func:`vislab.io.atomic_write_text`), so a changed stamp means a command line was written."""
+    try:
+        st = (out_dir / "command.txt").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 @contextlib.contextmanager
 def failure_recorded(out_dir: Path) -> Iterator[None]:
     """Around a training command: when it fails (or is interrupted) after it wrote its line into
     ``command.txt`` (:func:`prepare_run_folder`), the run folder says so: ``failed.json`` (the
-    failure's line and the pieces counted, which ``vislab runs`` reads) and a line in
-    ``changes.txt``; the exception goes on. A failure before that line (a refused input) left the
-    folder as it was, and is not recorded. One process writes (rank 0 of a multi-process launch)."""
-    before = len(command_lines(out_dir))
+    failure's line and the pieces counted, which ``vislab runs`` reads) and a last line
+    ``stopped: ...`` in ``changes.txt``; the exception goes on. A failure before that line (a
+    refused input) left the folder as it was, and is not recorded. Rank 0 alone writes; nothing
+    that goes wrong while recording hides the failure itself."""
+    before = _command_stamp(out_dir)
     try:
         yield
     except BaseException as exc:
-        commands = len(command_lines(out_dir))
-        if commands > before and os.environ.get("RANK", "0") == "0" and not isinstance(exc, SystemExit):
-            line = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else failure_line(exc)
-            try:
+        try:
+            if rank_zero() and not isinstance(exc, SystemExit) and _command_stamp(out_dir) not in (None, before):
+                line = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else failure_line(exc)
+                commands = len(command_lines(out_dir))
                 atomic_write_text(json.dumps({"commands": commands, "error": line}, indent=1) + "\n", out_dir / FAILED)
-                add_change(out_dir, f"stopped: {line}")
-            except (OSError, VislabError):  # a folder that cannot take it: the console still says the failure
-                pass
+                write_changes(out_dir, read_changes(out_dir) + [f"stopped: {line}"])  # the same line again is this piece's
+        except BaseException:  # noqa: BLE001 - an unwritable folder, a second Ctrl-C: the failure itself goes on
+            pass
         raise

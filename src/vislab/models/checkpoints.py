@@ -64,13 +64,23 @@ def checkpoint_file(path: str | Path) -> Path:
                 return p / name
         if (p / "recipe.yaml").is_file():
             raise VislabError(p, "run folder holds no best.ckpt or last.ckpt")
-        images = any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())
-        raise VislabError(p, "is not a run folder (it holds no recipe.yaml, best.ckpt or last.ckpt)" + (
-            "; it holds images: a command that reads a model takes its run folder or checkpoint first" if images else ""))
+        images = " (it holds images: a model's run folder or checkpoint goes here)" if _holds_images(p) else ""
+        raise VislabError(p, f"is not a run folder (it holds no recipe.yaml, best.ckpt or last.ckpt){images}")
     if p.suffix.lower() in IMAGE_SUFFIXES:
-        raise VislabError(p, "is an image, not a checkpoint: a command that reads a model takes its run folder or "
-                             "checkpoint first")
+        raise VislabError(p, "is an image, not a checkpoint (a model's run folder or checkpoint goes here)")
     return p
+
+
+def _holds_images(folder: Path, *, looked: int = 8) -> bool:
+    """Whether ``folder`` or one of its first ``looked`` subfolders (class folders) holds an image."""
+    try:
+        entries = sorted(folder.iterdir())
+        if any(f.suffix.lower() in IMAGE_SUFFIXES for f in entries):
+            return True
+        return any(f.suffix.lower() in IMAGE_SUFFIXES for d in [e for e in entries if e.is_dir()][:looked]
+                   for f in d.iterdir())
+    except OSError:  # a folder it cannot read: nothing said of its contents
+        return False
 
 
 def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         shown = [data.class_names[i] if data.class_names else str(i) for i in absent]
         changes.append(f"warning: {len(absent)} of {data.num_classes} classes have no training images "
                        f"({', '.join(shown[:10])}{', ...' if len(shown) > 10 else ''}): the model never learns them")
-    thin = thin_classes(data.labels.tolist(), data.class_names, data.paths())
+    paths = data.paths()
+    thin = thin_classes(data.labels[train_idx].tolist(), data.class_names, [paths[i] for i in train_idx.tolist()])
     changes += [thin] if thin else []
     # after the settings: a held-out fraction that holds out nothing is 0 by now
     changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest")

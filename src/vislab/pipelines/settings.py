@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,9 +57,10 @@ def _same_value(recipe: Recipe, field: str, value: Any) -> bool:
         return False
 
 
-ANOTHER_RUN = (" (or start a new run from what it learnt, with those settings: --recipe {recipe} --weights {run} "
-               "--out NEW_FOLDER)")
-"""What a refused ``--resume`` with other settings suggests instead."""
+def another_run(recipe: str | Path, run: Path) -> str:
+    """What a refused ``--resume`` with other settings suggests instead: a new run from its weights."""
+    return (f" (or start a new run from what it learnt, with those settings: --recipe {shlex.quote(str(recipe))} "
+            f"--weights {shlex.quote(str(run))} --out NEW_FOLDER)")
 
 
 def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str, Any],
@@ -107,7 +109,8 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
                    and not _same_value(base, k, v) and flag_values({k: v})[k] != asked.get(k)]
         if changed:
             raise VislabError(out_dir, "--resume continues the recipe saved in the run folder; drop "
-                                       f"{', '.join(flag(k) for k in changed)}{ANOTHER_RUN.format(recipe=out_dir / 'recipe.yaml', run=out_dir)}")
+                                       f"{', '.join(flag(k) for k in changed)}"
+                                       + ("" if "model" in changed else another_run(out_dir / "recipe.yaml", out_dir)))
         return base.with_overrides(**{k: v for k, v in overrides.items() if k in RESUME_CHANGEABLE}), []
     given = {k: v for k, v in overrides.items() if v is not None}
     if "epochs" in given and "budget_minutes" in given:

@@ -232,7 +232,7 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
         changes.append(f"resize_from {recipe.resize_from} unused: a 1-epoch schedule trains at image_size "
                        f"{recipe.image_size} throughout (a progressive resize grows the side over 2 or more epochs)")
     for line in changes:
-        info(f"setting: {line}")
+        info(line if line.startswith("warning: ") else f"setting: {line}")  # a warning is not a setting
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     # built before the run folder is written, so that a network the recipe cannot build (a frozen
     # layer it lacks, weights it has none of) leaves no folder behind; a resume takes every weight
