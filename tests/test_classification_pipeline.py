@@ -117,7 +117,7 @@ def test_predict_on_label_free_names(cli, trained, color_classes, tmp_path):
     odd = tmp_path / "odd.png"  # one image of another size: the resize line names the file, not its folder
     write_png(odd, np.zeros((30, 40, 3), np.uint8))
     res = cli("cls", "predict", trained, odd, tmp_path / "odd.csv")
-    assert res.code == 0 and f"{odd}: 1 of 1 images are not 32x32" in " ".join(res.err.split())
+    assert res.code == 0 and f"{odd}: not 32x32 (width x height); resized" in " ".join(res.err.split())
 
 
 def test_tsne_outputs(cli, trained, color_classes, tmp_path):

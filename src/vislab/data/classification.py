@@ -97,8 +97,10 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     other = sum(n for key, n in sizes.items() if tuple(key[:2]) != tuple(target))
     where = items.files[0] if len(items.files) == 1 else items.root  # one image given: its file is named
     if other:
-        info(f"{where}: {other} of {len(items.files)} images are not {target[1]}x{target[0]} (width x height); "
-             "they are resized (shorter side, one factor) and centre cropped to it")
+        size = f"{target[1]}x{target[0]} (width x height)"
+        info(f"{where}: not {size}; resized (shorter side, one factor) and centre cropped to it" if len(items.files) == 1
+             else f"{where}: {other} of {len(items.files)} images are not {size}; they are resized (shorter side, one "
+                  "factor) and centre cropped to it")
     for flag, words in ((UPRIGHT, "turned upright by their EXIF orientation (as a photo viewer shows them)"),
                         (SIXTEEN_BITS, "are 16-bit grey; read as 8 bits (value / 257)"),
                         (SIXTEEN_BIT_COLOUR, "are 16-bit colour; read as 8 bits (the high byte of each value)"),
