@@ -96,7 +96,8 @@ def _subfolders(d: Path) -> list[Path]:
 def read_run(run: Path) -> dict[str, Any]:
     """A run folder's records: its recipe, history rows, results ({} before the run's end), the
     command that started it and those that resumed it (all of them in ``commands``), its settings
-    lines; a record that cannot be read is one error naming its file."""
+    lines, the line of the failure that stopped its latest piece (``failure``, None when none did);
+    a record that cannot be read is one error naming its file."""
     if not run.is_dir():
         raise VislabError(run, "run folder not found")
     if not (run / "recipe.yaml").is_file():
@@ -123,7 +124,7 @@ def read_run(run: Path) -> dict[str, Any]:
     changes = (run / "changes.txt").read_text().splitlines() if (run / "changes.txt").is_file() else []
     return {"recipe": recipe, "history": history, "results": results,
             "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:], "commands": commands,
-            "changes": [c.strip() for c in changes if c.strip()],
+            "changes": [c.strip() for c in changes if c.strip()], "failure": latest_failure(run, commands),
             **({} if results else checkpoint_state(run / "last.ckpt"))}
 
 

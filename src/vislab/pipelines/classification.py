@@ -57,11 +57,11 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if recipe.pad >= min(hw):
         raise VislabError(None, f"pad {recipe.pad}: reflect padding must be smaller than the stored images' side "
                                 f"({hw[1]}x{hw[0]}, width x height)")
-    copied = None
+    copied, paths = None, data.paths()
     if val_dir is not None:  # fail before training, not after
         val = load_for_model(val_dir, class_names=data.class_names, num_classes=data.num_classes,
                              labels_csv=val_labels_csv, size=hw)
-        copied = copies_line(val.paths(), data.paths(), what="images")
+        copied = copies_line(val.paths(), paths, what="images")
     items = labelled_lines(data)
     digest = lines_digest(items)
     if resume:
@@ -82,7 +82,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         shown = [data.class_names[i] if data.class_names else str(i) for i in absent]
         changes.append(f"warning: {len(absent)} of {data.num_classes} classes have no training images "
                        f"({', '.join(shown[:10])}{', ...' if len(shown) > 10 else ''}): the model never learns them")
-    paths = data.paths()
     thin = thin_classes(data.labels[train_idx].tolist(), data.class_names, [paths[i] for i in train_idx.tolist()])
     changes += [thin] if thin else []
     # after the settings: a held-out fraction that holds out nothing is 0 by now

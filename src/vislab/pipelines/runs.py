@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from vislab.config import recipe_from_dict
 from vislab.errors import VislabError
-from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, latest_failure, read_run
+from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
 
 SORTS = ("time", "held-out", "val")
 
@@ -55,7 +55,7 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
     row.task, row.model = recipe.get("task"), recipe.get("model")
     held_key, val_key, row.metric = SCORE_KEYS.get(str(row.task), (None, None, None))
     trained, schedule, _ = epoch_counts(data)
-    failed = latest_failure(run, data["commands"])  # the line of the failure that stopped its latest piece
+    failed = data["failure"]  # the line of the failure that stopped its latest piece
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:
