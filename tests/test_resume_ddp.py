@@ -62,6 +62,14 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    from vislab.pipelines.runs import run_row  # the process could not say it ended: its record says it was killed
+
+    assert run_row(run).state == (f"killed: process {proc.pid} ended without a word (a kill signal, the machine out "
+                                  "of memory, a shutdown); last.ckpt: --resume continues it")
+    from vislab.report import _run_notes
+    from vislab.runfolders import read_run
+
+    assert _run_notes(run, read_run(run))[0].startswith(f"Unfinished: killed: process {proc.pid} ended without a word")
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0 and {"torch", "numpy", "python"} <= set(ckpt["rng"])
     assert max(_logged_steps(run)) >= 14, "premise: rows logged after the checkpoint"
@@ -69,6 +77,7 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     out = _run("cls", "train", color_classes, "--out", run, "--resume")
     assert "--resume: continues with epoch 2 of 3, " in out  # the console says where, and the run folder
     assert "--resume: continues with epoch 2 of 3, " in (run / "changes.txt").read_text()
+    assert run_row(run).state == "finished" and not (run / "running.json").exists()
     full, resumed = _weights(tmp_path / "full"), _weights(run)
     assert any(k.startswith("ema.module.") for k in full)
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"

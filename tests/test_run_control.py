@@ -123,7 +123,11 @@ def test_max_minutes_flag_stops_and_a_resume_may_change_it(cli, color_classes, t
     assert _epochs(run) == ["1", "2", "3"] and "stopped_early" not in json.loads((run / "results.json").read_text())
 
 
-def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
+def test_ctrl_c_exits_130_and_keeps_the_checkpoint(cli, color_classes, tmp_path):
+    """While it trains, `vislab runs` shows the run's process and a second training of the run is
+    refused; Ctrl-C: exit 130, the checkpoint kept, the run shown as interrupted."""
+    from vislab.pipelines.runs import run_row
+
     recipe = _recipe(tmp_path, "r.yaml", epochs=50, checkpoint_minutes=1e-6)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -137,13 +141,16 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(color_classes, tmp_path):
     while time.time() < deadline and not (run / "last.ckpt").is_file():
         time.sleep(0.05)
     time.sleep(0.5)
+    assert run_row(run).state.startswith(f"running: process {proc.pid}, since ")
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")
+    assert res.code == 2 and f"{run}: another vislab is training this run (running: process {proc.pid}" in res.err
+    assert proc.poll() is None, "premise: still training when interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "vislab: interrupted" in err and "--resume" in err
     assert (run / "last.ckpt").is_file() and not (run / "results.json").exists()
-    from vislab.pipelines.runs import run_row
-
+    assert not (run / "running.json").exists()  # the process said it ended
     assert run_row(run).state == "stopped: interrupted; last.ckpt: --resume continues it"
 
 

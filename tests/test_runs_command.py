@@ -182,3 +182,32 @@ def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_c
     assert cli("report", run, "--out", tmp_path / "r.md").code == 0
     assert "1 trained, of a 5-epoch schedule (recipe.yaml: 2, before the budget's re-plans)" in \
         (tmp_path / "r.md").read_text()
+
+
+def test_a_process_record_tells_running_killed_and_another_machine(tmp_path):
+    """running.json's process: this one runs; a process that has ended, or a later one given the
+    same number (another start time), does not; one on another machine is not checked."""
+    import socket
+    import subprocess
+    import sys
+
+    from vislab.runfolders import process_alive, process_start, training_process
+
+    me = os.getpid()
+    assert process_alive(me, process_start(me)) and process_alive(me, None)
+    if process_start(me) is not None:  # Linux: a reused number is another process
+        assert not process_alive(me, process_start(me) + 1)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert not process_alive(gone.pid, None)
+    (tmp_path / "command.txt").write_text("vislab cls train a\nvislab cls train a --resume\n")
+
+    def record(**kw):
+        (tmp_path / "running.json").write_text(json.dumps({"commands": 2, "host": socket.gethostname(), **kw}))
+        return training_process(tmp_path, ["a", "b"])
+
+    assert record(pid=me, started=process_start(me), since=0)["alive"] is True
+    assert record(pid=gone.pid, started=None, since=0)["alive"] is False
+    assert record(pid=me, started=None, since=0, host="elsewhere") == {"pid": me, "host": "elsewhere", "since": 0,
+                                                                       "alive": None}
+    assert record(pid=me, started=None, since=0, commands=1) is None  # an earlier piece's record

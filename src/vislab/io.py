@@ -83,10 +83,14 @@ def check_output_file(path: str | Path) -> Path:
 
 # What a training run writes into its folder: a command's output never replaces one of them.
 FAILED = "failed.json"
-"""The failure that stopped a run's latest piece (:func:`vislab.engine.run_folder.failure_recorded`)."""
+"""The failure that stopped a run's latest piece (:func:`vislab.engine.run_folder.training_recorded`)."""
+
+RUNNING = "running.json"
+"""The process that trains a run now (:func:`vislab.runfolders.training_process`); a process
+killed without a word leaves it behind."""
 
 RUN_RECORDS = frozenset({"recipe.yaml", "results.json", "history.csv", "changes.txt", "command.txt", "inputs.json",
-                         "hparams.yaml", "metrics.csv", "val_predictions.csv", "train_items.txt.gz", FAILED})
+                         "hparams.yaml", "metrics.csv", "val_predictions.csv", "train_items.txt.gz", FAILED, RUNNING})
 
 
 def written_by_runs(name: str) -> bool:

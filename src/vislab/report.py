@@ -26,7 +26,7 @@ from vislab.data.layouts import id_and_name
 from vislab.io import atomic_write_bytes, atomic_write_text
 from vislab.log import counted, info
 from vislab.models.checkpoints import checkpoint_file
-from vislab.runfolders import SCORE_KEYS, csv_rows, epoch_counts, find_runs, read_run
+from vislab.runfolders import SCORE_KEYS, csv_rows, epoch_counts, find_runs, process_words, read_run
 from vislab.viz import figures
 
 TSNE_FIGURE = "tsne.png"
@@ -53,8 +53,8 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
     if not data["results"]:
         epochs = len(data["history"])
         saved = "; last.ckpt can resume it (--resume)" if (run / "last.ckpt").is_file() else ""
-        failed = data["failure"]
-        why = f"training stopped: {failed}" if failed else \
+        failed, process = data["failure"], data["process"]
+        why = f"training stopped: {failed}" if failed else process_words(process) if process else \
             "no results.json, so training failed, was interrupted or is still running"
         notes.append(f"Unfinished: {why} ({epochs} epochs in history.csv); no final numbers{saved}.")
         info(f"{run}: unfinished run (no results.json); its section says so")

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
 from vislab.errors import VislabError, yaml_problem
-from vislab.io import FAILED
+from vislab.io import FAILED, RUNNING
 
 SCORE_KEYS = {"cls": ("holdout_acc", "val_accuracy", "accuracy"), "seg": ("holdout_miou", "val_miou", "mIoU")}
 """Per task: the held-out score's key (results.json and history.csv), the validation score's, and its name."""
@@ -96,8 +99,9 @@ def _subfolders(d: Path) -> list[Path]:
 def read_run(run: Path) -> dict[str, Any]:
     """A run folder's records: its recipe, history rows, results ({} before the run's end), the
     command that started it and those that resumed it (all of them in ``commands``), its settings
-    lines, the line of the failure that stopped its latest piece (``failure``, None when none did);
-    a record that cannot be read is one error naming its file."""
+    lines, the line of the failure that stopped its latest piece (``failure``, None when none did),
+    the process that trains or trained that piece (``process``: :func:`training_process`); a
+    record that cannot be read is one error naming its file."""
     if not run.is_dir():
         raise VislabError(run, "run folder not found")
     if not (run / "recipe.yaml").is_file():
@@ -125,6 +129,7 @@ def read_run(run: Path) -> dict[str, Any]:
     return {"recipe": recipe, "history": history, "results": results,
             "command": commands[0] if commands else "(not recorded)", "resumed": commands[1:], "commands": commands,
             "changes": [c.strip() for c in changes if c.strip()], "failure": latest_failure(run, commands),
+            "process": training_process(run, commands),
             **({} if results else checkpoint_state(run / "last.ckpt"))}
 
 
@@ -190,3 +195,70 @@ def latest_failure(run: Path, commands: list[str]) -> str | None:
     if not isinstance(found, dict) or found.get("commands") != len(commands) or not isinstance(found.get("error"), str):
         return None
     return found["error"]
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from Linux's /proc), which tells it
+    from a later process given the same number; None without /proc or without such a process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in () may hold spaces
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    """Whether process ``pid`` of this machine still runs, and is the one that started at
+    ``started`` (:func:`process_start`; not checked where either is unknown)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # another user's
+        pass
+    except OSError:
+        return False
+    now = process_start(pid)
+    return started is None or now is None or now == started
+
+
+def process_record() -> dict[str, Any]:
+    """This process as ``running.json`` records it: its number, machine, start and the time."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
+            "since": time.time()}
+
+
+def training_process(run: Path, commands: list[str]) -> dict[str, Any] | None:
+    """The process that trains the run's latest piece (the last of ``commands``) as
+    ``running.json`` records it: ``pid``, ``host``, ``since`` (seconds since the epoch) and
+    ``alive``: True, False (it ended without a word: killed), or None (it runs on another machine,
+    where it cannot be checked). None when the record is not that piece's: the process ended and
+    removed it, or an older vislab trained it."""
+    try:
+        found = json.loads((run / RUNNING).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = found.get("pid") if isinstance(found, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or found.get("commands") != len(commands):
+        return None
+    started = found.get("started") if isinstance(found.get("started"), int) else None
+    host = found.get("host")
+    since = found.get("since") if isinstance(found.get("since"), (int, float)) else None
+    alive = process_alive(pid, started) if host == socket.gethostname() else None
+    return {"pid": pid, "host": host, "since": since, "alive": alive}
+
+
+def process_words(process: dict[str, Any]) -> str:
+    """What :func:`training_process` found, in words.
+
+        >>> process_words({"pid": 41, "host": "box", "since": None, "alive": False})
+        'killed: process 41 ended without a word (a kill signal, the machine out of memory, a shutdown)'
+        >>> process_words({"pid": 41, "host": "box", "since": None, "alive": None})
+        'unfinished: process 41 on box trains it, or was killed there'
+    """
+    pid = process["pid"]
+    if process["alive"] is None:
+        return f"unfinished: process {pid} on {process['host']} trains it, or was killed there"
+    if not process["alive"]:
+        return f"killed: process {pid} ended without a word (a kill signal, the machine out of memory, a shutdown)"
+    since = process["since"]
+    return f"running: process {pid}" + (f", since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}"
+                                        if since is not None else "")

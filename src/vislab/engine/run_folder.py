@@ -14,8 +14,8 @@ import yaml
 
 from vislab.config import Recipe
 from vislab.errors import Interrupted, VislabError, failure_line
-from vislab.io import FAILED, atomic_write_text, written_by_runs
-from vislab.runfolders import command_lines
+from vislab.io import FAILED, RUNNING, atomic_write_text, written_by_runs
+from vislab.runfolders import command_lines, process_record, process_words, training_process
 
 
 def no_checkpoint_to_resume(out_dir: Path) -> str:
@@ -28,8 +28,13 @@ def no_checkpoint_to_resume(out_dir: Path) -> str:
 def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | Path | None] = ()) -> Path | None:
     """Refuse a run folder that cannot take this run (before any data is read): for a new run, one
     that holds checkpoints, files that are no run's, or lies inside one of the ``data_dirs`` (its
-    files would mix with the images); return its last.ckpt when resuming."""
+    files would mix with the images), and a folder another process of this machine trains now;
+    return its last.ckpt when resuming."""
     last = out_dir / "last.ckpt"
+    busy = training_process(out_dir, command_lines(out_dir)) if rank_zero() else None  # ranks > 0 follow rank 0
+    if busy and busy["alive"] and busy["pid"] != os.getpid():
+        raise VislabError(out_dir, f"another vislab is training this run ({process_words(busy)}): two would "
+                                   "overwrite each other's checkpoints; wait for it to end, stop it, or give another --out")
     if resume:
         if not last.is_file():
             raise VislabError(out_dir, no_checkpoint_to_resume(out_dir))
@@ -107,6 +112,7 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
             said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
                 if (out_dir / "command.txt").is_file() else ""
             atomic_write_text(said + command + "\n", out_dir / "command.txt")
+            _record_process(out_dir)
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +127,8 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
             stale.unlink(missing_ok=True)
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
+    if rank_zero():
+        _record_process(out_dir)
     if inputs:
         atomic_write_text(json.dumps(inputs, indent=1) + "\n", out_dir / INPUTS)
     if items is not None:
@@ -134,7 +142,7 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 
 INPUTS = "inputs.json"
 STALE_RECORDS = ("changes.txt", "results.json", "history.csv", "val_predictions.csv", "metrics.csv", "snapshots",
-                 "tensorboard", FAILED)
+                 "tensorboard", FAILED, RUNNING)
 """What a new run removes from a folder whose earlier run stopped before its first checkpoint
 (the others it writes again itself)."""
 
@@ -251,14 +259,23 @@ def _command_stamp(out_dir: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
+def _record_process(out_dir: Path) -> None:
+    """``running.json``: this process trains the run's latest piece (until :func:`training_recorded` ends)."""
+    record = {"commands": len(command_lines(out_dir)), **process_record()}
+    atomic_write_text(json.dumps(record, indent=1) + "\n", out_dir / RUNNING)
+
+
 @contextlib.contextmanager
-def failure_recorded(out_dir: Path) -> Iterator[None]:
-    """Around a training command: when it fails (or is interrupted) after it wrote its line into
-    ``command.txt`` (:func:`prepare_run_folder`), the run folder says so: ``failed.json`` (the
-    failure's line and the pieces counted, which ``vislab runs`` reads) and a last line
-    ``stopped: ...`` in ``changes.txt``; the exception goes on. A failure before that line (a
-    refused input) left the folder as it was, and is not recorded. Rank 0 alone writes; nothing
-    that goes wrong while recording hides the failure itself."""
+def training_recorded(out_dir: Path) -> Iterator[None]:
+    """Around a training command, whose :func:`prepare_run_folder` records this process in
+    ``running.json`` (``vislab runs`` shows the run as running): that record goes when the
+    command ends, however it ends; a process killed without a word leaves it behind, and is
+    then shown as killed. When the command fails (or is interrupted) after it wrote its line into
+    ``command.txt``, the run folder says so: ``failed.json`` (the failure's line and the pieces
+    counted, which ``vislab runs`` reads) and a last line ``stopped: ...`` in ``changes.txt``; the
+    exception goes on. A failure before that line (a refused input) left the folder as it was,
+    and is not recorded. Rank 0 alone writes; nothing that goes wrong while recording hides the
+    failure itself."""
     before = _command_stamp(out_dir)
     try:
         yield
@@ -272,3 +289,14 @@ def failure_recorded(out_dir: Path) -> Iterator[None]:
         except BaseException:  # noqa: BLE001 - an unwritable folder, a second Ctrl-C: the failure itself goes on
             pass
         raise
+    finally:
+        _forget_process(out_dir)
+
+
+def _forget_process(out_dir: Path) -> None:
+    """Remove ``running.json`` when this process wrote it."""
+    try:
+        if rank_zero() and json.loads((out_dir / RUNNING).read_text(encoding="utf-8")).get("pid") == os.getpid():
+            (out_dir / RUNNING).unlink()
+    except (OSError, ValueError, AttributeError):  # none, or not this process's: nothing to remove
+        pass

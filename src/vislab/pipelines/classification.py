@@ -41,7 +41,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         >>> train("hw1_data/p1_data/train_50", load_recipe("cls-fast"), out_dir="runs/p1")
     """
     from vislab.engine.classification import ClassificationData, ClassifierModule, holdout_split
-    from vislab.engine.run_folder import check_resumed_data, check_run_folder, failure_recorded, write_results
+    from vislab.engine.run_folder import check_resumed_data, check_run_folder, training_recorded, write_results
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
 
     out = Path(out_dir)
@@ -100,7 +100,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
              f"{data.num_classes} classes{names}; training on {len(train_idx)}, held out "
              f"{len(data.labels) - len(train_idx)} for checkpoint selection")
 
-    with failure_recorded(out):  # a failure from here on is said in the run folder too
+    with training_recorded(out):  # the run folder says it trains now, and any failure from here on
         done = fit_run(TrainingJob(out=out, recipe=recipe, monitor="holdout_acc", n_train=len(train_idx), items="images",
                                    make_module=make_module, make_data=lambda r: ClassificationData(data, r),
                                    resume=resume, command=command, changes=changes, describe=describe,

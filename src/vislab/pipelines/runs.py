@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from vislab.config import recipe_from_dict
 from vislab.errors import VislabError
-from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, read_run
+from vislab.runfolders import RECORDS, SCORE_KEYS, epoch_counts, find_runs, process_words, read_run
 
 SORTS = ("time", "held-out", "val")
 
@@ -56,6 +56,9 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
     held_key, val_key, row.metric = SCORE_KEYS.get(str(row.task), (None, None, None))
     trained, schedule, _ = epoch_counts(data)
     failed = data["failure"]  # the line of the failure that stopped its latest piece
+    # what became of its latest piece when neither results nor a failure say
+    process = data["process"]
+    pending = process_words(process) if process else None
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
     if results:
@@ -67,7 +70,7 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
         if broken:  # the end of the file, where torch's zip keeps its directory, is read: a cut file has none
             row.state += f"; {broken[0]} is cut short or damaged (not the zip file torch writes)"
         if _resumed_after(run, data):
-            how = f"stopped: {failed}" if failed else "running, interrupted or failed"
+            how = f"stopped: {failed}" if failed else pending or "running, interrupted or failed"
             row.state = f"a --resume started after its results ({how}): the scores are the earlier piece's"
     else:
         if history:
@@ -78,7 +81,8 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
             "; last.ckpt cannot be read: no --resume from it" if data.get("unreadable") else \
             "; last.ckpt: --resume continues it"
         row.state = f"stopped: {failed}{resumable}" if failed else \
-            f"unfinished (running, interrupted or failed){resumable}"
+            pending if process and process["alive"] else \
+            f"{pending or 'unfinished (running, interrupted or failed)'}{resumable}"
     try:  # a recipe.yaml edited by hand (an unknown field, a value out of range) is no recipe a resume reads
         recipe_from_dict(recipe, source=str(run / "recipe.yaml"))
     except VislabError as exc:

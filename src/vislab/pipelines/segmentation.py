@@ -40,7 +40,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     """
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
-    from vislab.engine.run_folder import check_resumed_data, check_run_folder, failure_recorded, read_changes, write_results
+    from vislab.engine.run_folder import check_resumed_data, check_run_folder, read_changes, training_recorded, write_results
     from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, evaluation_device, resolve_normalisation,
                                           teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
@@ -125,7 +125,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                  + (f"training takes random crops of them resized to {r.crop_size}x{r.crop_size}" if r.crop_size
                     else "batches pad them to the largest (padding is ignored by loss and metric)"))
 
-    with failure_recorded(out):  # a failure from here on is said in the run folder too
+    with training_recorded(out):  # the run folder says it trains now, and any failure from here on
         done = fit_run(TrainingJob(
             out=out, recipe=recipe, monitor="holdout_miou", n_train=len(data.train_pairs), items="pairs",
             make_module=make_module,
