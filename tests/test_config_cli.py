@@ -154,6 +154,32 @@ def test_only_rank_zero_writes_a_run_folders_records(monkeypatch):
         assert rank_zero() is zero, env
 
 
+def test_a_process_of_another_rank_leaves_the_run_folder_as_rank_zero_wrote_it(monkeypatch, tmp_path):
+    """Lightning's ddp launcher runs the whole command again in each process it starts, after rank
+    0 prepared the folder: those processes neither clear nor rewrite its records (rank 0's record
+    of its own process, running.json, included), fresh run or resumed."""
+    import json
+    import os
+
+    from vislab.config import load_recipe
+    from vislab.engine.run_folder import prepare_run_folder
+
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    run, recipe = tmp_path / "run", load_recipe("cls-fast")
+    prepare_run_folder(run, recipe, resume=False, command="vislab cls train x", changes=["a"])
+    assert json.loads((run / "running.json").read_text())["pid"] == os.getpid()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    prepare_run_folder(run, recipe, resume=False, command="vislab cls train x", changes=["a", "b"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    import torch
+
+    torch.save({"state_dict": {}}, run / "last.ckpt")
+    prepare_run_folder(run, recipe, resume=True, command="vislab cls train x --resume", changes=["c"])
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "last.ckpt"} == before
+
+
 def test_unknown_model_and_wrong_task_recipe(cli, color_classes, tmp_path):
     res = cli("summary", "resnet7")
     assert res.code == 2 and res.err.count("\n") == 1

@@ -102,17 +102,18 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     earlier pieces did not record.
     """
     last = check_run_folder(out_dir, resume=resume)
+    if not rank_zero():  # a process of a multi-process launch runs this too: rank 0 alone writes the folder
+        return last
     command = command or "(a call from Python: no command line)"  # a line each piece: results.json counts them
     if resume:
         recorded = read_changes(out_dir)
         new = [line for line in changes or [] if line not in recorded]
         if new:
             write_changes(out_dir, recorded + new)
-        if rank_zero():  # a process of a multi-process launch runs this too: the piece is one line
-            said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
-                if (out_dir / "command.txt").is_file() else ""
-            atomic_write_text(said + command + "\n", out_dir / "command.txt")
-            _record_process(out_dir)
+        said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
+            if (out_dir / "command.txt").is_file() else ""
+        atomic_write_text(said + command + "\n", out_dir / "command.txt")
+        _record_process(out_dir)
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +128,7 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
             stale.unlink(missing_ok=True)
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
-    if rank_zero():
-        _record_process(out_dir)
+    _record_process(out_dir)
     if inputs:
         atomic_write_text(json.dumps(inputs, indent=1) + "\n", out_dir / INPUTS)
     if items is not None:
