@@ -113,10 +113,18 @@ def test_a_teacher_that_trained_on_the_students_held_out_images_is_said(cli, col
 
     said, changes = student("other", "--seed", "1")
     line = ("held out (fraction, split seed) (0.2, 0), the student (0.2, 1) (--holdout 0.2 --split-seed 0 would "
-            "share its split): it trained on some of the student's held-out images")
+            "share its split): it trained on ")
     assert line in said and said.count("warning: teacher") == 1 and "setting: warning" not in said and line in changes
+    seen = int(changes.split(line)[1].split(" of the student's 24 held-out images, so")[0])  # 8 of each class's 40
+    assert 0 < seen <= 24
     said, changes = student("same", "--seed", "1", "--split-seed", "0")
-    assert "it trained on some" not in said + changes
+    assert "warning: teacher" not in said + changes
+    # one seeded order per class, of which a split holds out the first items: a smaller fraction holds out
+    # items the teacher held out too, a larger one 4 more of each class
+    said, changes = student("smaller", "--seed", "1", "--holdout", "0.1", "--split-seed", "0")
+    assert "warning: teacher" not in said + changes
+    said, changes = student("larger", "--seed", "1", "--holdout", "0.3", "--split-seed", "0")
+    assert "--split-seed 0 would share its split): it trained on 12 of the student's 36 held-out images, so " in changes
     said, changes = student("none", "--seed", "1", "--holdout", "0.01")  # 0.4 of each class's 40: none
     assert "holdout 0.01 -> 0" in said and "it trained on some" not in said + changes
     fewer = tmp_path / "fewer"  # the same split rule, on a folder less one image

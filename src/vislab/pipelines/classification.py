@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from vislab.config import Recipe
-from vislab.data.classification import load_for_model, load_folder
+from vislab.data.classification import load_for_model, load_folder, stratified_split
 from vislab.data.layouts import thin_classes
 from vislab.data.manifest import lines_digest
 from vislab.data.overlap import copies_line
@@ -85,7 +85,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     thin = thin_classes(data.labels[train_idx].tolist(), data.class_names, [paths[i] for i in train_idx.tolist()])
     changes += [thin] if thin else []
     # after the settings: a held-out fraction that holds out nothing is 0 by now
-    changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest")
+    changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_files_digest",
+                                   held_out=lambda f, s: set(stratified_split(data.labels, fraction=f, seed=s)[1].tolist()),
+                                   items="images")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,
                  "train_files_digest": digest}
 

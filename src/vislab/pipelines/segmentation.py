@@ -15,7 +15,7 @@ from vislab.config import Recipe
 from vislab.data.seg_classes import SegClasses, check_described_alike, classes_of, find_classes
 from vislab.data.manifest import lines_digest
 from vislab.data.overlap import copies_line
-from vislab.data.segmentation import list_pairs, pair_lines, scan_masks
+from vislab.data.segmentation import holdout_split, list_pairs, pair_lines, scan_masks
 from vislab.errors import VislabError
 from vislab.log import info
 from vislab.pipelines.seg_scores import calibrate, calibration_line, evaluate_checkpoint
@@ -85,7 +85,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     changes += _unturned_note(recipe, data.stats.sizes)
     items = pair_lines(data.pairs)
     digest = lines_digest(items)
-    changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_pairs_digest")
+    changes += teacher_split_notes(teachers, list(recipe.teacher), recipe, digest=digest, digest_key="train_pairs_digest",
+                                   held_out=lambda f, s: set(holdout_split(len(data.pairs), fraction=f, seed=s)[1]),
+                                   items="pairs")
     if snap_note:
         recipe = recipe.with_overrides(snapshot=tuple(p.stem for p in snaps))
         changes.append(snap_note)

@@ -226,12 +226,16 @@ class AtTrainingStart:
 
 
 def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe, *,
-                        digest: str | None, digest_key: str) -> list[str]:
-    """A warning line (for ``changes.txt``) for each teacher that trained on some of the images
-    the student holds out (``recipe`` as the run resolved it, its training folder's ``digest``
-    beside the teacher's ``meta[digest_key]``): a teacher that held nothing out, one trained on
-    another folder, or one with another held-out fraction or split seed. The student's held-out
-    score, and its checkpoint choice, then lean the teacher's way. None when nothing is held out."""
+                        digest: str | None, digest_key: str, held_out: Callable[[float, int], set[int]],
+                        items: str) -> list[str]:
+    """A warning line (for ``changes.txt``) for each teacher that trained on some of the ``items``
+    (images, pairs) the student holds out (``recipe`` as the run resolved it, its training
+    folder's ``digest`` beside the teacher's ``meta[digest_key]``): a teacher that held nothing
+    out, one trained on another folder, or one whose held-out fraction or split seed held out
+    other items (``held_out(fraction, seed)``: the indices a split holds out; a smaller fraction
+    of the same seed holds out a part of a larger one, which is no warning). The student's
+    held-out score, and its checkpoint choice, then lean the teacher's way. None when nothing is
+    held out."""
     ours = (float(recipe.holdout), held_out_seed(recipe))
     if ours[0] <= 0:
         return []
@@ -239,17 +243,22 @@ def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: R
     for meta, path in zip(metas, paths):
         r = meta.get("recipe", {})
         theirs = (float(r.get("holdout", 0.0)), held_out_seed(r))
+        some = f"it trained on some of the student's held-out {items}"
         if theirs[0] <= 0:
-            why = "held nothing out of its training folder"
+            why = f"held nothing out of its training folder: {some}"
         elif meta.get(digest_key) is not None and digest is not None and meta[digest_key] != digest:
-            why = "was trained on another folder than the student's"
+            why = f"was trained on another folder than the student's: {some}"
         elif theirs != ours:
+            student = held_out(*ours)
+            seen = len(student - held_out(*theirs))
+            if not seen:
+                continue
             why = (f"held out (fraction, split seed) {theirs}, the student {ours} (--holdout {theirs[0]:g} "
-                   f"--split-seed {theirs[1]} would share its split)")
+                   f"--split-seed {theirs[1]} would share its split): it trained on {seen} of the student's "
+                   f"{len(student)} held-out {items}")
         else:
             continue
-        lines.append(f"warning: teacher {path} {why}: it trained on some of the student's held-out images, so "
-                     "the student's held-out score may read high")
+        lines.append(f"warning: teacher {path} {why}, so the student's held-out score may read high")
     return lines
 
 
