@@ -348,6 +348,15 @@ def test_an_exported_ensemble_says_a_members_scale_without_offsets(cli, seg_runs
     assert res.code == 0 and "its evaluation scale from `seg calibrate` applies" in said and "class offsets" not in said
     res = cli("seg", "predict", tmp_path / "ens.onnx", val, tmp_path / "b", "--no-offsets")
     assert res.code == 2 and "this export holds its calibrated evaluation scale in the graph" in res.err
+    # offsets and a scale: the line names the export that leaves them out, not the --no-offsets refused above
+    body.update(offsets=[0.5] + [0.0] * (len(body["offsets"]) - 1), offsets_dropped=False)
+    (scaled / "best.offsets.json").write_text(json.dumps(body))
+    assert cli("export", f"{runs[1]},{scaled}", tmp_path / "both.onnx", "--size", "48", "64").code == 0
+    res = cli("seg", "predict", tmp_path / "both.onnx", val, tmp_path / "c")
+    said = " ".join(res.err.split())
+    assert res.code == 0 and ("its class offsets and evaluation scale from `seg calibrate` apply (an export with "
+                              "--no-offsets leaves them out)") in said
+    assert cli("seg", "predict", tmp_path / "both.onnx", val, tmp_path / "d", "--no-offsets").code == 2
 
 
 def test_export_refuses_mixed_tasks_and_onnx_members(cli, cls_runs, seg_runs, tmp_path):

@@ -461,8 +461,10 @@ def load_predictor(path: str | Path, *, task: str, engine: str = "auto", hw: tup
             carried = " and ".join(w for w, on in (("class offsets", offsets_outside or meta.get("calibrated")),
                                                    ("evaluation scale", meta.get("calibrated_scale"))) if on)
             verb = "applies" if carried == "evaluation scale" else "apply"  # offsets: plural
+            # a calibrated scale sits in the graph: --no-offsets is refused for such a file (above)
             info(f"calibration carried by {path}: its {carried} from `seg calibrate` {verb}"
-                 + (" (--no-offsets leaves the offsets out)" if offsets_outside else ""))
+                 + ("" if not offsets_outside else " (an export with --no-offsets leaves them out)"
+                    if meta.get("calibrated_scale") else " (--no-offsets leaves the offsets out)"))
         return net, meta
     model, meta = load_segmenter(path, calibrated=calibrated, tta=tta) if task == "seg" else \
         load_network(path, task=task)
