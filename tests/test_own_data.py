@@ -94,6 +94,7 @@ def test_report_and_export_carry_names(named_run, tmp_path, cli):
     assert res.code == 0, res.err
     page = (tmp_path / "r.md").read_text()
     assert "0.7000" not in page  # the course's baselines are not shown for another data set
+    assert "reference numbers are left out: the run trained on images of its own (imagefolder layout)" in page
     pytest.importorskip("onnxruntime")
     res = cli("export", named_run, tmp_path / "m.onnx")
     assert res.code == 0, res.err

@@ -398,6 +398,7 @@ def test_names_and_colours_reach_figures_report_and_export(cli, own_run, tmp_pat
     assert res.code == 0, res.err
     page = (tmp_path / "r.md").read_text()
     assert "standard rule" in page and "course baseline" not in page
+    assert "left out: the run trained on a data set with classes of its own, not the course's 7." in page
     assert "Input size: [1, 3, 48, 64]" in page  # the architecture at the tile size it trained on
     assert "Calibrated after training" not in page  # its numbers were measured with the offsets it fitted
     later = tmp_path / "later"  # a copy whose offsets `seg calibrate` fitted again after training

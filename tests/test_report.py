@@ -54,9 +54,12 @@ def test_html_report_sections_and_figures_realdata(cli, real_runs, tmp_path):
     for heading in ("P1 classification", "P2 segmentation", "Training curves", "Per-class validation accuracy",
                     "Confusion matrix (validation)", "t-SNE of the second-last layer (validation)", "Most confused pairs",
                     "Per-class validation IoU", "Predicted masks at early, middle and final epochs",
-                    "Final predictions over the satellite images", "Architecture", "seed report (VGG16-BN)",
+                    "Final predictions over the satellite images", "Architecture", "seed report (VGG19-FCN32s)",
                     "course baseline (strong)", "Total params:"):
         assert heading in html, heading
+    # P1's numbers are for all 50 classes: they do not compare with a run on 3 of them
+    assert "seed report (VGG16-BN)" not in html and html.count("course baseline (strong)") == 1
+    assert "left out: the run trained on 3 classes, the course" in html
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) == 10  # P1: curves, per-class, confusion, pairs, t-SNE; P2: curves, IoU, confusion, progress, overlays
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
@@ -311,3 +314,23 @@ def test_curves_leave_out_the_held_out_panel_of_a_run_without_one():
     rows[1]["holdout_acc"] = "0.5"
     three = Image.open(io.BytesIO(curves(rows, metric="holdout_acc"))).size
     assert two[1] == three[1] and abs(two[0] / three[0] - 2 / 3) < 0.02
+
+
+def test_the_course_reference_numbers_go_with_the_course_data_alone(tmp_path):
+    """P1's references are for course-named images of all 50 classes; the confusion matrix, else
+    the checkpoint, gives the classes; a run of an older vislab that recorded neither keeps them."""
+    import torch
+
+    from vislab.report import _not_course_data
+
+    def confusion(n):
+        return {"layout": "course", "val": {"confusion": [[0] * n for _ in range(n)]}}
+
+    assert _not_course_data(tmp_path, "cls", confusion(50)) is None
+    assert _not_course_data(tmp_path, "cls", confusion(5)) == ("the run trained on 5 classes, the course's numbers "
+                                                               "are for all its 50")
+    assert _not_course_data(tmp_path, "cls", {"layout": "csv"}) == ("the run trained on images of its own (csv "
+                                                                    "layout), not the course's")
+    assert _not_course_data(tmp_path, "cls", {}) is None  # nothing recorded
+    torch.save({"vislab": {"task": "cls", "model": "simple_cnn", "num_classes": 7}}, tmp_path / "best.ckpt")
+    assert _not_course_data(tmp_path, "cls", {"layout": "course"}).startswith("the run trained on 7 classes")
