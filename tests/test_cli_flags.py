@@ -109,12 +109,22 @@ def test_a_group_option_given_twice(cli):
 def test_positional_arguments_that_look_like_values_are_not_counted(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = cli("cls", "eval", "flip", "flip", "--tta", "flip")  # a checkpoint and a folder named as the value
-    assert res.code == 2 and res.err == "vislab: error: flip: checkpoint not found\n", res.err
+    assert res.code == 2 and res.err == "vislab: error: flip: no such run folder or checkpoint\n", res.err
     res = cli("cls", "train", "2", "--epochs", "2", "--out", "run")  # TRAIN_DIR "2" beside --epochs 2
     assert res.code == 2 and "given" not in res.err and res.err.startswith("vislab: error: 2: "), res.err
     assert not (tmp_path / "run").exists()
     res = cli("cls", "predict", "--engine", "torch", "r", "torch", "torch.csv")  # the value, then positionals
-    assert res.code == 2 and res.err == "vislab: error: r: checkpoint not found\n", res.err
+    assert res.code == 2 and res.err == "vislab: error: r: no such run folder or checkpoint\n", res.err
+
+
+def test_a_list_of_runs_where_one_goes_is_named_as_such(cli, tmp_path):
+    """A command that reads one model says so of a comma-separated list (not "no such run folder")."""
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+    runs = f"{tmp_path / 'a'},{tmp_path / 'b'}"
+    res = cli("seg", "calibrate", runs, tmp_path)
+    assert res.code == 2 and res.err == (f"vislab: error: {runs}: a list of 2 models, and this command takes one "
+                                         "run folder or checkpoint\n"), res.err
 
 
 def test_help_still_works(cli):

@@ -56,7 +56,7 @@ def test_recipe_round_trips_through_yaml(tmp_path):
 
 def test_errors_are_one_line_and_debug_shows_traceback(cli, tmp_path):
     res = cli("cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
-    assert res.code == 2 and res.err == f"vislab: error: {tmp_path / 'none.ckpt'}: checkpoint not found\n"
+    assert res.code == 2 and res.err == f"vislab: error: {tmp_path / 'none.ckpt'}: no such run folder or checkpoint\n"
     with pytest.raises(VislabError):
         cli("--debug", "cls", "predict", tmp_path / "none.ckpt", tmp_path, tmp_path / "p.csv")
     with pytest.raises(VislabError):  # after the command, as a user adds it to the line that failed

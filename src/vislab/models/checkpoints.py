@@ -57,7 +57,10 @@ def checkpoint_file(path: str | Path) -> Path:
     """``path`` itself, or for a run folder its best.ckpt (else last.ckpt)."""
     p = Path(path)
     if not p.exists():
-        raise VislabError(p, "checkpoint not found")
+        listed = [part for part in str(path).split(",") if part]  # the commands that take several split them first
+        if len(listed) > 1:
+            raise VislabError(p, f"a list of {len(listed)} models, and this command takes one run folder or checkpoint")
+        raise VislabError(p, "no such run folder or checkpoint")
     if p.is_dir():
         for name in ("best.ckpt", "last.ckpt"):
             if (p / name).is_file():
