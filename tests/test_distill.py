@@ -68,7 +68,7 @@ def test_a_student_follows_its_teacher(cli, color_classes, tmp_path):
     res = cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "student", "--teacher",
               tmp_path / "liar", "--distill", "1")
     assert res.code == 0, res.err
-    assert "distillation: soft targets from" in res.err
+    assert "distillation: soft targets from" in res.err and "; its accuracy on the training images" in res.err
     assert json.loads((tmp_path / "student" / "results.json").read_text())["teacher"] == [str(tmp_path / "liar")]
     res = cli("cls", "train", color_classes, "--out", tmp_path / "student", "--resume")  # trains nothing
     assert res.code == 0 and "nothing left to train" in " ".join(res.err.split())

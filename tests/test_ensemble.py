@@ -115,7 +115,7 @@ def test_cls_ensemble_refuses_other_classes(cli, cls_runs, tmp_path):
     said = " ".join(res.err.split())
     assert res.code == 2 and "predicts other classes than" in said and "(2 classes against 3 classes)" in said
     res = cli("cls", "eval", f"{runs[0]},{runs[0]}", data)
-    assert res.code == 2 and "a model is listed twice" in res.err
+    assert res.code == 2 and f"{runs[0]},{runs[0]}: {runs[0]} is listed twice; list it once" in res.err
     (two / "0_999.png").write_bytes(b"not a png")  # named only if the images were read before the refusal
     res = cli("cls", "eval", runs[0], two, "--against", tmp_path / "run")
     assert res.code == 2 and " ".join(res.err.split()) == \
@@ -151,7 +151,7 @@ def test_seg_ensemble_predicts_and_scores_the_average(cli, seg_runs, tmp_path):
     spec = f"{runs[0]},{runs[1]}"
     res = cli("seg", "predict", spec, val, tmp_path / "pred")
     assert res.code == 0, res.err
-    assert "shifted by its own class offsets before they are averaged (1 of 2" in " ".join(res.err.split())
+    assert "shifted by its own class offsets before they are averaged (1 of 2 members has offsets)" in " ".join(res.err.split())
     nets = _seg_members(runs)
     pairs, moved = [], 0
     for f in sorted((val / "images").iterdir()):

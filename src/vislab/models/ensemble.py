@@ -24,8 +24,9 @@ def members(spec: str | Path) -> list[str]:
     parts = [p.strip() for p in str(spec).split(",")]
     if not all(parts):
         raise VislabError(str(spec), "an empty name in the comma-separated list of models")
-    if len(set(parts)) < len(parts):
-        raise VislabError(str(spec), "a model is listed twice")
+    twice = next((p for i, p in enumerate(parts) if p in parts[:i]), None)
+    if twice is not None:
+        raise VislabError(str(spec), f"{twice} is listed twice; list it once")
     seen: dict[Path, str] = {}
     for part in parts:  # the same file under two spellings (a run folder and its best.ckpt)
         path = Path(part)

@@ -97,7 +97,8 @@ def say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> list
     shifts = [member_offsets(meta, enabled) for _, meta in models]
     if len(models) > 1 and any(v is not None for v in shifts):
         info(f"ensemble: each member's probabilities are shifted by its own class offsets before they are averaged "
-             f"({sum(v is not None for v in shifts)} of {len(models)} members have offsets)")
+             f"({sum(v is not None for v in shifts)} of {len(models)} members "
+             f"{'has' if sum(v is not None for v in shifts) == 1 else 'have'} offsets)")
     return shifts
 
 
