@@ -62,9 +62,9 @@ def test_export_cls_matches_torch_on_real_inputs(cls_run, cli):
     out = cls_run / "m.onnx"
     res = cli("export", cls_run / "run", out)
     assert res.code == 0, res.err
-    assert "max |logit diff|" in res.out and "replacing" not in res.out
+    assert "max |logit diff|" in res.out and "replaces" not in res.err
     res = cli("export", cls_run / "run", out, "--no-check")  # an export of its own is replaced, and said so
-    assert res.code == 0 and "(replacing an earlier export there)" in " ".join(res.out.split())
+    assert res.code == 0 and f"{out}: an earlier vislab export; this one replaces it" in " ".join(res.err.split())
     net = OnnxNet(out)
     assert net.shape == (3, 40, 40)
     assert net.meta["model"] == "cifar_resnet20" and net.meta["num_classes"] == 3

@@ -126,13 +126,11 @@ def export_cmd(
     from vislab.export import export_onnx
 
     _output(out_path, ".onnx", inputs=_members(ckpt))
-    earlier = out_path.is_file()  # an export of vislab's (_output refuses any other file)
     res = export_onnx(ckpt, out_path, size=size, opset=opset, check=check, offsets=offsets)
     c, h, w = res["input_shape"]
     shown = (f"(N, {c}, H, W): any height and width (traced at {w}x{h}, width x height)" if res.get("free_size")
              else f"(N, {c}, {h}, {w})")
-    out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input {shown}"
-              + (" (replacing an earlier export there)" if earlier else ""))
+    out.print(f"wrote {res['path']} ({res['bytes'] / 1e6:.1f} MB), input {shown}")
     if check:
         within = (f"; within float32 rounding: PyTorch's own float32 result is {res['float32_rounding']:.1e} off its "
                   "float64 one" if "float32_rounding" in res else "")
