@@ -220,6 +220,19 @@ def test_exported_cls_ensemble_is_the_average_of_its_members(cli, cls_runs, tmp_
     assert net.meta["members"][2]["image_size"] == 40 and net.meta["mean"] == [0.0, 0.0, 0.0]
     got = net(x[:20].float() / 255).softmax(1)
     assert torch.allclose(got, avg[:20], atol=1e-4)
+    # the export records its members' checkpoints: listed beside one of them, that network would weigh twice
+    res = cli("cls", "predict", f"{tmp_path / 'ens.onnx'},{runs[0]}", data, tmp_path / "twice.csv")
+    best = (runs[0] / "best.ckpt").resolve()
+    assert res.code == 2 and f"{runs[0]}: holds the network of {best}, as {tmp_path / 'ens.onnx'} does" in res.err
+    assert cli("export", runs[0], tmp_path / "one.onnx", "--no-check").code == 0
+    res = cli("cls", "predict", f"{runs[0]},{tmp_path / 'one.onnx'}", data, tmp_path / "twice.csv")
+    assert res.code == 2 and f"holds the network of {best}, as {runs[0]} does" in res.err
+    assert not (tmp_path / "twice.csv").exists()
+    # an exported ensemble beside another model is one member: said, with the weight of each of its models
+    assert cli("cls", "train", data, "--recipe", r, "--out", tmp_path / "run4", "--seed", "4").code == 0
+    res = cli("cls", "predict", f"{tmp_path / 'ens.onnx'},{tmp_path / 'run4'}", data, tmp_path / "nested.csv")
+    assert res.code == 0 and (f"{tmp_path / 'ens.onnx'}: an exported ensemble of 3 models, one member of this list "
+                              "of 2: each of its models weighs 1/3 of another member") in " ".join(res.err.split())
 
 
 def test_exported_seg_ensemble_predicts_like_the_list(cli, seg_runs, tmp_path):

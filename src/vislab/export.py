@@ -93,8 +93,17 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
         h, w = meta["stored_hw"]
         raise VislabError(None, f"--size: this classifier takes its images at the size they were stored at in "
                                 f"training ({w}x{h}, width x height), as `cls predict` decodes them; the export has that size")
+    meta = {**meta, "source": _source(ckpt)}
     return export_network(model, meta, out, shape=network_input_shape(meta, size), opset=opset, check=check,
                           free_size=task == "seg")
+
+
+def _source(path: str | Path) -> str:
+    """The checkpoint an export is made from, as its metadata records it (resolved): a list of
+    models that names it beside its export holds one network twice (:func:`vislab.models.ensemble.check_each_model_once`)."""
+    from vislab.models.checkpoints import checkpoint_file
+
+    return str(checkpoint_file(path).resolve())
 
 
 def _refuse_overwriting_inputs(paths: list[str], out: str | Path) -> None:
@@ -195,7 +204,7 @@ def export_ensemble(paths: list[str], out: str | Path, *, size: tuple[int, int] 
     meta = {key: value for key, value in metas[0].items() if key not in ("recipe", "class_offsets")}
     meta.update(model="ensemble of " + " + ".join(m["model"] for m in metas), image_size=None,
                 mean=[0.0] * channels, std=[1.0] * channels,
-                members=[{"path": str(p), "model": m["model"], "image_size": m.get("image_size"),
+                members=[{"path": str(p), "source": _source(p), "model": m["model"], "image_size": m.get("image_size"),
                           "mean": m["mean"], "std": m["std"]} for p, m in zip(paths, metas)])
     shape = network_input_shape(metas[0] if task == "seg" else meta, size)
     separate = task == "seg" and any("class_offsets" in m for m in metas)

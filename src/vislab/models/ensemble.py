@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vislab.errors import VislabError
+from vislab.log import info
 from vislab.models.checkpoints import checkpoint_file
 
 
@@ -39,6 +40,34 @@ def members(spec: str | Path) -> list[str]:
                 raise VislabError(str(spec), f"{seen[path]} and {part} are the same model ({path}); list it once")
             seen[path] = part
     return parts
+
+
+def model_sources(path: str, meta: dict[str, Any]) -> list[str]:
+    """The checkpoints (resolved paths) whose networks a listed model holds: a checkpoint or run
+    folder its own; an export those its metadata records (none for an export of an older vislab)."""
+    if Path(path).suffix.lower() != ".onnx":
+        return [str(checkpoint_file(path).resolve())]
+    entries = meta.get("members") or [meta]
+    return [e["source"] for e in entries if isinstance(e.get("source"), str)]
+
+
+def check_each_model_once(metas: list[dict[str, Any]], paths: list[str]) -> None:
+    """Refuse a list of models that holds one network twice under two forms (a run and its
+    export, or an exported ensemble holding it: it would weigh twice in the average); say of an
+    exported ensemble in a longer list that its models count as one member together."""
+    if len(paths) < 2:
+        return
+    seen: dict[str, str] = {}
+    for meta, path in zip(metas, paths):
+        for source in model_sources(path, meta):
+            if source in seen:
+                raise VislabError(path, f"holds the network of {source}, as {seen[source]} does: it would weigh twice "
+                                        "in the average; list each model once")
+            seen[source] = path
+        inside = len(meta.get("members") or [])
+        if inside:
+            info(f"{path}: an exported ensemble of {inside} models, one member of this list of {len(paths)}: each of "
+                 f"its models weighs 1/{inside} of another member")
 
 
 def check_same_classes(metas: list[dict[str, Any]], paths: list[str], *, keys: tuple[str, ...]) -> None:

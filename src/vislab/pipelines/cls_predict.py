@@ -131,7 +131,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     ``ckpt`` may also be an exported ``.onnx``; ``engine`` as in :func:`vislab.export.load_predictor`.
     """
     from vislab.export import load_predictor, model_file
-    from vislab.models.ensemble import members
+    from vislab.models.ensemble import check_each_model_once, members
 
     check_positive(batch_size=batch_size)
     paths = members(ckpt)
@@ -141,6 +141,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_csv: str | Path, *, batch
     with quiet():  # the read below says what it skips
         find_items(img_dir, labelled=False)  # an empty or missing folder, before any model is loaded or exported
     models = [load_predictor(p, task="cls", engine=engine, device=device) for p in paths]
+    check_each_model_once([m for _, m in models], paths)
     meta = models[0][1]
     data, logits = ensemble_logits(
         models, paths, lambda m: load_folder(img_dir, labelled=False, use_cache=False, size=stored_size(m)),

@@ -15,7 +15,7 @@ from vislab.data.segmentation import IMAGES_DIR, MASK, MASKS_DIR, SAT, list_unla
 from vislab.errors import VislabError
 from vislab.io import written_by_vislab
 from vislab.log import counted, info
-from vislab.models.ensemble import mean_of, members
+from vislab.models.ensemble import check_each_model_once, mean_of, members
 from vislab.models.tta import averaged_probs, check_tta
 
 
@@ -178,6 +178,7 @@ def predict(ckpt: str | Path, img_dir: str | Path, out_dir: str | Path, *, tta: 
     models = [(lambda mm: (mm[0].to(dev), mm[1]))(load_predictor(p, task="seg", engine=engine, hw=hw, device=device,
                                                                  calibrated=offsets, tta=tta))
               for p in paths]
+    check_each_model_once([m for _, m in models], paths)
     for (model, meta), path in zip(models, paths):
         _check_fixed_input(model, path, files, sizes, tta)
         if tta != "none" and offsets and meta.get("calibrated") and not meta.get("member_logits"):
