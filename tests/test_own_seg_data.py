@@ -303,7 +303,7 @@ def own_run(tmp_path_factory):
     train = make_index_set(root / "train", 13)  # 48x64 is the most common size (4 of 13)
     val = make_index_set(root / "val", 4, seed=1)
     recipe = root / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 24, "batch_size": 4,
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:tu-resnet10t", "epochs": 24, "batch_size": 4,
                                       "lr": 0.003, "optimizer": "adamw", "holdout": 0.25, "loss": "ce+dice",
                                       "calibrate": True}))
     assert run_vislab("seg", "train", train, "--recipe", recipe, "--out", root / "run", "--val-dir", val,
