@@ -194,17 +194,29 @@ def test_seg_train_with_teachers(cli, tmp_path):
     assert cli("seg", "train", train, "--recipe", tmp_path / "half.yaml", "--out", tmp_path / "t_half").code == 0
     # the soft maps are the teacher's probabilities over each whole training tile at its own
     # evaluation scale: their argmax is the mask `seg predict` writes, at 1/4 of the side
-    from vislab.data.seg_classes import load_classes
+    from vislab.data.seg_classes import IGNORE, load_classes
     from vislab.engine.segmentation import SegmentationData
     from vislab.pipelines.segmentation import MAP_STRIDE, _load_teachers, _teacher_maps
     from vislab.pipelines.settings import AtTrainingStart
 
     desc = load_classes(train / "classes.yaml")
     student = Recipe(task="seg", teacher=(str(tmp_path / "t_half"),), holdout=0.25, seed=2)
+    import vislab.pipelines.segmentation as seg_pipeline
+
     data = SegmentationData(train, student, expected=None, classes=desc)
-    maps = _teacher_maps(_load_teachers(student, desc), data, student, device=torch.device("cpu"))
+    said: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(seg_pipeline, "info", said.append)
+        maps = _teacher_maps(_load_teachers(student, desc), data, student, device=torch.device("cpu"))
     assert len(maps) == len(data.train_pairs) == 6
     assert cli("seg", "predict", tmp_path / "t_half", train / "images", tmp_path / "pred").code == 0
+    # the line gives the teacher's mIoU on the training tiles: that of the masks `seg predict` writes
+    from vislab.metrics import confusion_matrix
+
+    conf = sum(confusion_matrix(desc.read_mask(pair.mask)[0], desc.read_mask(tmp_path / "pred" / f"{pair.stem}.png")[0],
+                                desc.num_classes, ignore_index=IGNORE) for pair in data.train_pairs)
+    (line,) = said
+    assert float(line.split("its mIoU on the training tiles ")[1][:6]) == pytest.approx(desc.miou(conf), abs=0.01)
     agree = []
     for m, pair in zip(maps, data.train_pairs):
         ids = desc.read_mask(tmp_path / "pred" / f"{pair.stem}.png")[0]
@@ -233,7 +245,7 @@ def test_seg_train_with_teachers(cli, tmp_path):
               "--out", tmp_path / "student")
     assert res.code == 0, res.err
     said = " ".join(res.err.split())
-    assert f"distillation: soft targets per pixel from {tmp_path / 't'} (weight 0.7)" in said
+    assert f"distillation: soft targets per pixel from {tmp_path / 't'} (weight 0.7; its mIoU on the training tiles " in said
     assert "held out (fraction, split seed) (0.25, 2), the student (0.25, 3)" in said
     # the teacher's targets reach the loss: the same run without one trains otherwise
     assert cli("seg", "train", train, "--recipe", r, "--seed", "3", "--out", tmp_path / "alone").code == 0

@@ -259,25 +259,35 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
 
     from vislab.models.ensemble import AveragedNet
 
+    from vislab.data.seg_classes import IGNORE
+    from vislab.metrics import confusion_matrix
+
     teacher = AveragedNet(loaded).eval().to(device)
     t0, maps = time.perf_counter(), []
+    k = data.classes.num_classes
+    conf = torch.zeros(k, k, dtype=torch.long)  # the teachers' average against the training masks
     idx = list(data.train_idx)
     with torch.no_grad():
         while idx:  # batches of consecutive tiles of one size
-            run = [data.tiles.tile(idx[0])[0]]
-            most = max(1, batch_pixels // (run[0].shape[-2] * run[0].shape[-1]))
-            while len(run) < min(most, len(idx)) and data.tiles.tile(idx[len(run)])[0].shape == run[0].shape:
-                run.append(data.tiles.tile(idx[len(run)])[0])
+            run = [data.tiles.tile(idx[0])]
+            most = max(1, batch_pixels // (run[0][0].shape[-2] * run[0][0].shape[-1]))
+            while len(run) < min(most, len(idx)) and data.tiles.tile(idx[len(run)])[0].shape == run[0][0].shape:
+                run.append(data.tiles.tile(idx[len(run)]))
             idx = idx[len(run):]
-            x = torch.stack(run).to(device).float() / 255
+            x = torch.stack([image for image, _ in run]).to(device).float() / 255
             h, w = x.shape[-2:]
-            p = F.adaptive_avg_pool2d(teacher(x).exp(), (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE)))
+            probs = teacher(x).exp()
+            conf += confusion_matrix(torch.stack([ids for _, ids in run]), probs.argmax(1).cpu(), k,
+                                     ignore_index=IGNORE)
+            p = F.adaptive_avg_pool2d(probs, (math.ceil(h / MAP_STRIDE), math.ceil(w / MAP_STRIDE)))
             maps += list((p * 255).round().to(torch.uint8).cpu())
     teacher.cpu()  # the loaded networks themselves: no GPU memory held while the student trains
     if device.type == "cuda":
         torch.cuda.empty_cache()
     mb = sum(m.numel() for m in maps) / 2 ** 20
-    info(f"distillation: soft targets per pixel from {', '.join(recipe.teacher)} (weight {recipe.distill:g}): "
+    their = "their" if len(recipe.teacher) > 1 else "its"
+    info(f"distillation: soft targets per pixel from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
+         f"{their} mIoU on the training tiles {data.classes.miou(conf):.4f}): "
          f"{len(maps)} training tiles through the teachers in {time.perf_counter() - t0:.0f} s "
          f"({mb:.0f} MiB at 1/{MAP_STRIDE} of the side); each training crop reads its box of them")
     return maps
