@@ -248,6 +248,7 @@ class BudgetKeeper(TrainingClock):
     TIMED = 3  # batches timed, after the epoch's first (its time holds the loader's start), before a cut
     TOLERANCE = 0.05  # the planned end may pass the budget by this share before the last epoch is cut
     HYSTERESIS = 0.1  # a part of an epoch is added when MIN_SHARE of one fits, taken back below this much less
+    KEPT = 0.02  # a plan whose end an epoch's re-plan would move by less than this share of the budget is kept
 
     def __init__(self, minutes: float, record: Callable[[str], None] | None = None,
                  weights: Callable[[int], list[float]] | None = None, most: int | None = None,
@@ -372,8 +373,8 @@ class BudgetKeeper(TrainingClock):
         end = self.partial_end(epochs, cap, done, elapsed, batches, spe) if partial else None
         if partial and end is None and epochs == done:  # ending now would leave the learning rate mid-schedule:
             end = self.last_part(done, elapsed, batches, spe)  # a part of whatever fits ends it, if anything does
-        if stop is not None and end is not None and epochs + 1 == planned and abs(end - stop) < 0.1 * batches:
-            end = stop  # a partial last epoch within a tenth of an epoch of its plan: kept, not re-planned
+        if spe > 0 and self._near_plan(end if end is not None else epochs * spe, stop or planned * spe, spe, per_epoch):
+            epochs, end = planned - (stop is not None), stop  # kept, not re-planned
         epochs, end = trainer.strategy.broadcast((epochs + (end is not None), end), src=0)
         if (epochs, end) == (planned, stop):
             return
@@ -392,6 +393,16 @@ class BudgetKeeper(TrainingClock):
 
         self._say(trainer, f"--budget {self.minutes:g} min: epochs {plan(planned, stop)} -> {plan(epochs, end)} after "
                            f"epoch {done} ({_so_far(elapsed)}, {each} s per epoch: {pace}); {ends}", longer=longer)
+
+    def _near_plan(self, new: int, old: int, steps: int, per_epoch: float) -> bool:
+        """Whether a re-plan at an epoch's end to end at step ``new`` instead of ``old`` moves the end
+        by less than a tenth of an epoch (of ``steps`` steps, ``per_epoch`` seconds) or less than
+        ``KEPT`` of the budget: such a plan is kept. On short epochs each epoch's end would
+        otherwise move it a batch or three this way or that, a line each."""
+        if new == old:
+            return True
+        step_s = max(per_epoch / steps, 1e-6)
+        return abs(new - old) < max(0.1 * steps, self.KEPT * self.minutes * 60 / step_s)
 
     def _say(self, trainer: pl.Trainer, line: str, *, longer: bool = False) -> None:
         """A re-plan's line on the console (a warning when the run ends earlier than planned, a setting
