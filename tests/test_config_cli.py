@@ -142,12 +142,16 @@ def test_a_spawned_training_process_failure_is_said_by_its_own_error():
 
 
 def test_only_rank_zero_writes_a_run_folders_records(monkeypatch):
-    """Lightning's own launcher sets LOCAL_RANK alone in the processes it starts, torchrun RANK too."""
+    """Lightning's own launcher sets LOCAL_RANK alone in the processes it starts (and NODE_RANK on
+    other nodes), torchrun RANK too; under srun with several tasks each task's SLURM_PROCID is its
+    rank (one task, as in a batch script, is rank 0 whatever its number)."""
     from vislab.engine.run_folder import rank_zero
 
     for env, zero in (({}, True), ({"LOCAL_RANK": "1"}, False), ({"RANK": "2", "LOCAL_RANK": "0"}, False),
-                      ({"RANK": "0", "LOCAL_RANK": "0"}, True)):
-        for name in ("RANK", "LOCAL_RANK"):
+                      ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"NODE_RANK": "1"}, False),
+                      ({"SLURM_NTASKS": "8", "SLURM_PROCID": "3"}, False), ({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}, True),
+                      ({"SLURM_NTASKS": "1", "SLURM_PROCID": "2"}, True)):
+        for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -164,7 +168,7 @@ def test_a_process_of_another_rank_leaves_the_run_folder_as_rank_zero_wrote_it(m
     from vislab.config import load_recipe
     from vislab.engine.run_folder import prepare_run_folder
 
-    for name in ("RANK", "LOCAL_RANK"):
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
     run, recipe = tmp_path / "run", load_recipe("cls-fast")
     prepare_run_folder(run, recipe, resume=False, command="vislab cls train x", changes=["a"])

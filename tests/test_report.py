@@ -334,3 +334,7 @@ def test_the_course_reference_numbers_go_with_the_course_data_alone(tmp_path):
     assert _not_course_data(tmp_path, "cls", {}) is None  # nothing recorded
     torch.save({"vislab": {"task": "cls", "model": "simple_cnn", "num_classes": 7}}, tmp_path / "best.ckpt")
     assert _not_course_data(tmp_path, "cls", {"layout": "course"}).startswith("the run trained on 7 classes")
+    # an unfinished run (no results yet): its checkpoint's layout
+    torch.save({"vislab": {"task": "cls", "model": "simple_cnn", "num_classes": 50, "layout": "imagefolder"}},
+               tmp_path / "best.ckpt")
+    assert _not_course_data(tmp_path, "cls", {}) == "the run trained on images of its own (imagefolder layout), not the course's"

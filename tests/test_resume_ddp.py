@@ -65,7 +65,7 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     from vislab.pipelines.runs import run_row  # the process could not say it ended: its record says it was killed
 
     assert run_row(run).state == (f"killed: process {proc.pid} ended without a word (a kill signal, the machine out "
-                                  "of memory, a shutdown); last.ckpt: --resume continues it")
+                                  "of memory, a crash, a shutdown); last.ckpt: --resume continues it")
     from vislab.report import _run_notes
     from vislab.runfolders import read_run
 

@@ -142,6 +142,11 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(cli, color_classes, tmp_path)
         time.sleep(0.05)
     time.sleep(0.5)
     assert run_row(run).state.startswith(f"running: process {proc.pid}, since ")
+    from vislab.report import _run_notes
+    from vislab.runfolders import read_run
+
+    note = _run_notes(run, read_run(run))[0]  # no --resume offered: it would be refused while the run trains
+    assert note.startswith(f"Unfinished: running: process {proc.pid}, since ") and "--resume" not in note
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 2 and f"{run}: another vislab is training this run (running: process {proc.pid}" in res.err
     assert proc.poll() is None, "premise: still training when interrupted"

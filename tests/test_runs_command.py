@@ -185,29 +185,79 @@ def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_c
 
 
 def test_a_process_record_tells_running_killed_and_another_machine(tmp_path):
-    """running.json's process: this one runs; a process that has ended, or a later one given the
-    same number (another start time), does not; one on another machine is not checked."""
-    import socket
+    """running.json's process: this one runs; a process that has ended (a zombie too: it has ended
+    and waits for its parent to collect it), a later one given the same number (another start
+    time) or one from before the machine restarted (another boot) does not; one on another machine
+    or in another container (PID namespace) is not checked; a record of an earlier piece, or of
+    the folder this one was copied from, is none of this folder's."""
     import subprocess
     import sys
+    import time
 
-    from vislab.runfolders import process_alive, process_start, training_process
+    from vislab.runfolders import process_alive, process_record, process_start, training_process
 
     me = os.getpid()
-    assert process_alive(me, process_start(me)) and process_alive(me, None)
+    assert process_alive(me, process_start(me)) and process_alive(me, None) and not process_alive(0, None)
     if process_start(me) is not None:  # Linux: a reused number is another process
         assert not process_alive(me, process_start(me) + 1)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert not process_alive(gone.pid, None)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while time.time() < deadline and os.path.exists(f"/proc/{zombie.pid}") and \
+            open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.02)
+    try:
+        if os.path.exists(f"/proc/{zombie.pid}"):  # ended, not yet collected: still in the process table
+            os.kill(zombie.pid, 0)
+            assert not process_alive(zombie.pid, process_start(zombie.pid))
+    finally:
+        zombie.wait()
     (tmp_path / "command.txt").write_text("vislab cls train a\nvislab cls train a --resume\n")
+    here = process_record()
 
     def record(**kw):
-        (tmp_path / "running.json").write_text(json.dumps({"commands": 2, "host": socket.gethostname(), **kw}))
+        (tmp_path / "running.json").write_text(json.dumps({"commands": 2, **here, "since": 0,
+                                                           "folder": str(tmp_path.resolve()), **kw}))
         return training_process(tmp_path, ["a", "b"])
 
-    assert record(pid=me, started=process_start(me), since=0)["alive"] is True
-    assert record(pid=gone.pid, started=None, since=0)["alive"] is False
-    assert record(pid=me, started=None, since=0, host="elsewhere") == {"pid": me, "host": "elsewhere", "since": 0,
-                                                                       "alive": None}
-    assert record(pid=me, started=None, since=0, commands=1) is None  # an earlier piece's record
+    assert record()["alive"] is True
+    assert record(pid=gone.pid, started=None)["alive"] is False
+    assert record(boot="another boot")["alive"] is False
+    assert record(host="elsewhere") == {"pid": me, "host": "elsewhere", "since": 0, "alive": None}
+    assert record(pid_space="pid:[1]")["alive"] is None
+    assert record(commands=1) is None  # an earlier piece's record
+    assert record(folder=str(tmp_path / "original")) is None  # copied with the folder it describes
+
+
+def test_a_training_refused_for_a_run_in_training_leaves_that_runs_records_alone(tmp_path):
+    """Two trainings of one run started together: both pass the check before the data is read; the
+    later to write the folder is refused there, after the other wrote its command line. The
+    refusal is no failure of the run: no failed.json or "stopped:" line, the other's record stays."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from vislab.config import load_recipe
+    from vislab.engine.run_folder import prepare_run_folder, training_recorded
+    from vislab.errors import VislabError
+    from vislab.runfolders import process_record, process_start
+
+    run, recipe = tmp_path / "run", load_recipe("cls-fast")
+    prepare_run_folder(run, recipe, resume=False, command="vislab cls train x", changes=["a"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(VislabError, match="another vislab is training this run"):
+            with training_recorded(run):  # as the later process: the other started its piece meanwhile
+                (run / "command.txt").write_text("vislab cls train x\nvislab cls train x --resume\n")
+                theirs = {"commands": 2, "folder": str(run.resolve()), **process_record(), "pid": other.pid,
+                          "started": process_start(other.pid)}
+                (run / "running.json").write_text(json.dumps(theirs))
+                before = {p.name: p.read_bytes() for p in run.iterdir()}
+                prepare_run_folder(run, recipe, resume=True, command="vislab cls train x --resume", changes=["a"])
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    finally:
+        other.kill()
+        other.wait()

@@ -99,11 +99,14 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, size: tuple[int, int] | No
 
 
 def _source(path: str | Path) -> str:
-    """The checkpoint an export is made from, as its metadata records it (resolved): a list of
-    models that names it beside its export holds one network twice (:func:`vislab.models.ensemble.check_each_model_once`)."""
+    """The checkpoint an export is made from, as its metadata records it: the digest of its bytes
+    (no path: a file that has since been trained on is another network, and a shared export names
+    no local folder); a list of models that names the checkpoint beside its export holds one
+    network twice (:func:`vislab.models.ensemble.check_each_model_once`)."""
+    from vislab.io import file_digest
     from vislab.models.checkpoints import checkpoint_file
 
-    return str(checkpoint_file(path).resolve())
+    return file_digest(checkpoint_file(path))
 
 
 def _refuse_overwriting_inputs(paths: list[str], out: str | Path) -> None:

@@ -52,8 +52,9 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
     notes = []
     if not data["results"]:
         epochs = len(data["history"])
-        saved = "; last.ckpt can resume it (--resume)" if (run / "last.ckpt").is_file() else ""
         failed, process = data["failure"], data["process"]
+        running = bool(process and process["alive"])  # a --resume of it is refused while it trains
+        saved = "; last.ckpt can resume it (--resume)" if (run / "last.ckpt").is_file() and not running else ""
         why = f"training stopped: {failed}" if failed else process_words(process) if process else \
             "no results.json, so training failed, was interrupted or is still running"
         notes.append(f"Unfinished: {why} ({epochs} epochs in history.csv); no final numbers{saved}.")
@@ -263,14 +264,17 @@ def _not_course_data(run: Path, task: str, res: dict[str, Any]) -> str | None:
         if not res.get("val", {}).get("metric", "course").startswith("course"):
             return "its validation score is not the course's mIoU"
         return None
-    if res.get("layout", "course") != "course":
-        return f"the run trained on images of its own ({res['layout']} layout), not the course's"
+    layout = res.get("layout")
     classes = len(res["val"]["confusion"]) if "confusion" in res.get("val", {}) else None
-    for name in ("best.ckpt", "last.ckpt"):
+    for name in ("best.ckpt", "last.ckpt"):  # an unfinished run's records are its checkpoint's
         try:
-            classes = classes or checkpoint_meta(run / name).get("num_classes")
+            meta = checkpoint_meta(run / name)
         except Exception:  # noqa: BLE001 - missing or unreadable: the next, else not known
             continue
+        layout, classes = layout or meta.get("layout"), classes or meta.get("num_classes")
+        break
+    if (layout or "course") != "course":
+        return f"the run trained on images of its own ({layout} layout), not the course's"
     if classes not in (None, COURSE_CLASSES["cls"]):
         return f"the run trained on {classes} classes, the course's numbers are for all its {COURSE_CLASSES['cls']}"
     return None

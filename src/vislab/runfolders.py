@@ -197,41 +197,70 @@ def latest_failure(run: Path, commands: list[str]) -> str | None:
     return found["error"]
 
 
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, from Linux's /proc), which tells it
-    from a later process given the same number; None without /proc or without such a process."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of process ``pid`` from Linux's /proc; None
+    without /proc or without such a process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in () may hold spaces
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name in () may hold spaces
+        return fields[0], int(fields[19])  # fields 3 and 22
     except (OSError, IndexError, ValueError):
         return None
 
 
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), which tells it from a later process
+    given the same number; None without /proc or without such a process."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _machine() -> tuple[str | None, str | None]:
+    """(this boot's id, this process's PID namespace) from Linux's /proc, each None where unknown:
+    a process number means the same process only within both."""
+    try:
+        boot: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
+    try:
+        space: str | None = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        space = None
+    return boot, space
+
+
 def process_alive(pid: int, started: int | None) -> bool:
-    """Whether process ``pid`` of this machine still runs, and is the one that started at
-    ``started`` (:func:`process_start`; not checked where either is unknown)."""
+    """Whether process ``pid`` of this machine still runs (not a zombie, which has ended and
+    waits for its parent to collect it), and is the one that started at ``started``
+    (:func:`process_start`; not checked where either is unknown)."""
+    if pid <= 0 or os.name == "nt":  # on Windows signal 0 is Ctrl-C: never sent; 0 and -1 name groups
+        return False
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except PermissionError:  # another user's
         pass
     except OSError:
         return False
-    now = process_start(pid)
-    return started is None or now is None or now == started
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    return stat[0] != "Z" and (started is None or stat[1] == started)
 
 
 def process_record() -> dict[str, Any]:
-    """This process as ``running.json`` records it: its number, machine, start and the time."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
-            "since": time.time()}
+    """This process as ``running.json`` records it: its number, machine (its boot and process
+    namespace: a container on one host may have the host's name), start and the time."""
+    boot, space = _machine()
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot": boot, "pid_space": space,
+            "started": process_start(os.getpid()), "since": time.time()}
 
 
 def training_process(run: Path, commands: list[str]) -> dict[str, Any] | None:
     """The process that trains the run's latest piece (the last of ``commands``) as
     ``running.json`` records it: ``pid``, ``host``, ``since`` (seconds since the epoch) and
-    ``alive``: True, False (it ended without a word: killed), or None (it runs on another machine,
-    where it cannot be checked). None when the record is not that piece's: the process ended and
-    removed it, or an older vislab trained it."""
+    ``alive``: True, False (it ended without a word: killed; or the machine has restarted since),
+    or None (it runs on another machine, or in another container, where it cannot be checked).
+    None when the record is not that piece's: the process ended and removed it, an older vislab
+    trained it, or the folder is a copy of the one it trains."""
     try:
         found = json.loads((run / RUNNING).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -239,10 +268,17 @@ def training_process(run: Path, commands: list[str]) -> dict[str, Any] | None:
     pid = found.get("pid") if isinstance(found, dict) else None
     if not isinstance(pid, int) or isinstance(pid, bool) or found.get("commands") != len(commands):
         return None
+    if isinstance(found.get("folder"), str) and Path(found["folder"]) != run.resolve():
+        return None
     started = found.get("started") if isinstance(found.get("started"), int) else None
-    host = found.get("host")
-    since = found.get("since") if isinstance(found.get("since"), (int, float)) else None
-    alive = process_alive(pid, started) if host == socket.gethostname() else None
+    host, here = found.get("host"), process_record()
+    since = found.get("since") if isinstance(found.get("since"), (int, float)) and 0 <= found["since"] < 1e11 else None
+    if host != here["host"] or found.get("pid_space") != here["pid_space"]:
+        alive = None
+    elif found.get("boot") != here["boot"]:
+        alive = False  # the process ran before this machine's restart
+    else:
+        alive = process_alive(pid, started)
     return {"pid": pid, "host": host, "since": since, "alive": alive}
 
 
@@ -250,15 +286,17 @@ def process_words(process: dict[str, Any]) -> str:
     """What :func:`training_process` found, in words.
 
         >>> process_words({"pid": 41, "host": "box", "since": None, "alive": False})
-        'killed: process 41 ended without a word (a kill signal, the machine out of memory, a shutdown)'
+        'killed: process 41 ended without a word (a kill signal, the machine out of memory, a crash, a shutdown)'
         >>> process_words({"pid": 41, "host": "box", "since": None, "alive": None})
-        'unfinished: process 41 on box trains it, or was killed there'
+        'unfinished: process 41 on box (another machine or container) trains it, or was killed there'
     """
     pid = process["pid"]
     if process["alive"] is None:
-        return f"unfinished: process {pid} on {process['host']} trains it, or was killed there"
+        return (f"unfinished: process {pid} on {process['host']} (another machine or container) trains it, or was "
+                "killed there")
     if not process["alive"]:
-        return f"killed: process {pid} ended without a word (a kill signal, the machine out of memory, a shutdown)"
+        return (f"killed: process {pid} ended without a word (a kill signal, the machine out of memory, a crash, "
+                "a shutdown)")
     since = process["since"]
     return f"running: process {pid}" + (f", since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}"
                                         if since is not None else "")

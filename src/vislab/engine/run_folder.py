@@ -34,7 +34,8 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
     busy = training_process(out_dir, command_lines(out_dir)) if rank_zero() else None  # ranks > 0 follow rank 0
     if busy and busy["alive"] and busy["pid"] != os.getpid():
         raise VislabError(out_dir, f"another vislab is training this run ({process_words(busy)}): two would "
-                                   "overwrite each other's checkpoints; wait for it to end, stop it, or give another --out")
+                                   "overwrite each other's checkpoints; wait for it to end, stop it, or give another "
+                                   f"--out (if no vislab trains it, delete {out_dir / RUNNING})")
     if resume:
         if not last.is_file():
             raise VislabError(out_dir, no_checkpoint_to_resume(out_dir))
@@ -245,23 +246,18 @@ def done_line(out_dir: Path, result: dict) -> str:
 
 def rank_zero() -> bool:
     """Whether this process writes the run folder's records: the only one, or rank 0 of a
-    multi-process launch (torchrun sets ``RANK``, Lightning's own launcher ``LOCAL_RANK`` alone)."""
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
-
-
-def _command_stamp(out_dir: Path) -> tuple[int, int] | None:
-    """``command.txt``'s identity (inode, write time): every write of it is a replacement
-    (:func:`vislab.io.atomic_write_text`), so a changed stamp means a command line was written."""
-    try:
-        st = (out_dir / "command.txt").stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns
+    multi-process launch (torchrun sets ``RANK``; Lightning's own launcher ``LOCAL_RANK`` alone,
+    and ``NODE_RANK`` on the other nodes; under ``srun`` with several tasks, which Lightning reads
+    as one job, the task's ``SLURM_PROCID`` is its rank)."""
+    env = os.environ
+    slurm = env.get("SLURM_PROCID", "0") if env.get("SLURM_NTASKS", "1") not in ("", "1") else "0"
+    return all(value == "0" for value in (env.get("RANK", "0"), env.get("LOCAL_RANK", "0"), env.get("NODE_RANK", "0"),
+                                          slurm))
 
 
 def _record_process(out_dir: Path) -> None:
     """``running.json``: this process trains the run's latest piece (until :func:`training_recorded` ends)."""
-    record = {"commands": len(command_lines(out_dir)), **process_record()}
+    record = {"commands": len(command_lines(out_dir)), "folder": str(out_dir.resolve()), **process_record()}
     atomic_write_text(json.dumps(record, indent=1) + "\n", out_dir / RUNNING)
 
 
@@ -270,18 +266,18 @@ def training_recorded(out_dir: Path) -> Iterator[None]:
     """Around a training command, whose :func:`prepare_run_folder` records this process in
     ``running.json`` (``vislab runs`` shows the run as running): that record goes when the
     command ends, however it ends; a process killed without a word leaves it behind, and is
-    then shown as killed. When the command fails (or is interrupted) after it wrote its line into
-    ``command.txt``, the run folder says so: ``failed.json`` (the failure's line and the pieces
-    counted, which ``vislab runs`` reads) and a last line ``stopped: ...`` in ``changes.txt``; the
-    exception goes on. A failure before that line (a refused input) left the folder as it was,
-    and is not recorded. Rank 0 alone writes; nothing that goes wrong while recording hides the
-    failure itself."""
-    before = _command_stamp(out_dir)
+    then shown as killed. When the command fails (or is interrupted) after it started its piece
+    of the run (its line in ``command.txt``, its record in ``running.json``), the run folder says
+    so: ``failed.json`` (the failure's line and the pieces counted, which ``vislab runs`` reads)
+    and a last line ``stopped: ...`` in ``changes.txt``; the exception goes on. A failure before
+    that (a refused input, a run another process trains) left the folder as it was, and is not
+    recorded. Rank 0 alone writes; nothing that goes wrong while recording hides the failure
+    itself."""
     try:
         yield
     except BaseException as exc:
         try:
-            if rank_zero() and not isinstance(exc, SystemExit) and _command_stamp(out_dir) not in (None, before):
+            if rank_zero() and not isinstance(exc, SystemExit) and _ours(out_dir):
                 line = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else failure_line(exc)
                 commands = len(command_lines(out_dir))
                 atomic_write_text(json.dumps({"commands": commands, "error": line}, indent=1) + "\n", out_dir / FAILED)
@@ -293,10 +289,21 @@ def training_recorded(out_dir: Path) -> Iterator[None]:
         _forget_process(out_dir)
 
 
+def _ours(out_dir: Path) -> bool:
+    """Whether ``running.json`` records this process: it started the run's latest piece (a
+    process refused before that, because another trains the run, did not)."""
+    try:
+        found = json.loads((out_dir / RUNNING).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    mine = process_record()
+    return isinstance(found, dict) and all(found.get(k) == mine[k] for k in ("pid", "host", "started"))
+
+
 def _forget_process(out_dir: Path) -> None:
     """Remove ``running.json`` when this process wrote it."""
     try:
-        if rank_zero() and json.loads((out_dir / RUNNING).read_text(encoding="utf-8")).get("pid") == os.getpid():
+        if rank_zero() and _ours(out_dir):
             (out_dir / RUNNING).unlink()
-    except (OSError, ValueError, AttributeError):  # none, or not this process's: nothing to remove
+    except OSError:  # gone already: nothing to remove
         pass

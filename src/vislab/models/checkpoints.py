@@ -58,7 +58,7 @@ def checkpoint_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         listed = [part for part in str(path).split(",") if part]  # the commands that take several split them first
-        if len(listed) > 1:
+        if len(listed) > 1 and any(Path(part).exists() for part in listed):  # not a name with a comma
             raise VislabError(p, f"a list of {len(listed)} models, and this command takes one run folder or checkpoint")
         raise VislabError(p, "no such run folder or checkpoint")
     if p.is_dir():

@@ -42,29 +42,30 @@ def members(spec: str | Path) -> list[str]:
     return parts
 
 
-def model_sources(path: str, meta: dict[str, Any]) -> list[str]:
-    """The checkpoints (resolved paths) whose networks a listed model holds: a checkpoint or run
-    folder its own; an export those its metadata records (none for an export of an older vislab)."""
-    if Path(path).suffix.lower() != ".onnx":
-        return [str(checkpoint_file(path).resolve())]
-    entries = meta.get("members") or [meta]
-    return [e["source"] for e in entries if isinstance(e.get("source"), str)]
-
-
 def check_each_model_once(metas: list[dict[str, Any]], paths: list[str]) -> None:
-    """Refuse a list of models that holds one network twice under two forms (a run and its
-    export, or an exported ensemble holding it: it would weigh twice in the average); say of an
-    exported ensemble in a longer list that its models count as one member together."""
+    """Refuse a list of models that holds one network twice under two forms (a checkpoint and its
+    export, or an exported ensemble holding it: it would weigh twice in the average), known by
+    the digest of the checkpoint's bytes that an export records; say of an exported ensemble in a
+    longer list that its models count as one member together."""
     if len(paths) < 2:
         return
+    from vislab.io import file_digest
+
+    def exported(meta: dict[str, Any]) -> list[str]:  # none for an export of an older vislab
+        return [e["source"] for e in meta.get("members") or [meta] if isinstance(e.get("source"), str)]
+
+    onnx = [Path(p).suffix == ".onnx" for p in paths]
+    known = any(exported(m) for m, is_onnx in zip(metas, onnx) if is_onnx)
     seen: dict[str, str] = {}
-    for meta, path in zip(metas, paths):
-        for source in model_sources(path, meta):
+    for meta, path, is_onnx in zip(metas, paths, onnx):
+        # a checkpoint's bytes are read only when an export in the list recorded its sources
+        sources = exported(meta) if is_onnx else [file_digest(checkpoint_file(path))] if known else []
+        for source in sources:
             if source in seen:
-                raise VislabError(path, f"holds the network of {source}, as {seen[source]} does: it would weigh twice "
-                                        "in the average; list each model once")
+                raise VislabError(path, f"holds a network that {seen[source]} holds too (the same checkpoint): it would "
+                                        "weigh twice in the average; list the runs themselves, each once")
             seen[source] = path
-        inside = len(meta.get("members") or [])
+        inside = len(meta.get("members") or []) if is_onnx else 0
         if inside:
             info(f"{path}: an exported ensemble of {inside} models, one member of this list of {len(paths)}: each of "
                  f"its models weighs 1/{inside} of another member")
