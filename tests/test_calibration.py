@@ -130,3 +130,24 @@ def test_calibration_file_carries_the_evaluation_scale(tmp_path):
     save_offsets(ckpt, off, infer_scale=-1)
     with pytest.raises(VislabError, match="best.offsets.json: infer_scale -1 is not in"):
         load_calibration(ckpt, 3)
+
+
+def test_an_offset_that_the_search_stops_at_its_edge_is_named():
+    """Every pixel is class 1, which the network ranks below class 0 by a gap spread over 0-10: each
+    sweep's largest move (+2) gains, so three sweeps end at +6 with pixels still wrong; the
+    class is at the search's edge. A class that needed a small offset is not."""
+    from vislab.calibration import OFFSET_STEPS, SWEEPS, at_search_edge
+
+    gap = torch.linspace(0, 10, 64 * 64).reshape(1, 64, 64)
+    logp = torch.stack([torch.zeros_like(gap), -gap], dim=1)
+    truth = torch.ones(1, 64, 64, dtype=torch.long)
+
+    def miou(conf):  # the mean IoU of the classes with a non-empty union
+        iou = conf.diag() / (conf.sum(0) + conf.sum(1) - conf.diag())
+        return float(torch.nanmean(iou))
+
+    offsets, _, _ = fit_offsets(logp, truth, searched=[1], miou=miou)
+    assert offsets.tolist() == [0.0, SWEEPS * max(OFFSET_STEPS)] == [0.0, 6.0]
+    assert at_search_edge(offsets) == [1]
+    small, _, _ = fit_offsets(logp.clamp(min=-1.5), truth, searched=[1], miou=miou)  # gaps of at most 1.5
+    assert 1.5 < float(small[1]) < 6.0 and at_search_edge(small) == []

@@ -42,6 +42,21 @@ OFFSET_STEPS = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 2.0)
 """Moves tried for one class's offset per sweep of the coordinate ascent (log-probability units)."""
 
 
+SWEEPS = 3
+"""Sweeps of the coordinate ascent over every class (:func:`fit_offsets`)."""
+
+
+def at_search_edge(offsets: torch.Tensor, *, sweeps: int = SWEEPS, moves: Sequence[float] = OFFSET_STEPS) -> list[int]:
+    """The classes whose offset went as far as the search reaches (each sweep's largest move in
+    one direction): the search stopped them there, and further would have helped.
+
+        >>> at_search_edge(torch.tensor([6.0, 0.5, -6.0]))
+        [0, 2]
+    """
+    reach_up, reach_down = sweeps * max(moves), sweeps * min(moves)
+    return [c for c, v in enumerate(offsets.tolist()) if v >= reach_up - 1e-6 or v <= reach_down + 1e-6]
+
+
 def _confusion_with(logp: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor, num_classes: int,
                     chunk: int = 16) -> torch.Tensor:
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -69,7 +84,7 @@ def _scores_along(logp: torch.Tensor, truth: torch.Tensor, offsets: torch.Tensor
     return [miou(conf) for conf in confs]
 
 
-def fit_offsets(logp: torch.Tensor, truth: torch.Tensor, *, sweeps: int = 3, moves: Sequence[float] = OFFSET_STEPS,
+def fit_offsets(logp: torch.Tensor, truth: torch.Tensor, *, sweeps: int = SWEEPS, moves: Sequence[float] = OFFSET_STEPS,
                 searched: Sequence[int] | None = None,
                 miou: Callable[[torch.Tensor], float] = course_miou) -> tuple[torch.Tensor, float, float]:
     """Coordinate ascent of an mIoU (default the course's) over one additive offset per class.

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.calibration import (crossfit_miou, crossfit_words, fit_offsets, fitted_folder, fitted_on, load_segmenter,
-                                offsets_file, save_offsets, scale_candidates, scale_chosen, stored_record)
+from vislab.calibration import (at_search_edge, crossfit_miou, crossfit_words, fit_offsets, fitted_folder, fitted_on,
+                                load_segmenter, offsets_file, save_offsets, scale_candidates, scale_chosen, stored_record)
 from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images, say_transparent
 from vislab.data.manifest import difference_from_record
@@ -273,6 +273,12 @@ def calibrate(ckpt: str | Path, pairs_dir: str | Path, *, split: str = "holdout"
             offsets, after = torch.zeros_like(offsets), plain[chosen]
             now = f" at evaluation scale {chosen:g}" if len(tried) > 1 else ""
             info(f"{hurt}: not kept; the run scores without offsets{now} (--keep-offsets keeps them)")
+    edge = at_search_edge(offsets)
+    if edge:  # the model's probabilities for them are far off: the search would have gone on
+        names = ", ".join(f"{desc.names[c]} {float(offsets[c]):+.2f}" for c in edge)
+        info(f"warning: class offsets stopped at the edge of the search ({names}): the network's probabilities of "
+             f"{'this class are' if len(edge) == 1 else 'these classes are'} far off, which more training mends "
+             "better than offsets")
     earlier = fitted_on(path)
     if earlier:
         info(f"{offsets_file(path)}: replaces {earlier}")
