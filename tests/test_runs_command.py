@@ -261,3 +261,75 @@ def test_a_training_refused_for_a_run_in_training_leaves_that_runs_records_alone
     finally:
         other.kill()
         other.wait()
+
+
+def _start_together(run, barrier, done, results):  # one of the processes of the test below
+    from vislab.config import load_recipe
+    from vislab.engine.run_folder import prepare_run_folder
+    from vislab.errors import VislabError
+
+    barrier.wait()
+    try:
+        prepare_run_folder(run, load_recipe("cls-fast"), resume=False, command="vislab cls train x")
+        results.put("claimed")
+    except VislabError as exc:
+        results.put(str(exc))
+    done.wait()  # alive until every process has tried: the one that claimed the run trains it
+
+
+def test_of_trainings_started_together_into_one_folder_one_claims_it(tmp_path):
+    """Four processes prepare one new run folder at the same moment: the record of the training
+    process is claimed in one step with the check, so exactly one goes on and the others are
+    refused; the folder then names the one that claimed it."""
+    import multiprocessing
+
+    from vislab.runfolders import process_in
+
+    ctx = multiprocessing.get_context("fork")  # the children start with vislab imported: together
+    run, n = tmp_path / "run", 4
+    barrier, done, results = ctx.Barrier(n), ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_start_together, args=(run, barrier, done, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        said = [results.get(timeout=60) for _ in range(n)]
+        holder = process_in(run / "running.json", run)
+        assert said.count("claimed") == 1, said
+        assert all("another vislab is training this run (running: process" in s for s in said if s != "claimed")
+        assert holder["alive"] and holder["pid"] in {p.pid for p in procs}
+    finally:
+        done.wait(timeout=60)
+        for p in procs:
+            p.join(timeout=60)
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no claim left half done
+
+
+def test_a_claim_replaces_the_record_of_a_process_that_ended_and_refuses_a_live_one(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from vislab.engine.run_folder import _claim
+    from vislab.errors import VislabError
+    from vislab.runfolders import process_in, process_record, process_start
+
+    run = tmp_path / "run"
+    run.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for stale in ({**process_record(), "pid": gone.pid, "commands": 1}, "{not json"):
+        (run / "running.json").write_text(stale if isinstance(stale, str) else json.dumps(stale))
+        _claim(run, pieces=1)
+        assert process_in(run / "running.json", run)["pid"] == os.getpid()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = json.dumps({**process_record(), "pid": other.pid, "started": process_start(other.pid), "commands": 1})
+        (run / "running.json").write_text(theirs)
+        with pytest.raises(VislabError, match=f"another vislab is training this run \\(running: process {other.pid}"):
+            _claim(run, pieces=2)
+        assert (run / "running.json").read_text() == theirs
+    finally:
+        other.kill()
+        other.wait()
+    assert sorted(p.name for p in run.iterdir()) == ["running.json"]

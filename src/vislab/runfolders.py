@@ -256,17 +256,24 @@ def process_record() -> dict[str, Any]:
 
 def training_process(run: Path, commands: list[str]) -> dict[str, Any] | None:
     """The process that trains the run's latest piece (the last of ``commands``) as
-    ``running.json`` records it: ``pid``, ``host``, ``since`` (seconds since the epoch) and
-    ``alive``: True, False (it ended without a word: killed; or the machine has restarted since),
-    or None (it runs on another machine, or in another container, where it cannot be checked).
-    None when the record is not that piece's: the process ended and removed it, an older vislab
-    trained it, or the folder is a copy of the one it trains."""
+    ``running.json`` records it (:func:`process_in`); None when the record is not that piece's:
+    the process ended and removed it, an older vislab trained it, or the folder is a copy of the
+    one it trains."""
+    return process_in(run / RUNNING, run, pieces=len(commands))
+
+
+def process_in(path: Path, run: Path, *, pieces: int | None = None) -> dict[str, Any] | None:
+    """The process a record of ``running.json``'s form at ``path`` names for the run folder
+    ``run`` (the piece ``pieces`` counts; None: any): ``pid``, ``host``, ``since`` (seconds since
+    the epoch) and ``alive``: True, False (it ended without a word: killed; or the machine has
+    restarted since), or None (it runs on another machine, or in another container, where it
+    cannot be checked). None when there is no such record, or it is another piece's or folder's."""
     try:
-        found = json.loads((run / RUNNING).read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     pid = found.get("pid") if isinstance(found, dict) else None
-    if not isinstance(pid, int) or isinstance(pid, bool) or found.get("commands") != len(commands):
+    if not isinstance(pid, int) or isinstance(pid, bool) or (pieces is not None and found.get("commands") != pieces):
         return None
     if isinstance(found.get("folder"), str) and Path(found["folder"]) != run.resolve():
         return None

@@ -15,7 +15,7 @@ import yaml
 from vislab.config import Recipe
 from vislab.errors import Interrupted, VislabError, failure_line
 from vislab.io import FAILED, RUNNING, atomic_write_text, written_by_runs
-from vislab.runfolders import command_lines, process_record, process_words, training_process
+from vislab.runfolders import command_lines, process_in, process_record, process_words
 
 
 def no_checkpoint_to_resume(out_dir: Path) -> str:
@@ -31,11 +31,8 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
     files would mix with the images), and a folder another process of this machine trains now;
     return its last.ckpt when resuming."""
     last = out_dir / "last.ckpt"
-    busy = training_process(out_dir, command_lines(out_dir)) if rank_zero() else None  # ranks > 0 follow rank 0
-    if busy and busy["alive"] and busy["pid"] != os.getpid():
-        raise VislabError(out_dir, f"another vislab is training this run ({process_words(busy)}): two would "
-                                   "overwrite each other's checkpoints; wait for it to end, stop it, or give another "
-                                   f"--out (if no vislab trains it, delete {out_dir / RUNNING})")
+    if rank_zero():  # ranks > 0 follow rank 0
+        _refuse_held(out_dir, process_in(out_dir / RUNNING, out_dir))
     if resume:
         if not last.is_file():
             raise VislabError(out_dir, no_checkpoint_to_resume(out_dir))
@@ -107,6 +104,7 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         return last
     command = command or "(a call from Python: no command line)"  # a line each piece: results.json counts them
     if resume:
+        _claim(out_dir, pieces=len(command_lines(out_dir)) + 1)  # before the folder says this piece started
         recorded = read_changes(out_dir)
         new = [line for line in changes or [] if line not in recorded]
         if new:
@@ -114,12 +112,12 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
         said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
             if (out_dir / "command.txt").is_file() else ""
         atomic_write_text(said + command + "\n", out_dir / "command.txt")
-        _record_process(out_dir)
         return last
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VislabError(out_dir, f"cannot create run folder ({exc.strerror})") from None
+    _claim(out_dir, pieces=1)  # before anything else is written
     # a run that stopped before its first checkpoint left records of its own: this run starts afresh
     for name in STALE_RECORDS:
         stale = out_dir / name
@@ -129,7 +127,6 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
             stale.unlink(missing_ok=True)
     atomic_write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), out_dir / "recipe.yaml")
     atomic_write_text(command + "\n", out_dir / "command.txt")
-    _record_process(out_dir)
     if inputs:
         atomic_write_text(json.dumps(inputs, indent=1) + "\n", out_dir / INPUTS)
     if items is not None:
@@ -143,7 +140,7 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
 
 INPUTS = "inputs.json"
 STALE_RECORDS = ("changes.txt", "results.json", "history.csv", "val_predictions.csv", "metrics.csv", "snapshots",
-                 "tensorboard", FAILED, RUNNING)
+                 "tensorboard", FAILED)  # and running.json, which _claim replaces when its process has ended
 """What a new run removes from a folder whose earlier run stopped before its first checkpoint
 (the others it writes again itself)."""
 
@@ -255,10 +252,50 @@ def rank_zero() -> bool:
                                           slurm))
 
 
-def _record_process(out_dir: Path) -> None:
-    """``running.json``: this process trains the run's latest piece (until :func:`training_recorded` ends)."""
-    record = {"commands": len(command_lines(out_dir)), "folder": str(out_dir.resolve()), **process_record()}
-    atomic_write_text(json.dumps(record, indent=1) + "\n", out_dir / RUNNING)
+def _refuse_held(out_dir: Path, holder: dict[str, Any] | None) -> None:
+    """The one-line refusal of a run folder that another live process of this machine trains."""
+    if holder and holder["alive"] and holder["pid"] != os.getpid():
+        raise VislabError(out_dir, f"another vislab is training this run ({process_words(holder)}): two would "
+                                   "overwrite each other's checkpoints; wait for it to end, stop it, or give another "
+                                   f"--out (if no vislab trains it, delete {out_dir / RUNNING})")
+
+
+def _claim(out_dir: Path, *, pieces: int) -> None:
+    """``running.json`` made this process's record (of the piece ``pieces`` counts, until
+    :func:`training_recorded` ends) in one step with the check that no other process holds it:
+    the record, written whole to a file of its own, is hard-linked to the name, which fails when
+    the name exists. A record of a process that has ended (or of another machine, which nothing
+    here can check) is set aside and the claim tried again; one of a live process of this
+    machine is refused. Where the file system has no hard links, the record replaces the name
+    after the check alone."""
+    path = out_dir / RUNNING
+    mine, aside = (out_dir / f".{RUNNING}.{os.getpid()}.{what}" for what in ("claim", "ended"))
+    atomic_write_text(json.dumps({"commands": pieces, "folder": str(out_dir.resolve()), **process_record()},
+                                 indent=1) + "\n", mine)
+    try:
+        for _ in range(5):
+            try:
+                os.link(mine, path)
+                return
+            except FileExistsError:
+                _refuse_held(out_dir, process_in(path, out_dir))
+            except OSError:  # no hard links on this file system: the check alone
+                _refuse_held(out_dir, process_in(path, out_dir))
+                os.replace(mine, path)
+                return
+            try:  # whole, atomically: a record that another process claimed meanwhile is put back, and wins
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            theirs = process_in(aside, out_dir)
+            if theirs and theirs["alive"] and theirs["pid"] != os.getpid():
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
+                _refuse_held(out_dir, theirs)
+        raise VislabError(out_dir / RUNNING, "could not be claimed: other processes keep replacing it; try again")
+    finally:
+        mine.unlink(missing_ok=True)
+        aside.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
