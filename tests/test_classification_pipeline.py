@@ -274,6 +274,23 @@ def test_resume_without_checkpoint_exits_2(cli, color_classes, tmp_path):
         res = cli(task, "train", "--out", tmp_path / run, "--resume")
         assert res.code == 2 and res.err.strip() == f"vislab: error: {tmp_path / run}: {said[run]}"
     assert not (tmp_path / "fresh").exists()
+    (tmp_path / "empty" / "recipe.yaml").write_text("task: cls\n")  # as a run stopped before its first checkpoint
+    res = cli("cls", "train", "--out", tmp_path / "empty", "--resume")
+    assert res.code == 2 and res.err.strip().endswith(
+        "stopped before its first checkpoint, so run the same command without --resume (it starts afresh)")
+
+
+def test_a_cache_path_that_is_a_file_is_refused(cli, color_classes, tmp_path, monkeypatch):
+    """$VISLAB_CACHE naming a file: one line, the file left as it was (before, nothing was cached
+    and every read decoded again without a word)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    monkeypatch.setenv("VISLAB_CACHE", str(blocker))
+    for command in (("cache", "list"), ("cls", "train", color_classes, "--out", tmp_path / "run", "--epochs", "1")):
+        res = cli(*command)
+        assert res.code == 2 and res.err == (f"vislab: error: {blocker}: is a file, but the cache needs a folder "
+                                             "($VISLAB_CACHE, default ~/.cache/vislab); point VISLAB_CACHE at a folder\n")
+    assert blocker.read_text() == "mine" and not (tmp_path / "run").exists()
 
 
 def test_bad_checkpoints_are_named(cli, trained, color_classes, tmp_path):

@@ -68,7 +68,8 @@ def _first_sentence(text: str) -> str:
 @app.command("summary")
 def summary_cmd(
     model: str = typer.Argument(..., help="Registry name (e.g. vgg16_bn or fcn32s_vgg16), or a run folder or checkpoint: "
-                                          "the trained network, at the input size it trained at."),
+                                          "the trained network, at its input: a classifier's training side, a segmenter's "
+                                          "whole tile as it predicts (not the training crop; --input sets another)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classes of a registry model (default 50 for cls, 7 for seg)."),
     input: tuple[int, int, int] = typer.Option(None, "--input", help="Input C H W (default: the model's)."),
 ) -> None:

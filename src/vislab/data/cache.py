@@ -37,8 +37,13 @@ Decoder = Callable[[Path, tuple[int, int]], "tuple[np.ndarray, tuple[int, int]]"
 
 
 def cache_dir() -> Path:
-    """Where decoded folders are cached: ``$VISLAB_CACHE`` or ``~/.cache/vislab``."""
-    return Path(os.environ.get("VISLAB_CACHE", Path.home() / ".cache" / "vislab"))
+    """Where decoded folders are cached: ``$VISLAB_CACHE`` or ``~/.cache/vislab``; a file there is
+    one error (nothing could be cached, and every read would decode again without a word)."""
+    path = Path(os.environ.get("VISLAB_CACHE", Path.home() / ".cache" / "vislab"))
+    if path.exists() and not path.is_dir():
+        raise VislabError(path, "is a file, but the cache needs a folder ($VISLAB_CACHE, default ~/.cache/vislab); "
+                                "point VISLAB_CACHE at a folder")
+    return path
 
 
 def file_list_key(files: Sequence[Path], extra: str = "") -> str:

@@ -22,6 +22,9 @@ def no_checkpoint_to_resume(out_dir: Path) -> str:
     """Why ``--resume`` of ``out_dir`` has nothing to continue, in words."""
     if not out_dir.exists():
         return "--resume: no such run folder"
+    if (out_dir / "recipe.yaml").is_file():  # a run stopped before its first checkpoint
+        return ("--resume found no last.ckpt in this run folder: the run stopped before its first checkpoint, so "
+                "run the same command without --resume (it starts afresh)")
     return "--resume found no last.ckpt in this run folder"
 
 
