@@ -685,3 +685,11 @@ def test_seg_train_with_no_recipe_runs_seg_default_offline(cli, tmp_path):
     assert "setting: crop_size 512 -> 64: no training tile is larger than 64 px" in said and saved["crop_size"] == 64
     assert "the recipe's stems 0010, 0097, 0107 are the course's" in said
     assert json.loads((tmp_path / "run" / "inputs.json").read_text())["recipe"] == "seg-default"
+
+
+def test_a_snapshot_typo_fails_before_the_tiles_are_decoded(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path / "cache"))
+    train = make_index_set(tmp_path / "d", 4)
+    res = cli("seg", "train", train, "--recipe", "seg-fast", "--out", tmp_path / "run", "--snapshot", "t01,t9")
+    assert res.code == 2 and "snapshot: no image with the stem t9 in the validation or training folder" in res.err
+    assert "decoded once" not in res.err and not list((tmp_path / "cache").glob("seg-*"))

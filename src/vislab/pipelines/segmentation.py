@@ -59,6 +59,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     if val_dir is not None:
         val_pairs = list_pairs(val_dir)
         scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
+    if recipe.snapshot:  # a stem that names no pair (a typo) fails before the tiles are decoded
+        _snapshot_pairs(recipe.snapshot, val_pairs + list_pairs(train_dir))
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     teachers = [meta for _, meta in loaded]
