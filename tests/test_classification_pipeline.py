@@ -48,6 +48,9 @@ def test_run_folder_contents(trained):
         assert (trained / name).is_file(), name
     rows = list(csv.DictReader((trained / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+    # best.ckpt's epoch: the first with the best held-out score (a later tie does not replace it)
+    scores = [float(r["holdout_acc"]) for r in rows]
+    assert json.loads((trained / "results.json").read_text())["best_epoch"] == scores.index(max(scores)) + 1
     assert {"train_loss", "holdout_acc", "lr", "seconds"} <= set(rows[0])
     assert list((trained / "tensorboard").glob("events.*"))
     ckpt = torch.load(trained / "last.ckpt", weights_only=True)

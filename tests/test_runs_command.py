@@ -333,3 +333,15 @@ def test_a_claim_replaces_the_record_of_a_process_that_ended_and_refuses_a_live_
         other.kill()
         other.wait()
     assert sorted(p.name for p in run.iterdir()) == ["running.json"]
+
+
+def test_the_done_line_names_the_epoch_of_the_model():
+    from pathlib import Path
+
+    from vislab.engine.run_folder import done_line
+
+    result = {"holdout_miou": 0.61234, "val_miou": 0.6, "best_epoch": 3, "epochs": 5, "train_seconds": 120.0,
+              "checkpoint": "r/best.ckpt"}
+    assert done_line(Path("r"), result) == ("done: holdout_miou 0.6123 (epoch 3, best.ckpt), val_miou 0.6000, "
+                                            "5 epochs in 2.0 min; r/results.json holds every number, r/best.ckpt is "
+                                            "the model")

@@ -234,8 +234,9 @@ def done_line(out_dir: Path, result: dict) -> str:
         ...                             "train_seconds": 90.0, "checkpoint": "runs/p1/best.ckpt"})
         'done: holdout_acc 0.8512, val_accuracy 0.8400, 4 of 5 epochs in 1.5 min; runs/p1/results.json holds every number, runs/p1/best.ckpt is the model'
     """
-    parts = [f"{k} {result[k]:.4f}" for k in ("holdout_acc", "holdout_miou", "val_accuracy", "val_miou")
-             if isinstance(result.get(k), (int, float))]
+    best = f" (epoch {result['best_epoch']}, best.ckpt)" if isinstance(result.get("best_epoch"), int) else ""
+    parts = [f"{k} {result[k]:.4f}{best if k.startswith('holdout') else ''}"
+             for k in ("holdout_acc", "holdout_miou", "val_accuracy", "val_miou") if isinstance(result.get(k), (int, float))]
     epochs, trained = result.get("epochs"), result.get("epochs_trained")
     if epochs is not None:
         ran = f"{trained} of {epochs}" if trained not in (None, epochs) else f"{epochs}"

@@ -300,6 +300,15 @@ def fit_and_select(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lig
     score = facts.get("best_score")
     result = {"train_seconds": round(time.perf_counter() - t0 - facts.get("before_training_seconds", 0.0), 1),
               metric: None if score is None else round(float(score), 6), "global_step": steps}
+    if best.name == "best.ckpt":  # the epoch whose held-out score chose it (saved at that epoch's end)
+        import torch
+
+        try:
+            epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+        except Exception:  # noqa: BLE001 - unreadable here: its loading later names the problem
+            epoch = None
+        if isinstance(epoch, int):
+            result["best_epoch"] = epoch + 1
     stopped = facts.get("stopped_early")
     if stopped:
         from vislab.log import info
