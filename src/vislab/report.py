@@ -254,7 +254,7 @@ def _not_course_data(run: Path, task: str, res: dict[str, Any]) -> str | None:
     belong to the course's data alone, for P1 course-named images of all its 50 classes (not a
     subset of them), for P2 its 7 colour-coded classes scored by the course's mIoU (older runs
     recorded neither, and are taken as the course's)."""
-    from vislab.models.checkpoints import checkpoint_meta
+    from vislab.models.checkpoints import run_meta
     from vislab.models.registry import COURSE_CLASSES
     from vislab.viz.progress import run_classes
 
@@ -266,13 +266,9 @@ def _not_course_data(run: Path, task: str, res: dict[str, Any]) -> str | None:
         return None
     layout = res.get("layout")
     classes = len(res["val"]["confusion"]) if "confusion" in res.get("val", {}) else None
-    for name in ("best.ckpt", "last.ckpt"):  # an unfinished run's records are its checkpoint's
-        try:
-            meta = checkpoint_meta(run / name)
-        except Exception:  # noqa: BLE001 - missing or unreadable: the next, else not known
-            continue
+    if layout is None or classes is None:  # an unfinished run's records are its checkpoint's
+        meta = run_meta(run) or {}
         layout, classes = layout or meta.get("layout"), classes or meta.get("num_classes")
-        break
     if (layout or "course") != "course":
         return f"the run trained on images of its own ({layout} layout), not the course's"
     if classes not in (None, COURSE_CLASSES["cls"]):

@@ -278,11 +278,11 @@ def process_in(path: Path, run: Path, *, pieces: int | None = None) -> dict[str,
     if isinstance(found.get("folder"), str) and Path(found["folder"]) != run.resolve():
         return None
     started = found.get("started") if isinstance(found.get("started"), int) else None
-    host, here = found.get("host"), process_record()
+    host, (boot, space) = found.get("host"), _machine()
     since = found.get("since") if isinstance(found.get("since"), (int, float)) and 0 <= found["since"] < 1e11 else None
-    if host != here["host"] or found.get("pid_space") != here["pid_space"]:
+    if host != socket.gethostname() or found.get("pid_space") != space:
         alive = None
-    elif found.get("boot") != here["boot"]:
+    elif found.get("boot") != boot:
         alive = False  # the process ran before this machine's restart
     else:
         alive = process_alive(pid, started)

@@ -256,9 +256,14 @@ def rank_zero() -> bool:
                                           slurm))
 
 
+def _held_by_another(holder: dict[str, Any] | None) -> bool:
+    """Whether a record (:func:`vislab.runfolders.process_in`) names another live process of this machine."""
+    return bool(holder and holder["alive"] and holder["pid"] != os.getpid())
+
+
 def _refuse_held(out_dir: Path, holder: dict[str, Any] | None) -> None:
     """The one-line refusal of a run folder that another live process of this machine trains."""
-    if holder and holder["alive"] and holder["pid"] != os.getpid():
+    if _held_by_another(holder):
         raise VislabError(out_dir, f"another vislab is training this run ({process_words(holder)}): two would "
                                    "overwrite each other's checkpoints; wait for it to end, stop it, or give another "
                                    f"--out (if no vislab trains it, delete {out_dir / RUNNING})")
@@ -282,9 +287,11 @@ def _claim(out_dir: Path, *, pieces: int) -> None:
                 os.link(mine, path)
                 return
             except FileExistsError:
-                _refuse_held(out_dir, process_in(path, out_dir))
+                no_links = False
             except OSError:  # no hard links on this file system: the check alone
-                _refuse_held(out_dir, process_in(path, out_dir))
+                no_links = True
+            _refuse_held(out_dir, process_in(path, out_dir))
+            if no_links:
                 os.replace(mine, path)
                 return
             try:  # whole, atomically: a record that another process claimed meanwhile is put back, and wins
@@ -292,7 +299,7 @@ def _claim(out_dir: Path, *, pieces: int) -> None:
             except FileNotFoundError:
                 continue
             theirs = process_in(aside, out_dir)
-            if theirs and theirs["alive"] and theirs["pid"] != os.getpid():
+            if _held_by_another(theirs):
                 with contextlib.suppress(FileExistsError):
                     os.link(aside, path)
                 _refuse_held(out_dir, theirs)

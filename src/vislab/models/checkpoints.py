@@ -138,6 +138,17 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
+def run_meta(run: Path) -> dict[str, Any] | None:
+    """The vislab metadata of a run folder's checkpoint (last.ckpt, else best.ckpt: the data they
+    describe is the same), read memory-mapped; None when neither can be read."""
+    for name in ("last.ckpt", "best.ckpt"):
+        try:
+            return checkpoint_meta(run / name)
+        except Exception:  # noqa: BLE001 - missing or unreadable: the next, else none
+            continue
+    return None
+
+
 def check_readable(path: Path, why: str) -> dict[str, Any]:
     """Refuse a checkpoint file that torch cannot open (memory-mapped: no tensor is read), one
     line naming the file and ``why`` it is needed; else return its :func:`checkpoint_meta`."""

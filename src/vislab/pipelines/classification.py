@@ -170,7 +170,8 @@ def teacher_probs(models: list[tuple[torch.nn.Module, dict[str, Any]]], recipe: 
     if list(seen.files) != list(data.files):
         raise VislabError(train_dir, "the teachers read another list of images than the student")
     soft = logp.exp().half()
+    their = "their" if len(recipe.teacher) > 1 else "its"
     info(f"distillation: soft targets from {', '.join(recipe.teacher)} (weight {recipe.distill:g}; "
-         f"{'their' if len(recipe.teacher) > 1 else 'its'} accuracy on the training images {float((soft.argmax(1).cpu() == data.labels).float().mean()):.4f}): "
+         f"{their} accuracy on the training images {float((soft.argmax(1).cpu() == data.labels).float().mean()):.4f}): "
          f"{len(soft)} images of the training folder through the teachers in {time.perf_counter() - t0:.0f} s")
     return soft

@@ -95,10 +95,10 @@ def member_offsets(meta: dict[str, Any], enabled: bool) -> Offsets:
 def say_offsets(models: list[tuple[Any, dict[str, Any]]], enabled: bool) -> list[Offsets]:
     """Each model's offsets; for an ensemble, one console line on how they are used."""
     shifts = [member_offsets(meta, enabled) for _, meta in models]
-    if len(models) > 1 and any(v is not None for v in shifts):
+    shifted = sum(v is not None for v in shifts)
+    if len(models) > 1 and shifted:
         info(f"ensemble: each member's probabilities are shifted by its own class offsets before they are averaged "
-             f"({sum(v is not None for v in shifts)} of {len(models)} members "
-             f"{'has' if sum(v is not None for v in shifts) == 1 else 'have'} offsets)")
+             f"({shifted} of {len(models)} members {'has' if shifted == 1 else 'have'} offsets)")
     return shifts
 
 

@@ -259,10 +259,9 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
 
     import torch.nn.functional as F
 
-    from vislab.models.ensemble import AveragedNet
-
     from vislab.data.seg_classes import IGNORE
     from vislab.metrics import confusion_matrix
+    from vislab.models.ensemble import AveragedNet
 
     teacher = AveragedNet(loaded).eval().to(device)
     t0, maps = time.perf_counter(), []

@@ -25,15 +25,9 @@ def run_classes(run_dir: Path):  # -> SegClasses
     """The data set description a segmentation run trained with (its checkpoint's metadata, read
     memory-mapped: no weight is loaded), else the course's."""
     from vislab.data.seg_classes import SegClasses
-    from vislab.models.checkpoints import checkpoint_meta
+    from vislab.models.checkpoints import run_meta
 
-    for name in ("last.ckpt", "best.ckpt"):
-        try:
-            meta = checkpoint_meta(run_dir / name)
-        except Exception:  # noqa: BLE001 - missing or unreadable: the next, else the course's
-            continue
-        return SegClasses.from_dict(meta.get("seg_classes"))
-    return SegClasses.from_dict(None)
+    return SegClasses.from_dict((run_meta(run_dir) or {}).get("seg_classes"))
 
 
 def snapshot_epochs(snap_dir: Path) -> list[int]:
