@@ -295,7 +295,7 @@ def test_of_trainings_started_together_into_one_folder_one_claims_it(tmp_path):
         said = [results.get(timeout=60) for _ in range(n)]
         holder = process_in(run / "running.json", run)
         assert said.count("claimed") == 1, said
-        assert all("another vislab is training this run (running: process" in s for s in said if s != "claimed")
+        assert all("another vislab is training this run (running: process" in s for s in said if s != "claimed"), said
         assert holder["alive"] and holder["pid"] in {p.pid for p in procs}
     finally:
         done.wait(timeout=60)

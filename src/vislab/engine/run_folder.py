@@ -56,8 +56,9 @@ def check_run_folder(out_dir: Path, *, resume: bool, data_dirs: Iterable[str | P
             raise VislabError(out_dir, f"lies inside the data folder {data}: the run's files would mix with its "
                                        "images; give an --out outside it")
     if out_dir.is_dir() and not (out_dir / "recipe.yaml").is_file():  # a run that stopped early keeps its recipe
-        # what the run would replace or append to; other files (a log the shell writes there) stay
-        theirs = sorted(p.name for p in out_dir.iterdir() if written_by_runs(p.name))
+        # what the run would replace or append to; other files (a log the shell writes there) stay;
+        # running.json is a process's claim, which _claim judges (one made since the check above: refused there)
+        theirs = sorted(p.name for p in out_dir.iterdir() if written_by_runs(p.name) and p.name != RUNNING)
         if theirs:
             raise VislabError(out_dir, f"holds {theirs[0]} but no recipe.yaml: no vislab run's, and the run would "
                                        "replace it; give a new or empty --out")
