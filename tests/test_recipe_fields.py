@@ -227,3 +227,30 @@ def test_a_recipes_normalisation_against_the_weights_it_starts_from_is_warned(tm
     assert notes(str(run)) == []
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "plain.pt")
     assert notes(str(tmp_path / "plain.pt")) == []
+
+
+def test_a_batch_changed_on_the_command_line_keeps_the_recipes_lr_and_names_the_rule(tmp_path):
+    """--batch-size 32 on cls-best (SGD, lr 0.08 for 128): the lr is kept, and one line gives the
+    linear rule's 0.02; AdamW's rule is the square root; no line when --lr is given too, when the
+    batch is the recipe's, or when the recipe sets no lr (the rule applies by itself)."""
+    from vislab.config import load_recipe
+    from vislab.pipelines.settings import run_recipe
+
+    def notes(recipe: str, **flags) -> tuple[float | None, list[str]]:
+        overrides = {"batch_size": None, "lr": None, **flags}
+        r, lines = run_recipe(recipe, tmp_path / "run", resume=False, overrides=overrides,
+                              flag=lambda f: "--" + f.replace("_", "-"))
+        return r.lr, [n for n in lines if "stays the recipe's" in n]
+
+    best = load_recipe("cls-best")
+    assert (best.optimizer, best.lr, best.batch_size) == ("sgd", 0.08, 128)  # the numbers the lines below use
+    assert notes("cls-best", batch_size=32) == (0.08, [
+        "lr 0.08 stays the recipe's, set for a batch of 128; for --batch-size 32 the sgd rule (engine/optim.py "
+        "LR_RULES) gives 0.02: add --lr 0.02 to use it"])
+    seg = load_recipe("seg-cpu")
+    assert seg.optimizer == "adamw"
+    lr, (line,) = notes("seg-cpu", batch_size=seg.batch_size * 4)
+    assert lr == seg.lr and f"gives {float(f'{seg.lr * 2:.3g}'):g}: add --lr" in line
+    assert notes("cls-best", batch_size=32, lr=0.02) == (0.02, [])
+    assert notes("cls-best", batch_size=128) == (0.08, [])
+    assert load_recipe("cls-default").lr is None and notes("cls-default", batch_size=32)[1] == []

@@ -108,6 +108,48 @@ def test_a_run_that_fails_says_so_in_its_folder_runs_and_report(cli, color_class
     assert run_row(run).state == "finished" and json.loads((run / "results.json").read_text())["epochs_trained"] == 2
 
 
+def _finite_weights(path) -> bool:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_a_loss_that_stops_being_a_number_stops_the_run_before_a_checkpoint_holds_it(cli, color_classes, tmp_path,
+                                                                                     monkeypatch):
+    """Epoch 2's third batch made of infinities: its loss is NaN and the run stops there with one line (status 1),
+    recorded like any failure; last.ckpt and best.ckpt hold weights that are all numbers. With the
+    per-batch check off (an accelerator checks every 16th batch), a save after the bad step is
+    refused just the same, and the last save kept is the batch before it."""
+    from vislab.engine.callbacks import FiniteLoss
+    from vislab.engine.classification import ClassifierModule
+    from vislab.pipelines.runs import run_row
+
+    step = ClassifierModule.training_step
+
+    def blowing_up(self, batch, batch_idx):
+        x, *rest = batch
+        return step(self, (x * float("inf") if (self.current_epoch, batch_idx) == (1, 2) else x, *rest), batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", blowing_up)
+    line = "training diverged: the training loss became nan at epoch 2, batch 3"
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=3), "--out", run)
+    assert res.code == 1 and f"vislab: {line} (learning rate " in res.err and "--lr" in res.err
+    assert json.loads((run / "failed.json").read_text())["error"].startswith(line)
+    assert run_row(run).state.startswith(f"stopped: {line}") and _epochs(run) == ["1"]
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    assert _finite_weights(run / "last.ckpt") and _finite_weights(run / "best.ckpt")
+
+    # saves after every batch (96 images, batch 16: 6 a epoch), the batch check off: the save after step 9 refused
+    monkeypatch.setattr(FiniteLoss, "on_train_batch_end", lambda self, *args, **kwargs: None)
+    run = tmp_path / "saves"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "s.yaml", epochs=3, checkpoint_minutes=1e-9),
+              "--out", run)
+    assert res.code == 1 and "vislab: training diverged: the training loss became nan at epoch 2, the last batch " \
+                             "before a save" in res.err
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 8
+    assert _finite_weights(run / "last.ckpt")
+
+
 def test_max_minutes_flag_stops_and_a_resume_may_change_it(cli, color_classes, tmp_path):
     """--max-minutes is the recipe's max_minutes from the command line; a --resume may give
     another (a guard of that invocation), and without one keeps the run's."""

@@ -44,6 +44,11 @@ class Interrupted(Exception):
     """
 
 
+class Diverged(Exception):
+    """Training stopped because its loss stopped being a number (NaN or infinite): the weights are
+    then no longer numbers either, so no later epoch could recover. The CLI exits with status 1."""
+
+
 def failure_line(exc: BaseException) -> str:
     """The one line a failure is told in, on the console and in a run folder (``failed.json``): a
     bad input's own words; an interruption; running out of memory (torch.cuda's, Python's, and
@@ -53,7 +58,7 @@ def failure_line(exc: BaseException) -> str:
         >>> failure_line(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB"))
         'out of memory; try a smaller --batch-size (or --image-size / --crop-size)'
     """
-    if isinstance(exc, VislabError):
+    if isinstance(exc, (VislabError, Diverged)):
         return str(exc)
     if isinstance(exc, Interrupted):
         return f"interrupted ({exc})"

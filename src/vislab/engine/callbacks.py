@@ -1,11 +1,12 @@
 """Callbacks: the module's work before training; per-epoch history file and a one-line epoch summary
-for logs; the time limit and the time budget held during a run; the facts of a run handed back to
+for logs; a stop when the loss stops being a number; the time limit and the time budget held during a run; the facts of a run handed back to
 the process that called ``fit``."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 import lightning.pytorch as pl
 
+from vislab.errors import Diverged
 from vislab.io import atomic_write_text
 from vislab.log import info
 
@@ -114,6 +116,43 @@ class EpochHistory(pl.Callback):
             return []
         with self.path.open() as fh:
             return list(csv.DictReader(fh))
+
+
+class FiniteLoss(pl.Callback):
+    """Stops training with :class:`~vislab.errors.Diverged` once the training loss is NaN or
+    infinite, before a checkpoint can hold the broken weights (a run whose loss became NaN used to
+    train on to its end, and its done line read like any other).
+
+    The value read is the step's ``train_loss`` as logged (averaged over the processes), so every
+    process decides alike. Reading it waits for the device: on the CPU every step is checked, on
+    an accelerator every ``every``-th step, the last batch of each epoch and every save (a
+    time-based save may fall between checks)."""
+
+    def __init__(self, every: int = 16) -> None:
+        self.every = every
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        on_cpu = pl_module.device.type == "cpu"
+        if on_cpu or (batch_idx + 1) % self.every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._check(trainer, f"batch {batch_idx + 1}")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer, "the last batch before a save")
+
+    @staticmethod
+    def _check(trainer: pl.Trainer, where: str) -> None:
+        value = trainer.callback_metrics.get("train_loss_step")
+        if value is None:
+            return
+        loss = float(value)
+        if math.isfinite(loss):
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        raise Diverged(f"training diverged: the training loss became {loss} at epoch {trainer.current_epoch + 1}, "
+                       f"{where}" + (f" (learning rate {lr:.4g})" if lr is not None else "") +
+                       "; training stopped there, before a checkpoint held weights that are no longer numbers: "
+                       "train again with a lower learning rate (--lr)")
 
 
 class TimeLimit(pl.Callback):

@@ -56,6 +56,18 @@ def scaled_lr(optimizer: str, global_batch: int) -> float:
     return base * (global_batch / ref) ** power
 
 
+def rescaled_lr(optimizer: str, lr: float, from_batch: int, to_batch: int) -> float:
+    """``lr``, chosen for ``from_batch`` images per step, carried to ``to_batch`` by the power of
+    ``optimizer``'s rule in :data:`LR_RULES` (linear for SGD, square root for Adam/AdamW).
+
+    Example:
+        >>> round(rescaled_lr("sgd", 0.08, 256, 32), 6), round(rescaled_lr("adamw", 0.002, 16, 64), 6)
+        (0.01, 0.004)
+    """
+    scaled_lr(optimizer, from_batch)  # an unknown optimizer: its one line
+    return lr * (to_batch / from_batch) ** LR_RULES[optimizer][2]
+
+
 def _cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from vislab.config import Recipe
-from vislab.engine.callbacks import BeforeTraining, EpochHistory, HandBack, TimeLimit, handed_back
+from vislab.engine.callbacks import BeforeTraining, EpochHistory, FiniteLoss, HandBack, TimeLimit, handed_back
 from vislab.engine.run_folder import add_change
 from vislab.engine.state import AtomicCheckpointIO
 from vislab.errors import Interrupted, VislabError
@@ -180,7 +180,7 @@ def build_trainer(recipe: Recipe, out_dir: Path, *, monitor: str, extra_callback
                  "enable_version_counter": False, "auto_insert_metric_name": False}
     last = FolderCheckpoint(**last_ckpt)
     # with no held-out split there is nothing to select on: last.ckpt is the result
-    callbacks: list[pl.Callback] = [BeforeTraining(), HandBack(), *([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
+    callbacks: list[pl.Callback] = [BeforeTraining(), HandBack(), FiniteLoss(), *([best] if recipe.holdout > 0 else []), last, EpochHistory(out_dir),
                                     LearningRateMonitor("step"), _ExactMetricsLog()]
     if recipe.max_minutes is not None:
         callbacks.append(TimeLimit(recipe.max_minutes))

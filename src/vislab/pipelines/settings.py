@@ -117,6 +117,7 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         raise FieldError("budget_minutes", f"sets the epochs from a time budget; drop it or {flag('epochs')}")
     r, written = load_recipe_written(recipe)
     _check_task(r, recipe, task)  # before its model is checked against the task
+    recipe_batch = r.batch_size
     budget = r.budget_minutes if "epochs" in given else None
     if budget is not None:
         r = dataclasses.replace(r, budget_minutes=None)  # with_overrides reads None as "not given"
@@ -128,7 +129,21 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         r = dataclasses.replace(r, split_seed=None)
     check_applies(r, given=written | set(given))
     check_model_and_weights(r, recipe, flag=flag, given=given)
-    return r, notes + unused_setting_notes(r, given, flag)
+    return r, notes + batch_lr_notes(recipe_batch, r, given, flag) + unused_setting_notes(r, given, flag)
+
+
+def batch_lr_notes(recipe_batch: int, r: Recipe, given: dict[str, Any], flag: Callable[[str], str]) -> list[str]:
+    """A line when the command line changes the batch but not the learning rate the recipe set
+    for its own batch: the rate is kept (as told), and the line gives the optimizer's rule for the
+    new batch (a recipe without ``lr`` gets that rule anyway, :func:`~vislab.engine.trainer.resolve_lr`)."""
+    from vislab.engine.optim import rescaled_lr
+
+    if "batch_size" not in given or "lr" in given or r.lr is None or r.batch_size == recipe_batch:
+        return []
+    rule = float(f"{rescaled_lr(r.optimizer, r.lr, recipe_batch, r.batch_size):.3g}")
+    return [f"lr {r.lr:g} stays the recipe's, set for a batch of {recipe_batch}; for {flag('batch_size')} "
+            f"{r.batch_size} the {r.optimizer} rule (engine/optim.py LR_RULES) gives {rule:g}: "
+            f"add {flag('lr')} {rule:g} to use it"]
 
 
 def unused_setting_notes(r: Recipe, given: dict[str, Any], flag: Callable[[str], str]) -> list[str]:
