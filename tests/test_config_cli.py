@@ -126,7 +126,8 @@ def test_an_unforeseen_failure_is_one_line_with_status_1(cli, monkeypatch):
 
 def test_a_spawned_training_process_failure_is_said_by_its_own_error():
     """ddp_spawn hands a worker's error back as its traceback text, which starts with blank lines:
-    the line is the traceback's last (the worker's own error), and a worker's OOM is one."""
+    the line is the traceback's last (the worker's own error), a worker's OOM is one, and vislab's
+    own errors (a bad input, a diverged loss) are said in their own words."""
     from torch.multiprocessing.spawn import ProcessRaisedException
 
     from vislab.errors import failure_line
@@ -139,6 +140,9 @@ def test_a_spawned_training_process_failure_is_said_by_its_own_error():
     assert failure_line(raised("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB")) == \
         "out of memory; try a smaller --batch-size (or --image-size / --crop-size)"
     assert failure_line(RuntimeError("\n\nlater line")) == "internal error: RuntimeError: later line"
+    line = "training diverged: the training loss became nan at epoch 2, batch 3 (learning rate 10); ..."
+    assert failure_line(raised(f"vislab.errors.Diverged: {line}")) == line  # a worker's own line, as it said it
+    assert failure_line(raised("vislab.errors.VislabError: data/x.png: not an image")) == "data/x.png: not an image"
 
 
 def test_only_rank_zero_writes_a_run_folders_records(monkeypatch):

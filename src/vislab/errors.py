@@ -70,5 +70,8 @@ def failure_line(exc: BaseException) -> str:
     if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc) or \
             first.split(":")[0].endswith(("OutOfMemoryError", "MemoryError")):
         return "out of memory; try a smaller --batch-size (or --image-size / --crop-size)"
+    kind, _, words = first.partition(": ")
+    if spawned and kind in ("vislab.errors.VislabError", "vislab.errors.Diverged") and words:
+        return words  # a worker's own line, as the process itself would have said it
     return f"internal error in a training process: {first}" if spawned else \
         f"internal error: {type(exc).__name__}: {first}"
