@@ -290,8 +290,13 @@ def test_report_and_runs_find_the_same_run_folders(cli, tmp_path):
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\n")  # a recipe, no run
     assert cli("runs", tmp_path, "--json", tmp_path / "runs.json").code == 0
-    listed = {r["run"] for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
-    assert listed == {str(tmp_path / "a"), str(tmp_path / "group" / "b")}
+    rows = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    assert {r["run"] for r in rows} == {str(tmp_path / "a"), str(tmp_path / "group" / "b")}
+    import datetime
+
+    for r in rows:  # the epochs as numbers too (the recipe plans 1, the history holds 1), the time as ISO 8601
+        assert (r["epochs"], r["epochs_trained"], r["epochs_planned"]) == ("1", 1, 1)
+        assert datetime.datetime.fromisoformat(r["updated_at"]).timestamp() == pytest.approx(r["updated"], abs=1)
     res = cli("report", tmp_path, "--out", tmp_path / "r.md")
     assert res.code == 0, res.err
     md = (tmp_path / "r.md").read_text()

@@ -31,6 +31,8 @@ class RunRow:
     val: float | None = None
     state: str = ""
     updated: float = 0.0  # the newest write of its records (seconds since the epoch)
+    epochs_trained: int | None = None  # ``epochs`` as numbers, for programs that read --json
+    epochs_planned: int | None = None
 
 
 def run_row(run: Path) -> RunRow:
@@ -61,6 +63,8 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
     pending = process_words(process) if process else None
     if schedule is not None:
         row.epochs = str(schedule) if trained in (None, schedule) else f"{trained} of {schedule}"
+    row.epochs_trained, row.epochs_planned = (v if isinstance(v, int) and not isinstance(v, bool) else None
+                                              for v in (trained, schedule))
     if results:
         seconds = _number(results.get("train_seconds"))
         row.minutes = None if seconds is None else seconds / 60
@@ -143,5 +147,8 @@ def table_lines(rows: list[RunRow]) -> list[str]:
 
 
 def rows_json(rows: list[RunRow]) -> list[dict[str, Any]]:
-    """The rows as JSON values."""
-    return [asdict(r) for r in rows]
+    """The rows as JSON values; ``updated_at`` is ``updated`` as a local ISO 8601 time (None: no record)."""
+    import datetime
+
+    return [{**asdict(r), "updated_at": datetime.datetime.fromtimestamp(r.updated).astimezone().isoformat(
+        timespec="seconds") if r.updated else None} for r in rows]
