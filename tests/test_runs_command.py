@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import pytest
 import yaml
 
 from conftest import write_cls_recipe
@@ -156,7 +157,8 @@ def test_runs_refuses_what_holds_no_runs(cli, tmp_path):
 def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_classes, tmp_path):
     """recipe.yaml keeps a budget's first plan; a re-plan lives in the checkpoints until the run
     ends. An unfinished run shows its checkpoint's schedule ("1 of 5", not "1 of 2"), in `vislab
-    runs` and in the report; a checkpoint that cannot be read leaves the recipe's."""
+    runs` and in the report; a checkpoint that cannot be read leaves the recipe's. Its minutes are
+    its checkpoint's clock (what a --resume counts from), else its history's seconds."""
     import torch
 
     runs = tmp_path / "runs"
@@ -166,6 +168,8 @@ def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_c
     (run / "results.json").unlink()  # as a run killed before its end leaves it
     ckpt = torch.load(run / "last.ckpt", weights_only=False)
     ckpt["vislab"]["replanned"] = {"epochs": 5, "total": 30, "knots": [[6, 30]], "stop": None}
+    (clock,) = [k for k in ckpt["callbacks"] if k.startswith("TrainingClock")]
+    ckpt["callbacks"][clock]["spent_s"] = 93.0  # the seconds trained to this save: what --resume counts from
     torch.save(ckpt, run / "last.ckpt")
     broken = runs / "broken"
     shutil.copytree(run, broken)
@@ -177,6 +181,10 @@ def test_an_unfinished_run_shows_the_schedule_its_budget_re_planned(cli, color_c
     _rows(cli, runs, "--json", tmp_path / "runs.json")
     rows = {r["run"]: r for r in json.loads((tmp_path / "runs.json").read_text())["runs"]}
     assert rows[str(run)]["epochs"] == "1 of 5" and rows[str(broken)]["epochs"] == "1 of 2"
+    assert (rows[str(run)]["epochs_trained"], rows[str(run)]["epochs_planned"]) == (1, 5)
+    with (broken / "history.csv").open() as fh:  # no clock to read there: the epochs' own seconds
+        seconds = sum(float(r["seconds"]) for r in csv.DictReader(fh))
+    assert rows[str(run)]["minutes"] == 93.0 / 60 and rows[str(broken)]["minutes"] == pytest.approx(seconds / 60)
     assert rows[str(run)]["state"].endswith("; last.ckpt: --resume continues it")
     assert rows[str(broken)]["state"].endswith("; last.ckpt cannot be read: no --resume from it")
     assert cli("report", run, "--out", tmp_path / "r.md").code == 0

@@ -138,7 +138,8 @@ def checkpoint_state(ckpt: Path) -> dict[str, Any]:
     re-planned the run to (its recipe.yaml keeps the first plan), and ``epochs_done``, the epochs
     the checkpoint holds whole (history.csv may hold one more: a run killed between an epoch's
     line and its save), and its ``global_step``; each None when the checkpoint does not say;
-    ``unreadable`` when torch cannot open it; {} without a checkpoint."""
+    ``trained_seconds`` (:func:`clock_seconds`); ``unreadable`` when torch cannot open it; {}
+    without a checkpoint."""
     if not ckpt.is_file():
         return {}
     import torch
@@ -148,14 +149,31 @@ def checkpoint_state(ckpt: Path) -> dict[str, Any]:
     try:  # memory-mapped: only the small records are read from a checkpoint of any size
         blob = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - whatever torch.load raises, the file is not a readable checkpoint
-        return {"replanned": None, "epochs_done": None, "global_step": None, "unreadable": True}
+        return {"replanned": None, "epochs_done": None, "global_step": None, "trained_seconds": None, "unreadable": True}
     meta = blob.get("vislab") if isinstance(blob, dict) else None
     replanned = meta.get("replanned") if isinstance(meta, dict) else None
     epochs = replanned.get("epochs") if isinstance(replanned, dict) else None
     position = loader_position(blob) if isinstance(blob, dict) else None
     return {"replanned": epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None,
             "epochs_done": position[0] if position is not None else None,
-            "global_step": blob.get("global_step") if isinstance(blob, dict) else None}
+            "global_step": blob.get("global_step") if isinstance(blob, dict) else None,
+            "trained_seconds": clock_seconds(blob)}
+
+
+def clock_seconds(blob: Any) -> float | None:
+    """The seconds a run had trained when ``blob`` (a loaded checkpoint) was saved, every piece
+    and a part of an epoch included: what its training clock (engine/callbacks.py TrainingClock,
+    or the BudgetKeeper that is one) keeps in it, which a ``--resume`` starts from. None when the
+    checkpoint holds no such record (an older vislab's)."""
+    states = blob.get("callbacks") if isinstance(blob, dict) else None
+    if not isinstance(states, dict):
+        return None
+    for key, state in states.items():
+        if str(key).startswith(("TrainingClock", "BudgetKeeper")) and isinstance(state, dict):
+            spent = state.get("spent_s")
+            if isinstance(spent, (int, float)) and not isinstance(spent, bool):
+                return float(spent)
+    return None
 
 
 def epoch_counts(data: dict[str, Any]) -> tuple[int | None, Any, Any]:

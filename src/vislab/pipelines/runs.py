@@ -77,7 +77,10 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
             how = f"stopped: {failed}" if failed else pending or "running, interrupted or failed"
             row.state = f"a --resume started after its results ({how}): the scores are the earlier piece's"
     else:
-        if history:
+        clock = data.get("trained_seconds")  # what --resume continues from: part of an epoch, earlier pieces
+        if clock is not None:
+            row.minutes = clock / 60
+        elif history:
             row.minutes = sum(_number(r.get("seconds")) or 0.0 for r in history) / 60
             scores = [v for v in (_number(r.get(held_key)) for r in history) if v is not None]
             row.held_out = max(scores) if scores else None
