@@ -84,7 +84,7 @@ def test_a_run_that_fails_says_so_in_its_folder_runs_and_report(cli, color_class
     assert json.loads((run / "failed.json").read_text()) == {"commands": 1, "error": line}
     assert (run / "changes.txt").read_text().splitlines()[-1] == f"stopped: {line}"
     assert run_row(run).state == f"stopped: {line}; last.ckpt: --resume continues it"
-    assert f"Unfinished: training stopped: {line} (1 epochs in history.csv)" in _run_notes(run, read_run(run))[0]
+    assert f"Unfinished: training stopped: {line} (1 epoch in history.csv)" in _run_notes(run, read_run(run))[0]
     # a resume that fails the same way: its own record, and its own line at the end of changes.txt
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 1 and json.loads((run / "failed.json").read_text()) == {"commands": 2, "error": line}

@@ -57,7 +57,8 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
         saved = "; last.ckpt can resume it (--resume)" if (run / "last.ckpt").is_file() and not running else ""
         why = f"training stopped: {failed}" if failed else process_words(process) if process else \
             "no results.json, so training failed, was interrupted or is still running"
-        notes.append(f"Unfinished: {why} ({epochs} epochs in history.csv); no final numbers{saved}.")
+        notes.append(f"Unfinished: {why} ({epochs} epoch{'' if epochs == 1 else 's'} in history.csv); "
+                     f"no final numbers{saved}.")
         info(f"{run}: unfinished run (no results.json); its section says so")
     if data["results"].get("stopped_early"):
         notes.append(f"Stopped early: {data['results']['stopped_early']}")
