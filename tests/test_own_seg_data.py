@@ -616,8 +616,9 @@ def test_a_class_no_training_mask_holds_is_said(cli, tmp_path):
 
 def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_path):
     """--classes is the user's word over a folder's classes.yaml: train (both folders) and eval
-    take it, each saying which file it replaces and how the two differ; without --classes a
-    validation folder that says otherwise than the training folder is refused."""
+    take it, each saying which file it replaces and how the two differ, and later commands replace
+    those files alone; without --classes a validation folder that says otherwise than the training
+    folder is refused."""
     train = make_index_set(tmp_path / "train", 6)
     val = make_index_set(tmp_path / "val", 2, seed=1)
     own = tmp_path / "renamed.yaml"
@@ -648,6 +649,16 @@ def test_an_explicit_classes_file_replaces_a_folders_own_and_says_so(cli, tmp_pa
         res = cli(*args)
         assert res.code == 0, (args, res.err)
         assert f"the run's --classes {own} replaces" in " ".join(res.err.split()), args
+    # ... those files only: another folder's own file, which the --classes never replaced, describes its masks
+    # (here its ids 0 and 1 swapped): scored or predicted by the run's ids it would give wrong numbers, so refused
+    other = make_index_set(tmp_path / "other", 2, seed=2)
+    swapped = [NAMES[1], NAMES[0], *NAMES[2:]]
+    (other / "classes.yaml").write_text(f"mask_format: index\nignore_index: 255\nclasses: [{', '.join(swapped)}]\n")
+    for args in (("seg", "score", tmp_path / "run", other), ("seg", "predict", tmp_path / "run", other, tmp_path / "p")):
+        res = cli(*args)
+        assert res.code == 2 and f"{other / 'classes.yaml'}: describes other classes than the classes the model was " \
+                                 f"trained with ({own})" in " ".join(res.err.split()), (args, res.err)
+    assert not (tmp_path / "p").exists()
     # without --classes, a validation folder described otherwise than the training folder is refused
     (val / "classes.yaml").write_text(own.read_text())
     res = cli("seg", "train", train, "--recipe", r, "--out", tmp_path / "run2", "--val-dir", val)

@@ -30,7 +30,7 @@ import yaml
 
 from vislab.data import palette
 from vislab.errors import VislabError, yaml_problem
-from vislab.io import load_yaml, missing_file_words
+from vislab.io import file_digest, load_yaml, missing_file_words
 from vislab.log import counted, info
 from vislab.metrics import iou_per_class
 
@@ -459,9 +459,25 @@ def say_described(folder: str | Path, desc: SegClasses, explicit: str | None, th
         info(line)
 
 
+def describing_digests(folder: str | Path) -> list[str]:
+    """SHA-256 of each classes file that could describe ``folder`` (``classes.yaml`` or
+    ``classes.yml``, in it and in the folder above), whatever they hold: what a training run's
+    ``--classes`` replaced, recorded so that later commands replace those files and no others."""
+    d = Path(folder)
+    return [file_digest(f) for where in (d, d.parent) for name in (CLASSES_FILE, "classes.yml")
+            if (f := where / name).is_file()]
+
+
 def check_run_classes(folder: str | Path, desc: SegClasses, metas: list[dict[str, Any]]) -> None:
     """:func:`check_described_alike` for a trained run's classes: a run trained with ``--classes``
-    over its folders' own files (``classes_named``) replaces them here too, said; else refused."""
-    named = any(m.get("classes_named") for m in metas)
+    over its folders' own files (``classes_named``) replaces those same files here too, said (a
+    run of an older vislab, which kept no record of them, any folder's); a folder described
+    otherwise is refused, as a file the ``--classes`` never saw describes that folder's masks."""
+    named = [m for m in metas if m.get("classes_named")]
+    replaced = [m.get("classes_replaced") for m in named]
+    if named and all(isinstance(r, list) for r in replaced):
+        seen = {d for r in replaced for d in r}
+        if not set(describing_digests(folder)) <= seen:
+            named = []
     say_described(folder, desc, f"the run's --classes {desc.source}" if named else None,
                   than=f"the classes the model was trained with ({desc.source})")

@@ -12,7 +12,7 @@ import torch
 
 from vislab.calibration import load_segmenter
 from vislab.config import Recipe
-from vislab.data.seg_classes import SegClasses, check_described_alike, classes_of, find_classes
+from vislab.data.seg_classes import SegClasses, check_described_alike, classes_of, describing_digests, find_classes
 from vislab.data.manifest import lines_digest
 from vislab.data.overlap import copies_line
 from vislab.data.segmentation import holdout_split, list_pairs, pair_lines, scan_masks
@@ -103,7 +103,10 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     tile = common or (512, 512)
     meta = {"seg_classes": desc.to_dict(), "stored_hw": list(common) if common else None,
             "train_pairs_digest": digest,  # lists, not tuples: hparams.yaml stays plain YAML
-            "classes_named": classes is not None}  # --classes over the folders' own files, for later scores
+            "classes_named": classes is not None,  # --classes over the folders' own files, for later scores:
+            # those files (by content), which later commands replace too; any other describes its own folder
+            "classes_replaced": sorted({d for f in (train_dir, val_dir) if f is not None and classes is not None
+                                        for d in describing_digests(f)})}
 
     def make_data(r: Recipe) -> SegmentationData:
         data.recipe = r  # the split and the tile cache stay; the loaders read the recipe run
