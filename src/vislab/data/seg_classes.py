@@ -279,8 +279,10 @@ def refuse_off_code(rgb: torch.Tensor, p: Path) -> None:
     off = ((rgb != 0) & (rgb != 255)).any(0)
     y, x = (int(v[0]) for v in torch.nonzero(off, as_tuple=True))
     raise VislabError(p, f"colour {rgb[:, y, x].tolist()} (at x={x}, y={y}) is not a colour of the course's code "
-                         f"({counted(int(off.sum()), 'such pixel')}; each channel must be 0 or 255): a mask resized with "
-                         "smoothing or saved lossily blends colours; resize masks with nearest neighbour and save PNG")
+                         f"({counted(int(off.sum()), 'such pixel')}; each channel must be 0 or 255): a course mask resized "
+                         "with smoothing or saved lossily blends colours (resize masks with nearest neighbour and save "
+                         "PNG); a folder with no classes.yaml is read as the course's land-cover set, so describe a data "
+                         "set of your own in a classes.yaml (README, own data; seg train and seg eval also take --classes)")
 
 
 def deepglobe() -> SegClasses:
