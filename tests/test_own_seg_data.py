@@ -184,8 +184,8 @@ def test_index_and_palette_masks_decode_and_round_trip(tmp_path):
     assert torch.equal(pal.read_mask(tmp_path / "out.png")[0], ids2)
     rgb[0, 0] = (1, 2, 3)
     Image.fromarray(rgb).save(tmp_path / "stray.png")
-    with pytest.raises(VislabError, match=r"stray.png: colour \[1, 2, 3\] is not a class colour .*; map it with "
-                                          "extra_colors"):
+    with pytest.raises(VislabError, match=r"stray.png: colour \[1, 2, 3\] is not a class colour .*; map it to a class "
+                                          r"\(or to ignore\) with extra_colors"):
         pal.read_mask(tmp_path / "stray.png")
     # a JPEG mask: compression blends the colours where two classes meet, so the hint is the format
     edge = np.zeros((16, 16, 3), np.uint8)
@@ -195,6 +195,18 @@ def test_index_and_palette_masks_decode_and_round_trip(tmp_path):
     with pytest.raises(VislabError, match=r"lossy.jpg: colour .* is not a class colour .*; a JPEG's lossy "
                                           "compression blends the colours at class edges: save masks as PNG"):
         pal.read_mask(tmp_path / "lossy.jpg")
+    # a grey mask of class ids (0, 1) in a palette set: told it wants mask_format: index
+    Image.fromarray(np.array([[0, 1], [1, 255]], np.uint8), mode="L").save(tmp_path / "ids.png")
+    with pytest.raises(VislabError, match=r"ids.png: colour \[0, 0, 0\] is not a class colour .*; the mask is grey with "
+                                          r"values like class ids \(0, 1, 2 ...\): masks of class ids need mask_format: "
+                                          "index in the classes file"):
+        pal.read_mask(tmp_path / "ids.png")
+    # a mask resized with smoothing: dozens of colours between the two classes' (a ramp from one to the other)
+    ramp = np.stack([np.linspace(a, b, 64) for a, b in zip((10, 20, 30), (0, 128, 0))], -1).round().astype(np.uint8)
+    Image.fromarray(ramp[None].repeat(4, 0)).save(tmp_path / "smooth.png")
+    with pytest.raises(VislabError, match=r"smooth.png: colour .* is not a class colour .*; it holds many colours "
+                                          "between the class colours, as a mask resized with smoothing does"):
+        pal.read_mask(tmp_path / "smooth.png")
 
 
 def test_pixels_left_out_never_take_a_class_colour(tmp_path):

@@ -179,11 +179,24 @@ class SegClasses:
         if not bool(found.all()):
             c = int(codes.flatten()[~found][0])
             colour = [(c >> 16) & 255, (c >> 8) & 255, c & 255]
-            hint = ("a JPEG's lossy compression blends the colours at class edges: save masks as PNG"
-                    if p.suffix.lower() in (".jpg", ".jpeg") else "map it with extra_colors")
+            hint = self._palette_hint(rgb, codes[~found.view(codes.shape)], p)
             raise VislabError(p, f"colour {colour} is not a class colour of the classes file "
                                  f"({counted(int((~found).sum()), 'such pixel')}); {hint}")
         return vals[pos].view(codes.shape)
+
+    def _palette_hint(self, rgb: torch.Tensor, off: torch.Tensor, p: Path) -> str:
+        """What to do about a palette mask's colours outside the classes file (``off``: their codes)."""
+        if p.suffix.lower() in (".jpg", ".jpeg"):
+            return "a JPEG's lossy compression blends the colours at class edges: save masks as PNG"
+        values = set(rgb[0].unique().tolist())
+        grey = bool((rgb[0] == rgb[1]).all()) and bool((rgb[0] == rgb[2]).all())
+        if grey and values <= {*range(self.num_classes), 255} and values & set(range(1, self.num_classes)):
+            return ("the mask is grey with values like class ids (0, 1, 2 ...): masks of class ids need mask_format: "
+                    "index in the classes file")
+        if len(off.unique()) > 2 * len(self.colours) + 8:
+            return ("it holds many colours between the class colours, as a mask resized with smoothing does: resize "
+                    "masks with nearest neighbour; a colour of your own maps to a class with extra_colors")
+        return "map it to a class (or to ignore) with extra_colors"
 
     def _table(self) -> tuple[torch.Tensor, torch.Tensor]:
         if "table" not in self._lookup:
