@@ -575,6 +575,8 @@ def test_settings_a_run_would_ignore_or_fail_on_are_refused_up_front(cli, color_
         ((recipe(mean=[0.5, 0.5]),), "recipe field mean must be three numbers in [0, 1]"),
         ((recipe(std=[0, 0, 0]),), "recipe field std must be three numbers in (0, 1]"),
         ((recipe(pad=32),), "pad 32: reflect padding must be smaller than the stored images' side (32x32, width x height)"),
+        ((recipe(pad=4), "--image-size", "2"),
+         "--image-size: image_size 2 is too small for the recipe's pad 4: the random crop's reflect padding must be smaller"),
         ((recipe(freeze=["features", "hidden", "fc"]),), "cover every parameter of simple_cnn; nothing would train"),
     ]
     for args, message in cases:

@@ -128,6 +128,10 @@ def _run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str
         notes.append(f"{flag('holdout')} 0 drops the recipe's split_seed ({r.split_seed}): no split to seed")
         r = dataclasses.replace(r, split_seed=None)
     check_applies(r, given=written | set(given))
+    if r.task == "cls" and r.image_size and r.pad >= r.image_size:  # before any image is decoded at that side
+        raise VislabError(flag("image_size") if "image_size" in given else recipe,
+                          f"image_size {r.image_size} is too small for the recipe's pad {r.pad}: the random crop's "
+                          "reflect padding must be smaller than the image side")
     check_model_and_weights(r, recipe, flag=flag, given=given)
     return r, notes + batch_lr_notes(recipe_batch, r, given, flag) + unused_setting_notes(r, given, flag)
 
