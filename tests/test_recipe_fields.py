@@ -254,3 +254,16 @@ def test_a_batch_changed_on_the_command_line_keeps_the_recipes_lr_and_names_the_
     assert notes("cls-best", batch_size=32, lr=0.02) == (0.02, [])
     assert notes("cls-best", batch_size=128) == (0.08, [])
     assert load_recipe("cls-default").lr is None and notes("cls-default", batch_size=32)[1] == []
+
+
+def test_lightnings_older_precision_names_are_read_as_the_ones_it_asks_for():
+    """Lightning takes precision 16 and bf16 with a warning to write 16-mixed and bf16-mixed (the
+    same setting): a recipe or flag with the old names holds the new ones; others stay as given."""
+    from vislab.config import recipe_from_dict
+
+    base = {"task": "cls", "model": "simple_cnn"}
+    assert recipe_from_dict({**base, "precision": "bf16"}).precision == "bf16-mixed"
+    assert recipe_from_dict({**base, "precision": 16}).precision == "16-mixed"  # YAML's integer
+    assert recipe_from_dict({**base, "precision": 32}).precision == "32"
+    assert recipe_from_dict(base).with_overrides(precision="bf16").precision == "bf16-mixed"
+    assert recipe_from_dict({**base, "precision": "bf16-true"}).precision == "bf16-true"

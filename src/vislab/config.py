@@ -49,6 +49,8 @@ LOSS_NAMES = ("ce", "dice", "lovasz")
 CLASS_WEIGHTS = ("inverse-sqrt-frequency",)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla")  # Lightning's names
 _PRECISIONS = {"32", "32-true", "16-mixed", "bf16-mixed", "16", "bf16", "64", "64-true", "16-true", "bf16-true"}
+PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed"}
+"""Lightning's older names of two precisions: a recipe keeps the names Lightning asks for."""
 
 
 def _devices_ok(v: Any) -> bool:
@@ -199,6 +201,8 @@ class Recipe:
         for name in ("image_size", "crop_size"):
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, None)
+        # Lightning's older spellings, which it takes with a warning to use these: the same setting
+        object.__setattr__(self, "precision", PRECISION_ALIASES.get(str(self.precision), self.precision))
         for name, ok, rule in _CHECKS:
             value = getattr(self, name)
             if value is not None and not ok(value):
