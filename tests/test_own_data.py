@@ -256,3 +256,29 @@ def test_no_done_without_a_checkpoint(tmp_path):
 
     with pytest.raises(VislabError, match="training ended without writing a checkpoint \\(0 optimiser steps ran\\)"):
         fit_and_select(NoSteps(), None, None, tmp_path, None, metric="holdout_acc")
+
+
+def test_a_folder_read_before_and_after_training_is_described_once(color_classes, tmp_path, cli, capsys):
+    """The validation folder is read before training (to fail early) and again to score it: what
+    vislab notices of it (other sizes, a stray file) is said once per command. Outside a command,
+    info_once says every time."""
+    from vislab.log import info_once, once_each
+
+    val = tmp_path / "val"
+    val.mkdir()
+    for f in sorted(color_classes.iterdir())[::4]:
+        Image.open(f).resize((40, 40)).save(val / f.name)
+    (val / "notes.txt").write_text("not an image")
+    res = cli("cls", "train", color_classes, "--model", "cifar_resnet20", "--epochs", "1", "--out", tmp_path / "run",
+              "--val-dir", val)
+    said = " ".join(res.err.split())
+    assert res.code == 0 and json.loads((tmp_path / "run" / "results.json").read_text())["val"]["images"] == 30
+    assert said.count(f"{val}: 30 of 30 images are not 32x32 (width x height); they are resized") == 1
+    assert said.count(f"{val}: skipped 1 file(s) that are not") == 1
+    capsys.readouterr()
+    for _ in range(2):
+        with once_each():
+            info_once("a line")
+            info_once("a line")
+    info_once("a line")
+    assert capsys.readouterr().err.count("a line") == 3  # once in each of two commands, then outside any

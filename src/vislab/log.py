@@ -20,6 +20,32 @@ def info(message: str) -> None:
     console.print(message, markup=False)
 
 
+_said: set[str] | None = None  # inside once_each(): the info_once lines already printed
+
+
+def info_once(message: str) -> None:
+    """:func:`info`, except that inside :func:`once_each` a line already printed there is not
+    printed again (a command that reads one folder twice, before training and after it, says
+    what it noticed of the folder once)."""
+    if _said is not None:
+        if message in _said:
+            return
+        _said.add(message)
+    info(message)
+
+
+@contextmanager
+def once_each() -> Iterator[None]:
+    """A scope (one command) inside which :func:`info_once` prints each line once."""
+    global _said
+    outer = _said
+    _said = set() if outer is None else outer
+    try:
+        yield
+    finally:
+        _said = outer
+
+
 @contextmanager
 def quiet() -> Iterator[None]:
     """Hold back :func:`info` lines (a check that repeats work the run does again and reports)."""

@@ -15,6 +15,7 @@ from vislab.cli import classify, segment, tools  # noqa: F401 - their commands r
 from vislab.cli.common import CLICK, OnceCommand, OnceGroup, _recipe, app, cls_app, out, seg_app
 from vislab.cli.tools import cache_app
 from vislab.errors import Interrupted, VislabError, failure_line
+from vislab.log import once_each
 
 __all__ = ["CLICK", "OnceCommand", "OnceGroup", "_recipe", "app", "main", "out"]  # what tests and callers use
 
@@ -52,7 +53,8 @@ def main() -> None:
     if sys.argv[1:].count("--debug") == 1:  # the app's flag, honoured wherever it stands: `vislab cls eval ... --debug`
         sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     try:
-        code = app(standalone_mode=False, prog_name="vislab")
+        with once_each():  # a note on a folder that the command reads twice is said once
+            code = app(standalone_mode=False, prog_name="vislab")
     except CLICK.exceptions.UsageError as exc:  # a missing argument, an unknown option, a value of the wrong type
         message = " ".join(exc.format_message().split())
         if not message:  # a command group called without a command: its help, as Typer shows it

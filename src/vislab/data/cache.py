@@ -124,7 +124,8 @@ def decoded_images(files: Sequence, target: tuple[int, int], decode: Decoder, *,
             sizes.update(part)
         return torch.from_numpy(out), sizes
     key = key or file_list_key(files)
-    path = cache_dir() / f"{tag}-{key}-{h}x{w}-{hashlib.sha1(rule.encode()).hexdigest()[:6]}.npy"
+    # named width x height, as the console says sizes
+    path = cache_dir() / f"{tag}-{key}-{w}x{h}-{hashlib.sha1(rule.encode()).hexdigest()[:6]}.npy"
     shape = (n, channels, h, w)
     side = path.with_suffix(".sizes.json")
     if path.is_file() and side.is_file():

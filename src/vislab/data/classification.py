@@ -19,7 +19,7 @@ from vislab.data.images import (FRAMES, SIXTEEN_BIT_COLOUR, SIXTEEN_BITS, TRANSP
 from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
-from vislab.log import counted, info
+from vislab.log import counted, info, info_once
 
 
 @dataclass(frozen=True)
@@ -98,19 +98,19 @@ def load_folder(folder: str | Path, *, labelled: bool, use_cache: bool = True,
     where = items.files[0] if len(items.files) == 1 else items.root  # one image given: its file is named
     if other:
         size = f"{target[1]}x{target[0]} (width x height)"
-        info(f"{where}: not {size}; resized (shorter side, one factor) and centre cropped to it" if len(items.files) == 1
-             else f"{where}: {other} of {len(items.files)} images are not {size}; they are resized (shorter side, one "
-                  "factor) and centre cropped to it")
+        info_once(f"{where}: not {size}; resized (shorter side, one factor) and centre cropped to it"
+                  if len(items.files) == 1 else f"{where}: {other} of {len(items.files)} images are not {size}; they "
+                  "are resized (shorter side, one factor) and centre cropped to it")
     for flag, words in ((UPRIGHT, "turned upright by their EXIF orientation (as a photo viewer shows them)"),
                         (SIXTEEN_BITS, "are 16-bit grey; read as 8 bits (value / 257)"),
                         (SIXTEEN_BIT_COLOUR, "are 16-bit colour; read as 8 bits (the high byte of each value)"),
                         (FRAMES, "hold several frames (animations); the first frame is read")):
         done = sum(n for key, n in sizes.items() if flag in key[2:])
         if done:
-            info(f"{where}: {done} of {len(items.files)} images {words}")
+            info_once(f"{where}: {done} of {len(items.files)} images {words}")
     clear = sum(n for key, n in sizes.items() if TRANSPARENT in key[2:])
     if clear:
-        info(transparent_line(where, clear, len(items.files)))
+        info_once(transparent_line(where, clear, len(items.files)))
     labels = None if items.labels is None else torch.tensor(items.labels, dtype=torch.int64)
     return ImageFolderData(items.ids, images, labels, items.class_names, items.layout, items.root)
 

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     from torchvision.io import ImageReadMode, decode_image, read_file
 
 from vislab.errors import VislabError
-from vislab.log import info
+from vislab.log import info, info_once
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -109,7 +109,7 @@ def say_transparent(root: str | Path, files: list[Path]) -> int:
     drop (nothing when none); returns that count."""
     clear = sum(has_transparent_pixels(f) for f in files)
     if clear:
-        info(transparent_line(root, clear, len(files)))
+        info_once(transparent_line(root, clear, len(files)))
     return clear
 
 
@@ -232,8 +232,8 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
     say_skipped(d, sorted(p.name for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES))
     subfolders = sorted(p.name for p in entries if p.is_dir())
     if subfolders:
-        info(f"{d}: {len(subfolders)} subfolder(s) not read (e.g. {subfolders[0]}/): only the files directly "
-             "in the folder are")
+        info_once(f"{d}: {len(subfolders)} subfolder(s) not read (e.g. {subfolders[0]}/): only the files directly "
+                  "in the folder are")
     return files
 
 
@@ -254,8 +254,8 @@ def say_skipped(folder: Path, names: list[str]) -> None:
     segmentation set's own description, ``classes.yaml`` or ``.yml``, is no stray file)."""
     names = [n for n in names if n not in ("classes.yaml", "classes.yml")]
     if names:
-        info(f"{folder}: skipped {len(names)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images "
-             f"(e.g. {min(names)})")
+        info_once(f"{folder}: skipped {len(names)} file(s) that are not {'/'.join(IMAGE_SUFFIXES)} images "
+                  f"(e.g. {min(names)})")
 
 
 def image_file(path: str | Path) -> Path | None:
