@@ -66,6 +66,13 @@ def test_weights_that_do_not_fit_are_refused_before_the_data(cli, tmp_path):
     torch.save(torch.load(tmp_path / "other.pt"), tmp_path / "other-run" / "best.ckpt")
     err = _one_line(cli("seg", "train", missing, "--recipe", "seg-fast", "--weights", tmp_path / "other-run", "--out", out))
     assert f"{tmp_path / 'other-run' / 'best.ckpt'}: " in err and "in this file" in err, err
+    # a vislab checkpoint of another task's model: said as such
+    torch.save({"state_dict": {f"net.{k}": v for k, v in torch.load(tmp_path / "other.pt").items()},
+                "vislab": {"task": "cls", "model": "cifar_resnet20", "num_classes": 3}}, tmp_path / "cls-run.ckpt")
+    err = _one_line(cli("seg", "train", missing, "--recipe", "seg-fast", "--weights", tmp_path / "cls-run.ckpt",
+                        "--out", out))
+    assert f"{tmp_path / 'cls-run.ckpt'}: is a checkpoint of a cls cifar_resnet20 run, and no weight of this model is " \
+           "in it" in err, err
     err = _one_line(cli("cls", "train", missing, "--recipe", "cls-fast", "--weights", tmp_path / "junk.pt", "--out", out))
     assert f"{tmp_path / 'junk.pt'}: not a readable PyTorch weights file" in err
     assert not out.exists()

@@ -57,6 +57,17 @@ def run_normalisation(weights: str) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
 
 
+def _run_of(path: Path) -> str | None:
+    """"cls resnet9_xs": the task and model of the vislab checkpoint ``path`` (None: not one)."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("vislab")
+    except Exception:  # noqa: BLE001 - not a checkpoint vislab reads: its keys say the rest
+        return None
+    if not isinstance(meta, dict) or not meta.get("task"):
+        return None
+    return f"{meta['task']} {meta.get('model', '')}".strip()
+
+
 def load_local_weights(
     model: nn.Module, path: str | Path, *, skip_mismatched: bool = True,
     state: dict[str, torch.Tensor] | None = None,
@@ -87,6 +98,10 @@ def load_local_weights(
                                 f"{list(shapes[k][0])} here, {list(shapes[k][1])} in the model): weights of another "
                                 "width or depth of this architecture?")
     if found == 0:
+        run = _run_of(path)
+        if run is not None:  # another vislab run's model: said as such, not by its keys
+            raise VislabError(path, f"is a checkpoint of a {run} run, and no weight of this model is in it: --weights "
+                                    "takes a run (or checkpoint) of the same model, or a state_dict of this model's weights")
         raise VislabError(path, f"no weight of this model is in this file (its keys are such as {list(sd)[:3]})")
     if found < len(params) / 2:
         raise VislabError(path, f"only {found} of this model's {len(params)} weight tensors are in this file "
