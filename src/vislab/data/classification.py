@@ -19,7 +19,7 @@ from vislab.data.images import (FRAMES, SIXTEEN_BIT_COLOUR, SIXTEEN_BITS, TRANSP
 from vislab.data.layouts import ClassItems, count_classes, find_items
 from vislab.data.tensors import channel_stats, hash_uniform, spaced
 from vislab.errors import VislabError
-from vislab.log import counted, info, info_once
+from vislab.log import counted, info_once
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     from torchvision.io import ImageReadMode, decode_image, read_file
 
 from vislab.errors import VislabError
-from vislab.log import info, info_once
+from vislab.log import info_once
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
