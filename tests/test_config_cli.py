@@ -122,6 +122,17 @@ def test_an_unforeseen_failure_is_one_line_with_status_1(cli, monkeypatch):
     monkeypatch.setattr(models, "list_models", too_big)
     res = cli("models")
     assert res.code == 1 and res.err == "vislab: out of memory; try a smaller --batch-size (or --image-size / --crop-size)\n"
+    # a training process's own errors: a bad input is said and exits as in one process (2), a divergence with 1
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    for last, code, said in (("vislab.errors.VislabError: data/x.png: not an image", 2, "vislab: error: data/x.png: not an image"),
+                             ("vislab.errors.Diverged: training diverged: ...", 1, "vislab: training diverged: ...")):
+        def spawned(*a, _last=last, **k):
+            raise ProcessRaisedException(f"\n\n-- Process 1 terminated with the following error:\nTraceback:\n{_last}\n", 1, 7)
+
+        monkeypatch.setattr(models, "list_models", spawned)
+        res = cli("models")
+        assert (res.code, res.err) == (code, said + "\n")
 
 
 def test_a_spawned_training_process_failure_is_said_by_its_own_error():
@@ -143,6 +154,13 @@ def test_a_spawned_training_process_failure_is_said_by_its_own_error():
     line = "training diverged: the training loss became nan at epoch 2, batch 3 (learning rate 10); ..."
     assert failure_line(raised(f"vislab.errors.Diverged: {line}")) == line  # a worker's own line, as it said it
     assert failure_line(raised("vislab.errors.VislabError: data/x.png: not an image")) == "data/x.png: not an image"
+    from vislab.errors import spawned_vislab_error
+
+    assert spawned_vislab_error(raised("vislab.config.FieldError: recipe field lr must be > 0")) == \
+        ("recipe field lr must be > 0", True)  # a subclass: a bad input (status 2)
+    assert spawned_vislab_error(raised(f"vislab.errors.Diverged: {line}")) == (line, False)
+    assert spawned_vislab_error(raised("vislab.errors.Nothing: x")) is None  # no such class: an internal error
+    assert failure_line(raised("vislab.errors.Nothing: x")) == "internal error in a training process: vislab.errors.Nothing: x"
 
 
 def test_only_rank_zero_writes_a_run_folders_records(monkeypatch):

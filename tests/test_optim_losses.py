@@ -137,6 +137,14 @@ def test_losses_against_their_formulas_ignore_labelled_pixels():
     lov = build_loss("lovasz")
     assert float(lov(perfect, target)) == pytest.approx(0.0, abs=1e-5)
     assert float(lov(-perfect, target)) > float(lov(torch.zeros_like(perfect), target)) > 0
+    # a batch with every pixel left out (a crop of an ignored region): a loss of 0 with zero gradients, for every
+    # loss and sum (torch's mean over no pixel is NaN; smp's Lovasz an empty tensor, which backward refuses)
+    left_out = torch.full_like(target, IGNORE)
+    for spec in ("ce", "dice", "lovasz", "ce+dice+lovasz"):
+        x = logits.clone().requires_grad_(True)
+        loss = build_loss(spec, class_weights=w)(x, left_out)
+        loss.backward()
+        assert loss.dim() == 0 and float(loss) == 0.0 and float(x.grad.abs().max()) == 0.0, spec
     with pytest.raises(Exception, match="unknown loss 'ce\\+focal'"):
         build_loss("ce+focal")
 

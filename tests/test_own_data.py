@@ -282,3 +282,10 @@ def test_a_folder_read_before_and_after_training_is_described_once(color_classes
             info_once("a line")
     info_once("a line")
     assert capsys.readouterr().err.count("a line") == 3  # once in each of two commands, then outside any
+    from vislab.log import quiet
+
+    with once_each():  # a line held back (a check before the real read) is said by the real read
+        with quiet():
+            info_once("held")
+        info_once("held")
+    assert capsys.readouterr().err.count("held") == 1

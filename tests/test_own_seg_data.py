@@ -716,3 +716,23 @@ def test_a_snapshot_typo_fails_before_the_tiles_are_decoded(cli, tmp_path, monke
     res = cli("seg", "train", train, "--recipe", "seg-fast", "--out", tmp_path / "run", "--snapshot", "t01,t9")
     assert res.code == 2 and "snapshot: no image with the stem t9 in the validation or training folder" in res.err
     assert "decoded once" not in res.err and not list((tmp_path / "cache").glob("seg-*"))
+
+
+def test_a_classes_file_that_cannot_be_read_is_recorded_by_its_path(tmp_path, monkeypatch):
+    """What a --classes run records of the files it replaced: their digests, or the path of one
+    that cannot be read (a --classes replaces it all the same; recording it must not fail)."""
+    import hashlib
+
+    import vislab.data.seg_classes as sc
+
+    (tmp_path / "set" / "sub").mkdir(parents=True)
+    (tmp_path / "set" / "classes.yaml").write_text("classes: [a, b]\n")
+    (tmp_path / "set" / "sub" / "classes.yml").write_text("classes: [c, d]\n")
+    assert sc.describing_digests(tmp_path / "set" / "sub") == [
+        hashlib.sha256(b"classes: [c, d]\n").hexdigest(), hashlib.sha256(b"classes: [a, b]\n").hexdigest()]
+
+    def unreadable(path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(sc, "file_digest", unreadable)
+    assert sc.describing_digests(tmp_path / "set") == [f"unreadable: {(tmp_path / 'set' / 'classes.yaml').resolve()}"]

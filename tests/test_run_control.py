@@ -115,10 +115,11 @@ def _finite_weights(path) -> bool:
 
 def test_a_loss_that_stops_being_a_number_stops_the_run_before_a_checkpoint_holds_it(cli, color_classes, tmp_path,
                                                                                      monkeypatch):
-    """Epoch 2's third batch made of infinities: its loss is NaN and the run stops there with one line (status 1),
-    recorded like any failure; last.ckpt and best.ckpt hold weights that are all numbers. With the
-    per-batch check off (an accelerator checks every 16th batch), a save after the bad step is
-    refused just the same, and the last save kept is the batch before it."""
+    """Epoch 2's third batch made of infinities: its loss is NaN, its update breaks the weights,
+    and the run stops there with one line (status 1), recorded like any failure; last.ckpt and
+    best.ckpt hold weights that are all numbers. With the per-batch check off (an accelerator
+    reads every 16th batch), a save after the bad step is refused just the same, and the last
+    save kept is the batch before it."""
     from vislab.engine.callbacks import FiniteLoss
     from vislab.engine.classification import ClassifierModule
     from vislab.pipelines.runs import run_row
@@ -144,10 +145,39 @@ def test_a_loss_that_stops_being_a_number_stops_the_run_before_a_checkpoint_hold
     run = tmp_path / "saves"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "s.yaml", epochs=3, checkpoint_minutes=1e-9),
               "--out", run)
-    assert res.code == 1 and "vislab: training diverged: the training loss became nan at epoch 2, the last batch " \
-                             "before a save" in res.err
+    assert res.code == 1 and "vislab: training diverged: the weights stopped being numbers in epoch 2 (its last " \
+                             "training loss: nan)" in res.err
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 8
     assert _finite_weights(run / "last.ckpt")
+
+
+def test_a_loss_that_is_no_number_with_weights_that_are_trains_on():
+    """A step whose loss is NaN or infinite but whose weights stay numbers (a float16 overflow
+    the gradient scaler skipped, a batch with nothing to learn) is no divergence; weights that
+    are no numbers are, after a batch and at a save."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import FiniteLoss
+    from vislab.errors import Diverged
+
+    net = torch.nn.Linear(2, 2)
+    progress = SimpleNamespace(is_last_batch=False)
+    trainer = SimpleNamespace(callback_metrics={"train_loss_step": torch.tensor(float("inf"))}, current_epoch=0,
+                              optimizers=[torch.optim.SGD(net.parameters(), lr=0.5)],
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    module = SimpleNamespace(device=torch.device("cpu"), parameters=net.parameters)
+    check = FiniteLoss()
+    check.on_train_batch_end(trainer, module, None, None, 4)  # weights are numbers: trains on
+    check.on_save_checkpoint(trainer, module, {"state_dict": net.state_dict()})
+    with torch.no_grad():
+        net.bias[1] = float("nan")
+    with pytest.raises(Diverged, match=r"^training diverged: the training loss became inf at epoch 1, batch 5 "
+                                       r"\(learning rate 0.5\); training stopped there"):
+        check.on_train_batch_end(trainer, module, None, None, 4)
+    trainer.callback_metrics["train_loss_step"] = torch.tensor(0.25)  # a finite loss, the update broke the weights
+    check.on_train_batch_end(trainer, module, None, None, 4)  # the loss alone is read after a batch
+    with pytest.raises(Diverged, match=r"the weights stopped being numbers in epoch 1 \(its last training loss: 0.25\)"):
+        check.on_save_checkpoint(trainer, module, {"state_dict": net.state_dict()})
 
 
 def test_max_minutes_flag_stops_and_a_resume_may_change_it(cli, color_classes, tmp_path):

@@ -49,6 +49,28 @@ class Diverged(Exception):
     then no longer numbers either, so no later epoch could recover. The CLI exits with status 1."""
 
 
+def spawned_vislab_error(exc: BaseException) -> tuple[str, bool] | None:
+    """For a ``ddp_spawn`` worker's error (which comes back as its traceback's text) that is one
+    of vislab's own (:class:`VislabError` or a subclass, :class:`Diverged`): its words and
+    whether it is a bad input (exit status 2, as in one process); else None."""
+    if type(exc).__name__ != "ProcessRaisedException":
+        return None
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kind, _, words = (lines[-1] if lines else "").partition(": ")
+    module, _, name = kind.rpartition(".")
+    if not words or not module.startswith("vislab."):
+        return None
+    import importlib
+
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    if not isinstance(cls, type) or not issubclass(cls, (VislabError, Diverged)):
+        return None
+    return words, issubclass(cls, VislabError)
+
+
 def failure_line(exc: BaseException) -> str:
     """The one line a failure is told in, on the console and in a run folder (``failed.json``): a
     bad input's own words; an interruption; running out of memory (torch.cuda's, Python's, and
@@ -70,8 +92,8 @@ def failure_line(exc: BaseException) -> str:
     if type(exc).__name__ in ("OutOfMemoryError", "MemoryError") or "can't allocate memory" in str(exc) or \
             first.split(":")[0].endswith(("OutOfMemoryError", "MemoryError")):
         return "out of memory; try a smaller --batch-size (or --image-size / --crop-size)"
-    kind, _, words = first.partition(": ")
-    if spawned and kind in ("vislab.errors.VislabError", "vislab.errors.Diverged") and words:
-        return words  # a worker's own line, as the process itself would have said it
+    own = spawned_vislab_error(exc)
+    if own is not None:
+        return own[0]  # a worker's own line, as the process itself would have said it
     return f"internal error in a training process: {first}" if spawned else \
         f"internal error: {type(exc).__name__}: {first}"

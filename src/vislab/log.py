@@ -27,7 +27,7 @@ def info_once(message: str) -> None:
     """:func:`info`, except that inside :func:`once_each` a line already printed there is not
     printed again (a command that reads one folder twice, before training and after it, says
     what it noticed of the folder once)."""
-    if _said is not None:
+    if _said is not None and not console.quiet:  # a line held back by quiet() is not said yet
         if message in _said:
             return
         _said.add(message)

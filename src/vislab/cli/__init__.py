@@ -14,7 +14,7 @@ from typer.core import TyperCommand
 from vislab.cli import classify, segment, tools  # noqa: F401 - their commands register on import
 from vislab.cli.common import CLICK, OnceCommand, OnceGroup, _recipe, app, cls_app, out, seg_app
 from vislab.cli.tools import cache_app
-from vislab.errors import Interrupted, VislabError, failure_line
+from vislab.errors import Interrupted, VislabError, failure_line, spawned_vislab_error
 from vislab.log import once_each
 
 __all__ = ["CLICK", "OnceCommand", "OnceGroup", "_recipe", "app", "main", "out"]  # what tests and callers use
@@ -79,6 +79,10 @@ def main() -> None:
         if debug:
             raise
         line = failure_line(exc)
+        own = spawned_vislab_error(exc)
+        if own is not None and own[1]:  # a bad input found in a training process: as in one process
+            print(f"vislab: error: {line}", file=sys.stderr)
+            sys.exit(2)
         print(f"vislab: {line}" + (" (rerun with --debug for the traceback, and please report it)"
                                    if line.startswith("internal error") else ""), file=sys.stderr)
         sys.exit(1)

@@ -476,11 +476,21 @@ def say_described(folder: str | Path, desc: SegClasses, explicit: str | None, th
 
 def describing_digests(folder: str | Path) -> list[str]:
     """SHA-256 of each classes file that could describe ``folder`` (``classes.yaml`` or
-    ``classes.yml``, in it and in the folder above), whatever they hold: what a training run's
-    ``--classes`` replaced, recorded so that later commands replace those files and no others."""
+    ``classes.yml``, in it and in the folder above), whatever they hold (one that cannot be read:
+    its path): what a training run's ``--classes`` replaced, recorded so that later commands
+    replace those files and no others."""
     d = Path(folder)
-    return [file_digest(f) for where in (d, d.parent) for name in (CLASSES_FILE, "classes.yml")
+    return [_digest_or_name(f) for where in (d, d.parent) for name in (CLASSES_FILE, "classes.yml")
             if (f := where / name).is_file()]
+
+
+def _digest_or_name(path: Path) -> str:
+    """A file's digest, or for one that cannot be read (which a ``--classes`` replaces all the
+    same) its resolved path."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return f"unreadable: {path.resolve()}"
 
 
 def check_run_classes(folder: str | Path, desc: SegClasses, metas: list[dict[str, Any]]) -> None:

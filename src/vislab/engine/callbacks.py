@@ -119,14 +119,17 @@ class EpochHistory(pl.Callback):
 
 
 class FiniteLoss(pl.Callback):
-    """Stops training with :class:`~vislab.errors.Diverged` once the training loss is NaN or
-    infinite, before a checkpoint can hold the broken weights (a run whose loss became NaN used to
-    train on to its end, and its done line read like any other).
+    """Stops training with :class:`~vislab.errors.Diverged` once its weights stop being numbers
+    (NaN or infinite), before a checkpoint can hold them: a run whose loss became NaN used to
+    train on to its end, and its done line read like any other.
 
-    The value read is the step's ``train_loss`` as logged (averaged over the processes), so every
-    process decides alike. Reading it waits for the device: on the CPU every step is checked, on
-    an accelerator every ``every``-th step, the last batch of each epoch and every save (a
-    time-based save may fall between checks)."""
+    After a batch whose training loss (the step's ``train_loss`` as logged, averaged over the
+    processes) is not a number, the weights are checked: a step that left them as they were (a
+    float16 overflow the gradient scaler skipped) trains on. Every save checks the weights it
+    writes (the last batch of an epoch may break them with a finite loss). The weights are the
+    same in every process, so every process decides alike. Reading the loss waits for the
+    device: on the CPU every step is read, on an accelerator every ``every``-th step and the last
+    batch of each epoch."""
 
     def __init__(self, every: int = 16) -> None:
         self.every = every
@@ -134,25 +137,36 @@ class FiniteLoss(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         on_cpu = pl_module.device.type == "cpu"
-        if on_cpu or (batch_idx + 1) % self.every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._check(trainer, f"batch {batch_idx + 1}")
+        if not (on_cpu or (batch_idx + 1) % self.every == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            return
+        value = trainer.callback_metrics.get("train_loss_step")
+        loss = float("nan") if value is None else float(value)
+        if value is not None and not math.isfinite(loss) and not _finite(p for p in pl_module.parameters()):
+            raise Diverged(_diverged_words(trainer, f"the training loss became {loss} at epoch "
+                                                    f"{trainer.current_epoch + 1}, batch {batch_idx + 1}"))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self._check(trainer, "the last batch before a save")
+        state = checkpoint.get("state_dict") or {}
+        if not _finite(state.values()):
+            value = trainer.callback_metrics.get("train_loss_step")
+            loss = "" if value is None else f" (its last training loss: {float(value):.4g})"
+            raise Diverged(_diverged_words(trainer, f"the weights stopped being numbers in epoch "
+                                                    f"{trainer.current_epoch + 1}{loss}"))
 
-    @staticmethod
-    def _check(trainer: pl.Trainer, where: str) -> None:
-        value = trainer.callback_metrics.get("train_loss_step")
-        if value is None:
-            return
-        loss = float(value)
-        if math.isfinite(loss):
-            return
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        raise Diverged(f"training diverged: the training loss became {loss} at epoch {trainer.current_epoch + 1}, "
-                       f"{where}" + (f" (learning rate {lr:.4g})" if lr is not None else "") +
-                       "; training stopped there, before a checkpoint held weights that are no longer numbers: "
-                       "train again with a lower learning rate (--lr)")
+
+def _finite(tensors: Any) -> bool:
+    """Whether every floating-point tensor of ``tensors`` holds numbers only (one wait for the device)."""
+    import torch
+
+    flags = [torch.isfinite(t).all() for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all()) if flags else True
+
+
+def _diverged_words(trainer: pl.Trainer, what: str) -> str:
+    lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+    return (f"training diverged: {what}" + (f" (learning rate {lr:.4g})" if lr is not None else "") +
+            "; training stopped there, before a checkpoint held weights that are no longer numbers: "
+            "train again with a lower learning rate (--lr)")
 
 
 class TimeLimit(pl.Callback):

@@ -24,7 +24,10 @@ class _CrossEntropy:
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = None if self.weight is None else self.weight.to(logits.device)
-        return F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE)
+        loss = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE)
+        # a batch with every pixel left out: torch's mean over no pixel is 0/0 (NaN, with zero
+        # gradients); nothing to learn from it is a loss of 0
+        return torch.where(torch.isnan(loss) & (target == IGNORE).all(), torch.zeros_like(loss), loss)
 
 
 class SummedLoss:
@@ -48,10 +51,22 @@ def _dice(weight: torch.Tensor | None) -> Loss:
     return DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE)
 
 
-def _lovasz(weight: torch.Tensor | None) -> Loss:
-    from segmentation_models_pytorch.losses import LovaszLoss
+class _Lovasz:
+    """smp's multiclass Lovasz loss; a batch with every pixel left out is a loss of 0 (smp gives
+    an empty tensor there, which a sum with other losses and ``backward`` cannot take)."""
 
-    return LovaszLoss(mode="multiclass", per_image=False, ignore_index=IGNORE)
+    def __init__(self) -> None:
+        from segmentation_models_pytorch.losses import LovaszLoss
+
+        self.fn = LovaszLoss(mode="multiclass", per_image=False, ignore_index=IGNORE)
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.fn(logits, target)
+        return loss.sum() if loss.dim() else loss  # the empty tensor's sum: 0, gradients 0
+
+
+def _lovasz(weight: torch.Tensor | None) -> Loss:
+    return _Lovasz()
 
 
 LOSSES: dict[str, Callable[[torch.Tensor | None], Loss]] = {"ce": _ce, "dice": _dice, "lovasz": _lovasz}

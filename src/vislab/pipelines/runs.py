@@ -82,6 +82,7 @@ def _filled(row: RunRow, run: Path, data: dict[str, Any]) -> RunRow:
             row.minutes = clock / 60
         elif history:
             row.minutes = sum(_number(r.get("seconds")) or 0.0 for r in history) / 60
+        if history:
             scores = [v for v in (_number(r.get(held_key)) for r in history) if v is not None]
             row.held_out = max(scores) if scores else None
         resumable = "; no checkpoint" if not (run / "last.ckpt").is_file() else \
