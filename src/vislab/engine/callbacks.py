@@ -1,6 +1,6 @@
 """Callbacks: the module's work before training; per-epoch history file and a one-line epoch summary
-for logs; a stop when the loss stops being a number; the time limit and the time budget held during a run; the facts of a run handed back to
-the process that called ``fit``."""
+for logs; a stop when the weights stop being numbers; the time limit and the time budget held
+during a run; the facts of a run handed back to the process that called ``fit``."""
 
 from __future__ import annotations
 
@@ -146,8 +146,8 @@ class FiniteLoss(pl.Callback):
                                                     f"{trainer.current_epoch + 1}, batch {batch_idx + 1}"))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        state = checkpoint.get("state_dict") or {}
-        if not _finite(state.values()):
+        # the parameters the checkpoint's state_dict holds (a buffer may hold infinities by design: a mask)
+        if not _finite(pl_module.parameters()):
             value = trainer.callback_metrics.get("train_loss_step")
             loss = "" if value is None else f" (its last training loss: {float(value):.4g})"
             raise Diverged(_diverged_words(trainer, f"the weights stopped being numbers in epoch "
