@@ -11,7 +11,7 @@ from torch import nn
 
 from vislab.errors import VislabError
 from vislab.log import info
-from vislab.models.checkpoints import checkpoint_file, net_state_dict
+from vislab.models.checkpoints import checkpoint_file, checkpoint_meta, net_state_dict
 
 
 def _weights_file(path: str | Path) -> Path:
@@ -45,27 +45,25 @@ def run_normalisation(weights: str) -> tuple[tuple[float, ...], tuple[float, ...
     """The input mean and std that the vislab run (or checkpoint) ``weights`` trained with, or None
     when ``weights`` is no such file (a library's weights, a plain state_dict)."""
     p = _weights_file(weights)
-    if not p.is_file():
-        return None
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a readable checkpoint: read_state_dict says why, later
-        return None
-    meta = obj.get("vislab") if isinstance(obj, dict) else None
-    if not isinstance(meta, dict) or meta.get("mean") is None or meta.get("std") is None:
+    meta = _meta_of(p)
+    if meta.get("mean") is None or meta.get("std") is None:
         return None
     return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
 
 
+def _meta_of(path: Path) -> dict[str, Any]:
+    """:func:`~vislab.models.checkpoints.checkpoint_meta` of ``path``; {} for a file that is missing
+    or that torch cannot open (:func:`read_state_dict` says why, where it matters)."""
+    try:
+        return checkpoint_meta(path) if path.is_file() else {}
+    except Exception:  # noqa: BLE001 - not a checkpoint vislab reads
+        return {}
+
+
 def _run_of(path: Path) -> str | None:
     """"cls resnet9_xs": the task and model of the vislab checkpoint ``path`` (None: not one)."""
-    try:
-        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("vislab")
-    except Exception:  # noqa: BLE001 - not a checkpoint vislab reads: its keys say the rest
-        return None
-    if not isinstance(meta, dict) or not meta.get("task"):
-        return None
-    return f"{meta['task']} {meta.get('model', '')}".strip()
+    meta = _meta_of(path)
+    return f"{meta['task']} {meta.get('model', '')}".strip() if meta.get("task") else None
 
 
 def load_local_weights(

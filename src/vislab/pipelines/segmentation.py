@@ -275,8 +275,8 @@ def _teacher_maps(loaded: list[tuple[torch.nn.Module, dict[str, Any]]], data: An
         while idx:  # batches of consecutive tiles of one size
             run = [data.tiles.tile(idx[0])]
             most = max(1, batch_pixels // (run[0][0].shape[-2] * run[0][0].shape[-1]))
-            while len(run) < min(most, len(idx)) and data.tiles.tile(idx[len(run)])[0].shape == run[0][0].shape:
-                run.append(data.tiles.tile(idx[len(run)]))
+            while len(run) < min(most, len(idx)) and (nxt := data.tiles.tile(idx[len(run)]))[0].shape == run[0][0].shape:
+                run.append(nxt)  # read once: for its size, then kept
             idx = idx[len(run):]
             x = torch.stack([image for image, _ in run]).to(device).float() / 255
             h, w = x.shape[-2:]
