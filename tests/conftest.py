@@ -88,3 +88,20 @@ def cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def cli_one_thread(cli):
+    """``cli`` with torch on one thread, as ``python -m vislab`` runs under OMP_NUM_THREADS=1: a
+    resume in this process continues a killed process's run bit for bit, without a start-up."""
+    import torch
+
+    def run(*args: str) -> CliResult:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return cli(*args)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run

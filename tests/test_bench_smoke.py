@@ -19,7 +19,7 @@ def test_bench_scripts_run_quick_realdata():
     # one RATIO line per measurement, in the order of bench/run_all.py
     assert [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("RATIO")] == [
         "p1_input", "p2_decode", "p2_miou", "p2_colour_check", "p2_loader", "seg_predict", "predict_cls-cpu", "predict_seg-cpu",
-        "hw1_1", "hw1_2", "train_cls-fast", "train_seg-fast", "malloc_train_seg256_b8", "train_gpu_cls-fast"]
+        "hw1_1", "train_cls-fast", "train_seg-fast", "malloc_train_seg256_b8", "train_gpu_cls-fast"]
 
 
 def test_gpu_pack_parts_round_trip(tmp_path):

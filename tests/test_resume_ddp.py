@@ -32,6 +32,13 @@ def _run(*args: str) -> str:
     return _done(_vislab(*args))
 
 
+def _in_process(cli, *args) -> str:
+    """A vislab command run in this process (``cli_one_thread``): what it printed, once it exited with 0."""
+    res = cli(*args)
+    assert res.code == 0, res.err
+    return res.out + res.err
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
 
@@ -45,12 +52,11 @@ def _recipe(tmp_path: Path, **kw) -> Path:
     return p
 
 
-def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_path):
+def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_path, cli_one_thread):
     """Kill once epoch 1's checkpoint exists (epoch 2 under way), resume: same weights as no kill.
 
     Mixup, cutmix and the weight average are on: their draws and state must survive too."""
     recipe = _recipe(tmp_path, mixup=0.2, cutmix=1.0, ema=0.9)
-    full = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")  # beside it
 
     run = tmp_path / "killed"
     proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run)
@@ -73,8 +79,8 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0 and {"torch", "numpy", "python"} <= set(ckpt["rng"])
     assert max(_logged_steps(run)) >= 14, "premise: rows logged after the checkpoint"
-    _done(full)
-    out = _run("cls", "train", color_classes, "--out", run, "--resume")
+    _in_process(cli_one_thread, "cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")  # no kill
+    out = _in_process(cli_one_thread, "cls", "train", color_classes, "--out", run, "--resume")
     assert "--resume: continues with epoch 2 of 3, " in out  # the console says where, and the run folder
     assert "--resume: continues with epoch 2 of 3, " in (run / "changes.txt").read_text()
     assert run_row(run).state == "finished" and not (run / "running.json").exists()
@@ -90,12 +96,11 @@ def test_sigkill_after_epoch_then_resume_is_bit_identical(color_classes, tmp_pat
                                                          for r in _columns(tmp_path / "full" / "metrics.csv", drop="")}
 
 
-def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_classes, tmp_path):
+def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_classes, tmp_path, cli_one_thread):
     """last.ckpt written mid-epoch (checkpoint_minutes) holds the loader position: a run killed in
     the middle of epoch 2 and resumed ends bit-identical to an uninterrupted one. The 90 training
     items are not a multiple of the batch: each epoch trains on 11 batches and leaves 2 items out."""
     recipe = _recipe(tmp_path, mixup=0.2, ema=0.9, checkpoint_minutes=1e-6, holdout=0.25)  # a save after every step
-    full = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")  # beside it
     steps = 90 // 8  # training batches per epoch
 
     run = tmp_path / "killed"
@@ -111,10 +116,10 @@ def test_sigkill_mid_epoch_then_resume_continues_with_the_next_batch(color_class
     proc.wait()
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert steps < ckpt["global_step"] < 2 * steps, "premise: killed in the middle of epoch 2"
-    _done(full)
+    _in_process(cli_one_thread, "cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full")  # no kill
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 1, "items": (ckpt["global_step"] - steps) * 8}]
-    out = _run("cls", "train", color_classes, "--out", run, "--resume")
+    out = _in_process(cli_one_thread, "cls", "train", color_classes, "--out", run, "--resume")
     said = f"--resume: continues in epoch 2 of 3, after {(ckpt['global_step'] - steps) * 8} of its 88 training items, "
     assert said in " ".join(out.split())
     full, resumed = _weights(tmp_path / "full"), _weights(run)
@@ -156,7 +161,7 @@ def _lr_steps(run: Path) -> list[tuple[str, str]]:
     return steps  # in file order: a row logged twice is a difference
 
 
-def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(color_classes, tmp_path):
+def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(color_classes, tmp_path, cli_one_thread):
     """Kill while a checkpoint is being written (its temporary file exists): last.ckpt still loads,
     and --resume removes the temporary and finishes the run."""
     recipe = _recipe(tmp_path, epochs=2, holdout=0.1, checkpoint_minutes=1e-6)  # a save after every step
@@ -171,20 +176,20 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(color_classes, t
     assert caught, "premise: killed while a checkpoint was being written"
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")], "premise: the write's temporary is left"
     torch.load(run / "last.ckpt", weights_only=True)
-    _run("cls", "train", color_classes, "--out", run, "--resume")
+    _in_process(cli_one_thread, "cls", "train", color_classes, "--out", run, "--resume")
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp_path):
+def test_two_process_ddp_equals_one_process_with_double_batch(color_classes, tmp_path, cli_one_thread):
     """simple_cnn has no BatchNorm or dropout: DDP with batch 8 x 2 ranks == 1 process, batch 16."""
     one = _recipe(tmp_path, model="simple_cnn", epochs=2, batch_size=16, label_smoothing=0.0)
     two = _recipe(tmp_path, model="simple_cnn", epochs=2, batch_size=8, label_smoothing=0.0)
-    ref = _vislab("cls", "train", color_classes, "--recipe", one, "--out", tmp_path / "one", "--accelerator", "cpu")
     _run("cls", "train", color_classes, "--recipe", two, "--out", tmp_path / "two", "--accelerator", "cpu",
          "--devices", "2", "--strategy", "ddp")
-    _done(ref)
+    _in_process(cli_one_thread, "cls", "train", color_classes, "--recipe", one, "--out", tmp_path / "one",
+                "--accelerator", "cpu")
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
     ha = (tmp_path / "one" / "history.csv").read_text().splitlines()
@@ -218,11 +223,10 @@ def test_a_time_budget_is_dropped_with_a_line_when_two_processes_train(color_cla
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_classes, tmp_path):
+def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_classes, tmp_path, cli_one_thread):
     """Epoch 1 on one process, killed, resumed on two: each process now takes half the steps per
     epoch, and the learning rate at every epoch end is the uninterrupted one-process run's."""
     recipe = _recipe(tmp_path, model="simple_cnn", epochs=3, scheduler="cosine")
-    full = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full", "--accelerator", "cpu")
     run = tmp_path / "killed"
     proc = _vislab("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--accelerator", "cpu")
     deadline = time.time() + 300
@@ -231,7 +235,8 @@ def test_resume_with_two_processes_keeps_the_schedule_on_samples_seen(color_clas
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(run / "last.ckpt", weights_only=True)["epoch"] == 0
-    _done(full)
+    _in_process(cli_one_thread, "cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "full",
+                "--accelerator", "cpu")  # no kill
     out = _run("cls", "train", color_classes, "--out", run, "--resume", "--devices", "2", "--strategy", "ddp")
     lrs = [[float(r["lr"]) for r in _columns(d / "history.csv", drop="seconds")] for d in (tmp_path / "full", run)]
     assert len(lrs[1]) == 3 and lrs[1][-1] < 1e-3 * lrs[1][0]

@@ -18,7 +18,7 @@ from vislab.data.seg_classes import IGNORE, find_classes
 from vislab.data.segmentation import CachedTiles, TileCache, augment_tiles, list_pairs, pad_collate, read_pair, scan_masks
 
 from test_own_seg_data import make_index_set
-from test_resume_ddp import _done, _run, _vislab
+from test_resume_ddp import _done, _in_process, _vislab
 
 
 def _d4(t: torch.Tensor) -> list[torch.Tensor]:
@@ -115,7 +115,7 @@ def test_no_crop_keeps_size_turns_only_square_batches():
         assert torch.equal(img[i], [x[i], x[i].flip(-1), x[i].flip(-2), x[i].flip(-1).flip(-2)][k].float())
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, cli_one_thread):
     """Mixed tiles, crops, turns and colour jitter on the device: a run killed mid-epoch and
     resumed ends with the weights of an uninterrupted one."""
     data = make_index_set(tmp_path / "d", 16)
@@ -139,7 +139,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     proc.wait()
     assert 4 <= int(torch.load(run / "last.ckpt", weights_only=True)["global_step"]) < 6  # killed inside the run
     _done(full)
-    _run("seg", "train", data, "--out", run, "--resume")
+    _in_process(cli_one_thread, "seg", "train", data, "--out", run, "--resume")
     full = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
     resumed = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full), "resumed weights differ"
