@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # test processes side by side (pytest -n 2): each on one thread, and so the processes they start.
+    # Two threads each oversubscribe the cores and idle OpenMP threads spin (measured on 2 cores: the
+    # suite took 1,432 s that way, 584 s on one thread each, 914 s in one process on two)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import numpy as np
 import pytest
