@@ -363,6 +363,22 @@ def test_short_real_training_beats_chance_realdata(cli, tmp_path):
     assert result["holdout_acc"] > 0.32  # chance is 0.20; 200 held-out images give a std of ~0.03
 
 
+def test_batchnorm_over_few_values_is_said(cli, color_classes, tmp_path):
+    """cifar_resnet20 at 8 px: its third stage (stride 4 overall) sees 2 x 2 maps, so at batch 1 its 7
+    BatchNorm layers there (features.9-11, two each, and features.9's shortcut) normalise each
+    channel over 1 x 2 x 2 = 4 values; at batch 2, over 8, and nothing is said."""
+    recipe = _tiny_recipe(tmp_path, epochs=1, batch_size=1, image_size=8)
+    res = cli("cls", "train", color_classes, "--recipe", recipe, "--out", tmp_path / "thin")
+    assert res.code == 0, res.err
+    line = ("warning: 7 BatchNorm layer(s) normalise each channel over fewer than 8 values in a training batch, "
+            "the fewest 4 (net.features.10.bn1: input 1 x 64 x 2 x 2)")
+    assert line in " ".join(res.err.split())
+    assert [ln for ln in (tmp_path / "thin" / "changes.txt").read_text().splitlines() if "BatchNorm" in ln][0].startswith(line)
+    res = cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1, batch_size=2, image_size=8),
+              "--out", tmp_path / "two")
+    assert res.code == 0 and "BatchNorm" not in res.err
+
+
 def test_course_script_hw1_1(trained, color_classes, tmp_path):
     import os
     import subprocess

@@ -134,13 +134,15 @@ def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
     """
     import lightning.pytorch as pl
 
+    from vislab.engine.callbacks import ThinBatchNorm
     from vislab.engine.run_folder import add_change
     from vislab.engine.trainer import at_least_one_batch, build_trainer, fit_and_select
 
     recipe, changes = job.recipe, list(job.changes)
 
     def make_trainer(r: Recipe, *extra: pl.Callback) -> pl.Trainer:
-        trainer = build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=[*job.extra_callbacks, *extra])
+        extra_callbacks = [*job.extra_callbacks, ThinBatchNorm(in_run_folder), *extra]
+        trainer = build_trainer(r, job.out, monitor=job.monitor, extra_callbacks=extra_callbacks)
         return at_least_one_batch(trainer, r, job.n_train)
 
     def record(line: str) -> None:  # a line added after the run, in changes.txt at once
