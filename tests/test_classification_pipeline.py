@@ -379,6 +379,43 @@ def test_batchnorm_over_few_values_is_said(cli, color_classes, tmp_path):
     assert res.code == 0 and "BatchNorm" not in res.err
 
 
+def test_batchnorm_check_counts_batch_statistics_and_leaves_compiled_networks_alone():
+    """Counted: layers in training mode and layers without running statistics (batch statistics in
+    eval mode too); not counted: eval mode with running statistics. A compiled network gets no hooks
+    (adding and removing them would make torch.compile compile it again). A failed batch is said."""
+    from types import SimpleNamespace
+
+    from vislab.engine.callbacks import ThinBatchNorm
+
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3, track_running_stats=False),
+                                   torch.nn.BatchNorm1d(3))
+
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True)
+    lines: list[str] = []
+    m = net().eval()
+    check = ThinBatchNorm(lines.append)
+    check.on_train_batch_start(trainer, m, None, 0)
+    m[:2](torch.randn(1, 3, 2, 3))  # 6 values: only the layer without running statistics counts
+    m[2](torch.randn(5, 3))  # 5 values, eval mode with running statistics: not counted
+    check.on_exception(trainer, m, RuntimeError("the batch failed"))
+    assert lines == ["warning: 1 BatchNorm layer(s) normalise each channel over fewer than 8 values in a training "
+                     "batch, the fewest 6 (1: input 1 x 3 x 2 x 3); statistics of so few are mostly noise and "
+                     "training may diverge: a larger batch_size or training crop/image size (and resize_from, "
+                     "where the recipe grows the size) gives them more"]
+    assert not any(layer._forward_pre_hooks for layer in m)  # removed
+    m = net().train()
+    check = ThinBatchNorm(lines.append)
+    check.on_train_batch_start(trainer, m, None, 0)
+    m[2](torch.randn(5, 3))
+    check.on_train_batch_end(trainer, m, None, None, 0)
+    assert "the fewest 5 (2: input 5 x 3)" in lines[-1] and lines[-1].startswith("warning: 1 BatchNorm layer(s)")
+    m = net().train()
+    m.compile()  # lazy: nothing compiles before a forward
+    ThinBatchNorm(lines.append).on_train_batch_start(trainer, m, None, 0)
+    assert not any(layer._forward_pre_hooks for layer in m)
+
+
 def test_course_script_hw1_1(trained, color_classes, tmp_path):
     import os
     import subprocess

@@ -157,11 +157,16 @@ class FiniteLoss(pl.Callback):
 class ThinBatchNorm(pl.Callback):
     """Says (console and ``record``) when the first training batch leaves a BatchNorm layer fewer
     than ``least`` values per channel (batch x height x width in one process): its statistics are
-    then mostly noise (over 2 values every output is -1 or +1), and a run from scratch may diverge.
-    Measured: an FPN on tf_efficientnet_lite0 from scratch, crops of 32 and batch 2 (the encoder's
-    last BatchNorm layers over 2 values each) had weights that were no longer numbers after its
-    second step on one CPU thread. Layers in eval mode (frozen) use their running statistics and
-    are not counted; a SyncBatchNorm pools its values over the processes."""
+    then mostly noise (over 2 values each normalised value, before the layer's scale and shift, is
+    -1 or +1), and a run from scratch may diverge. Measured: an FPN on tf_efficientnet_lite0 from
+    scratch, crops of 32 and batch 2 (the encoder's last BatchNorm layers over 2 values each) had
+    weights that were no longer numbers after its second step on one CPU thread.
+
+    Counted: every BatchNorm layer that normalises with the batch's statistics (training mode,
+    which ``freeze`` keeps, or no running statistics); a SyncBatchNorm pools its values over the
+    processes. Said also when the first batch fails (a BatchNorm over 1 value raises). A compiled
+    network (recipe ``compile``) is not looked at: hooks added and removed around its first batch
+    would make torch.compile compile it again."""
 
     def __init__(self, record: Callable[[str], None] | None = None, least: int = 8) -> None:
         self.record = record  # picklable (ddp_spawn)
@@ -176,6 +181,8 @@ class ThinBatchNorm(pl.Callback):
         if self._seen is not None:
             return
         self._seen = []
+        if any(getattr(m, "_compiled_call_impl", None) is not None for m in pl_module.modules()):
+            return
         pooled = trainer.world_size
         for name, mod in pl_module.named_modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
@@ -183,12 +190,18 @@ class ThinBatchNorm(pl.Callback):
 
                 def look(m: Any, args: tuple, name: str = name, share: int = share) -> None:
                     x = args[0]
-                    if m.training and x.dim() >= 2:
+                    if (m.training or m.running_mean is None) and x.dim() >= 2:
                         self._seen.append((x.numel() // x.shape[1] * share, name, tuple(x.shape)))
                 self._hooks.append(mod.register_forward_pre_hook(look))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self._say(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._say(trainer)  # the first batch failed (or a callback before this one stopped it)
+
+    def _say(self, trainer: pl.Trainer) -> None:
         if not self._hooks:
             return
         for hook in self._hooks:
@@ -201,7 +214,8 @@ class ThinBatchNorm(pl.Callback):
             line = (f"warning: {layers} BatchNorm layer(s) normalise each channel over fewer than "
                     f"{self.least} values in a training batch, the fewest {values} ({name}: input "
                     f"{' x '.join(map(str, shape))}); statistics of so few are mostly noise and training may "
-                    "diverge: a larger batch_size or training crop/image size gives them more")
+                    "diverge: a larger batch_size or training crop/image size (and resize_from, where the "
+                    "recipe grows the size) gives them more")
             info(line)
             if self.record is not None:
                 self.record(line)
