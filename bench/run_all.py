@@ -72,7 +72,7 @@ def quick(args: argparse.Namespace) -> None:
         return cmd, subprocess.run(cmd, capture_output=True, text=True, env=env)
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        # the longest first (measured one at a time: 23 s, 24 s, 16 s of about 135 s), so the jobs end together
+        # the longest first (measured one at a time: 30 s, 23 s, 16 s of about 140 s), so the jobs end together
         started = {s: pool.submit(run, s) for s in sorted(QUICK, key=lambda s: s not in QUICK_LONGEST)}
         for script in QUICK:
             cmd, proc = started[script].result()
