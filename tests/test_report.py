@@ -130,6 +130,33 @@ def test_markdown_report_realdata(cli, real_runs, tmp_path):
 
 
 @requires_real
+def test_predict_leaves_out_the_figures_of_a_report_written_among_the_images(cli, real_runs, tmp_path):
+    """A Markdown report saved into the folder of images (or a subfolder) puts its PNGs there:
+    `cls predict` reads them as no images of the data, and says so; a folder named like figures
+    without its page beside it is someone's own, and is read."""
+    images = tmp_path / "val"
+    shutil.copytree(real_runs / "p1" / "val", images)
+    (images / "sub").mkdir()
+    shutil.copy(images / "0_450.png", images / "sub" / "a.png")
+    for page in (images / "report.md", images / "sub" / "notes.md"):
+        assert cli("report", real_runs / "run1", "--out", page).code == 0
+    figures = sorted((images / "report_figures").glob("*.png"))
+    assert figures and (images / "sub" / "notes_figures").is_dir()
+    shutil.copy(figures[0], images / "sub" / "mine_figures.png")
+    (images / "own_figures").mkdir()  # no own.md beside it: images of the user's own
+    shutil.copy(images / "1_450.png", images / "own_figures" / "b.png")
+    res = cli("cls", "predict", real_runs / "run1", images, tmp_path / "pred.csv")
+    assert res.code == 0, res.err
+    ids = [line.split(",")[0] for line in (tmp_path / "pred.csv").read_text().splitlines()[1:]]
+    want = sorted([p.name for p in (real_runs / "p1" / "val").iterdir()] + ["sub/a.png", "sub/mine_figures.png",
+                                                                           "own_figures/b.png"])
+    assert ids == want
+    said = " ".join(res.err.split())
+    assert (f"{images}: skipped 2 folders of report figures (e.g. report_figures/, beside the page report.md): "
+            "`vislab report` wrote them, they are no data") in said
+
+
+@requires_real
 def test_markdown_is_not_html_escaped_and_html_is(cli, real_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(real_runs / "run2", run, ignore=shutil.ignore_patterns("*.ckpt", "tensorboard"))

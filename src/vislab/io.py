@@ -49,6 +49,26 @@ def written_by_vislab(path: Path) -> bool:
     return head.startswith(b"\xff\xd8") and b"\xff\xfe" in head and JPEG_COMMENT in head
 
 
+FIGURES = "_figures"
+"""What a Markdown page's figures folder adds to the page's stem (:func:`figures_folder`)."""
+
+
+def figures_folder(page: str | Path) -> Path:
+    """Where a Markdown page's figures go: ``report.md`` -> ``report_figures/`` beside it."""
+    page = Path(page)
+    return page.with_name(f"{page.stem}{FIGURES}")
+
+
+def figures_page(folder: str | Path) -> Path | None:
+    """The Markdown page whose figures ``folder`` holds (``report.md`` beside ``report_figures/``),
+    or None: no such page, so the folder is someone's own."""
+    folder = Path(folder)
+    if not folder.name.endswith(FIGURES) or len(folder.name) == len(FIGURES):
+        return None
+    page = folder.with_name(f"{folder.name[: -len(FIGURES)]}.md")
+    return page if page.is_file() else None
+
+
 def write_marked_json(obj: dict[str, Any], path: str | Path) -> None:
     """``obj`` as an indented JSON file (atomically), :data:`JSON_MARK` its first key, so that a
     later command replaces it but no JSON file of anyone else's."""

@@ -23,7 +23,7 @@ import yaml
 
 from vislab.errors import VislabError
 from vislab.data.layouts import id_and_name
-from vislab.io import atomic_write_bytes, atomic_write_text
+from vislab.io import atomic_write_bytes, atomic_write_text, figures_folder
 from vislab.log import counted, info
 from vislab.models.checkpoints import checkpoint_file
 from vislab.runfolders import SCORE_KEYS, csv_rows, epoch_counts, find_runs, process_words, read_run
@@ -395,12 +395,6 @@ def check_page_replaceable(page: str | Path, fmt: str) -> None:
         if theirs:
             raise VislabError(theirs[0], "is an image vislab did not write, in the folder the page's figures go to; "
                                          "refusing to replace it (name the page otherwise, or delete it first)")
-
-
-def figures_folder(page: str | Path) -> Path:
-    """Where a Markdown page's figures go: ``report.md`` -> ``report_figures/`` beside it."""
-    page = Path(page)
-    return page.with_name(f"{page.stem}_figures")
 
 
 def _figure_files(sections: list[dict[str, Any]], folder: Path) -> None:

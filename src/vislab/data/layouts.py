@@ -20,8 +20,8 @@ from typing import Sequence
 
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped
 from vislab.errors import VislabError
-from vislab.io import missing_file_words
-from vislab.log import counted, info
+from vislab.io import FIGURES, figures_page, missing_file_words
+from vislab.log import counted, info, info_once
 
 _COURSE_NAME = re.compile(r"^(\d+)_(\d+)$")
 
@@ -102,6 +102,12 @@ SYSTEM_FOLDERS = frozenset({"__MACOSX"})
 """Folders an archiver leaves beside the data (macOS zips' resource forks): skipped like hidden ones."""
 
 
+def _figures_of_page(folder: Path) -> bool:
+    """Whether ``folder`` is the figures folder of a Markdown page (``report_figures/`` beside
+    ``report.md``, as `vislab report` writes them): its PNGs are no data."""
+    return folder.name.endswith(FIGURES) and figures_page(folder) is not None
+
+
 def _hidden_folder(name: str) -> bool:
     return name.startswith(".") or name in SYSTEM_FOLDERS
 
@@ -110,14 +116,17 @@ def _image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
+def _scan(root: Path, skipped: list[str], figures: list[str]) -> tuple[list[str], list[str]]:
     """(image file names, visible subfolder names) directly in ``root``, sorted; one directory
-    read, no stat per file. Visible files of other types are added to ``skipped``."""
+    read, no stat per file. Visible files of other types are added to ``skipped``, the figures
+    folders of `vislab report` pages (:func:`_figures_of_page`) to ``figures``."""
     files, dirs = [], []
     with os.scandir(root) as it:
         for e in it:
             if e.is_dir():
-                if not _hidden_folder(e.name):
+                if _figures_of_page(Path(e.path)):
+                    figures.append(e.name)
+                elif not _hidden_folder(e.name):
                     check_link(Path(e.path))  # a link to a folder above: its images twice
                     dirs.append(e.name)
             elif e.is_file() and not e.name.startswith("."):
@@ -127,10 +136,11 @@ def _scan(root: Path, skipped: list[str]) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(dirs)
 
 
-def _tree(d: Path, skipped: list[str], seen: dict[str, str]) -> list[str]:
-    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders, and
-    ``__MACOSX``, skipped; links to folders followed);
-    visible files of other types are added to ``skipped`` (paths relative to ``d``'s parent).
+def _tree(d: Path, skipped: list[str], seen: dict[str, str], figures: list[str]) -> list[str]:
+    """Images below ``d`` as sorted relative POSIX paths (hidden files and folders, ``__MACOSX``,
+    and the figures folders of report pages, skipped; links to folders followed);
+    visible files of other types are added to ``skipped``, figures folders to ``figures`` (paths
+    relative to ``d``'s parent).
     ``seen`` maps each folder read so far (its real path) to the path it was read as: a folder
     reached twice (a link loop, or a link to a folder read already) is an error naming it, since
     its images would be read twice, perhaps under two labels."""
@@ -141,8 +151,9 @@ def _tree(d: Path, skipped: list[str], seen: dict[str, str]) -> list[str]:
             raise VislabError(Path(dirpath), f"is {seen[real]} again (a link to a folder read already, or a loop): its "
                                              "images would be read twice; remove the link")
         seen[real] = dirpath
-        dirnames[:] = [x for x in dirnames if not _hidden_folder(x)]
         rel = Path(dirpath).relative_to(d.parent).as_posix()
+        figures += [f"{rel}/{x}" for x in dirnames if _figures_of_page(Path(dirpath, x))]
+        dirnames[:] = [x for x in dirnames if not _hidden_folder(x) and not _figures_of_page(Path(dirpath, x))]
         for f in filenames:
             if not f.startswith("."):
                 (out if _image_name(f) else skipped).append(f"{rel}/{f}")
@@ -190,12 +201,16 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
         return ClassItems(one.parent, "unlabelled", [one], [one.name], None, None)
     root = check_folder(folder)
     skipped: list[str] = []
-    names, subdirs = _scan(root, skipped)
+    figures: list[str] = []
+    names, subdirs = _scan(root, skipped, figures)
     flat = [root / n for n in names]
     seen = {os.path.realpath(root): str(root)}
-    trees = {d: _tree(root / d, skipped, seen) for d in subdirs} if labels_csv is None else {}
+    trees = {d: _tree(root / d, skipped, seen, figures) for d in subdirs} if labels_csv is None else {}
     dirs = [d for d in subdirs if trees.get(d)]
     say_skipped(root, skipped)
+    if figures:
+        info_once(f"{root}: skipped {counted(len(figures), 'folder')} of report figures (e.g. {min(figures)}/, beside "
+                  f"the page {figures_page(root / min(figures)).name}): `vislab report` wrote them, they are no data")
     if labels_csv is not None:
         if not flat:
             raise VislabError(root, "--labels needs the images directly in this folder (found none)")
