@@ -264,6 +264,33 @@ def test_folder_pairs_and_their_errors(tmp_path):
     assert len(list_unlabelled(d3 / "images")) == 2 and len(list_masks(d3 / "masks")) == 2
 
 
+def test_a_folder_of_splits_is_refused_with_the_folder_to_pass(cli, tmp_path):
+    """A data set's root (train/ + validation/, as the course's p2_data) given where a split is
+    wanted: the error names the splits and the folder to pass instead."""
+    root = tmp_path / "set"
+    make_index_set(root / "train", 2)
+    make_index_set(root / "validation", 2, seed=1)
+    (root / "README.txt").write_text("about the set")
+    for read in (list_pairs, list_masks, list_unlabelled):
+        with pytest.raises(VislabError) as err:
+            read(root)
+        assert str(err.value).endswith(f"; its subfolders train/, validation/ are splits: pass the folder of one split "
+                                       f"(e.g. {root / 'train'})"), str(err.value)
+    res = cli("seg", "train", root, "--epochs", "1", "--out", tmp_path / "run")
+    assert res.code == 2 and res.err.startswith(f"vislab: error: {root}: no satellite images or masks") and \
+        f"(e.g. {root / 'train'})\n" in res.err and not (tmp_path / "run").exists()
+    shutil.rmtree(root / "validation")
+    with pytest.raises(VislabError, match=r"; its subfolder train/ is a split: pass the folder of one split"):
+        list_pairs(root)
+    shutil.rmtree(root / "train")
+    (root / "region").mkdir()  # a subfolder named otherwise: no advice
+    with pytest.raises(VislabError) as err:
+        list_pairs(root)
+    from vislab.data.images import IMAGE_SUFFIXES
+
+    assert str(err.value).endswith(f"(expected {', '.join(IMAGE_SUFFIXES)} files)")
+
+
 def test_pad_collate_pads_masks_with_ignore():
     a = (torch.ones(3, 2, 3, dtype=torch.uint8), torch.zeros(2, 3, dtype=torch.long), 0)
     b = (torch.ones(3, 4, 1, dtype=torch.uint8), torch.ones(4, 1, dtype=torch.long), 1)

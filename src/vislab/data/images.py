@@ -227,14 +227,40 @@ def list_images(folder: str | Path, *, what: str = "images") -> list[Path]:
         if p not in files_here and p.suffix.lower() in IMAGE_SUFFIXES:
             check_link(p)
     files = sorted(p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise VislabError(d, f"no {what} found (expected {', '.join(IMAGE_SUFFIXES)} files)")
-    say_skipped(d, sorted(p.name for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES))
     subfolders = sorted(p.name for p in entries if p.is_dir())
+    if not files:
+        advice = split_advice(d, subfolders, train=False)  # which command this is, a list cannot tell
+        raise VislabError(d, f"no {what} found (expected {', '.join(IMAGE_SUFFIXES)} files)"
+                             + (f"; {advice}" if advice else ""))
+    say_skipped(d, sorted(p.name for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES))
     if subfolders:
         info_once(f"{d}: {len(subfolders)} subfolder(s) not read (e.g. {subfolders[0]}/): only the files directly "
                   "in the folder are")
     return files
+
+
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval"})
+"""Folder names of data splits (compared in lower case)."""
+
+
+def split_advice(root: Path, subfolders: list[str], *, least: int = 1, train: bool = True) -> str | None:
+    """What to pass instead of ``root`` when at least ``least`` of its ``subfolders`` are named
+    like data splits (a folder of splits given one level too high), or None; ``train``: with the
+    folders to train on:
+
+        >>> split_advice(Path("p2"), ["train", "validation", "notes"])
+        'its subfolders train/, validation/ are splits: pass the folder of one split (e.g. p2/train); to train: p2/train with --val-dir p2/validation'
+    """
+    splits = sorted(d for d in subfolders if d.lower() in SPLIT_NAMES)
+    if len(splits) < max(least, 1):
+        return None
+    first = next((d for d in splits if d.lower().startswith("train")), None)
+    val = next((d for d in splits if d.lower().startswith("val")), None)
+    to_train = f"; to train: {root / first}" + (f" with --val-dir {root / val}" if val else "") \
+        if first and train else ""
+    return (f"its subfolder{'s' if len(splits) > 1 else ''} {', '.join(d + '/' for d in splits)} "
+            f"{'are splits' if len(splits) > 1 else 'is a split'}: pass the folder of one split "
+            f"(e.g. {root / (first or splits[0])}){to_train}")
 
 
 def check_link(p: Path) -> None:

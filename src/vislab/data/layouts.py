@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped
+from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped, split_advice
 from vislab.errors import VislabError
 from vislab.io import FIGURES, figures_page, missing_file_words
 from vislab.log import counted, info, info_once
@@ -253,21 +253,14 @@ def _name_ids(found: list[str], class_names: list[str] | None, where: Path) -> d
     return ids
 
 
-SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval"})
-"""Folder names of data splits: two of them as the class folders of a tree are a folder of splits."""
-
-
 def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] | None) -> ClassItems:
     empty = [d for d, found in trees.items() if not found]
     if empty:
         raise VislabError(root / empty[0], "class folder holds no images")
-    splits = sorted(d for d in trees if d.lower() in SPLIT_NAMES and d not in (class_names or ()))
-    if len(splits) >= 2:  # a folder of splits one level too high: each split would be a class
-        train = next((d for d in splits if d.lower().startswith("train")), None)
-        val = next((d for d in splits if d.lower().startswith("val")), None)
-        to_train = f"; to train: {root / train}" + (f" with --val-dir {root / val}" if val else "") if train else ""
-        raise VislabError(root, f"its subfolders {', '.join(d + '/' for d in splits)} are splits, not classes: pass "
-                                f"the folder of one split (e.g. {root / (train or splits[0])}){to_train}")
+    # a folder of splits one level too high: each split would be a class (two split names: one may be a class's)
+    advice = split_advice(root, [d for d in trees if d not in (class_names or ())], least=2)
+    if advice:
+        raise VislabError(root, advice.replace(" are splits:", " are splits, not classes:", 1))
     ids = _name_ids(list(trees), class_names, root)
     rel, labels = [], []
     for d in sorted(trees):
