@@ -464,3 +464,77 @@ def test_classes_with_fewer_than_three_images_are_named():
     assert thin_classes([0, 0, 0, 1, 1, 1], None, paths[:6]) is None
     assert thin_classes([0, 0, 0, 1], None, paths[:4]).startswith("warning: 1 class with fewer than 3 training images: "
                                                                    "1 (1 image, e.g. d/3.png);")
+
+
+def test_numbers_of_another_kind_read_as_labels_are_refused(tmp_path):
+    """Phone photo names (20230101_120000.jpg) match <label>_<index>: read as class ids they would make
+    a model of 20 million classes (it exhausted the memory). Refused when the largest id makes 1000
+    classes or more and fewer than one in ten has images; CSV integer labels alike."""
+    photos = tmp_path / "photos"
+    for i, day in enumerate((20230101, 20230102, 20230101)):
+        _img(photos / f"{day}_12000{i}.jpg", 10 * i)
+    with pytest.raises(VislabError) as err:
+        find_items(photos, labelled=True)
+    assert str(err.value) == (f"{photos}: its file names' <label>_<index> numbers read as class ids make 20230103 "
+                              "classes (0 to 20230102), 2 of them with images: numbers of another kind, such as dates "
+                              "or codes? Pass --labels FILE.csv, or put the images in <class name>/ subfolders")
+    assert len(find_items(photos, labelled=False).ids) == 3  # to predict, names are names
+    flat = tmp_path / "flat"
+    for i in range(4):
+        _img(flat / f"{i}.png", 10 * i)
+    labels = tmp_path / "labels.csv"
+    for values, refused in (([0, 999, 0, 999], True), ([0, 998, 0, 998], False), ([7, 12345, 7, 12345], True)):
+        labels.write_text("filename,label\n" + "".join(f"{i}.png,{v}\n" for i, v in enumerate(values)))
+        if refused:
+            with pytest.raises(VislabError, match=re.escape(f"{labels}: its integer labels read as class ids make "
+                                                            f"{max(values) + 1} classes")):
+                find_items(flat, labelled=True, labels_csv=labels)
+        else:
+            assert find_items(flat, labelled=True, labels_csv=labels).num_classes == 999
+    # 1000 classes, one in ten with images (100 images): a data set, read as it is
+    for c in range(0, 1000, 10):
+        _img(tmp_path / "tenth" / f"{c}_0.png")
+    _img(tmp_path / "tenth" / "999_0.png")
+    assert find_items(tmp_path / "tenth", labelled=True).num_classes == 1000
+
+
+def test_labels_csv_reads_the_folder_alone_and_says_so(tmp_path, capsys):
+    """With --labels, images in subfolders are not read: one line says so, and a row naming one is
+    an error that says why (it was called 'not an image' although the file exists)."""
+    d = tmp_path / "img"
+    for i in range(4):
+        _img(d / f"{i}.png", 10 * i)
+    _img(d / "extra" / "e0.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("filename,label\n" + "".join(f"{i}.png,{'cat' if i % 2 else 'dog'}\n" for i in range(4)))
+    items = find_items(d, labelled=True, labels_csv=labels)
+    assert items.ids == ["0.png", "1.png", "2.png", "3.png"] and items.class_names == ["cat", "dog"]
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{d}: 1 subfolder not read (e.g. extra/): with --labels only the images directly in the folder are" in said
+    with labels.open("a") as fh:
+        fh.write("extra/e0.png,cat\n")
+    with pytest.raises(VislabError) as err:
+        find_items(d, labelled=True, labels_csv=labels)
+    assert str(err.value) == (f"{labels}: lists extra/e0.png, an image in a subfolder of {d} (1 such row): --labels "
+                              "reads the images directly in the folder; move them there")
+
+
+def test_names_in_decomposed_unicode_match_their_composed_twins(tmp_path):
+    """macOS archives store ü as u + a combining diaeresis: a class folder or a CSV row so written
+    matches the model's (or the folder's) composed name, which looks the same."""
+    import unicodedata
+
+    composed, decomposed = "grün", unicodedata.normalize("NFD", "grün")
+    assert composed != decomposed
+    tree = tmp_path / "tree"
+    for name in ("blue", decomposed):
+        _img(tree / name / "a.png")
+    items = find_items(tree, labelled=True, class_names=["blue", composed])
+    assert items.labels == [0, 1] and items.class_names == ["blue", composed]
+    flat = tmp_path / "flat"
+    _img(flat / f"{decomposed}.png")
+    _img(flat / "b.png", 50)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"filename,label\n{composed}.png,{decomposed}\nb.png,blue\n", encoding="utf-8")
+    items = find_items(flat, labelled=True, labels_csv=labels, class_names=["blue", composed])
+    assert items.ids == ["b.png", f"{decomposed}.png"] and items.labels == [0, 1]

@@ -133,6 +133,10 @@ def test_classes_file_is_found_and_checked(tmp_path):
         # one class (every other colour mapped to it): nothing to tell apart, refused before training
         "mask_format: palette\nclasses: [{name: a, color: [1, 2, 3]}]\nextra_colors: {[0, 0, 0]: a}":
             "1 class; segmentation needs at least 2",
+        # YAML reads an unquoted no/off as a boolean: it was the class 'False'
+        "mask_format: index\nclasses: [{name: yes}, {name: no}]": r"classes\[0\]: the name reads as the boolean True "
+                                                                 r"\(YAML reads no, yes, on, off, true and false so",
+        "mask_format: index\nclasses: [bg, off]": r"classes\[1\]: the name reads as the boolean False .*quote it",
     }
     for text, message in bad.items():
         f.write_text(text)
@@ -289,6 +293,74 @@ def test_a_folder_of_splits_is_refused_with_the_folder_to_pass(cli, tmp_path):
     from vislab.data.images import IMAGE_SUFFIXES
 
     assert str(err.value).endswith(f"(expected {', '.join(IMAGE_SUFFIXES)} files)")
+
+
+def test_lossy_masks_are_refused_wherever_masks_are_read(cli, tmp_path):
+    """JPEG and lossy WebP masks change class ids at edges: refused as ground truth in every layout
+    and as predictions; a lossless WebP mask is read as it is."""
+    from PIL import features
+
+    from vislab.data.segmentation import lossy_webp
+
+    d = make_index_set(tmp_path / "set", 2)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for m in (d / "masks").iterdir():  # the truth as a prediction: every pixel given a class
+        truth = np.array(Image.open(m))
+        Image.fromarray(np.where(truth == 255, 0, truth).astype(np.uint8)).save(pred / m.name)
+    assert cli("seg", "eval", pred, d).code == 0
+    mask = d / "masks" / "t01.png"
+    ids = np.array(Image.open(mask))
+    given = np.where(ids == 255, 0, ids).astype(np.uint8)
+    Image.fromarray(ids).save(mask.with_suffix(".jpg"), quality=95)
+    mask.unlink()
+    for read in (list_pairs, list_masks):
+        with pytest.raises(VislabError) as err:
+            read(d)
+        assert str(err.value) == (f"{d / 'masks' / 't01.jpg'}: mask is a JPEG (1 such file): lossy compression "
+                                  "changes the colours and class ids at class edges; save masks as PNG")
+    mask.with_suffix(".jpg").unlink()
+    Image.fromarray(ids).save(mask)
+    (pred / "t00.png").rename(pred / "t00.jpg")  # a prediction saved as JPEG
+    res = cli("seg", "eval", pred, d)
+    assert res.code == 2 and res.err == (f"vislab: error: {pred / 't00.jpg'}: predicted mask is a JPEG (1 such file): "
+                                         "lossy compression changes the colours and class ids at class edges; save "
+                                         "masks as PNG\n")
+    (pred / "t00.jpg").unlink()
+    truth = np.array(Image.open(d / "masks" / "t00.png"))
+    Image.fromarray(np.where(truth == 255, 0, truth).astype(np.uint8)).save(pred / "t00.png")
+    if not features.check("webp"):
+        return
+    Image.fromarray(ids).save(mask.with_suffix(".webp"), lossless=True)
+    Image.fromarray(given).save(pred / "t01.webp")  # Pillow's default: lossy
+    assert not lossy_webp(mask.with_suffix(".webp")) and lossy_webp(pred / "t01.webp")
+    mask.unlink()
+    assert np.array_equal(np.array(Image.open(list_masks(d)["t01"]).convert("L")), ids)  # lossless: the same ids
+    (pred / "t01.png").unlink()
+    res = cli("seg", "eval", pred, d)
+    assert res.code == 2 and f"{pred / 't01.webp'}: predicted mask is a lossy WebP (1 such file)" in res.err
+    (pred / "t01.webp").unlink()
+    Image.fromarray(given).save(pred / "t01.webp", lossless=True)
+    res = cli("seg", "eval", pred, d)
+    assert res.code == 0 and "mIoU: 1.0000" in res.out, res.out + res.err
+
+
+def test_images_named_like_masks_are_predicted_unless_they_are_a_pairs_mask(tmp_path):
+    """Only the mask of a pair (<stem>_mask beside <stem>_sat) is no image to predict: an image named
+    face_mask.jpg is one, in images/ (where no mask can be) or in a flat folder."""
+    d = make_index_set(tmp_path / "set", 2)
+    shutil.copy(d / "images" / "t00.jpg", d / "images" / "face_mask.jpg")
+    assert [f.name for f in list_unlabelled(d)] == ["face_mask.jpg", "t00.jpg", "t01.jpg"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("0001_sat.jpg", "face_mask.jpg"):
+        shutil.copy(d / "images" / "t00.jpg", flat / name)
+    shutil.copy(d / "masks" / "t00.png", flat / "0001_mask.png")
+    assert [f.name for f in list_unlabelled(flat)] == ["0001_sat.jpg", "face_mask.jpg"]
+    for name in ("0001_sat.jpg", "face_mask.jpg"):
+        (flat / name).unlink()
+    with pytest.raises(VislabError, match=r"flat: no images found, only masks \(\*_mask files\)$"):
+        list_unlabelled(flat)
 
 
 def test_pad_collate_pads_masks_with_ignore():
@@ -765,3 +837,26 @@ def test_a_classes_file_that_cannot_be_read_is_recorded_by_its_path(tmp_path, mo
 
     monkeypatch.setattr(sc, "file_digest", unreadable)
     assert sc.describing_digests(tmp_path / "set") == [f"unreadable: {(tmp_path / 'set' / 'classes.yaml').resolve()}"]
+
+
+def test_numbers_and_quoted_booleans_are_class_names():
+    """A bare list may mix names and numbers; quoted 'no' is the class no."""
+    desc = parse_classes("mask_format: index\nclasses: [bg, 0, 'no']\n", "c.yaml")
+    assert list(desc.names) == ["bg", "0", "no"]
+
+
+def test_a_classes_file_inside_masks_is_refused_not_ignored(cli, tmp_path):
+    """A classes.yaml put inside masks/ was not read: the index masks were then read as course
+    colours, and the error said to put a classes.yaml beside them, where it was."""
+    d = make_index_set(tmp_path / "set", 2)
+    (d / "classes.yaml").rename(d / "masks" / "classes.yaml")
+    said = (f"{d / 'masks' / 'classes.yaml'}: is not read inside masks/: a data set's description goes beside images/ "
+            f"and masks/; move it to {d}")
+    with pytest.raises(VislabError) as err:
+        find_classes(d)
+    assert str(err.value) == said
+    res = cli("seg", "train", d, "--epochs", "1", "--out", tmp_path / "run")
+    assert res.code == 2 and " ".join(res.err.split()) == f"vislab: error: {said}"
+    assert list(find_classes(d / "masks").names) == NAMES  # the masks folder itself: its own file
+    (d / "masks" / "classes.yaml").rename(d / "classes.yaml")
+    assert list(find_classes(d).names) == NAMES

@@ -48,7 +48,7 @@ def test_pairs_by_stem_and_errors(tmp_path):
     for read in (list_pairs, list_masks):
         with pytest.raises(VislabError) as err:
             read(d3)
-        assert str(err.value) == (f"{d3 / '0001_mask.jpg'}: mask is a JPEG (1 such mask): lossy compression changes "
+        assert str(err.value) == (f"{d3 / '0001_mask.jpg'}: mask is a JPEG (1 such file): lossy compression changes "
                                   "the colours and class ids at class edges; save masks as PNG")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,9 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
     if labels_csv is not None:
         if not flat:
             raise VislabError(root, "--labels needs the images directly in this folder (found none)")
+        if subdirs:
+            info_once(f"{root}: {counted(len(subdirs), 'subfolder')} not read (e.g. {subdirs[0]}/): with --labels only "
+                      "the images directly in the folder are")
         return _from_csv(root, flat, Path(labels_csv), class_names)
     if not labelled:
         ids = sorted([p.name for p in flat] + [f"{d}/{rel}" for d in subdirs for rel in trees[d]])  # by image_id
@@ -238,19 +242,46 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
         raise VislabError(bad[0], f"file name is not <label>_<index> ({len(bad)} such files in the folder); "
                                   "pass --labels FILE.csv, or put the images in <class name>/ subfolders")
     labels = int_label_ids([int(lab) for lab in parsed if lab is not None], class_names, root)
+    if class_names is None:
+        check_dense(labels, root, "its file names' <label>_<index> numbers",
+                    "Pass --labels FILE.csv, or put the images in <class name>/ subfolders")
     names = list(class_names) if class_names is not None else None
     return ClassItems(root, "course", flat, [p.name for p in flat], labels, names)
+
+
+MANY_CLASSES = 1000
+"""Integer labels up to at least this many classes, few of them used, are numbers of another kind
+(:func:`check_dense`)."""
+
+
+def check_dense(labels: list[int], where: Path, what: str, instead: str) -> None:
+    """Integer labels are class ids 0..max, so the largest sets the number of classes: a largest of
+    ``MANY_CLASSES`` or more with fewer than one class in ten used is refused (file names such as
+    ``20230101_120000.jpg`` or product ids read as labels would make a model of millions of
+    classes, and exhaust the memory). ``what`` names the labels, ``instead`` says what to do."""
+    if not labels:
+        return
+    n, used = max(labels) + 1, len(set(labels))
+    if n >= MANY_CLASSES and used * 10 < n:
+        raise VislabError(where, f"{what} read as class ids make {n} classes (0 to {n - 1}), {used} of them with "
+                                 f"images: numbers of another kind, such as dates or codes? {instead}")
 
 
 def _name_ids(found: list[str], class_names: list[str] | None, where: Path) -> dict[str, int]:
     if class_names is None:
         return {n: i for i, n in enumerate(sorted(found))}
-    ids = {n: i for i, n in enumerate(class_names)}
-    unknown = sorted(set(found) - set(ids))
+    ids = {nfc(n): i for i, n in enumerate(class_names)}  # a macOS zip's names are decomposed (u + combining ¨)
+    unknown = sorted(n for n in found if nfc(n) not in ids)
     if unknown:
         raise VislabError(where, f"class {unknown[0]!r} is not one of the model's {len(ids)} classes "
                                  f"({', '.join(class_names[:8])}{', ...' if len(ids) > 8 else ''})")
-    return ids
+    return {n: ids[nfc(n)] for n in found}
+
+
+def nfc(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC): a name typed as ``ü`` and one a macOS archive
+    stored as ``u`` + a combining diaeresis look alike and are compared alike."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] | None) -> ClassItems:
@@ -297,13 +328,13 @@ def _read_rows(path: Path) -> list[tuple[int, str, str]]:
         name, label = r[0].strip(), r[1].strip()
         if not name or not label:
             raise VislabError(path, f"line {n} ({r[0]},{r[1]}) has an empty {'file name' if not name else 'label'}")
-        out.append((n, name[2:] if name.startswith("./") else name, label))  # ./a.png: a.png of the folder
+        out.append((n, nfc(name[2:] if name.startswith("./") else name), nfc(label)))  # ./a.png: a.png of the folder
     return out
 
 
 def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] | None) -> ClassItems:
     rows = _read_rows(path)
-    by_name = {p.name: p for p in flat}
+    by_name = {nfc(p.name): p for p in flat}
     n0, first, second = rows[0]
     if first not in by_name and os.path.splitext(first)[1].lower() not in IMAGE_SUFFIXES:
         raise VislabError(path, f"line {n0} ({first},{second}) is neither a header vislab knows "
@@ -318,15 +349,21 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
     if repeats:
         info(f"{path}: {repeats} row(s) repeat an earlier one (the same file and label); each file counts once")
     missing_files = [n for n in table if n not in by_name]
+    nested = [n for n in missing_files if "/" in n.replace("\\", "/") and (root / n).is_file()]
+    if nested:
+        raise VislabError(path, f"lists {nested[0]}, an image in a subfolder of {root} ({counted(len(nested), 'such row')}): "
+                                "--labels reads the images directly in the folder; move them there")
     if missing_files:
         raise VislabError(path, f"lists {missing_files[0]}, which is not an image in {root} ({len(missing_files)} such rows)")
-    unlabelled = [p.name for p in flat if p.name not in table]
+    unlabelled = [p.name for p in flat if nfc(p.name) not in table]
     if unlabelled:
         raise VislabError(root / unlabelled[0], f"has no row in {path} ({counted(len(unlabelled), 'image')} without a label)")
-    values = [table[p.name] for p in flat]
+    values = [table[nfc(p.name)] for p in flat]
     numbers = [bool(re.fullmatch(r"\d+", v)) for v in values]
     if all(numbers):
         labels = int_label_ids([int(v) for v in values], class_names, path)
+        if class_names is None:
+            check_dense(labels, path, "its integer labels", "Number the classes 0, 1, 2, ... or give them names")
         names = list(class_names) if class_names is not None else None
     elif class_names is None and numbers.count(True) > numbers.count(False):
         # mostly integers ("0", "1", "1.0"): the other rows are odd ones, not classes named "1.0";

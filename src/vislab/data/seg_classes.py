@@ -335,7 +335,10 @@ def parse_classes(text: str, path: Path) -> SegClasses:
     names: list[str] = []
     colours: list[Colour | None] = []
     for i, e in enumerate(entries):
-        e = {"name": e} if isinstance(e, str) else e
+        e = {"name": e} if isinstance(e, (str, int)) else e
+        if isinstance(e, dict) and isinstance(e.get("name"), bool):  # YAML reads an unquoted no, yes, on, off so
+            raise VislabError(path, f"classes[{i}]: the name reads as the boolean {e['name']} (YAML reads no, yes, on, "
+                                    "off, true and false so when unquoted); quote it: name: 'no'")
         if not isinstance(e, dict) or not isinstance(e.get("name"), (str, int)):
             raise VislabError(path, f"classes[{i}]: expected {{name: NAME, color: [R, G, B]}}, got {e!r}")
         stray = sorted(map(str, set(e) - {"name", "color"}))
@@ -411,8 +414,15 @@ def classes_file(folder: str | Path) -> Path | None:
     folder above, else None. Two in one folder are an error (which one describes the data?), and
     so are files in both folders that describe different classes (a file above that vislab cannot
     read as a description, another tool's, leaves the folder's own to stand)."""
+    from vislab.data.segmentation import IMAGES_DIR, MASKS_DIR  # here: that module imports this one
+
     d = Path(folder)
     mine, above = _classes_file_in(d), _classes_file_in(d.parent)
+    if mine is None:  # one inside masks/ or images/ would go unread, and its masks be read as the course's
+        inside = next((f for sub in (MASKS_DIR, IMAGES_DIR) if d.name != sub and (f := _classes_file_in(d / sub))), None)
+        if inside is not None:
+            raise VislabError(inside, f"is not read inside {inside.parent.name}/: a data set's description goes beside "
+                                      f"{IMAGES_DIR}/ and {MASKS_DIR}/; move it to {d}")
     if mine is not None and above is not None:
         try:
             theirs = load_classes(above)

@@ -91,7 +91,7 @@ def list_pairs(folder: str | Path) -> list[Pair]:
         if other:
             info(f"{d}: skipped {len(other)} image(s) named neither <stem>{SAT} nor <stem>{MASK} (e.g. {other[0]})")
         img_hint, mask_hint, image = f"{{stem}}{SAT}{{ext}} beside it", f"{{stem}}{MASK}.png beside it", "satellite image"
-    _check_lossless(masks)
+    check_lossless(masks.values())
     ext = Counter(f.suffix for f in sats.values()).most_common(1)[0][0] if sats else ".jpg"  # the set's own
     for stem, f in sorted(sats.items()):
         if stem not in masks:
@@ -102,12 +102,39 @@ def list_pairs(folder: str | Path) -> list[Pair]:
     return [Pair(s, sats[s], masks[s]) for s in sorted(sats)]
 
 
-def _check_lossless(masks: dict[str, Path]) -> None:
-    """A JPEG mask is refused: its lossy compression changes colours (and ids) at class edges."""
-    lossy = sorted(f for f in masks.values() if f.suffix.lower() in (".jpg", ".jpeg"))
-    if lossy:
-        raise VislabError(lossy[0], f"mask is a JPEG ({counted(len(lossy), 'such mask')}): lossy compression changes "
-                                    "the colours and class ids at class edges; save masks as PNG")
+def check_lossless(masks: Iterable[Path], what: str = "mask") -> None:
+    """A JPEG or lossy WebP mask is refused: lossy compression changes colours (and ids) at class
+    edges. ``what`` names the files (``mask``, ``predicted mask``)."""
+    masks = sorted(masks)
+    jpegs = [f for f in masks if f.suffix.lower() in (".jpg", ".jpeg")]
+    if jpegs:
+        raise VislabError(jpegs[0], f"{what} is a JPEG ({counted(len(jpegs), 'such file')}): lossy compression "
+                                    "changes the colours and class ids at class edges; save masks as PNG")
+    webp = [f for f in masks if f.suffix.lower() == ".webp" and lossy_webp(f)]
+    if webp:
+        raise VislabError(webp[0], f"{what} is a lossy WebP ({counted(len(webp), 'such file')}): lossy compression "
+                                   "changes the colours and class ids at class edges; save masks as PNG (or "
+                                   "lossless WebP)")
+
+
+def lossy_webp(path: Path) -> bool:
+    """Whether a WebP file holds a lossy image (a ``VP8 `` chunk; lossless ones hold ``VP8L``),
+    read from its RIFF chunks. A file that is no WebP is left to the decoder to refuse."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return False
+    at = 12
+    while at + 8 <= len(data):
+        fourcc, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        if fourcc == b"VP8 ":
+            return True
+        if fourcc == b"VP8L":
+            return False
+        at += 8 + size + (size & 1)  # chunks are padded to an even size
+    return False
 
 
 def pair_lines(pairs: list[Pair]) -> list[str]:
@@ -122,8 +149,10 @@ def pairs_digest(pairs: list[Pair]) -> str:
 
 
 def list_unlabelled(folder: str | Path) -> list[Path]:
-    """Images to predict: the files of ``folder`` (masks ``*_mask.*`` skipped), or of its
-    ``images/`` subfolder when it holds no images itself; or ``folder`` itself, one image file."""
+    """Images to predict: the files of ``folder`` (the masks of its pairs, ``<stem>_mask.*`` beside
+    ``<stem>_sat.*``, skipped; a folder of masks alone refused), or of its ``images/`` subfolder
+    when it holds no images itself (every file read); or ``folder`` itself, one image file (not
+    named ``*_mask``)."""
     one = image_file(folder)
     if one is not None:
         if one.stem.endswith(MASK):
@@ -132,11 +161,12 @@ def list_unlabelled(folder: str | Path) -> list[Path]:
     d = check_folder(folder)
     pair_layout(d)  # images beside images/ + masks/ folders are refused here too
     if (d / IMAGES_DIR).is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir() if p.is_file()):
-        d = d / IMAGES_DIR
-    files = [f for f in list_images(d, what="images") if not f.stem.endswith(MASK)]
-    if not files:
-        raise VislabError(d, "no images found (only masks)")
-    return files
+        return list_images(d / IMAGES_DIR, what="images")
+    found = list_images(d, what="images")
+    sats = {f.stem[: -len(SAT)] for f in found if f.stem.endswith(SAT)}
+    if all(f.stem.endswith(MASK) for f in found):
+        raise VislabError(d, f"no images found, only masks (*{MASK} files)")
+    return [f for f in found if not (f.stem.endswith(MASK) and f.stem[: -len(MASK)] in sats)]
 
 
 def list_masks(folder: str | Path) -> dict[str, Path]:
@@ -146,10 +176,11 @@ def list_masks(folder: str | Path) -> dict[str, Path]:
     files = list_images(d / MASKS_DIR if pair_layout(d) == "folders" else d, what="masks")
     course = _by_stem([f for f in files if f.stem.endswith(MASK)], "masks", MASK)
     if course:
-        _check_lossless(course)
+        check_lossless(course.values())
         return course
     if any(f.stem.endswith(SAT) for f in files):
         raise VislabError(d, "no xxxx_mask.png ground-truth masks found")
+    check_lossless(files)
     return _by_stem(files, "masks")
 
 

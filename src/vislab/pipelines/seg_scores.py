@@ -14,7 +14,7 @@ from vislab.config import broken_rule, held_out_seed
 from vislab.data.images import list_images, say_transparent
 from vislab.data.manifest import difference_from_record
 from vislab.data.seg_classes import IGNORE, SegClasses, check_run_classes, classes_of, find_classes, say_described
-from vislab.data.segmentation import MASK, SAT, list_masks, list_pairs, pair_lines, pairs_digest, stray_summary
+from vislab.data.segmentation import MASK, SAT, check_lossless, list_masks, list_pairs, pair_lines, pairs_digest, stray_summary
 from vislab.errors import VislabError
 from vislab.io import check_output_file
 from vislab.log import info
@@ -35,6 +35,7 @@ def _pred_files(pred_dir: Path) -> dict[str, Path]:
         if stem in found:
             raise VislabError(f, f"two predictions for {stem} ({found[stem].name} and {f.name})")
         found[stem] = f
+    check_lossless(found.values(), "predicted mask")
     return found
 
 
