@@ -860,3 +860,30 @@ def test_a_classes_file_inside_masks_is_refused_not_ignored(cli, tmp_path):
     assert list(find_classes(d / "masks").names) == NAMES  # the masks folder itself: its own file
     (d / "masks" / "classes.yaml").rename(d / "classes.yaml")
     assert list(find_classes(d).names) == NAMES
+
+
+def test_masks_with_transparent_pixels_are_said(cli, tmp_path, capsys):
+    """A mask's alpha is dropped (its stored values are read): said by training's scan, seg eval and
+    seg score, as for images; the scores use the stored values."""
+    d = make_index_set(tmp_path / "set", 3)
+    m = d / "masks" / "t01.png"
+    ids = np.array(Image.open(m))
+    alpha = np.full_like(ids, 255)
+    alpha[:, :20] = 0
+    Image.fromarray(np.stack([ids, alpha], -1), mode="LA").save(m)
+    pairs = list_pairs(d)
+    stats = scan_masks(pairs, expected=None, classes=load_classes(d / "classes.yaml"))
+    said = (f"{d}: 1 of 3 masks have transparent pixels; their alpha is dropped (the value stored under a transparent "
+            "pixel is read as its class; give such pixels the ignore value or colour to leave them out)")
+    assert stats.transparent_masks == 1 and stats.transparent == 0 and stats.reports(d) == [said]
+    again = scan_masks(pairs, expected=None, classes=load_classes(d / "classes.yaml"))  # from the cache
+    assert again.transparent_masks == 1
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in (d / "masks").iterdir():
+        truth = np.array(Image.open(f).convert("LA"))[..., 0]
+        Image.fromarray(np.where(truth == 255, 0, truth).astype(np.uint8)).save(pred / f.name)
+    capsys.readouterr()
+    res = cli("seg", "eval", pred, d)
+    assert res.code == 0 and "mIoU: 1.0000" in res.out, res.err
+    assert " ".join(res.err.split()) == said

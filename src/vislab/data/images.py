@@ -98,18 +98,22 @@ def has_transparent_pixels(path: str | Path) -> bool:
         return _transparent(im)
 
 
-def transparent_line(root: str | Path, clear: int, total: int) -> str:
-    """The console line for ``clear`` of ``total`` images of ``root`` whose alpha is dropped."""
-    return (f"{root}: {clear} of {total} images have transparent pixels; their alpha is dropped "
+def transparent_line(root: str | Path, clear: int, total: int, what: str = "images") -> str:
+    """The console line for ``clear`` of ``total`` images (or ``masks``) of ``root`` whose alpha is dropped."""
+    if what == "masks":
+        return (f"{root}: {clear} of {total} masks have transparent pixels; their alpha is dropped (the value stored "
+                "under a transparent pixel is read as its class; give such pixels the ignore value or colour to "
+                "leave them out)")
+    return (f"{root}: {clear} of {total} {what} have transparent pixels; their alpha is dropped "
             "(the colour stored under a transparent pixel is read)")
 
 
-def say_transparent(root: str | Path, files: list[Path]) -> int:
-    """Say on the console how many of ``files`` have transparent pixels, which the RGB decoders
-    drop (nothing when none); returns that count."""
+def say_transparent(root: str | Path, files: list[Path], what: str = "images") -> int:
+    """Say on the console how many of ``files`` (``images`` or ``masks``) have transparent pixels,
+    which the decoders drop (nothing when none); returns that count."""
     clear = sum(has_transparent_pixels(f) for f in files)
     if clear:
-        info_once(transparent_line(root, clear, len(files)))
+        info_once(transparent_line(root, clear, len(files), what))
     return clear
 
 

@@ -216,8 +216,8 @@ def stray_summary(per_mask: Iterable[tuple[str, int]]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class MaskStats:
     """Per-file class pixel counts (N, C), stray red pixel counts (N,), ignored pixel counts
-    (N,), tile sizes (N, 2) as (H, W), and how many images have transparent pixels (their alpha
-    is dropped)."""
+    (N,), tile sizes (N, 2) as (H, W), and how many images and masks have transparent pixels (their
+    alpha is dropped)."""
 
     stems: list[str]
     counts: torch.Tensor
@@ -225,13 +225,16 @@ class MaskStats:
     ignored: torch.Tensor | None = None
     sizes: torch.Tensor | None = None
     transparent: int = 0
+    transparent_masks: int = 0
 
     def reports(self, folder: str | Path) -> list[str]:
         """The console lines on what reading the pairs of ``folder`` found: masks with stray (red)
-        pixels, images whose transparent pixels' alpha is dropped."""
+        pixels, images and masks whose transparent pixels' alpha is dropped."""
         lines = [self.stray_report(folder)]
         if self.transparent:
             lines.append(transparent_line(folder, self.transparent, len(self.stems)))
+        if self.transparent_masks:
+            lines.append(transparent_line(folder, self.transparent_masks, len(self.stems), "masks"))
         return [line for line in lines if line]
 
     def stray_summary(self) -> dict[str, Any]:
@@ -299,8 +302,9 @@ def pairs_folder(pairs: list[Pair]) -> str:
     return os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
 
 
-SCAN_RULE = "masks-v2"  # part of the scan cache's key: change it when what read_pair refuses changes
-# (v2: course masks hold the code's pure colours only), so that a folder scanned before is checked again
+SCAN_RULE = "masks-v3"  # part of the scan cache's key: change it when what read_pair refuses changes
+# (v2: course masks hold the code's pure colours only; v3: masks with transparent pixels are counted), so
+# that a folder scanned before is checked again
 
 
 def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 512),
@@ -315,7 +319,8 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
         try:
             d = torch.load(cache, weights_only=True)
             mark_used(cache)
-            return MaskStats(d["stems"], d["counts"], d["stray"], d["ignored"], d["sizes"], int(d["transparent"]))
+            return MaskStats(d["stems"], d["counts"], d["stray"], d["ignored"], d["sizes"], int(d["transparent"]),
+                             int(d["transparent_masks"]))
         except Exception:  # noqa: BLE001 - a broken (or older: no "transparent") cache is rebuilt
             pass
     k = classes.num_classes
@@ -331,10 +336,11 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
         stray[i] = s
         sizes[i] = torch.tensor(ids.shape)
     clear = sum(has_transparent_pixels(p.image) for p in pairs)
-    stats = MaskStats([p.stem for p in pairs], counts, stray, ignored, sizes, clear)
+    clear_masks = sum(has_transparent_pixels(p.mask) for p in pairs if p.mask is not None)
+    stats = MaskStats([p.stem for p in pairs], counts, stray, ignored, sizes, clear, clear_masks)
     try:
         atomic_save({"stems": stats.stems, "counts": counts, "stray": stray, "ignored": ignored, "sizes": sizes,
-                     "transparent": clear}, cache)
+                     "transparent": clear, "transparent_masks": clear_masks}, cache)
         record_source(cache, pairs_folder(pairs), count=len(pairs))
     except (OSError, CannotWrite):  # an unwritable cache: the statistics are counted again next time
         pass

@@ -55,6 +55,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, *, classes: str | Pa
         say_described(gt_dir, desc, f"--classes {desc.source}")
     gt = list_masks(gt_dir)
     pred = _pred_files(Path(pred_dir))
+    say_transparent(gt_dir, list(gt.values()), "masks")
     missing = sorted(set(gt) - set(pred))
     extra = sorted(set(pred) - set(gt))
     if missing:
@@ -129,7 +130,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
                   say: bool = True) -> tuple[torch.Tensor, SegClasses, list[str], dict[str, Any]]:
     """A checkpoint's (or ensemble's) confusion matrix on each labelled pair (F, K, K), its
     classes, the pairs' stems and the result's other fields (strays, offsets, members, split);
-    ``say``: say images with transparent pixels (False: the second scoring of a comparison)."""
+    ``say``: say images and masks with transparent pixels (False: the second scoring of a comparison)."""
     from vislab.models.checkpoints import pick_device
     from vislab.pipelines.settings import held_out_of
 
@@ -146,6 +147,7 @@ def _scored_pairs(ckpt: str | Path, img_dir: str | Path, *, tta: str, batch_size
         pairs = held_out_pairs(pairs, *split, folder=img_dir, record=paths[0])
     if say:
         say_transparent(img_dir, [p.image for p in pairs])
+        say_transparent(img_dir, [p.mask for p in pairs if p.mask is not None], "masks")
     k = desc.num_classes
     confs, strays = [], []
     for pair, (probs, truth, stray) in zip(pairs, labelled_probs(models, pairs, desc, tta=tta, batch_size=batch_size,
