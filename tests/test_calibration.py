@@ -151,3 +151,22 @@ def test_an_offset_that_the_search_stops_at_its_edge_is_named():
     assert at_search_edge(offsets) == [1]
     small, _, _ = fit_offsets(logp.clamp(min=-1.5), truth, searched=[1], miou=miou)  # gaps of at most 1.5
     assert 1.5 < float(small[1]) < 6.0 and at_search_edge(small) == []
+
+
+def test_calibrate_names_a_bad_model_before_looking_for_data(cli, tmp_path, monkeypatch):
+    """With no PAIRS_DIR and no course data, a list, an export or a missing run was reported as
+    'no data folder found', hiding what was wrong with the model argument."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VISLAB_DATA", str(tmp_path / "nowhere"))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "last.ckpt").write_bytes(b"")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    for arg, said in (("a,b", "a,b: a list of 2 models, and this command takes one run folder or checkpoint"),
+                      ("m.onnx", "m.onnx: is an ONNX export, which `predict` takes; this command needs the checkpoint "
+                                 "or run folder"),
+                      ("gone", "gone: no such run folder or checkpoint")):
+        res = cli("seg", "calibrate", arg)
+        assert res.code == 2 and " ".join(res.err.split()) == f"vislab: error: {said}", res.err
+    res = cli("seg", "calibrate", "a")  # a model argument that passes: then the data folder is looked for
+    assert res.code == 2 and "no data folder found" in res.err

@@ -167,11 +167,15 @@ def test_same_seed_same_weights(cli, color_classes, tmp_path):
 
 
 def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
-    run = tmp_path / "r"
+    run, val = tmp_path / "r", tmp_path / "val"
+    shutil.copytree(color_classes, val)
     assert cli("cls", "train", color_classes, "--recipe", _tiny_recipe(tmp_path, epochs=1), "--out", run,
-               "--val-dir", color_classes).code == 0
+               "--val-dir", val).code == 0
     before = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
     recorded = json.loads((run / "results.json").read_text())
+    predictions = (run / "val_predictions.csv").read_bytes()
+    for f in sorted(val.iterdir())[:10]:  # the folder changed since: the recorded results still stand, as said
+        f.unlink()
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0, res.err
     assert "--resume: nothing left to train" in " ".join(res.err.split())
@@ -181,12 +185,14 @@ def test_resume_of_finished_run_changes_nothing(cli, color_classes, tmp_path):
     kept = json.loads((run / "results.json").read_text())  # the validation it ended with stays recorded
     assert kept["val"] == recorded["val"] and kept["train_seconds"] == recorded["train_seconds"]
     assert kept["holdout_acc"] == recorded["holdout_acc"] is not None  # not the null of a piece that ran no epoch
+    assert (run / "val_predictions.csv").read_bytes() == predictions
+    shutil.copytree(color_classes, val, dirs_exist_ok=True)
     # a record written at another step (an earlier piece's) is not this state's: measured again
     (run / "results.json").write_text(json.dumps({**kept, "global_step": kept["global_step"] - 1}))
     res = cli("cls", "train", color_classes, "--out", run, "--resume")
     assert res.code == 0 and "its results are measured again" in " ".join(res.err.split())
     # no --val-dir this time: the one the run started with is taken, and said
-    assert f"--resume: --val-dir {color_classes.resolve()}, as the run started" in " ".join(res.err.split())
+    assert f"--resume: --val-dir {val.resolve()}, as the run started" in " ".join(res.err.split())
     assert json.loads((run / "results.json").read_text())["val"] == recorded["val"]
     res = cli("cls", "train", color_classes, "--out", run, "--resume", "--lr", "0.5")
     said = " ".join(res.err.split())

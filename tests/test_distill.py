@@ -78,6 +78,23 @@ def test_a_student_follows_its_teacher(cli, color_classes, tmp_path):
     assert sum(t == p for t, p in teacher) / len(teacher) < 0.2  # the liar names the classes its way
     assert sum(a[1] == b[1] for a, b in zip(teacher, student)) / len(student) > 0.9
     assert sum(t == p for t, p in student) / len(student) < 0.2  # and not the folder's labels
+    # a resume goes on with the teacher it started with: one trained on or replaced since is refused
+    from vislab.io import file_digest
+    from vislab.models.checkpoints import checkpoint_file, checkpoint_meta
+
+    recorded = checkpoint_meta(tmp_path / "student" / "last.ckpt")["teacher_digests"]
+    assert recorded == [file_digest(checkpoint_file(tmp_path / "liar"))]
+    assert cli("cls", "train", color_classes, "--recipe", r, "--out", tmp_path / "honest").code == 0
+    shutil.copy(checkpoint_file(tmp_path / "honest"), checkpoint_file(tmp_path / "liar"))
+    res = cli("cls", "train", color_classes, "--out", tmp_path / "student", "--resume")
+    assert res.code == 2 and " ".join(res.err.split()).startswith(
+        f"vislab: error: {tmp_path / 'liar'}: is not the teacher {tmp_path / 'student' / 'last.ckpt'} distilled from "
+        "(its checkpoint changed since the run started: trained on, or replaced)"), res.err
+    shutil.rmtree(tmp_path / "liar")
+    res = cli("cls", "train", color_classes, "--out", tmp_path / "student", "--resume")
+    assert res.code == 2 and " ".join(res.err.split()) == (
+        f"vislab: error: {tmp_path / 'liar'}: a teacher this run distils from: no such run folder or checkpoint; "
+        "--resume goes on with the teachers the run started with")
 
 
 def test_a_teacher_of_other_classes_is_refused(cli, color_classes, tmp_path):

@@ -887,3 +887,21 @@ def test_masks_with_transparent_pixels_are_said(cli, tmp_path, capsys):
     res = cli("seg", "eval", pred, d)
     assert res.code == 0 and "mIoU: 1.0000" in res.out, res.err
     assert " ".join(res.err.split()) == said
+
+
+def test_the_cache_serves_a_folder_however_its_path_is_spelled(tmp_path, monkeypatch):
+    """The cache keys held the classes file's path as given: the same set named by a relative and
+    an absolute path was decoded (and stored) twice."""
+    from vislab.data.cache import cache_dir
+    from vislab.data.segmentation import TileCache
+
+    d = make_index_set(tmp_path / "set", 3)
+    monkeypatch.chdir(tmp_path)
+    stored = []
+    for folder in (d, tmp_path / "set" / ".." / "set", "set"):
+        pairs = list_pairs(folder)
+        desc = find_classes(folder)
+        stats = scan_masks(pairs, expected=None, classes=desc)
+        TileCache(pairs, [tuple(hw) for hw in stats.sizes.tolist()], desc, workers=1)
+        stored.append(sorted(p.name for p in cache_dir().iterdir()))
+    assert stored[0] == stored[1] == stored[2] and any(n.startswith("seg-stats-") for n in stored[0])

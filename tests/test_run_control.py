@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,9 +191,14 @@ def test_max_minutes_flag_stops_and_a_resume_may_change_it(cli, color_classes, t
     assert yaml.safe_load((run / "recipe.yaml").read_text())["max_minutes"] == 1e-6
     res = cli("cls", "train", color_classes, "--out", run, "--resume")  # the run's own guard again
     assert res.code == 0 and "reached after epoch 2 of 3" in " ".join(res.err.split())
-    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--max-minutes", "60")
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--max-minutes", "0")  # 0: no guard
     assert res.code == 0, res.err
+    assert "--max-minutes 0: no time guard (the recipe's max_minutes 1e-06 is not applied)" in " ".join(res.err.split())
     assert _epochs(run) == ["1", "2", "3"] and "stopped_early" not in json.loads((run / "results.json").read_text())
+    new = tmp_path / "new"  # a new run's flag 0 lifts its recipe's guard alike
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "g.yaml", epochs=2, max_minutes=1e-6),
+              "--out", new, "--max-minutes", "0")
+    assert res.code == 0 and _epochs(new) == ["1", "2"] and "no time guard" in (new / "changes.txt").read_text()
 
 
 def test_ctrl_c_exits_130_and_keeps_the_checkpoint(cli, color_classes, tmp_path):
@@ -1299,3 +1305,29 @@ def test_a_class_thin_in_the_training_split_is_said(cli, tmp_path):
                      " ".join(res.err.split()))
     assert said and int(said.group(1)) < 3 and "setting: warning" not in res.err
     assert said.group(0) in (run / "changes.txt").read_text()
+
+
+def test_a_resume_with_another_val_dir_records_it(cli, color_classes, tmp_path):
+    """A stopped run resumed with another --val-dir is measured on it: inputs.json records that one
+    (a later --resume takes it, and a finished run's resume is no longer refused for it)."""
+    other = tmp_path / "other"
+    shutil.copytree(color_classes, other)
+    for f in sorted(other.iterdir())[:30]:
+        f.unlink()
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=2), "--out", run,
+              "--val-dir", color_classes, "--max-minutes", "1e-6")
+    assert res.code == 0 and "reached after epoch 1 of 2" in " ".join(res.err.split())
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--val-dir", other, "--max-minutes", "0")
+    assert res.code == 0, res.err
+    line = (f"--resume: --val-dir {other.resolve()} (the run started with {color_classes.resolve()}): the results are "
+            "measured on it, and inputs.json records it")
+    assert line in " ".join(res.err.split()) and line in (run / "changes.txt").read_text().splitlines()
+    results = json.loads((run / "results.json").read_text())
+    assert results["val"]["images"] == len(list(other.iterdir())) and line in results["changes"]
+    assert json.loads((run / "inputs.json").read_text())["val_dir"] == str(other.resolve())
+    res = cli("cls", "train", color_classes, "--out", run, "--resume")  # finished: nothing to train, the record kept
+    assert res.code == 0 and f"--resume: --val-dir {other.resolve()}, as the run started" in " ".join(res.err.split())
+    assert json.loads((run / "results.json").read_text())["val"] == results["val"]
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--val-dir", color_classes)
+    assert res.code == 2 and f"finished its schedule with {other.resolve()}" in " ".join(res.err.split())

@@ -513,6 +513,12 @@ def test_predict_keeps_odd_sizes_and_plain_names(cli, seg_run, tmp_path):
     res = cli("seg", "predict", seg_run / "run", d, truth)
     assert res.code == 2 and f"{truth}: is the masks/ folder of a data set (beside images/)" in " ".join(res.err.split())
     assert (truth / "0042.png").read_bytes() == kept
+    # nor into the data set's root, beside images/ and masks/: its layout would become ambiguous
+    res = cli("seg", "predict", seg_run / "run", d, truth.parent)
+    assert res.code == 2 and " ".join(res.err.split()) == (
+        f"vislab: error: {truth.parent}: holds a data set (images/ + masks/): masks written beside them would make its "
+        "layout ambiguous, and every command would refuse it; write them to another folder")
+    assert sorted(f.name for f in truth.parent.iterdir()) == ["images", "masks"]
 
 
 def test_eval_counts_red_pixels_in_predictions(cli, tmp_path):
@@ -789,3 +795,23 @@ def test_progress_of_a_classification_run_says_what_it_is(cli, tmp_path):
     (run / "recipe.yaml").write_text(yaml.safe_dump({"task": "cls", "model": "simple_cnn"}))
     res = cli("seg", "progress", run, "--out", tmp_path / "p.png")
     assert res.code == 2 and "is a classification run; `seg progress` shows a segmentation run's snapshots" in res.err
+
+
+def test_a_finished_runs_resume_keeps_its_recorded_validation_and_calibration(cli, tmp_path):
+    """`--resume` of a finished run says its recorded results are kept: it measured validation and
+    fitted offsets again (the validation folder had changed since), and replaced them."""
+    train, val = _make_pairs(tmp_path / "train", n=8), _make_pairs(tmp_path / "val", n=3, seed=1)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "seg", "model": "smp:fpn:resnet18", "epochs": 1, "batch_size": 2,
+                                      "holdout": 0.25, "crop_size": 48, "input_hw": [64, 64], "calibrate": True}))
+    run = tmp_path / "run"
+    assert cli("seg", "train", train, "--recipe", recipe, "--out", run, "--val-dir", val).code == 0
+    recorded = json.loads((run / "results.json").read_text())
+    assert recorded["val"]["files"] == 3 and "calibration" in recorded
+    for suffix in ("_sat.jpg", "_mask.png"):
+        (val / f"0002{suffix}").unlink()
+    res = cli("seg", "train", train, "--out", run, "--resume")
+    assert res.code == 0 and "its recorded results are kept" in " ".join(res.err.split()), res.err
+    kept = json.loads((run / "results.json").read_text())
+    assert kept["val"] == recorded["val"] and kept["val_miou"] == recorded["val_miou"]
+    assert kept["calibration"] == recorded["calibration"]

@@ -299,7 +299,7 @@ ModelOpt = typer.Option(None, "--model", help="Registry name (see `vislab models
 WeightsOpt = typer.Option(None, "--weights", help="none | imagenet | PATH to a state_dict, checkpoint or run folder (none switches off a recipe's weights).")
 ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last.ckpt.")
 WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
-MaxMinutesOpt = typer.Option(None, "--max-minutes", help="A time guard: no epoch starts after this many minutes of one invocation (said; --resume continues). Kept with the run: a --resume has it again, or the value it is given.")
+MaxMinutesOpt = typer.Option(None, "--max-minutes", help="A time guard: no epoch starts after this many minutes of one invocation (said; --resume continues). Kept with the run: a --resume has it again, or the value it is given (0: none).")
 BudgetOpt = typer.Option(None, "--budget", help="Minutes of training to fill: the first steps are timed here and the epochs (and schedule) set to fit.")
 TeacherOpt = typer.Option(None, "--teacher", help="Distil from RUN[,RUN...]: their averaged probabilities (per image; a segmenter's per pixel of each training tile, computed once) are soft targets.")
 DistillOpt = typer.Option(None, "--distill", help="Weight of the soft targets (default 0.5; the labels' loss gets the rest).")

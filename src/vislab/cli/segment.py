@@ -150,6 +150,9 @@ def seg_calibrate(
 
     if pairs_dir is not None and data is not None:
         raise VislabError("--data", "names the course data folder used when no PAIRS_DIR is given; drop one of them")
+    from vislab.models.checkpoints import torch_checkpoint_file
+
+    torch_checkpoint_file(ckpt)  # a list, an export or no run at all: said before any data folder is looked for
     if pairs_dir is None and split == "holdout" and data is None:
         pairs_dir = _recorded_train_dir(ckpt)
     if pairs_dir is None:

@@ -240,6 +240,11 @@ class SegClasses:
                 "extra_colours": [[list(c), v] for c, v in self.extra_colours],
                 "tile_hw": list(self.tile_hw) if self.tile_hw else None}
 
+    def reading(self) -> dict[str, Any]:
+        """:meth:`to_dict` without ``source``: what decides how masks are read (cache keys), the
+        same whichever way the path of the classes file was spelled."""
+        return {k: v for k, v in self.to_dict().items() if k != "source"}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SegClasses:
         """Inverse of :meth:`to_dict`; None (a checkpoint from before descriptions) is the course's."""

@@ -313,7 +313,7 @@ def scan_masks(pairs: list[Pair], *, expected: tuple[int, int] | None = (512, 51
     list and description."""
     classes = classes or deepglobe()
     files = [f for p in pairs for f in (p.image, p.mask) if f is not None]
-    key = file_list_key(files, extra=repr((expected, classes.to_dict(), SCAN_RULE)))
+    key = file_list_key(files, extra=repr((expected, classes.reading(), SCAN_RULE)))
     cache = cache_dir() / f"seg-stats-{key}.pt"
     if cache.is_file():
         try:
@@ -413,7 +413,7 @@ class TileCache:
         for g, (hw, members) in enumerate(sorted(groups.items())):
             chosen = [pairs[i] for i in members]
             files = [f for p in chosen for f in (p.image, p.mask) if f is not None]
-            key = file_list_key(files, extra=repr((classes.to_dict(), expected, CACHE_RULE)))
+            key = file_list_key(files, extra=repr((classes.reading(), expected, CACHE_RULE)))
             arr, _ = decoded_images(chosen, hw, decode, key=key, tag="seg", channels=4, use_cache=use_cache,
                                     workers=workers, rule=TILE_RULE, source=source, built=built)
             self.arrays.append(arr)

@@ -15,6 +15,7 @@ import yaml
 from vislab.config import Recipe
 from vislab.errors import Interrupted, VislabError, failure_line
 from vislab.io import FAILED, RUNNING, atomic_write_text, written_by_runs
+from vislab.log import info
 from vislab.runfolders import command_lines, process_in, process_record, process_words
 
 
@@ -78,16 +79,23 @@ def check_resumed_data(out_dir: Path, *, key: str, lines: list[str], folder: str
     named by the checkpoint's class names and the folder's ``class_names``). A checkpoint
     without the digest is not checked."""
     from vislab.data.manifest import difference_from_record, lines_digest
-    from vislab.models.checkpoints import checkpoint_meta
 
     last = out_dir / "last.ckpt"
-    meta = checkpoint_meta(last)  # readable: check_run_folder checked it
+    meta = recorded_meta(out_dir)  # readable: check_run_folder checked it
     recorded = meta.get(key)
     if recorded is not None and recorded != lines_digest(lines):
         how = difference_from_record(out_dir, lines, value=value, digest=recorded,
                                      names=(meta.get("class_names"), class_names))
         raise VislabError(folder, f"is not the data {last} was trained on ({how or 'other files or ' + value + 's'}); "
                                   "--resume continues a run on the training folder it started with")
+
+
+def recorded_meta(out_dir: Path) -> dict[str, Any]:
+    """The vislab metadata last.ckpt of ``out_dir`` holds ({} without one)."""
+    from vislab.models.checkpoints import checkpoint_meta
+
+    last = out_dir / "last.ckpt"
+    return checkpoint_meta(last) if last.is_file() else {}
 
 
 def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: str,
@@ -109,8 +117,9 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     command = command or "(a call from Python: no command line)"  # a line each piece: results.json counts them
     if resume:
         _claim(out_dir, pieces=len(command_lines(out_dir)) + 1)  # before the folder says this piece started
+        changes = [*(changes or []), *_renew_scoring_inputs(out_dir, inputs or {})]
         recorded = read_changes(out_dir)
-        new = [line for line in changes or [] if line not in recorded]
+        new = [line for line in changes if line not in recorded]
         if new:
             write_changes(out_dir, recorded + new)
         said = (out_dir / "command.txt").read_text(encoding="utf-8", errors="replace") \
@@ -140,6 +149,29 @@ def prepare_run_folder(out_dir: Path, recipe: Recipe, *, resume: bool, command: 
     if changes:
         write_changes(out_dir, changes)
     return None
+
+
+SCORING_INPUTS = ("val_dir", "val_labels")
+"""The inputs a resumed piece may change (its results are measured on them); the others are the run's."""
+
+
+def _renew_scoring_inputs(out_dir: Path, inputs: dict[str, Any]) -> list[str]:
+    """A resume given another validation folder (or labels) than ``inputs.json`` records: the
+    record takes the new one, on which the results are measured (and which a later ``--resume``
+    takes), and a line says so (returned, and said on the console)."""
+    recorded = read_inputs(out_dir)
+    if not recorded:  # a run folder of an older vislab: no record to keep true
+        return []
+    renewed = {k: inputs[k] for k in SCORING_INPUTS if inputs.get(k) is not None and inputs[k] != recorded.get(k)}
+    if not renewed:
+        return []
+    atomic_write_text(json.dumps({**recorded, **renewed}, indent=1) + "\n", out_dir / INPUTS)
+    flags = {"val_dir": "--val-dir", "val_labels": "--val-labels"}
+    lines = [f"--resume: {flags[k]} {v} (the run started with {recorded.get(k) or 'none'}): the results are measured "
+             f"on it, and {INPUTS} records it" for k, v in renewed.items()]
+    for line in lines:
+        info(line)
+    return lines
 
 
 INPUTS = "inputs.json"

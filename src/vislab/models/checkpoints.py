@@ -74,6 +74,15 @@ def checkpoint_file(path: str | Path) -> Path:
     return p
 
 
+def torch_checkpoint_file(path: str | Path) -> Path:
+    """:func:`checkpoint_file`, an ONNX export refused: for the commands that need the network's
+    checkpoint (its training record), checked before any data folder is looked for."""
+    p = checkpoint_file(path)
+    if p.suffix == ".onnx":
+        raise VislabError(p, "is an ONNX export, which `predict` takes; this command needs the checkpoint or run folder")
+    return p
+
+
 def _holds_images(folder: Path, *, looked: int = 8) -> bool:
     """Whether ``folder`` or one of its first ``looked`` subfolders (class folders) holds an image."""
     try:
@@ -93,9 +102,7 @@ def read_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
         path: a ``.ckpt`` written by ``vislab ... train``.
         task: "cls" or "seg" to refuse a checkpoint of the other pipeline.
     """
-    p = checkpoint_file(path)
-    if p.suffix == ".onnx":
-        raise VislabError(p, "is an ONNX export, which `predict` takes; this command needs the checkpoint or run folder")
+    p = torch_checkpoint_file(path)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure means "not a readable checkpoint"

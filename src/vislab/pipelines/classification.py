@@ -18,7 +18,8 @@ from vislab.errors import VislabError
 from vislab.log import info
 from vislab.pipelines.cls_predict import ensemble_logits, load_classifier, stored_size
 from vislab.pipelines.cls_scores import evaluate, labelled_lines
-from vislab.pipelines.settings import AtTrainingStart, evaluation_device, teacher_split_notes
+from vislab.pipelines.settings import (TEACHER_DIGESTS, AtTrainingStart, evaluation_device, teacher_files,
+                                      teacher_split_notes)
 
 
 def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume: bool = False,
@@ -69,6 +70,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                            class_names=data.class_names)
     train_idx, _ = holdout_split(data.labels, recipe)
     soft, teachers = None, []
+    teacher_digests = teacher_files(recipe, out, resume=resume)  # a teacher changed since a resumed run started: refused
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
         loaded = load_teachers(recipe, data)
         teachers = [meta for _, meta in loaded]  # the targets: made on the training device when training starts
@@ -89,6 +91,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                    held_out=lambda f, s: set(stratified_split(data.labels, fraction=f, seed=s)[1].tolist()),
                                    items="images")
     data_meta = {"class_names": data.class_names, "stored_hw": list(hw), "layout": data.layout,
+                 **({TEACHER_DIGESTS: teacher_digests} if teacher_digests else {}),
                  "train_files_digest": digest}
 
     def make_module(r: Recipe, steps: int, pretrained: bool) -> ClassifierModule:
@@ -112,9 +115,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                                    item_lines=items))
         if done is None:
             return {}
-        result, best, recipe = done
+        result, best, recipe, kept = done
         result["layout"], result["class_names"] = data.layout, data.class_names
-        if val_dir is not None:
+        if val_dir is not None and not kept:  # a finished run's resume: its recorded validation stands, as said
             result["val"] = evaluate(best, val_dir, labels_csv=val_labels_csv, predictions_csv=out / "val_predictions.csv",
                                      device=evaluation_device(recipe))
             result["val_accuracy"] = result["val"]["accuracy"]

@@ -238,6 +238,9 @@ def _check_outputs(files: list[Path], out: Path) -> list[str]:
     if out.name == MASKS_DIR and (out.parent / IMAGES_DIR).is_dir() and any(out.iterdir()):
         raise VislabError(out, f"is the {MASKS_DIR}/ folder of a data set (beside {IMAGES_DIR}/): the predicted masks "
                                "would replace its ground truth; write them to another folder")
+    if (out / IMAGES_DIR).is_dir() and (out / MASKS_DIR).is_dir():
+        raise VislabError(out, f"holds a data set ({IMAGES_DIR}/ + {MASKS_DIR}/): masks written beside them would make "
+                               "its layout ambiguous, and every command would refuse it; write them to another folder")
     return list(named)
 
 

@@ -41,8 +41,8 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     from vislab.engine.losses import inverse_sqrt_frequency
     from vislab.engine.segmentation import MaskSnapshots, SegmentationData, SegmenterModule
     from vislab.engine.run_folder import check_resumed_data, check_run_folder, read_changes, training_recorded, write_results
-    from vislab.pipelines.settings import (AtTrainingStart, empty_holdout, evaluation_device, resolve_normalisation,
-                                          teacher_split_notes)
+    from vislab.pipelines.settings import (TEACHER_DIGESTS, AtTrainingStart, empty_holdout, evaluation_device,
+                                          resolve_normalisation, teacher_files, teacher_split_notes)
     from vislab.pipelines.training import TrainingJob, fit_run, input_record
 
     out = Path(out_dir)
@@ -61,6 +61,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
     if recipe.snapshot:  # a stem that names no pair (a typo) fails before the tiles are decoded
         _snapshot_pairs(recipe.snapshot, val_pairs + list_pairs(train_dir))
+    teacher_digests = teacher_files(recipe, out, resume=resume)  # a teacher changed since a resumed run started: refused
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     teachers = [meta for _, meta in loaded]
@@ -102,6 +103,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     common = data.stats.common_size()
     tile = common or (512, 512)
     meta = {"seg_classes": desc.to_dict(), "stored_hw": list(common) if common else None,
+            **({TEACHER_DIGESTS: teacher_digests} if teacher_digests else {}),
             "train_pairs_digest": digest,  # lists, not tuples: hparams.yaml stays plain YAML
             "classes_named": classes is not None,  # --classes over the folders' own files, for later scores:
             # those files (by content), which later commands replace too; any other describes its own folder
@@ -143,13 +145,13 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
             eval_scale=tile[0] * tile[1] * recipe.infer_scale ** 2 / (recipe.crop_size or max(tile)) ** 2))
         if done is None:
             return {}
-        result, best, recipe = done
+        result, best, recipe, kept = done
         result["train_masks"] = data.stats.stray_summary()  # the console's stray line, in results.json
-        if recipe.calibrate and data.holdout_pairs and "calibration" not in result:  # kept by a finished run's resume
+        if recipe.calibrate and data.holdout_pairs and not kept:  # a finished run's resume: its recorded ones stand
             result["calibration"] = calibrate(best, train_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
             info(calibration_line(result["calibration"]))  # and in changes.txt, which calibrate wrote it to
             result["changes"] = read_changes(out)
-        if val_dir is not None:
+        if val_dir is not None and not kept:
             result["val"] = evaluate_checkpoint(best, val_dir, batch_size=recipe.batch_size, device=evaluation_device(recipe))
             result["val_miou"] = result["val"]["miou"]
             result["val_dir"] = str(val_dir)

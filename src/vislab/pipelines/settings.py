@@ -76,14 +76,21 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
     A bad value is reported under the name of what set it: the recipe file, else the flag. A
     recipe of another ``task`` than the command's is refused first, naming its file.
     """
+    unguarded = overrides.get("max_minutes") == 0  # a flag's 0: no time guard (the recipe field's null)
     try:
-        return _run_recipe(recipe, out_dir, resume=resume, overrides=overrides, flag=flag, task=task)
+        r, notes = _run_recipe(recipe, out_dir, resume=resume, flag=flag, task=task,
+                               overrides={**overrides, "max_minutes": None} if unguarded else overrides)
     except FieldError as exc:
         if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
             raise
         if overrides.get(exc.field) is not None:
             raise VislabError(flag(exc.field), exc.problem) from None
         raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
+    if unguarded and r.max_minutes is not None:
+        notes = [*notes, f"{flag('max_minutes')} 0: no time guard (the recipe's max_minutes {r.max_minutes:g} "
+                         "is not applied)"]
+        r = dataclasses.replace(r, max_minutes=None)
+    return r, notes
 
 
 def _check_task(r: Recipe, path: str | Path, task: str | None) -> None:
@@ -242,6 +249,41 @@ class AtTrainingStart:
             raise RuntimeError("the teachers' targets were made already")
         teachers, self.teachers = self.teachers, None
         return self.make(teachers, device=device, **self.kwargs)
+
+
+TEACHER_DIGESTS = "teacher_digests"
+"""The key of a distilled run's checkpoint metadata: the digest of each teacher's checkpoint file."""
+
+
+def teacher_files(recipe: Recipe, out: Path, *, resume: bool) -> list[str] | None:
+    """The digest of each ``recipe.teacher`` checkpoint's bytes (None without teachers), for the
+    student's checkpoints to record. On ``--resume`` they must be the ones last.ckpt recorded: a
+    teacher trained on or replaced since would give other soft targets, silently (refused, naming
+    it); a teacher that is gone is named as the run's teacher."""
+    from vislab.engine.run_folder import recorded_meta
+    from vislab.io import file_digest
+    from vislab.models.checkpoints import torch_checkpoint_file
+
+    if not recipe.teacher:
+        return None
+    digests = []
+    for path in recipe.teacher:
+        try:
+            digests.append(file_digest(torch_checkpoint_file(path)))
+        except VislabError as exc:
+            if not resume:
+                raise
+            raise VislabError(path, f"a teacher this run distils from: {exc.message}; --resume goes on with the "
+                                    "teachers the run started with") from None
+    recorded = recorded_meta(out).get(TEACHER_DIGESTS) if resume else None
+    if recorded is not None and len(recorded) == len(digests):
+        for path, now, then in zip(recipe.teacher, digests, recorded):
+            if now != then:
+                raise VislabError(path, f"is not the teacher {out / 'last.ckpt'} distilled from (its checkpoint changed "
+                                        "since the run started: trained on, or replaced), and its soft targets would "
+                                        "be other ones; --resume goes on with the teachers the run started with: put "
+                                        "it back, or start a new run")
+    return digests
 
 
 def teacher_split_notes(metas: list[dict[str, Any]], paths: list[str], recipe: Recipe, *,

@@ -8,11 +8,25 @@ import functools
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from vislab.config import Recipe
 from vislab.errors import Interrupted, VislabError
 from vislab.log import info
+
+
+class Fitted(NamedTuple):
+    """What :func:`fit_run` returns on rank 0."""
+
+    result: dict[str, Any]
+    """The result so far, with the settings lines under ``changes``."""
+    best: Path
+    """The selected checkpoint."""
+    recipe: Recipe
+    """The recipe run (epochs as a budget planned them)."""
+    kept: bool
+    """A ``--resume`` of a finished run: ``result`` is what its end recorded (validation and
+    calibration included), to be written back as it is, not measured again."""
 
 
 @dataclass
@@ -125,12 +139,11 @@ def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str) -> None
                                f"{shlex.quote(str(out))} {shlex.quote(str(val_dir))}`")
 
 
-def fit_run(job: TrainingJob) -> tuple[dict[str, Any], Path, Recipe] | None:
+def fit_run(job: TrainingJob) -> Fitted | None:
     """Resolve the learning rate and the time budget, print and record every setting the run
     decided (``changes.txt``), write the recipe into the run folder, seed, and fit.
 
-    Returns (result so far, with the settings lines under ``changes``; the selected checkpoint;
-    the recipe run) on rank 0; None on other ranks.
+    Returns :class:`Fitted` on rank 0; None on other ranks.
     """
     import lightning.pytorch as pl
 
@@ -247,7 +260,7 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
 
 
 def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Callable[[str], None], keeper: Any,
-               done: tuple[dict[str, Any], Path, dict[str, Any]]) -> tuple[dict[str, Any], Path, Recipe]:
+               done: tuple[dict[str, Any], Path, dict[str, Any]]) -> Fitted:
     """:func:`fit_run`'s result once its fit returned on rank 0: a finished run's resume keeps
     its recorded results, the epochs of the schedule that ran, every piece's seconds."""
     from vislab.engine.run_folder import read_changes, read_results
@@ -285,7 +298,7 @@ def _after_fit(job: TrainingJob, recipe: Recipe, changes: list[str], record: Cal
     recorded = read_changes(job.out)  # every piece's lines: a resumed piece only appends to the file
     if recorded or changes:
         result["changes"] = recorded or changes
-    return result, best, recipe
+    return Fitted(result, best, recipe, finished)
 
 
 OVERRUN = 1.05
