@@ -33,8 +33,17 @@ def test_single_class_image_folder_is_refused(cli, tmp_path):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
     out = tmp_path / "run"
     err = _one_line(cli("cls", "train", tmp_path / "tree", "--recipe", "cls-fast", "--out", out, "--epochs", 1))
-    assert f"{tmp_path / 'tree'}: all 4 images are of one class (cat)" in err
+    assert err == (f"vislab: error: {tmp_path / 'tree'}: all 4 images are of one class (cat); a classifier trains on "
+                   "at least 2")
     assert not (out / "last.ckpt").exists()
+    # a data set's root with its train/ split alone: that one 'class' is a split, and the error says what to pass
+    (tmp_path / "tree" / "cat").rename(tmp_path / "dog")
+    (tmp_path / "tree" / "train").mkdir()
+    (tmp_path / "dog").rename(tmp_path / "tree" / "train" / "dog")
+    err = _one_line(cli("cls", "train", tmp_path / "tree", "--recipe", "cls-fast", "--out", out, "--epochs", 1))
+    assert err == (f"vislab: error: {tmp_path / 'tree'}: all 4 images are of one class (train); a classifier trains on "
+                   f"at least 2; its subfolder train/ is a split: pass the folder of one split (e.g. "
+                   f"{tmp_path / 'tree' / 'train'})")
 
 
 def test_model_and_weights_are_checked_before_the_data(cli, tmp_path):

@@ -250,7 +250,7 @@ SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "tes
 def split_advice(root: Path, subfolders: list[str], *, least: int = 1, train: bool = True) -> str | None:
     """What to pass instead of ``root`` when at least ``least`` of its ``subfolders`` are named
     like data splits (a folder of splits given one level too high), or None; ``train``: with the
-    folders to train on:
+    training and validation folders to train with, where both are there:
 
         >>> split_advice(Path("p2"), ["train", "validation", "notes"])
         'its subfolders train/, validation/ are splits: pass the folder of one split (e.g. p2/train); to train: p2/train with --val-dir p2/validation'
@@ -260,8 +260,7 @@ def split_advice(root: Path, subfolders: list[str], *, least: int = 1, train: bo
         return None
     first = next((d for d in splits if d.lower().startswith("train")), None)
     val = next((d for d in splits if d.lower().startswith("val")), None)
-    to_train = f"; to train: {root / first}" + (f" with --val-dir {root / val}" if val else "") \
-        if first and train else ""
+    to_train = f"; to train: {root / first} with --val-dir {root / val}" if first and val and train else ""
     return (f"its subfolder{'s' if len(splits) > 1 else ''} {', '.join(d + '/' for d in splits)} "
             f"{'are splits' if len(splits) > 1 else 'is a split'}: pass the folder of one split "
             f"(e.g. {root / (first or splits[0])}){to_train}")

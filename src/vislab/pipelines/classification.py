@@ -11,6 +11,7 @@ import torch
 
 from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder, stratified_split
+from vislab.data.images import split_advice
 from vislab.data.layouts import thin_classes
 from vislab.data.manifest import lines_digest
 from vislab.data.overlap import copies_line
@@ -52,8 +53,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
     present = sorted(set(data.labels.tolist()))
     if len(present) < 2:
         which = data.class_names[present[0]] if data.class_names else present[0]
+        advice = split_advice(Path(train_dir), [str(which)]) if data.layout == "imagefolder" else None
         raise VislabError(train_dir, f"all {len(data.labels)} images are of one class ({which}); a classifier "
-                                     "trains on at least 2")
+                                     "trains on at least 2" + (f"; {advice}" if advice else ""))
     hw = tuple(data.images.shape[-2:])
     if recipe.pad >= min(hw):
         raise VislabError(None, f"pad {recipe.pad}: reflect padding must be smaller than the stored images' side "
