@@ -315,8 +315,12 @@ def test_an_image_file_for_a_folder_says_to_put_it_in_one(cli, tmp_path):
         assert str(err.value) == said
     assert _one_line(cli("seg", "eval", img, tmp_path)) == f"vislab: error: {said}"
     write_png(tmp_path / "0001_mask.png", np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(VislabError, match=r"0001_mask.png: is a mask \(\*_mask\), not an image to predict$"):
+    assert list_unlabelled(tmp_path / "0001_mask.png") == [tmp_path / "0001_mask.png"]  # an image so named
+    write_png(tmp_path / "0001_sat.png", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(VislabError, match=r"0001_mask.png: is a mask \(\*_mask, beside its image\), not an image to "
+                                          r"predict$"):
         list_unlabelled(tmp_path / "0001_mask.png")
+    (tmp_path / "0001_sat.png").unlink()
     (tmp_path / "notes.txt").write_text("x")
     for read in (lambda p: find_items(p, labelled=False), list_unlabelled):  # a file of another kind
         with pytest.raises(VislabError) as err:

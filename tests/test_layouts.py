@@ -466,18 +466,24 @@ def test_classes_with_fewer_than_three_images_are_named():
                                                                    "1 (1 image, e.g. d/3.png);")
 
 
-def test_numbers_of_another_kind_read_as_labels_are_refused(tmp_path):
+def test_numbers_of_another_kind_read_as_labels_are_refused(tmp_path, cli):
     """Phone photo names (20230101_120000.jpg) match <label>_<index>: read as class ids they would make
-    a model of 20 million classes (it exhausted the memory). Refused when the largest id makes 1000
-    classes or more and fewer than one in ten has images; CSV integer labels alike."""
+    a model of 20 million classes (it exhausted the memory). Training refuses, before any image is
+    decoded, a largest id that makes 1000 classes or more with fewer than one in ten used; CSV
+    integer labels alike. A folder read for a trained model is not refused (its classes are the model's)."""
+    from vislab.data.layouts import check_dense
+
     photos = tmp_path / "photos"
     for i, day in enumerate((20230101, 20230102, 20230101)):
         _img(photos / f"{day}_12000{i}.jpg", 10 * i)
+    said = (f"{photos}: its file names' <label>_<index> numbers read as class ids make 20230103 classes (0 to "
+            "20230102), 2 of them with images: numbers of another kind, such as dates or codes? Pass --labels "
+            "FILE.csv, or put the images in <class name>/ subfolders")
     with pytest.raises(VislabError) as err:
-        find_items(photos, labelled=True)
-    assert str(err.value) == (f"{photos}: its file names' <label>_<index> numbers read as class ids make 20230103 "
-                              "classes (0 to 20230102), 2 of them with images: numbers of another kind, such as dates "
-                              "or codes? Pass --labels FILE.csv, or put the images in <class name>/ subfolders")
+        check_dense(find_items(photos, labelled=True))
+    assert str(err.value) == said
+    res = cli("cls", "train", photos, "--recipe", "cls-fast", "--epochs", "1", "--out", tmp_path / "run")
+    assert res.code == 2 and " ".join(res.err.split()) == f"vislab: error: {said}" and not (tmp_path / "run").exists()
     assert len(find_items(photos, labelled=False).ids) == 3  # to predict, names are names
     flat = tmp_path / "flat"
     for i in range(4):
@@ -485,17 +491,26 @@ def test_numbers_of_another_kind_read_as_labels_are_refused(tmp_path):
     labels = tmp_path / "labels.csv"
     for values, refused in (([0, 999, 0, 999], True), ([0, 998, 0, 998], False), ([7, 12345, 7, 12345], True)):
         labels.write_text("filename,label\n" + "".join(f"{i}.png,{v}\n" for i, v in enumerate(values)))
+        items = find_items(flat, labelled=True, labels_csv=labels)
         if refused:
             with pytest.raises(VislabError, match=re.escape(f"{labels}: its integer labels read as class ids make "
                                                             f"{max(values) + 1} classes")):
-                find_items(flat, labelled=True, labels_csv=labels)
+                check_dense(items, labels)
         else:
-            assert find_items(flat, labelled=True, labels_csv=labels).num_classes == 999
+            check_dense(items, labels)
+            assert items.num_classes == 999
     # 1000 classes, one in ten with images (100 images): a data set, read as it is
     for c in range(0, 1000, 10):
         _img(tmp_path / "tenth" / f"{c}_0.png")
     _img(tmp_path / "tenth" / "999_0.png")
-    assert find_items(tmp_path / "tenth", labelled=True).num_classes == 1000
+    check_dense(find_items(tmp_path / "tenth", labelled=True))
+    # a few validation images of a model of 1200 numbered classes: its own classes, read
+    from vislab.data.classification import load_for_model
+
+    subset = tmp_path / "subset"
+    for c in (0, 500, 1180):
+        _img(subset / f"{c}_0.png")
+    assert load_for_model(subset, class_names=None, num_classes=1200).labels.tolist() == [0, 1180, 500]
 
 
 def test_labels_csv_reads_the_folder_alone_and_says_so(tmp_path, capsys):
@@ -517,6 +532,11 @@ def test_labels_csv_reads_the_folder_alone_and_says_so(tmp_path, capsys):
         find_items(d, labelled=True, labels_csv=labels)
     assert str(err.value) == (f"{labels}: lists extra/e0.png, an image in a subfolder of {d} (1 such row): --labels "
                               "reads the images directly in the folder; move them there")
+    for row in (str(d / "0.png"), "../img/0.png"):  # a path to a file of the folder itself: not 'in a subfolder'
+        labels.write_text("filename,label\n" + "".join(f"{i}.png,dog\n" for i in range(1, 4)) + f"{row},cat\n")
+        with pytest.raises(VislabError) as err:
+            find_items(d, labelled=True, labels_csv=labels)
+        assert str(err.value) == f"{labels}: lists {row}, a path: rows name the images of {d} by file name (0.png; 1 such row)"
 
 
 def test_names_in_decomposed_unicode_match_their_composed_twins(tmp_path):
@@ -531,6 +551,7 @@ def test_names_in_decomposed_unicode_match_their_composed_twins(tmp_path):
         _img(tree / name / "a.png")
     items = find_items(tree, labelled=True, class_names=["blue", composed])
     assert items.labels == [0, 1] and items.class_names == ["blue", composed]
+    assert find_items(tree, labelled=True).class_names == ["blue", composed]  # a new model's names: composed
     flat = tmp_path / "flat"
     _img(flat / f"{decomposed}.png")
     _img(flat / "b.png", 50)

@@ -346,8 +346,9 @@ def test_lossy_masks_are_refused_wherever_masks_are_read(cli, tmp_path):
 
 
 def test_images_named_like_masks_are_predicted_unless_they_are_a_pairs_mask(tmp_path):
-    """Only the mask of a pair (<stem>_mask beside <stem>_sat) is no image to predict: an image named
-    face_mask.jpg is one, in images/ (where no mask can be) or in a flat folder."""
+    """An image named face_mask.jpg is one to predict, in images/ (where no mask can be) or in a flat
+    folder of images; in a folder of <stem>_sat pairs every *_mask is a mask, as is one beside its
+    image <stem>.jpg."""
     d = make_index_set(tmp_path / "set", 2)
     shutil.copy(d / "images" / "t00.jpg", d / "images" / "face_mask.jpg")
     assert [f.name for f in list_unlabelled(d)] == ["face_mask.jpg", "t00.jpg", "t01.jpg"]
@@ -356,8 +357,11 @@ def test_images_named_like_masks_are_predicted_unless_they_are_a_pairs_mask(tmp_
     for name in ("0001_sat.jpg", "face_mask.jpg"):
         shutil.copy(d / "images" / "t00.jpg", flat / name)
     shutil.copy(d / "masks" / "t00.png", flat / "0001_mask.png")
-    assert [f.name for f in list_unlabelled(flat)] == ["0001_sat.jpg", "face_mask.jpg"]
-    for name in ("0001_sat.jpg", "face_mask.jpg"):
+    assert [f.name for f in list_unlabelled(flat)] == ["0001_sat.jpg"]  # a folder of pairs: *_mask are masks
+    (flat / "0001_sat.jpg").unlink()
+    shutil.copy(d / "images" / "t00.jpg", flat / "0001.jpg")  # no pairs: an image's mask beside it is skipped
+    assert [f.name for f in list_unlabelled(flat)] == ["0001.jpg", "face_mask.jpg"]
+    for name in ("0001.jpg", "face_mask.jpg"):
         (flat / name).unlink()
     with pytest.raises(VislabError, match=r"flat: no images found, only masks \(\*_mask files\)$"):
         list_unlabelled(flat)

@@ -1331,3 +1331,33 @@ def test_a_resume_with_another_val_dir_records_it(cli, color_classes, tmp_path):
     assert json.loads((run / "results.json").read_text())["val"] == results["val"]
     res = cli("cls", "train", color_classes, "--out", run, "--resume", "--val-dir", color_classes)
     assert res.code == 2 and f"finished its schedule with {other.resolve()}" in " ".join(res.err.split())
+
+
+def test_a_resume_leaves_the_labels_of_another_validation_folder(cli, color_classes, tmp_path):
+    """The run's --val-labels label its own --val-dir: a resume given another folder does not apply
+    them to it (said), and a finished run's resume refuses other labels as it refuses another folder."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    names = sorted(color_classes.iterdir())[::10]
+    for i, f in enumerate(names):
+        shutil.copy(f, flat / f"v{i}.png")
+    labels = tmp_path / "l1.csv"
+    labels.write_text("filename,label\n" + "".join(f"v{i},{f.name.split('_')[0]}\n".replace(f"v{i},", f"v{i}.png,")
+                                                   for i, f in enumerate(names)))
+    run = tmp_path / "run"
+    res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=2), "--out", run,
+              "--val-dir", flat, "--val-labels", labels, "--max-minutes", "1e-6")
+    assert res.code == 0, res.err
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--val-dir", color_classes)
+    said = " ".join(res.err.split())
+    assert res.code == 0 and (f"--resume: the run's --val-labels {labels.resolve()} is not taken: it labels "
+                              f"{flat.resolve()}, and --val-dir is {color_classes}") in said, said
+    assert json.loads((run / "results.json").read_text())["val"]["images"] == len(list(color_classes.iterdir()))
+    recorded = json.loads((run / "inputs.json").read_text())
+    assert recorded["val_dir"] == str(color_classes.resolve()) and recorded["val_labels"] is None
+    other = tmp_path / "l2.csv"
+    other.write_text(labels.read_text())
+    res = cli("cls", "train", color_classes, "--out", run, "--resume", "--val-labels", other)
+    assert res.code == 2 and " ".join(res.err.split()) == (
+        f"vislab: error: {other}: --val-labels: {run} finished its schedule with no labels file, and a resume keeps "
+        f"what it recorded; score this folder with `vislab cls eval {run} {color_classes.resolve()} --labels {other}`")

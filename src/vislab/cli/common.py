@@ -227,7 +227,7 @@ def _resumed(out_dir: Path, data: Path | None, task: str, **given: Any) -> dict[
     for a finished run is refused (:func:`vislab.pipelines.training.refuse_new_val_dir`)."""
     from vislab.pipelines.training import refuse_new_val_dir, resumed_inputs
 
-    refuse_new_val_dir(out_dir, given.get("val_dir"), task)
+    refuse_new_val_dir(out_dir, given.get("val_dir"), task, given.get("val_labels"))
     if data is not None and given.get("train_dir") is None:
         kept = {k: given.pop(k) for k in ("train_dir", "val_dir")}
         return {**resumed_inputs(out_dir, given), **kept}

@@ -242,9 +242,6 @@ def find_items(folder: str | Path, *, labelled: bool, labels_csv: str | Path | N
         raise VislabError(bad[0], f"file name is not <label>_<index> ({len(bad)} such files in the folder); "
                                   "pass --labels FILE.csv, or put the images in <class name>/ subfolders")
     labels = int_label_ids([int(lab) for lab in parsed if lab is not None], class_names, root)
-    if class_names is None:
-        check_dense(labels, root, "its file names' <label>_<index> numbers",
-                    "Pass --labels FILE.csv, or put the images in <class name>/ subfolders")
     names = list(class_names) if class_names is not None else None
     return ClassItems(root, "course", flat, [p.name for p in flat], labels, names)
 
@@ -254,17 +251,24 @@ MANY_CLASSES = 1000
 (:func:`check_dense`)."""
 
 
-def check_dense(labels: list[int], where: Path, what: str, instead: str) -> None:
-    """Integer labels are class ids 0..max, so the largest sets the number of classes: a largest of
-    ``MANY_CLASSES`` or more with fewer than one class in ten used is refused (file names such as
-    ``20230101_120000.jpg`` or product ids read as labels would make a model of millions of
-    classes, and exhaust the memory). ``what`` names the labels, ``instead`` says what to do."""
-    if not labels:
+def check_dense(items: ClassItems, labels_csv: str | Path | None = None) -> None:
+    """The integer labels a new model is trained on are class ids 0..max, so the largest sets the
+    number of classes: a largest of ``MANY_CLASSES`` or more with fewer than one class in ten used
+    is refused (file names such as ``20230101_120000.jpg`` or product ids read as labels would make
+    a model of millions of classes, and exhaust the memory). Named classes pass; so does a folder
+    read for a trained model, whose classes are its own (not checked here)."""
+    if items.class_names is not None or not items.labels:
         return
-    n, used = max(labels) + 1, len(set(labels))
-    if n >= MANY_CLASSES and used * 10 < n:
-        raise VislabError(where, f"{what} read as class ids make {n} classes (0 to {n - 1}), {used} of them with "
-                                 f"images: numbers of another kind, such as dates or codes? {instead}")
+    n, used = max(items.labels) + 1, len(set(items.labels))
+    if n < MANY_CLASSES or used * 10 >= n:
+        return
+    if items.layout == "csv" and labels_csv is not None:
+        where, what, instead = Path(labels_csv), "its integer labels", "Number the classes 0, 1, 2, ... or give them names"
+    else:
+        where, what = items.root, "its file names' <label>_<index> numbers"
+        instead = "Pass --labels FILE.csv, or put the images in <class name>/ subfolders"
+    raise VislabError(where, f"{what} read as class ids make {n} classes (0 to {n - 1}), {used} of them with "
+                             f"images: numbers of another kind, such as dates or codes? {instead}")
 
 
 def _name_ids(found: list[str], class_names: list[str] | None, where: Path) -> dict[str, int]:
@@ -297,7 +301,7 @@ def _from_tree(root: Path, trees: dict[str, list[str]], class_names: list[str] |
     for d in sorted(trees):
         rel.extend(f"{d}/{r}" for r in trees[d])
         labels.extend([ids[d]] * len(trees[d]))
-    names = list(class_names) if class_names is not None else sorted(ids, key=ids.__getitem__)
+    names = list(class_names) if class_names is not None else [nfc(n) for n in sorted(ids, key=ids.__getitem__)]
     return ClassItems(root, "imagefolder", [root / r for r in rel], rel, labels, names)
 
 
@@ -349,7 +353,13 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
     if repeats:
         info(f"{path}: {repeats} row(s) repeat an earlier one (the same file and label); each file counts once")
     missing_files = [n for n in table if n not in by_name]
-    nested = [n for n in missing_files if "/" in n.replace("\\", "/") and (root / n).is_file()]
+    here = root.resolve()
+    placed = {n: (root / n).resolve() for n in missing_files if "/" in n.replace("\\", "/") and (root / n).is_file()}
+    named = [n for n, f in placed.items() if f.parent == here]  # an absolute or ../ path to a file of the folder
+    if named:
+        raise VislabError(path, f"lists {named[0]}, a path: rows name the images of {root} by file name "
+                                f"({Path(named[0]).name}; {counted(len(named), 'such row')})")
+    nested = [n for n, f in placed.items() if here in f.parents]
     if nested:
         raise VislabError(path, f"lists {nested[0]}, an image in a subfolder of {root} ({counted(len(nested), 'such row')}): "
                                 "--labels reads the images directly in the folder; move them there")
@@ -362,8 +372,6 @@ def _from_csv(root: Path, flat: list[Path], path: Path, class_names: list[str] |
     numbers = [bool(re.fullmatch(r"\d+", v)) for v in values]
     if all(numbers):
         labels = int_label_ids([int(v) for v in values], class_names, path)
-        if class_names is None:
-            check_dense(labels, path, "its integer labels", "Number the classes 0, 1, 2, ... or give them names")
         names = list(class_names) if class_names is not None else None
     elif class_names is None and numbers.count(True) > numbers.count(False):
         # mostly integers ("0", "1", "1.0"): the other rows are odd ones, not classes named "1.0";

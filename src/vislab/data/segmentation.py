@@ -121,19 +121,16 @@ def lossy_webp(path: Path) -> bool:
     """Whether a WebP file holds a lossy image (a ``VP8 `` chunk; lossless ones hold ``VP8L``),
     read from its RIFF chunks. A file that is no WebP is left to the decoder to refuse."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            if fh.read(12)[8:12] != b"WEBP":
+                return False
+            while len(head := fh.read(8)) == 8:  # each chunk's header; its body is skipped
+                fourcc, size = head[:4], int.from_bytes(head[4:], "little")
+                if fourcc in (b"VP8 ", b"VP8L"):
+                    return fourcc == b"VP8 "
+                fh.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even size
     except OSError:
         return False
-    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        return False
-    at = 12
-    while at + 8 <= len(data):
-        fourcc, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
-        if fourcc == b"VP8 ":
-            return True
-        if fourcc == b"VP8L":
-            return False
-        at += 8 + size + (size & 1)  # chunks are padded to an even size
     return False
 
 
@@ -149,24 +146,27 @@ def pairs_digest(pairs: list[Pair]) -> str:
 
 
 def list_unlabelled(folder: str | Path) -> list[Path]:
-    """Images to predict: the files of ``folder`` (the masks of its pairs, ``<stem>_mask.*`` beside
-    ``<stem>_sat.*``, skipped; a folder of masks alone refused), or of its ``images/`` subfolder
-    when it holds no images itself (every file read); or ``folder`` itself, one image file (not
-    named ``*_mask``)."""
+    """Images to predict: the files of ``folder`` (masks skipped: every ``<stem>_mask.*`` of a folder
+    of ``<stem>_sat.*`` pairs, else one beside an image ``<stem>.*``; a folder of masks alone
+    refused), or of its ``images/`` subfolder when it holds no images itself (every file read);
+    or ``folder`` itself, one image file (not the mask of an image beside it)."""
     one = image_file(folder)
     if one is not None:
-        if one.stem.endswith(MASK):
-            raise VislabError(one, f"is a mask (*{MASK}), not an image to predict")
+        base = one.stem[: -len(MASK)]
+        if one.stem.endswith(MASK) and any(f.stem in (base, base + SAT) for f in one.parent.iterdir()
+                                           if f.suffix.lower() in IMAGE_SUFFIXES):
+            raise VislabError(one, f"is a mask (*{MASK}, beside its image), not an image to predict")
         return [one]
     d = check_folder(folder)
     pair_layout(d)  # images beside images/ + masks/ folders are refused here too
     if (d / IMAGES_DIR).is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir() if p.is_file()):
         return list_images(d / IMAGES_DIR, what="images")
     found = list_images(d, what="images")
-    sats = {f.stem[: -len(SAT)] for f in found if f.stem.endswith(SAT)}
     if all(f.stem.endswith(MASK) for f in found):
         raise VislabError(d, f"no images found, only masks (*{MASK} files)")
-    return [f for f in found if not (f.stem.endswith(MASK) and f.stem[: -len(MASK)] in sats)]
+    course = any(f.stem.endswith(SAT) for f in found)  # pairs side by side: every *_mask is a mask
+    stems = {f.stem for f in found}
+    return [f for f in found if not (f.stem.endswith(MASK) and (course or f.stem[: -len(MASK)] in stems))]
 
 
 def list_masks(folder: str | Path) -> dict[str, Path]:

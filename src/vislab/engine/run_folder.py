@@ -165,10 +165,12 @@ def _renew_scoring_inputs(out_dir: Path, inputs: dict[str, Any]) -> list[str]:
     renewed = {k: inputs[k] for k in SCORING_INPUTS if inputs.get(k) is not None and inputs[k] != recorded.get(k)}
     if not renewed:
         return []
+    if "val_dir" in renewed:  # the labels recorded were the old folder's
+        renewed["val_labels"] = inputs.get("val_labels")
     atomic_write_text(json.dumps({**recorded, **renewed}, indent=1) + "\n", out_dir / INPUTS)
     flags = {"val_dir": "--val-dir", "val_labels": "--val-labels"}
     lines = [f"--resume: {flags[k]} {v} (the run started with {recorded.get(k) or 'none'}): the results are measured "
-             f"on it, and {INPUTS} records it" for k, v in renewed.items()]
+             f"on it, and {INPUTS} records it" for k, v in renewed.items() if v is not None]
     for line in lines:
         info(line)
     return lines

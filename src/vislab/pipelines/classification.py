@@ -12,7 +12,7 @@ import torch
 from vislab.config import Recipe
 from vislab.data.classification import load_for_model, load_folder, stratified_split
 from vislab.data.images import split_advice
-from vislab.data.layouts import thin_classes
+from vislab.data.layouts import check_dense, thin_classes
 from vislab.data.manifest import lines_digest
 from vislab.data.overlap import copies_line
 from vislab.errors import VislabError
@@ -48,7 +48,9 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume, data_dirs=(train_dir, val_dir))
-    data = load_folder(train_dir, labelled=True, labels_csv=labels_csv, image_size=recipe.image_size)
+    teacher_digests = teacher_files(recipe, out, resume=resume)  # a teacher changed since a resumed run started: refused
+    data = load_folder(train_dir, labelled=True, labels_csv=labels_csv, image_size=recipe.image_size,
+                       check=lambda items: check_dense(items, labels_csv))  # before the images are decoded
     assert data.labels is not None
     present = sorted(set(data.labels.tolist()))
     if len(present) < 2:
@@ -72,7 +74,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
                            class_names=data.class_names)
     train_idx, _ = holdout_split(data.labels, recipe)
     soft, teachers = None, []
-    teacher_digests = teacher_files(recipe, out, resume=resume)  # a teacher changed since a resumed run started: refused
     if recipe.teacher:  # before anything is written: a teacher that does not fit is an error
         loaded = load_teachers(recipe, data)
         teachers = [meta for _, meta in loaded]  # the targets: made on the training device when training starts

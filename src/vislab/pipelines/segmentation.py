@@ -47,6 +47,7 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
 
     out = Path(out_dir)
     check_run_folder(out, resume=resume, data_dirs=(train_dir, val_dir))
+    teacher_digests = teacher_files(recipe, out, resume=resume)  # a teacher changed since a resumed run started: refused
     if resume:  # before the tiles of another folder are decoded
         check_resumed_data(out, key="train_pairs_digest", lines=pair_lines(list_pairs(train_dir)), folder=train_dir,
                            value="file size")
@@ -61,7 +62,6 @@ def train(train_dir: str | Path, recipe: Recipe, *, out_dir: str | Path, resume:
         scan_masks(val_pairs, expected=None, classes=desc)  # a broken validation pair fails now, not after training
     if recipe.snapshot:  # a stem that names no pair (a typo) fails before the tiles are decoded
         _snapshot_pairs(recipe.snapshot, val_pairs + list_pairs(train_dir))
-    teacher_digests = teacher_files(recipe, out, resume=resume)  # a teacher changed since a resumed run started: refused
     loaded = _load_teachers(recipe, desc) if recipe.teacher else []  # before the tiles are decoded
     data = SegmentationData(train_dir, recipe, expected=recipe.input_hw or desc.tile_hw, classes=desc)
     teachers = [meta for _, meta in loaded]

@@ -84,7 +84,8 @@ def run_recipe(recipe: str, out_dir: Path, *, resume: bool, overrides: dict[str,
         if exc.path is not None:  # the recipe file's own value, even when a flag sets the field too
             raise
         if overrides.get(exc.field) is not None:
-            raise VislabError(flag(exc.field), exc.problem) from None
+            lift = f"; {flag('max_minutes')} 0: none" if exc.field == "max_minutes" else ""
+            raise VislabError(flag(exc.field), exc.problem + lift) from None
         raise VislabError(recipe, f"field {exc.field} {exc.problem}") from None
     if unguarded and r.max_minutes is not None:
         notes = [*notes, f"{flag('max_minutes')} 0: no time guard (the recipe's max_minutes {r.max_minutes:g} "

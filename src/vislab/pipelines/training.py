@@ -95,7 +95,14 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     recorded = read_inputs(out)
     result = dict(given)
     taken = []
+    moved = given.get("val_dir") is not None and recorded.get("val_dir") is not None and \
+        Path(given["val_dir"]).resolve() != Path(recorded["val_dir"]).resolve()
+    if moved and given.get("val_labels") is None and recorded.get("val_labels") is not None:
+        info(f"--resume: the run's --val-labels {recorded['val_labels']} is not taken: it labels {recorded['val_dir']}, "
+             f"and --val-dir is {given['val_dir']} (give --val-labels for it if it needs one)")
     for key, value in given.items():
+        if key == "val_labels" and moved:  # the labels of the run's own validation folder, not of the new one
+            continue
         if key in INPUT_FLAGS and value is None and recorded.get(key) is not None:
             where = Path(recorded[key])
             if not where.exists():
@@ -116,27 +123,37 @@ def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str) -> None:
-    """Refuse a ``--resume`` of a finished run with a ``val_dir`` other than the one it recorded
-    (``inputs.json``): the resume keeps the run's recorded results, so the folder would not be
-    scored into them. Finished: its results were recorded at the step its last.ckpt holds, with
-    every epoch of its schedule trained (a run a time limit stopped records them too, and goes on)."""
+def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str,
+                       val_labels: str | Path | None = None) -> None:
+    """Refuse a ``--resume`` of a finished run with a ``val_dir`` (or ``val_labels``) other than the
+    one it recorded (``inputs.json``): the resume keeps the run's recorded results, so the folder
+    would not be scored into them. Finished: its results were recorded at the step its last.ckpt
+    holds, with every epoch of its schedule trained (a run a time limit stopped records them too,
+    and goes on)."""
     from vislab.engine.run_folder import read_inputs, read_results
     from vislab.runfolders import checkpoint_state
 
-    recorded = read_inputs(out).get("val_dir")
-    if val_dir is None or Path(val_dir).resolve() == Path(recorded or out / "(none)").resolve():
+    inputs = read_inputs(out)
+    changed = [(flag, given, inputs.get(key)) for key, flag, given in
+               (("val_dir", "--val-dir", val_dir), ("val_labels", "--val-labels", val_labels))
+               if given is not None and Path(given).resolve() != Path(inputs.get(key) or out / "(none)").resolve()]
+    if not changed:
         return
     earlier = read_results(out)
-    if earlier and not Path(val_dir).exists():  # before any advice to score it
-        raise VislabError(val_dir, "--val-dir: folder not found")
+    for flag, given, _ in changed:
+        if earlier and not Path(given).exists():  # before any advice to score it
+            raise VislabError(given, f"{flag}: {'folder' if flag == '--val-dir' else 'file'} not found")
     if not earlier or checkpoint_state(out / "last.ckpt").get("global_step") != earlier.get("global_step") \
             or earlier.get("epochs_trained", earlier.get("epochs")) != earlier.get("epochs"):
         return
+    flag, given, recorded = changed[0]
     scorer = "cls eval" if task == "cls" else "seg score"
-    raise VislabError(val_dir, f"--val-dir: {out} finished its schedule with {recorded or 'no validation folder'}, "
-                               f"and a resume keeps what it recorded; score this folder with `vislab {scorer} "
-                               f"{shlex.quote(str(out))} {shlex.quote(str(val_dir))}`")
+    folder = val_dir if val_dir is not None else inputs.get("val_dir")
+    labels = f" --labels {shlex.quote(str(val_labels))}" if val_labels is not None else ""
+    none = "no validation folder" if flag == "--val-dir" else "no labels file"
+    raise VislabError(given, f"{flag}: {out} finished its schedule with {recorded or none}, and a resume keeps what "
+                             f"it recorded; score this folder with `vislab {scorer} {shlex.quote(str(out))} "
+                             f"{shlex.quote(str(folder))}{labels}`")
 
 
 def fit_run(job: TrainingJob) -> Fitted | None:
