@@ -381,7 +381,7 @@ def test_option_values_are_refused_with_their_flag(cli, tmp_path):
         (("seg", "progress", tmp_path, "--out", tmp_path / "m.png", "--epochs", "1,5,1"),
          "--epochs: '1,5,1' lists epoch 1 twice"),
         (("report", tmp_path, "--format", "md", "--out", tmp_path / "r.md", "--screenshot", tmp_path / "r.png"),
-         "--screenshot: renders the HTML page; drop it or use --format html"),
+         "--screenshot: renders the HTML page; drop it, or write the page as HTML (--out NAME.html)"),
     ]
     for args, line in cases:
         assert _one_line(cli(*args)) == f"vislab: error: {line}", args

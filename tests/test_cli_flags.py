@@ -175,6 +175,9 @@ def test_limit_batches_takes_a_fraction_of_the_batches(cli, tmp_path):
     res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "20", "--out", tmp_path / "all")
     assert res.code == 0, res.err  # a limit beyond the epoch limits nothing, and is said so
     assert "limit_train_batches 20: no limit, each epoch has 6 batches" in (tmp_path / "all" / "changes.txt").read_text()
+    res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "1.0", "--out", tmp_path / "whole")
+    assert res.code == 0 and "limit_train_batches 1.0: no limit, each epoch has 6 batches" in \
+        (tmp_path / "whole" / "changes.txt").read_text()  # 1.0, the whole epoch, not 1 batch
     # a fraction of the 6 batches that rounds to none trains one (Lightning alone would stop with an error)
     res = cli("cls", "train", data, "--recipe", recipe, "--limit-batches", "0.0001", "--out", tmp_path / "tiny")
     assert res.code == 0, res.err

@@ -232,6 +232,9 @@ def test_models_and_recipes_listings(cli):
     line = next(ln for ln in res.out.splitlines() if ln.startswith("seg-cpu "))
     first = " ".join(ln[2:] for ln in shipped_recipes()["seg-cpu"].read_text().splitlines()[:3])
     assert line.endswith(first[: first.index(". ") + 1]) and "re-planned at epoch ends)." in line
+    # a recipe whose budget sets the epochs shows the budget, the others their epochs
+    assert " 100 min  Best P2 recipe" in line and " 20 ep  Defaults" in next(
+        ln for ln in res.out.splitlines() if ln.startswith("seg-default "))
     res = cli("models", "deeplabv3_mobilenet*")  # a long name stays whole, to be copied
     assert "deeplabv3_mobilenet_v3_large" in res.out
 

@@ -200,12 +200,16 @@ def test_report_says_a_run_is_unfinished_stopped_early_or_changed(cli, tmp_path)
     run.mkdir()
     (run / "recipe.yaml").write_text("task: cls\nmodel: simple_cnn\nepochs: 5\n")
     (run / "history.csv").write_text("epoch,train_loss,holdout_acc,lr\n1,2.0,0.4,0.01\n2,1.5,0.5,0.005\n")
-    (run / "changes.txt").write_text("batch size 64 -> 20: only 20 training images\n")
+    (run / "changes.txt").write_text("batch size 64 -> 20: only 20 training images\nwarning: 4 of 12 validation "
+                                     "images are copies of training images\nstopped: interrupted\n")
     res = cli("report", run, "--out", tmp_path / "r.md")
     assert res.code == 0, res.err
     md = (tmp_path / "r.md").read_text()
     assert "> - Unfinished: no results.json, so training failed, was interrupted or is still running (2 epochs" in md
     assert "> - Setting: batch size 64 -> 20: only 20 training images" in md
+    # a warning and a failure are no settings
+    assert "> - Warning: 4 of 12 validation images are copies" in md and "> - Stopped: interrupted" in md
+    assert "Setting: warning" not in md and "Setting: stopped" not in md
     assert "unfinished run (no results.json)" in " ".join(res.err.split())
     (run / "results.json").write_text(json.dumps({"holdout_acc": 0.5, "stopped_early": "--max-minutes 1 reached"}))
     res = cli("report", run, "--out", tmp_path / "r.html")

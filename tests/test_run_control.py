@@ -372,7 +372,8 @@ def test_a_budgeted_run_that_runs_over_says_so(cli, color_classes, tmp_path, mon
     from vislab.pipelines import training
 
     assert training.budget_overrun(10, 630.0) is None  # 5 % over: within
-    assert "training took 10.6 min" in training.budget_overrun(10, 636.0)
+    assert "training took 10.6 min, 106 % of it;" in training.budget_overrun(10, 636.0)
+    assert "training took 0.1 min, 108 % of it;" in training.budget_overrun(0.1, 6.5)  # a minute's tenth hid it
     # a run of a few seconds is "over" a threshold of 1 % of its budget: the line reaches the console,
     # changes.txt (after the budget's own line) and results.json
     monkeypatch.setattr(training, "OVERRUN", 0.01)

@@ -63,7 +63,8 @@ def _run_notes(run: Path, data: dict[str, Any]) -> list[str]:
     if data["results"].get("stopped_early"):
         notes.append(f"Stopped early: {data['results']['stopped_early']}")
     notes += [f"Resumed with: {c}" for c in data.get("resumed", [])]
-    notes += [f"Setting: {c}" for c in data["changes"]]
+    notes += [c[0].upper() + c[1:] if c.startswith(("warning:", "stopped:")) else f"Setting: {c}"
+              for c in data["changes"]]  # a warning or a failure is no setting
     later = _later_calibration(run, data["results"])
     if later:
         notes.append(later)

@@ -44,7 +44,8 @@ def recipes_cmd() -> None:
     for name, path in sorted(shipped_recipes().items()):
         r = load_recipe(str(path))
         first = _first_sentence(path.read_text())
-        typer.echo(f"{name:<18} {r.task:<4} {r.model:<36} {r.epochs:>3} ep  {first}")
+        length = f"{r.budget_minutes:g} min" if r.budget_minutes else f"{r.epochs} ep"  # a budget sets the epochs
+        typer.echo(f"{name:<18} {r.task:<4} {r.model:<36} {length:>7}  {first}")
 
 
 def _first_sentence(text: str) -> str:
@@ -162,7 +163,7 @@ def report_cmd(
                 protected=[(Path(r) / TSNE_FIGURE, "is a run's t-SNE figure, which the report shows") for r in found])
     fmt = page_format(out_file, fmt)
     if shot is not None and fmt != "html":
-        raise VislabError("--screenshot", "renders the HTML page; drop it or use --format html")
+        raise VislabError("--screenshot", "renders the HTML page; drop it, or write the page as HTML (--out NAME.html)")
     page = build_report(runs, out_file, fmt=fmt, title=title)
     out.print(f"wrote {page}")
     if shot is not None:

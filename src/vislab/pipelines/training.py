@@ -232,9 +232,10 @@ def _before_fit(job: TrainingJob, recipe: Recipe, changes: list[str], make_train
     if recipe.limit_train_batches is not None and not job.resume:  # set by hand (a budget's own is said with it)
         every = steps_per_epoch(trainer, dataclasses.replace(recipe, limit_train_batches=None), job.n_train)
         limited = steps_per_epoch(trainer, recipe, job.n_train)
-        changes.append(f"limit_train_batches {recipe.limit_train_batches:g}: each epoch trains on {limited} of its "
+        given = repr(recipe.limit_train_batches)  # 1 (one batch) and 1.0 (all of them) told apart
+        changes.append(f"limit_train_batches {given}: each epoch trains on {limited} of its "
                        f"{every} batches (a fresh shuffle each)" if limited < every else
-                       f"limit_train_batches {recipe.limit_train_batches:g}: no limit, each epoch has {every} "
+                       f"limit_train_batches {given}: no limit, each epoch has {every} "
                        f"batch{'es' if every != 1 else ''}")
     if recipe.budget_minutes and not job.resume:  # a resumed run keeps the epochs its budget gave
         probe = job.make_module(recipe, 1, False)  # timing needs no pretrained weights
@@ -345,5 +346,6 @@ def budget_overrun(budget_minutes: float, train_seconds: float) -> str | None:
     """The line a budgeted run adds when it trained over ``OVERRUN`` x its budget, else None."""
     if train_seconds <= OVERRUN * budget_minutes * 60:
         return None
-    return (f"--budget {budget_minutes:g} min: training took {train_seconds / 60:.1f} min; the epochs were planned "
-            f"from the speed of the first steps, and the run was slower than that")
+    return (f"--budget {budget_minutes:g} min: training took {train_seconds / 60:.1f} min, "
+            f"{100 * train_seconds / (budget_minutes * 60):.0f} % of it; the epochs were planned from the speed of the "
+            "first steps, and the run was slower than that")
