@@ -207,3 +207,20 @@ def test_help_shows_that_limit_batches_takes_a_fraction(cli, monkeypatch):
         res = cli(task, "train", "--help")
         line = next(row for row in res.out.splitlines() if "--limit-batches" in row)
         assert "<int|fraction>" in line and "<int>" not in line and "fraction of them" in line
+
+
+def test_true_precisions_train_the_network_in_their_type(cli, tmp_path):
+    """64-true, 16-true and bf16-true cast the network itself: its inputs, float32 from the
+    normalisation, stopped the first step ("Input type (torch.FloatTensor) and weight type
+    (torch.DoubleTensor) should be the same") as an internal error."""
+    import torch
+
+    data = write_color_classes(tmp_path / "d", per_class=8)
+    recipe = write_cls_recipe(tmp_path, "r.yaml", epochs=1, batch_size=8)
+    for precision, dtype in (("64-true", torch.float64), ("bf16-true", torch.bfloat16)):
+        run = tmp_path / precision
+        res = cli("cls", "train", data, "--recipe", recipe, "--out", run, "--precision", precision)
+        assert res.code == 0, res.err
+        state = torch.load(run / "last.ckpt", weights_only=True)["state_dict"]
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {dtype}
+        assert cli("cls", "eval", run, data).code == 0  # and it scores

@@ -267,3 +267,23 @@ def test_lightnings_older_precision_names_are_read_as_the_ones_it_asks_for():
     assert recipe_from_dict({**base, "precision": 32}).precision == "32"
     assert recipe_from_dict(base).with_overrides(precision="bf16").precision == "bf16-mixed"
     assert recipe_from_dict({**base, "precision": "bf16-true"}).precision == "bf16-true"
+
+
+def test_field_types_and_yaml_exponents(tmp_path):
+    """`model: 5` failed later as an internal error; YAML 1.1 reads 1e-6 (no dot) as text, which only
+    some number fields took back as numbers (max_minutes: 1e-6 was 'must be > 0, got '1e-6'')."""
+    from vislab.errors import VislabError
+
+    f = tmp_path / "r.yaml"
+    for text, said in (("model: 5", "recipe field model must be text, got 5"),
+                       ("weights: 5", "recipe field weights must be text, got 5"),
+                       ("notes: 5", "recipe field notes must be text, got 5"),
+                       ("label_smoothing: abc", "recipe field label_smoothing must be a number, got 'abc'")):
+        f.write_text(f"task: cls\n{text}\n")
+        with pytest.raises(VislabError) as err:
+            load_recipe(str(f))
+        assert str(err.value) == f"{f}: {said}"
+    f.write_text("task: cls\nmax_minutes: 1e-6\nlabel_smoothing: 1e-1\nmomentum: 9e-1\nholdout: 2e-1\n")
+    assert isinstance(yaml.safe_load(f.read_text())["max_minutes"], str)  # what the fields are given
+    r = load_recipe(str(f))
+    assert (r.max_minutes, r.label_smoothing, r.momentum, r.holdout) == (1e-6, 0.1, 0.9, 0.2)

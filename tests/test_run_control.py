@@ -1362,3 +1362,42 @@ def test_a_resume_leaves_the_labels_of_another_validation_folder(cli, color_clas
     assert res.code == 2 and " ".join(res.err.split()) == (
         f"vislab: error: {other}: --val-labels: {run} finished its schedule with no labels file, and a resume keeps "
         f"what it recorded; score this folder with `vislab cls eval {run} {color_classes.resolve()} --labels {other}`")
+
+
+def test_a_resume_under_data_checks_and_labels_the_folder_it_scores(cli, color_classes, tmp_path):
+    """With --data the course folders are the run's: a finished run's resume is refused for its
+    val_50 when the run was scored elsewhere (it said the results were measured there while keeping
+    the old ones), and the --val-labels a resume gives are kept (they were dropped)."""
+    data = tmp_path / "hw1_data" / "p1_data"
+    shutil.copytree(color_classes, data / "train_50")
+    shutil.copytree(color_classes, data / "val_50")
+    other = tmp_path / "va2"
+    shutil.copytree(color_classes, other)
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, "r.yaml", epochs=1)
+    assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", run, "--val-dir", other).code == 0
+    results = (run / "results.json").read_text()
+    res = cli("cls", "train", "--data", tmp_path / "hw1_data", "--out", run, "--resume")
+    assert res.code == 2 and f"--val-dir: {run} finished its schedule with {other.resolve()}" in " ".join(res.err.split())
+    assert (run / "results.json").read_text() == results
+    # a stopped run resumed under --data with a flat --val-dir and its labels
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    names = sorted(color_classes.iterdir())[::10]
+    for i, f in enumerate(names):
+        shutil.copy(f, flat / f"v{i}.png")
+    labels = tmp_path / "lf.csv"
+    labels.write_text("filename,label\n" + "".join(f"v{i}.png,{f.name.split('_')[0]}\n" for i, f in enumerate(names)))
+    stopped = tmp_path / "stopped"
+    res = cli("cls", "train", "--data", tmp_path / "hw1_data", "--recipe", _recipe(tmp_path, "s.yaml", epochs=2),
+              "--out", stopped, "--max-minutes", "1e-6")
+    assert res.code == 0, res.err
+    res = cli("cls", "train", "--data", tmp_path / "hw1_data", "--out", stopped, "--resume", "--val-dir", flat,
+              "--val-labels", labels, "--max-minutes", "0")
+    assert res.code == 0, res.err
+    assert json.loads((stopped / "results.json").read_text())["val"]["images"] == len(names)
+    # labels for a run that scores no folder: what they label is asked for (the advice named the folder None)
+    plain = tmp_path / "plain"
+    assert cli("cls", "train", color_classes, "--recipe", recipe, "--out", plain).code == 0
+    res = cli("cls", "train", color_classes, "--out", plain, "--resume", "--val-labels", labels)
+    assert res.code == 2 and res.err.strip() == "vislab: error: --val-labels: labels a --val-dir; give one, or drop it"

@@ -254,7 +254,13 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
         out["lr"] = None
     if out.get("precision") is not None:
         out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
-    for key in ("lr", "weight_decay", "mixup", "cutmix", "erasing", "ema", "checkpoint_minutes", "budget_minutes"):  # YAML reads 1e-3 as a string
+    typed = {str(f.type): [] for f in fields(Recipe)}
+    for f in fields(Recipe):
+        typed[str(f.type)].append(f.name)
+    for key in typed["str"] + typed["str | None"]:  # `model: 5` failed later as an internal error
+        if key not in ("precision", "devices") and out.get(key) is not None and not isinstance(out[key], str):
+            raise FieldError(key, f"must be text, got {out[key]!r}")
+    for key in typed["float"] + typed["float | None"]:  # YAML 1.1 reads 1e-3 (no dot) as a string
         if out.get(key) is not None:
             if isinstance(out[key], bool):  # float(True) is 1.0: `lr: true` is a slip, not a rate of 1
                 raise FieldError(key, f"must be a number, got {out[key]!r}")

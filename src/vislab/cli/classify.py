@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vislab.cli.common import (
-    AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, MaxMinutesOpt, cls_app, _command_line, DevicesOpt, DistillOpt, EmaOpt,
+    COURSE_VAL, AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, MaxMinutesOpt, cls_app, _command_line, DevicesOpt, DistillOpt, EmaOpt,
     ENGINE_OPTION, EnsembleArg, EpochsOpt, LimitOpt, LrOpt, _members, ModelOpt, NodesOpt, _one_run, out,
     _output, PrecisionOpt, _print_against, _print_interval, _recipe, RecipeOpt, _resumed, ResumeOpt,
     _run_data, SeedOpt, SplitSeedOpt, StrategyOpt, TeacherOpt, _teachers, _train_dirs, WeightsOpt,
@@ -54,7 +54,7 @@ def cls_train(
                        recipe=recipe)
         train_dir, val_dir, labels, val_labels, recipe = (got[k] for k in ("train_dir", "val_dir", "labels",
                                                                           "val_labels", "recipe"))
-    train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, "p1_data/val_50")
+    train_dir, val_dir = _train_dirs(train_dir, data, "p1_data/train_50", val_dir, COURSE_VAL["cls"])
     if val_labels is not None and val_dir is None:
         raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
     r, notes, given = _recipe(recipe, out_dir, resume, "cls", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,

@@ -225,13 +225,20 @@ def _resumed(out_dir: Path, data: Path | None, task: str, **given: Any) -> dict[
     only when ``--data`` does not name the course data instead); a ``--recipe`` naming the run's
     own recipe is dropped (:func:`vislab.pipelines.training.resumed_inputs`); another ``--val-dir``
     for a finished run is refused (:func:`vislab.pipelines.training.refuse_new_val_dir`)."""
+    from vislab.paths import data_root
     from vislab.pipelines.training import refuse_new_val_dir, resumed_inputs
 
-    refuse_new_val_dir(out_dir, given.get("val_dir"), task, given.get("val_labels"))
-    if data is not None and given.get("train_dir") is None:
+    if data is not None and given.get("train_dir") is None:  # --data decides the folders, not the record
         kept = {k: given.pop(k) for k in ("train_dir", "val_dir")}
-        return {**resumed_inputs(out_dir, given), **kept}
+        scored = kept["val_dir"] or data_root(data) / COURSE_VAL[task]  # the folder _train_dirs gives
+        refuse_new_val_dir(out_dir, scored, task, given.get("val_labels"))
+        return {**resumed_inputs(out_dir, given, val_dir=scored), **kept}
+    refuse_new_val_dir(out_dir, given.get("val_dir"), task, given.get("val_labels"))
     return resumed_inputs(out_dir, given)
+
+
+COURSE_VAL = {"cls": "p1_data/val_50", "seg": "p2_data/validation"}
+"""The course's validation folder of each task under ``--data`` (as :func:`_train_dirs` is given it)."""
 
 
 def _command_line() -> str:

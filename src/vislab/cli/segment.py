@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vislab.cli.common import (
-    AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, MaxMinutesOpt, _command_line, DevicesOpt, DistillOpt, EmaOpt,
+    COURSE_VAL, AccelOpt, AgainstOpt, BatchOpt, BudgetOpt, MaxMinutesOpt, _command_line, DevicesOpt, DistillOpt, EmaOpt,
     ENGINE_OPTION, EnsembleArg, EpochsOpt, LimitOpt, LrOpt, _members, ModelOpt, NodesOpt, _one_run, out,
     _output, PrecisionOpt, _print_against, _print_interval, _recipe, _recorded_train_dir, _resumed,
     ResumeOpt, _run_data, SeedOpt, seg_app, SplitSeedOpt, StrategyOpt, TeacherOpt, _teachers,
@@ -51,7 +51,7 @@ def seg_train(
     if resume:
         got = _resumed(out_dir, data, "seg", train_dir=train_dir, val_dir=val_dir, classes=classes, recipe=recipe)
         train_dir, val_dir, classes, recipe = (got[k] for k in ("train_dir", "val_dir", "classes", "recipe"))
-    train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, "p2_data/validation")
+    train_dir, val_dir = _train_dirs(train_dir, data, "p2_data/train", val_dir, COURSE_VAL["seg"])
     stems = None if snapshot is None else tuple(s.strip() for s in snapshot.split(",") if s.strip())  # "" = none
     r, notes, given = _recipe(recipe, out_dir, resume, "seg", epochs=epochs, batch_size=batch_size, lr=lr, precision=precision,
                 devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator, seed=seed, split_seed=split_seed,

@@ -96,7 +96,10 @@ class VislabModule(pl.LightningModule):
             self.ema.update(self.net)
 
     def memory_format(self, x: torch.Tensor) -> torch.Tensor:
-        """NHWC when the recipe asks for channels_last."""
+        """NHWC when the recipe asks for channels_last, in the network's float type (a 64-true,
+        16-true or bf16-true run casts the network itself, and float32 inputs failed there)."""
+        if x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.recipe.channels_last else x
 
     def configure_optimizers(self) -> dict:

@@ -170,7 +170,7 @@ def _renew_scoring_inputs(out_dir: Path, inputs: dict[str, Any]) -> list[str]:
     atomic_write_text(json.dumps({**recorded, **renewed}, indent=1) + "\n", out_dir / INPUTS)
     flags = {"val_dir": "--val-dir", "val_labels": "--val-labels"}
     lines = [f"--resume: {flags[k]} {v} (the run started with {recorded.get(k) or 'none'}): the results are measured "
-             f"on it, and {INPUTS} records it" for k, v in renewed.items() if v is not None]
+             f"on it, and {INPUTS} records it" for k, v in renewed.items() if v is not None and v != recorded.get(k)]
     for line in lines:
         info(line)
     return lines

@@ -83,43 +83,53 @@ def input_record(given: dict[str, Any] | None, **paths: str | Path | None) -> di
     return record
 
 
-def resumed_inputs(out: Path, given: dict[str, Any]) -> dict[str, Any]:
+def resumed_inputs(out: Path, given: dict[str, Any], *, val_dir: str | Path | None = None) -> dict[str, Any]:
     """The inputs of a ``--resume``: each one not given again (None) taken from what the run
     started with (``inputs.json``), said in one line; a ``recipe`` given again that is the one
     the run started with is dropped (the run folder's saved copy goes on). A run folder of an
-    older vislab, without the record, leaves ``given`` as it is."""
+    older vislab, without the record, leaves ``given`` as it is. ``val_dir``: the validation
+    folder decided elsewhere (``--data``'s), when ``given`` holds none.
+
+    The run's ``val_labels`` label its own validation folder: they are not taken for another
+    folder (said), nor when that folder is not taken."""
     from vislab.engine.run_folder import INPUTS, no_checkpoint_to_resume, read_inputs
 
     if not (Path(out) / "last.ckpt").is_file():  # before any input is looked for: nothing to resume
         raise VislabError(out, no_checkpoint_to_resume(Path(out)))
     recorded = read_inputs(out)
     result = dict(given)
-    taken = []
-    moved = given.get("val_dir") is not None and recorded.get("val_dir") is not None and \
-        Path(given["val_dir"]).resolve() != Path(recorded["val_dir"]).resolve()
-    if moved and given.get("val_labels") is None and recorded.get("val_labels") is not None:
-        info(f"--resume: the run's --val-labels {recorded['val_labels']} is not taken: it labels {recorded['val_dir']}, "
-             f"and --val-dir is {given['val_dir']} (give --val-labels for it if it needs one)")
+    taken: dict[str, str] = {}
     for key, value in given.items():
-        if key == "val_labels" and moved:  # the labels of the run's own validation folder, not of the new one
-            continue
-        if key in INPUT_FLAGS and value is None and recorded.get(key) is not None:
+        if key in INPUT_FLAGS and key != "val_labels" and value is None and recorded.get(key) is not None:
             where = Path(recorded[key])
             if not where.exists():
-                if key in ("val_dir", "val_labels"):  # optional: the run goes on without its final validation
+                if key == "val_dir":  # optional: the run goes on without its final validation
                     info(f"--resume: the run's {INPUT_FLAGS[key]} {where} is gone; not taken (give {INPUT_FLAGS[key]} "
                          "to name it where it is now)")
                     continue
                 raise VislabError(where, f"not found: the run started with it as {INPUT_FLAGS[key]} ({out / INPUTS}); "
                                          f"give {INPUT_FLAGS[key]} to name it where it is now")
             result[key] = where
-            taken.append(f"{INPUT_FLAGS[key]} {recorded[key]}")
-    if "val_labels" in result and result.get("val_dir") is None:
-        result["val_labels"] = None  # labels of a validation folder that is not taken
+            taken[key] = f"{INPUT_FLAGS[key]} {recorded[key]}"
+    scored = result.get("val_dir") if result.get("val_dir") is not None else val_dir
+    own = recorded.get("val_dir") is not None and scored is not None and \
+        Path(scored).resolve() == Path(recorded["val_dir"]).resolve()
+    if "val_labels" in given and given["val_labels"] is None and recorded.get("val_labels") is not None:
+        where = Path(recorded["val_labels"])
+        if not own:
+            if scored is not None:
+                info(f"--resume: the run's --val-labels {where} is not taken: it labels {recorded['val_dir']}, and "
+                     f"--val-dir is {scored} (give --val-labels for it if it needs one)")
+        elif not where.exists():
+            info(f"--resume: the run's --val-labels {where} is gone; not taken (give --val-labels to name it where it "
+                 "is now)")
+        else:
+            result["val_labels"] = where
+            taken["val_labels"] = f"--val-labels {where}"
     if given.get("recipe") is not None and input_record({"recipe": given["recipe"]}).get("recipe") == recorded.get("recipe"):
         result["recipe"] = None
     if taken:
-        info(f"--resume: {', '.join(taken)}, as the run started (from {out / INPUTS})")
+        info(f"--resume: {', '.join(taken.values())}, as the run started (from {out / INPUTS})")
     return result
 
 
@@ -134,6 +144,8 @@ def refuse_new_val_dir(out: Path, val_dir: str | Path | None, task: str,
     from vislab.runfolders import checkpoint_state
 
     inputs = read_inputs(out)
+    if val_labels is not None and val_dir is None and inputs.get("val_dir") is None:
+        raise VislabError("--val-labels", "labels a --val-dir; give one, or drop it")
     changed = [(flag, given, inputs.get(key)) for key, flag, given in
                (("val_dir", "--val-dir", val_dir), ("val_labels", "--val-labels", val_labels))
                if given is not None and Path(given).resolve() != Path(inputs.get(key) or out / "(none)").resolve()]
