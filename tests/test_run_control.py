@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1334,17 +1335,22 @@ def test_a_resume_with_another_val_dir_records_it(cli, color_classes, tmp_path):
     assert res.code == 2 and f"finished its schedule with {other.resolve()}" in " ".join(res.err.split())
 
 
-def test_a_resume_leaves_the_labels_of_another_validation_folder(cli, color_classes, tmp_path):
-    """The run's --val-labels label its own --val-dir: a resume given another folder does not apply
-    them to it (said), and a finished run's resume refuses other labels as it refuses another folder."""
+def _flat_with_labels(color_classes: Path, tmp_path: Path, name: str) -> tuple[Path, Path, list[Path]]:
+    """Every 10th image of ``color_classes`` as ``flat/v<i>.png``, and a labels CSV ``name`` for them."""
     flat = tmp_path / "flat"
     flat.mkdir()
     names = sorted(color_classes.iterdir())[::10]
     for i, f in enumerate(names):
         shutil.copy(f, flat / f"v{i}.png")
-    labels = tmp_path / "l1.csv"
-    labels.write_text("filename,label\n" + "".join(f"v{i},{f.name.split('_')[0]}\n".replace(f"v{i},", f"v{i}.png,")
-                                                   for i, f in enumerate(names)))
+    labels = tmp_path / name
+    labels.write_text("filename,label\n" + "".join(f"v{i}.png,{f.name.split('_')[0]}\n" for i, f in enumerate(names)))
+    return flat, labels, names
+
+
+def test_a_resume_leaves_the_labels_of_another_validation_folder(cli, color_classes, tmp_path):
+    """The run's --val-labels label its own --val-dir: a resume given another folder does not apply
+    them to it (said), and a finished run's resume refuses other labels as it refuses another folder."""
+    flat, labels, _ = _flat_with_labels(color_classes, tmp_path, "l1.csv")
     run = tmp_path / "run"
     res = cli("cls", "train", color_classes, "--recipe", _recipe(tmp_path, "r.yaml", epochs=2), "--out", run,
               "--val-dir", flat, "--val-labels", labels, "--max-minutes", "1e-6")
@@ -1381,13 +1387,7 @@ def test_a_resume_under_data_checks_and_labels_the_folder_it_scores(cli, color_c
     assert res.code == 2 and f"--val-dir: {run} finished its schedule with {other.resolve()}" in " ".join(res.err.split())
     assert (run / "results.json").read_text() == results
     # a stopped run resumed under --data with a flat --val-dir and its labels
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    names = sorted(color_classes.iterdir())[::10]
-    for i, f in enumerate(names):
-        shutil.copy(f, flat / f"v{i}.png")
-    labels = tmp_path / "lf.csv"
-    labels.write_text("filename,label\n" + "".join(f"v{i}.png,{f.name.split('_')[0]}\n" for i, f in enumerate(names)))
+    flat, labels, names = _flat_with_labels(color_classes, tmp_path, "lf.csv")
     stopped = tmp_path / "stopped"
     res = cli("cls", "train", "--data", tmp_path / "hw1_data", "--recipe", _recipe(tmp_path, "s.yaml", epochs=2),
               "--out", stopped, "--max-minutes", "1e-6")
