@@ -240,6 +240,13 @@ def names_field(value: Any) -> Any:
     return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
 
 
+_TEXT_FIELDS = tuple(f.name for f in fields(Recipe) if str(f.type) in ("str", "str | None")
+                     and f.name not in ("precision", "devices"))  # their YAML integers become text (_coerce, __post_init__)
+"""Recipe fields that hold text (a number there is a slip)."""
+_NUMBER_FIELDS = tuple(f.name for f in fields(Recipe) if str(f.type) in ("float", "float | None"))
+"""Recipe fields that hold a float (YAML 1.1 reads ``1e-6`` as text: made a number)."""
+
+
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
     for key in ("teacher", "snapshot", "freeze"):
@@ -254,13 +261,10 @@ def _coerce(data: dict[str, Any]) -> dict[str, Any]:
         out["lr"] = None
     if out.get("precision") is not None:
         out["precision"] = str(out["precision"])  # YAML reads 32 as an integer
-    typed = {str(f.type): [] for f in fields(Recipe)}
-    for f in fields(Recipe):
-        typed[str(f.type)].append(f.name)
-    for key in typed["str"] + typed["str | None"]:  # `model: 5` failed later as an internal error
-        if key not in ("precision", "devices") and out.get(key) is not None and not isinstance(out[key], str):
+    for key in _TEXT_FIELDS:  # `model: 5` failed later as an internal error
+        if out.get(key) is not None and not isinstance(out[key], str):
             raise FieldError(key, f"must be text, got {out[key]!r}")
-    for key in typed["float"] + typed["float | None"]:  # YAML 1.1 reads 1e-3 (no dot) as a string
+    for key in _NUMBER_FIELDS:  # YAML 1.1 reads 1e-3 (no dot) as a string
         if out.get(key) is not None:
             if isinstance(out[key], bool):  # float(True) is 1.0: `lr: true` is a slip, not a rate of 1
                 raise FieldError(key, f"must be a number, got {out[key]!r}")

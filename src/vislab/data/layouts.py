@@ -21,7 +21,7 @@ from typing import Sequence
 
 from vislab.data.images import IMAGE_SUFFIXES, check_folder, check_link, image_file, say_skipped, split_advice
 from vislab.errors import VislabError
-from vislab.io import FIGURES, figures_page, missing_file_words
+from vislab.io import figures_page, missing_file_words
 from vislab.log import counted, info, info_once
 
 _COURSE_NAME = re.compile(r"^(\d+)_(\d+)$")
@@ -106,7 +106,7 @@ SYSTEM_FOLDERS = frozenset({"__MACOSX"})
 def _figures_of_page(folder: Path) -> bool:
     """Whether ``folder`` is the figures folder of a Markdown page (``report_figures/`` beside
     ``report.md``, as `vislab report` writes them): its PNGs are no data."""
-    return folder.name.endswith(FIGURES) and figures_page(folder) is not None
+    return figures_page(folder) is not None
 
 
 def _hidden_folder(name: str) -> bool:
@@ -153,8 +153,9 @@ def _tree(d: Path, skipped: list[str], seen: dict[str, str], figures: list[str])
                                              "images would be read twice; remove the link")
         seen[real] = dirpath
         rel = Path(dirpath).relative_to(d.parent).as_posix()
-        figures += [f"{rel}/{x}" for x in dirnames if _figures_of_page(Path(dirpath, x))]
-        dirnames[:] = [x for x in dirnames if not _hidden_folder(x) and not _figures_of_page(Path(dirpath, x))]
+        pages = {x for x in dirnames if _figures_of_page(Path(dirpath, x))}
+        figures += [f"{rel}/{x}" for x in sorted(pages)]
+        dirnames[:] = [x for x in dirnames if not _hidden_folder(x) and x not in pages]
         for f in filenames:
             if not f.startswith("."):
                 (out if _image_name(f) else skipped).append(f"{rel}/{f}")
